@@ -1,0 +1,62 @@
+# fenji — set-up and everyday commands.  Every target creates .venv if missing,
+# installs the package with its extras and (as root) the Debian tools the tests
+# need, so `make demo` and `make test` are all a fresh machine needs.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+DEBS := dcmtk orthanc orthanc-dicomweb dicom3tools
+# Tools whose presence means the Debian packages above are installed.
+DEB_PROBES := /usr/bin/storescu /usr/bin/dciodvfy /usr/sbin/Orthanc /usr/share/orthanc/plugins/libOrthancDicomWeb.so
+PYTEST_ARGS ?=
+
+.PHONY: all venv debs install demo test test-long bench lint clean
+
+all: test
+
+$(VPY):
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --upgrade pip setuptools wheel
+
+# Dependencies are installed again only when pyproject.toml changes.
+$(VENV)/.deps-stamp: pyproject.toml | $(VPY)
+	$(VPY) -m pip install --quiet -e '.[test,bench]' --config-settings editable_mode=strict
+	touch $@
+
+venv: $(VENV)/.deps-stamp
+
+# Strict editable mode links each source file into build/, so it is redone on
+# every run to pick up new modules (no dependency resolution: seconds).
+install: venv
+	$(VPY) -m pip install --quiet --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
+
+debs:
+	@missing=0; for p in $(DEB_PROBES); do [ -e $$p ] || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages: $(DEBS)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS) >/dev/null; \
+	  else \
+	    echo "missing Debian packages ($(DEBS)); run as root or: sudo apt-get install $(DEBS)" >&2; exit 1; \
+	  fi; \
+	fi
+
+demo: install debs
+	$(VPY) -m fenji.gateway.demo
+
+test: install debs
+	$(VPY) -m pytest -m "not long" $(PYTEST_ARGS)
+
+test-long: install debs
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+bench: install debs
+	mkdir -p bench-results
+	$(VPY) -m bench all --json bench-results/all.json
+
+lint: install
+	$(VENV)/bin/ruff check gateway codecs routing bench tests
+	$(VENV)/bin/mypy -p fenji.gateway -p fenji.codecs -p fenji.routing
+
+clean:
+	rm -rf build *.egg-info .pytest_cache .mypy_cache .ruff_cache bench-results

@@ -1,0 +1,1 @@
+"""fenji.routing: moving cases between nodes."""
