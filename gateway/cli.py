@@ -1,2 +1,57 @@
-def main() -> int:
-    return 0
+"""The `fenji` command line.
+
+Verbs are stable names that other tools script against (DESIGN.md §6).  Each
+verb group lives in its own ``fenji.gateway.cli_*`` module exposing
+``register(subparsers)``; this module finds them all, so adding a verb never
+means editing a shared list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+from fenji.gateway import __version__
+from fenji.gateway.errors import FenjiError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fenji",
+        description="fenji: DICOM/ECG remote-diagnosis gateway node.",
+        epilog="Run `fenji VERB --help` for the options of one verb.",
+    )
+    parser.add_argument("--version", action="version", version=f"fenji {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log detail (-v INFO, -vv DEBUG)")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    import fenji.gateway as pkg
+
+    names = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name.startswith("cli_"))
+    for name in names:
+        mod = importlib.import_module(f"fenji.gateway.{name}")
+        mod.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        rc = args.func(args)
+    except FenjiError as exc:
+        print(f"fenji: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
