@@ -1,0 +1,157 @@
+"""CLI verbs: `fenji store ls|import|verify|du`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fenji.gateway import config as config_mod
+from fenji.gateway import dimse_status as st
+
+# `fenji store ls --json` field names: other tools depend on these exact names.
+LS_FIELDS = ("sop_instance_uid", "sop_class_uid", "study_instance_uid", "series_instance_uid",
+             "sha256", "size", "received_at", "calling_ae", "transfer_syntax_uid",
+             "dataset_sha256")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("store", help="inspect and feed the node's store")
+    ssub = p.add_subparsers(dest="store_verb", metavar="ACTION", required=True)
+
+    ls = ssub.add_parser("ls", help="list stored instances")
+    ls.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    ls.add_argument("--json", action="store_true",
+                    help="one JSON object per instance: " + ", ".join(LS_FIELDS))
+    ls.add_argument("--study", metavar="UID", help="only this Study Instance UID")
+    ls.set_defaults(func=_ls)
+
+    im = ssub.add_parser("import", help="check and store DICOM files (Part 10) from disk",
+                         description="Each file is checked like a C-STORE; rejected files go "
+                                     "to quarantine with the reason. Exit 1 if any is rejected.")
+    im.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    im.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                    help="files or directories (searched recursively)")
+    im.add_argument("--json", action="store_true", help="one JSON line per file")
+    im.set_defaults(func=_import)
+
+    ve = ssub.add_parser("verify", help="re-hash every blob against the index")
+    ve.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    ve.set_defaults(func=_verify)
+
+    du = ssub.add_parser("du", help="disk usage of the store")
+    du.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    du.add_argument("--json", action="store_true")
+    du.set_defaults(func=_du)
+
+
+def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from fenji.gateway.node import open_store
+
+    cfg = config_mod.load(args.config)
+    return cfg, open_store(cfg)
+
+
+def _ls(args: argparse.Namespace) -> int:
+    _, store = _open(args)
+    try:
+        for row in store.instances(study_instance_uid=args.study):
+            if args.json:
+                print(json.dumps({k: row[k] for k in LS_FIELDS}))
+            else:
+                print(f"{row['sop_instance_uid']}  {row['size']:>10}  {row['sha256'][:16]}  "
+                      f"{row['calling_ae'] or '-'}")
+    finally:
+        store.close()
+    return 0
+
+
+def _files(paths: list[Path]) -> list[Path]:
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out.extend(sorted(q for q in p.rglob("*") if q.is_file()))
+        else:
+            out.append(p)
+    return out
+
+
+def _import(args: argparse.Namespace) -> int:
+    from fenji.gateway.store import PutStatus, StoreFull
+    from fenji.gateway.validate import Rejected, check_part10
+
+    cfg, store = _open(args)
+    failed = 0
+    try:
+        files = _files(args.paths)
+        for i, path in enumerate(files, 1):
+            result: dict[str, object] = {"path": str(path)}
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                result.update(outcome="error", reason=f"cannot read: {exc.strerror}")
+                failed += 1
+                _emit(args, result, i, len(files))
+                continue
+            try:
+                checked = check_part10(data, max_instance_bytes=cfg.dicom.max_instance_bytes,
+                                       max_inflate_bytes=cfg.store.max_inflate_bytes)
+                out = store.put(checked.part10, checked.info, calling_ae="import")
+            except Rejected as exc:
+                store.quarantine(data, exc.reason, status=exc.status, calling_ae="import",
+                                 uid_hint=exc.uid_hint)
+                result.update(outcome="rejected", status=st.describe(exc.status),
+                              reason=exc.reason)
+                failed += 1
+            except StoreFull as exc:
+                result.update(outcome="refused", status=st.describe(st.OUT_OF_RESOURCES),
+                              reason=str(exc))
+                failed += 1
+            else:
+                if out.status is PutStatus.CONFLICT:
+                    failed += 1
+                    result.update(outcome="conflict", status=st.describe(
+                        st.SOP_INSTANCE_CONFLICT), sop_instance_uid=checked.info.sop_instance_uid)
+                else:
+                    result.update(outcome=out.status.value, sha256=out.sha256,
+                                  sop_instance_uid=checked.info.sop_instance_uid)
+            _emit(args, result, i, len(files))
+    finally:
+        store.close()
+    return 1 if failed else 0
+
+
+def _emit(args: argparse.Namespace, result: dict[str, object], i: int, n: int) -> None:
+    if args.json:
+        print(json.dumps(result), flush=True)
+    else:
+        extra = result.get("reason") or result.get("sha256", "")
+        print(f"[{i}/{n}] {result['outcome']:<9} {result['path']}  {extra}", flush=True)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    _, store = _open(args)
+    try:
+        n = store.count_instances()
+        problems = store.verify()
+    finally:
+        store.close()
+    for p in problems:
+        print(p, file=sys.stderr)
+    print(f"{n} instances checked, {len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+def _du(args: argparse.Namespace) -> int:
+    _, store = _open(args)
+    try:
+        u = store.usage()
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(u))
+    else:
+        for k, v in u.items():
+            print(f"{k:20} {v}")
+    return 0

@@ -1,0 +1,320 @@
+"""Node configuration: one TOML file parsed once into frozen dataclasses.
+
+Every default lives here, with the reason for it.  TOML files and ``FENJI_*``
+environment variables only override.  Unknown keys and wrong types are errors
+that name the key path and the bad value (``dicom.port = "eleven" is not an
+integer``); :func:`load` collects every error before raising, so an engineer
+fixes a broken file in one pass.
+
+Environment overrides: ``FENJI_<SECTION>_<KEY>`` for every scalar key, e.g.
+``FENJI_DICOM_PORT=11112``, ``FENJI_HTTP_PORT=8042``, ``FENJI_NODE_NAME=xian-1``.
+Lists are comma separated (``FENJI_DICOM_ALLOW_AE=CT1,DR1``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fenji.gateway.errors import ConfigError
+
+ROLES = ("edge", "relay", "center")
+ENV_PREFIX = "FENJI_"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSection:
+    # A short, unique, human name: it appears in logs, receipts and audit events.
+    name: str = "fenji-node"
+    # edge sends up, relay stores and forwards, center reads and reports (DESIGN.md §1).
+    role: str = "edge"
+    # Where the store, keys and state live; relative paths are relative to the
+    # config file so a node directory can be moved as a whole.
+    data_dir: str = "."
+
+
+@dataclass(frozen=True, slots=True)
+class DicomSection:
+    # The AE title modalities are configured to send to (PS3.8: at most 16 chars).
+    ae_title: str = "FENJI"
+    # Loopback by default: a node is exposed to the hospital network on purpose.
+    host: str = "127.0.0.1"
+    # 11112 is the registered non-privileged DICOM port.
+    port: int = 11112
+    # Calling AE titles allowed to associate.  It must be written down: an
+    # open SCP in a hospital is an incident.  ["*"] accepts any (labs only).
+    allow_ae: tuple[str, ...] = ()
+    # Optional source addresses allowed to connect (empty: any address).
+    allow_hosts: tuple[str, ...] = ()
+    # Receiving processes sharing the port (SO_REUSEPORT): Python SCPs are
+    # GIL-bound, so several modalities at once need several processes.
+    # 0 means one per CPU core.
+    workers: int = 0
+    # Our maximum PDU receive size.  Large PDUs mean fewer Python-level PDU
+    # decodes per instance; 4 MiB keeps memory per association bounded.
+    max_pdu_bytes: int = 4 * 1024 * 1024
+    # Concurrent associations per process; more are rejected (transient).
+    max_associations: int = 32
+    # Largest data set we accept over DIMSE or file import (1 GiB: a 4k x 4k
+    # 16-bit multi-frame of 30 frames).  pynetdicom holds a data set in memory
+    # while it arrives, so an association sending more is aborted as soon as
+    # it passes this: memory per association stays bounded.
+    max_instance_bytes: int = 1024 * 1024 * 1024
+    # Idle network timeout: a dead modality must not hold an association forever.
+    network_timeout_s: float = 60.0
+    acse_timeout_s: float = 30.0
+    dimse_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSection:
+    # The node's HTTP API (cases, queue, DICOMweb).  Loopback by default.
+    host: str = "127.0.0.1"
+    port: int = 8042
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSection:
+    # Store directory (blobs, index, quarantine); relative to node.data_dir.
+    path: str = "store"
+    # Refuse new instances (0xA700) while free space is below this, so the
+    # index can always commit and the OS never fills up under us.
+    min_free_bytes: int = 64 * 1024 * 1024
+    # Keep rejected input in quarantine/ for forensics (never served or forwarded).
+    quarantine: bool = True
+    # Inflate deflated datasets at most this far (deflate bombs: a 3 MB file
+    # that inflates to 3 GiB).
+    max_inflate_bytes: int = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class KeysSection:
+    # Ed25519 node key (PEM, PKCS#8) and its public half; relative to data_dir.
+    private_key: str = "keys/node.key"
+    public_key: str = "keys/node.pub"
+
+
+@dataclass(frozen=True, slots=True)
+class LogSection:
+    # INFO gives one line per association and per rejected instance.
+    level: str = "INFO"
+    # Empty: standard error.  Otherwise a file path relative to data_dir.
+    file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    node: NodeSection = field(default_factory=NodeSection)
+    dicom: DicomSection = field(default_factory=DicomSection)
+    http: HttpSection = field(default_factory=HttpSection)
+    store: StoreSection = field(default_factory=StoreSection)
+    keys: KeysSection = field(default_factory=KeysSection)
+    log: LogSection = field(default_factory=LogSection)
+    # The file this was loaded from (None for defaults); paths resolve against it.
+    source: str | None = None
+
+    # -- resolved paths -------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        base = Path(self.source).parent if self.source else Path.cwd()
+        return (base / self.node.data_dir).resolve()
+
+    def resolve(self, rel: str) -> Path:
+        p = Path(rel)
+        return p if p.is_absolute() else self.data_dir / p
+
+    @property
+    def store_dir(self) -> Path:
+        return self.resolve(self.store.path)
+
+
+# ---------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------
+
+_SECTIONS: dict[str, type] = {k: v for k, v in typing.get_type_hints(Config).items()
+                              if k != "source"}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_name(tp: Any) -> str:
+    if tp is bool:
+        return "a boolean (true/false)"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        inner = _type_name(typing.get_args(tp)[0]).removeprefix("a ").removeprefix("an ")
+        return f"a list of {inner}s"
+    return str(tp)
+
+
+def _coerce(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
+    """Check ``value`` against ``tp``; return the value in its final form."""
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif typing.get_origin(tp) is tuple:
+        (inner,) = typing.get_args(tp)[:1]
+        if isinstance(value, list | tuple):
+            items = [_coerce(item, inner, f"{path}[{i}]", errors) for i, item in enumerate(value)]
+            return tuple(item for item in items if item is not None)
+    elif isinstance(tp, types.UnionType):
+        for arm in typing.get_args(tp):
+            if arm is type(None) and value is None:
+                return None
+        return _coerce(value, typing.get_args(tp)[0], path, errors)
+    errors.append(f"{path} = {value!r} is not {_type_name(tp)}")
+    return None
+
+
+def _build_section(name: str, cls: type, raw: Any, errors: list[str]) -> Any:
+    if not isinstance(raw, Mapping):
+        errors.append(f"{name} = {raw!r} is not a table")
+        return cls()
+    hints = _hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in hints:
+            known = ", ".join(sorted(hints))
+            errors.append(f"{name}.{key}: unknown key (known keys: {known})")
+            continue
+        kwargs[key] = _coerce(value, hints[key], f"{name}.{key}", errors)
+    try:
+        return cls(**{k: v for k, v in kwargs.items() if v is not None})
+    except TypeError as exc:  # pragma: no cover - defensive
+        errors.append(f"{name}: {exc}")
+        return cls()
+
+
+def _env_overrides(env: Mapping[str, str], errors: list[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for section, cls in _SECTIONS.items():
+        for key, tp in _hints(cls).items():
+            var = f"{ENV_PREFIX}{section}_{key}".upper()
+            if var not in env:
+                continue
+            text = env[var]
+            value: Any
+            try:
+                if tp is int:
+                    value = int(text)
+                elif tp is float:
+                    value = float(text)
+                elif tp is bool:
+                    if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                        raise ValueError(text)
+                    value = text.lower() in ("1", "true", "yes")
+                elif typing.get_origin(tp) is tuple:
+                    value = [t.strip() for t in text.split(",") if t.strip()]
+                else:
+                    value = text
+            except ValueError:
+                errors.append(f"{var}={text!r} (for {section}.{key}) is not {_type_name(tp)}")
+                continue
+            out.setdefault(section, {})[key] = value
+    return out
+
+
+def _check_values(cfg: Config, errors: list[str]) -> None:
+    """Semantic checks that types alone cannot express."""
+    if cfg.node.role not in ROLES:
+        errors.append(f"node.role = {cfg.node.role!r} is not one of {', '.join(ROLES)}")
+    if not cfg.node.name.strip():
+        errors.append("node.name is empty")
+    ae = cfg.dicom.ae_title
+    if not (0 < len(ae.strip()) <= 16) or "\\" in ae or not ae.isascii():
+        errors.append(f"dicom.ae_title = {ae!r} must be 1-16 ASCII characters without '\\'")
+    if not cfg.dicom.allow_ae:
+        errors.append("dicom.allow_ae is empty: no modality could send; list the calling AE "
+                      "titles of your modalities (or [\"*\"] to accept any, for a lab)")
+    for i, t in enumerate(cfg.dicom.allow_ae):
+        if not (0 < len(t.strip()) <= 16) or not t.isascii():
+            errors.append(f"dicom.allow_ae[{i}] = {t!r} must be 1-16 ASCII characters")
+    for sec, port in (("dicom", cfg.dicom.port), ("http", cfg.http.port)):
+        if not 0 <= port <= 65535:
+            errors.append(f"{sec}.port = {port} is outside 0-65535")
+    if cfg.dicom.workers < 0 or cfg.dicom.workers > 64:
+        errors.append(f"dicom.workers = {cfg.dicom.workers} is outside 0-64")
+    if not 0 <= cfg.dicom.max_pdu_bytes <= 64 * 1024 * 1024:
+        errors.append(f"dicom.max_pdu_bytes = {cfg.dicom.max_pdu_bytes} is outside 0-67108864")
+    if cfg.dicom.max_associations < 1:
+        errors.append(f"dicom.max_associations = {cfg.dicom.max_associations} must be >= 1")
+    if cfg.dicom.max_instance_bytes < 1024:
+        errors.append(f"dicom.max_instance_bytes = {cfg.dicom.max_instance_bytes} is too small")
+    for name in ("network_timeout_s", "acse_timeout_s", "dimse_timeout_s"):
+        v = getattr(cfg.dicom, name)
+        if v <= 0:
+            errors.append(f"dicom.{name} = {v} must be > 0")
+    if cfg.store.min_free_bytes < 0:
+        errors.append(f"store.min_free_bytes = {cfg.store.min_free_bytes} must be >= 0")
+    if cfg.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        errors.append(f"log.level = {cfg.log.level!r} is not DEBUG, INFO, WARNING or ERROR")
+
+
+def from_mapping(raw: Mapping[str, Any], *, source: str | None = None,
+                 env: Mapping[str, str] | None = None) -> Config:
+    """Build a :class:`Config` from parsed TOML (and ``env`` overrides)."""
+    errors: list[str] = []
+    merged: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+    for section, values in _env_overrides(os.environ if env is None else env, errors).items():
+        base = merged.setdefault(section, {})
+        if isinstance(base, dict):
+            base.update(values)
+    sections: dict[str, Any] = {}
+    for key, value in merged.items():
+        if key not in _SECTIONS:
+            known = ", ".join(sorted(_SECTIONS))
+            errors.append(f"{key}: unknown section (known sections: {known})")
+            continue
+        sections[key] = _build_section(key, _SECTIONS[key], value, errors)
+    cfg = Config(**sections, source=source)
+    # A key whose type was wrong kept its default; checking that default's value
+    # would only add a misleading second message for the same key.
+    bad = {e.split(" ", 1)[0].split("[", 1)[0].split(":", 1)[0] for e in errors}
+    semantic: list[str] = []
+    _check_values(cfg, semantic)
+    errors.extend(e for e in semantic
+                  if e.split(" ", 1)[0].split("[", 1)[0].split(":", 1)[0] not in bad)
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
+def load(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
+    """Parse and validate the TOML file at ``path``.
+
+    Raises :class:`ConfigError` listing every problem with its key path.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read config: {exc.strerror or exc}"]) from exc
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{p}: not valid TOML: {exc}"]) from exc
+    return from_mapping(raw, source=str(p.resolve()), env=env)

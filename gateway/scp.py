@@ -1,0 +1,285 @@
+"""The DICOM SCP shell: pynetdicom events in, store calls out.
+
+One :class:`DicomService` per receiving process.  The rules (issue 2, DESIGN.md §5):
+
+* success only after the blob is durable and its row committed;
+* an identical re-send is acknowledged idempotently; same UID with other
+  bytes is refused (0xC010) and recorded;
+* malformed input gets a failure status naming the reason and goes to
+  quarantine, never to the store;
+* disk full answers 0xA700 and ingest resumes by itself when space frees;
+* only allow-listed calling AE titles (and optionally source addresses);
+* TCP_NODELAY on every accepted socket (pynetdicom leaves Nagle on, which
+  caps C-STORE at 10-21 instances/s on loopback);
+* several processes can share the port (SO_REUSEPORT) so several modalities
+  at once are not serialised behind one GIL.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from fenji.gateway import dimse_status as st
+from fenji.gateway.config import Config
+from fenji.gateway.store import PutStatus, Store, StoreFull
+from fenji.gateway.validate import ACCEPTED_TRANSFER_SYNTAXES, Rejected, check_dimse
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+log = logging.getLogger(__name__)
+
+# Storage SOP classes pynetdicom knows do not include every ECG/SR/PDF one in
+# older releases; these are added explicitly so they are never refused.
+EXTRA_STORAGE_CLASSES = (
+    "1.2.840.10008.5.1.4.1.1.9.1.1",  # 12-lead ECG Waveform Storage
+    "1.2.840.10008.5.1.4.1.1.9.1.2",  # General ECG Waveform Storage
+    "1.2.840.10008.5.1.4.1.1.9.1.3",  # Ambulatory ECG Waveform Storage
+    "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF Storage
+    "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
+    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
+    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+    "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
+)
+
+
+class _Server(ThreadedAssociationServer):
+    """pynetdicom's server with fenji's socket options and address allow-list."""
+
+    daemon_threads = True
+    allow_hosts: frozenset[str] = frozenset()
+
+    def server_bind(self) -> None:
+        sock = self.socket
+        assert sock is not None
+        # Several receiving processes share one port; the kernel spreads
+        # incoming associations between them.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = super().get_request()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client, address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        if self.allow_hosts and client_address[0] not in self.allow_hosts:
+            log.warning("refused connection peer=%s reason=address-not-allowed "
+                        "(dicom.allow_hosts)", client_address[0])
+            return False
+        return True
+
+
+@dataclass
+class _AssocStats:
+    assoc_id: int
+    peer: str
+    calling: str
+    called: str
+    started: float = field(default_factory=time.monotonic)
+    stored: int = 0
+    duplicate: int = 0
+    failed: int = 0
+    bytes: int = 0
+    # PDU bytes received since the last C-STORE answer: bounds what pynetdicom
+    # buffers for one data set.
+    inflight: int = 0
+    cut_off: bool = False
+
+
+class DicomService:
+    """Verification + Storage SCP bound to one store."""
+
+    def __init__(self, cfg: Config, store: Store) -> None:
+        self.cfg = cfg
+        self.store = store
+        self._stats: dict[int, _AssocStats] = {}
+        self._lock = threading.Lock()
+        self._next_id = 0
+        self.server: _Server | None = None
+        d = cfg.dicom
+        ae = AE(ae_title=d.ae_title)
+        ae.maximum_pdu_size = d.max_pdu_bytes
+        ae.maximum_associations = d.max_associations
+        ae.network_timeout = d.network_timeout_s
+        ae.acse_timeout = d.acse_timeout_s
+        ae.dimse_timeout = d.dimse_timeout_s
+        if "*" not in d.allow_ae:
+            ae.require_calling_aet = list(d.allow_ae)
+        ts = list(ACCEPTED_TRANSFER_SYNTAXES)
+        seen = set()
+        for cx in AllStoragePresentationContexts:
+            uid = str(cx.abstract_syntax)
+            seen.add(uid)
+            ae.add_supported_context(uid, ts)
+        for uid in EXTRA_STORAGE_CLASSES:
+            if uid not in seen:
+                ae.add_supported_context(uid, ts)
+        ae.add_supported_context(Verification, ts)
+        self.ae = ae
+
+    # -- lifecycle ------------------------------------------------------
+    def start(self) -> tuple[str, int]:
+        handlers: list[Any] = [
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_RELEASED, self._on_closed, ["released"]),
+            (evt.EVT_ABORTED, self._on_closed, ["aborted"]),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_DATA_RECV, self._on_data),
+        ]
+        _Server.allow_hosts = frozenset(self.cfg.dicom.allow_hosts)
+        server = cast(_Server, self.ae.make_server(
+            (self.cfg.dicom.host, self.cfg.dicom.port), evt_handlers=handlers,
+            server_class=_Server))
+        self.server = server
+        threading.Thread(target=server.serve_forever, name="dicom-acceptor",
+                         daemon=True).start()
+        host, port = server.server_address[:2]
+        log.info("dicom listening ae=%s host=%s port=%d", self.cfg.dicom.ae_title, host, port)
+        return str(host), int(port)
+
+    def stop(self, grace_s: float = 30.0) -> None:
+        """Stop accepting, let in-flight associations finish (up to ``grace_s``)."""
+        if self.server is None:
+            return
+        server, self.server = self.server, None
+        # serve_forever() returns; the listening socket is closed.
+        server.shutdown()
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            active = [a for a in self.ae.active_associations if a.is_alive()]
+            if not active:
+                break
+            time.sleep(0.05)
+        for assoc in self.ae.active_associations:
+            log.warning("assoc=? peer=%s aborted at shutdown after %.0fs grace",
+                        assoc.requestor.address, grace_s)
+            assoc.abort()
+
+    @property
+    def active(self) -> int:
+        return len(self.ae.active_associations)
+
+    # -- event handlers -------------------------------------------------
+    def _stats_for(self, event: Any) -> _AssocStats:
+        key = id(event.assoc)
+        s = self._stats.get(key)
+        if s is None:
+            with self._lock:
+                self._next_id += 1
+                s = _AssocStats(self._next_id, str(event.assoc.requestor.address),
+                                str(event.assoc.requestor.ae_title).strip(),
+                                str(event.assoc.acceptor.ae_title).strip())
+                self._stats[key] = s
+        return s
+
+    def _on_accepted(self, event: Any) -> None:
+        s = self._stats_for(event)
+        log.debug("assoc=%d peer=%s calling=%s accepted", s.assoc_id, s.peer, s.calling)
+
+    def _on_rejected(self, event: Any) -> None:
+        r = event.assoc.requestor
+        log.warning("assoc=- peer=%s calling=%s called=%s outcome=rejected "
+                    "reason=calling-ae-not-allowed-or-limit", r.address,
+                    str(r.ae_title).strip(), str(event.assoc.acceptor.ae_title).strip())
+
+    def _on_closed(self, event: Any, outcome: str) -> None:
+        s = self._stats.pop(id(event.assoc), None)
+        if s is None:
+            return
+        ms = (time.monotonic() - s.started) * 1000
+        log.info("assoc=%d peer=%s calling=%s called=%s stored=%d duplicate=%d failed=%d "
+                 "bytes=%d ms=%.0f outcome=%s", s.assoc_id, s.peer, s.calling, s.called,
+                 s.stored, s.duplicate, s.failed, s.bytes, ms, outcome)
+
+    def _on_data(self, event: Any) -> None:
+        data = event.data
+        if not data or data[0] != 0x04:  # only P-DATA-TF carries data sets (PS3.8 9.3.5)
+            return
+        s = self._stats_for(event)
+        s.inflight += len(data)
+        limit = self.cfg.dicom.max_instance_bytes + self.cfg.dicom.max_pdu_bytes + 65536
+        if s.inflight > limit and not s.cut_off:
+            s.cut_off = True
+            s.failed += 1
+            log.warning("assoc=%d peer=%s calling=%s aborted reason=data set exceeds "
+                        "dicom.max_instance_bytes=%d (%d bytes received so far)", s.assoc_id,
+                        s.peer, s.calling, self.cfg.dicom.max_instance_bytes, s.inflight)
+            # abort() joins the DUL thread we are running in: do it from another.
+            threading.Thread(target=event.assoc.abort, daemon=True).start()
+
+    def _on_echo(self, event: Any) -> int:
+        return st.SUCCESS
+
+    def _on_store(self, event: Any) -> Any:
+        s = self._stats_for(event)
+        try:
+            return self._store(event, s)
+        finally:
+            s.inflight = 0
+
+    def _store(self, event: Any, s: _AssocStats) -> Any:
+        req = event.request
+        raw = req.DataSet.getvalue() if req.DataSet is not None else b""
+        ts = str(event.context.transfer_syntax)
+        sop_instance = str(req.AffectedSOPInstanceUID or "")
+        try:
+            checked = check_dimse(
+                raw, ts, affected_sop_class=str(req.AffectedSOPClassUID or ""),
+                affected_sop_instance=sop_instance, calling_ae=s.calling,
+                max_instance_bytes=self.cfg.dicom.max_instance_bytes,
+                max_inflate_bytes=self.cfg.store.max_inflate_bytes)
+        except Rejected as exc:
+            s.failed += 1
+            self.store.quarantine(raw, exc.reason, status=exc.status, calling_ae=s.calling,
+                                  peer_address=s.peer, uid_hint=exc.uid_hint or sop_instance)
+            log.warning("assoc=%d calling=%s rejected status=%s sop=%s reason=%s", s.assoc_id,
+                        s.calling, st.describe(exc.status), _safe(sop_instance), exc.reason)
+            return _failure(exc.status, exc.reason)
+        try:
+            out = self.store.put(checked.part10, checked.info, calling_ae=s.calling,
+                                 peer_address=s.peer)
+        except StoreFull as exc:
+            s.failed += 1
+            log.warning("assoc=%d calling=%s refused status=%s sop=%s reason=%s", s.assoc_id,
+                        s.calling, st.describe(st.OUT_OF_RESOURCES), _safe(sop_instance), exc)
+            return _failure(st.OUT_OF_RESOURCES, "store full: " + str(exc))
+        except Exception as exc:  # a bug or an I/O fault: never answer success
+            s.failed += 1
+            log.exception("assoc=%d calling=%s sop=%s store failed", s.assoc_id, s.calling,
+                          _safe(sop_instance))
+            return _failure(st.PROCESSING_FAILURE, f"store failed: {type(exc).__name__}")
+        if out.status is PutStatus.CONFLICT:
+            s.failed += 1
+            reason = (f"SOP Instance UID {sop_instance} already stored with other bytes "
+                      f"(sha256 {out.existing_sha256[:12] if out.existing_sha256 else '?'}…)")
+            log.warning("assoc=%d calling=%s rejected status=%s reason=%s", s.assoc_id,
+                        s.calling, st.describe(st.SOP_INSTANCE_CONFLICT), reason)
+            return _failure(st.SOP_INSTANCE_CONFLICT, reason)
+        if out.status is PutStatus.DUPLICATE:
+            s.duplicate += 1
+        else:
+            s.stored += 1
+        s.bytes += out.size
+        return st.SUCCESS
+
+
+def _safe(text: str) -> str:
+    return text.encode("unicode_escape").decode()[:80]
+
+
+def _failure(status: int, reason: str) -> Dataset:
+    ds = Dataset()
+    ds.Status = status
+    # (0000,0902) Error Comment is LO: 64 characters at most.
+    ds.ErrorComment = reason.encode("ascii", "replace").decode()[:64]
+    return ds

@@ -1,0 +1,494 @@
+"""The node's store: content-addressed blobs plus a SQLite index (DESIGN.md §4).
+
+Blobs are the exact Part-10 bytes received, named by their SHA-256:
+written to a temp file in ``tmp/`` (same file system), fsynced, renamed into
+``blobs/ab/cd/<sha256>``, and the directory fsynced.  Only then is the index
+row inserted; **the row is the commit point**, and a C-STORE success is sent
+only after it.  After ``kill -9`` at any instant:
+
+* a blob without a row is an orphan of an unacknowledged store (harmless, the
+  sender retries; :meth:`Store.recover` removes it);
+* a temp file is never visible under ``blobs/`` (rename is atomic);
+* every row points to a complete blob with the right hash.
+
+The index is SQLite in WAL mode with ``synchronous=FULL`` (the row must be on
+disk before we acknowledge).  One writer connection per process, guarded by a
+lock; each thread reads through its own connection.  Migrations are numbered,
+recorded in ``schema_migrations`` and never edited once released.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from fenji.gateway.errors import LocalError
+
+log = logging.getLogger(__name__)
+
+
+class StoreFull(LocalError):
+    """No room to store durably; maps to DICOM 0xA700 Out of Resources."""
+
+    http_status = 507
+
+
+class StoreError(LocalError):
+    """The store is damaged or cannot be opened."""
+
+
+# Numbered, append-only.  Never edit a released migration: add a new one.
+MIGRATIONS: list[tuple[int, str]] = [
+    (1, """
+    CREATE TABLE patients (
+        patient_id   TEXT PRIMARY KEY,
+        patient_name TEXT,
+        birth_date   TEXT,
+        sex          TEXT
+    );
+    CREATE TABLE studies (
+        study_instance_uid TEXT PRIMARY KEY,
+        patient_id         TEXT,
+        study_date         TEXT,
+        study_time         TEXT,
+        accession_number   TEXT,
+        study_description  TEXT,
+        first_received_at  REAL NOT NULL,
+        last_received_at   REAL NOT NULL
+    );
+    CREATE TABLE series (
+        series_instance_uid TEXT PRIMARY KEY,
+        study_instance_uid  TEXT NOT NULL,
+        modality            TEXT,
+        series_number       INTEGER,
+        series_description  TEXT
+    );
+    CREATE INDEX series_study ON series(study_instance_uid);
+    CREATE TABLE instances (
+        sop_instance_uid    TEXT PRIMARY KEY,
+        sop_class_uid       TEXT NOT NULL,
+        study_instance_uid  TEXT NOT NULL,
+        series_instance_uid TEXT NOT NULL,
+        transfer_syntax_uid TEXT NOT NULL,
+        instance_number     INTEGER,
+        sha256              TEXT NOT NULL,
+        dataset_sha256      TEXT NOT NULL,
+        size                INTEGER NOT NULL,
+        received_at         REAL NOT NULL,
+        calling_ae          TEXT,
+        peer_address        TEXT
+    );
+    CREATE INDEX instances_series ON instances(series_instance_uid);
+    CREATE INDEX instances_study ON instances(study_instance_uid);
+    CREATE INDEX instances_sha ON instances(sha256);
+    CREATE TABLE events (
+        id               INTEGER PRIMARY KEY AUTOINCREMENT,
+        at               REAL NOT NULL,
+        kind             TEXT NOT NULL,
+        sop_instance_uid TEXT,
+        calling_ae       TEXT,
+        detail           TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX events_kind ON events(kind);
+    CREATE TABLE quarantine (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        at           REAL NOT NULL,
+        sha256       TEXT NOT NULL,
+        size         INTEGER NOT NULL,
+        reason       TEXT NOT NULL,
+        status       INTEGER,
+        calling_ae   TEXT,
+        peer_address TEXT,
+        uid_hint     TEXT
+    );
+    """),
+]
+
+
+class PutStatus(Enum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"  # identical bytes already held: idempotent success
+    CONFLICT = "conflict"  # same SOP Instance UID, different bytes: refused
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceInfo:
+    """What the index keeps about an instance (extracted by the validator)."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    dataset_sha256: str
+    instance_number: int | None = None
+    patient_id: str | None = None
+    patient_name: str | None = None
+    birth_date: str | None = None
+    sex: str | None = None
+    study_date: str | None = None
+    study_time: str | None = None
+    accession_number: str | None = None
+    study_description: str | None = None
+    modality: str | None = None
+    series_number: int | None = None
+    series_description: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PutOutcome:
+    status: PutStatus
+    sha256: str
+    size: int
+    existing_sha256: str | None = None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _is_enospc(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError):
+        text = str(exc).lower()
+        return "disk is full" in text or "database or disk is full" in text
+    return False
+
+
+class Store:
+    """Blobs + index.  Safe to share between threads of one process."""
+
+    def __init__(self, root: Path, *, min_free_bytes: int = 0, quarantine: bool = True) -> None:
+        self.root = Path(root)
+        self.blob_dir = self.root / "blobs"
+        self.tmp_dir = self.root / "tmp"
+        self.quarantine_dir = self.root / "quarantine"
+        self.db_path = self.root / "index.sqlite"
+        self.min_free_bytes = min_free_bytes
+        self.keep_quarantine = quarantine
+        for d in (self.root, self.blob_dir, self.tmp_dir, self.quarantine_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self._wlock = threading.RLock()
+        self._local = threading.local()
+        self._writer = self._connect()
+        self._depth = 0
+        self._migrate()
+
+    # -- connections and transactions ----------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None,
+                              check_same_thread=False)
+        con.row_factory = sqlite3.Row
+        con.execute("PRAGMA journal_mode=WAL")
+        # FULL: the WAL is fsynced at every commit; a row we acknowledged is on disk.
+        con.execute("PRAGMA synchronous=FULL")
+        con.execute("PRAGMA foreign_keys=ON")
+        con.execute("PRAGMA busy_timeout=30000")
+        return con
+
+    def _reader(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = self._connect()
+            con.execute("PRAGMA query_only=ON")
+            self._local.con = con
+        return con
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[sqlite3.Connection]:
+        """The one transaction primitive; nested blocks become savepoints."""
+        with self._wlock:
+            con = self._writer
+            if self._depth == 0:
+                con.execute("BEGIN IMMEDIATE")
+                name = None
+            else:
+                name = f"sp{self._depth}"
+                con.execute(f"SAVEPOINT {name}")
+            self._depth += 1
+            try:
+                yield con
+            except BaseException:
+                self._depth -= 1
+                if name is None:
+                    con.execute("ROLLBACK")
+                else:
+                    con.execute(f"ROLLBACK TO {name}")
+                    con.execute(f"RELEASE {name}")
+                raise
+            else:
+                self._depth -= 1
+                if name is None:
+                    con.execute("COMMIT")
+                else:
+                    con.execute(f"RELEASE {name}")
+
+    def _migrate(self) -> None:
+        with self.atomic() as con:
+            con.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
+                        "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)")
+            done = {r[0] for r in con.execute("SELECT version FROM schema_migrations")}
+            for version, sql in MIGRATIONS:
+                if version in done:
+                    continue
+                for stmt in sql.split(";"):
+                    if stmt.strip():
+                        con.execute(stmt)
+                con.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, time.time()))
+                log.info("store=%s migrated schema to version %d", self.root, version)
+
+    @property
+    def schema_version(self) -> int:
+        row = self._reader().execute("SELECT max(version) FROM schema_migrations").fetchone()
+        return int(row[0] or 0)
+
+    def close(self) -> None:
+        with self._wlock:
+            with contextlib.suppress(sqlite3.Error):
+                self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._writer.close()
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+    # -- blobs ----------------------------------------------------------
+    def blob_path(self, sha256: str) -> Path:
+        return self.blob_dir / sha256[:2] / sha256[2:4] / sha256
+
+    def read_blob(self, sha256: str) -> bytes:
+        return self.blob_path(sha256).read_bytes()
+
+    def _check_room(self, size: int) -> None:
+        free = shutil.disk_usage(self.root).free
+        if free < self.min_free_bytes + size:
+            raise StoreFull(f"store {self.root}: {free} bytes free, need {size} + "
+                            f"{self.min_free_bytes} reserved (store.min_free_bytes)")
+
+    def _write_durable(self, data: bytes | memoryview, final: Path) -> None:
+        """temp file, fsync, rename, fsync directory (STYLE.md, Store)."""
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.tmp_dir / f"{final.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, final)
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if _is_enospc(exc):
+                raise StoreFull(f"store {self.root}: disk full writing {final.name[:12]}…") from exc
+            raise
+
+    # -- instances ------------------------------------------------------
+    def put(self, data: bytes, info: InstanceInfo, *, calling_ae: str | None = None,
+            peer_address: str | None = None, sha256: str | None = None) -> PutOutcome:
+        """Store ``data`` (exact Part-10 bytes) durably and index it.
+
+        Returns when the row is committed.  Raises :class:`StoreFull` when
+        there is no room (nothing is indexed then).
+        """
+        digest = sha256 or hashlib.sha256(data).hexdigest()
+        size = len(data)
+        existing = self._reader().execute(
+            "SELECT sha256 FROM instances WHERE sop_instance_uid = ?",
+            (info.sop_instance_uid,)).fetchone()
+        if existing is not None:
+            return self._duplicate_or_conflict(existing["sha256"], digest, size, info, calling_ae)
+        self._check_room(size)
+        path = self.blob_path(digest)
+        if not path.exists():
+            self._write_durable(data, path)
+        now = time.time()
+        try:
+            with self.atomic() as con:
+                row = con.execute("SELECT sha256 FROM instances WHERE sop_instance_uid = ?",
+                                  (info.sop_instance_uid,)).fetchone()
+                if row is not None:  # another association won the race
+                    pass
+                else:
+                    self._index(con, info, digest, size, now, calling_ae, peer_address)
+        except sqlite3.Error as exc:
+            if _is_enospc(exc):
+                raise StoreFull(f"store {self.root}: disk full committing index row") from exc
+            raise
+        if row is not None:
+            return self._duplicate_or_conflict(row["sha256"], digest, size, info, calling_ae)
+        return PutOutcome(PutStatus.STORED, digest, size)
+
+    def _duplicate_or_conflict(self, have: str, digest: str, size: int, info: InstanceInfo,
+                               calling_ae: str | None) -> PutOutcome:
+        if have == digest:
+            return PutOutcome(PutStatus.DUPLICATE, digest, size, have)
+        self.record_event("conflict", sop_instance_uid=info.sop_instance_uid,
+                          calling_ae=calling_ae, stored_sha256=have, offered_sha256=digest,
+                          offered_size=size)
+        return PutOutcome(PutStatus.CONFLICT, digest, size, have)
+
+    @staticmethod
+    def _index(con: sqlite3.Connection, i: InstanceInfo, digest: str, size: int, now: float,
+               calling_ae: str | None, peer: str | None) -> None:
+        if i.patient_id is not None:
+            con.execute(
+                "INSERT INTO patients(patient_id, patient_name, birth_date, sex) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT(patient_id) DO NOTHING",
+                (i.patient_id, i.patient_name, i.birth_date, i.sex))
+        con.execute(
+            "INSERT INTO studies(study_instance_uid, patient_id, study_date, study_time, "
+            "accession_number, study_description, first_received_at, last_received_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(study_instance_uid) "
+            "DO UPDATE SET last_received_at = excluded.last_received_at",
+            (i.study_instance_uid, i.patient_id, i.study_date, i.study_time,
+             i.accession_number, i.study_description, now, now))
+        con.execute(
+            "INSERT INTO series(series_instance_uid, study_instance_uid, modality, "
+            "series_number, series_description) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(series_instance_uid) DO NOTHING",
+            (i.series_instance_uid, i.study_instance_uid, i.modality, i.series_number,
+             i.series_description))
+        con.execute(
+            "INSERT INTO instances(sop_instance_uid, sop_class_uid, study_instance_uid, "
+            "series_instance_uid, transfer_syntax_uid, instance_number, sha256, "
+            "dataset_sha256, size, received_at, calling_ae, peer_address) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (i.sop_instance_uid, i.sop_class_uid, i.study_instance_uid, i.series_instance_uid,
+             i.transfer_syntax_uid, i.instance_number, digest, i.dataset_sha256, size, now,
+             calling_ae, peer))
+
+    def get_instance(self, sop_instance_uid: str) -> dict[str, Any] | None:
+        row = self._reader().execute("SELECT * FROM instances WHERE sop_instance_uid = ?",
+                                     (sop_instance_uid,)).fetchone()
+        return dict(row) if row else None
+
+    def instances(self, *, study_instance_uid: str | None = None) -> Iterator[dict[str, Any]]:
+        sql = "SELECT * FROM instances"
+        args: tuple[Any, ...] = ()
+        if study_instance_uid:
+            sql += " WHERE study_instance_uid = ?"
+            args = (study_instance_uid,)
+        sql += " ORDER BY received_at, sop_instance_uid"
+        for row in self._reader().execute(sql, args):
+            yield dict(row)
+
+    def count_instances(self) -> int:
+        return int(self._reader().execute("SELECT count(*) FROM instances").fetchone()[0])
+
+    # -- events and quarantine ------------------------------------------
+    def record_event(self, kind: str, *, sop_instance_uid: str | None = None,
+                     calling_ae: str | None = None, **detail: Any) -> None:
+        try:
+            with self.atomic() as con:
+                con.execute("INSERT INTO events(at, kind, sop_instance_uid, calling_ae, detail) "
+                            "VALUES (?, ?, ?, ?, ?)",
+                            (time.time(), kind, sop_instance_uid, calling_ae,
+                             json.dumps(detail, sort_keys=True, default=str)))
+        except sqlite3.Error as exc:  # an event must never break ingest
+            log.warning("store=%s could not record event kind=%s: %s", self.root, kind, exc)
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        sql, args = "SELECT * FROM events", ()
+        if kind:
+            sql, args = sql + " WHERE kind = ?", (kind,)  # type: ignore[assignment]
+        return [dict(r) for r in self._reader().execute(sql + " ORDER BY id", args)]
+
+    def quarantine(self, data: bytes, reason: str, *, status: int | None = None,
+                   calling_ae: str | None = None, peer_address: str | None = None,
+                   uid_hint: str | None = None) -> str:
+        """Keep rejected bytes apart from good data (never served, never forwarded)."""
+        digest = hashlib.sha256(data).hexdigest()
+        if self.keep_quarantine:
+            try:
+                self._check_room(len(data))
+                path = self.quarantine_dir / digest
+                if not path.exists():
+                    self._write_durable(data, path)
+            except (StoreFull, OSError) as exc:
+                log.warning("store=%s quarantine copy skipped: %s", self.root, exc)
+        # The UID hint may be hostile (path traversal, control characters): keep
+        # it only as escaped, bounded text.
+        hint = None if uid_hint is None else uid_hint.encode("unicode_escape").decode()[:128]
+        try:
+            with self.atomic() as con:
+                con.execute("INSERT INTO quarantine(at, sha256, size, reason, status, calling_ae, "
+                            "peer_address, uid_hint) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            (time.time(), digest, len(data), reason, status, calling_ae,
+                             peer_address, hint))
+        except sqlite3.Error as exc:
+            log.warning("store=%s could not index quarantine entry: %s", self.root, exc)
+        return digest
+
+    def quarantined(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._reader().execute("SELECT * FROM quarantine ORDER BY id")]
+
+    # -- maintenance ------------------------------------------------------
+    def recover(self) -> dict[str, int]:
+        """Remove what a crash can leave behind: temp files and unindexed blobs."""
+        removed_tmp = 0
+        for p in self.tmp_dir.iterdir():
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed_tmp += 1
+        indexed = {r[0] for r in self._reader().execute("SELECT sha256 FROM instances")}
+        orphans = 0
+        for p in self.blob_dir.glob("*/*/*"):
+            if p.name not in indexed:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    orphans += 1
+        if removed_tmp or orphans:
+            log.info("store=%s recovered tmp_removed=%d orphans_removed=%d",
+                     self.root, removed_tmp, orphans)
+        return {"tmp_removed": removed_tmp, "orphans_removed": orphans}
+
+    def verify(self) -> list[str]:
+        """Re-hash every indexed blob; return the problems found (empty: all good)."""
+        problems = []
+        for row in self.instances():
+            path = self.blob_path(row["sha256"])
+            try:
+                h = hashlib.sha256()
+                with open(path, "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(chunk)
+            except OSError as exc:
+                problems.append(f"{row['sop_instance_uid']}: blob missing ({exc.strerror})")
+                continue
+            if h.hexdigest() != row["sha256"]:
+                problems.append(f"{row['sop_instance_uid']}: blob hash {h.hexdigest()} "
+                                f"!= indexed {row['sha256']}")
+        return problems
+
+    def usage(self) -> dict[str, int]:
+        r = self._reader()
+        n, total = r.execute("SELECT count(*), coalesce(sum(size), 0) FROM instances").fetchone()
+        q = r.execute("SELECT count(*), coalesce(sum(size), 0) FROM quarantine").fetchone()
+        du = shutil.disk_usage(self.root)
+        return {"instances": int(n), "bytes": int(total), "quarantined": int(q[0]),
+                "quarantined_bytes": int(q[1]), "disk_free_bytes": du.free,
+                "disk_total_bytes": du.total}
