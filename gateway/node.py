@@ -84,7 +84,20 @@ def _serve(cfg: Config, stop: threading.Event, ready: Any = None) -> None:
         store.close()
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this worker when the supervisor dies (even by SIGKILL)."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def _worker_main(cfg: Config, ready: Any, verbose: int) -> None:
+    _die_with_parent()
+    if os.getppid() == 1:  # the supervisor died before prctl took effect
+        return
     setup_logging(cfg, verbose=verbose)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -88,6 +88,7 @@ _WANTED = {
     0x00081030: "StudyDescription", 0x00200011: "SeriesNumber", 0x0008103E: "SeriesDescription",
     0x00200013: "InstanceNumber", 0x00280010: "Rows", 0x00280011: "Columns",
     0x00280008: "NumberOfFrames", 0x00280100: "BitsAllocated", 0x00280002: "SamplesPerPixel",
+    0x00280004: "PhotometricInterpretation",
 }
 _US_TAGS = {0x00280010, 0x00280011, 0x00280100, 0x00280002}
 
@@ -332,6 +333,8 @@ class _Walker:
                             f"(0028,0100) Bits Allocated = {bits} is not 1, 8, 16, 32 or 64")
         _, length, encapsulated = self.pixel
         if not encapsulated:
+            if v.get("PhotometricInterpretation") == "YBR_FULL_422":
+                spp = 2  # PS3.3 C.7.6.3.1.2: chroma subsampled horizontally, 2 values/pixel
             expected_bits = rows * cols * frames * spp * bits
             expected = (expected_bits + 7) // 8
             if length < expected:
@@ -345,9 +348,10 @@ class _Walker:
         buf = self.buf
         frags = self._fragments
 
-        def tail(off: int, n: int) -> bytes:
-            data = bytes(buf[off + max(0, n - 4):off + n]).rstrip(b"\x00")
-            return data[-2:]
+        def ends_with_eoi(off: int, n: int) -> bool:
+            # Encoders pad a codestream to even length with 0x00 or 0xFF after
+            # the EOI/EOC marker, so look at the last few bytes.
+            return b"\xff\xd9" in bytes(buf[off + max(0, n - 4):off + n])
 
         if self.ts == RLE:
             if len(frags) != frames:
@@ -366,9 +370,13 @@ class _Walker:
                                     f"a {n}-byte fragment")
             return
         if self.ts in JPEG_FAMILY or self.ts in J2K_FAMILY:
-            soi = b"\xff\xd8" if self.ts in JPEG_FAMILY else b"\xff\x4f"
-            eoi = b"\xff\xd9"
-            starts = [i for i, (off, n) in enumerate(frags) if bytes(buf[off:off + 2]) == soi]
+            frags = [f for f in frags if f[1] > 0]
+            if self.ts in JPEG_FAMILY:
+                sois: tuple[bytes, ...] = (b"\xff\xd8",)
+            else:  # raw J2K codestream (SOC) or a JP2 file wrapper, which some encoders emit
+                sois = (b"\xff\x4f", b"\x00\x00\x00\x0c")
+            starts = [i for i, (off, n) in enumerate(frags)
+                      if bytes(buf[off:off + 2]) in sois or bytes(buf[off:off + 4]) in sois]
             if not starts or starts[0] != 0:
                 raise self.fail(st.CANNOT_UNDERSTAND,
                                 "encapsulated Pixel Data: first fragment does not start a "
@@ -380,7 +388,7 @@ class _Walker:
             ends = [s - 1 for s in starts[1:]] + [len(frags) - 1]
             for k, last in enumerate(ends):
                 off, n = frags[last]
-                if tail(off, n) != eoi:
+                if not ends_with_eoi(off, n):
                     raise self.fail(st.CANNOT_UNDERSTAND,
                                     f"encapsulated Pixel Data: codestream of frame {k} is "
                                     f"truncated (no EOI/EOC marker)")

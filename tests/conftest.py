@@ -1,25 +1,27 @@
-"""Shared fixtures: where the read-only shared data lives, DCMTK paths."""
+"""Shared fixtures.  Data locations live in tests/_data.py (importable from tests)."""
 
 from __future__ import annotations
 
-import os
+import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("FENJI_SHARED_DATA", REPO.parent / "shared" / "data"))
-DICOM_DIR = SHARED_DATA / "dicom"
-ECG_DIR = SHARED_DATA / "ecg"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _data import (  # noqa: E402
+    DICOM_DIR,
+    ECG_DIR,
+    REPO,
+    SHARED_DATA,
+    good_files,
+    malformed_files,
+)
 
-def good_dicom_files() -> list[Path]:
-    """Every well-formed .dcm in shared/data/dicom (malformed/ left out)."""
-    return sorted(p for p in DICOM_DIR.rglob("*.dcm") if "malformed" not in p.parts)
-
-
-def malformed_dicom_files() -> list[Path]:
-    return sorted((DICOM_DIR / "malformed").glob("*.dcm"))
+__all__ = ["DICOM_DIR", "ECG_DIR", "REPO", "SHARED_DATA", "good_dicom_files",
+           "malformed_dicom_files"]
+good_dicom_files = good_files
+malformed_dicom_files = malformed_files
 
 
 @pytest.fixture(scope="session")

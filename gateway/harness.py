@@ -1,0 +1,170 @@
+"""Running real nodes as processes: for `make demo`, the benchmarks and tests.
+
+A :class:`NodeProcess` is a node directory made by ``fenji init`` plus a
+``fenji node`` process in its own session (so a test can SIGKILL the whole
+process group: supervisor and workers).  Nothing here is mocked: it is the
+same command an operator runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fenji.gateway.init import init_node
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def fenji_cmd() -> list[str]:
+    """The fenji CLI of this interpreter (works without the console script on PATH)."""
+    return [sys.executable, "-m", "fenji.gateway.cli"]
+
+
+@dataclass
+class NodeProcess:
+    directory: Path
+    name: str = "node"
+    role: str = "edge"
+    ae_title: str = "FENJI"
+    allow_ae: list[str] = field(default_factory=lambda: ["*"])
+    workers: int = 2
+    dicom_port: int = 0
+    http_port: int = 0
+    extra_toml: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    wrap: list[str] = field(default_factory=list)  # e.g. unshare/mount prefix
+    proc: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.directory = Path(self.directory)
+        if not self.dicom_port:
+            self.dicom_port = free_port()
+        if not self.http_port:
+            self.http_port = free_port()
+        self.config = self.directory / "fenji.toml"
+        if not self.config.exists():
+            init_node(self.directory, role=self.role, name=self.name, ae_title=self.ae_title,
+                      dicom_port=self.dicom_port, http_port=self.http_port,
+                      allow_ae=self.allow_ae, workers=self.workers)
+            if self.extra_toml:
+                self._merge_toml(self.extra_toml)
+        self.log_path = self.directory / "node.log"
+
+    def _merge_toml(self, extra: str) -> None:
+        """Append keys to existing sections: ``[section]`` blocks in ``extra``."""
+        text = self.config.read_text()
+        section = None
+        for line in extra.strip().splitlines():
+            line = line.strip()
+            if line.startswith("["):
+                section = line
+                continue
+            if not line or section is None:
+                continue
+            key = line.split("=", 1)[0].strip()
+            lines = text.splitlines()
+            start = lines.index(section)
+            end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")),
+                       len(lines))
+            for i in range(start + 1, end):
+                if lines[i].split("=", 1)[0].strip() == key:
+                    lines[i] = line
+                    break
+            else:
+                lines.insert(start + 1, line)
+            text = "\n".join(lines) + "\n"
+        self.config.write_text(text)
+
+    @property
+    def run_file(self) -> Path:
+        return self.directory / "run" / "node.json"
+
+    def start(self, *, timeout_s: float = 60.0) -> NodeProcess:
+        with contextlib.suppress(FileNotFoundError):
+            self.run_file.unlink()
+        env = dict(os.environ)
+        env.update(self.env)
+        logf = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen([*self.wrap, *fenji_cmd(), "node", "--config",
+                                      str(self.config)], stdout=logf, stderr=logf, env=env,
+                                     start_new_session=True)
+        logf.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node {self.name} exited with {self.proc.returncode}:\n"
+                                   + self.log_tail())
+            if self.run_file.exists():
+                try:
+                    info = json.loads(self.run_file.read_text())
+                except ValueError:
+                    info = None
+                if info and info.get("pid") == self.proc.pid:
+                    return self
+            if self.wrap and self._port_open():
+                return self  # inside a mount namespace the run file is not visible
+            time.sleep(0.05)
+        self.kill()
+        raise TimeoutError(f"node {self.name} not ready in {timeout_s}s:\n" + self.log_tail())
+
+    def _port_open(self) -> bool:
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            return s.connect_ex(("127.0.0.1", self.dicom_port)) == 0
+
+    def stop(self, *, timeout_s: float = 60.0) -> int | None:
+        """SIGTERM and wait (graceful)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
+    def kill(self) -> None:
+        """SIGKILL the node's whole process group (supervisor and workers)."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=30)
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``fenji ARGS --config <this node>`` and return the result."""
+        cmd = [*fenji_cmd(), *args]
+        if "--config" not in args:
+            cmd += ["--config", str(self.config)]
+        return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=300)
+
+    def stored(self) -> list[dict[str, object]]:
+        out = self.cli("store", "ls", "--json").stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def __enter__(self) -> NodeProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.stop() is None:
+            self.kill()

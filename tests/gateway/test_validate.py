@@ -1,0 +1,103 @@
+"""The strict validator: every good shared file passes, every malformed one fails."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pydicom.data
+import pytest
+
+from fenji.gateway import dimse_status as st
+from fenji.gateway.validate import (
+    Rejected,
+    check_dimse,
+    check_part10,
+    split_part10,
+    valid_uid,
+)
+from _data import good_files, malformed_files
+
+EXPECTED_STATUS = {
+    "absurd-size.dcm": st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    "bad-uid-path-traversal.dcm": st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    "invalid-uid-chars.dcm": st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    "pixeldata-too-short.dcm": st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    "missing-sop-instance-uid.dcm": st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    "meta-sop-uid-mismatch.dcm": st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    "deflate-bomb.dcm": st.INSTANCE_TOO_LARGE,
+}
+
+
+@pytest.mark.parametrize("path", good_files(), ids=lambda p: p.name)
+def test_good_shared_files_pass(path: Path) -> None:
+    data = path.read_bytes()
+    checked = check_part10(data)
+    assert checked.part10 == data  # stored exactly as given
+    assert valid_uid(checked.info.sop_instance_uid)
+
+
+@pytest.mark.parametrize("path", malformed_files(), ids=lambda p: p.name)
+def test_malformed_shared_files_are_rejected(path: Path) -> None:
+    with pytest.raises(Rejected) as info:
+        check_part10(path.read_bytes(), max_inflate_bytes=64 * 1024 * 1024)
+    rej = info.value
+    assert rej.status == EXPECTED_STATUS.get(path.name, st.CANNOT_UNDERSTAND), rej.reason
+    assert rej.reason  # a reason a person can read
+
+
+def test_dimse_path_builds_a_part10_that_rechecks() -> None:
+    src = good_files()[0].read_bytes()
+    meta, off = split_part10(src)
+    ds = src[off:]
+    checked = check_dimse(ds, meta["TransferSyntaxUID"],
+                          affected_sop_class=meta["MediaStorageSOPClassUID"],
+                          affected_sop_instance=meta["MediaStorageSOPInstanceUID"],
+                          calling_ae="CT1")
+    assert checked.part10.endswith(ds)
+    again = check_part10(checked.part10)
+    assert again.info.dataset_sha256 == hashlib.sha256(ds).hexdigest()
+    assert again.info.sop_instance_uid == meta["MediaStorageSOPInstanceUID"]
+
+
+def test_dimse_uid_mismatch_with_request_is_refused() -> None:
+    src = good_files()[0].read_bytes()
+    meta, off = split_part10(src)
+    with pytest.raises(Rejected) as info:
+        check_dimse(src[off:], meta["TransferSyntaxUID"],
+                    affected_sop_class=meta["MediaStorageSOPClassUID"],
+                    affected_sop_instance="1.2.3.4")
+    assert info.value.status == st.DATASET_DOES_NOT_MATCH_SOP_CLASS
+
+
+def test_truncation_at_every_point_never_passes_silently() -> None:
+    """A data set cut anywhere is rejected (or, cut exactly between elements
+    before Pixel Data, still fails the pixel or Type 1 checks): never accepted
+    as a different, shorter image."""
+    src = good_files()[0].read_bytes()
+    meta, off = split_part10(src)
+    ds = src[off:]
+    for cut in range(0, len(ds) - 1, max(1, len(ds) // 400)):
+        try:
+            check_dimse(ds[:cut], meta["TransferSyntaxUID"],
+                        affected_sop_class=meta["MediaStorageSOPClassUID"],
+                        affected_sop_instance=meta["MediaStorageSOPInstanceUID"])
+        except Rejected:
+            continue
+        raise AssertionError(f"data set truncated at {cut} of {len(ds)} bytes was accepted")
+
+
+def test_pydicom_test_files_pass_or_are_rejected_cleanly() -> None:
+    """pydicom ships deliberately odd files: each gives a result or a typed error."""
+    accepted = rejected = 0
+    # The files shipped in the wheel (get_testdata_files would try to download more).
+    folder = Path(pydicom.data.__file__).parent / "test_files"
+    for path in sorted(folder.glob("*.dcm")):
+        data = path.read_bytes()
+        try:
+            check_part10(data, max_inflate_bytes=64 * 1024 * 1024)
+            accepted += 1
+        except Rejected as exc:
+            assert exc.reason
+            rejected += 1
+    assert accepted > rejected  # most of pydicom's files are well-formed
