@@ -7,10 +7,9 @@ import threading
 from pathlib import Path
 
 import pytest
-
+from _data import ct_series
 from fenji.gateway.store import PutStatus, Store, StoreFull
 from fenji.gateway.validate import check_part10
-from _data import ct_series
 
 
 def _checked(i: int = 0):  # type: ignore[no-untyped-def]

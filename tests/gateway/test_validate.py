@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pydicom.data
 import pytest
-
+from _data import good_files, malformed_files
 from fenji.gateway import dimse_status as st
 from fenji.gateway.validate import (
     Rejected,
@@ -16,7 +16,6 @@ from fenji.gateway.validate import (
     split_part10,
     valid_uid,
 )
-from _data import good_files, malformed_files
 
 EXPECTED_STATUS = {
     "absurd-size.dcm": st.DATASET_DOES_NOT_MATCH_SOP_CLASS,

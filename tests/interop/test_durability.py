@@ -14,12 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-
+from _data import ct_series
 from fenji.gateway.dcmtk import storescu, tool
 from fenji.gateway.harness import NodeProcess, fenji_cmd
 from fenji.gateway.synth import derive
 from fenji.gateway.validate import split_part10
-from _data import ct_series
 
 
 def _dataset_sha(path: Path) -> str:
@@ -34,7 +33,10 @@ def _blobs_complete(store: Path) -> None:
         assert hashlib.sha256(p.read_bytes()).hexdigest() == p.name, f"half-written blob {p}"
 
 
-def _start_senders(sets: list[list[Path]], port: int, logs: Path) -> list[tuple[subprocess.Popen[str], Path, list[Path]]]:
+Sender = tuple[subprocess.Popen[str], Path, list[Path]]
+
+
+def _start_senders(sets: list[list[Path]], port: int, logs: Path) -> list[Sender]:
     procs = []
     for i, files in enumerate(sets):
         if not files:
@@ -84,7 +86,7 @@ def _crash_loop(tmp_path: Path, kills: int, n_files: int, seed: int) -> None:
         time.sleep(rng.uniform(0.2, 1.2))
         node.kill()  # SIGKILL the supervisor and every worker at once
         before = len(acked)
-        for p, log, sent in procs:
+        for p, log, _ in procs:
             p.wait(timeout=120)
             acked |= _acknowledged(log)
         interrupted += len(acked) < len(files) and len(acked) >= before
