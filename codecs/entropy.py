@@ -15,10 +15,14 @@ Numba (``_x_nb = njit(_x_py)``); tests assert the two agree.
 
 from __future__ import annotations
 
-import numpy as np
-from numba import njit
+from typing import Any, no_type_check
 
+import numpy as np
 from fenji.codecs.errors import DecodeError
+from numba import njit as _njit
+
+# Any-typed: numba's stubs do not describe dispatchers called with arrays
+njit: Any = _njit
 
 PROB_BITS = 12
 PROB_SCALE = 1 << PROB_BITS
@@ -26,7 +30,6 @@ RANS_L = 1 << 23
 NSYM = 72  # tokens for u < 2**32: 16 direct + 2 per exponent 4..31
 SPLIT = 16
 
-_NJIT = {"nogil": True, "cache": True}
 
 
 def token_of(u: int) -> tuple[int, int, int]:
@@ -139,6 +142,7 @@ def decode_tables(freqs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
 # --------------------------------------------------------------------------- kernels
 
 
+@no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
 def _hist_py(ctx, tok, nctx):  # type: ignore[no-untyped-def]
     """Counts of each token per context."""
     h = np.zeros((nctx, NSYM), dtype=np.int64)
@@ -147,6 +151,7 @@ def _hist_py(ctx, tok, nctx):  # type: ignore[no-untyped-def]
     return h
 
 
+@no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
 def _rans_encode_py(ctx, tok, start, end, freq, cum, out):  # type: ignore[no-untyped-def]
     """rANS-encode tok[start:end] (contexts ctx) backwards into the tail of ``out``.
 
@@ -172,6 +177,7 @@ def _rans_encode_py(ctx, tok, start, end, freq, cum, out):  # type: ignore[no-un
     return pos
 
 
+@no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
 def _pack_bits_py(nbits, vals, start, end, out):  # type: ignore[no-untyped-def]
     """Pack vals[i] (nbits[i] bits each, LSB first) for i in [start, end); returns bytes used."""
     acc = 0
@@ -194,6 +200,6 @@ def _pack_bits_py(nbits, vals, start, end, out):  # type: ignore[no-untyped-def]
     return pos
 
 
-_hist_nb = njit(_hist_py, **_NJIT)
-_rans_encode_nb = njit(_rans_encode_py, **_NJIT)
-_pack_bits_nb = njit(_pack_bits_py, **_NJIT)
+_hist_nb: Any = njit(_hist_py, nogil=True, cache=True)
+_rans_encode_nb: Any = njit(_rans_encode_py, nogil=True, cache=True)
+_pack_bits_nb: Any = njit(_pack_bits_py, nogil=True, cache=True)

@@ -20,7 +20,6 @@ import hashlib
 import struct
 
 import zstandard as zstd
-
 from fenji.codecs.errors import DecodeError
 
 DICT_VERSION = 1
@@ -218,4 +217,5 @@ def header_decode(blob: bytes, *, max_size: int) -> bytes:
             raise DecodeError(f"header frame declares {size} bytes, limit {max_size}")
         return d.decompress(blob[_HDR.size:], max_output_size=max_size)
     except zstd.ZstdError as exc:
-        raise DecodeError(f"header zstd frame (dictionary {dict_id:#06x}) is corrupt: {exc}") from None
+        raise DecodeError(
+            f"header zstd frame (dictionary {dict_id:#06x}) is corrupt: {exc}") from None

@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 import zstandard as zstd
-
 from fenji.codecs.errors import DecodeError
 from fenji.codecs.header import header_decode, header_encode
 from fenji.codecs.pixel import pixel_decode, pixel_encode
@@ -486,7 +485,8 @@ def instance_info(enc: bytes) -> dict[str, Any]:
         "ratio": orig_len / len(enc) if enc else 0.0, "blake2b_128": dig.hex(),
         "header": {"raw_bytes": hraw, "encoded_bytes": hlen,
                    "dict_id": int.from_bytes(enc[pos:pos + 2], "little") if hlen >= 2 else None},
-        "payloads": [{"kind": KIND_NAMES.get(k & ~_BIG, str(k)), "big_endian": bool(k & _BIG), "codec": CODEC_NAMES.get(c, str(c)),
+        "payloads": [{"kind": KIND_NAMES.get(k & ~_BIG, str(k)), "big_endian": bool(k & _BIG),
+                      "codec": CODEC_NAMES.get(c, str(c)),
                       "offset": off, "raw_bytes": ln, "encoded_bytes": bl}
                      for k, c, off, ln, bl in pays],
     }

@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import Any
+from typing import Any, no_type_check
 
 import numba
 import numpy as np
-from numba import njit, prange
-
 from fenji.codecs import entropy as ent
 from fenji.codecs.entropy import (
     PROB_BITS,
@@ -44,11 +42,16 @@ from fenji.codecs.entropy import (
     _rans_encode_py,
 )
 from fenji.codecs.errors import DecodeError
+from numba import njit as _njit
+from numba import prange as _prange
+
+# Any-typed: numba's stubs do not describe dispatchers called with arrays
+njit: Any = _njit
+prange: Any = _prange
 
 MAGIC = b"FJPX"
 VERSION = 1
 NCTX = 32
-_NJIT = {"nogil": True, "cache": True}
 
 # dtype code <-> dtype, one table (STYLE: dtypes explicit, from one table)
 DTYPES: dict[int, str] = {1: "|u1", 2: "|i1", 3: "<u2", 4: "<i2"}
@@ -109,6 +112,7 @@ def _qlut(t1: int, t2: int, t3: int) -> np.ndarray:
 # written out in both (Numba cannot call a plain-Python helper from a twin).
 
 
+@no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
 def _model_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, ctx, tok, nbits, vals):  # type: ignore[no-untyped-def]
     """Residual tokens of planes[p, r0:r1] into the flat outputs (encoder pass 1)."""
     rows = planes.shape[1]
@@ -213,13 +217,13 @@ def _model_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, ctx, tok, nbits, vals):
             eprev[i] = ecur[i]
 
 
+@no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
 def _decode_tile_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, freq, cum, sym,  # type: ignore[no-untyped-def]
                     buf, rs, re_, bs, be):
     """Decode planes[p, r0:r1] from rANS bytes buf[rs:re_] and extra bits buf[bs:be].
 
     Returns 0 on success, a negative code if the stream is inconsistent.
     """
-    rows = planes.shape[1]
     cols = planes.shape[2]
     bsum = np.zeros(729, np.int64)
     corr = np.zeros(729, np.int64)
@@ -228,7 +232,8 @@ def _decode_tile_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, freq, cum, sym,  
     ecur = np.zeros(cols + 1, np.int64)
     if re_ - rs < 4:
         return -1
-    x = (np.int64(buf[rs]) << 24) | (np.int64(buf[rs + 1]) << 16) | (np.int64(buf[rs + 2]) << 8) | np.int64(buf[rs + 3])
+    x = ((np.int64(buf[rs]) << 24) | (np.int64(buf[rs + 1]) << 16)
+         | (np.int64(buf[rs + 2]) << 8) | np.int64(buf[rs + 3]))
     rpos = rs + 4
     acc = 0
     nacc = 0
@@ -337,10 +342,11 @@ def _decode_tile_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, freq, cum, sym,  
     return 0
 
 
-_model_nb = njit(_model_py, **_NJIT)
-_decode_tile_nb = njit(_decode_tile_py, **_NJIT)
+_model_nb: Any = njit(_model_py, nogil=True, cache=True)
+_decode_tile_nb: Any = njit(_decode_tile_py, nogil=True, cache=True)
 
 
+@no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
 def _model_tiles_py(planes, tiles, lo, hi, t3, qlut, wact, ctx, tok, nbits, vals):  # type: ignore[no-untyped-def]
     for i in range(tiles.shape[0]):
         _model_py(planes, tiles[i, 0], tiles[i, 1], tiles[i, 2], lo, hi, t3, qlut, wact,
@@ -354,6 +360,7 @@ def _model_tiles_nb(planes, tiles, lo, hi, t3, qlut, wact, ctx, tok, nbits, vals
                   ctx, tok, nbits, vals)
 
 
+@no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
 def _code_tiles_py(ctx, tok, nbits, vals, starts, freq, cum, rbuf, roff, bbuf, boff, res):  # type: ignore[no-untyped-def]
     for i in range(starts.shape[0] - 1):
         res[i, 0] = _rans_encode_py(ctx, tok, starts[i], starts[i + 1], freq, cum,
@@ -371,6 +378,7 @@ def _code_tiles_nb(ctx, tok, nbits, vals, starts, freq, cum, rbuf, roff, bbuf, b
                                       bbuf[boff[i]:boff[i + 1]])
 
 
+@no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
 def _decode_tiles_py(planes, tiles, lo, hi, t3, qlut, wact, freq, cum, sym, buf, spans, status):  # type: ignore[no-untyped-def]
     for i in range(tiles.shape[0]):
         status[i] = _decode_tile_py(planes, tiles[i, 0], tiles[i, 1], tiles[i, 2], lo, hi, t3, qlut,
@@ -612,7 +620,8 @@ def pixel_decode(buf: bytes, *, _impl: str = "nb") -> np.ndarray:
     t1, t2, t3 = info["thresholds"]
     if not 1 <= t1 <= t2 <= t3 <= 1 << 20:
         raise DecodeError(f"pixel stream thresholds {(t1, t2, t3)} invalid")
-    _IMPL[_impl]["decode"](planes, tiles, info["lo"], info["hi"], t3, _qlut(t1, t2, t3), info["wact"],
+    _IMPL[_impl]["decode"](planes, tiles, info["lo"], info["hi"], t3, _qlut(t1, t2, t3),
+                           info["wact"],
                            f, cum, sym, data, spans, status)
     if status.any():
         bad = int(np.nonzero(status)[0][0])
@@ -628,4 +637,4 @@ def pixel_decode(buf: bytes, *, _impl: str = "nb") -> np.ndarray:
 
 def set_threads(n: int) -> None:
     """Numba threads used by the parallel kernels (1 = single core)."""
-    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    numba.set_num_threads(max(1, min(n, int(getattr(numba.config, "NUMBA_NUM_THREADS", 1)))))

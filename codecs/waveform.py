@@ -20,23 +20,25 @@ True
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
-from typing import Any
+from typing import Any, no_type_check
 
 import numpy as np
-from numba import njit
-
 from fenji.codecs import entropy as ent
 from fenji.codecs.entropy import PROB_BITS, PROB_SCALE, RANS_L
 from fenji.codecs.errors import DecodeError
+from numba import njit as _njit
+
+# Any-typed: numba's stubs do not describe dispatchers called with arrays
+njit: Any = _njit
 
 MAGIC = b"FJWV"
 VERSION = 1
 NCTX = 24
 SHIFT = 14  # LPC coefficient precision (bits)
 PMAX = 32
-_NJIT = {"nogil": True, "cache": True}
 DTYPES: dict[int, str] = {1: "<i2", 2: "<u2", 3: "|i1", 4: "|u1"}
 _CODE_OF = {np.dtype(v): k for k, v in DTYPES.items()}
 _HDR = struct.Struct("<4sBBHIIHB")  # magic, version, dtype, channels, samples, block, ntab?, order
@@ -56,6 +58,7 @@ _CLUT = np.array([_cls_of(v) for v in range(4096)], dtype=np.uint8)
 # --------------------------------------------------------------------------- kernels
 
 
+@no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
 def _lpc_residual_py(y, coefs, order, block, r):  # type: ignore[no-untyped-def]
     """r[t] = y[t] - round(sum_k coefs[blk, k] * y[t-1-k] / 2**SHIFT) (order-1 start-up)."""
     n = y.shape[0]
@@ -72,6 +75,7 @@ def _lpc_residual_py(y, coefs, order, block, r):  # type: ignore[no-untyped-def]
         r[t] = np.int64(y[t]) - pred
 
 
+@no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
 def _lpc_restore_py(r, coefs, order, block, y):  # type: ignore[no-untyped-def]
     n = r.shape[0]
     rnd = 1 << (SHIFT - 1)
@@ -87,6 +91,7 @@ def _lpc_restore_py(r, coefs, order, block, y):  # type: ignore[no-untyped-def]
         y[t] = np.int64(r[t]) + pred
 
 
+@no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
 def _tokens_py(res, ctx, tok, nbits, vals):  # type: ignore[no-untyped-def]
     """Context (previous residual magnitudes) and token of every residual of one channel."""
     p1 = 0
@@ -118,6 +123,7 @@ def _tokens_py(res, ctx, tok, nbits, vals):  # type: ignore[no-untyped-def]
         p1 = e if e >= 0 else -e
 
 
+@no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
 def _decode_res_py(buf, rs, re_, bs, be, freq, cum, sym, res):  # type: ignore[no-untyped-def]
     """Decode one channel's residuals; 0 on success, negative if inconsistent."""
     if re_ - rs < 4:
@@ -170,10 +176,10 @@ def _decode_res_py(buf, rs, re_, bs, be, freq, cum, sym, res):  # type: ignore[n
     return 0
 
 
-_lpc_residual_nb = njit(_lpc_residual_py, **_NJIT)
-_lpc_restore_nb = njit(_lpc_restore_py, **_NJIT)
-_tokens_nb = njit(_tokens_py, **_NJIT)
-_decode_res_nb = njit(_decode_res_py, **_NJIT)
+_lpc_residual_nb: Any = njit(_lpc_residual_py, nogil=True, cache=True)
+_lpc_restore_nb: Any = njit(_lpc_restore_py, nogil=True, cache=True)
+_tokens_nb: Any = njit(_tokens_py, nogil=True, cache=True)
+_decode_res_nb: Any = njit(_decode_res_py, nogil=True, cache=True)
 
 _IMPL: dict[str, dict[str, Any]] = {
     "nb": {"res": _lpc_residual_nb, "restore": _lpc_restore_nb, "tokens": _tokens_nb,
@@ -214,7 +220,7 @@ def _lpc_coefs(y: np.ndarray, order: int) -> np.ndarray:
         if err <= 0:
             break
     q = np.round(-a[1:] * (1 << SHIFT))
-    return np.clip(q, -(1 << 20), 1 << 20).astype(np.int64)
+    return np.asarray(q.clip(-(1 << 20), 1 << 20), dtype=np.int64)  # type: ignore[call-overload]
 
 
 def _inter_lead(x: np.ndarray) -> list[tuple[int, int, int, int]]:
@@ -251,7 +257,7 @@ def _apply_inter(x: np.ndarray, choice: list[tuple[int, int, int, int]]) -> np.n
 
 def _est_bits(r: np.ndarray) -> float:
     m = float(np.abs(r).mean()) if len(r) else 0.0
-    return len(r) * np.log2(2.0 * m + 1.0)
+    return len(r) * math.log2(2.0 * m + 1.0)
 
 
 # --------------------------------------------------------------------------- public
