@@ -68,6 +68,10 @@ class DicomSection:
     max_instance_bytes: int = 1024 * 1024 * 1024
     # Idle network timeout: a dead modality must not hold an association forever.
     network_timeout_s: float = 60.0
+    # pynetdicom's reactor threads poll every 1 ms, which caps a single
+    # association at a few hundred instances/s; fenji polls this often instead
+    # (gateway/scp.py, _FastPoll).  1e-3 restores pynetdicom's own behaviour.
+    poll_interval_s: float = 0.0001
     acse_timeout_s: float = 30.0
     dimse_timeout_s: float = 60.0
 
@@ -264,6 +268,8 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
         errors.append(f"dicom.max_associations = {cfg.dicom.max_associations} must be >= 1")
     if cfg.dicom.max_instance_bytes < 1024:
         errors.append(f"dicom.max_instance_bytes = {cfg.dicom.max_instance_bytes} is too small")
+    if not 0 < cfg.dicom.poll_interval_s <= 0.01:
+        errors.append(f"dicom.poll_interval_s = {cfg.dicom.poll_interval_s} is outside (0, 0.01]")
     for name in ("network_timeout_s", "acse_timeout_s", "dimse_timeout_s"):
         v = getattr(cfg.dicom, name)
         if v <= 0:

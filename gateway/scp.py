@@ -50,6 +50,36 @@ EXTRA_STORAGE_CLASSES = (
 )
 
 
+class _FastPoll:
+    """Stand-in for the ``time`` module inside pynetdicom's reactor loops.
+
+    pynetdicom polls: its DUL and association threads sleep 1 ms between
+    checks, and a C-STORE crosses both loops twice, which alone caps one
+    association at a few hundred instances/s whatever the hardware.  This proxy
+    shortens exactly those 1 ms sleeps to ``poll_s`` (dicom.poll_interval_s)
+    and passes everything else through to the real module.  The cost is CPU
+    while an association sits idle (bounded by dicom.network_timeout_s).
+    """
+
+    def __init__(self, poll_s: float) -> None:
+        self.poll_s = poll_s
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(self.poll_s if 0 < seconds <= 0.001 else seconds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def install_fast_poll(poll_s: float) -> None:
+    import pynetdicom.association
+    import pynetdicom.dul
+
+    proxy = _FastPoll(poll_s)
+    pynetdicom.association.time = proxy  # type: ignore[attr-defined]
+    pynetdicom.dul.time = proxy  # type: ignore[attr-defined]
+
+
 class _Server(ThreadedAssociationServer):
     """pynetdicom's server with fenji's socket options and address allow-list."""
 
@@ -124,6 +154,8 @@ class DicomService:
                 ae.add_supported_context(uid, ts)
         ae.add_supported_context(Verification, ts)
         self.ae = ae
+        if d.poll_interval_s < 0.001:
+            install_fast_poll(d.poll_interval_s)
 
     # -- lifecycle ------------------------------------------------------
     def start(self) -> tuple[str, int]:
