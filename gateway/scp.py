@@ -24,15 +24,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from fenji.gateway import dimse_status as st
-from fenji.gateway.config import Config
-from fenji.gateway.store import PutStatus, Store, StoreFull
-from fenji.gateway.validate import ACCEPTED_TRANSFER_SYNTAXES, Rejected, check_dimse
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
+
+from fenji.gateway import dimse_status as st
+from fenji.gateway.config import Config
+from fenji.gateway.store import PutStatus, Store, StoreFull
+from fenji.gateway.validate import ACCEPTED_TRANSFER_SYNTAXES, Rejected, check_dimse
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,11 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from pydicom.datadict import dictionary_VR
+
 from fenji.gateway import dimse_status as st
 from fenji.gateway.errors import PeerError
 from fenji.gateway.store import InstanceInfo
-from pydicom.datadict import dictionary_VR
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"

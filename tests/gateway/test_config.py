@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from fenji.gateway import config
 from fenji.gateway.errors import ConfigError
 from fenji.gateway.init import init_node

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from _data import ct_series
+
 from fenji.gateway.store import PutStatus, Store, StoreFull
 from fenji.gateway.validate import check_part10
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pydicom.data
 import pytest
 from _data import good_files, malformed_files
+
 from fenji.gateway import dimse_status as st
 from fenji.gateway.validate import (
     Rejected,

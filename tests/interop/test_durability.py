@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from _data import ct_series
+
 from fenji.gateway.dcmtk import storescu, tool
 from fenji.gateway.harness import NodeProcess, fenji_cmd
 from fenji.gateway.synth import derive

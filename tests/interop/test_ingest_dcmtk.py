@@ -11,11 +11,12 @@ import pydicom
 import pydicom.data
 import pytest
 from _data import ct_series, good_files, malformed_files
+from pynetdicom import AE
+
 from fenji.gateway import dimse_status as st
 from fenji.gateway.dcmtk import echoscu, storescu, tool
 from fenji.gateway.harness import NodeProcess
 from fenji.gateway.validate import ACCEPTED_TRANSFER_SYNTAXES, check_part10, split_part10
-from pynetdicom import AE
 
 TIMEOUT = pytest.mark.timeout(600)
 
