@@ -1,0 +1,170 @@
+"""Bundle: streaming, resumable, verified; corruption and truncation raise DecodeError."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from _data import DICOM_DIR
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fenji.codecs import (
+    BundleReader,
+    EndEvent,
+    InstanceEvent,
+    ManifestEvent,
+    PreviewEvent,
+    make_preview,
+    plan_bundle,
+    read_bundle,
+    write_bundle,
+)
+from fenji.codecs.bundle import Preview
+from fenji.codecs.errors import DecodeError
+
+NAMES = ["mr/ge_epi_axial/MR_0001.dcm", "mr/ge_epi_axial/MR_0002.dcm",
+         "ecg/waveform_ecg_12lead.dcm", "dx/dx_image.dcm", "other/sr_tid1500_measurements.dcm"]
+CASE = {"case_id": "C-1", "priority": "STAT", "question": "肺炎?", "attestation": {"ok": True}}
+
+
+@pytest.fixture(scope="module")
+def instances() -> list[bytes]:
+    return [(DICOM_DIR / n).read_bytes() for n in NAMES]
+
+
+@pytest.fixture(scope="module")
+def bundle(instances: list[bytes]) -> tuple[bytes, list[bytes]]:
+    previews = [make_preview(instances[0]), make_preview(instances[2])]
+    return plan_bundle(CASE, instances, previews).to_bytes(), instances
+
+
+def test_round_trip_and_manifest(bundle: tuple[bytes, list[bytes]]) -> None:
+    data, originals = bundle
+    manifest, previews, out = read_bundle(data)
+    assert out == originals
+    assert manifest["case"] == CASE
+    assert [e["sha256"] for e in manifest["instances"]] == [
+        hashlib.sha256(o).hexdigest() for o in originals]
+    assert [p.kind for p in previews] == ["image", "ecg"]
+    img = previews[0].array()
+    assert img.dtype == np.uint8 and img.ndim == 2
+    ecg = previews[1].array()
+    assert ecg.dtype == np.int16 and ecg.shape[1] == 1 and previews[1].meta["fs_hz"] > 0
+
+
+def test_offsets_address_sections(bundle: tuple[bytes, list[bytes]]) -> None:
+    data, originals = bundle
+    manifest, _, _ = read_bundle(data)
+    for e in manifest["instances"] + manifest["previews"]:
+        kind = data[e["offset"]:e["offset"] + 4]
+        assert kind in (b"INST", b"PREV")
+    assert data[manifest["end_offset"]:manifest["end_offset"] + 4] == b"END."
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(st.lists(st.integers(1, 40000), min_size=1, max_size=30))
+def test_any_chunking_gives_the_same_events(bundle: tuple[bytes, list[bytes]],
+                                            sizes: list[int]) -> None:
+    data, originals = bundle
+    reader = BundleReader()
+    events = []
+    pos = 0
+    i = 0
+    while pos < len(data):
+        n = sizes[i % len(sizes)]
+        events += reader.feed(data[pos:pos + n])
+        pos += n
+        i += 1
+    reader.close()
+    assert reader.complete and reader.offset == len(data)
+    kinds = [type(e) for e in events]
+    assert kinds == [ManifestEvent, PreviewEvent, PreviewEvent] + [InstanceEvent] * len(
+        originals) + [EndEvent]
+    assert [e.data for e in events if isinstance(e, InstanceEvent)] == originals
+
+
+def test_instances_arrive_as_their_bytes_arrive(bundle: tuple[bytes, list[bytes]]) -> None:
+    data, originals = bundle
+    manifest, _, _ = read_bundle(data)
+    reader = BundleReader()
+    first = manifest["instances"][1]
+    evs = reader.feed(data[:first["offset"] + first["size"]])
+    got = [e.index for e in evs if isinstance(e, InstanceEvent)]
+    assert got == [0, 1]
+    with pytest.raises(DecodeError, match="truncated"):
+        reader.close()
+
+
+def test_resume_from_any_offset(instances: list[bytes]) -> None:
+    plan = plan_bundle(CASE, instances)
+    whole = plan.to_bytes()
+    assert plan.size == len(whole)
+    for start in (0, 1, 100, plan.sections[2].offset, plan.size - 3, plan.size):
+        assert b"".join(plan.iter_bytes(start, chunk_size=777)) == whole[start:]
+    assert b"".join(write_bundle(CASE, instances)) == whole
+
+
+def test_skip_already_stored(bundle: tuple[bytes, list[bytes]]) -> None:
+    data, _ = bundle
+    reader = BundleReader(skip={0, 2})
+    evs = reader.feed(data)
+    reader.close()
+    assert [e.index for e in evs if isinstance(e, InstanceEvent)] == [1, 3, 4]
+
+
+def test_pre_encoded_instances_are_used(instances: list[bytes]) -> None:
+    from fenji.codecs import encode_instance
+
+    enc = [encode_instance(instances[0]), None]
+    plan = plan_bundle({}, instances[:2], encoded=enc)
+    assert read_bundle(plan.to_bytes())[2] == instances[:2]
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(st.data())
+def test_bit_flips_and_truncation_raise(bundle: tuple[bytes, list[bytes]],
+                                       data: st.DataObject) -> None:
+    blob, _ = bundle
+    flipped = bytearray(blob)
+    i = data.draw(st.integers(0, len(blob) - 1), label="offset")
+    flipped[i] ^= 1 << data.draw(st.integers(0, 7), label="bit")
+    with pytest.raises(DecodeError):
+        read_bundle(bytes(flipped))
+    cut = data.draw(st.integers(0, len(blob) - 1), label="cut")
+    with pytest.raises(DecodeError):
+        read_bundle(blob[:cut])
+
+
+def test_structural_errors(bundle: tuple[bytes, list[bytes]]) -> None:
+    blob, _ = bundle
+    with pytest.raises(DecodeError, match="magic"):
+        read_bundle(b"XXXX" + blob[4:])
+    with pytest.raises(DecodeError, match="after the end"):
+        read_bundle(blob + b"\x00")
+    with pytest.raises(DecodeError, match="version"):
+        read_bundle(blob[:4] + b"\x02" + blob[5:])
+    r = BundleReader()
+    r.feed(blob)
+    with pytest.raises(DecodeError):
+        r.feed(b"more")
+
+
+def test_case_must_be_json() -> None:
+    with pytest.raises(ValueError, match="JSON"):
+        plan_bundle({"when": object()}, [b"x"])
+
+
+def test_preview_of_non_image_is_none_and_serialises() -> None:
+    assert make_preview(b"not dicom") is None
+    sr = (DICOM_DIR / "other" / "sr_tid1500_measurements.dcm").read_bytes()
+    assert make_preview(sr) is None
+    p = Preview("image", {"a": 1}, b"xyz")
+    assert Preview.from_bytes(p.to_bytes()) == p
+    with pytest.raises(DecodeError):
+        Preview.from_bytes(b"\xff\xff\xff\xff{")
+    assert json.loads(p.to_bytes()[4:-3])["kind"] == "image"

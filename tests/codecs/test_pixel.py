@@ -1,0 +1,130 @@
+"""Pixel codec: round trips over hypothesis arrays, Numba kernels == their NumPy twins."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from fenji.codecs import pixel as px
+from fenji.codecs.errors import DecodeError
+
+DTYPES = ["|u1", "|i1", "<u2", "<i2"]
+FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+TWIN = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def images(draw, max_side: int = 40, max_frames: int = 2):  # type: ignore[no-untyped-def]
+    dtype = np.dtype(draw(st.sampled_from(DTYPES)))
+    rows = draw(st.integers(1, max_side))
+    cols = draw(st.integers(1, max_side))
+    frames = draw(st.integers(1, max_frames))
+    samples = draw(st.sampled_from([1, 3]))
+    info = np.iinfo(dtype)
+    kind = draw(st.sampled_from(["noise", "constant", "smooth", "extreme", "elements"]))
+    shape = (frames, rows, cols, samples)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if kind == "noise":
+        a = rng.integers(info.min, info.max, size=shape, endpoint=True)
+    elif kind == "constant":
+        a = np.full(shape, draw(st.integers(int(info.min), int(info.max))))
+    elif kind == "smooth":
+        base = np.cumsum(np.cumsum(rng.integers(-3, 4, size=shape), axis=1), axis=2)
+        a = np.clip(base + (int(info.min) + int(info.max)) // 2, info.min, info.max)
+    elif kind == "extreme":
+        a = rng.choice([int(info.min), int(info.max)], size=shape)
+    else:
+        return draw(hnp.arrays(dtype, shape))
+    return a.astype(dtype)
+
+
+def _squeeze(a: np.ndarray, how: int) -> np.ndarray:
+    if how == 0 and a.shape[0] == 1 and a.shape[3] == 1:
+        return a[0, :, :, 0]
+    if how == 1 and a.shape[3] == 1:
+        return a[..., 0]
+    return a
+
+
+@FAST
+@given(images(), st.sampled_from(["fast", "max"]), st.integers(0, 2))
+def test_round_trip(a: np.ndarray, effort: str, how: int) -> None:
+    a = _squeeze(a, how)
+    rct = a.ndim == 4 and a.shape[3] == 3
+    before = a.copy()
+    out = px.pixel_decode(px.pixel_encode(a, effort=effort, rct=rct))
+    np.testing.assert_array_equal(a, before)  # input never mutated
+    assert out.dtype == a.dtype and out.shape == a.shape
+    np.testing.assert_array_equal(out, a)
+
+
+@TWIN
+@given(images(max_side=12, max_frames=1))
+def test_kernels_equal_twins(a: np.ndarray) -> None:
+    rct = a.shape[3] == 3
+    enc_nb = px.pixel_encode(a, rct=rct)
+    enc_py = px.pixel_encode(a, rct=rct, _impl="py")
+    assert enc_nb == enc_py
+    np.testing.assert_array_equal(px.pixel_decode(enc_nb, _impl="py"), a)
+
+
+def test_model_kernel_equals_twin_directly() -> None:
+    rng = np.random.default_rng(7)
+    planes = np.ascontiguousarray(rng.integers(-500, 4000, size=(2, 9, 11)), dtype=np.int32)
+    tiles = px._tiles(2, 9, 11, 4)
+    outs = []
+    for impl in ("nb", "py"):
+        n = planes.size
+        bufs = (np.zeros(n, np.uint8), np.zeros(n, np.uint8), np.zeros(n, np.uint8),
+                np.zeros(n, np.uint32))
+        px._IMPL[impl]["model"](planes, tiles, -500, 4000, 306, px._qlut(18, 82, 306), 1, *bufs)
+        outs.append(bufs)
+    for x, y in zip(*outs, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_ct_beats_zstd_on_a_real_slice() -> None:
+    import pydicom
+    from _data import DICOM_DIR
+
+    a = pydicom.dcmread(DICOM_DIR / "ct" / "CT_0014.dcm").pixel_array
+    enc = px.pixel_encode(a)
+    np.testing.assert_array_equal(px.pixel_decode(enc), a)
+    import zstandard
+
+    assert len(enc) < len(zstandard.ZstdCompressor(level=19).compress(a.tobytes()))
+
+
+@FAST
+@given(st.data())
+def test_corruption_raises(data: st.DataObject) -> None:
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 4096, size=(17, 23)).astype("<u2")
+    enc = bytearray(px.pixel_encode(a))
+    i = data.draw(st.integers(0, len(enc) - 1))
+    enc[i] ^= 1 << data.draw(st.integers(0, 7))
+    with pytest.raises(DecodeError):
+        px.pixel_decode(bytes(enc))
+    cut = data.draw(st.integers(0, len(enc) - 1))
+    with pytest.raises(DecodeError):
+        px.pixel_decode(bytes(px.pixel_encode(a))[:cut])
+
+
+def test_rejects_unsupported_input() -> None:
+    with pytest.raises(ValueError, match="dtype"):
+        px.pixel_encode(np.zeros((2, 2), np.float32))
+    with pytest.raises(ValueError, match="effort"):
+        px.pixel_encode(np.zeros((2, 2), np.uint8), effort="slow")
+    with pytest.raises(ValueError, match="rct"):
+        px.pixel_encode(np.zeros((1, 2, 2, 1), np.uint8), rct=True)
+
+
+def test_empty_and_big_endian() -> None:
+    a = np.zeros((0, 5), np.uint8)
+    assert px.pixel_decode(px.pixel_encode(a)).shape == (0, 5)
+    b = np.arange(30, dtype=">u2").reshape(5, 6)
+    out = px.pixel_decode(px.pixel_encode(b))
+    np.testing.assert_array_equal(out, b)
