@@ -15,7 +15,12 @@ PYTEST_ARGS ?=
 all: test
 
 $(VPY):
-	$(PY) -m venv $(VENV)
+	@# Debian's python3 needs python3-venv for `-m venv`; install it when root.
+	@$(PY) -m venv $(VENV) 2>/dev/null || { \
+	  rm -rf $(VENV); \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; \
+	  fi; $(PY) -m venv $(VENV); }
 	$(VPY) -m pip install --quiet --upgrade pip setuptools wheel
 
 # Dependencies are installed again only when pyproject.toml changes.
