@@ -1,0 +1,368 @@
+"""Per-lead ECG signal quality and the per-record quality report.
+
+Checks, each a value per lead compared with a threshold from
+:class:`EcgQualityThresholds` (plain values; the gateway maps its config onto
+it):
+
+========== ==================================================== ===========
+check      value                                                 unit
+========== ==================================================== ===========
+flat       longest run of samples that do not change              s
+saturation time spent on the lead's extreme value (clipped)       s
+lead_off   flat or clipped time in runs of at least ``off_run_s`` s
+amplitude  robust peak-to-peak of the 0.5-40 Hz signal             mV
+hf_noise   median 1-s RMS of the signal above 40 Hz (mains notched) mV
+baseline   peak-to-peak of the wander below 0.5 Hz                 mV
+bsqi       agreement of two independent QRS detectors             0..1
+========== ==================================================== ===========
+
+How thresholds were chosen (physiology and the AHA/IEC 60601-2-25 figures,
+never record by record): a resting ECG lead does not hold the same value for
+0.2 s -- even the isoelectric PR/ST segments carry noise at a 5 uV resolution;
+a QRS is 0.5-3 mV peak to peak in limb and chest leads, so below 0.1 mV the
+lead is not picking up the heart and above 15 mV it is picking up something
+else; EMG/tremor above 40 Hz at 50 uV RMS already hides P waves (~0.1 mV);
+wander of more than 2 mV below 0.5 Hz throws the trace off a 10 mm/mV grid,
+and a 10 mV step is an electrode popping, not the heart.  bSQI below 0.8 means
+the two detectors disagree on one beat in five.  A 12-lead ECG is read by
+comparing leads, so three leads with warnings make the record unacceptable.
+
+Every loop over samples is a Numba kernel compiled from its Python twin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+from fenji.codecs import ecg_filters as flt
+from fenji.codecs import qrs as qrs_mod
+
+_NJIT = {"nogil": True, "cache": True}
+
+ACCEPTABLE = "acceptable"
+WARNINGS = "acceptable_with_warnings"
+UNACCEPTABLE = "unacceptable"
+_RANK = {ACCEPTABLE: 0, WARNINGS: 1, UNACCEPTABLE: 2}
+_COUNTED = ("baseline", "bsqi")   # warnings that count towards warn_leads_max
+
+
+@dataclass(frozen=True, slots=True)
+class EcgQualityThresholds:
+    """Thresholds of the ECG quality gate, in physical units (defaults documented
+    in the module docstring).  ``*_warn`` values give "acceptable_with_warnings",
+    the others "unacceptable"."""
+
+    flat_s: float = 0.2             # a lead constant this long is not recording
+    flat_eps_mv: float = 0.0        # |step| at or below this counts as "no change"
+    saturation_s: float = 0.2       # clipped at the lead's rail this long
+    lead_off_s: float = 0.5         # flat/clipped time (runs >= off_run_s) -> "off"
+    off_run_s: float = 0.1
+    amplitude_min_mv: float = 0.1   # QRS is 0.5-3 mV; below 0.1 mV no cardiac signal
+    amplitude_max_mv: float = 15.0  # beyond any QRS: artefact or wrong gain
+    hf_noise_mv: float = 0.5        # RMS above 40 Hz: QRS buried in EMG/artefact
+    hf_noise_warn_mv: float = 0.1   # persistent EMG: hides P waves (~0.1 mV)
+    baseline_mv: float = 10.0       # wander/step below 0.5 Hz: electrode popped
+    baseline_warn_mv: float = 2.0   # wander p2p: off a 10 mm/mV grid
+    bsqi_min: float = 0.5           # detectors disagree on half the beats: unacceptable
+    bsqi_warn: float = 0.8
+    bad_leads_max: int = 0          # leads allowed to fail before the record does
+    warn_leads_max: int = 2         # 3+ leads with wander/unclear beats: unreadable
+    mains_hz: float = 50.0          # China's mains; 60 Hz elsewhere
+    hr_min_bpm: float = 20.0        # outside: no plausible rhythm found -> unacceptable
+    hr_max_bpm: float = 300.0
+
+
+# --- kernels ---------------------------------------------------------------------
+
+def _flat_runs_py(x: np.ndarray, eps: float, min_run: int) -> tuple[int, int]:
+    """Longest run of samples whose step is ``<= eps`` (in samples, run of 1 step
+    = 2 samples) and the total samples in runs of at least ``min_run`` samples."""
+    n = x.shape[0]
+    longest = 1 if n > 0 else 0
+    total = 0
+    run = 1
+    for i in range(1, n + 1):
+        if i < n and abs(x[i] - x[i - 1]) <= eps:
+            run += 1
+        else:
+            if run > longest:
+                longest = run
+            if run >= min_run and run > 1:
+                total += run
+            run = 1
+    return longest, total
+
+
+_flat_runs_nb = njit(_flat_runs_py, **_NJIT)
+
+
+def _rail_runs_py(x: np.ndarray, min_run: int) -> tuple[int, int]:
+    """Clipping: longest run at the lead's max or min value, and total samples in
+    such runs of at least ``min_run`` samples."""
+    n = x.shape[0]
+    if n == 0:
+        return 0, 0
+    hi = x[0]
+    lo = x[0]
+    for i in range(n):
+        if x[i] > hi:
+            hi = x[i]
+        if x[i] < lo:
+            lo = x[i]
+    longest = 0
+    total = 0
+    run = 0
+    prev = 0.0
+    for i in range(n + 1):
+        at = i < n and (x[i] == hi or x[i] == lo)
+        if at and run > 0 and x[i] == prev:
+            run += 1
+        else:
+            if run > longest:
+                longest = run
+            if run >= min_run:
+                total += run
+            run = 1 if at else 0
+        if i < n:
+            prev = x[i]
+    return longest, total
+
+
+_rail_runs_nb = njit(_rail_runs_py, **_NJIT)
+
+
+def _robust_p2p_py(x: np.ndarray, win: int) -> float:
+    """Median over windows of ``win`` samples of the window's peak-to-peak: one beat's
+    amplitude, insensitive to a single spike."""
+    n = x.shape[0]
+    nw = n // win
+    if nw == 0:
+        if n == 0:
+            return 0.0
+        return float(x.max() - x.min())
+    p = np.empty(nw)
+    for w in range(nw):
+        lo = x[w * win]
+        hi = lo
+        for i in range(w * win, (w + 1) * win):
+            if x[i] > hi:
+                hi = x[i]
+            if x[i] < lo:
+                lo = x[i]
+        p[w] = hi - lo
+    return float(np.median(p))
+
+
+_robust_p2p_nb = njit(_robust_p2p_py, **_NJIT)
+
+
+def _rms_py(x: np.ndarray, win: int) -> float:
+    """Median over windows of ``win`` samples of the window RMS: noise that persists,
+    not one artefact."""
+    n = x.shape[0]
+    nw = max(1, n // win)
+    r = np.empty(nw)
+    for w in range(nw):
+        s = 0.0
+        hi = n if w == nw - 1 else (w + 1) * win
+        for i in range(w * win, hi):
+            s += x[i] * x[i]
+        r[w] = np.sqrt(s / max(hi - w * win, 1))
+    return float(np.median(r))
+
+
+_rms_nb = njit(_rms_py, **_NJIT)
+
+
+# --- per-lead measures -----------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class LeadMeasures:
+    """Raw per-lead quality measures (physical units)."""
+
+    flat_s: float
+    saturation_s: float
+    lead_off_s: float
+    amplitude_mv: float
+    hf_noise_mv: float
+    baseline_mv: float
+    bsqi: float
+    n_beats_a: int
+    n_beats_b: int
+
+
+def lead_measures(x_mv: np.ndarray, fs_hz: float, thr: EcgQualityThresholds | None = None,
+                  ) -> LeadMeasures:
+    """Measures of one lead (1-D, mV).  The input is never modified."""
+    t = thr or EcgQualityThresholds()
+    x = np.ascontiguousarray(np.asarray(x_mv, dtype=np.float64))
+    min_run = max(2, int(round(t.off_run_s * fs_hz)))
+    flat_long, flat_total = _flat_runs_nb(x, float(t.flat_eps_mv), min_run)
+    rail_long, rail_total = _rail_runs_nb(x, min_run)
+    if x.size < int(0.5 * fs_hz):
+        return LeadMeasures(flat_long / fs_hz, rail_long / fs_hz, max(flat_total, rail_total) / fs_hz,
+                            0.0, 0.0, 0.0, 0.0, 0, 0)
+    hp = flt.sosfiltfilt(np.vstack([flt.design_highpass(flt.BASELINE_HZ, fs_hz),
+                                    flt.design_notch(t.mains_hz, fs_hz)]), x)
+    wander = x - flt.sosfiltfilt(flt.design_highpass(flt.BASELINE_HZ, fs_hz), x)
+    lo40 = flt.sosfiltfilt(flt.design_lowpass(min(40.0, 0.45 * fs_hz), fs_hz, order=4), hp)
+    amp = _robust_p2p_nb(lo40, max(2, int(1.5 * fs_hz)))
+    hf = _rms_nb(hp - lo40, max(2, int(fs_hz)))
+    base = float(wander.max() - wander.min())
+    a = qrs_mod.detect_qrs(x, fs_hz)
+    b = qrs_mod.detect_qrs_slope(x, fs_hz)
+    return LeadMeasures(
+        flat_s=flat_long / fs_hz,
+        saturation_s=rail_long / fs_hz if rail_long >= min_run else 0.0,
+        lead_off_s=max(flat_total, rail_total) / fs_hz,
+        amplitude_mv=amp,
+        hf_noise_mv=hf,
+        baseline_mv=base,
+        bsqi=qrs_mod.bsqi(a, b, fs_hz),
+        n_beats_a=len(a),
+        n_beats_b=len(b),
+    )
+
+
+# --- the report ------------------------------------------------------------------
+
+def _check(name: str, value: float, threshold: float, verdict: str, reason: str | None
+           ) -> dict[str, Any]:
+    return {"check": name, "value": round(float(value), 4), "threshold": threshold,
+            "verdict": verdict, "reason": reason}
+
+
+def _lead_checks(lead: str, m: LeadMeasures, t: EcgQualityThresholds) -> list[dict[str, Any]]:
+    U, W, A = UNACCEPTABLE, WARNINGS, ACCEPTABLE
+    out = []
+    out.append(_check("flat", m.flat_s, t.flat_s, U if m.flat_s >= t.flat_s else A,
+                      f"lead {lead} flat (no change) for {m.flat_s:.1f} s"
+                      if m.flat_s >= t.flat_s else None))
+    out.append(_check("saturation", m.saturation_s, t.saturation_s,
+                      U if m.saturation_s >= t.saturation_s else A,
+                      f"lead {lead} clipped at its limit for {m.saturation_s:.1f} s"
+                      if m.saturation_s >= t.saturation_s else None))
+    out.append(_check("lead_off", m.lead_off_s, t.lead_off_s,
+                      U if m.lead_off_s >= t.lead_off_s else A,
+                      f"lead {lead} off for {m.lead_off_s:.1f} s: check the electrode"
+                      if m.lead_off_s >= t.lead_off_s else None))
+    if m.amplitude_mv < t.amplitude_min_mv:
+        out.append(_check("amplitude", m.amplitude_mv, t.amplitude_min_mv, U,
+                          f"lead {lead} amplitude {m.amplitude_mv:.2f} mV is too small: "
+                          "electrode off or not touching the skin"))
+    elif m.amplitude_mv > t.amplitude_max_mv:
+        out.append(_check("amplitude", m.amplitude_mv, t.amplitude_max_mv, U,
+                          f"lead {lead} amplitude {m.amplitude_mv:.1f} mV is implausible: "
+                          "movement artefact or wrong gain"))
+    else:
+        out.append(_check("amplitude", m.amplitude_mv, t.amplitude_min_mv, A, None))
+    hv = U if m.hf_noise_mv >= t.hf_noise_mv else W if m.hf_noise_mv >= t.hf_noise_warn_mv else A
+    out.append(_check("hf_noise", m.hf_noise_mv,
+                      t.hf_noise_mv if hv == U else t.hf_noise_warn_mv, hv,
+                      None if hv == A else
+                      f"lead {lead} muscle/high-frequency noise {1000 * m.hf_noise_mv:.0f} uV RMS: "
+                      "ask the patient to relax, check skin preparation"))
+    bv = U if m.baseline_mv >= t.baseline_mv else W if m.baseline_mv >= t.baseline_warn_mv else A
+    out.append(_check("baseline", m.baseline_mv,
+                      t.baseline_mv if bv == U else t.baseline_warn_mv, bv,
+                      None if bv == A else
+                      f"lead {lead} baseline wander {m.baseline_mv:.1f} mV: "
+                      "patient moving or breathing deeply, check electrode contact"))
+    qv = U if m.bsqi < t.bsqi_min else W if m.bsqi < t.bsqi_warn else A
+    out.append(_check("bsqi", m.bsqi, t.bsqi_min if qv == U else t.bsqi_warn, qv,
+                      None if qv == A else
+                      f"lead {lead} beats unclear (detector agreement {m.bsqi:.2f})"))
+    return out
+
+
+def quality_report(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
+                   thresholds: EcgQualityThresholds | None = None,
+                   qrs: np.ndarray | None = None) -> dict[str, Any]:
+    """Quality report of one record.
+
+    Parameters
+    ----------
+    signal_mv : (samples, leads) array in mV (NaN gaps count as lead off).
+    fs_hz : sampling rate.
+    leads : lead names, one per column.
+    thresholds : :class:`EcgQualityThresholds`; defaults if ``None``.
+    qrs : beats already detected on the record; detected here if ``None``.
+
+    Returns
+    -------
+    ``{"verdict", "reasons", "leads": {name: {"verdict", "checks": [...]}},
+    "record": {"heart_rate_bpm", "n_beats", "checks": [...]}, "thresholds"}``
+    where each check is ``{"check", "value", "threshold", "verdict", "reason"}``.
+    """
+    t = thresholds or EcgQualityThresholds()
+    x = np.asarray(signal_mv, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.shape[1] != len(leads):
+        raise ValueError(f"{x.shape[1]} signal columns but {len(leads)} lead names")
+    lead_out: dict[str, Any] = {}
+    reasons: list[str] = []
+    warnings: list[str] = []
+    bad: list[str] = []
+    for j, name in enumerate(leads):
+        col = x[:, j]
+        nan = np.isnan(col)
+        if nan.any():
+            col = np.where(nan, 0.0, col)   # a gap is a run of constant value: "off"
+        checks = _lead_checks(name, lead_measures(col, fs_hz, t), t)
+        v = max((c["verdict"] for c in checks), key=_RANK.__getitem__)
+        lead_out[name] = {"verdict": v, "checks": checks}
+        lead_reasons = [c["reason"] for c in checks if c["verdict"] == v and c["reason"]]
+        if v == UNACCEPTABLE:
+            bad.append(name)
+            reasons.extend(lead_reasons)
+        elif v == WARNINGS:
+            warnings.extend(lead_reasons)
+    good = [j for j, n in enumerate(leads) if n not in bad]
+    rec_checks = []
+    if qrs is None:
+        qrs = qrs_mod.detect_qrs(np.nan_to_num(x[:, good]), fs_hz) if good else np.zeros(0, int)
+    hr = qrs_mod.heart_rate_bpm(qrs, fs_hz)
+    hr_ok = hr is not None and t.hr_min_bpm <= hr <= t.hr_max_bpm
+    rec_checks.append(_check("heart_rate", hr if hr is not None else float("nan"),
+                             t.hr_min_bpm, ACCEPTABLE if hr_ok else UNACCEPTABLE,
+                             None if hr_ok else
+                             ("no heartbeat found" if hr is None else
+                              f"heart rate {hr:.0f} bpm outside {t.hr_min_bpm:.0f}-"
+                              f"{t.hr_max_bpm:.0f}: signal is not a usable ECG")))
+    verdict = ACCEPTABLE
+    # EMG noise alone is left to the reader's 40 Hz display filter; wander and
+    # unclear beats are what stop a reader comparing leads
+    warned = [n for n in leads if any(c["verdict"] == WARNINGS and c["check"] in _COUNTED
+                                      for c in lead_out[n]["checks"])]
+    if len(bad) > t.bad_leads_max or not hr_ok or not good:
+        verdict = UNACCEPTABLE
+    elif len(warned) > t.warn_leads_max:
+        verdict = UNACCEPTABLE
+        reasons.append(f"{len(warned)} leads with warnings ({', '.join(warned)}): "
+                       "too many to read the ECG lead against lead")
+    elif bad or warnings:
+        verdict = WARNINGS
+    if not hr_ok:
+        reasons.append(rec_checks[-1]["reason"])
+    if verdict != UNACCEPTABLE and bad:
+        warnings = reasons + warnings
+        reasons = []
+    return {
+        "verdict": verdict,
+        "reasons": reasons + warnings,
+        "leads": lead_out,
+        "record": {"heart_rate_bpm": None if hr is None else round(hr, 1),
+                   "n_beats": int(len(qrs)), "checks": rec_checks},
+        "thresholds": asdict(t),
+    }
+
+
+def lead_verdicts(report: Mapping[str, Any]) -> dict[str, str]:
+    """``{lead: verdict}`` of a report (for summaries)."""
+    return {k: v["verdict"] for k, v in report["leads"].items()}
