@@ -115,6 +115,80 @@ MIGRATIONS: list[tuple[int, str]] = [
         uid_hint     TEXT
     );
     """),
+    (2, """
+    CREATE TABLE cases (
+        case_id              TEXT PRIMARY KEY,
+        study_instance_uid   TEXT NOT NULL,
+        kind                 TEXT NOT NULL DEFAULT 'case',
+        parent_case_id       TEXT,
+        priority             TEXT NOT NULL,
+        service              TEXT NOT NULL,
+        destination          TEXT NOT NULL,
+        requesting_physician TEXT,
+        clinical_question    TEXT,
+        consent_ref          TEXT,
+        state                TEXT NOT NULL,
+        released_by          TEXT,
+        released_at          REAL,
+        created_at           REAL NOT NULL,
+        updated_at           REAL NOT NULL
+    );
+    CREATE INDEX cases_study ON cases(study_instance_uid);
+    CREATE TABLE case_instances (
+        case_id          TEXT NOT NULL,
+        sop_instance_uid TEXT NOT NULL,
+        PRIMARY KEY (case_id, sop_instance_uid)
+    );
+    CREATE INDEX case_instances_sop ON case_instances(sop_instance_uid);
+    CREATE TABLE outbox (
+        job_id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        bundle_id       TEXT NOT NULL UNIQUE,
+        case_id         TEXT NOT NULL,
+        destination     TEXT NOT NULL,
+        priority        INTEGER NOT NULL,
+        state           TEXT NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        lease_owner     TEXT,
+        lease_until     REAL,
+        bytes_total     INTEGER NOT NULL DEFAULT 0,
+        bytes_sent      INTEGER NOT NULL DEFAULT 0,
+        last_error      TEXT,
+        created_at      REAL NOT NULL,
+        updated_at      REAL NOT NULL,
+        done_at         REAL
+    );
+    CREATE INDEX outbox_ready ON outbox(state, destination, priority, next_attempt_at);
+    CREATE TABLE destinations (
+        name                 TEXT PRIMARY KEY,
+        paused               INTEGER NOT NULL DEFAULT 0,
+        breaker              TEXT NOT NULL DEFAULT 'closed',
+        consecutive_failures INTEGER NOT NULL DEFAULT 0,
+        open_until           REAL
+    );
+    CREATE TABLE receipts (
+        bundle_id    TEXT PRIMARY KEY,
+        case_id      TEXT,
+        destination  TEXT,
+        receipt_json TEXT NOT NULL,
+        signature    TEXT NOT NULL,
+        signer       TEXT NOT NULL,
+        received_at  REAL NOT NULL
+    );
+    CREATE TABLE uploads (
+        upload_id     TEXT PRIMARY KEY,
+        bundle_id     TEXT NOT NULL UNIQUE,
+        sender        TEXT NOT NULL,
+        length        INTEGER NOT NULL,
+        offset        INTEGER NOT NULL DEFAULT 0,
+        state         TEXT NOT NULL,
+        manifest_json TEXT,
+        receipt_json  TEXT,
+        signature     TEXT,
+        created_at    REAL NOT NULL,
+        updated_at    REAL NOT NULL
+    );
+    """),
 ]
 
 

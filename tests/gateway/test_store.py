@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from _data import ct_series
 
-from fenji.gateway.store import PutStatus, Store, StoreFull
+from fenji.gateway.store import MIGRATIONS, PutStatus, Store, StoreFull
 from fenji.gateway.validate import check_part10
 
 
@@ -29,7 +29,7 @@ def test_put_is_durable_and_indexed(tmp_path: Path) -> None:
     assert not list((tmp_path / "s" / "tmp").iterdir())  # no temp file left behind
     store.close()
     again = Store(tmp_path / "s")  # reopen: schema recorded, data there
-    assert again.schema_version == 1 and again.count_instances() == 1
+    assert again.schema_version == len(MIGRATIONS) and again.count_instances() == 1
     again.close()
 
 
