@@ -205,8 +205,8 @@ def lead_measures(x_mv: np.ndarray, fs_hz: float, thr: EcgQualityThresholds | No
     flat_long, flat_total = _flat_runs_nb(x, float(t.flat_eps_mv), min_run)
     rail_long, rail_total = _rail_runs_nb(x, min_run)
     if x.size < int(0.5 * fs_hz):
-        return LeadMeasures(flat_long / fs_hz, rail_long / fs_hz, max(flat_total, rail_total) / fs_hz,
-                            0.0, 0.0, 0.0, 0.0, 0, 0)
+        off = max(flat_total, rail_total) / fs_hz
+        return LeadMeasures(flat_long / fs_hz, rail_long / fs_hz, off, 0.0, 0.0, 0.0, 0.0, 0, 0)
     hp = flt.sosfiltfilt(np.vstack([flt.design_highpass(flt.BASELINE_HZ, fs_hz),
                                     flt.design_notch(t.mains_hz, fs_hz)]), x)
     wander = x - flt.sosfiltfilt(flt.design_highpass(flt.BASELINE_HZ, fs_hz), x)
@@ -231,9 +231,10 @@ def lead_measures(x_mv: np.ndarray, fs_hz: float, thr: EcgQualityThresholds | No
 
 # --- the report ------------------------------------------------------------------
 
-def _check(name: str, value: float, threshold: float, verdict: str, reason: str | None
+def _check(name: str, value: float | None, threshold: float, verdict: str, reason: str | None
            ) -> dict[str, Any]:
-    return {"check": name, "value": round(float(value), 4), "threshold": threshold,
+    v = None if value is None or not np.isfinite(value) else round(float(value), 4)
+    return {"check": name, "value": v, "threshold": threshold,
             "verdict": verdict, "reason": reason}
 
 
@@ -280,10 +281,29 @@ def _lead_checks(lead: str, m: LeadMeasures, t: EcgQualityThresholds) -> list[di
     return out
 
 
+_DEAD = ("lead_off", "flat", "saturation", "amplitude")   # one reason says it all
+
+
+def _lead_reasons(checks: list[dict[str, Any]], verdict: str) -> list[str]:
+    """Reasons at the lead's verdict; a dead lead gets one reason, not four."""
+    failing = [c for c in checks if c["verdict"] == verdict and c["reason"]]
+    dead = sorted((c for c in failing if c["check"] in _DEAD),
+                  key=lambda c: _DEAD.index(c["check"]))
+    return [c["reason"] for c in dead[:1]] + [c["reason"] for c in failing
+                                              if c["check"] not in _DEAD]
+
+
 def quality_report(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
                    thresholds: EcgQualityThresholds | None = None,
                    qrs: np.ndarray | None = None) -> dict[str, Any]:
-    """Quality report of one record.
+    """Quality report of one record (see :func:`check_ecg`, which also returns the beats)."""
+    return check_ecg(signal_mv, fs_hz, leads, thresholds, qrs)[0]
+
+
+def check_ecg(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
+              thresholds: EcgQualityThresholds | None = None,
+              qrs: np.ndarray | None = None) -> tuple[dict[str, Any], np.ndarray]:
+    """Quality report of one record and its beats (detected on the leads that pass).
 
     Parameters
     ----------
@@ -295,7 +315,7 @@ def quality_report(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
 
     Returns
     -------
-    ``{"verdict", "reasons", "leads": {name: {"verdict", "checks": [...]}},
+    (report, qrs) where report is ``{"verdict", "reasons", "leads": {name: {"verdict", "checks": [...]}},
     "record": {"heart_rate_bpm", "n_beats", "checks": [...]}, "thresholds"}``
     where each check is ``{"check", "value", "threshold", "verdict", "reason"}``.
     """
@@ -317,7 +337,7 @@ def quality_report(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
         checks = _lead_checks(name, lead_measures(col, fs_hz, t), t)
         v = max((c["verdict"] for c in checks), key=_RANK.__getitem__)
         lead_out[name] = {"verdict": v, "checks": checks}
-        lead_reasons = [c["reason"] for c in checks if c["verdict"] == v and c["reason"]]
+        lead_reasons = _lead_reasons(checks, v)
         if v == UNACCEPTABLE:
             bad.append(name)
             reasons.extend(lead_reasons)
@@ -326,10 +346,10 @@ def quality_report(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
     good = [j for j, n in enumerate(leads) if n not in bad]
     rec_checks = []
     if qrs is None:
-        qrs = qrs_mod.detect_qrs(np.nan_to_num(x[:, good]), fs_hz) if good else np.zeros(0, int)
+        qrs = qrs_mod.detect_qrs(np.nan_to_num(x[:, good]), fs_hz) if good else np.zeros(0, np.int64)
     hr = qrs_mod.heart_rate_bpm(qrs, fs_hz)
     hr_ok = hr is not None and t.hr_min_bpm <= hr <= t.hr_max_bpm
-    rec_checks.append(_check("heart_rate", hr if hr is not None else float("nan"),
+    rec_checks.append(_check("heart_rate", hr,
                              t.hr_min_bpm, ACCEPTABLE if hr_ok else UNACCEPTABLE,
                              None if hr_ok else
                              ("no heartbeat found" if hr is None else
@@ -360,7 +380,7 @@ def quality_report(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
         "record": {"heart_rate_bpm": None if hr is None else round(hr, 1),
                    "n_beats": int(len(qrs)), "checks": rec_checks},
         "thresholds": asdict(t),
-    }
+    }, np.asarray(qrs, dtype=np.int64)
 
 
 def lead_verdicts(report: Mapping[str, Any]) -> dict[str, str]:
