@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+
 from fenji.codecs.errors import DecodeError
 from fenji.codecs.instance import decode_instance, encode_instance, instance_info
 from fenji.codecs.pixel import pixel_decode, pixel_encode

@@ -18,8 +18,9 @@ from __future__ import annotations
 from typing import Any, no_type_check
 
 import numpy as np
-from fenji.codecs.errors import DecodeError
 from numba import njit as _njit
+
+from fenji.codecs.errors import DecodeError
 
 # Any-typed: numba's stubs do not describe dispatchers called with arrays
 njit: Any = _njit
@@ -52,30 +53,126 @@ def normalize_freqs(counts: np.ndarray) -> np.ndarray:
     Deterministic (integer arithmetic and a stable tie order).
     """
     counts = np.asarray(counts, dtype=np.int64)
-    out = np.zeros(counts.shape, dtype=np.int64)
-    for ci in range(counts.shape[0]):
-        row = counts[ci]
-        total = int(row.sum())
-        if total == 0:
+    total = counts.sum(axis=1)
+    f = (counts * PROB_SCALE) // np.maximum(total, 1)[:, None]
+    f[(counts > 0) & (f == 0)] = 1
+    f[total == 0] = 0
+    diff = PROB_SCALE - f.sum(axis=1)
+    for ci in np.nonzero((total > 0) & (diff != 0))[0]:
+        row = f[ci]
+        d = int(diff[ci])
+        order = np.argsort(-row, kind="stable")
+        if d > 0:
+            row[order[0]] += d
             continue
-        f = (row * PROB_SCALE) // total
-        f[(row > 0) & (f == 0)] = 1
-        diff = PROB_SCALE - int(f.sum())
-        order = np.argsort(-f, kind="stable")
-        if diff > 0:
-            f[order[0]] += diff
-        else:
-            # take back from the largest frequencies, never below 1
-            i = 0
-            while diff < 0:
-                s = order[i % len(order)]
-                take = min(-diff, max(int(f[s]) - 1, 0), max(int(f[s]) // 2, 1))
-                if f[s] > 1 and take > 0:
-                    f[s] -= take
-                    diff += take
-                i += 1
-        out[ci] = f
-    return out
+        i = 0
+        while d < 0:  # take back from the largest frequencies, never below 1
+            sym = order[i % len(order)]
+            take = min(-d, max(int(row[sym]) - 1, 0), max(int(row[sym]) // 2, 1))
+            if row[sym] > 1 and take > 0:
+                row[sym] -= take
+                d += take
+            i += 1
+    return f
+
+
+@no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
+def _cluster_py(hist):
+    """Greedy merge of adjacent contexts while data + table bits go down; returns cmap."""
+    n = hist.shape[0]
+    nsym = hist.shape[1]
+    h = hist.astype(np.float64).copy()
+    alive = np.ones(n, np.bool_)
+    cost = np.zeros(n, np.float64)
+    for i in range(n):
+        tot = 0.0
+        for k in range(nsym):
+            tot += h[i, k]
+        c = 0.0
+        if tot > 0:
+            c = 8.0
+            for k in range(nsym):
+                if h[i, k] > 0:
+                    c += 12.0 - h[i, k] * np.log2(h[i, k] / tot)
+        cost[i] = c
+    while True:
+        best_gain = 0.0
+        best_a = -1
+        best_b = -1
+        best_c = 0.0
+        a = -1
+        for i in range(n):
+            if not alive[i]:
+                continue
+            if a >= 0:
+                tot = 0.0
+                for k in range(nsym):
+                    tot += h[a, k] + h[i, k]
+                c = 0.0
+                if tot > 0:
+                    c = 8.0
+                    for k in range(nsym):
+                        v = h[a, k] + h[i, k]
+                        if v > 0:
+                            c += 12.0 - v * np.log2(v / tot)
+                gain = cost[a] + cost[i] - c
+                if gain > best_gain:
+                    best_gain = gain
+                    best_a = a
+                    best_b = i
+                    best_c = c
+            a = i
+        if best_a < 0:
+            break
+        for k in range(nsym):
+            h[best_a, k] += h[best_b, k]
+        cost[best_a] = best_c
+        alive[best_b] = False
+    cmap = np.zeros(n, np.uint8)
+    g = -1
+    for i in range(n):
+        if alive[i]:
+            g += 1
+        cmap[i] = g
+    return cmap
+
+
+_cluster_nb: Any = njit(_cluster_py, nogil=True, cache=True)
+
+
+def cluster_contexts(hist: np.ndarray, *, _impl: str = "nb") -> np.ndarray:
+    """Merge adjacent contexts while that lowers data + table cost (small images).
+
+    Returns ``cmap``: context -> merged table index (non-decreasing, from 0).
+    """
+    fn = _cluster_nb if _impl == "nb" else _cluster_py
+    return np.asarray(fn(np.ascontiguousarray(hist, dtype=np.int64)))
+
+
+def pack_cmap(cmap: np.ndarray) -> bytes:
+    """A non-decreasing context map as its group sizes (one byte each)."""
+    return bytes([len(cmap)]) + bytes(np.bincount(cmap).astype(np.uint8).tolist())
+
+
+def unpack_cmap(buf: bytes, pos: int, nctx: int) -> tuple[np.ndarray, int]:
+    try:
+        if buf[pos] != nctx:
+            raise DecodeError(f"context map for {buf[pos]} contexts, expected {nctx}")
+        pos += 1
+        sizes = []
+        total = 0
+        while total < nctx:
+            n = buf[pos]
+            pos += 1
+            if n == 0:
+                raise DecodeError("context map has an empty group")
+            sizes.append(n)
+            total += n
+    except IndexError:
+        raise DecodeError("context map truncated") from None
+    if total != nctx:
+        raise DecodeError(f"context map covers {total} contexts, expected {nctx}")
+    return np.repeat(np.arange(len(sizes), dtype=np.uint8), sizes), pos
 
 
 def pack_tables(freqs: np.ndarray) -> bytes:
@@ -85,12 +182,13 @@ def pack_tables(freqs: np.ndarray) -> bytes:
         nz = np.nonzero(row)[0]
         n = int(nz[-1]) + 1 if len(nz) else 0
         out.append(n)
-        for v in row[:n]:
-            v = int(v)
-            while v >= 0x80:
-                out.append((v & 0x7F) | 0x80)
-                v >>= 7
-            out.append(v)
+        v = row[:n].astype(np.int64)
+        big = v >= 0x80
+        enc = np.empty(n + int(big.sum()), np.uint8)
+        idx = np.arange(n) + np.concatenate(([0], np.cumsum(big)[:-1])) if n else np.arange(0)
+        enc[idx] = np.where(big, (v & 0x7F) | 0x80, v)
+        enc[idx[big] + 1] = v[big] >> 7
+        out += enc.tobytes()
     return bytes(out)
 
 

@@ -20,6 +20,7 @@ import hashlib
 import struct
 
 import zstandard as zstd
+
 from fenji.codecs.errors import DecodeError
 
 DICT_VERSION = 1

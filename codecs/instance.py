@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import zstandard as zstd
+
 from fenji.codecs.errors import DecodeError
 from fenji.codecs.header import header_decode, header_encode
 from fenji.codecs.pixel import pixel_decode, pixel_encode

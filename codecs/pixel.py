@@ -25,12 +25,16 @@ True
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 from typing import Any, no_type_check
 
 import numba
 import numpy as np
+from numba import njit as _njit
+from numba import prange as _prange
+
 from fenji.codecs import entropy as ent
 from fenji.codecs.entropy import (
     PROB_BITS,
@@ -42,8 +46,6 @@ from fenji.codecs.entropy import (
     _rans_encode_py,
 )
 from fenji.codecs.errors import DecodeError
-from numba import njit as _njit
-from numba import prange as _prange
 
 # Any-typed: numba's stubs do not describe dispatchers called with arrays
 njit: Any = _njit
@@ -80,6 +82,7 @@ _TOKLUT = np.array([ent.token_of(v)[0] for v in range(4096)], dtype=np.uint8)
 _NBLUT = np.array([ent.token_of(v)[1] for v in range(4096)], dtype=np.uint8)
 
 
+@functools.lru_cache(maxsize=64)
 def _qlut(t1: int, t2: int, t3: int) -> np.ndarray:
     """Gradient quantiser of JPEG-LS (A.3.3) as a table indexed by g + t3, |g| <= t3."""
     out = np.empty(2 * t3 + 1, np.int64)
@@ -218,7 +221,7 @@ def _model_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, ctx, tok, nbits, vals):
 
 
 @no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
-def _decode_tile_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, freq, cum, sym,  # type: ignore[no-untyped-def]
+def _decode_tile_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, cmap, freq, cum, sym,  # type: ignore[no-untyped-def]
                     buf, rs, re_, bs, be):
     """Decode planes[p, r0:r1] from rANS bytes buf[rs:re_] and extra bits buf[bs:be].
 
@@ -292,6 +295,7 @@ def _decode_tile_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, freq, cum, sym,  
                 if cls > NCTX - 1:
                     cls = NCTX - 1
             # rANS symbol
+            cls = np.int64(cmap[cls])
             slot = x & (PROB_SCALE - 1)
             s = np.int64(sym[cls, slot])
             f = np.int64(freq[cls, s])
@@ -379,18 +383,20 @@ def _code_tiles_nb(ctx, tok, nbits, vals, starts, freq, cum, rbuf, roff, bbuf, b
 
 
 @no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
-def _decode_tiles_py(planes, tiles, lo, hi, t3, qlut, wact, freq, cum, sym, buf, spans, status):  # type: ignore[no-untyped-def]
+def _decode_tiles_py(planes, tiles, lo, hi, t3, qlut, wact, cmap, freq, cum, sym, buf, spans,
+                     status):  # type: ignore[no-untyped-def]
     for i in range(tiles.shape[0]):
         status[i] = _decode_tile_py(planes, tiles[i, 0], tiles[i, 1], tiles[i, 2], lo, hi, t3, qlut,
-                                    wact, freq, cum, sym, buf, spans[i, 0], spans[i, 1],
+                                    wact, cmap, freq, cum, sym, buf, spans[i, 0], spans[i, 1],
                                     spans[i, 2], spans[i, 3])
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _decode_tiles_nb(planes, tiles, lo, hi, t3, qlut, wact, freq, cum, sym, buf, spans, status):  # type: ignore[no-untyped-def]
+def _decode_tiles_nb(planes, tiles, lo, hi, t3, qlut, wact, cmap, freq, cum, sym, buf, spans,
+                     status):  # type: ignore[no-untyped-def]
     for i in prange(tiles.shape[0]):
         status[i] = _decode_tile_nb(planes, tiles[i, 0], tiles[i, 1], tiles[i, 2], lo, hi, t3, qlut,
-                                    wact, freq, cum, sym, buf, spans[i, 0], spans[i, 1],
+                                    wact, cmap, freq, cum, sym, buf, spans[i, 0], spans[i, 1],
                                     spans[i, 2], spans[i, 3])
 
 
@@ -466,7 +472,12 @@ def _encode_planes(planes: np.ndarray, lo: int, hi: int, t: tuple[int, int, int]
     nbits = np.empty(n, np.uint8)
     vals = np.empty(n, np.uint32)
     k["model"](planes, tiles, lo, hi, t[2], _qlut(*t), wact, ctx, tok, nbits, vals)
-    freqs = ent.normalize_freqs(k["hist"](ctx, tok, NCTX))
+    hist = k["hist"](ctx, tok, NCTX)
+    cmap = ent.cluster_contexts(hist)
+    merged = np.zeros((int(cmap.max()) + 1, ent.NSYM), np.int64)
+    np.add.at(merged, cmap, hist)
+    freqs = ent.normalize_freqs(merged)
+    ctx = cmap[ctx]
     f, cum, _ = ent.decode_tables(freqs)
     npix = (tiles[:, 2] - tiles[:, 1]) * cols
     starts = np.zeros(len(tiles) + 1, np.int64)
@@ -488,7 +499,7 @@ def _encode_planes(planes: np.ndarray, lo: int, hi: int, t: tuple[int, int, int]
         parts.append(rpart.tobytes())
         parts.append(bpart.tobytes())
     index = np.array(lens, dtype="<u4").tobytes()
-    return ent.pack_tables(freqs), index + b"".join(parts)
+    return ent.pack_cmap(cmap) + ent.pack_tables(freqs), index + b"".join(parts)
 
 
 # --------------------------------------------------------------------------- public
@@ -594,9 +605,10 @@ def pixel_decode(buf: bytes, *, _impl: str = "nb") -> np.ndarray:
         raise DecodeError(f"pixel stream tile_rows {tile_rows} / samples {samples} invalid")
     end = len(buf) - 4
     ntab = info["table_bytes"]
-    freqs = ent.unpack_tables(buf[pos:pos + ntab], NCTX) if pos + ntab <= end else None
-    if freqs is None:
+    if pos + ntab > end:
         raise DecodeError("pixel stream truncated in its tables")
+    cmap, tpos = ent.unpack_cmap(buf[:pos + ntab], pos, NCTX)
+    freqs = ent.unpack_tables(buf[tpos:pos + ntab], int(cmap.max()) + 1)
     pos += ntab
     f, cum, sym = ent.decode_tables(freqs)
     tiles = _tiles(frames * samples, rows, cols, tile_rows)
@@ -621,8 +633,7 @@ def pixel_decode(buf: bytes, *, _impl: str = "nb") -> np.ndarray:
     if not 1 <= t1 <= t2 <= t3 <= 1 << 20:
         raise DecodeError(f"pixel stream thresholds {(t1, t2, t3)} invalid")
     _IMPL[_impl]["decode"](planes, tiles, info["lo"], info["hi"], t3, _qlut(t1, t2, t3),
-                           info["wact"],
-                           f, cum, sym, data, spans, status)
+                           info["wact"], cmap, f, cum, sym, data, spans, status)
     if status.any():
         bad = int(np.nonzero(status)[0][0])
         raise DecodeError(f"pixel stream tile {bad} is corrupt (code {int(status[bad])})")
