@@ -20,7 +20,6 @@ True
 
 from __future__ import annotations
 
-import math
 import struct
 import zlib
 from typing import Any, no_type_check
@@ -38,7 +37,7 @@ njit: Any = _njit
 MAGIC = b"FJWV"
 VERSION = 1
 NCTX = 24
-SHIFT = 14  # LPC coefficient precision (bits)
+SHIFT = 12  # LPC coefficient precision (bits); coefficients are stored as int16
 PMAX = 32
 DTYPES: dict[int, str] = {1: "<i2", 2: "<u2", 3: "|i1", 4: "|u1"}
 _CODE_OF = {np.dtype(v): k for k, v in DTYPES.items()}
@@ -198,7 +197,7 @@ _IMPL: dict[str, dict[str, Any]] = {
 def _lpc_coefs(y: np.ndarray, order: int) -> np.ndarray:
     """Quantised LPC coefficients of ``y`` (Levinson-Durbin on a windowed autocorrelation)."""
     yf = y.astype(np.float64)
-    yf = yf - yf.mean()
+    # no mean removal: the integer predictor has no DC term, so the fit must carry it
     n = len(yf)
     if n <= order or not np.any(yf):
         return np.zeros(order, np.int64)
@@ -221,7 +220,7 @@ def _lpc_coefs(y: np.ndarray, order: int) -> np.ndarray:
         if err <= 0:
             break
     q = np.round(-a[1:] * (1 << SHIFT))
-    return np.asarray(q.clip(-(1 << 20), 1 << 20), dtype=np.int64)  # type: ignore[call-overload]
+    return np.asarray(q.clip(-32768, 32767), dtype=np.int64)  # type: ignore[call-overload]
 
 
 def _inter_lead(x: np.ndarray) -> list[tuple[int, int, int, int]]:
@@ -256,9 +255,25 @@ def _apply_inter(x: np.ndarray, choice: list[tuple[int, int, int, int]]) -> np.n
     return y
 
 
+_TOK = np.array([ent.token_of(v)[0] for v in range(4096)], dtype=np.int64)
+_NB = np.array([ent.token_of(v)[1] for v in range(4096)], dtype=np.int64)
+
+
 def _est_bits(r: np.ndarray) -> float:
-    m = float(np.abs(r).mean()) if len(r) else 0.0
-    return len(r) * math.log2(2.0 * m + 1.0)
+    """Bits the entropy stage would spend on residuals ``r`` (static, context-split)."""
+    if not len(r):
+        return 0.0
+    a = np.abs(r)
+    u = np.minimum(np.where(r >= 0, 2 * r, -2 * r - 1), 4095)
+    act = np.zeros_like(a)
+    act[1:] = 2 * a[:-1]
+    act[2:] += a[:-2]
+    ctx = _CLUT[np.minimum(act, 4095)].astype(np.int64)
+    joint = np.bincount(ctx * ent.NSYM + _TOK[u], minlength=NCTX * ent.NSYM).reshape(NCTX, -1)
+    tot = joint.sum(axis=1, keepdims=True)
+    nz = joint > 0
+    h = -(joint[nz] * np.log2((joint / np.maximum(tot, 1))[nz])).sum()
+    return float(h + _NB[u].sum() + 12 * nz.sum())
 
 
 # --------------------------------------------------------------------------- public
@@ -303,17 +318,17 @@ def waveform_encode(arr: np.ndarray, *, effort: str = "fast", _impl: str = "nb")
                 cf[bi] = _lpc_coefs(seg, p)
             r = np.empty(n, np.int64)
             k["res"](yc, cf, p, block, r)
-            bits = _est_bits(r) + nblk * p * 14
+            bits = _est_bits(r) + nblk * p * 16
             if best is None or bits < best[0]:
                 best = (bits, p, cf, r)
-        d1 = np.empty(n, np.int64)
-        cf0 = np.zeros((nblk, 0), np.int64)
-        k["res"](yc, cf0, 0, block, d1)  # order 0: raw samples
-        # order 1 start-up only = first difference
-        r1 = np.empty(n, np.int64)
-        k["res"](yc, np.zeros((nblk, 1), np.int64) + (1 << SHIFT), 1, block, r1)
-        for p, cf, r in ((0, cf0, d1), (1, np.zeros((nblk, 1), np.int64) + (1 << SHIFT), r1)):
-            bits = _est_bits(r)
+        # fixed polynomial predictors (exact zeros on piecewise-linear stretches,
+        # which some carts produce by interpolation), costed like the LPC ones
+        for poly in ([], [1], [2, -1], [3, -3, 1]):
+            p = len(poly)
+            cf = np.zeros((nblk, p), np.int64) + np.array(poly, np.int64) * (1 << SHIFT)
+            r = np.empty(n, np.int64)
+            k["res"](yc, cf, p, block, r)
+            bits = _est_bits(r) + nblk * p * 16
             if best is None or bits < best[0]:
                 best = (bits, p, cf, r)
         assert best is not None
@@ -346,7 +361,7 @@ def waveform_encode(arr: np.ndarray, *, effort: str = "fast", _impl: str = "nb")
     for c in range(nch):
         i, j, a_, b_ = choice[c]
         out += struct.pack("<BBbbB", i, j, a_, b_, chosen[c])
-        out += np.asarray(coefs_all[c], dtype="<i4").tobytes()
+        out += np.asarray(coefs_all[c], dtype="<i2").tobytes()
         out += struct.pack("<II", len(streams[c][0]), len(streams[c][1]))
     for rb, bb in streams:
         out += rb + bb
@@ -383,8 +398,8 @@ def waveform_decode(buf: bytes, *, _impl: str = "nb") -> np.ndarray:
             pos += 5
             if p > PMAX or (i != 255 and (i >= _c or j >= _c)):
                 raise DecodeError(f"waveform channel {_c}: order {p} / reference ({i},{j}) invalid")
-            cf = np.frombuffer(buf, dtype="<i4", count=nblk * p, offset=pos).astype(np.int64)
-            pos += 4 * nblk * p
+            cf = np.frombuffer(buf, dtype="<i2", count=nblk * p, offset=pos).astype(np.int64)
+            pos += 2 * nblk * p
             lr, lb = struct.unpack_from("<II", buf, pos)
             pos += 8
             meta.append((i, j, a_, b_, p, cf.reshape(nblk, p), lr, lb))
