@@ -13,7 +13,9 @@ Lists are comma separated (``FENJI_DICOM_ALLOW_AE=CT1,DR1``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -105,6 +107,39 @@ class KeysSection:
 
 
 @dataclass(frozen=True, slots=True)
+class PeerSection:
+    """Another fenji node this one sends to or accepts uploads from (``[[peers]]``)."""
+
+    # The peer's node.name: what it signs receipts and requests with.
+    name: str = ""
+    # Its HTTP API base URL, e.g. "https://center.example:8042".
+    url: str = ""
+    # Its Ed25519 public key: a PEM file (relative to data_dir) or 64 hex digits.
+    public_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TransferSection:
+    # Destination of a case when `fenji case send` names none (a peer name).
+    default_destination: str = ""
+    # First chunk size; it then adapts to the link (doubling while a chunk
+    # takes under 2 s, halving over 10 s) between the two bounds below.
+    chunk_bytes: int = 256 * 1024
+    min_chunk_bytes: int = 16 * 1024
+    max_chunk_bytes: int = 8 * 1024 * 1024
+    # One HTTP request may take this long before the attempt counts as failed.
+    request_timeout_s: float = 120.0
+    # Plain HTTP between nodes: only for a lab on loopback.  Production links
+    # use HTTPS with client certificates (mutual TLS).
+    allow_plain_http: bool = False
+    # Release a study automatically when no instance arrived for this long
+    # (0: only explicit release by CLI or API).
+    stable_study_s: float = 0.0
+    # Requests signed by a peer are accepted within this clock skew.
+    max_clock_skew_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
 class LogSection:
     # INFO gives one line per association and per rejected instance.
     level: str = "INFO"
@@ -120,6 +155,8 @@ class Config:
     store: StoreSection = field(default_factory=StoreSection)
     keys: KeysSection = field(default_factory=KeysSection)
     log: LogSection = field(default_factory=LogSection)
+    transfer: TransferSection = field(default_factory=TransferSection)
+    peers: tuple[PeerSection, ...] = ()
     # The file this was loaded from (None for defaults); paths resolve against it.
     source: str | None = None
 
@@ -136,6 +173,9 @@ class Config:
     @property
     def store_dir(self) -> Path:
         return self.resolve(self.store.path)
+
+    def peer(self, name: str) -> PeerSection | None:
+        return next((p for p in self.peers if p.name == name), None)
 
 
 # ---------------------------------------------------------------------------
@@ -180,6 +220,11 @@ def _coerce(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
+    elif typing.get_origin(tp) is tuple and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+        inner_cls = typing.get_args(tp)[0]
+        if isinstance(value, list):
+            return tuple(_build_section(f"{path}[{i}]", inner_cls, item, errors)
+                         for i, item in enumerate(value))
     elif typing.get_origin(tp) is tuple:
         (inner,) = typing.get_args(tp)[:1]
         if isinstance(value, list | tuple):
@@ -216,6 +261,8 @@ def _build_section(name: str, cls: type, raw: Any, errors: list[str]) -> Any:
 def _env_overrides(env: Mapping[str, str], errors: list[str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for section, cls in _SECTIONS.items():
+        if typing.get_origin(cls) is tuple:
+            continue  # arrays of tables have no environment form
         for key, tp in _hints(cls).items():
             var = f"{ENV_PREFIX}{section}_{key}".upper()
             if var not in env:
@@ -276,8 +323,37 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
             errors.append(f"dicom.{name} = {v} must be > 0")
     if cfg.store.min_free_bytes < 0:
         errors.append(f"store.min_free_bytes = {cfg.store.min_free_bytes} must be >= 0")
+    names = [p.name for p in cfg.peers]
+    for i, peer in enumerate(cfg.peers):
+        if not peer.name:
+            errors.append(f"peers[{i}].name is empty")
+        if names.count(peer.name) > 1:
+            errors.append(f"peers[{i}].name = {peer.name!r} is listed twice")
+        if not peer.url.startswith(("http://", "https://")):
+            errors.append(f"peers[{i}].url = {peer.url!r} must start with https:// "
+                          "(or http:// with transfer.allow_plain_http)")
+        elif peer.url.startswith("http://") and not cfg.transfer.allow_plain_http:
+            errors.append(f"peers[{i}].url = {peer.url!r} is plain HTTP; set "
+                          "transfer.allow_plain_http = true (labs only) or use https://")
+        if not peer.public_key:
+            errors.append(f"peers[{i}].public_key is empty (PEM path or 64 hex digits)")
+    dest = cfg.transfer.default_destination
+    if dest and dest not in names:
+        errors.append(f"transfer.default_destination = {dest!r} is not a configured peer "
+                      f"(peers: {', '.join(names) or 'none'})")
+    t = cfg.transfer
+    if not 0 < t.min_chunk_bytes <= t.chunk_bytes <= t.max_chunk_bytes:
+        errors.append(f"transfer chunk sizes must satisfy 0 < min_chunk_bytes "
+                      f"({t.min_chunk_bytes}) <= chunk_bytes ({t.chunk_bytes}) <= "
+                      f"max_chunk_bytes ({t.max_chunk_bytes})")
     if cfg.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         errors.append(f"log.level = {cfg.log.level!r} is not DEBUG, INFO, WARNING or ERROR")
+
+
+def _error_key(error: str) -> str:
+    """``dicom.allow_ae[1] = 3 …`` -> ``dicom.allow_ae``; ``peers[1].url = …`` -> ``peers[1].url``."""
+    token = error.split(" ", 1)[0].rstrip(":")
+    return re.sub(r"\[\d+\]$", "", token)
 
 
 def from_mapping(raw: Mapping[str, Any], *, source: str | None = None,
@@ -295,15 +371,17 @@ def from_mapping(raw: Mapping[str, Any], *, source: str | None = None,
             known = ", ".join(sorted(_SECTIONS))
             errors.append(f"{key}: unknown section (known sections: {known})")
             continue
+        if typing.get_origin(_SECTIONS[key]) is tuple:
+            sections[key] = _coerce(value, _SECTIONS[key], key, errors) or ()
+            continue
         sections[key] = _build_section(key, _SECTIONS[key], value, errors)
     cfg = Config(**sections, source=source)
     # A key whose type was wrong kept its default; checking that default's value
     # would only add a misleading second message for the same key.
-    bad = {e.split(" ", 1)[0].split("[", 1)[0].split(":", 1)[0] for e in errors}
+    bad = {_error_key(e) for e in errors}
     semantic: list[str] = []
     _check_values(cfg, semantic)
-    errors.extend(e for e in semantic
-                  if e.split(" ", 1)[0].split("[", 1)[0].split(":", 1)[0] not in bad)
+    errors.extend(e for e in semantic if _error_key(e) not in bad)
     if errors:
         raise ConfigError(errors)
     return cfg

@@ -88,6 +88,31 @@ class NodeProcess:
             text = "\n".join(lines) + "\n"
         self.config.write_text(text)
 
+    def public_key_hex(self) -> str:
+        from fenji.gateway import config as config_mod
+        from fenji.gateway.keys import fingerprint, load_public
+
+        cfg = config_mod.load(self.config, env={})
+        return fingerprint(load_public(cfg.resolve(cfg.keys.public_key)))
+
+    def add_peer(self, other: NodeProcess, *, default: bool = False,
+                 url: str | None = None) -> None:
+        """Let this node send to / accept uploads from ``other`` (plain HTTP: lab only)."""
+        text = self.config.read_text()
+        if "allow_plain_http" not in text:
+            text += "\n[transfer]\nallow_plain_http = true\n"
+        if default:
+            text = text.replace("[transfer]\n", f'[transfer]\ndefault_destination = '
+                                                  f'"{other.name}"\n', 1)
+        text += (f'\n[[peers]]\nname = "{other.name}"\n'
+                 f'url = "{url or f"http://127.0.0.1:{other.http_port}"}"\n'
+                 f'public_key = "{other.public_key_hex()}"\n')
+        self.config.write_text(text)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
     @property
     def run_file(self) -> Path:
         return self.directory / "run" / "node.json"

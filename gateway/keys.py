@@ -55,3 +55,33 @@ def load_public(path: Path) -> Ed25519PublicKey:
     if not isinstance(key, Ed25519PublicKey):
         raise LocalError(f"{path} is not an Ed25519 public key")
     return key
+
+
+def canonical_json(obj: object) -> bytes:
+    """The bytes that get signed: sorted keys, no spaces, UTF-8."""
+    import json
+
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sign(key: Ed25519PrivateKey, message: bytes) -> str:
+    return key.sign(message).hex()
+
+
+def verify(pub: Ed25519PublicKey, message: bytes, signature_hex: str) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        pub.verify(bytes.fromhex(signature_hex), message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def public_from_config(value: str, base: Path) -> Ed25519PublicKey:
+    """A peer key from config: 64 hex digits (raw Ed25519) or a PEM file path."""
+    text = value.strip()
+    if len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text):
+        return Ed25519PublicKey.from_public_bytes(bytes.fromhex(text))
+    path = Path(text)
+    return load_public(path if path.is_absolute() else base / path)

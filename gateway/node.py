@@ -109,6 +109,9 @@ def _worker_main(cfg: Config, ready: Any, verbose: int) -> None:
         raise
 
 
+_HTTP_PORT: list[int] = []
+
+
 def _write_ready(cfg: Config, port: int, workers: list[int]) -> Path:
     run = cfg.data_dir / "run"
     run.mkdir(parents=True, exist_ok=True)
@@ -116,6 +119,7 @@ def _write_ready(cfg: Config, port: int, workers: list[int]) -> Path:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"pid": os.getpid(), "workers": workers, "dicom_port": port,
                                "dicom_host": cfg.dicom.host, "ae_title": cfg.dicom.ae_title,
+                               "http_port": _HTTP_PORT[0] if _HTTP_PORT else None,
                                "name": cfg.node.name, "started_at": time.time()}) + "\n")
     os.replace(tmp, path)
     return path
@@ -136,6 +140,19 @@ def run_node(cfg: Config, *, verbose: int = 0) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    from fenji.gateway.http_api import HttpService
+
+    http_store = open_store(cfg)
+    http = HttpService(cfg, http_store)
+    _HTTP_PORT[:] = [http.start()]
+    try:
+        return _run_dicom(cfg, n, stop, verbose, run_file)
+    finally:
+        http.stop()
+        http_store.close()
+
+
+def _run_dicom(cfg: Config, n: int, stop: threading.Event, verbose: int, run_file: Path) -> int:
     if n == 1:
         import queue as _q
 

@@ -329,6 +329,14 @@ class Store:
                 con.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, time.time()))
                 log.info("store=%s migrated schema to version %d", self.root, version)
 
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        """Read-only query on this thread's reader connection."""
+        return [dict(r) for r in self._reader().execute(sql, args)]
+
+    def query_one(self, sql: str, args: tuple[Any, ...] = ()) -> dict[str, Any] | None:
+        row = self._reader().execute(sql, args).fetchone()
+        return dict(row) if row else None
+
     @property
     def schema_version(self) -> int:
         row = self._reader().execute("SELECT max(version) FROM schema_migrations").fetchone()

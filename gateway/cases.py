@@ -1,0 +1,176 @@
+"""Cases: the unit a reading center reads and reports (DESIGN.md §3 step 2).
+
+A case is a study (or its new instances) released for one destination with a
+priority, a service, the requesting physician, the clinical question and the
+patient's consent reference.  Releasing records who or what released it
+(``cli``, ``api``, ``timer``).  Instances that arrive after a case was released
+travel as an **addendum** case pointing at it, never as a silently
+incomplete study.
+
+:func:`release` picks the instances, builds the bundle (manifest + STAT preview
++ encoded instances) durably under ``store/bundles/`` and returns it for the
+outbox to enqueue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fenji.codecs.bundle import make_preview, plan_bundle
+from fenji.gateway.errors import LocalError, PeerError
+from fenji.gateway.store import Store
+
+log = logging.getLogger(__name__)
+
+PRIORITIES = {"stat": 0, "urgent": 1, "routine": 2}
+SERVICES = ("imaging", "ecg")
+ECG_SOP_PREFIX = "1.2.840.10008.5.1.4.1.1.9."  # waveform storage classes (PS3.4 B.5)
+
+
+class CaseError(PeerError):
+    """A case request that cannot be honoured as asked (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Released:
+    case_id: str
+    kind: str  # case | addendum
+    parent_case_id: str | None
+    bundle_id: str
+    bundle_path: Path
+    bundle_bytes: int
+    raw_bytes: int
+    instances: int
+    priority: str
+    destination: str
+
+
+def _service_of(sop_classes: list[str]) -> str:
+    return "ecg" if sop_classes and all(c.startswith(ECG_SOP_PREFIX) for c in sop_classes) \
+        else "imaging"
+
+
+def release(store: Store, study_instance_uid: str, *, destination: str, priority: str = "routine",
+            service: str | None = None, requesting_physician: str | None = None,
+            clinical_question: str | None = None, consent_ref: str | None = None,
+            released_by: str = "cli", sender_node: str = "", effort: str = "fast",
+            attestation: dict[str, Any] | None = None, now: float | None = None) -> Released:
+    """Release ``study_instance_uid`` (or its new instances) to ``destination``."""
+    now = time.time() if now is None else now
+    if priority not in PRIORITIES:
+        raise CaseError(f"priority {priority!r} is not one of {', '.join(PRIORITIES)}")
+    if service is not None and service not in SERVICES:
+        raise CaseError(f"service {service!r} is not one of {', '.join(SERVICES)}")
+    if released_by not in ("cli", "api", "timer"):
+        raise CaseError(f"released_by {released_by!r} is not cli, api or timer")
+    rows = store.query(
+        "SELECT i.sop_instance_uid, i.sop_class_uid, i.sha256, i.size, i.instance_number "
+        "FROM instances i WHERE i.study_instance_uid = ? AND NOT EXISTS ("
+        " SELECT 1 FROM case_instances ci JOIN cases c ON c.case_id = ci.case_id"
+        " WHERE ci.sop_instance_uid = i.sop_instance_uid AND c.destination = ?)"
+        " ORDER BY i.instance_number, i.sop_instance_uid", (study_instance_uid, destination))
+    if not rows:
+        known = store.query_one("SELECT count(*) AS n FROM instances WHERE study_instance_uid = ?",
+                                (study_instance_uid,))
+        if not known or not known["n"]:
+            raise CaseError(f"study {study_instance_uid} is not in the store")
+        raise CaseError(f"every instance of study {study_instance_uid} was already released to "
+                        f"{destination}; nothing new to send")
+    parent = store.query_one(
+        "SELECT case_id FROM cases WHERE study_instance_uid = ? AND destination = ? "
+        "AND kind = 'case' ORDER BY created_at LIMIT 1", (study_instance_uid, destination))
+    kind = "addendum" if parent else "case"
+    parent_id = parent["case_id"] if parent else None
+    service = service or _service_of([r["sop_class_uid"] for r in rows])
+    case_id = uuid.uuid4().hex
+    bundle_id = uuid.uuid4().hex
+    case_meta = {
+        "case_id": case_id, "kind": kind, "parent_case_id": parent_id,
+        "study_instance_uid": study_instance_uid, "priority": priority, "service": service,
+        "destination": destination, "sender": sender_node,
+        "requesting_physician": requesting_physician, "clinical_question": clinical_question,
+        "consent_ref": consent_ref, "released_by": released_by, "released_at": now,
+        "attestation": attestation,
+    }
+    path, size, raw = _build_bundle(store, rows, case_meta, bundle_id, priority, effort)
+    with store.atomic() as con:
+        con.execute(
+            "INSERT INTO cases(case_id, study_instance_uid, kind, parent_case_id, priority, "
+            "service, destination, requesting_physician, clinical_question, consent_ref, state, "
+            "released_by, released_at, created_at, updated_at) VALUES "
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'released', ?, ?, ?, ?)",
+            (case_id, study_instance_uid, kind, parent_id, priority, service, destination,
+             requesting_physician, clinical_question, consent_ref, released_by, now, now, now))
+        con.executemany("INSERT INTO case_instances(case_id, sop_instance_uid) VALUES (?, ?)",
+                        [(case_id, r["sop_instance_uid"]) for r in rows])
+    log.info("case released case=%s kind=%s study=%s dest=%s priority=%s instances=%d "
+             "raw_bytes=%d bundle_bytes=%d by=%s", case_id, kind, study_instance_uid, destination,
+             priority, len(rows), raw, size, released_by)
+    return Released(case_id, kind, parent_id, bundle_id, path, size, raw, len(rows), priority,
+                    destination)
+
+
+def _build_bundle(store: Store, rows: list[dict[str, Any]], case_meta: dict[str, Any],
+                  bundle_id: str, priority: str, effort: str) -> tuple[Path, int, int]:
+    blobs = [store.read_blob(r["sha256"]) for r in rows]
+    previews = []
+    if priority in ("stat", "urgent"):
+        # A key image (middle of the series) or an ECG strip goes first, so the
+        # reader sees something within seconds on a thin link.
+        key = blobs[len(blobs) // 2]
+        with contextlib.suppress(Exception):  # a preview is a courtesy, never a blocker
+            p = make_preview(key)
+            if p is not None:
+                previews.append(p)
+    plan = plan_bundle({**case_meta, "bundle_id": bundle_id}, blobs, previews=previews,
+                       effort=effort)
+    out_dir = store.root / "bundles"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / f"{bundle_id}.fbundle"
+    tmp = out_dir / f".{bundle_id}.tmp"
+    size = 0
+    try:
+        with open(tmp, "wb") as fh:
+            for chunk in plan.iter_bytes():
+                fh.write(chunk)
+                size += len(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.rename(tmp, final)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise LocalError(f"cannot write bundle {final}: {exc}") from exc
+    return final, size, sum(len(b) for b in blobs)
+
+
+def get_case(store: Store, case_id: str) -> dict[str, Any] | None:
+    case = store.query_one("SELECT * FROM cases WHERE case_id = ?", (case_id,))
+    if case is None:
+        return None
+    case["instances"] = [r["sop_instance_uid"] for r in store.query(
+        "SELECT sop_instance_uid FROM case_instances WHERE case_id = ?", (case_id,))]
+    return case
+
+
+def list_cases(store: Store, *, state: str | None = None) -> list[dict[str, Any]]:
+    sql = ("SELECT c.*, (SELECT count(*) FROM case_instances ci WHERE ci.case_id = c.case_id) "
+           "AS n_instances FROM cases c")
+    args: tuple[Any, ...] = ()
+    if state:
+        sql += " WHERE c.state = ?"
+        args = (state,)
+    return store.query(sql + " ORDER BY c.created_at", args)
+
+
+def set_state(store: Store, case_id: str, state: str, now: float | None = None) -> None:
+    with store.atomic() as con:
+        con.execute("UPDATE cases SET state = ?, updated_at = ? WHERE case_id = ?",
+                    (state, time.time() if now is None else now, case_id))

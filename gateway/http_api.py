@@ -1,0 +1,185 @@
+"""The node's HTTP API (aiohttp), run by the supervisor process.
+
+Routes so far:
+
+* ``GET  /api/health`` — node name, role, store usage;
+* ``POST /api/cases`` — release a study as a case (JSON body: ``study_instance_uid``,
+  ``destination``, ``priority``, ``service``, ``requesting_physician``,
+  ``clinical_question``, ``consent_ref``); answers the case and its bundle;
+* ``GET  /api/cases``, ``GET /api/cases/{id}``;
+* ``/transfer/…`` — the upload protocol other nodes send bundles with
+  (:mod:`fenji.routing.transfer_server`).
+
+Errors are JSON (``status``, ``error``, ``message``).  CPU and disk work runs in
+threads (``asyncio.to_thread``), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from fenji.gateway import cases as cases_mod
+from fenji.gateway.config import Config
+from fenji.gateway.errors import FenjiError
+from fenji.gateway.keys import load_private, public_from_config
+from fenji.gateway.store import Store
+
+log = logging.getLogger(__name__)
+
+STORE = web.AppKey("store", Store)
+CONFIG = web.AppKey("config", Config)
+ON_RELEASE = web.AppKey("on_release", object)
+
+
+def _error(status: int, err: str, message: str) -> web.Response:
+    return web.json_response({"status": status, "error": err, "message": message},
+                             status=status)
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json":
+            return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or "")
+        raise
+    except FenjiError as exc:
+        return _error(exc.http_status, type(exc).__name__, str(exc))
+
+
+async def health(request: web.Request) -> web.Response:
+    cfg, store = request.app[CONFIG], request.app[STORE]
+    usage = await asyncio.to_thread(store.usage)
+    return web.json_response({"name": cfg.node.name, "role": cfg.node.role, "store": usage})
+
+
+async def post_case(request: web.Request) -> web.Response:
+    cfg, store = request.app[CONFIG], request.app[STORE]
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "bad_json", "request body is not JSON")
+    if not isinstance(body, dict) or not body.get("study_instance_uid"):
+        return _error(400, "missing_study", "study_instance_uid is required")
+    dest = body.get("destination") or cfg.transfer.default_destination
+    if not dest or cfg.peer(dest) is None:
+        return _error(400, "unknown_destination",
+                      f"destination {dest!r} is not a configured peer")
+    rel = await asyncio.to_thread(
+        cases_mod.release, store, str(body["study_instance_uid"]), destination=dest,
+        priority=str(body.get("priority", "routine")), service=body.get("service"),
+        requesting_physician=body.get("requesting_physician"),
+        clinical_question=body.get("clinical_question"), consent_ref=body.get("consent_ref"),
+        released_by="api", sender_node=cfg.node.name)
+    hook = request.app.get(ON_RELEASE)
+    if callable(hook):
+        await asyncio.to_thread(hook, rel)
+    return web.json_response({"case_id": rel.case_id, "kind": rel.kind,
+                              "parent_case_id": rel.parent_case_id, "bundle_id": rel.bundle_id,
+                              "instances": rel.instances, "bundle_bytes": rel.bundle_bytes,
+                              "raw_bytes": rel.raw_bytes}, status=201)
+
+
+async def get_cases(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    rows = await asyncio.to_thread(cases_mod.list_cases, store,
+                                   state=request.query.get("state"))
+    return web.json_response(rows)
+
+
+async def get_case(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    case = await asyncio.to_thread(cases_mod.get_case, store, request.match_info["case_id"])
+    if case is None:
+        return _error(404, "no_case", f"case {request.match_info['case_id']} not found")
+    return web.json_response(case)
+
+
+def build_app(cfg: Config, store: Store,
+              on_release: Callable[[cases_mod.Released], None] | None = None) -> web.Application:
+    app = web.Application(middlewares=[errors_as_json], client_max_size=80 * 1024 * 1024)
+    app[CONFIG] = cfg
+    app[STORE] = store
+    if on_release is not None:
+        app[ON_RELEASE] = on_release
+    app.router.add_get("/api/health", health)
+    app.router.add_post("/api/cases", post_case)
+    app.router.add_get("/api/cases", get_cases)
+    app.router.add_get("/api/cases/{case_id}", get_case)
+    if cfg.peers:
+        from fenji.routing.transfer_server import ReceiverContext, add_routes
+
+        peers = {p.name: public_from_config(p.public_key, cfg.data_dir) for p in cfg.peers}
+        ctx = ReceiverContext(store=store, node_name=cfg.node.name,
+                              key=load_private(cfg.resolve(cfg.keys.private_key)), peers=peers,
+                              upload_dir=store.root / "uploads",
+                              max_clock_skew_s=cfg.transfer.max_clock_skew_s,
+                              max_instance_bytes=cfg.dicom.max_instance_bytes,
+                              max_inflate_bytes=cfg.store.max_inflate_bytes)
+        add_routes(app, ctx)
+    return app
+
+
+class HttpService:
+    """Runs the app on its own event loop thread inside the supervisor."""
+
+    def __init__(self, cfg: Config, store: Store,
+                 on_release: Callable[[cases_mod.Released], None] | None = None) -> None:
+        self.cfg = cfg
+        self.app = build_app(cfg, store, on_release)
+        self.loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self.port: int | None = None
+
+    def start(self) -> int:
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            try:
+                self.loop.run_until_complete(self._start())
+            except BaseException as exc:  # reported to the caller below
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            self.loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="http", daemon=True)
+        self._thread.start()
+        ready.wait(30)
+        if failure:
+            raise failure[0]
+        assert self.port is not None
+        log.info("http listening host=%s port=%d", self.cfg.http.host, self.port)
+        return self.port
+
+    async def _start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.cfg.http.host, self.cfg.http.port,
+                           reuse_address=True)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        if self._runner is None:
+            return
+        fut = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop)
+        try:
+            fut.result(timeout=30)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            if self._thread is not None:
+                self._thread.join(timeout=30)

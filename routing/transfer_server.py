@@ -1,0 +1,319 @@
+"""Receiving bundles from other nodes: the tus-like upload protocol (server side).
+
+Routes (all under the node's HTTP API):
+
+``POST /transfer/uploads``
+    Create an upload.  Headers: ``Fenji-Bundle-Id``, ``Upload-Length``.
+    201 + ``Location`` + ``Upload-Offset: 0``.  The same bundle id again
+    answers 200 with the existing upload and its offset (a sender that lost
+    the response resumes instead of starting over), or, if that bundle was
+    already finalized, 200 with ``Fenji-Upload-State: complete``.
+``HEAD /transfer/uploads/{id}``
+    ``Upload-Offset``, ``Upload-Length``, ``Cache-Control: no-store`` always.
+``PATCH /transfer/uploads/{id}``
+    ``Upload-Offset`` must equal the stored offset, else 409 and nothing
+    changes.  ``Upload-Checksum: sha256 <base64>`` must match the body, else
+    460 and nothing changes.  The chunk is appended and fsynced before the new
+    offset is committed and answered (204).
+``POST /transfer/uploads/{id}/finalize``
+    When the offset equals the length: the bundle is read section by section,
+    every instance checked against the manifest's SHA-256 and fenji's
+    validator, stored, and a receipt signed with this node's key is answered.
+    Finalizing again answers the same receipt: delivery is exactly once.
+
+Every request is signed by the sending node (``Fenji-Auth``, Ed25519 over
+method, path, time and the upload headers); unknown nodes, bad signatures and
+stale timestamps get 403.  Errors are JSON: ``status``, ``error``, ``message``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from fenji.codecs.bundle import BundleReader, InstanceEvent, ManifestEvent
+from fenji.codecs.errors import DecodeError
+from fenji.gateway.keys import canonical_json, sign, verify
+from fenji.gateway.store import PutStatus, Store
+from fenji.gateway.validate import Rejected, check_part10
+
+log = logging.getLogger(__name__)
+
+CHECKSUM_MISMATCH = 460  # tus checksum extension
+MAX_CHUNK_BYTES = 64 * 1024 * 1024
+
+
+def auth_message(method: str, path: str, ts: str, headers: dict[str, str]) -> bytes:
+    """What a node signs for one request (shared by client and server)."""
+    keys = ("Fenji-Bundle-Id", "Upload-Length", "Upload-Offset", "Upload-Checksum")
+    parts = [method.upper(), path, ts] + [f"{k}={headers.get(k, '')}" for k in keys]
+    return "\n".join(parts).encode()
+
+
+def error(status: int, err: str, message: str, **extra: Any) -> web.Response:
+    body = {"status": status, "error": err, "message": message, **extra}
+    return web.json_response(body, status=status, headers={"Cache-Control": "no-store"})
+
+
+@dataclass
+class ReceiverContext:
+    store: Store
+    node_name: str
+    key: Ed25519PrivateKey
+    peers: dict[str, Ed25519PublicKey]
+    upload_dir: Path
+    max_clock_skew_s: float = 300.0
+    max_instance_bytes: int = 1 << 30
+    max_inflate_bytes: int = 256 << 20
+    clock: Callable[[], float] = time.time
+    on_delivered: Callable[[dict[str, Any]], None] | None = None
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def lock(self, upload_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(upload_id, asyncio.Lock())
+
+
+CTX = web.AppKey("fenji_receiver", ReceiverContext)
+
+
+def _authenticate(ctx: ReceiverContext, request: web.Request) -> str | web.Response:
+    raw = request.headers.get("Fenji-Auth", "")
+    fields = dict(p.split("=", 1) for p in raw.split(";") if "=" in p)
+    node, ts, sig = fields.get("node", ""), fields.get("ts", ""), fields.get("sig", "")
+    pub = ctx.peers.get(node)
+    if pub is None:
+        log.warning("transfer refused peer=%s node=%r reason=unknown-node", request.remote, node)
+        return error(403, "unknown_node", f"node {node!r} is not a configured peer")
+    try:
+        skew = abs(ctx.clock() - float(ts))
+    except ValueError:
+        return error(403, "bad_auth", f"Fenji-Auth ts={ts!r} is not a number")
+    if skew > ctx.max_clock_skew_s:
+        return error(403, "stale_request", f"request time is {skew:.0f}s off "
+                                           f"(transfer.max_clock_skew_s={ctx.max_clock_skew_s})")
+    msg = auth_message(request.method, request.path, ts, dict(request.headers))
+    if not verify(pub, msg, sig):
+        log.warning("transfer refused peer=%s node=%s reason=bad-signature", request.remote, node)
+        return error(403, "bad_signature", f"signature of node {node!r} does not verify")
+    return node
+
+
+def _row(ctx: ReceiverContext, upload_id: str) -> dict[str, Any] | None:
+    return ctx.store.query_one("SELECT * FROM uploads WHERE upload_id = ?", (upload_id,))
+
+
+def _part_path(ctx: ReceiverContext, upload_id: str) -> Path:
+    return ctx.upload_dir / f"{upload_id}.part"
+
+
+def _offset_headers(row: dict[str, Any]) -> dict[str, str]:
+    return {"Upload-Offset": str(row["offset"]), "Upload-Length": str(row["length"]),
+            "Cache-Control": "no-store", "Fenji-Upload-State": row["state"],
+            "Location": f"/transfer/uploads/{row['upload_id']}"}
+
+
+async def create_upload(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CTX]
+    who = _authenticate(ctx, request)
+    if isinstance(who, web.Response):
+        return who
+    bundle_id = request.headers.get("Fenji-Bundle-Id", "")
+    try:
+        length = int(request.headers.get("Upload-Length", ""))
+    except ValueError:
+        return error(400, "bad_length", "Upload-Length must be an integer")
+    if not bundle_id or len(bundle_id) > 64 or not all(c.isalnum() or c in "-_" for c in
+                                                       bundle_id):
+        return error(400, "bad_bundle_id", f"Fenji-Bundle-Id {bundle_id[:80]!r} is not 1-64 "
+                                           "letters, digits, '-' or '_'")
+    if not 0 < length <= 1 << 40:
+        return error(400, "bad_length", f"Upload-Length {length} out of range")
+    existing = ctx.store.query_one("SELECT * FROM uploads WHERE bundle_id = ?", (bundle_id,))
+    if existing is not None:
+        row = existing
+        if row["length"] != length:
+            return error(409, "length_mismatch", f"bundle {bundle_id} was created with length "
+                                                 f"{row['length']}, not {length}")
+        return web.Response(status=200, headers=_offset_headers(row))
+    upload_id = uuid.uuid4().hex
+    now = ctx.clock()
+    _part_path(ctx, upload_id).touch()
+    with ctx.store.atomic() as con:
+        con.execute("INSERT INTO uploads(upload_id, bundle_id, sender, length, offset, state, "
+                    "created_at, updated_at) VALUES (?, ?, ?, ?, 0, 'receiving', ?, ?)",
+                    (upload_id, bundle_id, who, length, now, now))
+    log.info("upload created node=%s bundle=%s upload=%s length=%d", who, bundle_id, upload_id,
+             length)
+    row = _row(ctx, upload_id)
+    assert row is not None
+    return web.Response(status=201, headers=_offset_headers(row))
+
+
+async def head_upload(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CTX]
+    who = _authenticate(ctx, request)
+    if isinstance(who, web.Response):
+        return who
+    row = _row(ctx, request.match_info["upload_id"])
+    if row is None or row["sender"] != who:
+        return web.Response(status=404, headers={"Cache-Control": "no-store"})
+    return web.Response(status=200, headers=_offset_headers(row))
+
+
+def _append_durable(path: Path, offset: int, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.lseek(fd, offset, os.SEEK_SET)
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.ftruncate(fd, offset + len(data))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def patch_upload(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CTX]
+    who = _authenticate(ctx, request)
+    if isinstance(who, web.Response):
+        return who
+    upload_id = request.match_info["upload_id"]
+    async with ctx.lock(upload_id):
+        row = _row(ctx, upload_id)
+        if row is None or row["sender"] != who:
+            return error(404, "no_upload", f"upload {upload_id} not found")
+        if row["state"] != "receiving":
+            return error(409, "complete", "upload already finalized", **_offset_headers(row))
+        try:
+            offset = int(request.headers.get("Upload-Offset", ""))
+        except ValueError:
+            return error(400, "bad_offset", "Upload-Offset must be an integer")
+        if offset != row["offset"]:
+            return web.json_response(
+                {"status": 409, "error": "offset_mismatch",
+                 "message": f"Upload-Offset {offset} != stored offset {row['offset']}"},
+                status=409, headers=_offset_headers(row))
+        if (request.content_length or 0) > MAX_CHUNK_BYTES:
+            return error(413, "chunk_too_large", f"chunks are limited to {MAX_CHUNK_BYTES} "
+                                                 "bytes")
+        data = await request.read()
+        if offset + len(data) > row["length"]:
+            return error(400, "beyond_length", f"chunk ends at {offset + len(data)}, beyond "
+                                               f"Upload-Length {row['length']}")
+        checksum = request.headers.get("Upload-Checksum", "")
+        algo, _, b64 = checksum.partition(" ")
+        if algo != "sha256" or base64.b64decode(b64 or "=") != hashlib.sha256(data).digest():
+            return error(CHECKSUM_MISMATCH, "checksum_mismatch",
+                         "Upload-Checksum (sha256) does not match the chunk", **_offset_headers(
+                             row))
+        await asyncio.to_thread(_append_durable, _part_path(ctx, upload_id), offset, data)
+        new_offset = offset + len(data)
+        with ctx.store.atomic() as con:
+            con.execute("UPDATE uploads SET offset = ?, updated_at = ? WHERE upload_id = ?",
+                        (new_offset, ctx.clock(), upload_id))
+        row["offset"] = new_offset
+        return web.Response(status=204, headers=_offset_headers(row))
+
+
+def _ingest_bundle(ctx: ReceiverContext, row: dict[str, Any]) -> dict[str, Any]:
+    """Read the finished upload, store every instance, build and sign the receipt."""
+    path = _part_path(ctx, row["upload_id"])
+    reader = BundleReader()
+    manifest: dict[str, Any] | None = None
+    stored: list[dict[str, Any]] = []
+    bundle_sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            bundle_sha.update(chunk)
+            for ev in reader.feed(chunk):
+                if isinstance(ev, ManifestEvent):
+                    manifest = ev.manifest
+                elif isinstance(ev, InstanceEvent):
+                    checked = check_part10(ev.data, max_instance_bytes=ctx.max_instance_bytes,
+                                           max_inflate_bytes=ctx.max_inflate_bytes)
+                    out = ctx.store.put(checked.part10, checked.info,
+                                        calling_ae=f"node:{row['sender']}")
+                    if out.status is PutStatus.CONFLICT:
+                        raise Rejected(0xC010, f"instance {checked.info.sop_instance_uid} "
+                                               "conflicts with a stored copy")
+                    stored.append({"index": ev.index, "sop_instance_uid":
+                                   checked.info.sop_instance_uid, "sha256": out.sha256})
+    reader.close()
+    if manifest is None:
+        raise DecodeError("bundle has no manifest")
+    case = manifest.get("case", {})
+    return {
+        "type": "fenji-receipt", "version": 1, "bundle_id": row["bundle_id"],
+        "case_id": case.get("case_id"), "sender": row["sender"], "receiver": ctx.node_name,
+        "received_at": ctx.clock(), "bundle_sha256": bundle_sha.hexdigest(),
+        "bundle_length": row["length"], "instances": stored,
+    }
+
+
+async def finalize_upload(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CTX]
+    who = _authenticate(ctx, request)
+    if isinstance(who, web.Response):
+        return who
+    upload_id = request.match_info["upload_id"]
+    async with ctx.lock(upload_id):
+        row = _row(ctx, upload_id)
+        if row is None or row["sender"] != who:
+            return error(404, "no_upload", f"upload {upload_id} not found")
+        if row["state"] == "complete":  # a lost response: answer the same receipt
+            return web.json_response({"receipt": json.loads(row["receipt_json"]),
+                                      "signature": row["signature"], "signer": ctx.node_name})
+        if row["offset"] != row["length"]:
+            return error(409, "incomplete", f"offset {row['offset']} of {row['length']} bytes",
+                         **_offset_headers(row))
+        t0 = time.monotonic()
+        try:
+            receipt = await asyncio.to_thread(_ingest_bundle, ctx, row)
+        except (DecodeError, Rejected) as exc:
+            log.warning("bundle rejected node=%s bundle=%s reason=%s", who, row["bundle_id"], exc)
+            with ctx.store.atomic() as con:
+                con.execute("UPDATE uploads SET state = 'rejected', updated_at = ? "
+                            "WHERE upload_id = ?", (ctx.clock(), upload_id))
+            return error(422, "bundle_rejected", str(exc))
+        signature = sign(ctx.key, canonical_json(receipt))
+        with ctx.store.atomic() as con:
+            con.execute("UPDATE uploads SET state = 'complete', receipt_json = ?, signature = ?, "
+                        "updated_at = ? WHERE upload_id = ?",
+                        (json.dumps(receipt, sort_keys=True), signature, ctx.clock(), upload_id))
+        with contextlib.suppress(OSError):
+            _part_path(ctx, upload_id).unlink()
+        log.info("bundle received node=%s bundle=%s case=%s instances=%d bytes=%d ms=%.0f",
+                 who, row["bundle_id"], receipt["case_id"], len(receipt["instances"]),
+                 row["length"], (time.monotonic() - t0) * 1000)
+        if ctx.on_delivered is not None:
+            ctx.on_delivered(receipt)
+        return web.json_response({"receipt": receipt, "signature": signature,
+                                  "signer": ctx.node_name})
+
+
+def add_routes(app: web.Application, ctx: ReceiverContext) -> None:
+    ctx.upload_dir.mkdir(parents=True, exist_ok=True)
+    app[CTX] = ctx
+    app.router.add_post("/transfer/uploads", create_upload)
+    app.router.add_route("HEAD", "/transfer/uploads/{upload_id}", head_upload)
+    app.router.add_patch("/transfer/uploads/{upload_id}", patch_upload)
+    app.router.add_post("/transfer/uploads/{upload_id}/finalize", finalize_upload)
