@@ -341,17 +341,20 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
     if dest and dest not in names:
         errors.append(f"transfer.default_destination = {dest!r} is not a configured peer "
                       f"(peers: {', '.join(names) or 'none'})")
-    t = cfg.transfer
-    if not 0 < t.min_chunk_bytes <= t.chunk_bytes <= t.max_chunk_bytes:
+    tr = cfg.transfer
+    if not 0 < tr.min_chunk_bytes <= tr.chunk_bytes <= tr.max_chunk_bytes:
         errors.append(f"transfer chunk sizes must satisfy 0 < min_chunk_bytes "
-                      f"({t.min_chunk_bytes}) <= chunk_bytes ({t.chunk_bytes}) <= "
-                      f"max_chunk_bytes ({t.max_chunk_bytes})")
+                      f"({tr.min_chunk_bytes}) <= chunk_bytes ({tr.chunk_bytes}) <= "
+                      f"max_chunk_bytes ({tr.max_chunk_bytes})")
     if cfg.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         errors.append(f"log.level = {cfg.log.level!r} is not DEBUG, INFO, WARNING or ERROR")
 
 
 def _error_key(error: str) -> str:
-    """``dicom.allow_ae[1] = 3 …`` -> ``dicom.allow_ae``; ``peers[1].url = …`` -> ``peers[1].url``."""
+    """The key path an error is about, without a trailing list index.
+
+    ``dicom.allow_ae[1] = 3 …`` -> ``dicom.allow_ae``; ``peers[1].url …`` -> ``peers[1].url``.
+    """
     token = error.split(" ", 1)[0].rstrip(":")
     return re.sub(r"\[\d+\]$", "", token)
 

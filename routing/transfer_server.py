@@ -161,9 +161,9 @@ async def create_upload(request: web.Request) -> web.StreamResponse:
                     (upload_id, bundle_id, who, length, now, now))
     log.info("upload created node=%s bundle=%s upload=%s length=%d", who, bundle_id, upload_id,
              length)
-    row = _row(ctx, upload_id)
-    assert row is not None
-    return web.Response(status=201, headers=_offset_headers(row))
+    created = _row(ctx, upload_id)
+    assert created is not None
+    return web.Response(status=201, headers=_offset_headers(created))
 
 
 async def head_upload(request: web.Request) -> web.StreamResponse:
