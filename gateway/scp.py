@@ -77,8 +77,8 @@ def install_fast_poll(poll_s: float) -> None:
     import pynetdicom.dul
 
     proxy = _FastPoll(poll_s)
-    pynetdicom.association.time = proxy  # type: ignore[attr-defined]
-    pynetdicom.dul.time = proxy  # type: ignore[attr-defined]
+    pynetdicom.association.time = proxy  # type: ignore[assignment]
+    pynetdicom.dul.time = proxy  # type: ignore[assignment]
 
 
 class _Server(ThreadedAssociationServer):
