@@ -199,14 +199,23 @@ class LeadMeasures:
 def lead_measures(x_mv: np.ndarray, fs_hz: float, thr: EcgQualityThresholds | None = None,
                   ) -> LeadMeasures:
     """Measures of one lead (1-D, mV).  The input is never modified."""
-    t = thr or EcgQualityThresholds()
+    return _measure(x_mv, fs_hz, thr or EcgQualityThresholds())[0]
+
+
+_NO_BEATS = np.zeros(0, dtype=np.int64)
+
+
+def _measure(x_mv: np.ndarray, fs_hz: float, t: EcgQualityThresholds
+             ) -> tuple[LeadMeasures, np.ndarray, np.ndarray]:
+    """Measures of one lead and its beats by the two detectors."""
     x = np.ascontiguousarray(np.asarray(x_mv, dtype=np.float64))
     min_run = max(2, int(round(t.off_run_s * fs_hz)))
     flat_long, flat_total = _flat_runs_nb(x, float(t.flat_eps_mv), min_run)
     rail_long, rail_total = _rail_runs_nb(x, min_run)
     if x.size < int(0.5 * fs_hz):
         off = max(flat_total, rail_total) / fs_hz
-        return LeadMeasures(flat_long / fs_hz, rail_long / fs_hz, off, 0.0, 0.0, 0.0, 0.0, 0, 0)
+        return (LeadMeasures(flat_long / fs_hz, rail_long / fs_hz, off, 0.0, 0.0, 0.0, 0.0, 0, 0),
+                _NO_BEATS, _NO_BEATS)
     hp = flt.sosfiltfilt(np.vstack([flt.design_highpass(flt.BASELINE_HZ, fs_hz),
                                     flt.design_notch(t.mains_hz, fs_hz)]), x)
     wander = x - flt.sosfiltfilt(flt.design_highpass(flt.BASELINE_HZ, fs_hz), x)
@@ -226,7 +235,7 @@ def lead_measures(x_mv: np.ndarray, fs_hz: float, thr: EcgQualityThresholds | No
         bsqi=qrs_mod.bsqi(a, b, fs_hz),
         n_beats_a=len(a),
         n_beats_b=len(b),
-    )
+    ), a, b
 
 
 # --- the report ------------------------------------------------------------------
@@ -315,7 +324,8 @@ def check_ecg(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
 
     Returns
     -------
-    (report, qrs) where report is ``{"verdict", "reasons", "leads": {name: {"verdict", "checks": [...]}},
+    (report, qrs) where report is ``{"verdict", "reasons",
+    "leads": {name: {"verdict", "checks": [...]}},
     "record": {"heart_rate_bpm", "n_beats", "checks": [...]}, "thresholds"}``
     where each check is ``{"check", "value", "threshold", "verdict", "reason"}``.
     """
@@ -329,12 +339,17 @@ def check_ecg(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
     reasons: list[str] = []
     warnings: list[str] = []
     bad: list[str] = []
+    beats_a: list[np.ndarray] = []
+    beats_b: list[np.ndarray] = []
     for j, name in enumerate(leads):
         col = x[:, j]
         nan = np.isnan(col)
         if nan.any():
             col = np.where(nan, 0.0, col)   # a gap is a run of constant value: "off"
-        checks = _lead_checks(name, lead_measures(col, fs_hz, t), t)
+        m, ba, bb = _measure(col, fs_hz, t)
+        beats_a.append(ba)
+        beats_b.append(bb)
+        checks = _lead_checks(name, m, t)
         v = max((c["verdict"] for c in checks), key=_RANK.__getitem__)
         lead_out[name] = {"verdict": v, "checks": checks}
         lead_reasons = _lead_reasons(checks, v)
@@ -346,7 +361,9 @@ def check_ecg(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
     good = [j for j, n in enumerate(leads) if n not in bad]
     rec_checks = []
     if qrs is None:
-        qrs = qrs_mod.detect_qrs(np.nan_to_num(x[:, good]), fs_hz) if good else np.zeros(0, np.int64)
+        # per 10-s window, the beats of the passing lead whose two detectors agree best
+        qrs = qrs_mod.choose_beats([beats_a[j] for j in good], [beats_b[j] for j in good],
+                                   x.shape[0], fs_hz) if good else _NO_BEATS
     hr = qrs_mod.heart_rate_bpm(qrs, fs_hz)
     hr_ok = hr is not None and t.hr_min_bpm <= hr <= t.hr_max_bpm
     rec_checks.append(_check("heart_rate", hr,

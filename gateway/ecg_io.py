@@ -254,3 +254,34 @@ def write_dicom_ecg(rec: EcgRecord, path: str | Path, **kwargs: object) -> Datas
     ds = to_dicom(rec, **kwargs)  # type: ignore[arg-type]
     ds.save_as(str(path), enforce_file_format=True)
     return ds
+
+
+#: Beat annotation symbols kept for QRS scoring (MIT-BIH / AAMI EC57); the rest
+#: (rhythm '+', noise '~', artefact '|', ...) are not beats.
+BEAT_SYMBOLS = frozenset("N L R B A a J S V r F e j n E / f Q ?".split())
+
+
+def read_beat_annotations(path: str | Path, extension: str = "atr"
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """Reference beats of a WFDB record and the ventricular flutter/fibrillation
+    episodes (``[`` ... ``]``, left out of QRS scoring by EC57) as (k, 2) intervals."""
+    import wfdb
+
+    try:
+        ann = wfdb.rdann(str(Path(path).with_suffix("") if Path(path).suffix == ".hea"
+                             else path), extension)
+    except Exception as exc:
+        raise PeerError(f"{path}.{extension}: unreadable annotations: {exc}") from exc
+    beats = np.array([s for s, c in zip(ann.sample, ann.symbol, strict=True)
+                      if c in BEAT_SYMBOLS], dtype=np.int64)
+    spans: list[tuple[int, int]] = []
+    start = None
+    for s, c in zip(ann.sample, ann.symbol, strict=True):
+        if c == "[":
+            start = int(s)
+        elif c == "]" and start is not None:
+            spans.append((start, int(s)))
+            start = None
+    if start is not None:
+        spans.append((start, np.iinfo(np.int64).max))
+    return beats, np.array(spans, dtype=np.int64).reshape(-1, 2)
