@@ -29,8 +29,6 @@ import math
 import numpy as np
 from numba import njit
 
-_NJIT = {"nogil": True, "cache": True}
-
 #: Mains frequency in China (GB/T 156); 60 Hz is a parameter for other grids.
 MAINS_HZ = 50.0
 #: Zero-phase high-pass corner for baseline wander.  0.5 Hz removes breathing
@@ -91,7 +89,7 @@ def design_notch(f0_hz: float, fs_hz: float, q: float = NOTCH_Q) -> np.ndarray:
 # --- kernels ---------------------------------------------------------------------
 
 def _sosfilt_py(sos: np.ndarray, x: np.ndarray, steady: bool) -> np.ndarray:
-    """Direct form II transposed, section after section; ``steady`` starts at x[0]'s steady state."""
+    """Direct form II transposed, section by section; ``steady``: start at x[0] steady state."""
     n = x.shape[0]
     y = x.astype(np.float64)
     for s in range(sos.shape[0]):
@@ -124,10 +122,10 @@ def _filtfilt_py(sos: np.ndarray, x: np.ndarray) -> np.ndarray:
     return y[::-1].copy()
 
 
-_sosfilt_nb = njit(_sosfilt_py, **_NJIT)
+_sosfilt_nb = njit(_sosfilt_py, nogil=True, cache=True)
 
 
-@njit(**_NJIT)
+@njit(nogil=True, cache=True)
 def _filtfilt_nb(sos: np.ndarray, x: np.ndarray) -> np.ndarray:
     y = _sosfilt_nb(sos, x, True)
     y = _sosfilt_nb(sos, y[::-1].copy(), True)

@@ -42,8 +42,6 @@ from numba import njit
 from fenji.codecs import ecg_filters as flt
 from fenji.codecs import qrs as qrs_mod
 
-_NJIT = {"nogil": True, "cache": True}
-
 ACCEPTABLE = "acceptable"
 WARNINGS = "acceptable_with_warnings"
 UNACCEPTABLE = "unacceptable"
@@ -98,7 +96,7 @@ def _flat_runs_py(x: np.ndarray, eps: float, min_run: int) -> tuple[int, int]:
     return longest, total
 
 
-_flat_runs_nb = njit(_flat_runs_py, **_NJIT)
+_flat_runs_nb = njit(_flat_runs_py, nogil=True, cache=True)
 
 
 def _rail_runs_py(x: np.ndarray, min_run: int) -> tuple[int, int]:
@@ -133,7 +131,7 @@ def _rail_runs_py(x: np.ndarray, min_run: int) -> tuple[int, int]:
     return longest, total
 
 
-_rail_runs_nb = njit(_rail_runs_py, **_NJIT)
+_rail_runs_nb = njit(_rail_runs_py, nogil=True, cache=True)
 
 
 def _robust_p2p_py(x: np.ndarray, win: int) -> float:
@@ -158,7 +156,7 @@ def _robust_p2p_py(x: np.ndarray, win: int) -> float:
     return float(np.median(p))
 
 
-_robust_p2p_nb = njit(_robust_p2p_py, **_NJIT)
+_robust_p2p_nb = njit(_robust_p2p_py, nogil=True, cache=True)
 
 
 def _rms_py(x: np.ndarray, win: int) -> float:
@@ -176,7 +174,7 @@ def _rms_py(x: np.ndarray, win: int) -> float:
     return float(np.median(r))
 
 
-_rms_nb = njit(_rms_py, **_NJIT)
+_rms_nb = njit(_rms_py, nogil=True, cache=True)
 
 
 # --- per-lead measures -----------------------------------------------------------

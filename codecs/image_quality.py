@@ -33,8 +33,6 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-_NJIT = {"nogil": True, "cache": True}
-
 ACCEPTABLE = "acceptable"
 WARNINGS = "acceptable_with_warnings"
 UNACCEPTABLE = "unacceptable"
@@ -99,7 +97,7 @@ def _frame_stats_py(a: np.ndarray) -> tuple[float, float, float, int, int]:
     return lo, hi, float(np.sqrt(ss / n)), nlo, nhi
 
 
-_frame_stats_nb = njit(_frame_stats_py, **_NJIT)
+_frame_stats_nb = njit(_frame_stats_py, nogil=True, cache=True)
 
 
 def frame_stats(frame: np.ndarray) -> tuple[float, float, float, int, int]:

@@ -43,8 +43,6 @@ from numba import njit
 
 from fenji.codecs import ecg_filters as flt
 
-_NJIT = {"nogil": True, "cache": True}
-
 #: QRS energy band (Pan-Tompkins used 5-15 Hz at 200 Hz; 20 Hz keeps narrow QRS sharper).
 QRS_BAND_HZ = (5.0, 20.0)
 #: Moving-window integration: about one QRS width.
@@ -85,7 +83,7 @@ def _mwi_py(bp: np.ndarray, w: int) -> np.ndarray:
     return out
 
 
-_mwi_nb = njit(_mwi_py, **_NJIT)
+_mwi_nb = njit(_mwi_py, nogil=True, cache=True)
 
 
 def _local_maxima_py(y: np.ndarray) -> np.ndarray:
@@ -107,7 +105,7 @@ def _local_maxima_py(y: np.ndarray) -> np.ndarray:
     return out[:k]
 
 
-_local_maxima_nb = njit(_local_maxima_py, **_NJIT)
+_local_maxima_nb = njit(_local_maxima_py, nogil=True, cache=True)
 
 
 # --- Pan-Tompkins decision rules -------------------------------------------------
@@ -228,7 +226,7 @@ def _pt_decide_py(mwi: np.ndarray, slope: np.ndarray, cand: np.ndarray, fs: floa
     return out[:nq]
 
 
-_pt_decide_nb = njit(_pt_decide_py, **_NJIT)
+_pt_decide_nb = njit(_pt_decide_py, nogil=True, cache=True)
 
 
 def _refine_py(bp: np.ndarray, peaks: np.ndarray, half: int, refr: int) -> np.ndarray:
@@ -255,7 +253,7 @@ def _refine_py(bp: np.ndarray, peaks: np.ndarray, half: int, refr: int) -> np.nd
     return out[:k]
 
 
-_refine_nb = njit(_refine_py, **_NJIT)
+_refine_nb = njit(_refine_py, nogil=True, cache=True)
 
 
 def _gapfill_py(slope: np.ndarray, peaks: np.ndarray, fs: float, rel: float,
@@ -304,7 +302,7 @@ def _gapfill_py(slope: np.ndarray, peaks: np.ndarray, fs: float, rel: float,
     return out[:no]
 
 
-_gapfill_nb = njit(_gapfill_py, **_NJIT)
+_gapfill_nb = njit(_gapfill_py, nogil=True, cache=True)
 
 
 def _abs_slope_py(bp: np.ndarray) -> np.ndarray:
@@ -315,7 +313,7 @@ def _abs_slope_py(bp: np.ndarray) -> np.ndarray:
     return s
 
 
-_abs_slope_nb = njit(_abs_slope_py, **_NJIT)
+_abs_slope_nb = njit(_abs_slope_py, nogil=True, cache=True)
 
 
 def _running_level_py(mwi: np.ndarray, w: int) -> np.ndarray:
@@ -342,7 +340,7 @@ def _running_level_py(mwi: np.ndarray, w: int) -> np.ndarray:
     return out
 
 
-_running_level_nb = njit(_running_level_py, **_NJIT)
+_running_level_nb = njit(_running_level_py, nogil=True, cache=True)
 
 
 # --- public API ------------------------------------------------------------------
@@ -443,7 +441,7 @@ def _block_detect_py(feat: np.ndarray, blk: int, refr: int) -> np.ndarray:
     return out[:k]
 
 
-_block_detect_nb = njit(_block_detect_py, **_NJIT)
+_block_detect_nb = njit(_block_detect_py, nogil=True, cache=True)
 
 
 def _smooth_abs_slope_py(bp: np.ndarray, w: int) -> np.ndarray:
@@ -465,7 +463,7 @@ def _smooth_abs_slope_py(bp: np.ndarray, w: int) -> np.ndarray:
     return out
 
 
-_smooth_abs_slope_nb = njit(_smooth_abs_slope_py, **_NJIT)
+_smooth_abs_slope_nb = njit(_smooth_abs_slope_py, nogil=True, cache=True)
 
 
 def detect_qrs_slope(x: np.ndarray, fs_hz: float) -> np.ndarray:
@@ -498,7 +496,7 @@ def _match_py(ref: np.ndarray, test: np.ndarray, tol: int) -> int:
     return m
 
 
-_match_nb = njit(_match_py, **_NJIT)
+_match_nb = njit(_match_py, nogil=True, cache=True)
 
 
 def match_count(ref: np.ndarray, test: np.ndarray, tol_samples: int) -> int:
@@ -606,7 +604,7 @@ def _choose_py(a: np.ndarray, a_lead: np.ndarray, b: np.ndarray, b_lead: np.ndar
     return a[keep]
 
 
-_choose_nb = njit(_choose_py, **_NJIT)
+_choose_nb = njit(_choose_py, nogil=True, cache=True)
 
 
 def detect_qrs_leads(x: np.ndarray, fs_hz: float, window_s: float = 10.0,
@@ -694,11 +692,12 @@ def score_beats(ref: np.ndarray, det: np.ndarray, fs_hz: float, *, tol_s: float 
             keep_r &= ~((r >= lo) & (r <= hi))
             keep_d &= ~((d >= lo) & (d <= hi))
     if edge_s > 0.0:
-        lo = edge_s * fs_hz
-        hi = (n_samples if n_samples is not None else max(r.max(initial=0), d.max(initial=0))
-              ) - edge_s * fs_hz
-        keep_r &= (r >= lo) & (r <= hi)
-        keep_d &= (d >= lo) & (d <= hi)
+        end = n_samples if n_samples is not None else int(max(r.max(initial=0),
+                                                              d.max(initial=0)))
+        e_lo = float(edge_s * fs_hz)
+        e_hi = float(end - edge_s * fs_hz)
+        keep_r &= (r >= e_lo) & (r <= e_hi)
+        keep_d &= (d >= e_lo) & (d <= e_hi)
     r, d = r[keep_r], d[keep_d]
     m = match_count(r, d, int(round(tol_s * fs_hz)))
     return BeatScore(tp=m, fn=int(r.size) - m, fp=int(d.size) - m)

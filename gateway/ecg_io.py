@@ -171,8 +171,8 @@ def to_dicom(rec: EcgRecord, *, patient_id: str = "", patient_name: str = "",
     date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
     sop_uid = sop_instance_uid or generate_uid()
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPClassUID = pydicom.uid.UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = pydicom.uid.UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
@@ -193,8 +193,8 @@ def to_dicom(rec: EcgRecord, *, patient_id: str = "", patient_name: str = "",
     ds.PatientID = patient_id
     ds.PatientBirthDate = ""
     ds.PatientSex = ""
-    ds.StudyInstanceUID = study_instance_uid or generate_uid()
-    ds.SeriesInstanceUID = series_instance_uid or generate_uid()
+    ds.StudyInstanceUID = pydicom.uid.UID(study_instance_uid or generate_uid())
+    ds.SeriesInstanceUID = pydicom.uid.UID(series_instance_uid or generate_uid())
     ds.StudyID = ""
     ds.SeriesNumber = 1
     ds.InstanceNumber = 1
