@@ -10,8 +10,11 @@ Model (per sample plane, per tile of rows):
   error energy), quantised in half octaves; the zigzagged residual is split into
   a token (rANS with one static table per context, see ``entropy``) and raw
   extra bits;
-* "max" effort additionally searches the gradient thresholds and the activity
-  weights per image and keeps the smallest stream.
+* "max" effort replaces MED by a blend of ten sub-predictors (MED, N, W,
+  gradients, and the linear extrapolations 2N-NN, 2W-WW, 2NW-NWNW, 2NE-NENE)
+  weighted by the inverse square of each one's recent local error (after the
+  self-correcting predictor of JPEG XL), adds the blend's error to the entropy
+  context, tries a few thresholds/weightings and keeps the smallest stream.
 
 Tiles are independent, so encoding and decoding run in parallel over
 frames x planes x row bands (``numba.prange``) with one shared table set.
@@ -54,6 +57,7 @@ prange: Any = _prange
 MAGIC = b"FJPX"
 VERSION = 1
 NCTX = 32
+NSUB = 10  # sub-predictors blended by the "max" predictor
 
 # dtype code <-> dtype, one table (STYLE: dtypes explicit, from one table)
 DTYPES: dict[int, str] = {1: "|u1", 2: "|i1", 3: "<u2", 4: "<i2"}
@@ -116,7 +120,7 @@ def _qlut(t1: int, t2: int, t3: int) -> np.ndarray:
 
 
 @no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
-def _model_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, ctx, tok, nbits, vals):  # type: ignore[no-untyped-def]
+def _model_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, mode, ctx, tok, nbits, vals):  # type: ignore[no-untyped-def]
     """Residual tokens of planes[p, r0:r1] into the flat outputs (encoder pass 1)."""
     rows = planes.shape[1]
     cols = planes.shape[2]
@@ -125,9 +129,14 @@ def _model_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, ctx, tok, nbits, vals):
     cnt = np.ones(729, np.int64)
     eprev = np.zeros(cols + 1, np.int64)
     ecur = np.zeros(cols + 1, np.int64)
+    kerr_p = np.zeros((NSUB, cols + 2), np.int64)
+    kerr_c = np.zeros((NSUB, cols + 2), np.int64)
+    spv = np.zeros(NSUB, np.int64)
     k = (p * rows + r0) * cols
     for r in range(r0, r1):
         ecur[0] = eprev[1]
+        for kk in range(NSUB):
+            kerr_c[kk, 0] = kerr_p[kk, 1]
         for c in range(cols):
             if r == r0:
                 a = np.int64(planes[p, r, c - 1]) if c > 0 else 0
@@ -151,6 +160,37 @@ def _model_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, ctx, tok, nbits, vals):
                 pred = mx
             else:
                 pred = a + b - nw
+            if mode != 0:
+                # weighted blend of sub-predictors by their recent local errors
+                spv[0] = pred
+                spv[1] = b
+                spv[2] = a
+                spv[3] = a + ne - b
+                spv[4] = a + b - nw
+                nn = np.int64(planes[p, r - 2, c]) if r - 2 >= r0 else b
+                ww = np.int64(planes[p, r, c - 2]) if c >= 2 else a
+                spv[5] = 2 * b - nn
+                spv[6] = 2 * a - ww
+                nwnw = np.int64(planes[p, r - 2, c - 2]) if (r - 2 >= r0 and c >= 2) else nw
+                nene = np.int64(planes[p, r - 2, c + 2]) if (r - 2 >= r0 and c + 2 < cols) else ne
+                spv[7] = 2 * nw - nwnw
+                spv[8] = 2 * ne - nene
+                spv[9] = (a + ne + 1) >> 1
+                wsum = 0
+                wacc = 0
+                smin = np.int64(1) << 40
+                for kk in range(NSUB):
+                    s_ = (2 * kerr_c[kk, c] + 2 * kerr_p[kk, c + 1] + kerr_p[kk, c]
+                          + kerr_p[kk, c + 2])
+                    if mode == 1:
+                        w = (1 << 30) // (1 + s_)
+                    else:
+                        w = (1 << 40) // ((1 + s_) * (1 + s_))
+                    wsum += w
+                    if s_ < smin:
+                        smin = s_
+                    wacc += w * spv[kk]
+                pred = (wacc + (wsum >> 1)) // wsum
             g1 = ne - b
             g2 = b - nw
             g3 = nw - a
@@ -164,7 +204,12 @@ def _model_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, ctx, tok, nbits, vals):
                 pc = lo
             elif pc > hi:
                 pc = hi
-            e = np.int64(planes[p, r, c]) - pc
+            xv = np.int64(planes[p, r, c])
+            e = xv - pc
+            if mode != 0:
+                for kk in range(NSUB):
+                    v = xv - spv[kk]
+                    kerr_c[kk, c + 1] = v if v >= 0 else -v
             # bias cancellation, JPEG-LS A.6.2 without the sign merge
             bsum[q] += e
             cnt[q] += 1
@@ -186,6 +231,8 @@ def _model_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, ctx, tok, nbits, vals):
                 (g1 if g1 >= 0 else -g1) + (g2 if g2 >= 0 else -g2) + (g3 if g3 >= 0 else -g3)
                 + wact * (ecur[c] + eprev[c + 1])
             )
+            if mode != 0:
+                act += smin >> 2
             ecur[c + 1] = ae
             if act < 4096:
                 cls = np.int64(_CLUT[act])
@@ -218,10 +265,13 @@ def _model_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, ctx, tok, nbits, vals):
             k += 1
         for i in range(cols + 1):
             eprev[i] = ecur[i]
+        for kk in range(NSUB):
+            for i in range(cols + 2):
+                kerr_p[kk, i] = kerr_c[kk, i]
 
 
 @no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
-def _decode_tile_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, cmap, freq, cum, sym,  # type: ignore[no-untyped-def]
+def _decode_tile_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, mode, cmap, freq, cum, sym,  # type: ignore[no-untyped-def]
                     buf, rs, re_, bs, be):
     """Decode planes[p, r0:r1] from rANS bytes buf[rs:re_] and extra bits buf[bs:be].
 
@@ -233,6 +283,9 @@ def _decode_tile_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, cmap, freq, cum, 
     cnt = np.ones(729, np.int64)
     eprev = np.zeros(cols + 1, np.int64)
     ecur = np.zeros(cols + 1, np.int64)
+    kerr_p = np.zeros((NSUB, cols + 2), np.int64)
+    kerr_c = np.zeros((NSUB, cols + 2), np.int64)
+    spv = np.zeros(NSUB, np.int64)
     if re_ - rs < 4:
         return -1
     x = ((np.int64(buf[rs]) << 24) | (np.int64(buf[rs + 1]) << 16)
@@ -243,6 +296,8 @@ def _decode_tile_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, cmap, freq, cum, 
     bpos = bs
     for r in range(r0, r1):
         ecur[0] = eprev[1]
+        for kk in range(NSUB):
+            kerr_c[kk, 0] = kerr_p[kk, 1]
         for c in range(cols):
             if r == r0:
                 a = np.int64(planes[p, r, c - 1]) if c > 0 else 0
@@ -266,6 +321,37 @@ def _decode_tile_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, cmap, freq, cum, 
                 pred = mx
             else:
                 pred = a + b - nw
+            if mode != 0:
+                # weighted blend of sub-predictors by their recent local errors
+                spv[0] = pred
+                spv[1] = b
+                spv[2] = a
+                spv[3] = a + ne - b
+                spv[4] = a + b - nw
+                nn = np.int64(planes[p, r - 2, c]) if r - 2 >= r0 else b
+                ww = np.int64(planes[p, r, c - 2]) if c >= 2 else a
+                spv[5] = 2 * b - nn
+                spv[6] = 2 * a - ww
+                nwnw = np.int64(planes[p, r - 2, c - 2]) if (r - 2 >= r0 and c >= 2) else nw
+                nene = np.int64(planes[p, r - 2, c + 2]) if (r - 2 >= r0 and c + 2 < cols) else ne
+                spv[7] = 2 * nw - nwnw
+                spv[8] = 2 * ne - nene
+                spv[9] = (a + ne + 1) >> 1
+                wsum = 0
+                wacc = 0
+                smin = np.int64(1) << 40
+                for kk in range(NSUB):
+                    s_ = (2 * kerr_c[kk, c] + 2 * kerr_p[kk, c + 1] + kerr_p[kk, c]
+                          + kerr_p[kk, c + 2])
+                    if mode == 1:
+                        w = (1 << 30) // (1 + s_)
+                    else:
+                        w = (1 << 40) // ((1 + s_) * (1 + s_))
+                    wsum += w
+                    if s_ < smin:
+                        smin = s_
+                    wacc += w * spv[kk]
+                pred = (wacc + (wsum >> 1)) // wsum
             g1 = ne - b
             g2 = b - nw
             g3 = nw - a
@@ -283,6 +369,8 @@ def _decode_tile_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, cmap, freq, cum, 
                 (g1 if g1 >= 0 else -g1) + (g2 if g2 >= 0 else -g2) + (g3 if g3 >= 0 else -g3)
                 + wact * (ecur[c] + eprev[c + 1])
             )
+            if mode != 0:
+                act += smin >> 2
             if act < 4096:
                 cls = np.int64(_CLUT[act])
             else:
@@ -323,6 +411,10 @@ def _decode_tile_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, cmap, freq, cum, 
                 nacc -= nb
             e = (u >> 1) if (u & 1) == 0 else -((u + 1) >> 1)
             planes[p, r, c] = pc + e
+            if mode != 0:
+                for kk in range(NSUB):
+                    v = pc + e - spv[kk]
+                    kerr_c[kk, c + 1] = v if v >= 0 else -v
             bsum[q] += e
             cnt[q] += 1
             if cnt[q] == _RESET:
@@ -341,6 +433,9 @@ def _decode_tile_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, cmap, freq, cum, 
             ecur[c + 1] = e if e >= 0 else -e
         for i in range(cols + 1):
             eprev[i] = ecur[i]
+        for kk in range(NSUB):
+            for i in range(cols + 2):
+                kerr_p[kk, i] = kerr_c[kk, i]
     if x != RANS_L or rpos != re_ or bpos != be:
         return -5
     return 0
@@ -351,17 +446,17 @@ _decode_tile_nb: Any = njit(_decode_tile_py, nogil=True, cache=True)
 
 
 @no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
-def _model_tiles_py(planes, tiles, lo, hi, t3, qlut, wact, ctx, tok, nbits, vals):  # type: ignore[no-untyped-def]
+def _model_tiles_py(planes, tiles, lo, hi, t3, qlut, wact, mode, ctx, tok, nbits, vals):  # type: ignore[no-untyped-def]
     for i in range(tiles.shape[0]):
         _model_py(planes, tiles[i, 0], tiles[i, 1], tiles[i, 2], lo, hi, t3, qlut, wact,
-                  ctx, tok, nbits, vals)
+                  mode, ctx, tok, nbits, vals)
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _model_tiles_nb(planes, tiles, lo, hi, t3, qlut, wact, ctx, tok, nbits, vals):  # type: ignore[no-untyped-def]
+def _model_tiles_nb(planes, tiles, lo, hi, t3, qlut, wact, mode, ctx, tok, nbits, vals):  # type: ignore[no-untyped-def]
     for i in prange(tiles.shape[0]):
         _model_nb(planes, tiles[i, 0], tiles[i, 1], tiles[i, 2], lo, hi, t3, qlut, wact,
-                  ctx, tok, nbits, vals)
+                  mode, ctx, tok, nbits, vals)
 
 
 @no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
@@ -383,20 +478,20 @@ def _code_tiles_nb(ctx, tok, nbits, vals, starts, freq, cum, rbuf, roff, bbuf, b
 
 
 @no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
-def _decode_tiles_py(planes, tiles, lo, hi, t3, qlut, wact, cmap, freq, cum, sym, buf, spans,
+def _decode_tiles_py(planes, tiles, lo, hi, t3, qlut, wact, mode, cmap, freq, cum, sym, buf, spans,
                      status):  # type: ignore[no-untyped-def]
     for i in range(tiles.shape[0]):
         status[i] = _decode_tile_py(planes, tiles[i, 0], tiles[i, 1], tiles[i, 2], lo, hi, t3, qlut,
-                                    wact, cmap, freq, cum, sym, buf, spans[i, 0], spans[i, 1],
+                                    wact, mode, cmap, freq, cum, sym, buf, spans[i, 0], spans[i, 1],
                                     spans[i, 2], spans[i, 3])
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _decode_tiles_nb(planes, tiles, lo, hi, t3, qlut, wact, cmap, freq, cum, sym, buf, spans,
+def _decode_tiles_nb(planes, tiles, lo, hi, t3, qlut, wact, mode, cmap, freq, cum, sym, buf, spans,
                      status):  # type: ignore[no-untyped-def]
     for i in prange(tiles.shape[0]):
         status[i] = _decode_tile_nb(planes, tiles[i, 0], tiles[i, 1], tiles[i, 2], lo, hi, t3, qlut,
-                                    wact, cmap, freq, cum, sym, buf, spans[i, 0], spans[i, 1],
+                                    wact, mode, cmap, freq, cum, sym, buf, spans[i, 0], spans[i, 1],
                                     spans[i, 2], spans[i, 3])
 
 
@@ -462,6 +557,7 @@ def _rct_inverse(a: np.ndarray) -> np.ndarray:
 
 
 def _encode_planes(planes: np.ndarray, lo: int, hi: int, t: tuple[int, int, int], wact: int,
+                   mode: int,
                    tile_rows: int, impl: str) -> tuple[bytes, bytes]:
     k = _IMPL[impl]
     nplanes, rows, cols = planes.shape
@@ -471,7 +567,7 @@ def _encode_planes(planes: np.ndarray, lo: int, hi: int, t: tuple[int, int, int]
     tok = np.empty(n, np.uint8)
     nbits = np.empty(n, np.uint8)
     vals = np.empty(n, np.uint32)
-    k["model"](planes, tiles, lo, hi, t[2], _qlut(*t), wact, ctx, tok, nbits, vals)
+    k["model"](planes, tiles, lo, hi, t[2], _qlut(*t), wact, mode, ctx, tok, nbits, vals)
     hist = k["hist"](ctx, tok, NCTX)
     cmap = ent.cluster_contexts(hist)
     merged = np.zeros((int(cmap.max()) + 1, ent.NSYM), np.int64)
@@ -539,25 +635,27 @@ def pixel_encode(arr: np.ndarray, *, effort: str = "fast", rct: bool = False,
         lo = hi = 0
     tile_rows = _tile_rows(rows, cols)
     t = _thresholds(lo, hi)
-    candidates = [(t, 1)]
+    # (thresholds, activity weight, predictor mode: 0 MED, 1/2 weighted blend)
+    candidates = [(t, 1, 0)]
     if effort == "max":
         t1, t2, t3 = t
-        candidates = [(t, 1), (t, 2), (t, 0),
-                      ((max(1, t1 // 2), max(1, t2 // 2), max(1, t3 // 2)), 1),
-                      ((t1 * 2, t2 * 2, t3 * 2), 1)]
-        tile_rows = max(tile_rows, rows)  # one band per plane: no restarts
-    best: tuple[bytes, bytes, tuple[int, int, int], int] | None = None
+        half = (max(1, t1 // 2), max(1, t2 // 2), max(1, t3 // 2))
+        candidates = [(t, 1, 2), (t, 1, 1), (half, 1, 2)]
+        # fewer, taller bands: restarts cost ~1 % here; two per plane keep 2 cores busy
+        tile_rows = max(tile_rows, -(-rows // 2))
+    best: tuple[bytes, bytes, tuple[int, int, int], int, int] | None = None
     if planes.size:
-        for tt, wact in candidates:
-            tables, body = _encode_planes(planes, lo, hi, tt, wact, tile_rows, _impl)
+        for tt, wact, mode in candidates:
+            tables, body = _encode_planes(planes, lo, hi, tt, wact, mode, tile_rows, _impl)
             if best is None or len(tables) + len(body) < len(best[0]) + len(best[1]):
-                best = (tables, body, tt, wact)
+                best = (tables, body, tt, wact, mode)
     else:
-        best = (b"", b"", t, 1)
+        best = (b"", b"", t, 1, 0)
     assert best is not None
-    tables, body, tt, wact = best
+    tables, body, tt, wact, mode = best
     dims = struct.pack(f"<B{len(shape)}I", len(shape), *shape)
-    hdr = _HDR.pack(MAGIC, VERSION, code, 1 if rct else 0, frames, rows, cols, samples,
+    flags = (1 if rct else 0) | mode << 1
+    hdr = _HDR.pack(MAGIC, VERSION, code, flags, frames, rows, cols, samples,
                     lo, hi, tt[0], tt[1], tt[2], wact, tile_rows, len(tables))
     out = hdr + dims + tables + body
     return out + struct.pack("<I", zlib.crc32(out))
@@ -576,7 +674,8 @@ def pixel_info(buf: bytes) -> dict[str, Any]:
     if code not in DTYPES:
         raise DecodeError(f"pixel stream dtype code {code} unknown")
     return {"dtype": DTYPES[code], "frames": frames, "rows": rows, "cols": cols,
-            "samples": samples, "rct": bool(flags & 1), "lo": lo, "hi": hi,
+            "samples": samples, "rct": bool(flags & 1), "mode": (flags >> 1) & 3,
+            "lo": lo, "hi": hi,
             "thresholds": (t1, t2, t3), "wact": wact, "tile_rows": tile_rows,
             "table_bytes": ntab}
 
@@ -633,7 +732,7 @@ def pixel_decode(buf: bytes, *, _impl: str = "nb") -> np.ndarray:
     if not 1 <= t1 <= t2 <= t3 <= 1 << 20:
         raise DecodeError(f"pixel stream thresholds {(t1, t2, t3)} invalid")
     _IMPL[_impl]["decode"](planes, tiles, info["lo"], info["hi"], t3, _qlut(t1, t2, t3),
-                           info["wact"], cmap, f, cum, sym, data, spans, status)
+                           info["wact"], info["mode"], cmap, f, cum, sym, data, spans, status)
     if status.any():
         bad = int(np.nonzero(status)[0][0])
         raise DecodeError(f"pixel stream tile {bad} is corrupt (code {int(status[bad])})")

@@ -62,11 +62,11 @@ def test_round_trip(a: np.ndarray, effort: str, how: int) -> None:
 
 
 @TWIN
-@given(images(max_side=12, max_frames=1))
-def test_kernels_equal_twins(a: np.ndarray) -> None:
+@given(images(max_side=12, max_frames=1), st.sampled_from(["fast", "max"]))
+def test_kernels_equal_twins(a: np.ndarray, effort: str) -> None:
     rct = a.shape[3] == 3
-    enc_nb = px.pixel_encode(a, rct=rct)
-    enc_py = px.pixel_encode(a, rct=rct, _impl="py")
+    enc_nb = px.pixel_encode(a, rct=rct, effort=effort)
+    enc_py = px.pixel_encode(a, rct=rct, _impl="py", effort=effort)
     assert enc_nb == enc_py
     np.testing.assert_array_equal(px.pixel_decode(enc_nb, _impl="py"), a)
 
@@ -80,10 +80,13 @@ def test_model_kernel_equals_twin_directly() -> None:
         n = planes.size
         bufs = (np.zeros(n, np.uint8), np.zeros(n, np.uint8), np.zeros(n, np.uint8),
                 np.zeros(n, np.uint32))
-        px._IMPL[impl]["model"](planes, tiles, -500, 4000, 306, px._qlut(18, 82, 306), 1, *bufs)
-        outs.append(bufs)
-    for x, y in zip(*outs, strict=True):
-        np.testing.assert_array_equal(x, y)
+        for mode in (0, 1, 2):
+            px._IMPL[impl]["model"](planes, tiles, -500, 4000, 306, px._qlut(18, 82, 306), 1,
+                                    mode, *bufs)
+            outs.append(tuple(b.copy() for b in bufs))
+    for nb_out, py_out in zip(outs[:3], outs[3:], strict=True):
+        for x, y in zip(nb_out, py_out, strict=True):
+            np.testing.assert_array_equal(x, y)
 
 
 def test_ct_beats_zstd_on_a_real_slice() -> None:
