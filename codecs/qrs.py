@@ -223,6 +223,25 @@ def _pt_decide_py(mwi: np.ndarray, slope: np.ndarray, cand: np.ndarray, fs: floa
             npk = 0.125 * v + 0.875 * npk
         thr1 = npk + 0.25 * (spk - npk)
         ci += 1
+    # search-back after the last beat too: nothing later would trigger it
+    while last >= 0 and rr_avg > 0.0 and (n - 1) - last > 1.66 * rr_avg:
+        thr2 = 0.5 * thr1
+        best = -1
+        bestv = 0.0
+        for cj in range(last_ci + 1, nc):
+            q = cand[cj]
+            if q - last >= refr and mwi[q] > thr2 and mwi[q] > bestv:
+                best = cj
+                bestv = mwi[q]
+        if best < 0:
+            break
+        q = cand[best]
+        out[nq] = q
+        nq += 1
+        spk = 0.25 * bestv + 0.75 * spk
+        thr1 = npk + 0.25 * (spk - npk)
+        last = q
+        last_ci = best
     return out[:nq]
 
 
@@ -691,13 +710,38 @@ def score_beats(ref: np.ndarray, det: np.ndarray, fs_hz: float, *, tol_s: float 
         for lo, hi in np.asarray(exclude, dtype=np.int64).reshape(-1, 2):
             keep_r &= ~((r >= lo) & (r <= hi))
             keep_d &= ~((d >= lo) & (d <= hi))
+    tol = int(round(tol_s * fs_hz))
     if edge_s > 0.0:
+        # reference beats inside the scored span; a detection just outside it may
+        # match one of them, but an unmatched one there is not counted as extra
         end = n_samples if n_samples is not None else int(max(r.max(initial=0),
                                                               d.max(initial=0)))
         e_lo = float(edge_s * fs_hz)
         e_hi = float(end - edge_s * fs_hz)
         keep_r &= (r >= e_lo) & (r <= e_hi)
-        keep_d &= (d >= e_lo) & (d <= e_hi)
+        keep_d &= (d >= e_lo - tol) & (d <= e_hi + tol)
+        r, d = r[keep_r], d[keep_d]
+        used = _matched_flags(r, d, tol)
+        inside = (d >= e_lo) & (d <= e_hi)
+        m = int(used.sum())
+        return BeatScore(tp=m, fn=int(r.size) - m, fp=int((~used & inside).sum()))
     r, d = r[keep_r], d[keep_d]
-    m = match_count(r, d, int(round(tol_s * fs_hz)))
+    m = match_count(r, d, tol)
     return BeatScore(tp=m, fn=int(r.size) - m, fp=int(d.size) - m)
+
+
+def _matched_flags(ref: np.ndarray, test: np.ndarray, tol: int) -> np.ndarray:
+    """Which ``test`` beats the one-to-one matching of :func:`_match_py` uses."""
+    used = np.zeros(test.size, dtype=bool)
+    i = j = 0
+    while i < ref.size and j < test.size:
+        dd = test[j] - ref[i]
+        if dd < -tol:
+            j += 1
+        elif dd > tol:
+            i += 1
+        else:
+            used[j] = True
+            i += 1
+            j += 1
+    return used

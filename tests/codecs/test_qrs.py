@@ -1,0 +1,146 @@
+"""QRS kernels: Numba == Python twin on hypothesis arrays and real excerpts; RR stats."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import wfdb
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from fenji.codecs import qrs
+from tests.conftest import ECG_DIR
+
+floats = st.floats(-20.0, 20.0, allow_nan=False, allow_infinity=False)
+pos = st.floats(0.0, 50.0, allow_nan=False, allow_infinity=False)
+rates = st.sampled_from([200.0, 360.0, 500.0, 1000.0])
+
+
+@settings(max_examples=50, deadline=None)
+@given(x=arrays(np.float64, st.integers(0, 600), elements=floats), w=st.integers(1, 90))
+def test_feature_kernels_equal_twins(x, w):
+    np.testing.assert_allclose(qrs._mwi_nb(x, w), qrs._mwi_py(x, w), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(qrs._abs_slope_nb(x), qrs._abs_slope_py(x))
+    np.testing.assert_allclose(qrs._smooth_abs_slope_nb(x, w), qrs._smooth_abs_slope_py(x, w),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(qrs._local_maxima_nb(x), qrs._local_maxima_py(x))
+    if x.size:
+        ax = np.abs(x)
+        np.testing.assert_array_equal(qrs._running_level_nb(ax, w), qrs._running_level_py(ax, w))
+
+
+@settings(max_examples=60, deadline=None)
+@given(mwi=arrays(np.float64, st.integers(3, 3000), elements=pos), fs=rates)
+def test_decision_kernels_equal_twins(mwi, fs):
+    slope = np.sqrt(mwi)
+    cand = qrs._local_maxima_py(mwi)
+    peaks = qrs._pt_decide_py(mwi, slope, cand, fs)
+    np.testing.assert_array_equal(qrs._pt_decide_nb(mwi, slope, cand, fs), peaks)
+    g = qrs._gapfill_py(slope, peaks, fs, qrs.GAP_REL, qrs.GAP_SNR)
+    np.testing.assert_array_equal(qrs._gapfill_nb(slope, peaks, fs, qrs.GAP_REL, qrs.GAP_SNR), g)
+    np.testing.assert_array_equal(qrs._refine_nb(mwi, g, int(0.1 * fs), int(0.2 * fs)),
+                                  qrs._refine_py(mwi, g, int(0.1 * fs), int(0.2 * fs)))
+    blk, refr = int(2.5 * fs), int(0.25 * fs)
+    np.testing.assert_array_equal(qrs._block_detect_nb(mwi, blk, refr),
+                                  qrs._block_detect_py(mwi, blk, refr))
+
+
+sorted_ints = st.lists(st.integers(0, 5000), max_size=80).map(
+    lambda v: np.array(sorted(set(v)), dtype=np.int64))
+
+
+@settings(max_examples=60, deadline=None)
+@given(a=sorted_ints, b=sorted_ints, tol=st.integers(0, 60))
+def test_match_kernel_equals_twin_and_is_symmetric(a, b, tol):
+    m = qrs._match_py(a, b, tol)
+    assert qrs._match_nb(a, b, tol) == m
+    assert qrs._match_py(b, a, tol) == m
+    assert m <= min(a.size, b.size)
+
+
+@settings(max_examples=40, deadline=None)
+@given(a=sorted_ints, b=sorted_ints, la=st.integers(0, 2), lb=st.integers(0, 2))
+def test_lead_choice_kernel_equals_twin(a, b, la, lb):
+    al = (np.arange(a.size) + la) % 3
+    bl = (np.arange(b.size) + lb) % 3
+    args = (a, al.astype(np.int64), b, bl.astype(np.int64), 3, 5001, 1000, 54, 0.05)
+    np.testing.assert_array_equal(qrs._choose_nb(*args), qrs._choose_py(*args))
+
+
+@pytest.mark.parametrize("path,lead,start_s", [
+    ("mitdb/100", 0, 0.0), ("mitdb/203", 0, 300.0), ("mitdb/107", 0, 60.0),
+    ("cpsc2021/data_35_4", None, 90.0), ("cpsc2019/wfdb/data_01934", 0, 0.0)])
+def test_detector_equals_python_twin_on_real_excerpts(path, lead, start_s):
+    rec = wfdb.rdrecord(str(ECG_DIR / path))
+    lo = int(start_s * rec.fs)
+    x = rec.p_signal[lo:lo + int(10 * rec.fs)]
+    x = x[:, lead] if lead is not None else x
+    np.testing.assert_array_equal(qrs.detect_qrs(x, rec.fs), qrs.detect_qrs_py(x, rec.fs))
+
+
+def _synthetic(fs: float, rr_s: float, seconds: float, amp: float = 1.5) -> tuple[np.ndarray,
+                                                                                  np.ndarray]:
+    x = np.zeros(int(seconds * fs))
+    beats = np.arange(int(0.5 * fs), x.size - int(0.5 * fs), int(rr_s * fs))
+    w = max(3, int(0.03 * fs)) | 1
+    for b in beats:
+        x[b - w // 2:b + w // 2 + 1] += np.hanning(w) * amp
+    return x, beats
+
+
+@pytest.mark.parametrize("fs", [200.0, 250.0, 360.0, 500.0, 1000.0])
+def test_rates_200_to_1000_hz(fs):
+    x, beats = _synthetic(fs, 0.75, 30.0)
+    rng = np.random.default_rng(0)
+    x = x + rng.normal(0, 0.05, x.size) + 0.4 * np.sin(2 * np.pi * 0.3 * np.arange(x.size) / fs)
+    found = qrs.detect_qrs(x, fs)
+    s = qrs.score_beats(beats, found, fs)
+    assert s.se == 1.0 and s.ppv == 1.0
+    assert qrs.heart_rate_bpm(found, fs) == pytest.approx(80.0, rel=0.01)
+
+
+def test_pacing_spikes_do_not_double_count():
+    fs = 360.0
+    x, beats = _synthetic(fs, 0.857, 30.0, amp=1.0)      # 70 bpm paced
+    x = x.copy()
+    for b in beats:                                       # 1 ms, 5 mV spike 40 ms before QRS
+        x[b - int(0.04 * fs)] += 5.0
+    s = qrs.score_beats(beats, qrs.detect_qrs(x, fs), fs)
+    assert s.fp == 0 and s.fn == 0
+
+
+def test_several_leads_survive_one_dead_lead():
+    fs = 500.0
+    x, beats = _synthetic(fs, 0.8, 30.0)
+    two = np.column_stack([np.zeros_like(x), x])
+    s = qrs.score_beats(beats, qrs.detect_qrs_leads(two, fs), fs)
+    assert s.se == 1.0 and s.ppv == 1.0
+
+
+def test_rr_stats():
+    fs = 100.0
+    st_ = qrs.rr_stats(np.array([0, 100, 200, 300, 420]), fs)
+    assert st_.heart_rate_bpm == pytest.approx(60.0)
+    assert st_.rr_max_s == pytest.approx(1.2) and st_.rr_min_s == pytest.approx(1.0)
+    assert qrs.rr_stats(np.array([5]), fs).heart_rate_bpm is None
+
+
+def test_bsqi_bounds():
+    a = np.array([100, 400, 700])
+    assert qrs.bsqi(a, a, 500.0) == 1.0
+    assert qrs.bsqi(a, np.array([], dtype=np.int64), 500.0) == 0.0
+    assert qrs.bsqi(np.array([], dtype=np.int64), np.array([], dtype=np.int64), 500.0) == 1.0
+
+
+def test_score_excludes_intervals_and_edges():
+    ref = np.array([100, 500, 900, 1300])
+    det = np.array([102, 510, 1000, 1290])
+    s = qrs.score_beats(ref, det, 100.0, exclude=np.array([[950, 1050]]))
+    assert (s.tp, s.fn, s.fp) == (3, 1, 0)
+    s = qrs.score_beats(ref, det, 100.0, edge_s=2.0, n_samples=1400)
+    assert (s.tp, s.fn, s.fp) == (1, 1, 1)
+    # a detection just outside the span may match a beat inside it
+    s = qrs.score_beats(np.array([210, 600]), np.array([195, 600]), 100.0, edge_s=2.0,
+                        n_samples=1400)
+    assert (s.tp, s.fn, s.fp) == (2, 0, 0)
