@@ -4,17 +4,17 @@ Checks, each a value per lead compared with a threshold from
 :class:`EcgQualityThresholds` (plain values; the gateway maps its config onto
 it):
 
-========== ==================================================== ===========
-check      value                                                 unit
-========== ==================================================== ===========
-flat       longest run of samples that do not change              s
-saturation time spent on the lead's extreme value (clipped)       s
-lead_off   flat or clipped time in runs of at least ``off_run_s`` s
-amplitude  robust peak-to-peak of the 0.5-40 Hz signal             mV
-hf_noise   median 1-s RMS of the signal above 40 Hz (mains notched) mV
-baseline   peak-to-peak of the wander below 0.5 Hz                 mV
-bsqi       agreement of two independent QRS detectors             0..1
-========== ==================================================== ===========
+========== ========================================================== =====
+check      value                                                      unit
+========== ========================================================== =====
+flat       longest run of samples that do not change                  s
+saturation total time on the lead's extreme value (plateaus >= 10 ms)  s
+lead_off   flat or clipped time in runs of at least ``off_run_s``     s
+amplitude  robust peak-to-peak of the 0.5-40 Hz signal                mV
+hf_noise   median 1-s RMS of the signal above 40 Hz (mains notched)   mV
+baseline   peak-to-peak of the wander below 0.5 Hz                    mV
+bsqi       agreement of two independent QRS detectors                 0..1
+========== ========================================================== =====
 
 How thresholds were chosen (physiology and the AHA/IEC 60601-2-25 figures,
 never record by record): a resting ECG lead does not hold the same value for
@@ -57,7 +57,7 @@ class EcgQualityThresholds:
 
     flat_s: float = 0.2             # a lead constant this long is not recording
     flat_eps_mv: float = 0.0        # |step| at or below this counts as "no change"
-    saturation_s: float = 0.2       # clipped at the lead's rail this long
+    saturation_s: float = 0.2       # clipped at the lead's rail this long in all
     lead_off_s: float = 0.5         # flat/clipped time (runs >= off_run_s) -> "off"
     off_run_s: float = 0.1
     amplitude_min_mv: float = 0.1   # QRS is 0.5-3 mV; below 0.1 mV no cardiac signal
@@ -210,9 +210,11 @@ def _measure(x_mv: np.ndarray, fs_hz: float, t: EcgQualityThresholds
     min_run = max(2, int(round(t.off_run_s * fs_hz)))
     flat_long, flat_total = _flat_runs_nb(x, float(t.flat_eps_mv), min_run)
     rail_long, rail_total = _rail_runs_nb(x, min_run)
+    # clipping: every plateau of >= 10 ms on the lead's extreme value, added up
+    _, clip_total = _rail_runs_nb(x, max(3, int(round(0.01 * fs_hz))))
     if x.size < int(0.5 * fs_hz):
         off = max(flat_total, rail_total) / fs_hz
-        return (LeadMeasures(flat_long / fs_hz, rail_long / fs_hz, off, 0.0, 0.0, 0.0, 0.0, 0, 0),
+        return (LeadMeasures(flat_long / fs_hz, clip_total / fs_hz, off, 0, 0, 0, 0, 0, 0),
                 _NO_BEATS, _NO_BEATS)
     hp = flt.sosfiltfilt(np.vstack([flt.design_highpass(flt.BASELINE_HZ, fs_hz),
                                     flt.design_notch(t.mains_hz, fs_hz)]), x)
@@ -225,7 +227,7 @@ def _measure(x_mv: np.ndarray, fs_hz: float, t: EcgQualityThresholds
     b = qrs_mod.detect_qrs_slope(x, fs_hz)
     return LeadMeasures(
         flat_s=flat_long / fs_hz,
-        saturation_s=rail_long / fs_hz if rail_long >= min_run else 0.0,
+        saturation_s=clip_total / fs_hz,
         lead_off_s=max(flat_total, rail_total) / fs_hz,
         amplitude_mv=amp,
         hf_noise_mv=hf,
