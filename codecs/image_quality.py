@@ -260,11 +260,14 @@ def geometry_checks(headers: Sequence[Mapping[str, Any]], thr: ImageQualityThres
         if d[k] <= thr.duplicate_tol_mm:
             continue
         n_miss = int(round(d[k] / nominal)) - 1 if d[k] > thr.gap_factor * nominal else 0
-        for m in range(n_miss):
-            missing.append(f"slice {slice_no + 1 + m} missing between z={zs[k]:.1f} and "
-                           f"z={zs[k + 1]:.1f}")
+        if n_miss > 0:
+            which = (f"slice {slice_no + 1}" if n_miss == 1
+                     else f"slices {slice_no + 1}-{slice_no + n_miss}")
+            missing.append(f"{which} missing between z={zs[k]:.1f} and z={zs[k + 1]:.1f}")
         slice_no += 1 + n_miss
-    out.append(_check("missing_slices", len(missing), f"{thr.gap_factor} x {nominal:.2f} mm",
+    n_missing = sum(max(0, int(round(g / nominal)) - 1) for g in d
+                    if g > thr.gap_factor * nominal)
+    out.append(_check("missing_slices", n_missing, f"{thr.gap_factor} x {nominal:.2f} mm",
                       UNACCEPTABLE if missing else ACCEPTABLE,
                       "; ".join(missing) + ": resend the series" if missing else None))
     ok = steps[steps <= thr.gap_factor * nominal]

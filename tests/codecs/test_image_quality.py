@@ -1,0 +1,152 @@
+"""Image quality: kernel == twin, and broken CT series built at test time from ct/."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pydicom
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from fenji.codecs import image_quality as iq
+from fenji.gateway import image_checks as ic
+from tests.conftest import DICOM_DIR
+
+
+@settings(max_examples=60, deadline=None)
+@given(a=arrays(st.sampled_from([np.uint8, np.int16, np.uint16, np.float32]),
+                st.integers(0, 300), elements=st.integers(0, 100)))
+def test_frame_stats_kernel_equals_twin(a):
+    nb, py = iq._frame_stats_nb(a), iq._frame_stats_py(a)
+    assert nb[0] == py[0] and nb[1] == py[1] and nb[3:] == py[3:]
+    assert nb[2] == pytest.approx(py[2], rel=1e-12, abs=1e-12)
+
+
+def test_frame_stats_big_endian():
+    a = np.arange(10, dtype=">u2")
+    assert iq.frame_stats(a)[:2] == (0.0, 9.0)
+
+
+@pytest.fixture(scope="module")
+def ct() -> list[pydicom.Dataset]:
+    files = sorted((DICOM_DIR / "ct").glob("CT_*.dcm"))
+    assert len(files) == 28
+    return [pydicom.dcmread(f) for f in files]
+
+
+def _fresh(ct):
+    return [copy.deepcopy(d) for d in ct]
+
+
+def test_intact_series_passes(ct):
+    rep = ic.check_series(ct)
+    assert rep["verdict"] == iq.ACCEPTABLE, rep["reasons"]
+    assert rep["series"]["n_instances"] == 28
+
+
+def test_removed_slice(ct):
+    dss = _fresh(ct)
+    del dss[16]
+    rep = ic.check_series(dss)
+    assert rep["verdict"] == iq.UNACCEPTABLE
+    assert rep["reasons"] == ["slice 17 missing between z=771.2 and z=781.2: resend the series"]
+
+
+def test_two_removed_slices_in_one_gap_and_shuffled_order(ct):
+    dss = _fresh(ct)
+    del dss[5:7]
+    dss.reverse()
+    rep = ic.check_series(dss)
+    assert rep["reasons"] == ["slices 6-7 missing between z=716.2 and z=731.2: resend the series"]
+    assert {c["check"]: c for c in rep["series"]["checks"]}["missing_slices"]["value"] == 2
+
+
+def test_duplicated_slice(ct):
+    dss = _fresh(ct)
+    dup = copy.deepcopy(dss[9])
+    dup.SOPInstanceUID = pydicom.uid.generate_uid()
+    rep = ic.check_series(dss + [dup])
+    assert rep["verdict"] == iq.UNACCEPTABLE
+    assert any("appears twice (instance 10)" in r for r in rep["reasons"]), rep["reasons"]
+
+
+def test_same_instance_sent_twice(ct):
+    rep = ic.check_series(_fresh(ct) + [copy.deepcopy(ct[3])])
+    assert any("used by 2 instances" in r for r in rep["reasons"])
+
+
+def test_blanked_frame(ct):
+    dss = _fresh(ct)
+    dss[3].PixelData = np.zeros((512, 512), "<u2").tobytes()
+    rep = ic.check_series(dss)
+    assert rep["verdict"] == iq.UNACCEPTABLE
+    assert rep["reasons"] == ["instance 4: image blank (every pixel the same value): "
+                              "re-acquire or resend"]
+
+
+def test_saturated_frame(ct):
+    dss = _fresh(ct)
+    px = dss[8].pixel_array.copy()
+    px[:300, :] = 4095                     # BitsStored 12: full scale
+    dss[8].PixelData = px.astype("<u2").tobytes()
+    rep = ic.check_series(dss)
+    assert any("instance 9: image saturated" in r for r in rep["reasons"]), rep["reasons"]
+
+
+def test_changed_patient_id(ct):
+    dss = _fresh(ct)
+    dss[7].PatientID = "OTHER"
+    rep = ic.check_series(dss)
+    assert rep["verdict"] == iq.UNACCEPTABLE
+    assert rep["reasons"] == ["Patient ID differs: instance 8 has 'OTHER', the other 27 have "
+                              "'PLASTIC': wrong patient or study mixed in"]
+
+
+@pytest.mark.parametrize("key,value,words", [
+    ("StudyInstanceUID", "1.2.3", "Study Instance UID differs"),
+    ("Modality", "MR", "Modality differs")])
+def test_changed_study_or_modality(ct, key, value, words):
+    dss = _fresh(ct)
+    setattr(dss[2], key, value)
+    assert any(words in r for r in ic.check_series(dss)["reasons"])
+
+
+def test_truncated_pixel_data(ct):
+    dss = _fresh(ct)
+    dss[9].PixelData = dss[9].PixelData[:262144]
+    rep = ic.check_series(dss)
+    assert any("instance 10: Pixel Data is 262144 bytes" in r and "needs 524288" in r
+               for r in rep["reasons"]), rep["reasons"]
+
+
+def test_bit_depth_not_allowed_for_sop_class(ct):
+    h = ic.header_of(ct[0])
+    h.update(BitsAllocated=8, BitsStored=8, PixelDataLength=512 * 512)
+    checks = {c["check"]: c for c in iq.instance_checks(h, None)}
+    assert checks["pixel_format"]["verdict"] == iq.UNACCEPTABLE
+    assert "BitsAllocated 8 (allowed [16]) not allowed for CT Image" in \
+        checks["pixel_format"]["reason"]
+
+
+def test_headers_only_report_and_plain_dicts():
+    hs = [{"SOPInstanceUID": f"1.{i}", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2",
+           "Rows": 4, "Columns": 4, "BitsAllocated": 16, "BitsStored": 12,
+           "InstanceNumber": i + 1, "PatientID": "P", "StudyInstanceUID": "1.9",
+           "SeriesInstanceUID": "1.9.1", "Modality": "CT",
+           "ImageOrientationPatient": [1, 0, 0, 0, 1, 0],
+           "ImagePositionPatient": [0, 0, -120.0 + 10 * i + (10 if i >= 3 else 0)]}
+          for i in range(6)]
+    rep = iq.series_report(hs)
+    assert rep["reasons"] == ["slice 4 missing between z=-100.0 and z=-80.0: resend the series"]
+
+
+def test_other_shared_images_pass_alone():
+    for rel in ("mr/MR1_UNC.dcm", "cr/RG3_UNC.dcm", "us/US1_UNC.dcm", "dx/dx_image.dcm"):
+        path = DICOM_DIR / rel
+        if not path.exists():
+            continue
+        rep = ic.check_series([pydicom.dcmread(path)])
+        assert rep["verdict"] == iq.ACCEPTABLE, (rel, rep["reasons"])
