@@ -19,6 +19,9 @@ Model (per sample plane, per tile of rows):
 Tiles are independent, so encoding and decoding run in parallel over
 frames x planes x row bands (``numba.prange``) with one shared table set.
 RGB is decorrelated with the reversible colour transform of JPEG 2000 (RCT).
+Sample channels that use at most half of the codes between their extremes
+(palette indices shifted into the high byte, 5-bit colour) are first replaced
+by the ranks of their values, the value table travelling in the header.
 
 >>> import numpy as np
 >>> a = (np.arange(64, dtype="<u2").reshape(8, 8) * 37) % 4096
@@ -556,6 +559,81 @@ def _rct_inverse(a: np.ndarray) -> np.ndarray:
     return np.stack([cr + g, g, cb + g], axis=-1)
 
 
+def _sparse_pack(a4: np.ndarray) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    """Replace each sample channel whose values are sparse (at most half the codes
+    between its min and max are used, e.g. 8-bit data shifted into the high byte)
+    by the ranks of its values, as JPEG XL's channel palette does."""
+    out = a4.astype(np.int32)
+    tables: list[np.ndarray | None] = []
+    for si in range(out.shape[3]):
+        ch = out[..., si]
+        if ch.size == 0:
+            tables.append(None)
+            continue
+        mn = int(ch.min())
+        cnt = np.bincount((ch - mn).ravel())
+        present = np.nonzero(cnt)[0]
+        if len(present) < 2 or len(present) * 2 > len(cnt):
+            tables.append(None)
+            continue
+        lut = np.zeros(len(cnt), np.int32)
+        lut[present] = np.arange(len(present), dtype=np.int32)
+        out[..., si] = lut[ch - mn]
+        tables.append((present + mn).astype(np.int64))
+    return out, tables
+
+
+def _pack_value_tables(tables: list[np.ndarray | None]) -> bytes:
+    out = bytearray()
+    for t in tables:
+        vals = [] if t is None else [int(t[0])] + np.diff(t).tolist()
+        out += _varint(len(vals))
+        for i, v in enumerate(vals):
+            out += _varint((v << 1) ^ (v >> 63) if i == 0 else v)
+    return bytes(out)
+
+
+def _varint(v: int) -> bytes:
+    out = bytearray()
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def _read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    v = 0
+    shift = 0
+    while True:
+        if pos >= end or shift > 35:
+            raise DecodeError("pixel stream value table truncated or malformed")
+        b = buf[pos]
+        pos += 1
+        v |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            return v, pos
+
+
+def _unpack_value_tables(buf: bytes, pos: int, end: int, samples: int
+                         ) -> tuple[list[np.ndarray | None], int]:
+    tables: list[np.ndarray | None] = []
+    for _ in range(samples):
+        n, pos = _read_varint(buf, pos, end)
+        if n > 1 << 17:
+            raise DecodeError(f"pixel stream value table of {n} entries")
+        if n == 0:
+            tables.append(None)
+            continue
+        vals = []
+        for i in range(n):
+            v, pos = _read_varint(buf, pos, end)
+            vals.append((v >> 1) ^ -(v & 1) if i == 0 else v)
+        tables.append(np.cumsum(np.array(vals, dtype=np.int64)))
+    return tables, pos
+
+
 def _encode_planes(planes: np.ndarray, lo: int, hi: int, t: tuple[int, int, int], wact: int,
                    mode: int,
                    tile_rows: int, impl: str) -> tuple[bytes, bytes]:
@@ -626,7 +704,10 @@ def pixel_encode(arr: np.ndarray, *, effort: str = "fast", rct: bool = False,
     frames, rows, cols, samples = a4.shape
     if rct and samples != 3:
         raise ValueError(f"rct needs 3 samples per pixel, got {samples}")
-    w = _rct_forward(a4) if rct else a4.astype(np.int32)
+    packed, vtables = _sparse_pack(a4)
+    if not any(t is not None for t in vtables):
+        vtables = []
+    w = _rct_forward(packed) if rct else packed
     planes = np.ascontiguousarray(np.moveaxis(w, 3, 1).reshape(frames * samples, rows, cols),
                                   dtype=np.int32)
     if planes.size:
@@ -640,7 +721,7 @@ def pixel_encode(arr: np.ndarray, *, effort: str = "fast", rct: bool = False,
     if effort == "max":
         t1, t2, t3 = t
         half = (max(1, t1 // 2), max(1, t2 // 2), max(1, t3 // 2))
-        candidates = [(t, 1, 2), (t, 1, 1), (half, 1, 2)]
+        candidates = [(t, 1, 2), (t, 1, 1), (half, 1, 2), (t, 1, 0)]
         # fewer, taller bands: restarts cost ~1 % here; two per plane keep 2 cores busy
         tile_rows = max(tile_rows, -(-rows // 2))
     best: tuple[bytes, bytes, tuple[int, int, int], int, int] | None = None
@@ -654,7 +735,9 @@ def pixel_encode(arr: np.ndarray, *, effort: str = "fast", rct: bool = False,
     assert best is not None
     tables, body, tt, wact, mode = best
     dims = struct.pack(f"<B{len(shape)}I", len(shape), *shape)
-    flags = (1 if rct else 0) | mode << 1
+    flags = (1 if rct else 0) | mode << 1 | (8 if vtables else 0)
+    if vtables:
+        dims += _pack_value_tables(vtables)
     hdr = _HDR.pack(MAGIC, VERSION, code, flags, frames, rows, cols, samples,
                     lo, hi, tt[0], tt[1], tt[2], wact, tile_rows, len(tables))
     out = hdr + dims + tables + body
@@ -675,6 +758,7 @@ def pixel_info(buf: bytes) -> dict[str, Any]:
         raise DecodeError(f"pixel stream dtype code {code} unknown")
     return {"dtype": DTYPES[code], "frames": frames, "rows": rows, "cols": cols,
             "samples": samples, "rct": bool(flags & 1), "mode": (flags >> 1) & 3,
+            "packed": bool(flags & 8),
             "lo": lo, "hi": hi,
             "thresholds": (t1, t2, t3), "wact": wact, "tile_rows": tile_rows,
             "table_bytes": ntab}
@@ -699,6 +783,9 @@ def pixel_decode(buf: bytes, *, _impl: str = "nb") -> np.ndarray:
     dtype = np.dtype(DTYPES[buf[5]])
     if n == 0:
         return np.zeros(shape, dtype)
+    vtables: list[np.ndarray | None] = []
+    if info["packed"]:
+        vtables, pos = _unpack_value_tables(buf, pos, len(buf) - 4, samples)
     tile_rows = info["tile_rows"]
     if tile_rows < 1 or info["rct"] and samples != 3:
         raise DecodeError(f"pixel stream tile_rows {tile_rows} / samples {samples} invalid")
@@ -739,6 +826,15 @@ def pixel_decode(buf: bytes, *, _impl: str = "nb") -> np.ndarray:
     w = np.moveaxis(planes.reshape(frames, samples, rows, cols), 1, 3)
     if info["rct"]:
         w = _rct_inverse(w)
+    if vtables:
+        w = np.array(w, dtype=np.int64)
+        for si, t in enumerate(vtables):
+            if t is None:
+                continue
+            idx = w[..., si]
+            if idx.min() < 0 or idx.max() >= len(t):
+                raise DecodeError(f"pixel stream sample {si}: palette index out of range")
+            w[..., si] = t[idx]
     info_lim = np.iinfo(dtype)
     if w.min() < info_lim.min or w.max() > info_lim.max:
         raise DecodeError(f"decoded pixel values fall outside {dtype}")

@@ -39,6 +39,7 @@ VERSION = 1
 NCTX = 24
 SHIFT = 12  # LPC coefficient precision (bits); coefficients are stored as int16
 PMAX = 32
+MAX_SAMPLES = 1 << 27  # 24 h x 12 leads x 500 Hz is 5.2e8 bytes of int16: split longer
 DTYPES: dict[int, str] = {1: "<i2", 2: "<u2", 3: "|i1", 4: "|u1"}
 _CODE_OF = {np.dtype(v): k for k, v in DTYPES.items()}
 _HDR = struct.Struct("<4sBBHIIHB")  # magic, version, dtype, channels, samples, block, ntab?, order
@@ -407,8 +408,8 @@ def waveform_decode(buf: bytes, *, _impl: str = "nb") -> np.ndarray:
         raise DecodeError("waveform stream truncated in its channel table") from None
     except ValueError:
         raise DecodeError("waveform stream truncated in its coefficients") from None
-    if n * nch > 64 * (end - pos) + 64:
-        raise DecodeError(f"waveform stream declares {n}x{nch} samples for {end - pos} bytes")
+    if n * nch > MAX_SAMPLES:
+        raise DecodeError(f"waveform stream declares {n}x{nch} samples (limit {MAX_SAMPLES})")
     f, cum, sym = ent.decode_tables(freqs)
     data = np.frombuffer(buf, dtype=np.uint8)
     x = np.zeros((n, nch), np.int64)

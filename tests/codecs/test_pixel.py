@@ -131,3 +131,17 @@ def test_empty_and_big_endian() -> None:
     b = np.arange(30, dtype=">u2").reshape(5, 6)
     out = px.pixel_decode(px.pixel_encode(b))
     np.testing.assert_array_equal(out, b)
+
+
+@pytest.mark.parametrize("effort", ["fast", "max"])
+def test_sparse_values_are_packed(effort: str) -> None:
+    rng = np.random.default_rng(11)
+    idx = np.cumsum(rng.integers(-1, 2, size=(60, 70)), axis=1) % 200
+    a = (idx.astype("<u2") << 8) | 0x00  # 8-bit palette indices in the high byte
+    enc = px.pixel_encode(a, effort=effort)
+    assert px.pixel_info(enc)["packed"]
+    np.testing.assert_array_equal(px.pixel_decode(enc), a)
+    plain = px.pixel_encode(idx.astype("<u2"), effort=effort)
+    assert len(enc) < len(plain) + 600  # packing costs only its value table
+    rgb = (rng.integers(0, 32, size=(20, 30, 3)) * 8).astype(np.uint8)
+    np.testing.assert_array_equal(px.pixel_decode(px.pixel_encode(rgb, rct=True)), rgb)

@@ -90,6 +90,14 @@ def test_kernels_equal_twins(x: np.ndarray) -> None:
     np.testing.assert_array_equal(wv.waveform_decode(enc_nb, _impl="py"), x)
 
 
+def test_flat_leads_compress_to_almost_nothing() -> None:
+    # challenge2011's unacceptable records hold constant leads: a few bytes, still exact
+    x = np.full((5000, 12), -16000, dtype="<i2")
+    enc = wv.waveform_encode(x)
+    assert len(enc) < 400
+    np.testing.assert_array_equal(wv.waveform_decode(enc), x)
+
+
 def test_one_dimensional_is_one_channel() -> None:
     x = (np.arange(100) % 7).astype("<i2")
     np.testing.assert_array_equal(wv.waveform_decode(wv.waveform_encode(x))[:, 0], x)
