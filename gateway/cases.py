@@ -52,6 +52,37 @@ class Released:
     destination: str
 
 
+def next_hop(cfg: Any, destination: str) -> str | None:
+    """A configured peer is its own next hop; otherwise transfer.default_destination
+    (a relay) carries the case on (DESIGN.md §1: edge, relay, center)."""
+    if cfg.peer(destination) is not None:
+        return str(destination)
+    via = cfg.transfer.default_destination
+    return str(via) if via and cfg.peer(via) is not None else None
+
+
+def record_received(store: Store, manifest: dict[str, Any], node_name: str,
+                    now: float | None = None) -> None:
+    """Note a case that arrived in a bundle (idempotent: a re-sent bundle changes nothing)."""
+    case = manifest.get("case", {})
+    if not case.get("case_id"):
+        return
+    now = time.time() if now is None else now
+    state = "received" if case.get("destination") == node_name else "forwarding"
+    with store.atomic() as con:
+        con.execute(
+            "INSERT OR IGNORE INTO cases(case_id, study_instance_uid, kind, parent_case_id, "
+            "priority, service, destination, requesting_physician, clinical_question, "
+            "consent_ref, state, released_by, released_at, created_at, updated_at) VALUES "
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (case["case_id"], case.get("study_instance_uid", ""), case.get("kind", "case"),
+             case.get("parent_case_id"), case.get("priority", "routine"),
+             case.get("service", "imaging"), case.get("destination", ""),
+             case.get("requesting_physician"), case.get("clinical_question"),
+             case.get("consent_ref"), state, case.get("released_by"), case.get("released_at"),
+             now, now))
+
+
 def _service_of(sop_classes: list[str]) -> str:
     return "ecg" if sop_classes and all(c.startswith(ECG_SOP_PREFIX) for c in sop_classes) \
         else "imaging"

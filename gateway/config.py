@@ -140,6 +140,18 @@ class TransferSection:
 
 
 @dataclass(frozen=True, slots=True)
+class IngestSection:
+    # A folder ECG carts export WFDB records (or .dcm files) into; relative to
+    # data_dir.  Empty: no folder is watched.  Ingested files move to done/,
+    # rejected ones to failed/ with the reason beside them.
+    watch_dir: str = ""
+    # How often the folder is scanned.
+    watch_interval_s: float = 2.0
+    # A file younger than this may still be being written: it waits a round.
+    settle_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
 class LogSection:
     # INFO gives one line per association and per rejected instance.
     level: str = "INFO"
@@ -156,6 +168,7 @@ class Config:
     keys: KeysSection = field(default_factory=KeysSection)
     log: LogSection = field(default_factory=LogSection)
     transfer: TransferSection = field(default_factory=TransferSection)
+    ingest: IngestSection = field(default_factory=IngestSection)
     peers: tuple[PeerSection, ...] = ()
     # The file this was loaded from (None for defaults); paths resolve against it.
     source: str | None = None

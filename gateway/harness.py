@@ -76,6 +76,8 @@ class NodeProcess:
                 continue
             key = line.split("=", 1)[0].strip()
             lines = text.splitlines()
+            if section not in lines:
+                lines += ["", section]
             start = lines.index(section)
             end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")),
                        len(lines))

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -87,6 +88,43 @@ async def post_case(request: web.Request) -> web.Response:
                               "raw_bytes": rel.raw_bytes}, status=201)
 
 
+async def post_ecg(request: web.Request) -> web.Response:
+    """A WFDB record (``.hea`` + ``.dat``) or one DICOM file, as multipart form data."""
+    from fenji.gateway.ecg_ingest import MAX_RECORD_BYTES, ingest_files
+
+    cfg, store = request.app[CONFIG], request.app[STORE]
+    if not request.content_type.startswith("multipart/"):
+        return _error(415, "not_multipart", "send the record's files as multipart/form-data")
+    files: dict[str, bytes] = {}
+    fields: dict[str, str] = {}
+    total = 0
+    reader = await request.multipart()
+    async for part in reader:
+        if not hasattr(part, "filename"):
+            continue
+        data = await part.read(decode=False)
+        total += len(data)
+        if total > MAX_RECORD_BYTES:
+            return _error(413, "too_large", f"upload exceeds {MAX_RECORD_BYTES} bytes")
+        if part.filename:
+            files[part.filename] = bytes(data)
+        elif part.name:
+            fields[part.name] = bytes(data).decode("utf-8", "replace")
+    if not files:
+        return _error(400, "no_files", "no files in the upload")
+    res = await asyncio.to_thread(
+        ingest_files, store, files, source=f"http:{request.remote}",
+        patient_id=fields.get("patient_id", ""), patient_name=fields.get("patient_name", ""),
+        max_instance_bytes=cfg.dicom.max_instance_bytes,
+        max_inflate_bytes=cfg.store.max_inflate_bytes)
+    status = {"stored": 201, "duplicate": 200, "already_ingested": 409}.get(res["outcome"], 422)
+    if status >= 400:
+        res.setdefault("status", status)
+        res.setdefault("error", res["outcome"])
+        res.setdefault("message", res.get("reason", res["outcome"]))
+    return web.json_response(res, status=status)
+
+
 async def get_cases(request: web.Request) -> web.Response:
     store = request.app[STORE]
     rows = await asyncio.to_thread(cases_mod.list_cases, store,
@@ -102,8 +140,47 @@ async def get_case(request: web.Request) -> web.Response:
     return web.json_response(case)
 
 
+def _forward_or_keep(cfg: Config, store: Store, manifest: dict[str, Any], part: Path,
+                     wake: Callable[[], None]) -> bool:
+    """After a bundle was stored: record the case; a relay queues the same bundle onward."""
+    import os
+    import time
+
+    from fenji.routing import outbox_db
+
+    cases_mod.record_received(store, manifest, cfg.node.name)
+    case = manifest.get("case", {})
+    final = case.get("destination")
+    if not final or final == cfg.node.name:
+        return False
+    hop = cases_mod.next_hop(cfg, final)
+    if hop is None:
+        log.error("cannot forward case=%s: no route to destination %r from %s",
+                  case.get("case_id"), final, cfg.node.name)
+        return False
+    bundle_id = str(case.get("bundle_id") or manifest.get("bundle_id") or "")
+    if not bundle_id:
+        return False
+    target = store.root / "bundles" / f"{bundle_id}.fbundle"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(part, target)
+    fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    outbox_db.enqueue(store, bundle_id, str(case["case_id"]), hop,
+                      cases_mod.PRIORITIES.get(str(case.get("priority")), 2),
+                      target.stat().st_size, time.time())
+    log.info("relay case=%s bundle=%s from=%s to=%s via=%s", case.get("case_id"), bundle_id,
+             case.get("sender"), final, hop)
+    wake()
+    return True
+
+
 def build_app(cfg: Config, store: Store,
-              on_release: Callable[[cases_mod.Released], None] | None = None) -> web.Application:
+              on_release: Callable[[cases_mod.Released], None] | None = None,
+              wake: Callable[[], None] = lambda: None) -> web.Application:
     app = web.Application(middlewares=[errors_as_json], client_max_size=80 * 1024 * 1024)
     app[CONFIG] = cfg
     app[STORE] = store
@@ -112,9 +189,13 @@ def build_app(cfg: Config, store: Store,
     app.router.add_get("/api/health", health)
     app.router.add_post("/api/cases", post_case)
     app.router.add_get("/api/cases", get_cases)
+    app.router.add_post("/api/ecg", post_ecg)
     app.router.add_get("/api/cases/{case_id}", get_case)
     if cfg.peers:
         from fenji.routing.transfer_server import ReceiverContext, add_routes
+
+        def on_delivered(receipt: dict[str, Any], manifest: dict[str, Any], part: Path) -> bool:
+            return _forward_or_keep(cfg, store, manifest, part, wake)
 
         peers = {p.name: public_from_config(p.public_key, cfg.data_dir) for p in cfg.peers}
         ctx = ReceiverContext(store=store, node_name=cfg.node.name,
@@ -122,7 +203,8 @@ def build_app(cfg: Config, store: Store,
                               upload_dir=store.root / "uploads",
                               max_clock_skew_s=cfg.transfer.max_clock_skew_s,
                               max_instance_bytes=cfg.dicom.max_instance_bytes,
-                              max_inflate_bytes=cfg.store.max_inflate_bytes)
+                              max_inflate_bytes=cfg.store.max_inflate_bytes,
+                              on_delivered=on_delivered)
         add_routes(app, ctx)
     return app
 
@@ -130,11 +212,14 @@ def build_app(cfg: Config, store: Store,
 class HttpService:
     """Runs the app on its own event loop thread inside the supervisor."""
 
-    def __init__(self, cfg: Config, store: Store,
-                 on_release: Callable[[cases_mod.Released], None] | None = None) -> None:
+    def __init__(self, cfg: Config, store: Store) -> None:
         self.cfg = cfg
-        self.app = build_app(cfg, store, on_release)
+        self.store = store
         self.loop = asyncio.new_event_loop()
+        self.sender: Any = None
+        self._stop_sender: asyncio.Event | None = None
+        self._sender_task: asyncio.Task[None] | None = None
+        self.app = build_app(cfg, store, self._on_release, wake=self.wake_sender)
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self.port: int | None = None
@@ -163,7 +248,29 @@ class HttpService:
         log.info("http listening host=%s port=%d", self.cfg.http.host, self.port)
         return self.port
 
+    def wake_sender(self) -> None:
+        if self.sender is not None:
+            self.loop.call_soon_threadsafe(self.sender.wake.set)
+
+    def _on_release(self, rel: cases_mod.Released) -> None:
+        import time
+
+        from fenji.routing import outbox_db
+
+        hop = cases_mod.next_hop(self.cfg, rel.destination)
+        if hop is None:
+            return
+        outbox_db.enqueue(self.store, rel.bundle_id, rel.case_id, hop,
+                          cases_mod.PRIORITIES[rel.priority], rel.bundle_bytes, time.time())
+        self.wake_sender()
+
     async def _start(self) -> None:
+        if self.cfg.peers:
+            from fenji.routing.sender import SenderLoop
+
+            self.sender = SenderLoop(self.cfg, self.store)
+            self._stop_sender = asyncio.Event()
+            self._sender_task = asyncio.create_task(self.sender.run(self._stop_sender))
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.cfg.http.host, self.cfg.http.port,
@@ -176,7 +283,18 @@ class HttpService:
     def stop(self) -> None:
         if self._runner is None:
             return
-        fut = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop)
+        async def shutdown() -> None:
+            if self._stop_sender is not None and self._sender_task is not None:
+                self._stop_sender.set()
+                self.sender.wake.set()
+                try:
+                    await asyncio.wait_for(self._sender_task, timeout=20)
+                except (TimeoutError, asyncio.CancelledError):
+                    self._sender_task.cancel()
+            assert self._runner is not None
+            await self._runner.cleanup()
+
+        fut = asyncio.run_coroutine_threadsafe(shutdown(), self.loop)
         try:
             fut.result(timeout=30)
         finally:

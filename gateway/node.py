@@ -145,9 +145,20 @@ def run_node(cfg: Config, *, verbose: int = 0) -> int:
     http_store = open_store(cfg)
     http = HttpService(cfg, http_store)
     _HTTP_PORT[:] = [http.start()]
+    watcher = None
+    if cfg.ingest.watch_dir:
+        from fenji.gateway.ecg_ingest import FolderWatcher
+
+        watcher = FolderWatcher(http_store, cfg.resolve(cfg.ingest.watch_dir),
+                                interval_s=cfg.ingest.watch_interval_s,
+                                settle_s=cfg.ingest.settle_s)
+        watcher.start()
+        log.info("watching %s for ECG/DICOM files", cfg.resolve(cfg.ingest.watch_dir))
     try:
         return _run_dicom(cfg, n, stop, verbose, run_file)
     finally:
+        if watcher is not None:
+            watcher.stop()
         http.stop()
         http_store.close()
 

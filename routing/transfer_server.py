@@ -83,7 +83,10 @@ class ReceiverContext:
     max_instance_bytes: int = 1 << 30
     max_inflate_bytes: int = 256 << 20
     clock: Callable[[], float] = time.time
-    on_delivered: Callable[[dict[str, Any]], None] | None = None
+    # Called after a bundle is stored and its receipt signed, with the receipt,
+    # the manifest and the bundle file; returns True when it kept the file
+    # (a relay forwarding the same bundle onward), else the file is deleted.
+    on_delivered: Callable[[dict[str, Any], dict[str, Any], Path], bool] | None = None
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     def lock(self, upload_id: str) -> asyncio.Lock:
@@ -234,7 +237,8 @@ async def patch_upload(request: web.Request) -> web.StreamResponse:
         return web.Response(status=204, headers=_offset_headers(row))
 
 
-def _ingest_bundle(ctx: ReceiverContext, row: dict[str, Any]) -> dict[str, Any]:
+def _ingest_bundle(ctx: ReceiverContext,
+                   row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read the finished upload, store every instance, build and sign the receipt."""
     path = _part_path(ctx, row["upload_id"])
     reader = BundleReader()
@@ -266,7 +270,7 @@ def _ingest_bundle(ctx: ReceiverContext, row: dict[str, Any]) -> dict[str, Any]:
         "case_id": case.get("case_id"), "sender": row["sender"], "receiver": ctx.node_name,
         "received_at": ctx.clock(), "bundle_sha256": bundle_sha.hexdigest(),
         "bundle_length": row["length"], "instances": stored,
-    }
+    }, manifest
 
 
 async def finalize_upload(request: web.Request) -> web.StreamResponse:
@@ -287,7 +291,7 @@ async def finalize_upload(request: web.Request) -> web.StreamResponse:
                          **_offset_headers(row))
         t0 = time.monotonic()
         try:
-            receipt = await asyncio.to_thread(_ingest_bundle, ctx, row)
+            receipt, manifest = await asyncio.to_thread(_ingest_bundle, ctx, row)
         except (DecodeError, Rejected) as exc:
             log.warning("bundle rejected node=%s bundle=%s reason=%s", who, row["bundle_id"], exc)
             with ctx.store.atomic() as con:
@@ -299,13 +303,16 @@ async def finalize_upload(request: web.Request) -> web.StreamResponse:
             con.execute("UPDATE uploads SET state = 'complete', receipt_json = ?, signature = ?, "
                         "updated_at = ? WHERE upload_id = ?",
                         (json.dumps(receipt, sort_keys=True), signature, ctx.clock(), upload_id))
-        with contextlib.suppress(OSError):
-            _part_path(ctx, upload_id).unlink()
+        kept = False
+        if ctx.on_delivered is not None:
+            kept = await asyncio.to_thread(ctx.on_delivered, receipt, manifest,
+                                           _part_path(ctx, upload_id))
+        if not kept:
+            with contextlib.suppress(OSError):
+                _part_path(ctx, upload_id).unlink()
         log.info("bundle received node=%s bundle=%s case=%s instances=%d bytes=%d ms=%.0f",
                  who, row["bundle_id"], receipt["case_id"], len(receipt["instances"]),
                  row["length"], (time.monotonic() - t0) * 1000)
-        if ctx.on_delivered is not None:
-            ctx.on_delivered(receipt)
         return web.json_response({"receipt": receipt, "signature": signature,
                                   "signer": ctx.node_name})
 

@@ -1,0 +1,126 @@
+"""CLI verbs: `fenji case send|ls|show`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from fenji.gateway import config as config_mod
+from fenji.gateway.cases import PRIORITIES, SERVICES, next_hop
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("case", help="release studies as cases and follow them")
+    csub = p.add_subparsers(dest="case_verb", metavar="ACTION", required=True)
+
+    s = csub.add_parser(
+        "send", help="release a study (or its new instances) for sending",
+        description="Build the case's bundle and queue it for the destination. Instances "
+                    "that arrive after a release travel as an addendum: run send again.")
+    s.add_argument("study", metavar="STUDY_UID", help="Study Instance UID")
+    s.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    s.add_argument("--priority", choices=list(PRIORITIES), default="routine")
+    s.add_argument("--dest", help="peer name (default: transfer.default_destination)")
+    s.add_argument("--service", choices=SERVICES, help="default: from the SOP classes")
+    s.add_argument("--physician", help="requesting physician")
+    s.add_argument("--question", help="clinical question")
+    s.add_argument("--consent", help="reference of the patient's informed consent")
+    s.add_argument("--effort", choices=("fast", "max"), default="fast",
+                   help="compression effort (max: smaller, slower; for the thinnest links)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_send)
+
+    ls = csub.add_parser("ls", help="list cases")
+    ls.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    ls.add_argument("--state", help="only cases in this state (released, delivered, ...)")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=_ls)
+
+    sh = csub.add_parser("show", help="one case with its instances and receipt")
+    sh.add_argument("case_id", metavar="CASE")
+    sh.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    sh.set_defaults(func=_show)
+
+
+def _send(args: argparse.Namespace) -> int:
+    from fenji.gateway.cases import release
+    from fenji.gateway.node import open_store
+    from fenji.routing import outbox_db
+
+    cfg = config_mod.load(args.config)
+    dest = args.dest or cfg.transfer.default_destination
+    if not dest:
+        print("fenji case send: no --dest and no transfer.default_destination in the config",
+              file=sys.stderr)
+        return 2
+    hop = next_hop(cfg, dest)
+    if hop is None:
+        print(f"fenji case send: destination {dest!r} is not a configured peer and "
+              f"transfer.default_destination does not lead to it", file=sys.stderr)
+        return 2
+    store = open_store(cfg)
+    try:
+        rel = release(store, args.study, destination=dest, priority=args.priority,
+                      service=args.service, requesting_physician=args.physician,
+                      clinical_question=args.question, consent_ref=args.consent,
+                      released_by="cli", sender_node=cfg.node.name, effort=args.effort)
+        outbox_db.enqueue(store, rel.bundle_id, rel.case_id, hop, PRIORITIES[rel.priority],
+                          rel.bundle_bytes, time.time())
+    finally:
+        store.close()
+    out = {"case_id": rel.case_id, "kind": rel.kind, "parent_case_id": rel.parent_case_id,
+           "bundle_id": rel.bundle_id, "destination": dest, "next_hop": hop,
+           "priority": rel.priority, "instances": rel.instances, "raw_bytes": rel.raw_bytes,
+           "bundle_bytes": rel.bundle_bytes}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        ratio = rel.raw_bytes / rel.bundle_bytes if rel.bundle_bytes else 0
+        print(f"{rel.kind} {rel.case_id} queued for {dest} via {hop}: {rel.instances} "
+              f"instances, {rel.raw_bytes / 1e6:.2f} MB -> {rel.bundle_bytes / 1e6:.2f} MB "
+              f"({ratio:.2f}x), priority {rel.priority}")
+    return 0
+
+
+def _ls(args: argparse.Namespace) -> int:
+    from fenji.gateway.cases import list_cases
+    from fenji.gateway.node import open_store
+
+    cfg = config_mod.load(args.config)
+    store = open_store(cfg)
+    try:
+        rows = list_cases(store, state=args.state)
+    finally:
+        store.close()
+    for r in rows:
+        if args.json:
+            print(json.dumps(r))
+        else:
+            print(f"{r['case_id']}  {r['kind']:<8} {r['priority']:<7} {r['state']:<10} "
+                  f"{r['n_instances']:>4} inst  -> {r['destination']}  {r['study_instance_uid']}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from fenji.gateway.cases import get_case
+    from fenji.gateway.node import open_store
+
+    cfg = config_mod.load(args.config)
+    store = open_store(cfg)
+    try:
+        case = get_case(store, args.case_id)
+        if case is None:
+            print(f"fenji case show: no case {args.case_id!r}", file=sys.stderr)
+            return 1
+        rec = store.query_one("SELECT r.* FROM receipts r JOIN outbox o ON o.bundle_id = "
+                              "r.bundle_id WHERE o.case_id = ? ORDER BY r.received_at DESC",
+                              (args.case_id,))
+        case["receipt"] = json.loads(rec["receipt_json"]) if rec else None
+        case["receipt_signer"] = rec["signer"] if rec else None
+    finally:
+        store.close()
+    print(json.dumps(case, indent=2))
+    return 0
