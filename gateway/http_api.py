@@ -99,9 +99,11 @@ async def post_ecg(request: web.Request) -> web.Response:
     fields: dict[str, str] = {}
     total = 0
     reader = await request.multipart()
+    from aiohttp import BodyPartReader
+
     async for part in reader:
-        if not hasattr(part, "filename"):
-            continue
+        if not isinstance(part, BodyPartReader):
+            continue  # nested multipart: not a file
         data = await part.read(decode=False)
         total += len(data)
         if total > MAX_RECORD_BYTES:
