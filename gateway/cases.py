@@ -38,6 +38,19 @@ class CaseError(PeerError):
     """A case request that cannot be honoured as asked (the message says why)."""
 
 
+class CaseHeld(CaseError):
+    """The quality gate found the case unacceptable: it is held, not sent."""
+
+    http_status = 409
+
+    def __init__(self, case_id: str, reasons: list[str]) -> None:
+        self.case_id = case_id
+        self.reasons = reasons
+        super().__init__(f"case {case_id} held by the quality gate: " + "; ".join(reasons[:5])
+                         + (f" (+{len(reasons) - 5} more)" if len(reasons) > 5 else "")
+                         + " -- fix and send again, or override with a reason")
+
+
 @dataclass(frozen=True)
 class Released:
     case_id: str
@@ -92,8 +105,13 @@ def release(store: Store, study_instance_uid: str, *, destination: str, priority
             service: str | None = None, requesting_physician: str | None = None,
             clinical_question: str | None = None, consent_ref: str | None = None,
             released_by: str = "cli", sender_node: str = "", effort: str = "fast",
-            attestation: dict[str, Any] | None = None, now: float | None = None) -> Released:
-    """Release ``study_instance_uid`` (or its new instances) to ``destination``."""
+            gate_key: Any = None, operator: str = "", now: float | None = None) -> Released:
+    """Release ``study_instance_uid`` (or its new instances) to ``destination``.
+
+    With ``gate_key`` (the node's Ed25519 key) the quality gate runs first: an
+    unacceptable case is recorded as ``held`` and :class:`CaseHeld` is raised;
+    otherwise the signed attestation goes into the bundle manifest.
+    """
     now = time.time() if now is None else now
     if priority not in PRIORITIES:
         raise CaseError(f"priority {priority!r} is not one of {', '.join(PRIORITIES)}")
@@ -105,7 +123,8 @@ def release(store: Store, study_instance_uid: str, *, destination: str, priority
         "SELECT i.sop_instance_uid, i.sop_class_uid, i.sha256, i.size, i.instance_number "
         "FROM instances i WHERE i.study_instance_uid = ? AND NOT EXISTS ("
         " SELECT 1 FROM case_instances ci JOIN cases c ON c.case_id = ci.case_id"
-        " WHERE ci.sop_instance_uid = i.sop_instance_uid AND c.destination = ?)"
+        " WHERE ci.sop_instance_uid = i.sop_instance_uid AND c.destination = ?"
+        " AND c.state NOT IN ('held', 'superseded'))"
         " ORDER BY i.instance_number, i.sop_instance_uid", (study_instance_uid, destination))
     if not rows:
         known = store.query_one("SELECT count(*) AS n FROM instances WHERE study_instance_uid = ?",
@@ -116,7 +135,8 @@ def release(store: Store, study_instance_uid: str, *, destination: str, priority
                         f"{destination}; nothing new to send")
     parent = store.query_one(
         "SELECT case_id FROM cases WHERE study_instance_uid = ? AND destination = ? "
-        "AND kind = 'case' ORDER BY created_at LIMIT 1", (study_instance_uid, destination))
+        "AND kind = 'case' AND state NOT IN ('held', 'superseded') ORDER BY created_at LIMIT 1",
+        (study_instance_uid, destination))
     kind = "addendum" if parent else "case"
     parent_id = parent["case_id"] if parent else None
     service = service or _service_of([r["sop_class_uid"] for r in rows])
@@ -128,24 +148,115 @@ def release(store: Store, study_instance_uid: str, *, destination: str, priority
         "destination": destination, "sender": sender_node,
         "requesting_physician": requesting_physician, "clinical_question": clinical_question,
         "consent_ref": consent_ref, "released_by": released_by, "released_at": now,
-        "attestation": attestation,
+        "attestation": None,
     }
+    with store.atomic() as con:  # an earlier held case of this study is replaced by this one
+        con.execute("UPDATE cases SET state = 'superseded', updated_at = ? WHERE "
+                    "study_instance_uid = ? AND destination = ? AND state = 'held'",
+                    (now, study_instance_uid, destination))
+    report = attestation = None
+    if gate_key is not None:
+        from fenji.gateway import quality_gate as qg
+
+        report = qg.assess([store.read_blob(r["sha256"]) for r in rows])
+        if report["verdict"] == qg.UNACCEPTABLE:
+            _insert_case(store, case_meta, rows, "held", now)
+            _save_quality(store, case_id, report, None, now)
+            log.warning("case held case=%s study=%s reasons=%d first=%s", case_id,
+                        study_instance_uid, len(report["reasons"]), report["reasons"][:1])
+            raise CaseHeld(case_id, report["reasons"])
+        attestation = qg.attest(report, case_id=case_id, study_instance_uid=study_instance_uid,
+                                node=sender_node, operator=operator or "unknown", key=gate_key,
+                                now=now)
+        case_meta["attestation"] = attestation
     path, size, raw = _build_bundle(store, rows, case_meta, bundle_id, priority, effort)
-    with store.atomic() as con:
-        con.execute(
-            "INSERT INTO cases(case_id, study_instance_uid, kind, parent_case_id, priority, "
-            "service, destination, requesting_physician, clinical_question, consent_ref, state, "
-            "released_by, released_at, created_at, updated_at) VALUES "
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'released', ?, ?, ?, ?)",
-            (case_id, study_instance_uid, kind, parent_id, priority, service, destination,
-             requesting_physician, clinical_question, consent_ref, released_by, now, now, now))
-        con.executemany("INSERT INTO case_instances(case_id, sop_instance_uid) VALUES (?, ?)",
-                        [(case_id, r["sop_instance_uid"]) for r in rows])
+    if report is not None:
+        _save_quality(store, case_id, report, attestation, now)
+    _insert_case(store, case_meta, rows, "released", now)
     log.info("case released case=%s kind=%s study=%s dest=%s priority=%s instances=%d "
              "raw_bytes=%d bundle_bytes=%d by=%s", case_id, kind, study_instance_uid, destination,
              priority, len(rows), raw, size, released_by)
     return Released(case_id, kind, parent_id, bundle_id, path, size, raw, len(rows), priority,
                     destination)
+
+
+def _insert_case(store: Store, meta: dict[str, Any], rows: list[dict[str, Any]], state: str,
+                 now: float) -> None:
+    with store.atomic() as con:
+        con.execute(
+            "INSERT INTO cases(case_id, study_instance_uid, kind, parent_case_id, priority, "
+            "service, destination, requesting_physician, clinical_question, consent_ref, state, "
+            "released_by, released_at, created_at, updated_at) VALUES "
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (meta["case_id"], meta["study_instance_uid"], meta["kind"], meta["parent_case_id"],
+             meta["priority"], meta["service"], meta["destination"],
+             meta["requesting_physician"], meta["clinical_question"], meta["consent_ref"], state,
+             meta["released_by"], None if state == "held" else now, now, now))
+        con.executemany("INSERT INTO case_instances(case_id, sop_instance_uid) VALUES (?, ?)",
+                        [(meta["case_id"], r["sop_instance_uid"]) for r in rows])
+
+
+def _save_quality(store: Store, case_id: str, report: dict[str, Any],
+                  attestation: dict[str, Any] | None, now: float) -> None:
+    import json
+
+    with store.atomic() as con:
+        con.execute("INSERT INTO quality(case_id, verdict, report_json, attestation_json, "
+                    "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(case_id) DO "
+                    "UPDATE SET verdict = excluded.verdict, report_json = excluded.report_json, "
+                    "attestation_json = excluded.attestation_json, "
+                    "updated_at = excluded.updated_at",
+                    (case_id, report["verdict"], json.dumps(report, default=str),
+                     json.dumps(attestation) if attestation else None, now, now))
+
+
+def override(store: Store, case_id: str, *, operator: str, reason: str, gate_key: Any,
+             sender_node: str, effort: str = "fast", now: float | None = None) -> Released:
+    """Release a held case anyway: a named operator, a reason, a signed attestation."""
+    import json
+
+    from fenji.gateway import quality_gate as qg
+
+    now = time.time() if now is None else now
+    if not operator.strip() or not reason.strip():
+        raise CaseError("an override needs a named operator and a reason")
+    case = store.query_one("SELECT * FROM cases WHERE case_id = ?", (case_id,))
+    if case is None:
+        raise CaseError(f"no case {case_id!r}")
+    if case["state"] != "held":
+        raise CaseError(f"case {case_id} is {case['state']}, not held: nothing to override")
+    q = store.query_one("SELECT report_json FROM quality WHERE case_id = ?", (case_id,))
+    report = json.loads(q["report_json"]) if q else {"verdict": qg.UNACCEPTABLE, "reasons": []}
+    rows = store.query("SELECT i.sop_instance_uid, i.sha256 FROM case_instances ci JOIN "
+                       "instances i ON i.sop_instance_uid = ci.sop_instance_uid WHERE "
+                       "ci.case_id = ? ORDER BY i.instance_number, i.sop_instance_uid",
+                       (case_id,))
+    att = qg.attest(report, case_id=case_id, study_instance_uid=case["study_instance_uid"],
+                    node=sender_node, operator=operator, key=gate_key, override_reason=reason,
+                    now=now)
+    bundle_id = uuid.uuid4().hex
+    meta = {k: case[k] for k in ("case_id", "kind", "parent_case_id", "study_instance_uid",
+                                 "priority", "service", "destination", "requesting_physician",
+                                 "clinical_question", "consent_ref", "released_by")}
+    meta.update(sender=sender_node, released_at=now, attestation=att)
+    path, size, raw = _build_bundle(store, rows, meta, bundle_id, case["priority"], effort)
+    _save_quality(store, case_id, report, att, now)
+    with store.atomic() as con:
+        con.execute("UPDATE cases SET state = 'released', released_at = ?, updated_at = ? "
+                    "WHERE case_id = ?", (now, now, case_id))
+    log.warning("case override case=%s operator=%s reason=%s", case_id, operator, reason)
+    return Released(case_id, case["kind"], case["parent_case_id"], bundle_id, path, size, raw,
+                    len(rows), case["priority"], case["destination"])
+
+
+def quality_of(store: Store, case_id: str) -> dict[str, Any] | None:
+    import json
+
+    q = store.query_one("SELECT * FROM quality WHERE case_id = ?", (case_id,))
+    if q is None:
+        return None
+    return {"case_id": case_id, "verdict": q["verdict"], "report": json.loads(q["report_json"]),
+            "attestation": json.loads(q["attestation_json"]) if q["attestation_json"] else None}
 
 
 def _build_bundle(store: Store, rows: list[dict[str, Any]], case_meta: dict[str, Any],

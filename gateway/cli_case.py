@@ -30,8 +30,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.add_argument("--consent", help="reference of the patient's informed consent")
     s.add_argument("--effort", choices=("fast", "max"), default="fast",
                    help="compression effort (max: smaller, slower; for the thinnest links)")
+    s.add_argument("--operator", default=None,
+                   help="who attests the data quality (default: the login name)")
+    s.add_argument("--no-gate", action="store_true",
+                   help="skip the quality gate (no attestation travels with the case)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_send)
+
+    o = csub.add_parser("override", help="release a case the quality gate held, with a reason",
+                        description="The named operator takes responsibility: the override "
+                                    "and its reason are signed into the case's attestation.")
+    o.add_argument("case_id", metavar="CASE")
+    o.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    o.add_argument("--operator", required=True, help="who overrides (a person's name)")
+    o.add_argument("--reason", required=True, help="why the case may go anyway")
+    o.set_defaults(func=_override)
 
     ls = csub.add_parser("ls", help="list cases")
     ls.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
@@ -61,12 +74,28 @@ def _send(args: argparse.Namespace) -> int:
         print(f"fenji case send: destination {dest!r} is not a configured peer and "
               f"transfer.default_destination does not lead to it", file=sys.stderr)
         return 2
+    from fenji.gateway.cases import CaseHeld
+    from fenji.gateway.keys import load_private
+
+    key = None if args.no_gate else load_private(cfg.resolve(cfg.keys.private_key))
     store = open_store(cfg)
     try:
-        rel = release(store, args.study, destination=dest, priority=args.priority,
-                      service=args.service, requesting_physician=args.physician,
-                      clinical_question=args.question, consent_ref=args.consent,
-                      released_by="cli", sender_node=cfg.node.name, effort=args.effort)
+        try:
+            rel = release(store, args.study, destination=dest, priority=args.priority,
+                          service=args.service, requesting_physician=args.physician,
+                          clinical_question=args.question, consent_ref=args.consent,
+                          released_by="cli", sender_node=cfg.node.name, effort=args.effort,
+                          gate_key=key, operator=args.operator or _login())
+        except CaseHeld as held:
+            print(f"case {held.case_id} HELD by the quality gate:", file=sys.stderr)
+            for r in held.reasons:
+                print(f"  - {r}", file=sys.stderr)
+            print(f"fix and send again, or: fenji case override {held.case_id} --config "
+                  f"{args.config} --operator NAME --reason TEXT", file=sys.stderr)
+            if args.json:
+                print(json.dumps({"case_id": held.case_id, "state": "held",
+                                  "reasons": held.reasons}))
+            return 3
         outbox_db.enqueue(store, rel.bundle_id, rel.case_id, hop, PRIORITIES[rel.priority],
                           rel.bundle_bytes, time.time())
     finally:
@@ -82,6 +111,40 @@ def _send(args: argparse.Namespace) -> int:
         print(f"{rel.kind} {rel.case_id} queued for {dest} via {hop}: {rel.instances} "
               f"instances, {rel.raw_bytes / 1e6:.2f} MB -> {rel.bundle_bytes / 1e6:.2f} MB "
               f"({ratio:.2f}x), priority {rel.priority}")
+    return 0
+
+
+def _login() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _override(args: argparse.Namespace) -> int:
+    from fenji.gateway.cases import override
+    from fenji.gateway.keys import load_private
+    from fenji.gateway.node import open_store
+    from fenji.routing import outbox_db
+
+    cfg = config_mod.load(args.config)
+    key = load_private(cfg.resolve(cfg.keys.private_key))
+    store = open_store(cfg)
+    try:
+        rel = override(store, args.case_id, operator=args.operator, reason=args.reason,
+                       gate_key=key, sender_node=cfg.node.name)
+        hop = next_hop(cfg, rel.destination)
+        if hop is None:
+            print(f"fenji case override: no route to {rel.destination!r}", file=sys.stderr)
+            return 2
+        outbox_db.enqueue(store, rel.bundle_id, rel.case_id, hop, PRIORITIES[rel.priority],
+                          rel.bundle_bytes, time.time())
+    finally:
+        store.close()
+    print(f"case {rel.case_id} released by override of {args.operator}; queued for "
+          f"{rel.destination} via {hop}")
     return 0
 
 

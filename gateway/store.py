@@ -189,6 +189,16 @@ MIGRATIONS: list[tuple[int, str]] = [
         updated_at    REAL NOT NULL
     );
     """),
+    (3, """
+    CREATE TABLE quality (
+        case_id          TEXT PRIMARY KEY,
+        verdict          TEXT NOT NULL,
+        report_json      TEXT NOT NULL,
+        attestation_json TEXT,
+        created_at       REAL NOT NULL,
+        updated_at       REAL NOT NULL
+    );
+    """),
 ]
 
 

@@ -1,0 +1,49 @@
+"""CLI verbs: `fenji quality show`, `fenji case override` lives in cli_case."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fenji.gateway import config as config_mod
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("quality", help="the quality gate's reports and attestations")
+    qsub = p.add_subparsers(dest="quality_verb", metavar="ACTION", required=True)
+    sh = qsub.add_parser("show", help="a case's quality report, reasons and attestation")
+    sh.add_argument("case_id", metavar="CASE")
+    sh.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    sh.add_argument("--json", action="store_true", help="the whole report as JSON")
+    sh.set_defaults(func=_show)
+
+
+def _show(args: argparse.Namespace) -> int:
+    from fenji.gateway.cases import quality_of
+    from fenji.gateway.node import open_store
+
+    cfg = config_mod.load(args.config)
+    store = open_store(cfg)
+    try:
+        q = quality_of(store, args.case_id)
+    finally:
+        store.close()
+    if q is None:
+        print(f"fenji quality show: no quality report for case {args.case_id!r} (was the gate "
+              "on when it was released?)", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(q))
+        return 0
+    print(f"case {args.case_id}: {q['verdict']}")
+    for r in q["report"]["reasons"]:
+        print(f"  - {r}")
+    att = q["attestation"]
+    if att:
+        over = f", override: {att['override']['reason']}" if att.get("override") else ""
+        print(f"attested by {att['operator']} at node {att['node']} (signed){over}")
+    else:
+        print("not attested: held until someone fixes it or overrides with a reason")
+    return 0

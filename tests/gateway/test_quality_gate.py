@@ -1,0 +1,100 @@
+"""The gate holds and explains a bad case, a named override releases it signed."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from _data import DICOM_DIR, ct_series
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fenji.codecs.bundle import read_bundle
+from fenji.gateway import quality_gate as qg
+from fenji.gateway.cases import CaseError, CaseHeld, override, quality_of, release
+from fenji.gateway.store import Store
+from fenji.gateway.validate import check_part10
+
+
+def _put(store: Store, data: bytes) -> None:
+    c = check_part10(data)
+    store.put(c.part10, c.info)
+
+
+def _blanked(path: Path) -> bytes:
+    ds = pydicom.dcmread(path)
+    arr = ds.pixel_array.copy()
+    arr[:] = arr.min()
+    ds.PixelData = arr.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _study(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+
+
+def test_good_series_passes_with_a_signed_attestation(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    for p in ct_series():
+        _put(store, p.read_bytes())
+    key = Ed25519PrivateKey.generate()
+    rel = release(store, _study(ct_series()[0]), destination="center", gate_key=key,
+                  operator="Dr. Wang", sender_node="edge")
+    q = quality_of(store, rel.case_id)
+    assert q is not None and q["verdict"] != qg.UNACCEPTABLE
+    att = q["attestation"]
+    assert att["operator"] == "Dr. Wang" and qg.verify_attestation(att, key.public_key())
+    manifest, _, _ = read_bundle(rel.bundle_path.read_bytes())
+    assert manifest["case"]["attestation"] == att  # it travels with the case
+    att["verdict"] = "acceptable" if att["verdict"] != "acceptable" else "unacceptable"
+    assert not qg.verify_attestation(att, key.public_key())  # any edit breaks it
+    store.close()
+
+
+def test_blank_slice_holds_the_case_until_a_named_override(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    files = ct_series()
+    for i, p in enumerate(files):
+        _put(store, _blanked(p) if i == 13 else p.read_bytes())
+    key = Ed25519PrivateKey.generate()
+    with pytest.raises(CaseHeld) as info:
+        release(store, _study(files[0]), destination="center", gate_key=key, operator="tech")
+    held = info.value
+    assert any("blank" in r for r in held.reasons), held.reasons
+    assert store.query_one("SELECT state FROM cases WHERE case_id = ?",
+                           (held.case_id,))["state"] == "held"  # type: ignore[index]
+    assert quality_of(store, held.case_id)["attestation"] is None  # type: ignore[index]
+    with pytest.raises(CaseError, match="operator and a reason"):
+        override(store, held.case_id, operator="", reason="", gate_key=key, sender_node="edge")
+    rel = override(store, held.case_id, operator="Dr. Li", reason="slice 14 blank, rest "
+                   "diagnostic; patient left", gate_key=key, sender_node="edge")
+    att = quality_of(store, held.case_id)["attestation"]  # type: ignore[index]
+    assert att["override"]["reason"].startswith("slice 14") and att["operator"] == "Dr. Li"
+    assert qg.verify_attestation(att, key.public_key())
+    manifest, _, insts = read_bundle(rel.bundle_path.read_bytes())
+    assert manifest["case"]["attestation"]["override"] and len(insts) == len(files)
+    with pytest.raises(CaseError, match="not held"):
+        override(store, held.case_id, operator="x", reason="y", gate_key=key, sender_node="e")
+    store.close()
+
+
+def test_ecg_lead_off_is_explained_per_lead(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(DICOM_DIR / "ecg" / "waveform_ecg_12lead.dcm")
+    w = ds.WaveformSequence[0]
+    n_ch, n = int(w.NumberOfWaveformChannels), int(w.NumberOfWaveformSamples)
+    data = np.frombuffer(w.WaveformData, dtype="<i2").reshape(n, n_ch).copy()
+    data[:, 2] = 0  # third lead flat: disconnected
+    w.WaveformData = data.tobytes()
+    report = qg.assess([_bytes(ds)])
+    assert report["verdict"] == qg.UNACCEPTABLE
+    assert any("ECG" in r for r in report["reasons"]), report["reasons"]
+
+
+def _bytes(ds: pydicom.Dataset) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
