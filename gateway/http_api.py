@@ -73,12 +73,19 @@ async def post_case(request: web.Request) -> web.Response:
     if not dest or cfg.peer(dest) is None:
         return _error(400, "unknown_destination",
                       f"destination {dest!r} is not a configured peer")
-    rel = await asyncio.to_thread(
-        cases_mod.release, store, str(body["study_instance_uid"]), destination=dest,
-        priority=str(body.get("priority", "routine")), service=body.get("service"),
-        requesting_physician=body.get("requesting_physician"),
-        clinical_question=body.get("clinical_question"), consent_ref=body.get("consent_ref"),
-        released_by="api", sender_node=cfg.node.name)
+    key = load_private(cfg.resolve(cfg.keys.private_key))
+    try:
+        rel = await asyncio.to_thread(
+            cases_mod.release, store, str(body["study_instance_uid"]), destination=dest,
+            priority=str(body.get("priority", "routine")), service=body.get("service"),
+            requesting_physician=body.get("requesting_physician"),
+            clinical_question=body.get("clinical_question"), consent_ref=body.get("consent_ref"),
+            released_by="api", sender_node=cfg.node.name, gate_key=key,
+            operator=str(body.get("operator") or "api"))
+    except cases_mod.CaseHeld as held:
+        return web.json_response({"status": 409, "error": "held", "message": str(held),
+                                  "case_id": held.case_id, "reasons": held.reasons},
+                                 status=409)
     hook = request.app.get(ON_RELEASE)
     if callable(hook):
         await asyncio.to_thread(hook, rel)
