@@ -274,8 +274,8 @@ def _ecg_sets(args: argparse.Namespace) -> dict[str, list[tuple[str, np.ndarray,
 def _delta_shuffle_zstd(x: np.ndarray) -> bytes:
     import zstandard
 
-    d = np.diff(x.astype(np.int32), axis=0, prepend=0)
-    z = ((d << 1) ^ (d >> 31)).astype("<u2")
+    d = np.asarray(np.diff(x.astype(np.int64), axis=0, prepend=0), dtype=np.int64)
+    z = ((d << 1) ^ (d >> 63)).astype("<u2")
     shuffled = z.view(np.uint8).reshape(-1, 2).T.tobytes()
     return zstandard.ZstdCompressor(level=19).compress(shuffled)
 

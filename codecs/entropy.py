@@ -54,7 +54,7 @@ def normalize_freqs(counts: np.ndarray) -> np.ndarray:
     """
     counts = np.asarray(counts, dtype=np.int64)
     total = counts.sum(axis=1)
-    f = (counts * PROB_SCALE) // np.maximum(total, 1)[:, None]
+    f = (counts * PROB_SCALE) // total.clip(1, None)[:, None]
     f[(counts > 0) & (f == 0)] = 1
     f[total == 0] = 0
     diff = PROB_SCALE - f.sum(axis=1)

@@ -265,15 +265,15 @@ def _est_bits(r: np.ndarray) -> float:
     if not len(r):
         return 0.0
     a = np.abs(r)
-    u = np.minimum(np.where(r >= 0, 2 * r, -2 * r - 1), 4095)
+    u = np.where(r >= 0, 2 * r, -2 * r - 1).clip(0, 4095)  # type: ignore[call-overload]
     act = np.zeros_like(a)
     act[1:] = 2 * a[:-1]
     act[2:] += a[:-2]
-    ctx = _CLUT[np.minimum(act, 4095)].astype(np.int64)
+    ctx = _CLUT[act.clip(0, 4095)].astype(np.int64)
     joint = np.bincount(ctx * ent.NSYM + _TOK[u], minlength=NCTX * ent.NSYM).reshape(NCTX, -1)
     tot = joint.sum(axis=1, keepdims=True)
     nz = joint > 0
-    h = -(joint[nz] * np.log2((joint / np.maximum(tot, 1))[nz])).sum()
+    h = -(joint[nz] * np.log2((joint / tot.clip(1, None))[nz])).sum()
     return float(h + _NB[u].sum() + 12 * nz.sum())
 
 
