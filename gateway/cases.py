@@ -63,6 +63,10 @@ class Released:
     instances: int
     priority: str
     destination: str
+    # STAT and urgent cases send a tiny preview bundle (key image or ECG strip)
+    # ahead of the full one, so a reader sees something within seconds even
+    # through store-and-forward relays: (bundle_id, path, size) or None.
+    preview: tuple[str, Path, int] | None = None
 
 
 def next_hop(cfg: Any, destination: str) -> str | None:
@@ -82,7 +86,12 @@ def record_received(store: Store, manifest: dict[str, Any], node_name: str,
         return
     now = time.time() if now is None else now
     state = "received" if case.get("destination") == node_name else "forwarding"
+    if case.get("bundle_kind") == "preview":
+        state = "preview"
     with store.atomic() as con:
+        if state != "preview":  # the full bundle supersedes an earlier preview
+            con.execute("UPDATE cases SET state = ?, updated_at = ? WHERE case_id = ? AND "
+                        "state = 'preview'", (state, now, case["case_id"]))
         con.execute(
             "INSERT OR IGNORE INTO cases(case_id, study_instance_uid, kind, parent_case_id, "
             "priority, service, destination, requesting_physician, clinical_question, "
@@ -94,6 +103,17 @@ def record_received(store: Store, manifest: dict[str, Any], node_name: str,
              case.get("requesting_physician"), case.get("clinical_question"),
              case.get("consent_ref"), state, case.get("released_by"), case.get("released_at"),
              now, now))
+
+
+def enqueue_release(store: Store, rel: Released, hop: str, now: float) -> None:
+    """Queue a released case: its preview bundle first (same priority, older), then the rest."""
+    from fenji.routing import outbox_db
+
+    if rel.preview is not None:
+        pid, _, psize = rel.preview
+        outbox_db.enqueue(store, pid, rel.case_id, hop, PRIORITIES[rel.priority], psize, now)
+    outbox_db.enqueue(store, rel.bundle_id, rel.case_id, hop, PRIORITIES[rel.priority],
+                      rel.bundle_bytes, now + 1e-6)
 
 
 def _service_of(sop_classes: list[str]) -> str:
@@ -169,7 +189,8 @@ def release(store: Store, study_instance_uid: str, *, destination: str, priority
                                 node=sender_node, operator=operator or "unknown", key=gate_key,
                                 now=now)
         case_meta["attestation"] = attestation
-    path, size, raw = _build_bundle(store, rows, case_meta, bundle_id, priority, effort)
+    path, size, raw, preview = _build_bundle(store, rows, case_meta, bundle_id, priority,
+                                             effort)
     if report is not None:
         _save_quality(store, case_id, report, attestation, now)
     _insert_case(store, case_meta, rows, "released", now)
@@ -177,7 +198,7 @@ def release(store: Store, study_instance_uid: str, *, destination: str, priority
              "raw_bytes=%d bundle_bytes=%d by=%s", case_id, kind, study_instance_uid, destination,
              priority, len(rows), raw, size, released_by)
     return Released(case_id, kind, parent_id, bundle_id, path, size, raw, len(rows), priority,
-                    destination)
+                    destination, preview)
 
 
 def _insert_case(store: Store, meta: dict[str, Any], rows: list[dict[str, Any]], state: str,
@@ -239,14 +260,15 @@ def override(store: Store, case_id: str, *, operator: str, reason: str, gate_key
                                  "priority", "service", "destination", "requesting_physician",
                                  "clinical_question", "consent_ref", "released_by")}
     meta.update(sender=sender_node, released_at=now, attestation=att)
-    path, size, raw = _build_bundle(store, rows, meta, bundle_id, case["priority"], effort)
+    path, size, raw, preview = _build_bundle(store, rows, meta, bundle_id, case["priority"],
+                                             effort)
     _save_quality(store, case_id, report, att, now)
     with store.atomic() as con:
         con.execute("UPDATE cases SET state = 'released', released_at = ?, updated_at = ? "
                     "WHERE case_id = ?", (now, now, case_id))
     log.warning("case override case=%s operator=%s reason=%s", case_id, operator, reason)
     return Released(case_id, case["kind"], case["parent_case_id"], bundle_id, path, size, raw,
-                    len(rows), case["priority"], case["destination"])
+                    len(rows), case["priority"], case["destination"], preview)
 
 
 def quality_of(store: Store, case_id: str) -> dict[str, Any] | None:
@@ -260,19 +282,32 @@ def quality_of(store: Store, case_id: str) -> dict[str, Any] | None:
 
 
 def _build_bundle(store: Store, rows: list[dict[str, Any]], case_meta: dict[str, Any],
-                  bundle_id: str, priority: str, effort: str) -> tuple[Path, int, int]:
+                  bundle_id: str, priority: str, effort: str
+                  ) -> tuple[Path, int, int, tuple[str, Path, int] | None]:
     blobs = [store.read_blob(r["sha256"]) for r in rows]
-    previews = []
+    preview = None
     if priority in ("stat", "urgent"):
-        # A key image (middle of the series) or an ECG strip goes first, so the
-        # reader sees something within seconds on a thin link.
-        key = blobs[len(blobs) // 2]
-        with contextlib.suppress(Exception):  # a preview is a courtesy, never a blocker
-            p = make_preview(key)
-            if p is not None:
-                previews.append(p)
-    plan = plan_bundle({**case_meta, "bundle_id": bundle_id}, blobs, previews=previews,
+        # A key image (middle of the series) or an ECG strip travels first, in a
+        # bundle of its own, so the reader sees something within seconds.
+        previews = []
+        for blob in (blobs[len(blobs) // 2], *blobs):
+            with contextlib.suppress(Exception):  # a preview is a courtesy, never a blocker
+                p = make_preview(blob)
+                if p is not None:
+                    previews.append(p)
+                    break
+        if previews:
+            pid = uuid.uuid4().hex
+            meta = {**case_meta, "bundle_id": pid, "bundle_kind": "preview"}
+            ppath, psize = _write_plan(store, plan_bundle(meta, [], previews=previews), pid)
+            preview = (pid, ppath, psize)
+    plan = plan_bundle({**case_meta, "bundle_id": bundle_id, "bundle_kind": "full"}, blobs,
                        effort=effort)
+    final, size = _write_plan(store, plan, bundle_id)
+    return final, size, sum(len(b) for b in blobs), preview
+
+
+def _write_plan(store: Store, plan: Any, bundle_id: str) -> tuple[Path, int]:
     out_dir = store.root / "bundles"
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{bundle_id}.fbundle"
@@ -290,7 +325,7 @@ def _build_bundle(store: Store, rows: list[dict[str, Any]], case_meta: dict[str,
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise LocalError(f"cannot write bundle {final}: {exc}") from exc
-    return final, size, sum(len(b) for b in blobs)
+    return final, size
 
 
 def get_case(store: Store, case_id: str) -> dict[str, Any] | None:

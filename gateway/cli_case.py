@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from fenji.gateway import config as config_mod
-from fenji.gateway.cases import PRIORITIES, SERVICES, next_hop
+from fenji.gateway.cases import PRIORITIES, SERVICES, enqueue_release, next_hop
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -61,7 +61,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def _send(args: argparse.Namespace) -> int:
     from fenji.gateway.cases import release
     from fenji.gateway.node import open_store
-    from fenji.routing import outbox_db
 
     cfg = config_mod.load(args.config)
     dest = args.dest or cfg.transfer.default_destination
@@ -96,8 +95,7 @@ def _send(args: argparse.Namespace) -> int:
                 print(json.dumps({"case_id": held.case_id, "state": "held",
                                   "reasons": held.reasons}))
             return 3
-        outbox_db.enqueue(store, rel.bundle_id, rel.case_id, hop, PRIORITIES[rel.priority],
-                          rel.bundle_bytes, time.time())
+        enqueue_release(store, rel, hop, time.time())
     finally:
         store.close()
     out = {"case_id": rel.case_id, "kind": rel.kind, "parent_case_id": rel.parent_case_id,
@@ -127,7 +125,6 @@ def _override(args: argparse.Namespace) -> int:
     from fenji.gateway.cases import override
     from fenji.gateway.keys import load_private
     from fenji.gateway.node import open_store
-    from fenji.routing import outbox_db
 
     cfg = config_mod.load(args.config)
     key = load_private(cfg.resolve(cfg.keys.private_key))
@@ -139,8 +136,7 @@ def _override(args: argparse.Namespace) -> int:
         if hop is None:
             print(f"fenji case override: no route to {rel.destination!r}", file=sys.stderr)
             return 2
-        outbox_db.enqueue(store, rel.bundle_id, rel.case_id, hop, PRIORITIES[rel.priority],
-                          rel.bundle_bytes, time.time())
+        enqueue_release(store, rel, hop, time.time())
     finally:
         store.close()
     print(f"case {rel.case_id} released by override of {args.operator}; queued for "

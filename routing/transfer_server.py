@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from fenji.codecs.bundle import BundleReader, InstanceEvent, ManifestEvent
+from fenji.codecs.bundle import BundleReader, InstanceEvent, ManifestEvent, PreviewEvent
 from fenji.codecs.errors import DecodeError
 from fenji.gateway.keys import canonical_json, sign, verify
 from fenji.gateway.store import PutStatus, Store
@@ -237,6 +237,21 @@ async def patch_upload(request: web.Request) -> web.StreamResponse:
         return web.Response(status=204, headers=_offset_headers(row))
 
 
+def _save_preview(ctx: ReceiverContext, manifest: dict[str, Any], index: int,
+                  data: bytes) -> None:
+    case_id = str(manifest.get("case", {}).get("case_id") or "unknown")
+    if not all(c.isalnum() for c in case_id):
+        raise DecodeError(f"case id {case_id[:40]!r} is not alphanumeric")
+    folder = ctx.store.root / "previews" / case_id
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{index}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, folder / f"{index}.prev")
+
+
 def _ingest_bundle(ctx: ReceiverContext,
                    row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read the finished upload, store every instance, build and sign the receipt."""
@@ -251,6 +266,8 @@ def _ingest_bundle(ctx: ReceiverContext,
             for ev in reader.feed(chunk):
                 if isinstance(ev, ManifestEvent):
                     manifest = ev.manifest
+                elif isinstance(ev, PreviewEvent) and manifest is not None:
+                    _save_preview(ctx, manifest, ev.index, ev.preview.to_bytes())
                 elif isinstance(ev, InstanceEvent):
                     checked = check_part10(ev.data, max_instance_bytes=ctx.max_instance_bytes,
                                            max_inflate_bytes=ctx.max_inflate_bytes)
@@ -298,15 +315,17 @@ async def finalize_upload(request: web.Request) -> web.StreamResponse:
                 con.execute("UPDATE uploads SET state = 'rejected', updated_at = ? "
                             "WHERE upload_id = ?", (ctx.clock(), upload_id))
             return error(422, "bundle_rejected", str(exc))
+        # Record and (on a relay) queue onward before the upload counts as complete:
+        # if that fails, the sender's retried finalize runs it again (idempotent).
+        kept = False
+        if ctx.on_delivered is not None:
+            kept = await asyncio.to_thread(ctx.on_delivered, receipt, manifest,
+                                           _part_path(ctx, upload_id))
         signature = sign(ctx.key, canonical_json(receipt))
         with ctx.store.atomic() as con:
             con.execute("UPDATE uploads SET state = 'complete', receipt_json = ?, signature = ?, "
                         "updated_at = ? WHERE upload_id = ?",
                         (json.dumps(receipt, sort_keys=True), signature, ctx.clock(), upload_id))
-        kept = False
-        if ctx.on_delivered is not None:
-            kept = await asyncio.to_thread(ctx.on_delivered, receipt, manifest,
-                                           _part_path(ctx, upload_id))
         if not kept:
             with contextlib.suppress(OSError):
                 _part_path(ctx, upload_id).unlink()

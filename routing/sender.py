@@ -1,0 +1,149 @@
+"""The sending shell: claims outbox jobs and moves their bundles to peers.
+
+Runs as an asyncio task in the node's supervisor process.  For each claimed
+job it sends the bundle with :func:`fenji.routing.transfer_client.send_bundle`,
+verifies the receipt, keeps it, marks the case delivered, and completes the
+job; on failure the outbox core decides (retry with backoff and jitter, or
+dead-letter with the reason).  Between chunks it checks whether a job of a
+higher priority became ready for the same destination: if so the current
+upload yields (its lease is released without counting an attempt) and the
+STAT case is sent first; the routine one resumes at the receiver's offset.
+
+One INFO line per transfer attempt: job, case, destination, bytes, seconds,
+outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from fenji.gateway.config import Config
+from fenji.gateway.keys import load_private, public_from_config
+from fenji.gateway.store import Store
+from fenji.routing import outbox_db
+from fenji.routing.outbox import OutboxPolicy
+from fenji.routing.transfer_client import (
+    ChunkSizer,
+    Delivered,
+    Sender,
+    TransferError,
+    manifest_of,
+    send_bundle,
+)
+
+log = logging.getLogger(__name__)
+
+
+def higher_priority_ready(store: Store, destination: str, priority: int, now: float) -> bool:
+    row = store.query_one(
+        "SELECT 1 AS x FROM outbox o LEFT JOIN destinations d ON d.name = o.destination "
+        "WHERE o.state = 'queued' AND o.destination = ? AND o.priority < ? "
+        "AND o.next_attempt_at <= ? AND coalesce(d.paused, 0) = 0 LIMIT 1",
+        (destination, priority, now))
+    return row is not None
+
+
+def keep_receipt(store: Store, job: dict[str, Any], out: Delivered, now: float) -> None:
+    with store.atomic() as con:
+        con.execute("INSERT OR IGNORE INTO receipts(bundle_id, case_id, destination, "
+                    "receipt_json, signature, signer, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (job["bundle_id"], job["case_id"], job["destination"],
+                     json.dumps(out.receipt, sort_keys=True), out.signature, out.signer, now))
+        con.execute("UPDATE cases SET state = 'delivered', updated_at = ? WHERE case_id = ?",
+                    (now, job["case_id"]))
+
+
+class SenderLoop:
+    def __init__(self, cfg: Config, store: Store, *, clock: Callable[[], float] = time.time,
+                 policy: OutboxPolicy | None = None, seed: int | None = None) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.clock = clock
+        self.policy = policy or OutboxPolicy()
+        self.rng = random.Random(seed)
+        self.owner = f"{cfg.node.name}:{os.getpid()}"
+        self.sender = Sender(cfg.node.name, load_private(cfg.resolve(cfg.keys.private_key)))
+        self.peer_keys = {p.name: public_from_config(p.public_key, cfg.data_dir)
+                          for p in cfg.peers}
+        self.sizers: dict[str, ChunkSizer] = {}
+        self.wake = asyncio.Event()
+
+    def _sizer(self, dest: str) -> ChunkSizer:
+        t = self.cfg.transfer
+        return self.sizers.setdefault(dest, ChunkSizer(t.chunk_bytes, t.min_chunk_bytes,
+                                                       t.max_chunk_bytes))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30,
+                                        sock_read=self.cfg.transfer.request_timeout_s)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while not stop.is_set():
+                job = await asyncio.to_thread(outbox_db.claim, self.store, self.owner,
+                                              self.clock(), self.policy, self.rng)
+                if job is None:
+                    self.wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.wake.wait(), timeout=0.5)
+                    continue
+                await self._attempt(session, job)
+
+    async def _attempt(self, session: aiohttp.ClientSession, job: Any) -> None:
+        j = job if isinstance(job, dict) else job.__dict__
+        dest = j["destination"]
+        peer = self.cfg.peer(dest)
+        path = self.store.root / "bundles" / f"{j['bundle_id']}.fbundle"
+        t0 = time.monotonic()
+        if peer is None or not path.exists():
+            reason = (f"destination {dest!r} is not a configured peer" if peer is None
+                      else f"bundle file {path} is missing")
+            await asyncio.to_thread(outbox_db.fail, self.store, j["job_id"], self.owner,
+                                    reason, self.clock(), self.policy, self.rng, retryable=False)
+            log.error("transfer job=%s case=%s dest=%s outcome=dead reason=%s", j["job_id"],
+                      j["case_id"], dest, reason)
+            return
+        last_progress = [time.monotonic()]
+
+        def progress(offset: int, total: int) -> None:
+            now = time.monotonic()
+            if now - last_progress[0] >= 1.0 or offset == total:
+                last_progress[0] = now
+                outbox_db.progress(self.store, j["job_id"], self.owner, offset, self.clock())
+
+        def should_yield() -> bool:
+            return higher_priority_ready(self.store, dest, j["priority"], self.clock())
+
+        try:
+            manifest = await asyncio.to_thread(manifest_of, path)
+            out = await send_bundle(session, peer.url, self.sender, self.peer_keys[dest], path,
+                                    j["bundle_id"], sizer=self._sizer(dest), manifest=manifest,
+                                    should_yield=should_yield, on_progress=progress)
+        except TransferError as exc:
+            await asyncio.to_thread(outbox_db.fail, self.store, j["job_id"], self.owner,
+                                    str(exc), self.clock(), self.policy, self.rng,
+                                    retryable=exc.retryable)
+            log.warning("transfer job=%s case=%s dest=%s ms=%.0f outcome=failed reason=%s",
+                        j["job_id"], j["case_id"], dest, (time.monotonic() - t0) * 1000, exc)
+            return
+        if isinstance(out, Delivered):
+            now = self.clock()
+            await asyncio.to_thread(keep_receipt, self.store, j, out, now)
+            await asyncio.to_thread(outbox_db.complete, self.store, j["job_id"], self.owner, now)
+            log.info("transfer job=%s case=%s dest=%s bytes=%d ms=%.0f outcome=delivered "
+                     "instances=%d", j["job_id"], j["case_id"], dest, out.bytes_sent,
+                     out.seconds * 1000, len(out.receipt["instances"]))
+        else:
+            await asyncio.to_thread(outbox_db.release, self.store, j["job_id"], self.owner,
+                                    self.clock())
+            log.info("transfer job=%s case=%s dest=%s bytes=%d offset=%d outcome=yielded "
+                     "reason=higher-priority-ready", j["job_id"], j["case_id"], dest,
+                     out.bytes_sent, out.offset)
