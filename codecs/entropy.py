@@ -225,6 +225,28 @@ def unpack_tables(buf: bytes, nctx: int) -> np.ndarray:
     return freqs
 
 
+def encode_tables(freqs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """freq, reciprocal, reciprocal shift and bias arrays for the rANS encoder (ryg_rans)."""
+    f = freqs.astype(np.int64)
+    cum = np.zeros_like(f)
+    cum[:, 1:] = np.cumsum(f, axis=1)[:, :-1]
+    # shift = ceil(log2 f) = bit length of f - 1, counted without floating point
+    shift = np.zeros_like(f)
+    for k in range(PROB_BITS + 1):
+        shift += (f - 1) >= (1 << k)
+    safe = np.maximum(f, 1)
+    rcp = ((np.int64(1) << (shift + 31)) + safe - 1) // safe
+    rsh = shift - 1
+    bias = cum.copy()
+    one = f == 1
+    rcp[one] = (1 << 32) - 1
+    rsh[one] = 0
+    bias[one] = cum[one] + PROB_SCALE - 1
+    rcp[f == 0] = 0
+    rsh[f == 0] = 0
+    return f, rcp, rsh, bias
+
+
 def decode_tables(freqs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """freq, cumulative-start and slot->symbol lookup arrays for the kernels."""
     f = freqs.astype(np.int64)
@@ -250,7 +272,7 @@ def _hist_py(ctx, tok, nctx):  # type: ignore[no-untyped-def]
 
 
 @no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
-def _rans_encode_py(ctx, tok, start, end, freq, cum, out):  # type: ignore[no-untyped-def]
+def _rans_encode_py(ctx, tok, start, end, freq, rcp, rsh, bias, out):  # type: ignore[no-untyped-def]
     """rANS-encode tok[start:end] (contexts ctx) backwards into the tail of ``out``.
 
     Returns the index in ``out`` where the stream begins; the stream runs to
@@ -267,7 +289,9 @@ def _rans_encode_py(ctx, tok, start, end, freq, cum, out):  # type: ignore[no-un
             pos -= 1
             out[pos] = x & 255
             x >>= 8
-        x = ((x // f) << PROB_BITS) + (x % f) + np.int64(cum[c, s])
+        # x // f by a reciprocal multiply (ryg_rans): x < 2**31 and rcp < 2**32 fit in int64
+        q = ((x * np.int64(rcp[c, s])) >> 32) >> np.int64(rsh[c, s])
+        x = x + np.int64(bias[c, s]) + q * (PROB_SCALE - f)
     for _ in range(4):
         pos -= 1
         out[pos] = x & 255

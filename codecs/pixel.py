@@ -138,8 +138,9 @@ def _model_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, mode, ctx, tok, nbits, 
     k = (p * rows + r0) * cols
     for r in range(r0, r1):
         ecur[0] = eprev[1]
-        for kk in range(NSUB):
-            kerr_c[kk, 0] = kerr_p[kk, 1]
+        if mode != 0:
+            for kk in range(NSUB):
+                kerr_c[kk, 0] = kerr_p[kk, 1]
         for c in range(cols):
             if r == r0:
                 a = np.int64(planes[p, r, c - 1]) if c > 0 else 0
@@ -268,9 +269,10 @@ def _model_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, mode, ctx, tok, nbits, 
             k += 1
         for i in range(cols + 1):
             eprev[i] = ecur[i]
-        for kk in range(NSUB):
-            for i in range(cols + 2):
-                kerr_p[kk, i] = kerr_c[kk, i]
+        if mode != 0:
+            for kk in range(NSUB):
+                for i in range(cols + 2):
+                    kerr_p[kk, i] = kerr_c[kk, i]
 
 
 @no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
@@ -299,8 +301,9 @@ def _decode_tile_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, mode, cmap, freq,
     bpos = bs
     for r in range(r0, r1):
         ecur[0] = eprev[1]
-        for kk in range(NSUB):
-            kerr_c[kk, 0] = kerr_p[kk, 1]
+        if mode != 0:
+            for kk in range(NSUB):
+                kerr_c[kk, 0] = kerr_p[kk, 1]
         for c in range(cols):
             if r == r0:
                 a = np.int64(planes[p, r, c - 1]) if c > 0 else 0
@@ -436,9 +439,10 @@ def _decode_tile_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, mode, cmap, freq,
             ecur[c + 1] = e if e >= 0 else -e
         for i in range(cols + 1):
             eprev[i] = ecur[i]
-        for kk in range(NSUB):
-            for i in range(cols + 2):
-                kerr_p[kk, i] = kerr_c[kk, i]
+        if mode != 0:
+            for kk in range(NSUB):
+                for i in range(cols + 2):
+                    kerr_p[kk, i] = kerr_c[kk, i]
     if x != RANS_L or rpos != re_ or bpos != be:
         return -5
     return 0
@@ -463,18 +467,18 @@ def _model_tiles_nb(planes, tiles, lo, hi, t3, qlut, wact, mode, ctx, tok, nbits
 
 
 @no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
-def _code_tiles_py(ctx, tok, nbits, vals, starts, freq, cum, rbuf, roff, bbuf, boff, res):  # type: ignore[no-untyped-def]
+def _code_tiles_py(ctx, tok, nbits, vals, starts, freq, rcp, rsh, bias, rbuf, roff, bbuf, boff, res):  # type: ignore[no-untyped-def]
     for i in range(starts.shape[0] - 1):
-        res[i, 0] = _rans_encode_py(ctx, tok, starts[i], starts[i + 1], freq, cum,
+        res[i, 0] = _rans_encode_py(ctx, tok, starts[i], starts[i + 1], freq, rcp, rsh, bias,
                                         rbuf[roff[i]:roff[i + 1]])
         res[i, 1] = _pack_bits_py(nbits, vals, starts[i], starts[i + 1],
                                       bbuf[boff[i]:boff[i + 1]])
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _code_tiles_nb(ctx, tok, nbits, vals, starts, freq, cum, rbuf, roff, bbuf, boff, res):  # type: ignore[no-untyped-def]
+def _code_tiles_nb(ctx, tok, nbits, vals, starts, freq, rcp, rsh, bias, rbuf, roff, bbuf, boff, res):  # type: ignore[no-untyped-def]
     for i in prange(starts.shape[0] - 1):
-        res[i, 0] = _rans_encode_nb(ctx, tok, starts[i], starts[i + 1], freq, cum,
+        res[i, 0] = _rans_encode_nb(ctx, tok, starts[i], starts[i + 1], freq, rcp, rsh, bias,
                                         rbuf[roff[i]:roff[i + 1]])
         res[i, 1] = _pack_bits_nb(nbits, vals, starts[i], starts[i + 1],
                                       bbuf[boff[i]:boff[i + 1]])
@@ -652,7 +656,7 @@ def _encode_planes(planes: np.ndarray, lo: int, hi: int, t: tuple[int, int, int]
     np.add.at(merged, cmap, hist)
     freqs = ent.normalize_freqs(merged)
     ctx = cmap[ctx]
-    f, cum, _ = ent.decode_tables(freqs)
+    f, rcp, rsh, bias = ent.encode_tables(freqs)
     npix = (tiles[:, 2] - tiles[:, 1]) * cols
     starts = np.zeros(len(tiles) + 1, np.int64)
     starts[1:] = np.cumsum(npix)
@@ -663,7 +667,7 @@ def _encode_planes(planes: np.ndarray, lo: int, hi: int, t: tuple[int, int, int]
     rbuf = np.empty(int(roff[-1]), np.uint8)
     bbuf = np.empty(int(boff[-1]), np.uint8)
     res = np.zeros((len(tiles), 2), np.int64)
-    k["code"](ctx, tok, nbits, vals, starts, f, cum, rbuf, roff, bbuf, boff, res)
+    k["code"](ctx, tok, nbits, vals, starts, f, rcp, rsh, bias, rbuf, roff, bbuf, boff, res)
     lens = []
     parts = []
     for i in range(len(tiles)):

@@ -348,11 +348,11 @@ def waveform_encode(arr: np.ndarray, *, effort: str = "fast", _impl: str = "nb")
         sl = slice(c * n, (c + 1) * n)
         k["tokens"](res[c], ctx[sl], tok[sl], nbits[sl], vals[sl])
     freqs = ent.normalize_freqs(k["hist"](ctx, tok, NCTX))
-    f, cum, _ = ent.decode_tables(freqs)
+    f, rcp, rsh, bias = ent.encode_tables(freqs)
     streams = []
     for c in range(nch):
         rbuf = np.empty(2 * n + 8, np.uint8)
-        pos = k["rans"](ctx, tok, c * n, (c + 1) * n, f, cum, rbuf)
+        pos = k["rans"](ctx, tok, c * n, (c + 1) * n, f, rcp, rsh, bias, rbuf)
         bbuf = np.empty(4 * n + 8, np.uint8)
         nb = k["bits"](nbits, vals, c * n, (c + 1) * n, bbuf)
         streams.append((rbuf[pos:].tobytes(), bbuf[:nb].tobytes()))
