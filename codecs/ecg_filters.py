@@ -89,29 +89,39 @@ def design_notch(f0_hz: float, fs_hz: float, q: float = NOTCH_Q) -> np.ndarray:
 # --- kernels ---------------------------------------------------------------------
 
 def _sosfilt_py(sos: np.ndarray, x: np.ndarray, steady: bool) -> np.ndarray:
-    """Direct form II transposed, section by section; ``steady``: start at x[0] steady state."""
+    """Direct form II transposed; ``steady``: start at x[0]'s steady state.
+
+    All sections run inside one loop over samples (as scipy's sosfilt does):
+    section s at sample i+1 does not wait for section s+1 at sample i, so the
+    CPU overlaps the sections' recursions -- twice as fast as one pass per
+    section, with the same arithmetic in the same order.
+    """
     n = x.shape[0]
+    ns = sos.shape[0]
     y = x.astype(np.float64)
-    for s in range(sos.shape[0]):
-        b0 = sos[s, 0]
-        b1 = sos[s, 1]
-        b2 = sos[s, 2]
-        a1 = sos[s, 4]
-        a2 = sos[s, 5]
-        z1 = 0.0
-        z2 = 0.0
-        if steady and n > 0:
-            x0 = y[0]
+    z1 = np.zeros(ns)
+    z2 = np.zeros(ns)
+    if steady and n > 0:
+        x0 = y[0]
+        for s in range(ns):
+            b0 = sos[s, 0]
+            b1 = sos[s, 1]
+            b2 = sos[s, 2]
+            a1 = sos[s, 4]
+            a2 = sos[s, 5]
             den = 1.0 + a1 + a2
             y0 = x0 * (b0 + b1 + b2) / den if den != 0.0 else 0.0
-            z2 = b2 * x0 - a2 * y0
-            z1 = b1 * x0 - a1 * y0 + z2
-        for i in range(n):
-            xi = y[i]
-            yi = b0 * xi + z1
-            z1 = b1 * xi - a1 * yi + z2
-            z2 = b2 * xi - a2 * yi
-            y[i] = yi
+            z2[s] = b2 * x0 - a2 * y0
+            z1[s] = b1 * x0 - a1 * y0 + z2[s]
+            x0 = y0
+    for i in range(n):
+        xi = y[i]
+        for s in range(ns):
+            yi = sos[s, 0] * xi + z1[s]
+            z1[s] = sos[s, 1] * xi - sos[s, 4] * yi + z2[s]
+            z2[s] = sos[s, 2] * xi - sos[s, 5] * yi
+            xi = yi
+        y[i] = xi
     return y
 
 
@@ -129,6 +139,62 @@ _sosfilt_nb = njit(_sosfilt_py, nogil=True, cache=True)
 def _filtfilt_nb(sos: np.ndarray, x: np.ndarray) -> np.ndarray:
     y = _sosfilt_nb(sos, x, True)
     y = _sosfilt_nb(sos, y[::-1].copy(), True)
+    return y[::-1].copy()
+
+
+def _sosfilt2_py(sos: np.ndarray, x: np.ndarray, steady: bool) -> np.ndarray:
+    """:func:`_sosfilt_py` on every column of a C-ordered (samples, leads) array at
+    once: the leads' recursions are independent, so the inner loop over leads runs
+    at throughput, not latency.  Per column, the same arithmetic in the same order."""
+    n = x.shape[0]
+    m = x.shape[1]
+    ns = sos.shape[0]
+    y = x.astype(np.float64)
+    z1 = np.zeros((ns, m))
+    z2 = np.zeros((ns, m))
+    if steady and n > 0:
+        for j in range(m):
+            x0 = y[0, j]
+            for s in range(ns):
+                b0 = sos[s, 0]
+                b1 = sos[s, 1]
+                b2 = sos[s, 2]
+                a1 = sos[s, 4]
+                a2 = sos[s, 5]
+                den = 1.0 + a1 + a2
+                y0 = x0 * (b0 + b1 + b2) / den if den != 0.0 else 0.0
+                z2[s, j] = b2 * x0 - a2 * y0
+                z1[s, j] = b1 * x0 - a1 * y0 + z2[s, j]
+                x0 = y0
+    for i in range(n):
+        for s in range(ns):
+            b0 = sos[s, 0]
+            b1 = sos[s, 1]
+            b2 = sos[s, 2]
+            a1 = sos[s, 4]
+            a2 = sos[s, 5]
+            for j in range(m):
+                xi = y[i, j]
+                yi = b0 * xi + z1[s, j]
+                z1[s, j] = b1 * xi - a1 * yi + z2[s, j]
+                z2[s, j] = b2 * xi - a2 * yi
+                y[i, j] = yi
+    return y
+
+
+def _filtfilt2_py(sos: np.ndarray, x: np.ndarray) -> np.ndarray:
+    y = _sosfilt2_py(sos, x, True)
+    y = _sosfilt2_py(sos, y[::-1].copy(), True)
+    return y[::-1].copy()
+
+
+_sosfilt2_nb = njit(_sosfilt2_py, nogil=True, cache=True)
+
+
+@njit(nogil=True, cache=True)
+def _filtfilt2_nb(sos: np.ndarray, x: np.ndarray) -> np.ndarray:
+    y = _sosfilt2_nb(sos, x, True)
+    y = _sosfilt2_nb(sos, y[::-1].copy(), True)
     return y[::-1].copy()
 
 
@@ -152,10 +218,7 @@ def sosfiltfilt(sos: np.ndarray, x: np.ndarray) -> np.ndarray:
         return a.copy()
     if a.ndim == 1:
         return _filtfilt_nb(sos, np.ascontiguousarray(a))
-    out = np.empty_like(a)
-    for j in range(a.shape[1]):
-        out[:, j] = _filtfilt_nb(sos, np.ascontiguousarray(a[:, j]))
-    return out
+    return _filtfilt2_nb(sos, np.ascontiguousarray(a))
 
 
 def remove_baseline(x: np.ndarray, fs_hz: float, cutoff_hz: float = BASELINE_HZ) -> np.ndarray:

@@ -206,36 +206,58 @@ _NO_BEATS = np.zeros(0, dtype=np.int64)
 def _measure(x_mv: np.ndarray, fs_hz: float, t: EcgQualityThresholds
              ) -> tuple[LeadMeasures, np.ndarray, np.ndarray]:
     """Measures of one lead and its beats by the two detectors."""
-    x = np.ascontiguousarray(np.asarray(x_mv, dtype=np.float64))
+    x = np.ascontiguousarray(np.asarray(x_mv, dtype=np.float64).reshape(-1, 1))
+    return _measure_all(x, fs_hz, t)[0]
+
+
+def _measure_all(x: np.ndarray, fs_hz: float, t: EcgQualityThresholds
+                 ) -> list[tuple[LeadMeasures, np.ndarray, np.ndarray]]:
+    """Per lead of a NaN-free (samples, leads) array: measures and both detectors'
+    beats.  Every filter runs once over all leads (2-D kernel)."""
+    n, m = x.shape
     min_run = max(2, int(round(t.off_run_s * fs_hz)))
-    flat_long, flat_total = _flat_runs_nb(x, float(t.flat_eps_mv), min_run)
-    rail_long, rail_total = _rail_runs_nb(x, min_run)
-    # clipping: every plateau of >= 10 ms on the lead's extreme value, added up
-    _, clip_total = _rail_runs_nb(x, max(3, int(round(0.01 * fs_hz))))
-    if x.size < int(0.5 * fs_hz):
+    clip_run = max(3, int(round(0.01 * fs_hz)))   # clipping: plateaus >= 10 ms, added up
+    short = n < int(0.5 * fs_hz)
+    if not short:
+        no_wander = flt.sosfiltfilt(flt.design_highpass(flt.BASELINE_HZ, fs_hz), x)
+        wander = x - no_wander
+        hp = flt.sosfiltfilt(flt.design_notch(t.mains_hz, fs_hz), no_wander)
+        lo40 = flt.sosfiltfilt(flt.design_lowpass(min(40.0, 0.45 * fs_hz), fs_hz), hp)
+        # one transpose each, so that every lead below is a contiguous row
+        hf = np.ascontiguousarray((hp - lo40).T)
+        lo40 = np.ascontiguousarray(lo40.T)
+        wander = np.ascontiguousarray(wander.T)
+        bpa = np.ascontiguousarray(flt.sosfiltfilt(qrs_mod.band_a(fs_hz), x).T)
+        bpb = np.ascontiguousarray(flt.sosfiltfilt(qrs_mod.band_b(fs_hz), x).T)
+    xt = np.ascontiguousarray(x.T)
+    out = []
+    for j in range(m):
+        col = xt[j]
+        flat_long, flat_total = _flat_runs_nb(col, float(t.flat_eps_mv), min_run)
+        rail_long, rail_total = _rail_runs_nb(col, min_run)
+        _, clip_total = _rail_runs_nb(col, clip_run)
         off = max(flat_total, rail_total) / fs_hz
-        return (LeadMeasures(flat_long / fs_hz, clip_total / fs_hz, off, 0, 0, 0, 0, 0, 0),
-                _NO_BEATS, _NO_BEATS)
-    hp = flt.sosfiltfilt(np.vstack([flt.design_highpass(flt.BASELINE_HZ, fs_hz),
-                                    flt.design_notch(t.mains_hz, fs_hz)]), x)
-    wander = x - flt.sosfiltfilt(flt.design_highpass(flt.BASELINE_HZ, fs_hz), x)
-    lo40 = flt.sosfiltfilt(flt.design_lowpass(min(40.0, 0.45 * fs_hz), fs_hz, order=4), hp)
-    amp = _robust_p2p_nb(lo40, max(2, int(1.5 * fs_hz)))
-    hf = _rms_nb(hp - lo40, max(2, int(fs_hz)))
-    base = float(wander.max() - wander.min())
-    a = qrs_mod.detect_qrs(x, fs_hz)
-    b = qrs_mod.detect_qrs_slope(x, fs_hz)
-    return LeadMeasures(
-        flat_s=flat_long / fs_hz,
-        saturation_s=clip_total / fs_hz,
-        lead_off_s=max(flat_total, rail_total) / fs_hz,
-        amplitude_mv=amp,
-        hf_noise_mv=hf,
-        baseline_mv=base,
-        bsqi=qrs_mod.bsqi(a, b, fs_hz),
-        n_beats_a=len(a),
-        n_beats_b=len(b),
-    ), a, b
+        if short:
+            out.append((LeadMeasures(flat_long / fs_hz, clip_total / fs_hz, off,
+                                     0, 0, 0, 0, 0, 0), _NO_BEATS, _NO_BEATS))
+            continue
+        amp = _robust_p2p_nb(lo40[j], max(2, int(1.5 * fs_hz)))
+        noise = _rms_nb(hf[j], max(2, int(fs_hz)))
+        base = float(wander[j].max() - wander[j].min())
+        a = qrs_mod.detect_from_bandpassed(bpa[j], fs_hz)
+        b = qrs_mod.detect_slope_from_bandpassed(bpb[j], fs_hz)
+        out.append((LeadMeasures(
+            flat_s=flat_long / fs_hz,
+            saturation_s=clip_total / fs_hz,
+            lead_off_s=off,
+            amplitude_mv=amp,
+            hf_noise_mv=noise,
+            baseline_mv=base,
+            bsqi=qrs_mod.bsqi(a, b, fs_hz),
+            n_beats_a=len(a),
+            n_beats_b=len(b),
+        ), a, b))
+    return out
 
 
 # --- the report ------------------------------------------------------------------
@@ -341,12 +363,10 @@ def check_ecg(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
     bad: list[str] = []
     beats_a: list[np.ndarray] = []
     beats_b: list[np.ndarray] = []
+    # a NaN gap becomes a run of one constant value: it reads as "lead off"
+    measured = _measure_all(np.ascontiguousarray(np.nan_to_num(x, nan=0.0)), fs_hz, t)
     for j, name in enumerate(leads):
-        col = x[:, j]
-        nan = np.isnan(col)
-        if nan.any():
-            col = np.where(nan, 0.0, col)   # a gap is a run of constant value: "off"
-        m, ba, bb = _measure(col, fs_hz, t)
+        m, ba, bb = measured[j]
         beats_a.append(ba)
         beats_b.append(bb)
         checks = _lead_checks(name, m, t)

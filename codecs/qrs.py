@@ -280,7 +280,8 @@ def _gapfill_py(slope: np.ndarray, peaks: np.ndarray, fs: float, rel: float,
     """Second look between beats for small QRS hidden by big ones (bigeminy with
     large ectopics halves the learned rate, so search-back never fires): in each
     gap, the steepest point at least 0.3 s from both beats is a beat if its slope is
-    ``rel`` x the beats' median slope and ``snr`` x the gap's median slope."""
+    ``rel`` x the beats' median slope and ``snr`` x the median slope of the 2.5-s
+    block around the gap."""
     n = slope.shape[0]
     nk = peaks.shape[0]
     if nk < 3:
@@ -295,6 +296,12 @@ def _gapfill_py(slope: np.ndarray, peaks: np.ndarray, fs: float, rel: float,
         sk[k] = m
     med = np.median(sk)
     dmin = int(0.3 * fs)
+    # local slope level: median of 2.5-s blocks, computed once (not once per gap)
+    blk = max(1, int(2.5 * fs))
+    nb = (n + blk - 1) // blk
+    level = np.empty(nb)
+    for b in range(nb):
+        level[b] = np.median(slope[b * blk:min(n, (b + 1) * blk)])
     out = np.empty(2 * nk, dtype=np.int64)
     no = 0
     for k in range(nk):
@@ -314,7 +321,7 @@ def _gapfill_py(slope: np.ndarray, peaks: np.ndarray, fs: float, rel: float,
                 j = i
         if j < 0:
             continue
-        noise = np.median(slope[p:q])
+        noise = level[((p + q) // 2) // blk]
         if mj >= rel * med and mj >= snr * noise:
             out[no] = j
             no += 1
@@ -390,6 +397,39 @@ def qrs_feature(x: np.ndarray, fs_hz: float) -> tuple[np.ndarray, np.ndarray]:
     return bp, fused
 
 
+def band_a(fs_hz: float) -> np.ndarray:
+    """The ``sos`` band-pass of :func:`detect_qrs` (5-20 Hz)."""
+    return flt.design_bandpass(QRS_BAND_HZ[0], min(QRS_BAND_HZ[1], 0.45 * fs_hz), fs_hz)
+
+
+def band_b(fs_hz: float) -> np.ndarray:
+    """The ``sos`` band-pass of :func:`detect_qrs_slope` (8-25 Hz)."""
+    return flt.design_bandpass(8.0, min(25.0, 0.45 * fs_hz), fs_hz)
+
+
+def detect_from_bandpassed(bp: np.ndarray, fs_hz: float) -> np.ndarray:
+    """:func:`detect_qrs` of one lead already filtered with :func:`band_a` (lets a
+    caller filter all leads in one 2-D pass)."""
+    bp = np.ascontiguousarray(bp, dtype=np.float64)
+    if bp.size < 3:
+        return np.zeros(0, dtype=np.int64)
+    mwi = _mwi_nb(bp, max(3, int(MWI_S * fs_hz)))
+    cand = _local_maxima_nb(mwi)
+    slope = _abs_slope_nb(bp)
+    peaks = _pt_decide_nb(mwi, slope, cand, float(fs_hz))
+    peaks = _gapfill_nb(slope, peaks, float(fs_hz), GAP_REL, GAP_SNR)
+    return _refine_nb(bp, peaks, int(0.1 * fs_hz), int(REFRACTORY_S * fs_hz))
+
+
+def detect_slope_from_bandpassed(bp: np.ndarray, fs_hz: float) -> np.ndarray:
+    """:func:`detect_qrs_slope` of one lead already filtered with :func:`band_b`."""
+    bp = np.ascontiguousarray(bp, dtype=np.float64)
+    if bp.size < int(0.5 * fs_hz):
+        return np.zeros(0, dtype=np.int64)
+    feat = _smooth_abs_slope_nb(bp, max(3, int(0.08 * fs_hz)))
+    return _block_detect_nb(feat, int(2.5 * fs_hz), int(0.25 * fs_hz))
+
+
 def detect_qrs(x: np.ndarray, fs_hz: float) -> np.ndarray:
     """R-peak sample indices (int64, increasing) of a 1-D signal or of the leads of a
     (samples, leads) signal fused.  Physical units (mV) or ADC units both work.
@@ -397,7 +437,12 @@ def detect_qrs(x: np.ndarray, fs_hz: float) -> np.ndarray:
     Leads that are flat or saturated should be left out by the caller (the quality
     report knows which); a NaN-free signal is required.
     """
-    bp, mwi = qrs_feature(x, fs_hz)
+    a = _columns(x)
+    if a.shape[1] == 1:
+        if a.shape[0] < 3:
+            return np.zeros(0, dtype=np.int64)
+        return detect_from_bandpassed(flt.sosfiltfilt(band_a(fs_hz), a[:, 0]), fs_hz)
+    bp, mwi = qrs_feature(a, fs_hz)
     if mwi.size < 3:
         return np.zeros(0, dtype=np.int64)
     cand = _local_maxima_nb(mwi)
@@ -445,8 +490,8 @@ def _block_detect_py(feat: np.ndarray, blk: int, refr: int) -> np.ndarray:
     for b in range(nb):
         lo = b * blk
         hi = min(n, lo + blk)
-        seg = np.sort(feat[lo:hi])
-        thr = 0.4 * seg[int(0.98 * (seg.shape[0] - 1))]
+        k98 = int(0.98 * (hi - lo - 1))
+        thr = 0.4 * np.partition(feat[lo:hi], k98)[k98]   # 98th percentile, no full sort
         for i in range(max(lo, 1), min(hi, n - 1)):
             v = feat[i]
             if v > thr and v >= feat[i - 1] and v > feat[i + 1]:
@@ -490,9 +535,7 @@ def detect_qrs_slope(x: np.ndarray, fs_hz: float) -> np.ndarray:
     a = np.ascontiguousarray(np.asarray(x, dtype=np.float64).reshape(-1))
     if a.size < int(0.5 * fs_hz):
         return np.zeros(0, dtype=np.int64)
-    bp = flt.sosfiltfilt(flt.design_bandpass(8.0, min(25.0, 0.45 * fs_hz), fs_hz), a)
-    feat = _smooth_abs_slope_nb(bp, max(3, int(0.08 * fs_hz)))
-    return _block_detect_nb(feat, int(2.5 * fs_hz), int(0.25 * fs_hz))
+    return detect_slope_from_bandpassed(flt.sosfiltfilt(band_b(fs_hz), a), fs_hz)
 
 
 # --- matching, heart rate, RR ----------------------------------------------------

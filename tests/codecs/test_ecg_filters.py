@@ -90,3 +90,14 @@ def test_two_dimensional_signal_is_filtered_per_column_and_input_untouched():
 def test_corner_outside_nyquist_is_an_error():
     with pytest.raises(ValueError, match="corner"):
         flt.design_lowpass(150.0, 200.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(x=arrays(np.float64, st.tuples(st.integers(0, 300), st.integers(1, 12)), elements=finite),
+       fs=rates, kind=st.sampled_from(["hp", "bp", "notch"]))
+def test_2d_kernel_equals_twin_and_1d_per_column(x, fs, kind):
+    sos = _sos(kind, fs)
+    y = flt._filtfilt2_nb(sos, x)
+    np.testing.assert_array_equal(y, flt._filtfilt2_py(sos, x))
+    for j in range(x.shape[1]):
+        np.testing.assert_array_equal(y[:, j], flt._filtfilt_py(sos, np.ascontiguousarray(x[:, j])))
