@@ -1,29 +1,34 @@
 """`make demo`: the main job, end to end, on this machine.
 
-For now (issue 2): start a township edge node, push the sample studies in
-``../shared/data/dicom`` into it with DCMTK ``storescu`` exactly as a modality
-would, and print what was stored.  Later issues grow this into the township ->
-county -> center round trip.
-
-Ends with one JSON line; exits non-zero if any well-formed sample was not
-stored with the right hash.
+A township edge, a county relay and a regional center run as real `fenji node`
+processes on loopback, connected through emulated links (satellite between
+township and county, the provincial network between county and center).
+The sample CT, CR, US and ECG studies are pushed into the edge with DCMTK
+`storescu` exactly as modalities would; the CT goes STAT with a clinical
+question, the others routine or urgent; each passes the quality gate (or is
+held and overridden with a reason, shown); the edge sends, the relay stores
+and forwards, the center verifies every instance against the SHA-256 it had
+at ingest.  Progress is printed while it runs; the last line is one JSON
+object.  Exit status is non-zero if anything was not delivered and verified.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
-from collections import Counter
+import urllib.request
 from pathlib import Path
+from typing import Any
+
+import pydicom
 
 from fenji.gateway.dcmtk import echoscu, storescu
-from fenji.gateway.harness import NodeProcess
-from fenji.gateway.validate import Rejected, check_part10
+from fenji.gateway.harness import NodeProcess, fenji_cmd
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,78 +39,191 @@ def _shared_dicom() -> Path:
     return base / "dicom"
 
 
+class Link:
+    """A link emulator process between two nodes (python -m fenji.routing.linkemu)."""
+
+    def __init__(self, profile: str, target_port: int, seed: int, log: Path) -> None:
+        self.log = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fenji.routing.linkemu", "--profile", profile, "--listen",
+             "127.0.0.1:0", "--target", f"127.0.0.1:{target_port}", "--seed", str(seed)],
+            stdout=subprocess.PIPE, stderr=self.log, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"link emulator ({profile}) did not start; see {log}")
+        info = json.loads(line)
+        self.port = int(str(info["listen"]).rsplit(":", 1)[1])
+        self.profile = profile
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def _get_json(url: str) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - loopback only
+            return json.loads(r.read())
+    except OSError:
+        return None
+
+
+def _cli(node: NodeProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*fenji_cmd(), *args, "--config", str(node.config)],
+                          capture_output=True, text=True, timeout=600)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fenji.gateway.demo",
-                                 description="Run the fenji demo end to end on this machine.")
+                                 description="township -> county -> center round trip on "
+                                             "this machine, through emulated links")
     ap.add_argument("--workdir", type=Path, default=REPO / "demo-run",
-                    help="where the demo's node lives (default: ./demo-run, wiped first)")
-    ap.add_argument("--data", type=Path, default=None, help="DICOM samples (default: "
-                    "../shared/data/dicom)")
+                    help="where the demo's nodes live (default: ./demo-run, wiped first)")
+    ap.add_argument("--data", type=Path, default=None,
+                    help="DICOM samples (default: ../shared/data/dicom)")
+    ap.add_argument("--uplink", default="satellite",
+                    help="link profile township -> county (default: satellite)")
+    ap.add_argument("--timeout", type=float, default=900, help="give up after this many s")
     args = ap.parse_args(argv)
     data = args.data or _shared_dicom()
     if not data.is_dir():
         print(f"demo: sample data not found at {data}", file=sys.stderr)
         return 2
     t0 = time.monotonic()
-    shutil.rmtree(args.workdir, ignore_errors=True)
-    files = sorted(data.rglob("*.dcm"))
-    good, bad = [], []
-    for f in files:
-        try:
-            check_part10(f.read_bytes())
-            good.append(f)
-        except Rejected:
-            bad.append(f)
-    print(f"[1/4] {len(good)} sample instances in {data} ({len(bad)} deliberately broken "
-          f"ones will be sent too, and must be refused)", flush=True)
-    edge = NodeProcess(args.workdir / "township-edge", name="township-edge", role="edge",
-                       ae_title="FENJI", allow_ae=["CT1", "ECHO"], workers=2)
-    edge.start()
+    work = args.workdir
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    studies = {
+        "CT head (STAT)": (sorted((data / "ct").glob("CT_*.dcm")), "stat",
+                           "headache, fall at home: bleed?"),
+        "CR extremity": ([data / "cr" / "RG3_UNC.dcm"], "routine", "fracture?"),
+        "US abdomen": ([data / "us" / "US1_UNC.dcm"], "routine", "gallstones?"),
+        "ECG 12-lead": ([data / "ecg" / "waveform_ecg_12lead.dcm"], "urgent",
+                        "palpitations"),
+    }
+    edge = NodeProcess(work / "township-edge", name="township-edge", role="edge",
+                       allow_ae=["CT1", "ECHO"], workers=1)
+    relay = NodeProcess(work / "county-relay", name="county-relay", role="relay",
+                        allow_ae=["ECHO"], workers=1)
+    center = NodeProcess(work / "regional-center", name="regional-center", role="center",
+                         allow_ae=["ECHO"], workers=1)
+    links: list[Link] = []
+    nodes = [center, relay, edge]
     try:
-        print(f"[2/4] node township-edge listening on 127.0.0.1:{edge.dicom_port} "
-              f"(config {edge.config})", flush=True)
+        # Links first (they only need the target ports), then peers, then nodes.
+        up = Link(args.uplink, relay.http_port, 1, work / "link-township-county.log")
+        links.append(up)
+        down = Link("provincial", center.http_port, 2, work / "link-county-center.log")
+        links.append(down)
+        edge.add_peer(relay, default=True, url=f"http://127.0.0.1:{up.port}")
+        relay.add_peer(edge)
+        relay.add_peer(center, default=True, url=f"http://127.0.0.1:{down.port}")
+        center.add_peer(relay)
+        for n in nodes:
+            n.start()
+        print(f"[1/6] nodes up: township-edge (DICOM :{edge.dicom_port}) --{args.uplink}--> "
+              f"county-relay --provincial--> regional-center", flush=True)
         if not echoscu(edge.dicom_port, calling="ECHO"):
-            print("demo: C-ECHO failed", file=sys.stderr)
+            print("demo: C-ECHO to the edge failed", file=sys.stderr)
             return 1
-        print("[3/4] C-ECHO ok; sending with DCMTK storescu as AE CT1 ...", flush=True)
-        sent = storescu(good, edge.dicom_port, calling="CT1")
-        refused = storescu([b for b in bad if b.name != "deflate-bomb.dcm"], edge.dicom_port,
-                           calling="CT1")
-        rows = edge.stored()
-        ok = _verify(edge, rows)
-        by_study: dict[str, Counter[str]] = {}
-        sizes: Counter[str] = Counter()
-        for r in rows:
-            study = str(r["study_instance_uid"])
-            by_study.setdefault(study, Counter())[str(r["sop_class_uid"])] += 1
-            sizes[study] += int(str(r["size"]))
-        print(f"[4/4] stored {len(rows)} instances in {len(by_study)} studies:", flush=True)
-        for study, classes in sorted(by_study.items(), key=lambda kv: -sizes[kv[0]]):
-            n = sum(classes.values())
-            print(f"    study {study[:48]:<48} {n:>3} instances {sizes[study] / 1e6:8.2f} MB")
-        missing = [str(p) for p in good if p not in sent.sent]
-        wrongly_stored = len(refused.sent)  # only DCMTK-repaired ones may pass
+        raw_bytes = 0
+        study_uids: dict[str, str] = {}
+        for label, (files, _, _) in studies.items():
+            r = storescu(files, edge.dicom_port, calling="CT1")
+            if len(r.sent) != len(files):
+                print(f"demo: storescu failed for {label}: {r.failed}", file=sys.stderr)
+                return 1
+            raw_bytes += sum(f.stat().st_size for f in files)
+            study_uids[label] = str(pydicom.dcmread(files[0], stop_before_pixels=True)
+                                    .StudyInstanceUID)
+        n_inst = sum(len(f) for f, _, _ in studies.values())
+        print(f"[2/6] storescu pushed {n_inst} instances ({raw_bytes / 1e6:.1f} MB) into the "
+              f"edge", flush=True)
+        case_ids: dict[str, str] = {}
+        stat_released = 0.0
+        for label, (_, priority, question) in studies.items():
+            if priority == "stat":
+                stat_released = time.monotonic()
+            r = _cli(edge, "case", "send", study_uids[label], "--dest", "regional-center",
+                     "--priority", priority, "--question", question, "--operator",
+                     "technician Zhang", "--physician", "Dr. Ma", "--consent",
+                     f"consent-{label[:2]}", "--json")
+            if r.returncode == 3:  # held by the quality gate: show why, override
+                held = json.loads(r.stdout.splitlines()[-1])
+                print(f"      {label}: HELD by the quality gate: {held['reasons'][:2]}")
+                o = _cli(edge, "case", "override", held["case_id"], "--operator",
+                         "Dr. Ma", "--reason", "demo: reviewed on site, diagnostic")
+                if o.returncode != 0:
+                    print(f"demo: override failed: {o.stderr}", file=sys.stderr)
+                    return 1
+                case_ids[label] = held["case_id"]
+                print(f"      {label}: released by override (Dr. Ma)")
+                continue
+            if r.returncode != 0:
+                print(f"demo: case send failed for {label}: {r.stderr}", file=sys.stderr)
+                return 1
+            out = json.loads(r.stdout.splitlines()[-1])
+            case_ids[label] = out["case_id"]
+            print(f"      {label}: {priority} case {out['case_id'][:8]}, {out['instances']} "
+                  f"instances, {out['raw_bytes'] / 1e6:.2f} -> {out['bundle_bytes'] / 1e6:.2f} "
+                  f"MB", flush=True)
+        print("[3/6] cases released through the quality gate; sending ...", flush=True)
+        stat_case = case_ids["CT head (STAT)"]
+        stat_preview_s: float | None = None
+        deadline = time.monotonic() + args.timeout
+        delivered: set[str] = set()
+        last_print = 0.0
+        while time.monotonic() < deadline:
+            if stat_preview_s is None:
+                pv = _get_json(f"{center.http_url}/api/cases/{stat_case}/previews")
+                if isinstance(pv, list) and pv:
+                    stat_preview_s = time.monotonic() - stat_released
+                    print(f"      STAT preview viewable at the center after "
+                          f"{stat_preview_s:.1f} s", flush=True)
+            cases = _get_json(f"{center.http_url}/api/cases") or []
+            delivered = {c["case_id"] for c in cases if c["state"] == "received"}
+            if set(case_ids.values()) <= delivered:
+                break
+            if time.monotonic() - last_print > 5:
+                last_print = time.monotonic()
+                jobs = _cli(edge, "queue", "ls", "--json").stdout.splitlines()
+                sent = sum(json.loads(j).get("bytes_sent", 0) for j in jobs if j.strip())
+                print(f"      t={time.monotonic() - t0:5.0f}s  edge sent {sent / 1e6:6.2f} MB; "
+                      f"center has {len(delivered)}/{len(case_ids)} cases", flush=True)
+            time.sleep(0.5)
+        print(f"[4/6] {len(delivered & set(case_ids.values()))}/{len(case_ids)} cases at the "
+              f"center", flush=True)
+        at_edge = {r["sop_instance_uid"]: r["sha256"] for r in edge.stored()}
+        at_center = {r["sop_instance_uid"]: r["sha256"] for r in center.stored()}
+        verified = sum(1 for uid, sha in at_edge.items() if at_center.get(uid) == sha)
+        print(f"[5/6] {verified}/{len(at_edge)} instances at the center with the SHA-256 they "
+              f"had at ingest", flush=True)
+        receipts = edge.cli("case", "ls", "--json").stdout.splitlines()
+        on_wire = sum(int(json.loads(ln).get("bytes_total", 0)) for ln in
+                      _cli(edge, "queue", "ls", "--json").stdout.splitlines() if ln.strip())
         summary = {
-            "instances_offered": len(good), "instances_stored": len(rows),
-            "instances_sent_ok": len(sent.sent), "missing": missing,
-            "malformed_offered": len(bad) - 1, "malformed_accepted_after_dcmtk_repair":
-                wrongly_stored, "hashes_verified": ok,
-            "bytes_stored": sum(sizes.values()), "elapsed_s": round(time.monotonic() - t0, 2),
+            "cases_sent": len(case_ids),
+            "cases_delivered": len(delivered & set(case_ids.values())),
+            "instances_sent": len(at_edge), "instances_verified": verified,
+            "bytes_raw": raw_bytes, "bytes_on_wire": on_wire,
+            "stat_preview_s": round(stat_preview_s, 2) if stat_preview_s is not None else None,
+            "elapsed_s": round(time.monotonic() - t0, 1),
+            "edge_cases": len(receipts),
         }
+        print("[6/6] done", flush=True)
         print(json.dumps(summary))
-        return 0 if ok and not missing else 1
+        ok = summary["cases_delivered"] == len(case_ids) and verified == len(at_edge)
+        return 0 if ok else 1
     finally:
-        edge.stop()
-
-
-def _verify(node: NodeProcess, rows: list[dict[str, object]]) -> bool:
-    blobs = node.directory / "store" / "blobs"
-    for r in rows:
-        sha = str(r["sha256"])
-        if hashlib.sha256((blobs / sha[:2] / sha[2:4] / sha).read_bytes()).hexdigest() != sha:
-            print(f"demo: hash mismatch for {r['sop_instance_uid']}", file=sys.stderr)
-            return False
-    return True
+        for n in nodes:
+            n.stop()
+        for link in links:
+            link.stop()
 
 
 if __name__ == "__main__":
