@@ -28,6 +28,7 @@ njit: Any = _njit
 PROB_BITS = 12
 PROB_SCALE = 1 << PROB_BITS
 RANS_L = 1 << 23
+RANS16_L = 1 << 15
 NSYM = 72  # tokens for u < 2**32: 16 direct + 2 per exponent 4..31
 SPLIT = 16
 
@@ -247,6 +248,24 @@ def encode_tables(freqs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return f, rcp, rsh, bias
 
 
+def decode_table_packed(freqs: np.ndarray) -> np.ndarray:
+    """One uint32 per (context, slot): symbol | (slot - start) << 7 | freq << 19.
+
+    A single load per decoded symbol instead of three dependent ones.
+    """
+    f = freqs.astype(np.int64)
+    out = np.zeros((f.shape[0], PROB_SCALE), dtype=np.uint32)
+    syms = np.arange(NSYM, dtype=np.int64)
+    for ci in range(f.shape[0]):
+        if not f[ci].sum():
+            continue
+        sym = np.repeat(syms, f[ci])
+        start = np.concatenate(([0], np.cumsum(f[ci])[:-1]))
+        slot = np.arange(PROB_SCALE, dtype=np.int64)
+        out[ci] = (sym | (slot - start[sym]) << 7 | f[ci][sym] << 19).astype(np.uint32)
+    return out
+
+
 def decode_tables(freqs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """freq, cumulative-start and slot->symbol lookup arrays for the kernels."""
     f = freqs.astype(np.int64)
@@ -300,6 +319,33 @@ def _rans_encode_py(ctx, tok, start, end, freq, rcp, rsh, bias, out):  # type: i
 
 
 @no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
+def _rans16_encode_py(ctx, tok, start, end, freq, rcp, rsh, bias, out):
+    """Like ``_rans_encode_py`` with 16-bit renormalisation (state in [2**15, 2**31)).
+
+    At most one 16-bit word moves per symbol, so the decoder's renormalisation is a
+    single conditional instead of a loop (the pixel codec's decode hot path).
+    """
+    x = RANS16_L
+    pos = out.shape[0]
+    for i in range(end - 1, start - 1, -1):
+        c = np.int64(ctx[i])
+        s = np.int64(tok[i])
+        f = np.int64(freq[c, s])
+        if x >= ((RANS16_L >> PROB_BITS) << 16) * f:
+            pos -= 2
+            out[pos] = (x >> 8) & 255
+            out[pos + 1] = x & 255
+            x >>= 16
+        q = ((x * np.int64(rcp[c, s])) >> 32) >> np.int64(rsh[c, s])
+        x = x + np.int64(bias[c, s]) + q * (PROB_SCALE - f)
+    for _ in range(4):
+        pos -= 1
+        out[pos] = x & 255
+        x >>= 8
+    return pos
+
+
+@no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
 def _pack_bits_py(nbits, vals, start, end, out):  # type: ignore[no-untyped-def]
     """Pack vals[i] (nbits[i] bits each, LSB first) for i in [start, end); returns bytes used."""
     acc = 0
@@ -324,4 +370,5 @@ def _pack_bits_py(nbits, vals, start, end, out):  # type: ignore[no-untyped-def]
 
 _hist_nb: Any = njit(_hist_py, nogil=True, cache=True)
 _rans_encode_nb: Any = njit(_rans_encode_py, nogil=True, cache=True)
+_rans16_encode_nb: Any = njit(_rans16_encode_py, nogil=True, cache=True)
 _pack_bits_nb: Any = njit(_pack_bits_py, nogil=True, cache=True)

@@ -45,11 +45,11 @@ from fenji.codecs import entropy as ent
 from fenji.codecs.entropy import (
     PROB_BITS,
     PROB_SCALE,
-    RANS_L,
+    RANS16_L,
     _pack_bits_nb,
     _pack_bits_py,
-    _rans_encode_nb,
-    _rans_encode_py,
+    _rans16_encode_nb,
+    _rans16_encode_py,
 )
 from fenji.codecs.errors import DecodeError
 
@@ -276,7 +276,7 @@ def _model_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, mode, ctx, tok, nbits, 
 
 
 @no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
-def _decode_tile_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, mode, cmap, freq, cum, sym,  # type: ignore[no-untyped-def]
+def _decode_tile_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, mode, cmap, dtab,  # type: ignore[no-untyped-def]
                     buf, rs, re_, bs, be):
     """Decode planes[p, r0:r1] from rANS bytes buf[rs:re_] and extra bits buf[bs:be].
 
@@ -391,16 +391,20 @@ def _decode_tile_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, mode, cmap, freq,
             # rANS symbol
             cls = np.int64(cmap[cls])
             slot = x & (PROB_SCALE - 1)
-            s = np.int64(sym[cls, slot])
-            f = np.int64(freq[cls, s])
+            d = np.int64(dtab[cls, slot])  # symbol | (slot - start) << 7 | freq << 19
+            s = d & 127
+            f = d >> 19
             if f == 0:
                 return -2
-            x = f * (x >> PROB_BITS) + slot - np.int64(cum[cls, s])
-            while x < RANS_L:
-                if rpos >= re_:
-                    return -3
-                x = (x << 8) | np.int64(buf[rpos])
-                rpos += 1
+            x = f * (x >> PROB_BITS) + ((d >> 7) & 4095)
+            # branch-free 16-bit renormalisation; reading up to 2 bytes past the tile
+            # stays inside buf (the stream ends in its CRC), and rpos is checked
+            need = np.int64(x < RANS16_L)
+            wd = (np.int64(buf[rpos]) << 8) | np.int64(buf[rpos + 1])
+            x = (x << (need << 4)) | (wd * need)
+            rpos += need << 1
+            if rpos > re_:
+                return -3
             if s < 16:
                 u = s
             else:
@@ -443,7 +447,7 @@ def _decode_tile_py(planes, p, r0, r1, lo, hi, t3, qlut, wact, mode, cmap, freq,
             for kk in range(NSUB):
                 for i in range(cols + 2):
                     kerr_p[kk, i] = kerr_c[kk, i]
-    if x != RANS_L or rpos != re_ or bpos != be:
+    if x != RANS16_L or rpos != re_ or bpos != be:
         return -5
     return 0
 
@@ -469,7 +473,7 @@ def _model_tiles_nb(planes, tiles, lo, hi, t3, qlut, wact, mode, ctx, tok, nbits
 @no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
 def _code_tiles_py(ctx, tok, nbits, vals, starts, freq, rcp, rsh, bias, rbuf, roff, bbuf, boff, res):  # type: ignore[no-untyped-def]
     for i in range(starts.shape[0] - 1):
-        res[i, 0] = _rans_encode_py(ctx, tok, starts[i], starts[i + 1], freq, rcp, rsh, bias,
+        res[i, 0] = _rans16_encode_py(ctx, tok, starts[i], starts[i + 1], freq, rcp, rsh, bias,
                                         rbuf[roff[i]:roff[i + 1]])
         res[i, 1] = _pack_bits_py(nbits, vals, starts[i], starts[i + 1],
                                       bbuf[boff[i]:boff[i + 1]])
@@ -478,27 +482,27 @@ def _code_tiles_py(ctx, tok, nbits, vals, starts, freq, rcp, rsh, bias, rbuf, ro
 @njit(parallel=True, cache=True, nogil=True)
 def _code_tiles_nb(ctx, tok, nbits, vals, starts, freq, rcp, rsh, bias, rbuf, roff, bbuf, boff, res):  # type: ignore[no-untyped-def]
     for i in prange(starts.shape[0] - 1):
-        res[i, 0] = _rans_encode_nb(ctx, tok, starts[i], starts[i + 1], freq, rcp, rsh, bias,
+        res[i, 0] = _rans16_encode_nb(ctx, tok, starts[i], starts[i + 1], freq, rcp, rsh, bias,
                                         rbuf[roff[i]:roff[i + 1]])
         res[i, 1] = _pack_bits_nb(nbits, vals, starts[i], starts[i + 1],
                                       bbuf[boff[i]:boff[i + 1]])
 
 
 @no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
-def _decode_tiles_py(planes, tiles, lo, hi, t3, qlut, wact, mode, cmap, freq, cum, sym, buf, spans,
+def _decode_tiles_py(planes, tiles, lo, hi, t3, qlut, wact, mode, cmap, dtab, buf, spans,
                      status):  # type: ignore[no-untyped-def]
     for i in range(tiles.shape[0]):
         status[i] = _decode_tile_py(planes, tiles[i, 0], tiles[i, 1], tiles[i, 2], lo, hi, t3, qlut,
-                                    wact, mode, cmap, freq, cum, sym, buf, spans[i, 0], spans[i, 1],
+                                    wact, mode, cmap, dtab, buf, spans[i, 0], spans[i, 1],
                                     spans[i, 2], spans[i, 3])
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _decode_tiles_nb(planes, tiles, lo, hi, t3, qlut, wact, mode, cmap, freq, cum, sym, buf, spans,
+def _decode_tiles_nb(planes, tiles, lo, hi, t3, qlut, wact, mode, cmap, dtab, buf, spans,
                      status):  # type: ignore[no-untyped-def]
     for i in prange(tiles.shape[0]):
         status[i] = _decode_tile_nb(planes, tiles[i, 0], tiles[i, 1], tiles[i, 2], lo, hi, t3, qlut,
-                                    wact, mode, cmap, freq, cum, sym, buf, spans[i, 0], spans[i, 1],
+                                    wact, mode, cmap, dtab, buf, spans[i, 0], spans[i, 1],
                                     spans[i, 2], spans[i, 3])
 
 
@@ -800,7 +804,7 @@ def pixel_decode(buf: bytes, *, _impl: str = "nb") -> np.ndarray:
     cmap, tpos = ent.unpack_cmap(buf[:pos + ntab], pos, NCTX)
     freqs = ent.unpack_tables(buf[tpos:pos + ntab], int(cmap.max()) + 1)
     pos += ntab
-    f, cum, sym = ent.decode_tables(freqs)
+    dtab = ent.decode_table_packed(freqs)
     tiles = _tiles(frames * samples, rows, cols, tile_rows)
     nt = len(tiles)
     if pos + 8 * nt > end:
@@ -823,7 +827,7 @@ def pixel_decode(buf: bytes, *, _impl: str = "nb") -> np.ndarray:
     if not 1 <= t1 <= t2 <= t3 <= 1 << 20:
         raise DecodeError(f"pixel stream thresholds {(t1, t2, t3)} invalid")
     _IMPL[_impl]["decode"](planes, tiles, info["lo"], info["hi"], t3, _qlut(t1, t2, t3),
-                           info["wact"], info["mode"], cmap, f, cum, sym, data, spans, status)
+                           info["wact"], info["mode"], cmap, dtab, data, spans, status)
     if status.any():
         bad = int(np.nonzero(status)[0][0])
         raise DecodeError(f"pixel stream tile {bad} is corrupt (code {int(status[bad])})")
