@@ -170,7 +170,7 @@ def _rms_py(x: np.ndarray, win: int) -> float:
         hi = n if w == nw - 1 else (w + 1) * win
         for i in range(w * win, hi):
             s += x[i] * x[i]
-        r[w] = np.sqrt(s / max(hi - w * win, 1))
+        r[w] = (s / max(hi - w * win, 1)) ** 0.5
     return float(np.median(r))
 
 

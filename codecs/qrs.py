@@ -757,8 +757,8 @@ def score_beats(ref: np.ndarray, det: np.ndarray, fs_hz: float, *, tol_s: float 
     if edge_s > 0.0:
         # reference beats inside the scored span; a detection just outside it may
         # match one of them, but an unmatched one there is not counted as extra
-        end = n_samples if n_samples is not None else int(max(r.max(initial=0),
-                                                              d.max(initial=0)))
+        last = [int(v[-1]) for v in (r, d) if v.size]
+        end = n_samples if n_samples is not None else max(last, default=0)
         e_lo = float(edge_s * fs_hz)
         e_hi = float(end - edge_s * fs_hz)
         keep_r &= (r >= e_lo) & (r <= e_hi)

@@ -1,0 +1,240 @@
+"""ECG benchmark: fenji's QRS detector and quality pipeline vs NeuroKit2 and wfdb XQRS.
+
+Same records, same lead (the first), same scoring (+-150 ms, README beat
+symbols, VF episodes left out, CPSC 2019 0.5 s edges) for every detector.
+Speed is CPU seconds (``time.process_time``) per hour of single-lead ECG.
+On CPSC 2021 (2-lead Holter) a ``fenji-2-leads`` row shows the per-window lead
+choice (``detect_qrs_leads``); its speed is per lead-hour.
+XQRS is slow, so by default it runs on a subset of MIT-BIH (``--all-mitdb``
+for all 16 records); fenji and NeuroKit2 always run on everything.
+The pipeline row times a full 10-s 12-lead check (fenji: ``check_ecg`` =
+filters + two detectors per lead + quality report; NeuroKit2: ``ecg_clean`` +
+``ecg_peaks`` + ``ecg_quality`` on each lead) on challenge2011 records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import common
+
+DESCRIPTION = "QRS Se/+P and CPU s per hour per lead: fenji vs NeuroKit2 vs wfdb XQRS"
+XQRS_MITDB_DEFAULT = ("100", "105", "119", "203", "208", "217")
+PACED = {"107", "217"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--all-mitdb", action="store_true",
+                   help="run XQRS on all 16 MIT-BIH records (slow: ~6 s CPU each)")
+    p.add_argument("--no-xqrs", action="store_true", help="skip wfdb XQRS entirely")
+    p.add_argument("--pipeline-records", type=int, default=30,
+                   help="challenge2011 records for the 12-lead pipeline timing (default 30)")
+    p.add_argument("--per-record", action="store_true", help="print the per-record table too")
+
+
+def _records(data: Path) -> list[tuple[str, Path]]:
+    ecg = data / "ecg"
+    out = [("mitdb", ecg / "mitdb" / r) for r in (ecg / "mitdb" / "RECORDS").read_text().split()]
+    out += [("cpsc2021", ecg / "cpsc2021" / r)
+            for r in (ecg / "cpsc2021" / "RECORDS").read_text().split()]
+    out += [("cpsc2019", p.with_suffix(""))
+            for p in sorted((ecg / "cpsc2019" / "wfdb").glob("*.hea"))]
+    return out
+
+
+def _cpu(fn: Callable[[], Any], min_s: float = 0.02) -> tuple[Any, float]:
+    """Result and CPU seconds per call (repeated until ``min_s`` of CPU is spent)."""
+    t0 = time.process_time()
+    res = fn()
+    n = 1
+    dt = time.process_time() - t0
+    while dt < min_s:
+        fn()
+        n += 1
+        dt = time.process_time() - t0
+    return res, dt / n
+
+
+def _detectors(no_xqrs: bool) -> dict[str, Callable[[np.ndarray, float], np.ndarray]]:
+    import neurokit2 as nk
+    import wfdb.processing as wp
+
+    from fenji.codecs import qrs
+
+    def fenji(x: np.ndarray, fs: float) -> np.ndarray:
+        return qrs.detect_qrs(x, fs)
+
+    def neurokit(x: np.ndarray, fs: float) -> np.ndarray:
+        clean = nk.ecg_clean(x, sampling_rate=int(fs))
+        _, info = nk.ecg_peaks(clean, sampling_rate=int(fs))
+        return np.asarray(info["ECG_R_Peaks"], dtype=np.int64)
+
+    def xqrs(x: np.ndarray, fs: float) -> np.ndarray:
+        return np.asarray(wp.xqrs_detect(x, fs, verbose=False), dtype=np.int64)
+
+    out: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {"fenji": fenji,
+                                                                 "neurokit2": neurokit}
+    if not no_xqrs:
+        out["wfdb-xqrs"] = xqrs
+    return out
+
+
+def _score_rows(args: argparse.Namespace, data: Path) -> list[dict[str, Any]]:
+    import wfdb
+
+    from fenji.codecs import qrs
+    from fenji.gateway import ecg_io
+
+    dets = _detectors(args.no_xqrs)
+    warm = np.sin(np.linspace(0, 60, 5000))
+    for f in dets.values():                     # JIT / cache load outside the timings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            f(warm, 500.0)
+    qrs.detect_qrs_leads(np.column_stack([warm, warm]), 500.0)
+    rows: list[dict[str, Any]] = []
+    for db, path in _records(data):
+        rec = wfdb.rdrecord(str(path))
+        x = np.ascontiguousarray(rec.p_signal[:, 0])
+        fs = float(rec.fs)
+        ref, vf = ecg_io.read_beat_annotations(path)
+        hours = rec.sig_len / fs / 3600.0
+        for name, fn in dets.items():
+            if name == "wfdb-xqrs" and db == "mitdb" and not args.all_mitdb \
+                    and path.name not in XQRS_MITDB_DEFAULT:
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    def call(fn: Callable[[np.ndarray, float], np.ndarray] = fn,
+                             x: np.ndarray = x, fs: float = fs) -> np.ndarray:
+                        return fn(x, fs)
+
+                    det, cpu = _cpu(call, 0.0 if name != "fenji" else 0.05)
+                except Exception as exc:  # a peer failing on one record is a result too
+                    rows.append({"db": db, "record": path.name, "detector": name,
+                                 "error": f"{type(exc).__name__}: {exc}"})
+                    continue
+            s = qrs.score_beats(ref, det, fs, exclude=vf, n_samples=rec.sig_len,
+                                edge_s=0.5 if db == "cpsc2019" else 0.0)
+            rows.append({"db": db, "record": path.name, "detector": name,
+                         "paced": db == "mitdb" and path.name in PACED,
+                         "tp": s.tp, "fn": s.fn, "fp": s.fp, "se": s.se, "ppv": s.ppv,
+                         "cpu_s": cpu, "hours": hours})
+        if db == "cpsc2021":
+            # Holter: both leads, beats from the lead whose detectors agree (per 10 s)
+            x2 = np.ascontiguousarray(rec.p_signal)
+
+            def both(x2: np.ndarray = x2, fs: float = fs) -> np.ndarray:
+                return qrs.detect_qrs_leads(x2, fs)
+
+            det, cpu = _cpu(both, 0.05)
+            s = qrs.score_beats(ref, det, fs, exclude=vf, n_samples=rec.sig_len)
+            rows.append({"db": db, "record": path.name, "detector": "fenji-2-leads",
+                         "paced": False, "tp": s.tp, "fn": s.fn, "fp": s.fp, "se": s.se,
+                         "ppv": s.ppv, "cpu_s": cpu, "hours": hours * x2.shape[1]})
+    return rows
+
+
+def _group(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    groups = [("mitdb non-paced", lambda r: r["db"] == "mitdb" and not r["paced"]),
+              ("mitdb paced", lambda r: r["db"] == "mitdb" and r["paced"]),
+              ("cpsc2021", lambda r: r["db"] == "cpsc2021"),
+              ("cpsc2019", lambda r: r["db"] == "cpsc2019")]
+    order = ["fenji", "fenji-2-leads", "neurokit2", "wfdb-xqrs"]
+    detectors = sorted({r["detector"] for r in rows}, key=order.index)
+    for gname, pred in groups:
+        for d in detectors:
+            sel = [r for r in rows if r["detector"] == d and "tp" in r and pred(r)]
+            if not sel:
+                continue
+            tp, fn, fp = (sum(r[k] for r in sel) for k in ("tp", "fn", "fp"))
+            cpu, hours = sum(r["cpu_s"] for r in sel), sum(r["hours"] for r in sel)
+            out.append({"database": gname, "detector": d, "records": len(sel),
+                        "Se_%": 100.0 * tp / max(tp + fn, 1), "+P_%": 100.0 * tp / max(tp + fp, 1),
+                        "F1_%": 200.0 * tp / max(2 * tp + fn + fp, 1),
+                        "cpu_s_per_h": cpu / hours if hours else None})
+    # ratio to fenji in the same run
+    for row in out:
+        base = next(r for r in out if r["database"] == row["database"]
+                    and r["detector"] == "fenji")
+        row["cpu_x_fenji"] = (row["cpu_s_per_h"] / base["cpu_s_per_h"]
+                              if base["cpu_s_per_h"] else None)
+    return out
+
+
+def _pipeline(n: int, data: Path) -> list[dict[str, Any]]:
+    import neurokit2 as nk
+    import wfdb
+
+    from fenji.codecs import ecg_quality
+
+    c11 = data / "ecg" / "challenge2011"
+    names = (c11 / "RECORDS").read_text().split()[:n]
+    fenji_ms, nk_ms = [], []
+    for name in names:
+        rec = wfdb.rdrecord(str(c11 / name))
+        x = np.ascontiguousarray(rec.p_signal)
+        fs, leads = float(rec.fs), rec.sig_name
+        ecg_quality.check_ecg(x, fs, leads)                      # warm (numba cache)
+        def check(x: np.ndarray = x, fs: float = fs, leads: list[str] = leads) -> None:
+            ecg_quality.check_ecg(x, fs, leads)
+
+        _, cpu = _cpu(check, 0.05)
+        fenji_ms.append(1000.0 * cpu)
+
+        def nk_all(x: np.ndarray = x, fs: float = fs) -> None:
+            for j in range(x.shape[1]):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    try:
+                        clean = nk.ecg_clean(x[:, j], sampling_rate=int(fs))
+                        _, info = nk.ecg_peaks(clean, sampling_rate=int(fs))
+                        nk.ecg_quality(clean, rpeaks=info["ECG_R_Peaks"],
+                                       sampling_rate=int(fs))
+                    except Exception:  # flat leads make NeuroKit2 raise; time the attempt
+                        pass
+
+        _, cpu = _cpu(nk_all, 0.0)
+        nk_ms.append(1000.0 * cpu)
+    return [{"pipeline": "10-s 12-lead check", "tool": "fenji", "records": len(names),
+             "median_ms": statistics.median(fenji_ms), "max_ms": max(fenji_ms)},
+            {"pipeline": "10-s 12-lead check", "tool": "neurokit2", "records": len(names),
+             "median_ms": statistics.median(nk_ms), "max_ms": max(nk_ms)}]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import neurokit2
+    import numba
+    import wfdb
+
+    data = common.shared_data()
+    rows = _score_rows(args, data)
+    summary = _group(rows)
+    print("QRS detection, first lead, +-150 ms (CPU s per hour of single-lead ECG)")
+    common.print_table(summary, ["database", "detector", "records", "Se_%", "+P_%", "F1_%",
+                                 "cpu_s_per_h", "cpu_x_fenji"])
+    if args.per_record:
+        print()
+        common.print_table([r for r in rows if "tp" in r],
+                           ["db", "record", "detector", "tp", "fn", "fp", "se", "ppv", "cpu_s"])
+    errors = [r for r in rows if "error" in r]
+    for r in errors:
+        print(f"{r['detector']} failed on {r['db']}/{r['record']}: {r['error']}")
+    pipe = _pipeline(args.pipeline_records, data)
+    print()
+    common.print_table(pipe, ["pipeline", "tool", "records", "median_ms", "max_ms"])
+    return {"versions": {"neurokit2": neurokit2.__version__, "wfdb": wfdb.__version__,
+                         "numba": numba.__version__, "numpy": np.__version__},
+            "params": {"lead": 0, "match_s": 0.15, "xqrs_mitdb": "all" if args.all_mitdb
+                       else list(XQRS_MITDB_DEFAULT)},
+            "summary": summary, "pipeline": pipe, "records": rows}
