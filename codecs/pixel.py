@@ -471,7 +471,8 @@ def _model_tiles_nb(planes, tiles, lo, hi, t3, qlut, wact, mode, ctx, tok, nbits
 
 
 @no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
-def _code_tiles_py(ctx, tok, nbits, vals, starts, freq, rcp, rsh, bias, rbuf, roff, bbuf, boff, res):  # type: ignore[no-untyped-def]
+def _code_tiles_py(ctx, tok, nbits, vals, starts, freq, rcp, rsh, bias, rbuf, roff, bbuf, boff,  # type: ignore[no-untyped-def]
+                   res):
     for i in range(starts.shape[0] - 1):
         res[i, 0] = _rans16_encode_py(ctx, tok, starts[i], starts[i + 1], freq, rcp, rsh, bias,
                                         rbuf[roff[i]:roff[i + 1]])
@@ -480,7 +481,8 @@ def _code_tiles_py(ctx, tok, nbits, vals, starts, freq, rcp, rsh, bias, rbuf, ro
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _code_tiles_nb(ctx, tok, nbits, vals, starts, freq, rcp, rsh, bias, rbuf, roff, bbuf, boff, res):  # type: ignore[no-untyped-def]
+def _code_tiles_nb(ctx, tok, nbits, vals, starts, freq, rcp, rsh, bias, rbuf, roff, bbuf, boff,  # type: ignore[no-untyped-def]
+                   res):
     for i in prange(starts.shape[0] - 1):
         res[i, 0] = _rans16_encode_nb(ctx, tok, starts[i], starts[i + 1], freq, rcp, rsh, bias,
                                         rbuf[roff[i]:roff[i + 1]])
