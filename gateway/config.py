@@ -83,6 +83,9 @@ class HttpSection:
     # The node's HTTP API (cases, queue, DICOMweb).  Loopback by default.
     host: str = "127.0.0.1"
     port: int = 8042
+    # Serve HTTPS with client certificates required (mutual TLS): how nodes
+    # talk across the network.  Every peer then needs its `cert`.
+    tls: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,8 @@ class KeysSection:
     # Ed25519 node key (PEM, PKCS#8) and its public half; relative to data_dir.
     private_key: str = "keys/node.key"
     public_key: str = "keys/node.pub"
+    # Self-signed certificate of the node key: its TLS identity (fenji keys init).
+    certificate: str = "keys/node.crt"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +121,8 @@ class PeerSection:
     url: str = ""
     # Its Ed25519 public key: a PEM file (relative to data_dir) or 64 hex digits.
     public_key: str = ""
+    # Its TLS certificate (PEM, relative to data_dir), pinned: required for https.
+    cert: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,6 +357,9 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
                           "transfer.allow_plain_http = true (labs only) or use https://")
         if not peer.public_key:
             errors.append(f"peers[{i}].public_key is empty (PEM path or 64 hex digits)")
+        if (peer.url.startswith("https://") or cfg.http.tls) and not peer.cert:
+            errors.append(f"peers[{i}].cert is empty: mutual TLS needs the peer's certificate "
+                          "(copy its keys/node.crt)")
     dest = cfg.transfer.default_destination
     if dest and dest not in names:
         errors.append(f"transfer.default_destination = {dest!r} is not a configured peer "

@@ -98,17 +98,29 @@ class NodeProcess:
         return fingerprint(load_public(cfg.resolve(cfg.keys.public_key)))
 
     def add_peer(self, other: NodeProcess, *, default: bool = False,
-                 url: str | None = None) -> None:
-        """Let this node send to / accept uploads from ``other`` (plain HTTP: lab only)."""
+                 url: str | None = None, tls: bool = False) -> None:
+        """Let this node send to / accept uploads from ``other``.
+
+        ``tls``: mutual TLS with pinned certificates (both nodes need it);
+        otherwise plain HTTP, which is for a lab on loopback only.
+        """
         text = self.config.read_text()
+        if tls:
+            text = text.replace("tls = false", "tls = true", 1)
         if "allow_plain_http" not in text:
             text += "\n[transfer]\nallow_plain_http = true\n"
         if default:
-            text = text.replace("[transfer]\n", f'[transfer]\ndefault_destination = '
-                                                  f'"{other.name}"\n', 1)
+            import re
+
+            text = re.sub(r"(?m)^\[transfer\]\n",
+                          f'[transfer]\ndefault_destination = "{other.name}"\n', text, count=1)
+        scheme = "https" if tls else "http"
         text += (f'\n[[peers]]\nname = "{other.name}"\n'
-                 f'url = "{url or f"http://127.0.0.1:{other.http_port}"}"\n'
+                 f'url = "{url or f"{scheme}://127.0.0.1:{other.http_port}"}"\n'
                  f'public_key = "{other.public_key_hex()}"\n')
+        if tls:
+            cert = other.directory / "keys" / "node.crt"
+            text += f'cert = "{cert}"\n'
         self.config.write_text(text)
 
     @property

@@ -326,8 +326,16 @@ class HttpService:
             self._sender_task = asyncio.create_task(self.sender.run(self._stop_sender))
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
+        ssl_ctx = None
+        if self.cfg.http.tls:
+            from fenji.gateway.keys import server_ssl_context
+
+            k = self.cfg.keys
+            ssl_ctx = server_ssl_context(self.cfg.resolve(k.certificate),
+                                         self.cfg.resolve(k.private_key),
+                                         [self.cfg.resolve(p.cert) for p in self.cfg.peers])
         site = web.TCPSite(self._runner, self.cfg.http.host, self.cfg.http.port,
-                           reuse_address=True)
+                           reuse_address=True, ssl_context=ssl_ctx)
         await site.start()
         server = site._server
         assert server is not None

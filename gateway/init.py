@@ -52,6 +52,9 @@ max_instance_bytes = 1073741824
 # The node's HTTP API (cases, queue, DICOMweb).
 host = "{host}"
 port = {http_port}
+# HTTPS with client certificates (mutual TLS) between nodes; every [[peers]]
+# entry then needs `cert`.  Plain HTTP is for a lab on loopback only.
+tls = false
 
 [store]
 # Store directory (blobs, SQLite index, quarantine); relative to data_dir.
@@ -66,6 +69,17 @@ quarantine = true
 # The node's Ed25519 key pair (created by fenji init).
 private_key = "keys/node.key"
 public_key = "keys/node.pub"
+# Self-signed certificate of the node key: give it to peers for mutual TLS.
+certificate = "keys/node.crt"
+
+# Other fenji nodes this one sends to or receives from, e.g.:
+# [transfer]
+# default_destination = "regional-center"
+# [[peers]]
+# name = "regional-center"
+# url = "https://center.example:8042"
+# public_key = "keys/peers/center.pub"
+# cert = "keys/peers/center.crt"
 
 [log]
 # INFO: one line per association and per rejected instance.
@@ -101,6 +115,11 @@ def init_node(directory: Path, *, force: bool = False, **kwargs: object) -> Path
     priv, pub = cfg.resolve(cfg.keys.private_key), cfg.resolve(cfg.keys.public_key)
     if not priv.exists():
         generate_keypair(priv, pub)
+    crt = cfg.resolve(cfg.keys.certificate)
+    if not crt.exists():
+        from fenji.gateway.keys import generate_certificate, load_private
+
+        generate_certificate(load_private(priv), cfg.node.name, crt)
     (cfg.store_dir).mkdir(parents=True, exist_ok=True)
     return path
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -85,3 +86,52 @@ def public_from_config(value: str, base: Path) -> Ed25519PublicKey:
         return Ed25519PublicKey.from_public_bytes(bytes.fromhex(text))
     path = Path(text)
     return load_public(path if path.is_absolute() else base / path)
+
+
+def generate_certificate(key: Ed25519PrivateKey, common_name: str, path: Path,
+                         *, days: int = 3650) -> None:
+    """A self-signed certificate for the node key: its TLS identity.
+
+    Peers pin each other's certificate (``[[peers]] cert``), so no CA is
+    involved; it is marked CA:true only so OpenSSL accepts it as a trust anchor.
+    """
+    import datetime as _dt
+
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = _dt.datetime.now(_dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - _dt.timedelta(days=1))
+            .not_valid_after(now + _dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name)]),
+                           critical=False)
+            .sign(key, None))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def server_ssl_context(cert: Path, key: Path, peer_certs: list[Path]) -> ssl.SSLContext:
+    """TLS for the node's API: our certificate, client certificates required and
+    verified against the pinned certificates of the configured peers."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(str(cert), str(key))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    for p in peer_certs:
+        ctx.load_verify_locations(str(p))
+    return ctx
+
+
+def client_ssl_context(cert: Path, key: Path, peer_cert: Path) -> ssl.SSLContext:
+    """TLS to one peer: present our certificate, accept only the peer's pinned one."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(str(cert), str(key))
+    ctx.load_verify_locations(str(peer_cert))
+    ctx.check_hostname = False  # the certificate itself is pinned, whatever the address
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx

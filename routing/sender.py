@@ -76,7 +76,22 @@ class SenderLoop:
         self.peer_keys = {p.name: public_from_config(p.public_key, cfg.data_dir)
                           for p in cfg.peers}
         self.sizers: dict[str, ChunkSizer] = {}
+        self._ssl_ctx: dict[str, Any] = {}
         self.wake = asyncio.Event()
+
+    def _ssl(self, dest: str) -> Any:
+        """Mutual TLS to ``dest`` when its URL is https (its certificate pinned)."""
+        peer = self.cfg.peer(dest)
+        if peer is None or not peer.url.startswith("https://"):
+            return None
+        if dest not in self._ssl_ctx:
+            from fenji.gateway.keys import client_ssl_context
+
+            k = self.cfg.keys
+            self._ssl_ctx[dest] = client_ssl_context(
+                self.cfg.resolve(k.certificate), self.cfg.resolve(k.private_key),
+                self.cfg.resolve(peer.cert))
+        return self._ssl_ctx[dest]
 
     def _sizer(self, dest: str) -> ChunkSizer:
         t = self.cfg.transfer
@@ -86,7 +101,8 @@ class SenderLoop:
     async def run(self, stop: asyncio.Event) -> None:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30,
                                         sock_read=self.cfg.transfer.request_timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        connector = aiohttp.TCPConnector(limit_per_host=2)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             while not stop.is_set():
                 job = await asyncio.to_thread(outbox_db.claim, self.store, self.owner,
                                               self.clock(), self.policy, self.rng)
@@ -126,7 +142,8 @@ class SenderLoop:
             manifest = await asyncio.to_thread(manifest_of, path)
             out = await send_bundle(session, peer.url, self.sender, self.peer_keys[dest], path,
                                     j["bundle_id"], sizer=self._sizer(dest), manifest=manifest,
-                                    should_yield=should_yield, on_progress=progress)
+                                    should_yield=should_yield, on_progress=progress,
+                                    ssl=self._ssl(dest))
         except TransferError as exc:
             await asyncio.to_thread(outbox_db.fail, self.store, j["job_id"], self.owner,
                                     str(exc), self.clock(), self.policy, self.rng,

@@ -101,14 +101,14 @@ async def send_bundle(session: aiohttp.ClientSession, base_url: str, sender: Sen
                       sizer: ChunkSizer, manifest: dict[str, Any],
                       should_yield: Callable[[], bool] = lambda: False,
                       on_progress: Callable[[int, int], None] = lambda offset, total: None,
-                      ) -> Delivered | Yielded:
+                      ssl: Any = None) -> Delivered | Yielded:
     t0 = time.monotonic()
     total = os.path.getsize(bundle_path)
     base = base_url.rstrip("/")
     path = "/transfer/uploads"
     h = sender.headers("POST", path, {"Fenji-Bundle-Id": bundle_id, "Upload-Length": str(total)})
     try:
-        async with session.post(base + path, headers=h) as resp:
+        async with session.post(base + path, headers=h, ssl=ssl) as resp:
             if resp.status not in (200, 201):
                 raise TransferError(f"create upload: {await _json_error(resp)}",
                                     retryable=resp.status >= 500 or resp.status == 429)
@@ -125,7 +125,7 @@ async def send_bundle(session: aiohttp.ClientSession, base_url: str, sender: Sen
                 "Upload-Offset": str(offset), "Upload-Checksum": f"sha256 {digest}",
                 "Content-Type": "application/offset+octet-stream"})
             c0 = time.monotonic()
-            async with session.patch(base + location, data=chunk, headers=h) as resp:
+            async with session.patch(base + location, data=chunk, headers=h, ssl=ssl) as resp:
                 if resp.status == 204:
                     offset = int(resp.headers["Upload-Offset"])
                     sent += len(chunk)
@@ -139,7 +139,7 @@ async def send_bundle(session: aiohttp.ClientSession, base_url: str, sender: Sen
                 raise TransferError(f"PATCH at {offset}: {await _json_error(resp)}",
                                     retryable=resp.status != 400)
         h = sender.headers("POST", location + "/finalize", {})
-        async with session.post(base + location + "/finalize", headers=h) as resp:
+        async with session.post(base + location + "/finalize", headers=h, ssl=ssl) as resp:
             if resp.status != 200:
                 raise TransferError(f"finalize: {await _json_error(resp)}",
                                     retryable=resp.status != 422)

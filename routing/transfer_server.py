@@ -111,6 +111,16 @@ def _authenticate(ctx: ReceiverContext, request: web.Request) -> str | web.Respo
     if skew > ctx.max_clock_skew_s:
         return error(403, "stale_request", f"request time is {skew:.0f}s off "
                                            f"(transfer.max_clock_skew_s={ctx.max_clock_skew_s})")
+    sslobj = request.transport.get_extra_info("ssl_object") if request.transport else None
+    if sslobj is not None:
+        # Mutual TLS: the certificate that opened the connection must be this node's.
+        cert = sslobj.getpeercert() or {}
+        cns = [v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"]
+        if node not in cns:
+            log.warning("transfer refused peer=%s node=%s reason=certificate-of-%s",
+                        request.remote, node, cns)
+            return error(403, "certificate_mismatch",
+                         f"TLS client certificate {cns} does not belong to node {node!r}")
     msg = auth_message(request.method, request.path, ts, dict(request.headers))
     if not verify(pub, msg, sig):
         log.warning("transfer refused peer=%s node=%s reason=bad-signature", request.remote, node)
