@@ -235,7 +235,7 @@ def encode_tables(freqs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     shift = np.zeros_like(f)
     for k in range(PROB_BITS + 1):
         shift += (f - 1) >= (1 << k)
-    safe = np.where(f > 0, f, 1)
+    safe = np.where(f > 0, f, 1)  # type: ignore[call-overload]
     rcp = ((np.int64(1) << (shift + 31)) + safe - 1) // safe
     rsh = shift - 1
     bias = cum.copy()
