@@ -9,6 +9,7 @@ from fenji.codecs.bundle import (  # noqa: F401
     ManifestEvent,
     Preview,
     PreviewEvent,
+    choose_references,
     make_preview,
     plan_bundle,
     read_bundle,

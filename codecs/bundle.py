@@ -38,7 +38,13 @@ from typing import Any, Literal
 import numpy as np
 
 from fenji.codecs.errors import DecodeError
-from fenji.codecs.instance import decode_instance, encode_instance, instance_info
+from fenji.codecs.instance import (
+    decode_instance,
+    encode_instance,
+    instance_info,
+    reference_id,
+    series_uid,
+)
 from fenji.codecs.pixel import pixel_decode, pixel_encode
 from fenji.codecs.waveform import waveform_decode, waveform_encode
 
@@ -120,19 +126,50 @@ def _section(kind: bytes, index: int, payload: bytes) -> bytes:
     return head + struct.pack("<I", zlib.crc32(head)) + payload
 
 
+def choose_references(instances: Sequence[bytes]) -> list[int | None]:
+    """The reference of each instance in a bundle: the first earlier instance of the
+    same series (by Series Instance UID), or None.  A key instance never has one,
+    so decoding any instance needs at most one other."""
+    first: dict[str, int] = {}
+    refs: list[int | None] = []
+    for i, inst in enumerate(instances):
+        uid = series_uid(inst)
+        refs.append(first.get(uid) if uid else None)
+        if uid and uid not in first:
+            first[uid] = i
+    return refs
+
+
 def plan_bundle(case: dict[str, Any], instances: Iterable[bytes],
                 previews: Sequence[Preview | None] = (), *, effort: str = "fast",
-                encoded: Sequence[bytes | None] | None = None) -> BundlePlan:
+                encoded: Sequence[bytes | None] | None = None,
+                series_reference: bool = True) -> BundlePlan:
     """Encode ``instances`` (Part-10 bytes) and lay out the bundle.
 
     ``case`` is any JSON-able dict (case id, priority, attestation ...).
-    ``encoded`` may hold already-encoded instances (same order, None = encode).
+    ``encoded`` may hold already-encoded instances (same order, None = encode);
+    one encoded with a reference must use the one :func:`choose_references` picks.
+    With ``series_reference`` each instance's header is coded against the first
+    instance of its series (``reference`` in the manifest).
     """
     originals = list(instances)
+    refs = choose_references(originals) if series_reference else [None] * len(originals)
     given = [(encoded[i] if encoded is not None and i < len(encoded) else None)
              for i in range(len(originals))]
-    encs: list[bytes] = [e if e is not None else encode_instance(o, effort=effort)
-                         for e, o in zip(given, originals, strict=True)]
+    encs: list[bytes] = []
+    for i, (e, o) in enumerate(zip(given, originals, strict=True)):
+        r = refs[i]
+        if e is None:
+            encs.append(encode_instance(o, effort=effort,
+                                        reference=originals[r] if r is not None else None))
+            continue
+        used = instance_info(e)["reference_blake2b"]
+        if used is None:
+            refs[i] = None
+        elif r is None or reference_id(originals[r]) != used:
+            raise ValueError(f"pre-encoded instance {i} was encoded against a reference "
+                             "other than choose_references() picks")
+        encs.append(e)
     prevs = [p for p in previews if p is not None]
     prev_blobs = [_section(PREVIEW, i, p.to_bytes()) for i, p in enumerate(prevs)]
     inst_blobs = [_section(INSTANCE, i, e) for i, e in enumerate(encs)]
@@ -150,9 +187,12 @@ def plan_bundle(case: dict[str, Any], instances: Iterable[bytes],
         iinfo = []
         for i, (o, e, blob) in enumerate(zip(originals, encs, inst_blobs, strict=True)):
             info = instance_info(e)
-            iinfo.append({"index": i, "sha256": hashlib.sha256(o).hexdigest(), "size": len(o),
-                          "encoded_size": len(e), "offset": pos,
-                          "codecs": [p["codec"] for p in info["payloads"]] or ["header"]})
+            entry = {"index": i, "sha256": hashlib.sha256(o).hexdigest(), "size": len(o),
+                     "encoded_size": len(e), "offset": pos,
+                     "codecs": [p["codec"] for p in info["payloads"]] or ["header"]}
+            if refs[i] is not None:
+                entry["reference"] = refs[i]
+            iinfo.append(entry)
             pos += len(blob)
         manifest = {"format": FORMAT, "version": VERSION, "effort": effort, "case": case,
                     "previews": pinfo, "instances": iinfo, "end_offset": pos}
@@ -250,6 +290,8 @@ class BundleReader:
         self._sha = hashlib.sha256()
         self._sections = 0
         self._skip = frozenset(skip)
+        self._needed: set[int] = set()  # indices other instances reference
+        self._kept: dict[int, bytes] = {}
 
     @property
     def offset(self) -> int:
@@ -341,13 +383,21 @@ class BundleReader:
         self._expect_offset("instances", index, offset)
         self._next_instance += 1
         entry = self._manifest["instances"][index]
-        if index in self._skip:
+        if index in self._skip and index not in self._needed:
             return True
-        data = decode_instance(payload)
+        ref_index = entry.get("reference")
+        ref = self._kept.get(ref_index) if isinstance(ref_index, int) else None
+        if ref_index is not None and ref is None:
+            raise DecodeError(f"bundle instance {index}: reference {ref_index} not available")
+        data = decode_instance(payload, reference=ref)
         sha = hashlib.sha256(data).hexdigest()
         if sha != entry.get("sha256") or len(data) != entry.get("size"):
             raise DecodeError(f"bundle instance {index}: SHA-256 {sha} does not match the "
                               f"manifest's {entry.get('sha256')}")
+        if index in self._needed:
+            self._kept[index] = data
+        if index in self._skip:
+            return True
         return InstanceEvent(index, data, sha, offset)
 
     def _check_order(self, kind: bytes, index: int) -> None:
@@ -389,6 +439,12 @@ class BundleReader:
         for e in m["instances"] + m["previews"]:
             if not isinstance(e, dict) or not isinstance(e.get("offset"), int):
                 raise DecodeError("bundle manifest entry without an integer offset")
+        for i, e in enumerate(m["instances"]):
+            r = e.get("reference")
+            if r is not None:
+                if not isinstance(r, int) or not 0 <= r < i:
+                    raise DecodeError(f"bundle instance {i}: reference {r!r} invalid")
+                self._needed.add(r)
         self._manifest = m
         return ManifestEvent(m, offset)
 

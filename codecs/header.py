@@ -196,22 +196,38 @@ def dict_id_for(modality: str | None) -> int:
 _HDR = struct.Struct("<H")
 
 
-def header_encode(data: bytes, *, modality: str | None = None, level: int | None = None) -> bytes:
-    """Compress header bytes with the modality's dictionary (level by size if None)."""
+MAX_EXTRA = 1 << 17  # history taken from a reference header (zstd window-friendly)
+
+
+def _dict_for(dict_id: int, extra: bytes) -> zstd.ZstdCompressionDict:
+    if not extra:
+        return _zdict(dict_id)
+    return zstd.ZstdCompressionDict(dictionary_bytes(dict_id) + extra[-MAX_EXTRA:],
+                                    dict_type=zstd.DICT_TYPE_RAWCONTENT)
+
+
+def header_encode(data: bytes, *, modality: str | None = None, level: int | None = None,
+                  extra: bytes = b"") -> bytes:
+    """Compress header bytes with the modality's dictionary (level by size if None).
+
+    ``extra`` is appended to the dictionary: another instance's header bytes
+    (same series) make a header cost tens of bytes instead of kilobytes; the
+    decoder must then be given the same ``extra``.
+    """
     dict_id = dict_id_for(modality)
     if level is None:
         level = 19 if len(data) <= 1 << 16 else 6
-    c = zstd.ZstdCompressor(level=level, dict_data=_zdict(dict_id), write_checksum=False,
-                            write_content_size=True, write_dict_id=False)
+    c = zstd.ZstdCompressor(level=level, dict_data=_dict_for(dict_id, extra),
+                            write_checksum=False, write_content_size=True, write_dict_id=False)
     return _HDR.pack(dict_id) + c.compress(data)
 
 
-def header_decode(blob: bytes, *, max_size: int) -> bytes:
+def header_decode(blob: bytes, *, max_size: int, extra: bytes = b"") -> bytes:
     """Inverse of :func:`header_encode`; never returns more than ``max_size`` bytes."""
     if len(blob) < _HDR.size:
         raise DecodeError(f"header blob of {len(blob)} bytes is too short")
     (dict_id,) = _HDR.unpack_from(blob)
-    d = zstd.ZstdDecompressor(dict_data=_zdict(dict_id))
+    d = zstd.ZstdDecompressor(dict_data=_dict_for(dict_id, extra))
     try:
         size = zstd.frame_content_size(blob[_HDR.size:])
         if size < 0 or size > max_size:

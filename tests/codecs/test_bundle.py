@@ -168,3 +168,36 @@ def test_preview_of_non_image_is_none_and_serialises() -> None:
     with pytest.raises(DecodeError):
         Preview.from_bytes(b"\xff\xff\xff\xff{")
     assert json.loads(p.to_bytes()[4:-3])["kind"] == "image"
+
+
+def test_series_instances_reference_their_key_instance() -> None:
+    from fenji.codecs import decode_instance, encode_instance
+
+    ct = [(DICOM_DIR / "ct" / f"CT_{i:04d}.dcm").read_bytes() for i in (1, 2, 3)]
+    others = [(DICOM_DIR / "dx" / "dx_image.dcm").read_bytes()]
+    items = [ct[0], others[0], ct[1], ct[2]]
+    plan = plan_bundle({}, items)
+    refs = [e.get("reference") for e in plan.manifest["instances"]]
+    assert refs == [None, None, 0, 0]
+    alone = plan_bundle({}, items, series_reference=False)
+    assert plan.size < alone.size - 2 * 2000  # ~2.4 KB of CT header saved per slice
+    data = plan.to_bytes()
+    assert read_bundle(data)[2] == items
+    # the key instance is skipped (already stored) but still decoded for the others
+    r = BundleReader(skip={0})
+    evs = r.feed(data)
+    r.close()
+    assert [e.index for e in evs if isinstance(e, InstanceEvent)] == [1, 2, 3]
+    # a dependent instance alone is refused, with its reference it decodes
+    enc = encode_instance(ct[1], reference=ct[0])
+    with pytest.raises(DecodeError, match="reference"):
+        decode_instance(enc)
+    with pytest.raises(DecodeError, match="reference"):
+        decode_instance(enc, reference=ct[2][:1000] + b"x")
+    assert decode_instance(enc, reference=ct[0]) == ct[1]
+    # pre-encoded instances must follow choose_references
+    ok = plan_bundle({}, items, encoded=[None, None, enc, None])
+    assert read_bundle(ok.to_bytes())[2] == items
+    wrong = encode_instance(ct[2], reference=ct[1])
+    with pytest.raises(ValueError, match="reference"):
+        plan_bundle({}, items, encoded=[None, None, None, wrong])
