@@ -203,6 +203,12 @@ def lead_measures(x_mv: np.ndarray, fs_hz: float, thr: EcgQualityThresholds | No
 _NO_BEATS = np.zeros(0, dtype=np.int64)
 
 
+def BSQI_BAND_A(fs_hz: float) -> np.ndarray:  # noqa: N802 (a constant that needs fs)
+    """Band of the Pan-Tompkins half of the bSQI pair: 5-20 Hz.  Fixed when the
+    thresholds above were chosen (the output detector's own band may move)."""
+    return flt.design_bandpass(5.0, min(20.0, 0.45 * fs_hz), fs_hz)
+
+
 def _measure(x_mv: np.ndarray, fs_hz: float, t: EcgQualityThresholds
              ) -> tuple[LeadMeasures, np.ndarray, np.ndarray]:
     """Measures of one lead and its beats by the two detectors."""
@@ -227,7 +233,7 @@ def _measure_all(x: np.ndarray, fs_hz: float, t: EcgQualityThresholds
         hf = np.ascontiguousarray((hp - lo40).T)
         lo40 = np.ascontiguousarray(lo40.T)
         wander = np.ascontiguousarray(wander.T)
-        bpa = np.ascontiguousarray(flt.sosfiltfilt(qrs_mod.band_a(fs_hz), x).T)
+        bpa = np.ascontiguousarray(flt.sosfiltfilt(BSQI_BAND_A(fs_hz), x).T)
         bpb = np.ascontiguousarray(flt.sosfiltfilt(qrs_mod.band_b(fs_hz), x).T)
     xt = np.ascontiguousarray(x.T)
     out = []
@@ -381,9 +387,16 @@ def check_ecg(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
     good = [j for j, n in enumerate(leads) if n not in bad]
     rec_checks = []
     if qrs is None:
-        # per 10-s window, the beats of the passing lead whose two detectors agree best
-        qrs = qrs_mod.choose_beats([beats_a[j] for j in good], [beats_b[j] for j in good],
-                                   x.shape[0], fs_hz) if good else _NO_BEATS
+        # per 10-s window, the passing lead whose two detectors agree best; its beats
+        # by the main detector (fenji.codecs.qrs.detect_qrs)
+        qrs = _NO_BEATS
+        if good:
+            chosen = qrs_mod.choose_leads([beats_a[j] for j in good],
+                                          [beats_b[j] for j in good], x.shape[0], fs_hz)
+            xs = np.nan_to_num(x)
+            beats = {int(k): qrs_mod.detect_qrs(np.ascontiguousarray(xs[:, good[k]]), fs_hz)
+                     for k in np.unique(chosen)}
+            qrs = qrs_mod.beats_from_leads(chosen, beats, fs_hz)
     hr = qrs_mod.heart_rate_bpm(qrs, fs_hz)
     hr_ok = hr is not None and t.hr_min_bpm <= hr <= t.hr_max_bpm
     rec_checks.append(_check("heart_rate", hr,

@@ -35,7 +35,7 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,8 +43,9 @@ from numba import njit
 
 from fenji.codecs import ecg_filters as flt
 
-#: QRS energy band (Pan-Tompkins used 5-15 Hz at 200 Hz; 20 Hz keeps narrow QRS sharper).
-QRS_BAND_HZ = (5.0, 20.0)
+#: QRS energy band: Pan & Tompkins' 5-15 Hz, where QRS energy peaks and T/P waves
+#: (below 5 Hz) and EMG/mains (above 20 Hz) do not.
+QRS_BAND_HZ = (5.0, 15.0)
 #: Moving-window integration: about one QRS width.
 MWI_S = 0.15
 #: No two beats closer than this (physiological refractory period).
@@ -614,11 +615,11 @@ def heart_rate_bpm(qrs: np.ndarray, fs_hz: float) -> float | None:
 
 def _choose_py(a: np.ndarray, a_lead: np.ndarray, b: np.ndarray, b_lead: np.ndarray,
                n_leads: int, n: int, win: int, tol: int, margin: float) -> np.ndarray:
-    """Beats of ``a`` (all leads' detector-A beats, tagged by ``a_lead``), keeping in
-    each window of ``win`` samples only those of the lead whose A and B beats agree
-    best (bSQI); lead 0 is kept unless another beats it by ``margin``."""
+    """For each window of ``win`` samples, the lead whose detector-A beats ``a`` and
+    detector-B beats ``b`` (tagged by lead) agree best (bSQI); lead 0 is kept unless
+    another beats it by ``margin``."""
     nw = (n + win - 1) // win
-    keep = np.zeros(a.shape[0], dtype=np.bool_)
+    chosen = np.zeros(nw, dtype=np.int64)
     for w in range(nw):
         lo = w * win
         hi = lo + win
@@ -660,10 +661,8 @@ def _choose_py(a: np.ndarray, a_lead: np.ndarray, b: np.ndarray, b_lead: np.ndar
             if q > best_q:
                 best_q = q
                 best = j
-        for i in range(a.shape[0]):
-            if a_lead[i] == best and lo <= a[i] < hi:
-                keep[i] = True
-    return a[keep]
+        chosen[w] = best
+    return chosen
 
 
 _choose_nb = njit(_choose_py, nogil=True, cache=True)
@@ -683,10 +682,10 @@ def detect_qrs_leads(x: np.ndarray, fs_hz: float, window_s: float = 10.0,
                         a2.shape[0], fs_hz, window_s, margin)
 
 
-def choose_beats(beats_a: Sequence[np.ndarray], beats_b: Sequence[np.ndarray], n_samples: int,
+def choose_leads(beats_a: Sequence[np.ndarray], beats_b: Sequence[np.ndarray], n_samples: int,
                  fs_hz: float, window_s: float = 10.0, margin: float = 0.05) -> np.ndarray:
-    """The selection step of :func:`detect_qrs_leads` on beats already detected per
-    lead by :func:`detect_qrs` (``beats_a``) and :func:`detect_qrs_slope` (``beats_b``)."""
+    """Index of the best lead in each ``window_s`` window: the one whose two
+    detectors' beats (``beats_a[j]``, ``beats_b[j]``) agree best (bSQI)."""
     if len(beats_a) == 0:
         return np.zeros(0, dtype=np.int64)
     lead_a = [np.full(len(d), j, np.int64) for j, d in enumerate(beats_a)]
@@ -697,14 +696,32 @@ def choose_beats(beats_a: Sequence[np.ndarray], beats_b: Sequence[np.ndarray], n
     bl = np.concatenate(lead_b)
     oa = np.argsort(a, kind="stable")
     ob = np.argsort(b, kind="stable")
-    out = _choose_nb(a[oa], al[oa], b[ob], bl[ob], len(beats_a), int(n_samples),
-                     max(1, int(window_s * fs_hz)), int(round(MATCH_S * fs_hz)), float(margin))
-    # beats either side of a window edge from two different leads: keep one
+    return _choose_nb(a[oa], al[oa], b[ob], bl[ob], len(beats_a), int(n_samples),
+                      max(1, int(window_s * fs_hz)), int(round(MATCH_S * fs_hz)), float(margin))
+
+
+def beats_from_leads(chosen: np.ndarray, beats: Mapping[int, np.ndarray] | Sequence[np.ndarray],
+                     fs_hz: float, window_s: float = 10.0) -> np.ndarray:
+    """Beats of lead ``chosen[w]`` inside window ``w``, joined; a beat either side of a
+    window edge from two different leads is kept once."""
+    win = max(1, int(window_s * fs_hz))
+    parts = []
+    for w, j in enumerate(np.asarray(chosen).tolist()):
+        d = np.asarray(beats[j], dtype=np.int64)
+        parts.append(d[(d >= w * win) & (d < (w + 1) * win)])
+    out = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
     if out.size > 1:
-        refr = int(REFRACTORY_S * fs_hz)
-        k = np.concatenate([[True], np.diff(out) >= refr])
-        out = out[k]
+        keep = np.concatenate([[True], np.diff(out) >= int(REFRACTORY_S * fs_hz)])
+        out = out[keep]
     return out
+
+
+def choose_beats(beats_a: Sequence[np.ndarray], beats_b: Sequence[np.ndarray], n_samples: int,
+                 fs_hz: float, window_s: float = 10.0, margin: float = 0.05) -> np.ndarray:
+    """The selection step of :func:`detect_qrs_leads`: per window, ``beats_a`` of the
+    lead chosen by :func:`choose_leads`."""
+    chosen = choose_leads(beats_a, beats_b, n_samples, fs_hz, window_s, margin)
+    return beats_from_leads(chosen, beats_a, fs_hz, window_s)
 
 
 # --- scoring against reference annotations ---------------------------------------

@@ -66,6 +66,7 @@ def test_lead_choice_kernel_equals_twin(a, b, la, lb):
     bl = (np.arange(b.size) + lb) % 3
     args = (a, al.astype(np.int64), b, bl.astype(np.int64), 3, 5001, 1000, 54, 0.05)
     np.testing.assert_array_equal(qrs._choose_nb(*args), qrs._choose_py(*args))
+    assert qrs._choose_py(*args).shape == (6,)
 
 
 @pytest.mark.parametrize("path,lead,start_s", [

@@ -9,9 +9,9 @@ the per-window lead choice; CPSC 2019 drops 0.5 s at each end as its scorer did.
 The per-record table is printed and written to ``$FENJI_REPORT_DIR`` (default:
 pytest's temporary directory) as ``qrs_databases.json``.
 
-The asserted floors are what the detector reaches today minus a small margin,
-not the targets (99.5 % / 99 %): see the module docstring of fenji.codecs.qrs
-and the report for the gap.
+MIT-BIH and CPSC 2021 are asserted at the targets (99.5 % and 99 %); CPSC 2019
+(10-s segments, many with heavy noise or large ectopics hiding small beats) at
+what is reached today minus a margin, below its 99 % target.
 """
 
 from __future__ import annotations
@@ -92,12 +92,13 @@ def test_print_and_write_table(table, tmp_path_factory, capsys):
                   f"+P {100 * v.ppv:6.2f} %")
 
 
-# floors = reached today minus a margin (targets: 99.5 % MIT-BIH, 99 % CPSC)
+# MIT-BIH and CPSC 2021 are held to the targets (99.5 % / 99 %); CPSC 2019 to what
+# is reached today minus a margin (target 99 %: not reached, see the report)
 FLOORS = {
-    "mitdb non-paced": (0.995, 0.992),
+    "mitdb non-paced": (0.995, 0.995),
     "mitdb paced": (0.995, 0.995),
-    "cpsc2021": (0.995, 0.990),
-    "cpsc2019": (0.935, 0.92),
+    "cpsc2021": (0.99, 0.99),
+    "cpsc2019": (0.935, 0.93),
 }
 
 
