@@ -385,8 +385,9 @@ def qrs_feature(x: np.ndarray, fs_hz: float) -> tuple[np.ndarray, np.ndarray]:
     """Band-passed signals (samples, leads) and the fused, level-normalised
     integrated energy (samples,) that :func:`detect_qrs` thresholds."""
     a = _columns(x)
-    bp = flt.sosfiltfilt(flt.design_bandpass(QRS_BAND_HZ[0], min(QRS_BAND_HZ[1], 0.45 * fs_hz),
-                                             fs_hz), a)
+    h, win = max(1, int(SPIKE_HALF_S * fs_hz)), max(1, int(fs_hz))
+    a = np.column_stack([_despike_nb(np.ascontiguousarray(c), h, win, SPIKE_K) for c in a.T])
+    bp = flt.sosfiltfilt(band_a(fs_hz), a)
     w = max(3, int(MWI_S * fs_hz))
     if a.shape[1] == 1:
         return bp, _mwi_nb(np.ascontiguousarray(bp[:, 0]), w)
@@ -396,6 +397,56 @@ def qrs_feature(x: np.ndarray, fs_hz: float) -> tuple[np.ndarray, np.ndarray]:
         m = _mwi_nb(np.ascontiguousarray(bp[:, j]), w)
         fused += m / _running_level_nb(m, blk)
     return bp, fused
+
+
+def _despike_py(x: np.ndarray, h: int, win: int, k: float) -> np.ndarray:
+    """Replace spikes -- samples standing more than ``k`` x the signal's typical beat
+    amplitude off the line through the samples ``h`` either side, while those two
+    differ by much less -- by that line.  No heart moves the skin potential by several QRS
+    amplitudes within 2h samples and back; electrode pops, ESD and pacing spikes do.
+    The typical amplitude is the lower quartile of ``win``-sample (1 s) window
+    peak-to-peaks, so that
+    spikes in up to three windows out of four do not raise it."""
+    n = x.shape[0]
+    y = x.copy()
+    if n < 2 * h + 1 or h < 1:
+        return y
+    nw = n // win
+    if nw == 0:
+        return y
+    p2p = np.empty(nw)
+    for w in range(nw):
+        lo = x[w * win]
+        hi = lo
+        for i in range(w * win, (w + 1) * win):
+            if x[i] > hi:
+                hi = x[i]
+            if x[i] < lo:
+                lo = x[i]
+        p2p[w] = hi - lo
+    amp = np.sort(p2p)[nw // 4]
+    if amp <= 0.0:
+        return y
+    thr = k * amp
+    i = h
+    while i < n - h:
+        a = x[i - h]
+        b = x[i + h]
+        e = x[i] - 0.5 * (a + b)
+        if (e > thr or e < -thr) and 4.0 * abs(b - a) < abs(e):
+            for j in range(i - h + 1, i + h):
+                y[j] = a + (b - a) * (j - (i - h)) / (2.0 * h)
+            i += h
+        else:
+            i += 1
+    return y
+
+
+_despike_nb = njit(_despike_py, nogil=True, cache=True)
+
+#: Spike removal: half-width (s) and threshold (x typical beat amplitude).
+SPIKE_HALF_S = 0.006
+SPIKE_K = 3.0
 
 
 def band_a(fs_hz: float) -> np.ndarray:
@@ -442,7 +493,9 @@ def detect_qrs(x: np.ndarray, fs_hz: float) -> np.ndarray:
     if a.shape[1] == 1:
         if a.shape[0] < 3:
             return np.zeros(0, dtype=np.int64)
-        return detect_from_bandpassed(flt.sosfiltfilt(band_a(fs_hz), a[:, 0]), fs_hz)
+        raw = _despike_nb(np.ascontiguousarray(a[:, 0]), max(1, int(SPIKE_HALF_S * fs_hz)),
+                          max(1, int(fs_hz)), SPIKE_K)
+        return detect_from_bandpassed(flt.sosfiltfilt(band_a(fs_hz), raw), fs_hz)
     bp, mwi = qrs_feature(a, fs_hz)
     if mwi.size < 3:
         return np.zeros(0, dtype=np.int64)
@@ -459,9 +512,9 @@ def detect_qrs(x: np.ndarray, fs_hz: float) -> np.ndarray:
 def detect_qrs_py(x: np.ndarray, fs_hz: float) -> np.ndarray:
     """The same detector run on the plain-Python twins (slow: tests on excerpts only)."""
     a = _columns(x)
-    bp = np.column_stack([flt._filtfilt_py(flt.design_bandpass(
-        QRS_BAND_HZ[0], min(QRS_BAND_HZ[1], 0.45 * fs_hz), fs_hz), np.ascontiguousarray(c))
-        for c in a.T])
+    h, win = max(1, int(SPIKE_HALF_S * fs_hz)), max(1, int(fs_hz))
+    bp = np.column_stack([flt._filtfilt_py(band_a(fs_hz), _despike_py(
+        np.ascontiguousarray(c), h, win, SPIKE_K)) for c in a.T])
     w = max(3, int(MWI_S * fs_hz))
     if a.shape[1] == 1:
         mwi = _mwi_py(bp[:, 0], w)

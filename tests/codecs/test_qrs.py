@@ -25,6 +25,9 @@ def test_feature_kernels_equal_twins(x, w):
     np.testing.assert_allclose(qrs._smooth_abs_slope_nb(x, w), qrs._smooth_abs_slope_py(x, w),
                                rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(qrs._local_maxima_nb(x), qrs._local_maxima_py(x))
+    h = 1 + w % 5
+    np.testing.assert_array_equal(qrs._despike_nb(x, h, w + 2 * h, 3.0),
+                                  qrs._despike_py(x, h, w + 2 * h, 3.0))
     if x.size:
         ax = np.abs(x)
         np.testing.assert_array_equal(qrs._running_level_nb(ax, w), qrs._running_level_py(ax, w))
@@ -107,6 +110,17 @@ def test_pacing_spikes_do_not_double_count():
     x = x.copy()
     for b in beats:                                       # 1 ms, 5 mV spike 40 ms before QRS
         x[b - int(0.04 * fs)] += 5.0
+    s = qrs.score_beats(beats, qrs.detect_qrs(x, fs), fs)
+    assert s.fp == 0 and s.fn == 0
+
+
+def test_spike_is_removed_and_beats_kept():
+    fs = 500.0
+    x, beats = _synthetic(fs, 0.8, 20.0)
+    x = x.copy()
+    x[3000] += 30.0                                      # 2-ms electrode pop, 20 x the QRS
+    y = qrs._despike_nb(x, 3, 500, qrs.SPIKE_K)
+    assert abs(y[3000]) < 1.0 and np.array_equal(y[beats], x[beats])
     s = qrs.score_beats(beats, qrs.detect_qrs(x, fs), fs)
     assert s.fp == 0 and s.fn == 0
 
