@@ -508,7 +508,39 @@ def _decode_tiles_nb(planes, tiles, lo, hi, t3, qlut, wact, mode, cmap, dtab, bu
                                     spans[i, 2], spans[i, 3])
 
 
+@njit(cache=True, nogil=True)
+def _model_tiles_snb(planes, tiles, lo, hi, t3, qlut, wact, mode, ctx, tok, nbits, vals):  # type: ignore[no-untyped-def]
+    for i in range(tiles.shape[0]):
+        _model_nb(planes, tiles[i, 0], tiles[i, 1], tiles[i, 2], lo, hi, t3, qlut, wact,
+                  mode, ctx, tok, nbits, vals)
+
+
+@njit(cache=True, nogil=True)
+def _code_tiles_snb(ctx, tok, nbits, vals, starts, freq, rcp, rsh, bias, rbuf, roff, bbuf, boff,  # type: ignore[no-untyped-def]
+                    res):
+    for i in range(starts.shape[0] - 1):
+        res[i, 0] = _rans16_encode_nb(ctx, tok, starts[i], starts[i + 1], freq, rcp, rsh, bias,
+                                      rbuf[roff[i]:roff[i + 1]])
+        res[i, 1] = _pack_bits_nb(nbits, vals, starts[i], starts[i + 1],
+                                  bbuf[boff[i]:boff[i + 1]])
+
+
+@njit(cache=True, nogil=True)
+def _decode_tiles_snb(planes, tiles, lo, hi, t3, qlut, wact, mode, cmap, dtab, buf, spans,  # type: ignore[no-untyped-def]
+                      status):
+    for i in range(tiles.shape[0]):
+        status[i] = _decode_tile_nb(planes, tiles[i, 0], tiles[i, 1], tiles[i, 2], lo, hi, t3,
+                                    qlut, wact, mode, cmap, dtab, buf, spans[i, 0], spans[i, 1],
+                                    spans[i, 2], spans[i, 3])
+
+
+# Small inputs skip the thread pool: with one tile there is nothing to share, and an
+# OpenMP fork/join costs milliseconds when another process holds the other core.
+_SERIAL_BELOW = 1 << 17  # samples
+
 _IMPL: dict[str, dict[str, Any]] = {
+    "snb": {"model": _model_tiles_snb, "code": _code_tiles_snb, "decode": _decode_tiles_snb,
+            "hist": ent._hist_nb},
     "nb": {"model": _model_tiles_nb, "code": _code_tiles_nb, "decode": _decode_tiles_nb,
            "hist": ent._hist_nb},
     "py": {"model": _model_tiles_py, "code": _code_tiles_py, "decode": _decode_tiles_py,
@@ -583,7 +615,10 @@ def _sparse_pack(a4: np.ndarray) -> tuple[np.ndarray, list[np.ndarray | None]]:
         mn = int(ch.min())
         cnt = np.bincount((ch - mn).ravel())
         present = np.nonzero(cnt)[0]
-        if len(present) < 2 or len(present) * 2 > len(cnt):
+        # sparse (at most half the codes used) and a value table small next to the
+        # pixels it serves (16 samples per entry), else ranks would cost more than
+        # they save (small 16-bit MR slices use few of many codes, yet are dense)
+        if len(present) < 2 or len(present) * 2 > len(cnt) or len(present) * 16 > ch.size:
             tables.append(None)
             continue
         lut = np.zeros(len(cnt), np.int32)
@@ -647,9 +682,11 @@ def _unpack_value_tables(buf: bytes, pos: int, end: int, samples: int
 def _encode_planes(planes: np.ndarray, lo: int, hi: int, t: tuple[int, int, int], wact: int,
                    mode: int,
                    tile_rows: int, impl: str) -> tuple[bytes, bytes]:
-    k = _IMPL[impl]
     nplanes, rows, cols = planes.shape
     tiles = _tiles(nplanes, rows, cols, tile_rows)
+    if impl == "nb" and (len(tiles) == 1 or planes.size < _SERIAL_BELOW):
+        impl = "snb"
+    k = _IMPL[impl]
     n = planes.size
     ctx = np.empty(n, np.uint8)
     tok = np.empty(n, np.uint8)
@@ -828,6 +865,8 @@ def pixel_decode(buf: bytes, *, _impl: str = "nb") -> np.ndarray:
     t1, t2, t3 = info["thresholds"]
     if not 1 <= t1 <= t2 <= t3 <= 1 << 20:
         raise DecodeError(f"pixel stream thresholds {(t1, t2, t3)} invalid")
+    if _impl == "nb" and (nt == 1 or planes.size < _SERIAL_BELOW):
+        _impl = "snb"
     _IMPL[_impl]["decode"](planes, tiles, info["lo"], info["hi"], t3, _qlut(t1, t2, t3),
                            info["wact"], info["mode"], cmap, dtab, data, spans, status)
     if status.any():

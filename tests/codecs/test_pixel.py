@@ -145,3 +145,18 @@ def test_sparse_values_are_packed(effort: str) -> None:
     assert len(enc) < len(plain) + 600  # packing costs only its value table
     rgb = (rng.integers(0, 32, size=(20, 30, 3)) * 8).astype(np.uint8)
     np.testing.assert_array_equal(px.pixel_decode(px.pixel_encode(rgb, rct=True)), rgb)
+
+
+def test_parallel_and_serial_drivers_agree() -> None:
+    rng = np.random.default_rng(5)
+    a = np.cumsum(rng.integers(-4, 5, size=(420, 400)), axis=1).astype(np.int32) + 3000
+    planes = np.ascontiguousarray(a[None])
+    lo, hi = int(a.min()), int(a.max())
+    t = px._thresholds(lo, hi)
+    for mode in (0, 2):
+        par = px._encode_planes(planes, lo, hi, t, 1, mode, 100, "nb")
+        ser = px._encode_planes(planes, lo, hi, t, 1, mode, 100, "snb")
+        assert par == ser
+    enc = px.pixel_encode(a.astype("<u2"))
+    np.testing.assert_array_equal(px.pixel_decode(enc), a)
+    np.testing.assert_array_equal(px.pixel_decode(enc, _impl="snb"), a)
