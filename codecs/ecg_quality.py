@@ -389,14 +389,15 @@ def check_ecg(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
     if qrs is None:
         # per 10-s window, the passing lead whose two detectors agree best; its beats
         # by the main detector (fenji.codecs.qrs.detect_qrs)
-        qrs = _NO_BEATS
-        if good:
-            chosen = qrs_mod.choose_leads([beats_a[j] for j in good],
-                                          [beats_b[j] for j in good], x.shape[0], fs_hz)
-            xs = np.nan_to_num(x)
-            beats = {int(k): qrs_mod.detect_qrs(np.ascontiguousarray(xs[:, good[k]]), fs_hz)
-                     for k in np.unique(chosen)}
-            qrs = qrs_mod.beats_from_leads(chosen, beats, fs_hz)
+        # (all leads if none passes: the beats are still reported, the verdict is not
+        # changed by it)
+        use = good or list(range(len(leads)))
+        chosen = qrs_mod.choose_leads([beats_a[j] for j in use],
+                                      [beats_b[j] for j in use], x.shape[0], fs_hz)
+        xs = np.nan_to_num(x)
+        beats = {int(k): qrs_mod.detect_qrs(np.ascontiguousarray(xs[:, use[k]]), fs_hz)
+                 for k in np.unique(chosen)}
+        qrs = qrs_mod.beats_from_leads(chosen, beats, fs_hz)
     hr = qrs_mod.heart_rate_bpm(qrs, fs_hz)
     hr_ok = hr is not None and t.hr_min_bpm <= hr <= t.hr_max_bpm
     rec_checks.append(_check("heart_rate", hr,
