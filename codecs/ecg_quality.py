@@ -28,6 +28,19 @@ the two detectors disagree on one beat in five.  A 12-lead ECG is read by
 comparing leads, so three leads with warnings make the record unacceptable.
 
 Every loop over samples is a Numba kernel compiled from its Python twin.
+
+>>> import numpy as np
+>>> fs = 500.0
+>>> t = np.arange(5000) / fs
+>>> beat = sum(np.exp(-0.5 * ((t - b) / 0.012) ** 2) for b in np.arange(0.5, 10, 0.8))
+>>> noise = np.random.default_rng(0).normal(0, 0.01, (5000, 2))
+>>> x = np.column_stack([beat + noise[:, 0], 1.3 * beat + noise[:, 1],
+...                      np.full(5000, 0.2)])                  # the third lead is off
+>>> rep = quality_report(x, fs, ["I", "II", "V1"])
+>>> rep["verdict"], rep["reasons"][0]
+('unacceptable', 'lead V1 off for 10.0 s: check the electrode')
+>>> rep["record"]["heart_rate_bpm"]
+75.0
 """
 
 from __future__ import annotations

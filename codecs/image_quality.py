@@ -122,7 +122,13 @@ def _label(h: Mapping[str, Any]) -> str:
 
 
 def expected_pixel_bytes(h: Mapping[str, Any]) -> int:
-    """Rows x Columns x Frames x SamplesPerPixel x BitsAllocated / 8, padded to even."""
+    """Rows x Columns x Frames x SamplesPerPixel x BitsAllocated / 8, padded to even.
+
+    >>> expected_pixel_bytes({"Rows": 512, "Columns": 512, "BitsAllocated": 16})
+    524288
+    >>> expected_pixel_bytes({"Rows": 3, "Columns": 3, "BitsAllocated": 1, "NumberOfFrames": 2})
+    4
+    """
     bits = (int(h.get("Rows") or 0) * int(h.get("Columns") or 0)
             * int(h.get("NumberOfFrames") or 1) * int(h.get("SamplesPerPixel") or 1)
             * int(h.get("BitsAllocated") or 0))

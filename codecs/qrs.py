@@ -1,26 +1,30 @@
 """QRS detection, heart rate and RR statistics.
 
-Two detectors that share nothing but the band-pass, so that their agreement
-(bSQI, Li, Clifford & Tarassenko, Physiol Meas 29:15, 2008) says something
-about the signal:
+Two detectors with different features and decision rules, so that their
+agreement (bSQI, Li, Clifford & Tarassenko, Physiol Meas 29:15, 2008) says
+something about the signal:
 
 * :func:`detect_qrs` -- Pan & Tompkins (IEEE TBME 32:230, 1985) as reworked in
-  sleepecg: 5-20 Hz zero-phase band-pass, squared slope, 150 ms moving-window
-  integration, adaptive signal/noise peak levels, T-wave rejection by slope,
-  search-back at 1.66 RR for missed beats, R-peak placed on the band-passed
-  signal.  Several leads are fused by summing their integrated energies, each
-  scaled by its own running signal level, so that one noisy or missing lead
-  does not blind the detector.
+  sleepecg: spike removal, 5-15 Hz zero-phase band-pass, squared slope, 150 ms
+  moving-window integration, adaptive signal/noise peak levels (initialised
+  from the median of 1-s maxima, so one artefact cannot blind it), T-wave
+  rejection by slope, search-back at 1.66 RR (also after the last beat), a
+  second look inside long gaps for small beats hidden by large ectopics
+  (bigeminy halves the learned rate, so search-back never fires), R peak placed
+  on the band-passed signal.
 * :func:`detect_qrs_slope` -- a block detector: in every 2.5 s block, the
-  peaks of the smoothed absolute slope above 40 % of the block's robust
-  maximum, 250 ms refractory.  Used only for bSQI.
+  peaks of the 80 ms smoothed absolute slope (8-25 Hz) above 40 % of the
+  block's 98th percentile, 250 ms refractory.  Used for bSQI.
+* :func:`detect_qrs_leads` -- several leads (Holter, 12-lead): every lead is
+  detected on its own and, per 10-s window, the lead whose two detectors
+  agree best supplies the beats.
 
 Each loop is a Numba kernel compiled from its Python twin (``_x_nb =
 njit(_x_py)``); tests run both on the same arrays.
 
-Pacing spikes are 0.5-2 ms wide: after the 20 Hz low-pass they carry little
-energy, and the refractory period keeps the spike and the paced QRS that
-follows it one beat.
+Pacing spikes are 0.5-2 ms wide: the spike filter removes large ones, the
+15 Hz low-pass leaves little of the rest, and the refractory period keeps a
+spike and the paced QRS that follows it one beat.
 
 >>> import numpy as np
 >>> fs = 360.0

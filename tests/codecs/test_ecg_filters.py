@@ -101,3 +101,13 @@ def test_2d_kernel_equals_twin_and_1d_per_column(x, fs, kind):
     np.testing.assert_array_equal(y, flt._filtfilt2_py(sos, x))
     for j in range(x.shape[1]):
         np.testing.assert_array_equal(y[:, j], flt._filtfilt_py(sos, np.ascontiguousarray(x[:, j])))
+
+
+def test_docstring_examples():
+    import doctest
+
+    from fenji.codecs import ecg_quality, ecg_record, image_quality, qrs
+
+    for mod in (flt, qrs, ecg_quality, ecg_record, image_quality):
+        res = doctest.testmod(mod)
+        assert res.failed == 0 and res.attempted > 0, mod.__name__
