@@ -45,6 +45,7 @@ Every loop over samples is a Numba kernel compiled from its Python twin.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -283,7 +284,7 @@ def _measure_all(x: np.ndarray, fs_hz: float, t: EcgQualityThresholds
 
 def _check(name: str, value: float | None, threshold: float, verdict: str, reason: str | None
            ) -> dict[str, Any]:
-    v = None if value is None or not np.isfinite(value) else round(float(value), 4)
+    v = None if value is None or not math.isfinite(value) else round(float(value), 4)
     return {"check": name, "value": v, "threshold": threshold,
             "verdict": verdict, "reason": reason}
 

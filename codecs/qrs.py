@@ -833,8 +833,8 @@ def score_beats(ref: np.ndarray, det: np.ndarray, fs_hz: float, *, tol_s: float 
         # match one of them, but an unmatched one there is not counted as extra
         last = [int(v[-1]) for v in (r, d) if v.size]
         end = n_samples if n_samples is not None else max(last, default=0)
-        e_lo = float(edge_s * fs_hz)
-        e_hi = float(end - edge_s * fs_hz)
+        e_lo = int(np.ceil(edge_s * fs_hz))       # sample indices are integers
+        e_hi = int(np.floor(end - edge_s * fs_hz))
         keep_r &= (r >= e_lo) & (r <= e_hi)
         keep_d &= (d >= e_lo - tol) & (d <= e_hi + tol)
         r, d = r[keep_r], d[keep_d]
