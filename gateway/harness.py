@@ -132,6 +132,8 @@ class NodeProcess:
         return self.directory / "run" / "node.json"
 
     def start(self, *, timeout_s: float = 60.0) -> NodeProcess:
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError(f"node {self.name} is already running (pid {self.proc.pid})")
         with contextlib.suppress(FileNotFoundError):
             self.run_file.unlink()
         env = dict(os.environ)

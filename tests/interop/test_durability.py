@@ -75,10 +75,10 @@ def _crash_loop(tmp_path: Path, kills: int, n_files: int, seed: int) -> None:
     logs.mkdir()
     interrupted = 0
     for _ in range(kills):
-        node.start()
         remaining = [[f for f in h if f not in acked] for h in halves]
         if not any(remaining):
             break
+        node.start()
         # Resend a few already-acknowledged ones too: after a crash a modality
         # re-sends, and the answer must stay an idempotent success.
         resend = sorted(acked)[: rng.randint(0, 5)]
