@@ -6,9 +6,9 @@ JPEG 2000 files (MG1, RG1) are decoded to pixels first and those pixel arrays
 are what every codec compresses.  ECG: the 12-lead DICOM waveforms, MIT-BIH
 records (11-bit, format 212) and a sample of challenge2011 12-lead records.
 
-Speeds are MB/s of raw pixel bytes.  "1 core": one thread (numba threads = 1,
-peers called one image at a time); "all cores": numba's thread pool for fenji,
-a thread pool over images for the peers (imagecodecs releases the GIL).
+Speeds are MB/s of raw pixel bytes.  "1 core": one thread, one image at a
+time; "all cores": a thread pool over images (fenji's Numba kernels and
+imagecodecs both release the GIL; OpenJPEG uses its own threads instead).
 JPEG XL effort 7 is slow, so it runs on a sample (``--jxl-images`` per
 modality, centre crop of at most ``--jxl-crop`` pixels a side), and fenji
 "max" is compared with it on exactly that sample.
@@ -144,8 +144,10 @@ def _measure(enc: Callable[[Any], bytes], dec: Callable[[bytes], Any], items: li
              pool_ok: bool = True) -> dict[str, Any]:
     """Encode and decode every item; best-of-``repeat`` wall times."""
     if is_fenji:
-        _set_threads(threads)
-    pool = ThreadPoolExecutor(threads) if (threads > 1 and not is_fenji and pool_ok) else None
+        # fenji's kernels release the GIL: all cores = a thread pool over images with
+        # serial kernels, as the gateway's workers use them (and as the peers are run)
+        _set_threads(1)
+    pool = ThreadPoolExecutor(threads) if (threads > 1 and pool_ok) else None
 
     def run(fn: Callable[[Any], Any], xs: list[Any]) -> tuple[float, list[Any]]:
         t0 = time.perf_counter()

@@ -684,7 +684,8 @@ def _encode_planes(planes: np.ndarray, lo: int, hi: int, t: tuple[int, int, int]
                    tile_rows: int, impl: str) -> tuple[bytes, bytes]:
     nplanes, rows, cols = planes.shape
     tiles = _tiles(nplanes, rows, cols, tile_rows)
-    if impl == "nb" and (len(tiles) == 1 or planes.size < _SERIAL_BELOW):
+    if impl == "nb" and (len(tiles) == 1 or planes.size < _SERIAL_BELOW
+                         or numba.get_num_threads() == 1):
         impl = "snb"
     k = _IMPL[impl]
     n = planes.size
@@ -865,7 +866,8 @@ def pixel_decode(buf: bytes, *, _impl: str = "nb") -> np.ndarray:
     t1, t2, t3 = info["thresholds"]
     if not 1 <= t1 <= t2 <= t3 <= 1 << 20:
         raise DecodeError(f"pixel stream thresholds {(t1, t2, t3)} invalid")
-    if _impl == "nb" and (nt == 1 or planes.size < _SERIAL_BELOW):
+    if _impl == "nb" and (nt == 1 or planes.size < _SERIAL_BELOW
+                          or numba.get_num_threads() == 1):
         _impl = "snb"
     _IMPL[_impl]["decode"](planes, tiles, info["lo"], info["hi"], t3, _qlut(t1, t2, t3),
                            info["wact"], info["mode"], cmap, dtab, data, spans, status)
@@ -891,5 +893,10 @@ def pixel_decode(buf: bytes, *, _impl: str = "nb") -> np.ndarray:
 
 
 def set_threads(n: int) -> None:
-    """Numba threads used by the parallel kernels (1 = single core)."""
+    """Numba threads used by the parallel kernels (1 = serial kernels, no thread pool).
+
+    Callers that already run codecs on several threads (a worker pool over
+    instances) should set 1: the kernels release the GIL, and nested OpenMP
+    regions only add fork/join cost.
+    """
     numba.set_num_threads(max(1, min(n, int(getattr(numba.config, "NUMBA_NUM_THREADS", 1)))))
