@@ -63,9 +63,20 @@ def check_series(datasets: Sequence[Dataset],
 
 def check_files(paths: Iterable[str | Path],
                 thresholds: iq.ImageQualityThresholds | None = None) -> dict[str, dict[str, Any]]:
-    """Read files, group them by Series Instance UID, one report per series."""
+    """Read files, group them by Series Instance UID, one report per series.
+
+    A file that cannot be read as DICOM gets its own unacceptable report, keyed by
+    its path, instead of stopping the others."""
     groups: dict[str, list[Dataset]] = defaultdict(list)
+    out: dict[str, dict[str, Any]] = {}
     for p in paths:
-        ds = pydicom.dcmread(str(p))
+        try:
+            ds = pydicom.dcmread(str(p))
+        except (OSError, ValueError, MemoryError, pydicom.errors.InvalidDicomError) as exc:
+            reason = f"{p}: not readable as DICOM ({type(exc).__name__}: {exc}): resend it"
+            out[str(p)] = {"verdict": iq.UNACCEPTABLE, "reasons": [reason], "instances": {},
+                           "series": {"n_instances": 0, "checks": []}}
+            continue
         groups[str(ds.get("SeriesInstanceUID", ""))].append(ds)
-    return {uid: check_series(dss, thresholds) for uid, dss in groups.items()}
+    out.update({uid: check_series(dss, thresholds) for uid, dss in groups.items()})
+    return out

@@ -150,3 +150,15 @@ def test_other_shared_images_pass_alone():
             continue
         rep = ic.check_series([pydicom.dcmread(path)])
         assert rep["verdict"] == iq.ACCEPTABLE, (rel, rep["reasons"])
+
+
+def test_check_files_reports_unreadable_files_and_groups_series(tmp_path):
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"not dicom at all")
+    files = sorted((DICOM_DIR / "ct").glob("CT_*.dcm"))[:5] + [junk]
+    reps = ic.check_files(files)
+    assert reps[str(junk)]["verdict"] == iq.UNACCEPTABLE
+    assert "not readable as DICOM" in reps[str(junk)]["reasons"][0]
+    series = [r for k, r in reps.items() if k != str(junk)]
+    assert len(series) == 1 and series[0]["series"]["n_instances"] == 5
+    assert series[0]["verdict"] == iq.ACCEPTABLE
