@@ -27,6 +27,13 @@ and a 10 mV step is an electrode popping, not the heart.  bSQI below 0.8 means
 the two detectors disagree on one beat in five.  A 12-lead ECG is read by
 comparing leads, so three leads with warnings make the record unacceptable.
 
+On challenge2011 (308 records, 69 unacceptable) these defaults reach 94.2 %
+accuracy (sensitivity 94.2 %, specificity 94.1 %).  They were not fitted, but the
+rule's shape (which warnings count towards ``warn_leads_max``) was chosen after
+looking at all 308 records.  As a check on that optimism: picking the best of
+1,152 threshold combinations on one half of the records and scoring it on the
+other half gives 94.2 % and 92.2 % -- expect about 93 % on unseen records.
+
 Every loop over samples is a Numba kernel compiled from its Python twin.
 
 >>> import numpy as np
