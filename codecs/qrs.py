@@ -58,7 +58,7 @@ REFRACTORY_S = 0.2
 T_WAVE_S = 0.36
 #: Gap fill: a hidden beat is this steep relative to the detected beats' median...
 GAP_REL = 0.3
-#: ...and this steep relative to the median slope of the gap it sits in.
+#: ...and this steep relative to the median slope of the 2.5-s block around it.
 GAP_SNR = 8.0
 #: Standard beat-matching window (AAMI EC57 / ANSI): +-150 ms.
 MATCH_S = 0.15
@@ -92,6 +92,7 @@ _mwi_nb = njit(_mwi_py, nogil=True, cache=True)
 
 
 def _local_maxima_py(y: np.ndarray) -> np.ndarray:
+    """Indices of strict local maxima (the middle of a flat top counts once)."""
     n = y.shape[0]
     out = np.empty(n, dtype=np.int64)
     k = 0
