@@ -237,49 +237,73 @@ def _measure(x_mv: np.ndarray, fs_hz: float, t: EcgQualityThresholds
     return _measure_all(x, fs_hz, t)[0]
 
 
-def _measure_all(x: np.ndarray, fs_hz: float, t: EcgQualityThresholds
+def _median(v: list[float]) -> float:
+    return float(v[0]) if len(v) == 1 else float(np.median(v))   # one chunk: no numpy call
+
+
+def _measure_all(x: np.ndarray, fs_hz: float, t: EcgQualityThresholds,
+                 chunk_s: float = qrs_mod.CHUNK_S
                  ) -> list[tuple[LeadMeasures, np.ndarray, np.ndarray]]:
     """Per lead of a NaN-free (samples, leads) array: measures and both detectors'
-    beats.  Every filter runs once over all leads (2-D kernel)."""
+    beats.  Every filter runs once over all leads (2-D kernel).
+
+    Records longer than ``chunk_s`` are filtered chunk by chunk (with context, see
+    :func:`fenji.codecs.qrs.chunk_spans`); then amplitude and EMG noise are the
+    median of the chunks' values and wander the largest chunk's.  Run lengths and
+    bSQI are always computed over the whole record.
+    """
     n, m = x.shape
     min_run = max(2, int(round(t.off_run_s * fs_hz)))
     clip_run = max(3, int(round(0.01 * fs_hz)))   # clipping: plateaus >= 10 ms, added up
-    short = n < int(0.5 * fs_hz)
-    if not short:
-        no_wander = flt.sosfiltfilt(flt.design_highpass(flt.BASELINE_HZ, fs_hz), x)
-        wander = x - no_wander
+    xt = np.ascontiguousarray(x.T)
+    runs = []
+    for j in range(m):
+        flat_long, flat_total = _flat_runs_nb(xt[j], float(t.flat_eps_mv), min_run)
+        rail_long, rail_total = _rail_runs_nb(xt[j], min_run)
+        _, clip_total = _rail_runs_nb(xt[j], clip_run)
+        runs.append((flat_long / fs_hz, clip_total / fs_hz,
+                     max(flat_total, rail_total) / fs_hz))
+    if n < int(0.5 * fs_hz):
+        return [(LeadMeasures(f, c, o, 0, 0, 0, 0, 0, 0), _NO_BEATS, _NO_BEATS)
+                for f, c, o in runs]
+    amps: list[list[float]] = [[] for _ in range(m)]
+    noises: list[list[float]] = [[] for _ in range(m)]
+    bases: list[list[float]] = [[] for _ in range(m)]
+    parts_a: list[list[np.ndarray]] = [[] for _ in range(m)]
+    parts_b: list[list[np.ndarray]] = [[] for _ in range(m)]
+    for lo, start, end, hi in qrs_mod.chunk_spans(n, fs_hz, chunk_s):
+        xc = x[lo:hi]
+        core = slice(start - lo, end - lo)
+        no_wander = flt.sosfiltfilt(flt.design_highpass(flt.BASELINE_HZ, fs_hz), xc)
+        wander = xc - no_wander
         hp = flt.sosfiltfilt(flt.design_notch(t.mains_hz, fs_hz), no_wander)
         lo40 = flt.sosfiltfilt(flt.design_lowpass(min(40.0, 0.45 * fs_hz), fs_hz), hp)
         # one transpose each, so that every lead below is a contiguous row
-        hf = np.ascontiguousarray((hp - lo40).T)
-        lo40 = np.ascontiguousarray(lo40.T)
-        wander = np.ascontiguousarray(wander.T)
-        bpa = np.ascontiguousarray(flt.sosfiltfilt(BSQI_BAND_A(fs_hz), x).T)
-        bpb = np.ascontiguousarray(flt.sosfiltfilt(qrs_mod.band_b(fs_hz), x).T)
-    xt = np.ascontiguousarray(x.T)
+        hf = np.ascontiguousarray((hp - lo40)[core].T)
+        lo40 = np.ascontiguousarray(lo40[core].T)
+        wander = np.ascontiguousarray(wander[core].T)
+        bpa = np.ascontiguousarray(flt.sosfiltfilt(BSQI_BAND_A(fs_hz), xc).T)
+        bpb = np.ascontiguousarray(flt.sosfiltfilt(qrs_mod.band_b(fs_hz), xc).T)
+        for j in range(m):
+            amps[j].append(_robust_p2p_nb(lo40[j], max(2, int(1.5 * fs_hz))))
+            noises[j].append(_rms_nb(hf[j], max(2, int(fs_hz))))
+            bases[j].append(float(wander[j].max() - wander[j].min()))
+            for parts, d in ((parts_a, qrs_mod.detect_from_bandpassed(bpa[j], fs_hz)),
+                             (parts_b, qrs_mod.detect_slope_from_bandpassed(bpb[j], fs_hz))):
+                d = d + lo
+                parts[j].append(d[(d >= start) & (d < end)])
     out = []
     for j in range(m):
-        col = xt[j]
-        flat_long, flat_total = _flat_runs_nb(col, float(t.flat_eps_mv), min_run)
-        rail_long, rail_total = _rail_runs_nb(col, min_run)
-        _, clip_total = _rail_runs_nb(col, clip_run)
-        off = max(flat_total, rail_total) / fs_hz
-        if short:
-            out.append((LeadMeasures(flat_long / fs_hz, clip_total / fs_hz, off,
-                                     0, 0, 0, 0, 0, 0), _NO_BEATS, _NO_BEATS))
-            continue
-        amp = _robust_p2p_nb(lo40[j], max(2, int(1.5 * fs_hz)))
-        noise = _rms_nb(hf[j], max(2, int(fs_hz)))
-        base = float(wander[j].max() - wander[j].min())
-        a = qrs_mod.detect_from_bandpassed(bpa[j], fs_hz)
-        b = qrs_mod.detect_slope_from_bandpassed(bpb[j], fs_hz)
+        a = qrs_mod._join(parts_a[j], fs_hz)
+        b = qrs_mod._join(parts_b[j], fs_hz)
+        flat_s, clip_s, off_s = runs[j]
         out.append((LeadMeasures(
-            flat_s=flat_long / fs_hz,
-            saturation_s=clip_total / fs_hz,
-            lead_off_s=off,
-            amplitude_mv=amp,
-            hf_noise_mv=noise,
-            baseline_mv=base,
+            flat_s=flat_s,
+            saturation_s=clip_s,
+            lead_off_s=off_s,
+            amplitude_mv=_median(amps[j]),
+            hf_noise_mv=_median(noises[j]),
+            baseline_mv=max(bases[j]),
             bsqi=qrs_mod.bsqi(a, b, fs_hz),
             n_beats_a=len(a),
             n_beats_b=len(b),
@@ -391,7 +415,9 @@ def check_ecg(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
     beats_a: list[np.ndarray] = []
     beats_b: list[np.ndarray] = []
     # a NaN gap becomes a run of one constant value: it reads as "lead off"
-    measured = _measure_all(np.ascontiguousarray(np.nan_to_num(x, nan=0.0)), fs_hz, t)
+    has_nan = bool(np.isnan(x).any())
+    xs = np.ascontiguousarray(np.nan_to_num(x, nan=0.0) if has_nan else x)
+    measured = _measure_all(xs, fs_hz, t)
     for j, name in enumerate(leads):
         m, ba, bb = measured[j]
         beats_a.append(ba)
@@ -415,7 +441,6 @@ def check_ecg(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
         use = good or list(range(len(leads)))
         chosen = qrs_mod.choose_leads([beats_a[j] for j in use],
                                       [beats_b[j] for j in use], x.shape[0], fs_hz)
-        xs = np.nan_to_num(x)
         beats = {int(k): qrs_mod.detect_qrs(np.ascontiguousarray(xs[:, use[k]]), fs_hz)
                  for k in np.unique(chosen)}
         qrs = qrs_mod.beats_from_leads(chosen, beats, fs_hz)

@@ -39,7 +39,8 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,6 +63,50 @@ GAP_REL = 0.3
 GAP_SNR = 8.0
 #: Standard beat-matching window (AAMI EC57 / ANSI): +-150 ms.
 MATCH_S = 0.15
+#: Records longer than this are processed in chunks (memory stays at a few dozen
+#: float64 copies of one chunk per lead, not of a 24-h Holter), each chunk read
+#: with CHUNK_OVERLAP_S of context either side so no beat is cut at an edge.
+CHUNK_S = 600.0
+CHUNK_OVERLAP_S = 10.0
+
+
+def chunk_spans(n_samples: int, fs_hz: float, chunk_s: float = CHUNK_S
+                ) -> list[tuple[int, int, int, int]]:
+    """``(lo, start, end, hi)`` per chunk: its core ``[start, end)`` and the span
+    ``[lo, hi)`` read around it.  One span ``(0, 0, n, n)`` for short records.
+
+    >>> chunk_spans(100, 1.0, chunk_s=40.0)
+    [(0, 0, 40, 50), (30, 40, 80, 90), (70, 80, 100, 100)]
+    """
+    c = max(1, int(chunk_s * fs_hz))
+    ov = int(CHUNK_OVERLAP_S * fs_hz)
+    if n_samples <= c + ov:
+        return [(0, 0, n_samples, n_samples)]
+    return [(max(0, s - ov), s, min(n_samples, s + c), min(n_samples, s + c + ov))
+            for s in range(0, n_samples, c)]
+
+
+def _join(parts: list[np.ndarray], fs_hz: float) -> np.ndarray:
+    """Beats of consecutive chunks (cores already cut), one beat kept at a seam."""
+    if len(parts) == 1:
+        return parts[0]
+    out = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    if out.size > 1:
+        keep = np.concatenate([[True], np.diff(out) >= int(REFRACTORY_S * fs_hz)])
+        out = out[keep]
+    return out.astype(np.int64)
+
+
+def _by_chunks(fn: Callable[[np.ndarray], np.ndarray], a: np.ndarray, fs_hz: float,
+               chunk_s: float) -> np.ndarray:
+    spans = chunk_spans(a.shape[0], fs_hz, chunk_s)
+    if len(spans) == 1:
+        return fn(a)
+    parts = []
+    for lo, start, end, hi in spans:
+        d = fn(np.ascontiguousarray(a[lo:hi])) + lo
+        parts.append(d[(d >= start) & (d < end)])
+    return _join(parts, fs_hz)
 
 
 # --- feature: squared slope, moving-window integrated ---------------------------
@@ -305,9 +350,7 @@ def _gapfill_py(slope: np.ndarray, peaks: np.ndarray, fs: float, rel: float,
     # local slope level: median of 2.5-s blocks, computed once (not once per gap)
     blk = max(1, int(2.5 * fs))
     nb = (n + blk - 1) // blk
-    level = np.empty(nb)
-    for b in range(nb):
-        level[b] = np.median(slope[b * blk:min(n, (b + 1) * blk)])
+    level = np.full(nb, -1.0)          # filled on first use: most gaps are short
     out = np.empty(2 * nk, dtype=np.int64)
     no = 0
     for k in range(nk):
@@ -327,7 +370,10 @@ def _gapfill_py(slope: np.ndarray, peaks: np.ndarray, fs: float, rel: float,
                 j = i
         if j < 0:
             continue
-        noise = level[((p + q) // 2) // blk]
+        bi = ((p + q) // 2) // blk
+        if level[bi] < 0.0:
+            level[bi] = np.median(slope[bi * blk:min(n, (bi + 1) * blk)])
+        noise = level[bi]
         if mj >= rel * med and mj >= snr * noise:
             out[no] = j
             no += 1
@@ -487,14 +533,18 @@ def detect_slope_from_bandpassed(bp: np.ndarray, fs_hz: float) -> np.ndarray:
     return _block_detect_nb(feat, int(2.5 * fs_hz), int(0.25 * fs_hz))
 
 
-def detect_qrs(x: np.ndarray, fs_hz: float) -> np.ndarray:
+def detect_qrs(x: np.ndarray, fs_hz: float, *, chunk_s: float = CHUNK_S) -> np.ndarray:
     """R-peak sample indices (int64, increasing) of a 1-D signal or of the leads of a
     (samples, leads) signal fused.  Physical units (mV) or ADC units both work.
 
     Leads that are flat or saturated should be left out by the caller (the quality
-    report knows which); a NaN-free signal is required.
+    report knows which); a NaN-free signal is required.  Records longer than
+    ``chunk_s`` are detected chunk by chunk (:func:`chunk_spans`).
     """
-    a = _columns(x)
+    return _by_chunks(lambda seg: _detect_qrs(seg, fs_hz), _columns(x), fs_hz, chunk_s)
+
+
+def _detect_qrs(a: np.ndarray, fs_hz: float) -> np.ndarray:
     if a.shape[1] == 1:
         if a.shape[0] < 3:
             return np.zeros(0, dtype=np.int64)
@@ -589,12 +639,13 @@ def _smooth_abs_slope_py(bp: np.ndarray, w: int) -> np.ndarray:
 _smooth_abs_slope_nb = njit(_smooth_abs_slope_py, nogil=True, cache=True)
 
 
-def detect_qrs_slope(x: np.ndarray, fs_hz: float) -> np.ndarray:
+def detect_qrs_slope(x: np.ndarray, fs_hz: float, *, chunk_s: float = CHUNK_S) -> np.ndarray:
     """Second detector (1-D signal): 8-25 Hz band, 80 ms smoothed |slope|, block threshold."""
     a = np.ascontiguousarray(np.asarray(x, dtype=np.float64).reshape(-1))
     if a.size < int(0.5 * fs_hz):
         return np.zeros(0, dtype=np.int64)
-    return detect_slope_from_bandpassed(flt.sosfiltfilt(band_b(fs_hz), a), fs_hz)
+    return _by_chunks(lambda seg: detect_slope_from_bandpassed(
+        flt.sosfiltfilt(band_b(fs_hz), seg), fs_hz), a, fs_hz, chunk_s)
 
 
 # --- matching, heart rate, RR ----------------------------------------------------
@@ -674,44 +725,56 @@ def heart_rate_bpm(qrs: np.ndarray, fs_hz: float) -> float | None:
 def _choose_py(a: np.ndarray, a_lead: np.ndarray, b: np.ndarray, b_lead: np.ndarray,
                n_leads: int, n: int, win: int, tol: int, margin: float) -> np.ndarray:
     """For each window of ``win`` samples, the lead whose detector-A beats ``a`` and
-    detector-B beats ``b`` (tagged by lead) agree best (bSQI); lead 0 is kept unless
-    another beats it by ``margin``."""
+    detector-B beats ``b`` (time-sorted, tagged by lead) agree best (bSQI); lead 0
+    is kept unless another beats it by ``margin``.  One sweep: linear in beats."""
     nw = (n + win - 1) // win
     chosen = np.zeros(nw, dtype=np.int64)
+    ia = 0
+    ib = 0
     for w in range(nw):
         lo = w * win
         hi = lo + win
+        while ia < a.shape[0] and a[ia] < lo:
+            ia += 1
+        while ib < b.shape[0] and b[ib] < lo:
+            ib += 1
+        ja = ia
+        while ja < a.shape[0] and a[ja] < hi:
+            ja += 1
+        jb = ib
+        while jb < b.shape[0] and b[jb] < hi:
+            jb += 1
         best = 0
         best_q = -1.0
         for j in range(n_leads):
             na = 0
             nb = 0
-            for i in range(a.shape[0]):
-                if a_lead[i] == j and lo <= a[i] < hi:
+            for i in range(ia, ja):
+                if a_lead[i] == j:
                     na += 1
-            for i in range(b.shape[0]):
-                if b_lead[i] == j and lo <= b[i] < hi:
+            for i in range(ib, jb):
+                if b_lead[i] == j:
                     nb += 1
-            # one-to-one matches inside the window
+            # one-to-one matches of lead j's beats inside the window
             m = 0
-            ia = 0
-            ib = 0
-            while ia < a.shape[0] and ib < b.shape[0]:
-                if a_lead[ia] != j or not (lo <= a[ia] < hi):
-                    ia += 1
+            pa = ia
+            pb = ib
+            while pa < ja and pb < jb:
+                if a_lead[pa] != j:
+                    pa += 1
                     continue
-                if b_lead[ib] != j or not (lo <= b[ib] < hi):
-                    ib += 1
+                if b_lead[pb] != j:
+                    pb += 1
                     continue
-                d = b[ib] - a[ia]
+                d = b[pb] - a[pa]
                 if d < -tol:
-                    ib += 1
+                    pb += 1
                 elif d > tol:
-                    ia += 1
+                    pa += 1
                 else:
                     m += 1
-                    ia += 1
-                    ib += 1
+                    pa += 1
+                    pb += 1
             den = na + nb - m
             q = 0.0 if den == 0 else m / den
             if j == 0:
@@ -720,6 +783,8 @@ def _choose_py(a: np.ndarray, a_lead: np.ndarray, b: np.ndarray, b_lead: np.ndar
                 best_q = q
                 best = j
         chosen[w] = best
+        ia = ja
+        ib = jb
     return chosen
 
 
@@ -834,8 +899,8 @@ def score_beats(ref: np.ndarray, det: np.ndarray, fs_hz: float, *, tol_s: float 
         # match one of them, but an unmatched one there is not counted as extra
         last = [int(v[-1]) for v in (r, d) if v.size]
         end = n_samples if n_samples is not None else max(last, default=0)
-        e_lo = int(np.ceil(edge_s * fs_hz))       # sample indices are integers
-        e_hi = int(np.floor(end - edge_s * fs_hz))
+        e_lo = math.ceil(edge_s * fs_hz)          # sample indices are integers
+        e_hi = math.floor(end - edge_s * fs_hz)
         keep_r &= (r >= e_lo) & (r <= e_hi)
         keep_d &= (d >= e_lo - tol) & (d <= e_hi + tol)
         r, d = r[keep_r], d[keep_d]

@@ -136,3 +136,17 @@ def test_challenge2011_gate(capsys):
               f"odd half {100 * odd:.1f} %)")
     assert acc >= 0.935 and se >= 0.90 and sp >= 0.92
     assert min(even, odd) >= 0.92
+
+
+def test_long_record_measures_by_chunks_agree_with_whole():
+    rec = wfdb.rdrecord(str(ECG_DIR / "mitdb" / "100"), sampto=int(600 * 360))
+    x = np.ascontiguousarray(rec.p_signal)
+    t = q.EcgQualityThresholds()
+    whole = q._measure_all(x, rec.fs, t, chunk_s=1e9)
+    chunked = q._measure_all(x, rec.fs, t, chunk_s=60.0)
+    for (mw, _, _), (mc, _, _) in zip(whole, chunked, strict=True):
+        assert mc.flat_s == mw.flat_s and mc.lead_off_s == mw.lead_off_s
+        assert mc.amplitude_mv == pytest.approx(mw.amplitude_mv, rel=0.1)
+        assert mc.hf_noise_mv == pytest.approx(mw.hf_noise_mv, rel=0.1)
+        assert mc.bsqi == pytest.approx(mw.bsqi, abs=0.01)
+        assert mc.baseline_mv <= mw.baseline_mv + 1e-9     # per-chunk wander, not 10-min drift

@@ -159,3 +159,16 @@ def test_score_excludes_intervals_and_edges():
     s = qrs.score_beats(np.array([210, 600]), np.array([195, 600]), 100.0, edge_s=2.0,
                         n_samples=1400)
     assert (s.tp, s.fn, s.fp) == (2, 0, 0)
+
+
+def test_long_records_are_detected_in_chunks_with_the_same_beats():
+    rec = wfdb.rdrecord(str(ECG_DIR / "mitdb" / "208"), sampto=int(600 * 360))
+    x = rec.p_signal[:, 0]
+    whole = qrs.detect_qrs(x, rec.fs, chunk_s=1e9)
+    chunked = qrs.detect_qrs(x, rec.fs, chunk_s=60.0)          # ten chunks
+    s = qrs.score_beats(whole, chunked, rec.fs)
+    assert s.se >= 0.998 and s.ppv >= 0.998, s
+    assert np.all(np.diff(chunked) > 0)
+    b_whole = qrs.detect_qrs_slope(x, rec.fs, chunk_s=1e9)
+    b_chunk = qrs.detect_qrs_slope(x, rec.fs, chunk_s=60.0)
+    assert qrs.bsqi(b_whole, b_chunk, rec.fs) >= 0.995
