@@ -80,6 +80,11 @@ class EcgQualityThresholds:
     flat_eps_mv: float = 0.0        # |step| at or below this counts as "no change"
     saturation_s: float = 0.2       # clipped at the lead's rail this long in all
     lead_off_s: float = 0.5         # flat/clipped time (runs >= off_run_s) -> "off"
+    # Long records (Holter) are judged on a share of their length instead, whichever
+    # is larger; at 10 s these give the same 0.2 / 0.2 / 0.5 s as above.
+    flat_fraction: float = 0.02
+    saturation_fraction: float = 0.02
+    lead_off_fraction: float = 0.05
     off_run_s: float = 0.1
     amplitude_min_mv: float = 0.1   # QRS is 0.5-3 mV; below 0.1 mV no cardiac signal
     amplitude_max_mv: float = 15.0  # beyond any QRS: artefact or wrong gain
@@ -320,20 +325,25 @@ def _check(name: str, value: float | None, threshold: float, verdict: str, reaso
             "verdict": verdict, "reason": reason}
 
 
-def _lead_checks(lead: str, m: LeadMeasures, t: EcgQualityThresholds) -> list[dict[str, Any]]:
+def _lead_checks(lead: str, m: LeadMeasures, t: EcgQualityThresholds, duration_s: float
+                 ) -> list[dict[str, Any]]:
     U, W, A = UNACCEPTABLE, WARNINGS, ACCEPTABLE
+    # a 10-s ECG fails on 0.2 s; a 24-h Holter only on a share of its length
+    flat_thr = max(t.flat_s, t.flat_fraction * duration_s)
+    sat_thr = max(t.saturation_s, t.saturation_fraction * duration_s)
+    off_thr = max(t.lead_off_s, t.lead_off_fraction * duration_s)
     out = []
-    out.append(_check("flat", m.flat_s, t.flat_s, U if m.flat_s >= t.flat_s else A,
+    out.append(_check("flat", m.flat_s, flat_thr, U if m.flat_s >= flat_thr else A,
                       f"lead {lead} flat (no change) for {m.flat_s:.1f} s"
-                      if m.flat_s >= t.flat_s else None))
-    out.append(_check("saturation", m.saturation_s, t.saturation_s,
-                      U if m.saturation_s >= t.saturation_s else A,
+                      if m.flat_s >= flat_thr else None))
+    out.append(_check("saturation", m.saturation_s, sat_thr,
+                      U if m.saturation_s >= sat_thr else A,
                       f"lead {lead} clipped at its limit for {m.saturation_s:.1f} s"
-                      if m.saturation_s >= t.saturation_s else None))
-    out.append(_check("lead_off", m.lead_off_s, t.lead_off_s,
-                      U if m.lead_off_s >= t.lead_off_s else A,
+                      if m.saturation_s >= sat_thr else None))
+    out.append(_check("lead_off", m.lead_off_s, off_thr,
+                      U if m.lead_off_s >= off_thr else A,
                       f"lead {lead} off for {m.lead_off_s:.1f} s: check the electrode"
-                      if m.lead_off_s >= t.lead_off_s else None))
+                      if m.lead_off_s >= off_thr else None))
     if m.amplitude_mv < t.amplitude_min_mv:
         out.append(_check("amplitude", m.amplitude_mv, t.amplitude_min_mv, U,
                           f"lead {lead} amplitude {m.amplitude_mv:.2f} mV is too small: "
@@ -422,7 +432,7 @@ def check_ecg(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
         m, ba, bb = measured[j]
         beats_a.append(ba)
         beats_b.append(bb)
-        checks = _lead_checks(name, m, t)
+        checks = _lead_checks(name, m, t, x.shape[0] / fs_hz)
         v = max((c["verdict"] for c in checks), key=_RANK.__getitem__)
         lead_out[name] = {"verdict": v, "checks": checks}
         lead_reasons = _lead_reasons(checks, v)

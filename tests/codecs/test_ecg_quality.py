@@ -150,3 +150,13 @@ def test_long_record_measures_by_chunks_agree_with_whole():
         assert mc.hf_noise_mv == pytest.approx(mw.hf_noise_mv, rel=0.1)
         assert mc.bsqi == pytest.approx(mw.bsqi, abs=0.01)
         assert mc.baseline_mv <= mw.baseline_mv + 1e-9     # per-chunk wander, not 10-min drift
+
+
+def test_holter_length_records_are_judged_on_a_share_of_their_length():
+    x = np.tile(_clean_12lead()[:, :2], (12, 1))            # 2 minutes, 2 leads
+    x[3000:3200, 1] = x[3000, 1]                            # 0.4 s flat in lead II
+    rep = q.quality_report(x, 500.0, ["I", "II"])
+    flat = {c["check"]: c for c in rep["leads"]["II"]["checks"]}["flat"]
+    assert flat["threshold"] == pytest.approx(2.4) and flat["verdict"] == q.ACCEPTABLE
+    x[10000:12000, 1] = x[10000, 1]                         # 4 s flat: too much even here
+    assert q.quality_report(x, 500.0, ["I", "II"])["verdict"] == q.UNACCEPTABLE
