@@ -12,7 +12,7 @@ saturation total time on the lead's extreme value (plateaus >= 10 ms)  s
 lead_off   flat or clipped time in runs of at least ``off_run_s``     s
 amplitude  robust peak-to-peak of the 0.5-40 Hz signal                mV
 hf_noise   median 1-s RMS of the signal above 40 Hz (mains notched)   mV
-baseline   peak-to-peak of the wander below 0.5 Hz                    mV
+baseline   peak-to-peak of the wander below 0.5 Hz (median of 10-s)   mV
 bsqi       agreement of two independent QRS detectors                 0..1
 ========== ========================================================== =====
 
@@ -253,9 +253,9 @@ def _measure_all(x: np.ndarray, fs_hz: float, t: EcgQualityThresholds,
     beats.  Every filter runs once over all leads (2-D kernel).
 
     Records longer than ``chunk_s`` are filtered chunk by chunk (with context, see
-    :func:`fenji.codecs.qrs.chunk_spans`); then amplitude and EMG noise are the
-    median of the chunks' values and wander the largest chunk's.  Run lengths and
-    bSQI are always computed over the whole record.
+    :func:`fenji.codecs.qrs.chunk_spans`); then amplitude, EMG noise and wander
+    are the median of the chunks' values.  Run lengths and bSQI are always
+    computed over the whole record.
     """
     n, m = x.shape
     min_run = max(2, int(round(t.off_run_s * fs_hz)))
@@ -292,7 +292,7 @@ def _measure_all(x: np.ndarray, fs_hz: float, t: EcgQualityThresholds,
         for j in range(m):
             amps[j].append(_robust_p2p_nb(lo40[j], max(2, int(1.5 * fs_hz))))
             noises[j].append(_rms_nb(hf[j], max(2, int(fs_hz))))
-            bases[j].append(float(wander[j].max() - wander[j].min()))
+            bases[j].append(_robust_p2p_nb(wander[j], max(2, int(10.0 * fs_hz))))
             for parts, d in ((parts_a, qrs_mod.detect_from_bandpassed(bpa[j], fs_hz)),
                              (parts_b, qrs_mod.detect_slope_from_bandpassed(bpb[j], fs_hz))):
                 d = d + lo
@@ -308,7 +308,7 @@ def _measure_all(x: np.ndarray, fs_hz: float, t: EcgQualityThresholds,
             lead_off_s=off_s,
             amplitude_mv=_median(amps[j]),
             hf_noise_mv=_median(noises[j]),
-            baseline_mv=max(bases[j]),
+            baseline_mv=_median(bases[j]),
             bsqi=qrs_mod.bsqi(a, b, fs_hz),
             n_beats_a=len(a),
             n_beats_b=len(b),
