@@ -164,7 +164,8 @@ def _code(value: str, scheme: str, meaning: str, version: str | None = None) -> 
 def to_dicom(rec: EcgRecord, *, patient_id: str = "", patient_name: str = "",
              study_instance_uid: str | None = None, series_instance_uid: str | None = None,
              sop_instance_uid: str | None = None, when: _dt.datetime | None = None,
-             institution: str = "", manufacturer: str = "fenji") -> Dataset:
+             institution: str = "", manufacturer: str = "fenji", study_id: str = "",
+             accession_number: str = "") -> Dataset:
     """Wrap ``rec`` as a standard DICOM ECG waveform object (a new Part-10 dataset)."""
     sop_class = choose_sop_class(rec)
     when = when or _dt.datetime.now(_dt.UTC)
@@ -183,7 +184,7 @@ def to_dicom(rec: EcgRecord, *, patient_id: str = "", patient_name: str = "",
     ds.StudyDate, ds.StudyTime = date, time
     ds.ContentDate, ds.ContentTime = date, time
     ds.AcquisitionDateTime = date + time
-    ds.AccessionNumber = ""
+    ds.AccessionNumber = accession_number
     ds.Modality = "ECG"
     ds.Manufacturer = manufacturer
     if institution:
@@ -195,7 +196,7 @@ def to_dicom(rec: EcgRecord, *, patient_id: str = "", patient_name: str = "",
     ds.PatientSex = ""
     ds.StudyInstanceUID = pydicom.uid.UID(study_instance_uid or generate_uid())
     ds.SeriesInstanceUID = pydicom.uid.UID(series_instance_uid or generate_uid())
-    ds.StudyID = ""
+    ds.StudyID = study_id          # Type 2; dciodvfy warns (DICOMDIR) while empty
     ds.SeriesNumber = 1
     ds.InstanceNumber = 1
     ds.AcquisitionContextSequence = Sequence()

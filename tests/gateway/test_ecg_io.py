@@ -105,3 +105,12 @@ def test_nothing_fits_is_an_error():
 def test_beat_annotations_exclude_vf_episodes():
     beats, vf = ecg_io.read_beat_annotations(ECG_DIR / "mitdb" / "207")
     assert len(beats) > 1800 and vf.shape[1] == 2 and len(vf) >= 1
+
+
+def test_study_id_silences_the_only_dciodvfy_warning(tmp_path):
+    rec = ecg_io.read_wfdb(ECG_DIR / "cinc2021" / "A0001")
+    out = tmp_path / "ecg.dcm"
+    ecg_io.write_dicom_ecg(rec, out, patient_id="TWN-0001", study_id="42",
+                           accession_number="A42")
+    errors, warnings = _dciodvfy(out)
+    assert errors == [] and warnings == []
