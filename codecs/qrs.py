@@ -8,10 +8,10 @@ something about the signal:
   sleepecg: spike removal, 5-15 Hz zero-phase band-pass, squared slope, 150 ms
   moving-window integration, adaptive signal/noise peak levels (initialised
   from the median of 1-s maxima, so one artefact cannot blind it), T-wave
-  rejection by slope, search-back at 1.66 RR (also after the last beat), a
-  second look inside long gaps for small beats hidden by large ectopics
-  (bigeminy halves the learned rate, so search-back never fires), R peak placed
-  on the band-passed signal.
+  rejection by slope (measured at 8-15 Hz, above most of the T wave's energy),
+  search-back at 1.66 RR (also after the last beat), a second look inside long
+  gaps for small beats hidden by large ectopics (bigeminy halves the learned
+  rate, so search-back never fires), R peak placed on the band-passed signal.
 * :func:`detect_qrs_slope` -- a block detector: in every 2.5 s block, the
   peaks of the 80 ms smoothed absolute slope (8-25 Hz) above 40 % of the
   block's 98th percentile, 250 ms refractory.  Used for bSQI.
@@ -505,21 +505,32 @@ def band_a(fs_hz: float) -> np.ndarray:
     return flt.design_bandpass(QRS_BAND_HZ[0], min(QRS_BAND_HZ[1], 0.45 * fs_hz), fs_hz)
 
 
+def band_t(fs_hz: float) -> np.ndarray:
+    """High-pass at 8 Hz applied to the :func:`band_a` output for the T-wave test:
+    8-15 Hz, above most of a T wave's energy."""
+    return flt.design_highpass(8.0, fs_hz)
+
+
 def band_b(fs_hz: float) -> np.ndarray:
     """The ``sos`` band-pass of :func:`detect_qrs_slope` (8-25 Hz)."""
     return flt.design_bandpass(8.0, min(25.0, 0.45 * fs_hz), fs_hz)
 
 
-def detect_from_bandpassed(bp: np.ndarray, fs_hz: float) -> np.ndarray:
-    """:func:`detect_qrs` of one lead already filtered with :func:`band_a` (lets a
-    caller filter all leads in one 2-D pass)."""
+def detect_from_bandpassed(bp: np.ndarray, fs_hz: float, hb: np.ndarray | None = None
+                           ) -> np.ndarray:
+    """Pan-Tompkins on one lead already band-passed (lets a caller filter all leads
+    in one 2-D pass).  ``hb``: ``bp`` further filtered with :func:`band_t`; when
+    given, the T-wave test compares slopes there, where T waves (below 8 Hz) have
+    little energy -- this is what :func:`detect_qrs` does.  Without it the slope
+    of ``bp`` is used (the bSQI detector of the quality report)."""
     bp = np.ascontiguousarray(bp, dtype=np.float64)
     if bp.size < 3:
         return np.zeros(0, dtype=np.int64)
     mwi = _mwi_nb(bp, max(3, int(MWI_S * fs_hz)))
     cand = _local_maxima_nb(mwi)
     slope = _abs_slope_nb(bp)
-    peaks = _pt_decide_nb(mwi, slope, cand, float(fs_hz))
+    slope_t = slope if hb is None else _abs_slope_nb(np.ascontiguousarray(hb, dtype=np.float64))
+    peaks = _pt_decide_nb(mwi, slope_t, cand, float(fs_hz))
     peaks = _gapfill_nb(slope, peaks, float(fs_hz), GAP_REL, GAP_SNR)
     return _refine_nb(bp, peaks, int(0.1 * fs_hz), int(REFRACTORY_S * fs_hz))
 
@@ -550,7 +561,8 @@ def _detect_qrs(a: np.ndarray, fs_hz: float) -> np.ndarray:
             return np.zeros(0, dtype=np.int64)
         raw = _despike_nb(np.ascontiguousarray(a[:, 0]), max(1, int(SPIKE_HALF_S * fs_hz)),
                           max(1, int(fs_hz)), SPIKE_K)
-        return detect_from_bandpassed(flt.sosfiltfilt(band_a(fs_hz), raw), fs_hz)
+        bp = flt.sosfiltfilt(band_a(fs_hz), raw)
+        return detect_from_bandpassed(bp, fs_hz, flt.sosfiltfilt(band_t(fs_hz), bp))
     bp, mwi = qrs_feature(a, fs_hz)
     if mwi.size < 3:
         return np.zeros(0, dtype=np.int64)
@@ -568,8 +580,8 @@ def detect_qrs_py(x: np.ndarray, fs_hz: float) -> np.ndarray:
     """The same detector run on the plain-Python twins (slow: tests on excerpts only)."""
     a = _columns(x)
     h, win = max(1, int(SPIKE_HALF_S * fs_hz)), max(1, int(fs_hz))
-    bp = np.column_stack([flt._filtfilt_py(band_a(fs_hz), _despike_py(
-        np.ascontiguousarray(c), h, win, SPIKE_K)) for c in a.T])
+    raw = [_despike_py(np.ascontiguousarray(c), h, win, SPIKE_K) for c in a.T]
+    bp = np.column_stack([flt._filtfilt_py(band_a(fs_hz), r) for r in raw])
     w = max(3, int(MWI_S * fs_hz))
     if a.shape[1] == 1:
         mwi = _mwi_py(bp[:, 0], w)
@@ -583,7 +595,9 @@ def detect_qrs_py(x: np.ndarray, fs_hz: float) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     cand = _local_maxima_py(mwi)
     slope = _abs_slope_py(np.abs(bp).sum(axis=1) if bp.shape[1] > 1 else bp[:, 0])
-    peaks = _pt_decide_py(mwi, slope, cand, float(fs_hz))
+    slope_t = slope if bp.shape[1] > 1 else _abs_slope_py(
+        flt._filtfilt_py(band_t(fs_hz), np.ascontiguousarray(bp[:, 0])))
+    peaks = _pt_decide_py(mwi, slope_t, cand, float(fs_hz))
     peaks = _gapfill_py(slope, peaks, float(fs_hz), GAP_REL, GAP_SNR)
     ref = bp[:, 0] if bp.shape[1] == 1 else np.sqrt((bp * bp).sum(axis=1))
     return _refine_py(ref, peaks, int(0.1 * fs_hz), int(REFRACTORY_S * fs_hz))
