@@ -88,21 +88,22 @@ def design_notch(f0_hz: float, fs_hz: float, q: float = NOTCH_Q) -> np.ndarray:
 
 # --- kernels ---------------------------------------------------------------------
 
-def _sosfilt_py(sos: np.ndarray, x: np.ndarray, steady: bool) -> np.ndarray:
-    """Direct form II transposed; ``steady``: start at x[0]'s steady state.
+def _sosfilt_inplace_py(sos: np.ndarray, y: np.ndarray, steady: bool, backward: bool) -> None:
+    """Direct form II transposed over ``y`` in place, forward or backward in time;
+    ``steady``: start at the steady state of the first sample met.
 
     All sections run inside one loop over samples (as scipy's sosfilt does):
     section s at sample i+1 does not wait for section s+1 at sample i, so the
     CPU overlaps the sections' recursions -- twice as fast as one pass per
-    section, with the same arithmetic in the same order.
+    section, with the same arithmetic in the same order.  Running backward in
+    place spares the two reversed copies a filtfilt would otherwise make.
     """
-    n = x.shape[0]
+    n = y.shape[0]
     ns = sos.shape[0]
-    y = x.astype(np.float64)
     z1 = np.zeros(ns)
     z2 = np.zeros(ns)
     if steady and n > 0:
-        x0 = y[0]
+        x0 = y[n - 1] if backward else y[0]
         for s in range(ns):
             b0 = sos[s, 0]
             b1 = sos[s, 1]
@@ -114,7 +115,8 @@ def _sosfilt_py(sos: np.ndarray, x: np.ndarray, steady: bool) -> np.ndarray:
             z2[s] = b2 * x0 - a2 * y0
             z1[s] = b1 * x0 - a1 * y0 + z2[s]
             x0 = y0
-    for i in range(n):
+    for k in range(n):
+        i = n - 1 - k if backward else k
         xi = y[i]
         for s in range(ns):
             yi = sos[s, 0] * xi + z1[s]
@@ -122,39 +124,55 @@ def _sosfilt_py(sos: np.ndarray, x: np.ndarray, steady: bool) -> np.ndarray:
             z2[s] = sos[s, 2] * xi - sos[s, 5] * yi
             xi = yi
         y[i] = xi
+
+
+_sosfilt_inplace_nb = njit(_sosfilt_inplace_py, nogil=True, cache=True)
+
+
+def _sosfilt_py(sos: np.ndarray, x: np.ndarray, steady: bool) -> np.ndarray:
+    """Causal filter of ``x`` (a new float64 array)."""
+    y = x.astype(np.float64)
+    _sosfilt_inplace_py(sos, y, steady, False)
     return y
 
 
 def _filtfilt_py(sos: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Forward pass, then the same filter over the reversed output (zero phase)."""
-    y = _sosfilt_py(sos, x, True)
-    y = _sosfilt_py(sos, y[::-1].copy(), True)
-    return y[::-1].copy()
+    """Forward pass, then the same filter backward in time (zero phase)."""
+    y = x.astype(np.float64)
+    _sosfilt_inplace_py(sos, y, True, False)
+    _sosfilt_inplace_py(sos, y, True, True)
+    return y
 
 
-_sosfilt_nb = njit(_sosfilt_py, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
+def _sosfilt_nb(sos: np.ndarray, x: np.ndarray, steady: bool) -> np.ndarray:
+    y = x.astype(np.float64)
+    _sosfilt_inplace_nb(sos, y, steady, False)
+    return y
 
 
 @njit(nogil=True, cache=True)
 def _filtfilt_nb(sos: np.ndarray, x: np.ndarray) -> np.ndarray:
-    y = _sosfilt_nb(sos, x, True)
-    y = _sosfilt_nb(sos, y[::-1].copy(), True)
-    return y[::-1].copy()
-
-
-def _sosfilt2_py(sos: np.ndarray, x: np.ndarray, steady: bool) -> np.ndarray:
-    """:func:`_sosfilt_py` on every column of a C-ordered (samples, leads) array at
-    once: the leads' recursions are independent, so the inner loop over leads runs
-    at throughput, not latency.  Per column, the same arithmetic in the same order."""
-    n = x.shape[0]
-    m = x.shape[1]
-    ns = sos.shape[0]
     y = x.astype(np.float64)
+    _sosfilt_inplace_nb(sos, y, True, False)
+    _sosfilt_inplace_nb(sos, y, True, True)
+    return y
+
+
+def _sosfilt2_inplace_py(sos: np.ndarray, y: np.ndarray, steady: bool, backward: bool) -> None:
+    """:func:`_sosfilt_inplace_py` on every column of a C-ordered (samples, leads)
+    array at once: the leads' recursions are independent, so the inner loop over
+    leads runs at throughput, not latency.  Per column, the same arithmetic in the
+    same order."""
+    n = y.shape[0]
+    m = y.shape[1]
+    ns = sos.shape[0]
     z1 = np.zeros((ns, m))
     z2 = np.zeros((ns, m))
     if steady and n > 0:
+        first = n - 1 if backward else 0
         for j in range(m):
-            x0 = y[0, j]
+            x0 = y[first, j]
             for s in range(ns):
                 b0 = sos[s, 0]
                 b1 = sos[s, 1]
@@ -166,7 +184,8 @@ def _sosfilt2_py(sos: np.ndarray, x: np.ndarray, steady: bool) -> np.ndarray:
                 z2[s, j] = b2 * x0 - a2 * y0
                 z1[s, j] = b1 * x0 - a1 * y0 + z2[s, j]
                 x0 = y0
-    for i in range(n):
+    for k in range(n):
+        i = n - 1 - k if backward else k
         for s in range(ns):
             b0 = sos[s, 0]
             b1 = sos[s, 1]
@@ -179,23 +198,24 @@ def _sosfilt2_py(sos: np.ndarray, x: np.ndarray, steady: bool) -> np.ndarray:
                 z1[s, j] = b1 * xi - a1 * yi + z2[s, j]
                 z2[s, j] = b2 * xi - a2 * yi
                 y[i, j] = yi
-    return y
+
+
+_sosfilt2_inplace_nb = njit(_sosfilt2_inplace_py, nogil=True, cache=True)
 
 
 def _filtfilt2_py(sos: np.ndarray, x: np.ndarray) -> np.ndarray:
-    y = _sosfilt2_py(sos, x, True)
-    y = _sosfilt2_py(sos, y[::-1].copy(), True)
-    return y[::-1].copy()
-
-
-_sosfilt2_nb = njit(_sosfilt2_py, nogil=True, cache=True)
+    y = x.astype(np.float64)
+    _sosfilt2_inplace_py(sos, y, True, False)
+    _sosfilt2_inplace_py(sos, y, True, True)
+    return y
 
 
 @njit(nogil=True, cache=True)
 def _filtfilt2_nb(sos: np.ndarray, x: np.ndarray) -> np.ndarray:
-    y = _sosfilt2_nb(sos, x, True)
-    y = _sosfilt2_nb(sos, y[::-1].copy(), True)
-    return y[::-1].copy()
+    y = x.astype(np.float64)
+    _sosfilt2_inplace_nb(sos, y, True, False)
+    _sosfilt2_inplace_nb(sos, y, True, True)
+    return y
 
 
 # --- public functions ------------------------------------------------------------
