@@ -315,12 +315,8 @@ class HttpService:
 
     async def _start(self) -> None:
         if self.cfg.peers:
-            try:  # TEMPORARY: until fenji.routing.outbox_db lands (same session)
-                from fenji.routing.sender import SenderLoop
-            except ImportError as exc:
-                log.error("sending disabled: %s", exc)
-                SenderLoop = None  # type: ignore[assignment,misc]  # noqa: N806
-        if self.cfg.peers and SenderLoop is not None:
+            from fenji.routing.sender import SenderLoop
+
             self.sender = SenderLoop(self.cfg, self.store)
             self._stop_sender = asyncio.Event()
             self._sender_task = asyncio.create_task(self.sender.run(self._stop_sender))

@@ -1,0 +1,98 @@
+"""CLI verbs: `fenji queue ls|pause|resume|retry`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from fenji.gateway import config as config_mod
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("queue", help="the outbox: what is being sent where")
+    qsub = p.add_subparsers(dest="queue_verb", metavar="ACTION", required=True)
+    ls = qsub.add_parser("ls", help="every job: state, attempts, bytes, next retry, error")
+    ls.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    ls.add_argument("--state", choices=("queued", "leased", "done", "dead"))
+    ls.add_argument("--dest", help="only jobs for this destination")
+    ls.add_argument("--json", action="store_true", help="one JSON object per job")
+    ls.set_defaults(func=_ls)
+    for name, helptext in (("pause", "stop sending to a destination"),
+                           ("resume", "send to a paused destination again")):
+        a = qsub.add_parser(name, help=helptext)
+        a.add_argument("dest", metavar="DEST")
+        a.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+        a.set_defaults(func=_pause, paused=(name == "pause"))
+    r = qsub.add_parser("retry", help="put a dead-lettered job back in the queue")
+    r.add_argument("job_id", type=int, metavar="JOB")
+    r.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    r.set_defaults(func=_retry)
+
+
+def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from fenji.gateway.node import open_store
+
+    return open_store(config_mod.load(args.config))
+
+
+def _ls(args: argparse.Namespace) -> int:
+    from fenji.routing.outbox_db import destinations, list_jobs
+
+    store = _open(args)
+    try:
+        jobs = list_jobs(store, state=args.state, destination=args.dest)
+        dests = {d["name"]: d for d in destinations(store)}
+    finally:
+        store.close()
+    now = time.time()
+    for j in jobs:
+        d = dests.get(j["destination"], {})
+        j["destination_paused"] = bool(d.get("paused"))
+        j["breaker"] = d.get("breaker", "closed")
+        if args.json:
+            print(json.dumps(j))
+            continue
+        nxt = ""
+        if j["state"] == "queued" and j["next_attempt_at"] > now:
+            nxt = f"retry in {j['next_attempt_at'] - now:.0f}s"
+        pct = 100 * j["bytes_sent"] / j["bytes_total"] if j["bytes_total"] else 0
+        err = f"  last error: {j['last_error'][:80]}" if j["last_error"] else ""
+        print(f"job {j['job_id']:>5} {j['state']:<7} p{j['priority']} -> {j['destination']:<16} "
+              f"{j['bytes_sent'] / 1e6:8.2f}/{j['bytes_total'] / 1e6:.2f} MB ({pct:3.0f}%) "
+              f"attempts {j['attempts']:>3} {nxt}{err}")
+    if not args.json and not jobs:
+        print("outbox empty")
+    return 0
+
+
+def _pause(args: argparse.Namespace) -> int:
+    from fenji.routing.outbox_db import OutboxError, pause
+
+    store = _open(args)
+    try:
+        pause(store, args.dest, args.paused)
+    except OutboxError as exc:
+        print(f"fenji queue: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(f"{args.dest}: {'paused' if args.paused else 'resumed'}")
+    return 0
+
+
+def _retry(args: argparse.Namespace) -> int:
+    from fenji.routing.outbox_db import OutboxError, requeue_dead
+
+    store = _open(args)
+    try:
+        requeue_dead(store, args.job_id, time.time())
+    except OutboxError as exc:
+        print(f"fenji queue: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(f"job {args.job_id} queued again")
+    return 0

@@ -1,0 +1,172 @@
+"""The outbox's pure core: job states, retry schedule, circuit breaker.
+
+No I/O, no clock, no database: every function takes ``now`` (and a seeded
+``random.Random`` where jitter is involved) and returns a decision that the
+shell (:mod:`fenji.routing.outbox_db`) writes down.  The job transitions live
+in one table, :data:`TRANSITIONS`.
+
+Job states::
+
+    queued --claim--> leased --success--> done
+    leased --failure (retryable, budget left)--> queued (next_attempt_at = backoff)
+    leased --failure (permanent or budget spent)--> dead (reason kept)
+    leased --lease expired (sender crashed)--> queued (no attempt counted)
+    leased --yield (higher priority waiting)--> queued (no attempt counted)
+    dead --operator retry--> queued
+
+Destinations have a circuit breaker: ``closed`` normally; after
+``breaker_threshold`` consecutive failures ``open`` until ``open_until``;
+then ``half-open``: one probe job may go; its success closes the breaker, its
+failure opens it again.  A paused destination sends nothing.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+QUEUED, LEASED, DONE, DEAD = "queued", "leased", "done", "dead"
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+
+# (state, event) -> next state.  The only place job transitions are defined.
+TRANSITIONS: dict[tuple[str, str], str] = {
+    (QUEUED, "claim"): LEASED,
+    (LEASED, "success"): DONE,
+    (LEASED, "retry"): QUEUED,
+    (LEASED, "give_up"): DEAD,
+    (LEASED, "lease_expired"): QUEUED,
+    (LEASED, "yield"): QUEUED,
+    (DEAD, "operator_retry"): QUEUED,
+}
+
+
+class TransitionError(ValueError):
+    pass
+
+
+def transition(state: str, event: str) -> str:
+    try:
+        return TRANSITIONS[(state, event)]
+    except KeyError:
+        raise TransitionError(f"job in state {state!r} cannot take event {event!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxPolicy:
+    # First retry after ~base, doubling per attempt up to cap: a link that drops
+    # for a minute is retried within seconds; a center down for hours is probed
+    # every 10 minutes, not hammered.
+    base_backoff_s: float = 2.0
+    max_backoff_s: float = 600.0
+    # +-25 % jitter so many edges recovering at once do not retry in lockstep.
+    jitter: float = 0.25
+    # Dead-letter after this many failed attempts or this age, whichever first.
+    # A township link can be down for a day: keep trying for three.
+    max_attempts: int = 200
+    max_age_s: float = 3 * 24 * 3600.0
+    # A sender that holds a job longer than this without progress has crashed.
+    lease_s: float = 60.0
+    # Open the breaker after this many consecutive failures to one destination,
+    # for this long (other destinations keep going).
+    breaker_threshold: int = 5
+    breaker_open_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    reason: str
+
+
+def backoff_s(attempts: int, policy: OutboxPolicy, rng: random.Random) -> float:
+    """Delay before attempt ``attempts + 1`` (``attempts`` >= 1 failures so far)."""
+    raw = min(policy.max_backoff_s, policy.base_backoff_s * 2 ** max(0, attempts - 1))
+    return max(0.0, raw * (1 + rng.uniform(-policy.jitter, policy.jitter)))
+
+
+def on_failure(attempts: int, created_at: float, now: float, reason: str, retryable: bool,
+               policy: OutboxPolicy, rng: random.Random) -> Retry | DeadLetter:
+    """Decide after a failed attempt; ``attempts`` includes this one."""
+    if not retryable:
+        return DeadLetter(f"permanent failure: {reason}")
+    if attempts >= policy.max_attempts:
+        return DeadLetter(f"gave up after {attempts} attempts; last: {reason}")
+    if now - created_at >= policy.max_age_s:
+        return DeadLetter(f"gave up after {(now - created_at) / 3600:.1f} h; last: {reason}")
+    return Retry(now + backoff_s(attempts, policy, rng))
+
+
+def breaker_state(dest: dict[str, Any] | None, now: float) -> str:
+    """closed / open / half-open for a destination row (None: never failed)."""
+    if not dest or dest.get("breaker", CLOSED) == CLOSED:
+        return CLOSED
+    if dest.get("open_until") is not None and now < float(dest["open_until"]):
+        return OPEN
+    return HALF_OPEN
+
+
+def breaker_after(dest: dict[str, Any] | None, success: bool, now: float,
+                  policy: OutboxPolicy) -> dict[str, Any]:
+    """The destination's breaker fields after an attempt."""
+    failures = int((dest or {}).get("consecutive_failures", 0))
+    if success:
+        return {"breaker": CLOSED, "consecutive_failures": 0, "open_until": None}
+    failures += 1
+    half_open = breaker_state(dest, now) == HALF_OPEN
+    if half_open or failures >= policy.breaker_threshold:
+        return {"breaker": OPEN, "consecutive_failures": failures,
+                "open_until": now + policy.breaker_open_s}
+    return {"breaker": CLOSED, "consecutive_failures": failures, "open_until": None}
+
+
+def claimable(job: dict[str, Any], dests: dict[str, dict[str, Any]], now: float,
+              leased_per_dest: dict[str, int]) -> bool:
+    """May this job be claimed now?"""
+    dest = dests.get(job["destination"])
+    if dest and dest.get("paused"):
+        return False
+    state = breaker_state(dest, now)
+    if state == OPEN:
+        return False
+    if state == HALF_OPEN and leased_per_dest.get(job["destination"], 0) > 0:
+        return False  # one probe at a time
+    if job["state"] == QUEUED:
+        return float(job["next_attempt_at"]) <= now
+    if job["state"] == LEASED:
+        return job.get("lease_until") is not None and float(job["lease_until"]) <= now
+    return False
+
+
+def pick(jobs: list[dict[str, Any]], dests: dict[str, dict[str, Any]], now: float
+         ) -> dict[str, Any] | None:
+    """The job to send next: STAT (0) before urgent (1) before routine (2), then oldest."""
+    leased: dict[str, int] = {}
+    for j in jobs:
+        if j["state"] == LEASED and j.get("lease_until") and float(j["lease_until"]) > now:
+            leased[j["destination"]] = leased.get(j["destination"], 0) + 1
+    ready = [j for j in jobs if claimable(j, dests, now, leased)]
+    if not ready:
+        return None
+    return min(ready, key=lambda j: (int(j["priority"]), float(j["created_at"]),
+                                     int(j["job_id"])))
+
+
+def next_wakeup(jobs: list[dict[str, Any]], dests: dict[str, dict[str, Any]],
+                now: float) -> float | None:
+    """When something may become claimable (for the shell's sleep)."""
+    times = []
+    for j in jobs:
+        if j["state"] == QUEUED:
+            times.append(float(j["next_attempt_at"]))
+        elif j["state"] == LEASED and j.get("lease_until"):
+            times.append(float(j["lease_until"]))
+    for d in dests.values():
+        if d.get("open_until"):
+            times.append(float(d["open_until"]))
+    future = [t for t in times if t > now]
+    return min(future) if future else None

@@ -1,0 +1,183 @@
+"""The outbox's persistence shell over the node's SQLite store.
+
+Every decision comes from :mod:`fenji.routing.outbox`; this module loads
+rows, asks the core, and writes the result inside ``store.atomic()`` (one
+``BEGIN IMMEDIATE`` transaction, so two claimers never get the same job).
+Leases make a crashed sender harmless: its job becomes claimable again when
+the lease expires.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from fenji.gateway.errors import PeerError
+from fenji.gateway.store import Store
+from fenji.routing import outbox as core
+from fenji.routing.outbox import OutboxPolicy
+
+
+class OutboxError(PeerError):
+    """An operator request about the outbox that cannot be done (names the value)."""
+
+
+def enqueue(store: Store, bundle_id: str, case_id: str, destination: str, priority: int,
+            bytes_total: int, now: float) -> int:
+    """Queue a bundle for a destination; idempotent by ``bundle_id``. Returns the job id."""
+    with store.atomic() as con:
+        row = con.execute("SELECT job_id FROM outbox WHERE bundle_id = ?",
+                          (bundle_id,)).fetchone()
+        if row is not None:
+            return int(row[0])
+        cur = con.execute(
+            "INSERT INTO outbox(bundle_id, case_id, destination, priority, state, attempts, "
+            "next_attempt_at, bytes_total, bytes_sent, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, 'queued', 0, ?, ?, 0, ?, ?)",
+            (bundle_id, case_id, destination, int(priority), now, int(bytes_total), now, now))
+        con.execute("INSERT OR IGNORE INTO destinations(name) VALUES (?)", (destination,))
+        return int(cur.lastrowid or 0)
+
+
+def _dests(con: Any) -> dict[str, dict[str, Any]]:
+    return {r["name"]: dict(r) for r in con.execute("SELECT * FROM destinations")}
+
+
+def claim(store: Store, owner: str, now: float, policy: OutboxPolicy,
+          rng: random.Random | None = None) -> dict[str, Any] | None:
+    """Lease the next job to send (STAT first), or None."""
+    del rng  # claim order is deterministic; kept for a uniform signature
+    with store.atomic() as con:
+        jobs = [dict(r) for r in con.execute(
+            "SELECT * FROM outbox WHERE state IN ('queued', 'leased')")]
+        job = core.pick(jobs, _dests(con), now)
+        if job is None:
+            return None
+        core.transition(core.QUEUED, "claim")  # leased again after an expired lease too
+        con.execute("UPDATE outbox SET state = 'leased', lease_owner = ?, lease_until = ?, "
+                    "updated_at = ? WHERE job_id = ?",
+                    (owner, now + policy.lease_s, now, job["job_id"]))
+        job.update(state=core.LEASED, lease_owner=owner, lease_until=now + policy.lease_s)
+        return job
+
+
+def _owned(con: Any, job_id: int, owner: str) -> dict[str, Any]:
+    row = con.execute("SELECT * FROM outbox WHERE job_id = ?", (job_id,)).fetchone()
+    if row is None:
+        raise OutboxError(f"no outbox job {job_id}")
+    return dict(row)
+
+
+def progress(store: Store, job_id: int, owner: str, bytes_sent: int, now: float,
+             policy: OutboxPolicy | None = None) -> None:
+    """Record bytes sent and extend the lease (a heartbeat)."""
+    lease = (policy or OutboxPolicy()).lease_s
+    with store.atomic() as con:
+        con.execute("UPDATE outbox SET bytes_sent = ?, lease_until = ?, updated_at = ? "
+                    "WHERE job_id = ? AND state = 'leased' AND lease_owner = ?",
+                    (int(bytes_sent), now + lease, now, job_id, owner))
+
+
+def complete(store: Store, job_id: int, owner: str, now: float,
+             policy: OutboxPolicy | None = None) -> None:
+    pol = policy or OutboxPolicy()
+    with store.atomic() as con:
+        job = _owned(con, job_id, owner)
+        if job["state"] == core.DONE:
+            return
+        core.transition(job["state"], "success")
+        con.execute("UPDATE outbox SET state = 'done', bytes_sent = bytes_total, "
+                    "lease_owner = NULL, lease_until = NULL, done_at = ?, updated_at = ?, "
+                    "attempts = attempts + 1, last_error = NULL WHERE job_id = ?",
+                    (now, now, job_id))
+        _update_breaker(con, job["destination"], True, now, pol)
+
+
+def fail(store: Store, job_id: int, owner: str, error: str, now: float,
+         policy: OutboxPolicy | None = None, rng: random.Random | None = None, *,
+         retryable: bool = True) -> core.Retry | core.DeadLetter:
+    """Apply the core's decision after a failed attempt."""
+    pol = policy or OutboxPolicy()
+    rnd = rng or random.Random()
+    with store.atomic() as con:
+        job = _owned(con, job_id, owner)
+        attempts = int(job["attempts"]) + 1
+        decision = core.on_failure(attempts, float(job["created_at"]), now, error, retryable,
+                                   pol, rnd)
+        if isinstance(decision, core.Retry):
+            core.transition(job["state"], "retry")
+            con.execute("UPDATE outbox SET state = 'queued', attempts = ?, next_attempt_at = ?, "
+                        "lease_owner = NULL, lease_until = NULL, last_error = ?, updated_at = ? "
+                        "WHERE job_id = ?", (attempts, decision.at, error[:2000], now, job_id))
+        else:
+            core.transition(job["state"], "give_up")
+            con.execute("UPDATE outbox SET state = 'dead', attempts = ?, lease_owner = NULL, "
+                        "lease_until = NULL, last_error = ?, updated_at = ? WHERE job_id = ?",
+                        (attempts, decision.reason[:2000], now, job_id))
+        _update_breaker(con, job["destination"], False, now, pol)
+        return decision
+
+
+def release(store: Store, job_id: int, owner: str, now: float) -> None:
+    """Give a leased job back without counting an attempt (yield to a STAT job)."""
+    with store.atomic() as con:
+        job = _owned(con, job_id, owner)
+        if job["state"] != core.LEASED:
+            return
+        core.transition(job["state"], "yield")
+        con.execute("UPDATE outbox SET state = 'queued', lease_owner = NULL, lease_until = NULL, "
+                    "next_attempt_at = ?, updated_at = ? WHERE job_id = ?", (now, now, job_id))
+
+
+def _update_breaker(con: Any, destination: str, success: bool, now: float,
+                    policy: OutboxPolicy) -> None:
+    row = con.execute("SELECT * FROM destinations WHERE name = ?", (destination,)).fetchone()
+    fields = core.breaker_after(dict(row) if row else None, success, now, policy)
+    con.execute("INSERT INTO destinations(name, breaker, consecutive_failures, open_until) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET breaker = excluded.breaker, "
+                "consecutive_failures = excluded.consecutive_failures, "
+                "open_until = excluded.open_until",
+                (destination, fields["breaker"], fields["consecutive_failures"],
+                 fields["open_until"]))
+
+
+def pause(store: Store, destination: str, paused: bool = True) -> None:
+    with store.atomic() as con:
+        known = con.execute("SELECT 1 FROM destinations WHERE name = ?",
+                            (destination,)).fetchone()
+        if known is None:
+            names = [r[0] for r in con.execute("SELECT name FROM destinations")]
+            raise OutboxError(f"unknown destination {destination!r} (known: "
+                              f"{', '.join(names) or 'none yet'})")
+        con.execute("UPDATE destinations SET paused = ? WHERE name = ?",
+                    (1 if paused else 0, destination))
+
+
+def requeue_dead(store: Store, job_id: int, now: float) -> None:
+    """Operator action: a dead-lettered job goes back to the queue, attempts reset."""
+    with store.atomic() as con:
+        row = con.execute("SELECT state FROM outbox WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise OutboxError(f"no outbox job {job_id}")
+        try:
+            core.transition(row[0], "operator_retry")
+        except core.TransitionError:
+            raise OutboxError(f"job {job_id} is {row[0]}, not dead: nothing to retry") from None
+        con.execute("UPDATE outbox SET state = 'queued', attempts = 0, next_attempt_at = ?, "
+                    "updated_at = ? WHERE job_id = ?", (now, now, job_id))
+
+
+def list_jobs(store: Store, *, state: str | None = None,
+              destination: str | None = None) -> list[dict[str, Any]]:
+    sql, args = "SELECT * FROM outbox WHERE 1 = 1", []
+    if state:
+        sql += " AND state = ?"
+        args.append(state)
+    if destination:
+        sql += " AND destination = ?"
+        args.append(destination)
+    return store.query(sql + " ORDER BY state, priority, created_at, job_id", tuple(args))
+
+
+def destinations(store: Store) -> list[dict[str, Any]]:
+    return store.query("SELECT * FROM destinations ORDER BY name")
