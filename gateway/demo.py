@@ -134,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         raw_bytes = 0
         study_uids: dict[str, str] = {}
         for label, (files, _, _) in studies.items():
-            r = storescu(files, edge.dicom_port, calling="CT1")
-            if len(r.sent) != len(files):
-                print(f"demo: storescu failed for {label}: {r.failed}", file=sys.stderr)
+            pushed = storescu(files, edge.dicom_port, calling="CT1")
+            if len(pushed.sent) != len(files):
+                print(f"demo: storescu failed for {label}: {pushed.failed}", file=sys.stderr)
                 return 1
             raw_bytes += sum(f.stat().st_size for f in files)
             study_uids[label] = str(pydicom.dcmread(files[0], stop_before_pixels=True)
