@@ -409,10 +409,10 @@ class Store:
         digest = sha256 or hashlib.sha256(data).hexdigest()
         size = len(data)
         existing = self._reader().execute(
-            "SELECT sha256 FROM instances WHERE sop_instance_uid = ?",
+            "SELECT sha256, dataset_sha256 FROM instances WHERE sop_instance_uid = ?",
             (info.sop_instance_uid,)).fetchone()
         if existing is not None:
-            return self._duplicate_or_conflict(existing["sha256"], digest, size, info, calling_ae)
+            return self._duplicate_or_conflict(existing, digest, size, info, calling_ae)
         self._check_room(size)
         path = self.blob_path(digest)
         if not path.exists():
@@ -420,7 +420,8 @@ class Store:
         now = time.time()
         try:
             with self.atomic() as con:
-                row = con.execute("SELECT sha256 FROM instances WHERE sop_instance_uid = ?",
+                row = con.execute("SELECT sha256, dataset_sha256 FROM instances "
+                                  "WHERE sop_instance_uid = ?",
                                   (info.sop_instance_uid,)).fetchone()
                 if row is not None:  # another association won the race
                     pass
@@ -431,13 +432,17 @@ class Store:
                 raise StoreFull(f"store {self.root}: disk full committing index row") from exc
             raise
         if row is not None:
-            return self._duplicate_or_conflict(row["sha256"], digest, size, info, calling_ae)
+            return self._duplicate_or_conflict(row, digest, size, info, calling_ae)
         return PutOutcome(PutStatus.STORED, digest, size)
 
-    def _duplicate_or_conflict(self, have: str, digest: str, size: int, info: InstanceInfo,
+    def _duplicate_or_conflict(self, existing: Any, digest: str, size: int, info: InstanceInfo,
                                calling_ae: str | None) -> PutOutcome:
-        if have == digest:
-            return PutOutcome(PutStatus.DUPLICATE, digest, size, have)
+        # The instance is its data set: the File Meta fenji writes for a C-STORE
+        # names the calling AE, so the same data set re-sent by another sender
+        # (or relayed) is the same instance, answered idempotently.
+        have = existing["sha256"]
+        if have == digest or existing["dataset_sha256"] == info.dataset_sha256:
+            return PutOutcome(PutStatus.DUPLICATE, have, size, have)
         self.record_event("conflict", sop_instance_uid=info.sop_instance_uid,
                           calling_ae=calling_ae, stored_sha256=have, offered_sha256=digest,
                           offered_size=size)

@@ -47,7 +47,7 @@ def test_same_uid_other_bytes_is_a_conflict_and_keeps_the_original(tmp_path: Pat
     c = _checked()
     first = store.put(c.part10, c.info)
     altered = c.part10[:-2] + bytes([c.part10[-2] ^ 1, c.part10[-1]])
-    out = store.put(altered, c.info)
+    out = store.put(altered, check_part10(altered).info)
     assert out.status is PutStatus.CONFLICT and out.existing_sha256 == first.sha256
     assert store.get_instance(c.info.sop_instance_uid)["sha256"] == first.sha256  # type: ignore[index]
     assert store.read_blob(first.sha256) == c.part10
@@ -121,4 +121,22 @@ def test_quarantine_keeps_hostile_uid_as_text_only(tmp_path: Path) -> None:
     assert row["sha256"] == digest and row["uid_hint"] == "../../etc/passwd\\n"
     assert (tmp_path / "s" / "quarantine" / digest).read_bytes() == b"junk"
     assert not (tmp_path / "etc").exists()
+    store.close()
+
+
+def test_same_data_set_from_another_sender_is_a_duplicate(tmp_path: Path) -> None:
+    """The File Meta fenji writes names the calling AE; the data set is the identity."""
+    from fenji.gateway.validate import check_dimse, split_part10
+
+    store = Store(tmp_path / "s")
+    src = ct_series()[0].read_bytes()
+    meta, off = split_part10(src)
+    a, b = (check_dimse(src[off:], meta["TransferSyntaxUID"],
+                        affected_sop_class=meta["MediaStorageSOPClassUID"],
+                        affected_sop_instance=meta["MediaStorageSOPInstanceUID"],
+                        calling_ae=ae) for ae in ("CT1", "CT2"))
+    assert a.part10 != b.part10
+    first = store.put(a.part10, a.info, calling_ae="CT1")
+    again = store.put(b.part10, b.info, calling_ae="CT2")
+    assert again.status is PutStatus.DUPLICATE and again.sha256 == first.sha256
     store.close()
