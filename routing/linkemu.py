@@ -228,8 +228,33 @@ class LinkEmulator:
 
         async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter, rate: float,
                        up: bool) -> None:
+            # Two stages, as on a real link: the rate paces when bytes *leave*
+            # (serialisation), the delay line adds latency without holding up the
+            # bytes behind them (propagation).  A bounded queue between them keeps
+            # memory flat.
             bucket = TokenBucket(rate, p.burst_bytes, time.monotonic())
             one_way = p.rtt_ms / 2000.0
+            line: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue(maxsize=256)
+
+            async def deliver() -> None:
+                try:
+                    while (item := await line.get()) is not None:
+                        due, data = item
+                        await asyncio.sleep(max(0.0, due - time.monotonic()))
+                        w.write(data)
+                        await w.drain()
+                        if up:
+                            self.stats.bytes_up += len(data)
+                        else:
+                            self.stats.bytes_down += len(data)
+                except (ConnectionError, OSError):
+                    pass
+                finally:
+                    with contextlib.suppress(Exception):
+                        if w.can_write_eof():
+                            w.write_eof()
+
+            writer = asyncio.create_task(deliver())
             last_due = 0.0
             try:
                 while True:
@@ -242,27 +267,22 @@ class LinkEmulator:
                         if budget[0] < 0:
                             outcome[0] = "reset-injected"
                             self.stats.resets_injected += 1
+                            writer.cancel()
                             _rst(cw)
                             _rst(uw)
                             return
-                    wait = bucket.delay(len(data), time.monotonic())
-                    due = time.monotonic() + wait + one_way + \
-                        self.rng.uniform(0, p.jitter_ms / 1000.0)
-                    due = max(due, last_due)  # never reorder
-                    last_due = due
-                    await asyncio.sleep(max(0.0, due - time.monotonic()))
-                    w.write(data)
-                    await w.drain()
-                    if up:
-                        self.stats.bytes_up += len(data)
-                    else:
-                        self.stats.bytes_down += len(data)
+                    await asyncio.sleep(bucket.delay(len(data), time.monotonic()))
+                    due = time.monotonic() + one_way + self.rng.uniform(0, p.jitter_ms / 1000)
+                    last_due = due = max(due, last_due)  # never reorder
+                    await line.put((due, data))
             except (ConnectionError, OSError):
                 pass
             finally:
-                with contextlib.suppress(Exception):
-                    if w.can_write_eof():
-                        w.write_eof()
+                if not writer.done():
+                    with contextlib.suppress(asyncio.QueueFull):
+                        await line.put(None)
+                    with contextlib.suppress(Exception):
+                        await writer
 
         await asyncio.gather(pump(cr, uw, p.rate_up_bps, True),
                              pump(ur, cw, p.rate_down_bps, False))
