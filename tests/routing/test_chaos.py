@@ -42,6 +42,12 @@ class _Link:
         self.logf.close()
 
 
+def link_stats(log: Path) -> str:
+    """The emulator's last line (injected resets, bytes) for the report."""
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if "stats=" in ln]
+    return lines[-1].split("stats=", 1)[1] if lines else ""
+
+
 def _cases_at_center(center: NodeProcess) -> set[str]:
     out = center.cli("case", "ls", "--json", check=False).stdout
     return {json.loads(ln)["case_id"] for ln in out.splitlines()
@@ -58,7 +64,13 @@ def _chaos(tmp_path: Path, n_instances: int, kills: int, seed: int) -> dict[str,
                     prefix="ecg", studies=n_ecg)
     edge = NodeProcess(tmp_path / "edge", name="edge", allow_ae=["CT1"], workers=1)
     center = NodeProcess(tmp_path / "center", name="center", role="center", workers=1)
-    link = _Link("3g", center.http_port, seed, tmp_path / "link.log")
+    # A slow, flaky uplink so that the kills land while bundles are moving:
+    # 600 kbit/s, 150 ms RTT, a reset about every 400 kB, short outages.
+    profile = tmp_path / "chaos.toml"
+    profile.write_text("[link]\nrate_up_bps = 600000\nrate_down_bps = 600000\nrtt_ms = 150\n"
+                       "jitter_ms = 20\nreset_mean_bytes = 400000\noutage_every_s = 20\n"
+                       "outage_s = 3\n")
+    link = _Link(str(profile), center.http_port, seed, tmp_path / "link.log")
     edge.add_peer(center, default=True, url=f"http://127.0.0.1:{link.port}")
     center.add_peer(edge)
     try:
@@ -77,19 +89,20 @@ def _chaos(tmp_path: Path, n_instances: int, kills: int, seed: int) -> dict[str,
             assert res.returncode == 0, res.stderr
             case_ids.append(json.loads(res.stdout)["case_id"])
         done_kills = 0
-        deadline = time.monotonic() + 900
+        mid_transfer = 0
+        deadline = time.monotonic() + 1500
+        while done_kills < kills and time.monotonic() < deadline:
+            time.sleep(rng.uniform(0.3, 2.5))
+            mid_transfer += not set(case_ids) <= _cases_at_center(center)
+            victim = rng.choice([edge, center])
+            victim.kill()  # SIGKILL, the whole process group
+            done_kills += 1
+            time.sleep(rng.uniform(0.0, 1.0))
+            victim.start()
         while time.monotonic() < deadline:
             if set(case_ids) <= _cases_at_center(center):
                 break
-            if done_kills < kills:
-                time.sleep(rng.uniform(0.5, 3.0))
-                victim = rng.choice([edge, center])
-                victim.kill()
-                done_kills += 1
-                time.sleep(rng.uniform(0.0, 1.0))
-                victim.start()
-            else:
-                time.sleep(1.0)
+            time.sleep(1.0)
         assert set(case_ids) <= _cases_at_center(center), "not every case arrived in time"
         at_edge = {r["sop_instance_uid"]: r["sha256"] for r in edge.stored()}
         rows = center.stored()
@@ -100,7 +113,9 @@ def _chaos(tmp_path: Path, n_instances: int, kills: int, seed: int) -> dict[str,
         for cid in case_ids:
             shown = json.loads(edge.cli("case", "show", cid).stdout)
             assert shown["receipt"] is not None and shown["receipt_signer"] == "center", cid
-        return {"instances": len(files), "cases": len(case_ids), "kills": done_kills}
+        assert mid_transfer >= kills // 2, "the kills should land while cases are moving"
+        return {"instances": len(files), "cases": len(case_ids), "kills": done_kills,
+                "kills_mid_transfer": mid_transfer}
     finally:
         edge.stop()
         center.stop()
@@ -111,10 +126,11 @@ def _chaos(tmp_path: Path, n_instances: int, kills: int, seed: int) -> dict[str,
 def test_chaos_bounded(tmp_path: Path) -> None:
     n = int(os.environ.get("FENJI_CHAOS_INSTANCES", "240"))
     kills = int(os.environ.get("FENJI_CHAOS_KILLS", "8"))
-    print(_chaos(tmp_path, n, kills, seed=4242))
+    print(_chaos(tmp_path, n, kills, seed=4242), "link:", link_stats(tmp_path / "link.log"))
 
 
 @pytest.mark.long
 @pytest.mark.timeout(3600)
 def test_chaos_full(tmp_path: Path) -> None:
-    print(_chaos(tmp_path, 1000, 50, seed=20261123))
+    seed = int(os.environ.get("FENJI_CHAOS_SEED", "20261123"))
+    print(_chaos(tmp_path, 1000, 50, seed=seed), "link:", link_stats(tmp_path / "link.log"))
