@@ -107,11 +107,15 @@ class NodeProcess:
         text = self.config.read_text()
         if tls:
             text = text.replace("tls = false", "tls = true", 1)
-        if "allow_plain_http" not in text:
-            text += "\n[transfer]\nallow_plain_http = true\n"
-        if default:
-            import re
+        import re
 
+        if "allow_plain_http" not in text:
+            if re.search(r"(?m)^\[transfer\]$", text):
+                text = re.sub(r"(?m)^\[transfer\]\n", "[transfer]\nallow_plain_http = true\n",
+                              text, count=1)
+            else:
+                text += "\n[transfer]\nallow_plain_http = true\n"
+        if default:
             text = re.sub(r"(?m)^\[transfer\]\n",
                           f'[transfer]\ndefault_destination = "{other.name}"\n', text, count=1)
         scheme = "https" if tls else "http"
