@@ -79,11 +79,14 @@ def next_hop(cfg: Any, destination: str) -> str | None:
 
 
 def record_received(store: Store, manifest: dict[str, Any], node_name: str,
-                    now: float | None = None) -> None:
-    """Note a case that arrived in a bundle (idempotent: a re-sent bundle changes nothing)."""
+                    now: float | None = None, instances: list[str] | None = None) -> str | None:
+    """Note a case that arrived in a bundle (idempotent: a re-sent bundle changes nothing).
+
+    Returns the case's state at this node (``received``, ``forwarding``, ``preview``).
+    """
     case = manifest.get("case", {})
     if not case.get("case_id"):
-        return
+        return None
     now = time.time() if now is None else now
     state = "received" if case.get("destination") == node_name else "forwarding"
     if case.get("bundle_kind") == "preview":
@@ -103,6 +106,10 @@ def record_received(store: Store, manifest: dict[str, Any], node_name: str,
              case.get("requesting_physician"), case.get("clinical_question"),
              case.get("consent_ref"), state, case.get("released_by"), case.get("released_at"),
              now, now))
+        if instances:
+            con.executemany("INSERT OR IGNORE INTO case_instances(case_id, sop_instance_uid) "
+                            "VALUES (?, ?)", [(case["case_id"], uid) for uid in instances])
+    return state
 
 
 def enqueue_release(store: Store, rel: Released, hop: str, now: float) -> None:

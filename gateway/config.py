@@ -126,6 +126,21 @@ class PeerSection:
 
 
 @dataclass(frozen=True, slots=True)
+class EgressSection:
+    """An archive a center hands received cases on to (``[[egress]]``)."""
+
+    name: str = ""
+    # orthanc (its REST API), dimse (C-STORE to any SCP) or stow (DICOMweb STOW-RS).
+    kind: str = ""
+    # orthanc / stow: base URL, e.g. "http://127.0.0.1:8042" or ".../dicom-web".
+    url: str = ""
+    # dimse: the SCP's address and AE title; we call as dicom.ae_title.
+    host: str = ""
+    port: int = 0
+    ae_title: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class TransferSection:
     # Destination of a case when `fenji case send` names none (a peer name).
     default_destination: str = ""
@@ -177,6 +192,7 @@ class Config:
     transfer: TransferSection = field(default_factory=TransferSection)
     ingest: IngestSection = field(default_factory=IngestSection)
     peers: tuple[PeerSection, ...] = ()
+    egress: tuple[EgressSection, ...] = ()
     # The file this was loaded from (None for defaults); paths resolve against it.
     source: str | None = None
 
@@ -196,6 +212,9 @@ class Config:
 
     def peer(self, name: str) -> PeerSection | None:
         return next((p for p in self.peers if p.name == name), None)
+
+    def egress_target(self, name: str) -> EgressSection | None:
+        return next((e for e in self.egress if e.name == name), None)
 
 
 # ---------------------------------------------------------------------------
@@ -360,6 +379,15 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
         if (peer.url.startswith("https://") or cfg.http.tls) and not peer.cert:
             errors.append(f"peers[{i}].cert is empty: mutual TLS needs the peer's certificate "
                           "(copy its keys/node.crt)")
+    for i, eg in enumerate(cfg.egress):
+        if eg.kind not in ("orthanc", "dimse", "stow"):
+            errors.append(f"egress[{i}].kind = {eg.kind!r} is not orthanc, dimse or stow")
+        if not eg.name or eg.name in names:
+            errors.append(f"egress[{i}].name = {eg.name!r} must be set and differ from peers")
+        if eg.kind in ("orthanc", "stow") and not eg.url.startswith(("http://", "https://")):
+            errors.append(f"egress[{i}].url = {eg.url!r} must be an http(s) URL")
+        if eg.kind == "dimse" and not (eg.host and 0 < eg.port < 65536 and eg.ae_title):
+            errors.append(f"egress[{i}] (dimse) needs host, port and ae_title")
     dest = cfg.transfer.default_destination
     if dest and dest not in names:
         errors.append(f"transfer.default_destination = {dest!r} is not a configured peer "

@@ -213,3 +213,78 @@ class NodeProcess:
     def __exit__(self, *exc: object) -> None:
         if self.stop() is None:
             self.kill()
+
+
+@dataclass
+class OrthancProcess:
+    """A real Orthanc (Debian package) on loopback, for tests and benchmarks."""
+
+    directory: Path
+    http_port: int = 0
+    dicom_port: int = 0
+    aet: str = "ORTHANC"
+    modalities: dict[str, list[object]] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.directory = Path(self.directory)
+        self.http_port = self.http_port or free_port()
+        self.dicom_port = self.dicom_port or free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout_s: float = 60.0) -> OrthancProcess:
+        import urllib.request
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        plugin = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+        cfg = {
+            "Name": "fenji-test-orthanc", "StorageDirectory": str(self.directory / "db"),
+            "IndexDirectory": str(self.directory / "db"), "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port, "DicomAet": self.aet, "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False, "HttpBindAddress": "127.0.0.1",
+            "DicomServerEnabled": True, "DicomAlwaysAllowStore": True,
+            "DicomCheckCalledAet": False, "DicomModalities": self.modalities,
+            "Plugins": [str(plugin)] if plugin.exists() else [],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}, "StableAge": 1,
+        }
+        conf = self.directory / "orthanc.json"
+        conf.write_text(json.dumps(cfg, indent=1))
+        log = open(self.directory / "orthanc.log", "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(["/usr/sbin/Orthanc", str(conf)], stdout=log, stderr=log,
+                                     start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Orthanc exited with {self.proc.returncode}; see "
+                                   f"{self.directory / 'orthanc.log'}")
+            try:
+                with urllib.request.urlopen(self.url + "/system", timeout=2):  # noqa: S310
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise TimeoutError("Orthanc did not start")
+
+    def get(self, path: str) -> object:
+        import urllib.request
+
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:  # noqa: S310
+            return json.loads(r.read())
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def __enter__(self) -> OrthancProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -189,15 +189,23 @@ async def get_preview(request: web.Request) -> web.Response:
     return web.json_response({"meta": pv.meta, "samples": arr[:, 0].tolist()})
 
 
-def _forward_or_keep(cfg: Config, store: Store, manifest: dict[str, Any], part: Path,
-                     wake: Callable[[], None]) -> bool:
-    """After a bundle was stored: record the case; a relay queues the same bundle onward."""
+def _forward_or_keep(cfg: Config, store: Store, receipt: dict[str, Any],
+                     manifest: dict[str, Any], part: Path, wake: Callable[[], None]) -> bool:
+    """After a bundle was stored: record the case; a relay queues the same bundle onward;
+    a center queues it to its archives ([[egress]])."""
     import os
     import time
 
-    cases_mod.record_received(store, manifest, cfg.node.name)
+    uids = [str(i["sop_instance_uid"]) for i in receipt.get("instances", [])]
+    state = cases_mod.record_received(store, manifest, cfg.node.name, instances=uids)
     case = manifest.get("case", {})
     final = case.get("destination")
+    if state == "received" and cfg.egress and uids:
+        from fenji.routing.egress import enqueue_case
+
+        enqueue_case(cfg, store, str(case["case_id"]),
+                     cases_mod.PRIORITIES.get(str(case.get("priority")), 2), time.time())
+        wake()
     if not final or final == cfg.node.name:
         return False
     hop = cases_mod.next_hop(cfg, final)
@@ -247,7 +255,7 @@ def build_app(cfg: Config, store: Store,
         from fenji.routing.transfer_server import ReceiverContext, add_routes
 
         def on_delivered(receipt: dict[str, Any], manifest: dict[str, Any], part: Path) -> bool:
-            return _forward_or_keep(cfg, store, manifest, part, wake)
+            return _forward_or_keep(cfg, store, receipt, manifest, part, wake)
 
         peers = {p.name: public_from_config(p.public_key, cfg.data_dir) for p in cfg.peers}
         ctx = ReceiverContext(store=store, node_name=cfg.node.name,
@@ -314,7 +322,7 @@ class HttpService:
         self.wake_sender()
 
     async def _start(self) -> None:
-        if self.cfg.peers:
+        if self.cfg.peers or self.cfg.egress:
             from fenji.routing.sender import SenderLoop
 
             self.sender = SenderLoop(self.cfg, self.store)

@@ -113,9 +113,34 @@ class SenderLoop:
                     continue
                 await self._attempt(session, job)
 
+    async def _egress(self, j: dict[str, Any], target: Any) -> None:
+        from fenji.routing import egress
+
+        t0 = time.monotonic()
+        try:
+            n = await asyncio.to_thread(egress.send_case, self.cfg, self.store, target,
+                                        j["case_id"])
+        except egress.EgressError as exc:
+            await asyncio.to_thread(outbox_db.fail, self.store, j["job_id"], self.owner,
+                                    str(exc), self.clock(), self.policy, self.rng,
+                                    retryable=exc.retryable)
+            log.warning("egress job=%s case=%s dest=%s ms=%.0f outcome=failed reason=%s",
+                        j["job_id"], j["case_id"], target.name, (time.monotonic() - t0) * 1000,
+                        exc)
+            return
+        await asyncio.to_thread(outbox_db.complete, self.store, j["job_id"], self.owner,
+                                self.clock())
+        log.info("egress job=%s case=%s dest=%s (%s) instances=%d ms=%.0f outcome=delivered",
+                 j["job_id"], j["case_id"], target.name, egress.describe(target), n,
+                 (time.monotonic() - t0) * 1000)
+
     async def _attempt(self, session: aiohttp.ClientSession, job: Any) -> None:
         j = job if isinstance(job, dict) else job.__dict__
         dest = j["destination"]
+        target = self.cfg.egress_target(dest)
+        if target is not None:
+            await self._egress(j, target)
+            return
         peer = self.cfg.peer(dest)
         path = self.store.root / "bundles" / f"{j['bundle_id']}.fbundle"
         t0 = time.monotonic()
