@@ -63,8 +63,17 @@ def _ls(args: argparse.Namespace) -> int:
         print(f"job {j['job_id']:>5} {j['state']:<7} p{j['priority']} -> {j['destination']:<16} "
               f"{j['bytes_sent'] / 1e6:8.2f}/{j['bytes_total'] / 1e6:.2f} MB ({pct:3.0f}%) "
               f"attempts {j['attempts']:>3} {nxt}{err}")
-    if not args.json and not jobs:
-        print("outbox empty")
+    if not args.json:
+        if not jobs:
+            print("outbox empty")
+        for d in dests.values():
+            if d.get("requests"):
+                allowed = f", allowed {d['allowed_bps'] / 1e6:.2f} Mbit/s" \
+                    if d.get("allowed_bps") else ""
+                print(f"link {d['name']}: {(d.get('throughput_bps') or 0) / 1e6:.2f} Mbit/s, "
+                      f"RTT {d.get('rtt_ms') or 0:.0f} ms, errors {d['errors']}/"
+                      f"{d['requests']} requests{allowed}"
+                      f"{', PAUSED' if d.get('paused') else ''}, breaker {d['breaker']}")
     return 0
 
 

@@ -123,6 +123,11 @@ class PeerSection:
     public_key: str = ""
     # Its TLS certificate (PEM, relative to data_dir), pinned: required for https.
     cert: str = ""
+    # Capacity of the link to it, bits/s (0: do not pace), and the share fenji
+    # may use by time of day, e.g. ["08:00-18:00=30%"] keeps 70 % for the
+    # hospital during clinic hours; outside every window fenji may use it all.
+    rate_bps: int = 0
+    schedule: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,6 +381,14 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
                           "transfer.allow_plain_http = true (labs only) or use https://")
         if not peer.public_key:
             errors.append(f"peers[{i}].public_key is empty (PEM path or 64 hex digits)")
+        if peer.rate_bps < 0:
+            errors.append(f"peers[{i}].rate_bps = {peer.rate_bps} must be >= 0")
+        try:
+            from fenji.routing.shaping import parse_schedule
+
+            parse_schedule(peer.schedule)
+        except ValueError as exc:
+            errors.append(f"peers[{i}].{exc}")
         if (peer.url.startswith("https://") or cfg.http.tls) and not peer.cert:
             errors.append(f"peers[{i}].cert is empty: mutual TLS needs the peer's certificate "
                           "(copy its keys/node.crt)")

@@ -199,6 +199,13 @@ MIGRATIONS: list[tuple[int, str]] = [
         updated_at       REAL NOT NULL
     );
     """),
+    (4, """
+    ALTER TABLE destinations ADD COLUMN throughput_bps REAL;
+    ALTER TABLE destinations ADD COLUMN rtt_ms REAL;
+    ALTER TABLE destinations ADD COLUMN requests INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE destinations ADD COLUMN errors INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE destinations ADD COLUMN allowed_bps REAL;
+    """),
 ]
 
 

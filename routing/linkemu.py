@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fenji.routing.shaping import TokenBucket
+
 log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "links"
 
@@ -103,25 +105,6 @@ def load_profile(name_or_path: str) -> LinkProfile:
         raise ValueError(f"{path}: " + "; ".join(errors))
     kwargs.setdefault("name", path.stem)
     return LinkProfile(**kwargs)
-
-
-class TokenBucket:
-    """Pure rate limiter: how long to wait before ``n`` bytes may pass."""
-
-    def __init__(self, rate_bps: float, burst_bytes: int, now: float) -> None:
-        self.rate_Bps = rate_bps / 8.0
-        self.capacity = float(max(1, burst_bytes))
-        self.tokens = self.capacity
-        self.t = now
-
-    def delay(self, n: int, now: float) -> float:
-        """Reserve ``n`` bytes; return seconds to wait before sending them."""
-        if self.rate_Bps <= 0:
-            return 0.0
-        self.tokens = min(self.capacity, self.tokens + (now - self.t) * self.rate_Bps)
-        self.t = now
-        self.tokens -= n
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate_Bps
 
 
 @dataclass

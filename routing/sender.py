@@ -32,6 +32,7 @@ from fenji.gateway.keys import load_private, public_from_config
 from fenji.gateway.store import Store
 from fenji.routing import outbox_db
 from fenji.routing.outbox import OutboxPolicy
+from fenji.routing.shaping import LinkMeter, Pacer, parse_schedule
 from fenji.routing.transfer_client import (
     ChunkSizer,
     Delivered,
@@ -76,6 +77,8 @@ class SenderLoop:
         self.peer_keys = {p.name: public_from_config(p.public_key, cfg.data_dir)
                           for p in cfg.peers}
         self.sizers: dict[str, ChunkSizer] = {}
+        self.meters: dict[str, LinkMeter] = {}
+        self.pacers: dict[str, Pacer] = {}
         self._ssl_ctx: dict[str, Any] = {}
         self.wake = asyncio.Event()
 
@@ -92,6 +95,34 @@ class SenderLoop:
                 self.cfg.resolve(k.certificate), self.cfg.resolve(k.private_key),
                 self.cfg.resolve(peer.cert))
         return self._ssl_ctx[dest]
+
+    def _pace(self, dest: str) -> Callable[[int], float]:
+        peer = self.cfg.peer(dest)
+        if peer is None or not peer.rate_bps:
+            return lambda n: 0.0
+        pacer = self.pacers.setdefault(dest, Pacer(peer.rate_bps, parse_schedule(peer.schedule),
+                                                   time.monotonic()))
+
+        def pace(n: int) -> float:
+            lt = time.localtime(self.clock())
+            return pacer.delay(n, time.monotonic(), lt.tm_hour * 60 + lt.tm_min)
+
+        return pace
+
+    def _save_meter(self, dest: str) -> None:
+        m = self.meters.get(dest)
+        if m is None:
+            return
+        peer = self.cfg.peer(dest)
+        allowed = None
+        if peer is not None and peer.rate_bps:
+            lt = time.localtime(self.clock())
+            allowed = self.pacers[dest].allowed_bps(lt.tm_hour * 60 + lt.tm_min) \
+                if dest in self.pacers else float(peer.rate_bps)
+        with self.store.atomic() as con:
+            con.execute("UPDATE destinations SET throughput_bps = ?, rtt_ms = ?, requests = ?, "
+                        "errors = ?, allowed_bps = ? WHERE name = ?",
+                        (m.throughput_bps, m.rtt_ms, m.requests, m.errors, allowed, dest))
 
     def _sizer(self, dest: str) -> ChunkSizer:
         t = self.cfg.transfer
@@ -168,14 +199,17 @@ class SenderLoop:
             out = await send_bundle(session, peer.url, self.sender, self.peer_keys[dest], path,
                                     j["bundle_id"], sizer=self._sizer(dest), manifest=manifest,
                                     should_yield=should_yield, on_progress=progress,
-                                    ssl=self._ssl(dest))
+                                    ssl=self._ssl(dest), pace=self._pace(dest),
+                                    meter=self.meters.setdefault(dest, LinkMeter()))
         except TransferError as exc:
+            await asyncio.to_thread(self._save_meter, dest)
             await asyncio.to_thread(outbox_db.fail, self.store, j["job_id"], self.owner,
                                     str(exc), self.clock(), self.policy, self.rng,
                                     retryable=exc.retryable)
             log.warning("transfer job=%s case=%s dest=%s ms=%.0f outcome=failed reason=%s",
                         j["job_id"], j["case_id"], dest, (time.monotonic() - t0) * 1000, exc)
             return
+        await asyncio.to_thread(self._save_meter, dest)
         if isinstance(out, Delivered):
             now = self.clock()
             await asyncio.to_thread(keep_receipt, self.store, j, out, now)

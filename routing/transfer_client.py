@@ -12,6 +12,7 @@ boundaries); the upload stays where it is and resumes later.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -30,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from fenji.codecs.errors import PeerError
 from fenji.gateway.keys import canonical_json, sign, verify
+from fenji.routing.shaping import LinkMeter
 from fenji.routing.transfer_server import auth_message
 
 
@@ -101,14 +103,18 @@ async def send_bundle(session: aiohttp.ClientSession, base_url: str, sender: Sen
                       sizer: ChunkSizer, manifest: dict[str, Any],
                       should_yield: Callable[[], bool] = lambda: False,
                       on_progress: Callable[[int, int], None] = lambda offset, total: None,
-                      ssl: Any = None) -> Delivered | Yielded:
+                      ssl: Any = None, pace: Callable[[int], float] = lambda n: 0.0,
+                      meter: LinkMeter | None = None) -> Delivered | Yielded:
     t0 = time.monotonic()
     total = os.path.getsize(bundle_path)
     base = base_url.rstrip("/")
     path = "/transfer/uploads"
     h = sender.headers("POST", path, {"Fenji-Bundle-Id": bundle_id, "Upload-Length": str(total)})
+    meter = meter or LinkMeter()
     try:
+        r0 = time.monotonic()
         async with session.post(base + path, headers=h, ssl=ssl) as resp:
+            meter.rtt(time.monotonic() - r0)
             if resp.status not in (200, 201):
                 raise TransferError(f"create upload: {await _json_error(resp)}",
                                     retryable=resp.status >= 500 or resp.status == 429)
@@ -120,6 +126,9 @@ async def send_bundle(session: aiohttp.ClientSession, base_url: str, sender: Sen
             if should_yield():
                 return Yielded(offset, sent)
             chunk = _read_at(bundle_path, offset, sizer.size)
+            wait = pace(len(chunk))  # the hospital's share of its link (routing/shaping.py)
+            if wait > 0:
+                await asyncio.sleep(wait)
             digest = base64.b64encode(hashlib.sha256(chunk).digest()).decode()
             h = sender.headers("PATCH", location, {
                 "Upload-Offset": str(offset), "Upload-Checksum": f"sha256 {digest}",
@@ -130,6 +139,7 @@ async def send_bundle(session: aiohttp.ClientSession, base_url: str, sender: Sen
                     offset = int(resp.headers["Upload-Offset"])
                     sent += len(chunk)
                     sizer.update(len(chunk), time.monotonic() - c0)
+                    meter.chunk(len(chunk), time.monotonic() - c0)
                     on_progress(offset, total)
                     continue
                 if resp.status == 409 and "Upload-Offset" in resp.headers:
@@ -145,6 +155,7 @@ async def send_bundle(session: aiohttp.ClientSession, base_url: str, sender: Sen
                                     retryable=resp.status != 422)
             body = await resp.json()
     except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+        meter.error()
         raise TransferError(f"{type(exc).__name__}: {exc}".strip()) from exc
     receipt, signature = body["receipt"], body["signature"]
     check_receipt(receipt, signature, peer_key, bundle_path, bundle_id, manifest)
