@@ -109,6 +109,13 @@ def record_received(store: Store, manifest: dict[str, Any], node_name: str,
         if instances:
             con.executemany("INSERT OR IGNORE INTO case_instances(case_id, sop_instance_uid) "
                             "VALUES (?, ?)", [(case["case_id"], uid) for uid in instances])
+    att = case.get("attestation")
+    if isinstance(att, dict) and state != "preview":
+        # The sending hospital's signed statement travels with the case and is
+        # kept as received (fenji quality show at the center prints it).
+        _save_quality(store, str(case["case_id"]),
+                      {"verdict": att.get("verdict"), "reasons": att.get("reasons", []),
+                       "received_from": case.get("sender")}, att, now)
     return state
 
 
@@ -132,7 +139,8 @@ def release(store: Store, study_instance_uid: str, *, destination: str, priority
             service: str | None = None, requesting_physician: str | None = None,
             clinical_question: str | None = None, consent_ref: str | None = None,
             released_by: str = "cli", sender_node: str = "", effort: str = "fast",
-            gate_key: Any = None, operator: str = "", now: float | None = None) -> Released:
+            gate_key: Any = None, operator: str = "", now: float | None = None,
+            thresholds: tuple[Any, Any] = (None, None)) -> Released:
     """Release ``study_instance_uid`` (or its new instances) to ``destination``.
 
     With ``gate_key`` (the node's Ed25519 key) the quality gate runs first: an
@@ -185,7 +193,7 @@ def release(store: Store, study_instance_uid: str, *, destination: str, priority
     if gate_key is not None:
         from fenji.gateway import quality_gate as qg
 
-        report = qg.assess([store.read_blob(r["sha256"]) for r in rows])
+        report = qg.assess([store.read_blob(r["sha256"]) for r in rows], *thresholds)
         if report["verdict"] == qg.UNACCEPTABLE:
             _insert_case(store, case_meta, rows, "held", now)
             _save_quality(store, case_id, report, None, now)

@@ -84,7 +84,8 @@ def _send(args: argparse.Namespace) -> int:
                           service=args.service, requesting_physician=args.physician,
                           clinical_question=args.question, consent_ref=args.consent,
                           released_by="cli", sender_node=cfg.node.name, effort=args.effort,
-                          gate_key=key, operator=args.operator or _login())
+                          gate_key=key, operator=args.operator or _login(),
+                          thresholds=(cfg.quality_ecg, cfg.quality_image))
         except CaseHeld as held:
             print(f"case {held.case_id} HELD by the quality gate:", file=sys.stderr)
             for r in held.reasons:

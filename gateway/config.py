@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fenji.codecs.ecg_quality import EcgQualityThresholds
+from fenji.codecs.image_quality import ImageQualityThresholds
 from fenji.gateway.errors import ConfigError
 
 ROLES = ("edge", "relay", "center")
@@ -196,6 +198,11 @@ class Config:
     log: LogSection = field(default_factory=LogSection)
     transfer: TransferSection = field(default_factory=TransferSection)
     ingest: IngestSection = field(default_factory=IngestSection)
+    # The quality gate's thresholds (DESIGN.md §9: thresholds live in config);
+    # every default and its reason is in fenji/codecs/ecg_quality.py and
+    # image_quality.py.  A [quality_ecg] / [quality_image] table overrides.
+    quality_ecg: EcgQualityThresholds = field(default_factory=EcgQualityThresholds)
+    quality_image: ImageQualityThresholds = field(default_factory=ImageQualityThresholds)
     peers: tuple[PeerSection, ...] = ()
     egress: tuple[EgressSection, ...] = ()
     # The file this was loaded from (None for defaults); paths resolve against it.

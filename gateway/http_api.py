@@ -81,7 +81,8 @@ async def post_case(request: web.Request) -> web.Response:
             requesting_physician=body.get("requesting_physician"),
             clinical_question=body.get("clinical_question"), consent_ref=body.get("consent_ref"),
             released_by="api", sender_node=cfg.node.name, gate_key=key,
-            operator=str(body.get("operator") or "api"))
+            operator=str(body.get("operator") or "api"),
+            thresholds=(cfg.quality_ecg, cfg.quality_image))
     except cases_mod.CaseHeld as held:
         return web.json_response({"status": 409, "error": "held", "message": str(held),
                                   "case_id": held.case_id, "reasons": held.reasons},

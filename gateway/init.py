@@ -72,6 +72,12 @@ public_key = "keys/node.pub"
 # Self-signed certificate of the node key: give it to peers for mutual TLS.
 certificate = "keys/node.crt"
 
+# The quality gate's thresholds; defaults and reasons in fenji/codecs/ecg_quality.py
+# and image_quality.py.  For example, for a 60 Hz mains region:
+# [quality_ecg]
+# mains_hz = 60.0
+# flat_s = 0.2
+
 # Other fenji nodes this one sends to or receives from, e.g.:
 # [transfer]
 # default_destination = "regional-center"

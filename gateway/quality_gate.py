@@ -36,8 +36,10 @@ _RANK = {ACCEPTABLE: 0, WARNINGS: 1, UNACCEPTABLE: 2}
 ECG_SOP_PREFIX = "1.2.840.10008.5.1.4.1.1.9."
 
 
-def assess(blobs: list[bytes]) -> dict[str, Any]:
-    """Quality report of a case's instances (Part-10 bytes)."""
+def assess(blobs: list[bytes], ecg_thresholds: Any = None,
+           image_thresholds: Any = None) -> dict[str, Any]:
+    """Quality report of a case's instances (Part-10 bytes), with the config's
+    thresholds (``None``: the documented defaults)."""
     from fenji.codecs.ecg_quality import check_ecg
     from fenji.gateway.ecg_io import read_dicom_ecg
     from fenji.gateway.image_checks import check_series
@@ -51,7 +53,7 @@ def assess(blobs: list[bytes]) -> dict[str, Any]:
         sop_class = str(ds.get("SOPClassUID", ""))
         if sop_class.startswith(ECG_SOP_PREFIX) and "WaveformSequence" in ds:
             rec = read_dicom_ecg(ds)
-            report, qrs = check_ecg(rec.physical_mv(), rec.fs_hz, rec.leads)
+            report, qrs = check_ecg(rec.physical_mv(), rec.fs_hz, rec.leads, ecg_thresholds)
             report["n_beats"] = int(len(qrs))
             uid = str(ds.SOPInstanceUID)
             ecg_reports[uid] = report
@@ -61,7 +63,7 @@ def assess(blobs: list[bytes]) -> dict[str, Any]:
             series[str(ds.get("SeriesInstanceUID", ""))].append(ds)
     series_reports = {}
     for uid, dss in series.items():
-        rep = check_series(dss)
+        rep = check_series(dss, image_thresholds)
         series_reports[uid] = rep
         label = f"{dss[0].get('Modality', '')} series {dss[0].get('SeriesNumber', '')}".strip()
         reasons += [f"{label}: {r}" for r in rep["reasons"]]
