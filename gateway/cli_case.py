@@ -147,14 +147,10 @@ def _override(args: argparse.Namespace) -> int:
 
 def _ls(args: argparse.Namespace) -> int:
     from fenji.gateway.cases import list_cases
-    from fenji.gateway.node import open_store
+    from fenji.gateway.node import config_and_store
 
-    cfg = config_mod.load(args.config)
-    store = open_store(cfg)
-    try:
+    with config_and_store(args.config) as (_, store):
         rows = list_cases(store, state=args.state)
-    finally:
-        store.close()
     for r in rows:
         if args.json:
             print(json.dumps(r))
@@ -166,11 +162,9 @@ def _ls(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     from fenji.gateway.cases import get_case
-    from fenji.gateway.node import open_store
+    from fenji.gateway.node import config_and_store
 
-    cfg = config_mod.load(args.config)
-    store = open_store(cfg)
-    try:
+    with config_and_store(args.config) as (_, store):
         case = get_case(store, args.case_id)
         if case is None:
             print(f"fenji case show: no case {args.case_id!r}", file=sys.stderr)
@@ -180,7 +174,5 @@ def _show(args: argparse.Namespace) -> int:
                               (args.case_id,))
         case["receipt"] = json.loads(rec["receipt_json"]) if rec else None
         case["receipt_signer"] = rec["signer"] if rec else None
-    finally:
-        store.close()
     print(json.dumps(case, indent=2))
     return 0

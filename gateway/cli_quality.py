@@ -7,8 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-from fenji.gateway import config as config_mod
-
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("quality", help="the quality gate's reports and attestations")
@@ -22,14 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _show(args: argparse.Namespace) -> int:
     from fenji.gateway.cases import quality_of
-    from fenji.gateway.node import open_store
+    from fenji.gateway.node import config_and_store
 
-    cfg = config_mod.load(args.config)
-    store = open_store(cfg)
-    try:
+    with config_and_store(args.config) as (_, store):
         q = quality_of(store, args.case_id)
-    finally:
-        store.close()
     if q is None:
         print(f"fenji quality show: no quality report for case {args.case_id!r} (was the gate "
               "on when it was released?)", file=sys.stderr)

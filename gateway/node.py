@@ -23,6 +23,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,19 @@ def setup_logging(cfg: Config, *, verbose: int = 0) -> None:
 def open_store(cfg: Config) -> Store:
     return Store(cfg.store_dir, min_free_bytes=cfg.store.min_free_bytes,
                  quarantine=cfg.store.quarantine)
+
+
+@contextlib.contextmanager
+def config_and_store(config_path: Path) -> Iterator[tuple[Config, Store]]:
+    """For CLI verbs: load the config, open its store, close it afterwards."""
+    from fenji.gateway import config as config_mod
+
+    cfg = config_mod.load(config_path)
+    store = open_store(cfg)
+    try:
+        yield cfg, store
+    finally:
+        store.close()
 
 
 def worker_count(cfg: Config) -> int:
