@@ -70,6 +70,11 @@ class ChunkSizer:
         elif seconds > 10.0:
             self.size = max(self.lo, self.size // 2)
 
+    def failed(self) -> None:
+        """A chunk died with its connection (a 3G handover, a reset): halve it, so
+        a flaky link still makes progress between drops."""
+        self.size = max(self.lo, self.size // 2)
+
 
 class Sender:
     """Signs requests as this node."""
@@ -156,6 +161,7 @@ async def send_bundle(session: aiohttp.ClientSession, base_url: str, sender: Sen
             body = await resp.json()
     except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
         meter.error()
+        sizer.failed()
         raise TransferError(f"{type(exc).__name__}: {exc}".strip()) from exc
     receipt, signature = body["receipt"], body["signature"]
     check_receipt(receipt, signature, peer_key, bundle_path, bundle_id, manifest)

@@ -53,3 +53,14 @@ def test_meter_tracks_throughput_rtt_errors() -> None:
     m.error()
     assert m.throughput_bps == pytest.approx(1e6) and m.rtt_ms == pytest.approx(600)
     assert m.error_rate == pytest.approx(0.5)
+
+
+def test_chunk_size_halves_after_a_dropped_chunk_and_grows_back() -> None:
+    from fenji.routing.transfer_client import ChunkSizer
+
+    s = ChunkSizer(256 * 1024, 16 * 1024, 1024 * 1024)
+    for _ in range(10):
+        s.failed()
+    assert s.size == 16 * 1024  # never below the floor
+    s.update(16 * 1024, 0.5)
+    assert s.size == 32 * 1024
