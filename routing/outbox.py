@@ -90,15 +90,21 @@ def backoff_s(attempts: int, policy: OutboxPolicy, rng: random.Random) -> float:
 
 
 def on_failure(attempts: int, created_at: float, now: float, reason: str, retryable: bool,
-               policy: OutboxPolicy, rng: random.Random) -> Retry | DeadLetter:
-    """Decide after a failed attempt; ``attempts`` includes this one."""
+               policy: OutboxPolicy, rng: random.Random,
+               progressed: bool = False) -> Retry | DeadLetter:
+    """Decide after a failed attempt; ``attempts`` includes this one.
+
+    An attempt that moved bytes before it failed (a link that drops now and
+    then) is retried after the base delay: backoff is for links that are down,
+    not for links that are merely flaky.
+    """
     if not retryable:
         return DeadLetter(f"permanent failure: {reason}")
     if attempts >= policy.max_attempts:
         return DeadLetter(f"gave up after {attempts} attempts; last: {reason}")
     if now - created_at >= policy.max_age_s:
         return DeadLetter(f"gave up after {(now - created_at) / 3600:.1f} h; last: {reason}")
-    return Retry(now + backoff_s(attempts, policy, rng))
+    return Retry(now + backoff_s(1 if progressed else attempts, policy, rng))
 
 
 def breaker_state(dest: dict[str, Any] | None, now: float) -> str:

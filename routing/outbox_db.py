@@ -95,7 +95,7 @@ def complete(store: Store, job_id: int, owner: str, now: float,
 
 def fail(store: Store, job_id: int, owner: str, error: str, now: float,
          policy: OutboxPolicy | None = None, rng: random.Random | None = None, *,
-         retryable: bool = True) -> core.Retry | core.DeadLetter:
+         retryable: bool = True, progressed: bool = False) -> core.Retry | core.DeadLetter:
     """Apply the core's decision after a failed attempt."""
     pol = policy or OutboxPolicy()
     rnd = rng or random.Random()
@@ -103,7 +103,7 @@ def fail(store: Store, job_id: int, owner: str, error: str, now: float,
         job = _owned(con, job_id, owner)
         attempts = int(job["attempts"]) + 1
         decision = core.on_failure(attempts, float(job["created_at"]), now, error, retryable,
-                                   pol, rnd)
+                                   pol, rnd, progressed)
         if isinstance(decision, core.Retry):
             core.transition(job["state"], "retry")
             con.execute("UPDATE outbox SET state = 'queued', attempts = ?, next_attempt_at = ?, "

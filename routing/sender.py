@@ -184,8 +184,10 @@ class SenderLoop:
                       j["case_id"], dest, reason)
             return
         last_progress = [time.monotonic()]
+        moved = [False]
 
         def progress(offset: int, total: int) -> None:
+            moved[0] = True
             now = time.monotonic()
             if now - last_progress[0] >= 1.0 or offset == total:
                 last_progress[0] = now
@@ -205,7 +207,7 @@ class SenderLoop:
             await asyncio.to_thread(self._save_meter, dest)
             await asyncio.to_thread(outbox_db.fail, self.store, j["job_id"], self.owner,
                                     str(exc), self.clock(), self.policy, self.rng,
-                                    retryable=exc.retryable)
+                                    retryable=exc.retryable, progressed=moved[0])
             log.warning("transfer job=%s case=%s dest=%s ms=%.0f outcome=failed reason=%s",
                         j["job_id"], j["case_id"], dest, (time.monotonic() - t0) * 1000, exc)
             return

@@ -177,3 +177,11 @@ def test_two_claimers_never_share_a_job(store: Store) -> None:
     for t in ts:
         t.join()
     assert len(got) == len(set(got)) == 40
+
+
+def test_a_flaky_link_that_made_progress_is_retried_soon() -> None:
+    slow = core.on_failure(9, 0.0, 100.0, "reset", True, POLICY, random.Random(0))
+    soon = core.on_failure(9, 0.0, 100.0, "reset", True, POLICY, random.Random(0),
+                           progressed=True)
+    assert isinstance(slow, Retry) and isinstance(soon, Retry)
+    assert soon.at - 100.0 <= POLICY.base_backoff_s * (1 + POLICY.jitter) < slow.at - 100.0
