@@ -366,3 +366,17 @@ def set_state(store: Store, case_id: str, state: str, now: float | None = None) 
     with store.atomic() as con:
         con.execute("UPDATE cases SET state = ?, updated_at = ? WHERE case_id = ?",
                     (state, time.time() if now is None else now, case_id))
+
+
+def stable_studies(store: Store, destination: str, stable_s: float, now: float) -> list[str]:
+    """Studies with no new instance for ``stable_s`` and instances not yet in any
+    live case for ``destination``: what the stable-study timer releases."""
+    rows = store.query(
+        "SELECT s.study_instance_uid FROM studies s WHERE s.last_received_at <= ? AND EXISTS ("
+        " SELECT 1 FROM instances i WHERE i.study_instance_uid = s.study_instance_uid"
+        " AND NOT EXISTS (SELECT 1 FROM case_instances ci JOIN cases c ON c.case_id = "
+        " ci.case_id WHERE ci.sop_instance_uid = i.sop_instance_uid AND c.destination = ?))"
+        " AND NOT EXISTS (SELECT 1 FROM cases c WHERE c.study_instance_uid = "
+        " s.study_instance_uid AND c.destination = ? AND c.state = 'held')"
+        " ORDER BY s.last_received_at", (now - stable_s, destination, destination))
+    return [r["study_instance_uid"] for r in rows]

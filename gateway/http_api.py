@@ -322,7 +322,40 @@ class HttpService:
         cases_mod.enqueue_release(self.store, rel, hop, time.time())
         self.wake_sender()
 
+    async def _stable_study_timer(self) -> None:
+        """Release studies that stopped growing (transfer.stable_study_s), as the
+        case records: released_by = timer.  Held cases wait for a person."""
+        import time
+
+        cfg = self.cfg
+        dest = cfg.transfer.default_destination
+        key = load_private(cfg.resolve(cfg.keys.private_key))
+        period = max(1.0, min(30.0, cfg.transfer.stable_study_s / 4))
+        while True:
+            await asyncio.sleep(period)
+            try:
+                due = await asyncio.to_thread(cases_mod.stable_studies, self.store, dest,
+                                              cfg.transfer.stable_study_s, time.time())
+                for study in due:
+                    try:
+                        rel = await asyncio.to_thread(
+                            cases_mod.release, self.store, study, destination=dest,
+                            released_by="timer", sender_node=cfg.node.name, gate_key=key,
+                            operator="stable-study timer",
+                            thresholds=(cfg.quality_ecg, cfg.quality_image))
+                    except cases_mod.CaseHeld as held:
+                        log.warning("timer: case %s held: %s", held.case_id, held.reasons[:3])
+                        continue
+                    except cases_mod.CaseError as exc:
+                        log.warning("timer: study %s not released: %s", study, exc)
+                        continue
+                    await asyncio.to_thread(self._on_release, rel)
+            except Exception:  # the timer must survive any one bad study
+                log.exception("stable-study timer round failed")
+
     async def _start(self) -> None:
+        if self.cfg.transfer.stable_study_s > 0 and self.cfg.transfer.default_destination:
+            self._timer_task = asyncio.create_task(self._stable_study_timer())
         if self.cfg.peers or self.cfg.egress:
             from fenji.routing.sender import SenderLoop
 
@@ -350,6 +383,9 @@ class HttpService:
         if self._runner is None:
             return
         async def shutdown() -> None:
+            timer = getattr(self, "_timer_task", None)
+            if timer is not None:
+                timer.cancel()
             if self._stop_sender is not None and self._sender_task is not None:
                 self._stop_sender.set()
                 self.sender.wake.set()
