@@ -71,6 +71,19 @@ class OutboxPolicy:
     # for this long (other destinations keep going).
     breaker_threshold: int = 5
     breaker_open_s: float = 60.0
+    # Jobs allowed in flight to a half-open destination: one probe tells
+    # whether the center is back without re-sending the whole backlog into it.
+    half_open_probes: int = 1
+
+    def __post_init__(self) -> None:
+        if self.base_backoff_s <= 0 or self.max_backoff_s < self.base_backoff_s:
+            raise ValueError("need 0 < base_backoff_s <= max_backoff_s")
+        if not 0 <= self.jitter < 1:
+            raise ValueError(f"jitter must be in [0, 1), got {self.jitter}")
+        if self.max_attempts < 1 or self.lease_s <= 0 or self.breaker_threshold < 1:
+            raise ValueError("max_attempts, lease_s and breaker_threshold must be positive")
+        if self.half_open_probes < 1:
+            raise ValueError(f"half_open_probes must be >= 1, got {self.half_open_probes}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +94,28 @@ class Retry:
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseLost:
+    """A failure reported by a sender whose lease another sender now holds: ignored."""
+
+    owner: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    job: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
+class Idle:
+    """Nothing queued that could ever become ready by waiting (all done, dead or paused)."""
 
 
 def backoff_s(attempts: int, policy: OutboxPolicy, rng: random.Random) -> float:
@@ -131,7 +166,7 @@ def breaker_after(dest: dict[str, Any] | None, success: bool, now: float,
 
 
 def claimable(job: dict[str, Any], dests: dict[str, dict[str, Any]], now: float,
-              leased_per_dest: dict[str, int]) -> bool:
+              leased_per_dest: dict[str, int], policy: OutboxPolicy | None = None) -> bool:
     """May this job be claimed now?"""
     dest = dests.get(job["destination"])
     if dest and dest.get("paused"):
@@ -139,23 +174,24 @@ def claimable(job: dict[str, Any], dests: dict[str, dict[str, Any]], now: float,
     state = breaker_state(dest, now)
     if state == OPEN:
         return False
-    if state == HALF_OPEN and leased_per_dest.get(job["destination"], 0) > 0:
-        return False  # one probe at a time
+    probes = (policy or OutboxPolicy()).half_open_probes
+    if state == HALF_OPEN and leased_per_dest.get(job["destination"], 0) >= probes:
+        return False  # only the probes go until one succeeds
     if job["state"] == QUEUED:
         return float(job["next_attempt_at"]) <= now
     if job["state"] == LEASED:
-        return job.get("lease_until") is not None and float(job["lease_until"]) <= now
+        return lease_expired(job, now)
     return False
 
 
-def pick(jobs: list[dict[str, Any]], dests: dict[str, dict[str, Any]], now: float
-         ) -> dict[str, Any] | None:
+def pick(jobs: list[dict[str, Any]], dests: dict[str, dict[str, Any]], now: float,
+         policy: OutboxPolicy | None = None) -> dict[str, Any] | None:
     """The job to send next: STAT (0) before urgent (1) before routine (2), then oldest."""
     leased: dict[str, int] = {}
     for j in jobs:
         if j["state"] == LEASED and j.get("lease_until") and float(j["lease_until"]) > now:
             leased[j["destination"]] = leased.get(j["destination"], 0) + 1
-    ready = [j for j in jobs if claimable(j, dests, now, leased)]
+    ready = [j for j in jobs if claimable(j, dests, now, leased, policy)]
     if not ready:
         return None
     return min(ready, key=lambda j: (int(j["priority"]), float(j["created_at"]),
@@ -176,3 +212,50 @@ def next_wakeup(jobs: list[dict[str, Any]], dests: dict[str, dict[str, Any]],
             times.append(float(d["open_until"]))
     future = [t for t in times if t > now]
     return min(future) if future else None
+
+
+def next_action(jobs: list[dict[str, Any]], dests: dict[str, dict[str, Any]], now: float,
+                rng: random.Random | None = None,
+                policy: OutboxPolicy | None = None) -> Send | Wait | Idle:
+    """What a sender should do now: ``Send(job)``, ``Wait(until)`` or ``Idle``.
+
+    ``jobs`` and ``dests`` are snapshots of the persisted rows; nothing else is
+    needed, so a restarted process decides exactly as the crashed one would.
+    ``rng`` is accepted for a uniform signature (the choice is deterministic).
+    """
+    del rng
+    job = pick(jobs, dests, now, policy)
+    if job is not None:
+        return Send(job)
+    live = [j for j in jobs
+            if j["state"] in (QUEUED, LEASED)
+            and not (dests.get(j["destination"]) or {}).get("paused")]
+    wake = next_wakeup(live, {n: d for n, d in dests.items() if not d.get("paused")}, now)
+    return Wait(wake) if wake is not None else Idle()
+
+
+def on_success(job: dict[str, Any], now: float) -> dict[str, Any]:
+    """The job row's fields after a delivered attempt."""
+    return {"state": transition(job["state"], "success"), "bytes_sent": job["bytes_total"],
+            "lease_owner": None, "lease_until": None, "done_at": now, "updated_at": now,
+            "attempts": int(job["attempts"]) + 1, "last_error": None}
+
+
+def lease_expired(job: dict[str, Any], now: float) -> bool:
+    """A leased row without a lease end (never written by :func:`claim`) counts as
+    expired, so no row can hold a job forever."""
+    return job["state"] == LEASED and (job.get("lease_until") is None
+                                       or float(job["lease_until"]) <= now)
+
+
+def on_lease_expired(job: dict[str, Any], now: float) -> dict[str, Any]:
+    """The job row's fields once its sender is presumed dead (no attempt counted).
+
+    :func:`claim` treats an expired lease as claimable directly; this is for a
+    sweeper or a report that wants the row to read ``queued`` again.
+    """
+    if not lease_expired(job, now):
+        raise TransitionError(f"job {job.get('job_id')} holds a live lease until "
+                              f"{job.get('lease_until')}")
+    return {"state": transition(job["state"], "lease_expired"), "lease_owner": None,
+            "lease_until": None, "next_attempt_at": now, "updated_at": now}

@@ -50,7 +50,7 @@ def claim(store: Store, owner: str, now: float, policy: OutboxPolicy,
     with store.atomic() as con:
         jobs = [dict(r) for r in con.execute(
             "SELECT * FROM outbox WHERE state IN ('queued', 'leased')")]
-        job = core.pick(jobs, _dests(con), now)
+        job = core.pick(jobs, _dests(con), now, policy)
         if job is None:
             return None
         core.transition(core.QUEUED, "claim")  # leased again after an expired lease too
@@ -95,12 +95,19 @@ def complete(store: Store, job_id: int, owner: str, now: float,
 
 def fail(store: Store, job_id: int, owner: str, error: str, now: float,
          policy: OutboxPolicy | None = None, rng: random.Random | None = None, *,
-         retryable: bool = True, progressed: bool = False) -> core.Retry | core.DeadLetter:
-    """Apply the core's decision after a failed attempt."""
+         retryable: bool = True, progressed: bool = False
+         ) -> core.Retry | core.DeadLetter | core.LeaseLost:
+    """Apply the core's decision after a failed attempt.
+
+    A sender whose lease expired and was taken by another sender (or whose job
+    is no longer leased) changes nothing: it gets ``LeaseLost`` back.
+    """
     pol = policy or OutboxPolicy()
     rnd = rng or random.Random()
     with store.atomic() as con:
         job = _owned(con, job_id, owner)
+        if job["state"] != core.LEASED or job["lease_owner"] != owner:
+            return core.LeaseLost(job["lease_owner"])
         attempts = int(job["attempts"]) + 1
         decision = core.on_failure(attempts, float(job["created_at"]), now, error, retryable,
                                    pol, rnd, progressed)
@@ -151,6 +158,17 @@ def pause(store: Store, destination: str, paused: bool = True) -> None:
                               f"{', '.join(names) or 'none yet'})")
         con.execute("UPDATE destinations SET paused = ? WHERE name = ?",
                     (1 if paused else 0, destination))
+
+
+def resume(store: Store, destination: str) -> None:
+    """Send to a paused destination again."""
+    pause(store, destination, paused=False)
+
+
+def heartbeat(store: Store, job_id: int, owner: str, bytes_sent: int, now: float,
+              policy: OutboxPolicy | None = None) -> None:
+    """Alias of :func:`progress`: extend the lease and record bytes sent."""
+    progress(store, job_id, owner, bytes_sent, now, policy)
 
 
 def requeue_dead(store: Store, job_id: int, now: float) -> None:

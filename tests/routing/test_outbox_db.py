@@ -60,7 +60,7 @@ def test_pick_respects_pause_breaker_and_priority(rows, pause_a, now) -> None:  
     assert not (got["destination"] == "a" and pause_a)
     assert not (got["destination"] == "b" and now < 100.0)
     if got["state"] == "leased":  # only an expired lease is reclaimed
-        assert got["lease_until"] is not None and got["lease_until"] <= now
+        assert got["lease_until"] is None or got["lease_until"] <= now
     # nothing claimable outranks it
     for j in jobs:
         leased: dict[str, int] = {}
@@ -185,3 +185,82 @@ def test_a_flaky_link_that_made_progress_is_retried_soon() -> None:
                            progressed=True)
     assert isinstance(slow, Retry) and isinstance(soon, Retry)
     assert soon.at - 100.0 <= POLICY.base_backoff_s * (1 + POLICY.jitter) < slow.at - 100.0
+
+
+def test_breaker_opens_after_n_failures_then_one_half_open_probe(store: Store) -> None:
+    pol = OutboxPolicy(base_backoff_s=1.0, jitter=0.0, breaker_threshold=3,
+                       breaker_open_s=20.0, max_attempts=99)
+    for i in range(3):
+        db.enqueue(store, f"b{i}", "c", "center", 2, 10, now=float(i))
+    db.enqueue(store, "elsewhere", "c", "other", 2, 10, now=5.0)
+    now = 10.0
+    for _ in range(pol.breaker_threshold):
+        j = db.claim(store, "w", now, pol)
+        assert j is not None and j["destination"] == "center"
+        db.fail(store, j["job_id"], "w", "connection refused", now, pol, random.Random(0))
+    (d,) = [d for d in db.destinations(store) if d["name"] == "center"]
+    assert d["breaker"] == "open" and d["consecutive_failures"] == 3
+    # open: center gets nothing, the other destination still goes
+    j = db.claim(store, "w", now + 5, pol)
+    assert j is not None and j["destination"] == "other"
+    assert db.claim(store, "w", now + 5, pol) is None
+    # half-open: exactly one probe in flight
+    probe = db.claim(store, "w", now + 25, pol)
+    assert probe is not None and probe["destination"] == "center"
+    assert db.claim(store, "w", now + 25, pol) is None
+    db.complete(store, probe["job_id"], "w", now + 26, pol)
+    (d,) = [d for d in db.destinations(store) if d["name"] == "center"]
+    assert d["breaker"] == "closed" and d["consecutive_failures"] == 0
+    assert db.claim(store, "w", now + 26, pol) is not None
+
+
+def test_heartbeat_keeps_the_lease_and_a_stale_sender_changes_nothing(store: Store) -> None:
+    db.enqueue(store, "b", "c", "center", 2, 100, now=0.0)
+    job = db.claim(store, "w1", 0.0, POLICY)
+    assert job is not None
+    db.heartbeat(store, job["job_id"], "w1", 40, 25.0, POLICY)  # lease until 55
+    assert db.claim(store, "w2", 50.0, POLICY) is None
+    again = db.claim(store, "w2", 56.0, POLICY)  # w1 went silent: w2 takes over
+    assert again is not None and again["bytes_sent"] == 40
+    out = db.fail(store, job["job_id"], "w1", "late error from w1", 57.0, POLICY,
+                  random.Random(0))
+    assert isinstance(out, core.LeaseLost) and out.owner == "w2"
+    (row,) = db.list_jobs(store)
+    assert row["state"] == "leased" and row["lease_owner"] == "w2" and row["last_error"] is None
+
+
+def test_resume_and_requeue_errors_name_the_value(store: Store) -> None:
+    db.enqueue(store, "b", "c", "center", 2, 100, now=0.0)
+    db.pause(store, "center")
+    assert db.claim(store, "w", 1.0, POLICY) is None
+    db.resume(store, "center")
+    assert db.claim(store, "w", 1.0, POLICY) is not None
+    with pytest.raises(db.OutboxError, match="4242"):
+        db.requeue_dead(store, 4242, 1.0)
+    with pytest.raises(db.OutboxError, match="not dead"):
+        db.requeue_dead(store, 1, 1.0)
+
+
+def test_two_stores_in_two_threads_never_share_a_job(tmp_path: Path) -> None:
+    setup = Store(tmp_path / "s")
+    for i in range(30):
+        db.enqueue(setup, f"b{i}", "c", "center", i % 3, 10, now=float(i))
+    setup.close()
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def worker(name: str) -> None:
+        s = Store(tmp_path / "s")
+        try:
+            while (j := db.claim(s, name, 100.0, POLICY)) is not None:
+                with lock:
+                    got.append(j["job_id"])
+        finally:
+            s.close()
+
+    ts = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert sorted(got) == sorted(set(got)) and len(got) == 30

@@ -1,0 +1,65 @@
+"""`fenji queue ls|pause|resume|retry` as a subprocess on a filled store."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+from fenji.gateway import config as config_mod
+from fenji.gateway.init import init_node
+from fenji.gateway.node import open_store
+from fenji.routing import outbox_db as db
+from fenji.routing.outbox import OutboxPolicy
+
+
+def _fenji(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fenji.gateway.cli", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_queue_verbs(tmp_path: Path) -> None:
+    cfg_path = init_node(tmp_path / "node", allow_ae=["*"])
+    store = open_store(config_mod.load(cfg_path))
+    try:
+        db.enqueue(store, "b-routine", "case-1", "center", 2, 1000, now=1.0)
+        db.enqueue(store, "b-stat", "case-2", "center", 0, 500, now=2.0)
+        job = db.claim(store, "w", 3.0, OutboxPolicy())
+        assert job is not None and job["bundle_id"] == "b-stat"
+        db.progress(store, job["job_id"], "w", 200, 4.0)
+        db.fail(store, job["job_id"], "w", "center said 400", 5.0, rng=random.Random(0),
+                retryable=False)
+        dead_id = job["job_id"]
+    finally:
+        store.close()
+
+    out = _fenji("queue", "ls", "--json", "--config", str(cfg_path))
+    assert out.returncode == 0, out.stderr
+    rows = {r["bundle_id"]: r for r in map(json.loads, out.stdout.splitlines())}
+    assert set(rows) == {"b-routine", "b-stat"}
+    assert rows["b-stat"]["state"] == "dead" and "center said 400" in rows["b-stat"]["last_error"]
+    assert rows["b-stat"]["bytes_sent"] == 200 and rows["b-stat"]["attempts"] == 1
+    assert rows["b-routine"]["state"] == "queued" and rows["b-routine"]["priority"] == 2
+    for key in ("next_attempt_at", "bytes_total", "destination"):
+        assert key in rows["b-routine"]
+
+    table = _fenji("queue", "ls", "--config", str(cfg_path), "--state", "dead")
+    assert table.returncode == 0 and "dead" in table.stdout and "center said 400" in table.stdout
+
+    assert _fenji("queue", "pause", "center", "--config", str(cfg_path)).returncode == 0
+    out = _fenji("queue", "ls", "--json", "--config", str(cfg_path), "--dest", "center")
+    assert all(json.loads(line)["destination_paused"] for line in out.stdout.splitlines())
+    assert _fenji("queue", "resume", "center", "--config", str(cfg_path)).returncode == 0
+
+    bad = _fenji("queue", "pause", "nowhere", "--config", str(cfg_path))
+    assert bad.returncode != 0 and "nowhere" in bad.stderr
+    bad = _fenji("queue", "retry", "9999", "--config", str(cfg_path))
+    assert bad.returncode != 0 and "9999" in bad.stderr
+
+    ok = _fenji("queue", "retry", str(dead_id), "--config", str(cfg_path))
+    assert ok.returncode == 0, ok.stderr
+    out = _fenji("queue", "ls", "--json", "--config", str(cfg_path), "--state", "queued")
+    assert {json.loads(line)["bundle_id"] for line in out.stdout.splitlines()} == {
+        "b-routine", "b-stat"}
