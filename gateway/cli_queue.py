@@ -47,6 +47,10 @@ def _ls(args: argparse.Namespace) -> int:
         dests = {d["name"]: d for d in destinations(store)}
     finally:
         store.close()
+    if args.dest and args.dest not in dests:
+        print(f"fenji queue: unknown destination {args.dest!r} (known: "
+              f"{', '.join(sorted(dests)) or 'none yet'})", file=sys.stderr)
+        return 1
     now = time.time()
     for j in jobs:
         d = dests.get(j["destination"], {})
@@ -78,11 +82,14 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _pause(args: argparse.Namespace) -> int:
+    from fenji.gateway.node import open_store
     from fenji.routing.outbox_db import OutboxError, pause
 
-    store = _open(args)
+    cfg = config_mod.load(args.config)
+    configured = [p.name for p in cfg.peers] + [e.name for e in cfg.egress]
+    store = open_store(cfg)
     try:
-        pause(store, args.dest, args.paused)
+        pause(store, args.dest, args.paused, configured=configured)
     except OutboxError as exc:
         print(f"fenji queue: {exc}", file=sys.stderr)
         return 1

@@ -151,18 +151,37 @@ def breaker_state(dest: dict[str, Any] | None, now: float) -> str:
     return HALF_OPEN
 
 
+# (breaker state, event) -> next breaker state: the destination-level table.
+# ``failure`` below the threshold keeps a closed breaker closed; ``trip`` is a
+# failure that reaches it; ``success`` closes from any state (a job leased
+# before the breaker opened may still get through); ``timeout`` is implicit in
+# :func:`breaker_state` (open_until passed).
+BREAKER_TRANSITIONS: dict[tuple[str, str], str] = {
+    (CLOSED, "success"): CLOSED,
+    (CLOSED, "failure"): CLOSED,
+    (CLOSED, "trip"): OPEN,
+    (OPEN, "timeout"): HALF_OPEN,
+    (OPEN, "success"): CLOSED,
+    (OPEN, "failure"): OPEN,
+    (OPEN, "trip"): OPEN,
+    (HALF_OPEN, "success"): CLOSED,
+    (HALF_OPEN, "failure"): OPEN,
+    (HALF_OPEN, "trip"): OPEN,
+}
+
+
 def breaker_after(dest: dict[str, Any] | None, success: bool, now: float,
                   policy: OutboxPolicy) -> dict[str, Any]:
     """The destination's breaker fields after an attempt."""
-    failures = int((dest or {}).get("consecutive_failures", 0))
-    if success:
-        return {"breaker": CLOSED, "consecutive_failures": 0, "open_until": None}
-    failures += 1
-    half_open = breaker_state(dest, now) == HALF_OPEN
-    if half_open or failures >= policy.breaker_threshold:
+    state = breaker_state(dest, now)
+    failures = 0 if success else int((dest or {}).get("consecutive_failures", 0)) + 1
+    event = ("success" if success
+             else "trip" if failures >= policy.breaker_threshold else "failure")
+    nxt = BREAKER_TRANSITIONS[(state, event)]
+    if nxt == OPEN:
         return {"breaker": OPEN, "consecutive_failures": failures,
                 "open_until": now + policy.breaker_open_s}
-    return {"breaker": CLOSED, "consecutive_failures": failures, "open_until": None}
+    return {"breaker": nxt, "consecutive_failures": failures, "open_until": None}
 
 
 def claimable(job: dict[str, Any], dests: dict[str, dict[str, Any]], now: float,

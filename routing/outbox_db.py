@@ -10,6 +10,7 @@ the lease expires.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from typing import Any
 
 from fenji.gateway.errors import PeerError
@@ -148,8 +149,17 @@ def _update_breaker(con: Any, destination: str, success: bool, now: float,
                  fields["open_until"]))
 
 
-def pause(store: Store, destination: str, paused: bool = True) -> None:
+def pause(store: Store, destination: str, paused: bool = True, *,
+          configured: Iterable[str] = ()) -> None:
+    """Stop (or with ``paused=False`` restart) sending to a destination.
+
+    A destination is known once a job was queued for it, or if it is in
+    ``configured`` (the node's peers and egress targets: an operator may pause
+    a link before anything is queued for it).
+    """
     with store.atomic() as con:
+        if destination in set(configured):
+            con.execute("INSERT OR IGNORE INTO destinations(name) VALUES (?)", (destination,))
         known = con.execute("SELECT 1 FROM destinations WHERE name = ?",
                             (destination,)).fetchone()
         if known is None:
@@ -160,9 +170,9 @@ def pause(store: Store, destination: str, paused: bool = True) -> None:
                     (1 if paused else 0, destination))
 
 
-def resume(store: Store, destination: str) -> None:
+def resume(store: Store, destination: str, *, configured: Iterable[str] = ()) -> None:
     """Send to a paused destination again."""
-    pause(store, destination, paused=False)
+    pause(store, destination, paused=False, configured=configured)
 
 
 def heartbeat(store: Store, job_id: int, owner: str, bytes_sent: int, now: float,

@@ -63,3 +63,11 @@ def test_queue_verbs(tmp_path: Path) -> None:
     out = _fenji("queue", "ls", "--json", "--config", str(cfg_path), "--state", "queued")
     assert {json.loads(line)["bundle_id"] for line in out.stdout.splitlines()} == {
         "b-routine", "b-stat"}
+
+
+def test_ls_unknown_destination_is_named(tmp_path: Path) -> None:
+    cfg_path = init_node(tmp_path / "node", allow_ae=["*"])
+    out = _fenji("queue", "ls", "--config", str(cfg_path), "--dest", "atlantis")
+    assert out.returncode == 1 and "atlantis" in out.stderr
+    empty = _fenji("queue", "ls", "--config", str(cfg_path))
+    assert empty.returncode == 0 and "outbox empty" in empty.stdout

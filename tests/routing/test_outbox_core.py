@@ -147,3 +147,24 @@ def test_paused_only_work_is_idle_and_policy_is_checked() -> None:
     assert core.next_action(jobs, {}, 0.0) == Wait(50.0)
     with pytest.raises(ValueError):
         OutboxPolicy(jitter=1.5)
+
+
+@given(st.lists(st.booleans(), max_size=30), st.integers(1, 6))
+def test_breaker_follows_its_table(outcomes: list[bool], threshold: int) -> None:
+    """Open exactly when ``threshold`` consecutive failures happened (or a half-open
+    probe failed); any success closes it."""
+    pol = OutboxPolicy(breaker_threshold=threshold, breaker_open_s=10.0)
+    d: dict[str, Any] | None = None
+    now, run = 0.0, 0
+    for ok in outcomes:
+        was = core.breaker_state(d, now)
+        d = core.breaker_after(d, ok, now, pol)
+        run = 0 if ok else run + 1
+        assert d["consecutive_failures"] == run
+        if ok:
+            assert d["breaker"] == "closed"
+        elif run >= threshold or was == core.HALF_OPEN:
+            assert d["breaker"] == "open" and d["open_until"] == now + 10.0
+        else:
+            assert d["breaker"] == "closed"
+        now += 7.0  # sometimes inside the open window, sometimes past it

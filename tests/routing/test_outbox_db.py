@@ -264,3 +264,13 @@ def test_two_stores_in_two_threads_never_share_a_job(tmp_path: Path) -> None:
     for t in ts:
         t.join()
     assert sorted(got) == sorted(set(got)) and len(got) == 30
+
+
+def test_a_configured_destination_can_be_paused_before_any_job(store: Store) -> None:
+    with pytest.raises(db.OutboxError, match="'center'"):
+        db.pause(store, "center")
+    db.pause(store, "center", configured=["center"])
+    db.enqueue(store, "b", "c", "center", 0, 10, now=0.0)
+    assert db.claim(store, "w", 1.0, POLICY) is None
+    db.resume(store, "center")
+    assert db.claim(store, "w", 1.0, POLICY) is not None
