@@ -70,13 +70,19 @@ def _owned(con: Any, job_id: int, owner: str) -> dict[str, Any]:
 
 
 def progress(store: Store, job_id: int, owner: str, bytes_sent: int, now: float,
-             policy: OutboxPolicy | None = None) -> None:
-    """Record bytes sent and extend the lease (a heartbeat)."""
+             policy: OutboxPolicy | None = None) -> bool:
+    """Record bytes sent and extend the lease (a heartbeat).
+
+    Returns False when ``owner`` no longer holds the job (its lease expired and
+    another sender claimed it, or it was finished): the caller should stop.
+    Pass the same ``policy`` as to :func:`claim`, or the default lease is used.
+    """
     lease = (policy or OutboxPolicy()).lease_s
     with store.atomic() as con:
-        con.execute("UPDATE outbox SET bytes_sent = ?, lease_until = ?, updated_at = ? "
-                    "WHERE job_id = ? AND state = 'leased' AND lease_owner = ?",
-                    (int(bytes_sent), now + lease, now, job_id, owner))
+        cur = con.execute("UPDATE outbox SET bytes_sent = ?, lease_until = ?, updated_at = ? "
+                          "WHERE job_id = ? AND state = 'leased' AND lease_owner = ?",
+                          (int(bytes_sent), now + lease, now, job_id, owner))
+        return cur.rowcount == 1
 
 
 def complete(store: Store, job_id: int, owner: str, now: float,
@@ -176,9 +182,9 @@ def resume(store: Store, destination: str, *, configured: Iterable[str] = ()) ->
 
 
 def heartbeat(store: Store, job_id: int, owner: str, bytes_sent: int, now: float,
-              policy: OutboxPolicy | None = None) -> None:
+              policy: OutboxPolicy | None = None) -> bool:
     """Alias of :func:`progress`: extend the lease and record bytes sent."""
-    progress(store, job_id, owner, bytes_sent, now, policy)
+    return progress(store, job_id, owner, bytes_sent, now, policy)
 
 
 def requeue_dead(store: Store, job_id: int, now: float) -> None:

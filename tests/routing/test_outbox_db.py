@@ -218,13 +218,14 @@ def test_heartbeat_keeps_the_lease_and_a_stale_sender_changes_nothing(store: Sto
     db.enqueue(store, "b", "c", "center", 2, 100, now=0.0)
     job = db.claim(store, "w1", 0.0, POLICY)
     assert job is not None
-    db.heartbeat(store, job["job_id"], "w1", 40, 25.0, POLICY)  # lease until 55
+    assert db.heartbeat(store, job["job_id"], "w1", 40, 25.0, POLICY)  # lease until 55
     assert db.claim(store, "w2", 50.0, POLICY) is None
     again = db.claim(store, "w2", 56.0, POLICY)  # w1 went silent: w2 takes over
     assert again is not None and again["bytes_sent"] == 40
     out = db.fail(store, job["job_id"], "w1", "late error from w1", 57.0, POLICY,
                   random.Random(0))
     assert isinstance(out, core.LeaseLost) and out.owner == "w2"
+    assert not db.progress(store, job["job_id"], "w1", 99, 57.0, POLICY)
     (row,) = db.list_jobs(store)
     assert row["state"] == "leased" and row["lease_owner"] == "w2" and row["last_error"] is None
 
