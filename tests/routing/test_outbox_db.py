@@ -62,8 +62,11 @@ def test_pick_respects_pause_breaker_and_priority(rows, pause_a, now) -> None:  
     if got["state"] == "leased":  # only an expired lease is reclaimed
         assert got["lease_until"] is None or got["lease_until"] <= now
     # nothing claimable outranks it
+    leased: dict[str, int] = {}  # live leases: a half-open destination lets one probe go
     for j in jobs:
-        leased: dict[str, int] = {}
+        if j["state"] == "leased" and not core.lease_expired(j, now):
+            leased[j["destination"]] = leased.get(j["destination"], 0) + 1
+    for j in jobs:
         if core.claimable(j, dests, now, leased) and j is not got:
             assert (j["priority"], j["created_at"]) >= (got["priority"], got["created_at"]) \
                 or (got["destination"] == "b")
