@@ -33,7 +33,7 @@ import pydicom
 from bench.common import free_port, print_table, shared_data
 from fenji.gateway.dcmtk import storescu, tool
 from fenji.gateway.harness import NodeProcess, OrthancProcess
-from fenji.routing.linkemu import LinkEmulator, load_profile
+from fenji.routing.linkemu import LinkEmulator, LinkThread, load_profile
 
 DESCRIPTION = "CT / ECG / STAT preview over satellite and 3G: fenji vs C-STORE vs STOW-RS"
 
@@ -44,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=1800, help="per transfer, seconds")
 
 
-def _link(profile: str, target_port: int, seed: int) -> LinkEmulator:
+def _link(profile: str, target_port: int, seed: int) -> LinkThread:
     return LinkEmulator(load_profile(profile), ("127.0.0.1", target_port), seed=seed) \
         .start_in_thread()
 
