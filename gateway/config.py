@@ -27,6 +27,7 @@ from typing import Any
 from fenji.codecs.ecg_quality import EcgQualityThresholds
 from fenji.codecs.image_quality import ImageQualityThresholds
 from fenji.gateway.errors import ConfigError
+from fenji.routing.outbox import OutboxPolicy
 
 ROLES = ("edge", "relay", "center")
 ENV_PREFIX = "FENJI_"
@@ -203,6 +204,9 @@ class Config:
     # image_quality.py.  A [quality_ecg] / [quality_image] table overrides.
     quality_ecg: EcgQualityThresholds = field(default_factory=EcgQualityThresholds)
     quality_image: ImageQualityThresholds = field(default_factory=ImageQualityThresholds)
+    # Retry, dead-letter, lease and circuit-breaker policy of the outbox; every
+    # default and its reason is in fenji/routing/outbox.py.  [outbox] overrides.
+    outbox: OutboxPolicy = field(default_factory=OutboxPolicy)
     peers: tuple[PeerSection, ...] = ()
     egress: tuple[EgressSection, ...] = ()
     # The file this was loaded from (None for defaults); paths resolve against it.
@@ -304,7 +308,7 @@ def _build_section(name: str, cls: type, raw: Any, errors: list[str]) -> Any:
         kwargs[key] = _coerce(value, hints[key], f"{name}.{key}", errors)
     try:
         return cls(**{k: v for k, v in kwargs.items() if v is not None})
-    except TypeError as exc:  # pragma: no cover - defensive
+    except (TypeError, ValueError) as exc:  # a section's own consistency checks
         errors.append(f"{name}: {exc}")
         return cls()
 

@@ -70,7 +70,7 @@ class SenderLoop:
         self.cfg = cfg
         self.store = store
         self.clock = clock
-        self.policy = policy or OutboxPolicy()
+        self.policy = policy or cfg.outbox
         self.rng = random.Random(seed)
         self.owner = f"{cfg.node.name}:{os.getpid()}"
         self.sender = Sender(cfg.node.name, load_private(cfg.resolve(cfg.keys.private_key)))
@@ -185,16 +185,20 @@ class SenderLoop:
             return
         last_progress = [time.monotonic()]
         moved = [False]
+        lost = [False]
 
         def progress(offset: int, total: int) -> None:
             moved[0] = True
             now = time.monotonic()
             if now - last_progress[0] >= 1.0 or offset == total:
                 last_progress[0] = now
-                outbox_db.progress(self.store, j["job_id"], self.owner, offset, self.clock())
+                if not outbox_db.progress(self.store, j["job_id"], self.owner, offset,
+                                          self.clock(), self.policy):
+                    lost[0] = True  # another sender holds the job now: stop sending it
 
         def should_yield() -> bool:
-            return higher_priority_ready(self.store, dest, j["priority"], self.clock())
+            return lost[0] or higher_priority_ready(self.store, dest, j["priority"],
+                                                    self.clock())
 
         try:
             manifest = await asyncio.to_thread(manifest_of, path)
