@@ -132,6 +132,13 @@ def _row(ctx: ReceiverContext, upload_id: str) -> dict[str, Any] | None:
     return ctx.store.query_one("SELECT * FROM uploads WHERE upload_id = ?", (upload_id,))
 
 
+def _owned_row(ctx: ReceiverContext, upload_id: str, who: str) -> dict[str, Any] | None:
+    """The upload, if it exists and belongs to the authenticated sender (else None:
+    another node's upload id is answered as not found, never revealed)."""
+    row = _row(ctx, upload_id)
+    return row if row is not None and row["sender"] == who else None
+
+
 def _part_path(ctx: ReceiverContext, upload_id: str) -> Path:
     return ctx.upload_dir / f"{upload_id}.part"
 
@@ -184,8 +191,8 @@ async def head_upload(request: web.Request) -> web.StreamResponse:
     who = _authenticate(ctx, request)
     if isinstance(who, web.Response):
         return who
-    row = _row(ctx, request.match_info["upload_id"])
-    if row is None or row["sender"] != who:
+    row = _owned_row(ctx, request.match_info["upload_id"], who)
+    if row is None:
         return web.Response(status=404, headers={"Cache-Control": "no-store"})
     return web.Response(status=200, headers=_offset_headers(row))
 
@@ -211,8 +218,8 @@ async def patch_upload(request: web.Request) -> web.StreamResponse:
         return who
     upload_id = request.match_info["upload_id"]
     async with ctx.lock(upload_id):
-        row = _row(ctx, upload_id)
-        if row is None or row["sender"] != who:
+        row = _owned_row(ctx, upload_id, who)
+        if row is None:
             return error(404, "no_upload", f"upload {upload_id} not found")
         if row["state"] != "receiving":
             return error(409, "complete", "upload already finalized", **_offset_headers(row))
@@ -307,8 +314,8 @@ async def finalize_upload(request: web.Request) -> web.StreamResponse:
         return who
     upload_id = request.match_info["upload_id"]
     async with ctx.lock(upload_id):
-        row = _row(ctx, upload_id)
-        if row is None or row["sender"] != who:
+        row = _owned_row(ctx, upload_id, who)
+        if row is None:
             return error(404, "no_upload", f"upload {upload_id} not found")
         if row["state"] == "complete":  # a lost response: answer the same receipt
             return web.json_response({"receipt": json.loads(row["receipt_json"]),
