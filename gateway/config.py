@@ -30,6 +30,11 @@ from fenji.gateway.errors import ConfigError
 from fenji.routing.outbox import OutboxPolicy
 
 ROLES = ("edge", "relay", "center")
+# Who may do what over the HTTP API (DESIGN.md §11).  A technician registers
+# and releases cases and fixes quality holds; a reader reads studies and signs
+# reports; the requesting physician acknowledges reports; an operator runs the
+# node (queues, statistics, audit) and may also override holds.
+USER_ROLES = ("technician", "reader", "physician", "operator")
 ENV_PREFIX = "FENJI_"
 
 
@@ -149,6 +154,85 @@ class EgressSection:
 
 
 @dataclass(frozen=True, slots=True)
+class WebSection:
+    """A second HTTP listener for people and viewers (``[web]``).
+
+    Node-to-node traffic uses [http], which with ``http.tls`` demands a peer's
+    client certificate; readers' viewers, Orthanc and browsers have none, so
+    they come in here: the same API, authenticated by user token.
+    """
+
+    host: str = "127.0.0.1"
+    # 0: no second listener (the API is served on [http] only).
+    port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class UserSection:
+    """A person (or a viewer acting for one) allowed on the HTTP API (``[[users]]``)."""
+
+    name: str = ""
+    # technician | reader | physician | operator
+    role: str = ""
+    # SHA-256 (hex) of the user's API token (`fenji user add` prints the token
+    # once and writes only this).  Sent as "Authorization: Bearer TOKEN", or as
+    # the password of HTTP Basic auth (for viewers such as Orthanc).
+    token_sha256: str = ""
+    # Readers: the services they read (their expert pools), e.g. ["imaging"].
+    services: tuple[str, ...] = ()
+    # Readers: the Ed25519 key pair reports are signed with (fenji keys init
+    # --reader NAME); default keys/readers/NAME.key and .pub.
+    private_key: str = ""
+    public_key: str = ""
+    # Printed on reports, e.g. "王医生 (Dr. Wang), attending radiologist".
+    display_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteAeSection:
+    """A DICOM node a center may send to on C-MOVE (``[[remote_aes]]``)."""
+
+    ae_title: str = ""
+    host: str = ""
+    port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingSection:
+    # A claimed case goes back to the pool when its reader did nothing with it
+    # for this long (a reader who went home must not sit on a STAT case).
+    claim_ttl_s: float = 1800.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSection:
+    """One line of the service catalog fees are computed from (``[[services]]``)."""
+
+    # imaging | ecg | consultation ...: the case's service.
+    name: str = ""
+    # Fee per reported case, in currency units (e.g. yuan).
+    price: float = 0.0
+    currency: str = "CNY"
+    # Share of the fee that goes to the inviting (sending) hospital; the rest
+    # to the invited (reading) center.  0.2 is the 2:8 split of consultations.
+    inviting_share: float = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class ReportsSection:
+    # Edge: an [[egress]] name (dimse, orthanc or stow) that returned reports
+    # (the SR and the PDF) are handed to: the hospital's PACS/HIS.  Empty: kept
+    # in the store and shown by `fenji case show` only.
+    deliver_to: str = ""
+    # Edge: a command run when a report with a critical finding arrives, with
+    # FENJI_CASE_ID, FENJI_REPORT_ID, FENJI_PRIORITY and FENJI_IMPRESSION in
+    # its environment (e.g. a script that pages the requesting physician).
+    critical_hook: str = ""
+    # Center: a signed report goes back as a bundle of this priority.
+    return_priority: str = "stat"
+
+
+@dataclass(frozen=True, slots=True)
 class TransferSection:
     # Destination of a case when `fenji case send` names none (a peer name).
     default_destination: str = ""
@@ -207,8 +291,14 @@ class Config:
     # Retry, dead-letter, lease and circuit-breaker policy of the outbox; every
     # default and its reason is in fenji/routing/outbox.py.  [outbox] overrides.
     outbox: OutboxPolicy = field(default_factory=OutboxPolicy)
+    web: WebSection = field(default_factory=WebSection)
+    reading: ReadingSection = field(default_factory=ReadingSection)
+    reports: ReportsSection = field(default_factory=ReportsSection)
     peers: tuple[PeerSection, ...] = ()
     egress: tuple[EgressSection, ...] = ()
+    users: tuple[UserSection, ...] = ()
+    remote_aes: tuple[RemoteAeSection, ...] = ()
+    services: tuple[ServiceSection, ...] = ()
     # The file this was loaded from (None for defaults); paths resolve against it.
     source: str | None = None
 
@@ -231,6 +321,22 @@ class Config:
 
     def egress_target(self, name: str) -> EgressSection | None:
         return next((e for e in self.egress if e.name == name), None)
+
+    def user(self, name: str) -> UserSection | None:
+        return next((u for u in self.users if u.name == name), None)
+
+    def remote_ae(self, ae_title: str) -> RemoteAeSection | None:
+        return next((a for a in self.remote_aes if a.ae_title == ae_title), None)
+
+    def service(self, name: str) -> ServiceSection | None:
+        return next((s for s in self.services if s.name == name), None)
+
+    def reader_key_paths(self, name: str) -> tuple[Path, Path]:
+        """A reader's (private, public) key paths: configured, or keys/readers/NAME.*."""
+        u = self.user(name)
+        priv = u.private_key if u and u.private_key else f"keys/readers/{name}.key"
+        pub = u.public_key if u and u.public_key else f"keys/readers/{name}.pub"
+        return self.resolve(priv), self.resolve(pub)
 
 
 # ---------------------------------------------------------------------------
@@ -421,8 +527,55 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
         errors.append(f"transfer chunk sizes must satisfy 0 < min_chunk_bytes "
                       f"({tr.min_chunk_bytes}) <= chunk_bytes ({tr.chunk_bytes}) <= "
                       f"max_chunk_bytes ({tr.max_chunk_bytes})")
+    _check_reading(cfg, errors)
     if cfg.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         errors.append(f"log.level = {cfg.log.level!r} is not DEBUG, INFO, WARNING or ERROR")
+
+
+def _check_reading(cfg: Config, errors: list[str]) -> None:
+    if not 0 <= cfg.web.port <= 65535:
+        errors.append(f"web.port = {cfg.web.port} is outside 0-65535")
+    if cfg.reading.claim_ttl_s <= 0:
+        errors.append(f"reading.claim_ttl_s = {cfg.reading.claim_ttl_s} must be > 0")
+    if cfg.reports.return_priority not in ("stat", "urgent", "routine"):
+        errors.append(f"reports.return_priority = {cfg.reports.return_priority!r} is not "
+                      "stat, urgent or routine")
+    if cfg.reports.deliver_to and cfg.egress_target(cfg.reports.deliver_to) is None:
+        errors.append(f"reports.deliver_to = {cfg.reports.deliver_to!r} is not an [[egress]] "
+                      f"name ({', '.join(e.name for e in cfg.egress) or 'none configured'})")
+    names = [u.name for u in cfg.users]
+    tokens = [u.token_sha256 for u in cfg.users]
+    for i, u in enumerate(cfg.users):
+        if not u.name:
+            errors.append(f"users[{i}].name is empty")
+        elif names.count(u.name) > 1:
+            errors.append(f"users[{i}].name = {u.name!r} is listed twice")
+        if u.role not in USER_ROLES:
+            errors.append(f"users[{i}].role = {u.role!r} is not one of {', '.join(USER_ROLES)}")
+        if not re.fullmatch(r"[0-9a-f]{64}", u.token_sha256):
+            errors.append(f"users[{i}].token_sha256 = {u.token_sha256!r} is not 64 lowercase "
+                          "hex digits (fenji user add writes it)")
+        elif tokens.count(u.token_sha256) > 1:
+            errors.append(f"users[{i}].token_sha256 is shared with another user")
+        for j, svc in enumerate(u.services):
+            if not svc:
+                errors.append(f"users[{i}].services[{j}] is empty")
+    for i, a in enumerate(cfg.remote_aes):
+        if not (0 < len(a.ae_title.strip()) <= 16) or not a.ae_title.isascii():
+            errors.append(f"remote_aes[{i}].ae_title = {a.ae_title!r} must be 1-16 ASCII "
+                          "characters")
+        if not a.host or not 0 < a.port < 65536:
+            errors.append(f"remote_aes[{i}] ({a.ae_title!r}) needs host and port (1-65535)")
+    svc_names = [s.name for s in cfg.services]
+    for i, s in enumerate(cfg.services):
+        if not s.name:
+            errors.append(f"services[{i}].name is empty")
+        elif svc_names.count(s.name) > 1:
+            errors.append(f"services[{i}].name = {s.name!r} is listed twice")
+        if s.price < 0:
+            errors.append(f"services[{i}].price = {s.price} must be >= 0")
+        if not 0 <= s.inviting_share <= 1:
+            errors.append(f"services[{i}].inviting_share = {s.inviting_share} is outside 0-1")
 
 
 def _error_key(error: str) -> str:

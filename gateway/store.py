@@ -29,7 +29,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -50,8 +50,27 @@ class StoreError(LocalError):
     """The store is damaged or cannot be opened."""
 
 
+def _ledger_sql() -> str:
+    from fenji.gateway.ledger import MIGRATION_SQL
+
+    return MIGRATION_SQL
+
+
+def _qr_sql() -> str:
+    from fenji.gateway.qr import MIGRATION_SQL
+
+    return MIGRATION_SQL
+
+
+def _reading_sql() -> str:
+    from fenji.gateway.reading import MIGRATION_SQL
+
+    return MIGRATION_SQL
+
+
 # Numbered, append-only.  Never edit a released migration: add a new one.
-MIGRATIONS: list[tuple[int, str]] = [
+# An entry is SQL text, or a function returning it (schema owned by another module).
+MIGRATIONS: list[tuple[int, str | Callable[[], str]]] = [
     (1, """
     CREATE TABLE patients (
         patient_id   TEXT PRIMARY KEY,
@@ -206,6 +225,12 @@ MIGRATIONS: list[tuple[int, str]] = [
     ALTER TABLE destinations ADD COLUMN errors INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE destinations ADD COLUMN allowed_bps REAL;
     """),
+    # 5: the hash-chained audit ledger (gateway/ledger.py).
+    (5, _ledger_sql),
+    # 6: query/retrieve index columns for C-FIND and QIDO-RS (gateway/qr.py).
+    (6, _qr_sql),
+    # 7: worklist claims, reports and their way back (gateway/reading.py).
+    (7, _reading_sql),
 ]
 
 
@@ -337,9 +362,10 @@ class Store:
             con.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
                         "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)")
             done = {r[0] for r in con.execute("SELECT version FROM schema_migrations")}
-            for version, sql in MIGRATIONS:
+            for version, entry in MIGRATIONS:
                 if version in done:
                     continue
+                sql = entry() if callable(entry) else entry
                 for stmt in sql.split(";"):
                     if stmt.strip():
                         con.execute(stmt)
