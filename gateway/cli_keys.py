@@ -17,6 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                                     "keys/node.crt as named in the config. Existing keys are "
                                     "never overwritten.")
     i.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    i.add_argument("--reader", metavar="NAME",
+                   help="create the report-signing key pair of reader NAME instead "
+                        "(keys/readers/NAME.key and .pub unless [[users]] names others)")
     i.set_defaults(func=_init)
     s = ksub.add_parser("show", help="print the node's public key and certificate paths")
     s.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
@@ -27,6 +30,15 @@ def _init(args: argparse.Namespace) -> int:
     from fenji.gateway.keys import generate_certificate, generate_keypair, load_private
 
     cfg = config_mod.load(args.config)
+    if args.reader:
+        from fenji.gateway.cli_user import make_reader_keys
+        from fenji.gateway.keys import fingerprint, load_public
+
+        rpriv, rpub, created = make_reader_keys(cfg, args.reader)
+        print(json.dumps({"reader": args.reader, "created": created, "private_key": str(rpriv),
+                          "public_key": str(rpub),
+                          "public_key_hex": fingerprint(load_public(rpub))}))
+        return 0
     priv, pub = cfg.resolve(cfg.keys.private_key), cfg.resolve(cfg.keys.public_key)
     crt = cfg.resolve(cfg.keys.certificate)
     made = []

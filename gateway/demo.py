@@ -65,9 +65,10 @@ class Link:
         self.log.close()
 
 
-def _get_json(url: str) -> Any:
+def _get_json(url: str, headers: dict[str, str] | None = None) -> Any:
     try:
-        with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - loopback only
+        req = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310 - loopback only
             return json.loads(r.read())
     except OSError:
         return None
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     relay = NodeProcess(work / "county-relay", name="county-relay", role="relay",
                         allow_ae=["ECHO"], workers=1)
     center = NodeProcess(work / "regional-center", name="regional-center", role="center",
-                         allow_ae=["ECHO"], workers=1)
+                         allow_ae=["ECHO"], workers=1, users={"ops": "operator"})
     links: list[Link] = []
     nodes = [center, relay, edge]
     try:
@@ -180,12 +181,13 @@ def main(argv: list[str] | None = None) -> int:
         last_print = 0.0
         while time.monotonic() < deadline:
             if stat_preview_s is None:
-                pv = _get_json(f"{center.http_url}/api/cases/{stat_case}/previews")
+                pv = _get_json(f"{center.http_url}/api/cases/{stat_case}/previews",
+                               center.auth("ops"))
                 if isinstance(pv, list) and pv:
                     stat_preview_s = time.monotonic() - stat_released
                     print(f"      STAT preview viewable at the center after "
                           f"{stat_preview_s:.1f} s", flush=True)
-            cases = _get_json(f"{center.http_url}/api/cases") or []
+            cases = _get_json(f"{center.http_url}/api/cases", center.auth("ops")) or []
             delivered = {c["case_id"] for c in cases if c["state"] == "received"}
             if set(case_ids.values()) <= delivered:
                 break

@@ -47,6 +47,10 @@ class NodeProcess:
     env: dict[str, str] = field(default_factory=dict)
     wrap: list[str] = field(default_factory=list)  # e.g. unshare/mount prefix
     proc: subprocess.Popen[bytes] | None = None
+    # name -> role of API users to create with the node (tokens in .tokens).
+    users: dict[str, str] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)
+    web_port: int = 0
 
     def __post_init__(self) -> None:
         self.directory = Path(self.directory)
@@ -61,6 +65,8 @@ class NodeProcess:
                       allow_ae=self.allow_ae, workers=self.workers)
             if self.extra_toml:
                 self._merge_toml(self.extra_toml)
+            for uname, urole in self.users.items():
+                self.add_user(uname, urole)
         self.log_path = self.directory / "node.log"
 
     def _merge_toml(self, extra: str) -> None:
@@ -126,6 +132,35 @@ class NodeProcess:
             cert = other.directory / "keys" / "node.crt"
             text += f'cert = "{cert}"\n'
         self.config.write_text(text)
+
+    def add_user(self, name: str, role: str, *, services: tuple[str, ...] = (),
+                 display_name: str = "") -> str:
+        """Add an API user (``fenji user add``); returns their token.  Restart to apply."""
+        from fenji.gateway.cli_user import add_user
+
+        if role == "reader" and not services:
+            services = ("imaging", "ecg")
+        token = add_user(self.config, name, role, services=services, display_name=display_name)
+        self.tokens[name] = token
+        return token
+
+    def auth(self, name: str | None = None) -> dict[str, str]:
+        """Headers authenticating as ``name`` (default: the first user added)."""
+        if not self.tokens:
+            raise RuntimeError(f"node {self.name} has no users: call add_user() first")
+        token = self.tokens[name] if name else next(iter(self.tokens.values()))
+        return {"Authorization": f"Bearer {token}"}
+
+    def enable_web(self) -> int:
+        """Open the [web] listener (no client certificate) on a free port; returns it."""
+        if not self.web_port:
+            self.web_port = free_port()
+            self._merge_toml(f"[web]\nport = {self.web_port}\n")
+        return self.web_port
+
+    @property
+    def web_url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port or self.http_port}"
 
     @property
     def http_url(self) -> str:

@@ -26,6 +26,8 @@ from typing import Any
 from aiohttp import web
 
 from fenji.gateway import cases as cases_mod
+from fenji.gateway.auth import middleware as auth_middleware
+from fenji.gateway.auth import require
 from fenji.gateway.config import Config
 from fenji.gateway.errors import FenjiError
 from fenji.gateway.keys import load_private, public_from_config
@@ -63,6 +65,7 @@ async def health(request: web.Request) -> web.Response:
 
 async def post_case(request: web.Request) -> web.Response:
     cfg, store = request.app[CONFIG], request.app[STORE]
+    require(request, "technician", "operator", action="release cases")
     try:
         body = await request.json()
     except ValueError:
@@ -100,6 +103,7 @@ async def post_ecg(request: web.Request) -> web.Response:
     """A WFDB record (``.hea`` + ``.dat``) or one DICOM file, as multipart form data."""
     from fenji.gateway.ecg_ingest import MAX_RECORD_BYTES, ingest_files
 
+    require(request, "technician", "operator", action="upload ECG records")
     cfg, store = request.app[CONFIG], request.app[STORE]
     if not request.content_type.startswith("multipart/"):
         return _error(415, "not_multipart", "send the record's files as multipart/form-data")
@@ -137,6 +141,7 @@ async def post_ecg(request: web.Request) -> web.Response:
 
 async def get_cases(request: web.Request) -> web.Response:
     store = request.app[STORE]
+    require(request, "technician", "reader", "physician", "operator", action="list cases")
     rows = await asyncio.to_thread(cases_mod.list_cases, store,
                                    state=request.query.get("state"))
     return web.json_response(rows)
@@ -144,6 +149,7 @@ async def get_cases(request: web.Request) -> web.Response:
 
 async def get_case(request: web.Request) -> web.Response:
     store = request.app[STORE]
+    require(request, "technician", "reader", "physician", "operator", action="read cases")
     case = await asyncio.to_thread(cases_mod.get_case, store, request.match_info["case_id"])
     if case is None:
         return _error(404, "no_case", f"case {request.match_info['case_id']} not found")
@@ -160,6 +166,7 @@ async def get_previews(request: web.Request) -> web.Response:
     from fenji.codecs.bundle import Preview
 
     store = request.app[STORE]
+    require(request, "technician", "reader", "physician", "operator", action="read previews")
     case_id = request.match_info["case_id"]
     folder = _previews_dir(store, case_id)
     if folder is None or not folder.is_dir():
@@ -176,6 +183,8 @@ async def get_preview(request: web.Request) -> web.Response:
     """An image preview as PNG; an ECG strip as JSON samples."""
     from fenji.codecs.bundle import Preview
     from fenji.gateway.png import encode_png
+
+    require(request, "technician", "reader", "physician", "operator", action="read previews")
 
     store = request.app[STORE]
     case_id, index = request.match_info["case_id"], request.match_info["index"]
@@ -240,7 +249,8 @@ def _forward_or_keep(cfg: Config, store: Store, receipt: dict[str, Any],
 def build_app(cfg: Config, store: Store,
               on_release: Callable[[cases_mod.Released], None] | None = None,
               wake: Callable[[], None] = lambda: None) -> web.Application:
-    app = web.Application(middlewares=[errors_as_json], client_max_size=80 * 1024 * 1024)
+    app = web.Application(middlewares=[errors_as_json, auth_middleware(cfg)],
+                          client_max_size=80 * 1024 * 1024)
     app[CONFIG] = cfg
     app[STORE] = store
     if on_release is not None:
@@ -378,6 +388,13 @@ class HttpService:
         server = site._server
         assert server is not None
         self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        if self.cfg.web.port:
+            # People and viewers: the same routes without a client certificate
+            # (user tokens authenticate them, auth.py).
+            web_site = web.TCPSite(self._runner, self.cfg.web.host, self.cfg.web.port,
+                                   reuse_address=True)
+            await web_site.start()
+            log.info("web listening host=%s port=%d", self.cfg.web.host, self.cfg.web.port)
 
     def stop(self) -> None:
         if self._runner is None:

@@ -28,32 +28,44 @@ def _record_files(folder: str, name: str) -> dict[str, bytes]:
     return files
 
 
-async def _post(url: str, files: dict[str, bytes], **fields: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+async def _post(url: str, files: dict[str, bytes], headers: dict[str, str] | None = None,
+                **fields: str) -> tuple[int, dict]:  # type: ignore[type-arg]
     form = aiohttp.FormData()
     for k, v in fields.items():
         form.add_field(k, v)
     for name, data in files.items():
         form.add_field("file", data, filename=name, content_type="application/octet-stream")
-    async with aiohttp.ClientSession() as s, s.post(url + "/api/ecg", data=form) as r:
+    async with aiohttp.ClientSession() as s, s.post(url + "/api/ecg", data=form,
+                                                          headers=headers) as r:
         return r.status, await r.json()
 
 
 def test_wfdb_upload_is_wrapped_stored_and_idempotent(tmp_path: Path) -> None:
-    with NodeProcess(tmp_path / "edge", name="edge", workers=1) as node:
+    with NodeProcess(tmp_path / "edge", name="edge", workers=1,
+                     users={"tech": "technician", "dr.wang": "reader"}) as node:
         files = _record_files("cinc2021", "A0001")
-        status, body = asyncio.run(_post(node.http_url, files, patient_id="P1"))
+        # Anonymous and wrong-role uploads are refused and store nothing.
+        anon, _ = asyncio.run(_post(node.http_url, files, patient_id="P1"))
+        assert anon == 401
+        reader, err = asyncio.run(_post(node.http_url, files, node.auth("dr.wang"),
+                                        patient_id="P1"))
+        assert reader == 403 and "reader" in err["message"]
+        assert node.stored() == []
+        status, body = asyncio.run(_post(node.http_url, files, node.auth("tech"),
+                                         patient_id="P1"))
         assert status == 201, body
         assert body["outcome"] == "stored" and len(body["leads"]) == 12
         assert body["quality"]["verdict"] in ("acceptable", "acceptable_with_warnings",
                                               "unacceptable")
-        again, body2 = asyncio.run(_post(node.http_url, files, patient_id="P1"))
+        again, body2 = asyncio.run(_post(node.http_url, files, node.auth("tech"),
+                                         patient_id="P1"))
         assert again == 200 and body2["outcome"] == "duplicate"
         assert body2["sop_instance_uid"] == body["sop_instance_uid"]
         (row,) = node.stored()
         assert row["sop_class_uid"] == TWELVE_LEAD
         # The header names a signal file that is not sent: refused, nothing stored.
         partial = {k: v for k, v in files.items() if k.endswith(".hea")}
-        bad, err = asyncio.run(_post(node.http_url, partial))
+        bad, err = asyncio.run(_post(node.http_url, partial, node.auth("tech")))
         assert bad == 422 and "not provided" in err["message"]
         assert len(node.stored()) == 1
 

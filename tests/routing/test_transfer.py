@@ -36,7 +36,8 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest.fixture
 def pair(tmp_path: Path):  # type: ignore[no-untyped-def]
-    edge = NodeProcess(tmp_path / "edge", name="edge", allow_ae=["CT1"], workers=1)
+    edge = NodeProcess(tmp_path / "edge", name="edge", allow_ae=["CT1"], workers=1,
+                       users={"tech": "technician"})
     center = NodeProcess(tmp_path / "center", name="center", role="center", allow_ae=["*"],
                          workers=1)
     edge.add_peer(center, default=True)
@@ -184,7 +185,11 @@ def test_case_api_over_http(pair) -> None:  # type: ignore[no-untyped-def]
     study = _study_of(ct_series()[0])
 
     async def go() -> None:
-        async with aiohttp.ClientSession() as s:
+        async with aiohttp.ClientSession() as anon:
+            async with anon.post(edge.http_url + "/api/cases",
+                                 json={"study_instance_uid": study}) as r:
+                assert r.status == 401  # anonymous: nothing released
+        async with aiohttp.ClientSession(headers=edge.auth("tech")) as s:
             async with s.post(edge.http_url + "/api/cases", json={
                     "study_instance_uid": study, "priority": "urgent"}) as r:
                 assert r.status == 201, await r.text()
