@@ -259,6 +259,9 @@ class OrthancProcess:
     dicom_port: int = 0
     aet: str = "ORTHANC"
     modalities: dict[str, list[object]] = field(default_factory=dict)
+    # More Orthanc configuration, merged over the defaults (a "DicomWeb" dict is
+    # merged key by key, e.g. {"DicomWeb": {"Servers": {...}}}).
+    extra: dict[str, object] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -285,6 +288,11 @@ class OrthancProcess:
             "Plugins": [str(plugin)] if plugin.exists() else [],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}, "StableAge": 1,
         }
+        for key, value in self.extra.items():
+            if key == "DicomWeb" and isinstance(value, dict):
+                cfg["DicomWeb"] = {**cfg["DicomWeb"], **value}  # type: ignore[dict-item]
+            else:
+                cfg[key] = value
         conf = self.directory / "orthanc.json"
         conf.write_text(json.dumps(cfg, indent=1))
         log = open(self.directory / "orthanc.log", "ab")  # noqa: SIM115 - owned by the child
