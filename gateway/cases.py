@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fenji.codecs.bundle import make_preview, plan_bundle
+from fenji.gateway import ledger
 from fenji.gateway.errors import LocalError, PeerError
 from fenji.gateway.store import Store
 
@@ -109,6 +110,29 @@ def record_received(store: Store, manifest: dict[str, Any], node_name: str,
         if instances:
             con.executemany("INSERT OR IGNORE INTO case_instances(case_id, sop_instance_uid) "
                             "VALUES (?, ?)", [(case["case_id"], uid) for uid in instances])
+    if state != "preview" and case.get("bundle_kind") != "report":
+        from fenji.gateway import ledger, reading
+
+        with store.atomic() as con:
+            fresh = con.execute("SELECT manifest_sha256 FROM cases WHERE case_id = ?",
+                                (case["case_id"],)).fetchone()
+            if fresh is not None and fresh[0] is None:  # first arrival of the full bundle
+                reading.note_received(con, manifest, now)
+                if state != "received":
+                    con.execute("UPDATE cases SET read_state = NULL WHERE case_id = ?",
+                                (case["case_id"],))
+                ledger.record(store, "arrived", node=node_name, actor=str(case.get("sender")
+                                                                          or "?"),
+                              role="node", obj=str(case.get("bundle_id") or case["case_id"]),
+                              case_id=case["case_id"],
+                              detail={"instances": len(instances or []), "state": state,
+                                      "priority": case.get("priority")}, con=con, at=now)
+        foreign = case.get("audit")
+        if isinstance(foreign, list) and foreign and hasattr(ledger, "import_events"):
+            try:
+                ledger.import_events(store, foreign, via=str(case.get("sender")))
+            except Exception as exc:  # noqa: BLE001 - history is best effort, logged
+                log.warning("case %s: audit events not imported: %s", case["case_id"], exc)
     att = case.get("attestation")
     if isinstance(att, dict) and state != "preview":
         # The sending hospital's signed statement travels with the case and is
@@ -194,9 +218,16 @@ def release(store: Store, study_instance_uid: str, *, destination: str, priority
         from fenji.gateway import quality_gate as qg
 
         report = qg.assess([store.read_blob(r["sha256"]) for r in rows], *thresholds)
+        actor, role = _actor(operator, released_by)
         if report["verdict"] == qg.UNACCEPTABLE:
             _insert_case(store, case_meta, rows, "held", now)
             _save_quality(store, case_id, report, None, now)
+            with store.atomic() as con:
+                for kind in ("quality_verdict", "held"):
+                    ledger.record(store, kind, node=sender_node or "?", actor=actor, role=role,
+                                  obj=case_id, case_id=case_id,
+                                  detail={"verdict": report["verdict"],
+                                          "reasons": report["reasons"][:10]}, con=con, at=now)
             log.warning("case held case=%s study=%s reasons=%d first=%s", case_id,
                         study_instance_uid, len(report["reasons"]), report["reasons"][:1])
             raise CaseHeld(case_id, report["reasons"])
@@ -204,16 +235,58 @@ def release(store: Store, study_instance_uid: str, *, destination: str, priority
                                 node=sender_node, operator=operator or "unknown", key=gate_key,
                                 now=now)
         case_meta["attestation"] = attestation
+        ledger.record(store, "quality_verdict", node=sender_node or "?", actor=actor, role=role,
+                      obj=case_id, case_id=case_id,
+                      detail={"verdict": report["verdict"], "reasons": report["reasons"][:10]},
+                      at=now)
+    case_meta["audit"] = _audit_of(store, case_id)
     path, size, raw, preview = _build_bundle(store, rows, case_meta, bundle_id, priority,
                                              effort)
     if report is not None:
         _save_quality(store, case_id, report, attestation, now)
     _insert_case(store, case_meta, rows, "released", now)
+    _note_release(store, case_id, path, sender_node, *_actor(operator, released_by),
+                  released_by, now)
     log.info("case released case=%s kind=%s study=%s dest=%s priority=%s instances=%d "
              "raw_bytes=%d bundle_bytes=%d by=%s", case_id, kind, study_instance_uid, destination,
              priority, len(rows), raw, size, released_by)
     return Released(case_id, kind, parent_id, bundle_id, path, size, raw, len(rows), priority,
                     destination, preview)
+
+
+def _actor(operator: str, released_by: str) -> tuple[str, str]:
+    """Who a release is recorded against in the ledger."""
+    if released_by == "timer":
+        return "stable-study timer", "node"
+    return (operator or f"{released_by} user"), "technician"
+
+
+def _audit_of(store: Store, case_id: str) -> list[dict[str, Any]]:
+    """This node's ledger events for a case, to travel in the bundle's manifest."""
+    export = getattr(ledger, "export_case", None)
+    return list(export(store, case_id)) if export else ledger.events(store, case_id=case_id)
+
+
+def _note_release(store: Store, case_id: str, bundle: Path, node: str, actor: str, role: str,
+                  released_by: str, now: float) -> None:
+    """Keep the manifest the case went out with (a returning report must match its hash)."""
+    import json
+
+    from fenji.gateway.reading import manifest_sha256
+    from fenji.routing.transfer_client import manifest_of
+
+    manifest = manifest_of(bundle)
+    with store.atomic() as con:
+        con.execute("UPDATE cases SET manifest_json = ?, manifest_sha256 = ? WHERE case_id = ?",
+                    (json.dumps(manifest, sort_keys=True), manifest_sha256(manifest), case_id))
+        ledger.record(store, "released", node=node or "?", actor=actor, role=role, obj=case_id,
+                      case_id=case_id, detail={"released_by": released_by,
+                                               "priority": manifest["case"].get("priority"),
+                                               "destination": manifest["case"].get(
+                                                   "destination"),
+                                               "instances": len(manifest.get("instances", [])),
+                                               "manifest_sha256": manifest_sha256(manifest)},
+                      con=con, at=now)
 
 
 def _insert_case(store: Store, meta: dict[str, Any], rows: list[dict[str, Any]], state: str,
@@ -247,7 +320,8 @@ def _save_quality(store: Store, case_id: str, report: dict[str, Any],
 
 
 def override(store: Store, case_id: str, *, operator: str, reason: str, gate_key: Any,
-             sender_node: str, effort: str = "fast", now: float | None = None) -> Released:
+             sender_node: str, effort: str = "fast", now: float | None = None,
+             operator_role: str = "technician") -> Released:
     """Release a held case anyway: a named operator, a reason, a signed attestation."""
     import json
 
@@ -275,12 +349,17 @@ def override(store: Store, case_id: str, *, operator: str, reason: str, gate_key
                                  "priority", "service", "destination", "requesting_physician",
                                  "clinical_question", "consent_ref", "released_by")}
     meta.update(sender=sender_node, released_at=now, attestation=att)
+    ledger.record(store, "override", node=sender_node or "?", actor=operator,
+                  role=operator_role, obj=case_id, case_id=case_id,
+                  detail={"reason": reason, "verdict": report.get("verdict")}, at=now)
+    meta["audit"] = _audit_of(store, case_id)
     path, size, raw, preview = _build_bundle(store, rows, meta, bundle_id, case["priority"],
                                              effort)
     _save_quality(store, case_id, report, att, now)
     with store.atomic() as con:
         con.execute("UPDATE cases SET state = 'released', released_at = ?, updated_at = ? "
                     "WHERE case_id = ?", (now, now, case_id))
+    _note_release(store, case_id, path, sender_node, operator, operator_role, "override", now)
     log.warning("case override case=%s operator=%s reason=%s", case_id, operator, reason)
     return Released(case_id, case["kind"], case["parent_case_id"], bundle_id, path, size, raw,
                     len(rows), case["priority"], case["destination"], preview)

@@ -1,4 +1,4 @@
-"""CLI verbs: `fenji case send|ls|show`."""
+"""CLI verbs: `fenji case send|ls|show|override|ack`."""
 
 from __future__ import annotations
 
@@ -52,10 +52,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=_ls)
 
-    sh = csub.add_parser("show", help="one case with its instances and receipt")
+    sh = csub.add_parser("show", help="one case: instances, receipt, quality, reports")
     sh.add_argument("case_id", metavar="CASE")
     sh.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
     sh.set_defaults(func=_show)
+
+    ak = csub.add_parser("ack", help="the requesting physician acknowledges the case's report",
+                         description="Records who acknowledged the current report version "
+                                     "and when (a ledger event).")
+    ak.add_argument("case_id", metavar="CASE")
+    ak.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    ak.add_argument("--by", required=True, help="a configured user (physician, technician or "
+                                                "operator) acknowledging")
+    ak.add_argument("--json", action="store_true")
+    ak.set_defaults(func=_ack)
 
 
 def _send(args: argparse.Namespace) -> int:
@@ -174,5 +184,40 @@ def _show(args: argparse.Namespace) -> int:
                               (args.case_id,))
         case["receipt"] = json.loads(rec["receipt_json"]) if rec else None
         case["receipt_signer"] = rec["signer"] if rec else None
-    print(json.dumps(case, indent=2))
+        from fenji.gateway import reading
+        from fenji.gateway.cases import quality_of
+
+        case.pop("manifest_json", None)
+        case["quality"] = quality_of(store, args.case_id)
+        case["reports"] = reading.reports_of(store, args.case_id)
+        case["critical"] = any(r["critical"] and r["status"] == "current"
+                               for r in case["reports"])
+    print(json.dumps(case, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cli_user(cfg: config_mod.Config, name: str) -> object:
+    """The configured user a CLI command acts as (the CLI runs on the node itself)."""
+    from fenji.gateway.auth import User
+    from fenji.gateway.errors import LocalError
+
+    u = cfg.user(name)
+    if u is None:
+        known = ", ".join(f"{x.name} ({x.role})" for x in cfg.users) or "none"
+        raise LocalError(f"no user {name!r} in {cfg.source} (users: {known}); add one with "
+                         "fenji user add")
+    return User.of(u)
+
+
+def _ack(args: argparse.Namespace) -> int:
+    from fenji.gateway import reading
+    from fenji.gateway.node import config_and_store
+
+    with config_and_store(args.config) as (cfg, store):
+        out = reading.acknowledge(store, cfg, args.case_id, cli_user(cfg, args.by))  # type: ignore[arg-type]
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"report v{out['version']} of case {out['case_id']} acknowledged by "
+              f"{out['acknowledged_by']}")
     return 0

@@ -189,6 +189,19 @@ class UserSection:
 
 
 @dataclass(frozen=True, slots=True)
+class KnownNodeSection:
+    """A fenji node this one trusts but does not talk to directly (``[[known_nodes]]``).
+
+    An edge lists its reading center here (it reaches it through a relay), so it
+    can check the center's endorsement of the readers who sign its reports.
+    """
+
+    name: str = ""
+    # Ed25519 public key: a PEM file (relative to data_dir) or 64 hex digits.
+    public_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class RemoteAeSection:
     """A DICOM node a center may send to on C-MOVE (``[[remote_aes]]``)."""
 
@@ -298,6 +311,7 @@ class Config:
     egress: tuple[EgressSection, ...] = ()
     users: tuple[UserSection, ...] = ()
     remote_aes: tuple[RemoteAeSection, ...] = ()
+    known_nodes: tuple[KnownNodeSection, ...] = ()
     services: tuple[ServiceSection, ...] = ()
     # The file this was loaded from (None for defaults); paths resolve against it.
     source: str | None = None
@@ -566,6 +580,9 @@ def _check_reading(cfg: Config, errors: list[str]) -> None:
                           "characters")
         if not a.host or not 0 < a.port < 65536:
             errors.append(f"remote_aes[{i}] ({a.ae_title!r}) needs host and port (1-65535)")
+    for i, k in enumerate(cfg.known_nodes):
+        if not k.name or not k.public_key:
+            errors.append(f"known_nodes[{i}] needs name and public_key (PEM path or 64 hex)")
     svc_names = [s.name for s in cfg.services]
     for i, s in enumerate(cfg.services):
         if not s.name:

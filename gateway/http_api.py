@@ -65,7 +65,7 @@ async def health(request: web.Request) -> web.Response:
 
 async def post_case(request: web.Request) -> web.Response:
     cfg, store = request.app[CONFIG], request.app[STORE]
-    require(request, "technician", "operator", action="release cases")
+    user = require(request, "technician", "operator", action="release cases")
     try:
         body = await request.json()
     except ValueError:
@@ -84,7 +84,7 @@ async def post_case(request: web.Request) -> web.Response:
             requesting_physician=body.get("requesting_physician"),
             clinical_question=body.get("clinical_question"), consent_ref=body.get("consent_ref"),
             released_by="api", sender_node=cfg.node.name, gate_key=key,
-            operator=str(body.get("operator") or "api"),
+            operator=user.name,
             thresholds=(cfg.quality_ecg, cfg.quality_image))
     except cases_mod.CaseHeld as held:
         return web.json_response({"status": 409, "error": "held", "message": str(held),
@@ -153,6 +153,12 @@ async def get_case(request: web.Request) -> web.Response:
     case = await asyncio.to_thread(cases_mod.get_case, store, request.match_info["case_id"])
     if case is None:
         return _error(404, "no_case", f"case {request.match_info['case_id']} not found")
+    from fenji.gateway import reading
+
+    case.pop("manifest_json", None)
+    case["reports"] = await asyncio.to_thread(reading.reports_of, store, case["case_id"])
+    case["critical"] = any(r["critical"] and r["status"] == "current" for r in case["reports"])
+    case["quality"] = await asyncio.to_thread(cases_mod.quality_of, store, case["case_id"])
     return web.json_response(case)
 
 
@@ -207,9 +213,14 @@ def _forward_or_keep(cfg: Config, store: Store, receipt: dict[str, Any],
     import time
 
     uids = [str(i["sop_instance_uid"]) for i in receipt.get("instances", [])]
-    state = cases_mod.record_received(store, manifest, cfg.node.name, instances=uids)
     case = manifest.get("case", {})
     final = case.get("destination")
+    if case.get("bundle_kind") == "report" and final == cfg.node.name:
+        from fenji.gateway import reading
+
+        reading.report_arrived(store, cfg, manifest, uids)
+        return False
+    state = cases_mod.record_received(store, manifest, cfg.node.name, instances=uids)
     if state == "received" and cfg.egress and uids:
         from fenji.routing.egress import enqueue_case
 
@@ -262,6 +273,9 @@ def build_app(cfg: Config, store: Store,
     app.router.add_get("/api/cases/{case_id}/previews", get_previews)
     app.router.add_get("/api/cases/{case_id}/previews/{index}", get_preview)
     app.router.add_get("/api/cases/{case_id}", get_case)
+    from fenji.gateway import http_reading
+
+    http_reading.add_routes(app, wake)
     if cfg.peers:
         from fenji.routing.transfer_server import ReceiverContext, add_routes
 

@@ -54,8 +54,26 @@ def higher_priority_ready(store: Store, destination: str, priority: int, now: fl
     return row is not None
 
 
-def keep_receipt(store: Store, job: dict[str, Any], out: Delivered, now: float) -> None:
+def keep_receipt(store: Store, job: dict[str, Any], out: Delivered, now: float,
+                 node: str = "") -> None:
+    from fenji.gateway import ledger
+
     with store.atomic() as con:
+        fresh = con.execute("SELECT 1 FROM receipts WHERE bundle_id = ?",
+                            (job["bundle_id"],)).fetchone() is None
+        report = con.execute("SELECT report_id, case_id FROM reports WHERE report_id = ?",
+                             (job["case_id"],)).fetchone()
+        if report is not None:  # a report bundle went back down (gateway/reading.py)
+            con.execute("UPDATE reports SET returned_at = coalesce(returned_at, ?) "
+                        "WHERE report_id = ?", (now, report[0]))
+        if fresh and node:
+            ledger.record(store, "receipt", node=node, actor=str(out.signer), role="node",
+                          obj=job["bundle_id"], case_id=report[1] if report else job["case_id"],
+                          detail={"destination": job["destination"],
+                                  "what": "report" if report else "case",
+                                  "instances": len(out.receipt.get("instances", [])),
+                                  "receiver_time": out.receipt.get("received_at")},
+                          con=con, at=now)
         con.execute("INSERT OR IGNORE INTO receipts(bundle_id, case_id, destination, "
                     "receipt_json, signature, signer, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (job["bundle_id"], job["case_id"], job["destination"],
@@ -161,6 +179,10 @@ class SenderLoop:
             return
         await asyncio.to_thread(outbox_db.complete, self.store, j["job_id"], self.owner,
                                 self.clock())
+        from fenji.gateway import reading
+
+        await asyncio.to_thread(reading.report_delivered, self.store, self.cfg, j["case_id"],
+                                target.name, self.clock())
         log.info("egress job=%s case=%s dest=%s (%s) instances=%d ms=%.0f outcome=delivered",
                  j["job_id"], j["case_id"], target.name, egress.describe(target), n,
                  (time.monotonic() - t0) * 1000)
@@ -218,7 +240,7 @@ class SenderLoop:
         await asyncio.to_thread(self._save_meter, dest)
         if isinstance(out, Delivered):
             now = self.clock()
-            await asyncio.to_thread(keep_receipt, self.store, j, out, now)
+            await asyncio.to_thread(keep_receipt, self.store, j, out, now, self.cfg.node.name)
             await asyncio.to_thread(outbox_db.complete, self.store, j["job_id"], self.owner, now)
             log.info("transfer job=%s case=%s dest=%s bytes=%d ms=%.0f outcome=delivered "
                      "instances=%d", j["job_id"], j["case_id"], dest, out.bytes_sent,

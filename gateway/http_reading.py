@@ -1,0 +1,134 @@
+"""HTTP routes of the reading center and of report return (DESIGN.md §3 steps 8-9).
+
+* ``GET  /api/worklist`` — the worklist (readers see their services), STAT first;
+* ``POST /api/worklist/{case}/claim``, ``DELETE`` the same — claim / give back;
+* ``POST /api/cases/{case}/reports`` — sign a report (JSON ``findings``,
+  ``impression``, ``critical``; ``amendment_reason`` for an amendment);
+* ``GET  /api/cases/{case}/reports`` — every version;
+* ``POST /api/cases/{case}/ack`` — the requesting physician acknowledges;
+* ``POST /api/cases/{case}/override`` — release a held case with a reason.
+
+Roles are checked in each handler (:func:`fenji.gateway.auth.require`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from fenji.gateway import reading
+from fenji.gateway.auth import require
+
+
+def _app(request: web.Request) -> tuple[Any, Any]:
+    from fenji.gateway.http_api import CONFIG, STORE
+
+    return request.app[CONFIG], request.app[STORE]
+
+
+async def _json(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(text="request body is not JSON") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="request body must be a JSON object")
+    return body
+
+
+async def get_worklist(request: web.Request) -> web.Response:
+    cfg, store = _app(request)
+    user = require(request, "reader", "operator", action="see the worklist")
+    rows = await asyncio.to_thread(reading.worklist, store, cfg, user=user,
+                                   state=request.query.get("state"))
+    return web.json_response(rows)
+
+
+async def post_claim(request: web.Request) -> web.Response:
+    cfg, store = _app(request)
+    user = require(request, "reader", action="claim cases")
+    out = await asyncio.to_thread(reading.claim, store, cfg, request.match_info["case_id"], user)
+    return web.json_response(out)
+
+
+async def delete_claim(request: web.Request) -> web.Response:
+    cfg, store = _app(request)
+    user = require(request, "reader", action="give back claims")
+    await asyncio.to_thread(reading.unclaim, store, cfg, request.match_info["case_id"], user)
+    return web.json_response({"case_id": request.match_info["case_id"], "state": "new"})
+
+
+async def post_report(request: web.Request) -> web.Response:
+    cfg, store = _app(request)
+    user = require(request, "reader", action="sign reports")
+    body = await _json(request)
+    critical = body.get("critical", False)
+    if not isinstance(critical, bool):
+        raise web.HTTPBadRequest(text=f"critical = {critical!r} is not true or false")
+    row = await asyncio.to_thread(
+        reading.submit_report, store, cfg, request.match_info["case_id"], user,
+        findings=str(body.get("findings") or ""), impression=str(body.get("impression") or ""),
+        critical=critical, amendment_reason=body.get("amendment_reason"))
+    wake = request.app.get(WAKE)
+    if callable(wake):
+        wake()
+    return web.json_response({k: row[k] for k in ("report_id", "case_id", "version", "status",
+                                                  "reader", "signed_at", "critical",
+                                                  "supersedes", "bundle_id",
+                                                  "sr_sop_instance_uid",
+                                                  "pdf_sop_instance_uid")}, status=201)
+
+
+async def get_reports(request: web.Request) -> web.Response:
+    cfg, store = _app(request)
+    require(request, "technician", "reader", "physician", "operator", action="read reports")
+    rows = await asyncio.to_thread(reading.reports_of, store, request.match_info["case_id"])
+    return web.json_response(rows)
+
+
+async def post_ack(request: web.Request) -> web.Response:
+    cfg, store = _app(request)
+    user = require(request, "physician", "technician", "operator",
+                   action="acknowledge reports")
+    out = await asyncio.to_thread(reading.acknowledge, store, cfg,
+                                  request.match_info["case_id"], user)
+    return web.json_response(out)
+
+
+async def post_override(request: web.Request) -> web.Response:
+    from fenji.gateway import cases as cases_mod
+    from fenji.gateway.http_api import ON_RELEASE
+    from fenji.gateway.keys import load_private
+
+    cfg, store = _app(request)
+    user = require(request, "technician", "operator", action="override a quality hold")
+    body = await _json(request)
+    reason = str(body.get("reason") or "").strip()
+    if not reason:
+        raise web.HTTPBadRequest(text="an override needs a reason")
+    key = load_private(cfg.resolve(cfg.keys.private_key))
+    rel = await asyncio.to_thread(cases_mod.override, store, request.match_info["case_id"],
+                                  operator=user.name, reason=reason, gate_key=key,
+                                  sender_node=cfg.node.name, operator_role=user.role)
+    hook = request.app.get(ON_RELEASE)
+    if callable(hook):
+        await asyncio.to_thread(hook, rel)
+    return web.json_response({"case_id": rel.case_id, "bundle_id": rel.bundle_id,
+                              "state": "released", "operator": user.name}, status=201)
+
+
+WAKE = web.AppKey("fenji_wake_sender", object)
+
+
+def add_routes(app: web.Application, wake: Any = None) -> None:
+    if wake is not None:
+        app[WAKE] = wake
+    app.router.add_get("/api/worklist", get_worklist)
+    app.router.add_post("/api/worklist/{case_id}/claim", post_claim)
+    app.router.add_delete("/api/worklist/{case_id}/claim", delete_claim)
+    app.router.add_post("/api/cases/{case_id}/reports", post_report)
+    app.router.add_get("/api/cases/{case_id}/reports", get_reports)
+    app.router.add_post("/api/cases/{case_id}/ack", post_ack)
+    app.router.add_post("/api/cases/{case_id}/override", post_override)
