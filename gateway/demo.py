@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,71 @@ def _cli(node: NodeProcess, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=600)
 
 
+def _request(method: str, url: str, headers: dict[str, str], body: Any = None,
+             accept: str = "application/json") -> tuple[int, bytes]:
+    data = json.dumps(body, ensure_ascii=False).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={**headers, "Accept": accept,
+                                          "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:  # noqa: S310 - loopback only
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _read_and_report(center: NodeProcess, case_id: str, study: str) -> dict[str, Any] | None:
+    """A scripted reader: worklist, claim, open the study over WADO-RS, sign a report."""
+    h = center.auth("dr.wang")
+    base = center.web_url
+    status, body = _request("GET", f"{base}/api/worklist", h)
+    items = json.loads(body) if status == 200 else []
+    mine = [c for c in items if c["case_id"] == case_id]
+    print(f"      reader dr.wang: worklist has {len(items)} case(s); first: "
+          f"{items[0]['priority'] if items else '-'} "
+          f"{items[0]['clinical_question'] if items else ''}", flush=True)
+    if not mine:
+        print(f"demo: STAT case {case_id} not on the reader's worklist ({status})",
+              file=sys.stderr)
+        return None
+    status, body = _request("POST", f"{base}/api/worklist/{case_id}/claim", h, {})
+    if status != 200:
+        print(f"demo: claim failed: {status} {body[:200]!r}", file=sys.stderr)
+        return None
+    t = time.monotonic()
+    status, body = _request("GET", f"{base}/dicom-web/studies/{study}", h,
+                            accept='multipart/related; type="application/dicom"; '
+                                   'transfer-syntax=*')
+    print(f"      reader opened the study over WADO-RS: HTTP {status}, "
+          f"{len(body) / 1e6:.1f} MB in {time.monotonic() - t:.2f} s", flush=True)
+    status, body = _request("POST", f"{base}/api/cases/{case_id}/reports", h, {
+        "findings": "右侧额颞部硬膜下新月形高密度影，最厚约8 mm，中线结构左移约4 mm。"
+                    " Right frontotemporal crescentic hyperdense subdural collection, 8 mm, "
+                    "midline shift 4 mm.",
+        "impression": "急性右侧硬膜下血肿，建议神经外科急会诊。 Acute right subdural "
+                      "haematoma: urgent neurosurgical referral.",
+        "critical": True})
+    if status != 201:
+        print(f"demo: report submission failed: {status} {body[:300]!r}", file=sys.stderr)
+        return None
+    rep: dict[str, Any] = json.loads(body)
+    print(f"      reader signed report {rep['report_id'][:24]}... v{rep['version']} "
+          f"(critical) for the STAT case", flush=True)
+    return rep
+
+
+def _wait_report(edge: NodeProcess, case_id: str, deadline: float) -> dict[str, Any] | None:
+    while time.monotonic() < deadline:
+        case = _get_json(f"{edge.http_url}/api/cases/{case_id}", edge.auth("ops"))
+        reps = (case or {}).get("reports") or []
+        if reps and reps[0].get("received_at"):
+            verified = case.get("state") == "reported"  # set only when signatures verify
+            return {"at": time.monotonic(), "verified": verified, "report": reps[0],
+                    "critical": case.get("critical")}
+        time.sleep(0.3)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fenji.gateway.demo",
                                  description="township -> county -> center round trip on "
@@ -108,11 +174,15 @@ def main(argv: list[str] | None = None) -> int:
                         "palpitations"),
     }
     edge = NodeProcess(work / "township-edge", name="township-edge", role="edge",
-                       allow_ae=["CT1", "ECHO"], workers=1)
+                       allow_ae=["CT1", "ECHO"], workers=1,
+                       users={"dr.ma": "physician", "ops": "operator"})
     relay = NodeProcess(work / "county-relay", name="county-relay", role="relay",
                         allow_ae=["ECHO"], workers=1)
     center = NodeProcess(work / "regional-center", name="regional-center", role="center",
                          allow_ae=["ECHO"], workers=1, users={"ops": "operator"})
+    center.add_user("dr.wang", "reader", services=("imaging", "ecg"),
+                    display_name="王医生 (Dr. Wang), attending radiologist")
+    center.enable_web()
     links: list[Link] = []
     nodes = [center, relay, edge]
     try:
@@ -124,10 +194,11 @@ def main(argv: list[str] | None = None) -> int:
         edge.add_peer(relay, default=True, url=f"http://127.0.0.1:{up.port}")
         relay.add_peer(edge)
         relay.add_peer(center, default=True, url=f"http://127.0.0.1:{down.port}")
-        center.add_peer(relay)
+        center.add_peer(relay, default=True)  # reports go back down through the relay
+        edge.add_known_node(center)  # to check the center's endorsement of its readers
         for n in nodes:
             n.start()
-        print(f"[1/6] nodes up: township-edge (DICOM :{edge.dicom_port}) --{args.uplink}--> "
+        print(f"[1/8] nodes up: township-edge (DICOM :{edge.dicom_port}) --{args.uplink}--> "
               f"county-relay --provincial--> regional-center", flush=True)
         if not echoscu(edge.dicom_port, calling="ECHO"):
             print("demo: C-ECHO to the edge failed", file=sys.stderr)
@@ -143,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             study_uids[label] = str(pydicom.dcmread(files[0], stop_before_pixels=True)
                                     .StudyInstanceUID)
         n_inst = sum(len(f) for f, _, _ in studies.values())
-        print(f"[2/6] storescu pushed {n_inst} instances ({raw_bytes / 1e6:.1f} MB) into the "
+        print(f"[2/8] storescu pushed {n_inst} instances ({raw_bytes / 1e6:.1f} MB) into the "
               f"edge", flush=True)
         case_ids: dict[str, str] = {}
         stat_released = 0.0
@@ -173,9 +244,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"      {label}: {priority} case {out['case_id'][:8]}, {out['instances']} "
                   f"instances, {out['raw_bytes'] / 1e6:.2f} -> {out['bundle_bytes'] / 1e6:.2f} "
                   f"MB", flush=True)
-        print("[3/6] cases released through the quality gate; sending ...", flush=True)
+        print("[3/8] cases released through the quality gate; sending ...", flush=True)
         stat_case = case_ids["CT head (STAT)"]
         stat_preview_s: float | None = None
+        report: dict[str, Any] | None = None
+        report_signed_at = 0.0
         deadline = time.monotonic() + args.timeout
         delivered: set[str] = set()
         last_print = 0.0
@@ -189,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
                           f"{stat_preview_s:.1f} s", flush=True)
             cases = _get_json(f"{center.http_url}/api/cases", center.auth("ops")) or []
             delivered = {c["case_id"] for c in cases if c["state"] == "received"}
+            if stat_case in delivered and report is None:
+                report = _read_and_report(center, stat_case, study_uids["CT head (STAT)"])
+                report_signed_at = time.monotonic()
             if set(case_ids.values()) <= delivered:
                 break
             if time.monotonic() - last_print > 5:
@@ -198,13 +274,41 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"      t={time.monotonic() - t0:5.0f}s  edge sent {sent / 1e6:6.2f} MB; "
                       f"center has {len(delivered)}/{len(case_ids)} cases", flush=True)
             time.sleep(0.5)
-        print(f"[4/6] {len(delivered & set(case_ids.values()))}/{len(case_ids)} cases at the "
+        print(f"[4/8] {len(delivered & set(case_ids.values()))}/{len(case_ids)} cases at the "
               f"center", flush=True)
-        at_edge = {r["sop_instance_uid"]: r["sha256"] for r in edge.stored()}
+        at_edge = {r["sop_instance_uid"]: r["sha256"] for r in edge.stored()
+                   if not str(r.get("calling_ae") or "").startswith("node:")}
         at_center = {r["sop_instance_uid"]: r["sha256"] for r in center.stored()}
         verified = sum(1 for uid, sha in at_edge.items() if at_center.get(uid) == sha)
-        print(f"[5/6] {verified}/{len(at_edge)} instances at the center with the SHA-256 they "
+        print(f"[5/8] {verified}/{len(at_edge)} instances at the center with the SHA-256 they "
               f"had at ingest", flush=True)
+        if report is None and stat_case in delivered:
+            report = _read_and_report(center, stat_case, study_uids["CT head (STAT)"])
+            report_signed_at = time.monotonic()
+        back = _wait_report(edge, stat_case, deadline) if report else None
+        turnaround = (back["at"] - stat_released) if back else None
+        if back:
+            after = back["at"] - report_signed_at
+            print(f"[6/8] the signed report came back to the edge {after:.1f} s after signing "
+                  f"({turnaround:.1f} s after the STAT release); verified: {back['verified']}",
+                  flush=True)
+            ack = _cli(edge, "case", "ack", stat_case, "--by", "dr.ma")
+            print(f"      {ack.stdout.strip() or ack.stderr.strip()}", flush=True)
+            show = _cli(edge, "report", "verify", "--case", stat_case)
+            print("      fenji report verify (edge): " + (show.stdout.strip().splitlines() or
+                                                          [show.stderr.strip()])[-1], flush=True)
+        else:
+            print("[6/8] no report came back to the edge", flush=True)
+        ledger_ok = True
+        for n in nodes:
+            v = _cli(n, "audit", "verify")
+            ledger_ok = ledger_ok and v.returncode == 0
+            print(f"      fenji audit verify ({n.name}): "
+                  f"{'ok' if v.returncode == 0 else 'FAILED'} {v.stdout.strip()[-160:]}",
+                  flush=True)
+        li = _cli(edge, "liability", stat_case)
+        print("[7/8] fenji liability (edge):\n" + "\n".join(
+            "      " + ln for ln in (li.stdout or li.stderr).strip().splitlines()), flush=True)
         receipts = edge.cli("case", "ls", "--json").stdout.splitlines()
         on_wire = sum(int(json.loads(ln).get("bytes_total", 0)) for ln in
                       _cli(edge, "queue", "ls", "--json").stdout.splitlines() if ln.strip())
@@ -216,10 +320,16 @@ def main(argv: list[str] | None = None) -> int:
             "stat_preview_s": round(stat_preview_s, 2) if stat_preview_s is not None else None,
             "elapsed_s": round(time.monotonic() - t0, 1),
             "edge_cases": len(receipts),
+            "reports_signed": 1 if report else 0,
+            "reports_returned": 1 if back else 0,
+            "report_turnaround_s": round(turnaround, 2) if turnaround is not None else None,
+            "report_verified": bool(back and back["verified"]),
+            "ledger_verified": ledger_ok,
         }
-        print("[6/6] done", flush=True)
+        print("[8/8] done", flush=True)
         print(json.dumps(summary))
-        ok = summary["cases_delivered"] == len(case_ids) and verified == len(at_edge)
+        ok = (summary["cases_delivered"] == len(case_ids) and verified == len(at_edge)
+              and summary["report_verified"] and ledger_ok)
         return 0 if ok else 1
     finally:
         for n in nodes:

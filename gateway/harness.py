@@ -158,6 +158,12 @@ class NodeProcess:
             self._merge_toml(f"[web]\nport = {self.web_port}\n")
         return self.web_port
 
+    def add_known_node(self, other: NodeProcess) -> None:
+        """Trust ``other``'s node key without talking to it (an edge's reading center)."""
+        with open(self.config, "a", encoding="utf-8") as fh:
+            fh.write(f'\n[[known_nodes]]\nname = "{other.name}"\n'
+                     f'public_key = "{other.public_key_hex()}"\n')
+
     @property
     def web_url(self) -> str:
         return f"http://127.0.0.1:{self.web_port or self.http_port}"
