@@ -87,6 +87,47 @@ certificate = "keys/node.crt"
 # public_key = "keys/peers/center.pub"
 # cert = "keys/peers/center.crt"
 
+# People and viewers on the HTTP API, each with a role (technician, reader,
+# physician, operator).  Add them with `fenji user add NAME --role ROLE`: it
+# prints the token once and writes only its SHA-256 here.  Readers also get a
+# report-signing key (keys/readers/NAME.key) and list the services they read.
+# [[users]]
+# name = "dr.wang"
+# role = "reader"
+# token_sha256 = "..."
+# services = ["imaging"]
+# display_name = "王医生 (Dr. Wang), attending radiologist"
+
+# A listener for people and viewers when [http] demands client certificates
+# (tls = true between nodes): DICOMweb viewers, Orthanc and browsers use it.
+# [web]
+# host = "127.0.0.1"
+# port = 8044
+
+# Center: DICOM nodes C-MOVE may send to (viewers, PACS).
+# [[remote_aes]]
+# ae_title = "VIEWER1"
+# host = "10.0.0.20"
+# port = 104
+
+# Center: fees per reported case and the inviting:invited split (2:8).
+# [[services]]
+# name = "imaging"
+# price = 80.0
+# inviting_share = 0.2
+
+# Center: an unused claim goes back to the pool after this long.
+# [reading]
+# claim_ttl_s = 1800
+
+# Edge: where returned reports go, and who is told of a critical finding.
+# [reports]
+# deliver_to = "his-pacs"          # an [[egress]] name
+# critical_hook = "/usr/local/bin/page-physician"
+# [[known_nodes]]                  # the reading center, reached through a relay
+# name = "regional-center"
+# public_key = "keys/peers/center.pub"
+
 [log]
 # INFO: one line per association and per rejected instance.
 level = "INFO"
