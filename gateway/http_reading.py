@@ -3,7 +3,9 @@
 * ``GET  /api/worklist`` — the worklist (readers see their services), STAT first;
 * ``POST /api/worklist/{case}/claim``, ``DELETE`` the same — claim / give back;
 * ``POST /api/cases/{case}/reports`` — sign a report (JSON ``findings``,
-  ``impression``, ``critical``; ``amendment_reason`` for an amendment);
+  ``impression``, ``critical``; ``amendment_reason`` for an amendment), or the
+  reader's viewer posts its own SR or encapsulated PDF (``application/dicom``;
+  ``?critical=true``, ``?amendment_reason=...``);
 * ``GET  /api/cases/{case}/reports`` — every version;
 * ``POST /api/cases/{case}/ack`` — the requesting physician acknowledges;
 * ``POST /api/cases/{case}/override`` — release a held case with a reason.
@@ -63,6 +65,13 @@ async def delete_claim(request: web.Request) -> web.Response:
 async def post_report(request: web.Request) -> web.Response:
     cfg, store = _app(request)
     user = require(request, "reader", action="sign reports")
+    if request.content_type == "application/dicom":  # an SR or PDF from the reader's viewer
+        data = await request.read()
+        row = await asyncio.to_thread(
+            reading.report_from_viewer, store, cfg, user, data, request.match_info["case_id"],
+            critical=request.query.get("critical", "").lower() == "true",
+            amendment_reason=request.query.get("amendment_reason"))
+        return _report_response(request, row)
     body = await _json(request)
     critical = body.get("critical", False)
     if not isinstance(critical, bool):
@@ -71,6 +80,10 @@ async def post_report(request: web.Request) -> web.Response:
         reading.submit_report, store, cfg, request.match_info["case_id"], user,
         findings=str(body.get("findings") or ""), impression=str(body.get("impression") or ""),
         critical=critical, amendment_reason=body.get("amendment_reason"))
+    return _report_response(request, row)
+
+
+def _report_response(request: web.Request, row: dict[str, Any]) -> web.Response:
     wake = request.app.get(WAKE)
     if callable(wake):
         wake()

@@ -635,3 +635,46 @@ def export_report(store: Store, report_id: str, directory: Path) -> list[Path]:
             p.write_bytes(store.read_blob(row["sha256"]))
             out.append(p)
     return out
+
+
+def report_from_viewer(store: Store, cfg: Config, user: User, data: bytes,
+                       case_id: str | None = None, *, critical: bool = False,
+                       amendment_reason: str | None = None) -> dict[str, Any]:
+    """A reader's viewer sent a DICOM SR or encapsulated PDF for a study: sign it as the report.
+
+    The viewer's object is parsed for its text (SR) or kept as the report's PDF
+    (encapsulated PDF); the report is then signed and sent exactly like one typed
+    into the API, so the signature still binds it to the case's manifest and
+    attestation.  The viewer's own object is kept in the store as received.
+    """
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    from fenji.gateway import reports
+
+    try:
+        ds = dcmread(io.BytesIO(data), force=True)
+        parsed = reports.parse_viewer_report(ds)
+    except (InvalidDicomError, ValueError, AttributeError, KeyError) as exc:
+        raise ReadingError(f"not a DICOM SR or encapsulated PDF fenji can read: {exc}") from exc
+    study = parsed["study_instance_uid"]
+    if case_id is None:
+        row = store.query_one("SELECT case_id FROM cases WHERE study_instance_uid = ? AND "
+                              "kind = 'case' AND read_state IS NOT NULL ORDER BY "
+                              "(claimed_by = ?) DESC, received_at DESC LIMIT 1",
+                              (study, user.name))
+        if row is None:
+            raise NotFound(f"no case on the worklist for study {study}")
+        case_id = str(row["case_id"])
+    case = _case(store, case_id)
+    if case["study_instance_uid"] != study:
+        raise ReadingError(f"the viewer's report references study {study}, but case {case_id} "
+                           f"is study {case['study_instance_uid']}")
+    _put(store, data, f"viewer:{user.name}")
+    findings = parsed.get("findings") or ""
+    impression = parsed.get("impression") or ""
+    if not findings and not impression and parsed.get("pdf_bytes"):
+        findings = "See the attached PDF report from the reader's viewer."
+    return submit_report(store, cfg, case_id, user, findings=findings, impression=impression,
+                         critical=critical, amendment_reason=amendment_reason,
+                         pdf_from_viewer=parsed.get("pdf_bytes"))
