@@ -289,9 +289,6 @@ def submit_report(store: Store, cfg: Config, case_id: str, user: User, *, findin
     A first report needs the reader's claim; an amendment needs a reason and
     supersedes the current version.  Returns the report row (with the bundle id).
     """
-    from fenji.gateway import reports
-    from fenji.gateway.keys import load_private, load_public
-
     now = time.time() if now is None else now
     case = _case(store, case_id)
     _check_reader(cfg, user, case, "sign reports")
@@ -311,6 +308,9 @@ def submit_report(store: Store, cfg: Config, case_id: str, user: User, *, findin
     elif not (amendment_reason or "").strip():
         raise ReadingError(f"case {case_id} already has report version {current['version']}; "
                            "an amendment needs a reason (--amend-reason)")
+    from fenji.gateway import reports
+    from fenji.gateway.keys import load_private, load_public
+
     manifest = json.loads(case["manifest_json"]) if case["manifest_json"] else {}
     q = store.query_one("SELECT attestation_json FROM quality WHERE case_id = ?", (case_id,))
     attestation = json.loads(q["attestation_json"]) if q and q["attestation_json"] else None
