@@ -59,8 +59,10 @@ def setup_logging(cfg: Config, *, verbose: int = 0) -> None:
 
 
 def open_store(cfg: Config) -> Store:
-    return Store(cfg.store_dir, min_free_bytes=cfg.store.min_free_bytes,
-                 quarantine=cfg.store.quarantine)
+    store = Store(cfg.store_dir, min_free_bytes=cfg.store.min_free_bytes,
+                  quarantine=cfg.store.quarantine)
+    store.audit_node = cfg.node.name  # stored instances are ledger events
+    return store
 
 
 @contextlib.contextmanager

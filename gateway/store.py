@@ -294,6 +294,9 @@ class Store:
 
     def __init__(self, root: Path, *, min_free_bytes: int = 0, quarantine: bool = True) -> None:
         self.root = Path(root)
+        # Set by the node (open_store): every stored instance is then a
+        # "received" event in the audit ledger, in the same transaction.
+        self.audit_node: str | None = None
         self.blob_dir = self.root / "blobs"
         self.tmp_dir = self.root / "tmp"
         self.quarantine_dir = self.root / "quarantine"
@@ -460,6 +463,8 @@ class Store:
                     pass
                 else:
                     self._index(con, info, digest, size, now, calling_ae, peer_address)
+                    if self.audit_node:
+                        self._audit_received(con, info, digest, now, calling_ae, peer_address)
         except sqlite3.Error as exc:
             if _is_enospc(exc):
                 raise StoreFull(f"store {self.root}: disk full committing index row") from exc
@@ -467,6 +472,19 @@ class Store:
         if row is not None:
             return self._duplicate_or_conflict(row, digest, size, info, calling_ae)
         return PutOutcome(PutStatus.STORED, digest, size)
+
+    def _audit_received(self, con: sqlite3.Connection, info: InstanceInfo, digest: str,
+                        now: float, calling_ae: str | None, peer: str | None) -> None:
+        """The ledger's "received" event commits with the index row (DESIGN §3 step 10)."""
+        from fenji.gateway import ledger
+
+        who = calling_ae or "unknown"
+        role = "node" if who.startswith("node:") else "reader" if who.startswith(
+            ("reader:", "viewer:")) else "modality"
+        ledger.record(self, "received", node=str(self.audit_node), actor=who, role=role,
+                      obj=info.sop_instance_uid, con=con, at=now,
+                      detail={"study": info.study_instance_uid, "sha256": digest,
+                              "sop_class": info.sop_class_uid, "from": peer})
 
     def _duplicate_or_conflict(self, existing: Any, digest: str, size: int, info: InstanceInfo,
                                calling_ae: str | None) -> PutOutcome:
