@@ -251,6 +251,12 @@ def _forward_or_keep(cfg: Config, store: Store, receipt: dict[str, Any],
     outbox_db.enqueue(store, bundle_id, str(case["case_id"]), hop,
                       cases_mod.PRIORITIES.get(str(case.get("priority")), 2),
                       target.stat().st_size, time.time())
+    from fenji.gateway import ledger
+
+    ledger.record(store, "forwarded", node=cfg.node.name, actor=cfg.node.name, role="node",
+                  obj=bundle_id, case_id=str(case["case_id"]),
+                  detail={"from": case.get("sender"), "to": final, "via": hop,
+                          "bundle_kind": case.get("bundle_kind")})
     log.info("relay case=%s bundle=%s from=%s to=%s via=%s", case.get("case_id"), bundle_id,
              case.get("sender"), final, hop)
     wake()
