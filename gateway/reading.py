@@ -346,8 +346,11 @@ def submit_report(store: Store, cfg: Config, case_id: str, user: User, *, findin
     sr_bytes = _part10(sr)
     pdf = pdf_from_viewer if pdf_from_viewer is not None else reports.render_pdf(signed,
                                                                                  endorsement)
+    # The reader also signs the PDF's bytes, so it verifies even when it came
+    # from the viewer and cannot be re-rendered from the report.
+    rendition = reports.sign_rendition(signed, pdf, rkey)
     pdf_ds = reports.build_pdf_dicom(pdf, signed, endorsement, attrs,
-                                     sr_series_uid=sr.SeriesInstanceUID)
+                                     sr_series_uid=sr.SeriesInstanceUID, rendition=rendition)
     pdf_bytes = _part10(pdf_ds)
     sr_uid, _ = _put(store, sr_bytes, f"reader:{user.name}")
     pdf_uid, _ = _put(store, pdf_bytes, f"reader:{user.name}")

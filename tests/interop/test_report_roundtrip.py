@@ -1,0 +1,217 @@
+"""A case goes up, a reader signs a report at the center, the report comes back down.
+
+Real processes only: two `fenji node`s, DCMTK storescu pushing the study,
+emulated 3G links both ways, a SIGKILL of the center right after the reader
+signed (the report is then only in the center's durable outbox), a DCMTK
+storescp as the edge hospital's PACS, and the CLI commands an operator runs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _data import ct_series
+
+from fenji.gateway.dcmtk import storescu
+from fenji.gateway.demo import Link
+from fenji.gateway.harness import NodeProcess, free_port
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _call(method: str, url: str, headers: dict[str, str] | None = None,
+          body: Any = None) -> tuple[int, Any]:
+    data = json.dumps(body, ensure_ascii=False).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={**(headers or {}), "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:  # noqa: S310 - loopback
+            raw = r.read()
+            status = r.status
+    except urllib.error.HTTPError as exc:
+        raw, status = exc.read(), exc.code
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw
+
+
+def _wait(pred: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = pred()
+        if out:
+            return out
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _study_of(path: Path) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+
+
+@pytest.fixture()
+def nodes(tmp_path: Path):  # type: ignore[no-untyped-def]
+    pacs_dir = tmp_path / "pacs"
+    pacs_dir.mkdir()
+    pacs_port = free_port()
+    pacs = subprocess.Popen(["/usr/bin/storescp", "-aet", "HISPACS", "-od", str(pacs_dir),
+                             "--accept-all", str(pacs_port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    hook_out = tmp_path / "critical.txt"
+    edge = NodeProcess(tmp_path / "edge", name="edge", allow_ae=["CT1"], workers=1,
+                       users={"tech": "technician", "dr.ma": "physician"})
+    with open(edge.config, "a") as fh:
+        fh.write(f'\n[reports]\ndeliver_to = "his-pacs"\n'
+                 f'critical_hook = "echo $FENJI_CASE_ID $FENJI_REPORT_ID >> {hook_out}"\n'
+                 f'\n[[egress]]\nname = "his-pacs"\nkind = "dimse"\nhost = "127.0.0.1"\n'
+                 f'port = {pacs_port}\nae_title = "HISPACS"\n')
+    center = NodeProcess(tmp_path / "center", name="center", role="center", allow_ae=["*"],
+                         workers=1, users={"tech2": "technician", "ops": "operator"})
+    center.add_user("dr.wang", "reader", services=("imaging",),
+                     display_name="王医生 (Dr. Wang)")
+    center.add_user("dr.ecg", "reader", services=("ecg",))
+    up = Link("3g", center.http_port, 11, tmp_path / "up.log")
+    down = Link("3g", edge.http_port, 12, tmp_path / "down.log")
+    edge.add_peer(center, default=True, url=f"http://127.0.0.1:{up.port}")
+    center.add_peer(edge, default=True, url=f"http://127.0.0.1:{down.port}")
+    try:
+        with edge, center:
+            yield edge, center, pacs_dir, hook_out
+    finally:
+        up.stop()
+        down.stop()
+        pacs.terminate()
+        pacs.wait(timeout=20)
+
+
+def test_report_round_trip_with_center_kill(nodes) -> None:  # type: ignore[no-untyped-def]
+    edge, center, pacs_dir, hook_out = nodes
+    files = ct_series()[:4]
+    pushed = storescu(files, edge.dicom_port, calling="CT1")
+    assert len(pushed.sent) == len(files)
+    study = _study_of(files[0])
+    status, case = _call("POST", edge.http_url + "/api/cases", edge.auth("tech"), {
+        "study_instance_uid": study, "priority": "stat", "clinical_question": "bleed?",
+        "requesting_physician": "Dr. Ma"})
+    assert status == 201, case
+    case_id = case["case_id"]
+    c = center.http_url
+
+    # Anonymous requests read nothing; the worklist is for readers and operators.
+    assert _call("GET", c + "/api/worklist")[0] == 401
+    assert _call("GET", c + "/api/cases")[0] == 401
+    assert _call("GET", c + "/api/worklist", {"Authorization": "Bearer wrong"})[0] == 401
+    assert _call("GET", c + "/api/worklist", center.auth("tech2"))[0] == 403
+
+    def on_worklist() -> Any:
+        s, rows = _call("GET", c + "/api/worklist", center.auth("dr.wang"))
+        return [r for r in rows if r["case_id"] == case_id] if s == 200 else None
+
+    (item,) = _wait(on_worklist, 180, "the case on the center's worklist")
+    assert item["priority"] == "stat" and item["state"] == "new"
+    assert item["sending_hospital"] == "edge" and item["clinical_question"] == "bleed?"
+    assert item["quality"]["verdict"] in ("acceptable", "acceptable_with_warnings")
+    assert item["quality"]["attested_by"] == "tech"
+    # An ECG reader does not see imaging cases, and cannot claim them.
+    s, rows = _call("GET", c + "/api/worklist", center.auth("dr.ecg"))
+    assert s == 200 and all(r["case_id"] != case_id for r in rows)
+    assert _call("POST", c + f"/api/worklist/{case_id}/claim", center.auth("dr.ecg"), {})[0] \
+        == 403
+
+    report_body = {"findings": "右侧硬膜下血肿 8 mm。", "impression": "Acute SDH.",
+                   "critical": True}
+    # A technician cannot sign a report; a reader cannot override a quality hold;
+    # nobody signs an unclaimed case.
+    s, err = _call("POST", c + f"/api/cases/{case_id}/reports", center.auth("tech2"),
+                   report_body)
+    assert s == 403 and "tech2" in err["message"]
+    s, err = _call("POST", c + f"/api/cases/{case_id}/override", center.auth("dr.wang"),
+                   {"reason": "looks fine"})
+    assert s == 403 and "reader" in err["message"]
+    s, err = _call("POST", c + f"/api/cases/{case_id}/reports", center.auth("dr.wang"),
+                   report_body)
+    assert s == 409 and "claim" in err["message"]
+
+    s, claimed = _call("POST", c + f"/api/worklist/{case_id}/claim", center.auth("dr.wang"), {})
+    assert s == 200 and claimed["claimed_by"] == "dr.wang"
+    s, rep = _call("POST", c + f"/api/cases/{case_id}/reports", center.auth("dr.wang"),
+                   report_body)
+    assert s == 201, rep
+    assert rep["version"] == 1 and rep["critical"]
+
+    # The report is now only in the center's durable outbox: kill the center.
+    center.kill()
+    center.start()
+
+    def report_at_edge(version: int) -> Any:
+        s, got = _call("GET", edge.http_url + f"/api/cases/{case_id}", edge.auth("dr.ma"))
+        reps = got.get("reports", []) if s == 200 else []
+        return got if reps and reps[0]["version"] == version and reps[0]["received_at"] \
+            else None
+
+    got = _wait(lambda: report_at_edge(1), 240, "the report back at the edge")
+    assert got["state"] == "reported", got  # set only when the signatures verified
+    assert got["critical"] is True
+    (r1,) = got["reports"]
+    assert r1["reader"] == "dr.wang" and r1["findings"] == report_body["findings"]
+    # The critical hook ran with the case and report ids.
+    hook = _wait(lambda: hook_out.exists() and hook_out.read_text().strip(), 30, "the hook")
+    assert case_id in hook and r1["report_id"] in hook
+
+    # The hospital PACS got the SR and the PDF.
+    def pacs_files() -> Any:
+        fs = list(pacs_dir.glob("*"))
+        return fs if len(fs) >= 2 else None
+
+    import pydicom
+
+    at_pacs = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID)
+               for p in _wait(pacs_files, 120, "SR and PDF at the PACS")}
+    assert at_pacs == {"1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.1.104.1"}
+
+    # An amendment supersedes, with a reason; both versions are kept.
+    s, err = _call("POST", c + f"/api/cases/{case_id}/reports", center.auth("dr.wang"),
+                   {"findings": "x", "impression": "y"})
+    assert s == 409 and "reason" in err["message"]
+    s, rep2 = _call("POST", c + f"/api/cases/{case_id}/reports", center.auth("dr.wang"),
+                    {**report_body, "impression": "Acute SDH, 9 mm on re-measurement.",
+                     "amendment_reason": "thickness re-measured"})
+    assert s == 201 and rep2["version"] == 2 and rep2["supersedes"] == rep["report_id"]
+    got = _wait(lambda: report_at_edge(2), 240, "the amendment at the edge")
+    v2, v1 = got["reports"]
+    assert v2["status"] == "current" and v1["status"] == "superseded"
+    assert v2["amendment_reason"] == "thickness re-measured"
+
+    # The physician acknowledges; the CLI shows it.
+    ack = edge.cli("case", "ack", case_id, "--by", "dr.ma", "--json")
+    assert json.loads(ack.stdout)["version"] == 2
+    shown = json.loads(edge.cli("case", "show", case_id).stdout)
+    assert shown["reports"][0]["acknowledged_by"] == "dr.ma"
+
+    # The report verifies at the edge, against the manifest the edge sent.
+    v = edge.cli("report", "verify", "--case", case_id, "--json", check=False)
+    assert v.returncode == 0, v.stdout + v.stderr
+
+    # The case's history across nodes, and both ledgers hold.
+    hist = json.loads(edge.cli("audit", "ls", "--case", case_id, "--json").stdout)
+    kinds = {(e["node"], e["kind"]) for e in hist}
+    for expected in (("edge", "released"), ("edge", "receipt"), ("center", "arrived"),
+                     ("center", "claimed"), ("center", "reported"), ("center", "amended"),
+                     ("edge", "report_arrived"), ("edge", "critical"),
+                     ("edge", "delivered"), ("edge", "acknowledged")):
+        assert expected in kinds, (expected, sorted(kinds))
+    for node in (edge, center):
+        assert node.cli("audit", "verify", check=False).returncode == 0
+    li = edge.cli("liability", case_id, "--json")
+    doc = json.loads(li.stdout)
+    assert "tech" in json.dumps(doc) and "dr.wang" in json.dumps(doc)
