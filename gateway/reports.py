@@ -473,6 +473,17 @@ def _text(v: Any) -> str:
     return "" if v is None else str(v)
 
 
+def _pn(display: Any) -> PersonName:
+    """A reader's display name as PN: all of it the family-name component.
+
+    The trailing ``^`` makes it the component form rather than the retired
+    free form dciodvfy warns about (PS3.5 6.2.1.1); we do not split a display
+    name such as "王医生 (Dr. Wang)" into family and given names by guessing.
+    """
+    s = _text(display)
+    return PersonName(s if not s or "^" in s else s + "^")
+
+
 def _patient_study(ds: Dataset, attrs: Mapping[str, Any], report: Mapping[str, Any]) -> None:
     """Patient and General Study modules from the study's own instance (type 2: may be empty)."""
     pat = report.get("patient") or {}
@@ -640,7 +651,7 @@ def build_sr(signed: Mapping[str, Any], endorsement: Mapping[str, Any],
     ds.CompletionFlag = "COMPLETE"
     ds.VerificationFlag = "VERIFIED"
     obs = Dataset()
-    obs.VerifyingObserverName = PersonName(_text(report.get("reader_display")))
+    obs.VerifyingObserverName = _pn(report.get("reader_display"))
     obs.VerifyingObserverIdentificationCodeSequence = Sequence()
     obs.VerifyingOrganization = _text(report.get("center"))
     obs.VerificationDateTime = when.strftime("%Y%m%d%H%M%S") + "+0000"
@@ -662,7 +673,7 @@ def build_sr(signed: Mapping[str, Any], endorsement: Mapping[str, Any],
         _item("HAS OBS CONTEXT", "CODE", CODE_OBSERVER_TYPE,
               ConceptCodeSequence=Sequence([_code(CODE_PERSON)])),
         _item("HAS OBS CONTEXT", "PNAME", CODE_PERSON_NAME,
-              PersonName=PersonName(_text(report.get("reader_display")))),
+              PersonName=_pn(report.get("reader_display"))),
     ]
     # Empty text is left out: TextValue is type 1 in a TEXT item.
     if report.get("findings"):
@@ -1086,6 +1097,13 @@ def _walk(items: Iterable[Dataset], section: str, out: dict[str, list[str]],
     for it in items:
         rel = str(it.get("RelationshipType", ""))
         vt = str(it.get("ValueType", ""))
+        concept = _concept(it)
+        if concept[:2] == CODE_CRITICAL[:2]:
+            code = (it.get("ConceptCodeSequence") or [Dataset()])[0].get("CodeValue")
+            out["critical"].append(str(code))
+            continue
+        if concept[:2] == CODE_AMENDMENT[:2]:  # fenji's own, not report text
+            continue
         here = _section(it) or section
         for r in it.get("ReferencedSOPSequence") or []:
             if r.get("ReferencedSOPInstanceUID"):
@@ -1094,7 +1112,7 @@ def _walk(items: Iterable[Dataset], section: str, out: dict[str, list[str]],
         if rel not in ("HAS OBS CONTEXT", "HAS CONCEPT MOD", "HAS ACQ CONTEXT"):
             if vt == "TEXT" and str(it.get("TextValue", "")).strip():
                 out[here or "other"].append(str(it.TextValue).strip())
-            elif vt == "CODE" and here and _section(it):
+            elif vt == "CODE" and concept[0] in _FINDING_CODES | _IMPRESSION_CODES:
                 for c in it.get("ConceptCodeSequence") or []:
                     if c.get("CodeMeaning"):
                         out[here].append(str(c.CodeMeaning))
@@ -1109,7 +1127,8 @@ def parse_viewer_report(ds: Dataset) -> dict[str, Any]:
     concept (by code or by CodeMeaning) go there, coded findings add their
     meaning; when nothing is labelled, all report text is the findings.
     Returns ``study_instance_uid``, ``findings``, ``impression``, ``pdf_bytes``
-    (``None`` for an SR), ``sop_instance_uid`` and
+    (``None`` for an SR), ``critical`` (fenji's own critical-finding code, else
+    ``None``), ``sop_instance_uid``, ``sop_class_uid`` and
     ``referenced_sop_instance_uids`` (sorted).
     """
     sop_class = str(ds.get("SOPClassUID", ""))
@@ -1132,21 +1151,26 @@ def parse_viewer_report(ds: Dataset) -> dict[str, Any]:
                  if r.get("ReferencedSOPInstanceUID")}
     findings = impression = ""
     pdf: bytes | None = None
+    critical: bool | None = None
     if is_pdf and not is_sr:
         pdf = _pdf_of(ds)
         if not pdf.startswith(b"%PDF"):
             raise ReportError(f"(0042,0011) EncapsulatedDocument of "
                               f"{ds.get('SOPInstanceUID', '?')} does not start with %PDF")
     else:
-        out: dict[str, list[str]] = {"findings": [], "impression": [], "other": []}
+        out: dict[str, list[str]] = {"findings": [], "impression": [], "other": [],
+                                     "critical": []}
         _walk(ds.get("ContentSequence") or [], _section(ds), out, refs)
         findings = "\n".join(out["findings"])
         impression = "\n".join(out["impression"])
+        if out["critical"]:
+            critical = CODE_YES[0] in out["critical"]
         if out["other"]:
             if not findings and not impression:
                 findings = "\n".join(out["other"])
             else:
                 findings = "\n".join([findings, *out["other"]]).strip("\n")
     return {"study_instance_uid": study, "findings": findings, "impression": impression,
-            "pdf_bytes": pdf, "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
+            "pdf_bytes": pdf, "critical": critical,
+            "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
             "sop_class_uid": sop_class, "referenced_sop_instance_uids": sorted(refs)}
