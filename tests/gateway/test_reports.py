@@ -577,3 +577,59 @@ def test_parse_viewer_report_third_party_sr_and_pdf() -> None:
     ct = pydicom.dcmread(sorted((DICOM_DIR / "ct").glob("CT_*.dcm"))[0], stop_before_pixels=True)
     with pytest.raises(R.ReportError, match="neither an SR nor an Encapsulated PDF"):
         R.parse_viewer_report(ct)
+
+
+def test_cli_verify_case_from_the_store(study: dict[str, Any], keys: dict[str, Any],
+                                        tmp_path: Path) -> None:
+    """`--case` checks every stored version against the manifest and attestation held here."""
+    from fenji.gateway import config as config_mod
+    from fenji.gateway.init import init_node
+    from fenji.gateway.keys import load_private
+    from fenji.gateway.node import open_store
+    from fenji.gateway.validate import check_part10
+
+    cfg_path = init_node(tmp_path / "center", role="center", name="center", allow_ae=["*"])
+    cfg = config_mod.load(cfg_path)
+    node_key = load_private(cfg.resolve(cfg.keys.private_key))
+    signed = R.sign_report(_doc(study), keys["reader"])
+    end = R.endorse_reader(node_key, "center", "dr.wang", "王医生", keys["reader"].public_key())
+    store = open_store(cfg)
+    uids = []
+    for ds in (R.build_sr(signed, end, study["attrs"]),
+               R.build_pdf_dicom(R.render_pdf(signed, end), signed, end, study["attrs"])):
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        checked = check_part10(buf.getvalue())
+        store.put(checked.part10, checked.info, calling_ae="reader:dr.wang")
+        uids.append(str(ds.SOPInstanceUID))
+    rep = signed["report"]
+    with store.atomic() as con:
+        con.execute("INSERT INTO cases(case_id, study_instance_uid, kind, priority, service, "
+                    "destination, state, created_at, updated_at, sending_node, received_at, "
+                    "read_state, manifest_sha256) VALUES ('case-1', ?, 'case', 'stat', "
+                    "'imaging', 'center', 'received', 1, 1, 'edge', 1, 'reported', ?)",
+                    (study["study"], MANIFEST))
+        con.execute("INSERT INTO quality(case_id, verdict, report_json, attestation_json, "
+                    "created_at, updated_at) VALUES ('case-1', 'acceptable', '{}', ?, 1, 1)",
+                    (json.dumps(ATTESTATION),))
+        con.execute(
+            "INSERT INTO reports(report_id, case_id, version, status, reader, signed_at, "
+            "critical, report_json, signature, endorsement_json, sr_sop_instance_uid, "
+            "pdf_sop_instance_uid, origin_node, created_at) VALUES "
+            "(?, 'case-1', 1, 'current', 'dr.wang', 1, 1, ?, ?, ?, ?, ?, 'center', 1)",
+            (rep["report_id"], json.dumps(rep, ensure_ascii=False), signed["signature"],
+             json.dumps(end), uids[0], uids[1]))
+    store.close()
+    r = _cli("--case", "case-1", "--config", str(cfg_path), "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = [json.loads(ln) for ln in r.stdout.splitlines()]
+    assert [x["kind"] for x in lines] == ["json", "sr", "pdf"] and all(x["ok"] for x in lines)
+    # The attestation held here changes: every object now fails, naming it.
+    store = open_store(cfg)
+    with store.atomic() as con:
+        con.execute("UPDATE quality SET attestation_json = ?", (json.dumps(
+            {**ATTESTATION, "verdict": "unacceptable"}),))
+    store.close()
+    r = _cli("--case", "case-1", "--config", str(cfg_path))
+    assert r.returncode == 1 and r.stdout.count("attestation_sha256: the report was signed") == 3
+    assert _cli("--case", "nope", "--config", str(cfg_path)).returncode == 2
