@@ -139,7 +139,8 @@ def _wait_report(edge: NodeProcess, case_id: str, deadline: float) -> dict[str, 
         reps = (case or {}).get("reports") or []
         if reps and reps[0].get("received_at"):
             verified = case.get("state") == "reported"  # set only when signatures verify
-            return {"at": time.monotonic(), "verified": verified, "report": reps[0],
+            return {"received_at": float(reps[0]["received_at"]), "verified": verified,
+                    "report": reps[0],
                     "critical": case.get("critical")}
         time.sleep(0.3)
     return None
@@ -217,10 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[2/8] storescu pushed {n_inst} instances ({raw_bytes / 1e6:.1f} MB) into the "
               f"edge", flush=True)
         case_ids: dict[str, str] = {}
-        stat_released = 0.0
+        stat_released_wall = 0.0
         for label, (_, priority, question) in studies.items():
             if priority == "stat":
-                stat_released = time.monotonic()
+                stat_released_wall = time.time()
             r = _cli(edge, "case", "send", study_uids[label], "--dest", "regional-center",
                      "--priority", priority, "--question", question, "--operator",
                      "technician Zhang", "--physician", "Dr. Ma", "--consent",
@@ -248,7 +249,6 @@ def main(argv: list[str] | None = None) -> int:
         stat_case = case_ids["CT head (STAT)"]
         stat_preview_s: float | None = None
         report: dict[str, Any] | None = None
-        report_signed_at = 0.0
         deadline = time.monotonic() + args.timeout
         delivered: set[str] = set()
         last_print = 0.0
@@ -257,14 +257,17 @@ def main(argv: list[str] | None = None) -> int:
                 pv = _get_json(f"{center.http_url}/api/cases/{stat_case}/previews",
                                center.auth("ops"))
                 if isinstance(pv, list) and pv:
-                    stat_preview_s = time.monotonic() - stat_released
+                    # When the center got it (its case row), not when this loop looked.
+                    row = _get_json(f"{center.http_url}/api/cases/{stat_case}",
+                                    center.auth("ops")) or {}
+                    stat_preview_s = float(row.get("created_at") or time.time()) - \
+                        stat_released_wall
                     print(f"      STAT preview viewable at the center after "
                           f"{stat_preview_s:.1f} s", flush=True)
             cases = _get_json(f"{center.http_url}/api/cases", center.auth("ops")) or []
             delivered = {c["case_id"] for c in cases if c["state"] == "received"}
             if stat_case in delivered and report is None:
                 report = _read_and_report(center, stat_case, study_uids["CT head (STAT)"])
-                report_signed_at = time.monotonic()
             if set(case_ids.values()) <= delivered:
                 break
             if time.monotonic() - last_print > 5:
@@ -284,11 +287,11 @@ def main(argv: list[str] | None = None) -> int:
               f"had at ingest", flush=True)
         if report is None and stat_case in delivered:
             report = _read_and_report(center, stat_case, study_uids["CT head (STAT)"])
-            report_signed_at = time.monotonic()
         back = _wait_report(edge, stat_case, deadline) if report else None
-        turnaround = (back["at"] - stat_released) if back else None
+        # Release at the edge -> report back at the edge, both by the nodes' clocks.
+        turnaround = (back["received_at"] - stat_released_wall) if back else None
         if back:
-            after = back["at"] - report_signed_at
+            after = back["received_at"] - float((report or {}).get("signed_at") or 0)
             print(f"[6/8] the signed report came back to the edge {after:.1f} s after signing "
                   f"({turnaround:.1f} s after the STAT release); verified: {back['verified']}",
                   flush=True)
