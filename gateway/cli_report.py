@@ -37,9 +37,68 @@ class Unreadable(Exception):
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("report", help="signed reports: verify who signed what")
+    p = sub.add_parser("report", help="signed reports: sign (center), verify who signed what")
     rsub = p.add_subparsers(dest="report_verb", metavar="ACTION", required=True)
+    _add_submit(rsub)
     _add_verify(rsub)
+
+
+def _add_submit(rsub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    s = rsub.add_parser(
+        "submit", help="a reader signs a report for a claimed case (at the center)",
+        description="Signs the report with the reader's key (keys/readers/NAME.key), writes "
+                    "the SR and PDF into the case's study and queues them back to the "
+                    "sending hospital.  The case must be claimed by the reader (fenji worklist "
+                    "claim).  With --amend-reason it supersedes the current version.  "
+                    "--from-file takes an SR or encapsulated PDF made by the reader's viewer.")
+    s.add_argument("case_id", metavar="CASE")
+    s.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    s.add_argument("--reader", required=True, help="a configured reader")
+    s.add_argument("--findings", default="", help="findings (any language)")
+    s.add_argument("--impression", default="", help="impression / conclusion")
+    s.add_argument("--critical", action="store_true",
+                   help="a critical finding: flagged at the sending hospital at once")
+    s.add_argument("--amend-reason", default=None, metavar="TEXT",
+                   help="amend the current report (a new version; the old one is kept)")
+    s.add_argument("--from-file", type=Path, default=None, metavar="DCM",
+                   help="the report as a DICOM SR or encapsulated PDF from the viewer")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_submit)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    import json
+
+    from fenji.gateway import reading
+    from fenji.gateway.cli_case import cli_user
+    from fenji.gateway.node import config_and_store
+
+    with config_and_store(args.config) as (cfg, store):
+        user = cli_user(cfg, args.reader)
+        if args.from_file is not None:
+            try:
+                data = args.from_file.read_bytes()
+            except OSError as exc:
+                print(f"fenji report submit: cannot read {args.from_file}: {exc}",
+                      file=sys.stderr)
+                return 2
+            row = reading.report_from_viewer(store, cfg, user, data, args.case_id,  # type: ignore[arg-type]
+                                             critical=args.critical,
+                                             amendment_reason=args.amend_reason)
+        else:
+            row = reading.submit_report(store, cfg, args.case_id, user,  # type: ignore[arg-type]
+                                        findings=args.findings, impression=args.impression,
+                                        critical=args.critical,
+                                        amendment_reason=args.amend_reason)
+    out = {k: row[k] for k in ("report_id", "case_id", "version", "status", "reader",
+                               "critical", "supersedes", "bundle_id")}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"report v{out['version']} of case {out['case_id']} signed by {out['reader']} "
+              f"({out['report_id']}); queued back to the sending hospital"
+              f"{' — CRITICAL' if out['critical'] else ''}")
+    return 0
 
 
 def _add_verify(rsub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -183,10 +183,13 @@ def test_report_round_trip_with_center_kill(nodes) -> None:  # type: ignore[no-u
     s, err = _call("POST", c + f"/api/cases/{case_id}/reports", center.auth("dr.wang"),
                    {"findings": "x", "impression": "y"})
     assert s == 409 and "reason" in err["message"]
-    s, rep2 = _call("POST", c + f"/api/cases/{case_id}/reports", center.auth("dr.wang"),
-                    {**report_body, "impression": "Acute SDH, 9 mm on re-measurement.",
-                     "amendment_reason": "thickness re-measured"})
-    assert s == 201 and rep2["version"] == 2 and rep2["supersedes"] == rep["report_id"]
+    # (the amendment through the CLI at the center, as a reader at the console would)
+    out = center.cli("report", "submit", case_id, "--reader", "dr.wang", "--findings",
+                     report_body["findings"], "--impression",
+                     "Acute SDH, 9 mm on re-measurement.", "--critical", "--amend-reason",
+                     "thickness re-measured", "--json")
+    rep2 = json.loads(out.stdout)
+    assert rep2["version"] == 2 and rep2["supersedes"] == rep["report_id"]
     got = _wait(lambda: report_at_edge(2), 240, "the amendment at the edge")
     v2, v1 = got["reports"]
     assert v2["status"] == "current" and v1["status"] == "superseded"
