@@ -59,6 +59,44 @@ def _study_of(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
 
 
+def _viewer_sr(study: str) -> bytes:
+    """A Basic Text SR as a reader's viewer would make it, in the case's study."""
+    import io
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    def code(value: str, scheme: str, meaning: str) -> Dataset:
+        c = Dataset()
+        c.CodeValue, c.CodingSchemeDesignator, c.CodeMeaning = value, scheme, meaning
+        return c
+
+    def text(concept: Dataset, value: str) -> Dataset:
+        it = Dataset()
+        it.RelationshipType, it.ValueType, it.TextValue = "CONTAINS", "TEXT", value
+        it.ConceptNameCodeSequence = Sequence([concept])
+        return it
+
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
+    ds.Modality, ds.PatientID, ds.PatientName, ds.InstanceNumber = "SR", "P1", "TEST", 1
+    ds.ValueType = "CONTAINER"
+    ds.ConceptNameCodeSequence = Sequence([code("11528-7", "LN", "Radiology Report")])
+    ds.ContinuityOfContent = "SEPARATE"
+    ds.ContentSequence = Sequence([text(code("121071", "DCM", "Finding"),
+                                        "硬膜下血肿 9 mm (viewer)"),
+                                   text(code("121073", "DCM", "Impression"), "Acute SDH.")])
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
 @pytest.fixture()
 def nodes(tmp_path: Path):  # type: ignore[no-untyped-def]
     pacs_dir = tmp_path / "pacs"
@@ -198,8 +236,21 @@ def test_report_round_trip_with_center_kill(nodes) -> None:  # type: ignore[no-u
     # The physician acknowledges; the CLI shows it.
     ack = edge.cli("case", "ack", case_id, "--by", "dr.ma", "--json")
     assert json.loads(ack.stdout)["version"] == 2
+    ack_version = 2
     shown = json.loads(edge.cli("case", "show", case_id).stdout)
-    assert shown["reports"][0]["acknowledged_by"] == "dr.ma"
+    assert next(r for r in shown["reports"] if r["version"] == ack_version)[
+        "acknowledged_by"] == "dr.ma"
+
+    # The reader's viewer sends its own SR as a further amendment.
+    req = urllib.request.Request(
+        c + f"/api/cases/{case_id}/reports?amendment_reason=viewer+measurement&critical=true",
+        data=_viewer_sr(study), method="POST",
+        headers={**center.auth("dr.wang"), "Content-Type": "application/dicom"})
+    with urllib.request.urlopen(req, timeout=60) as r:  # noqa: S310 - loopback
+        rep3 = json.loads(r.read())
+    assert rep3["version"] == 3
+    got = _wait(lambda: report_at_edge(3), 240, "the viewer's report at the edge")
+    assert got["reports"][0]["findings"] == "硬膜下血肿 9 mm (viewer)"
 
     # The report verifies at the edge, against the manifest the edge sent.
     v = edge.cli("report", "verify", "--case", case_id, "--json", check=False)
