@@ -282,6 +282,9 @@ def build_app(cfg: Config, store: Store,
     from fenji.gateway import http_reading
 
     http_reading.add_routes(app, wake)
+    from fenji.gateway import dicomweb
+
+    dicomweb.add_routes(app, cfg, store)
     if cfg.peers:
         from fenji.routing.transfer_server import ReceiverContext, add_routes
 

@@ -1,0 +1,972 @@
+"""DICOMweb on the node (PS3.18): QIDO-RS, WADO-RS and STOW-RS under ``/dicom-web``.
+
+The shell between viewers and the store.  Routes (``{s}`` study, ``{se}``
+series, ``{i}`` SOP instance UID):
+
+* QIDO-RS ``GET /studies``, ``/series``, ``/instances``, ``/studies/{s}/series``,
+  ``/studies/{s}/instances``, ``/studies/{s}/series/{se}/instances`` — matching is
+  :func:`fenji.gateway.qr.find` (the same model as C-FIND); keys by keyword or
+  tag, ``fuzzymatching``, ``limit``/``offset``, ``includefield`` (list or ``all``);
+  answers ``application/dicom+json`` (PS3.18 F.2), ``200 []`` when nothing matches;
+* WADO-RS ``GET /studies/{s}[/series/{se}[/instances/{i}]]`` (multipart/related,
+  ``application/dicom`` parts), the same ``+ /metadata`` (dicom+json, bulk data as
+  ``BulkDataURI``), ``/studies/{s}/series/{se}/instances/{i}/frames/{list}`` and
+  ``…/instances/{i}/bulkdata/{tag}``;
+* STOW-RS ``POST /studies[/{s}]``: each ``application/dicom`` part goes through
+  the validator and the durable store path like a C-STORE.
+
+Content negotiation (PS3.18 8.7): ``transfer-syntax=*`` returns the stored
+bytes unchanged; a named transfer syntax (or none: the default for
+``application/dicom`` is Explicit VR Little Endian) is served as stored when it
+matches, otherwise transcoded (native <-> native, compressed -> native when
+pydicom has a decoder for it) and the parts say which syntax they carry; a
+request nothing can satisfy gets ``406`` naming the stored syntax.
+
+Multipart answers are streamed part by part, blobs read from disk in chunks,
+so memory does not grow with the study.  Every read of patient data is an
+``opened`` event in the audit ledger (one per request).  Store, ledger and
+pydicom work run in threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import re
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+
+from fenji.gateway import dimse_status as st
+from fenji.gateway import ledger
+from fenji.gateway.auth import User, require
+from fenji.gateway.config import Config
+from fenji.gateway.store import PutStatus, Store, StoreFull
+from fenji.gateway.validate import (
+    ENCAPSULATED,
+    EXPLICIT_BE,
+    EXPLICIT_LE,
+    IMPLICIT_LE,
+    NATIVE,
+    Rejected,
+    check_part10,
+)
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/dicom-web"
+DICOM_JSON = "application/dicom+json"
+CHUNK_BYTES = 1 << 20  # blob read size while streaming: bounds memory per response
+BULK_THRESHOLD_BYTES = 1024  # larger binary values become BulkDataURI in metadata
+MAX_QUERY_STUDIES_IN_AUDIT = 200  # an "opened" event lists at most this many studies
+
+# Transfer syntax -> media type of one frame (PS3.18 Table 8.7.3-2).
+FRAME_MEDIA_TYPES: dict[str, str] = {
+    "1.2.840.10008.1.2.5": "image/dicom-rle",
+    "1.2.840.10008.1.2.4.50": "image/jpeg",
+    "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg",
+    "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls",
+    "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2",
+    "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.4.92": "image/jpx",
+    "1.2.840.10008.1.2.4.93": "image/jpx",
+    "1.2.840.10008.1.2.4.201": "image/jphc",
+    "1.2.840.10008.1.2.4.202": "image/jphc",
+    "1.2.840.10008.1.2.4.203": "image/jphc",
+    "1.2.840.10008.1.2.4.100": "video/mpeg2",
+    "1.2.840.10008.1.2.4.101": "video/mpeg2",
+    "1.2.840.10008.1.2.4.102": "video/mp4",
+    "1.2.840.10008.1.2.4.103": "video/mp4",
+}
+# What fenji transcodes to (pydicom writes these; deflate and big endian only as stored).
+TRANSCODE_TARGETS = (EXPLICIT_LE, IMPLICIT_LE)
+
+# QIDO default return attributes per level (PS3.18 Table 10.6.3-3 … -5), besides
+# the matching keys and includefield.
+DEFAULT_FIELDS: dict[str, tuple[str, ...]] = {
+    "STUDY": ("SpecificCharacterSet", "StudyDate", "StudyTime", "AccessionNumber",
+              "InstanceAvailability", "ReferringPhysicianName", "TimezoneOffsetFromUTC",
+              "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+              "StudyInstanceUID", "StudyID", "ModalitiesInStudy",
+              "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
+              "StudyDescription"),
+    "SERIES": ("SpecificCharacterSet", "Modality", "TimezoneOffsetFromUTC",
+               "SeriesDescription", "SeriesInstanceUID", "SeriesNumber",
+               "NumberOfSeriesRelatedInstances", "PerformedProcedureStepStartDate",
+               "PerformedProcedureStepStartTime", "RequestAttributesSequence",
+               "StudyInstanceUID"),
+    "IMAGE": ("SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "InstanceAvailability",
+              "TimezoneOffsetFromUTC", "InstanceNumber", "Rows", "Columns", "BitsAllocated",
+              "NumberOfFrames", "StudyInstanceUID", "SeriesInstanceUID"),
+}
+# qr.find's own bookkeeping keys: never sent to a viewer.
+_PRIVATE_KEYS = {"sha256", "transfer_syntax_uid", "size"}
+_RESERVED_PARAMS = {"limit", "offset", "fuzzymatching", "includefield", "orderby"}
+
+
+def _error(status: int, err: str, message: str) -> web.Response:
+    return web.json_response({"status": status, "error": err, "message": message},
+                             status=status)
+
+
+class NotAcceptable(web.HTTPNotAcceptable):
+    """406 as JSON naming what could not be served."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(text=message)
+
+
+# -- content negotiation (PS3.18 8.7) ----------------------------------------
+@dataclass(frozen=True, slots=True)
+class MediaRange:
+    """One entry of an Accept header: ``multipart/related; type="application/dicom"``."""
+
+    media: str
+    params: dict[str, str] = field(default_factory=dict)
+    q: float = 1.0
+
+    @property
+    def part_type(self) -> str | None:
+        return self.params.get("type")
+
+    @property
+    def transfer_syntax(self) -> str | None:
+        return self.params.get("transfer-syntax")
+
+
+def _split_outside_quotes(text: str, sep: str) -> list[str]:
+    out: list[str] = []
+    cur: list[str] = []
+    quoted = False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        if ch == sep and not quoted:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    out.append("".join(cur))
+    return out
+
+
+def parse_accept(header: str | None) -> list[MediaRange]:
+    """The Accept header's media ranges, best (highest q) first; none means ``*/*``."""
+    if not header or not header.strip():
+        return [MediaRange("*/*")]
+    ranges: list[tuple[float, int, MediaRange]] = []
+    for n, item in enumerate(_split_outside_quotes(header, ",")):
+        bits = [b.strip() for b in _split_outside_quotes(item, ";")]
+        if not bits[0]:
+            continue
+        params: dict[str, str] = {}
+        q = 1.0
+        for b in bits[1:]:
+            key, _, value = b.partition("=")
+            key, value = key.strip().lower(), value.strip().strip('"')
+            if key == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+            elif key:
+                params[key] = value.lower() if key == "type" else value
+        if q > 0:
+            ranges.append((-q, n, MediaRange(bits[0].lower(), params, q)))
+    return [r for _, _, r in sorted(ranges, key=lambda t: (t[0], t[1]))]
+
+
+def _is_multipart(media: str) -> bool:
+    return media in ("*/*", "multipart/*", "multipart/related")
+
+
+def dicom_syntaxes(accept: list[MediaRange]) -> list[str]:
+    """Transfer syntaxes acceptable for ``application/dicom`` parts, best first.
+
+    ``*`` means "as stored".  Empty: the client accepts no DICOM at all.
+    """
+    out: list[str] = []
+    for r in accept:
+        if not _is_multipart(r.media):
+            continue
+        ptype = r.part_type or "application/dicom"
+        if ptype not in ("application/dicom", "*/*", "application/*"):
+            continue
+        ts = r.transfer_syntax
+        if ts is None:
+            # PS3.18 8.7.3.5.1: without transfer-syntax, application/dicom means
+            # Explicit VR Little Endian; "*/*" alone lets the server choose.
+            ts = EXPLICIT_LE if r.part_type else "*" if r.media == "*/*" else EXPLICIT_LE
+        if ts not in out:
+            out.append(ts)
+    return out
+
+
+def _decodable(ts: str) -> bool:
+    """Can pydicom decode pixel data in ``ts`` here (a plugin is installed)?"""
+    if ts in NATIVE:
+        return True
+    try:
+        from pydicom.pixels import get_decoder
+
+        return bool(get_decoder(ts).is_available)
+    except (NotImplementedError, ValueError, ImportError):
+        return False
+
+
+def choose_syntax(stored: str, acceptable: list[str]) -> str | None:
+    """The syntax to serve a ``stored`` instance in; None when nothing acceptable is possible."""
+    for ts in acceptable:
+        if ts == "*" or ts == stored:
+            return stored
+        if ts in TRANSCODE_TARGETS and _decodable(stored):
+            return ts
+    return None
+
+
+def _private_as_un(ds: Any) -> None:
+    """Private elements of an implicit VR data set as UN, their bytes unread.
+
+    Implicit VR carries no VR and pydicom's private dictionary guesses wrong
+    often enough (a DS string read as FD) to break a whole read: PS3.5 6.2.2
+    says an unknown VR is UN.  Private creators (gggg,0010-00FF) stay LO.
+    """
+    from pydicom.dataelem import DataElement, RawDataElement
+
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag)
+        if (tag.is_private and isinstance(raw, RawDataElement)
+                and not 0x0010 <= tag.element <= 0x00FF):
+            ds[tag] = DataElement(tag, "UN", raw.value or b"")
+
+
+def transcode(data: bytes, target: str) -> bytes:
+    """Re-encode a Part-10 instance in ``target`` (a native syntax) with pydicom."""
+    import pydicom
+    from pydicom.uid import UID
+
+    ds = pydicom.dcmread(io.BytesIO(data), force=False)
+    src = str(ds.file_meta.TransferSyntaxUID)
+    if src == IMPLICIT_LE:
+        _private_as_un(ds)
+    if src in ENCAPSULATED:
+        ds.decompress()  # -> Explicit VR LE, native pixel data (pydicom's decoders)
+    elif src in (EXPLICIT_BE,) and "PixelData" in ds:
+        arr = ds.pixel_array
+        ds.PixelData = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+    ds.file_meta.TransferSyntaxUID = UID(target)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+# -- DICOM JSON (PS3.18 F.2) --------------------------------------------------
+_NUMERIC_VRS = {"IS", "SL", "SS", "UL", "US", "SV", "UV"}
+_FLOAT_VRS = {"DS", "FL", "FD"}
+_MULTI_TEXT_VRS = {"LT", "ST", "UT", "UR"}  # backslash is not a separator in these
+
+
+def _vr_of(tag: int) -> str:
+    from pydicom.datadict import dictionary_VR
+
+    try:
+        vr = str(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
+    return vr.split(" or ")[0]
+
+
+def _json_value(vr: str, value: Any) -> list[Any]:
+    if isinstance(value, list | tuple):
+        items = list(value)
+    elif isinstance(value, str) and vr not in _MULTI_TEXT_VRS:
+        items = value.split("\\")
+    else:
+        items = [value]
+    out: list[Any] = []
+    for v in items:
+        if v is None or v == "":
+            out.append(None)
+        elif vr == "PN":
+            out.append({"Alphabetic": str(v)})
+        elif vr in _NUMERIC_VRS:
+            try:
+                out.append(int(v))
+            except (TypeError, ValueError):
+                out.append(None)
+        elif vr in _FLOAT_VRS:
+            try:
+                f = float(v)
+                out.append(int(f) if vr == "DS" and f.is_integer() else f)
+            except (TypeError, ValueError):
+                out.append(None)
+        else:
+            out.append(str(v))
+    return out
+
+
+def attrs_to_json(attrs: dict[str, Any]) -> dict[str, Any]:
+    """``{keyword: value}`` -> DICOM JSON ``{"0010 0010" tag: {"vr", "Value"}}``, tag order."""
+    from pydicom.datadict import tag_for_keyword
+
+    out: dict[int, dict[str, Any]] = {}
+    for key, value in attrs.items():
+        tag = tag_for_keyword(key)
+        if tag is None:
+            continue
+        vr = _vr_of(tag)
+        if vr == "SQ":
+            continue
+        elem: dict[str, Any] = {"vr": vr}
+        if value not in (None, "", [], ()):
+            vals = _json_value(vr, value)
+            if any(v is not None for v in vals):
+                elem["Value"] = vals
+        out[tag] = elem
+    return {f"{t:08X}": out[t] for t in sorted(out)}
+
+
+# -- helpers shared by the handlers -------------------------------------------
+def _app(request: web.Request) -> tuple[Config, Store]:
+    from fenji.gateway.http_api import CONFIG, STORE
+
+    return request.app[CONFIG], request.app[STORE]
+
+
+def _base_url(request: web.Request) -> str:
+    """Absolute URL of ``/dicom-web`` as the client reached it (RetrieveURL, BulkDataURI)."""
+    host = request.host
+    if ":" not in host.rpartition("]")[2] and request.transport is not None:
+        # Some clients (dicomweb-client) send Host without the port: add the
+        # socket's, else the URIs we hand out would point at port 80.
+        sock = request.transport.get_extra_info("sockname")
+        default = 443 if request.scheme == "https" else 80
+        if sock and int(sock[1]) != default:
+            host = f"{host}:{sock[1]}"
+    return f"{request.scheme}://{host}{PREFIX}"
+
+
+def _instances(store: Store, study: str, series: str | None = None,
+               sop: str | None = None) -> list[dict[str, Any]]:
+    sql = ("SELECT sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid, "
+           "transfer_syntax_uid, sha256, size, instance_number FROM instances "
+           "WHERE study_instance_uid = ?")
+    args: list[Any] = [study]
+    if series is not None:
+        sql += " AND series_instance_uid = ?"
+        args.append(series)
+    if sop is not None:
+        sql += " AND sop_instance_uid = ?"
+        args.append(sop)
+    sql += " ORDER BY series_instance_uid, instance_number, sop_instance_uid"
+    return store.query(sql, tuple(args))
+
+
+def case_for_study(store: Store, study: str) -> str | None:
+    from fenji.gateway import qr
+
+    fn = getattr(qr, "case_for_study", None)
+    if fn is not None:
+        out = fn(store, study)
+        return None if out is None else str(out)
+    row = store.query_one("SELECT case_id FROM cases WHERE study_instance_uid = ? "
+                          "ORDER BY created_at DESC LIMIT 1", (study,))
+    return None if row is None else str(row["case_id"])
+
+
+def _audit_open(store: Store, cfg: Config, user: User, studies: list[str], via: str,
+                request: web.Request, **extra: Any) -> None:
+    """One ``opened`` event per request (DESIGN.md §11: every access to patient data)."""
+    if not studies:
+        return
+    obj = studies[0] if len(studies) == 1 else f"{len(studies)} studies"
+    case_id = case_for_study(store, studies[0]) if len(studies) == 1 else None
+    detail: dict[str, Any] = {"via": via, "from": request.remote, "what": request.path_qs}
+    if len(studies) > 1:
+        detail["studies"] = studies[:MAX_QUERY_STUDIES_IN_AUDIT]
+    detail.update(extra)
+    ledger.record(store, "opened", node=cfg.node.name, actor=user.name, role=user.role,
+                  obj=obj, case_id=case_id, detail=detail)
+
+
+def _not_found_if_empty(rows: list[dict[str, Any]], what: str) -> None:
+    if not rows:
+        raise web.HTTPNotFound(text=f"{what} not found")
+
+
+def _what(m: dict[str, str]) -> str:
+    if "sop" in m:
+        return f"instance {m['sop']}"
+    if "series" in m:
+        return f"series {m['series']} of study {m['study']}"
+    return f"study {m['study']}"
+
+
+# -- WADO-RS: retrieve --------------------------------------------------------
+def _read_chunk(path: str, offset: int, n: int) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        return fh.read(n)
+
+
+async def _file_chunks(path: str, size: int) -> Any:
+    """The file's bytes in CHUNK_BYTES pieces, the next read overlapping the current write."""
+    offset = 0
+    nxt: asyncio.Future[bytes] | None = None
+    while offset < size:
+        cur: bytes = await nxt if nxt is not None else await asyncio.to_thread(
+            _read_chunk, path, offset, CHUNK_BYTES)
+        if not cur:
+            raise OSError(f"blob {path} is shorter than its indexed size {size}")
+        offset += len(cur)
+        nxt = (asyncio.ensure_future(asyncio.to_thread(_read_chunk, path, offset, CHUNK_BYTES))
+               if offset < size else None)
+        yield cur
+
+
+def _part_head(boundary: str, ctype: str, location: str | None = None) -> bytes:
+    head = f"--{boundary}\r\nContent-Type: {ctype}\r\n"
+    if location:
+        head += f"Content-Location: {location}\r\n"
+    return (head + "\r\n").encode("ascii")
+
+
+async def retrieve(request: web.Request) -> web.StreamResponse:
+    cfg, store = _app(request)
+    user = require(request, "reader", "operator", action="read studies")
+    m = dict(request.match_info)
+    rows = await asyncio.to_thread(_instances, store, m["study"], m.get("series"), m.get("sop"))
+    _not_found_if_empty(rows, _what(m))
+    acceptable = dicom_syntaxes(parse_accept(request.headers.get("Accept")))
+    if not acceptable:
+        raise NotAcceptable(
+            f"Accept {request.headers.get('Accept')!r}: this resource is served as "
+            'multipart/related; type="application/dicom" (with an optional transfer-syntax)')
+    plan: list[str] = []
+    for r in rows:
+        ts = choose_syntax(r["transfer_syntax_uid"], acceptable)
+        if ts is None:
+            raise NotAcceptable(
+                f"instance {r['sop_instance_uid']} is stored in transfer syntax "
+                f"{r['transfer_syntax_uid']}, which cannot be served as any of "
+                f"{', '.join(acceptable)} (fenji transcodes to {', '.join(TRANSCODE_TARGETS)} "
+                "only from syntaxes pydicom can decode here); ask for transfer-syntax=*")
+        plan.append(ts)
+    await asyncio.to_thread(_audit_open, store, cfg, user, [m["study"]], "wado-rs", request,
+                            instances=len(rows))
+    boundary = uuid.uuid4().hex
+    resp = web.StreamResponse(status=200)
+    resp.headers["Content-Type"] = (f'multipart/related; type="application/dicom"; '
+                                    f"boundary={boundary}")
+    base = _base_url(request)
+    heads = [_part_head(boundary, f"application/dicom; transfer-syntax={ts}",
+                        f"{base}/studies/{r['study_instance_uid']}/series/"
+                        f"{r['series_instance_uid']}/instances/{r['sop_instance_uid']}")
+             for r, ts in zip(rows, plan, strict=True)]
+    tail = f"--{boundary}--\r\n".encode("ascii")
+    transcoded = [(r, ts) for r, ts in zip(rows, plan, strict=True)
+                  if ts != r["transfer_syntax_uid"]]
+    if transcoded:
+        pairs = sorted({f"{r['transfer_syntax_uid']} -> {ts}" for r, ts in transcoded})
+        resp.headers["Warning"] = (f'299 fenji "transcoded {len(transcoded)} of {len(rows)} '
+                                   f'instances: {"; ".join(pairs)}"')
+    else:
+        # All parts as stored: the length is known before the first byte.
+        resp.content_length = (sum(len(h) + r["size"] + 2 for h, r in zip(heads, rows,
+                                                                          strict=True))
+                               + len(tail))
+    await resp.prepare(request)
+    for head, r, ts in zip(heads, rows, plan, strict=True):
+        await resp.write(head)
+        path = str(store.blob_path(r["sha256"]))
+        if ts == r["transfer_syntax_uid"]:
+            async for chunk in _file_chunks(path, int(r["size"])):
+                await resp.write(chunk)
+        else:
+            data = await asyncio.to_thread(store.read_blob, r["sha256"])
+            await resp.write(await asyncio.to_thread(transcode, data, ts))
+        await resp.write(b"\r\n")
+    await resp.write(tail)
+    await resp.write_eof()
+    return resp
+
+
+# -- WADO-RS: metadata, frames, bulk data -------------------------------------
+def _accepts_json(accept: list[MediaRange]) -> bool:
+    return any(r.media in ("*/*", "application/*", DICOM_JSON, "application/json")
+               for r in accept)
+
+
+def _instance_metadata(store: Store, row: dict[str, Any], base: str) -> dict[str, Any]:
+    import pydicom
+    from pydicom.tag import Tag
+
+    path = store.blob_path(row["sha256"])
+    url = (f"{base}/studies/{row['study_instance_uid']}/series/{row['series_instance_uid']}"
+           f"/instances/{row['sop_instance_uid']}")
+    ds = pydicom.dcmread(path, defer_size=BULK_THRESHOLD_BYTES)
+    if row["transfer_syntax_uid"] == IMPLICIT_LE:
+        _private_as_un(ds)
+    pixel_tag = Tag(0x7FE00010)
+    pixel_vr = None
+    if pixel_tag in ds:
+        raw = ds.get_item(pixel_tag)
+        pixel_vr = getattr(raw, "VR", None) or "OW"
+        if row["transfer_syntax_uid"] in ENCAPSULATED:
+            pixel_vr = "OB"
+        del ds[pixel_tag]  # never loaded: described by its URI below
+
+    def bulk(elem: Any) -> str:
+        return f"{url}/bulkdata/{int(elem.tag):08X}"
+
+    out = ds.to_json_dict(bulk_data_threshold=BULK_THRESHOLD_BYTES,
+                          bulk_data_element_handler=bulk)
+    if pixel_vr is not None:
+        out["7FE00010"] = {"vr": pixel_vr if pixel_vr in ("OB", "OW") else "OW",
+                           "BulkDataURI": f"{url}/bulkdata/7FE00010"}
+    # Which syntax this instance is held in: a viewer may then ask for it by name.
+    out["00083002"] = {"vr": "UI", "Value": [row["transfer_syntax_uid"]]}
+    return dict(sorted(out.items()))
+
+
+async def metadata(request: web.Request) -> web.StreamResponse:
+    cfg, store = _app(request)
+    user = require(request, "reader", "operator", action="read studies")
+    m = dict(request.match_info)
+    if not _accepts_json(parse_accept(request.headers.get("Accept"))):
+        raise NotAcceptable(f"Accept {request.headers.get('Accept')!r}: metadata is served as "
+                            f"{DICOM_JSON}")
+    rows = await asyncio.to_thread(_instances, store, m["study"], m.get("series"), m.get("sop"))
+    _not_found_if_empty(rows, _what(m))
+    await asyncio.to_thread(_audit_open, store, cfg, user, [m["study"]], "wado-rs", request,
+                            instances=len(rows))
+    base = _base_url(request)
+    resp = web.StreamResponse(status=200)
+    resp.headers["Content-Type"] = DICOM_JSON
+    await resp.prepare(request)
+    import json
+
+    # A JSON array written one instance at a time (bounded memory for big studies).
+    for n, r in enumerate(rows):
+        item = await asyncio.to_thread(_instance_metadata, store, r, base)
+        await resp.write((b"[" if n == 0 else b",") + json.dumps(item).encode("utf-8"))
+    await resp.write(b"]")
+    await resp.write_eof()
+    return resp
+
+
+@dataclass
+class _Pixels:
+    """An instance's frames, as stored."""
+
+    transfer_syntax: str
+    frames: list[bytes]
+    dataset: Any
+
+
+def _load_frames(store: Store, row: dict[str, Any]) -> _Pixels:
+    import pydicom
+    from pydicom.encaps import generate_frames
+
+    ds = pydicom.dcmread(store.blob_path(row["sha256"]))
+    ts = row["transfer_syntax_uid"]
+    if "PixelData" not in ds:
+        raise web.HTTPNotFound(text=f"instance {row['sop_instance_uid']} has no pixel data")
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    data: bytes = ds.PixelData
+    if ts in ENCAPSULATED:
+        frames = list(generate_frames(data, number_of_frames=n_frames))
+    else:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        spp, bits = int(ds.get("SamplesPerPixel", 1)), int(ds.BitsAllocated)
+        frame_bits = rows * cols * spp * bits
+        if frame_bits % 8 and n_frames > 1:
+            raise NotAcceptable(f"instance {row['sop_instance_uid']}: 1-bit frames that do "
+                                "not end on a byte boundary; retrieve the instance instead")
+        n = frame_bits // 8 if frame_bits % 8 == 0 else (frame_bits + 7) // 8
+        if ts == EXPLICIT_BE and bits > 8:
+            arr = ds.pixel_array
+            data = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+            ts = EXPLICIT_LE
+        frames = [data[i * n:(i + 1) * n] for i in range(n_frames)]
+    return _Pixels(ts, frames, ds)
+
+
+def _decoded_frames(px: _Pixels, wanted: list[int]) -> list[bytes]:
+    """Compressed frames decoded to native little-endian bytes (pydicom's decoders)."""
+    from pydicom.pixels import pixel_array
+
+    out = []
+    for n in wanted:
+        arr = pixel_array(px.dataset, index=n - 1, raw=True)
+        out.append(arr.astype(arr.dtype.newbyteorder("<")).tobytes())
+    return out
+
+
+def _frame_plan(stored_ts: str, accept: list[MediaRange]) -> tuple[str, str] | None:
+    """(part media type, transfer syntax) to send frames in, or None (406)."""
+    stored_media = ("application/octet-stream" if stored_ts in NATIVE
+                    else FRAME_MEDIA_TYPES.get(stored_ts, "application/octet-stream"))
+    native_ts = EXPLICIT_LE
+    for r in accept:
+        if not _is_multipart(r.media):
+            continue
+        ptype = r.part_type or ("*/*" if r.media == "*/*" else "application/octet-stream")
+        ts = r.transfer_syntax
+        if ts == "*" or ptype in ("*/*", "*"):
+            if ts in (None, "*", stored_ts) or (ts == native_ts and stored_ts in NATIVE):
+                return (stored_media, stored_ts if stored_ts not in NATIVE else native_ts)
+        if ptype == "application/octet-stream" and ts in (None, native_ts):
+            if stored_ts in NATIVE:
+                return ("application/octet-stream", native_ts)
+            if _decodable(stored_ts):
+                return ("application/octet-stream", native_ts)
+        if stored_ts not in NATIVE and ptype == stored_media and ts in (None, stored_ts):
+            return (stored_media, stored_ts)
+    return None
+
+
+async def frames(request: web.Request) -> web.StreamResponse:
+    cfg, store = _app(request)
+    user = require(request, "reader", "operator", action="read studies")
+    m = dict(request.match_info)
+    try:
+        wanted = [int(x) for x in m["frames"].split(",") if x.strip()]
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"frame list {m['frames']!r} is not comma-separated "
+                                      "numbers") from None
+    if not wanted or min(wanted) < 1:
+        raise web.HTTPBadRequest(text=f"frame list {m['frames']!r}: frames are numbered from 1")
+    rows = await asyncio.to_thread(_instances, store, m["study"], m["series"], m["sop"])
+    _not_found_if_empty(rows, _what(m))
+    row = rows[0]
+    plan = _frame_plan(row["transfer_syntax_uid"], parse_accept(request.headers.get("Accept")))
+    if plan is None:
+        raise NotAcceptable(
+            f"Accept {request.headers.get('Accept')!r}: instance {m['sop']} is stored in "
+            f"{row['transfer_syntax_uid']}; its frames are served as application/octet-stream "
+            f"(decoded: {'yes' if _decodable(row['transfer_syntax_uid']) else 'no decoder'}) "
+            f"or {FRAME_MEDIA_TYPES.get(row['transfer_syntax_uid'], 'as stored')}")
+    px = await asyncio.to_thread(_load_frames, store, row)
+    if max(wanted) > len(px.frames):
+        raise web.HTTPNotFound(text=f"frame {max(wanted)} requested, instance {m['sop']} has "
+                                    f"{len(px.frames)}")
+    media, ts = plan
+    if media == "application/octet-stream" and px.transfer_syntax in ENCAPSULATED:
+        parts = await asyncio.to_thread(_decoded_frames, px, wanted)
+    else:
+        parts = [px.frames[n - 1] for n in wanted]
+    await asyncio.to_thread(_audit_open, store, cfg, user, [m["study"]], "wado-rs", request,
+                            frames=wanted[:100])
+    return _multipart_response(parts, f"{media}; transfer-syntax={ts}",
+                               f'multipart/related; type="{media}"')
+
+
+def _multipart_response(parts: Iterable[bytes], part_type: str, ctype: str) -> web.Response:
+    boundary = uuid.uuid4().hex
+    body = io.BytesIO()
+    for p in parts:
+        body.write(_part_head(boundary, part_type))
+        body.write(p)
+        body.write(b"\r\n")
+    body.write(f"--{boundary}--\r\n".encode("ascii"))
+    resp = web.Response(body=body.getvalue())
+    resp.headers["Content-Type"] = f"{ctype}; boundary={boundary}"
+    return resp
+
+
+def _bulk_value(store: Store, row: dict[str, Any], tag: int) -> tuple[list[bytes], str]:
+    import pydicom
+
+    if tag == 0x7FE00010:
+        px = _load_frames(store, row)
+        if px.transfer_syntax in ENCAPSULATED:
+            media = FRAME_MEDIA_TYPES.get(px.transfer_syntax, "application/octet-stream")
+            return px.frames, f"{media}; transfer-syntax={px.transfer_syntax}"
+        return [b"".join(px.frames)], f"application/octet-stream; transfer-syntax={EXPLICIT_LE}"
+    ds = pydicom.dcmread(store.blob_path(row["sha256"]))
+    if tag not in ds:
+        raise web.HTTPNotFound(text=f"instance {row['sop_instance_uid']} has no top-level "
+                                    f"({tag >> 16:04X},{tag & 0xFFFF:04X})")
+    value = ds[tag].value
+    if not isinstance(value, bytes | bytearray):
+        raise web.HTTPNotFound(text=f"({tag >> 16:04X},{tag & 0xFFFF:04X}) is not bulk data")
+    ts = row["transfer_syntax_uid"]
+    return [bytes(value)], f"application/octet-stream; transfer-syntax={ts}"
+
+
+async def bulkdata(request: web.Request) -> web.StreamResponse:
+    cfg, store = _app(request)
+    user = require(request, "reader", "operator", action="read studies")
+    m = dict(request.match_info)
+    if not re.fullmatch(r"[0-9A-Fa-f]{8}", m["tag"]):
+        raise web.HTTPBadRequest(text=f"bulk data tag {m['tag']!r} is not 8 hex digits")
+    accept = parse_accept(request.headers.get("Accept"))
+    if not any(_is_multipart(r.media) for r in accept):
+        raise NotAcceptable("bulk data is served as multipart/related")
+    rows = await asyncio.to_thread(_instances, store, m["study"], m["series"], m["sop"])
+    _not_found_if_empty(rows, _what(m))
+    parts, ptype = await asyncio.to_thread(_bulk_value, store, rows[0], int(m["tag"], 16))
+    await asyncio.to_thread(_audit_open, store, cfg, user, [m["study"]], "wado-rs", request)
+    media = ptype.split(";")[0]
+    return _multipart_response(parts, ptype, f'multipart/related; type="{media}"')
+
+
+# -- QIDO-RS ------------------------------------------------------------------
+def _keyword(name: str) -> str:
+    """A query key (keyword or 8-hex-digit tag) as its keyword; 400 when unknown."""
+    from pydicom.datadict import keyword_for_tag, tag_for_keyword
+
+    if re.fullmatch(r"[0-9A-Fa-f]{8}", name):
+        kw = keyword_for_tag(int(name, 16))
+        if not kw:
+            raise web.HTTPBadRequest(text=f"query key {name}: tag ({name[:4]},{name[4:]}) is "
+                                          "not in the DICOM dictionary")
+        return str(kw)
+    if tag_for_keyword(name) is None:
+        raise web.HTTPBadRequest(text=f"query key {name!r} is neither a DICOM keyword nor a "
+                                      "tag (e.g. PatientName or 00100010)")
+    return name
+
+
+def _nonneg(request: web.Request, name: str) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit():
+        raise web.HTTPBadRequest(text=f"{name} = {raw!r} is not a non-negative integer")
+    return int(raw)
+
+
+def parse_qido(request: web.Request) -> tuple[dict[str, str], set[str] | None, bool,
+                                               int | None, int]:
+    """(match keys, include fields (None = all), fuzzy, limit, offset) of a QIDO request."""
+    keys: dict[str, str] = {}
+    include: set[str] | None = set()
+    for name, value in request.query.items():
+        low = name.lower()
+        if low in _RESERVED_PARAMS:
+            if low == "includefield":
+                for f in value.split(","):
+                    f = f.strip()
+                    if not f:
+                        continue
+                    if f.lower() == "all":
+                        include = None
+                    elif include is not None:
+                        include.add(_keyword(f))
+                    else:
+                        _keyword(f)
+            continue
+        if "." in name:
+            raise web.HTTPBadRequest(text=f"query key {name!r}: sequence matching is not "
+                                          "supported")
+        keys[_keyword(name)] = value
+    fuzzy = request.query.get("fuzzymatching", "false").lower() == "true"
+    return keys, include, fuzzy, _nonneg(request, "limit"), _nonneg(request, "offset") or 0
+
+
+def _qido_shape(level: str, results: list[dict[str, Any]], keys: dict[str, str],
+                include: set[str] | None, base: str) -> list[dict[str, Any]]:
+    wanted = None if include is None else set(DEFAULT_FIELDS[level]) | set(keys) | include
+    out = []
+    for res in results:
+        attrs = {k: v for k, v in res.items() if k not in _PRIVATE_KEYS
+                 and (wanted is None or k in wanted)}
+        study = res.get("StudyInstanceUID")
+        if study:
+            url = f"{base}/studies/{study}"
+            if level in ("SERIES", "IMAGE") and res.get("SeriesInstanceUID"):
+                url += f"/series/{res['SeriesInstanceUID']}"
+            if level == "IMAGE" and res.get("SOPInstanceUID"):
+                url += f"/instances/{res['SOPInstanceUID']}"
+            attrs["RetrieveURL"] = url
+        out.append(attrs_to_json(attrs))
+    return out
+
+
+def _qido_find(store: Store, level: str, keys: dict[str, str], include: set[str] | None,
+               fuzzy: bool, limit: int | None, offset: int) -> list[dict[str, Any]]:
+    from fenji.gateway import qr
+
+    ask = dict(keys)
+    # Return keys are asked for the C-FIND way: present with an empty value.
+    for k in (include or ()):
+        ask.setdefault(k, "")
+    if include is None:
+        for k in DEFAULT_FIELDS[level]:
+            ask.setdefault(k, "")
+    find = qr.find  # type: ignore[attr-defined]
+    return list(find(store, level, ask, limit=limit, offset=offset, fuzzy=fuzzy))
+
+
+def _qido_handler(level: str) -> Any:
+    async def handler(request: web.Request) -> web.Response:
+        cfg, store = _app(request)
+        user = require(request, "reader", "operator", action="search studies")
+        keys, include, fuzzy, limit, offset = parse_qido(request)
+        m = request.match_info
+        if "study" in m:
+            keys["StudyInstanceUID"] = m["study"]
+        if "series" in m:
+            keys["SeriesInstanceUID"] = m["series"]
+        try:
+            results = await asyncio.to_thread(_qido_find, store, level, keys, include, fuzzy,
+                                              limit, offset)
+        except (ValueError, KeyError) as exc:  # qr names the key it cannot match on
+            raise web.HTTPBadRequest(text=f"query: {exc}") from None
+        studies = list(dict.fromkeys(str(r["StudyInstanceUID"]) for r in results
+                                     if r.get("StudyInstanceUID")))
+        await asyncio.to_thread(_audit_open, store, cfg, user, studies, "qido-rs", request,
+                                matches=len(results))
+        body = _qido_shape(level, results, keys, include, _base_url(request))
+        return web.json_response(body, content_type=DICOM_JSON)
+
+    return handler
+
+
+# -- STOW-RS ------------------------------------------------------------------
+@dataclass
+class _StowResult:
+    stored: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _stow_one(cfg: Config, store: Store, data: bytes, user: User, peer: str | None,
+              study: str | None) -> tuple[bool, dict[str, Any]]:
+    """One part through the validator and the durable store path (like a C-STORE)."""
+    source = f"viewer:{user.name}"
+    try:
+        checked = check_part10(data, max_instance_bytes=cfg.dicom.max_instance_bytes,
+                               max_inflate_bytes=cfg.store.max_inflate_bytes)
+    except Rejected as exc:
+        store.quarantine(data, exc.reason, status=exc.status, calling_ae=source,
+                         peer_address=peer, uid_hint=exc.uid_hint)
+        log.warning("stow user=%s peer=%s rejected status=%s reason=%s", user.name, peer,
+                    st.describe(exc.status), exc.reason)
+        return False, {"sop": exc.uid_hint, "status": exc.status, "reason": exc.reason}
+    info = checked.info
+    ref = {"sop": info.sop_instance_uid, "class": info.sop_class_uid,
+           "study": info.study_instance_uid, "series": info.series_instance_uid}
+    if study is not None and info.study_instance_uid != study:
+        reason = (f"(0020,000D) Study Instance UID {info.study_instance_uid} differs from the "
+                  f"target study {study} (PS3.18 10.5)")
+        log.warning("stow user=%s peer=%s rejected reason=%s", user.name, peer, reason)
+        return False, {**ref, "status": st.DATASET_DOES_NOT_MATCH_SOP_CLASS, "reason": reason}
+    try:
+        out = store.put(checked.part10, info, calling_ae=source, peer_address=peer)
+    except StoreFull as exc:
+        return False, {**ref, "status": st.OUT_OF_RESOURCES, "reason": str(exc)}
+    if out.status is PutStatus.CONFLICT:
+        return False, {**ref, "status": st.SOP_INSTANCE_CONFLICT,
+                       "reason": f"SOP Instance UID {info.sop_instance_uid} already stored "
+                                 "with other bytes"}
+    return True, ref
+
+
+def _stow_body(res: _StowResult, base: str, study: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if study is not None:
+        body["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{study}"]}
+    if res.failed:
+        body["00081198"] = {"vr": "SQ", "Value": [
+            {"00081150": {"vr": "UI", **({"Value": [f["class"]]} if f.get("class") else {})},
+             "00081155": {"vr": "UI", **({"Value": [f["sop"]]} if f.get("sop") else {})},
+             "00081197": {"vr": "US", "Value": [f["status"]]}}
+            for f in res.failed]}
+    if res.stored:
+        body["00081199"] = {"vr": "SQ", "Value": [
+            {"00081150": {"vr": "UI", "Value": [s["class"]]},
+             "00081155": {"vr": "UI", "Value": [s["sop"]]},
+             "00081190": {"vr": "UR", "Value": [
+                 f"{base}/studies/{s['study']}/series/{s['series']}/instances/{s['sop']}"]}}
+            for s in res.stored]}
+    return dict(sorted(body.items()))
+
+
+async def stow(request: web.Request) -> web.Response:
+    cfg, store = _app(request)
+    user = require(request, "technician", "reader", "operator", action="store instances")
+    study = request.match_info.get("study")
+    ctype = request.headers.get("Content-Type", "")
+    outer = parse_accept(ctype)[0] if ctype else MediaRange("")
+    if outer.media != "multipart/related":
+        return _error(415, "unsupported_media_type",
+                      'STOW-RS takes multipart/related; type="application/dicom"')
+    if outer.part_type not in (None, "application/dicom"):
+        return _error(415, "unsupported_media_type",
+                      f"STOW-RS parts of type {outer.part_type!r} are not supported; send "
+                      "application/dicom (Part-10 instances)")
+    limit = cfg.dicom.max_instance_bytes
+    res = _StowResult()
+    reader = await request.multipart()
+    async for part in reader:
+        if not isinstance(part, BodyPartReader):
+            res.failed.append({"status": st.CANNOT_UNDERSTAND, "reason": "nested multipart"})
+            continue
+        ptype = (part.headers.get("Content-Type") or "application/dicom").split(";")[0]
+        if ptype.strip().lower() != "application/dicom":
+            res.failed.append({"status": st.CANNOT_UNDERSTAND,
+                               "reason": f"part of type {ptype!r}"})
+            await part.release()
+            continue
+        buf = bytearray()
+        too_big = False
+        while chunk := await part.read_chunk(CHUNK_BYTES):
+            if len(buf) + len(chunk) > limit:
+                too_big = True
+                await part.release()
+                break
+            buf += chunk
+        if too_big:
+            res.failed.append({"status": st.INSTANCE_TOO_LARGE,
+                               "reason": f"part exceeds dicom.max_instance_bytes = {limit}"})
+            continue
+        ok, info = await asyncio.to_thread(_stow_one, cfg, store, bytes(buf), user,
+                                           request.remote, study)
+        (res.stored if ok else res.failed).append(info)
+    log.info("stow user=%s peer=%s stored=%d failed=%d", user.name, request.remote,
+             len(res.stored), len(res.failed))
+    status = 200 if not res.failed else 409 if not res.stored else 202
+    if not res.stored and not res.failed:
+        return _error(400, "empty", "no parts in the STOW-RS request")
+    return web.json_response(_stow_body(res, _base_url(request), study), status=status,
+                             content_type=DICOM_JSON)
+
+
+def add_routes(app: web.Application, cfg: Config, store: Store) -> None:
+    """Register the DICOMweb routes on the node's app (auth: gateway/auth.py)."""
+    del cfg, store  # read from the app per request, like the other handlers
+    r = app.router
+    s, se, i = "{study}", "{series}", "{sop}"
+    p = PREFIX
+    # QIDO-RS
+    r.add_get(f"{p}/studies", _qido_handler("STUDY"))
+    r.add_get(f"{p}/series", _qido_handler("SERIES"))
+    r.add_get(f"{p}/instances", _qido_handler("IMAGE"))
+    r.add_get(f"{p}/studies/{s}/series", _qido_handler("SERIES"))
+    r.add_get(f"{p}/studies/{s}/instances", _qido_handler("IMAGE"))
+    r.add_get(f"{p}/studies/{s}/series/{se}/instances", _qido_handler("IMAGE"))
+    # WADO-RS
+    r.add_get(f"{p}/studies/{s}", retrieve)
+    r.add_get(f"{p}/studies/{s}/series/{se}", retrieve)
+    r.add_get(f"{p}/studies/{s}/series/{se}/instances/{i}", retrieve)
+    r.add_get(f"{p}/studies/{s}/metadata", metadata)
+    r.add_get(f"{p}/studies/{s}/series/{se}/metadata", metadata)
+    r.add_get(f"{p}/studies/{s}/series/{se}/instances/{i}/metadata", metadata)
+    r.add_get(f"{p}/studies/{s}/series/{se}/instances/{i}/frames/{{frames}}", frames)
+    r.add_get(f"{p}/studies/{s}/series/{se}/instances/{i}/bulkdata/{{tag}}", bulkdata)
+    # STOW-RS
+    r.add_post(f"{p}/studies", stow)
+    r.add_post(f"{p}/studies/{s}", stow)
+
+
+__all__ = ["add_routes", "attrs_to_json", "choose_syntax", "dicom_syntaxes", "parse_accept",
+           "transcode"]
