@@ -284,13 +284,10 @@ def test_orthanc_queries_and_retrieves_through_its_dicomweb_plugin(
     servers = {"fenji": {"Url": center.web_url + "/dicom-web/", "Username": "orthanc",
                          "Password": center.tokens["dr.wang"]}}
     with OrthancProcess(tmp_path / "orthanc", extra={"DicomWeb": {"Servers": servers}}) as o:
-        found = _orthanc_post(o, "/dicom-web/servers/fenji/get",
-                              {"Uri": "/studies?PatientName=HEAD"})
-        assert [s["0020000D"]["Value"][0] for s in found] == [study]
         _orthanc_post(o, "/dicom-web/servers/fenji/retrieve",
                       {"Resources": [{"Study": study}]})
         deadline = time.monotonic() + 60
-        want = len(_client(center).search_for_instances(study))
+        want = len(ct_series()) + 2
         n = 0
         while time.monotonic() < deadline:
             studies = o.get("/studies")
@@ -302,6 +299,9 @@ def test_orthanc_queries_and_retrieves_through_its_dicomweb_plugin(
         assert n == want
         tags = o.get(f"/studies/{o.get('/studies')[0]}")  # type: ignore[index]
         assert tags["MainDicomTags"]["StudyInstanceUID"] == study  # type: ignore[index]
+        found = _orthanc_post(o, "/dicom-web/servers/fenji/qido",
+                              {"Uri": "/studies", "Arguments": {"PatientName": "HEAD"}})
+        assert [s["0020000D"]["Value"][0] for s in found] == [study]
 
 
 def test_ledger_has_opened_events_with_user_names(center: NodeProcess) -> None:
