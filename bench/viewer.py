@@ -290,6 +290,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ct_files = sorted(ct_dir.glob("*.dcm"))
     ct_study, ct_series = _ct_ids(ct_files)
     work = Path(tempfile.mkdtemp(prefix="fenji-bench-viewer-"))
+    # Orthanc's DCMTK reads this too: without it every C-STORE waits out a
+    # Nagle/delayed-ACK stall (~40 ms) on loopback.
+    os.environ["TCP_NODELAY"] = "1"
     result: dict[str, Any] = {"instances": args.instances}
     try:
         t0 = time.perf_counter()
