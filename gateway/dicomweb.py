@@ -116,6 +116,15 @@ def _error(status: int, err: str, message: str) -> web.Response:
                              status=status)
 
 
+def _dicom_json(body: Any, status: int = 200) -> web.Response:
+    # Exactly "application/dicom+json": clients compare the whole header
+    # (dicomweb-client ignores a body labelled "...; charset=utf-8").
+    import json
+
+    return web.Response(body=json.dumps(body).encode("utf-8"), status=status,
+                        headers={"Content-Type": DICOM_JSON})
+
+
 class NotAcceptable(web.HTTPNotAcceptable):
     """406 as JSON naming what could not be served."""
 
@@ -836,7 +845,7 @@ def _qido_handler(level: str) -> Any:
         await asyncio.to_thread(_audit_open, store, cfg, user, studies, "qido-rs", request,
                                 matches=len(results))
         body = _qido_shape(level, results, keys, include, _base_url(request))
-        return web.json_response(body, content_type=DICOM_JSON)
+        return _dicom_json(body)
 
     return handler
 
@@ -946,8 +955,7 @@ async def stow(request: web.Request) -> web.Response:
     status = 200 if not res.failed else 409 if not res.stored else 202
     if not res.stored and not res.failed:
         return _error(400, "empty", "no parts in the STOW-RS request")
-    return web.json_response(_stow_body(res, _base_url(request), study), status=status,
-                             content_type=DICOM_JSON)
+    return _dicom_json(_stow_body(res, _base_url(request), study), status)
 
 
 def add_routes(app: web.Application, cfg: Config, store: Store) -> None:

@@ -228,10 +228,9 @@ def test_stow_then_qido_and_malformed_part_refused(center: NodeProcess) -> None:
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.PatientName = "STOW^TEST"
     out = client.store_instances([ds])
-    assert out["00081199"]["Value"][0]["00081155"]["Value"] == [str(ds.SOPInstanceUID)]
+    assert out.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == ds.SOPInstanceUID
+    assert "FailedSOPSequence" not in out
     reader = _client(center)
-    found = reader.search_for_studies(search_filters={"PatientName": "STOW*"})
-    assert [s["0020000D"]["Value"][0] for s in found] == [str(ds.StudyInstanceUID)]
     got = reader.retrieve_instance(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID),
                                    str(ds.SOPInstanceUID))
     assert got.PixelData == ds.PixelData
@@ -268,6 +267,9 @@ def test_stow_then_qido_and_malformed_part_refused(center: NodeProcess) -> None:
                                f'multipart/related; type="application/dicom"; '
                                f"boundary={boundary}"})
     assert r.status_code == 409 and "00081198" in r.json()
+    # The stored instance is found by QIDO-RS like any other.
+    found = reader.search_for_studies(search_filters={"PatientName": "STOW*"})
+    assert [s["0020000D"]["Value"][0] for s in found] == [str(ds.StudyInstanceUID)]
 
 
 # -- Orthanc as a DICOMweb client -----------------------------------------------
