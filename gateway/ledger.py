@@ -10,20 +10,66 @@ Editing, inserting or deleting a row breaks the chain at that row, which
 Events are appended inside the caller's transaction where there is one
 (``con=``), so an event exists exactly when the step it records committed.
 
+The signed head
+---------------
+A chain cannot show that its *newest* events were deleted: what is left is
+still a valid chain.  So every append also rewrites one row of
+``audit_head``: the node's Ed25519 signature over ``(node, seq, hash, at)``
+of the event just appended, in the same transaction as the event.  Because
+``hash`` covers the whole chain through ``prev_hash``, that one signature
+vouches for every event up to ``seq``.  :func:`verify` then names
+
+* a truncation: the signed head names event 120, the chain ends at 117;
+* a rewrite: the event at the signed ``seq`` no longer has the signed hash
+  (the whole tail edited and rehashed);
+* a forged tail: events after the signed head, appended without the key.
+
+The cost is one Ed25519 signature (tens of microseconds) and one row update
+per append; the table never grows.  The key is registered per store with
+:func:`set_signer` (the node does it where it opens its store).  Without a
+registered key, events are appended unsigned and the head is left as it was,
+so a store written by a process without the key shows up as a forged tail.
+
+What a local check cannot show: replacing the whole store (or the head row
+and the chain together) with an *older genuine copy* of itself.  The node's
+events that travelled to other nodes (:func:`export_case`, kept there in
+``audit_foreign``) and the receipts peers signed are the evidence against that.
+
+Cross-node history
+------------------
+Events travel with bundles and reports (``manifest["case"]["audit"]``, made by
+:func:`export_case`).  The receiver keeps other nodes' events in
+``audit_foreign`` (:func:`import_events`), each checked against its own hash
+on arrival; :func:`case_history` merges them with the local chain.  A foreign
+event's hash is not keyed: it proves the event was not changed on the way or
+here, while who may hand us events is settled by the transfer itself (mutual
+TLS with a configured peer); ``via`` records who did.
+
 Event kinds (DESIGN.md §3): see :data:`KINDS`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
 import time
+import weakref
+from dataclasses import dataclass, field
 from typing import Any
 
-from fenji.gateway.keys import canonical_json
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from fenji.gateway.errors import LocalError, PeerError
+from fenji.gateway.keys import canonical_json, fingerprint, sign
+from fenji.gateway.keys import verify as verify_signature
 
 GENESIS = "0" * 64
+HEAD_TYPE = "fenji-audit-head"
 
 # kind -> what it records.  Every step of DESIGN.md §3 has one.
 KINDS: dict[str, str] = {
@@ -47,6 +93,37 @@ KINDS: dict[str, str] = {
     "acknowledged": "the requesting physician acknowledged a report",
 }
 
+# The extra tables are created IF NOT EXISTS so that :func:`_ensure_tables`
+# can add them to a store migrated before they existed (migration 5 is unreleased).
+_EXTRA_SQL = """
+CREATE TABLE IF NOT EXISTS audit_head (
+    id        INTEGER PRIMARY KEY CHECK (id = 1),
+    node      TEXT NOT NULL,
+    seq       INTEGER NOT NULL,
+    hash      TEXT NOT NULL,
+    at        REAL NOT NULL,
+    key       TEXT NOT NULL,
+    signature TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_foreign (
+    node        TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    at          REAL NOT NULL,
+    kind        TEXT NOT NULL,
+    actor       TEXT NOT NULL,
+    role        TEXT NOT NULL,
+    object      TEXT NOT NULL,
+    case_id     TEXT,
+    detail      TEXT NOT NULL DEFAULT '{}',
+    prev_hash   TEXT NOT NULL,
+    hash        TEXT NOT NULL UNIQUE,
+    via         TEXT NOT NULL,
+    imported_at REAL NOT NULL,
+    PRIMARY KEY (node, seq)
+);
+CREATE INDEX IF NOT EXISTS audit_foreign_case ON audit_foreign(case_id)
+"""
+
 MIGRATION_SQL = """
 CREATE TABLE audit (
     seq       INTEGER PRIMARY KEY,
@@ -62,16 +139,45 @@ CREATE TABLE audit (
     hash      TEXT NOT NULL UNIQUE
 );
 CREATE INDEX audit_case ON audit(case_id);
-CREATE INDEX audit_kind ON audit(kind, at)
-"""
+CREATE INDEX audit_kind ON audit(kind, at);
+""" + _EXTRA_SQL
 
 FIELDS = ("seq", "node", "at", "kind", "actor", "role", "object", "case_id", "detail",
           "prev_hash")
 
 
-class LedgerError(Exception):
+class LedgerError(LocalError):
     """The ledger cannot record an event (unknown kind, missing actor)."""
 
+
+class ForeignEventError(PeerError):
+    """Events handed over by another node were refused; none of the batch was kept.
+
+    ``events`` names the offending events as ``node#seq``.
+    """
+
+    http_status = 422
+
+    def __init__(self, message: str, events: list[str]) -> None:
+        super().__init__(message)
+        self.events = list(events)
+
+
+class MalformedEvent(ForeignEventError):
+    """A foreign event lacks a field or has one of the wrong type."""
+
+
+class TamperedEvent(ForeignEventError):
+    """A foreign event's content does not hash to its ``hash``: it was changed."""
+
+
+class ConflictingEvent(ForeignEventError):
+    """A foreign event claims a (node, seq) already held with a different hash."""
+
+
+# ---------------------------------------------------------------------------
+# Hashing and appending
+# ---------------------------------------------------------------------------
 
 def event_hash(event: dict[str, Any]) -> str:
     """SHA-256 over the canonical JSON of the hashed fields (``detail`` as its object)."""
@@ -81,7 +187,71 @@ def event_hash(event: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(body)).hexdigest()
 
 
-def _append(con: sqlite3.Connection, event: dict[str, Any]) -> dict[str, Any]:
+def head_body(node: str, seq: int, hash_: str, at: float) -> dict[str, Any]:
+    """What the node signs about its newest event (the signed head)."""
+    return {"type": HEAD_TYPE, "node": node, "seq": seq, "hash": hash_, "at": at}
+
+
+@dataclass(frozen=True, slots=True)
+class _Signer:
+    node: str
+    key: Ed25519PrivateKey
+    key_hex: str
+
+
+# store -> its signer; weak so that a closed, dropped store takes its key with it.
+_signers: weakref.WeakKeyDictionary[Any, _Signer] = weakref.WeakKeyDictionary()
+# stores whose extra tables are known to exist.
+_ready: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def set_signer(store: Any, node: str, key: Ed25519PrivateKey | None) -> None:
+    """Sign this store's head with ``key`` (the node key) on every append; ``None`` stops.
+
+    Call it once where the node opens its store (every process that appends
+    events).  The first signed append vouches for every event before it.
+    """
+    if key is None:
+        _signers.pop(store, None)
+        return
+    _ensure_tables(store)
+    _signers[store] = _Signer(node, key, fingerprint(key.public_key()))
+
+
+def _signer_of(store: Any) -> _Signer | None:
+    try:
+        return _signers.get(store)
+    except TypeError:  # a store that cannot be weakly referenced never had a signer
+        return None
+
+
+def _ensure_tables(store: Any) -> None:
+    """Add the head and foreign tables to a store migrated before they existed."""
+    try:
+        if store in _ready:
+            return
+    except TypeError:
+        pass
+    have = {r["name"] for r in store.query(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN "
+        "('audit_head', 'audit_foreign')")}
+    if len(have) < 2:
+        with store.atomic() as con:
+            for stmt in _EXTRA_SQL.split(";"):
+                if stmt.strip():
+                    con.execute(stmt)
+    with contextlib.suppress(TypeError):
+        _ready.add(store)
+
+
+def _detail_text(detail: Any) -> str:
+    if isinstance(detail, str):
+        detail = json.loads(detail or "{}")
+    return json.dumps(detail, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def _append(con: sqlite3.Connection, event: dict[str, Any],
+            signer: _Signer | None = None) -> dict[str, Any]:
     last = con.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
     event["seq"] = (last[0] + 1) if last else 1
     event["prev_hash"] = last[1] if last else GENESIS
@@ -90,9 +260,15 @@ def _append(con: sqlite3.Connection, event: dict[str, Any]) -> dict[str, Any]:
                 "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (event["seq"], event["node"], event["at"], event["kind"], event["actor"],
                  event["role"], event["object"], event["case_id"],
-                 json.dumps(event["detail"], sort_keys=True, ensure_ascii=False,
-                            separators=(",", ":")),
-                 event["prev_hash"], event["hash"]))
+                 _detail_text(event["detail"]), event["prev_hash"], event["hash"]))
+    if signer is not None:
+        body = head_body(signer.node, event["seq"], event["hash"], event["at"])
+        con.execute("INSERT INTO audit_head(id, node, seq, hash, at, key, signature) "
+                    "VALUES (1, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                    "node = excluded.node, seq = excluded.seq, hash = excluded.hash, "
+                    "at = excluded.at, key = excluded.key, signature = excluded.signature",
+                    (signer.node, event["seq"], event["hash"], event["at"], signer.key_hex,
+                     sign(signer.key, canonical_json(body))))
     return event
 
 
@@ -102,7 +278,9 @@ def record(store: Any, kind: str, *, node: str, actor: str, role: str, obj: str,
     """Append one event; returns it with its ``seq`` and ``hash``.
 
     ``con``: the caller's open write transaction (the event commits with the
-    step it records).  Without it the event is its own transaction.
+    step it records).  Without it the event is its own transaction.  When a
+    key was registered for ``store`` (:func:`set_signer`) the signed head
+    moves to this event in the same transaction.
     """
     if kind not in KINDS:
         raise LedgerError(f"unknown audit event kind {kind!r} (known: {', '.join(KINDS)})")
@@ -112,10 +290,16 @@ def record(store: Any, kind: str, *, node: str, actor: str, role: str, obj: str,
     event: dict[str, Any] = {"node": node, "at": time.time() if at is None else at,
                              "kind": kind, "actor": actor, "role": role, "object": obj,
                              "case_id": case_id, "detail": dict(detail or {})}
+    signer = _signer_of(store)
     if con is not None:
-        return _append(con, event)
+        return _append(con, event, signer)
     with store.atomic() as c:
-        return _append(c, event)
+        return _append(c, event, signer)
+
+
+def _row_event(r: dict[str, Any]) -> dict[str, Any]:
+    r["detail"] = json.loads(r["detail"] or "{}")
+    return r
 
 
 def events(store: Any, *, case_id: str | None = None,
@@ -132,6 +316,418 @@ def events(store: Any, *, case_id: str | None = None,
     if where:
         sql += " WHERE " + " AND ".join(where)
     rows = store.query(sql + " ORDER BY seq", tuple(args))
+    return [_row_event(r) for r in rows]
+
+
+# ---------------------------------------------------------------------------
+# Cross-node history
+# ---------------------------------------------------------------------------
+
+def _wire(e: dict[str, Any]) -> dict[str, Any]:
+    """An event as it travels: the hashed fields plus its hash."""
+    out = {k: e[k] for k in FIELDS}
+    out["hash"] = e["hash"]
+    if isinstance(out["detail"], str):
+        out["detail"] = json.loads(out["detail"] or "{}")
+    return out
+
+
+def foreign_events(store: Any, *, case_id: str | None = None,
+                   kind: str | None = None) -> list[dict[str, Any]]:
+    """Other nodes' events held here, by node and seq, each with ``via`` and ``imported_at``."""
+    _ensure_tables(store)
+    sql, args, where = "SELECT * FROM audit_foreign", [], []
+    if case_id is not None:
+        where.append("case_id = ?")
+        args.append(case_id)
+    if kind is not None:
+        where.append("kind = ?")
+        args.append(kind)
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    return [_row_event(r) for r in store.query(sql + " ORDER BY node, seq", tuple(args))]
+
+
+def export_case(store: Any, case_id: str) -> list[dict[str, Any]]:
+    """A case's history to travel with a bundle: this node's events and the foreign ones held.
+
+    Each event is ``{seq, node, at, kind, actor, role, object, case_id,
+    detail, prev_hash, hash}``, JSON-able; the receiver checks every hash
+    (:func:`import_events`).
+    """
+    own = [_wire(e) for e in events(store, case_id=case_id)]
+    held = [_wire(e) for e in foreign_events(store, case_id=case_id)]
+    return sorted(own + held, key=lambda e: (e["at"], e["node"], e["seq"]))
+
+
+def _check_shape(e: Any, i: int) -> str | None:
+    if not isinstance(e, dict):
+        return f"events[{i}] is a {type(e).__name__}, not an object"
+    missing = [k for k in (*FIELDS, "hash") if k not in e]
+    if missing:
+        return f"events[{i}] lacks {', '.join(missing)}"
+    if not isinstance(e["seq"], int) or isinstance(e["seq"], bool) or e["seq"] < 1:
+        return f"events[{i}].seq = {e['seq']!r} is not a positive integer"
+    if not isinstance(e["at"], int | float) or isinstance(e["at"], bool):
+        return f"events[{i}].at = {e['at']!r} is not a time"
+    for k in ("node", "kind", "actor", "role", "object", "prev_hash", "hash"):
+        if not isinstance(e[k], str) or not e[k]:
+            return f"events[{i}].{k} = {e[k]!r} is not a non-empty string"
+    if e["case_id"] is not None and not isinstance(e["case_id"], str):
+        return f"events[{i}].case_id = {e['case_id']!r} is not a string"
+    if not isinstance(e["detail"], dict | str):
+        return f"events[{i}].detail is a {type(e['detail']).__name__}, not an object"
+    return None
+
+
+def _name(e: dict[str, Any]) -> str:
+    return f"{e.get('node')}#{e.get('seq')}"
+
+
+def _describe(e: dict[str, Any]) -> str:
+    case = e.get("case_id")
+    return (f"kind={e.get('kind')}, actor={e.get('actor')}"
+            + (f", case={case}" if case else ""))
+
+
+def import_events(store: Any, events_in: list[dict[str, Any]], *, via: str,
+                  now: float | None = None) -> int:
+    """Keep other nodes' events (from a bundle or report manifest); returns how many were new.
+
+    Idempotent: an event already held (same node, seq and hash) or one of this
+    node's own (its hash is in the local chain) is skipped.  Every event is
+    checked first and the batch is all or nothing: an event whose content
+    does not hash to its ``hash`` raises :class:`TamperedEvent`, one that
+    claims a held (node, seq) with another hash :class:`ConflictingEvent`,
+    a malformed one :class:`MalformedEvent`; each names the events.
+    """
+    _ensure_tables(store)
+    now = time.time() if now is None else now
+    bad_shape = [(i, msg) for i, e in enumerate(events_in)
+                 if (msg := _check_shape(e, i)) is not None]
+    if bad_shape:
+        raise MalformedEvent(f"{len(bad_shape)} audit event(s) from {via} are malformed: "
+                             + "; ".join(m for _, m in bad_shape[:5]),
+                             [f"events[{i}]" for i, _ in bad_shape])
+    tampered = []
+    for e in events_in:
+        got = event_hash(e)
+        if got != e["hash"]:
+            tampered.append((e, got))
+    if tampered:
+        raise TamperedEvent(
+            f"{len(tampered)} audit event(s) from {via} were changed: " + "; ".join(
+                f"event {_name(e)} ({_describe(e)}) has hash {e['hash'][:16]}… but its "
+                f"content hashes to {got[:16]}…" for e, got in tampered[:5]),
+            [_name(e) for e, _ in tampered])
+    fresh: dict[tuple[str, int], dict[str, Any]] = {}
+    conflicts = []
+    for e in events_in:
+        if store.query_one("SELECT 1 AS x FROM audit WHERE hash = ?", (e["hash"],)):
+            continue  # one of our own events, come back with the case's history
+        held = store.query_one("SELECT hash FROM audit_foreign WHERE node = ? AND seq = ?",
+                               (e["node"], e["seq"]))
+        other = fresh.get((e["node"], e["seq"]))
+        theirs = held["hash"] if held else other["hash"] if other else None
+        if theirs is not None and theirs != e["hash"]:
+            conflicts.append((e, theirs))
+        elif theirs is None:
+            fresh[(e["node"], e["seq"])] = e
+    if conflicts:
+        raise ConflictingEvent(
+            f"{len(conflicts)} audit event(s) from {via} contradict events held: " + "; ".join(
+                f"event {_name(e)} ({_describe(e)}) has hash {e['hash'][:16]}… but "
+                f"{_name(e)} is already held with hash {h[:16]}… (one of them is forged, or "
+                f"{e['node']} rewrote its chain)" for e, h in conflicts[:5]),
+            [_name(e) for e, _ in conflicts])
+    with store.atomic() as con:
+        n = 0
+        for e in fresh.values():
+            n += con.execute(
+                "INSERT OR IGNORE INTO audit_foreign(node, seq, at, kind, actor, role, object, "
+                "case_id, detail, prev_hash, hash, via, imported_at) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (e["node"], e["seq"], e["at"], e["kind"], e["actor"], e["role"], e["object"],
+                 e["case_id"], _detail_text(e["detail"]), e["prev_hash"], e["hash"], via,
+                 now)).rowcount
+    return n
+
+
+def case_history(store: Any, case_id: str | None = None, *,
+                 kind: str | None = None) -> list[dict[str, Any]]:
+    """A case's events on every node whose events this node holds, ordered by time.
+
+    Each event carries its ``node``, ``origin`` (``local`` or ``foreign``) and,
+    for foreign ones, ``via`` (who handed it over).  ``case_id=None``: all events.
+    """
+    out = []
+    for e in events(store, case_id=case_id, kind=kind):
+        e["origin"] = "local"
+        out.append(e)
+    for e in foreign_events(store, case_id=case_id, kind=kind):
+        e["origin"] = "foreign"
+        out.append(e)
+    return sorted(out, key=lambda e: (e["at"], e["node"], e["seq"]))
+
+
+# ---------------------------------------------------------------------------
+# Verification
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a ledger.
+
+    ``kind``: edited, inserted, deleted, renumbered, truncated, rewritten,
+    unsigned (events after the signed head), head (the signed head itself is
+    missing or its signature does not verify), foreign (a held foreign event
+    was changed or does not link).  ``seq``: the local event concerned, when one is.
+    """
+
+    kind: str
+    message: str
+    seq: int | None = None
+    node: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "seq": self.seq, "node": self.node, "message": self.message}
+
+
+@dataclass
+class VerifyResult:
+    """What :func:`verify` found; ``ok`` only without problems."""
+
+    problems: list[Problem]
+    n_events: int = 0
+    n_foreign: int = 0
+    last_seq: int | None = None
+    head: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "events": self.n_events, "foreign_events": self.n_foreign,
+                "last_seq": self.last_seq, "head": self.head,
+                "problems": [p.to_dict() for p in self.problems], "notes": list(self.notes)}
+
+
+def _short(h: object) -> str:
+    s = str(h)
+    return s[:16] + "…" if len(s) > 16 else s
+
+
+def _ev(r: dict[str, Any]) -> str:
+    return f"event {r['seq']} ({_describe(r)})"
+
+
+def _ranges(seqs: list[int]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for s in sorted(seqs):
+        if out and s == out[-1][1] + 1:
+            out[-1] = (out[-1][0], s)
+        else:
+            out.append((s, s))
+    return out
+
+
+def _span(a: int, b: int) -> str:
+    return f"event {a}" if a == b else f"events {a}–{b}"
+
+
+# How far a renumbered row is searched for its original seq when its own links
+# cannot tell (rows moved after a deletion).  Only rows that fail their hash pay.
+_MAX_SHIFT = 256
+
+
+def _original_seq(r: dict[str, Any], hint: int | None) -> int | None:
+    """The seq a row was hashed with, when its content is intact but it was renumbered."""
+    candidates = [hint] if hint is not None else []
+    for d in range(1, _MAX_SHIFT + 1):
+        candidates += [r["seq"] + d, r["seq"] - d]
+    for s in candidates:
+        if s is not None and s >= 1 and s != r["seq"] and event_hash({**r, "seq": s}) == r["hash"]:
+            return s
+    return None
+
+
+def _check_chain(rows: list[dict[str, Any]]) -> list[Problem]:
+    problems: list[Problem] = []
+    by_hash = {r["hash"]: r for r in rows}
+    # The position each row was hashed at, followed through prev_hash links.
+    linked_seq: dict[str, int] = {}
+    status: dict[int, str] = {}
+    moved: dict[int, int] = {}  # seq now -> seq hashed with
     for r in rows:
-        r["detail"] = json.loads(r["detail"] or "{}")
-    return list(rows)
+        pos = (1 if r["prev_hash"] == GENESIS else
+               linked_seq[r["prev_hash"]] + 1 if r["prev_hash"] in linked_seq else None)
+        if event_hash(r) == r["hash"]:
+            status[r["seq"]] = "intact"
+            linked_seq[r["hash"]] = r["seq"]
+            continue
+        orig = _original_seq(r, pos)
+        if orig is not None:
+            status[r["seq"]] = "moved"
+            moved[r["seq"]] = orig
+            linked_seq[r["hash"]] = orig
+        else:
+            status[r["seq"]] = "edited"
+            problems.append(Problem(
+                "edited", f"{_ev(r)} was edited: stored hash {_short(r['hash'])} != computed "
+                f"{_short(event_hash(r))}", r["seq"], r["node"]))
+    for i, r in enumerate(rows):
+        prev = rows[i - 1] if i else None
+        prev_seq = prev["seq"] if prev else 0
+        expected = prev["hash"] if prev else GENESIS
+        if r["prev_hash"] == expected:
+            if r["seq"] != prev_seq + 1 and r["seq"] not in moved:
+                problems.append(Problem(
+                    "renumbered", f"{_ev(r)} follows event {prev_seq} in the chain but its seq "
+                    f"jumps from {prev_seq} to {r['seq']}", r["seq"], r["node"]))
+            continue
+        gap = r["seq"] - prev_seq - 1
+        if r["prev_hash"] in by_hash:
+            p = by_hash[r["prev_hash"]]
+            if p["seq"] < prev_seq:
+                for s in rows:
+                    if p["seq"] < s["seq"] < r["seq"]:
+                        problems.append(Problem(
+                            "inserted", f"{_ev(s)} was inserted: event {r['seq']} links past "
+                            f"it to event {p['seq']} (prev_hash {_short(r['prev_hash'])})",
+                            s["seq"], s["node"]))
+            else:
+                problems.append(Problem(
+                    "renumbered", f"{_ev(r)} links to event {p['seq']}, which comes after it: "
+                    "events were reordered", r["seq"], r["node"]))
+        elif prev is None:
+            what = (f"events 1–{r['seq'] - 1} were deleted" if r["seq"] > 1 else
+                    "the events before it were deleted")
+            problems.append(Problem(
+                "deleted", f"{what}: the oldest remaining {_ev(r)} links to "
+                f"{_short(r['prev_hash'])}, not to the start of the chain", r["seq"],
+                r["node"]))
+        elif gap > 0:
+            problems.append(Problem(
+                "deleted", f"{_span(prev_seq + 1, r['seq'] - 1)} "
+                f"{'was' if gap == 1 else 'were'} deleted: seq jumps from {prev_seq} to "
+                f"{r['seq']} and event {r['seq']}'s prev_hash {_short(r['prev_hash'])} is not "
+                "in the chain", prev_seq + 1, r["node"]))
+        elif status.get(prev_seq) == "edited":
+            continue  # the edited row, already named, also had its stored hash changed
+        elif r["seq"] in moved and moved[r["seq"]] > r["seq"]:
+            n = moved[r["seq"]] - r["seq"]
+            problems.append(Problem(
+                "deleted", f"{n} event(s) between event {prev_seq} and {_ev(r)} were deleted "
+                f"and the later events renumbered (it was hashed as event {moved[r['seq']]})",
+                r["seq"], r["node"]))
+        else:
+            problems.append(Problem(
+                "edited", f"{_ev(prev)} was edited and its hash recomputed: event {r['seq']} "
+                f"links to {_short(r['prev_hash'])} but event {prev_seq} now hashes to "
+                f"{_short(prev['hash'])}", prev_seq, prev["node"]))
+    if moved:
+        for a, b in _ranges(list(moved)):
+            d = moved[a] - a
+            problems.append(Problem(
+                "renumbered", f"{_span(a, b)} {'was' if a == b else 'were'} renumbered: "
+                f"{'it was' if a == b else 'each was'} hashed as seq {'+' if d > 0 else '−'}"
+                f"{abs(d)} (content intact)", a, rows[0]["node"]))
+    return sorted(problems, key=lambda p: (p.seq or 0, p.kind))
+
+
+def _check_head(rows: list[dict[str, Any]], head: dict[str, Any] | None,
+                public_key: Ed25519PublicKey | None, require_head: bool,
+                result: VerifyResult) -> None:
+    problems = result.problems
+    last = rows[-1] if rows else None
+    if head is None:
+        if last is not None:
+            msg = (f"no signed head: deletion of the newest events cannot be ruled out "
+                   f"(chain ends at event {last['seq']}; the audit_head row is missing or "
+                   "the node never signed one: ledger.set_signer)")
+            if require_head:
+                problems.append(Problem("head", msg))
+            else:
+                result.notes.append(msg)
+        return
+    body = head_body(head["node"], head["seq"], head["hash"], head["at"])
+    if public_key is None:
+        result.notes.append(f"signed head (seq {head['seq']}) not checked against a trusted "
+                            f"key: it claims key {_short(head['key'])}")
+    elif not verify_signature(public_key, canonical_json(body), head["signature"]):
+        problems.append(Problem(
+            "head", f"the signed head (seq {head['seq']}, hash {_short(head['hash'])}) does "
+            f"not verify with node key {_short(fingerprint(public_key))}: it was forged or "
+            "altered", head["seq"], head["node"]))
+        return
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(head["at"]))
+    if last is None or head["seq"] > last["seq"]:
+        start = last["seq"] + 1 if last else 1
+        problems.append(Problem(
+            "truncated", f"{_span(start, head['seq'])} "
+            f"{'was' if start == head['seq'] else 'were'} deleted from the end of the chain: "
+            f"the signed head names event {head['seq']} (hash {_short(head['hash'])}, at "
+            f"{when}) but the newest event is "
+            f"{last['seq'] if last else 'none (the chain is empty)'}", start, head["node"]))
+        return
+    at_head = next((r for r in rows if r["seq"] == head["seq"]), None)
+    if at_head is None or at_head["hash"] != head["hash"]:
+        problems.append(Problem(
+            "rewritten", f"the chain was rewritten: the signed head says event {head['seq']} "
+            f"has hash {_short(head['hash'])}, the chain has "
+            f"{_short(at_head['hash']) if at_head else 'no such event'}", head["seq"],
+            head["node"]))
+    if last["seq"] > head["seq"]:
+        problems.append(Problem(
+            "unsigned", f"{_span(head['seq'] + 1, last['seq'])} "
+            f"{'was' if head['seq'] + 1 == last['seq'] else 'were'} appended after the signed "
+            f"head (event {head['seq']}) without the node key: forged, or written by a "
+            "process that did not call ledger.set_signer", head["seq"] + 1, head["node"]))
+
+
+def _check_foreign(rows: list[dict[str, Any]], problems: list[Problem]) -> None:
+    by_pos = {(r["node"], r["seq"]): r for r in rows}
+    for r in rows:
+        got = event_hash(r)
+        if got != r["hash"]:
+            problems.append(Problem(
+                "foreign", f"foreign event {_name(r)} ({_describe(r)}, via {r['via']}) was "
+                f"edited here: stored hash {_short(r['hash'])} != computed {_short(got)}",
+                None, r["node"]))
+        before = by_pos.get((r["node"], r["seq"] - 1))
+        if before is not None and r["prev_hash"] != before["hash"]:
+            problems.append(Problem(
+                "foreign", f"foreign event {_name(r)} ({_describe(r)}) does not link to "
+                f"{_name(before)}: prev_hash {_short(r['prev_hash'])} != "
+                f"{_short(before['hash'])}", None, r["node"]))
+
+
+def verify(store: Any, *, public_key: Ed25519PublicKey | None = None,
+           require_head: bool | None = None) -> VerifyResult:
+    """Walk the chain and name every problem: edited, inserted, deleted, truncated events.
+
+    ``public_key``: the node's own key, to check the signed head with; without
+    it the key registered by :func:`set_signer` is used, else the head's
+    signature is left unchecked (a note says so).  ``require_head``: a chain
+    with events but no signed head is a problem (default: when a key is known),
+    since nothing then rules out deleted newest events.  Foreign events held
+    are checked against their own hashes and against each other where a
+    node's consecutive events are both held.
+    """
+    _ensure_tables(store)
+    signer = _signer_of(store)
+    if public_key is None and signer is not None:
+        public_key = signer.key.public_key()
+    if require_head is None:
+        require_head = public_key is not None
+    rows = store.query("SELECT * FROM audit ORDER BY seq")
+    head = store.query_one("SELECT node, seq, hash, at, key, signature FROM audit_head "
+                           "WHERE id = 1")
+    foreign = store.query("SELECT * FROM audit_foreign ORDER BY node, seq")
+    result = VerifyResult(_check_chain(rows), n_events=len(rows), n_foreign=len(foreign),
+                          last_seq=rows[-1]["seq"] if rows else None, head=head)
+    _check_head(rows, head, public_key, require_head, result)
+    _check_foreign(foreign, result.problems)
+    return result
