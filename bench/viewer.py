@@ -309,9 +309,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             fh.write(f'\n[[remote_aes]]\nae_title = "STORESCP"\nhost = "127.0.0.1"\n'
                      f"port = {scp_port}\n")
         node.enable_web()
+        # Orthanc answers C-FIND/C-MOVE only from modalities it knows.
         orthanc = OrthancProcess(work / "orthanc",
-                                 modalities={"STORESCP": ["STORESCP", "127.0.0.1", scp_port]},
-                                 extra={"LimitFindResults": 0, "LimitFindInstances": 0})
+                                 modalities={"STORESCP": ["STORESCP", "127.0.0.1", scp_port],
+                                             "BENCH": ["BENCH", "127.0.0.1", scp_port]},
+                                 extra={"LimitFindResults": 0, "LimitFindInstances": 0,
+                                        "DicomAlwaysAllowFind": True,
+                                        "DicomAlwaysAllowMove": True})
         scp = _storescp(work / "scp-out", scp_port)
         try:
             with node, orthanc:
@@ -435,6 +439,10 @@ def _rows(r: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append({"measure": "C-MOVE CT series (s)", "fenji": None,
                      "orthanc": d["orthanc_cmove"]["median_s"], "ratio": None,
                      "target": "skipped: fenji Q/R not supported"})
+    rows.append({"measure": "C-FIND matches / C-MOVE files received",
+                 "fenji": (f"{d['fenji_cfind']['matches']} / {d['fenji_cmove']['files']}"
+                           if "fenji_cfind" in d else None),
+                 "orthanc": f"{d['orthanc_cfind']['matches']} / {d['orthanc_cmove']['files']}"})
     if "same_result" in q:
         rows.append({"measure": "QIDO same studies found", "fenji": q["same_result"],
                      "orthanc": len(q["queries"])})
