@@ -93,7 +93,7 @@ KINDS: dict[str, str] = {
     "acknowledged": "the requesting physician acknowledged a report",
 }
 
-# The extra tables are created IF NOT EXISTS so that :func:`_ensure_tables`
+# The extra tables are created IF NOT EXISTS so that :func:`ensure_tables`
 # can add them to a store migrated before they existed (migration 5 is unreleased).
 _EXTRA_SQL = """
 CREATE TABLE IF NOT EXISTS audit_head (
@@ -214,7 +214,7 @@ def set_signer(store: Any, node: str, key: Ed25519PrivateKey | None) -> None:
     if key is None:
         _signers.pop(store, None)
         return
-    _ensure_tables(store)
+    ensure_tables(store)
     _signers[store] = _Signer(node, key, fingerprint(key.public_key()))
 
 
@@ -225,8 +225,8 @@ def _signer_of(store: Any) -> _Signer | None:
         return None
 
 
-def _ensure_tables(store: Any) -> None:
-    """Add the head and foreign tables to a store migrated before they existed."""
+def ensure_tables(store: Any) -> None:
+    """Add the head and foreign tables to a store migrated before they existed (idempotent)."""
     try:
         if store in _ready:
             return
@@ -335,7 +335,7 @@ def _wire(e: dict[str, Any]) -> dict[str, Any]:
 def foreign_events(store: Any, *, case_id: str | None = None,
                    kind: str | None = None) -> list[dict[str, Any]]:
     """Other nodes' events held here, by node and seq, each with ``via`` and ``imported_at``."""
-    _ensure_tables(store)
+    ensure_tables(store)
     sql, args, where = "SELECT * FROM audit_foreign", [], []
     if case_id is not None:
         where.append("case_id = ?")
@@ -401,7 +401,7 @@ def import_events(store: Any, events_in: list[dict[str, Any]], *, via: str,
     claims a held (node, seq) with another hash :class:`ConflictingEvent`,
     a malformed one :class:`MalformedEvent`; each names the events.
     """
-    _ensure_tables(store)
+    ensure_tables(store)
     now = time.time() if now is None else now
     bad_shape = [(i, msg) for i, e in enumerate(events_in)
                  if (msg := _check_shape(e, i)) is not None]
@@ -542,11 +542,17 @@ def _span(a: int, b: int) -> str:
 _MAX_SHIFT = 256
 
 
-def _original_seq(r: dict[str, Any], hint: int | None) -> int | None:
+# After this many rows searched in vain, only their links are tried (a store
+# edited wholesale must not take minutes to verify).
+_MAX_SEARCHES = 32
+
+
+def _original_seq(r: dict[str, Any], hint: int | None, search: bool) -> int | None:
     """The seq a row was hashed with, when its content is intact but it was renumbered."""
     candidates = [hint] if hint is not None else []
-    for d in range(1, _MAX_SHIFT + 1):
-        candidates += [r["seq"] + d, r["seq"] - d]
+    if search:
+        for d in range(1, _MAX_SHIFT + 1):
+            candidates += [r["seq"] + d, r["seq"] - d]
     for s in candidates:
         if s is not None and s >= 1 and s != r["seq"] and event_hash({**r, "seq": s}) == r["hash"]:
             return s
@@ -560,6 +566,7 @@ def _check_chain(rows: list[dict[str, Any]]) -> list[Problem]:
     linked_seq: dict[str, int] = {}
     status: dict[int, str] = {}
     moved: dict[int, int] = {}  # seq now -> seq hashed with
+    searches = 0
     for r in rows:
         pos = (1 if r["prev_hash"] == GENESIS else
                linked_seq[r["prev_hash"]] + 1 if r["prev_hash"] in linked_seq else None)
@@ -567,7 +574,9 @@ def _check_chain(rows: list[dict[str, Any]]) -> list[Problem]:
             status[r["seq"]] = "intact"
             linked_seq[r["hash"]] = r["seq"]
             continue
-        orig = _original_seq(r, pos)
+        orig = _original_seq(r, pos, searches < _MAX_SEARCHES)
+        if orig is None and pos is None:
+            searches += 1
         if orig is not None:
             status[r["seq"]] = "moved"
             moved[r["seq"]] = orig
@@ -716,7 +725,7 @@ def verify(store: Any, *, public_key: Ed25519PublicKey | None = None,
     are checked against their own hashes and against each other where a
     node's consecutive events are both held.
     """
-    _ensure_tables(store)
+    ensure_tables(store)
     signer = _signer_of(store)
     if public_key is None and signer is not None:
         public_key = signer.key.public_key()
