@@ -287,7 +287,8 @@ def record(store: Any, kind: str, *, node: str, actor: str, role: str, obj: str,
     if not actor or not role or not node:
         raise LedgerError(f"audit event {kind!r} needs node, actor and role "
                           f"(got node={node!r} actor={actor!r} role={role!r})")
-    event: dict[str, Any] = {"node": node, "at": time.time() if at is None else at,
+    # float: the column is REAL, and an int would hash as "5" but read back as 5.0.
+    event: dict[str, Any] = {"node": node, "at": time.time() if at is None else float(at),
                              "kind": kind, "actor": actor, "role": role, "object": obj,
                              "case_id": case_id, "detail": dict(detail or {})}
     signer = _signer_of(store)
@@ -731,9 +732,14 @@ def verify(store: Any, *, public_key: Ed25519PublicKey | None = None,
         public_key = signer.key.public_key()
     if require_head is None:
         require_head = public_key is not None
-    rows = store.query("SELECT * FROM audit ORDER BY seq")
-    head = store.query_one("SELECT node, seq, hash, at, key, signature FROM audit_head "
-                           "WHERE id = 1")
+    # The node may append while we read: the head read before and after the
+    # chain must agree, or the chain and the head are from different moments.
+    head_sql = "SELECT node, seq, hash, at, key, signature FROM audit_head WHERE id = 1"
+    for _ in range(50):
+        head = store.query_one(head_sql)
+        rows = store.query("SELECT * FROM audit ORDER BY seq")
+        if store.query_one(head_sql) == head:
+            break
     foreign = store.query("SELECT * FROM audit_foreign ORDER BY node, seq")
     result = VerifyResult(_check_chain(rows), n_events=len(rows), n_foreign=len(foreign),
                           last_seq=rows[-1]["seq"] if rows else None, head=head)

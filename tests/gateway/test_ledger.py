@@ -187,6 +187,8 @@ def test_forged_head_is_named(signed: Path) -> None:
 def test_unsigned_store_is_ok_with_a_note(tmp_path: Path) -> None:
     store = Store(tmp_path / "s")
     _fill(store, 3)
+    ledger.record(store, "opened", node="edge", actor="dr.ma", role="physician", obj="y",
+                  at=1_790_000_000)  # an int time reads back as REAL: still verifies
     res = ledger.verify(store)
     assert res.ok and res.notes and "no signed head" in res.notes[0]
     # Once a key is registered the head covers everything before it.
@@ -315,3 +317,60 @@ def test_audit_cli_ls_and_verify_exit_codes(tmp_path: Path) -> None:
     doc = json.loads(vj.stdout)
     assert doc["ok"] is False and [p["kind"] for p in doc["problems"]] == ["edited",
                                                                           "truncated"]
+
+
+def test_deleted_oldest_events_are_named(signed: Path) -> None:
+    _tamper(signed, ("DELETE FROM audit WHERE seq <= 2", ()))
+    res = _verify(signed)
+    assert _kinds(res) == [("deleted", 3)]
+    assert res.problems[0].message.startswith("events 1–2 were deleted: the oldest remaining "
+                                              "event 3 (kind=released")
+
+
+def test_rehashed_tail_is_named_by_the_signed_head(signed: Path) -> None:
+    """An intruder edits event 8 and recomputes every hash after it: only the head can tell."""
+    store = Store(signed)
+    rows = store.query("SELECT * FROM audit WHERE seq >= 7 ORDER BY seq")
+    store.close()
+    updates = []
+    prev = rows[0]["hash"]
+    for r in rows[1:]:
+        if r["seq"] == 8:
+            r["actor"] = "mallory"
+        r["prev_hash"] = prev
+        r["hash"] = prev = ledger.event_hash(r)
+        updates.append(("UPDATE audit SET actor = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+                        (r["actor"], r["prev_hash"], r["hash"], r["seq"])))
+    _tamper(signed, *updates)
+    res = _verify(signed)
+    assert _kinds(res) == [("rewritten", 10)]
+    assert res.problems[0].message.startswith("the chain was rewritten: the signed head says "
+                                              "event 10 has hash ")
+
+
+def test_verify_while_the_node_appends(tmp_path: Path) -> None:
+    """A verify racing appends sees a chain and head of the same moment: no false truncation."""
+    import threading
+
+    store = Store(tmp_path / "s")
+    ledger.set_signer(store, "edge", KEY)
+    done = threading.Event()
+
+    def append() -> None:
+        try:
+            for i in range(300):
+                ledger.record(store, "opened", node="edge", actor="dr.wang", role="reader",
+                              obj=f"study-{i}", case_id="c1")
+        finally:
+            done.set()
+
+    t = threading.Thread(target=append)
+    t.start()
+    results = []
+    while not done.is_set() or not results:
+        results.append(ledger.verify(store, public_key=KEY.public_key()))
+    t.join(timeout=60)
+    assert all(r.ok for r in results), [r.problems for r in results if not r.ok][:1]
+    final = ledger.verify(store, public_key=KEY.public_key())
+    assert final.ok and final.n_events == 300
+    store.close()
