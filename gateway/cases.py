@@ -128,10 +128,10 @@ def record_received(store: Store, manifest: dict[str, Any], node_name: str,
                               detail={"instances": len(instances or []), "state": state,
                                       "priority": case.get("priority")}, con=con, at=now)
         foreign = case.get("audit")
-        if isinstance(foreign, list) and foreign and hasattr(ledger, "import_events"):
+        if isinstance(foreign, list) and foreign and state == "received":
             try:
                 ledger.import_events(store, foreign, via=str(case.get("sender")))
-            except Exception as exc:  # noqa: BLE001 - history is best effort, logged
+            except ledger.ForeignEventError as exc:  # history is best effort, logged
                 log.warning("case %s: audit events not imported: %s", case["case_id"], exc)
     att = case.get("attestation")
     if isinstance(att, dict) and state != "preview":
@@ -263,8 +263,7 @@ def _actor(operator: str, released_by: str) -> tuple[str, str]:
 
 def _audit_of(store: Store, case_id: str) -> list[dict[str, Any]]:
     """This node's ledger events for a case, to travel in the bundle's manifest."""
-    export = getattr(ledger, "export_case", None)
-    return list(export(store, case_id)) if export else ledger.events(store, case_id=case_id)
+    return list(ledger.export_case(store, case_id))
 
 
 def _note_release(store: Store, case_id: str, bundle: Path, node: str, actor: str, role: str,

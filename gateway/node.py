@@ -62,6 +62,12 @@ def open_store(cfg: Config) -> Store:
     store = Store(cfg.store_dir, min_free_bytes=cfg.store.min_free_bytes,
                   quarantine=cfg.store.quarantine)
     store.audit_node = cfg.node.name  # stored instances are ledger events
+    key = cfg.resolve(cfg.keys.private_key)
+    if key.exists():  # the ledger's head is signed with the node key (truncation shows)
+        from fenji.gateway import ledger
+        from fenji.gateway.keys import load_private
+
+        ledger.set_signer(store, cfg.node.name, load_private(key))
     return store
 
 

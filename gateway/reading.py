@@ -409,10 +409,7 @@ def _queue_report(store: Store, cfg: Config, case: dict[str, Any], report_id: st
         log.error("report %s cannot go back: no route from %s to %s (configure [[peers]] or "
                   "transfer.default_destination)", report_id, cfg.node.name, dest)
         return
-    try:
-        audit = ledger.export_case(store, case["case_id"])  # type: ignore[attr-defined]
-    except AttributeError:
-        audit = ledger.events(store, case_id=case["case_id"])
+    audit = ledger.export_case(store, case["case_id"])
     meta = {"case_id": case["case_id"], "bundle_id": bundle_id, "bundle_kind": "report",
             "kind": "report", "study_instance_uid": case["study_instance_uid"],
             "priority": cfg.reports.return_priority, "service": case["service"],
@@ -518,10 +515,10 @@ def report_arrived(store: Store, cfg: Config, manifest: dict[str, Any], uids: li
                           detail={"impression": str(doc.get("impression", ""))[:200]},
                           con=con, at=now)
     foreign = meta.get("audit")
-    if isinstance(foreign, list) and hasattr(ledger, "import_events"):
+    if isinstance(foreign, list):
         try:
-            ledger.import_events(store, foreign, via=str(meta.get("sender")))  # type: ignore[attr-defined]
-        except Exception as exc:  # noqa: BLE001 - history is kept best effort, logged
+            ledger.import_events(store, foreign, via=str(meta.get("sender")))
+        except ledger.ForeignEventError as exc:  # history is kept best effort, logged
             log.warning("report %s: audit events not imported: %s", rid, exc)
     if verified:
         log.info("report arrived case=%s report=%s version=%s reader=%s verified=yes", case_id,
