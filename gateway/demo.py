@@ -184,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     center.add_user("dr.wang", "reader", services=("imaging", "ecg"),
                     display_name="王医生 (Dr. Wang), attending radiologist")
     center.enable_web()
+    with open(center.config, "a", encoding="utf-8") as fh:  # the fee schedule (yuan)
+        fh.write('\n[[services]]\nname = "imaging"\nprice = 80.0\ninviting_share = 0.2\n'
+                 '\n[[services]]\nname = "ecg"\nprice = 30.0\ninviting_share = 0.2\n')
     links: list[Link] = []
     nodes = [center, relay, edge]
     try:
@@ -312,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
         li = _cli(edge, "liability", stat_case)
         print("[7/8] fenji liability (edge):\n" + "\n".join(
             "      " + ln for ln in (li.stdout or li.stderr).strip().splitlines()), flush=True)
+        fees = _cli(center, "ledger", "fees", "--month", time.strftime("%Y-%m", time.gmtime()))
+        print("      fenji ledger fees (center):\n" + "\n".join(
+            "      " + ln for ln in (fees.stdout or fees.stderr).strip().splitlines()),
+            flush=True)
         receipts = edge.cli("case", "ls", "--json").stdout.splitlines()
         on_wire = sum(int(json.loads(ln).get("bytes_total", 0)) for ln in
                       _cli(edge, "queue", "ls", "--json").stdout.splitlines() if ln.strip())
