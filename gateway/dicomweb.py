@@ -815,12 +815,10 @@ def _qido_find(store: Store, level: str, keys: dict[str, str], include: set[str]
     from fenji.gateway import qr
 
     ask = dict(keys)
-    # Return keys are asked for the C-FIND way: present with an empty value.
+    # Extra return keys are asked for the C-FIND way: present with an empty
+    # value.  The level's defaults are whatever qr returns, filtered afterwards.
     for k in (include or ()):
         ask.setdefault(k, "")
-    if include is None:
-        for k in DEFAULT_FIELDS[level]:
-            ask.setdefault(k, "")
     find = qr.find  # type: ignore[attr-defined]
     return list(find(store, level, ask, limit=limit, offset=offset, fuzzy=fuzzy))
 
