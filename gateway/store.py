@@ -262,6 +262,8 @@ class InstanceInfo:
     modality: str | None = None
     series_number: int | None = None
     series_description: str | None = None
+    referring_physician: str | None = None
+    study_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -509,11 +511,13 @@ class Store:
                 (i.patient_id, i.patient_name, i.birth_date, i.sex))
         con.execute(
             "INSERT INTO studies(study_instance_uid, patient_id, study_date, study_time, "
-            "accession_number, study_description, first_received_at, last_received_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(study_instance_uid) "
+            "accession_number, study_description, first_received_at, last_received_at, "
+            "referring_physician, study_id, patient_name, birth_date, sex) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(study_instance_uid) "
             "DO UPDATE SET last_received_at = excluded.last_received_at",
             (i.study_instance_uid, i.patient_id, i.study_date, i.study_time,
-             i.accession_number, i.study_description, now, now))
+             i.accession_number, i.study_description, now, now, i.referring_physician,
+             i.study_id, i.patient_name, i.birth_date, i.sex))
         con.execute(
             "INSERT INTO series(series_instance_uid, study_instance_uid, modality, "
             "series_number, series_description) VALUES (?, ?, ?, ?, ?) "

@@ -89,7 +89,8 @@ _WANTED = {
     0x00081030: "StudyDescription", 0x00200011: "SeriesNumber", 0x0008103E: "SeriesDescription",
     0x00200013: "InstanceNumber", 0x00280010: "Rows", 0x00280011: "Columns",
     0x00280008: "NumberOfFrames", 0x00280100: "BitsAllocated", 0x00280002: "SamplesPerPixel",
-    0x00280004: "PhotometricInterpretation",
+    0x00280004: "PhotometricInterpretation", 0x00080090: "ReferringPhysicianName",
+    0x00200010: "StudyID",
 }
 _US_TAGS = {0x00280010, 0x00280011, 0x00280100, 0x00280002}
 
@@ -256,7 +257,10 @@ class _Walker:
         if tag in _US_TAGS and (vr in (b"US", b"") and len(raw) == 2):
             self.values[name] = self.h_u16.unpack_from(raw, 0)[0]
             return
-        text = bytes(raw).decode("latin-1").rstrip("\x00 ")
+        try:  # ISO_IR 192 names (Chinese) are UTF-8; anything else is kept byte for byte
+            text = bytes(raw).decode("utf-8").rstrip("\x00 ")
+        except UnicodeDecodeError:
+            text = bytes(raw).decode("latin-1").rstrip("\x00 ")
         if name in ("InstanceNumber", "SeriesNumber", "NumberOfFrames"):
             try:
                 self.values[name] = int(text.split("\\")[0]) if text else None
@@ -452,7 +456,8 @@ def _info(values: dict[str, Any], ts: str, dataset_sha256: str) -> InstanceInfo:
         birth_date=s("PatientBirthDate"), sex=s("PatientSex"), study_date=s("StudyDate"),
         study_time=s("StudyTime"), accession_number=s("AccessionNumber"),
         study_description=s("StudyDescription"), modality=s("Modality"),
-        series_number=values.get("SeriesNumber"), series_description=s("SeriesDescription"))
+        series_number=values.get("SeriesNumber"), series_description=s("SeriesDescription"),
+        referring_physician=s("ReferringPhysicianName"), study_id=s("StudyID"))
 
 
 def _meta_element(tag: int, vr: bytes, value: bytes) -> bytes:
