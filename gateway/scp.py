@@ -146,14 +146,20 @@ class DicomService:
             ae.require_calling_aet = list(d.allow_ae)
         ts = list(ACCEPTED_TRANSFER_SYNTAXES)
         seen = set()
+        # Storage classes accept the SCP/SCU role swap a C-GET requestor proposes
+        # (it receives the instances on the same association).
         for cx in AllStoragePresentationContexts:
             uid = str(cx.abstract_syntax)
             seen.add(uid)
-            ae.add_supported_context(uid, ts)
+            ae.add_supported_context(uid, ts, scu_role=True, scp_role=True)
         for uid in EXTRA_STORAGE_CLASSES:
             if uid not in seen:
-                ae.add_supported_context(uid, ts)
+                ae.add_supported_context(uid, ts, scu_role=True, scp_role=True)
         ae.add_supported_context(Verification, ts)
+        from fenji.gateway.qr_scp import QR_CLASSES
+
+        for uid in QR_CLASSES:  # C-FIND / C-MOVE / C-GET, patient and study root
+            ae.add_supported_context(uid, ts)
         self.ae = ae
         if d.poll_interval_s < 0.001:
             install_fast_poll(d.poll_interval_s)
@@ -163,6 +169,9 @@ class DicomService:
         handlers: list[Any] = [
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_FIND, self._on_find),
+            (evt.EVT_C_MOVE, self._on_move),
+            (evt.EVT_C_GET, self._on_get),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_RELEASED, self._on_closed, ["released"]),
             (evt.EVT_ABORTED, self._on_closed, ["aborted"]),
@@ -252,6 +261,25 @@ class DicomService:
 
     def _on_echo(self, event: Any) -> int:
         return st.SUCCESS
+
+    def _qr_who(self, event: Any) -> tuple[str, str]:
+        s = self._stats_for(event)
+        return s.calling, s.peer
+
+    def _on_find(self, event: Any) -> Any:
+        from fenji.gateway.qr_scp import handle_find
+
+        yield from handle_find(self.store, self.cfg, event, *self._qr_who(event))
+
+    def _on_move(self, event: Any) -> Any:
+        from fenji.gateway.qr_scp import handle_move
+
+        yield from handle_move(self.store, self.cfg, event, *self._qr_who(event))
+
+    def _on_get(self, event: Any) -> Any:
+        from fenji.gateway.qr_scp import handle_get
+
+        yield from handle_get(self.store, self.cfg, event, *self._qr_who(event))
 
     def _on_store(self, event: Any) -> Any:
         s = self._stats_for(event)
