@@ -177,7 +177,8 @@ def _pct(xs: list[float], p: float) -> float:
 
 def qido(session: requests.Session, base: str, qs: list[dict[str, str]],
          headers: dict[str, str]) -> tuple[list[float], list[set[str]]]:
-    lat, found = [], []
+    lat: list[float] = []
+    found: list[set[str]] = []
     for q in qs:
         t0 = time.perf_counter()
         r = session.get(base + "/studies", params=q, headers=headers, timeout=120)
