@@ -81,6 +81,24 @@ def install_fast_poll(poll_s: float) -> None:
     pynetdicom.dul.time = proxy  # type: ignore[assignment]
 
 
+def install_nodelay() -> None:
+    """TCP_NODELAY on the associations pynetdicom opens (C-MOVE sub-associations,
+    egress): with Nagle on, every C-STORE waits ~40 ms for the peer's delayed ACK."""
+    from pynetdicom.transport import AssociationSocket
+
+    if getattr(AssociationSocket, "_fenji_nodelay", False):
+        return
+    original = AssociationSocket._create_socket
+
+    def create(self: Any, address: Any) -> socket.socket:
+        sock = original(self, address)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    AssociationSocket._create_socket = create  # type: ignore[method-assign]
+    AssociationSocket._fenji_nodelay = True  # type: ignore[attr-defined]
+
+
 class _Server(ThreadedAssociationServer):
     """pynetdicom's server with fenji's socket options and address allow-list."""
 
@@ -163,6 +181,7 @@ class DicomService:
         self.ae = ae
         if d.poll_interval_s < 0.001:
             install_fast_poll(d.poll_interval_s)
+        install_nodelay()
 
     # -- lifecycle ------------------------------------------------------
     def start(self) -> tuple[str, int]:

@@ -96,7 +96,10 @@ def _dimse(cfg: Config, target: EgressSection, blobs: list[tuple[str, bytes]]) -
     from pydicom import dcmread
     from pynetdicom import AE
 
+    from fenji.gateway.scp import install_nodelay
     from fenji.gateway.validate import split_part10
+
+    install_nodelay()
 
     ae = AE(ae_title=cfg.dicom.ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
