@@ -34,6 +34,8 @@ venv: $(VENV)/.deps-stamp
 # every run to pick up new modules (no dependency resolution: seconds).
 install: venv
 	$(VPY) -m pip install --quiet --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
+	@# Compile the Numba kernels into their cache now, not in a node's first case.
+	$(VPY) -m fenji.gateway.warmup
 
 debs:
 	@missing=0; for p in $(DEB_PROBES); do [ -e $$p ] || missing=1; done; \
