@@ -26,16 +26,25 @@ if TYPE_CHECKING:
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 
 # Migration 6 of gateway/store.py: what the query levels need beyond migration 1.
+# Patient attributes are kept per study as each study recorded them (the same
+# patient ID may carry another name in another study); rows indexed before this
+# migration take them from the patients table, so study-level matching is on
+# indexed studies columns only.
 MIGRATION_SQL = """
 ALTER TABLE studies ADD COLUMN referring_physician TEXT;
 ALTER TABLE studies ADD COLUMN study_id TEXT;
 ALTER TABLE studies ADD COLUMN patient_name TEXT;
 ALTER TABLE studies ADD COLUMN birth_date TEXT;
 ALTER TABLE studies ADD COLUMN sex TEXT;
+UPDATE studies SET
+    patient_name = (SELECT p.patient_name FROM patients p WHERE p.patient_id = studies.patient_id),
+    birth_date = (SELECT p.birth_date FROM patients p WHERE p.patient_id = studies.patient_id),
+    sex = (SELECT p.sex FROM patients p WHERE p.patient_id = studies.patient_id);
 CREATE INDEX studies_patient_name ON studies(patient_name);
 CREATE INDEX studies_patient ON studies(patient_id);
 CREATE INDEX studies_date ON studies(study_date);
 CREATE INDEX studies_accession ON studies(accession_number);
+CREATE INDEX studies_referring ON studies(referring_physician);
 CREATE INDEX patients_name ON patients(patient_name);
 CREATE INDEX series_modality ON series(modality)
 """
@@ -67,17 +76,16 @@ COLUMNS: dict[str, tuple[str, str, str]] = {
     "InstanceNumber": ("IMAGE", "i.instance_number", "IS"),
 }
 _RANK = {lvl: n for n, lvl in enumerate(LEVELS)}
-_UNIQUE = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID",
-           "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}
+# The unique (or, for PATIENT, the identifying) key of each level.
+UNIQUE_KEYS = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID",
+               "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}
 
 _FROM = {
     "PATIENT": "FROM patients p",
-    "STUDY": "FROM studies st LEFT JOIN patients p ON p.patient_id = st.patient_id",
-    "SERIES": "FROM series se JOIN studies st ON st.study_instance_uid = se.study_instance_uid "
-              "LEFT JOIN patients p ON p.patient_id = st.patient_id",
+    "STUDY": "FROM studies st",
+    "SERIES": "FROM series se JOIN studies st ON st.study_instance_uid = se.study_instance_uid",
     "IMAGE": "FROM instances i JOIN series se ON se.series_instance_uid = i.series_instance_uid "
-             "JOIN studies st ON st.study_instance_uid = i.study_instance_uid "
-             "LEFT JOIN patients p ON p.patient_id = st.patient_id",
+             "JOIN studies st ON st.study_instance_uid = i.study_instance_uid",
 }
 # Computed return keys per level.
 _COUNTS = {
@@ -110,10 +118,9 @@ _COUNTS = {
 
 # Patient attributes as each study recorded them (the same patient ID may carry
 # another name in another study); the patients table is the PATIENT level's view.
-_STUDY_PATIENT = {"PatientName": "coalesce(st.patient_name, p.patient_name)",
-                  "PatientBirthDate": "coalesce(st.birth_date, p.birth_date)",
-                  "PatientSex": "coalesce(st.sex, p.sex)",
-                  "PatientID": "coalesce(st.patient_id, p.patient_id)"}
+# Plain columns, not expressions, so that their indexes serve the matching.
+_STUDY_PATIENT = {"PatientName": "st.patient_name", "PatientBirthDate": "st.birth_date",
+                  "PatientSex": "st.sex", "PatientID": "st.patient_id"}
 
 
 def _expr(keyword: str, level: str) -> str:
@@ -124,6 +131,16 @@ def _expr(keyword: str, level: str) -> str:
 
 def _glob_escape(text: str) -> str:
     return re.sub(r"([\[\]])", r"[\1]", text)
+
+
+def _pn_glob(value: str) -> str:
+    """A GLOB pattern for a person name in which ``^`` and a space match each other.
+
+    ``*`` and ``?`` stay wildcards (PS3.4 C.2.2.2.4).  The text before the
+    first separator or wildcard is a constant prefix, so SQLite still ranges
+    over the column's index.
+    """
+    return "".join("[ ^]" if ch in "^ " else f"[{ch}]" if ch in "[]" else ch for ch in value)
 
 
 def _like_escape(text: str) -> str:
@@ -177,13 +194,23 @@ def _match(keyword: str, value: str, fuzzy: bool, where: list[str], args: list[A
         except ValueError:
             raise QueryError(f"{keyword} = {value!r} is not an integer") from None
         return
+    if kind == "PN":
+        # "WANG XIAOMING" and "WANG^XIAOMING" are one name, and "WANG^XIAOMING^^"
+        # as stored (trailing empty components) is too.
+        if "*" in value or "?" in value:
+            where.append(f"{expr} GLOB ?")
+            args.append(_pn_glob(value))
+            return
+        core = value.rstrip("^ ")
+        if not core:
+            return  # only separators: nothing to match on
+        # The first term ranges over the index, the second is the exact test.
+        where.append(f"({expr} GLOB ? AND rtrim({expr}, '^ ') GLOB ?)")
+        args.extend([_pn_glob(core) + "*", _pn_glob(core)])
+        return
     if "*" in value or "?" in value:
         where.append(f"{expr} GLOB ?")
         args.append(_glob_escape(value))
-        return
-    if kind == "PN":  # "WANG^XIAOMING" also matches "WANG^XIAOMING^^" as stored
-        where.append(f"rtrim({expr}, '^ ') = ?")
-        args.append(value.rstrip("^ "))
         return
     where.append(f"{expr} = ?")
     args.append(value)
@@ -242,6 +269,9 @@ def find(store: Store, level: str, keys: dict[str, str], *, root: str = "study",
     return out
 
 
+_SQL_LIST_CHUNK = 500  # bound parameters per IN (...) (SQLite caps them per statement)
+
+
 def instances(store: Store, *, study: str | None = None, series: str | None = None,
               sop: list[str] | None = None) -> list[dict[str, Any]]:
     """Stored instances to retrieve, ordered by series then instance number."""
@@ -252,15 +282,80 @@ def instances(store: Store, *, study: str | None = None, series: str | None = No
     if series:
         where.append("series_instance_uid = ?")
         args.append(series)
-    if sop:
-        where.append(f"sop_instance_uid IN ({', '.join('?' * len(sop))})")
-        args.extend(sop)
-    if not where:
+    if not where and not sop:
         raise QueryError("a retrieve needs a study, series or SOP instance UID")
-    return store.query(
-        "SELECT sop_instance_uid, sop_class_uid, transfer_syntax_uid, sha256, size, "
-        "study_instance_uid, series_instance_uid FROM instances WHERE " + " AND ".join(where)
-        + " ORDER BY series_instance_uid, instance_number, sop_instance_uid", tuple(args))
+    sql = ("SELECT sop_instance_uid, sop_class_uid, transfer_syntax_uid, sha256, size, "
+           "instance_number, study_instance_uid, series_instance_uid FROM instances WHERE ")
+    if not sop:
+        rows = store.query(sql + " AND ".join(where), tuple(args))
+    else:
+        rows = []
+        for n in range(0, len(sop), _SQL_LIST_CHUNK):
+            chunk = sop[n:n + _SQL_LIST_CHUNK]
+            in_list = f"sop_instance_uid IN ({', '.join('?' * len(chunk))})"
+            rows += store.query(sql + " AND ".join([*where, in_list]), (*args, *chunk))
+    rows.sort(key=lambda r: (r["series_instance_uid"], r["instance_number"] is None,
+                             r["instance_number"] or 0, r["sop_instance_uid"]))
+    for r in rows:
+        del r["instance_number"]
+    return rows
+
+
+def _uid_list(value: str | None) -> list[str]:
+    return [u.strip() for u in str(value or "").split("\\") if u.strip()]
+
+
+def retrieve(store: Store, level: str, keys: dict[str, str], *, root: str = "study"
+             ) -> list[dict[str, Any]]:
+    """The instances a C-MOVE/C-GET identifier names (:func:`instances` rows).
+
+    PS3.4 C.4.2.2.1: the identifier holds the unique keys of the retrieve
+    level and those above; the level's own key is one value or a list of UIDs
+    (no wildcards).  Other keys are ignored, so a retrieve never widens into a
+    query; a missing or wildcard key at the level is a :class:`QueryError`.
+    """
+    level = level.upper()
+    if level not in LEVELS:
+        raise QueryError(f"QueryRetrieveLevel {level!r} is not one of {', '.join(LEVELS)}")
+    if root not in ("patient", "study"):
+        raise QueryError(f"query root {root!r} is not patient or study")
+    if level == "PATIENT" and root != "patient":
+        raise QueryError("PATIENT level needs the patient root information model")
+    key = UNIQUE_KEYS[level]
+    wanted = _uid_list(keys.get(key))
+    if not wanted:
+        raise QueryError(f"a {level} level retrieve needs {key}")
+    if any("*" in u or "?" in u for u in wanted):
+        raise QueryError(f"{key} = {keys.get(key)!r}: no wildcards in a retrieve")
+    parents = {UNIQUE_KEYS[lvl]: "\\".join(_uid_list(keys.get(UNIQUE_KEYS[lvl])))
+               for lvl in LEVELS[:_RANK[level]]
+               if (lvl != "PATIENT" or root == "patient") and _uid_list(keys.get(UNIQUE_KEYS[lvl]))}
+    if level == "PATIENT":
+        studies: list[str] = []
+        for pid in wanted:
+            studies += [str(r["StudyInstanceUID"])
+                        for r in find(store, "STUDY", {"PatientID": pid})]
+        return [row for s in sorted(set(studies)) for row in instances(store, study=s)]
+    # The level's matches (parents constrain), then their instances.
+    matches = find(store, level, {**parents, key: "\\".join(wanted)}, root=root)
+    if level == "IMAGE":
+        sops = [str(r["SOPInstanceUID"]) for r in matches]
+        return instances(store, sop=sops) if sops else []
+    if level == "SERIES":
+        return [row for r in matches
+                for row in instances(store, series=str(r["SeriesInstanceUID"]))]
+    return [row for r in matches for row in instances(store, study=str(r["StudyInstanceUID"]))]
+
+
+def studies_of_patients(store: Store, patient_ids: list[str]) -> list[str]:
+    """Study Instance UIDs held for these patient IDs (what a PATIENT-level answer exposes)."""
+    out: list[str] = []
+    for n in range(0, len(patient_ids), _SQL_LIST_CHUNK):
+        chunk = patient_ids[n:n + _SQL_LIST_CHUNK]
+        out += [str(r["study_instance_uid"]) for r in store.query(
+            "SELECT study_instance_uid FROM studies WHERE patient_id IN "
+            f"({', '.join('?' * len(chunk))}) ORDER BY study_instance_uid", tuple(chunk))]
+    return out
 
 
 def case_for_study(store: Store, study_uid: str) -> str | None:

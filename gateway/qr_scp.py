@@ -1,11 +1,25 @@
 """C-FIND, C-MOVE and C-GET SCP handlers (patient root and study root) for the node's SCP.
 
 Queries are answered by :func:`fenji.gateway.qr.find` (the same model as
-QIDO-RS).  Retrieval sends the stored data sets: C-MOVE opens an association
-to the move destination, which must be a configured ``[[remote_aes]]`` entry
-(else 0xA801, naming it); C-GET sends over the requesting association.  Every
-query that returns matches and every retrieve is an ``opened`` event in the
-audit ledger (calling AE, peer address, studies, instance count).
+QIDO-RS); retrieves resolve their unique keys with :func:`fenji.gateway.qr.retrieve`.
+
+Retrieval sends the stored data sets.  C-MOVE opens an association to the move
+destination, which must be a configured ``[[remote_aes]]`` entry (else 0xA801
+with an Error Comment naming it); C-GET sends over the requesting association
+on the storage contexts the requestor proposed (SCP/SCU role selection).  The
+C-MOVE sub-association proposes, for every SOP class to be sent, one context
+per stored transfer syntax, so that each instance travels in its own syntax
+where the destination accepts it, and one Explicit/Implicit VR Little Endian
+context: pynetdicom re-encodes an uncompressed data set between those two
+(and inflates a deflated one) when the stored syntax was refused.  Compressed
+pixel data is never decoded: refused, it is a failed sub-operation, and the
+final response is 0xB000 with the Failed SOP Instance UID List (pynetdicom
+keeps the counts).
+
+Every query that returns matches and every retrieve is an ``opened`` event in
+the audit ledger (calling AE, peer address, level, studies, instance count):
+one event per study, or one event listing the studies when a request touches
+more than :data:`MAX_STUDY_EVENTS`.
 """
 
 from __future__ import annotations
@@ -16,8 +30,14 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from pydicom import dcmread
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from fenji.gateway import ledger, qr
 
@@ -37,13 +57,25 @@ QR_CLASSES = (PATIENT_ROOT_FIND, PATIENT_ROOT_MOVE, PATIENT_ROOT_GET, STUDY_ROOT
               STUDY_ROOT_MOVE, STUDY_ROOT_GET)
 _PATIENT_ROOT = {PATIENT_ROOT_FIND, PATIENT_ROOT_MOVE, PATIENT_ROOT_GET}
 
-# PS3.4 C.4.1.1.4 / C.4.2.1.5 statuses.
+# Query/Retrieve statuses, PS3.4 C.4.1.1.4 (C-FIND), C.4.2.1.5 (C-MOVE), C.4.3.1.4 (C-GET).
 PENDING = 0xFF00
-IDENTIFIER_DOES_NOT_MATCH = 0xA900
+IDENTIFIER_DOES_NOT_MATCH = 0xA900  # Identifier does not match SOP Class
 UNABLE_TO_PROCESS = 0xC000
 MOVE_DESTINATION_UNKNOWN = 0xA801
+VERIFICATION = "1.2.840.10008.1.1"
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 CANCELLED = 0xFE00
-_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+# PS3.8 9.3.2.2: at most 128 presentation contexts in an A-ASSOCIATE-RQ.
+MAX_CONTEXTS = 128
+# Above this many studies in one request the ledger gets one event listing them
+# (a universal C-FIND on a large archive would otherwise append thousands).
+MAX_STUDY_EVENTS = 100
+# ...and that event lists at most this many (the count is always complete).
+MAX_STUDIES_LISTED = 5000
+# Uncompressed syntaxes pynetdicom converts between on the sub-association
+# (same endianness only: Big Endian data goes as itself or not at all).
+_CONVERTIBLE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian)
+_FALLBACK: list[str | UID] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 
 
 def _root(event: Any) -> str:
@@ -51,14 +83,17 @@ def _root(event: Any) -> str:
     return "patient" if sop in _PATIENT_ROOT else "study"
 
 
-def _keys(identifier: Dataset) -> tuple[str, dict[str, str]]:
-    level = str(identifier.get("QueryRetrieveLevel", "") or "").upper()
+def _keys(identifier: Dataset) -> tuple[str, dict[str, str], list[str]]:
+    """(level, keyword -> matching value, sequence keywords returned empty)."""
+    level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
     keys: dict[str, str] = {}
+    sequences: list[str] = []
     for elem in identifier:
         if elem.keyword in ("QueryRetrieveLevel", "SpecificCharacterSet", ""):
             continue
         if elem.VR == "SQ":
-            continue  # sequence matching is not supported: returned empty
+            sequences.append(elem.keyword)  # sequence matching is not supported
+            continue
         value = elem.value
         if value is None:
             text = ""
@@ -67,10 +102,12 @@ def _keys(identifier: Dataset) -> tuple[str, dict[str, str]]:
         else:
             text = str(value)
         keys[elem.keyword] = text
-    return level, keys
+    return level, keys, sequences
 
 
 def _failure(status: int, comment: str) -> Dataset:
+    """A status data set: pynetdicom copies Status and (0000,0902) Error Comment (LO, 64
+    characters at most) into the response."""
     ds = Dataset()
     ds.Status = status
     ds.ErrorComment = comment.encode("ascii", "replace").decode()[:64]
@@ -79,107 +116,178 @@ def _failure(status: int, comment: str) -> Dataset:
 
 def _audit(store: Store, cfg: Config, calling: str, peer: str, via: str,
            studies: list[str], detail: dict[str, Any]) -> None:
-    for study in sorted(set(studies))[:50]:
-        try:
-            ledger.record(store, "opened", node=cfg.node.name, actor=calling or "?",
-                          role="dicom-ae", obj=study, case_id=qr.case_for_study(store, study),
-                          detail={"via": via, "from": peer, **detail})
-        except Exception:  # an audit failure is logged, the answer already went
-            log.exception("audit of %s by %s failed", via, calling)
+    """``opened`` events for one request, appended in one transaction."""
+    uids = sorted(set(studies))
+    if not uids:
+        return
+    base = {"via": via, "from": peer, **detail}
+    try:
+        with store.atomic() as con:
+            if len(uids) <= MAX_STUDY_EVENTS:
+                for study in uids:
+                    ledger.record(store, "opened", node=cfg.node.name, actor=calling or "?",
+                                  role="dicom-ae", obj=study,
+                                  case_id=qr.case_for_study(store, study), detail=base, con=con)
+            else:
+                ledger.record(store, "opened", node=cfg.node.name, actor=calling or "?",
+                              role="dicom-ae", obj=f"{len(uids)} studies",
+                              detail={**base, "n_studies": len(uids),
+                                      "studies": uids[:MAX_STUDIES_LISTED]}, con=con)
+    except Exception:  # the answer must not depend on the audit; the failure is logged
+        log.exception("audit of %s by %s failed", via, calling)
 
 
 def handle_find(store: Store, cfg: Config, event: Any, calling: str,
-                peer: str) -> Iterator[tuple[int, Dataset | None]]:
+                peer: str) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+    root = _root(event)
     try:
-        level, keys = _keys(event.identifier)
-        rows = qr.find(store, level, keys, root=_root(event))
+        level, keys, sequences = _keys(event.identifier)
+        rows = qr.find(store, level, keys, root=root)
     except qr.QueryError as exc:
-        yield IDENTIFIER_DOES_NOT_MATCH, _failure(IDENTIFIER_DOES_NOT_MATCH, str(exc))
+        log.info("c-find calling=%s refused status=0x%04X reason=%s", calling,
+                 IDENTIFIER_DOES_NOT_MATCH, exc)
+        yield _failure(IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
         return
     except Exception as exc:  # never crash the association
         log.exception("C-FIND from %s failed", calling)
-        yield UNABLE_TO_PROCESS, _failure(UNABLE_TO_PROCESS, f"query failed: {exc}")
+        yield _failure(UNABLE_TO_PROCESS, f"query failed: {type(exc).__name__}"), None
         return
-    log.info("c-find calling=%s level=%s keys=%s matches=%d", calling, level,
+    log.info("c-find calling=%s root=%s level=%s keys=%s matches=%d", calling, root, level,
              sorted(k for k, v in keys.items() if v), len(rows))
     if rows:
-        _audit(store, cfg, calling, peer, "c-find",
-               [str(r["StudyInstanceUID"]) for r in rows if r.get("StudyInstanceUID")],
-               {"level": level, "matches": len(rows)})
-    charset = event.identifier.get("SpecificCharacterSet")
+        if level == "PATIENT":
+            studies = qr.studies_of_patients(store, [str(r["PatientID"]) for r in rows
+                                                     if r.get("PatientID") is not None])
+        else:
+            studies = [str(r["StudyInstanceUID"]) for r in rows if r.get("StudyInstanceUID")]
+        _audit(store, cfg, calling, peer, "c-find", studies,
+               {"level": level, "root": root, "matches": len(rows)})
+    unique = qr.UNIQUE_KEYS[level]
     for row in rows:
         if event.is_cancelled:
             yield CANCELLED, None
             return
         ds = Dataset()
+        # Names are indexed as decoded text; answer in UTF-8 (PS3.5 6.1.2.5.3).
         ds.SpecificCharacterSet = "ISO_IR 192"
         ds.QueryRetrieveLevel = level
         for keyword in keys:
-            setattr(ds, keyword, row.get(keyword, ""))
-        unique = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID",
-                  "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}[level]
+            value = row.get(keyword)
+            # A key the index does not hold is returned zero-length (PS3.4 C.2.2.1.2).
+            setattr(ds, keyword, None if value in (None, "") else value)
+        for keyword in sequences:
+            setattr(ds, keyword, [])
         if unique not in keys:
-            setattr(ds, unique, row.get(unique, ""))
-        if charset and "SpecificCharacterSet" not in ds:
-            ds.SpecificCharacterSet = charset
+            setattr(ds, unique, row.get(unique))
         yield PENDING, ds
 
 
 def _to_retrieve(store: Store, event: Any) -> tuple[str, list[dict[str, Any]]]:
-    level, keys = _keys(event.identifier)
-    if level not in qr.LEVELS:
-        raise qr.QueryError(f"QueryRetrieveLevel {level!r} is not one of "
-                            f"{', '.join(qr.LEVELS)}")
-    rows = qr.find(store, "STUDY" if level == "PATIENT" else level,
-                   keys if level != "PATIENT" else {"PatientID": keys.get("PatientID", "")},
-                   root="study")
-    studies = sorted({str(r["StudyInstanceUID"]) for r in rows})
-    if level == "IMAGE":
-        sops = [str(r["SOPInstanceUID"]) for r in rows]
-        return level, qr.instances(store, sop=sops) if sops else []
-    if level == "SERIES":
-        out: list[dict[str, Any]] = []
-        for r in rows:
-            out += qr.instances(store, series=str(r["SeriesInstanceUID"]))
-        return level, out
-    out = []
-    for s in studies:
-        out += qr.instances(store, study=s)
-    return level, out
+    level, keys, _ = _keys(event.identifier)
+    return level, qr.retrieve(store, level, keys, root=_root(event))
+
+
+def _private_as_un(ds: Dataset) -> None:
+    """Private elements of an Implicit VR data set as UN, so that re-encoding it as
+    Explicit VR carries their bytes unchanged (PS3.5 6.2.2 note 4).
+
+    pydicom would otherwise take their VR from its private dictionary, which can
+    be wrong for the device (a Philips CT's DS string under an FD entry), and the
+    instance could not be sent at all.  Written back as Implicit VR, the bytes
+    are the same as before.
+    """
+    for tag in list(ds._dict):
+        elem: Any = ds._dict[tag]
+        if isinstance(elem, RawDataElement):
+            if (tag.is_private and not tag.is_private_creator
+                    and elem.length != _UNDEFINED_LENGTH and isinstance(elem.value, bytes)):
+                ds._dict[tag] = DataElement(tag, "UN", elem.value)
+            continue
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _private_as_un(item)
 
 
 def _dataset(store: Store, row: dict[str, Any]) -> Dataset:
-    return dcmread(io.BytesIO(store.read_blob(str(row["sha256"]))))
+    # The stored Part-10 bytes, parsed but not decoded: pixel data stays as stored.
+    ds = dcmread(io.BytesIO(store.read_blob(str(row["sha256"]))))
+    if str(row["transfer_syntax_uid"]) == ImplicitVRLittleEndian:
+        _private_as_un(ds)
+    return ds
 
 
-def _contexts(rows: list[dict[str, Any]]) -> list[Any]:
+def sub_association_contexts(rows: list[dict[str, Any]]) -> list[Any]:
+    """Presentation contexts to propose to a move destination for ``rows``.
+
+    One per (SOP class, stored transfer syntax), so each instance can travel in
+    its own syntax, plus one Explicit/Implicit VR LE context per class holding
+    uncompressed data, which pynetdicom converts to when the stored syntax is
+    refused.  Classes with the most instances come first if 128 do not suffice.
+    """
     from pynetdicom.presentation import build_context
 
-    by_class: dict[str, set[str]] = {}
+    by_class: dict[str, dict[str, int]] = {}
     for r in rows:
-        by_class.setdefault(str(r["sop_class_uid"]), set()).add(str(r["transfer_syntax_uid"]))
+        tss = by_class.setdefault(str(r["sop_class_uid"]), {})
+        ts = str(r["transfer_syntax_uid"])
+        tss[ts] = tss.get(ts, 0) + 1
+    ranked = sorted(by_class.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
     out = []
-    for sop, tss in sorted(by_class.items()):
-        out.append(build_context(sop, sorted(tss | set(_UNCOMPRESSED))))
-    return out[:128]
+    for sop, tss in ranked:
+        for ts in sorted(tss, key=lambda t: (-tss[t], t)):
+            out.append(build_context(sop, ts))
+        if any(ts in _CONVERTIBLE for ts in tss):
+            out.append(build_context(sop, _FALLBACK))
+    if len(out) > MAX_CONTEXTS:
+        log.warning("c-move: %d presentation contexts needed, %d proposed; instances of "
+                    "the rest will fail", len(out), MAX_CONTEXTS)
+    return out[:MAX_CONTEXTS]
+
+
+def _comment_on(assoc: Any, status: int, comment: str) -> None:
+    """Add (0000,0902) Error Comment to the next response with ``status`` on ``assoc``.
+
+    pynetdicom answers an unknown move destination (0xA801) itself, with no way
+    for the handler to say which destination it did not know; this puts the
+    comment on that one response on its way out.
+    """
+    dimse = assoc.dimse
+    send = dimse.send_msg
+
+    def send_msg(primitive: Any, context_id: int) -> None:
+        if getattr(primitive, "Status", None) == status:
+            primitive.ErrorComment = comment.encode("ascii", "replace").decode()[:64]
+            dimse.send_msg = send
+        send(primitive, context_id)
+
+    dimse.send_msg = send_msg
 
 
 def handle_move(store: Store, cfg: Config, event: Any, calling: str, peer: str) -> Iterator[Any]:
-    dest = str(event.move_destination.decode("ascii", "replace")
-               if isinstance(event.move_destination, bytes) else event.move_destination).strip()
+    raw = event.move_destination
+    dest = str(raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw).strip()
     remote = cfg.remote_ae(dest)
     if remote is None:
-        log.warning("c-move calling=%s destination=%s refused: not in [[remote_aes]]",
-                    calling, dest)
+        log.warning("c-move calling=%s destination=%s refused status=0x%04X: not in "
+                    "[[remote_aes]]", calling, dest, MOVE_DESTINATION_UNKNOWN)
+        _comment_on(event.assoc, MOVE_DESTINATION_UNKNOWN,
+                    f"move destination {dest!r} unknown")
         yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
         return
     try:
         level, rows = _to_retrieve(store, event)
     except qr.QueryError as exc:
-        yield remote.host, remote.port
-        yield IDENTIFIER_DOES_NOT_MATCH, _failure(IDENTIFIER_DOES_NOT_MATCH, str(exc))
+        log.info("c-move calling=%s refused status=0x%04X reason=%s", calling,
+                 IDENTIFIER_DOES_NOT_MATCH, exc)
+        # pynetdicom takes a destination (and associates with it) and a count
+        # before it takes a status.
+        from pynetdicom.presentation import build_context
+
+        yield remote.host, remote.port, {"contexts": [build_context(VERIFICATION)]}
+        yield 1
+        yield _failure(IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
         return
-    yield remote.host, remote.port, {"contexts": _contexts(rows) or None}
+    yield remote.host, remote.port, {"contexts": sub_association_contexts(rows) or None}
     yield len(rows)
     _audit(store, cfg, calling, peer, "c-move", [str(r["study_instance_uid"]) for r in rows],
            {"level": level, "move_destination": dest, "instances": len(rows)})
@@ -196,8 +304,10 @@ def handle_get(store: Store, cfg: Config, event: Any, calling: str, peer: str) -
     try:
         level, rows = _to_retrieve(store, event)
     except qr.QueryError as exc:
-        yield 0
-        yield IDENTIFIER_DOES_NOT_MATCH, _failure(IDENTIFIER_DOES_NOT_MATCH, str(exc))
+        log.info("c-get calling=%s refused status=0x%04X reason=%s", calling,
+                 IDENTIFIER_DOES_NOT_MATCH, exc)
+        yield 1  # pynetdicom takes a count before any status
+        yield _failure(IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
         return
     yield len(rows)
     _audit(store, cfg, calling, peer, "c-get", [str(r["study_instance_uid"]) for r in rows],
