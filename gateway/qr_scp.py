@@ -10,7 +10,8 @@ on the storage contexts the requestor proposed (SCP/SCU role selection).  The
 C-MOVE sub-association proposes, for every SOP class to be sent, one context
 per stored transfer syntax, so that each instance travels in its own syntax
 where the destination accepts it, and one Explicit/Implicit VR Little Endian
-context: pynetdicom re-encodes an uncompressed data set between those two
+context: an instance goes as its stored data set bytes where its syntax was
+accepted, and pynetdicom re-encodes an uncompressed data set between those two
 (and inflates a deflated one) when the stored syntax was refused.  Compressed
 pixel data is never decoded: refused, it is a failed sub-operation, and the
 final response is 0xB000 with the Failed SOP Instance UID List (pynetdicom
@@ -40,6 +41,7 @@ from pydicom.uid import (
 )
 
 from fenji.gateway import ledger, qr
+from fenji.gateway.validate import split_part10
 
 if TYPE_CHECKING:
     from fenji.gateway.config import Config
@@ -64,6 +66,8 @@ UNABLE_TO_PROCESS = 0xC000
 MOVE_DESTINATION_UNKNOWN = 0xA801
 VERIFICATION = "1.2.840.10008.1.1"
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+# Attribute of a retrieved Dataset: (stored transfer syntax UID, stored data set bytes).
+_STORED = "_fenji_stored"
 CANCELLED = 0xFE00
 # PS3.8 9.3.2.2: at most 128 presentation contexts in an A-ASSOCIATE-RQ.
 MAX_CONTEXTS = 128
@@ -209,11 +213,47 @@ def _private_as_un(ds: Dataset) -> None:
 
 
 def _dataset(store: Store, row: dict[str, Any]) -> Dataset:
-    # The stored Part-10 bytes, parsed but not decoded: pixel data stays as stored.
-    ds = dcmread(io.BytesIO(store.read_blob(str(row["sha256"]))))
-    if str(row["transfer_syntax_uid"]) == ImplicitVRLittleEndian:
+    """The stored instance, parsed but not decoded (pixel data stays as stored), carrying
+    its stored data set bytes for :func:`install_stored_bytes_send`."""
+    blob = store.read_blob(str(row["sha256"]))
+    ds = dcmread(io.BytesIO(blob))
+    ts = str(row["transfer_syntax_uid"])
+    if ts == ImplicitVRLittleEndian:
         _private_as_un(ds)
+    _, offset = split_part10(blob)
+    setattr(ds, _STORED, (ts, blob[offset:]))
     return ds
+
+
+def install_stored_bytes_send() -> None:
+    """Let pynetdicom send a retrieved instance's stored data set bytes unchanged.
+
+    pynetdicom encodes every data set it sends with pydicom, which leaves out
+    the retired group lengths (gggg,0000) among others: a C-MOVE or C-GET would
+    deliver a data set whose SHA-256 is not the one fenji stored and attested.
+    A data set made by :func:`_dataset` is sent as its stored bytes when the
+    accepted context has the stored encoding (pynetdicom picks that context
+    first and never converts compressed data); when it has to convert, and for
+    every other caller, pynetdicom encodes as before.
+    """
+    import pynetdicom.association as association
+
+    if getattr(association.encode, "_fenji_stored_bytes", False):
+        return
+    original = association.encode
+
+    def encode(ds: Dataset, is_implicit_vr: bool, is_little_endian: bool,
+               deflated: bool = False) -> bytes | None:
+        stored = getattr(ds, _STORED, None)
+        if stored is not None:
+            ts = UID(stored[0])
+            if (ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated) == \
+                    (is_implicit_vr, is_little_endian, deflated):
+                return bytes(stored[1])
+        return original(ds, is_implicit_vr, is_little_endian, deflated)
+
+    encode._fenji_stored_bytes = True  # type: ignore[attr-defined]
+    association.encode = encode
 
 
 def sub_association_contexts(rows: list[dict[str, Any]]) -> list[Any]:
@@ -264,6 +304,7 @@ def _comment_on(assoc: Any, status: int, comment: str) -> None:
 
 
 def handle_move(store: Store, cfg: Config, event: Any, calling: str, peer: str) -> Iterator[Any]:
+    install_stored_bytes_send()
     raw = event.move_destination
     dest = str(raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw).strip()
     remote = cfg.remote_ae(dest)
@@ -301,6 +342,7 @@ def handle_move(store: Store, cfg: Config, event: Any, calling: str, peer: str) 
 
 
 def handle_get(store: Store, cfg: Config, event: Any, calling: str, peer: str) -> Iterator[Any]:
+    install_stored_bytes_send()
     try:
         level, rows = _to_retrieve(store, event)
     except qr.QueryError as exc:
