@@ -220,6 +220,21 @@ def find(store: Store, level: str, keys: dict[str, str], *, root: str = "study",
          limit: int | None = None, offset: int = 0, fuzzy: bool = False
          ) -> list[dict[str, Any]]:
     """Rows (keyword -> value) matching ``keys`` at ``level``, in a stable order."""
+    sql, args = find_sql(level, keys, root=root, limit=limit, offset=offset, fuzzy=fuzzy)
+    out = []
+    for r in store.query(sql, args):
+        row = {k: v for k, v in r.items() if v is not None}
+        if "ModalitiesInStudy" in row:
+            row["ModalitiesInStudy"] = "\\".join(sorted(str(row["ModalitiesInStudy"])
+                                                        .split(",")))
+        out.append(row)
+    return out
+
+
+def find_sql(level: str, keys: dict[str, str], *, root: str = "study",
+             limit: int | None = None, offset: int = 0, fuzzy: bool = False
+             ) -> tuple[str, tuple[Any, ...]]:
+    """The SQL :func:`find` runs, and its parameters (for ``EXPLAIN QUERY PLAN``)."""
     level = level.upper()
     if level not in LEVELS:
         raise QueryError(f"query level {level!r} is not one of {', '.join(LEVELS)}")
@@ -258,15 +273,7 @@ def find(store: Store, level: str, keys: dict[str, str], *, root: str = "study",
     if limit is not None or offset:
         sql += " LIMIT ? OFFSET ?"
         args.extend([-1 if limit is None else max(0, int(limit)), max(0, int(offset))])
-    rows = store.query(sql, tuple(args))
-    out = []
-    for r in rows:
-        row = {k: v for k, v in r.items() if v is not None}
-        if "ModalitiesInStudy" in row:
-            row["ModalitiesInStudy"] = "\\".join(sorted(str(row["ModalitiesInStudy"])
-                                                        .split(",")))
-        out.append(row)
-    return out
+    return sql, tuple(args)
 
 
 _SQL_LIST_CHUNK = 500  # bound parameters per IN (...) (SQLite caps them per statement)
