@@ -185,13 +185,8 @@ def _show(args: argparse.Namespace) -> int:
         case["receipt"] = json.loads(rec["receipt_json"]) if rec else None
         case["receipt_signer"] = rec["signer"] if rec else None
         from fenji.gateway import reading
-        from fenji.gateway.cases import quality_of
 
-        case.pop("manifest_json", None)
-        case["quality"] = quality_of(store, args.case_id)
-        case["reports"] = reading.reports_of(store, args.case_id)
-        case["critical"] = any(r["critical"] and r["status"] == "current"
-                               for r in case["reports"])
+        reading.with_reports(store, case)
     print(json.dumps(case, indent=2, ensure_ascii=False))
     return 0
 

@@ -126,19 +126,10 @@ def _add_verify(rsub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
 
 def trusted_from_config(cfg: Any) -> dict[str, Any]:
-    """Center keys a node's config vouches for: peers, known nodes, itself if a center."""
-    from fenji.gateway.keys import load_public, public_from_config
+    """Center keys a node's config vouches for (:func:`fenji.gateway.reading.trusted_centers`)."""
+    from fenji.gateway.reading import trusted_centers
 
-    out: dict[str, Any] = {}
-    for p in cfg.peers:
-        if p.public_key:
-            out[p.name] = public_from_config(p.public_key, cfg.data_dir)
-    for k in getattr(cfg, "known_nodes", ()):
-        if k.public_key:
-            out[k.name] = public_from_config(k.public_key, cfg.data_dir)
-    if cfg.node.role == "center":
-        out[cfg.node.name] = load_public(cfg.resolve(cfg.keys.public_key))
-    return out
+    return trusted_centers(cfg, self_only_if_center=True)
 
 
 def _trusted(args: argparse.Namespace, cfg: Any) -> dict[str, Any] | None:

@@ -42,7 +42,7 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from fenji.gateway import dimse_status as st
-from fenji.gateway import ledger
+from fenji.gateway import ledger, qr
 from fenji.gateway.auth import User, require
 from fenji.gateway.config import Config
 from fenji.gateway.store import PutStatus, Store, StoreFull
@@ -378,25 +378,13 @@ def _instances(store: Store, study: str, series: str | None = None,
     return store.query(sql, tuple(args))
 
 
-def case_for_study(store: Store, study: str) -> str | None:
-    from fenji.gateway import qr
-
-    fn = getattr(qr, "case_for_study", None)
-    if fn is not None:
-        out = fn(store, study)
-        return None if out is None else str(out)
-    row = store.query_one("SELECT case_id FROM cases WHERE study_instance_uid = ? "
-                          "ORDER BY created_at DESC LIMIT 1", (study,))
-    return None if row is None else str(row["case_id"])
-
-
 def _audit_open(store: Store, cfg: Config, user: User, studies: list[str], via: str,
                 request: web.Request, **extra: Any) -> None:
     """One ``opened`` event per request (DESIGN.md §11: every access to patient data)."""
     if not studies:
         return
     obj = studies[0] if len(studies) == 1 else f"{len(studies)} studies"
-    case_id = case_for_study(store, studies[0]) if len(studies) == 1 else None
+    case_id = qr.case_for_study(store, studies[0]) if len(studies) == 1 else None
     detail: dict[str, Any] = {"via": via, "from": request.remote, "what": request.path_qs}
     if len(studies) > 1:
         detail["studies"] = studies[:MAX_QUERY_STUDIES_IN_AUDIT]
@@ -812,15 +800,12 @@ def _qido_shape(level: str, results: list[dict[str, Any]], keys: dict[str, str],
 
 def _qido_find(store: Store, level: str, keys: dict[str, str], include: set[str] | None,
                fuzzy: bool, limit: int | None, offset: int) -> list[dict[str, Any]]:
-    from fenji.gateway import qr
-
     ask = dict(keys)
     # Extra return keys are asked for the C-FIND way: present with an empty
     # value.  The level's defaults are whatever qr returns, filtered afterwards.
     for k in (include or ()):
         ask.setdefault(k, "")
-    find = qr.find  # type: ignore[attr-defined]
-    return list(find(store, level, ask, limit=limit, offset=offset, fuzzy=fuzzy))
+    return qr.find(store, level, ask, limit=limit, offset=offset, fuzzy=fuzzy)
 
 
 def _qido_handler(level: str) -> Any:

@@ -155,11 +155,7 @@ async def get_case(request: web.Request) -> web.Response:
         return _error(404, "no_case", f"case {request.match_info['case_id']} not found")
     from fenji.gateway import reading
 
-    case.pop("manifest_json", None)
-    case["reports"] = await asyncio.to_thread(reading.reports_of, store, case["case_id"])
-    case["critical"] = any(r["critical"] and r["status"] == "current" for r in case["reports"])
-    case["quality"] = await asyncio.to_thread(cases_mod.quality_of, store, case["case_id"])
-    return web.json_response(case)
+    return web.json_response(await asyncio.to_thread(reading.with_reports, store, case))
 
 
 def _previews_dir(store: Store, case_id: str) -> Path | None:

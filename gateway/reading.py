@@ -82,7 +82,6 @@ CREATE INDEX reports_case ON reports(case_id);
 CREATE INDEX cases_read_state ON cases(read_state)
 """
 
-PRIORITY_RANK = {"stat": 0, "urgent": 1, "routine": 2}
 
 
 class ReadingError(PeerError):
@@ -173,7 +172,9 @@ def worklist(store: Store, cfg: Config, *, user: User | None = None,
             if r["read_state"] == "claimed" and r["claimed_until"] else None,
             "report_version": r["report_version"],
         })
-    out.sort(key=lambda c: (PRIORITY_RANK.get(c["priority"], 9), -c["waiting_s"]))
+    from fenji.gateway.cases import PRIORITIES
+
+    out.sort(key=lambda c: (PRIORITIES.get(c["priority"], 9), -c["waiting_s"]))
     return out
 
 
@@ -426,16 +427,21 @@ def _queue_report(store: Store, cfg: Config, case: dict[str, Any], report_id: st
 # Edge: the report arrives
 # ---------------------------------------------------------------------------
 
-def trusted_centers(cfg: Config) -> dict[str, Any]:
-    """Node keys this node trusts to endorse readers: its peers, known nodes, itself."""
+def trusted_centers(cfg: Config, *, self_only_if_center: bool = False) -> dict[str, Any]:
+    """Node keys this node's config vouches for: its peers, its known nodes and
+    itself (with ``self_only_if_center``, itself only when it is a center, as
+    `fenji report verify` wants for endorsements of readers)."""
     from fenji.gateway.keys import load_public, public_from_config
 
     out: dict[str, Any] = {}
     for p in cfg.peers:
-        out[p.name] = public_from_config(p.public_key, cfg.data_dir)
+        if p.public_key:
+            out[p.name] = public_from_config(p.public_key, cfg.data_dir)
     for k in cfg.known_nodes:
-        out[k.name] = public_from_config(k.public_key, cfg.data_dir)
-    out[cfg.node.name] = load_public(cfg.resolve(cfg.keys.public_key))
+        if k.public_key:
+            out[k.name] = public_from_config(k.public_key, cfg.data_dir)
+    if cfg.node.role == "center" or not self_only_if_center:
+        out[cfg.node.name] = load_public(cfg.resolve(cfg.keys.public_key))
     return out
 
 
@@ -617,6 +623,17 @@ def reports_of(store: Store, case_id: str) -> list[dict[str, Any]]:
                     "sr_sop_instance_uid": r["sr_sop_instance_uid"],
                     "pdf_sop_instance_uid": r["pdf_sop_instance_uid"]})
     return out
+
+
+def with_reports(store: Store, case: dict[str, Any]) -> dict[str, Any]:
+    """A case as shown to people (CLI and API): quality, every report version, critical flag."""
+    from fenji.gateway.cases import quality_of
+
+    case.pop("manifest_json", None)
+    case["quality"] = quality_of(store, case["case_id"])
+    case["reports"] = reports_of(store, case["case_id"])
+    case["critical"] = any(r["critical"] and r["status"] == "current" for r in case["reports"])
+    return case
 
 
 def export_report(store: Store, report_id: str, directory: Path) -> list[Path]:
