@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fenji.gateway.harness import free_port as free_port
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -84,10 +86,6 @@ def print_table(rows: Sequence[dict[str, Any]], cols: Sequence[str]) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def which_dcmtk(tool: str) -> str:

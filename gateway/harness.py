@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -21,11 +22,43 @@ from pathlib import Path
 
 from fenji.gateway.init import init_node
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port a test server can listen on a moment later.
+
+    Asking the kernel for port 0 hands out a port from the ephemeral range, and
+    between our probe and the server's bind any outgoing connection in this
+    machine may take it (CI saw exactly that: EADDRINUSE on a node start). So
+    ports come from below the ephemeral range, where the kernel never picks
+    one on its own, starting at a random place so that concurrent test runs
+    rarely meet, and never the same port twice in this process.
+    """
+    lo_eph, hi_eph = _ephemeral_range()
+    lo, hi = (20000, lo_eph - 1) if lo_eph > 21000 else (hi_eph + 1, 65535)
+    span = hi - lo + 1
+    start = random.randrange(span)
+    for i in range(span):
+        port = lo + (start + i) % span
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free port in {lo}-{hi} on {host}")
 
 
 def fenji_cmd() -> list[str]:
