@@ -203,11 +203,17 @@ class KnownNodeSection:
 
 @dataclass(frozen=True, slots=True)
 class RemoteAeSection:
-    """A DICOM node a center may send to on C-MOVE (``[[remote_aes]]``)."""
+    """A DICOM node a center may send to on C-MOVE (``[[remote_aes]]``).
+
+    ``reader``: the reader at this workstation.  A DICOM SR or encapsulated PDF
+    this AE C-STOREs for a study on the worklist is signed as that reader's
+    report (gateway/reading.py :func:`viewer_report_if_any`).
+    """
 
     ae_title: str = ""
     host: str = ""
     port: int = 0
+    reader: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -580,6 +586,11 @@ def _check_reading(cfg: Config, errors: list[str]) -> None:
                           "characters")
         if not a.host or not 0 < a.port < 65536:
             errors.append(f"remote_aes[{i}] ({a.ae_title!r}) needs host and port (1-65535)")
+        if a.reader:
+            ru = cfg.user(a.reader)
+            if ru is None or ru.role != "reader":
+                errors.append(f"remote_aes[{i}].reader = {a.reader!r} is not a configured user "
+                              "with role reader (fenji user add NAME --role reader)")
     for i, k in enumerate(cfg.known_nodes):
         if not k.name or not k.public_key:
             errors.append(f"known_nodes[{i}] needs name and public_key (PEM path or 64 hex)")

@@ -42,7 +42,7 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from fenji.gateway import dimse_status as st
-from fenji.gateway import ledger, qr
+from fenji.gateway import ledger, qr, reading
 from fenji.gateway.auth import User, require
 from fenji.gateway.config import Config
 from fenji.gateway.store import PutStatus, Store, StoreFull
@@ -54,6 +54,7 @@ from fenji.gateway.validate import (
     NATIVE,
     Rejected,
     check_part10,
+    with_preamble,
 )
 
 log = logging.getLogger(__name__)
@@ -844,6 +845,7 @@ def _stow_one(cfg: Config, store: Store, data: bytes, user: User, peer: str | No
               study: str | None) -> tuple[bool, dict[str, Any]]:
     """One part through the validator and the durable store path (like a C-STORE)."""
     source = f"viewer:{user.name}"
+    data = with_preamble(data)
     try:
         checked = check_part10(data, max_instance_bytes=cfg.dicom.max_instance_bytes,
                                max_inflate_bytes=cfg.store.max_inflate_bytes)
@@ -861,6 +863,27 @@ def _stow_one(cfg: Config, store: Store, data: bytes, user: User, peer: str | No
                   f"target study {study} (PS3.18 10.5)")
         log.warning("stow user=%s peer=%s rejected reason=%s", user.name, peer, reason)
         return False, {**ref, "status": st.DATASET_DOES_NOT_MATCH_SOP_CLASS, "reason": reason}
+    if info.sop_class_uid in reading.VIEWER_REPORT_CLASSES:
+        try:
+            report = reading.viewer_report_if_any(
+                store, cfg, user, checked.part10, sop_class_uid=info.sop_class_uid,
+                study_instance_uid=info.study_instance_uid)
+        except reading.ReadingError as exc:
+            status = (st.NOT_AUTHORIZED if isinstance(exc, reading.Forbidden)
+                      else st.REPORT_REFUSED)
+            log.warning("stow user=%s peer=%s report refused status=%s reason=%s", user.name,
+                        peer, st.describe(status), exc)
+            return False, {**ref, "status": status, "reason": str(exc)}
+        except Exception as exc:  # a bug or an I/O fault: never answer success
+            log.exception("stow user=%s peer=%s sop=%s viewer report failed", user.name, peer,
+                          info.sop_instance_uid)
+            return False, {**ref, "status": st.PROCESSING_FAILURE,
+                           "reason": f"report failed: {type(exc).__name__}"}
+        if report is not None:
+            log.info("stow user=%s peer=%s report=%s version=%s case=%s from viewer object "
+                     "sop=%s", user.name, peer, report.get("report_id"), report.get("version"),
+                     report.get("case_id"), info.sop_instance_uid)
+            return True, {**ref, "report_id": report.get("report_id")}
     try:
         out = store.put(checked.part10, info, calling_ae=source, peer_address=peer)
     except StoreFull as exc:

@@ -11,7 +11,9 @@ CANNOT_UNDERSTAND = 0xC000  # unparseable data (0xC000-0xCFFF: SCP-specific)
 # the low bits to the SCP); each pairs with an ErrorComment naming the reason.
 SOP_INSTANCE_CONFLICT = 0xC010  # same SOP Instance UID already held with other bytes
 INSTANCE_TOO_LARGE = 0xC011  # dataset above dicom.max_instance_bytes / inflate cap
+REPORT_REFUSED = 0xC012  # a viewer's SR/PDF the reader may not sign now (not claimed, ...)
 PROCESSING_FAILURE = 0x0110  # PS3.7 C.4: unexpected local failure (a bug; logged)
+NOT_AUTHORIZED = 0x0124  # PS3.7 C.4: refused, not authorized (a reader of another service)
 
 NAMES = {
     SUCCESS: "Success",
@@ -20,7 +22,9 @@ NAMES = {
     CANNOT_UNDERSTAND: "Cannot understand",
     SOP_INSTANCE_CONFLICT: "SOP Instance conflict",
     INSTANCE_TOO_LARGE: "Instance too large",
+    REPORT_REFUSED: "Report refused",
     PROCESSING_FAILURE: "Processing failure",
+    NOT_AUTHORIZED: "Refused: not authorized",
 }
 
 

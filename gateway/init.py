@@ -104,11 +104,14 @@ certificate = "keys/node.crt"
 # host = "127.0.0.1"
 # port = 8044
 
-# Center: DICOM nodes C-MOVE may send to (viewers, PACS).
+# Center: DICOM nodes C-MOVE may send to (viewers, PACS).  With reader = NAME,
+# an SR or encapsulated PDF this workstation C-STOREs for a worklist study is
+# signed as NAME's report (NAME must have claimed the case).
 # [[remote_aes]]
 # ae_title = "VIEWER1"
 # host = "10.0.0.20"
 # port = 104
+# reader = "dr.wang"
 
 # Center: fees per reported case and the inviting:invited split (2:8).
 # [[services]]

@@ -281,20 +281,16 @@ def _reader_key(cfg: Config, name: str) -> Any:
     return load_private(priv)
 
 
-def submit_report(store: Store, cfg: Config, case_id: str, user: User, *, findings: str,
-                  impression: str, critical: bool = False, amendment_reason: str | None = None,
-                  now: float | None = None, pdf_from_viewer: bytes | None = None
-                  ) -> dict[str, Any]:
-    """Sign, store and queue back a report (or an amendment, with ``amendment_reason``).
+def may_sign(store: Store, cfg: Config, case_id: str, user: User, *,
+             amendment_reason: str | None = None, now: float | None = None
+             ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Raise unless ``user`` may sign a report (or an amendment) for the case now.
 
-    A first report needs the reader's claim; an amendment needs a reason and
-    supersedes the current version.  Returns the report row (with the bundle id).
+    Returns the case and its current report (``None`` before the first).
     """
     now = time.time() if now is None else now
     case = _case(store, case_id)
     _check_reader(cfg, user, case, "sign reports")
-    if not findings.strip() and not impression.strip():
-        raise ReadingError("a report needs findings or an impression (both are empty)")
     current = store.query_one("SELECT * FROM reports WHERE case_id = ? AND status = 'current' "
                               "AND origin_node = ?", (case_id, cfg.node.name))
     if current is None:
@@ -309,6 +305,23 @@ def submit_report(store: Store, cfg: Config, case_id: str, user: User, *, findin
     elif not (amendment_reason or "").strip():
         raise ReadingError(f"case {case_id} already has report version {current['version']}; "
                            "an amendment needs a reason (--amend-reason)")
+    return case, current
+
+
+def submit_report(store: Store, cfg: Config, case_id: str, user: User, *, findings: str,
+                  impression: str, critical: bool = False, amendment_reason: str | None = None,
+                  now: float | None = None, pdf_from_viewer: bytes | None = None
+                  ) -> dict[str, Any]:
+    """Sign, store and queue back a report (or an amendment, with ``amendment_reason``).
+
+    A first report needs the reader's claim; an amendment needs a reason and
+    supersedes the current version.  Returns the report row (with the bundle id).
+    """
+    now = time.time() if now is None else now
+    if not findings.strip() and not impression.strip():
+        raise ReadingError("a report needs findings or an impression (both are empty)")
+    case, current = may_sign(store, cfg, case_id, user, amendment_reason=amendment_reason,
+                             now=now)
     from fenji.gateway import reports
     from fenji.gateway.keys import load_private, load_public
 
@@ -687,11 +700,60 @@ def report_from_viewer(store: Store, cfg: Config, user: User, data: bytes,
     if case["study_instance_uid"] != study:
         raise ReadingError(f"the viewer's report references study {study}, but case {case_id} "
                            f"is study {case['study_instance_uid']}")
-    _put(store, data, f"viewer:{user.name}")
     findings = parsed.get("findings") or ""
     impression = parsed.get("impression") or ""
     if not findings and not impression and parsed.get("pdf_bytes"):
         findings = "See the attached PDF report from the reader's viewer."
+    if not findings.strip() and not impression.strip():
+        raise ReadingError(f"the viewer's {('SR' if parsed.get('pdf_bytes') is None else 'PDF')}"
+                           f" {parsed.get('sop_instance_uid') or '?'} holds no report text")
+    # Checked before the viewer's object is kept: a refused report stores nothing.
+    may_sign(store, cfg, case_id, user, amendment_reason=amendment_reason)
+    _put(store, data, f"viewer:{user.name}")
     return submit_report(store, cfg, case_id, user, findings=findings, impression=impression,
-                         critical=critical, amendment_reason=amendment_reason,
+                         critical=critical or bool(parsed.get("critical")),
+                         amendment_reason=amendment_reason,
                          pdf_from_viewer=parsed.get("pdf_bytes"))
+
+
+# Text reports a viewer may send (not key-object selections or dose reports).
+VIEWER_REPORT_CLASSES = frozenset({
+    "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
+    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
+    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+    "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
+    "1.2.840.10008.5.1.4.1.1.88.35",  # Extensible SR
+    "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF
+})
+
+
+def viewer_report_if_any(store: Store, cfg: Config, user: User | None, data: bytes, *,
+                         sop_class_uid: str, study_instance_uid: str) -> dict[str, Any] | None:
+    """A viewer stored (C-STORE or STOW-RS) an SR or PDF: is it a reader's report?
+
+    At a center, a text SR or encapsulated PDF sent by a reader (the STOW-RS
+    user, or the reader configured on the calling AE in ``[[remote_aes]]``) for
+    a study on the worklist is that reader's report: it is signed and sent back
+    exactly like one typed into the API (:func:`report_from_viewer`), and the
+    report row is returned.  Anything else (no reader, another class, a study
+    not on the worklist, fenji's own signed report coming back) returns
+    ``None`` and is stored as an ordinary instance.  A report the reader may
+    not sign raises :class:`ReadingError` before anything is stored.
+    """
+    if (cfg.node.role != "center" or user is None or user.role != "reader"
+            or sop_class_uid not in VIEWER_REPORT_CLASSES):
+        return None
+    row = store.query_one("SELECT case_id FROM cases WHERE study_instance_uid = ? AND "
+                          "kind = 'case' AND read_state IS NOT NULL ORDER BY "
+                          "(claimed_by = ?) DESC, received_at DESC LIMIT 1",
+                          (study_instance_uid, user.name))
+    if row is None:
+        return None
+    from pydicom import dcmread
+
+    from fenji.gateway import reports
+
+    ds = dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
+    if reports.has_signed_block(ds):
+        return None  # fenji's own report (a C-MOVE back, a re-import): not a new one
+    return report_from_viewer(store, cfg, user, data, str(row["case_id"]))

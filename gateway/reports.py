@@ -541,6 +541,11 @@ def _private_text(ds: Dataset, el: int) -> str | None:
     return str(v).rstrip(" \x00")
 
 
+def has_signed_block(ds: Dataset) -> bool:
+    """Whether ``ds`` carries fenji's signed report block (it is one of fenji's reports)."""
+    return _private_text(ds, EL_REPORT) is not None
+
+
 def read_private_block(ds: Dataset) -> tuple[dict[str, Any], dict[str, Any],
                                              dict[str, Any] | None]:
     """``(signed, endorsement, rendition)`` from a report object's private block.

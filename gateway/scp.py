@@ -31,6 +31,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from fenji.gateway import dimse_status as st
+from fenji.gateway import reading
 from fenji.gateway.config import Config
 from fenji.gateway.store import PutStatus, Store, StoreFull
 from fenji.gateway.validate import ACCEPTED_TRANSFER_SYNTAXES, Rejected, check_dimse
@@ -325,6 +326,10 @@ class DicomService:
             log.warning("assoc=%d calling=%s rejected status=%s sop=%s reason=%s", s.assoc_id,
                         s.calling, st.describe(exc.status), _safe(sop_instance), exc.reason)
             return _failure(exc.status, exc.reason)
+        if checked.info.sop_class_uid in reading.VIEWER_REPORT_CLASSES:
+            refused = self._viewer_report(checked, s)
+            if refused is not None:
+                return refused
         try:
             out = self.store.put(checked.part10, checked.info, calling_ae=s.calling,
                                  peer_address=s.peer)
@@ -350,6 +355,46 @@ class DicomService:
         else:
             s.stored += 1
         s.bytes += out.size
+        return st.SUCCESS
+
+
+    def _viewer_report(self, checked: Any, s: _AssocStats) -> Any:
+        """A reader's workstation stored an SR/PDF for a worklist study: sign it as the report.
+
+        Returns the C-STORE answer when this was a report (signed: Success; refused:
+        a failure naming why), ``None`` to store it as an ordinary instance.
+        """
+        ae = self.cfg.remote_ae(s.calling)
+        reader = self.cfg.user(ae.reader) if ae is not None and ae.reader else None
+        if reader is None:
+            return None
+        from fenji.gateway.auth import User
+
+        info = checked.info
+        try:
+            report = reading.viewer_report_if_any(
+                self.store, self.cfg, User.of(reader), checked.part10,
+                sop_class_uid=info.sop_class_uid, study_instance_uid=info.study_instance_uid)
+        except reading.ReadingError as exc:
+            s.failed += 1
+            status = (st.NOT_AUTHORIZED if isinstance(exc, reading.Forbidden)
+                      else st.REPORT_REFUSED)
+            log.warning("assoc=%d calling=%s reader=%s report refused status=%s sop=%s "
+                        "reason=%s", s.assoc_id, s.calling, reader.name, st.describe(status),
+                        _safe(info.sop_instance_uid), exc)
+            return _failure(status, str(exc))
+        except Exception as exc:  # a bug or an I/O fault: never answer success
+            s.failed += 1
+            log.exception("assoc=%d calling=%s reader=%s sop=%s viewer report failed",
+                          s.assoc_id, s.calling, reader.name, _safe(info.sop_instance_uid))
+            return _failure(st.PROCESSING_FAILURE, f"report failed: {type(exc).__name__}")
+        if report is None:
+            return None
+        s.stored += 1
+        s.bytes += len(checked.part10)
+        log.info("assoc=%d calling=%s reader=%s report=%s version=%s case=%s from viewer "
+                 "object sop=%s", s.assoc_id, s.calling, reader.name, report.get("report_id"),
+                 report.get("version"), report.get("case_id"), _safe(info.sop_instance_uid))
         return st.SUCCESS
 
 

@@ -515,6 +515,23 @@ def check_dimse(dataset: bytes, transfer_syntax: str, *, affected_sop_class: str
     return Checked(meta + dataset, _info(values, transfer_syntax, ds_sha))
 
 
+def with_preamble(data: bytes) -> bytes:
+    """``data`` as a Part-10 file: a File Meta group sent without its preamble gets one.
+
+    Some STOW-RS clients (dicomweb-client writing a data set built in memory)
+    send the File Meta Information without the 128-byte preamble and ``DICM``.
+    The data set is the same; the stored file is made a proper Part-10 file.
+    Anything else is returned unchanged (and then checked as usual).
+    """
+    if data[128:132] == b"DICM":
+        return data
+    if data[:4] == b"DICM" and data[4:6] == b"\x02\x00":
+        return bytes(128) + data
+    if data[:2] == b"\x02\x00" and data[4:6] in (b"UL", b"OB", b"UI"):
+        return bytes(128) + b"DICM" + data
+    return data
+
+
 def split_part10(data: bytes) -> tuple[dict[str, str], int]:
     """Parse preamble + File Meta; return (meta values, offset of the data set)."""
     if len(data) < 132 or data[128:132] != b"DICM":

@@ -82,6 +82,25 @@ def keep_receipt(store: Store, job: dict[str, Any], out: Delivered, now: float,
                     (now, job["case_id"]))
 
 
+def note_sent(store: Store, job: dict[str, Any], now: float, node: str,
+              bytes_total: int) -> None:
+    """The ledger's "sent" event: the first time a bundle goes on the wire to its next hop."""
+    from fenji.gateway import ledger
+
+    with store.atomic() as con:
+        report = con.execute("SELECT case_id FROM reports WHERE report_id = ?",
+                             (job["case_id"],)).fetchone()
+        case_id = report[0] if report else job["case_id"]
+        if con.execute("SELECT 1 FROM audit WHERE case_id = ? AND kind = 'sent' AND "
+                       "object = ?", (case_id, job["bundle_id"])).fetchone():
+            return  # a resumed or retried upload: sent once, whatever the attempts
+        ledger.record(store, "sent", node=node, actor=node, role="node", obj=job["bundle_id"],
+                      case_id=case_id, con=con, at=now,
+                      detail={"destination": job["destination"],
+                              "what": "report" if report else "case",
+                              "bytes": bytes_total, "priority": job.get("priority")})
+
+
 class SenderLoop:
     def __init__(self, cfg: Config, store: Store, *, clock: Callable[[], float] = time.time,
                  policy: OutboxPolicy | None = None, seed: int | None = None) -> None:
@@ -224,6 +243,8 @@ class SenderLoop:
 
         try:
             manifest = await asyncio.to_thread(manifest_of, path)
+            await asyncio.to_thread(note_sent, self.store, j, self.clock(), self.cfg.node.name,
+                                    path.stat().st_size)
             out = await send_bundle(session, peer.url, self.sender, self.peer_keys[dest], path,
                                     j["bundle_id"], sizer=self._sizer(dest), manifest=manifest,
                                     should_yield=should_yield, on_progress=progress,

@@ -16,6 +16,7 @@ from fenji.gateway.validate import (
     check_part10,
     split_part10,
     valid_uid,
+    with_preamble,
 )
 
 EXPECTED_STATUS = {
@@ -101,3 +102,19 @@ def test_pydicom_test_files_pass_or_are_rejected_cleanly() -> None:
             assert exc.reason
             rejected += 1
     assert accepted > rejected  # most of pydicom's files are well-formed
+
+
+def test_file_meta_without_preamble_gets_one_and_the_same_data_set() -> None:
+    path = good_files()[0]
+    data = path.read_bytes()
+    assert data[128:132] == b"DICM"
+    want = check_part10(data).info
+    for bare in (data[132:], data[128:]):  # meta group alone; "DICM" + meta
+        fixed = with_preamble(bare)
+        assert fixed[:128] == bytes(128) and fixed[128:] == data[128:]
+        assert check_part10(fixed).info == want
+    assert with_preamble(data) is data
+    junk = b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100"  # a data set with no meta at all
+    assert with_preamble(junk) == junk
+    with pytest.raises(Rejected, match="preamble"):
+        check_part10(with_preamble(junk))

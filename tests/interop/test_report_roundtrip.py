@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from _data import ct_series
+from _viewer import viewer_sr
 
 from fenji.gateway.dcmtk import storescu
 from fenji.gateway.demo import Link
@@ -57,44 +58,6 @@ def _study_of(path: Path) -> str:
     import pydicom
 
     return str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
-
-
-def _viewer_sr(study: str) -> bytes:
-    """A Basic Text SR as a reader's viewer would make it, in the case's study."""
-    import io
-
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.sequence import Sequence
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    def code(value: str, scheme: str, meaning: str) -> Dataset:
-        c = Dataset()
-        c.CodeValue, c.CodingSchemeDesignator, c.CodeMeaning = value, scheme, meaning
-        return c
-
-    def text(concept: Dataset, value: str) -> Dataset:
-        it = Dataset()
-        it.RelationshipType, it.ValueType, it.TextValue = "CONTAINS", "TEXT", value
-        it.ConceptNameCodeSequence = Sequence([concept])
-        return it
-
-    ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
-    ds.Modality, ds.PatientID, ds.PatientName, ds.InstanceNumber = "SR", "P1", "TEST", 1
-    ds.ValueType = "CONTAINER"
-    ds.ConceptNameCodeSequence = Sequence([code("11528-7", "LN", "Radiology Report")])
-    ds.ContinuityOfContent = "SEPARATE"
-    ds.ContentSequence = Sequence([text(code("121071", "DCM", "Finding"),
-                                        "硬膜下血肿 9 mm (viewer)"),
-                                   text(code("121073", "DCM", "Impression"), "Acute SDH.")])
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
 
 
 @pytest.fixture()
@@ -244,7 +207,7 @@ def test_report_round_trip_with_center_kill(nodes) -> None:  # type: ignore[no-u
     # The reader's viewer sends its own SR as a further amendment.
     req = urllib.request.Request(
         c + f"/api/cases/{case_id}/reports?amendment_reason=viewer+measurement&critical=true",
-        data=_viewer_sr(study), method="POST",
+        data=viewer_sr(study, "硬膜下血肿 9 mm (viewer)"), method="POST",
         headers={**center.auth("dr.wang"), "Content-Type": "application/dicom"})
     with urllib.request.urlopen(req, timeout=60) as r:  # noqa: S310 - loopback
         rep3 = json.loads(r.read())
@@ -259,11 +222,19 @@ def test_report_round_trip_with_center_kill(nodes) -> None:  # type: ignore[no-u
     # The case's history across nodes, and both ledgers hold.
     hist = json.loads(edge.cli("audit", "ls", "--case", case_id, "--json").stdout)
     kinds = {(e["node"], e["kind"]) for e in hist}
-    for expected in (("edge", "released"), ("edge", "receipt"), ("center", "arrived"),
+    for expected in (("edge", "released"), ("edge", "sent"), ("edge", "receipt"),
+                     ("center", "arrived"),
                      ("center", "claimed"), ("center", "reported"), ("center", "amended"),
                      ("edge", "report_arrived"), ("edge", "critical"),
                      ("edge", "delivered"), ("edge", "acknowledged")):
         assert expected in kinds, (expected, sorted(kinds))
+    # "sent" once per bundle, however many attempts the links and the kill caused;
+    # the center sent one report bundle per version.
+    sent = [(e["node"], e["object"]) for e in hist if e["kind"] == "sent"]
+    assert len(sent) == len(set(sent)), sent
+    at_center = json.loads(center.cli("audit", "ls", "--case", case_id, "--json").stdout)
+    sent = [e["object"] for e in at_center if e["kind"] == "sent" and e["node"] == "center"]
+    assert len(sent) == len(set(sent)) == 3, sent
     for node in (edge, center):
         assert node.cli("audit", "verify", check=False).returncode == 0
     li = edge.cli("liability", case_id, "--json")
