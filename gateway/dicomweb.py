@@ -23,7 +23,13 @@ pydicom has a decoder for it) and the parts say which syntax they carry; a
 request nothing can satisfy gets ``406`` naming the stored syntax.
 
 Multipart answers are streamed part by part, blobs read from disk in chunks,
-so memory does not grow with the study.  Every read of patient data is an
+so memory does not grow with the study.  Frames and pixel bulk data are
+located in the stored file from its header and item tags (``_map_frames``) and
+only the asked-for frames are read, so memory does not grow with a long cine
+either; a decoded frame is decoded alone.  Deflated and big-endian files (and
+fragments without an offset table that do not map one to one) fall back to
+reading the instance whole.  A viewer's text SR or PDF stored by a reader for a
+worklist study becomes the reader's signed report (gateway/reading.py).  Every read of patient data is an
 ``opened`` event in the audit ledger (one per request).  Store, ledger and
 pydicom work run in threads, never on the event loop.
 """
@@ -35,7 +41,6 @@ import io
 import logging
 import re
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +52,7 @@ from fenji.gateway.auth import User, require
 from fenji.gateway.config import Config
 from fenji.gateway.store import PutStatus, Store, StoreFull
 from fenji.gateway.validate import (
+    DEFLATED_LE,
     ENCAPSULATED,
     EXPLICIT_BE,
     EXPLICIT_LE,
@@ -606,13 +612,135 @@ def _load_frames(store: Store, row: dict[str, Any]) -> _Pixels:
     return _Pixels(ts, frames, ds)
 
 
-def _decoded_frames(px: _Pixels, wanted: list[int]) -> list[bytes]:
-    """Compressed frames decoded to native little-endian bytes (pydicom's decoders)."""
+Range = tuple[int, int]  # (file offset, length)
+
+
+@dataclass
+class _FrameMap:
+    """Where each frame's bytes lie in the stored file: nothing of them is read yet."""
+
+    transfer_syntax: str
+    path: str
+    frames: list[list[Range]]  # per frame: its byte ranges (fragments, or one native run)
+
+
+_OB_LIKE = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UN", b"UR", b"UT"}
+
+
+def _map_frames(store: Store, row: dict[str, Any]) -> _FrameMap | None:
+    """The frames of a stored instance as file ranges, from its header and item tags only.
+
+    Memory does not grow with the instance: a 2 GB cine serves frame 1 by
+    reading frame 1.  ``None`` when the layout needs the whole value (deflated
+    or big-endian data, 1-bit frames, fragments without an offset table that
+    do not map one to one); :func:`_load_frames` serves those.
+    """
+    import struct
+
+    import pydicom
+
+    ts = row["transfer_syntax_uid"]
+    if ts in (DEFLATED_LE, EXPLICIT_BE):
+        return None
+    path = str(store.blob_path(row["sha256"]))
+    with open(path, "rb") as fp:
+        ds = pydicom.dcmread(fp, stop_before_pixels=True)
+        pos = fp.tell()  # pydicom rewinds to the start of the pixel element
+        head = fp.read(12)
+        if len(head) < 8 or struct.unpack_from("<HH", head) != (0x7FE0, 0x0010):
+            return None
+        if ts == IMPLICIT_LE:
+            (length,), value_at = struct.unpack_from("<I", head, 4), pos + 8
+        elif head[4:6] in _OB_LIKE:
+            (length,), value_at = struct.unpack_from("<I", head, 8), pos + 12
+        else:
+            (length,), value_at = struct.unpack_from("<H", head, 6), pos + 8
+        n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+        if length != 0xFFFFFFFF:
+            if ts in ENCAPSULATED:
+                return None
+            frame_bits = (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
+                          * int(ds.BitsAllocated))
+            if frame_bits % 8:
+                return None
+            n = frame_bits // 8
+            if n * n_frames > length:
+                raise web.HTTPNotFound(text=f"instance {row['sop_instance_uid']}: pixel data "
+                                            f"of {length} bytes is short of {n_frames} frames "
+                                            f"of {n}")
+            return _FrameMap(EXPLICIT_LE if ts == IMPLICIT_LE else ts, path,
+                             [[(value_at + i * n, n)] for i in range(n_frames)])
+        fp.seek(value_at)
+        items: list[Range] = []
+        while True:
+            h = fp.read(8)
+            if len(h) < 8:
+                return None
+            g, e, ln = struct.unpack("<HHI", h)
+            if (g, e) == (0xFFFE, 0xE0DD):
+                break
+            if (g, e) != (0xFFFE, 0xE000) or ln == 0xFFFFFFFF:
+                return None
+            items.append((fp.tell(), ln))
+            fp.seek(ln, 1)
+        if not items:
+            return None
+        (bot_at, bot_len), fragments = items[0], items[1:]
+        if not fragments:
+            return None
+        if n_frames == 1:
+            return _FrameMap(ts, path, [fragments])
+        if bot_len >= 4 * n_frames:
+            fp.seek(bot_at)
+            offsets = list(struct.unpack(f"<{n_frames}I", fp.read(4 * n_frames)))
+            first = fragments[0][0] - 8  # offsets count from the first fragment's item tag
+            starts = [off - 8 - first for off, _ in fragments]
+            frames: list[list[Range]] = []
+            for i, begin in enumerate(offsets):
+                end = offsets[i + 1] if i + 1 < n_frames else None
+                frames.append([f for f, s0 in zip(fragments, starts, strict=True)
+                               if s0 >= begin and (end is None or s0 < end)])
+            if any(not f for f in frames) or sum(map(len, frames)) != len(fragments):
+                return None
+            return _FrameMap(ts, path, frames)
+        if len(fragments) == n_frames:
+            return _FrameMap(ts, path, [[f] for f in fragments])
+        return None
+
+
+def _read_ranges(path: str, ranges: list[Range]) -> bytes:
+    with open(path, "rb") as fh:
+        out = []
+        for off, n in ranges:
+            fh.seek(off)
+            out.append(fh.read(n))
+    return b"".join(out)
+
+
+async def _range_chunks(path: str, ranges: list[Range]) -> Any:
+    """The bytes of ``ranges`` in pieces of at most CHUNK_BYTES."""
+    for off, n in ranges:
+        done = 0
+        while done < n:
+            k = min(CHUNK_BYTES, n - done)
+            chunk = await asyncio.to_thread(_read_chunk, path, off + done, k)
+            if len(chunk) != k:
+                raise OSError(f"blob {path} ends inside its pixel data")
+            done += k
+            yield chunk
+
+
+def _decoded_frames(src: Any, wanted: list[int]) -> list[bytes]:
+    """Compressed frames decoded to native little-endian bytes (pydicom's decoders).
+
+    ``src``: the stored file's path (pydicom then reads only the frame it
+    decodes) or a loaded data set.
+    """
     from pydicom.pixels import pixel_array
 
     out = []
     for n in wanted:
-        arr = pixel_array(px.dataset, index=n - 1, raw=True)
+        arr = pixel_array(src, index=n - 1, raw=True)
         out.append(arr.astype(arr.dtype.newbyteorder("<")).tobytes())
     return out
 
@@ -661,44 +789,81 @@ async def frames(request: web.Request) -> web.StreamResponse:
             f"{row['transfer_syntax_uid']}; its frames are served as application/octet-stream "
             f"(decoded: {'yes' if _decodable(row['transfer_syntax_uid']) else 'no decoder'}) "
             f"or {FRAME_MEDIA_TYPES.get(row['transfer_syntax_uid'], 'as stored')}")
-    px = await asyncio.to_thread(_load_frames, store, row)
-    if max(wanted) > len(px.frames):
-        raise web.HTTPNotFound(text=f"frame {max(wanted)} requested, instance {m['sop']} has "
-                                    f"{len(px.frames)}")
     media, ts = plan
-    if media == "application/octet-stream" and px.transfer_syntax in ENCAPSULATED:
-        parts = await asyncio.to_thread(_decoded_frames, px, wanted)
+    fmap = await asyncio.to_thread(_map_frames, store, row)
+    parts: list[bytes | list[Range]]
+    if fmap is not None:
+        if max(wanted) > len(fmap.frames):
+            raise web.HTTPNotFound(text=f"frame {max(wanted)} requested, instance {m['sop']} "
+                                        f"has {len(fmap.frames)}")
+        if media == "application/octet-stream" and fmap.transfer_syntax in ENCAPSULATED:
+            parts = list(await asyncio.to_thread(_decoded_frames, fmap.path, wanted))
+        else:
+            parts = [fmap.frames[n - 1] for n in wanted]
     else:
-        parts = [px.frames[n - 1] for n in wanted]
+        px = await asyncio.to_thread(_load_frames, store, row)
+        if max(wanted) > len(px.frames):
+            raise web.HTTPNotFound(text=f"frame {max(wanted)} requested, instance {m['sop']} "
+                                        f"has {len(px.frames)}")
+        if media == "application/octet-stream" and px.transfer_syntax in ENCAPSULATED:
+            parts = list(await asyncio.to_thread(_decoded_frames, px.dataset, wanted))
+        else:
+            parts = [px.frames[n - 1] for n in wanted]
     await asyncio.to_thread(_audit_open, store, cfg, user, [m["study"]], "wado-rs", request,
                             frames=wanted[:100])
-    return _multipart_response(parts, f"{media}; transfer-syntax={ts}",
-                               f'multipart/related; type="{media}"')
+    return await _multipart_stream(request, fmap.path if fmap else "", parts,
+                                   f"{media}; transfer-syntax={ts}",
+                                   f'multipart/related; type="{media}"')
 
 
-def _multipart_response(parts: Iterable[bytes], part_type: str, ctype: str) -> web.Response:
+async def _multipart_stream(request: web.Request, path: str, parts: list[bytes | list[Range]],
+                            part_type: str, ctype: str) -> web.StreamResponse:
+    """A multipart/related response whose parts are bytes or ranges of ``path`` (streamed)."""
     boundary = uuid.uuid4().hex
-    body = io.BytesIO()
-    for p in parts:
-        body.write(_part_head(boundary, part_type))
-        body.write(p)
-        body.write(b"\r\n")
-    body.write(f"--{boundary}--\r\n".encode("ascii"))
-    resp = web.Response(body=body.getvalue())
+    resp = web.StreamResponse(status=200)
     resp.headers["Content-Type"] = f"{ctype}; boundary={boundary}"
+    head = _part_head(boundary, part_type)
+    tail = f"--{boundary}--\r\n".encode("ascii")
+    resp.content_length = sum(len(head) + 2 + (len(p) if isinstance(p, bytes)
+                                               else sum(n for _, n in p)) for p in parts
+                              ) + len(tail)
+    await resp.prepare(request)
+    for p in parts:
+        await resp.write(head)
+        if isinstance(p, bytes):
+            await resp.write(p)
+        else:
+            async for chunk in _range_chunks(path, p):
+                await resp.write(chunk)
+        await resp.write(b"\r\n")
+    await resp.write(tail)
+    await resp.write_eof()
     return resp
 
 
-def _bulk_value(store: Store, row: dict[str, Any], tag: int) -> tuple[list[bytes], str]:
+def _bulk_value(store: Store, row: dict[str, Any], tag: int
+                ) -> tuple[str, list[bytes | list[Range]], str]:
+    """(path, parts, part type) of one bulk data value; pixel data as file ranges."""
     import pydicom
 
+    path = str(store.blob_path(row["sha256"]))
     if tag == 0x7FE00010:
+        fmap = _map_frames(store, row)
+        if fmap is not None:
+            if fmap.transfer_syntax in ENCAPSULATED:
+                media = FRAME_MEDIA_TYPES.get(fmap.transfer_syntax, "application/octet-stream")
+                return (path, list(fmap.frames),
+                        f"{media}; transfer-syntax={fmap.transfer_syntax}")
+            whole = [r for f in fmap.frames for r in f]
+            return path, [whole], f"application/octet-stream; transfer-syntax={EXPLICIT_LE}"
         px = _load_frames(store, row)
         if px.transfer_syntax in ENCAPSULATED:
             media = FRAME_MEDIA_TYPES.get(px.transfer_syntax, "application/octet-stream")
-            return px.frames, f"{media}; transfer-syntax={px.transfer_syntax}"
-        return [b"".join(px.frames)], f"application/octet-stream; transfer-syntax={EXPLICIT_LE}"
-    ds = pydicom.dcmread(store.blob_path(row["sha256"]))
+            return path, list(px.frames), f"{media}; transfer-syntax={px.transfer_syntax}"
+        return (path, [b"".join(px.frames)],
+                f"application/octet-stream; transfer-syntax={EXPLICIT_LE}")
+    # Other bulk values: only the asked-for one is read (the rest stays deferred).
+    ds = pydicom.dcmread(path, defer_size=BULK_THRESHOLD_BYTES)
     if tag not in ds:
         raise web.HTTPNotFound(text=f"instance {row['sop_instance_uid']} has no top-level "
                                     f"({tag >> 16:04X},{tag & 0xFFFF:04X})")
@@ -706,7 +871,7 @@ def _bulk_value(store: Store, row: dict[str, Any], tag: int) -> tuple[list[bytes
     if not isinstance(value, bytes | bytearray):
         raise web.HTTPNotFound(text=f"({tag >> 16:04X},{tag & 0xFFFF:04X}) is not bulk data")
     ts = row["transfer_syntax_uid"]
-    return [bytes(value)], f"application/octet-stream; transfer-syntax={ts}"
+    return path, [bytes(value)], f"application/octet-stream; transfer-syntax={ts}"
 
 
 async def bulkdata(request: web.Request) -> web.StreamResponse:
@@ -720,10 +885,12 @@ async def bulkdata(request: web.Request) -> web.StreamResponse:
         raise NotAcceptable("bulk data is served as multipart/related")
     rows = await asyncio.to_thread(_instances, store, m["study"], m["series"], m["sop"])
     _not_found_if_empty(rows, _what(m))
-    parts, ptype = await asyncio.to_thread(_bulk_value, store, rows[0], int(m["tag"], 16))
+    path, parts, ptype = await asyncio.to_thread(_bulk_value, store, rows[0],
+                                                 int(m["tag"], 16))
     await asyncio.to_thread(_audit_open, store, cfg, user, [m["study"]], "wado-rs", request)
     media = ptype.split(";")[0]
-    return _multipart_response(parts, ptype, f'multipart/related; type="{media}"')
+    return await _multipart_stream(request, path, parts, ptype,
+                                   f'multipart/related; type="{media}"')
 
 
 # -- QIDO-RS ------------------------------------------------------------------
