@@ -17,8 +17,10 @@ One :class:`DicomService` per receiving process.  The rules (issue 2, DESIGN.md 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
+import socketserver
 import threading
 import time
 from dataclasses import dataclass, field
@@ -214,8 +216,13 @@ class DicomService:
         if self.server is None:
             return
         server, self.server = self.server, None
-        # serve_forever() returns; the listening socket is closed.
-        server.shutdown()
+        # serve_forever() returns; the listening socket is closed.  (Not through
+        # pynetdicom's shutdown(): it removes the server from a list make_server()
+        # never added it to, and raised ValueError at every node stop.)
+        socketserver.BaseServer.shutdown(server)
+        server.server_close()
+        with contextlib.suppress(ValueError):
+            self.ae._servers.remove(server)
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline:
             active = [a for a in self.ae.active_associations if a.is_alive()]
