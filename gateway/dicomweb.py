@@ -1126,6 +1126,12 @@ async def stow(request: web.Request) -> web.Response:
         (res.stored if ok else res.failed).append(info)
     log.info("stow user=%s peer=%s stored=%d failed=%d", user.name, request.remote,
              len(res.stored), len(res.failed))
+    if any(s.get("report_id") for s in res.stored):
+        from fenji.gateway.http_reading import WAKE
+
+        wake = request.app.get(WAKE)
+        if callable(wake):
+            wake()  # a signed report is queued back: send it now, not at the next poll
     status = 200 if not res.failed else 409 if not res.stored else 202
     if not res.stored and not res.failed:
         return _error(400, "empty", "no parts in the STOW-RS request")
