@@ -792,24 +792,21 @@ async def frames(request: web.Request) -> web.StreamResponse:
             f"or {FRAME_MEDIA_TYPES.get(row['transfer_syntax_uid'], 'as stored')}")
     media, ts = plan
     fmap = await asyncio.to_thread(_map_frames, store, row)
-    parts: list[bytes | list[Range]]
+    # The frames as file ranges (located) or bytes (the whole instance loaded).
+    all_frames: list[bytes] | list[list[Range]]
     if fmap is not None:
-        if max(wanted) > len(fmap.frames):
-            raise web.HTTPNotFound(text=f"frame {max(wanted)} requested, instance {m['sop']} "
-                                        f"has {len(fmap.frames)}")
-        if media == "application/octet-stream" and fmap.transfer_syntax in ENCAPSULATED:
-            parts = list(await asyncio.to_thread(_decoded_frames, fmap.path, wanted))
-        else:
-            parts = [fmap.frames[n - 1] for n in wanted]
+        stored_ts, all_frames, src = fmap.transfer_syntax, fmap.frames, fmap.path
     else:
         px = await asyncio.to_thread(_load_frames, store, row)
-        if max(wanted) > len(px.frames):
-            raise web.HTTPNotFound(text=f"frame {max(wanted)} requested, instance {m['sop']} "
-                                        f"has {len(px.frames)}")
-        if media == "application/octet-stream" and px.transfer_syntax in ENCAPSULATED:
-            parts = list(await asyncio.to_thread(_decoded_frames, px.dataset, wanted))
-        else:
-            parts = [px.frames[n - 1] for n in wanted]
+        stored_ts, all_frames, src = px.transfer_syntax, px.frames, px.dataset
+    if max(wanted) > len(all_frames):
+        raise web.HTTPNotFound(text=f"frame {max(wanted)} requested, instance {m['sop']} has "
+                                    f"{len(all_frames)}")
+    parts: list[bytes | list[Range]]
+    if media == "application/octet-stream" and stored_ts in ENCAPSULATED:
+        parts = list(await asyncio.to_thread(_decoded_frames, src, wanted))
+    else:
+        parts = [all_frames[n - 1] for n in wanted]
     await asyncio.to_thread(_audit_open, store, cfg, user, [m["study"]], "wado-rs", request,
                             frames=wanted[:100])
     return await _multipart_stream(request, fmap.path if fmap else "", parts,

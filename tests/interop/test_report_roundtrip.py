@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 from _data import ct_series
 from _viewer import viewer_sr
+from _wait import until
 
 from fenji.gateway.dcmtk import storescu
 from fenji.gateway.demo import Link
@@ -42,16 +42,6 @@ def _call(method: str, url: str, headers: dict[str, str] | None = None,
         return status, json.loads(raw)
     except ValueError:
         return status, raw
-
-
-def _wait(pred: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = pred()
-        if out:
-            return out
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _study_of(path: Path) -> str:
@@ -118,7 +108,7 @@ def test_report_round_trip_with_center_kill(nodes) -> None:  # type: ignore[no-u
         s, rows = _call("GET", c + "/api/worklist", center.auth("dr.wang"))
         return [r for r in rows if r["case_id"] == case_id] if s == 200 else None
 
-    (item,) = _wait(on_worklist, 180, "the case on the center's worklist")
+    (item,) = until(on_worklist, 180, "the case on the center's worklist")
     assert item["priority"] == "stat" and item["state"] == "new"
     assert item["sending_hospital"] == "edge" and item["clinical_question"] == "bleed?"
     assert item["quality"]["verdict"] in ("acceptable", "acceptable_with_warnings")
@@ -160,13 +150,13 @@ def test_report_round_trip_with_center_kill(nodes) -> None:  # type: ignore[no-u
         return got if reps and reps[0]["version"] == version and reps[0]["received_at"] \
             else None
 
-    got = _wait(lambda: report_at_edge(1), 240, "the report back at the edge")
+    got = until(lambda: report_at_edge(1), 240, "the report back at the edge")
     assert got["state"] == "reported", got  # set only when the signatures verified
     assert got["critical"] is True
     (r1,) = got["reports"]
     assert r1["reader"] == "dr.wang" and r1["findings"] == report_body["findings"]
     # The critical hook ran with the case and report ids.
-    hook = _wait(lambda: hook_out.exists() and hook_out.read_text().strip(), 30, "the hook")
+    hook = until(lambda: hook_out.exists() and hook_out.read_text().strip(), 30, "the hook")
     assert case_id in hook and r1["report_id"] in hook
 
     # The hospital PACS got the SR and the PDF.
@@ -177,7 +167,7 @@ def test_report_round_trip_with_center_kill(nodes) -> None:  # type: ignore[no-u
     import pydicom
 
     at_pacs = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID)
-               for p in _wait(pacs_files, 120, "SR and PDF at the PACS")}
+               for p in until(pacs_files, 120, "SR and PDF at the PACS")}
     assert at_pacs == {"1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.1.104.1"}
 
     # An amendment supersedes, with a reason; both versions are kept.
@@ -191,7 +181,7 @@ def test_report_round_trip_with_center_kill(nodes) -> None:  # type: ignore[no-u
                      "thickness re-measured", "--json")
     rep2 = json.loads(out.stdout)
     assert rep2["version"] == 2 and rep2["supersedes"] == rep["report_id"]
-    got = _wait(lambda: report_at_edge(2), 240, "the amendment at the edge")
+    got = until(lambda: report_at_edge(2), 240, "the amendment at the edge")
     v2, v1 = got["reports"]
     assert v2["status"] == "current" and v1["status"] == "superseded"
     assert v2["amendment_reason"] == "thickness re-measured"
@@ -212,7 +202,7 @@ def test_report_round_trip_with_center_kill(nodes) -> None:  # type: ignore[no-u
     with urllib.request.urlopen(req, timeout=60) as r:  # noqa: S310 - loopback
         rep3 = json.loads(r.read())
     assert rep3["version"] == 3
-    got = _wait(lambda: report_at_edge(3), 240, "the viewer's report at the edge")
+    got = until(lambda: report_at_edge(3), 240, "the viewer's report at the edge")
     assert got["reports"][0]["findings"] == "硬膜下血肿 9 mm (viewer)"
 
     # The report verifies at the edge, against the manifest the edge sent.

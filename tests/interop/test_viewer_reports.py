@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import pytest
 import requests
 from _data import ct_series
 from _viewer import viewer_sr_dataset
+from _wait import until
 from dicomweb_client.api import DICOMwebClient
 from pydicom.uid import generate_uid
 
@@ -27,16 +27,6 @@ from fenji.gateway.dcmtk import storescu
 from fenji.gateway.harness import NodeProcess, free_port
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def _wait(pred: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = pred()
-        if out:
-            return out
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _second_study(src: list[Path], out: Path) -> list[Path]:
@@ -105,7 +95,7 @@ def test_viewer_sr_over_stow_and_c_store_is_the_signed_report(tmp_path: Path) ->
             s, rows = _api(center, "GET", "/api/worklist", "dr.wang")
             return s == 200 and {r["case_id"] for r in rows} >= set(cases)
 
-        _wait(on_worklist, 180, "both cases on the center's worklist")
+        until(on_worklist, 180, "both cases on the center's worklist")
         client = DICOMwebClient(center.web_url + "/dicom-web", headers=center.auth("dr.wang"))
 
         # -- STOW-RS: refused before the claim, nothing stored; signed after it.
@@ -150,7 +140,7 @@ def test_viewer_sr_over_stow_and_c_store_is_the_signed_report(tmp_path: Path) ->
             return reps[0] if reps and reps[0].get("received_at") else None
 
         for case_id, findings in expected.items():
-            rep = _wait(lambda c=case_id: back(c), 180, f"the report of {case_id} at the edge")
+            rep = until(lambda c=case_id: back(c), 180, f"the report of {case_id} at the edge")
             assert rep["findings"] == findings and rep["reader"] == "dr.wang"
             v = edge.cli("report", "verify", "--case", case_id, "--json", check=False)
             assert v.returncode == 0, v.stdout + v.stderr
