@@ -6,7 +6,6 @@ import json
 import os
 import platform
 import resource
-import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fenji.gateway.dcmtk import tool as dcmtk_tool
 from fenji.gateway.harness import free_port as free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,16 +88,32 @@ def print_table(rows: Sequence[dict[str, Any]], cols: Sequence[str]) -> None:
 
 
 
-def which_dcmtk(tool: str) -> str:
-    """DCMTK by full path: pynetdicom's scripts of the same name shadow it on PATH."""
-    path = Path("/usr/bin") / tool
-    if path.exists():
-        return str(path)
-    found = shutil.which(tool)
-    if not found:
-        raise FileNotFoundError(f"DCMTK {tool} not found (apt-get install dcmtk)")
-    return found
-
-
 def children_peak_rss_kib() -> int:
     return int(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+
+
+def dcmtk_env() -> dict[str, str]:
+    """The environment for DCMTK tools: TCP_NODELAY=1 (DCMTK reads it), so neither side
+    of a benchmark stalls ~40 ms per message on Nagle and the peer's delayed ACK."""
+    env = dict(os.environ)
+    env["TCP_NODELAY"] = "1"
+    return env
+
+
+def start_storescp(outdir: Path, port: int, *, ae_title: str = "STORESCP",
+                   fork: bool = False, timeout_s: float = 20.0) -> subprocess.Popen[bytes]:
+    """DCMTK storescp writing into ``outdir`` on ``port``, returned once it listens."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    cmd = [dcmtk_tool("storescp"), "-aet", ae_title, "-od", str(outdir), "--accept-all"]
+    if fork:
+        cmd.append("--fork")
+    proc = subprocess.Popen([*cmd, str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=dcmtk_env())
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as sk:
+            if sk.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"storescp did not start listening on port {port} in {timeout_s:.0f} s")

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import free_port, print_table, shared_data
+from bench.common import dcmtk_env, free_port, print_table, shared_data, start_storescp
 from fenji.gateway.dcmtk import tool
 from fenji.gateway.harness import NodeProcess
 from fenji.gateway.synth import derive
@@ -43,19 +43,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parallel", type=int, default=4, help="concurrent senders for ct-small")
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["TCP_NODELAY"] = "1"  # DCMTK reads this: no Nagle stall on either side
-    return env
-
-
 def _send(files: list[Path], port: int, called: str, parallel: int) -> float:
     """Run ``parallel`` storescu over ``files``; return wall seconds."""
     chunks = [files[i::parallel] for i in range(parallel)]
     t0 = time.perf_counter()
     procs = [subprocess.Popen([tool("storescu"), "-R", "-xe", "-aet", f"BENCH{i}", "-aec",
                                called, "127.0.0.1", str(port), *map(str, c)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dcmtk_env())
              for i, c in enumerate(chunks) if c]
     errors = []
     for p in procs:
@@ -84,24 +78,6 @@ def _rss_kib(pid: int) -> int:
         except OSError:
             continue
     return total
-
-
-def _storescp(outdir: Path, port: int, fork: bool) -> subprocess.Popen[bytes]:
-    cmd = [tool("storescp"), "-aet", "STORESCP", "-od", str(outdir), "--accept-all"]
-    if fork:
-        cmd.append("--fork")
-    proc = subprocess.Popen([*cmd, str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=_env())
-    deadline = time.monotonic() + 20
-    import socket
-
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("storescp did not start")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -137,7 +113,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 out = work / "scp-out"
                 out.mkdir(exist_ok=True)
                 port = free_port()
-                scp = _storescp(out, port, fork=parallel > 1)
+                scp = start_storescp(out, port, fork=parallel > 1)
                 try:
                     samples["storescp"].append(_send(files, port, "STORESCP", parallel))
                 finally:

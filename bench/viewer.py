@@ -29,7 +29,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -40,7 +39,7 @@ from typing import Any
 
 import requests
 
-from bench.common import free_port, print_table, shared_data
+from bench.common import dcmtk_env, free_port, print_table, shared_data, start_storescp
 from fenji.gateway.dcmtk import tool
 from fenji.gateway.harness import NodeProcess, OrthancProcess
 
@@ -140,12 +139,6 @@ def queries(studies: list[dict[str, str]], n: int, seed: int) -> list[dict[str, 
 
 
 # -- loading ----------------------------------------------------------------------
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["TCP_NODELAY"] = "1"
-    return env
-
-
 def send_dirs(dirs: list[Path], port: int, called: str, senders: int) -> float:
     """storescu +sd over ``dirs`` by ``senders`` processes at once; wall seconds."""
     todo = list(dirs)
@@ -158,7 +151,7 @@ def send_dirs(dirs: list[Path], port: int, called: str, senders: int) -> float:
             running.append(subprocess.Popen(
                 [tool("storescu"), "-xe", "+sd", "+r", "-aet", "BENCH", "-aec", called,
                  "127.0.0.1", str(port), str(d)], stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE, env=_env()))
+                stderr=subprocess.PIPE, env=dcmtk_env()))
         p = running.pop(0)
         _, err = p.communicate(timeout=3600)
         if p.returncode != 0:
@@ -215,21 +208,6 @@ def wado_series(base: str, study: str, series: str, headers: dict[str, str],
             "client": "curl"}
 
 
-def _storescp(outdir: Path, port: int) -> subprocess.Popen[bytes]:
-    outdir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([tool("storescp"), "-aet", "STORESCP", "-od", str(outdir),
-                             "--accept-all", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=_env())
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        with socket.socket() as sk:
-            if sk.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("storescp did not start")
-
-
 def cfind(port: int, called: str, name: str, runs: int) -> dict[str, Any]:
     lat, out = [], ""
     for _ in range(runs):
@@ -237,7 +215,7 @@ def cfind(port: int, called: str, name: str, runs: int) -> dict[str, Any]:
         p = subprocess.run([tool("findscu"), "-v", "-S", "-aet", "BENCH", "-aec", called,
                             "-k", "QueryRetrieveLevel=STUDY", "-k", f"PatientName={name}",
                             "-k", "StudyInstanceUID", "127.0.0.1", str(port)],
-                           capture_output=True, text=True, timeout=300, env=_env())
+                           capture_output=True, text=True, timeout=300, env=dcmtk_env())
         lat.append(time.perf_counter() - t0)
         out = p.stdout + p.stderr
     return {"median_s": statistics.median(lat), "samples_s": lat,
@@ -255,7 +233,7 @@ def cmove(port: int, called: str, study: str, series: str, dest_dir: Path,
                             "-aem", "STORESCP", "-k", "QueryRetrieveLevel=SERIES",
                             "-k", f"StudyInstanceUID={study}", "-k",
                             f"SeriesInstanceUID={series}", "127.0.0.1", str(port)],
-                           capture_output=True, text=True, timeout=600, env=_env())
+                           capture_output=True, text=True, timeout=600, env=dcmtk_env())
         lat.append(time.perf_counter() - t0)
         out = p.stdout + p.stderr
         files = len(list(dest_dir.iterdir()))
@@ -317,7 +295,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                  extra={"LimitFindResults": 0, "LimitFindInstances": 0,
                                         "DicomAlwaysAllowFind": True,
                                         "DicomAlwaysAllowMove": True})
-        scp = _storescp(work / "scp-out", scp_port)
+        scp = start_storescp(work / "scp-out", scp_port)
         try:
             with node, orthanc:
                 load = {"fenji": send_dirs(dirs, node.dicom_port, "FENJI", args.senders),

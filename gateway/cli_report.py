@@ -125,17 +125,12 @@ def _add_verify(rsub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     v.set_defaults(func=_verify)
 
 
-def trusted_from_config(cfg: Any) -> dict[str, Any]:
-    """Center keys a node's config vouches for (:func:`fenji.gateway.reading.trusted_centers`)."""
-    from fenji.gateway.reading import trusted_centers
-
-    return trusted_centers(cfg, self_only_if_center=True)
-
-
 def _trusted(args: argparse.Namespace, cfg: Any) -> dict[str, Any] | None:
     from fenji.gateway.keys import public_from_config
+    from fenji.gateway.reading import trusted_centers
 
-    out: dict[str, Any] = trusted_from_config(cfg) if cfg is not None else {}
+    out: dict[str, Any] = (trusted_centers(cfg, self_only_if_center=True)
+                           if cfg is not None else {})
     for spec in args.trust_center:
         name, sep, key = spec.partition("=")
         if not sep or not name or not key:

@@ -1034,8 +1034,7 @@ def _stow_one(cfg: Config, store: Store, data: bytes, user: User, peer: str | No
                 store, cfg, user, checked.part10, sop_class_uid=info.sop_class_uid,
                 study_instance_uid=info.study_instance_uid)
         except reading.ReadingError as exc:
-            status = (st.NOT_AUTHORIZED if isinstance(exc, reading.Forbidden)
-                      else st.REPORT_REFUSED)
+            status = reading.refusal_status(exc)
             log.warning("stow user=%s peer=%s report refused status=%s reason=%s", user.name,
                         peer, st.describe(status), exc)
             return False, {**ref, "status": status, "reason": str(exc)}

@@ -231,17 +231,23 @@ def find(store: Store, level: str, keys: dict[str, str], *, root: str = "study",
     return out
 
 
-def find_sql(level: str, keys: dict[str, str], *, root: str = "study",
-             limit: int | None = None, offset: int = 0, fuzzy: bool = False
-             ) -> tuple[str, tuple[Any, ...]]:
-    """The SQL :func:`find` runs, and its parameters (for ``EXPLAIN QUERY PLAN``)."""
+def _checked_level(level: str, root: str, label: str) -> str:
+    """``level`` upper-cased, once it is a level the ``root`` information model has."""
     level = level.upper()
     if level not in LEVELS:
-        raise QueryError(f"query level {level!r} is not one of {', '.join(LEVELS)}")
+        raise QueryError(f"{label} {level!r} is not one of {', '.join(LEVELS)}")
     if root not in ("patient", "study"):
         raise QueryError(f"query root {root!r} is not patient or study")
     if level == "PATIENT" and root != "patient":
         raise QueryError("PATIENT level needs the patient root information model")
+    return level
+
+
+def find_sql(level: str, keys: dict[str, str], *, root: str = "study",
+             limit: int | None = None, offset: int = 0, fuzzy: bool = False
+             ) -> tuple[str, tuple[Any, ...]]:
+    """The SQL :func:`find` runs, and its parameters (for ``EXPLAIN QUERY PLAN``)."""
+    level = _checked_level(level, root, "query level")
     where: list[str] = []
     args: list[Any] = []
     for keyword, value in keys.items():
@@ -321,13 +327,7 @@ def retrieve(store: Store, level: str, keys: dict[str, str], *, root: str = "stu
     (no wildcards).  Other keys are ignored, so a retrieve never widens into a
     query; a missing or wildcard key at the level is a :class:`QueryError`.
     """
-    level = level.upper()
-    if level not in LEVELS:
-        raise QueryError(f"QueryRetrieveLevel {level!r} is not one of {', '.join(LEVELS)}")
-    if root not in ("patient", "study"):
-        raise QueryError(f"query root {root!r} is not patient or study")
-    if level == "PATIENT" and root != "patient":
-        raise QueryError("PATIENT level needs the patient root information model")
+    level = _checked_level(level, root, "QueryRetrieveLevel")
     key = UNIQUE_KEYS[level]
     wanted = _uid_list(keys.get(key))
     if not wanted:

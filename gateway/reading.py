@@ -667,6 +667,21 @@ def export_report(store: Store, report_id: str, directory: Path) -> list[Path]:
     return out
 
 
+def refusal_status(exc: ReadingError) -> int:
+    """The DICOM status a refused viewer report gets (C-STORE, STOW-RS FailureReason)."""
+    from fenji.gateway import dimse_status as st
+
+    return st.NOT_AUTHORIZED if isinstance(exc, Forbidden) else st.REPORT_REFUSED
+
+
+def worklist_case_for_study(store: Store, study: str, user: User) -> str | None:
+    """The worklist case of ``study`` a report by ``user`` is for: theirs, else the newest."""
+    row = store.query_one("SELECT case_id FROM cases WHERE study_instance_uid = ? AND "
+                          "kind = 'case' AND read_state IS NOT NULL ORDER BY "
+                          "(claimed_by = ?) DESC, received_at DESC LIMIT 1", (study, user.name))
+    return str(row["case_id"]) if row else None
+
+
 def report_from_viewer(store: Store, cfg: Config, user: User, data: bytes,
                        case_id: str | None = None, *, critical: bool = False,
                        amendment_reason: str | None = None) -> dict[str, Any]:
@@ -689,13 +704,9 @@ def report_from_viewer(store: Store, cfg: Config, user: User, data: bytes,
         raise ReadingError(f"not a DICOM SR or encapsulated PDF fenji can read: {exc}") from exc
     study = parsed["study_instance_uid"]
     if case_id is None:
-        row = store.query_one("SELECT case_id FROM cases WHERE study_instance_uid = ? AND "
-                              "kind = 'case' AND read_state IS NOT NULL ORDER BY "
-                              "(claimed_by = ?) DESC, received_at DESC LIMIT 1",
-                              (study, user.name))
-        if row is None:
+        case_id = worklist_case_for_study(store, study, user)
+        if case_id is None:
             raise NotFound(f"no case on the worklist for study {study}")
-        case_id = str(row["case_id"])
     case = _case(store, case_id)
     if case["study_instance_uid"] != study:
         raise ReadingError(f"the viewer's report references study {study}, but case {case_id} "
@@ -743,11 +754,8 @@ def viewer_report_if_any(store: Store, cfg: Config, user: User | None, data: byt
     if (cfg.node.role != "center" or user is None or user.role != "reader"
             or sop_class_uid not in VIEWER_REPORT_CLASSES):
         return None
-    row = store.query_one("SELECT case_id FROM cases WHERE study_instance_uid = ? AND "
-                          "kind = 'case' AND read_state IS NOT NULL ORDER BY "
-                          "(claimed_by = ?) DESC, received_at DESC LIMIT 1",
-                          (study_instance_uid, user.name))
-    if row is None:
+    case_id = worklist_case_for_study(store, study_instance_uid, user)
+    if case_id is None:
         return None
     from pydicom import dcmread
 
@@ -756,4 +764,4 @@ def viewer_report_if_any(store: Store, cfg: Config, user: User | None, data: byt
     ds = dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
     if reports.has_signed_block(ds):
         return None  # fenji's own report (a C-MOVE back, a re-import): not a new one
-    return report_from_viewer(store, cfg, user, data, str(row["case_id"]))
+    return report_from_viewer(store, cfg, user, data, case_id)

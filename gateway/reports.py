@@ -311,24 +311,12 @@ class VerifyResult:
         return self.report.get("reader")
 
     @property
-    def reader_display(self) -> str | None:
-        return self.report.get("reader_display")
-
-    @property
     def center(self) -> str | None:
         return self.report.get("center")
 
     @property
     def version(self) -> int | None:
         return self.report.get("version")
-
-    @property
-    def report_id(self) -> str | None:
-        return self.report.get("report_id")
-
-    @property
-    def supersedes(self) -> str | None:
-        return self.report.get("supersedes")
 
     def summary(self) -> dict[str, Any]:
         """A flat JSON-able view (the ``fenji report verify --json`` object)."""

@@ -384,8 +384,7 @@ class DicomService:
                 sop_class_uid=info.sop_class_uid, study_instance_uid=info.study_instance_uid)
         except reading.ReadingError as exc:
             s.failed += 1
-            status = (st.NOT_AUTHORIZED if isinstance(exc, reading.Forbidden)
-                      else st.REPORT_REFUSED)
+            status = reading.refusal_status(exc)
             log.warning("assoc=%d calling=%s reader=%s report refused status=%s sop=%s "
                         "reason=%s", s.assoc_id, s.calling, reader.name, st.describe(status),
                         _safe(info.sop_instance_uid), exc)

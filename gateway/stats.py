@@ -304,7 +304,7 @@ def _verify_report(signed: dict[str, Any], endorsement: dict[str, Any] | None,
         verify_signed = None  # type: ignore[assignment]
     if verify_signed is not None:
         res = verify_signed(signed, endorsement or {}, dict(trusted))
-        return bool(res.ok), list(res.problems), getattr(res, "endorsed_by", None)
+        return bool(res.ok), list(res.problems), res.endorsed_by
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from fenji.gateway.keys import verify as verify_sig
