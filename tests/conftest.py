@@ -24,6 +24,15 @@ good_dicom_files = good_files
 malformed_dicom_files = malformed_files
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Without the shared data, parametrized tests would collect zero cases and
+    # pass by skipping: stop at once and say where the data was looked for.
+    if not (SHARED_DATA / "dicom").is_dir() or not (SHARED_DATA / "ecg").is_dir():
+        raise pytest.UsageError(
+            f"shared test data not found at {SHARED_DATA} (expected dicom/ and ecg/): "
+            "clone fenji next to shared/ (../shared/data) or set FENJI_SHARED_DATA")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
