@@ -70,6 +70,27 @@ class Released:
     preview: tuple[str, Path, int] | None = None
 
 
+def resolve_case_id(store: Store, given: str) -> str:
+    """A full case ID, or a unique prefix of one (as git takes commit prefixes).
+
+    An unknown ID is returned unchanged (the verb then says it has no such case);
+    an ambiguous prefix raises :class:`CaseError` listing the candidates.
+    """
+    if not given or store.query_one("SELECT 1 AS x FROM cases WHERE case_id = ?", (given,)):
+        return given
+    if not all(c.isalnum() for c in given):
+        return given
+    rows = store.query("SELECT case_id FROM cases WHERE case_id LIKE ? ORDER BY case_id "
+                       "LIMIT 6", (given + "%",))
+    if len(rows) == 1:
+        return str(rows[0]["case_id"])
+    if len(rows) > 1:
+        shown = ", ".join(str(r["case_id"]) for r in rows[:5])
+        raise CaseError(f"case ID prefix {given!r} is ambiguous: {shown}"
+                        f"{', …' if len(rows) > 5 else ''}; give more characters")
+    return given
+
+
 def next_hop(cfg: Any, destination: str) -> str | None:
     """A configured peer is its own next hop; otherwise transfer.default_destination
     (a relay) carries the case on (DESIGN.md §1: edge, relay, center)."""
