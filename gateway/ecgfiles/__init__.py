@@ -12,10 +12,11 @@ bytes, XML root element), never from the file name alone.
 
 >>> detect_format("x.bin", b"ISHNE1.0" + bytes(600))
 'ishne'
->>> detect_format("x.xml", b'<?xml version="1.0"?><foo xmlns="urn:x"/>')
-Traceback (most recent call last):
-...
-fenji.gateway.ecgfiles.common.EcgFileError: x.xml: unsupported ECG format: XML root element 'foo' in namespace 'urn:x'
+>>> try:
+...     detect_format("x.xml", b'<?xml version="1.0"?><foo xmlns="urn:x"/>')
+... except EcgFileError as exc:
+...     print(exc)
+x.xml: unsupported ECG format: XML root element 'foo' in namespace 'urn:x'
 """
 
 from __future__ import annotations
@@ -23,16 +24,26 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 
-from fenji.gateway.ecgfiles.common import (
-    MAX_FILE_BYTES, EcgFile, EcgFileError, EcgMeta)
+from fenji.gateway.ecgfiles.common import MAX_FILE_BYTES, EcgFile, EcgFileError, EcgMeta
 from fenji.gateway.ecgfiles.contec import looks_like_contec, read_contec
 from fenji.gateway.ecgfiles.holter import (
-    ANN_MAGIC, ISHNE_MAGIC, check_ishne_ann, read_ishne, read_mfer)
+    ANN_MAGIC,
+    ISHNE_MAGIC,
+    check_ishne_ann,
+    read_ishne,
+    read_mfer,
+)
 from fenji.gateway.ecgfiles.scp_ecg import looks_like_scp, read_scp
 from fenji.gateway.ecgfiles.xml_formats import (
-    HL7_NS, read_aecg, read_muse, read_philips, root_element, xml_text)
+    HL7_NS,
+    read_aecg,
+    read_muse,
+    read_philips,
+    root_element,
+    xml_text,
+)
 
-__all__ = ["FORMATS", "EcgFile", "EcgFileError", "EcgMeta", "detect_format", "read_ecg_file",
+__all__ = ["FORMATS", "MAX_FILE_BYTES", "EcgFile", "EcgFileError", "EcgMeta", "detect_format", "read_ecg_file",
            "read_ecg_files"]
 
 #: format id -> (description, reader)
@@ -120,6 +131,7 @@ def read_ecg_files(files: Mapping[str, bytes]) -> EcgFile:
             raise EcgFileError(f"{anns[0]}: an ISHNE annotation file goes with an ISHNE .ecg, "
                                f"not {out.meta.format}")
         n_ann = check_ishne_ann(anns[0], files[anns[0]])
+        note = f"{anns[0]}: {n_ann} ISHNE annotations (not stored)"
         out = dataclasses.replace(out, meta=dataclasses.replace(
-            out.meta, notes=(*out.meta.notes, f"{anns[0]}: {n_ann} ISHNE annotations (not stored)")))
+            out.meta, notes=(*out.meta.notes, note)))
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import math
 import re
 import tempfile
 import warnings
@@ -190,7 +191,7 @@ def lead_physical_uv(lead: Any, where: str) -> tuple[np.ndarray, float]:
 
 
 def build_record(name: str, fs_hz: float, leads: Sequence[str], columns_uv: Sequence[np.ndarray],
-                 res_uv: Sequence[float], filters: EcgFilters = EcgFilters(),
+                 res_uv: Sequence[float], filters: EcgFilters | None = None,
                  derive_limb: bool = True) -> tuple[EcgRecord, tuple[str, ...]]:
     """A physical (mV) `EcgRecord` from per-lead µV columns of equal length.
 
@@ -210,7 +211,7 @@ def build_record(name: str, fs_hz: float, leads: Sequence[str], columns_uv: Sequ
     if n_samples * len(columns_uv) > MAX_SAMPLE_VALUES:
         raise EcgFileError(f"{name}: {len(columns_uv)} leads x {n_samples} samples exceeds "
                            f"the limit of {MAX_SAMPLE_VALUES} values")
-    if not (0.0 < fs_hz <= 100_000.0) or not np.isfinite(fs_hz):
+    if not (0.0 < fs_hz <= 100_000.0) or not math.isfinite(fs_hz):
         raise EcgFileError(f"{name}: sampling rate {fs_hz} Hz is not plausible")
     names = [str(x) for x in leads]
     cols = [np.asarray(c, dtype=np.float64) for c in columns_uv]
@@ -233,7 +234,7 @@ def build_record(name: str, fs_hz: float, leads: Sequence[str], columns_uv: Sequ
     rec = EcgRecord(leads=tuple(names[k] for k in order), fs_hz=float(fs_hz), signal=sig,
                     gains=tuple(1000.0 / res[k] for k in order),
                     baselines=tuple(0 for _ in order), units=tuple("mV" for _ in order),
-                    digital=False, filters=filters, name=name)
+                    digital=False, filters=filters or EcgFilters(), name=name)
     return rec, tuple(notes)
 
 

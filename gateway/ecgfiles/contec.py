@@ -27,8 +27,7 @@ import re
 
 import numpy as np
 
-from fenji.gateway.ecgfiles.common import (
-    EcgFile, EcgFileError, EcgMeta, build_record, decode_text)
+from fenji.gateway.ecgfiles.common import EcgFile, EcgFileError, EcgMeta, build_record, decode_text
 
 HEADER_BYTES = 43
 FOOTER_BYTES = 37

@@ -20,7 +20,13 @@ from ecgdatakit.parsing.parsers.ishne_holter import ISHNEHolterParser
 from ecgdatakit.parsing.parsers.mfer import MFERParser
 
 from fenji.gateway.ecgfiles.common import (
-    EcgFile, EcgFileError, decode_text, library_file, pn, run_library)
+    EcgFile,
+    EcgFileError,
+    decode_text,
+    library_file,
+    pn,
+    run_library,
+)
 
 ISHNE_MAGIC = b"ISHNE1.0"
 ANN_MAGIC = b"ANN  1.0"

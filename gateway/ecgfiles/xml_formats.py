@@ -15,7 +15,6 @@ expansion, no external entities).  What is done here, before it runs:
 
 from __future__ import annotations
 
-import codecs as _codecs
 import re
 
 from ecgdatakit.parsing.parsers.ge_muse_xml import GEMuseXMLParser
@@ -23,7 +22,12 @@ from ecgdatakit.parsing.parsers.hl7_aecg import HL7aECGParser
 from ecgdatakit.parsing.parsers.sierra_xml import SierraXMLParser
 
 from fenji.gateway.ecgfiles.common import (
-    EcgFile, EcgFileError, canonical_encoding, library_file, run_library)
+    EcgFile,
+    EcgFileError,
+    canonical_encoding,
+    library_file,
+    run_library,
+)
 
 HL7_NS = "urn:hl7-org:v3"
 PHILIPS_NS = "http://www3.medical.philips.com"
@@ -36,9 +40,9 @@ _SKIP = re.compile(r"\s*(<\?.*?\?>|<!--.*?-->)", re.S)
 
 def xml_text(name: str, data: bytes) -> str:
     """The document as text, decoded by BOM or declared encoding (strictly)."""
-    if data.startswith(_codecs.BOM_UTF8):
+    if data.startswith(b"\xef\xbb\xbf"):
         enc, body = "utf-8", data[3:]
-    elif data.startswith((_codecs.BOM_UTF16_LE, _codecs.BOM_UTF16_BE)):
+    elif data.startswith((b"\xff\xfe", b"\xfe\xff")):
         enc, body = "utf-16", data
     elif data[:4] in (b"<\x00?\x00", b"\x00<\x00?"):
         enc, body = ("utf-16-le" if data[0] == 0x3C else "utf-16-be"), data
