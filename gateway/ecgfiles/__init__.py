@@ -36,6 +36,7 @@ from fenji.gateway.ecgfiles.holter import (
 from fenji.gateway.ecgfiles.scp_ecg import looks_like_scp, read_scp
 from fenji.gateway.ecgfiles.xml_formats import (
     HL7_NS,
+    refuse_entities,
     read_aecg,
     read_muse,
     read_philips,
@@ -87,9 +88,11 @@ def detect_format(name: str, data: bytes) -> str:
     head = data[:4096].lstrip(b"\xef\xbb\xbf\xff\xfe\x00\t\r\n ")
     if head.startswith(b"<") or data[:2] in (b"\xff\xfe", b"\xfe\xff"):
         try:
-            root = root_element(xml_text(name, data[:65536] if len(data) > 65536 else data))
+            text = xml_text(name, data)
         except EcgFileError:
-            root = root_element(data[:65536].decode("utf-8", "replace"))
+            text = data[:65536].decode("utf-8", "replace")
+        refuse_entities(name, text)
+        root = root_element(text)
         if root is None:
             raise EcgFileError(f"{name}: unsupported ECG format: XML without a readable root "
                                "element")

@@ -61,6 +61,11 @@ def read_contec(name: str, data: bytes) -> EcgFile:
             raise EcgFileError(f"{name}: Contec ECG90A data of {max(n, 0)} bytes is not a whole "
                                f"number of {2 * len(CHANNELS)}-byte frames (truncated)")
         raise EcgFileError(f"{name}: Contec ECG90A header case number/time field unreadable")
+    if data[-FOOTER_BYTES:].strip(b"\x00"):
+        # The footer is blank in every file seen; samples there mean the file was cut
+        # (the format has no length field, so this is the only truncation check).
+        raise EcgFileError(f"{name}: Contec ECG90A footer (last {FOOTER_BYTES} bytes) holds "
+                           "data, not the blank footer (truncated)")
     when = _when(data)
     body = np.frombuffer(data, dtype="<i2", offset=HEADER_BYTES,
                          count=(len(data) - HEADER_BYTES - FOOTER_BYTES) // 2)

@@ -31,8 +31,11 @@ def looks_like_scp(data: bytes) -> bool:
         return False
     if data[16:22] == b"SCPECG":
         return True
-    first_ptr = struct.unpack_from("<H", data, 6 + _SECTION_HEADER)[0]
-    return first_ptr == 0 and struct.unpack_from("<I", data, 2)[0] > 6 + _SECTION_HEADER
+    # Writers that leave the reserved field empty: the first pointer must describe
+    # section 0 itself (ID 0, its length, index 7 -- or 6, 0-based, as Healforce writes).
+    s0_len = struct.unpack_from("<I", data, 10)[0]
+    pid, plen, pindex = struct.unpack_from("<HII", data, 6 + _SECTION_HEADER)
+    return pid == 0 and plen == s0_len > _SECTION_HEADER and pindex in (6, 7)
 
 
 def check_container(name: str, data: bytes) -> dict[int, tuple[int, int]]:

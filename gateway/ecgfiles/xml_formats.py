@@ -81,11 +81,15 @@ def root_element(text: str) -> tuple[str, str] | None:
     return m.group(2), ns.group(1) if ns else ""
 
 
-def utf8_document(name: str, text: str) -> bytes:
-    """UTF-8 bytes of the document with its declaration rewritten; DTDs refused."""
+def refuse_entities(name: str, text: str) -> None:
     if "<!ENTITY" in text or re.search(r"<!DOCTYPE[^>]*\[", text[:65536]):
         raise EcgFileError(f"{name}: XML with an internal DTD or ENTITY declaration is refused "
                            "(entity expansion)")
+
+
+def utf8_document(name: str, text: str) -> bytes:
+    """UTF-8 bytes of the document with its declaration rewritten; DTDs refused."""
+    refuse_entities(name, text)
     body = _DECL.sub("", text.lstrip("\ufeff"), count=1)
     return b'<?xml version="1.0" encoding="UTF-8"?>\n' + body.encode("utf-8")
 
