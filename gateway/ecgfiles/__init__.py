@@ -36,16 +36,16 @@ from fenji.gateway.ecgfiles.holter import (
 from fenji.gateway.ecgfiles.scp_ecg import looks_like_scp, read_scp
 from fenji.gateway.ecgfiles.xml_formats import (
     HL7_NS,
-    refuse_entities,
     read_aecg,
     read_muse,
     read_philips,
+    refuse_entities,
     root_element,
     xml_text,
 )
 
-__all__ = ["FORMATS", "MAX_FILE_BYTES", "EcgFile", "EcgFileError", "EcgMeta", "detect_format", "read_ecg_file",
-           "read_ecg_files"]
+__all__ = ["FORMATS", "MAX_FILE_BYTES", "EcgFile", "EcgFileError", "EcgMeta", "detect_format",
+           "read_ecg_file", "read_ecg_files"]
 
 #: format id -> (description, reader)
 FORMATS: dict[str, tuple[str, Callable[[str, bytes], EcgFile]]] = {

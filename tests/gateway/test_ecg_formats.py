@@ -11,13 +11,14 @@ import re
 import shutil
 import struct
 import subprocess
-import time
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import pydicom
 import pytest
 from _data import ECG_DIR
+from _wait import until
 from defusedxml import ElementTree as SafeET
 
 from fenji.gateway.ecg_convert import ecg_to_part10
@@ -107,12 +108,14 @@ def _philips_uv(path: Path) -> dict[str, np.ndarray]:
 
 
 def _ishne_uv(data: bytes) -> dict[str, np.ndarray]:
-    n_samples, ecg_off = struct.unpack_from("<i", data, 14)[0], struct.unpack_from("<i", data, 22)[0]
+    n_samples = struct.unpack_from("<i", data, 14)[0]
+    ecg_off = struct.unpack_from("<i", data, 22)[0]
     n_leads = struct.unpack_from("<h", data, 156)[0]
     spec = struct.unpack_from(f"<{n_leads}h", data, 158)
     res_nv = struct.unpack_from(f"<{n_leads}h", data, 206)
     x = np.frombuffer(data, "<i2", count=n_leads * n_samples, offset=ecg_off).reshape(-1, n_leads)
-    return {_ISHNE_LEADS[s]: x[:, j].astype(np.float64) * res_nv[j] / 1000.0 for j, s in enumerate(spec)}
+    return {_ISHNE_LEADS[s]: x[:, j].astype(np.float64) * res_nv[j] / 1000.0
+            for j, s in enumerate(spec)}
 
 
 def _mfer_uv(data: bytes) -> dict[str, np.ndarray]:
@@ -135,14 +138,15 @@ def _mfer_uv(data: bytes) -> dict[str, np.ndarray]:
             wave = val
         elif tag in (0x01, 0x04, 0x05, 0x0C) and tag not in attrs:
             attrs[tag] = val
-    order = "little" if attrs.get(0x01, b"\x00")[:1] == b"\x01" else "big"   # MFER default: big
-    big = order == "big"
+    little = attrs.get(0x01, b"\x00")[:1] == b"\x01"   # MFER default: big endian
+    order: Literal["little", "big"] = "little" if little else "big"
+    big = not little
     block = int.from_bytes(attrs[0x04], order)
     n_ch = int.from_bytes(attrs[0x05], order)
     sens = attrs[0x0C]   # unit, exponent (signed), mantissa
     uv = int.from_bytes(sens[2:], order) * 10.0 ** (struct.unpack("b", sens[1:2])[0] + 6)
-    x = np.frombuffer(wave, ">i2" if big else "<i2").reshape(-1, n_ch, block)
-    x = x.transpose(1, 0, 2).reshape(n_ch, -1)
+    blocks = np.frombuffer(wave, ">i2" if big else "<i2").reshape(-1, n_ch, block)
+    x = blocks.transpose(1, 0, 2).reshape(n_ch, -1)
     return {"I": x[0] * uv, "II": x[1] * uv}
 
 
@@ -212,8 +216,9 @@ def test_sample_converts_with_file_values_and_passes_dciodvfy(rel: str, tmp_path
         idx = idx[ok[idx]]
         np.testing.assert_allclose(have[idx], want[idx], atol=1e-3, err_msg=f"{rel} {lead}")
         err = max(err, float(np.abs(have[ok] - want[ok]).max()))
-    print(f"\nFORMAT {SAMPLES[rel]} {rel}: {len(got)} leads x {ds.WaveformSequence[0].NumberOfWaveformSamples}"
-          f" at {ds.WaveformSequence[0].SamplingFrequency} Hz, max |uV| error {err:.6f} "
+    w = ds.WaveformSequence[0]
+    print(f"\nFORMAT {SAMPLES[rel]} {rel}: {len(got)} leads x {w.NumberOfWaveformSamples}"
+          f" at {w.SamplingFrequency} Hz, max |uV| error {err:.6f} "
           f"over {len(expected)} stored leads")
     if rel.startswith(("hl7_aecg/hl7", "scp_ecg/ecgtoolkit")):
         assert str(ds.PatientName) == "Clark" and ds.AcquisitionDateTime.startswith("20021122091")
@@ -334,7 +339,8 @@ def test_ingest_quarantines_a_corrupt_cart_file_and_stores_nothing(tmp_path: Pat
 def test_cart_files_over_http_and_watched_folder(tmp_path: Path) -> None:
     import aiohttp
 
-    async def post(url: str, name: str, data: bytes, headers: dict[str, str]) -> tuple[int, dict]:  # type: ignore[type-arg]
+    async def post(url: str, name: str, data: bytes,
+                   headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
         form = aiohttp.FormData()
         form.add_field("file", data, filename=name, content_type="application/octet-stream")
         async with aiohttp.ClientSession() as s, s.post(url + "/api/ecg", data=form,
@@ -358,15 +364,11 @@ def test_cart_files_over_http_and_watched_folder(tmp_path: Path) -> None:
         shutil.copy(FORMATS / "ishne/ECG_P28.01.ecg", watch / "h.ecg")
         shutil.copy(FORMATS / "ishne/ECG_P28.01.ann", watch / "h.ann")
         (watch / "broken.xml").write_bytes(muse[:40000])
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if all((watch / d / f).exists() for d, f in (("done", "ex.scp"), ("done", "h.ecg"),
-                                                         ("done", "h.ann"),
-                                                         ("failed", "broken.xml"))):
-                break
-            time.sleep(0.1)
+        until(lambda: all((watch / d / f).exists() for d, f in (
+            ("done", "ex.scp"), ("done", "h.ecg"), ("done", "h.ann"), ("failed", "broken.xml"))),
+            120, "the watched folder to take the cart files")
         reason = (watch / "failed" / "broken.xml.reason.txt").read_text()
         assert "broken.xml" in reason
         rows = node.stored()
         assert len(rows) == 3
-        assert {r["sop_class_uid"][-5:] for r in rows} == {"9.1.1", "9.1.3"}
+        assert {str(r["sop_class_uid"])[-5:] for r in rows} == {"9.1.1", "9.1.3"}
