@@ -24,7 +24,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 
-from fenji.gateway.ecgfiles.common import MAX_FILE_BYTES, EcgFile, EcgFileError, EcgMeta
+from fenji.gateway.ecgfiles.common import (
+    MAX_FILE_BYTES,
+    MAX_SAMPLE_VALUES,
+    MAX_XML_BYTES,
+    EcgFile,
+    EcgFileError,
+    EcgMeta,
+)
 from fenji.gateway.ecgfiles.contec import looks_like_contec, read_contec
 from fenji.gateway.ecgfiles.holter import (
     ANN_MAGIC,
@@ -58,6 +65,7 @@ FORMATS: dict[str, tuple[str, Callable[[str, bytes], EcgFile]]] = {
     "contec-ecg90a": ("Contec ECG90A native file", read_contec),
 }
 
+_XML = frozenset({"hl7-aecg", "ge-muse-xml", "philips-xml"})
 _XML_ROOTS = {("AnnotatedECG", HL7_NS): "hl7-aecg", ("RestingECG", ""): "ge-muse-xml",
               ("restingecgdata", "http://www3.medical.philips.com"): "philips-xml"}
 
@@ -117,6 +125,12 @@ def read_ecg_file(name: str, data: bytes) -> EcgFile:
     if len(data) > MAX_FILE_BYTES:
         raise EcgFileError(f"{name}: {len(data)} bytes exceeds the limit of {MAX_FILE_BYTES}")
     fmt = detect_format(name, data)
+    if fmt in _XML and len(data) > MAX_XML_BYTES:
+        raise EcgFileError(f"{name}: XML of {len(data)} bytes exceeds the limit of "
+                           f"{MAX_XML_BYTES}")
+    if fmt not in _XML and len(data) // 2 > MAX_SAMPLE_VALUES:
+        raise EcgFileError(f"{name}: {len(data)} bytes of samples exceed the limit of "
+                           f"{MAX_SAMPLE_VALUES} values")
     return FORMATS[fmt][1](name, data)
 
 

@@ -26,8 +26,12 @@ from fenji.codecs.errors import DecodeError
 #: Largest file any reader accepts (the biggest real cart file seen is 2.2 MiB; a
 #: 24-hour 12-lead Holter at 1000 Hz in int16 is ~2 GiB and goes by C-STORE instead).
 MAX_FILE_BYTES = 256 * 1024 * 1024
-#: Largest signal (samples x leads) a reader builds; float64 in memory, so 256 MiB.
+#: Largest signal (samples x leads) a reader builds; float64 in memory, so 256 MiB
+#: (24 h of 2 leads at 125 Hz is 21.6 M).  Binary files are checked against it
+#: from their size before any decoding.
 MAX_SAMPLE_VALUES = 32 * 1024 * 1024
+#: Largest XML document: real cart XML is 0.1-2 MiB; parsing costs ~10x its size.
+MAX_XML_BYTES = 64 * 1024 * 1024
 
 #: Declared-encoding aliases read as their superset: Chinese carts declare "GB2312"
 #: and write GBK characters (e.g. rare surname characters); GB18030 decodes both.

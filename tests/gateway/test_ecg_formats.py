@@ -372,3 +372,91 @@ def test_cart_files_over_http_and_watched_folder(tmp_path: Path) -> None:
         rows = node.stored()
         assert len(rows) == 3
         assert {str(r["sop_class_uid"])[-5:] for r in rows} == {"9.1.1", "9.1.3"}
+
+
+def _scp_with_name(data: bytes, last: bytes, first: bytes) -> bytes:
+    """An SCP-ECG record with section 1 tags 0/1 (last/first name) replaced and every
+    length, pointer and CRC recomputed (EN 1064 §5.2-5.4)."""
+    from fenji.gateway.ecgfiles.scp_ecg import check_container
+
+    secs = sorted(((k, v) for k, v in check_container("x", data).items() if k != 0),
+                  key=lambda kv: kv[1][0])
+    s0_len = struct.unpack_from("<I", data, 10)[0]
+    parts = [(0, data[6:6 + s0_len])]
+    pos = 6 + s0_len
+    for sid, (start, slen) in secs:
+        assert start == pos, "sections are contiguous"
+        parts.append((sid, data[start:start + slen]))
+        pos += slen
+    (k1,) = [i for i, (sid, _) in enumerate(parts) if sid == 1]
+    s1 = parts[k1][1]
+    tags, p = [], 16
+    while p + 3 <= len(s1):
+        t, ln = s1[p], struct.unpack_from("<H", s1, p + 1)[0]
+        tags.append((t, s1[p + 3:p + 3 + ln]))
+        p += 3 + ln
+        if t == 255:
+            break
+    if 1 not in {t for t, _ in tags}:
+        tags.insert(0, (1, b""))
+    tags = [(t, {0: last + b"\0", 1: first + b"\0"}.get(t, v)) for t, v in tags]
+    body = b"".join(bytes([t]) + struct.pack("<H", len(v)) + v for t, v in tags)
+    body += b"\0" * (len(body) % 2)
+
+    def section(sid: int, header_rest: bytes, content: bytes) -> bytes:
+        sec = struct.pack("<HI", sid, 8 + len(header_rest) + len(content)) + header_rest + content
+        return struct.pack("<H", binascii.crc_hqx(sec, 0xFFFF)) + sec
+
+    parts[k1] = (1, section(1, s1[8:16], body))
+    index, table = 6 + s0_len + 1, {}
+    table[0] = (s0_len, 7)
+    for sid, sec in parts[1:]:
+        table[sid] = (len(sec), index)
+        index += len(sec)
+    s0 = bytearray(parts[0][1])
+    for off in range(16, len(s0) - 9, 10):
+        sid = struct.unpack_from("<H", s0, off)[0]
+        if sid in table:
+            struct.pack_into("<II", s0, off + 2, *table[sid])
+    parts[0] = (0, section(0, bytes(s0[8:16]), bytes(s0[16:])))
+    rec = b"".join(sec for _, sec in parts)
+    rec = struct.pack("<I", 6 + len(rec)) + rec
+    return struct.pack("<H", binascii.crc_hqx(rec, 0xFFFF)) + rec
+
+
+@pytest.mark.parametrize("rel", ["scp_ecg/welchallyn_cardiocontrol_2017.SCP",
+                                 "scp_ecg/ecgtoolkit_example_eli250.scp"])
+def test_generated_scp_with_gb18030_name(rel: str) -> None:
+    data = (FORMATS / rel).read_bytes()
+    same = _scp_with_name(data, b"test", b"test")
+    assert read_ecg_file("s.scp", same).record.n_samples > 0      # the rebuild is sound
+    wang = _scp_with_name(data, "王".encode("gb18030"), "小东".encode("gb18030"))
+    ds = pydicom.dcmread(io.BytesIO(ecg_to_part10({"wang.scp": wang})[0]))
+    assert str(ds.PatientName) == "王^小东"
+    before = _dicom_uv(pydicom.dcmread(io.BytesIO(ecg_to_part10({"a.scp": data})[0])))
+    after = _dicom_uv(ds)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_format_is_detected_by_content_not_name() -> None:
+    scp = (FORMATS / "scp_ecg/ecgtoolkit_example_eli250.scp").read_bytes()
+    muse = (FORMATS / "ge_muse_xml/braveheart_example1.xml").read_bytes()
+    assert detect_format("ecg.xml", scp) == "scp-ecg"
+    assert detect_format("ecg.scp", muse) == "ge-muse-xml"
+    assert detect_format("noext", (FORMATS / "mfer/suzuken_cvs01_sample.mwf").read_bytes()) \
+        == "mfer"
+
+
+def test_ecg_check_cli_reads_cart_files() -> None:
+    import json
+    import sys
+
+    files = [str(FORMATS / r) for r in ("scp_ecg/welchallyn_cardiocontrol_2017.SCP",
+                                        "philips_sierra_xml/pagewriter_touch_1-04_utf16le.xml")]
+    out = subprocess.run([sys.executable, "-m", "fenji.gateway.cli", "ecg", "check", "--json",
+                          *files, str(FORMATS / "README.md")],
+                         capture_output=True, text=True, timeout=300)
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [len(r["leads"]) for r in rows] == [12, 12] and rows[0]["fs"] == pytest.approx(599.88)
+    assert out.returncode == 1 and "README.md" in out.stderr
+    assert "unsupported ECG format" in out.stderr
