@@ -146,14 +146,15 @@ def read_ecg(path: str | Path) -> EcgRecord:
 
 def choose_sop_class(rec: EcgRecord) -> str:
     """12-lead if it fits (A.34.3: standard leads, <= 16 s at 200-1000 Hz),
-    Ambulatory (A.34.5: <= 12 channels, 50-1000 Hz) for records over a minute,
-    else General ECG (A.34.4: <= 24 channels, 200-1000 Hz)."""
+    Ambulatory (A.34.5: <= 12 channels, 50-1000 Hz) for records over a minute or
+    sampled below 200 Hz (handheld recorders), else General ECG (A.34.4: <= 24
+    channels, 200-1000 Hz)."""
     leads = {_lead_name(n) for n in rec.leads}
     n = len(rec.leads)
     if (leads <= set(STANDARD_12) and n <= 13 and 200 <= rec.fs_hz <= 1000
             and rec.n_samples <= 16384 and rec.duration_s <= 16.0):
         return TWELVE_LEAD_ECG
-    if n <= 12 and 50 <= rec.fs_hz <= 1000 and rec.duration_s > 60.0:
+    if n <= 12 and 50 <= rec.fs_hz <= 1000 and (rec.duration_s > 60.0 or rec.fs_hz < 200):
         return AMBULATORY_ECG
     if n <= 24 and 200 <= rec.fs_hz <= 1000:
         return GENERAL_ECG

@@ -7,6 +7,7 @@ bytes, XML root element), never from the file name alone.
 |---|---|---|
 | HL7 aECG, GE MUSE XML, Philips SierraECG XML | `xml_formats` | ecgdatakit, text normalised here |
 | SCP-ECG | `scp_ecg` | container/CRC checks here, samples by ecgdatakit |
+| SCP-ECG from Healforce recorders | `healforce` | own parser (non-conformant files) |
 | ISHNE, MFER | `holter` | ecgdatakit, ISHNE header checks here |
 | Contec ECG90A | `contec` | own parser |
 

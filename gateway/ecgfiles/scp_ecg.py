@@ -17,6 +17,7 @@ import struct
 from ecgdatakit.parsing.parsers.scp_ecg import SCPECGParser
 
 from fenji.gateway.ecgfiles.common import EcgFile, EcgFileError, library_file, run_library
+from fenji.gateway.ecgfiles.healforce import looks_like_healforce, read_healforce
 
 _SECTION_HEADER = 16
 
@@ -82,6 +83,8 @@ def check_container(name: str, data: bytes) -> dict[int, tuple[int, int]]:
 
 
 def read_scp(name: str, data: bytes) -> EcgFile:
+    if looks_like_healforce(data):
+        return read_healforce(name, data)
     sections = check_container(name, data)
     start, slen = sections[6]
     if slen < _SECTION_HEADER + 6:
