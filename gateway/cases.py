@@ -80,12 +80,19 @@ def next_hop(cfg: Any, destination: str) -> str | None:
 
 
 def record_received(store: Store, manifest: dict[str, Any], node_name: str,
-                    now: float | None = None, instances: list[str] | None = None) -> str | None:
+                    now: float | None = None, instances: list[str] | None = None,
+                    sender: str | None = None) -> str | None:
     """Note a case that arrived in a bundle (idempotent: a re-sent bundle changes nothing).
 
+    ``sender`` is the node that authenticated the upload: it, not the manifest's
+    ``sender`` field, is who delivered the case (the manifest's claim is kept
+    as ``claimed_sender`` when they differ).
     Returns the case's state at this node (``received``, ``forwarding``, ``preview``).
     """
-    case = manifest.get("case", {})
+    case = dict(manifest.get("case", {}))
+    claimed = case.get("sender")
+    if sender is not None:
+        case["sender"] = sender
     if not case.get("case_id"):
         return None
     now = time.time() if now is None else now
@@ -126,7 +133,10 @@ def record_received(store: Store, manifest: dict[str, Any], node_name: str,
                               role="node", obj=str(case.get("bundle_id") or case["case_id"]),
                               case_id=case["case_id"],
                               detail={"instances": len(instances or []), "state": state,
-                                      "priority": case.get("priority")}, con=con, at=now)
+                                      "priority": case.get("priority"),
+                                      **({"claimed_sender": claimed}
+                                         if claimed != case.get("sender") else {})},
+                              con=con, at=now)
         foreign = case.get("audit")
         if isinstance(foreign, list) and foreign and state == "received":
             try:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from fenji.gateway import config as config_mod
-from fenji.gateway import dimse_status as st
+from fenji.gateway import ingest
 
 # `fenji store ls --json` field names: other tools depend on these exact names.
 LS_FIELDS = ("sop_instance_uid", "sop_class_uid", "study_instance_uid", "series_instance_uid",
@@ -78,11 +78,10 @@ def _files(paths: list[Path]) -> list[Path]:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from fenji.gateway.store import PutStatus, StoreFull
-    from fenji.gateway.validate import Rejected, check_part10
-
     cfg, store = _open(args)
     failed = 0
+    limits = ingest.Limits.of(cfg)
+    source = ingest.Source("import", "import")
     try:
         files = _files(args.paths)
         for i, path in enumerate(files, 1):
@@ -94,28 +93,10 @@ def _import(args: argparse.Namespace) -> int:
                 failed += 1
                 _emit(args, result, i, len(files))
                 continue
-            try:
-                checked = check_part10(data, max_instance_bytes=cfg.dicom.max_instance_bytes,
-                                       max_inflate_bytes=cfg.store.max_inflate_bytes)
-                out = store.put(checked.part10, checked.info, calling_ae="import")
-            except Rejected as exc:
-                store.quarantine(data, exc.reason, status=exc.status, calling_ae="import",
-                                 uid_hint=exc.uid_hint)
-                result.update(outcome="rejected", status=st.describe(exc.status),
-                              reason=exc.reason)
+            res = ingest.ingest(store, data, source, limits)
+            result.update(res.as_dict())
+            if not res.ok:
                 failed += 1
-            except StoreFull as exc:
-                result.update(outcome="refused", status=st.describe(st.OUT_OF_RESOURCES),
-                              reason=str(exc))
-                failed += 1
-            else:
-                if out.status is PutStatus.CONFLICT:
-                    failed += 1
-                    result.update(outcome="conflict", status=st.describe(
-                        st.SOP_INSTANCE_CONFLICT), sop_instance_uid=checked.info.sop_instance_uid)
-                else:
-                    result.update(outcome=out.status.value, sha256=out.sha256,
-                                  sop_instance_uid=checked.info.sop_instance_uid)
             _emit(args, result, i, len(files))
     finally:
         store.close()

@@ -282,6 +282,9 @@ class IngestSection:
     watch_interval_s: float = 2.0
     # A file younger than this may still be being written: it waits a round.
     settle_s: float = 2.0
+    # One ECG record (all its files) from a cart, by upload or folder.  A 12-lead
+    # rest ECG is well under 1 MiB; a 24-h Holter record is about 100-200 MiB.
+    max_record_bytes: int = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,43 +26,44 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from fenji.gateway.ecg_convert import MAX_RECORD_BYTES as MAX_RECORD_BYTES  # http_api
+from fenji.gateway import dimse_status as st
+from fenji.gateway import ingest
 from fenji.gateway.ecg_convert import ecg_to_part10, wfdb_files_named
 from fenji.gateway.ecgfiles import EcgFileError, detect_format
 from fenji.gateway.errors import PeerError
-from fenji.gateway.store import PutStatus, Store
-from fenji.gateway.validate import Rejected, check_part10
+from fenji.gateway.store import Store
+from fenji.gateway.validate import Rejected
 
 log = logging.getLogger(__name__)
 
 def ingest_files(store: Store, files: dict[str, bytes], *, source: str, patient_id: str = "",
-                 patient_name: str = "", max_instance_bytes: int = 1 << 30,
-                 max_inflate_bytes: int = 256 << 20) -> dict[str, Any]:
-    """Store one WFDB record or one DICOM file; return what happened (never raises for
-    bad input: the result says ``rejected`` with the reason and the bytes are quarantined)."""
+                 patient_name: str = "", limits: ingest.Limits | None = None,
+                 peer: str | None = None) -> dict[str, Any]:
+    """Store one ECG record (WFDB, a cart's file) or one DICOM file through the one
+    ingest path; return what happened.  Never raises for bad input: the result says
+    ``rejected`` with the reason, and the bytes are quarantined."""
+    limits = limits or ingest.Limits()
+    src = ingest.Source("ecg", source, peer)
     summary: dict[str, Any] = {"source": source}
+    total = sum(len(b) for b in files.values())
     try:
+        if total > limits.max_record_bytes:
+            raise PeerError(f"record of {total} bytes exceeds ingest.max_record_bytes = "
+                            f"{limits.max_record_bytes}")
         only = next(iter(files)) if len(files) == 1 else ""
         if only and (_is_part10(files[only]) or only.lower().endswith(".dcm")):
-            part10 = next(iter(files.values()))
+            part10 = files[only]
         else:
             part10, info = ecg_to_part10(files, patient_id=patient_id, patient_name=patient_name)
             summary.update(info)
-        checked = check_part10(part10, max_instance_bytes=max_instance_bytes,
-                               max_inflate_bytes=max_inflate_bytes)
-        out = store.put(checked.part10, checked.info, calling_ae=source)
-    except (PeerError, Rejected) as exc:
-        blob = b"".join(files.values())
-        store.quarantine(blob, str(exc), calling_ae=source)
-        log.warning("ecg ingest rejected source=%s reason=%s", source, exc)
-        summary.update(outcome="rejected", reason=str(exc))
-        return summary
-    outcome = {PutStatus.STORED: "stored", PutStatus.DUPLICATE: "duplicate",
-               PutStatus.CONFLICT: "already_ingested"}[out.status]
-    summary.update(outcome=outcome, sop_instance_uid=checked.info.sop_instance_uid,
-                   study_instance_uid=checked.info.study_instance_uid, sha256=out.sha256)
-    log.info("ecg ingest source=%s outcome=%s sop=%s", source, outcome,
-             checked.info.sop_instance_uid)
+    except PeerError as exc:
+        res = ingest.reject(store, b"".join(files.values()), src,
+                            Rejected(st.CANNOT_UNDERSTAND, str(exc)))
+    else:
+        res = ingest.ingest(store, part10, src, limits)
+    summary.update(res.as_dict())
+    log.info("ecg ingest source=%s outcome=%s sop=%s", source, res.outcome.value,
+             res.sop_instance_uid)
     return summary
 
 
@@ -95,8 +96,9 @@ class FolderWatcher:
     """Polls ``watch_dir``; ingests complete records; moves them to done/ or failed/."""
 
     def __init__(self, store: Store, watch_dir: Path, *, interval_s: float = 2.0,
-                 settle_s: float = 2.0) -> None:
+                 settle_s: float = 2.0, limits: ingest.Limits | None = None) -> None:
         self.store = store
+        self.limits = limits or ingest.Limits()
         self.dir = watch_dir
         self.interval_s = interval_s
         self.settle_s = settle_s  # a file younger than this may still be being written
@@ -152,11 +154,16 @@ class FolderWatcher:
         return results
 
     def ingest_group(self, files: dict[str, bytes], group: list[Path]) -> dict[str, Any]:
-        res = ingest_files(self.store, files, source=f"folder:{group[0].name}")
-        target = self.dir / ("failed" if res["outcome"] == "rejected" else "done")
+        res = ingest_files(self.store, files, source=f"folder:{group[0].name}",
+                           limits=self.limits)
+        outcome = ingest.Outcome(res["outcome"])
+        if outcome in (ingest.Outcome.FULL, ingest.Outcome.FAILED):
+            return res  # a local fault: the files stay where they are and are tried again
+        target = self.dir / ("done" if outcome.ok else "failed")
         for p in group:
             with contextlib.suppress(OSError):
                 shutil.move(str(p), target / p.name)
-        if res["outcome"] == "rejected":
-            (target / f"{group[0].name}.reason.txt").write_text(str(res.get("reason")) + "\n")
+        if not outcome.ok:
+            (target / f"{group[0].name}.reason.txt").write_text(
+                f"{res['outcome']}: {res.get('reason')}\n", encoding="utf-8")
         return res

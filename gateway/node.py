@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from fenji.gateway import ingest
 from fenji.gateway.config import Config
 from fenji.gateway.store import Store
 
@@ -173,7 +174,8 @@ def run_node(cfg: Config, *, verbose: int = 0) -> int:
 
         watcher = FolderWatcher(http_store, cfg.resolve(cfg.ingest.watch_dir),
                                 interval_s=cfg.ingest.watch_interval_s,
-                                settle_s=cfg.ingest.settle_s)
+                                settle_s=cfg.ingest.settle_s,
+                                limits=ingest.Limits.of(cfg))
         watcher.start()
         log.info("watching %s for ECG/DICOM files", cfg.resolve(cfg.ingest.watch_dir))
     try:
