@@ -240,6 +240,17 @@ MIGRATIONS: list[tuple[int, str | Callable[[], str]]] = [
     (6, _qr_sql),
     # 7: worklist claims, reports and their way back (gateway/reading.py).
     (7, _reading_sql),
+    # 9: instances a technician dropped from a case before release (who, why).
+    (9, """
+    CREATE TABLE excluded_instances (
+        sop_instance_uid   TEXT PRIMARY KEY,
+        study_instance_uid TEXT NOT NULL,
+        case_id            TEXT NOT NULL,
+        excluded_by        TEXT NOT NULL,
+        reason             TEXT NOT NULL,
+        at                 REAL NOT NULL
+    );
+    """),
 ]
 
 
