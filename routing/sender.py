@@ -34,6 +34,7 @@ from fenji.routing import outbox_db
 from fenji.routing.outbox import OutboxPolicy
 from fenji.routing.shaping import LinkMeter, Pacer, parse_schedule
 from fenji.routing.transfer_client import (
+    WAITING_FOR_PEER_RETRY_S,
     ChunkSizer,
     Delivered,
     Sender,
@@ -252,9 +253,10 @@ class SenderLoop:
                                     meter=self.meters.setdefault(dest, LinkMeter()))
         except TransferError as exc:
             await asyncio.to_thread(self._save_meter, dest)
-            await asyncio.to_thread(outbox_db.fail, self.store, j["job_id"], self.owner,
-                                    str(exc), self.clock(), self.policy, self.rng,
-                                    retryable=exc.retryable, progressed=moved[0])
+            await asyncio.to_thread(
+                outbox_db.fail, self.store, j["job_id"], self.owner, str(exc), self.clock(),
+                self.policy, self.rng, retryable=exc.retryable, progressed=moved[0],
+                max_delay_s=WAITING_FOR_PEER_RETRY_S if exc.waiting_for_peer else None)
             log.warning("transfer job=%s case=%s dest=%s ms=%.0f outcome=failed reason=%s",
                         j["job_id"], j["case_id"], dest, (time.monotonic() - t0) * 1000, exc)
             return
