@@ -15,6 +15,7 @@ filters + two detectors per lead + quality report; NeuroKit2: ``ecg_clean`` +
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 import warnings
@@ -38,6 +39,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pipeline-records", type=int, default=30,
                    help="challenge2011 records for the 12-lead pipeline timing (default 30)")
     p.add_argument("--per-record", action="store_true", help="print the per-record table too")
+    p.add_argument("--quality-cv", action="store_true",
+                   help="only the quality gate's repeated stratified CV on challenge2011")
+    p.add_argument("--repeats", type=int, default=10, help="CV repeats (default 10)")
+    p.add_argument("--folds", type=int, default=5, help="CV folds (default 5)")
+    p.add_argument("--write-gate", type=Path, metavar="FILE",
+                   help="with --quality-cv: write the gate fitted on all records to FILE "
+                        "(codecs/ecg_gate.json is the shipped one)")
 
 
 def _records(data: Path) -> list[tuple[str, Path]]:
@@ -212,7 +220,78 @@ def _pipeline(n: int, data: Path) -> list[dict[str, Any]]:
              "median_ms": statistics.median(nk_ms), "max_ms": max(nk_ms)}]
 
 
+ONE_LINE_FLAT_S = 0.2   # the one-line rule the gate is compared with
+
+
+def quality_features(c11: Path, limit: int | None = None
+                     ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Records (RECORDS order), gate features, labels (True: unacceptable) and the
+    one-line rule's predictions ("any lead constant >= 0.2 s") of challenge2011."""
+    import json
+
+    import wfdb
+
+    from fenji.codecs import ecg_quality
+
+    labels = json.loads((c11 / "labels.json").read_text())
+    names = (c11 / "RECORDS").read_text().split()[:limit]
+    feats, y, one = [], [], []
+    for name in names:
+        rec = wfdb.rdrecord(str(c11 / name))
+        ms, f = ecg_quality.measure_record(rec.p_signal, float(rec.fs))
+        feats.append(f)
+        y.append(labels[name] == "unacceptable")
+        one.append(max(m.flat_s for m in ms) >= ONE_LINE_FLAT_S)
+    return names, np.array(feats), np.array(y), np.array(one)
+
+
+def gate_document(f: np.ndarray, y: np.ndarray, one: np.ndarray, *, repeats: int = 10,
+                  folds: int = 5, seed: int | None = None) -> dict[str, Any]:
+    """The shipped gate file: the gate fitted on all records and its CV estimate."""
+    from fenji.codecs import ecg_gate
+
+    seed = ecg_gate.SEED if seed is None else seed
+    model = ecg_gate.fit_gate(f, y, seed=seed)
+    cv = ecg_gate.cross_validate(f, y, one, repeats=repeats, folds=folds, seed=seed)
+    return {"model": model.to_json(),
+            "fitted_on": {"data": "challenge2011 (shared/data/ecg/challenge2011)",
+                          "n": int(len(y)), "n_unacceptable": int(y.sum()), "seed": seed},
+            "cv": {k: cv[k] for k in ("repeats", "folds", "seed", "gate", "baseline")}}
+
+
+def _cv_rows(cv: dict[str, Any]) -> list[dict[str, Any]]:
+    def ms(d: dict[str, float]) -> str:
+        return f"{100 * d['mean']:.1f} +- {100 * d['sd']:.1f}"
+
+    return [{"rule": name, "accuracy_%": ms(cv[key]["accuracy"]), "Se_%": ms(cv[key]["se"]),
+             "Sp_%": ms(cv[key]["sp"])}
+            for name, key in (("fenji gate (fitted in training folds)", "gate"),
+                              (f"one-line: any lead constant >= {ONE_LINE_FLAT_S} s",
+                               "baseline"))]
+
+
+def _quality_cv(args: argparse.Namespace, data: Path) -> dict[str, Any]:
+    import numba
+
+    c11 = data / "ecg" / "challenge2011"
+    names, f, y, one = quality_features(c11)
+    doc = gate_document(f, y, one, repeats=args.repeats, folds=args.folds)
+    cv = doc["cv"]
+    print(f"ECG quality gate: challenge2011, {len(y)} records ({int(y.sum())} unacceptable), "
+          f"{cv['repeats']} x stratified {cv['folds']}-fold CV, seed {cv['seed']}; "
+          "mean +- sd over repeats")
+    common.print_table(_cv_rows(cv), ["rule", "accuracy_%", "Se_%", "Sp_%"])
+    if args.write_gate:
+        args.write_gate.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        print(f"wrote the gate fitted on all {len(y)} records to {args.write_gate}")
+    return {"versions": {"numba": numba.__version__, "numpy": np.__version__},
+            "params": {"repeats": args.repeats, "folds": args.folds},
+            "quality_cv": cv, "model": doc["model"], "records": names}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.quality_cv:
+        return _quality_cv(args, common.shared_data())
     import neurokit2
     import numba
     import wfdb
