@@ -21,10 +21,14 @@ hf_med       log10(median HF noise RMS)                      EMG is body-wide
 Durations are taken per 10 s of record (a 24-h Holter is not judged on 0.2 s).
 Records with fewer than three leads use their worst lead for the "3rd" ones.
 
-The decision is an L2-regularised logistic regression on the standardised
-features with a threshold on its score: ``unacceptable`` when
-``intercept + coef . (f - mean) / scale > threshold``.  Every number of it
-(mean, scale, coef, intercept, regularisation ``C``, threshold) is chosen by
+The decision is an L2-regularised logistic regression on each feature's
+*excess* -- how many SDs it lies on its bad side of the median record, 0 on the
+good side -- with non-negative weights and a threshold on the score:
+``unacceptable`` when ``intercept + coef . excess(f) > threshold``.  So good
+quality in one respect never excuses a dead lead in another, and every term of
+the score is a reason to hold (the largest one is the first reason given).
+Every number of it (centre, scale, coef, intercept, regularisation ``C``,
+threshold) is chosen by
 :func:`fit_gate` from labelled records only; the shipped ``ecg_gate.json`` is
 :func:`fit_gate` on all 308 challenge2011 records and a test re-fits it.
 :func:`cross_validate` is the honest estimate: repeated, seeded, stratified
@@ -53,6 +57,9 @@ import numpy as np
 GATE_FILE = Path(__file__).with_name("ecg_gate.json")
 FORMAT_VERSION = 1
 FEATURES = ("flat_max", "off_max", "amp_min", "ksqi_min", "bsqi_3", "base_3", "bas_3", "hf_med")
+#: The sign each feature's weight must have: +1 where a larger value is worse quality.
+SIGNS = {"flat_max": 1, "off_max": 1, "amp_min": -1, "ksqi_min": -1, "bsqi_3": -1,
+         "base_3": 1, "bas_3": -1, "hf_med": 1}
 C_GRID = (0.03, 0.1, 0.3, 1.0)     # inverse L2 strength, chosen by inner CV
 INNER_FOLDS = 5
 SEED = 2011                        # every split of the protocol derives from it
@@ -90,26 +97,37 @@ def record_features(sqi: Mapping[str, np.ndarray], duration_s: float) -> np.ndar
 
 # --- the model -------------------------------------------------------------------
 
+def excess(f: np.ndarray, signs: np.ndarray, center: np.ndarray, scale: np.ndarray
+           ) -> np.ndarray:
+    """How far each feature lies on its *bad* side of the typical record, in SDs
+    (0 on the good side): better-than-typical quality in one respect does not
+    excuse a dead lead in another."""
+    return np.maximum(0.0, signs * (np.asarray(f, dtype=np.float64) - center) / scale)
+
+
 @dataclass(frozen=True, slots=True)
 class GateModel:
-    """Standardised logistic regression and its decision threshold (plain data)."""
+    """Logistic score over feature excesses and its decision threshold (plain data)."""
 
     features: tuple[str, ...]
-    mean: tuple[float, ...]
-    scale: tuple[float, ...]
-    coef: tuple[float, ...]
+    signs: tuple[float, ...]      # +1: larger is worse
+    center: tuple[float, ...]     # median of the training records
+    scale: tuple[float, ...]      # SD of the training records
+    coef: tuple[float, ...]       # >= 0
     intercept: float
     threshold: float
     c: float
 
+    def _excess(self, f: np.ndarray) -> np.ndarray:
+        return excess(f, np.asarray(self.signs), np.asarray(self.center), np.asarray(self.scale))
+
     def score(self, f: np.ndarray) -> np.ndarray:
         """Log-odds of "unacceptable" of one feature row or a (records, features) array."""
-        z = (np.asarray(f, dtype=np.float64) - np.asarray(self.mean)) / np.asarray(self.scale)
-        return np.asarray(z @ np.asarray(self.coef) + self.intercept)
+        return np.asarray(self._excess(f) @ np.asarray(self.coef) + self.intercept)
 
     def contributions(self, f: np.ndarray) -> dict[str, float]:
-        """Each feature's share of one record's score, relative to the average record."""
-        z = (np.asarray(f, dtype=np.float64) - np.asarray(self.mean)) / np.asarray(self.scale)
+        """Each feature's share (>= 0) of one record's score."""
+        z = self._excess(f)
         return {n: float(c * v) for n, c, v in zip(self.features, self.coef, z, strict=True)}
 
     def predict(self, f: np.ndarray) -> np.ndarray:
@@ -118,8 +136,7 @@ class GateModel:
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        d["features"] = list(self.features)
-        for k in ("mean", "scale", "coef"):
+        for k in ("features", *_VECTORS):
             d[k] = list(d[k])
         return {"format_version": FORMAT_VERSION, **d}
 
@@ -129,15 +146,17 @@ class GateModel:
             raise ValueError(f"ecg gate format_version = {d.get('format_version')!r}, "
                              f"expected {FORMAT_VERSION}")
         n = len(d["features"])
-        for k in ("mean", "scale", "coef"):
+        for k in _VECTORS:
             if len(d[k]) != n:
                 raise ValueError(f"ecg gate {k} has {len(d[k])} values for {n} features")
         if any(float(s) <= 0 for s in d["scale"]):
             raise ValueError(f"ecg gate scale = {d['scale']} must be positive")
-        return cls(features=tuple(d["features"]), mean=tuple(map(float, d["mean"])),
-                   scale=tuple(map(float, d["scale"])), coef=tuple(map(float, d["coef"])),
-                   intercept=float(d["intercept"]), threshold=float(d["threshold"]),
-                   c=float(d["c"]))
+        vec = {k: tuple(map(float, d[k])) for k in _VECTORS}
+        return cls(features=tuple(d["features"]), **vec, intercept=float(d["intercept"]),
+                   threshold=float(d["threshold"]), c=float(d["c"]))
+
+
+_VECTORS = ("signs", "center", "scale", "coef")
 
 
 def load_gate(path: Path | None = None) -> GateModel:
@@ -197,13 +216,23 @@ def best_threshold(score: np.ndarray, y: np.ndarray) -> float:
     return float(cand[np.flatnonzero(acc == acc.max())[-1]])
 
 
-def _fit_fixed(f: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray,
-                                                                  np.ndarray, float]:
-    mean = f.mean(axis=0)
+def _fit_fixed(f: np.ndarray, y: np.ndarray, c: float, signs: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Centre, scale and fit; every weight stays >= 0 (a feature's excess can only
+    make a record worse): while one is negative -- a feature made to say "worse
+    signal, better record" by its correlation with others -- the most negative
+    is set to 0 and the rest refitted."""
+    center = np.median(f, axis=0)
     scale = f.std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)
-    w, b = fit_logistic((f - mean) / scale, y, c)
-    return mean, scale, w, b
+    z = excess(f, signs, center, scale)
+    keep = np.ones(f.shape[1], dtype=bool)
+    while True:
+        w = np.zeros(f.shape[1])
+        w[keep], b = fit_logistic(z[:, keep], y, c)
+        if not (w < 0).any():
+            return center, scale, w, b
+        keep[int(np.argmin(w))] = False
 
 
 def fit_gate(f: np.ndarray, y: np.ndarray, features: Sequence[str] = FEATURES, *,
@@ -211,27 +240,29 @@ def fit_gate(f: np.ndarray, y: np.ndarray, features: Sequence[str] = FEATURES, *
              inner_folds: int = INNER_FOLDS) -> GateModel:
     """Fit the gate on labelled records only: ``C`` and the threshold are those of
     best out-of-fold accuracy in an inner stratified ``inner_folds``-fold CV (seeded);
-    the coefficients are then fitted on all of ``f`` with that ``C``."""
+    the coefficients are then fitted on all of ``f`` with that ``C``.  Feature
+    directions are :data:`SIGNS` (+1 for a feature not listed there)."""
     f = np.asarray(f, dtype=np.float64)
     y = np.asarray(y, dtype=bool)
+    signs = np.array([SIGNS.get(n, 1) for n in features], dtype=np.float64)
     folds = stratified_folds(y, inner_folds, np.random.default_rng(seed))
     best: tuple[float, float, float] | None = None     # (accuracy, c, threshold)
     for c in c_grid:
         oof = np.empty(len(y))
         for k in range(inner_folds):
             tr = folds != k
-            mean, scale, w, b = _fit_fixed(f[tr], y[tr], c)
-            oof[~tr] = ((f[~tr] - mean) / scale) @ w + b
+            center, scale, w, b = _fit_fixed(f[tr], y[tr], c, signs)
+            oof[~tr] = excess(f[~tr], signs, center, scale) @ w + b
         th = best_threshold(oof, y)
         acc = float(np.mean((oof > th) == y))
         if best is None or acc > best[0]:
             best = (acc, c, th)
     assert best is not None
     _, c, th = best
-    mean, scale, w, b = _fit_fixed(f, y, c)
-    return GateModel(features=tuple(features), mean=tuple(map(float, mean)),
-                     scale=tuple(map(float, scale)), coef=tuple(map(float, w)),
-                     intercept=b, threshold=th, c=float(c))
+    center, scale, w, b = _fit_fixed(f, y, c, signs)
+    return GateModel(features=tuple(features), signs=tuple(map(float, signs)),
+                     center=tuple(map(float, center)), scale=tuple(map(float, scale)),
+                     coef=tuple(map(float, w)), intercept=b, threshold=th, c=float(c))
 
 
 # --- the protocol ----------------------------------------------------------------
