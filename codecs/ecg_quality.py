@@ -67,6 +67,7 @@ from typing import Any
 
 import numpy as np
 from numba import njit
+from numpy.typing import NDArray
 
 from fenji.codecs import ecg_filters as flt
 from fenji.codecs import ecg_gate as gate_mod
@@ -342,14 +343,15 @@ def _spectral_sqis(raw: np.ndarray, lo40: np.ndarray, fs_hz: float, mains_hz: fl
     ``raw``: (samples, leads) unfiltered; ``lo40``: (leads, samples) 0.5-40 Hz."""
     n = raw.shape[0]
     c = lo40 - lo40.mean(axis=1, keepdims=True)
-    m2 = (c * c).mean(axis=1)
-    m4 = (c ** 4).mean(axis=1)
-    kurt = np.where(m2 > 0, m4 / np.where(m2 > 0, m2 * m2, 1.0), 0.0)
-    p = np.abs(np.fft.rfft(raw - raw.mean(axis=0), axis=0)) ** 2
-    f = np.fft.rfftfreq(n, 1.0 / fs_hz)
+    m2: NDArray[np.float64] = (c * c).mean(axis=1)
+    m4: NDArray[np.float64] = (c ** 4).mean(axis=1)
+    kurt = np.asarray(m4 / np.maximum(m2 * m2, 1e-30))   # a constant lead: 0
+    p: NDArray[np.float64] = np.abs(np.fft.rfft(raw - raw.mean(axis=0), axis=0)) ** 2
+    f = np.asarray(np.fft.rfftfreq(n, 1.0 / fs_hz), dtype=np.float64)
 
-    def band(lo: float, hi: float) -> np.ndarray:
-        return p[(f >= lo) & (f < hi)].sum(axis=0)
+    def band(lo: float, hi: float) -> NDArray[np.float64]:
+        sel = (f >= lo) & (f < hi)
+        return np.asarray(p[sel].sum(axis=0), dtype=np.float64)
 
     qrs_band, ecg_band = band(5.0, 15.0), band(5.0, 40.0)
     low, all40 = band(0.0, 1.0), band(0.0, 40.0)
@@ -483,43 +485,49 @@ def _grouped_warnings(lead_out: Mapping[str, Any], leads: Sequence[str]) -> list
 
 
 def _gate_reason(feature: str, leads: Sequence[str], sqi: Mapping[str, np.ndarray],
-                 t: EcgQualityThresholds) -> str:
-    """Words for the feature that weighs most in an unacceptable score."""
+                 ) -> tuple[str, list[str]]:
+    """Words for the feature that weighs most in an unacceptable score, and the leads
+    they name."""
     def worst(key: str, high: bool, k: int = 1) -> list[int]:
         order = np.argsort(sqi[key], kind="stable")
         return [int(i) for i in (order[::-1] if high else order)[:k]]
 
     if feature == "flat_max":
         j = worst("flat_s", True)[0]
-        return f"lead {leads[j]} flat (no change) for {sqi['flat_s'][j]:.1f} s"
+        return f"lead {leads[j]} flat (no change) for {sqi['flat_s'][j]:.1f} s", [leads[j]]
     if feature == "off_max":
         j = worst("lead_off_s", True)[0]
-        return f"lead {leads[j]} off for {sqi['lead_off_s'][j]:.1f} s: check the electrode"
+        return (f"lead {leads[j]} off for {sqi['lead_off_s'][j]:.1f} s: check the electrode",
+                [leads[j]])
     if feature == "amp_min":
         j = worst("amplitude_mv", False)[0]
         return (f"lead {leads[j]} amplitude {sqi['amplitude_mv'][j]:.2f} mV is too small: "
-                "electrode off or not touching the skin")
+                "electrode off or not touching the skin", [leads[j]])
     if feature == "ksqi_min":
         j = worst("ksqi", False)[0]
-        return f"lead {leads[j]} shows no clear QRS peaks (kurtosis {sqi['ksqi'][j]:.1f})"
+        return (f"lead {leads[j]} shows no clear QRS peaks (kurtosis {sqi['ksqi'][j]:.1f})",
+                [leads[j]])
     three = min(3, len(leads))
     if feature == "bsqi_3":
         js = worst("bsqi", False, three)
         return (f"beats unclear in leads {_lead_list([leads[j] for j in js], leads)} "
-                f"(detector agreement {max(sqi['bsqi'][j] for j in js):.2f} or less)")
+                f"(detector agreement {max(sqi['bsqi'][j] for j in js):.2f} or less)",
+                [leads[j] for j in js])
     if feature == "base_3":
         js = worst("baseline_mv", True, three)
         return (f"leads {_lead_list([leads[j] for j in js], leads)} baseline wander "
                 f"{min(sqi['baseline_mv'][j] for j in js):.1f} mV or more: "
-                "patient moving or breathing deeply, check electrode contact")
+                "patient moving or breathing deeply, check electrode contact",
+                [leads[j] for j in js])
     if feature == "bas_3":
         js = worst("bas_sqi", False, three)
         return (f"leads {_lead_list([leads[j] for j in js], leads)} dominated by drift "
-                "below 1 Hz: patient moving, check electrode contact")
+                "below 1 Hz: patient moving, check electrode contact", [leads[j] for j in js])
     if feature == "hf_med":
         return (f"muscle/high-frequency noise {1000 * float(np.median(sqi['hf_noise_mv'])):.0f} "
-                "uV RMS across the leads: ask the patient to relax, check skin preparation")
-    return f"signal quality too low ({feature})"
+                "uV RMS across the leads: ask the patient to relax, check skin preparation",
+                list(leads))
+    return f"signal quality too low ({feature})", list(leads)
 
 
 _SQI_KEYS = ("flat_s", "lead_off_s", "amplitude_mv", "ksqi", "bsqi", "baseline_mv",
@@ -633,9 +641,11 @@ def check_ecg(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
         verdict = UNACCEPTABLE
         contrib = g.contributions(feats)
         top = max(contrib, key=contrib.__getitem__)
-        main = _gate_reason(top, leads, sqi, t)
+        main, named = _gate_reason(top, leads, sqi)
         rec_checks[-1]["reason"] = main
-        reasons = [main] + [r for r in lead_bad if r != main] + warnings
+        # an unusable lead's own reason says more than the gate's feature name for it
+        said = {n for n in leads if lead_out[n]["verdict"] == UNACCEPTABLE}
+        reasons = ([] if set(named) <= said else [main]) + lead_bad + warnings
     else:
         verdict = WARNINGS if (lead_bad or warnings) else ACCEPTABLE
         reasons = lead_bad + warnings
