@@ -39,6 +39,24 @@ def test_kernels_equal_twins(x, eps, run, win):
         assert q._rms_nb(x, win) == pytest.approx(q._rms_py(x, win), rel=1e-12, abs=1e-15)
 
 
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(0, 60), m=st.integers(1, 4), c0=st.integers(0, 5),
+       seed=st.integers(0, 2**32 - 1), flat=st.booleans())
+def test_shape_kernel_equals_twin(n, m, c0, seed, flat):
+    rng = np.random.default_rng(seed)
+    lo40 = np.zeros((m, n)) if flat else rng.normal(size=(m, n)) ** 3
+    wander = rng.normal(size=(m, n))
+    no_wander = rng.normal(size=(n + 2 * c0, m))
+    notched = no_wander - 0.3 * rng.normal(size=no_wander.shape)
+    a = q._shape_nb(lo40, wander, no_wander, notched, c0)
+    b = q._shape_py(lo40, wander, no_wander, notched, c0)
+    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    if n >= 2 and not flat:  # against NumPy's own moments
+        c = lo40 - lo40.mean(axis=1, keepdims=True)
+        kurt = (c ** 4).mean(axis=1) / (c ** 2).mean(axis=1) ** 2
+        np.testing.assert_allclose(b[:, 0], kurt, rtol=1e-9)
+
+
 def _clean_12lead(fs: float = 500.0, seconds: float = 10.0) -> np.ndarray:
     """Synthetic 12-lead ECG: narrow QRS + T wave + mild noise, 72 bpm."""
     n = int(fs * seconds)
@@ -70,10 +88,18 @@ def test_lead_off_for_part_of_the_record_names_lead_and_duration():
     x = _clean_12lead()
     x[2000:4100, 8] = x[2000, 8]        # V3 stuck for 4.2 s
     rep = q.quality_report(x, 500.0, LEADS)
-    assert rep["verdict"] == q.UNACCEPTABLE
-    assert any("lead V3 off for 4.2 s" in r for r in rep["reasons"]), rep["reasons"]
+    # held or not is the fitted gate's call (clean elsewhere, this one is near its
+    # threshold); either way the lead is named first, with how long it was off
+    assert rep["verdict"] != q.ACCEPTABLE
+    assert rep["reasons"][0] == "lead V3 off for 4.2 s: check the electrode", rep["reasons"]
     assert rep["leads"]["V3"]["verdict"] == q.UNACCEPTABLE
     assert rep["leads"]["V1"]["verdict"] == q.ACCEPTABLE
+    x[:, 8] = 0.0                       # V3 off for the whole record
+    x[:, 9] = 0.0                       # and V4
+    rep = q.quality_report(x, 500.0, LEADS)
+    assert rep["verdict"] == q.UNACCEPTABLE
+    assert rep["reasons"][:2] == ["lead V3 off for 10.0 s: check the electrode",
+                                  "lead V4 off for 10.0 s: check the electrode"]
 
 
 def test_saturation_noise_and_wander_have_their_own_reasons():
