@@ -1,7 +1,8 @@
 """ECG benchmark: fenji's QRS detector and quality pipeline vs NeuroKit2 and wfdb XQRS.
 
 Same records, same lead (the first), same scoring (+-150 ms, README beat
-symbols, VF episodes left out, CPSC 2019 0.5 s edges) for every detector.
+symbols, VF episodes left out; CPSC 2019 as its challenge scored: +-75 ms, 0.5 s
+edges) for every detector.
 Speed is CPU seconds (``time.process_time``) per hour of single-lead ECG.
 On CPSC 2021 (2-lead Holter) a ``fenji-2-leads`` row shows the per-window lead
 choice (``detect_qrs_leads``); its speed is per lead-hour.
@@ -10,6 +11,13 @@ for all 16 records); fenji and NeuroKit2 always run on everything.
 The pipeline row times a full 10-s 12-lead check (fenji: ``check_ecg`` =
 filters + two detectors per lead + quality report; NeuroKit2: ``ecg_clean`` +
 ``ecg_peaks`` + ``ecg_quality`` on each lead) on challenge2011 records.
+
+``--quality-cv`` runs only the quality gate's protocol instead: repeated,
+seeded, stratified k-fold CV on the 308 labelled challenge2011 records, the
+gate fitted (every parameter) on the training folds only, next to the one-line
+rule "any lead constant >= 0.2 s" scored on the same folds; ``--write-gate
+FILE`` also writes the gate fitted on all 308 (``codecs/ecg_gate.json`` is the
+shipped one, and a test checks that it is this output).
 """
 
 from __future__ import annotations
@@ -132,6 +140,7 @@ def _score_rows(args: argparse.Namespace, data: Path) -> list[dict[str, Any]]:
                                  "error": f"{type(exc).__name__}: {exc}"})
                     continue
             s = qrs.score_beats(ref, det, fs, exclude=vf, n_samples=rec.sig_len,
+                                tol_s=0.075 if db == "cpsc2019" else qrs.MATCH_S,
                                 edge_s=0.5 if db == "cpsc2019" else 0.0)
             rows.append({"db": db, "record": path.name, "detector": name,
                          "paced": db == "mitdb" and path.name in PACED,
@@ -299,7 +308,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     data = common.shared_data()
     rows = _score_rows(args, data)
     summary = _group(rows)
-    print("QRS detection, first lead, +-150 ms (CPU s per hour of single-lead ECG)")
+    print("QRS detection, first lead, +-150 ms (CPSC 2019: +-75 ms); CPU s per hour of "
+          "single-lead ECG")
     common.print_table(summary, ["database", "detector", "records", "Se_%", "+P_%", "F1_%",
                                  "cpu_s_per_h", "cpu_x_fenji"])
     if args.per_record:

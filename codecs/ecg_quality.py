@@ -134,12 +134,13 @@ def _flat_runs_py(x: np.ndarray, eps: float, min_run: int) -> tuple[int, int]:
 _flat_runs_nb = njit(_flat_runs_py, nogil=True, cache=True)
 
 
-def _rail_runs_py(x: np.ndarray, min_run: int) -> tuple[int, int]:
+def _rail_runs_py(x: np.ndarray, min_run: int, clip_run: int) -> tuple[int, int, int]:
     """Clipping: longest run at the lead's max or min value, and total samples in
-    such runs of at least ``min_run`` samples."""
+    such runs of at least ``min_run`` samples and of at least ``clip_run`` samples
+    (one pass for the lead-off and the saturation check)."""
     n = x.shape[0]
     if n == 0:
-        return 0, 0
+        return 0, 0, 0
     hi = x[0]
     lo = x[0]
     for i in range(n):
@@ -149,6 +150,7 @@ def _rail_runs_py(x: np.ndarray, min_run: int) -> tuple[int, int]:
             lo = x[i]
     longest = 0
     total = 0
+    clip_total = 0
     run = 0
     prev = 0.0
     for i in range(n + 1):
@@ -160,10 +162,12 @@ def _rail_runs_py(x: np.ndarray, min_run: int) -> tuple[int, int]:
                 longest = run
             if run >= min_run:
                 total += run
+            if run >= clip_run:
+                clip_total += run
             run = 1 if at else 0
         if i < n:
             prev = x[i]
-    return longest, total
+    return longest, total, clip_total
 
 
 _rail_runs_nb = njit(_rail_runs_py, nogil=True, cache=True)
@@ -276,8 +280,7 @@ def _measure_all(x: np.ndarray, fs_hz: float, t: EcgQualityThresholds,
     runs = []
     for j in range(m):
         flat_long, flat_total = _flat_runs_nb(xt[j], float(t.flat_eps_mv), min_run)
-        rail_long, rail_total = _rail_runs_nb(xt[j], min_run)
-        _, clip_total = _rail_runs_nb(xt[j], clip_run)
+        _, rail_total, clip_total = _rail_runs_nb(xt[j], min_run, clip_run)
         runs.append((flat_long / fs_hz, clip_total / fs_hz,
                      max(flat_total, rail_total) / fs_hz))
     if n < int(0.5 * fs_hz):

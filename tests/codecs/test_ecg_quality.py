@@ -33,7 +33,7 @@ small = st.floats(-5.0, 5.0, allow_nan=False, allow_infinity=False)
        eps=st.sampled_from([0.0, 0.01, 0.5]), run=st.integers(1, 50), win=st.integers(1, 80))
 def test_kernels_equal_twins(x, eps, run, win):
     assert q._flat_runs_nb(x, eps, run) == q._flat_runs_py(x, eps, run)
-    assert q._rail_runs_nb(x, run) == q._rail_runs_py(x, run)
+    assert q._rail_runs_nb(x, run, run // 2 + 1) == q._rail_runs_py(x, run, run // 2 + 1)
     if x.size:
         assert q._robust_p2p_nb(x, win) == pytest.approx(q._robust_p2p_py(x, win), rel=1e-12)
         assert q._rms_nb(x, win) == pytest.approx(q._rms_py(x, win), rel=1e-12, abs=1e-15)
