@@ -17,6 +17,7 @@ import wfdb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from sklearn.linear_model import LogisticRegression
 
 from bench.ecg import gate_document, quality_features
 from fenji.codecs import ecg_gate as gate
@@ -206,12 +207,11 @@ def test_fit_gate_is_deterministic_and_keeps_weights_on_their_side():
 
 
 def test_logistic_fit_matches_scikit_learn():
-    sk = pytest.importorskip("sklearn.linear_model")
     rng = np.random.default_rng(1)
     z = rng.normal(size=(200, 3))
     y = z @ np.array([1.0, -2.0, 0.5]) + rng.normal(size=200) > 0.3
     w, b = gate.fit_logistic(z, y, 0.3)
-    ref = sk.LogisticRegression(C=0.3, tol=1e-10, max_iter=10000).fit(z, y)
+    ref = LogisticRegression(C=0.3, tol=1e-10, max_iter=10000).fit(z, y)
     assert w == pytest.approx(ref.coef_[0], abs=1e-5)
     assert b == pytest.approx(ref.intercept_[0], abs=1e-5)
 
