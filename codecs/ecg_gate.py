@@ -36,7 +36,6 @@ k-fold, with :func:`fit_gate` (which chooses ``C`` and the threshold by an
 inner cross-validation) run on the training folds only.
 
 >>> import numpy as np
-from numpy.typing import NDArray
 >>> rng = np.random.default_rng(0)
 >>> z = rng.normal(size=(80, 2)); y = z[:, 0] + 0.3 * rng.normal(size=80) > 0.5
 >>> g = fit_gate(z, y, ("a", "b"), seed=1)
@@ -54,7 +53,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 GATE_FILE = Path(__file__).with_name("ecg_gate.json")
 FORMAT_VERSION = 1
@@ -104,7 +102,7 @@ def excess(f: np.ndarray, signs: np.ndarray, center: np.ndarray, scale: np.ndarr
     """How far each feature lies on its *bad* side of the typical record, in SDs
     (0 on the good side): better-than-typical quality in one respect does not
     excuse a dead lead in another."""
-    d: NDArray[np.float64] = signs * (np.asarray(f, dtype=np.float64) - center) / scale
+    d: np.ndarray = signs * (np.asarray(f, dtype=np.float64) - center) / scale
     return np.clip(d, 0.0, None)
 
 
@@ -225,13 +223,13 @@ def _fit_fixed(f: np.ndarray, y: np.ndarray, c: float, signs: np.ndarray
     make a record worse): while one is negative -- a feature made to say "worse
     signal, better record" by its correlation with others -- the most negative
     is set to 0 and the rest refitted."""
-    center: NDArray[np.float64] = np.median(f, axis=0)
-    sd: NDArray[np.float64] = f.std(axis=0)
-    scale: NDArray[np.float64] = np.where(sd > 0.0, sd, 1.0)
+    center: np.ndarray = np.median(f, axis=0)
+    sd: np.ndarray = f.std(axis=0)
+    scale: np.ndarray = np.where(sd > 0.0, sd, 1.0)
     z = excess(f, signs, center, scale)
     keep = np.ones(f.shape[1], dtype=bool)
     while True:
-        w: NDArray[np.float64] = np.zeros(f.shape[1])
+        w: np.ndarray = np.zeros(f.shape[1])
         w[keep], b = fit_logistic(z[:, keep], y, c)
         if not bool(np.any(w < 0.0)):
             return center, scale, w, b
@@ -251,7 +249,7 @@ def fit_gate(f: np.ndarray, y: np.ndarray, features: Sequence[str] = FEATURES, *
     folds = stratified_folds(y, inner_folds, np.random.default_rng(seed))
     best: tuple[float, float, float] | None = None     # (accuracy, c, threshold)
     for c in c_grid:
-        oof: NDArray[np.float64] = np.empty(len(y))
+        oof: np.ndarray = np.empty(len(y))
         for k in range(inner_folds):
             tr = folds != k
             center, scale, w, b = _fit_fixed(f[tr], y[tr], c, signs)
