@@ -487,14 +487,16 @@ def _lead_list(names: Sequence[str], order: Sequence[str]) -> str:
     return ", ".join(parts)
 
 
-def _grouped_warnings(lead_out: Mapping[str, Any], leads: Sequence[str]) -> list[str]:
-    """Warnings of the same check in several leads said once: "leads V1-V6: ..."."""
+def _grouped_warnings(lead_out: Mapping[str, Any], leads: Sequence[str], skip: str = ""
+                      ) -> list[str]:
+    """Warnings of the same check in several leads said once: "leads V1-V6: ...".
+    ``skip``: a check the gate's own reason already speaks for."""
     by_check: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for name in leads:
         if lead_out[name]["verdict"] == UNACCEPTABLE:
             continue                     # an unusable lead has its own reason
         for c in lead_out[name]["checks"]:
-            if c["verdict"] == WARNINGS and c["reason"]:
+            if c["verdict"] == WARNINGS and c["reason"] and c["check"] != skip:
                 by_check.setdefault(c["check"], []).append((name, c))
     out = []
     for check, hits in by_check.items():
@@ -555,6 +557,11 @@ def _gate_reason(feature: str, leads: Sequence[str], sqi: Mapping[str, np.ndarra
                 list(leads))
     return f"signal quality too low ({feature})", list(leads)
 
+
+#: The per-lead check each gate feature speaks for (its warnings are not repeated).
+_FEATURE_CHECK = {"flat_max": "flat", "off_max": "lead_off", "amp_min": "amplitude",
+                  "ksqi_min": "ksqi", "bsqi_3": "bsqi", "base_3": "baseline",
+                  "bas_3": "baseline", "hf_med": "hf_noise"}
 
 _SQI_KEYS = ("flat_s", "lead_off_s", "amplitude_mv", "ksqi", "bsqi", "baseline_mv",
              "bas_sqi", "hf_noise_mv")
@@ -662,17 +669,19 @@ def check_ecg(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
         _check("heart_rate", hr, t.hr_min_bpm, ACCEPTABLE if hr_ok else WARNINGS, hr_reason),
         _check("gate_score", score, g.threshold, UNACCEPTABLE if held else ACCEPTABLE, None),
     ]
-    warnings = _grouped_warnings(lead_out, leads) + ([hr_reason] if hr_reason else [])
+    hr_warning = [hr_reason] if hr_reason else []
     if held:
         verdict = UNACCEPTABLE
         contrib = g.contributions(feats)
         top = max(contrib, key=contrib.__getitem__)
         main, named = _gate_reason(top, leads, sqi)
+        warnings = _grouped_warnings(lead_out, leads, _FEATURE_CHECK.get(top, "")) + hr_warning
         rec_checks[-1]["reason"] = main
         # an unusable lead's own reason says more than the gate's feature name for it
         said = {n for n in leads if lead_out[n]["verdict"] == UNACCEPTABLE}
         reasons = ([] if set(named) <= said else [main]) + lead_bad + warnings
     else:
+        warnings = _grouped_warnings(lead_out, leads) + hr_warning
         verdict = WARNINGS if (lead_bad or warnings) else ACCEPTABLE
         reasons = lead_bad + warnings
     return {
