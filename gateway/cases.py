@@ -19,6 +19,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,8 @@ def next_hop(cfg: Any, destination: str) -> str | None:
 
 def record_received(store: Store, manifest: dict[str, Any], node_name: str,
                     now: float | None = None, instances: list[str] | None = None,
-                    sender: str | None = None) -> str | None:
+                    sender: str | None = None,
+                    trusted: Mapping[str, Any] | None = None) -> str | None:
     """Note a case that arrived in a bundle (idempotent: a re-sent bundle changes nothing).
 
     ``sender`` is the node that authenticated the upload: it, not the manifest's
@@ -212,7 +214,8 @@ def record_received(store: Store, manifest: dict[str, Any], node_name: str,
         foreign = case.get("audit")
         if isinstance(foreign, list) and foreign and state == "received":
             try:
-                ledger.import_events(store, foreign, via=str(case.get("sender")))
+                ledger.import_events(store, foreign, via=str(case.get("sender")),
+                                     trusted=trusted)
             except ledger.ForeignEventError as exc:  # history is best effort, logged
                 log.warning("case %s: audit events not imported: %s", case["case_id"], exc)
     att = case.get("attestation")

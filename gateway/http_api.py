@@ -219,8 +219,11 @@ def _forward_or_keep(cfg: Config, store: Store, receipt: dict[str, Any],
 
         reading.report_arrived(store, cfg, manifest, uids)
         return False
+    from fenji.gateway.reading import trusted_centers
+
     state = cases_mod.record_received(store, manifest, cfg.node.name, instances=uids,
-                                      sender=str(receipt["sender"]))
+                                      sender=str(receipt["sender"]),
+                                      trusted=trusted_centers(cfg))
     if state == "received" and cfg.egress and uids:
         from fenji.routing.egress import enqueue_case
 

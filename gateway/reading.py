@@ -536,7 +536,8 @@ def report_arrived(store: Store, cfg: Config, manifest: dict[str, Any], uids: li
     foreign = meta.get("audit")
     if isinstance(foreign, list):
         try:
-            ledger.import_events(store, foreign, via=str(meta.get("sender")))
+            ledger.import_events(store, foreign, via=str(meta.get("sender")),
+                                 trusted=trusted_centers(cfg))
         except ledger.ForeignEventError as exc:  # history is kept best effort, logged
             log.warning("report %s: audit events not imported: %s", rid, exc)
     if verified:
