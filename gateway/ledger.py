@@ -92,6 +92,7 @@ KINDS: dict[str, str] = {
     "claimed": "a reader claimed a case",
     "unclaimed": "a claim was released or expired",
     "opened": "patient data was read (who, what, how, from where)",
+    "report_draft": "a workstation sent a report object by DICOM: a draft until its reader signs",
     "reported": "a reader signed a report",
     "amended": "a reader signed an amendment superseding an earlier report",
     "report_arrived": "a signed report arrived back at the edge",

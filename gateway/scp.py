@@ -365,9 +365,12 @@ class DicomService:
         from fenji.gateway.auth import User
 
         try:
-            report = reading.viewer_report_if_any(
+            # An AE title proves nothing: the object becomes a draft the reader
+            # must confirm with their own credentials, never a signed report.
+            report = reading.viewer_report_draft(
                 self.store, self.cfg, User.of(reader), checked.part10,
-                sop_class_uid=info.sop_class_uid, study_instance_uid=info.study_instance_uid)
+                sop_class_uid=info.sop_class_uid, study_instance_uid=info.study_instance_uid,
+                sop_instance_uid=info.sop_instance_uid, calling_ae=s.calling, peer=s.peer)
         except reading.ReadingError as exc:
             status = reading.refusal_status(exc)
             log.warning("assoc=%d calling=%s reader=%s report refused status=%s sop=%s "
@@ -376,10 +379,10 @@ class DicomService:
             return ingest.refused(str(exc), status, info)
         if report is None:
             return None
-        log.info("assoc=%d calling=%s reader=%s report=%s version=%s case=%s from viewer "
-                 "object sop=%s", s.assoc_id, s.calling, reader.name, report.get("report_id"),
-                 report.get("version"), report.get("case_id"), _safe(info.sop_instance_uid))
-        return ingest.handled(info, len(checked.part10), report_id=report.get("report_id"))
+        log.info("assoc=%d calling=%s reader=%s report draft case=%s sop=%s: waits for the "
+                 "reader to confirm and sign it", s.assoc_id, s.calling, reader.name,
+                 report.get("case_id"), _safe(info.sop_instance_uid))
+        return ingest.handled(info, len(checked.part10), draft=report.get("draft"))
 
 
 def _safe(text: str) -> str:
