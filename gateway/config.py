@@ -62,6 +62,10 @@ class DicomSection:
     allow_ae: tuple[str, ...] = ()
     # Optional source addresses allowed to connect (empty: any address).
     allow_hosts: tuple[str, ...] = ()
+    # What one calling AE may retrieve (C-MOVE, C-GET) per rolling hour.  A reader
+    # workstation pulls a few dozen studies an hour (a CT of 500 slices is about
+    # 250 MiB); anything far beyond that is a workstation copying the archive.
+    max_retrieve_bytes_per_hour: int = 16 * 1024 * 1024 * 1024
     # Refuse an association addressed to another called AE title: a modality
     # configured with a typo ("FENJ") must fail at set-up, not send into a
     # node that believes it was meant for it (PS3.8 7.1.1.6).

@@ -265,6 +265,15 @@ MIGRATIONS: list[tuple[int, str | Callable[[], str]]] = [
     );
     CREATE INDEX report_drafts_case ON report_drafts(case_id);
     """),
+    # 11: bytes each calling AE retrieved (C-MOVE/C-GET), for its hourly budget.
+    (11, """
+    CREATE TABLE retrieve_usage (
+        calling_ae TEXT NOT NULL,
+        at         REAL NOT NULL,
+        bytes      INTEGER NOT NULL
+    );
+    CREATE INDEX retrieve_usage_ae ON retrieve_usage(calling_ae, at);
+    """),
 ]
 
 
