@@ -96,7 +96,8 @@ def _import(args: argparse.Namespace) -> int:
                 continue
             try:
                 checked = check_part10(data, max_instance_bytes=cfg.dicom.max_instance_bytes,
-                                       max_inflate_bytes=cfg.store.max_inflate_bytes)
+                                       max_inflate_bytes=cfg.store.max_inflate_bytes,
+                                       default_charset=cfg.dicom.default_character_set)
                 out = store.put(checked.part10, checked.info, calling_ae="import")
             except Rejected as exc:
                 store.quarantine(data, exc.reason, status=exc.status, calling_ae="import",

@@ -47,8 +47,8 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
+from fenji.gateway import charset, ledger, qr, reading
 from fenji.gateway import dimse_status as st
-from fenji.gateway import ledger, qr, reading
 from fenji.gateway.auth import User, require
 from fenji.gateway.config import Config
 from fenji.gateway.store import PutStatus, Store, StoreFull
@@ -311,8 +311,8 @@ def _json_value(vr: str, value: Any) -> list[Any]:
     for v in items:
         if v is None or v == "":
             out.append(None)
-        elif vr == "PN":
-            out.append({"Alphabetic": str(v)})
+        elif vr == "PN":  # PS3.18 F.2.2: one object per name, one key per group
+            out.append(charset.pn_json(str(v)) or None)
         elif vr in _NUMERIC_VRS:
             try:
                 out.append(int(v))
@@ -518,7 +518,10 @@ def _accepts_json(accept: list[MediaRange]) -> bool:
                for r in accept)
 
 
-def _instance_metadata(store: Store, row: dict[str, Any], base: str) -> dict[str, Any]:
+def _instance_metadata(store: Store, row: dict[str, Any], base: str,
+                       default_charset: str = "") -> dict[str, Any]:
+    """An instance's metadata as DICOM JSON; text decoded with its (0008,0005), or
+    ``default_charset`` (``dicom.default_character_set``) when it declares none."""
     import pydicom
     from pydicom.tag import Tag
 
@@ -526,6 +529,9 @@ def _instance_metadata(store: Store, row: dict[str, Any], base: str) -> dict[str
     url = (f"{base}/studies/{row['study_instance_uid']}/series/{row['series_instance_uid']}"
            f"/instances/{row['sop_instance_uid']}")
     ds = pydicom.dcmread(path, defer_size=BULK_THRESHOLD_BYTES)
+    # Before pydicom decodes anything (it would guess for undeclared text and
+    # leave escape sequences in ISO 2022 IR 58 text).
+    charset.decode_dataset(ds, default_charset or None)
     if row["transfer_syntax_uid"] == IMPLICIT_LE:
         _private_as_un(ds)
     pixel_tag = Tag(0x7FE00010)
@@ -569,7 +575,8 @@ async def metadata(request: web.Request) -> web.StreamResponse:
 
     # A JSON array written one instance at a time (bounded memory for big studies).
     for n, r in enumerate(rows):
-        item = await asyncio.to_thread(_instance_metadata, store, r, base)
+        item = await asyncio.to_thread(_instance_metadata, store, r, base,
+                                       cfg.dicom.default_character_set)
         await resp.write((b"[" if n == 0 else b",") + json.dumps(item).encode("utf-8"))
     await resp.write(b"]")
     await resp.write_eof()
@@ -1013,7 +1020,8 @@ def _stow_one(cfg: Config, store: Store, data: bytes, user: User, peer: str | No
     data = with_preamble(data)
     try:
         checked = check_part10(data, max_instance_bytes=cfg.dicom.max_instance_bytes,
-                               max_inflate_bytes=cfg.store.max_inflate_bytes)
+                               max_inflate_bytes=cfg.store.max_inflate_bytes,
+                               default_charset=cfg.dicom.default_character_set)
     except Rejected as exc:
         store.quarantine(data, exc.reason, status=exc.status, calling_ae=source,
                          peer_address=peer, uid_hint=exc.uid_hint)

@@ -294,6 +294,7 @@ def build_app(cfg: Config, store: Store,
                               max_clock_skew_s=cfg.transfer.max_clock_skew_s,
                               max_instance_bytes=cfg.dicom.max_instance_bytes,
                               max_inflate_bytes=cfg.store.max_inflate_bytes,
+                              default_charset=cfg.dicom.default_character_set,
                               on_delivered=on_delivered)
         add_routes(app, ctx)
     return app

@@ -325,7 +325,8 @@ class DicomService:
                 raw, ts, affected_sop_class=str(req.AffectedSOPClassUID or ""),
                 affected_sop_instance=sop_instance, calling_ae=s.calling,
                 max_instance_bytes=self.cfg.dicom.max_instance_bytes,
-                max_inflate_bytes=self.cfg.store.max_inflate_bytes)
+                max_inflate_bytes=self.cfg.store.max_inflate_bytes,
+                default_charset=self.cfg.dicom.default_character_set)
         except Rejected as exc:
             s.failed += 1
             self.store.quarantine(raw, exc.reason, status=exc.status, calling_ae=s.calling,

@@ -82,6 +82,8 @@ class ReceiverContext:
     max_clock_skew_s: float = 300.0
     max_instance_bytes: int = 1 << 30
     max_inflate_bytes: int = 256 << 20
+    # dicom.default_character_set, for instances that declare no (0008,0005).
+    default_charset: str = ""
     clock: Callable[[], float] = time.time
     # Called after a bundle is stored and its receipt signed, with the receipt,
     # the manifest and the bundle file; returns True when it kept the file
@@ -287,7 +289,8 @@ def _ingest_bundle(ctx: ReceiverContext,
                     _save_preview(ctx, manifest, ev.index, ev.preview.to_bytes())
                 elif isinstance(ev, InstanceEvent):
                     checked = check_part10(ev.data, max_instance_bytes=ctx.max_instance_bytes,
-                                           max_inflate_bytes=ctx.max_inflate_bytes)
+                                           max_inflate_bytes=ctx.max_inflate_bytes,
+                                           default_charset=ctx.default_charset)
                     out = ctx.store.put(checked.part10, checked.info,
                                         calling_ae=f"node:{row['sender']}")
                     if out.status is PutStatus.CONFLICT:
