@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fenji.codecs.bundle import make_preview, plan_bundle
-from fenji.gateway import ledger
+from fenji.gateway import ledger, qr
 from fenji.gateway.errors import LocalError, PeerError
 from fenji.gateway.store import Store
 
@@ -427,6 +427,7 @@ def get_case(store: Store, case_id: str) -> dict[str, Any] | None:
         return None
     case["instances"] = [r["sop_instance_uid"] for r in store.query(
         "SELECT sop_instance_uid FROM case_instances WHERE case_id = ?", (case_id,))]
+    case.update(qr.study_summary(store, case["study_instance_uid"]))
     return case
 
 

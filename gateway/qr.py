@@ -399,6 +399,15 @@ def studies_of_patients(store: Store, patient_ids: list[str]) -> list[str]:
     return out
 
 
+def study_summary(store: Store, study_uid: str) -> dict[str, Any]:
+    """Whose study it is, as indexed (Unicode; names with their component groups):
+    ``patient_id``, ``patient_name``, ``study_description`` (None where unknown)."""
+    row = store.query_one("SELECT patient_id, patient_name, study_description FROM studies "
+                          "WHERE study_instance_uid = ?", (study_uid,))
+    return dict(row) if row else {"patient_id": None, "patient_name": None,
+                                  "study_description": None}
+
+
 def case_for_study(store: Store, study_uid: str) -> str | None:
     row = store.query_one("SELECT case_id FROM cases WHERE study_instance_uid = ? AND "
                           "kind = 'case' ORDER BY created_at LIMIT 1", (study_uid,))

@@ -32,7 +32,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fenji.gateway import ledger
+from fenji.gateway import charset, ledger
 from fenji.gateway.errors import PeerError
 from fenji.gateway.keys import canonical_json
 
@@ -142,8 +142,11 @@ def worklist(store: Store, cfg: Config, *, user: User | None = None,
         "SELECT c.*, q.verdict AS quality_verdict, q.attestation_json, "
         "(SELECT count(*) FROM case_instances ci WHERE ci.case_id = c.case_id) AS n_instances, "
         "(SELECT count(*) FROM cases a WHERE a.parent_case_id = c.case_id) AS n_addenda, "
-        "(SELECT max(version) FROM reports r WHERE r.case_id = c.case_id) AS report_version "
+        "(SELECT max(version) FROM reports r WHERE r.case_id = c.case_id) AS report_version, "
+        "st.patient_id AS st_patient_id, st.patient_name AS st_patient_name, "
+        "st.study_description AS st_study_description "
         "FROM cases c LEFT JOIN quality q ON q.case_id = c.case_id "
+        "LEFT JOIN studies st ON st.study_instance_uid = c.study_instance_uid "
         "WHERE c.read_state IS NOT NULL AND c.kind = 'case'")
     out = []
     for r in rows:
@@ -159,6 +162,10 @@ def worklist(store: Store, cfg: Config, *, user: User | None = None,
             "requesting_physician": r["requesting_physician"],
             "clinical_question": r["clinical_question"],
             "study_instance_uid": r["study_instance_uid"], "instances": r["n_instances"],
+            # Whose case it is, so that nobody signs for the wrong patient: Unicode,
+            # person names with their groups ("Wang^XiaoDong=王^小东").
+            "patient_id": r["st_patient_id"], "patient_name": r["st_patient_name"],
+            "study_description": r["st_study_description"],
             "addenda": r["n_addenda"],
             "quality": {"verdict": r["quality_verdict"],
                         "attested_by": att.get("operator") if att else None,
@@ -250,10 +257,13 @@ _STUDY_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
                    "StudyDescription", "SpecificCharacterSet")
 
 
-def _study_attrs(store: Store, sha256: str) -> dict[str, Any]:
+def _study_attrs(store: Store, sha256: str, default_charset: str = "") -> dict[str, Any]:
+    """The study's attributes from its stored instance, text decoded with its (0008,0005)
+    or ``default_charset`` (gateway/charset.py, not pydicom's guess)."""
     from pydicom import dcmread
 
     ds = dcmread(io.BytesIO(store.read_blob(sha256)), stop_before_pixels=True, force=True)
+    charset.decode_dataset(ds, default_charset or None)
     return {k: ds.get(k) for k in _STUDY_KEYWORDS if k in ds}
 
 
@@ -331,7 +341,7 @@ def submit_report(store: Store, cfg: Config, case_id: str, user: User, *, findin
     insts = _case_instances(store, case_id)
     if not insts:
         raise ReadingError(f"case {case_id} has no instances at this node")
-    attrs = _study_attrs(store, insts[0]["sha256"])
+    attrs = _study_attrs(store, insts[0]["sha256"], cfg.dicom.default_character_set)
     patient = {"id": str(attrs.get("PatientID") or ""), "name": str(attrs.get("PatientName")
                                                                      or ""),
                "birth_date": str(attrs.get("PatientBirthDate") or ""),
