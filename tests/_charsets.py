@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pydicom
 from _data import ct_series
-from pydicom.uid import ImplicitVRLittleEndian
+from pydicom.uid import UID, ImplicitVRLittleEndian
 
 ESC = b"\x1b"
 IR58 = ESC + b"$)A"  # GB2312 in G1 (PS3.3 Table C.12-4)
@@ -110,7 +110,7 @@ CASES = (
          pdf_text=("山田 太郎",)),
     # 丂 is in JIS X 0212 only (ISO 2022 IR 159).
     Case("jp0212", "\\ISO 2022 IR 87\\ISO 2022 IR 159", "Yamada^Kouichi=山田^丂一",
-         "頭部 丂", _jis(ASCII), searches=("山田^丂一", "丂*"), pdf_text=("山田 丂一",)),
+         "頭部 丂", _jis(ASCII), searches=("山田^丂一", "山田^丂*"), pdf_text=("山田 丂一",)),
     Case("kr", "\\ISO 2022 IR 149", "Hong^Gildong=洪^吉洞=홍^길동", "두부 CT 검사",
          _g1(IR149, "euc_kr"), searches=("홍*", "洪^吉洞", "Hong*"), pdf_text=("홍 길동",)),
     # GB18030 bytes and no (0008,0005): a node with default_character_set = GB18030.
@@ -120,9 +120,9 @@ CASES = (
 BY_KEY = {c.key: c for c in CASES}
 
 
-def _uid(*parts: object) -> str:
+def _uid(*parts: object) -> UID:
     digits = str(int(hashlib.sha256(repr(parts).encode()).hexdigest()[:30], 16))
-    return f"2.25.{digits}"[:64]
+    return UID(f"2.25.{digits}"[:64])
 
 
 def _padded(value: bytes) -> bytes:
