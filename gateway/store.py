@@ -543,7 +543,7 @@ class Store:
         return PutOutcome(PutStatus.CONFLICT, digest, size, have)
 
     @staticmethod
-    def _name_groups(con: sqlite3.Connection, kind: str, owner: str, name: str | None) -> None:
+    def index_name_groups(con: sqlite3.Connection, kind: str, owner: str, name: str | None) -> None:
         """A person name's component groups for matching (migration 8); the first name
         indexed for an owner stays, like the row it belongs to."""
         if not name:
@@ -563,7 +563,7 @@ class Store:
                 "VALUES (?, ?, ?, ?) ON CONFLICT(patient_id) DO NOTHING",
                 (i.patient_id, i.patient_name, i.birth_date, i.sex)).rowcount
             if new:
-                cls._name_groups(con, "patient", i.patient_id, i.patient_name)
+                cls.index_name_groups(con, "patient", i.patient_id, i.patient_name)
         new_study = con.execute("SELECT 1 FROM studies WHERE study_instance_uid = ?",
                                 (i.study_instance_uid,)).fetchone() is None
         con.execute(
@@ -576,8 +576,8 @@ class Store:
              i.accession_number, i.study_description, now, now, i.referring_physician,
              i.study_id, i.patient_name, i.birth_date, i.sex))
         if new_study:
-            cls._name_groups(con, "study_patient", i.study_instance_uid, i.patient_name)
-            cls._name_groups(con, "study_referring", i.study_instance_uid,
+            cls.index_name_groups(con, "study_patient", i.study_instance_uid, i.patient_name)
+            cls.index_name_groups(con, "study_referring", i.study_instance_uid,
                              i.referring_physician)
         con.execute(
             "INSERT INTO series(series_instance_uid, study_instance_uid, modality, "

@@ -8,6 +8,7 @@ instances fenji's authors did not make.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import sqlite3
@@ -20,7 +21,7 @@ from _charsets import BY_KEY, CASES, Case, make_study
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.data import get_charset_files
 
-from fenji.gateway import charset, qr
+from fenji.gateway import charset, qr, reindex
 from fenji.gateway import config as config_mod
 from fenji.gateway import store as store_mod
 from fenji.gateway.dicomweb import _private_as_un
@@ -325,3 +326,38 @@ def test_migration_8_splits_existing_names_into_groups(tmp_path: Path,
 def test_store_info_fields_have_defaults() -> None:
     info = InstanceInfo("1.2.3", "1.2", "1.2.3.4", "1.2.3.4.5", "1.2.840.10008.1.2.1", "ab")
     assert info.specific_character_set is None and info.charset_source is None
+
+
+def test_reindex_re_decodes_rows_indexed_before_migration_8(
+        studies: dict[str, list[Path]], tmp_path: Path) -> None:
+    s = Store(tmp_path / "s")
+    for key in ("gb18030", "ir58", "undeclared"):
+        data = studies[key][0].read_bytes()
+        info = check_part10(data, default_charset="GB18030").info
+        # As the old validator indexed it: UTF-8, else Latin-1; no character set recorded.
+        raw = BY_KEY[key].name_bytes()
+        try:
+            old = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            old = raw.decode("latin-1")
+        s.put(data, dataclasses.replace(info, patient_name=old, study_description="?",
+                                        specific_character_set=None, charset_source=None))
+    junk = b"not dicom at all"
+    s.put(junk, InstanceInfo("1.2.9", "1.2", "1.2.9.1", "1.2.9.1.1", "1.2.840.10008.1.2.1",
+                             "00", patient_id="PX", patient_name="X"))
+    assert reindex.pending(s) == 4
+    assert qr.find(s, "STUDY", {"PatientName": "王*"}) == []
+    assert reindex.reindex_text(s, "GB18030") == {"done": 3, "unreadable": 1}
+    assert reindex.pending(s) == 0
+    got = {r["PatientID"]: (r.get("PatientName"), r.get("StudyDescription"))
+           for r in qr.find(s, "STUDY", {})}
+    for key in ("gb18030", "ir58", "undeclared"):
+        c = BY_KEY[key]
+        assert got[c.patient_id] == (c.name, c.description)
+    assert {r["PatientID"] for r in qr.find(s, "STUDY", {"PatientName": "王*"})} == \
+        {"CS-GB18030"}
+    assert {r["PatientID"] for r in qr.find(s, "PATIENT", {"PatientName": "张^小东"},
+                                            root="patient")} == {"CS-IR58"}
+    src = {r["sop_instance_uid"]: r["charset_source"] for r in s.query(
+        "SELECT sop_instance_uid, charset_source FROM instances")}
+    assert sorted(src.values()) == ["declared", "declared", "default", "unread"]
