@@ -635,6 +635,7 @@ def reports_of(store: Store, case_id: str) -> list[dict[str, Any]]:
         out.append({"report_id": r["report_id"], "version": r["version"],
                     "status": r["status"], "reader": r["reader"],
                     "reader_display": doc.get("reader_display"), "center": r["origin_node"],
+                    "patient": doc.get("patient"),
                     "signed_at": doc.get("signed_at"), "findings": doc.get("findings"),
                     "impression": doc.get("impression"), "critical": bool(r["critical"]),
                     "supersedes": r["supersedes"], "superseded_by": r["superseded_by"],

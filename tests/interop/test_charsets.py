@@ -29,6 +29,7 @@ from dicomweb_client.api import DICOMwebClient
 from fenji.gateway.charset import pn_display
 from fenji.gateway.dcmtk import storescu
 from fenji.gateway.harness import NodeProcess
+from fenji.gateway.store import Store
 
 pytestmark = pytest.mark.timeout(600)
 IDS = [c.key for c in CASES]
@@ -231,7 +232,40 @@ def test_signed_report_sr_and_pdf_show_the_name(net: dict[str, Any], case: Case)
     assert "\ufffd" not in text and "\x1b" not in text
 
 
+def test_reports_back_at_the_edge_show_the_names(net: dict[str, Any]) -> None:
+    """The signed reports travel back down; the edge shows whose they are (CLI and PDF)."""
+    edge = net["edge"]
+
+    def shown(key: str) -> Any:
+        got = json.loads(edge.cli("case", "show", net["cases"][key]).stdout)
+        return got if got.get("reports") and got["reports"][0]["received_at"] else None
+
+    store = Store(edge.directory / "store")
+    try:
+        for c in CASES:
+            got = until(lambda c=c: shown(c.key), 240, f"the {c.key} report at the edge")
+            assert (got["patient_name"], got["study_description"]) == (c.name, c.description)
+            assert got["reports"][0]["patient"]["name"] == c.name
+            row = store.get_instance(got["reports"][0]["pdf_sop_instance_uid"])
+            assert row is not None
+            pdf = pydicom.dcmread(store.blob_path(row["sha256"])).EncapsulatedDocument
+            out = net["base"] / "pdf" / f"edge-{c.key}.pdf"
+            out.write_bytes(bytes(pdf).rstrip(b"\x00"))
+            assert pn_display(c.name) in _pdftotext(out), c.key
+    finally:
+        store.close()
+
+
 def _series_of(net: dict[str, Any], sop: str) -> str:
     rows = _client(net).search_for_instances(search_filters={"SOPInstanceUID": sop})
     assert len(rows) == 1, sop
     return str(rows[0]["0020000E"]["Value"][0])
+
+
+def test_logs_carry_no_names(net: dict[str, Any]) -> None:
+    logs = "".join((n.directory / "node.log").read_text(errors="replace")
+                   for n in (net["edge"], net["center"]))
+    assert "sop=" in logs or "assoc" in logs  # the logs are there
+    for c in CASES:
+        for text in (*c.name.split("="), pn_display(c.name), c.description):
+            assert text not in logs, (c.key, text)
