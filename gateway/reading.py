@@ -710,6 +710,8 @@ def report_from_viewer(store: Store, cfg: Config, user: User, data: bytes,
 
     try:
         ds = dcmread(io.BytesIO(data), force=True)
+        # The report text in the viewer's character set (or the node's default).
+        charset.decode_dataset(ds, cfg.dicom.default_character_set or None)
         parsed = reports.parse_viewer_report(ds)
     except (InvalidDicomError, ValueError, AttributeError, KeyError) as exc:
         raise ReadingError(f"not a DICOM SR or encapsulated PDF fenji can read: {exc}") from exc
@@ -773,6 +775,7 @@ def viewer_report_if_any(store: Store, cfg: Config, user: User | None, data: byt
     from fenji.gateway import reports
 
     ds = dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
+    charset.decode_dataset(ds, cfg.dicom.default_character_set or None)
     if reports.has_signed_block(ds):
         return None  # fenji's own report (a C-MOVE back, a re-import): not a new one
     return report_from_viewer(store, cfg, user, data, case_id)

@@ -361,3 +361,28 @@ def test_reindex_re_decodes_rows_indexed_before_migration_8(
     src = {r["sop_instance_uid"]: r["charset_source"] for r in s.query(
         "SELECT sop_instance_uid, charset_source FROM instances")}
     assert sorted(src.values()) == ["declared", "declared", "default", "unread"]
+
+
+def test_viewer_report_text_in_sequences_is_decoded_with_the_default() -> None:
+    """A viewer SR written in GB18030 without (0008,0005): its findings (UT in a content
+    item) come out right with the node's default, wrong with pydicom's guess."""
+    from _viewer import viewer_sr_dataset
+
+    from fenji.gateway import reports
+
+    finding, impression = "右侧硬膜下血肿 8mm", "急性硬膜下"
+    raw_f, raw_i = finding.encode("gb18030"), impression.encode("gb18030")
+    hold_f, hold_i = "F" * len(raw_f), "I" * len(raw_i)  # same lengths, then the bytes
+    ds = viewer_sr_dataset("1.2.3", hold_f, hold_i)
+    del ds.SpecificCharacterSet
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    data = buf.getvalue()
+    assert data.count(hold_f.encode()) == 1 and data.count(hold_i.encode()) == 1
+    data = data.replace(hold_f.encode(), raw_f).replace(hold_i.encode(), raw_i)
+    guessed = reports.parse_viewer_report(pydicom.dcmread(io.BytesIO(data)))
+    assert "硬膜下" not in guessed["findings"]
+    ds2 = pydicom.dcmread(io.BytesIO(data))
+    assert charset.decode_dataset(ds2, "GB18030") == 0
+    parsed = reports.parse_viewer_report(ds2)
+    assert (parsed["findings"], parsed["impression"]) == (finding, impression)
