@@ -70,6 +70,27 @@ class Released:
     preview: tuple[str, Path, int] | None = None
 
 
+def resolve_case_id(store: Store, given: str) -> str:
+    """A full case ID, or a unique prefix of one (as git takes commit prefixes).
+
+    An unknown ID is returned unchanged (the verb then says it has no such case);
+    an ambiguous prefix raises :class:`CaseError` listing the candidates.
+    """
+    if not given or store.query_one("SELECT 1 AS x FROM cases WHERE case_id = ?", (given,)):
+        return given
+    if not all(c.isalnum() for c in given):
+        return given
+    rows = store.query("SELECT case_id FROM cases WHERE case_id LIKE ? ORDER BY case_id "
+                       "LIMIT 6", (given + "%",))
+    if len(rows) == 1:
+        return str(rows[0]["case_id"])
+    if len(rows) > 1:
+        shown = ", ".join(str(r["case_id"]) for r in rows[:5])
+        raise CaseError(f"case ID prefix {given!r} is ambiguous: {shown}"
+                        f"{', …' if len(rows) > 5 else ''}; give more characters")
+    return given
+
+
 def next_hop(cfg: Any, destination: str) -> str | None:
     """A configured peer is its own next hop; otherwise transfer.default_destination
     (a relay) carries the case on (DESIGN.md §1: edge, relay, center)."""
@@ -80,12 +101,19 @@ def next_hop(cfg: Any, destination: str) -> str | None:
 
 
 def record_received(store: Store, manifest: dict[str, Any], node_name: str,
-                    now: float | None = None, instances: list[str] | None = None) -> str | None:
+                    now: float | None = None, instances: list[str] | None = None,
+                    sender: str | None = None) -> str | None:
     """Note a case that arrived in a bundle (idempotent: a re-sent bundle changes nothing).
 
+    ``sender`` is the node that authenticated the upload: it, not the manifest's
+    ``sender`` field, is who delivered the case (the manifest's claim is kept
+    as ``claimed_sender`` when they differ).
     Returns the case's state at this node (``received``, ``forwarding``, ``preview``).
     """
-    case = manifest.get("case", {})
+    case = dict(manifest.get("case", {}))
+    claimed = case.get("sender")
+    if sender is not None:
+        case["sender"] = sender
     if not case.get("case_id"):
         return None
     now = time.time() if now is None else now
@@ -126,7 +154,10 @@ def record_received(store: Store, manifest: dict[str, Any], node_name: str,
                               role="node", obj=str(case.get("bundle_id") or case["case_id"]),
                               case_id=case["case_id"],
                               detail={"instances": len(instances or []), "state": state,
-                                      "priority": case.get("priority")}, con=con, at=now)
+                                      "priority": case.get("priority"),
+                                      **({"claimed_sender": claimed}
+                                         if claimed != case.get("sender") else {})},
+                              con=con, at=now)
         foreign = case.get("audit")
         if isinstance(foreign, list) and foreign and state == "received":
             try:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fenji.gateway import config as config_mod
 from fenji.gateway.cases import PRIORITIES, SERVICES, enqueue_release, next_hop
+from fenji.gateway.config import CONFIG_HELP
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -21,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Build the case's bundle and queue it for the destination. Instances "
                     "that arrive after a release travel as an addendum: run send again.")
     s.add_argument("study", metavar="STUDY_UID", help="Study Instance UID")
-    s.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    s.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     s.add_argument("--priority", choices=list(PRIORITIES), default="routine")
     s.add_argument("--dest", help="peer name (default: transfer.default_destination)")
     s.add_argument("--service", choices=SERVICES, help="default: from the SOP classes")
@@ -41,27 +42,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         description="The named operator takes responsibility: the override "
                                     "and its reason are signed into the case's attestation.")
     o.add_argument("case_id", metavar="CASE")
-    o.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    o.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     o.add_argument("--operator", required=True, help="who overrides (a person's name)")
     o.add_argument("--reason", required=True, help="why the case may go anyway")
     o.set_defaults(func=_override)
 
     ls = csub.add_parser("ls", help="list cases")
-    ls.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    ls.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     ls.add_argument("--state", help="only cases in this state (released, delivered, ...)")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=_ls)
 
     sh = csub.add_parser("show", help="one case: instances, receipt, quality, reports")
     sh.add_argument("case_id", metavar="CASE")
-    sh.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    sh.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     sh.set_defaults(func=_show)
 
     ak = csub.add_parser("ack", help="the requesting physician acknowledges the case's report",
                          description="Records who acknowledged the current report version "
                                      "and when (a ledger event).")
     ak.add_argument("case_id", metavar="CASE")
-    ak.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    ak.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     ak.add_argument("--by", required=True, help="a configured user (physician, technician or "
                                                 "operator) acknowledging")
     ak.add_argument("--json", action="store_true")

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from fenji.gateway.charset import pn_display
+from fenji.gateway.config import CONFIG_HELP
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -17,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                                      "hospital, state (new, claimed, reported, amended), "
                                      "quality verdict, clinical question; below, the "
                                      "patient's name, ID and the study description.")
-    ls.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    ls.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     ls.add_argument("--reader", help="only the services this reader reads")
     ls.add_argument("--state", choices=("new", "claimed", "reported", "amended"))
     ls.add_argument("--json", action="store_true", help="one JSON array")
@@ -26,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                            ("unclaim", "give a claimed case back to the pool")):
         c = wsub.add_parser(verb, help=helptext)
         c.add_argument("case_id", metavar="CASE")
-        c.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+        c.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
         c.add_argument("--reader", required=True, help="a configured reader")
         c.add_argument("--json", action="store_true")
         c.set_defaults(func=_claim if verb == "claim" else _unclaim)

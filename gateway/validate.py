@@ -426,11 +426,11 @@ def _inflate(data: bytes | memoryview, cap: int) -> bytes:
 
 def check_dataset(dataset: bytes | memoryview, transfer_syntax: str, *,
                   max_inflate_bytes: int = 512 * 1024 * 1024,
-                  default_charset: str | None = None) -> dict[str, Any]:
+                  default_character_set: str | None = None) -> dict[str, Any]:
     """Walk an encoded data set; return the top-level values the index needs.
 
     Text values come back as Unicode, decoded with the data set's (0008,0005)
-    or, when it declares none, ``default_charset`` (``dicom.default_character_set``);
+    or, when it declares none, ``default_character_set`` (``dicom.default_character_set``);
     ``values["_charset"]`` is the :class:`charset.Charset` applied.
     """
     if transfer_syntax not in NATIVE and transfer_syntax not in ENCAPSULATED:
@@ -448,7 +448,7 @@ def check_dataset(dataset: bytes | memoryview, transfer_syntax: str, *,
     if stop != len(body):
         raise w.fail(st.CANNOT_UNDERSTAND, f"stray delimiter at byte {stop} of the data set")
     v = w.values
-    _decode_text(w, default_charset)
+    _decode_text(w, default_character_set)
     for key in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
         uid = v.get(key)
         if not uid:
@@ -543,10 +543,10 @@ def check_dimse(dataset: bytes, transfer_syntax: str, *, affected_sop_class: str
                 affected_sop_instance: str, calling_ae: str | None = None,
                 max_instance_bytes: int = 2 << 30,
                 max_inflate_bytes: int = 512 * 1024 * 1024,
-                default_charset: str | None = None) -> Checked:
+                default_character_set: str | None = None) -> Checked:
     """Check a C-STORE data set; return the Part-10 file to store.
 
-    ``default_charset``: ``dicom.default_character_set``, for a data set that
+    ``default_character_set``: ``dicom.default_character_set``, for a data set that
     declares no (0008,0005).
     """
     if len(dataset) > max_instance_bytes:
@@ -555,7 +555,7 @@ def check_dimse(dataset: bytes, transfer_syntax: str, *, affected_sop_class: str
     if not dataset:
         raise Rejected(st.CANNOT_UNDERSTAND, "empty data set")
     values = check_dataset(dataset, transfer_syntax, max_inflate_bytes=max_inflate_bytes,
-                           default_charset=default_charset)
+                           default_character_set=default_character_set)
     if values["SOPInstanceUID"] != affected_sop_instance:
         raise Rejected(st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
                        f"(0008,0018) SOP Instance UID {values['SOPInstanceUID']!r} differs from "
@@ -627,10 +627,10 @@ def split_part10(data: bytes) -> tuple[dict[str, str], int]:
 
 def check_part10(data: bytes, *, max_instance_bytes: int = 2 << 30,
                  max_inflate_bytes: int = 512 * 1024 * 1024,
-                 default_charset: str | None = None) -> Checked:
+                 default_character_set: str | None = None) -> Checked:
     """Check a whole Part-10 file (meta included); it is stored exactly as given.
 
-    ``default_charset`` as for :func:`check_dimse`.
+    ``default_character_set`` as for :func:`check_dimse`.
     """
     if len(data) > max_instance_bytes:
         raise Rejected(st.INSTANCE_TOO_LARGE, f"file of {len(data)} bytes exceeds "
@@ -639,7 +639,7 @@ def check_part10(data: bytes, *, max_instance_bytes: int = 2 << 30,
     ts = meta["TransferSyntaxUID"]
     body = memoryview(data)[off:]
     values = check_dataset(body, ts, max_inflate_bytes=max_inflate_bytes,
-                           default_charset=default_charset)
+                           default_character_set=default_character_set)
     for mkey, dkey in (("MediaStorageSOPInstanceUID", "SOPInstanceUID"),
                        ("MediaStorageSOPClassUID", "SOPClassUID")):
         if meta[mkey] != values[dkey]:

@@ -44,7 +44,7 @@ def indexed(studies: dict[str, list[Path]], tmp_path_factory: pytest.TempPathFac
     for c in CASES:
         for p in studies[c.key]:
             data = p.read_bytes()
-            s.put(data, check_part10(data, default_charset=c.default or None).info)
+            s.put(data, check_part10(data, default_character_set=c.default or None).info)
     return s
 
 
@@ -54,7 +54,7 @@ def test_instance_text_is_indexed_as_unicode(case: Case, studies: dict[str, list
                                              indexed: Store) -> None:
     data = studies[case.key][0].read_bytes()
     assert case.name_bytes() in data  # the bytes are the character set's own
-    info = check_part10(data, default_charset=case.default or None).info
+    info = check_part10(data, default_character_set=case.default or None).info
     assert info.patient_name == case.name
     assert info.study_description == case.description
     assert info.series_description == case.description + " 5mm"
@@ -146,7 +146,7 @@ def test_pydicom_decodes_undeclared_gb18030_as_latin1(studies: dict[str, list[Pa
     assert str(pydicom.dcmread(io.BytesIO(data)).PatientName) != BY_KEY["undeclared"].name
     info = check_part10(data).info
     assert info.charset_source == "none" and info.patient_name != BY_KEY["undeclared"].name
-    assert check_part10(data, default_charset="GB18030").info.patient_name == "Li^Ming=李^明"
+    assert check_part10(data, default_character_set="GB18030").info.patient_name == "Li^Ming=李^明"
 
 
 # The DICOM standard's character-set examples as pydicom ships them, and what a
@@ -208,7 +208,7 @@ def test_unknown_declared_charset_is_accepted_recorded_and_logged(
         studies: dict[str, list[Path]], caplog: pytest.LogCaptureFixture) -> None:
     data = _with_declared(studies["gb18030"][0].read_bytes(), b"GB18030 ", b"KLINGON ")
     with caplog.at_level(logging.WARNING, logger="fenji.gateway.validate"):
-        info = check_part10(data, default_charset="GB18030").info
+        info = check_part10(data, default_character_set="GB18030").info
     assert info.charset_source == "invalid" and info.specific_character_set == "KLINGON"
     assert info.patient_name == "Wang^XiaoDong=王^小东"  # decoded with the default
     assert "'KLINGON' is not a defined term" in caplog.text
@@ -333,7 +333,7 @@ def test_reindex_re_decodes_rows_indexed_before_migration_8(
     s = Store(tmp_path / "s")
     for key in ("gb18030", "ir58", "undeclared"):
         data = studies[key][0].read_bytes()
-        info = check_part10(data, default_charset="GB18030").info
+        info = check_part10(data, default_character_set="GB18030").info
         # As the old validator indexed it: UTF-8, else Latin-1; no character set recorded.
         raw = BY_KEY[key].name_bytes()
         try:
