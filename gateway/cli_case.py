@@ -47,6 +47,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     o.add_argument("--reason", required=True, help="why the case may go anyway")
     o.set_defaults(func=_override)
 
+    x = csub.add_parser("exclude", help="drop a bad instance from a held case, with a reason",
+                        description="The instance stays in the store but leaves the case: "
+                                    "the next `fenji case send STUDY` releases the rest "
+                                    "(through the quality gate again).  Who and why are "
+                                    "recorded in the audit ledger.")
+    x.add_argument("case_id", metavar="CASE")
+    x.add_argument("instance", metavar="INSTANCE",
+                   help="its SOP Instance UID, or its instance number as the gate names it")
+    x.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
+    x.add_argument("--operator", required=True, help="who excludes it (a person's name)")
+    x.add_argument("--reason", required=True, help="why it is left out")
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(func=_exclude)
+
     ls = csub.add_parser("ls", help="list cases")
     ls.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     ls.add_argument("--state", help="only cases in this state (released, delivered, ...)")
@@ -153,6 +167,22 @@ def _override(args: argparse.Namespace) -> int:
         store.close()
     print(f"case {rel.case_id} released by override of {args.operator}; queued for "
           f"{rel.destination} via {hop}")
+    return 0
+
+
+def _exclude(args: argparse.Namespace) -> int:
+    from fenji.gateway.cases import exclude_instance
+    from fenji.gateway.node import config_and_store
+
+    with config_and_store(args.config) as (cfg, store):
+        out = exclude_instance(store, args.case_id, args.instance, operator=args.operator,
+                               reason=args.reason, node=cfg.node.name)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"instance {out['excluded']} left out of case {out['case_id']} by "
+              f"{out['by']}; {out['remaining']} remain. Release them with: fenji case send "
+              f"{out['study_instance_uid']}")
     return 0
 
 

@@ -277,6 +277,17 @@ MIGRATIONS: list[tuple[int, str | Callable[[], str]]] = [
     )
     SELECT kind, owner, grp, name FROM parts WHERE grp >= 0 AND name <> ''
     """),
+    # 9: instances a technician dropped from a case before release (who, why).
+    (9, """
+    CREATE TABLE excluded_instances (
+        sop_instance_uid   TEXT PRIMARY KEY,
+        study_instance_uid TEXT NOT NULL,
+        case_id            TEXT NOT NULL,
+        excluded_by        TEXT NOT NULL,
+        reason             TEXT NOT NULL,
+        at                 REAL NOT NULL
+    );
+    """),
 ]
 
 
