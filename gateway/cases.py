@@ -521,7 +521,8 @@ def get_case(store: Store, case_id: str) -> dict[str, Any] | None:
 
 def list_cases(store: Store, *, state: str | None = None) -> list[dict[str, Any]]:
     sql = ("SELECT c.*, (SELECT count(*) FROM case_instances ci WHERE ci.case_id = c.case_id) "
-           "AS n_instances FROM cases c")
+           "AS n_instances, st.patient_id, st.patient_name, st.study_description "
+           "FROM cases c LEFT JOIN studies st ON st.study_instance_uid = c.study_instance_uid")
     args: tuple[Any, ...] = ()
     if state:
         sql += " WHERE c.state = ?"

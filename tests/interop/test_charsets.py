@@ -123,6 +123,12 @@ def test_worklist_and_case_show_cli(net: dict[str, Any]) -> None:
     text = net["center"].cli("worklist", "ls").stdout
     for c in CASES:
         assert pn_display(c.name) in text and c.description in text, c.key
+    listed = net["edge"].cli("case", "ls").stdout
+    rows = {r["case_id"]: r for r in map(json.loads, net["edge"].cli(
+        "case", "ls", "--json").stdout.splitlines())}
+    for c in CASES:
+        assert pn_display(c.name) in listed, c.key
+        assert rows[net["cases"][c.key]]["patient_name"] == c.name
     shown = json.loads(net["edge"].cli("case", "show", net["cases"]["ir58"]).stdout)
     assert (shown["patient_name"], shown["study_description"]) == \
         (BY_KEY["ir58"].name, BY_KEY["ir58"].description)
