@@ -243,6 +243,15 @@ def pn_display(name: str) -> str:
     return " / ".join(p for p in parts if p)
 
 
+def stored_default(row: Any, node_default: str | None) -> str | None:
+    """The default character set to read a stored instance with: the one applied when
+    it was indexed (``charset_source = 'default'``, perhaps by the node that sent it),
+    else the node's own (``dicom.default_character_set``)."""
+    if row.get("charset_source") == "default" and row.get("specific_character_set"):
+        return str(row["specific_character_set"])
+    return node_default or None
+
+
 # -- pydicom data sets -------------------------------------------------------
 def dataset_charset(ds: Any, default: str | None = None,
                     parent: Charset | None = None) -> Charset:

@@ -371,8 +371,8 @@ def _base_url(request: web.Request) -> str:
 def _instances(store: Store, study: str, series: str | None = None,
                sop: str | None = None) -> list[dict[str, Any]]:
     sql = ("SELECT sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid, "
-           "transfer_syntax_uid, sha256, size, instance_number FROM instances "
-           "WHERE study_instance_uid = ?")
+           "transfer_syntax_uid, sha256, size, instance_number, specific_character_set, "
+           "charset_source FROM instances WHERE study_instance_uid = ?")
     args: list[Any] = [study]
     if series is not None:
         sql += " AND series_instance_uid = ?"
@@ -529,7 +529,7 @@ def _instance_metadata(store: Store, row: dict[str, Any], base: str,
     ds = pydicom.dcmread(path, defer_size=BULK_THRESHOLD_BYTES)
     # Before pydicom decodes anything (it would guess for undeclared text and
     # leave escape sequences in ISO 2022 IR 58 text).
-    charset.decode_dataset(ds, default_charset or None)
+    charset.decode_dataset(ds, charset.stored_default(row, default_charset))
     if row["transfer_syntax_uid"] == IMPLICIT_LE:
         _private_as_un(ds)
     pixel_tag = Tag(0x7FE00010)

@@ -245,8 +245,9 @@ def unclaim(store: Store, cfg: Config, case_id: str, user: User,
 
 def _case_instances(store: Store, case_id: str) -> list[dict[str, Any]]:
     return store.query(
-        "SELECT i.sop_instance_uid, i.sop_class_uid, i.series_instance_uid, i.sha256 "
-        "FROM case_instances ci JOIN instances i ON i.sop_instance_uid = ci.sop_instance_uid "
+        "SELECT i.sop_instance_uid, i.sop_class_uid, i.series_instance_uid, i.sha256, "
+        "i.specific_character_set, i.charset_source FROM case_instances ci "
+        "JOIN instances i ON i.sop_instance_uid = ci.sop_instance_uid "
         "WHERE ci.case_id IN (SELECT ? UNION SELECT case_id FROM cases WHERE "
         "parent_case_id = ?) ORDER BY i.series_instance_uid, i.instance_number, "
         "i.sop_instance_uid", (case_id, case_id))
@@ -257,13 +258,16 @@ _STUDY_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
                    "StudyDescription", "SpecificCharacterSet")
 
 
-def _study_attrs(store: Store, sha256: str, default_charset: str = "") -> dict[str, Any]:
+def _study_attrs(store: Store, inst: dict[str, Any], default_charset: str = ""
+                 ) -> dict[str, Any]:
     """The study's attributes from its stored instance, text decoded with its (0008,0005)
-    or ``default_charset`` (gateway/charset.py, not pydicom's guess)."""
+    or the default applied when it was indexed, else ``default_charset``
+    (gateway/charset.py, not pydicom's guess)."""
     from pydicom import dcmread
 
-    ds = dcmread(io.BytesIO(store.read_blob(sha256)), stop_before_pixels=True, force=True)
-    charset.decode_dataset(ds, default_charset or None)
+    ds = dcmread(io.BytesIO(store.read_blob(inst["sha256"])), stop_before_pixels=True,
+                 force=True)
+    charset.decode_dataset(ds, charset.stored_default(inst, default_charset))
     return {k: ds.get(k) for k in _STUDY_KEYWORDS if k in ds}
 
 
@@ -341,7 +345,7 @@ def submit_report(store: Store, cfg: Config, case_id: str, user: User, *, findin
     insts = _case_instances(store, case_id)
     if not insts:
         raise ReadingError(f"case {case_id} has no instances at this node")
-    attrs = _study_attrs(store, insts[0]["sha256"], cfg.dicom.default_character_set)
+    attrs = _study_attrs(store, insts[0], cfg.dicom.default_character_set)
     patient = {"id": str(attrs.get("PatientID") or ""), "name": str(attrs.get("PatientName")
                                                                      or ""),
                "birth_date": str(attrs.get("PatientBirthDate") or ""),

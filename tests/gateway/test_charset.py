@@ -386,3 +386,19 @@ def test_viewer_report_text_in_sequences_is_decoded_with_the_default() -> None:
     assert charset.decode_dataset(ds2, "GB18030") == 0
     parsed = reports.parse_viewer_report(ds2)
     assert (parsed["findings"], parsed["impression"]) == (finding, impression)
+
+
+def test_stored_and_sender_defaults() -> None:
+    from fenji.routing.transfer_server import _sender_default
+
+    assert charset.stored_default({"charset_source": "default",
+                                   "specific_character_set": "GBK"}, "GB18030") == "GBK"
+    assert charset.stored_default({"charset_source": "declared",
+                                   "specific_character_set": "ISO_IR 100"}, "GB18030") == \
+        "GB18030"
+    assert charset.stored_default({}, "") is None
+    manifest = {"case": {"default_character_sets": [None, "GB18030", "KLINGON", 7]}}
+    assert [_sender_default(manifest, i) for i in range(5)] == [None, "GB18030", None, None,
+                                                                None]
+    assert _sender_default({"case": {"default_character_sets": "GB18030"}}, 0) is None
+    assert _sender_default(None, 0) is None

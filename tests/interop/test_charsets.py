@@ -6,8 +6,10 @@ bundles to a reading center, and are read there the ways a reader reads them:
 DCMTK findscu (C-FIND, each response decoded with its own declared character
 set), dicomweb-client (QIDO-RS and WADO-RS metadata), the worklist, and a
 signed report whose PDF, fetched back by WADO-RS, is checked with pdftotext.
-Both nodes set ``dicom.default_character_set = "GB18030"`` for the study that
-declares none; the studies that do declare one must not be touched by it.
+The edge sets ``dicom.default_character_set = "GB18030"`` for the study that
+declares none (the studies that do declare one must not be touched by it); the
+center sets none and reads that study as the edge did, from the bundle's
+manifest.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def net(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-de
     edge = NodeProcess(base / "edge", name="edge", allow_ae=["CT1"], workers=1,
                        extra_toml=default, users={"tech": "technician"})
     center = NodeProcess(base / "center", name="center", role="center", allow_ae=["*"],
-                         workers=1, extra_toml=default)
+                         workers=1)
     center.add_user("dr.wang", "reader", services=("imaging",),
                     display_name="王医生 (Dr. Wang)")
     edge.add_peer(center, default=True)
@@ -160,10 +162,22 @@ def test_cfind_query_in_gb18030_is_decoded_with_it(net: dict[str, Any]) -> None:
                             "PatientName=王^小东".encode("gb18030"), b"PatientID"],
                    net["base"] / "find" / "gbquery")
     assert {str(d.PatientID) for d in got} == {"CS-UTF8", "CS-GB18030"}
-    # Declaring nothing: the node's default (GB18030) decodes the query.
-    got = _findscu(center, ["PatientName=李*".encode("gb18030"), b"PatientID"],
-                   net["base"] / "find" / "gbquery2")
-    assert {str(d.PatientID) for d in got} == {"CS-UNDECLARED"}
+
+
+def test_center_reads_undeclared_text_with_the_edges_default(net: dict[str, Any]) -> None:
+    """The center has no default character set: the edge's, applied to the study that
+    declares none, came with the bundle and was recorded there too."""
+    store = Store(net["center"].directory / "store")
+    try:
+        rows = store.query("SELECT specific_character_set, charset_source FROM instances "
+                           "WHERE study_instance_uid = ?", (net["studies"]["undeclared"],))
+        assert rows and all((r["specific_character_set"], r["charset_source"]) ==
+                            ("GB18030", "default") for r in rows)
+        declared = store.query("SELECT DISTINCT charset_source FROM instances WHERE "
+                               "study_instance_uid = ?", (net["studies"]["gb18030"],))
+        assert [r["charset_source"] for r in declared] == ["declared"]
+    finally:
+        store.close()
 
 
 # -- QIDO-RS and WADO-RS metadata ------------------------------------------------------
