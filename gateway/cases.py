@@ -236,9 +236,21 @@ def enqueue_release(store: Store, rel: Released, hop: str, now: float) -> None:
                       rel.bundle_bytes, now + 1e-6)
 
 
-def _service_of(sop_classes: list[str]) -> str:
-    return "ecg" if sop_classes and all(c.startswith(ECG_SOP_PREFIX) for c in sop_classes) \
-        else "imaging"
+# Objects an ECG cart sends along with its waveforms (its own printout as a PDF,
+# its measurements as an SR): they do not make an ECG study an imaging one.
+ECG_ATTACHMENTS = frozenset({
+    "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF
+    "1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.1.88.22",  # Basic/Enhanced SR
+    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+})
+
+
+def service_of(sop_classes: list[str]) -> str:
+    """ecg when the study holds ECG waveforms and nothing but their attachments."""
+    waveforms = [c for c in sop_classes if c.startswith(ECG_SOP_PREFIX)]
+    others = [c for c in sop_classes if not c.startswith(ECG_SOP_PREFIX)
+              and c not in ECG_ATTACHMENTS]
+    return "ecg" if waveforms and not others else "imaging"
 
 
 def release(store: Store, study_instance_uid: str, *, destination: str, priority: str = "routine",
@@ -283,7 +295,7 @@ def release(store: Store, study_instance_uid: str, *, destination: str, priority
         (study_instance_uid, destination))
     kind = "addendum" if parent else "case"
     parent_id = parent["case_id"] if parent else None
-    service = service or _service_of([r["sop_class_uid"] for r in rows])
+    service = service or service_of([r["sop_class_uid"] for r in rows])
     case_id = uuid.uuid4().hex
     bundle_id = uuid.uuid4().hex
     case_meta = {

@@ -83,6 +83,8 @@ KINDS: dict[str, str] = {
     "arrived": "a bundle was received and verified at this node (receipt signed)",
     "forwarded": "a relay queued a bundle onward",
     "receipt": "the sender kept the receiver's signed receipt",
+    "dead_lettered": "the sender gave up on a bundle (why: the last error)",
+    "retried": "an operator put a dead-lettered bundle back in the queue",
     "claimed": "a reader claimed a case",
     "unclaimed": "a claim was released or expired",
     "opened": "patient data was read (who, what, how, from where)",

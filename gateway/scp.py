@@ -165,6 +165,7 @@ class DicomService:
         ae.dimse_timeout = d.dimse_timeout_s
         if "*" not in d.allow_ae:
             ae.require_calling_aet = list(d.allow_ae)
+        ae.require_called_aet = d.require_called_aet
         ts = list(ACCEPTED_TRANSFER_SYNTAXES)
         seen = set()
         # Storage classes accept the SCP/SCU role swap a C-GET requestor proposes
@@ -256,10 +257,24 @@ class DicomService:
         log.debug("assoc=%d peer=%s calling=%s accepted", s.assoc_id, s.peer, s.calling)
 
     def _on_rejected(self, event: Any) -> None:
+        """One line saying which check refused the association (PS3.8 7.1.1.9)."""
         r = event.assoc.requestor
-        log.warning("assoc=- peer=%s calling=%s called=%s outcome=rejected "
-                    "reason=calling-ae-not-allowed-or-limit", r.address,
-                    str(r.ae_title).strip(), str(event.assoc.acceptor.ae_title).strip())
+        rq = r.primitive
+        calling = str(getattr(rq, "calling_ae_title", r.ae_title) or "").strip()
+        called = str(getattr(rq, "called_ae_title", "") or "").strip()
+        ae = self.ae
+        if ae.require_calling_aet and calling not in [a.strip() for a in
+                                                      ae.require_calling_aet]:
+            reason = "calling-ae-not-allowed (dicom.allow_ae)"
+        elif ae.require_called_aet and called != self.cfg.dicom.ae_title.strip():
+            reason = f"called-ae-is-not-ours (we are {self.cfg.dicom.ae_title})"
+        elif len([a for a in ae.active_associations if a.is_acceptor]) > \
+                ae.maximum_associations:
+            reason = "association-limit (dicom.max_associations)"
+        else:
+            reason = "refused"
+        log.warning("assoc=- peer=%s calling=%s called=%s outcome=rejected reason=%s",
+                    r.address, _safe(calling), _safe(called), reason)
 
     def _on_closed(self, event: Any, outcome: str) -> None:
         s = self._stats.pop(id(event.assoc), None)
