@@ -175,7 +175,7 @@ def decode(raw: bytes, cs: Charset, vr: str = "LO") -> tuple[str, bool]:
     if not raw:
         return "", False
     codecs = cs.codecs
-    if cs.source == "none":
+    if cs.source == "none" or (cs.source == "invalid" and cs.terms == ("",)):
         if raw.isascii():
             return raw.decode("ascii"), False
         try:  # the de facto practice of undeclared writers: UTF-8, else Latin-1

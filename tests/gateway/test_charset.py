@@ -213,6 +213,10 @@ def test_unknown_declared_charset_is_accepted_recorded_and_logged(
     assert info.patient_name == "Wang^XiaoDong=王^小东"  # decoded with the default
     assert "'KLINGON' is not a defined term" in caplog.text
     assert "王" not in caplog.text and "Wang" not in caplog.text  # no names in logs
+    # Without a default, as if undeclared: UTF-8 bytes read as UTF-8.
+    utf8 = _with_declared(studies["utf8"][0].read_bytes(), b"ISO_IR 192", b"KLINGON-1 ")
+    info = check_part10(utf8).info
+    assert (info.charset_source, info.patient_name) == ("invalid", BY_KEY["utf8"].name)
 
 
 def test_quirky_spellings_map_to_defined_terms(studies: dict[str, list[Path]]) -> None:
