@@ -41,7 +41,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from fenji.gateway import ledger, qr
+from fenji.gateway import charset, ledger, qr
 from fenji.gateway.validate import split_part10
 
 if TYPE_CHECKING:
@@ -91,8 +91,15 @@ def _root(event: Any) -> str:
     return "patient" if sop in _PATIENT_ROOT else "study"
 
 
-def _keys(identifier: Dataset) -> tuple[str, dict[str, str], list[str]]:
-    """(level, keyword -> matching value, sequence keywords returned empty)."""
+def _keys(identifier: Dataset, default_charset: str = ""
+          ) -> tuple[str, dict[str, str], list[str]]:
+    """(level, keyword -> matching value, sequence keywords returned empty).
+
+    Text values are decoded with the identifier's own (0008,0005), a query in
+    GB18030 as GB18030, or ``default_charset`` when it declares none
+    (gateway/charset.py; pydicom's decoder has gaps).
+    """
+    charset.decode_dataset(identifier, default_charset or None)
     level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
     keys: dict[str, str] = {}
     sequences: list[str] = []
@@ -149,7 +156,7 @@ def handle_find(store: Store, cfg: Config, event: Any, calling: str,
                 peer: str) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     root = _root(event)
     try:
-        level, keys, sequences = _keys(event.identifier)
+        level, keys, sequences = _keys(event.identifier, cfg.dicom.default_character_set)
         rows = qr.find(store, level, keys, root=root)
     except qr.QueryError as exc:
         log.info("c-find calling=%s refused status=0x%04X reason=%s", calling,
@@ -176,7 +183,8 @@ def handle_find(store: Store, cfg: Config, event: Any, calling: str,
             yield CANCELLED, None
             return
         ds = Dataset()
-        # Names are indexed as decoded text; answer in UTF-8 (PS3.5 6.1.2.5.3).
+        # The index holds Unicode; answer in UTF-8 (PS3.5 6.1.2.5.3), person names
+        # with their component groups ("Wang^XiaoDong=王^小东").
         ds.SpecificCharacterSet = "ISO_IR 192"
         ds.QueryRetrieveLevel = level
         for keyword in keys:
