@@ -42,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rsub = p.add_subparsers(dest="report_verb", metavar="ACTION", required=True)
     _add_submit(rsub)
     _add_verify(rsub)
+    _add_pdf(rsub)
 
 
 def _add_submit(rsub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -126,6 +127,33 @@ def _add_verify(rsub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     v.set_defaults(func=_verify, needs_config=False)  # --config only adds trust
 
 
+def _add_pdf(rsub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    d = rsub.add_parser("pdf", help="write a case's report PDF (for print or the HIS)",
+                        description="Writes the PDF of the case's current report (or "
+                                    "--version N).  It carries the signed report inside, so "
+                                    "`fenji report verify FILE.pdf` checks it anywhere.")
+    d.add_argument("case_id", metavar="CASE")
+    d.add_argument("--out", "-o", type=Path, required=True, metavar="FILE")
+    d.add_argument("--version", type=int, default=None, help="default: the current one")
+    d.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
+    d.set_defaults(func=_pdf)
+
+
+def _pdf(args: argparse.Namespace) -> int:
+    from fenji.gateway.node import config_and_store
+    from fenji.gateway.reading import NotFound, report_pdf
+
+    try:
+        with config_and_store(args.config) as (_, store):
+            data = report_pdf(store, args.case_id, args.version)
+    except NotFound as exc:
+        print(f"fenji report pdf: {exc}", file=sys.stderr)
+        return 2
+    args.out.write_bytes(data)
+    print(f"wrote {args.out} ({len(data)} bytes)")
+    return 0
+
+
 def _trusted(args: argparse.Namespace, cfg: Any) -> dict[str, Any] | None:
     from fenji.gateway.keys import public_from_config
     from fenji.gateway.reading import trusted_centers
@@ -150,6 +178,8 @@ def _read(path: Path) -> tuple[str, Any]:
         data = path.read_bytes()
     except OSError as exc:
         raise Unreadable(f"{path}: {exc.strerror or exc}") from exc
+    if data[:5] == b"%PDF-":
+        return "pdf", data
     if data.lstrip()[:1] == b"{":
         try:
             obj = json.loads(data)
@@ -185,6 +215,8 @@ def _check_one(kind: str, obj: Any, trusted: dict[str, Any] | None,
         return reports.verify_signed({"report": signed.get("report"),
                                       "signature": signed.get("signature")},
                                      end, trusted, manifest_sha256=manifest, attestation=att)
+    if kind == "pdf":
+        return reports.verify_pdf(obj, trusted, manifest_sha256=manifest, attestation=att)
     return reports.verify_dataset(obj, trusted_centers=trusted, manifest_sha256=manifest,
                                   attestation=att)
 

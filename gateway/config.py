@@ -48,6 +48,11 @@ class NodeSection:
     # Where the store, keys and state live; relative paths are relative to the
     # config file so a node directory can be moved as a whole.
     data_dir: str = "."
+    # The hospital as its doctors name it, printed on reports ("XX县人民医院").
+    institution: str = ""
+    # Times people read (report PDFs) are in this IANA zone; empty: the
+    # system's own zone (Asia/Shanghai on a hospital server in China).
+    timezone: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -578,6 +583,14 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
 def _check_reading(cfg: Config, errors: list[str]) -> None:
     if not 0 <= cfg.web.port <= 65535:
         errors.append(f"web.port = {cfg.web.port} is outside 0-65535")
+    if cfg.node.timezone:
+        try:
+            from zoneinfo import ZoneInfo
+
+            ZoneInfo(cfg.node.timezone)
+        except (KeyError, ValueError, OSError):
+            errors.append(f"node.timezone = {cfg.node.timezone!r} is not an IANA time zone "
+                          "(e.g. \"Asia/Shanghai\")")
     if cfg.http.tls and cfg.web.port == 0 and cfg.users:
         # With mutual TLS on [http], only peers holding a pinned certificate get
         # in; people and viewers have none and would be locked out entirely.

@@ -122,6 +122,18 @@ async def get_reports(request: web.Request) -> web.Response:
     return web.json_response(rows)
 
 
+async def get_report_pdf(request: web.Request) -> web.Response:
+    """The report PDF (version ``n``) as the requesting physician prints it."""
+    cfg, store = _app(request)
+    require(request, "technician", "reader", "physician", "operator", action="read reports")
+    case_id = request.match_info["case_id"]
+    data = await asyncio.to_thread(reading.report_pdf, store, case_id,
+                                   int(request.match_info["version"]))
+    return web.Response(body=data, content_type="application/pdf", headers={
+        "Content-Disposition": f'inline; filename="report-{case_id[:12]}-'
+                               f'v{request.match_info["version"]}.pdf"'})
+
+
 async def post_ack(request: web.Request) -> web.Response:
     cfg, store = _app(request)
     user = require(request, "physician", "technician", "operator",
@@ -182,6 +194,7 @@ def add_routes(app: web.Application, wake: Any = None) -> None:
     app.router.add_get("/api/cases/{case_id}/drafts", get_drafts)
     app.router.add_post("/api/cases/{case_id}/drafts/{sop}/confirm", post_confirm_draft)
     app.router.add_get("/api/cases/{case_id}/reports", get_reports)
+    app.router.add_get("/api/cases/{case_id}/reports/{version:\\d+}.pdf", get_report_pdf)
     app.router.add_post("/api/cases/{case_id}/ack", post_ack)
     app.router.add_post("/api/cases/{case_id}/override", post_override)
     app.router.add_post("/api/cases/{case_id}/exclude", post_exclude)

@@ -255,7 +255,8 @@ def _case_instances(store: Store, case_id: str) -> list[dict[str, Any]]:
 
 _STUDY_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
                    "StudyTime", "AccessionNumber", "ReferringPhysicianName", "StudyID",
-                   "StudyDescription", "SpecificCharacterSet")
+                   "StudyDescription", "SpecificCharacterSet", "PatientAge", "Modality",
+                   "InstitutionName")
 
 
 def _study_attrs(store: Store, inst: dict[str, Any], default_charset: str = ""
@@ -349,7 +350,19 @@ def submit_report(store: Store, cfg: Config, case_id: str, user: User, *, findin
     patient = {"id": str(attrs.get("PatientID") or ""), "name": str(attrs.get("PatientName")
                                                                      or ""),
                "birth_date": str(attrs.get("PatientBirthDate") or ""),
-               "sex": str(attrs.get("PatientSex") or "")}
+               "sex": str(attrs.get("PatientSex") or ""),
+               "age": str(attrs.get("PatientAge") or "")}
+    modalities = sorted({str(r["modality"]) for r in store.query(
+        "SELECT DISTINCT s.modality FROM case_instances ci JOIN instances i ON "
+        "i.sop_instance_uid = ci.sop_instance_uid JOIN series s ON s.series_instance_uid = "
+        "i.series_instance_uid WHERE ci.case_id = ? AND s.modality IS NOT NULL",
+        (case_id,))})
+    study = {"date": str(attrs.get("StudyDate") or ""), "time": str(attrs.get("StudyTime") or ""),
+             "modality": "/".join(modalities) or str(attrs.get("Modality") or ""),
+             "description": str(attrs.get("StudyDescription") or ""),
+             "accession_number": str(attrs.get("AccessionNumber") or ""),
+             "sending_institution": str(attrs.get("InstitutionName") or ""),
+             "reading_institution": cfg.node.institution or cfg.node.name}
     case_doc = {k: case[k] for k in ("case_id", "study_instance_uid", "service", "priority",
                                      "requesting_physician", "clinical_question")}
     case_doc["sender"] = case["sending_node"]
@@ -364,7 +377,8 @@ def submit_report(store: Store, cfg: Config, case_id: str, user: User, *, findin
         impression=impression, critical=critical,
         version=(current["version"] + 1) if current else 1,
         supersedes=current["report_id"] if current else None,
-        amendment_reason=amendment_reason if current else None, signed_at=now, patient=patient)
+        amendment_reason=amendment_reason if current else None, signed_at=now, patient=patient,
+        examination=study, timezone=node_timezone(cfg))
     rkey = _reader_key(cfg, user.name)
     signed = reports.sign_report(doc, rkey)
     _, rpub = cfg.reader_key_paths(user.name)
@@ -453,6 +467,20 @@ def _queue_report(store: Store, cfg: Config, case: dict[str, Any], report_id: st
 # ---------------------------------------------------------------------------
 # Edge: the report arrives
 # ---------------------------------------------------------------------------
+
+def node_timezone(cfg: Config) -> str:
+    """The IANA zone people's times are shown in: ``[node] timezone``, else the system's."""
+    if cfg.node.timezone:
+        return cfg.node.timezone
+    tz = os.environ.get("TZ", "")
+    if tz and "/" in tz:
+        return tz.lstrip(":")
+    try:
+        link = os.readlink("/etc/localtime")
+        return link.split("zoneinfo/", 1)[1] if "zoneinfo/" in link else "UTC"
+    except OSError:
+        return "UTC"
+
 
 def trusted_centers(cfg: Config, *, self_only_if_center: bool = False) -> dict[str, Any]:
     """Node keys this node's config vouches for: its peers, its known nodes and
@@ -861,3 +889,24 @@ def viewer_report_if_any(store: Store, cfg: Config, user: User | None, data: byt
     if reports.has_signed_block(ds):
         return None  # fenji's own report (a C-MOVE back, a re-import): not a new one
     return report_from_viewer(store, cfg, user, data, case_id)
+
+
+def report_pdf(store: Store, case_id: str, version: int | None = None) -> bytes:
+    """The PDF bytes of a case's report (the current one, or ``version``)."""
+    from pydicom import dcmread
+
+    sql = "SELECT * FROM reports WHERE case_id = ? "
+    args: tuple[Any, ...] = (case_id,)
+    if version is not None:
+        sql, args = sql + "AND version = ? ", (case_id, version)
+    row = store.query_one(sql + "ORDER BY version DESC LIMIT 1", args)
+    if row is None:
+        raise NotFound(f"case {case_id} has no report"
+                       + (f" version {version}" if version is not None else ""))
+    inst = (store.get_instance(row["pdf_sop_instance_uid"]) if row["pdf_sop_instance_uid"]
+            else None)
+    if inst is None:
+        raise NotFound(f"the PDF of report {row['report_id']} is not in this store")
+    ds = dcmread(io.BytesIO(store.read_blob(inst["sha256"])))
+    data = bytes(ds.EncapsulatedDocument)
+    return data[:int(ds.get("EncapsulatedDocumentLength") or len(data))]

@@ -172,7 +172,9 @@ def build_report(*, case: Mapping[str, Any], manifest_sha256: str,
                  impression: str, critical: bool, version: int = 1,
                  supersedes: str | None = None, amendment_reason: str | None = None,
                  signed_at: float | None = None,
-                 patient: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 patient: Mapping[str, Any] | None = None,
+                 examination: Mapping[str, Any] | None = None,
+                 timezone: str | None = None) -> dict[str, Any]:
     """The report document (JSON-able) that the reader signs; ``reader_key`` is set by signing.
 
     ``case`` holds ``case_id``, ``study_instance_uid``, ``service``, ``priority``,
@@ -236,8 +238,33 @@ def build_report(*, case: Mapping[str, Any], manifest_sha256: str,
         "manifest_sha256": manifest_sha256,
         "attestation_sha256": attestation_sha256(attestation),
         "instances": refs,
-        "patient": {k: str(p.get(k) or "") for k in ("id", "name", "birth_date", "sex")},
+        "patient": {k: str(p.get(k) or "") for k in ("id", "name", "birth_date", "sex",
+                                                     "age")},
+        # What a doctor needs to accept the report as about this examination; all
+        # signed with it, so the PDF re-renders from the report alone.
+        **({"study": {k: str(st.get(k) or "") for k in STUDY_FIELDS}}
+           if (st := dict(examination or {})) else {}),
+        **({"timezone": timezone} if timezone else {}),
     }
+
+
+# The examination as the report names it (from the study's own header).
+STUDY_FIELDS = ("date", "time", "modality", "description", "accession_number",
+                "sending_institution", "reading_institution")
+
+
+def local_time(report: Mapping[str, Any]) -> str:
+    """``signed_at`` in the report's time zone, e.g. ``2026-12-03 23:16 (Asia/Shanghai)``."""
+    when = _dt_of(report)
+    tz = str(report.get("timezone") or "")
+    if tz:
+        try:
+            from zoneinfo import ZoneInfo
+
+            return when.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M:%S") + f" ({tz})"
+        except (KeyError, ValueError, OSError):
+            pass
+    return when.strftime("%Y-%m-%d %H:%M:%S") + " (UTC)"
 
 
 def sign_report(doc: Mapping[str, Any], reader_private_key: Ed25519PrivateKey
@@ -865,14 +892,24 @@ def render_pdf(signed: Mapping[str, Any], endorsement: Mapping[str, Any]) -> byt
              fill=(255, 235, 160))
         pdf.ln(2)
     pat = report.get("patient") or {}
+    study = report.get("study") or {}
+    sending = _text(study.get("sending_institution")) or _text(report.get("sending_node"))
+    reading_at = _text(study.get("reading_institution")) or _text(report.get("center"))
+    sdate = _text(study.get("date"))
+    sdate = f"{sdate[:4]}-{sdate[4:6]}-{sdate[6:8]}" if len(sdate) == 8 else sdate or "-"
     rows = [
+        ("Requesting hospital / 申请医院", f"{sending}    Reading center / 诊断中心: "
+                                          f"{reading_at}"),
         # The name's groups for people: "Wang XiaoDong / 王 小东" (gateway/charset.py).
         ("Patient / 患者", f"{pn_display(_text(pat.get('name'))) or '-'}   "
-                         f"ID {pat.get('id') or '-'}   "
-                         f"born {pat.get('birth_date') or '-'}   sex {pat.get('sex') or '-'}"),
-        ("Study / 检查", f"{report.get('study_instance_uid')}   "
-                       f"({report.get('service') or '-'}, {report.get('priority') or '-'}, "
-                       f"{len(report.get('instances') or [])} instances)"),
+                         f"ID {pat.get('id') or '-'}   sex {pat.get('sex') or '-'}   "
+                         f"age {pat.get('age') or '-'}   born {pat.get('birth_date') or '-'}"),
+        ("Examination / 检查", f"{_text(study.get('modality')) or '-'}  "
+                              f"{_text(study.get('description')) or '-'}   date {sdate}   "
+                              f"accession {_text(study.get('accession_number')) or '-'}   "
+                              f"({report.get('priority') or '-'}, "
+                              f"{len(report.get('instances') or [])} instances)"),
+        ("Study UID", _text(report.get("study_instance_uid"))),
         ("Case / 病例", f"{report.get('case_id')}   from {report.get('sending_node') or '-'}"),
         ("Requesting physician / 申请医生", _text(report.get("requesting_physician")) or "-"),
         ("Clinical question / 临床问题", _text(report.get("clinical_question")) or "-"),
@@ -889,7 +926,7 @@ def render_pdf(signed: Mapping[str, Any], endorsement: Mapping[str, Any]) -> byt
     sig = _text(signed.get("signature"))
     line(f"Signed by / 报告医生: {report.get('reader_display')} ({report.get('reader')}), "
          f"{report.get('center')}", 10, "B", 5.5)
-    line(f"Signed at / 签名时间: {report.get('signed_at')}   version {report.get('version')}"
+    line(f"Signed at / 签名时间: {local_time(report)}   version {report.get('version')}"
          f"   report {report.get('report_id')}", 8.5, "", 4.5)
     line(f"Reader key / 签名密钥: {report.get('reader_key')}\n"
          f"Signature fingerprint / 签名指纹: {hashlib.sha256(sig.encode()).hexdigest()[:32]}"
@@ -897,7 +934,58 @@ def render_pdf(signed: Mapping[str, Any], endorsement: Mapping[str, Any]) -> byt
          f"Manifest SHA-256: {report.get('manifest_sha256')}\n"
          f"Attestation SHA-256: {report.get('attestation_sha256') or '-'}", 7.5, "", 4,
          color=(70, 70, 70))
+    # The signed report travels inside the PDF as an embedded file, so the PDF
+    # alone can be verified (`fenji report verify FILE.pdf`, :func:`verify_pdf`).
+    pdf.embed_file(bytes=canonical_json({"signed": dict(signed),
+                                         "endorsement": dict(endorsement)}),
+                   basename=PDF_EMBEDDED_NAME, modification_date=when,
+                   mime_type="application/json")
     return bytes(pdf.output())
+
+
+PDF_EMBEDDED_NAME = "fenji-signed-report.json"
+
+
+def verify_pdf(data: bytes, trusted_centers: Mapping[str, Ed25519PublicKey] | None, *,
+               manifest_sha256: str | None = None,
+               attestation: Mapping[str, Any] | None = None) -> VerifyResult:
+    """Check a report PDF fenji rendered: the signed report embedded in it verifies
+    (:func:`verify_signed`) and the PDF is exactly what that report renders to, so
+    nothing a person reads in it was changed."""
+    import io
+
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        files = PdfReader(io.BytesIO(data)).attachments
+    except (PdfReadError, ValueError, KeyError, TypeError, OSError) as exc:
+        return VerifyResult(False, [f"not a readable PDF: {exc}"], {}, kind="pdf")
+    blobs = files.get(PDF_EMBEDDED_NAME) or []
+    if not blobs:
+        return VerifyResult(False, [f"the PDF carries no {PDF_EMBEDDED_NAME}: not a report PDF "
+                                    "fenji rendered (a viewer's own PDF is verified inside "
+                                    "its DICOM object)"], {}, kind="pdf")
+    try:
+        obj = json.loads(blobs[0])
+        signed, endorsement = obj["signed"], obj.get("endorsement")
+    except (ValueError, KeyError, TypeError) as exc:
+        return VerifyResult(False, [f"{PDF_EMBEDDED_NAME} is not a signed report: {exc}"], {},
+                            kind="pdf")
+    res = verify_signed(signed, endorsement, trusted_centers, manifest_sha256=manifest_sha256,
+                        attestation=attestation)
+    res.kind = "pdf"
+    if res.ok:
+        try:
+            same = render_pdf(signed, endorsement or {}) == data
+        except (ReportError, KeyError, ValueError, TypeError) as exc:
+            same, why = False, str(exc)
+        else:
+            why = "its pages differ from what the signed report renders to: edited"
+        if not same:
+            res.problems.append(f"the PDF is not the rendering of the report it carries: {why}")
+            res.ok = False
+    return res
 
 
 def build_pdf_dicom(pdf_bytes: bytes, signed: Mapping[str, Any], endorsement: Mapping[str, Any],
