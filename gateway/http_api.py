@@ -292,6 +292,7 @@ def build_app(cfg: Config, store: Store,
                               key=load_private(cfg.resolve(cfg.keys.private_key)), peers=peers,
                               upload_dir=store.root / "uploads",
                               max_clock_skew_s=cfg.transfer.max_clock_skew_s,
+                              require_tls=cfg.http.tls,
                               max_instance_bytes=cfg.dicom.max_instance_bytes,
                               max_inflate_bytes=cfg.store.max_inflate_bytes,
                               on_delivered=on_delivered)

@@ -22,8 +22,12 @@ Routes (all under the node's HTTP API):
     Finalizing again answers the same receipt: delivery is exactly once.
 
 Every request is signed by the sending node (``Fenji-Auth``, Ed25519 over
-method, path, time and the upload headers); unknown nodes, bad signatures and
-stale timestamps get 403.  Errors are JSON: ``status``, ``error``, ``message``.
+method, path, time, the receiving node's name and the upload headers); unknown
+nodes, bad signatures, timestamps that are not finite or outside
+``transfer.max_clock_skew_s``, and requests signed for another receiver get
+403.  With ``http.tls`` these routes answer only on the mutual-TLS listener: a
+signed request arriving over plain HTTP (the ``[web]`` listener) gets 403.
+Errors are JSON: ``status``, ``error``, ``message``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 import uuid
@@ -60,10 +65,16 @@ CHECKSUM_MISMATCH = 460  # tus checksum extension
 MAX_CHUNK_BYTES = 64 * 1024 * 1024
 
 
-def auth_message(method: str, path: str, ts: str, headers: dict[str, str]) -> bytes:
-    """What a node signs for one request (shared by client and server)."""
+def auth_message(method: str, path: str, ts: str, headers: dict[str, str], *,
+                 receiver: str) -> bytes:
+    """What a node signs for one request (shared by client and server).
+
+    ``receiver`` is the node the request is meant for: a request captured on
+    the way to one node does not verify at another.
+    """
     keys = ("Fenji-Bundle-Id", "Upload-Length", "Upload-Offset", "Upload-Checksum")
-    parts = [method.upper(), path, ts] + [f"{k}={headers.get(k, '')}" for k in keys]
+    parts = [method.upper(), path, ts, f"receiver={receiver}"] + [
+        f"{k}={headers.get(k, '')}" for k in keys]
     return "\n".join(parts).encode()
 
 
@@ -80,6 +91,8 @@ class ReceiverContext:
     peers: dict[str, Ed25519PublicKey]
     upload_dir: Path
     max_clock_skew_s: float = 300.0
+    # http.tls: node-to-node routes answer only on the mutual-TLS listener.
+    require_tls: bool = False
     max_instance_bytes: int = 1 << 30
     max_inflate_bytes: int = 256 << 20
     clock: Callable[[], float] = time.time
@@ -105,13 +118,22 @@ def _authenticate(ctx: ReceiverContext, request: web.Request) -> str | web.Respo
         log.warning("transfer refused peer=%s node=%r reason=unknown-node", request.remote, node)
         return error(403, "unknown_node", f"node {node!r} is not a configured peer")
     try:
-        skew = abs(ctx.clock() - float(ts))
+        sent_at = float(ts)
     except ValueError:
-        return error(403, "bad_auth", f"Fenji-Auth ts={ts!r} is not a number")
+        return error(403, "bad_auth", f"Fenji-Auth ts={ts[:40]!r} is not a number")
+    if not math.isfinite(sent_at):  # nan compares false to every bound: it never expires
+        return error(403, "bad_auth", f"Fenji-Auth ts={ts[:40]!r} is not a finite time")
+    skew = abs(ctx.clock() - sent_at)
     if skew > ctx.max_clock_skew_s:
         return error(403, "stale_request", f"request time is {skew:.0f}s off "
                                            f"(transfer.max_clock_skew_s={ctx.max_clock_skew_s})")
     sslobj = request.transport.get_extra_info("ssl_object") if request.transport else None
+    if sslobj is None and ctx.require_tls:
+        log.warning("transfer refused peer=%s node=%s reason=plain-http-with-tls",
+                    request.remote, node)
+        return error(403, "tls_required", "node-to-node routes answer only on the mutual-TLS "
+                                          "listener ([http] with tls = true), not over plain "
+                                          "HTTP")
     if sslobj is not None:
         # Mutual TLS: the certificate that opened the connection must be this node's.
         cert = sslobj.getpeercert() or {}
@@ -121,10 +143,12 @@ def _authenticate(ctx: ReceiverContext, request: web.Request) -> str | web.Respo
                         request.remote, node, cns)
             return error(403, "certificate_mismatch",
                          f"TLS client certificate {cns} does not belong to node {node!r}")
-    msg = auth_message(request.method, request.path, ts, dict(request.headers))
+    msg = auth_message(request.method, request.path, ts, dict(request.headers),
+                       receiver=ctx.node_name)
     if not verify(pub, msg, sig):
         log.warning("transfer refused peer=%s node=%s reason=bad-signature", request.remote, node)
-        return error(403, "bad_signature", f"signature of node {node!r} does not verify")
+        return error(403, "bad_signature", f"signature of node {node!r} does not verify "
+                                           f"for receiver {ctx.node_name!r}")
     return node
 
 
