@@ -29,7 +29,8 @@ from fenji.gateway import cases as cases_mod
 from fenji.gateway.auth import middleware as auth_middleware
 from fenji.gateway.auth import require
 from fenji.gateway.config import Config
-from fenji.gateway.errors import FenjiError
+from fenji.gateway.errors import DecodeError, FenjiError
+from fenji.gateway.http_limits import multipart_parts
 from fenji.gateway.keys import load_private, public_from_config
 from fenji.gateway.store import Store
 
@@ -110,10 +111,9 @@ async def post_ecg(request: web.Request) -> web.Response:
     files: dict[str, bytes] = {}
     fields: dict[str, str] = {}
     total = 0
-    reader = await request.multipart()
     from aiohttp import BodyPartReader
 
-    async for part in reader:
+    async for part in multipart_parts(request, cfg.limits.max_multipart_parts):
         if not isinstance(part, BodyPartReader):
             continue  # nested multipart: not a file
         data = await part.read(decode=False)
@@ -194,7 +194,14 @@ async def get_preview(request: web.Request) -> web.Response:
     if folder is None or not index.isdigit() or not (folder / f"{index}.prev").exists():
         return _error(404, "no_preview", f"no preview {index} for case {case_id}")
     pv = Preview.from_bytes((folder / f"{index}.prev").read_bytes())
-    arr = await asyncio.to_thread(pv.array)
+    # A bomb raises DecodeError (422, naming limits.max_preview_pixels) unread.
+    cap = request.app[CONFIG].limits.max_preview_pixels
+    try:
+        arr = await asyncio.to_thread(pv.array, max_pixels=cap)
+    except DecodeError as exc:
+        log.warning("preview refused case=%s index=%s reason=%s", case_id, index, exc)
+        return _error(422, "preview_refused", f"preview {index} of case {case_id}: {exc} "
+                                              f"(limits.max_preview_pixels = {cap})")
     if pv.kind == "image":
         png = await asyncio.to_thread(encode_png, arr)
         return web.Response(body=png, content_type="image/png")
@@ -293,6 +300,7 @@ def build_app(cfg: Config, store: Store,
                               upload_dir=store.root / "uploads",
                               max_clock_skew_s=cfg.transfer.max_clock_skew_s,
                               require_tls=cfg.http.tls,
+                              max_uploads_per_peer=cfg.limits.max_uploads_per_peer,
                               max_instance_bytes=cfg.dicom.max_instance_bytes,
                               max_inflate_bytes=cfg.store.max_inflate_bytes,
                               on_delivered=on_delivered)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import contextlib
 import hashlib
 import json
@@ -93,6 +94,8 @@ class ReceiverContext:
     max_clock_skew_s: float = 300.0
     # http.tls: node-to-node routes answer only on the mutual-TLS listener.
     require_tls: bool = False
+    # Uploads one peer may have open at once (limits.max_uploads_per_peer).
+    max_uploads_per_peer: int = 16
     max_instance_bytes: int = 1 << 30
     max_inflate_bytes: int = 256 << 20
     clock: Callable[[], float] = time.time
@@ -196,6 +199,17 @@ async def create_upload(request: web.Request) -> web.StreamResponse:
             return error(409, "length_mismatch", f"bundle {bundle_id} was created with length "
                                                  f"{row['length']}, not {length}")
         return web.Response(status=200, headers=_offset_headers(row))
+    # An upload untouched for an hour no longer counts: a sender that gave a
+    # bundle up must not be locked out by its leftovers.
+    open_now = ctx.store.query_one("SELECT COUNT(*) AS n FROM uploads WHERE sender = ? AND "
+                                   "state = 'receiving' AND updated_at > ?",
+                                   (who, ctx.clock() - 3600.0))
+    if open_now is not None and open_now["n"] >= ctx.max_uploads_per_peer:
+        log.warning("upload refused node=%s bundle=%s reason=%d-uploads-open", who, bundle_id,
+                    open_now["n"])
+        return error(429, "too_many_uploads", f"node {who!r} has {open_now['n']} uploads open, "
+                                              f"limits.max_uploads_per_peer = "
+                                              f"{ctx.max_uploads_per_peer}; finish one first")
     upload_id = uuid.uuid4().hex
     now = ctx.clock()
     _part_path(ctx, upload_id).touch()
@@ -265,7 +279,12 @@ async def patch_upload(request: web.Request) -> web.StreamResponse:
                                                f"Upload-Length {row['length']}")
         checksum = request.headers.get("Upload-Checksum", "")
         algo, _, b64 = checksum.partition(" ")
-        if algo != "sha256" or base64.b64decode(b64 or "=") != hashlib.sha256(data).digest():
+        try:
+            digest = base64.b64decode(b64, validate=True)
+        except binascii.Error:
+            return error(400, "bad_checksum", f"Upload-Checksum {checksum[:80]!r} is not "
+                                              "'sha256 <base64 digest>'")
+        if algo != "sha256" or digest != hashlib.sha256(data).digest():
             return error(CHECKSUM_MISMATCH, "checksum_mismatch",
                          "Upload-Checksum (sha256) does not match the chunk", **_offset_headers(
                              row))

@@ -1,0 +1,225 @@
+"""Issue 17, findings 10, 11, 13 and 14: what one HTTP request can make a node spend,
+and malformed input answered with 4xx, never 500 — against a real running node."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import time
+
+import numpy as np
+import pydicom
+import pytest
+import requests
+from _data import ct_series
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
+
+from fenji.codecs.bundle import Preview
+from fenji.codecs.errors import DecodeError
+from fenji.codecs.pixel import pixel_decode, pixel_encode
+from fenji.gateway import config as config_mod
+from fenji.gateway.dcmtk import storescu
+from fenji.gateway.harness import NodeProcess
+from fenji.gateway.keys import load_private, sign
+from fenji.routing.transfer_server import auth_message
+
+pytestmark = pytest.mark.timeout(600)
+
+PREVIEW_CAP = 1 << 20
+FUZZ = settings(max_examples=50, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                       HealthCheck.too_slow])
+
+
+class Node:
+    def __init__(self, center: NodeProcess, edge: NodeProcess, study: str, series: str,
+                 sop: str) -> None:
+        self.center, self.edge = center, edge
+        self.study, self.series, self.sop = study, series, sop
+        self.auth = center.auth()
+        self.dw = center.http_url + "/dicom-web"
+        cfg = config_mod.load(edge.config, env={})
+        self.edge_key = load_private(cfg.resolve(cfg.keys.private_key))
+        self.upload = ""
+
+    def signed(self, method: str, path: str, extra: dict[str, str]) -> dict[str, str]:
+        ts = f"{time.time():.3f}"
+        sig = sign(self.edge_key, auth_message(method, path, ts, extra, receiver="center"))
+        return {**extra, "Fenji-Auth": f"node=edge;ts={ts};sig={sig}"}
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("http")
+    edge = NodeProcess(root / "edge", name="edge", workers=1)
+    center = NodeProcess(root / "center", name="center", role="center", workers=1,
+                         users={"op": "operator"},
+                         extra_toml=f"[limits]\nmax_preview_pixels = {PREVIEW_CAP}\n"
+                                    "max_uploads_per_peer = 3\n")
+    center.add_peer(edge)
+    with center:
+        files = ct_series()[:2]
+        storescu(files, center.dicom_port, calling="CT1")
+        ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+        out = Node(center, edge, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID),
+                   str(ds.SOPInstanceUID))
+        out.upload = _upload(out)  # for the fuzz test, before the per-peer cap is reached
+        yield out
+
+
+def _json_4xx(r: requests.Response) -> dict[str, object]:
+    assert 400 <= r.status_code < 500, (r.status_code, r.text[:300])
+    body = r.json()
+    assert body["status"] == r.status_code and body["message"], body
+    return body
+
+
+# -- finding 10: frame-list amplification ------------------------------------
+def test_frame_list_duplicates_removed_and_distinct_frames_capped(node: Node) -> None:
+    url = (f"{node.dw}/studies/{node.study}/series/{node.series}/instances/{node.sop}"
+           "/frames/")
+    accept = {"Accept": 'multipart/related; type="application/octet-stream"'}
+    r = requests.get(url + ",".join(["1"] * 1000), headers={**node.auth, **accept}, timeout=60)
+    assert r.status_code == 200, r.text[:300]
+    boundary = re.search(r"boundary=([^;\s]+)", r.headers["Content-Type"]).group(1)  # type: ignore[union-attr]
+    assert r.content.count(b"--" + boundary.encode() + b"\r\n") == 1  # one part, not 1,000
+    # More distinct frames than limits.max_frames_per_request (64): refused before any read.
+    r = requests.get(url + ",".join(str(i) for i in range(1, 66)),
+                     headers={**node.auth, **accept}, timeout=60)
+    assert "max_frames_per_request" in str(_json_4xx(r)["message"])
+
+
+# -- finding 11: preview decompression bomb ------------------------------------
+def test_pixel_decode_refuses_streams_beyond_its_cap() -> None:
+    enc = pixel_encode(np.zeros((512, 512), np.uint8))
+    assert pixel_decode(enc).shape == (512, 512)
+    with pytest.raises(DecodeError, match="262144 samples"):
+        pixel_decode(enc, max_pixels=512 * 512 - 1)
+
+
+def test_preview_bomb_is_refused_not_decoded(node: Node) -> None:
+    """A preview a peer left behind, declaring 4x the cap: 422 with the reason, not a PNG."""
+    side = 2048  # 4 Mi samples of zeros: a few KB encoded
+    pv = Preview("image", {"rows": side, "cols": side}, pixel_encode(np.zeros((side, side),
+                                                                              np.uint8)))
+    folder = node.center.directory / "store" / "previews" / "BOMB1"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "0.prev").write_bytes(pv.to_bytes())
+    assert len(pv.data) < 64 * 1024
+    r = requests.get(node.center.http_url + "/api/cases/BOMB1/previews/0", headers=node.auth,
+                     timeout=60)
+    assert "max_preview_pixels" in str(_json_4xx(r)["message"])
+
+
+# -- finding 14: 500 instead of 4xx ---------------------------------------------
+@pytest.mark.parametrize("query", [
+    "limit=9223372036854775808", "offset=9223372036854775808", "limit=" + "9" * 40,
+    "InstanceNumber=" + "9" * 400,
+    "fuzzymatching=true&PatientName=" + "+".join(["a"] * 2000),
+])
+def test_qido_out_of_range_queries_are_4xx(node: Node, query: str) -> None:
+    r = requests.get(f"{node.dw}/instances?{query}", headers=node.auth, timeout=60)
+    _json_4xx(r)
+
+
+@pytest.mark.parametrize("ctype,body", [
+    ("multipart/related", b"--x\r\n"),
+    ("multipart/related; boundary=", b"abc"),
+    ('multipart/related; boundary="' + "x" * 100 + '"', b""),
+    ('multipart/related; type="application/dicom"; boundary=xyz', b"garbage"),
+    ('multipart/related; type="application/dicom"; boundary=xyz',
+     b"--xyz\r\nContent-Type: application/dicom\r\n\r\nDICM unterminated"),
+])
+def test_stow_malformed_multipart_is_4xx(node: Node, ctype: str, body: bytes) -> None:
+    r = requests.post(f"{node.dw}/studies", headers={**node.auth, "Content-Type": ctype},
+                      data=body, timeout=60)
+    _json_4xx(r)
+
+
+def _upload(node: Node) -> str:
+    extra = {"Fenji-Bundle-Id": f"fuzz{time.monotonic_ns()}", "Upload-Length": "1000"}
+    r = requests.post(node.center.http_url + "/transfer/uploads",
+                      headers=node.signed("POST", "/transfer/uploads", extra), timeout=30)
+    assert r.status_code == 201, r.text
+    return r.headers["Location"]
+
+
+def test_upload_checksum_not_base64_is_4xx(node: Node) -> None:
+    loc = _upload(node)
+    for checksum in ("sha256 !!!not-base64!!!", "sha256 A", "sha256", "md5 ###"):
+        h = node.signed("PATCH", loc, {"Upload-Offset": "0", "Upload-Checksum": checksum})
+        r = requests.patch(node.center.http_url + loc, data=b"x" * 10, headers=h, timeout=30)
+        _json_4xx(r)
+
+
+# -- finding 13 (partial): uploads per peer ---------------------------------------
+def test_concurrent_uploads_per_peer_are_capped(node: Node) -> None:
+    codes = []
+    for i in range(6):
+        extra = {"Fenji-Bundle-Id": f"many{i}x{time.monotonic_ns()}", "Upload-Length": "1000"}
+        r = requests.post(node.center.http_url + "/transfer/uploads",
+                          headers=node.signed("POST", "/transfer/uploads", extra), timeout=30)
+        codes.append(r.status_code)
+        if r.status_code == 429:
+            assert "max_uploads_per_peer" in r.json()["message"]
+    assert 429 in codes and codes.count(201) <= 3, codes
+
+
+# -- the parsers under hypothesis: no 5xx ----------------------------------------
+_TEXT = hs.text(hs.characters(min_codepoint=32, max_codepoint=0x4E2D,
+                              blacklist_categories=("Cs",)), max_size=60)
+_KEYS = hs.sampled_from(["PatientName", "PatientID", "StudyDate", "StudyTime", "InstanceNumber",
+                         "SeriesNumber", "Modality", "StudyInstanceUID", "AccessionNumber",
+                         "00100010", "00200013", "limit", "offset", "fuzzymatching",
+                         "includefield", "NoSuchKeyword", "0010", "PatientAge"])
+
+
+@FUZZ
+@given(params=hs.lists(hs.tuples(_KEYS, _TEXT | hs.sampled_from(
+    ["9" * 30, "-1", "1e9", "*", "?", "\\", "20200101-", "-", "true", "all"])), max_size=6),
+    level=hs.sampled_from(["studies", "series", "instances"]))
+def test_fuzz_qido_never_5xx(node: Node, params: list[tuple[str, str]], level: str) -> None:
+    r = requests.get(f"{node.dw}/{level}", params=params, headers=node.auth, timeout=60)
+    assert r.status_code < 500, (params, r.status_code, r.text[:300])
+
+
+_BOUNDARY = hs.text(hs.characters(min_codepoint=33, max_codepoint=126,
+                                  blacklist_characters='";\\'), max_size=80)
+
+
+@FUZZ
+@given(boundary=_BOUNDARY, body=hs.binary(max_size=400), quoted=hs.booleans(),
+       prefix=hs.sampled_from([b"", b"--", b"\r\n--"]), close=hs.booleans())
+def test_fuzz_stow_multipart_never_5xx(node: Node, boundary: str, body: bytes, quoted: bool,
+                                       prefix: bytes, close: bool) -> None:
+    b = f'"{boundary}"' if quoted else boundary
+    data = prefix + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + body
+    if close:
+        data += b"\r\n--" + boundary.encode() + b"--\r\n"
+    r = requests.post(f"{node.dw}/studies", data=data, timeout=60, headers={
+        **node.auth, "Content-Type": f'multipart/related; type="application/dicom"; boundary={b}'})
+    assert r.status_code < 500, (boundary, data[:100], r.status_code, r.text[:300])
+
+
+_HEADER = hs.text(hs.characters(min_codepoint=32, max_codepoint=126), max_size=80)
+
+
+@FUZZ
+@given(offset=_HEADER | hs.integers(-5, 2000).map(str),
+       checksum=hs.tuples(hs.sampled_from(["sha256 ", "", "sha256"]), _HEADER).map("".join),
+       good_sum=hs.booleans(), body=hs.binary(max_size=300))
+def test_fuzz_upload_headers_never_5xx(node: Node, offset: str, checksum: str, good_sum: bool,
+                                       body: bytes) -> None:
+    loc = node.upload
+    if good_sum:
+        checksum = "sha256 " + base64.b64encode(hashlib.sha256(body).digest()).decode()
+    h = node.signed("PATCH", loc, {"Upload-Offset": offset, "Upload-Checksum": checksum})
+    r = requests.patch(node.center.http_url + loc, data=body, headers=h, timeout=30)
+    assert r.status_code < 500, (offset, checksum, r.status_code, r.text[:300])
+    for length in (offset, checksum):
+        extra = {"Fenji-Bundle-Id": length[:64], "Upload-Length": length}
+        r = requests.post(node.center.http_url + "/transfer/uploads",
+                          headers=node.signed("POST", "/transfer/uploads", extra), timeout=30)
+        assert r.status_code < 500, (length, r.status_code, r.text[:300])
