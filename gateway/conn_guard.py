@@ -39,9 +39,12 @@ class ConnectionGuard:
     ae: Any
 
     def _guard(self) -> tuple[threading.Lock, dict[str, int]]:
+        # Created by the accepting thread's first verify_request, before any
+        # connection thread exists.
         if not hasattr(self, "_guard_state"):
-            self._guard_state = (threading.Lock(), {})
-        return self._guard_state  # type: ignore[no-any-return]
+            state: tuple[threading.Lock, dict[str, int]] = (threading.Lock(), {})
+            self._guard_state = state
+        return self._guard_state
 
     def _associated(self, host: str) -> int:
         n = 0
