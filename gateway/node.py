@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fenji.gateway.config import Config
+from fenji.gateway.init import PRIVATE_UMASK
 from fenji.gateway.store import Store
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,11 @@ def _write_ready(cfg: Config, port: int, workers: list[int]) -> Path:
 
 def run_node(cfg: Config, *, verbose: int = 0) -> int:
     """Run until SIGTERM/SIGINT; return the exit code."""
+    # Owner-only files whatever umask the node was started with; a node
+    # directory from before this rule is closed to other users at once.
+    os.umask(PRIVATE_UMASK)
+    with contextlib.suppress(OSError):
+        cfg.data_dir.chmod(0o700)
     store = open_store(cfg)
     recovered = store.recover()
     usage = store.usage()

@@ -418,7 +418,7 @@ class Store:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.tmp_dir / f"{final.name}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # patient data
             try:
                 view = memoryview(data)
                 while view:
