@@ -389,12 +389,19 @@ def _instances(store: Store, study: str, series: str | None = None,
 
 def _audit_open(store: Store, cfg: Config, user: User, studies: list[str], via: str,
                 request: web.Request, **extra: Any) -> None:
-    """One ``opened`` event per request (DESIGN.md §11: every access to patient data)."""
+    """One ``opened`` event per request (DESIGN.md §11: every access to patient data).
+
+    The event names what was read by its UIDs (the path, the studies) and a
+    query by its keys only: the values (``PatientName=…``) are patient data,
+    and the ledger travels with the case to other nodes (issue 17, finding 8).
+    """
     if not studies:
         return
     obj = studies[0] if len(studies) == 1 else f"{len(studies)} studies"
     case_id = qr.case_for_study(store, studies[0]) if len(studies) == 1 else None
-    detail: dict[str, Any] = {"via": via, "from": request.remote, "what": request.path_qs}
+    detail: dict[str, Any] = {"via": via, "from": request.remote, "path": request.path}
+    if request.query:
+        detail["query_keys"] = sorted(set(request.query.keys()))[:50]
     if len(studies) > 1:
         detail["studies"] = studies[:MAX_QUERY_STUDIES_IN_AUDIT]
     detail.update(extra)

@@ -223,3 +223,21 @@ def test_fuzz_upload_headers_never_5xx(node: Node, offset: str, checksum: str, g
         r = requests.post(node.center.http_url + "/transfer/uploads",
                           headers=node.signed("POST", "/transfer/uploads", extra), timeout=30)
         assert r.status_code < 500, (length, r.status_code, r.text[:300])
+
+
+# -- finding 8: no query text (names) in the ledger ------------------------------
+def test_opened_events_carry_uids_not_query_text(node: Node) -> None:
+    name = "HEAD"  # the shared CT's PatientName
+    r = requests.get(f"{node.dw}/studies", params={"PatientName": name, "PatientID": "PLASTIC"},
+                     headers=node.auth, timeout=60)
+    assert r.status_code == 200 and len(r.json()) == 1, r.text[:300]
+    out = node.center.cli("audit", "ls", "--kind", "opened", "--json").stdout
+    import json
+
+    events = [e for e in json.loads(out) if e["detail"].get("via") == "qido-rs"]
+    assert events, out[:500]
+    last = events[-1]
+    assert last["object"] == node.study or node.study in json.dumps(last), last
+    text = json.dumps(last, ensure_ascii=False)
+    assert name not in text and "PLASTIC" not in text, last
+    assert set(last["detail"]["query_keys"]) == {"PatientName", "PatientID"}
