@@ -47,8 +47,8 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
+from fenji.gateway import access, ledger, qr, reading
 from fenji.gateway import dimse_status as st
-from fenji.gateway import ledger, qr, reading
 from fenji.gateway.auth import User, require
 from fenji.gateway.config import Config
 from fenji.gateway.http_limits import multipart_parts
@@ -455,6 +455,7 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     cfg, store = _app(request)
     user = require(request, "reader", "operator", action="read studies")
     m = dict(request.match_info)
+    await asyncio.to_thread(access.check_study, store, user, m["study"])
     rows = await asyncio.to_thread(_instances, store, m["study"], m.get("series"), m.get("sop"))
     _not_found_if_empty(rows, _what(m))
     acceptable = dicom_syntaxes(parse_accept(request.headers.get("Accept")))
@@ -565,6 +566,7 @@ async def metadata(request: web.Request) -> web.StreamResponse:
     if not _accepts_json(parse_accept(request.headers.get("Accept"))):
         raise NotAcceptable(f"Accept {request.headers.get('Accept')!r}: metadata is served as "
                             f"{DICOM_JSON}")
+    await asyncio.to_thread(access.check_study, store, user, m["study"])
     rows = await asyncio.to_thread(_instances, store, m["study"], m.get("series"), m.get("sop"))
     _not_found_if_empty(rows, _what(m))
     await asyncio.to_thread(_audit_open, store, cfg, user, [m["study"]], "wado-rs", request,
@@ -803,6 +805,7 @@ async def frames(request: web.Request) -> web.StreamResponse:
     user = require(request, "reader", "operator", action="read studies")
     m = dict(request.match_info)
     wanted = _frame_list(m["frames"], cfg.limits.max_frames_per_request)
+    await asyncio.to_thread(access.check_study, store, user, m["study"])
     rows = await asyncio.to_thread(_instances, store, m["study"], m["series"], m["sop"])
     _not_found_if_empty(rows, _what(m))
     row = rows[0]
@@ -904,6 +907,7 @@ async def bulkdata(request: web.Request) -> web.StreamResponse:
     accept = parse_accept(request.headers.get("Accept"))
     if not any(_is_multipart(r.media) for r in accept):
         raise NotAcceptable("bulk data is served as multipart/related")
+    await asyncio.to_thread(access.check_study, store, user, m["study"])
     rows = await asyncio.to_thread(_instances, store, m["study"], m["series"], m["sop"])
     _not_found_if_empty(rows, _what(m))
     path, parts, ptype = await asyncio.to_thread(_bulk_value, store, rows[0],
@@ -1045,6 +1049,10 @@ def _qido_handler(level: str) -> Any:
                                               limit, offset)
         except (ValueError, KeyError, OverflowError) as exc:  # qr names the key
             raise web.HTTPBadRequest(text=f"query: {str(exc)[:300]}") from None
+        if access.restricted(user):  # a reader sees the studies of their services only
+            seen = await asyncio.to_thread(access.visible_studies, store, user, (
+                str(r.get("StudyInstanceUID") or "") for r in results))
+            results = [r for r in results if str(r.get("StudyInstanceUID") or "") in seen]
         studies = list(dict.fromkeys(str(r["StudyInstanceUID"]) for r in results
                                      if r.get("StudyInstanceUID")))
         await asyncio.to_thread(_audit_open, store, cfg, user, studies, "qido-rs", request,

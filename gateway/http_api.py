@@ -25,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from fenji.gateway import access
 from fenji.gateway import cases as cases_mod
 from fenji.gateway.auth import middleware as auth_middleware
 from fenji.gateway.auth import require
@@ -141,18 +142,23 @@ async def post_ecg(request: web.Request) -> web.Response:
 
 async def get_cases(request: web.Request) -> web.Response:
     store = request.app[STORE]
-    require(request, "technician", "reader", "physician", "operator", action="list cases")
+    user = require(request, "technician", "reader", "physician", "operator",
+                   action="list cases")
     rows = await asyncio.to_thread(cases_mod.list_cases, store,
                                    state=request.query.get("state"))
+    if access.restricted(user):
+        rows = [r for r in rows if r.get("service") in user.services]
     return web.json_response(rows)
 
 
 async def get_case(request: web.Request) -> web.Response:
     store = request.app[STORE]
-    require(request, "technician", "reader", "physician", "operator", action="read cases")
+    user = require(request, "technician", "reader", "physician", "operator",
+                   action="read cases")
     case = await asyncio.to_thread(cases_mod.get_case, store, request.match_info["case_id"])
     if case is None:
         return _error(404, "no_case", f"case {request.match_info['case_id']} not found")
+    access.check_case(user, case)
     from fenji.gateway import reading
 
     return web.json_response(await asyncio.to_thread(reading.with_reports, store, case))
@@ -168,7 +174,8 @@ async def get_previews(request: web.Request) -> web.Response:
     from fenji.codecs.bundle import Preview
 
     store = request.app[STORE]
-    require(request, "technician", "reader", "physician", "operator", action="read previews")
+    user = require(request, "technician", "reader", "physician", "operator",
+                   action="read previews")
     case_id = request.match_info["case_id"]
     folder = _previews_dir(store, case_id)
     if folder is None or not folder.is_dir():
@@ -176,6 +183,7 @@ async def get_previews(request: web.Request) -> web.Response:
     out = []
     for p in sorted(folder.glob("*.prev")):
         pv = Preview.from_bytes(p.read_bytes())
+        await asyncio.to_thread(access.check_preview, store, user, case_id, pv.kind)
         out.append({"index": int(p.stem), "kind": pv.kind, "meta": pv.meta,
                     "url": f"/api/cases/{case_id}/previews/{p.stem}"})
     return web.json_response(out)
@@ -186,7 +194,8 @@ async def get_preview(request: web.Request) -> web.Response:
     from fenji.codecs.bundle import Preview
     from fenji.gateway.png import encode_png
 
-    require(request, "technician", "reader", "physician", "operator", action="read previews")
+    user = require(request, "technician", "reader", "physician", "operator",
+                   action="read previews")
 
     store = request.app[STORE]
     case_id, index = request.match_info["case_id"], request.match_info["index"]
@@ -194,6 +203,7 @@ async def get_preview(request: web.Request) -> web.Response:
     if folder is None or not index.isdigit() or not (folder / f"{index}.prev").exists():
         return _error(404, "no_preview", f"no preview {index} for case {case_id}")
     pv = Preview.from_bytes((folder / f"{index}.prev").read_bytes())
+    await asyncio.to_thread(access.check_preview, store, user, case_id, pv.kind)
     # A bomb raises DecodeError (422, naming limits.max_preview_pixels) unread.
     cap = request.app[CONFIG].limits.max_preview_pixels
     try:

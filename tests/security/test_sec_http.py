@@ -59,6 +59,7 @@ def node(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-d
                          extra_toml=f"[limits]\nmax_preview_pixels = {PREVIEW_CAP}\n"
                                     "max_uploads_per_peer = 3\n")
     center.add_peer(edge)
+    center.add_user("ecgdoc", "reader", services=("ecg",))
     with center:
         files = ct_series()[:2]
         storescu(files, center.dicom_port, calling="CT1")
@@ -241,3 +242,51 @@ def test_opened_events_carry_uids_not_query_text(node: Node) -> None:
     text = json.dumps(last, ensure_ascii=False)
     assert name not in text and "PLASTIC" not in text, last
     assert set(last["detail"]["query_keys"]) == {"PatientName", "PatientID"}
+
+
+# -- finding 7: a reader reads only the services they read ------------------------
+def test_ecg_reader_cannot_read_a_ct_study_on_any_route(node: Node) -> None:
+    ecg = node.center.auth("ecgdoc")
+    inst = f"{node.dw}/studies/{node.study}/series/{node.series}/instances/{node.sop}"
+    # QIDO: the CT study is not listed for the ECG reader (it is for the operator).
+    for level in ("studies", "series", "instances"):
+        r = requests.get(f"{node.dw}/{level}", headers=ecg, timeout=60)
+        assert r.status_code == 200 and node.study not in r.text, (level, r.text[:200])
+    r = requests.get(f"{node.dw}/studies", headers=node.auth, timeout=60)
+    assert node.study in r.text
+    wado = {
+        f"{node.dw}/studies/{node.study}": 'multipart/related; type="application/dicom"',
+        inst: 'multipart/related; type="application/dicom"',
+        f"{node.dw}/studies/{node.study}/metadata": "application/dicom+json",
+        inst + "/metadata": "application/dicom+json",
+        inst + "/frames/1": 'multipart/related; type="application/octet-stream"',
+        inst + "/bulkdata/7FE00010": "multipart/related",
+    }
+    for url, accept in wado.items():
+        r = requests.get(url, headers={**ecg, "Accept": accept}, timeout=60)
+        body = _json_4xx(r)
+        assert r.status_code == 403 and "imaging" in str(body["message"]), (url, body)
+        r = requests.get(url, headers={**node.auth, "Accept": accept}, timeout=60)
+        assert r.status_code == 200, (url, r.text[:200])
+    # Case views and previews: a CT case released here.
+    from fenji.gateway.cases import release
+    from fenji.gateway.node import open_store
+
+    cfg = config_mod.load(node.center.config, env={})
+    store = open_store(cfg)
+    try:
+        rel = release(store, node.study, destination="edge", sender_node="center")
+    finally:
+        store.close()
+    folder = node.center.directory / "store" / "previews" / rel.case_id
+    folder.mkdir(parents=True, exist_ok=True)
+    pv = Preview("image", {"rows": 8, "cols": 8}, pixel_encode(np.zeros((8, 8), np.uint8)))
+    (folder / "0.prev").write_bytes(pv.to_bytes())
+    api = node.center.http_url + f"/api/cases/{rel.case_id}"
+    for url in (api, api + "/previews", api + "/previews/0", api + "/reports"):
+        r = requests.get(url, headers=ecg, timeout=60)
+        assert r.status_code == 403, (url, r.text[:200])
+        r = requests.get(url, headers=node.auth, timeout=60)
+        assert r.status_code == 200, (url, r.text[:200])
+    r = requests.get(node.center.http_url + "/api/cases", headers=ecg, timeout=60)
+    assert r.status_code == 200 and rel.case_id not in r.text
