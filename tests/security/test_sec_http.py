@@ -57,7 +57,7 @@ def node(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-d
     center = NodeProcess(root / "center", name="center", role="center", workers=1,
                          users={"op": "operator"},
                          extra_toml=f"[limits]\nmax_preview_pixels = {PREVIEW_CAP}\n"
-                                    "max_uploads_per_peer = 3\n")
+                                    "max_uploads_per_peer = 3\nmax_multipart_parts = 5\n")
     center.add_peer(edge)
     center.add_user("ecgdoc", "reader", services=("ecg",))
     with center:
@@ -155,7 +155,17 @@ def test_upload_checksum_not_base64_is_4xx(node: Node) -> None:
         _json_4xx(r)
 
 
-# -- finding 13 (partial): uploads per peer ---------------------------------------
+# -- finding 13 (partial): parts per request, uploads per peer ---------------------
+def test_stow_parts_per_request_are_capped(node: Node) -> None:
+    """10,000 tiny parts made 12,000 quarantine rows; now the request stops at the cap."""
+    parts = b"".join(b"--b\r\nContent-Type: application/dicom\r\n\r\nnot dicom\r\n"
+                     for _ in range(50)) + b"--b--\r\n"
+    r = requests.post(f"{node.dw}/studies", data=parts, timeout=60, headers={
+        **node.auth, "Content-Type": 'multipart/related; type="application/dicom"; boundary=b'})
+    assert r.status_code == 413 and "max_multipart_parts = 5" in str(_json_4xx(r)["message"])
+
+
+
 def test_concurrent_uploads_per_peer_are_capped(node: Node) -> None:
     codes = []
     for i in range(6):
