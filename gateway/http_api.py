@@ -117,7 +117,10 @@ async def post_ecg(request: web.Request) -> web.Response:
     async for part in multipart_parts(request, cfg.limits.max_multipart_parts):
         if not isinstance(part, BodyPartReader):
             continue  # nested multipart: not a file
-        data = await part.read(decode=False)
+        try:
+            data = await part.read(decode=False)
+        except ValueError as exc:  # aiohttp: the body ends inside this part
+            return _error(400, "bad_multipart", f"malformed multipart body: {exc}")
         total += len(data)
         if total > MAX_RECORD_BYTES:
             return _error(413, "too_large", f"upload exceeds {MAX_RECORD_BYTES} bytes")

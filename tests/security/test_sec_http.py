@@ -134,9 +134,10 @@ def test_qido_out_of_range_queries_are_4xx(node: Node, query: str) -> None:
      b"--xyz\r\nContent-Type: application/dicom\r\n\r\nDICM unterminated"),
 ])
 def test_stow_malformed_multipart_is_4xx(node: Node, ctype: str, body: bytes) -> None:
-    r = requests.post(f"{node.dw}/studies", headers={**node.auth, "Content-Type": ctype},
-                      data=body, timeout=60)
-    _json_4xx(r)
+    for url in (f"{node.dw}/studies", node.center.http_url + "/api/ecg"):
+        ct = ctype.replace("multipart/related", "multipart/form-data") if "ecg" in url else ctype
+        r = requests.post(url, headers={**node.auth, "Content-Type": ct}, data=body, timeout=60)
+        _json_4xx(r)
 
 
 def _upload(node: Node) -> str:
@@ -212,6 +213,9 @@ def test_fuzz_stow_multipart_never_5xx(node: Node, boundary: str, body: bytes, q
     r = requests.post(f"{node.dw}/studies", data=data, timeout=60, headers={
         **node.auth, "Content-Type": f'multipart/related; type="application/dicom"; boundary={b}'})
     assert r.status_code < 500, (boundary, data[:100], r.status_code, r.text[:300])
+    r = requests.post(node.center.http_url + "/api/ecg", data=data, timeout=60, headers={
+        **node.auth, "Content-Type": f"multipart/form-data; boundary={b}"})
+    assert r.status_code < 500, ("ecg", boundary, data[:100], r.status_code, r.text[:300])
 
 
 _HEADER = hs.text(hs.characters(min_codepoint=32, max_codepoint=126), max_size=80)
