@@ -127,6 +127,10 @@ class LimitsSection:
     # WADO-RS frames per request, after duplicates are removed.  Viewers ask
     # one frame or a small batch; 1,000 listed frames decoded 378 MB at once.
     max_frames_per_request: int = 64
+    # Decoded bytes of the frames one WADO-RS request asks for as
+    # application/octet-stream from a compressed instance: they are held in
+    # memory until sent.  256 MiB is six 4664 x 3064 16-bit mammogram frames.
+    max_decoded_bytes_per_request: int = 256 * 1024 * 1024
     # Decoded pixels of one preview (all frames x samples): a preview is a
     # downsampled key image, 4096 x 4096 is more than any screen shows; a
     # 25 KB bundle decoded to a 1.16 GB preview without it.
@@ -539,7 +543,8 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
     if cfg.dicom.max_connections_per_host < 1:
         errors.append(f"dicom.max_connections_per_host = {cfg.dicom.max_connections_per_host} "
                       "must be >= 1")
-    for name in ("max_frames_per_request", "max_preview_pixels", "max_fuzzy_words",
+    for name in ("max_frames_per_request", "max_decoded_bytes_per_request",
+                 "max_preview_pixels", "max_fuzzy_words",
                  "max_multipart_parts", "max_uploads_per_peer"):
         v = getattr(cfg.limits, name)
         if v < 1:

@@ -756,6 +756,15 @@ def _decoded_frames(src: Any, wanted: list[int]) -> list[bytes]:
     return out
 
 
+def _decoded_frame_bytes(src: Any) -> int:
+    """Bytes of one decoded frame of ``src`` (a stored file's path or a loaded data set)."""
+    import pydicom
+
+    ds = pydicom.dcmread(src, stop_before_pixels=True) if isinstance(src, str) else src
+    return (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1)
+            * ((int(ds.BitsAllocated) + 7) // 8))
+
+
 def _frame_plan(stored_ts: str, accept: list[MediaRange]) -> tuple[str, str] | None:
     """(part media type, transfer syntax) to send frames in, or None (406)."""
     stored_media = ("application/octet-stream" if stored_ts in NATIVE
@@ -830,6 +839,15 @@ async def frames(request: web.Request) -> web.StreamResponse:
                                     f"{len(all_frames)}")
     parts: list[bytes | list[Range]]
     if media == "application/octet-stream" and stored_ts in ENCAPSULATED:
+        # Decoded frames are held in memory until sent: bound them before decoding.
+        cap = cfg.limits.max_decoded_bytes_per_request
+        need = len(wanted) * await asyncio.to_thread(_decoded_frame_bytes, src)
+        if need > cap:
+            as_stored = FRAME_MEDIA_TYPES.get(stored_ts, "transfer-syntax=*")
+            return _error(413, "too_much_to_decode",
+                          f"{len(wanted)} decoded frames of instance {m['sop']} are {need} "
+                          f"bytes, more than limits.max_decoded_bytes_per_request = {cap}; ask "
+                          f"for fewer frames or for them as stored ({as_stored})")
         parts = list(await asyncio.to_thread(_decoded_frames, src, wanted))
     else:
         parts = [all_frames[n - 1] for n in wanted]

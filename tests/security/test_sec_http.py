@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 import requests
-from _data import ct_series
+from _data import DICOM_DIR, ct_series
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
@@ -57,12 +57,14 @@ def node(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-d
     center = NodeProcess(root / "center", name="center", role="center", workers=1,
                          users={"op": "operator"},
                          extra_toml=f"[limits]\nmax_preview_pixels = {PREVIEW_CAP}\n"
-                                    "max_uploads_per_peer = 3\nmax_multipart_parts = 5\n")
+                                    "max_uploads_per_peer = 3\nmax_multipart_parts = 5\n"
+                                    "max_decoded_bytes_per_request = 262144\n")
     center.add_peer(edge)
     center.add_user("ecgdoc", "reader", services=("ecg",))
     with center:
         files = ct_series()[:2]
-        storescu(files, center.dicom_port, calling="CT1")
+        storescu([*files, DICOM_DIR / "other" / "ct_rle.dcm"], center.dicom_port,
+                 calling="CT1")
         ds = pydicom.dcmread(files[0], stop_before_pixels=True)
         out = Node(center, edge, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID),
                    str(ds.SOPInstanceUID))
@@ -90,6 +92,22 @@ def test_frame_list_duplicates_removed_and_distinct_frames_capped(node: Node) ->
     r = requests.get(url + ",".join(str(i) for i in range(1, 66)),
                      headers={**node.auth, **accept}, timeout=60)
     assert "max_frames_per_request" in str(_json_4xx(r)["message"])
+
+
+def test_decoded_frames_are_bounded_before_decoding(node: Node) -> None:
+    """A compressed frame asked for decoded costs its decoded size in memory: capped
+    (here 256 KiB; one 512 x 512 16-bit frame is 512 KiB), while the stored bytes
+    are still served."""
+    ds = pydicom.dcmread(DICOM_DIR / "other" / "ct_rle.dcm", stop_before_pixels=True)
+    url = (f"{node.dw}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
+           f"{ds.SOPInstanceUID}/frames/1")
+    r = requests.get(url, timeout=60, headers={
+        **node.auth, "Accept": 'multipart/related; type="application/octet-stream"'})
+    assert r.status_code == 413, r.text[:300]
+    assert "max_decoded_bytes_per_request" in str(_json_4xx(r)["message"])
+    r = requests.get(url, timeout=60, headers={
+        **node.auth, "Accept": 'multipart/related; type="image/dicom-rle"'})
+    assert r.status_code == 200, r.text[:300]
 
 
 # -- finding 11: preview decompression bomb ------------------------------------
