@@ -19,6 +19,7 @@ from typing import Any
 
 from fenji.gateway.auth import User
 from fenji.gateway.cases import ECG_SOP_PREFIX
+from fenji.gateway.config import Config
 from fenji.gateway.reading import Forbidden
 from fenji.gateway.store import Store
 
@@ -81,3 +82,24 @@ def check_preview(store: Store, user: User, case_id: str, kind: str) -> None:
     service = "ecg" if kind == "ecg" else "imaging"
     if service not in user.services:
         raise _refuse(user, service, f"preview of case {case_id}")
+
+
+def reader_of_ae(cfg: Config, calling_ae: str) -> User | None:
+    """The reader a calling AE title is mapped to (``[[remote_aes]] reader``), if any:
+    DIMSE Q/R from that workstation then sees that reader's services only."""
+    remote = cfg.remote_ae(calling_ae)
+    if remote is None or not remote.reader:
+        return None
+    u = cfg.user(remote.reader)
+    return User.of(u) if u is not None else None
+
+
+def filter_rows(store: Store, cfg: Config, calling_ae: str, rows: list[dict[str, Any]],
+                key: str) -> list[dict[str, Any]]:
+    """``rows`` (C-FIND matches or instances to retrieve) whose study, under ``key``,
+    the reader mapped to ``calling_ae`` may read; all rows for other AEs."""
+    user = reader_of_ae(cfg, calling_ae)
+    if user is None:
+        return rows
+    seen = visible_studies(store, user, (str(r.get(key) or "") for r in rows))
+    return [r for r in rows if str(r.get(key) or "") in seen]

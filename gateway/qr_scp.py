@@ -40,7 +40,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from fenji.gateway import ledger, qr
+from fenji.gateway import access, ledger, qr
 from fenji.gateway.validate import split_part10
 
 if TYPE_CHECKING:
@@ -147,6 +147,8 @@ def handle_find(store: Store, cfg: Config, event: Any, calling: str,
     try:
         level, keys, sequences = _keys(event.identifier)
         rows = qr.find(store, level, keys, root=root)
+        if level != "PATIENT":  # a reader's workstation: their services only
+            rows = access.filter_rows(store, cfg, calling, rows, "StudyInstanceUID")
     except qr.QueryError as exc:
         log.info("c-find calling=%s refused status=0x%04X reason=%s", calling,
                  IDENTIFIER_DOES_NOT_MATCH, exc)
@@ -317,6 +319,7 @@ def handle_move(store: Store, cfg: Config, event: Any, calling: str, peer: str) 
         return
     try:
         level, rows = _to_retrieve(store, event)
+        rows = access.filter_rows(store, cfg, calling, rows, "study_instance_uid")
     except qr.QueryError as exc:
         log.info("c-move calling=%s refused status=0x%04X reason=%s", calling,
                  IDENTIFIER_DOES_NOT_MATCH, exc)
@@ -345,6 +348,7 @@ def handle_get(store: Store, cfg: Config, event: Any, calling: str, peer: str) -
     install_stored_bytes_send()
     try:
         level, rows = _to_retrieve(store, event)
+        rows = access.filter_rows(store, cfg, calling, rows, "study_instance_uid")
     except qr.QueryError as exc:
         log.info("c-get calling=%s refused status=0x%04X reason=%s", calling,
                  IDENTIFIER_DOES_NOT_MATCH, exc)

@@ -64,3 +64,48 @@ def test_idle_sockets_do_not_lock_out_echo(tmp_path: Path) -> None:
                 s.close()
         log = node.log_path.read_text()
         assert "dicom.max_connections_per_host" in log and "dicom.preassoc_idle_s" in log
+
+
+def _findscu(node: NodeProcess, calling: str, out: Path) -> list[str]:
+    out.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["/usr/bin/findscu", "-S", "-aet", calling, "-aec", "FENJI", "-X",
+                        "-od", str(out), "-k", "QueryRetrieveLevel=STUDY",
+                        "-k", "StudyInstanceUID", "127.0.0.1", str(node.dicom_port)],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    import pydicom
+
+    return [str(pydicom.dcmread(p).StudyInstanceUID) for p in sorted(out.glob("rsp*.dcm"))]
+
+
+def test_reader_workstation_finds_and_gets_only_its_services(tmp_path: Path) -> None:
+    """Finding 7 on DIMSE: an AE mapped to an ECG reader neither finds nor gets a CT."""
+    import pydicom
+    from _data import ct_series
+
+    from fenji.gateway.dcmtk import storescu
+
+    node = NodeProcess(tmp_path / "n", name="n", role="center", workers=1)
+    node.add_user("ecgdoc", "reader", services=("ecg",))
+    with open(node.config, "a", encoding="utf-8") as fh:
+        fh.write('\n[[remote_aes]]\nae_title = "READWS1"\nhost = "127.0.0.1"\nport = 1104\n'
+                 'reader = "ecgdoc"\n')
+    with node:
+        files = ct_series()[:2]
+        storescu(files, node.dicom_port, calling="CT1")
+        study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        assert study in _findscu(node, "VIEWER", tmp_path / "f1")
+        assert study not in _findscu(node, "READWS1", tmp_path / "f2")
+
+        def get(calling: str) -> list[Path]:
+            got = tmp_path / f"get-{calling}"
+            got.mkdir()
+            subprocess.run(["/usr/bin/getscu", "-S", "-aet", calling, "-aec", "FENJI",
+                            "-od", str(got), "-k", "QueryRetrieveLevel=STUDY",
+                            "-k", f"StudyInstanceUID={study}", "127.0.0.1",
+                            str(node.dicom_port)],
+                           capture_output=True, text=True, timeout=120, check=False)
+            return list(got.iterdir())
+
+        assert len(get("VIEWER")) == 2
+        assert get("READWS1") == []
