@@ -114,6 +114,12 @@ class StoreSection:
     min_free_bytes: int = 64 * 1024 * 1024
     # Keep rejected input in quarantine/ for forensics (never served or forwarded).
     quarantine: bool = True
+    # The quarantine's bounds: past either, the oldest records (and their
+    # files) are evicted and the eviction logged.  Forensics needs recent
+    # rejects, not every part of a flood (10,000 tiny STOW-RS parts made
+    # 12,000 rows).  0: unbounded.
+    quarantine_max_records: int = 10000
+    quarantine_max_bytes: int = 1024 * 1024 * 1024
     # Inflate deflated datasets at most this far (deflate bombs: a 3 MB file
     # that inflates to 3 GiB).
     max_inflate_bytes: int = 256 * 1024 * 1024
@@ -552,6 +558,9 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
     skew = cfg.transfer.max_clock_skew_s
     if not 0 < skew < float("inf"):
         errors.append(f"transfer.max_clock_skew_s = {skew} must be a finite number > 0")
+    for name in ("quarantine_max_records", "quarantine_max_bytes"):
+        if getattr(cfg.store, name) < 0:
+            errors.append(f"store.{name} = {getattr(cfg.store, name)} must be >= 0")
     if cfg.store.min_free_bytes < 0:
         errors.append(f"store.min_free_bytes = {cfg.store.min_free_bytes} must be >= 0")
     names = [p.name for p in cfg.peers]
