@@ -31,6 +31,20 @@ log = logging.getLogger(__name__)
 _RJ_LOCAL_LIMIT = struct.pack(">BBIBBBB", 0x03, 0, 4, 0, 0x02, 0x03, 0x02)
 
 
+def _readable_within(sock: Any, timeout_s: float) -> bool:
+    """Whether ``sock`` has a byte (or its end) to read within ``timeout_s``.
+
+    poll(2), not select(2): select cannot watch a descriptor above 1023, which
+    a busy node reaches.
+    """
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR)
+    try:
+        return bool(poller.poll(max(0, int(timeout_s * 1000))))
+    except OSError:
+        return True  # let pynetdicom meet the error and close the connection
+
+
 class ConnectionGuard:
     """Mixin for a ``socketserver`` threading server with pynetdicom's ``ae``."""
 
@@ -77,11 +91,7 @@ class ConnectionGuard:
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         host = str(client_address[0])
         try:
-            try:
-                ready, _, _ = select.select([request], [], [], self.preassoc_idle_s)
-            except (OSError, ValueError):
-                ready = []
-            if not ready:
+            if not _readable_within(request, self.preassoc_idle_s):
                 log.warning("dropped connection peer=%s reason=no A-ASSOCIATE-RQ within %.1f s "
                             "(dicom.preassoc_idle_s)", host, self.preassoc_idle_s)
                 with contextlib.suppress(OSError):
