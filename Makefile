@@ -30,12 +30,17 @@ $(VENV)/.deps-stamp: pyproject.toml | $(VPY)
 
 venv: $(VENV)/.deps-stamp
 
-# Strict editable mode links each source file into build/, so it is redone on
-# every run to pick up new modules (no dependency resolution: seconds).
-install: venv
+# Strict editable mode links each source file into build/, so it is redone when
+# a source file or the project file changed (no dependency resolution: seconds),
+# and the Numba kernels are compiled into their cache now, not in a node's first
+# case.  Nothing changed: nothing is redone (a second `make demo` starts at once).
+SOURCES := $(shell find gateway codecs routing -name '*.py' 2>/dev/null)
+$(VENV)/.install-stamp: $(VENV)/.deps-stamp $(SOURCES)
 	$(VPY) -m pip install --quiet --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
-	@# Compile the Numba kernels into their cache now, not in a node's first case.
 	$(VPY) -m fenji.gateway.warmup
+	touch $@
+
+install: $(VENV)/.install-stamp
 
 debs:
 	@missing=0; for p in $(DEB_PROBES); do [ -e $$p ] || missing=1; done; \

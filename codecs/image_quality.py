@@ -193,7 +193,8 @@ def instance_checks(h: Mapping[str, Any], frames: np.ndarray | None,
                 sat.append(i + 1)
         out.append(_check("blank_frames", len(blank), 0, U if blank else A, None if not blank
                           else f"{who}: {_frames(blank, f.shape[0])} blank "
-                          "(every pixel the same value): re-acquire or resend"))
+                          "(every pixel the same value): re-acquire it (new instance UIDs), "
+                          "or exclude it (fenji case exclude), or override"))
         out.append(_check("saturated_frames", len(sat), t.saturated_fraction,
                           U if sat else A, None if not sat else
                           f"{who}: {_frames(sat, f.shape[0])} saturated (over "
@@ -311,11 +312,14 @@ def consistency_checks(headers: Sequence[Mapping[str, Any]]) -> list[dict[str, A
 
 def series_report(headers: Sequence[Mapping[str, Any]],
                   frames: Sequence[np.ndarray | None] | None = None,
-                  thresholds: ImageQualityThresholds | None = None) -> dict[str, Any]:
+                  thresholds: ImageQualityThresholds | None = None,
+                  excluded: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """Quality report of one series (or a study's instances checked together).
 
     ``frames[i]`` are the stored pixel values of ``headers[i]`` (``None`` if not
-    decodable); omit ``frames`` to check headers only.
+    decodable); omit ``frames`` to check headers only.  ``excluded``: headers of
+    instances a technician deliberately left out; the geometry counts them, so
+    their gap is a warning that names them, not a missing slice.
     """
     t = thresholds or ImageQualityThresholds()
     inst: dict[str, Any] = {}
@@ -334,7 +338,12 @@ def series_report(headers: Sequence[Mapping[str, Any]],
         for c in checks:
             if c["reason"]:
                 (reasons if c["verdict"] == UNACCEPTABLE else warnings).append(c["reason"])
-    series_checks = consistency_checks(headers) + geometry_checks(headers, t)
+    series_checks = consistency_checks(headers) + geometry_checks([*headers, *excluded], t)
+    if excluded:
+        names = ", ".join(_label(h) for h in excluded)
+        series_checks.append(_check("excluded", len(excluded), 0, WARNINGS,
+                                    f"{names} excluded by the sending technician: the reader "
+                                    "sees a gap there"))
     for c in series_checks:
         if c["reason"]:
             (reasons if c["verdict"] == UNACCEPTABLE else warnings).append(c["reason"])

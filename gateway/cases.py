@@ -70,6 +70,78 @@ class Released:
     preview: tuple[str, Path, int] | None = None
 
 
+def resolve_case_id(store: Store, given: str) -> str:
+    """A full case ID, or a unique prefix of one (as git takes commit prefixes).
+
+    An unknown ID is returned unchanged (the verb then says it has no such case);
+    an ambiguous prefix raises :class:`CaseError` listing the candidates.
+    """
+    if not given or store.query_one("SELECT 1 AS x FROM cases WHERE case_id = ?", (given,)):
+        return given
+    if not all(c.isalnum() for c in given):
+        return given
+    rows = store.query("SELECT case_id FROM cases WHERE case_id LIKE ? ORDER BY case_id "
+                       "LIMIT 6", (given + "%",))
+    if len(rows) == 1:
+        return str(rows[0]["case_id"])
+    if len(rows) > 1:
+        shown = ", ".join(str(r["case_id"]) for r in rows[:5])
+        raise CaseError(f"case ID prefix {given!r} is ambiguous: {shown}"
+                        f"{', …' if len(rows) > 5 else ''}; give more characters")
+    return given
+
+
+def exclude_instance(store: Store, case_id: str, sop_instance_uid: str, *, operator: str,
+                     reason: str, node: str, now: float | None = None) -> dict[str, Any]:
+    """Drop one instance of a held case, with a ledger record of who and why.
+
+    The instance stays in the store (nothing acknowledged is ever lost) but is
+    left out of every later release of its study.  The next ``case send``
+    releases what remains, through the gate again.
+    """
+    now = time.time() if now is None else now
+    if not operator.strip() or not reason.strip():
+        raise CaseError("excluding an instance needs a named operator and a reason")
+    case = store.query_one("SELECT * FROM cases WHERE case_id = ?", (case_id,))
+    if case is None:
+        raise CaseError(f"no case {case_id!r}")
+    if case["state"] != "held":
+        raise CaseError(f"case {case_id} is {case['state']}: only a held case can drop an "
+                        "instance (a released one has left; send a correction as new UIDs)")
+    member = store.query_one("SELECT 1 AS x FROM case_instances WHERE case_id = ? AND "
+                             "sop_instance_uid = ?", (case_id, sop_instance_uid))
+    if member is None and sop_instance_uid.isdigit():
+        # The gate names instances by number ("instance 4: image blank"): take that too.
+        hits = store.query("SELECT i.sop_instance_uid FROM case_instances ci JOIN instances i "
+                           "ON i.sop_instance_uid = ci.sop_instance_uid WHERE ci.case_id = ? "
+                           "AND i.instance_number = ?", (case_id, int(sop_instance_uid)))
+        if len(hits) > 1:
+            raise CaseError(f"case {case_id} has {len(hits)} instances numbered "
+                            f"{sop_instance_uid}: give the SOP Instance UID")
+        if hits:
+            sop_instance_uid, member = str(hits[0]["sop_instance_uid"]), {"x": 1}
+    if member is None:
+        raise CaseError(f"instance {sop_instance_uid} is not part of case {case_id}")
+    with store.atomic() as con:
+        con.execute("INSERT OR REPLACE INTO excluded_instances(sop_instance_uid, "
+                    "study_instance_uid, case_id, excluded_by, reason, at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)", (sop_instance_uid, case["study_instance_uid"],
+                                                  case_id, operator, reason, now))
+        ledger.record(store, "excluded", node=node or "?", actor=operator, role="technician",
+                      obj=sop_instance_uid, case_id=case_id,
+                      detail={"reason": reason, "study": case["study_instance_uid"]},
+                      con=con, at=now)
+    log.info("case instance excluded case=%s sop=%s by=%s", case_id, sop_instance_uid,
+             operator)
+    left = store.query_one(
+        "SELECT count(*) AS n FROM case_instances ci WHERE ci.case_id = ? AND NOT EXISTS ("
+        "SELECT 1 FROM excluded_instances x WHERE x.sop_instance_uid = ci.sop_instance_uid)",
+        (case_id,))
+    return {"case_id": case_id, "excluded": sop_instance_uid, "by": operator, "reason": reason,
+            "remaining": int(left["n"]) if left else 0,
+            "study_instance_uid": case["study_instance_uid"]}
+
+
 def next_hop(cfg: Any, destination: str) -> str | None:
     """A configured peer is its own next hop; otherwise transfer.default_destination
     (a relay) carries the case on (DESIGN.md §1: edge, relay, center)."""
@@ -80,12 +152,19 @@ def next_hop(cfg: Any, destination: str) -> str | None:
 
 
 def record_received(store: Store, manifest: dict[str, Any], node_name: str,
-                    now: float | None = None, instances: list[str] | None = None) -> str | None:
+                    now: float | None = None, instances: list[str] | None = None,
+                    sender: str | None = None) -> str | None:
     """Note a case that arrived in a bundle (idempotent: a re-sent bundle changes nothing).
 
+    ``sender`` is the node that authenticated the upload: it, not the manifest's
+    ``sender`` field, is who delivered the case (the manifest's claim is kept
+    as ``claimed_sender`` when they differ).
     Returns the case's state at this node (``received``, ``forwarding``, ``preview``).
     """
-    case = manifest.get("case", {})
+    case = dict(manifest.get("case", {}))
+    claimed = case.get("sender")
+    if sender is not None:
+        case["sender"] = sender
     if not case.get("case_id"):
         return None
     now = time.time() if now is None else now
@@ -126,7 +205,10 @@ def record_received(store: Store, manifest: dict[str, Any], node_name: str,
                               role="node", obj=str(case.get("bundle_id") or case["case_id"]),
                               case_id=case["case_id"],
                               detail={"instances": len(instances or []), "state": state,
-                                      "priority": case.get("priority")}, con=con, at=now)
+                                      "priority": case.get("priority"),
+                                      **({"claimed_sender": claimed}
+                                         if claimed != case.get("sender") else {})},
+                              con=con, at=now)
         foreign = case.get("audit")
         if isinstance(foreign, list) and foreign and state == "received":
             try:
@@ -184,6 +266,8 @@ def release(store: Store, study_instance_uid: str, *, destination: str, priority
         " SELECT 1 FROM case_instances ci JOIN cases c ON c.case_id = ci.case_id"
         " WHERE ci.sop_instance_uid = i.sop_instance_uid AND c.destination = ?"
         " AND c.state NOT IN ('held', 'superseded'))"
+        " AND NOT EXISTS (SELECT 1 FROM excluded_instances x"
+        " WHERE x.sop_instance_uid = i.sop_instance_uid)"
         " ORDER BY i.instance_number, i.sop_instance_uid", (study_instance_uid, destination))
     if not rows:
         known = store.query_one("SELECT count(*) AS n FROM instances WHERE study_instance_uid = ?",
@@ -217,7 +301,11 @@ def release(store: Store, study_instance_uid: str, *, destination: str, priority
     if gate_key is not None:
         from fenji.gateway import quality_gate as qg
 
-        report = qg.assess([store.read_blob(r["sha256"]) for r in rows], *thresholds)
+        left_out = store.query("SELECT i.sha256 FROM excluded_instances x JOIN instances i "
+                               "ON i.sop_instance_uid = x.sop_instance_uid "
+                               "WHERE x.study_instance_uid = ?", (study_instance_uid,))
+        report = qg.assess([store.read_blob(r["sha256"]) for r in rows], *thresholds,
+                           excluded=[store.read_blob(r["sha256"]) for r in left_out])
         actor, role = _actor(operator, released_by)
         if report["verdict"] == qg.UNACCEPTABLE:
             _insert_case(store, case_meta, rows, "held", now)

@@ -49,6 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
+        if getattr(args, "config", "absent") is None and getattr(args, "needs_config", True):
+            from fenji.gateway.config import find_config
+
+            args.config = find_config()
+        _expand_case_prefixes(args)
         rc = args.func(args)
     except FenjiError as exc:
         print(f"fenji: error: {exc}", file=sys.stderr)
@@ -56,6 +61,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     return int(rc or 0)
+
+
+def _expand_case_prefixes(args: argparse.Namespace) -> None:
+    """Every verb takes a unique prefix of a case ID (like git's commit prefixes)."""
+    names = [n for n in ("case_id", "case") if isinstance(getattr(args, n, None), str)]
+    if not names or getattr(args, "config", None) is None:
+        return
+    from fenji.gateway.cases import CaseError, resolve_case_id
+    from fenji.gateway.node import config_and_store
+
+    try:
+        with config_and_store(args.config) as (_, store):
+            for n in names:
+                setattr(args, n, resolve_case_id(store, getattr(args, n)))
+    except CaseError:
+        raise  # an ambiguous prefix
+    except (OSError, FenjiError):
+        pass  # the verb itself reports the config or store it cannot open
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fenji.gateway import config as config_mod
 from fenji.gateway.cases import PRIORITIES, SERVICES, enqueue_release, next_hop
+from fenji.gateway.config import CONFIG_HELP
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -21,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Build the case's bundle and queue it for the destination. Instances "
                     "that arrive after a release travel as an addendum: run send again.")
     s.add_argument("study", metavar="STUDY_UID", help="Study Instance UID")
-    s.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    s.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     s.add_argument("--priority", choices=list(PRIORITIES), default="routine")
     s.add_argument("--dest", help="peer name (default: transfer.default_destination)")
     s.add_argument("--service", choices=SERVICES, help="default: from the SOP classes")
@@ -41,27 +42,41 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         description="The named operator takes responsibility: the override "
                                     "and its reason are signed into the case's attestation.")
     o.add_argument("case_id", metavar="CASE")
-    o.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    o.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     o.add_argument("--operator", required=True, help="who overrides (a person's name)")
     o.add_argument("--reason", required=True, help="why the case may go anyway")
     o.set_defaults(func=_override)
 
+    x = csub.add_parser("exclude", help="drop a bad instance from a held case, with a reason",
+                        description="The instance stays in the store but leaves the case: "
+                                    "the next `fenji case send STUDY` releases the rest "
+                                    "(through the quality gate again).  Who and why are "
+                                    "recorded in the audit ledger.")
+    x.add_argument("case_id", metavar="CASE")
+    x.add_argument("instance", metavar="INSTANCE",
+                   help="its SOP Instance UID, or its instance number as the gate names it")
+    x.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
+    x.add_argument("--operator", required=True, help="who excludes it (a person's name)")
+    x.add_argument("--reason", required=True, help="why it is left out")
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(func=_exclude)
+
     ls = csub.add_parser("ls", help="list cases")
-    ls.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    ls.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     ls.add_argument("--state", help="only cases in this state (released, delivered, ...)")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=_ls)
 
     sh = csub.add_parser("show", help="one case: instances, receipt, quality, reports")
     sh.add_argument("case_id", metavar="CASE")
-    sh.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    sh.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     sh.set_defaults(func=_show)
 
     ak = csub.add_parser("ack", help="the requesting physician acknowledges the case's report",
                          description="Records who acknowledged the current report version "
                                      "and when (a ledger event).")
     ak.add_argument("case_id", metavar="CASE")
-    ak.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    ak.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     ak.add_argument("--by", required=True, help="a configured user (physician, technician or "
                                                 "operator) acknowledging")
     ak.add_argument("--json", action="store_true")
@@ -152,6 +167,22 @@ def _override(args: argparse.Namespace) -> int:
         store.close()
     print(f"case {rel.case_id} released by override of {args.operator}; queued for "
           f"{rel.destination} via {hop}")
+    return 0
+
+
+def _exclude(args: argparse.Namespace) -> int:
+    from fenji.gateway.cases import exclude_instance
+    from fenji.gateway.node import config_and_store
+
+    with config_and_store(args.config) as (cfg, store):
+        out = exclude_instance(store, args.case_id, args.instance, operator=args.operator,
+                               reason=args.reason, node=cfg.node.name)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"instance {out['excluded']} left out of case {out['case_id']} by "
+              f"{out['by']}; {out['remaining']} remain. Release them with: fenji case send "
+              f"{out['study_instance_uid']}")
     return 0
 
 

@@ -1,7 +1,9 @@
 """CLI verb: `fenji ecg check RECORD...` -- QRS, heart rate and quality of ECG records.
 
 Each RECORD is a WFDB record path (with or without ``.hea``), a DICOM ECG file,
-or a directory searched recursively for both.  One process checks them all;
+an ECG cart's own file (HL7 aECG, SCP-ECG, GE MUSE / Philips XML, MFER, ISHNE,
+Contec ECG90A: recognised by content), or a directory searched recursively for
+WFDB and DICOM records.  One process checks them all;
 with ``--json`` each record is one JSON line (field names below are stable).
 A record that cannot be read gets an error line naming it; the others are still
 checked and the exit status is 1 at the end.
@@ -30,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     esub = p.add_subparsers(dest="ecg_verb", metavar="ACTION", required=True)
     ck = esub.add_parser(
         "check", help="QRS detection and quality report per record",
-        description="RECORD: WFDB record path (no extension needed), DICOM ECG file, or "
+        description="RECORD: WFDB record path (no extension needed), DICOM ECG file, "
+                    "ECG cart file (aECG, SCP-ECG, MUSE/Philips XML, MFER, ISHNE, Contec), or "
                     "directory. Exit 1 if any record could not be read.")
     ck.add_argument("records", nargs="+", type=Path, metavar="RECORD")
     ck.add_argument("--json", action="store_true",

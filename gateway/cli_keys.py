@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from fenji.gateway import config as config_mod
+from fenji.gateway.config import CONFIG_HELP
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -16,13 +17,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         description="Creates keys/node.key (0600), keys/node.pub and "
                                     "keys/node.crt as named in the config. Existing keys are "
                                     "never overwritten.")
-    i.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    i.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     i.add_argument("--reader", metavar="NAME",
                    help="create the report-signing key pair of reader NAME instead "
                         "(keys/readers/NAME.key and .pub unless [[users]] names others)")
     i.set_defaults(func=_init)
     s = ksub.add_parser("show", help="print the node's public key and certificate paths")
-    s.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    s.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     s.set_defaults(func=_show)
 
 

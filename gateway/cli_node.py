@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from fenji.gateway import config as config_mod
-from fenji.gateway.config import ROLES
+from fenji.gateway.config import CONFIG_HELP, ROLES
 from fenji.gateway.errors import ConfigError
 
 
@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        description="Run the node: DICOM SCP (C-ECHO, C-STORE) into the store. "
                                    "SIGTERM/SIGINT stop it gracefully (in-flight "
                                    "associations finish, the store closes).")
-    p.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    p.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     p.set_defaults(func=_node)
 
     p = sub.add_parser("conf", help="configuration tools")
@@ -82,6 +82,23 @@ def _conf_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"{args.file}: {len(exc.errors)} error(s)", file=sys.stderr)
         for e in exc.errors:
+            print(f"  {e}", file=sys.stderr)
+        return 1
+    from fenji.gateway.node import StartupError, check_port_free
+
+    problems = []
+    listeners = [("dicom.port", cfg.dicom.host, cfg.dicom.port),
+                 ("http.port", cfg.http.host, cfg.http.port)]
+    if cfg.web.port:
+        listeners.append(("web.port", cfg.web.host, cfg.web.port))
+    for key, host, port in listeners:
+        try:
+            check_port_free(key, host, port)
+        except StartupError as exc:
+            problems.append(str(exc))
+    if problems:
+        print(f"{args.file}: {len(problems)} problem(s) on this machine", file=sys.stderr)
+        for e in problems:
             print(f"  {e}", file=sys.stderr)
         return 1
     if args.json:

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fenji.gateway.config import CONFIG_HELP
 from fenji.gateway.errors import FenjiError
 
 # `fenji report verify --json` fields (one object per line): scripts depend on these.
@@ -52,7 +53,7 @@ def _add_submit(rsub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                     "claim).  With --amend-reason it supersedes the current version.  "
                     "--from-file takes an SR or encapsulated PDF made by the reader's viewer.")
     s.add_argument("case_id", metavar="CASE")
-    s.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    s.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     s.add_argument("--reader", required=True, help="a configured reader")
     s.add_argument("--findings", default="", help="findings (any language)")
     s.add_argument("--impression", default="", help="impression / conclusion")
@@ -122,7 +123,7 @@ def _add_verify(rsub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                    help="the quality attestation (JSON file) the report must be signed over")
     v.add_argument("--json", action="store_true",
                    help="one JSON object per report object: " + ", ".join(VERIFY_FIELDS))
-    v.set_defaults(func=_verify)
+    v.set_defaults(func=_verify, needs_config=False)  # --config only adds trust
 
 
 def _trusted(args: argparse.Namespace, cfg: Any) -> dict[str, Any] | None:

@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fenji.gateway.config import CONFIG_HELP
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s = sub.add_parser("stats", help="cases sent/received/read/reported, turnaround, quality "
                                      "holds and amendments per hospital and service")
-    s.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    s.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     s.add_argument("--since", metavar="ISO", help="cases released (else received) at or "
                                                   "after this time, e.g. 2026-11-01")
     s.add_argument("--until", metavar="ISO", help="... and before this time")
@@ -24,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     f = lsub.add_parser("fees", help="a month's reported cases priced from [[services]], "
                                      "split inviting hospital : invited center; exit 1 when "
                                      "a service is not in the catalog")
-    f.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    f.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     f.add_argument("--month", required=True, metavar="YYYY-MM",
                    help="the month the first report was signed in")
     f.add_argument("--tz", default="UTC", metavar="ZONE",
@@ -36,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                                           "attestation beside the center's signed reports; "
                                           "exit 1 when a signature does not verify")
     li.add_argument("case_id", metavar="CASE")
-    li.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    li.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     li.add_argument("--json", action="store_true", help="one JSON object")
     li.set_defaults(func=_liability)
 

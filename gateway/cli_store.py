@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from fenji.gateway import config as config_mod
-from fenji.gateway import dimse_status as st
+from fenji.gateway import ingest
+from fenji.gateway.config import CONFIG_HELP
 
 # `fenji store ls --json` field names: other tools depend on these exact names.
 LS_FIELDS = ("sop_instance_uid", "sop_class_uid", "study_instance_uid", "series_instance_uid",
@@ -21,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ssub = p.add_subparsers(dest="store_verb", metavar="ACTION", required=True)
 
     ls = ssub.add_parser("ls", help="list stored instances")
-    ls.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    ls.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     ls.add_argument("--json", action="store_true",
                     help="one JSON object per instance: " + ", ".join(LS_FIELDS))
     ls.add_argument("--study", metavar="UID", help="only this Study Instance UID")
@@ -30,18 +31,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     im = ssub.add_parser("import", help="check and store DICOM files (Part 10) from disk",
                          description="Each file is checked like a C-STORE; rejected files go "
                                      "to quarantine with the reason. Exit 1 if any is rejected.")
-    im.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    im.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     im.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                     help="files or directories (searched recursively)")
     im.add_argument("--json", action="store_true", help="one JSON line per file")
     im.set_defaults(func=_import)
 
     ve = ssub.add_parser("verify", help="re-hash every blob against the index")
-    ve.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    ve.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     ve.set_defaults(func=_verify)
 
     du = ssub.add_parser("du", help="disk usage of the store")
-    du.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    du.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     du.add_argument("--json", action="store_true")
     du.set_defaults(func=_du)
 
@@ -78,11 +79,10 @@ def _files(paths: list[Path]) -> list[Path]:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from fenji.gateway.store import PutStatus, StoreFull
-    from fenji.gateway.validate import Rejected, check_part10
-
     cfg, store = _open(args)
     failed = 0
+    limits = ingest.Limits.of(cfg)
+    source = ingest.Source("import", "import")
     try:
         files = _files(args.paths)
         for i, path in enumerate(files, 1):
@@ -94,28 +94,10 @@ def _import(args: argparse.Namespace) -> int:
                 failed += 1
                 _emit(args, result, i, len(files))
                 continue
-            try:
-                checked = check_part10(data, max_instance_bytes=cfg.dicom.max_instance_bytes,
-                                       max_inflate_bytes=cfg.store.max_inflate_bytes)
-                out = store.put(checked.part10, checked.info, calling_ae="import")
-            except Rejected as exc:
-                store.quarantine(data, exc.reason, status=exc.status, calling_ae="import",
-                                 uid_hint=exc.uid_hint)
-                result.update(outcome="rejected", status=st.describe(exc.status),
-                              reason=exc.reason)
+            res = ingest.ingest(store, data, source, limits)
+            result.update(res.as_dict())
+            if not res.ok:
                 failed += 1
-            except StoreFull as exc:
-                result.update(outcome="refused", status=st.describe(st.OUT_OF_RESOURCES),
-                              reason=str(exc))
-                failed += 1
-            else:
-                if out.status is PutStatus.CONFLICT:
-                    failed += 1
-                    result.update(outcome="conflict", status=st.describe(
-                        st.SOP_INSTANCE_CONFLICT), sop_instance_uid=checked.info.sop_instance_uid)
-                else:
-                    result.update(outcome=out.status.value, sha256=out.sha256,
-                                  sop_instance_uid=checked.info.sop_instance_uid)
             _emit(args, result, i, len(files))
     finally:
         store.close()

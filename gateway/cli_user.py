@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from fenji.gateway import config as config_mod
+from fenji.gateway.config import CONFIG_HELP
 from fenji.gateway.errors import LocalError
 
 
@@ -28,11 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     a.add_argument("--display-name", default="", help="as printed on reports")
     a.add_argument("--token", default=None,
                    help="use this token instead of a random one (scripted set-ups only)")
-    a.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    a.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     a.add_argument("--json", action="store_true", help="print {name, role, token} as JSON")
     a.set_defaults(func=_add)
     ls = usub.add_parser("ls", help="list users and roles (never tokens)")
-    ls.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    ls.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=_ls)
 

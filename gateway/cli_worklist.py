@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from fenji.gateway.config import CONFIG_HELP
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("worklist", help="the reading center's cases: list, claim, give back")
@@ -14,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                          description="Columns: priority, waiting time, service, sending "
                                      "hospital, state (new, claimed, reported, amended), "
                                      "quality verdict, clinical question.")
-    ls.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    ls.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     ls.add_argument("--reader", help="only the services this reader reads")
     ls.add_argument("--state", choices=("new", "claimed", "reported", "amended"))
     ls.add_argument("--json", action="store_true", help="one JSON array")
@@ -23,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                            ("unclaim", "give a claimed case back to the pool")):
         c = wsub.add_parser(verb, help=helptext)
         c.add_argument("case_id", metavar="CASE")
-        c.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+        c.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
         c.add_argument("--reader", required=True, help="a configured reader")
         c.add_argument("--json", action="store_true")
         c.set_defaults(func=_claim if verb == "claim" else _unclaim)

@@ -325,6 +325,9 @@ class IngestSection:
     watch_interval_s: float = 2.0
     # A file younger than this may still be being written: it waits a round.
     settle_s: float = 2.0
+    # One ECG record (all its files) from a cart, by upload or folder.  A 12-lead
+    # rest ECG is well under 1 MiB; a 24-h Holter record is about 100-200 MiB.
+    max_record_bytes: int = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -614,6 +617,12 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
 def _check_reading(cfg: Config, errors: list[str]) -> None:
     if not 0 <= cfg.web.port <= 65535:
         errors.append(f"web.port = {cfg.web.port} is outside 0-65535")
+    if cfg.http.tls and cfg.web.port == 0 and cfg.users:
+        # With mutual TLS on [http], only peers holding a pinned certificate get
+        # in; people and viewers have none and would be locked out entirely.
+        errors.append("http.tls = true with no [web] listener (web.port = 0) would lock "
+                      f"every user ({', '.join(u.name for u in cfg.users)}) out, "
+                      "/api/health included: set web.port for people and viewers")
     if cfg.reading.claim_ttl_s <= 0:
         errors.append(f"reading.claim_ttl_s = {cfg.reading.claim_ttl_s} must be > 0")
     if cfg.reports.return_priority not in ("stat", "urgent", "routine"):
@@ -720,3 +729,24 @@ def load(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) 
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{p}: not valid TOML: {exc}"]) from exc
     return from_mapping(raw, source=str(p.resolve()), env=env)
+
+
+# Where a CLI verb looks for the config when --config is not given (in order).
+CONFIG_HELP = ("the node's config file (default: $FENJI_CONFIG, else ./fenji.toml, else "
+               "/etc/fenji/fenji.toml)")
+SYSTEM_CONFIG = Path("/etc/fenji/fenji.toml")
+
+
+def find_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Path:
+    """The config a CLI verb uses without ``--config``: ``FENJI_CONFIG``, then
+    ``./fenji.toml``, then ``/etc/fenji/fenji.toml``; raises naming every place tried."""
+    env = os.environ if env is None else env
+    if env.get("FENJI_CONFIG"):
+        return Path(env["FENJI_CONFIG"])
+    tried = [(cwd or Path.cwd()) / "fenji.toml", SYSTEM_CONFIG]
+    for path in tried:
+        if path.is_file():
+            return path
+    raise ConfigError([f"no config given and none found: pass --config FILE, set FENJI_CONFIG, "
+                       f"or put one at {' or '.join(str(t) for t in tried)}"])
+

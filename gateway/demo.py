@@ -66,6 +66,59 @@ class Link:
         self.log.close()
 
 
+def _shared_ecg_formats() -> Path:
+    return _shared_dicom().parent / "ecg" / "formats"
+
+
+# A township patient as a township CT writes her: GB18030, declared as such.
+TOWNSHIP_PATIENT = ("Wang^XiaoDong=王^小东", "TS-0001")
+TOWNSHIP_STUDY = "头颅平扫"  # plain head CT
+ECG_PATIENT = ("Li^XiuYing=李^秀英", "TS-0002")
+
+
+def _township_ct(files: list[Path], out: Path) -> list[Path]:
+    """The shared CT rewritten as a township scanner sends it: Specific Character Set
+    GB18030, a Chinese patient name and study description, and UIDs of its own."""
+    from pydicom.uid import generate_uid
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for f in files:
+        ds = pydicom.dcmread(f)
+        for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            setattr(ds, kw, generate_uid(entropy_srcs=[str(getattr(ds, kw)), "gb18030"]))
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.SpecificCharacterSet = "GB18030"
+        ds.PatientName, ds.PatientID = TOWNSHIP_PATIENT
+        ds.StudyDescription = TOWNSHIP_STUDY
+        target = out / f.name
+        ds.save_as(target, enforce_file_format=True)
+        written.append(target)
+    return written
+
+
+def _post_ecg_file(node: NodeProcess, path: Path, user: str, patient: tuple[str, str]
+                   ) -> tuple[int, dict[str, Any]]:
+    """An ECG cart's own export file through POST /api/ecg (multipart), as a cart's
+    uploader or the technician's browser sends it."""
+    boundary = "fenji-demo-" + os.urandom(8).hex()
+    parts = []
+    for name, value in (("patient_name", patient[0]), ("patient_id", patient[1])):
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+                     .encode() + value.encode("utf-8") + b"\r\n")
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                 f'filename="{path.name}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+                 .encode() + path.read_bytes() + b"\r\n")
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    req = urllib.request.Request(f"{node.http_url}/api/ecg", data=body, method="POST", headers={
+        **node.auth(user), "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:  # noqa: S310 - loopback only
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
 def _get_json(url: str, headers: dict[str, str] | None = None) -> Any:
     try:
         req = urllib.request.Request(url, headers=headers or {})
@@ -166,17 +219,19 @@ def main(argv: list[str] | None = None) -> int:
     work = args.workdir
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    cart_file = _shared_ecg_formats() / "ge_muse_xml" / "guangxi_teaching_sinus_rhythm.xml"
     studies = {
-        "CT head (STAT)": (sorted((data / "ct").glob("CT_*.dcm")), "stat",
+        "CT head (STAT)": (_township_ct(sorted((data / "ct").glob("CT_*.dcm")),
+                                        work / "township-ct-gb18030"), "stat",
                            "headache, fall at home: bleed?"),
         "CR extremity": ([data / "cr" / "RG3_UNC.dcm"], "routine", "fracture?"),
         "US abdomen": ([data / "us" / "US1_UNC.dcm"], "routine", "gallstones?"),
-        "ECG 12-lead": ([data / "ecg" / "waveform_ecg_12lead.dcm"], "urgent",
-                        "palpitations"),
+        "ECG 12-lead (cart file)": ([cart_file], "urgent", "palpitations"),
     }
     edge = NodeProcess(work / "township-edge", name="township-edge", role="edge",
                        allow_ae=["CT1", "ECHO"], workers=1,
-                       users={"dr.ma": "physician", "ops": "operator"})
+                       users={"dr.ma": "physician", "ops": "operator",
+                              "tech.zhang": "technician"})
     relay = NodeProcess(work / "county-relay", name="county-relay", role="relay",
                         allow_ae=["ECHO"], workers=1)
     center = NodeProcess(work / "regional-center", name="regional-center", role="center",
@@ -210,6 +265,17 @@ def main(argv: list[str] | None = None) -> int:
         raw_bytes = 0
         study_uids: dict[str, str] = {}
         for label, (files, _, _) in studies.items():
+            if files[0].suffix.lower() == ".xml":  # the ECG cart's own export file
+                status, res = _post_ecg_file(edge, files[0], "tech.zhang", ECG_PATIENT)
+                if status not in (200, 201):
+                    print(f"demo: ECG cart file refused ({status}): {res}", file=sys.stderr)
+                    return 1
+                raw_bytes += files[0].stat().st_size
+                study_uids[label] = str(res["study_instance_uid"])
+                print(f"      {label}: {files[0].name} (GE MUSE XML) -> DICOM 12-lead ECG, "
+                      f"{len(res.get('leads') or [])} leads, gate: "
+                      f"{(res.get('quality') or {}).get('verdict')}", flush=True)
+                continue
             pushed = storescu(files, edge.dicom_port, calling="CT1")
             if len(pushed.sent) != len(files):
                 print(f"demo: storescu failed for {label}: {pushed.failed}", file=sys.stderr)
@@ -218,8 +284,9 @@ def main(argv: list[str] | None = None) -> int:
             study_uids[label] = str(pydicom.dcmread(files[0], stop_before_pixels=True)
                                     .StudyInstanceUID)
         n_inst = sum(len(f) for f, _, _ in studies.values())
-        print(f"[2/8] storescu pushed {n_inst} instances ({raw_bytes / 1e6:.1f} MB) into the "
-              f"edge", flush=True)
+        print(f"[2/8] storescu pushed {n_inst - 1} instances and the ECG cart uploaded 1 file "
+              f"({raw_bytes / 1e6:.1f} MB) into the edge; the CT is GB18030, patient "
+              f"{TOWNSHIP_PATIENT[0]}", flush=True)
         case_ids: dict[str, str] = {}
         stat_released_wall = 0.0
         for label, (_, priority, question) in studies.items():

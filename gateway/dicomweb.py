@@ -47,12 +47,12 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from fenji.gateway import access, ledger, qr, reading
+from fenji.gateway import access, ingest, ledger, qr, reading
 from fenji.gateway import dimse_status as st
 from fenji.gateway.auth import User, require
 from fenji.gateway.config import Config
 from fenji.gateway.http_limits import multipart_parts
-from fenji.gateway.store import PutStatus, Store, StoreFull
+from fenji.gateway.store import Store
 from fenji.gateway.validate import (
     DEFLATED_LE,
     ENCAPSULATED,
@@ -60,9 +60,7 @@ from fenji.gateway.validate import (
     EXPLICIT_LE,
     IMPLICIT_LE,
     NATIVE,
-    Rejected,
-    check_part10,
-    with_preamble,
+    Checked,
 )
 
 log = logging.getLogger(__name__)
@@ -1090,55 +1088,41 @@ class _StowResult:
 
 def _stow_one(cfg: Config, store: Store, data: bytes, user: User, peer: str | None,
               study: str | None) -> tuple[bool, dict[str, Any]]:
-    """One part through the validator and the durable store path (like a C-STORE)."""
-    source = f"viewer:{user.name}"
-    data = with_preamble(data)
-    try:
-        checked = check_part10(data, max_instance_bytes=cfg.dicom.max_instance_bytes,
-                               max_inflate_bytes=cfg.store.max_inflate_bytes)
-    except Rejected as exc:
-        store.quarantine(data, exc.reason, status=exc.status, calling_ae=source,
-                         peer_address=peer, uid_hint=exc.uid_hint)
-        log.warning("stow user=%s peer=%s rejected status=%s reason=%s", user.name, peer,
-                    st.describe(exc.status), exc.reason)
-        return False, {"sop": exc.uid_hint, "status": exc.status, "reason": exc.reason}
-    info = checked.info
-    ref = {"sop": info.sop_instance_uid, "class": info.sop_class_uid,
-           "study": info.study_instance_uid, "series": info.series_instance_uid}
-    if study is not None and info.study_instance_uid != study:
-        reason = (f"(0020,000D) Study Instance UID {info.study_instance_uid} differs from the "
-                  f"target study {study} (PS3.18 10.5)")
-        log.warning("stow user=%s peer=%s rejected reason=%s", user.name, peer, reason)
-        return False, {**ref, "status": st.DATASET_DOES_NOT_MATCH_SOP_CLASS, "reason": reason}
-    if info.sop_class_uid in reading.VIEWER_REPORT_CLASSES:
+    """One part through the one ingest path (like a C-STORE)."""
+
+    def before_store(checked: Checked) -> ingest.IngestResult | None:
+        info = checked.info
+        if study is not None and info.study_instance_uid != study:
+            return ingest.refused(
+                f"(0020,000D) Study Instance UID {info.study_instance_uid} differs from the "
+                f"target study {study} (PS3.18 10.5)", st.DATASET_DOES_NOT_MATCH_SOP_CLASS, info)
+        if info.sop_class_uid not in reading.VIEWER_REPORT_CLASSES:
+            return None
         try:
             report = reading.viewer_report_if_any(
                 store, cfg, user, checked.part10, sop_class_uid=info.sop_class_uid,
                 study_instance_uid=info.study_instance_uid)
         except reading.ReadingError as exc:
-            status = reading.refusal_status(exc)
-            log.warning("stow user=%s peer=%s report refused status=%s reason=%s", user.name,
-                        peer, st.describe(status), exc)
-            return False, {**ref, "status": status, "reason": str(exc)}
-        except Exception as exc:  # a bug or an I/O fault: never answer success
-            log.exception("stow user=%s peer=%s sop=%s viewer report failed", user.name, peer,
-                          info.sop_instance_uid)
-            return False, {**ref, "status": st.PROCESSING_FAILURE,
-                           "reason": f"report failed: {type(exc).__name__}"}
-        if report is not None:
-            log.info("stow user=%s peer=%s report=%s version=%s case=%s from viewer object "
-                     "sop=%s", user.name, peer, report.get("report_id"), report.get("version"),
-                     report.get("case_id"), info.sop_instance_uid)
-            return True, {**ref, "report_id": report.get("report_id")}
-    try:
-        out = store.put(checked.part10, info, calling_ae=source, peer_address=peer)
-    except StoreFull as exc:
-        return False, {**ref, "status": st.OUT_OF_RESOURCES, "reason": str(exc)}
-    if out.status is PutStatus.CONFLICT:
-        return False, {**ref, "status": st.SOP_INSTANCE_CONFLICT,
-                       "reason": f"SOP Instance UID {info.sop_instance_uid} already stored "
-                                 "with other bytes"}
-    return True, ref
+            return ingest.refused(str(exc), reading.refusal_status(exc), info)
+        if report is None:
+            return None
+        log.info("stow user=%s peer=%s report=%s version=%s case=%s from viewer object "
+                 "sop=%s", user.name, peer, report.get("report_id"), report.get("version"),
+                 report.get("case_id"), info.sop_instance_uid)
+        return ingest.handled(info, len(checked.part10), report_id=report.get("report_id"))
+
+    res = ingest.ingest(store, data, ingest.Source("stow-rs", f"viewer:{user.name}", peer),
+                        ingest.Limits.of(cfg), on_checked=before_store)
+    ref: dict[str, Any] = {"sop": res.sop_instance_uid}
+    if res.info is not None:
+        ref.update({"class": res.info.sop_class_uid, "study": res.info.study_instance_uid,
+                    "series": res.info.series_instance_uid})
+    if res.ok:
+        return True, {**ref, **res.extra}
+    if res.outcome is not ingest.Outcome.REJECTED:
+        log.warning("stow user=%s peer=%s refused status=%s reason=%s", user.name, peer,
+                    st.describe(res.status), res.reason)
+    return False, {**ref, "status": res.status, "reason": res.reason}
 
 
 def _stow_body(res: _StowResult, base: str, study: str | None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ names are coded with SCP-ECG codes (CID 3001).
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Sequence as _Seq
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from fenji.codecs.ecg_record import STANDARD_12, UNIT_TO_MV, EcgFilters, EcgRecord
 from fenji.codecs.errors import PeerError
+from fenji.gateway import ecgfiles
 
 TWELVE_LEAD_ECG = "1.2.840.10008.5.1.4.1.1.9.1.1"
 GENERAL_ECG = "1.2.840.10008.5.1.4.1.1.9.1.2"
@@ -123,10 +125,18 @@ def read_dicom_ecg(src: str | Path | Dataset, group: int = 0) -> EcgRecord:
 
 
 def read_ecg(path: str | Path) -> EcgRecord:
-    """WFDB record (``.hea`` beside it or given) or DICOM ECG file, by what is on disk."""
+    """WFDB record (``.hea`` beside it or given), DICOM ECG file, or a cart's own
+    file (HL7 aECG, SCP-ECG, GE MUSE, Philips XML, MFER, ISHNE, Contec; see
+    :mod:`fenji.gateway.ecgfiles`), by what is on disk."""
     p = Path(path)
     if p.is_file() and p.suffix not in (".hea", ".dat", ".mat", ".atr"):
-        return read_dicom_ecg(p)
+        with p.open("rb") as fh:
+            head = fh.read(132)
+        if len(head) == 132 and head[128:132] == b"DICM":
+            return read_dicom_ecg(p)
+        if p.stat().st_size > ecgfiles.MAX_FILE_BYTES:
+            raise PeerError(f"{p}: {p.stat().st_size} bytes exceeds {ecgfiles.MAX_FILE_BYTES}")
+        return ecgfiles.read_ecg_file(str(p), p.read_bytes()).record
     if p.with_suffix(".hea").is_file() or (p.suffix == ".hea" and p.is_file()):
         return read_wfdb(p)
     if p.is_file():
@@ -136,14 +146,15 @@ def read_ecg(path: str | Path) -> EcgRecord:
 
 def choose_sop_class(rec: EcgRecord) -> str:
     """12-lead if it fits (A.34.3: standard leads, <= 16 s at 200-1000 Hz),
-    Ambulatory (A.34.5: <= 12 channels, 50-1000 Hz) for records over a minute,
-    else General ECG (A.34.4: <= 24 channels, 200-1000 Hz)."""
+    Ambulatory (A.34.5: <= 12 channels, 50-1000 Hz) for records over a minute or
+    sampled below 200 Hz (handheld recorders), else General ECG (A.34.4: <= 24
+    channels, 200-1000 Hz)."""
     leads = {_lead_name(n) for n in rec.leads}
     n = len(rec.leads)
     if (leads <= set(STANDARD_12) and n <= 13 and 200 <= rec.fs_hz <= 1000
             and rec.n_samples <= 16384 and rec.duration_s <= 16.0):
         return TWELVE_LEAD_ECG
-    if n <= 12 and 50 <= rec.fs_hz <= 1000 and rec.duration_s > 60.0:
+    if n <= 12 and 50 <= rec.fs_hz <= 1000 and (rec.duration_s > 60.0 or rec.fs_hz < 200):
         return AMBULATORY_ECG
     if n <= 24 and 200 <= rec.fs_hz <= 1000:
         return GENERAL_ECG
@@ -165,8 +176,14 @@ def to_dicom(rec: EcgRecord, *, patient_id: str = "", patient_name: str = "",
              study_instance_uid: str | None = None, series_instance_uid: str | None = None,
              sop_instance_uid: str | None = None, when: _dt.datetime | None = None,
              institution: str = "", manufacturer: str = "fenji", study_id: str = "",
-             accession_number: str = "") -> Dataset:
-    """Wrap ``rec`` as a standard DICOM ECG waveform object (a new Part-10 dataset)."""
+             accession_number: str = "", patient_birth_date: str = "", patient_sex: str = "",
+             model_name: str = "", device_serial: str = "", software_versions: str = "",
+             statements: _Seq[str] = ()) -> Dataset:
+    """Wrap ``rec`` as a standard DICOM ECG waveform object (a new Part-10 dataset).
+
+    ``when`` is the acquisition time.  ``statements`` (a cart's interpretation,
+    e.g. "窦性心律") become Waveform Annotation items (PS3.3 C.10.10) referring
+    to channel 0 of group 1: the whole recording."""
     sop_class = choose_sop_class(rec)
     when = when or _dt.datetime.now(_dt.UTC)
     date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
@@ -192,8 +209,14 @@ def to_dicom(rec: EcgRecord, *, patient_id: str = "", patient_name: str = "",
     ds.ReferringPhysicianName = ""
     ds.PatientName = patient_name
     ds.PatientID = patient_id
-    ds.PatientBirthDate = ""
-    ds.PatientSex = ""
+    ds.PatientBirthDate = patient_birth_date
+    ds.PatientSex = patient_sex if patient_sex in ("M", "F", "O") else ""
+    if model_name:
+        ds.ManufacturerModelName = model_name[:64]
+    if device_serial:
+        ds.DeviceSerialNumber = device_serial[:64]
+    if software_versions:
+        ds.SoftwareVersions = software_versions[:64]
     ds.StudyInstanceUID = pydicom.uid.UID(study_instance_uid or generate_uid())
     ds.SeriesInstanceUID = pydicom.uid.UID(series_instance_uid or generate_uid())
     ds.StudyID = study_id          # Type 2; dciodvfy warns (DICOMDIR) while empty
@@ -247,6 +270,15 @@ def to_dicom(rec: EcgRecord, *, patient_id: str = "", patient_name: str = "",
     w.WaveformSampleInterpretation = "SS"
     w.WaveformData = counts.tobytes()
     ds.WaveformSequence = Sequence([w])
+    notes = []
+    for text in statements:
+        a = Dataset()
+        a.UnformattedTextValue = text[:10240]
+        a.ReferencedWaveformChannels = [1, 0]   # group 1, channel 0: all channels
+        a.AnnotationGroupNumber = 0
+        notes.append(a)
+    if notes:
+        ds.WaveformAnnotationSequence = Sequence(notes)
     return ds
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
-from fenji.gateway import access
+from fenji.gateway import access, ingest
 from fenji.gateway import cases as cases_mod
 from fenji.gateway.auth import middleware as auth_middleware
 from fenji.gateway.auth import require
@@ -103,7 +103,7 @@ async def post_case(request: web.Request) -> web.Response:
 
 async def post_ecg(request: web.Request) -> web.Response:
     """A WFDB record (``.hea`` + ``.dat``) or one DICOM file, as multipart form data."""
-    from fenji.gateway.ecg_ingest import MAX_RECORD_BYTES, ingest_files
+    from fenji.gateway.ecg_ingest import ingest_files
 
     require(request, "technician", "operator", action="upload ECG records")
     cfg, store = request.app[CONFIG], request.app[STORE]
@@ -122,8 +122,9 @@ async def post_ecg(request: web.Request) -> web.Response:
         except ValueError as exc:  # aiohttp: the body ends inside this part
             return _error(400, "bad_multipart", f"malformed multipart body: {exc}")
         total += len(data)
-        if total > MAX_RECORD_BYTES:
-            return _error(413, "too_large", f"upload exceeds {MAX_RECORD_BYTES} bytes")
+        if total > cfg.ingest.max_record_bytes:
+            return _error(413, "too_large", f"upload exceeds ingest.max_record_bytes = "
+                                            f"{cfg.ingest.max_record_bytes}")
         if part.filename:
             files[part.filename] = bytes(data)
         elif part.name:
@@ -133,13 +134,13 @@ async def post_ecg(request: web.Request) -> web.Response:
     res = await asyncio.to_thread(
         ingest_files, store, files, source=f"http:{request.remote}",
         patient_id=fields.get("patient_id", ""), patient_name=fields.get("patient_name", ""),
-        max_instance_bytes=cfg.dicom.max_instance_bytes,
-        max_inflate_bytes=cfg.store.max_inflate_bytes)
-    status = {"stored": 201, "duplicate": 200, "already_ingested": 409}.get(res["outcome"], 422)
+        limits=ingest.Limits.of(cfg), peer=request.remote)
+    status = ingest.HTTP_STATUS[ingest.Outcome(res["outcome"])]
     if status >= 400:
-        res.setdefault("status", status)
         res.setdefault("error", res["outcome"])
         res.setdefault("message", res.get("reason", res["outcome"]))
+        res["dimse_status"] = res.pop("status", None)
+        res["status"] = status
     return web.json_response(res, status=status)
 
 
@@ -236,7 +237,8 @@ def _forward_or_keep(cfg: Config, store: Store, receipt: dict[str, Any],
 
         reading.report_arrived(store, cfg, manifest, uids)
         return False
-    state = cases_mod.record_received(store, manifest, cfg.node.name, instances=uids)
+    state = cases_mod.record_received(store, manifest, cfg.node.name, instances=uids,
+                                      sender=str(receipt["sender"]))
     if state == "received" and cfg.egress and uids:
         from fenji.routing.egress import enqueue_case
 
@@ -314,9 +316,7 @@ def build_app(cfg: Config, store: Store,
                               max_clock_skew_s=cfg.transfer.max_clock_skew_s,
                               require_tls=cfg.http.tls,
                               max_uploads_per_peer=cfg.limits.max_uploads_per_peer,
-                              max_instance_bytes=cfg.dicom.max_instance_bytes,
-                              max_inflate_bytes=cfg.store.max_inflate_bytes,
-                              on_delivered=on_delivered)
+                              limits=ingest.Limits.of(cfg), on_delivered=on_delivered)
         add_routes(app, ctx)
     return app
 

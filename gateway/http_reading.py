@@ -115,6 +115,22 @@ async def post_ack(request: web.Request) -> web.Response:
     return web.json_response(out)
 
 
+async def post_exclude(request: web.Request) -> web.Response:
+    """Drop one instance of a held case: ``{"sop_instance_uid": ..., "reason": ...}``."""
+    from fenji.gateway import cases as cases_mod
+
+    cfg, store = _app(request)
+    user = require(request, "technician", "operator", action="exclude an instance from a case")
+    body = await _json(request)
+    reason = str(body.get("reason") or "").strip()
+    sop = str(body.get("sop_instance_uid") or "").strip()
+    if not reason or not sop:
+        raise web.HTTPBadRequest(text="excluding an instance needs sop_instance_uid and a reason")
+    out = await asyncio.to_thread(cases_mod.exclude_instance, store, request.match_info["case_id"],
+                                  sop, operator=user.name, reason=reason, node=cfg.node.name)
+    return web.json_response(out)
+
+
 async def post_override(request: web.Request) -> web.Response:
     from fenji.gateway import cases as cases_mod
     from fenji.gateway.http_api import ON_RELEASE
@@ -150,3 +166,4 @@ def add_routes(app: web.Application, wake: Any = None) -> None:
     app.router.add_get("/api/cases/{case_id}/reports", get_reports)
     app.router.add_post("/api/cases/{case_id}/ack", post_ack)
     app.router.add_post("/api/cases/{case_id}/override", post_override)
+    app.router.add_post("/api/cases/{case_id}/exclude", post_exclude)

@@ -55,10 +55,12 @@ def frames_of(ds: Dataset) -> np.ndarray | None:
 
 
 def check_series(datasets: Sequence[Dataset],
-                 thresholds: iq.ImageQualityThresholds | None = None) -> dict[str, Any]:
-    """Quality report of datasets that belong together (one series)."""
+                 thresholds: iq.ImageQualityThresholds | None = None,
+                 excluded: Sequence[Dataset] = ()) -> dict[str, Any]:
+    """Quality report of datasets that belong together (one series); ``excluded``
+    are instances of it the technician left out (their positions still count)."""
     return iq.series_report([header_of(d) for d in datasets], [frames_of(d) for d in datasets],
-                            thresholds)
+                            thresholds, excluded=[header_of(d) for d in excluded])
 
 
 def check_files(paths: Iterable[str | Path],

@@ -15,19 +15,24 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import fcntl
 import json
 import logging
 import multiprocessing as mp
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from fenji.gateway import ingest
 from fenji.gateway.config import Config
+from fenji.gateway.errors import LocalError
 from fenji.gateway.init import PRIVATE_UMASK
 from fenji.gateway.store import Store
 
@@ -85,6 +90,110 @@ def config_and_store(config_path: Path) -> Iterator[tuple[Config, Store]]:
         yield cfg, store
     finally:
         store.close()
+
+
+class StartupError(LocalError):
+    """A node cannot start; the message names the key, the value and what holds it."""
+
+
+class _BadHost(StartupError):
+    """Not a matter of waiting: the configured host is wrong."""
+
+
+def _listener_of(port: int) -> str:
+    """Who listens on a TCP port (from /proc), as ``pid N: command`` or ``another process``."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as fh:
+            for line in fh.readlines()[1:]:
+                f = line.split()
+                if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{f[9]}]")
+    if inodes:
+        for pid_dir in Path("/proc").iterdir():
+            if not pid_dir.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                for fd in (pid_dir / "fd").iterdir():
+                    if os.readlink(fd) in inodes:
+                        cmd = (pid_dir / "cmdline").read_bytes().replace(b"\0", b" ")
+                        return f"pid {pid_dir.name}: {cmd.decode(errors='replace').strip()[:120]}"
+    return "another process"
+
+
+def check_port_free(key: str, host: str, port: int, *, wait_s: float = 0.0) -> None:
+    """Bind ``host:port`` without SO_REUSEPORT: a port another node serves (even with
+    SO_REUSEPORT) or a host name that does not resolve is one clear line.
+
+    ``wait_s``: how long a taken port may take to come free (the workers of a
+    node that was just killed finish their associations before they exit).
+    """
+    if port == 0:
+        return
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            _bind_once(key, host, port)
+            return
+        except _BadHost:
+            raise
+        except StartupError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _bind_once(key: str, host: str, port: int) -> None:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        section = key.rsplit(".", 1)[0]
+        raise _BadHost(f"{section}.host = {host!r} is not an address of this machine or "
+                           f"a name that resolves ({exc.strerror})") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(f"{key} {port} is in use ({_listener_of(port)})") from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            section = key.rsplit(".", 1)[0]
+            raise _BadHost(f"{section}.host = {host!r} is not an address of this "
+                               "machine") from None
+        raise StartupError(f"{key} {port} on {host}: {exc.strerror}") from None
+    finally:
+        sock.close()
+
+
+def lock_store(cfg: Config) -> int:
+    """Hold the store's lock for the node's life: one node per store.
+
+    Returns the lock's file descriptor (kept open; the kernel releases the lock
+    when the process ends, however it ends).  A second node on the same store
+    stops here, before recovery or anything else touches the store.
+    """
+    cfg.store_dir.mkdir(parents=True, exist_ok=True)
+    path = cfg.store_dir / "node.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 4096, 0).decode(errors="replace")
+        os.close(fd)
+        try:
+            info = json.loads(holder)
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["started_at"]))
+            who = f"pid {info['pid']} (started {when}: {info.get('command', '?')})"
+        except (ValueError, KeyError, TypeError):
+            who = "another process"
+        raise StartupError(f"store {cfg.store_dir} is in use by {who}") from None
+    record = json.dumps({"pid": os.getpid(), "started_at": time.time(),
+                         "command": " ".join(sys.argv)[:200], "config": cfg.source})
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, record.encode(), 0)
+    return fd
 
 
 def worker_count(cfg: Config) -> int:
@@ -151,12 +260,30 @@ def _write_ready(cfg: Config, port: int, workers: list[int]) -> Path:
 
 
 def run_node(cfg: Config, *, verbose: int = 0) -> int:
-    """Run until SIGTERM/SIGINT; return the exit code."""
+    """Run until SIGTERM/SIGINT; return the exit code.
+
+    Raises :class:`StartupError` (one line naming the key and value) when the
+    store is in use by another node or a port is taken or a host does not resolve.
+    """
     # Owner-only files whatever umask the node was started with; a node
     # directory from before this rule is closed to other users at once.
     os.umask(PRIVATE_UMASK)
     with contextlib.suppress(OSError):
         cfg.data_dir.chmod(0o700)
+    lock_fd = lock_store(cfg)
+    try:
+        # The DICOM workers of a node killed a moment ago may still be finishing
+        # their associations (they stop on their supervisor's death): wait for them.
+        check_port_free("dicom.port", cfg.dicom.host, cfg.dicom.port, wait_s=20.0)
+        check_port_free("http.port", cfg.http.host, cfg.http.port)
+        if cfg.web.port:
+            check_port_free("web.port", cfg.web.host, cfg.web.port)
+        return _run_locked(cfg, verbose)
+    finally:
+        os.close(lock_fd)
+
+
+def _run_locked(cfg: Config, verbose: int) -> int:
     store = open_store(cfg)
     recovered = store.recover()
     usage = store.usage()
@@ -174,14 +301,21 @@ def run_node(cfg: Config, *, verbose: int = 0) -> int:
 
     http_store = open_store(cfg)
     http = HttpService(cfg, http_store)
-    _HTTP_PORT[:] = [http.start()]
+    try:
+        _HTTP_PORT[:] = [http.start()]
+    except OSError as exc:
+        http_store.close()
+        log.debug("http start failed", exc_info=True)
+        raise StartupError(f"http.port {cfg.http.port} on {cfg.http.host}: "
+                           f"{exc.strerror or exc}") from None
     watcher = None
     if cfg.ingest.watch_dir:
         from fenji.gateway.ecg_ingest import FolderWatcher
 
         watcher = FolderWatcher(http_store, cfg.resolve(cfg.ingest.watch_dir),
                                 interval_s=cfg.ingest.watch_interval_s,
-                                settle_s=cfg.ingest.settle_s)
+                                settle_s=cfg.ingest.settle_s,
+                                limits=ingest.Limits.of(cfg))
         watcher.start()
         log.info("watching %s for ECG/DICOM files", cfg.resolve(cfg.ingest.watch_dir))
     try:

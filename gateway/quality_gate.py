@@ -19,6 +19,7 @@ import hashlib
 import io
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import pydicom
@@ -37,9 +38,10 @@ ECG_SOP_PREFIX = "1.2.840.10008.5.1.4.1.1.9."
 
 
 def assess(blobs: list[bytes], ecg_thresholds: Any = None,
-           image_thresholds: Any = None) -> dict[str, Any]:
+           image_thresholds: Any = None, excluded: Sequence[bytes] = ()) -> dict[str, Any]:
     """Quality report of a case's instances (Part-10 bytes), with the config's
-    thresholds (``None``: the documented defaults)."""
+    thresholds (``None``: the documented defaults).  ``excluded``: instances of the
+    study the technician left out (``fenji case exclude``), named as a warning."""
     from fenji.codecs.ecg_quality import check_ecg
     from fenji.gateway.ecg_io import read_dicom_ecg
     from fenji.gateway.image_checks import check_series
@@ -61,9 +63,13 @@ def assess(blobs: list[bytes], ecg_thresholds: Any = None,
             verdict = max(verdict, report["verdict"], key=_RANK.__getitem__)
         elif "PixelData" in ds:
             series[str(ds.get("SeriesInstanceUID", ""))].append(ds)
+    left_out: dict[str, list[pydicom.Dataset]] = defaultdict(list)
+    for blob in excluded:
+        ds = pydicom.dcmread(io.BytesIO(blob), stop_before_pixels=True)
+        left_out[str(ds.get("SeriesInstanceUID", ""))].append(ds)
     series_reports = {}
     for uid, dss in series.items():
-        rep = check_series(dss, image_thresholds)
+        rep = check_series(dss, image_thresholds, excluded=left_out.get(uid, ()))
         series_reports[uid] = rep
         label = f"{dss[0].get('Modality', '')} series {dss[0].get('SeriesNumber', '')}".strip()
         reasons += [f"{label}: {r}" for r in rep["reasons"]]

@@ -32,7 +32,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fenji.gateway import ledger
+from fenji.gateway import ingest, ledger
 from fenji.gateway.errors import PeerError
 from fenji.gateway.keys import canonical_json
 
@@ -263,12 +263,12 @@ def _part10(ds: Any) -> bytes:
     return buf.getvalue()
 
 
-def _put(store: Store, data: bytes, calling_ae: str) -> tuple[str, str]:
-    from fenji.gateway.validate import check_part10
-
-    checked = check_part10(data)
-    out = store.put(checked.part10, checked.info, calling_ae=calling_ae)
-    return checked.info.sop_instance_uid, out.sha256
+def _put(store: Store, cfg: Config, data: bytes, actor: str) -> tuple[str, str]:
+    """A report's objects enter through the one ingest path, under the config's limits."""
+    res = ingest.ingest(store, data, ingest.Source("report", actor), ingest.Limits.of(cfg))
+    if not res.ok or res.sop_instance_uid is None or res.sha256 is None:
+        raise ReadingError(f"report object not stored ({res.outcome.value}): {res.reason}")
+    return res.sop_instance_uid, res.sha256
 
 
 def _reader_key(cfg: Config, name: str) -> Any:
@@ -366,8 +366,8 @@ def submit_report(store: Store, cfg: Config, case_id: str, user: User, *, findin
     pdf_ds = reports.build_pdf_dicom(pdf, signed, endorsement, attrs,
                                      sr_series_uid=sr.SeriesInstanceUID, rendition=rendition)
     pdf_bytes = _part10(pdf_ds)
-    sr_uid, _ = _put(store, sr_bytes, f"reader:{user.name}")
-    pdf_uid, _ = _put(store, pdf_bytes, f"reader:{user.name}")
+    sr_uid, _ = _put(store, cfg, sr_bytes, f"reader:{user.name}")
+    pdf_uid, _ = _put(store, cfg, pdf_bytes, f"reader:{user.name}")
     report = signed["report"]
     rid = str(report["report_id"])
     bundle_id = uuid.uuid4().hex
@@ -720,7 +720,7 @@ def report_from_viewer(store: Store, cfg: Config, user: User, data: bytes,
                            f" {parsed.get('sop_instance_uid') or '?'} holds no report text")
     # Checked before the viewer's object is kept: a refused report stores nothing.
     may_sign(store, cfg, case_id, user, amendment_reason=amendment_reason)
-    _put(store, data, f"viewer:{user.name}")
+    _put(store, cfg, data, f"viewer:{user.name}")
     return submit_report(store, cfg, case_id, user, findings=findings, impression=impression,
                          critical=critical or bool(parsed.get("critical")),
                          amendment_reason=amendment_reason,

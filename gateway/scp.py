@@ -33,11 +33,11 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from fenji.gateway import dimse_status as st
-from fenji.gateway import reading
+from fenji.gateway import ingest, reading
 from fenji.gateway.config import Config
 from fenji.gateway.conn_guard import ConnectionGuard
-from fenji.gateway.store import PutStatus, Store, StoreFull
-from fenji.gateway.validate import ACCEPTED_TRANSFER_SYNTAXES, Rejected, check_dimse
+from fenji.gateway.store import Store
+from fenji.gateway.validate import ACCEPTED_TRANSFER_SYNTAXES
 
 log = logging.getLogger(__name__)
 
@@ -322,90 +322,53 @@ class DicomService:
     def _store(self, event: Any, s: _AssocStats) -> Any:
         req = event.request
         raw = req.DataSet.getvalue() if req.DataSet is not None else b""
-        ts = str(event.context.transfer_syntax)
-        sop_instance = str(req.AffectedSOPInstanceUID or "")
-        try:
-            checked = check_dimse(
-                raw, ts, affected_sop_class=str(req.AffectedSOPClassUID or ""),
-                affected_sop_instance=sop_instance, calling_ae=s.calling,
-                max_instance_bytes=self.cfg.dicom.max_instance_bytes,
-                max_inflate_bytes=self.cfg.store.max_inflate_bytes)
-        except Rejected as exc:
+        dimse = ingest.Dimse(str(event.context.transfer_syntax),
+                             str(req.AffectedSOPClassUID or ""),
+                             str(req.AffectedSOPInstanceUID or ""))
+        res = ingest.ingest(self.store, raw, ingest.Source("c-store", s.calling, s.peer),
+                            ingest.Limits.of(self.cfg), dimse=dimse,
+                            on_checked=lambda checked: self._viewer_report(checked, s))
+        if not res.ok:
             s.failed += 1
-            self.store.quarantine(raw, exc.reason, status=exc.status, calling_ae=s.calling,
-                                  peer_address=s.peer, uid_hint=exc.uid_hint or sop_instance)
-            log.warning("assoc=%d calling=%s rejected status=%s sop=%s reason=%s", s.assoc_id,
-                        s.calling, st.describe(exc.status), _safe(sop_instance), exc.reason)
-            return _failure(exc.status, exc.reason)
-        if checked.info.sop_class_uid in reading.VIEWER_REPORT_CLASSES:
-            refused = self._viewer_report(checked, s)
-            if refused is not None:
-                return refused
-        try:
-            out = self.store.put(checked.part10, checked.info, calling_ae=s.calling,
-                                 peer_address=s.peer)
-        except StoreFull as exc:
-            s.failed += 1
-            log.warning("assoc=%d calling=%s refused status=%s sop=%s reason=%s", s.assoc_id,
-                        s.calling, st.describe(st.OUT_OF_RESOURCES), _safe(sop_instance), exc)
-            return _failure(st.OUT_OF_RESOURCES, "store full: " + str(exc))
-        except Exception as exc:  # a bug or an I/O fault: never answer success
-            s.failed += 1
-            log.exception("assoc=%d calling=%s sop=%s store failed", s.assoc_id, s.calling,
-                          _safe(sop_instance))
-            return _failure(st.PROCESSING_FAILURE, f"store failed: {type(exc).__name__}")
-        if out.status is PutStatus.CONFLICT:
-            s.failed += 1
-            reason = (f"SOP Instance UID {sop_instance} already stored with other bytes "
-                      f"(sha256 {out.existing_sha256[:12] if out.existing_sha256 else '?'}…)")
-            log.warning("assoc=%d calling=%s rejected status=%s reason=%s", s.assoc_id,
-                        s.calling, st.describe(st.SOP_INSTANCE_CONFLICT), reason)
-            return _failure(st.SOP_INSTANCE_CONFLICT, reason)
-        if out.status is PutStatus.DUPLICATE:
+            return _failure(res.status, res.reason)
+        if res.outcome is ingest.Outcome.DUPLICATE:
             s.duplicate += 1
         else:
             s.stored += 1
-        s.bytes += out.size
+        s.bytes += res.size
         return st.SUCCESS
 
-
-    def _viewer_report(self, checked: Any, s: _AssocStats) -> Any:
+    def _viewer_report(self, checked: Any, s: _AssocStats) -> ingest.IngestResult | None:
         """A reader's workstation stored an SR/PDF for a worklist study: sign it as the report.
 
-        Returns the C-STORE answer when this was a report (signed: Success; refused:
-        a failure naming why), ``None`` to store it as an ordinary instance.
+        Returns the ingest result when this was a report (signed, or refused naming
+        why), ``None`` to store it as an ordinary instance.
         """
+        info = checked.info
+        if info.sop_class_uid not in reading.VIEWER_REPORT_CLASSES:
+            return None
         ae = self.cfg.remote_ae(s.calling)
         reader = self.cfg.user(ae.reader) if ae is not None and ae.reader else None
         if reader is None:
             return None
         from fenji.gateway.auth import User
 
-        info = checked.info
         try:
             report = reading.viewer_report_if_any(
                 self.store, self.cfg, User.of(reader), checked.part10,
                 sop_class_uid=info.sop_class_uid, study_instance_uid=info.study_instance_uid)
         except reading.ReadingError as exc:
-            s.failed += 1
             status = reading.refusal_status(exc)
             log.warning("assoc=%d calling=%s reader=%s report refused status=%s sop=%s "
                         "reason=%s", s.assoc_id, s.calling, reader.name, st.describe(status),
                         _safe(info.sop_instance_uid), exc)
-            return _failure(status, str(exc))
-        except Exception as exc:  # a bug or an I/O fault: never answer success
-            s.failed += 1
-            log.exception("assoc=%d calling=%s reader=%s sop=%s viewer report failed",
-                          s.assoc_id, s.calling, reader.name, _safe(info.sop_instance_uid))
-            return _failure(st.PROCESSING_FAILURE, f"report failed: {type(exc).__name__}")
+            return ingest.refused(str(exc), status, info)
         if report is None:
             return None
-        s.stored += 1
-        s.bytes += len(checked.part10)
         log.info("assoc=%d calling=%s reader=%s report=%s version=%s case=%s from viewer "
                  "object sop=%s", s.assoc_id, s.calling, reader.name, report.get("report_id"),
                  report.get("version"), report.get("case_id"), _safe(info.sop_instance_uid))
-        return st.SUCCESS
+        return ingest.handled(info, len(checked.part10), report_id=report.get("report_id"))
 
 
 def _safe(text: str) -> str:

@@ -46,6 +46,15 @@ class StoreFull(LocalError):
     http_status = 507
 
 
+class BatchConflict(LocalError):
+    """An instance of an all-or-nothing batch is already held with other bytes."""
+
+    def __init__(self, sop_instance_uid: str, stored_sha256: str, offered_sha256: str) -> None:
+        super().__init__(f"SOP Instance UID {sop_instance_uid} already stored with other bytes "
+                         f"(sha256 {stored_sha256[:12]}…, offered {offered_sha256[:12]}…)")
+        self.sop_instance_uid = sop_instance_uid
+
+
 class StoreError(LocalError):
     """The store is damaged or cannot be opened."""
 
@@ -231,6 +240,17 @@ MIGRATIONS: list[tuple[int, str | Callable[[], str]]] = [
     (6, _qr_sql),
     # 7: worklist claims, reports and their way back (gateway/reading.py).
     (7, _reading_sql),
+    # 9: instances a technician dropped from a case before release (who, why).
+    (9, """
+    CREATE TABLE excluded_instances (
+        sop_instance_uid   TEXT PRIMARY KEY,
+        study_instance_uid TEXT NOT NULL,
+        case_id            TEXT NOT NULL,
+        excluded_by        TEXT NOT NULL,
+        reason             TEXT NOT NULL,
+        at                 REAL NOT NULL
+    );
+    """),
 ]
 
 
@@ -479,6 +499,51 @@ class Store:
             return self._duplicate_or_conflict(row, digest, size, info, calling_ae)
         return PutOutcome(PutStatus.STORED, digest, size)
 
+    def stage_blob(self, data: bytes) -> tuple[str, int]:
+        """Write ``data`` durably as a blob without indexing it: invisible until
+        :meth:`index_staged` commits its row (recovery removes it after a crash).
+
+        Raises :class:`StoreFull` when there is no room.
+        """
+        digest = hashlib.sha256(data).hexdigest()
+        path = self.blob_path(digest)
+        if not path.exists():
+            self._check_room(len(data))
+            self._write_durable(data, path)
+        return digest, len(data)
+
+    def index_staged(self, entries: list[tuple[InstanceInfo, str, int]], *,
+                     calling_ae: str | None = None,
+                     peer_address: str | None = None) -> list[PutOutcome]:
+        """Index staged blobs ``(info, sha256, size)`` in ONE transaction: all or none.
+
+        An instance already held with the same data set is a duplicate; one held
+        with other bytes makes the whole batch roll back with :class:`BatchConflict`.
+        """
+        now = time.time()
+        outcomes: list[PutOutcome] = []
+        try:
+            with self.atomic() as con:
+                for info, digest, size in entries:
+                    row = con.execute("SELECT sha256, dataset_sha256 FROM instances "
+                                      "WHERE sop_instance_uid = ?",
+                                      (info.sop_instance_uid,)).fetchone()
+                    if row is not None:
+                        if row["sha256"] == digest or row["dataset_sha256"] == info.dataset_sha256:
+                            outcomes.append(PutOutcome(PutStatus.DUPLICATE, row["sha256"], size,
+                                                       row["sha256"]))
+                            continue
+                        raise BatchConflict(info.sop_instance_uid, row["sha256"], digest)
+                    self._index(con, info, digest, size, now, calling_ae, peer_address)
+                    if self.audit_node:
+                        self._audit_received(con, info, digest, now, calling_ae, peer_address)
+                    outcomes.append(PutOutcome(PutStatus.STORED, digest, size))
+        except sqlite3.Error as exc:
+            if _is_enospc(exc):
+                raise StoreFull(f"store {self.root}: disk full committing index rows") from exc
+            raise
+        return outcomes
+
     def _audit_received(self, con: sqlite3.Connection, info: InstanceInfo, digest: str,
                         now: float, calling_ae: str | None, peer: str | None) -> None:
         """The ledger's "received" event commits with the index row (DESIGN §3 step 10)."""
@@ -637,6 +702,45 @@ class Store:
                     "(store.quarantine_max_records=%d, store.quarantine_max_bytes=%d)",
                     self.root, len(gone), sum(g[2] for g in gone), gone[0][3],
                     self.quarantine_max_records, self.quarantine_max_bytes)
+
+    def quarantine_file(self, path: Path, reason: str, *, status: int | None = None,
+                        calling_ae: str | None = None, peer_address: str | None = None,
+                        uid_hint: str | None = None) -> str | None:
+        """Move a refused file (a whole bundle) into quarantine without reading it into
+        memory; the record is kept even when the file cannot be."""
+        digest = hashlib.sha256()
+        try:
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+            size = path.stat().st_size
+        except OSError as exc:
+            log.warning("store=%s quarantine of %s skipped: %s", self.root, path.name, exc)
+            return None
+        sha = digest.hexdigest()
+        try:
+            if self.keep_quarantine:
+                os.replace(path, self.quarantine_dir / sha)
+                _fsync_dir(self.quarantine_dir)
+            else:
+                path.unlink()
+        except OSError as exc:
+            log.warning("store=%s quarantine copy skipped: %s", self.root, exc)
+        hint = None if uid_hint is None else uid_hint.encode("unicode_escape").decode()[:128]
+        try:
+            with self.atomic() as con:
+                con.execute("INSERT INTO quarantine(at, sha256, size, reason, status, calling_ae, "
+                            "peer_address, uid_hint) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            (time.time(), sha, size, reason, status, calling_ae,
+                             peer_address, hint))
+        except sqlite3.Error as exc:
+            log.warning("store=%s could not index quarantine entry: %s", self.root, exc)
+        if self.quarantine_max_records or self.quarantine_max_bytes:
+            try:
+                self._evict_quarantine()
+            except (sqlite3.Error, OSError) as exc:
+                log.warning("store=%s quarantine eviction failed: %s", self.root, exc)
+        return sha
 
     def quarantined(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self._reader().execute("SELECT * FROM quarantine ORDER BY id")]

@@ -56,9 +56,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from fenji.codecs.bundle import BundleReader, InstanceEvent, ManifestEvent, PreviewEvent
 from fenji.codecs.errors import DecodeError
+from fenji.gateway import ingest
 from fenji.gateway.keys import canonical_json, sign, verify
-from fenji.gateway.store import PutStatus, Store
-from fenji.gateway.validate import Rejected, check_part10
+from fenji.gateway.store import Store, StoreFull
+from fenji.gateway.validate import Rejected
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,7 @@ class ReceiverContext:
     require_tls: bool = False
     # Uploads one peer may have open at once (limits.max_uploads_per_peer).
     max_uploads_per_peer: int = 16
-    max_instance_bytes: int = 1 << 30
-    max_inflate_bytes: int = 256 << 20
+    limits: ingest.Limits = field(default_factory=ingest.Limits)
     clock: Callable[[], float] = time.time
     # Called after a bundle is stored and its receipt signed, with the receipt,
     # the manifest and the bundle file; returns True when it kept the file
@@ -297,28 +297,42 @@ async def patch_upload(request: web.Request) -> web.StreamResponse:
         return web.Response(status=204, headers=_offset_headers(row))
 
 
-def _save_preview(ctx: ReceiverContext, manifest: dict[str, Any], index: int,
-                  data: bytes) -> None:
+MAX_PREVIEW_BYTES = 16 * 1024 * 1024  # all preview sections of one bundle, encoded
+
+
+def _save_previews(ctx: ReceiverContext, manifest: dict[str, Any],
+                   previews: list[tuple[int, bytes]]) -> None:
     case_id = str(manifest.get("case", {}).get("case_id") or "unknown")
     if not all(c.isalnum() for c in case_id):
         raise DecodeError(f"case id {case_id[:40]!r} is not alphanumeric")
     folder = ctx.store.root / "previews" / case_id
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{index}.tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, folder / f"{index}.prev")
+    for index, data in previews:
+        tmp = folder / f".{index}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, folder / f"{index}.prev")
 
 
 def _ingest_bundle(ctx: ReceiverContext,
                    row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Read the finished upload, store every instance, build and sign the receipt."""
+    """Verify the finished upload whole, then make it visible at once; build the receipt.
+
+    Every instance is checked and its blob staged (durable, invisible) while the
+    bundle is read; previews are held back.  Only when the whole bundle has
+    verified are the instances indexed, in one transaction, and the previews
+    written.  A bundle refused at any point leaves nothing visible.
+    """
     path = _part_path(ctx, row["upload_id"])
     reader = BundleReader()
     manifest: dict[str, Any] | None = None
-    stored: list[dict[str, Any]] = []
+    previews: list[tuple[int, bytes]] = []
+    preview_bytes = 0
+    indexes: list[int] = []
+    batch = ingest.Batch(ctx.store, ingest.Source("bundle", f"node:{row['sender']}"),
+                         ctx.limits)
     bundle_sha = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -326,21 +340,23 @@ def _ingest_bundle(ctx: ReceiverContext,
             for ev in reader.feed(chunk):
                 if isinstance(ev, ManifestEvent):
                     manifest = ev.manifest
-                elif isinstance(ev, PreviewEvent) and manifest is not None:
-                    _save_preview(ctx, manifest, ev.index, ev.preview.to_bytes())
+                elif isinstance(ev, PreviewEvent):
+                    data = ev.preview.to_bytes()
+                    preview_bytes += len(data)
+                    if preview_bytes > MAX_PREVIEW_BYTES:
+                        raise DecodeError(f"bundle previews exceed {MAX_PREVIEW_BYTES} bytes")
+                    previews.append((ev.index, data))
                 elif isinstance(ev, InstanceEvent):
-                    checked = check_part10(ev.data, max_instance_bytes=ctx.max_instance_bytes,
-                                           max_inflate_bytes=ctx.max_inflate_bytes)
-                    out = ctx.store.put(checked.part10, checked.info,
-                                        calling_ae=f"node:{row['sender']}")
-                    if out.status is PutStatus.CONFLICT:
-                        raise Rejected(0xC010, f"instance {checked.info.sop_instance_uid} "
-                                               "conflicts with a stored copy")
-                    stored.append({"index": ev.index, "sop_instance_uid":
-                                   checked.info.sop_instance_uid, "sha256": out.sha256})
+                    batch.add(ev.data)
+                    indexes.append(ev.index)
     reader.close()
     if manifest is None:
         raise DecodeError("bundle has no manifest")
+    results = batch.commit()
+    if previews:
+        _save_previews(ctx, manifest, previews)
+    stored = [{"index": i, "sop_instance_uid": r.sop_instance_uid, "sha256": r.sha256}
+              for i, r in zip(indexes, results, strict=True)]
     case = manifest.get("case", {})
     return {
         "type": "fenji-receipt", "version": 1, "bundle_id": row["bundle_id"],
@@ -363,14 +379,24 @@ async def finalize_upload(request: web.Request) -> web.StreamResponse:
         if row["state"] == "complete":  # a lost response: answer the same receipt
             return web.json_response({"receipt": json.loads(row["receipt_json"]),
                                       "signature": row["signature"], "signer": ctx.node_name})
+        if row["state"] == "rejected":  # its bytes are in quarantine: never again
+            return error(422, "bundle_rejected", f"bundle {row['bundle_id']} was refused; "
+                                                 "see the receiver's quarantine")
         if row["offset"] != row["length"]:
             return error(409, "incomplete", f"offset {row['offset']} of {row['length']} bytes",
                          **_offset_headers(row))
         t0 = time.monotonic()
         try:
             receipt, manifest = await asyncio.to_thread(_ingest_bundle, ctx, row)
+        except StoreFull as exc:  # nothing visible; the sender retries the finalize later
+            log.warning("bundle refused node=%s bundle=%s reason=%s", who, row["bundle_id"], exc)
+            return error(507, "store_full", str(exc))
         except (DecodeError, Rejected) as exc:
             log.warning("bundle rejected node=%s bundle=%s reason=%s", who, row["bundle_id"], exc)
+            await asyncio.to_thread(
+                ctx.store.quarantine_file, _part_path(ctx, upload_id), f"bundle: {exc}",
+                calling_ae=f"node:{who}", peer_address=request.remote,
+                uid_hint=row["bundle_id"])
             with ctx.store.atomic() as con:
                 con.execute("UPDATE uploads SET state = 'rejected', updated_at = ? "
                             "WHERE upload_id = ?", (ctx.clock(), upload_id))

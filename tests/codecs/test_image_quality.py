@@ -84,7 +84,8 @@ def test_blanked_frame(ct):
     rep = ic.check_series(dss)
     assert rep["verdict"] == iq.UNACCEPTABLE
     assert rep["reasons"] == ["instance 4: image blank (every pixel the same value): "
-                              "re-acquire or resend"]
+                              "re-acquire it (new instance UIDs), or exclude it (fenji case "
+                              "exclude), or override"]
 
 
 def test_saturated_frame(ct):

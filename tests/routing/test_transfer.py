@@ -8,14 +8,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import io
 import json
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import pydicom
 import pytest
 from _data import ct_series, good_files
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fenji.codecs.bundle import make_preview, write_bundle
 from fenji.gateway import config as config_mod
 from fenji.gateway.cases import CaseError, release
 from fenji.gateway.dcmtk import storescu
@@ -207,3 +212,80 @@ def test_case_api_over_http(pair) -> None:  # type: ignore[no-untyped-def]
                 assert r.status == 400
 
     asyncio.run(go())
+
+
+# -- a receiving node trusts what it verified, not what it was told (issue 17) -----
+@dataclass
+class _Rel:
+    bundle_id: str
+    bundle_path: Path
+    bundle_bytes: int
+
+
+def _bundle(tmp: Path, instances: list[bytes], *, sender: str = "edge",
+            with_preview: bool = True) -> _Rel:
+    bid = uuid.uuid4().hex
+    ds = pydicom.dcmread(io.BytesIO(instances[0]), stop_before_pixels=True)
+    case = {"case_id": uuid.uuid4().hex, "bundle_id": bid, "bundle_kind": "full",
+            "study_instance_uid": str(ds.StudyInstanceUID), "destination": "center",
+            "sender": sender, "priority": "stat", "service": "imaging", "kind": "case"}
+    previews = [make_preview(instances[0])] if with_preview else []
+    path = tmp / f"{bid}.fbundle"
+    with open(path, "wb") as fh:
+        for chunk in write_bundle(case, instances, previews):
+            fh.write(chunk)
+    return _Rel(bid, path, path.stat().st_size)
+
+
+def _with_bad_uid(data: bytes) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.SOPInstanceUID = "1.2.3.x"  # not a UID (PS3.5 9.1): the validator refuses it
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.x"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _center_store(center: NodeProcess):  # type: ignore[no-untyped-def]
+    return open_store(config_mod.load(center.config, env={}))
+
+
+def test_refused_bundle_leaves_nothing_visible(pair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    edge, center = pair
+    files = [p.read_bytes() for p in ct_series()[:3]]
+    rel = _bundle(tmp_path, [files[0], files[1], _with_bad_uid(files[2])])
+    with pytest.raises(TransferError, match="bundle_rejected"):
+        _send(edge, center, rel)
+    assert center.stored() == []  # the two valid instances before the bad one: not visible
+    store = _center_store(center)
+    try:
+        assert not list((store.root / "previews").glob("*/*.prev"))
+        q = store.quarantined()
+        assert len(q) == 1 and q[0]["reason"].startswith("bundle:")
+        assert q[0]["calling_ae"] == "node:edge" and "not a valid UID" in q[0]["reason"]
+        assert q[0]["size"] == rel.bundle_bytes
+        # The staged blobs were never indexed: recovery removes them.
+        assert store.recover()["orphans_removed"] == 2
+    finally:
+        store.close()
+    # Asked again, the refusal stands (its bytes are in quarantine, not re-read).
+    with pytest.raises(TransferError, match="bundle_rejected"):
+        _send(edge, center, rel)
+
+
+def test_sender_of_record_is_the_authenticated_node(pair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    edge, center = pair
+    files = [p.read_bytes() for p in ct_series()[:2]]
+    rel = _bundle(tmp_path, files, sender="other-county-hospital", with_preview=False)
+    assert isinstance(_send(edge, center, rel), Delivered)
+    assert len(center.stored()) == 2
+    store = _center_store(center)
+    try:
+        arrived = store.query("SELECT actor, detail FROM audit WHERE kind = 'arrived'")
+        assert len(arrived) == 1
+        assert arrived[0]["actor"] == "edge"  # who signed the upload, not the manifest's claim
+        assert "other-county-hospital" in arrived[0]["detail"]  # kept, as a claim
+        senders = {r["calling_ae"] for r in store.query("SELECT calling_ae FROM instances")}
+        assert senders == {"node:edge"}
+    finally:
+        store.close()

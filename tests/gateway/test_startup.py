@@ -1,0 +1,131 @@
+"""One node per store, and startup errors a person can act on (issue 18, points 1 and 3).
+
+Real node processes on loopback; the second node is started the way an engineer
+would start it, with ``fenji node --config``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from _data import ct_series
+
+from fenji.gateway.dcmtk import storescu
+from fenji.gateway.harness import NodeProcess, fenji_cmd, free_port
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _node(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*fenji_cmd(), "node", "--config", str(config)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def _one_line(r: subprocess.CompletedProcess[str]) -> str:
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+def test_second_node_on_the_same_store_exits_and_touches_nothing(tmp_path: Path) -> None:
+    with NodeProcess(tmp_path / "a", workers=2) as first:
+        run_file = first.directory / "run" / "node.json"
+        assert run_file.exists()
+        before = json.loads(run_file.read_text())
+        files = ct_series()[:6]
+        line = _one_line(_node(first.config))
+        assert f"is in use by pid {first.proc.pid}" in line, line  # type: ignore[union-attr]
+        assert "store" in line and "fenji" in line
+        assert json.loads(run_file.read_text()) == before  # the live node's file untouched
+        sent = storescu(files, first.dicom_port)
+        assert len(sent.sent) == len(files)
+        assert len(first.stored()) == len(files)  # every association went to the first node
+
+
+def test_second_node_on_the_same_dicom_port_names_the_port_and_holder(tmp_path: Path) -> None:
+    with NodeProcess(tmp_path / "a", workers=2) as first:
+        other = NodeProcess(tmp_path / "b", dicom_port=first.dicom_port)
+        line = _one_line(_node(other.config))
+        assert line.startswith("fenji: error: ") and f"dicom.port {first.dicom_port} is in use" \
+            in line, line
+        assert "pid " in line and "fenji" in line
+        assert not (other.directory / "run" / "node.json").exists()
+        same_http = NodeProcess(tmp_path / "c", http_port=first.http_port)
+        line = _one_line(_node(same_http.config))
+        assert f"http.port {first.http_port} is in use" in line, line
+
+
+def test_a_host_that_does_not_resolve_is_one_line(tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "a")
+    text = node.config.read_text().replace('host = "127.0.0.1"', 'host = "127.0.0.l"', 1)
+    node.config.write_text(text)
+    line = _one_line(_node(node.config))
+    assert "'127.0.0.l'" in line and ".host" in line, line
+    check = subprocess.run([*fenji_cmd(), "conf", "check", str(node.config)],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode != 0 and "'127.0.0.l'" in check.stderr, check.stderr
+
+
+def test_conf_check_refuses_tls_that_locks_people_out(tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "a", users={"tech": "technician"})
+    node.config.write_text(node.config.read_text().replace("tls = false", "tls = true", 1))
+    check = subprocess.run([*fenji_cmd(), "conf", "check", str(node.config)],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode != 0
+    assert "http.tls = true with no [web] listener" in check.stderr, check.stderr
+    assert "tech" in check.stderr
+    node.config.write_text(node.config.read_text() + f"\n[web]\nport = {free_port()}\n")
+    assert "http.tls" not in subprocess.run(
+        [*fenji_cmd(), "conf", "check", str(node.config)], capture_output=True, text=True,
+        timeout=60).stderr
+
+
+# -- finding things without UIDs nobody has (issue 18, point 6) -----------------
+def test_config_is_found_without_the_flag(tmp_path: Path) -> None:
+    from fenji.gateway.config import find_config
+    from fenji.gateway.errors import ConfigError
+
+    here = tmp_path / "fenji.toml"
+    assert find_config({"FENJI_CONFIG": "/x/y.toml"}, tmp_path) == Path("/x/y.toml")
+    with pytest.raises(ConfigError, match="pass --config FILE, set FENJI_CONFIG"):
+        find_config({}, tmp_path)
+    here.write_text("")
+    assert find_config({}, tmp_path) == here
+
+
+def test_every_verb_takes_a_unique_case_id_prefix(tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "a")
+    from fenji.gateway import config as config_mod
+    from fenji.gateway.cases import CaseError, resolve_case_id
+    from fenji.gateway.node import open_store
+
+    store = open_store(config_mod.load(node.config, env={}))
+    try:
+        with store.atomic() as con:
+            for cid in ("cc657a24aa", "cc657b11bb", "d0d0d0d0d0"):
+                con.execute("INSERT INTO cases(case_id, study_instance_uid, priority, service, "
+                            "destination, state, created_at, updated_at) VALUES "
+                            "(?, '1.2.3', 'routine', 'imaging', 'center', 'held', 0, 0)", (cid,))
+        assert resolve_case_id(store, "d0d0") == "d0d0d0d0d0"
+        assert resolve_case_id(store, "cc657b") == "cc657b11bb"
+        assert resolve_case_id(store, "cc657a24aa") == "cc657a24aa"
+        assert resolve_case_id(store, "ffff") == "ffff"  # unknown: the verb says so
+        with pytest.raises(CaseError, match="ambiguous: cc657a24aa, cc657b11bb"):
+            resolve_case_id(store, "cc657")
+    finally:
+        store.close()
+    r = subprocess.run([*fenji_cmd(), "case", "show", "cc657b", "--config", str(node.config)],
+                       capture_output=True, text=True, timeout=60)
+    assert "cc657b11bb" in r.stdout, (r.stdout, r.stderr)
+    amb = subprocess.run([*fenji_cmd(), "case", "show", "cc657", "--config", str(node.config)],
+                         capture_output=True, text=True, timeout=60)
+    assert amb.returncode == 2 and "ambiguous" in amb.stderr
+    # Without --config, from the node's folder:
+    here = subprocess.run([*fenji_cmd(), "case", "show", "d0d0"], cwd=node.directory,
+                          capture_output=True, text=True, timeout=60)
+    assert "d0d0d0d0d0" in here.stdout, (here.stdout, here.stderr)
