@@ -56,6 +56,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from fenji.codecs.bundle import BundleReader, InstanceEvent, ManifestEvent, PreviewEvent
 from fenji.codecs.errors import DecodeError
+from fenji.codecs.pixel import pixel_info
 from fenji.gateway import ingest
 from fenji.gateway.keys import canonical_json, sign, verify
 from fenji.gateway.store import Store, StoreFull
@@ -97,6 +98,8 @@ class ReceiverContext:
     require_tls: bool = False
     # Uploads one peer may have open at once (limits.max_uploads_per_peer).
     max_uploads_per_peer: int = 16
+    # Decoded samples one image preview may declare (limits.max_preview_pixels).
+    max_preview_pixels: int = 4096 * 4096
     limits: ingest.Limits = field(default_factory=ingest.Limits)
     clock: Callable[[], float] = time.time
     # Called after a bundle is stored and its receipt signed, with the receipt,
@@ -300,6 +303,19 @@ async def patch_upload(request: web.Request) -> web.StreamResponse:
 MAX_PREVIEW_BYTES = 16 * 1024 * 1024  # all preview sections of one bundle, encoded
 
 
+def _check_preview_size(ctx: ReceiverContext, ev: PreviewEvent) -> None:
+    """A preview declaring more decoded samples than limits.max_preview_pixels refuses
+    the bundle: a few KB of zeros must not become a GB at every GET (issue 17)."""
+    if ev.preview.kind != "image":
+        return
+    info = pixel_info(ev.preview.data)
+    n = info["frames"] * info["rows"] * info["cols"] * info["samples"]
+    if n > ctx.max_preview_pixels:
+        raise DecodeError(f"preview {ev.index} declares {info['rows']}x{info['cols']} "
+                          f"({n} samples), more than limits.max_preview_pixels = "
+                          f"{ctx.max_preview_pixels}")
+
+
 def _save_previews(ctx: ReceiverContext, manifest: dict[str, Any],
                    previews: list[tuple[int, bytes]]) -> None:
     case_id = str(manifest.get("case", {}).get("case_id") or "unknown")
@@ -341,6 +357,7 @@ def _ingest_bundle(ctx: ReceiverContext,
                 if isinstance(ev, ManifestEvent):
                     manifest = ev.manifest
                 elif isinstance(ev, PreviewEvent):
+                    _check_preview_size(ctx, ev)
                     data = ev.preview.to_bytes()
                     preview_bytes += len(data)
                     if preview_bytes > MAX_PREVIEW_BYTES:
