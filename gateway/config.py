@@ -151,6 +151,10 @@ class LimitsSection:
     # bundle per peer at a time and resumes it, so 200 parallel creations are
     # not a sender doing its job.
     max_uploads_per_peer: int = 16
+    # Uploads (STOW-RS, ECG records, reports) one user may have in flight at
+    # once: a viewer or cart sends one at a time, and each holds up to a whole
+    # instance in memory (dicom.max_instance_bytes).
+    max_uploads_per_user: int = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -554,7 +558,7 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
                       "must be >= 1")
     for name in ("max_frames_per_request", "max_decoded_bytes_per_request",
                  "max_preview_pixels", "max_fuzzy_words",
-                 "max_multipart_parts", "max_uploads_per_peer"):
+                 "max_multipart_parts", "max_uploads_per_peer", "max_uploads_per_user"):
         v = getattr(cfg.limits, name)
         if v < 1:
             errors.append(f"limits.{name} = {v} must be >= 1")

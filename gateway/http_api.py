@@ -31,7 +31,7 @@ from fenji.gateway.auth import middleware as auth_middleware
 from fenji.gateway.auth import require
 from fenji.gateway.config import Config
 from fenji.gateway.errors import DecodeError, FenjiError
-from fenji.gateway.http_limits import multipart_parts
+from fenji.gateway.http_limits import multipart_parts, upload_slots
 from fenji.gateway.keys import load_private, public_from_config
 from fenji.gateway.store import Store
 
@@ -57,6 +57,10 @@ async def errors_as_json(request: web.Request, handler: Any) -> web.StreamRespon
         raise
     except FenjiError as exc:
         return _error(exc.http_status, type(exc).__name__, str(exc))
+    except ConnectionResetError:  # the client left mid-body: nobody to answer, not a fault
+        log.info("client went away peer=%s %s %s", request.remote, request.method,
+                 request.path)
+        return _error(400, "connection_lost", "the client closed the connection mid-request")
 
 
 async def health(request: web.Request) -> web.Response:
@@ -284,7 +288,8 @@ def _forward_or_keep(cfg: Config, store: Store, receipt: dict[str, Any],
 def build_app(cfg: Config, store: Store,
               on_release: Callable[[cases_mod.Released], None] | None = None,
               wake: Callable[[], None] = lambda: None) -> web.Application:
-    app = web.Application(middlewares=[errors_as_json, auth_middleware(cfg)],
+    app = web.Application(middlewares=[errors_as_json, auth_middleware(cfg),
+                                       upload_slots(cfg.limits.max_uploads_per_user)],
                           client_max_size=80 * 1024 * 1024)
     app[CONFIG] = cfg
     app[STORE] = store

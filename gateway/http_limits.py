@@ -43,3 +43,38 @@ async def multipart_parts(request: web.Request, max_parts: int, *,
                 text=f"more than {key} = {max_parts} parts in one request; send the rest in "
                      "another request")
         yield part
+
+
+def upload_slots(max_per_user: int) -> Any:
+    """Middleware: at most ``max_per_user`` uploads (POST, PUT, PATCH under ``/api/``
+    and ``/dicom-web/``) in flight per authenticated user; more get 429.
+
+    Runs after the auth middleware (it needs ``request["user"]``).  Node-to-node
+    uploads (``/transfer/``) are bounded per peer by the receiver itself.
+    """
+    in_flight: dict[str, int] = {}
+
+    @web.middleware
+    async def limit(request: web.Request, handler: Any) -> web.StreamResponse:
+        user = request.get("user")
+        if (user is None or request.method not in ("POST", "PUT", "PATCH")
+                or not request.path.startswith(("/api/", "/dicom-web/"))):
+            return await handler(request)
+        name = str(getattr(user, "name", ""))
+        if in_flight.get(name, 0) >= max_per_user:
+            return web.json_response(
+                {"status": 429, "error": "too_many_uploads",
+                 "message": f"user {name!r} has {in_flight[name]} uploads in flight, "
+                            f"limits.max_uploads_per_user = {max_per_user}; wait for one"},
+                status=429, headers={"Retry-After": "5"})
+        in_flight[name] = in_flight.get(name, 0) + 1
+        try:
+            return await handler(request)
+        finally:
+            left = in_flight[name] - 1
+            if left:
+                in_flight[name] = left
+            else:
+                del in_flight[name]
+
+    return limit

@@ -229,6 +229,40 @@ def test_concurrent_uploads_per_peer_are_capped(node: Node) -> None:
     assert 429 in codes and codes.count(201) <= 3, codes
 
 
+def test_uploads_in_flight_per_user_are_capped(node: Node) -> None:
+    """Held-open STOW-RS requests of one user (body promised, not sent) take its upload
+    slots (limits.max_uploads_per_user = 4); the next one gets 429 with the reason, and
+    the slots come back when the held requests end."""
+    import socket
+
+    from _wait import until
+
+    held = []
+    head = (f"POST /dicom-web/studies HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: {node.auth['Authorization']}\r\n"
+            'Content-Type: multipart/related; type="application/dicom"; boundary=b\r\n'
+            "Content-Length: 100000\r\n\r\n--b\r\nContent-Type: application/dicom\r\n\r\n")
+    try:
+        for _ in range(4):
+            s = socket.create_connection(("127.0.0.1", node.center.http_port))
+            s.sendall(head.encode())
+            held.append(s)
+
+        def probe() -> requests.Response:
+            return requests.post(f"{node.dw}/studies", data=b"--b--\r\n", timeout=30, headers={
+                **node.auth,
+                "Content-Type": 'multipart/related; type="application/dicom"; boundary=b'})
+
+        # (a Response is falsy for 4xx: until() gets it in a tuple)
+        (r,) = until(lambda: (x := probe()).status_code == 429 and (x,), 30,
+                     "a 429 while four uploads are held open")
+        assert "max_uploads_per_user = 4" in r.json()["message"]
+    finally:
+        for s in held:
+            s.close()
+    until(lambda: probe().status_code != 429, 30, "the upload slots to come back")
+
+
 # -- the parsers under hypothesis: no 5xx ----------------------------------------
 _TEXT = hs.text(hs.characters(min_codepoint=32, max_codepoint=0x4E2D,
                               blacklist_categories=("Cs",)), max_size=60)
