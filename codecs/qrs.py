@@ -57,6 +57,10 @@ MWI_S = 0.15
 REFRACTORY_S = 0.2
 #: A candidate within this time of the last beat with half its slope is a T wave.
 T_WAVE_S = 0.36
+#: ...or within the longest plausible QT at the current rate, whichever is longer:
+#: Bazett's QT = QTc * sqrt(RR) with QTc = 0.5 s, the limit of pathological
+#: prolongation (a T wave ends by then; a beat this close is premature and steep).
+QTC_MAX_S = 0.5
 #: Gap fill: a hidden beat is this steep relative to the detected beats' median...
 GAP_REL = 0.3
 #: ...and this steep relative to the median slope of the 2.5-s block around it.
@@ -255,7 +259,12 @@ def _pt_decide_py(mwi: np.ndarray, slope: np.ndarray, cand: np.ndarray, fs: floa
             for k in range(lo, min(n, p + sw + 1)):
                 if slope[k] > s:
                     s = slope[k]
-            if last >= 0 and p - last < twin and s < 0.5 * last_slope:
+            tw = twin
+            if rr_avg > 0.0:
+                qt = QTC_MAX_S * fs * (rr_avg / fs) ** 0.5
+                if qt > tw:
+                    tw = int(qt)
+            if last >= 0 and p - last < tw and s < 0.5 * last_slope:
                 npk = 0.125 * v + 0.875 * npk
             else:
                 out[nq] = p

@@ -19,6 +19,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,8 @@ def next_hop(cfg: Any, destination: str) -> str | None:
 
 def record_received(store: Store, manifest: dict[str, Any], node_name: str,
                     now: float | None = None, instances: list[str] | None = None,
-                    sender: str | None = None) -> str | None:
+                    sender: str | None = None,
+                    trusted: Mapping[str, Any] | None = None) -> str | None:
     """Note a case that arrived in a bundle (idempotent: a re-sent bundle changes nothing).
 
     ``sender`` is the node that authenticated the upload: it, not the manifest's
@@ -212,7 +214,8 @@ def record_received(store: Store, manifest: dict[str, Any], node_name: str,
         foreign = case.get("audit")
         if isinstance(foreign, list) and foreign and state == "received":
             try:
-                ledger.import_events(store, foreign, via=str(case.get("sender")))
+                ledger.import_events(store, foreign, via=str(case.get("sender")),
+                                     trusted=trusted)
             except ledger.ForeignEventError as exc:  # history is best effort, logged
                 log.warning("case %s: audit events not imported: %s", case["case_id"], exc)
     att = case.get("attestation")
@@ -236,9 +239,21 @@ def enqueue_release(store: Store, rel: Released, hop: str, now: float) -> None:
                       rel.bundle_bytes, now + 1e-6)
 
 
-def _service_of(sop_classes: list[str]) -> str:
-    return "ecg" if sop_classes and all(c.startswith(ECG_SOP_PREFIX) for c in sop_classes) \
-        else "imaging"
+# Objects an ECG cart sends along with its waveforms (its own printout as a PDF,
+# its measurements as an SR): they do not make an ECG study an imaging one.
+ECG_ATTACHMENTS = frozenset({
+    "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF
+    "1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.1.88.22",  # Basic/Enhanced SR
+    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+})
+
+
+def service_of(sop_classes: list[str]) -> str:
+    """ecg when the study holds ECG waveforms and nothing but their attachments."""
+    waveforms = [c for c in sop_classes if c.startswith(ECG_SOP_PREFIX)]
+    others = [c for c in sop_classes if not c.startswith(ECG_SOP_PREFIX)
+              and c not in ECG_ATTACHMENTS]
+    return "ecg" if waveforms and not others else "imaging"
 
 
 def release(store: Store, study_instance_uid: str, *, destination: str, priority: str = "routine",
@@ -282,7 +297,7 @@ def release(store: Store, study_instance_uid: str, *, destination: str, priority
         (study_instance_uid, destination))
     kind = "addendum" if parent else "case"
     parent_id = parent["case_id"] if parent else None
-    service = service or _service_of([r["sop_class_uid"] for r in rows])
+    service = service or service_of([r["sop_class_uid"] for r in rows])
     case_id = uuid.uuid4().hex
     bundle_id = uuid.uuid4().hex
     case_meta = {

@@ -78,7 +78,11 @@ def _verify(args: argparse.Namespace) -> int:
             pub = load_public(cfg.resolve(cfg.keys.public_key))
         except LocalError as exc:
             key_note = f"node key not loaded, signed head not checked: {exc}"
-        res = ledger.verify(store, public_key=pub)
+        from fenji.gateway.reading import trusted_centers
+
+        # Foreign events must carry their author's signature, checked with the
+        # keys this node's config vouches for (peers, known nodes).
+        res = ledger.verify(store, public_key=pub, trusted=trusted_centers(cfg))
     if key_note:
         res.notes.append(key_note)
     if args.json:

@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     r = qsub.add_parser("retry", help="put a dead-lettered job back in the queue")
     r.add_argument("job_id", type=int, metavar="JOB")
     r.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
+    r.add_argument("--operator", default=None,
+                   help="who retries it, for the audit ledger (default: the login name)")
     r.set_defaults(func=_retry)
 
 
@@ -101,11 +103,23 @@ def _pause(args: argparse.Namespace) -> int:
 
 
 def _retry(args: argparse.Namespace) -> int:
+    import getpass
+
+    from fenji.gateway import ledger
     from fenji.routing.outbox_db import OutboxError, requeue_dead
 
+    cfg = config_mod.load(args.config)
     store = _open(args)
     try:
-        requeue_dead(store, args.job_id, time.time())
+        job = store.query_one("SELECT * FROM outbox WHERE job_id = ?", (args.job_id,))
+        now = time.time()
+        requeue_dead(store, args.job_id, now)
+        assert job is not None  # requeue_dead refuses an unknown job
+        ledger.record(store, "retried", node=cfg.node.name,
+                      actor=args.operator or getpass.getuser(), role="operator",
+                      obj=str(job["bundle_id"]), case_id=str(job["case_id"]), at=now,
+                      detail={"destination": job["destination"], "job": args.job_id,
+                              "last_error": str(job["last_error"] or "")[:500]})
     except OutboxError as exc:
         print(f"fenji queue: {exc}", file=sys.stderr)
         return 1

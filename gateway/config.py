@@ -62,6 +62,10 @@ class DicomSection:
     allow_ae: tuple[str, ...] = ()
     # Optional source addresses allowed to connect (empty: any address).
     allow_hosts: tuple[str, ...] = ()
+    # Refuse an association addressed to another called AE title: a modality
+    # configured with a typo ("FENJ") must fail at set-up, not send into a
+    # node that believes it was meant for it (PS3.8 7.1.1.6).
+    require_called_aet: bool = True
     # Receiving processes sharing the port (SO_REUSEPORT): Python SCPs are
     # GIL-bound, so several modalities at once need several processes.
     # 0 means one per CPU core.

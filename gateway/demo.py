@@ -255,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         relay.add_peer(center, default=True, url=f"http://127.0.0.1:{down.port}")
         center.add_peer(relay, default=True)  # reports go back down through the relay
         edge.add_known_node(center)  # to check the center's endorsement of its readers
+        # The center keeps the township's history only as signed by the township:
+        # it needs the edge's key (the relay forwards, it cannot vouch for it).
+        center.add_known_node(edge)
+        relay.add_known_node(center)
         for n in nodes:
             n.start()
         print(f"[1/8] nodes up: township-edge (DICOM :{edge.dicom_port}) --{args.uplink}--> "

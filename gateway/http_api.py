@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 STORE = web.AppKey("store", Store)
 CONFIG = web.AppKey("config", Config)
 ON_RELEASE = web.AppKey("on_release", object)
+LIVE_CONFIG = web.AppKey("live_config", list)  # [Config]: the one reload_peers swaps
 
 
 def _error(status: int, err: str, message: str) -> web.Response:
@@ -241,8 +242,11 @@ def _forward_or_keep(cfg: Config, store: Store, receipt: dict[str, Any],
 
         reading.report_arrived(store, cfg, manifest, uids)
         return False
+    from fenji.gateway.reading import trusted_centers
+
     state = cases_mod.record_received(store, manifest, cfg.node.name, instances=uids,
-                                      sender=str(receipt["sender"]))
+                                      sender=str(receipt["sender"]),
+                                      trusted=trusted_centers(cfg))
     if state == "received" and cfg.egress and uids:
         from fenji.routing.egress import enqueue_case
 
@@ -308,22 +312,24 @@ def build_app(cfg: Config, store: Store,
     from fenji.gateway import dicomweb
 
     dicomweb.add_routes(app, cfg, store)
-    if cfg.peers:
-        from fenji.routing.transfer_server import ReceiverContext, add_routes
+    # Always: a node that lists no peer yet refuses uploads saying how to pair.
+    from fenji.routing.transfer_server import ReceiverContext, add_routes
 
-        def on_delivered(receipt: dict[str, Any], manifest: dict[str, Any], part: Path) -> bool:
-            return _forward_or_keep(cfg, store, receipt, manifest, part, wake)
+    live = app[LIVE_CONFIG] = [cfg]  # [[peers]] reload without a restart (reload_peers)
 
-        peers = {p.name: public_from_config(p.public_key, cfg.data_dir) for p in cfg.peers}
-        ctx = ReceiverContext(store=store, node_name=cfg.node.name,
-                              key=load_private(cfg.resolve(cfg.keys.private_key)), peers=peers,
-                              upload_dir=store.root / "uploads",
-                              max_clock_skew_s=cfg.transfer.max_clock_skew_s,
-                              require_tls=cfg.http.tls,
-                              max_uploads_per_peer=cfg.limits.max_uploads_per_peer,
-                              max_preview_pixels=cfg.limits.max_preview_pixels,
-                              limits=ingest.Limits.of(cfg), on_delivered=on_delivered)
-        add_routes(app, ctx)
+    def on_delivered(receipt: dict[str, Any], manifest: dict[str, Any], part: Path) -> bool:
+        return _forward_or_keep(live[0], store, receipt, manifest, part, wake)
+
+    peers = {p.name: public_from_config(p.public_key, cfg.data_dir) for p in cfg.peers}
+    ctx = ReceiverContext(store=store, node_name=cfg.node.name,
+                          key=load_private(cfg.resolve(cfg.keys.private_key)), peers=peers,
+                          upload_dir=store.root / "uploads",
+                          max_clock_skew_s=cfg.transfer.max_clock_skew_s,
+                          require_tls=cfg.http.tls,
+                          max_uploads_per_peer=cfg.limits.max_uploads_per_peer,
+                          max_preview_pixels=cfg.limits.max_preview_pixels,
+                          limits=ingest.Limits.of(cfg), on_delivered=on_delivered)
+    add_routes(app, ctx)
     return app
 
 
@@ -429,6 +435,7 @@ class HttpService:
             ssl_ctx = server_ssl_context(self.cfg.resolve(k.certificate),
                                          self.cfg.resolve(k.private_key),
                                          [self.cfg.resolve(p.cert) for p in self.cfg.peers])
+        self._ssl_ctx = ssl_ctx
         site = web.TCPSite(self._runner, self.cfg.http.host, self.cfg.http.port,
                            reuse_address=True, ssl_context=ssl_ctx)
         await site.start()
@@ -442,6 +449,38 @@ class HttpService:
                                    reuse_address=True)
             await web_site.start()
             log.info("web listening host=%s port=%d", self.cfg.web.host, self.cfg.web.port)
+
+    def reload_peers(self, cfg: Config) -> None:
+        """Take a changed ``[[peers]]`` list without a restart (SIGHUP, ``fenji peer add``):
+        the receiver's known keys, pinned certificates and the sender's routes."""
+        self.loop.call_soon_threadsafe(self._reload_peers, cfg)
+
+    def _reload_peers(self, cfg: Config) -> None:
+        from fenji.routing.transfer_server import CTX
+
+        keys = {p.name: public_from_config(p.public_key, cfg.data_dir) for p in cfg.peers}
+        ctx = self.app.get(CTX)
+        if ctx is not None:
+            ctx.peers.clear()
+            ctx.peers.update(keys)
+        ssl_ctx = getattr(self, "_ssl_ctx", None)
+        if ssl_ctx is not None:
+            for p in cfg.peers:
+                if p.cert:
+                    ssl_ctx.load_verify_locations(cafile=str(cfg.resolve(p.cert)))
+        self.cfg = cfg
+        self.app[LIVE_CONFIG][0] = cfg
+        if self.sender is not None:
+            self.sender.cfg = cfg
+            self.sender.peer_keys = dict(keys)
+            self.sender.wake.set()
+        elif cfg.peers:
+            from fenji.routing.sender import SenderLoop
+
+            self.sender = SenderLoop(cfg, self.store)
+            self._stop_sender = asyncio.Event()
+            self._sender_task = asyncio.create_task(self.sender.run(self._stop_sender))
+        log.info("peers reloaded: %s", ", ".join(sorted(keys)) or "none")
 
     def stop(self) -> None:
         if self._runner is None:

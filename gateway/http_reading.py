@@ -83,6 +83,27 @@ async def post_report(request: web.Request) -> web.Response:
     return _report_response(request, row)
 
 
+async def get_drafts(request: web.Request) -> web.Response:
+    cfg, store = _app(request)
+    require(request, "reader", "operator", action="see report drafts")
+    rows = await asyncio.to_thread(reading.drafts_of, store, request.match_info["case_id"])
+    return web.json_response(rows)
+
+
+async def post_confirm_draft(request: web.Request) -> web.Response:
+    """The reader signs a draft their workstation sent by DICOM (a person's act)."""
+    cfg, store = _app(request)
+    user = require(request, "reader", action="sign reports")
+    body = await _json(request) if request.can_read_body else {}
+    critical = body.get("critical", False)
+    if not isinstance(critical, bool):
+        raise web.HTTPBadRequest(text=f"critical = {critical!r} is not true or false")
+    row = await asyncio.to_thread(reading.confirm_draft, store, cfg,
+                                  request.match_info["case_id"], request.match_info["sop"],
+                                  user, critical=critical)
+    return _report_response(request, row)
+
+
 def _report_response(request: web.Request, row: dict[str, Any]) -> web.Response:
     wake = request.app.get(WAKE)
     if callable(wake):
@@ -163,6 +184,8 @@ def add_routes(app: web.Application, wake: Any = None) -> None:
     app.router.add_post("/api/worklist/{case_id}/claim", post_claim)
     app.router.add_delete("/api/worklist/{case_id}/claim", delete_claim)
     app.router.add_post("/api/cases/{case_id}/reports", post_report)
+    app.router.add_get("/api/cases/{case_id}/drafts", get_drafts)
+    app.router.add_post("/api/cases/{case_id}/drafts/{sop}/confirm", post_confirm_draft)
     app.router.add_get("/api/cases/{case_id}/reports", get_reports)
     app.router.add_post("/api/cases/{case_id}/ack", post_ack)
     app.router.add_post("/api/cases/{case_id}/override", post_override)

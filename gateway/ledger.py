@@ -53,9 +53,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import sqlite3
 import time
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +69,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from fenji.gateway.errors import LocalError, PeerError
 from fenji.gateway.keys import canonical_json, fingerprint, sign
 from fenji.gateway.keys import verify as verify_signature
+
+log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 HEAD_TYPE = "fenji-audit-head"
@@ -83,9 +87,12 @@ KINDS: dict[str, str] = {
     "arrived": "a bundle was received and verified at this node (receipt signed)",
     "forwarded": "a relay queued a bundle onward",
     "receipt": "the sender kept the receiver's signed receipt",
+    "dead_lettered": "the sender gave up on a bundle (why: the last error)",
+    "retried": "an operator put a dead-lettered bundle back in the queue",
     "claimed": "a reader claimed a case",
     "unclaimed": "a claim was released or expired",
     "opened": "patient data was read (who, what, how, from where)",
+    "report_draft": "a workstation sent a report object by DICOM: a draft until its reader signs",
     "reported": "a reader signed a report",
     "amended": "a reader signed an amendment superseding an earlier report",
     "report_arrived": "a signed report arrived back at the edge",
@@ -176,6 +183,10 @@ class ConflictingEvent(ForeignEventError):
     """A foreign event claims a (node, seq) already held with a different hash."""
 
 
+class ForgedEvent(ForeignEventError):
+    """A foreign event is not signed by the node it names (or by no trusted key)."""
+
+
 # ---------------------------------------------------------------------------
 # Hashing and appending
 # ---------------------------------------------------------------------------
@@ -241,6 +252,12 @@ def ensure_tables(store: Any) -> None:
             for stmt in _EXTRA_SQL.split(";"):
                 if stmt.strip():
                     con.execute(stmt)
+    # Foreign events carry the signature of the node that wrote them (its node
+    # key over the event hash); stores from before that get the column here.
+    cols = {r["name"] for r in store.query("PRAGMA table_info(audit_foreign)")}
+    if "sig" not in cols:
+        with store.atomic() as con:
+            con.execute("ALTER TABLE audit_foreign ADD COLUMN sig TEXT")
     with contextlib.suppress(TypeError):
         _ready.add(store)
 
@@ -325,13 +342,24 @@ def events(store: Any, *, case_id: str | None = None,
 # Cross-node history
 # ---------------------------------------------------------------------------
 
-def _wire(e: dict[str, Any]) -> dict[str, Any]:
-    """An event as it travels: the hashed fields plus its hash."""
+def _wire(e: dict[str, Any], sig: str | None = None) -> dict[str, Any]:
+    """An event as it travels: the hashed fields, its hash and its author's signature."""
     out = {k: e[k] for k in FIELDS}
     out["hash"] = e["hash"]
     if isinstance(out["detail"], str):
         out["detail"] = json.loads(out["detail"] or "{}")
+    if sig:
+        out["sig"] = sig
     return out
+
+
+def event_signature(key: Ed25519PrivateKey, event_hash_hex: str) -> str:
+    """The author node's signature over an event's hash (what a receiver verifies)."""
+    return sign(key, f"fenji-audit-event:{event_hash_hex}".encode())
+
+
+def event_signed_by(pub: Ed25519PublicKey, event_hash_hex: str, sig: str) -> bool:
+    return verify_signature(pub, f"fenji-audit-event:{event_hash_hex}".encode(), sig)
 
 
 def foreign_events(store: Any, *, case_id: str | None = None,
@@ -357,8 +385,10 @@ def export_case(store: Any, case_id: str) -> list[dict[str, Any]]:
     detail, prev_hash, hash}``, JSON-able; the receiver checks every hash
     (:func:`import_events`).
     """
-    own = [_wire(e) for e in events(store, case_id=case_id)]
-    held = [_wire(e) for e in foreign_events(store, case_id=case_id)]
+    signer = _signer_of(store)
+    own = [_wire(e, event_signature(signer.key, e["hash"]) if signer else None)
+           for e in events(store, case_id=case_id)]
+    held = [_wire(e, e.get("sig")) for e in foreign_events(store, case_id=case_id)]
     return sorted(own + held, key=lambda e: (e["at"], e["node"], e["seq"]))
 
 
@@ -393,7 +423,8 @@ def _describe(e: dict[str, Any]) -> str:
 
 
 def import_events(store: Any, events_in: list[dict[str, Any]], *, via: str,
-                  now: float | None = None) -> int:
+                  now: float | None = None,
+                  trusted: Mapping[str, Ed25519PublicKey] | None = None) -> int:
     """Keep other nodes' events (from a bundle or report manifest); returns how many were new.
 
     Idempotent: an event already held (same node, seq and hash) or one of this
@@ -435,6 +466,27 @@ def import_events(store: Any, events_in: list[dict[str, Any]], *, via: str,
             conflicts.append((e, theirs))
         elif theirs is None:
             fresh[(e["node"], e["seq"])] = e
+    if trusted is not None:
+        # Only what its author signed is kept: an event a relay (or anyone) made
+        # up in another node's name is refused, and one by a node this node has
+        # no key for cannot be checked, so it is left out (and said so).
+        forged, unknown = [], []
+        for key, e in list(fresh.items()):
+            pub = trusted.get(e["node"])
+            if pub is None:
+                unknown.append(e)
+                del fresh[key]
+            elif not (isinstance(e.get("sig"), str) and event_signed_by(pub, e["hash"], e["sig"])):
+                forged.append(e)
+        if forged:
+            raise ForgedEvent(
+                f"{len(forged)} audit event(s) from {via} are not signed by the node they "
+                "name: " + "; ".join(f"event {_name(e)} ({_describe(e)})" for e in forged[:5]),
+                [_name(e) for e in forged])
+        if unknown:
+            log.warning("audit events from %s left out: no key for node(s) %s (add them as "
+                        "[[known_nodes]] to keep their history)", via,
+                        ", ".join(sorted({str(e["node"]) for e in unknown})))
     if conflicts:
         raise ConflictingEvent(
             f"{len(conflicts)} audit event(s) from {via} contradict events held: " + "; ".join(
@@ -447,11 +499,11 @@ def import_events(store: Any, events_in: list[dict[str, Any]], *, via: str,
         for e in fresh.values():
             n += con.execute(
                 "INSERT OR IGNORE INTO audit_foreign(node, seq, at, kind, actor, role, object, "
-                "case_id, detail, prev_hash, hash, via, imported_at) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "case_id, detail, prev_hash, hash, via, imported_at, sig) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (e["node"], e["seq"], e["at"], e["kind"], e["actor"], e["role"], e["object"],
                  e["case_id"], _detail_text(e["detail"]), e["prev_hash"], e["hash"], via,
-                 now)).rowcount
+                 now, e.get("sig") if isinstance(e.get("sig"), str) else None)).rowcount
     return n
 
 
@@ -698,9 +750,21 @@ def _check_head(rows: list[dict[str, Any]], head: dict[str, Any] | None,
             "process that did not call ledger.set_signer", head["seq"] + 1, head["node"]))
 
 
-def _check_foreign(rows: list[dict[str, Any]], problems: list[Problem]) -> None:
+def _check_foreign(rows: list[dict[str, Any]], problems: list[Problem],
+                   trusted: Mapping[str, Ed25519PublicKey] | None = None) -> None:
     by_pos = {(r["node"], r["seq"]): r for r in rows}
     for r in rows:
+        if trusted is not None:
+            pub = trusted.get(r["node"])
+            if pub is None:
+                problems.append(Problem(
+                    "foreign", f"foreign event {_name(r)} ({_describe(r)}, via {r['via']}): "
+                    f"no key for node {r['node']} to check its signature", None, r["node"]))
+            elif not (r.get("sig") and event_signed_by(pub, r["hash"], r["sig"])):
+                problems.append(Problem(
+                    "foreign", f"foreign event {_name(r)} ({_describe(r)}, via {r['via']}) is "
+                    f"{'not signed' if not r.get('sig') else 'not signed by'} node "
+                    f"{r['node']}'s key: forged or unverifiable", None, r["node"]))
         got = event_hash(r)
         if got != r["hash"]:
             problems.append(Problem(
@@ -716,7 +780,8 @@ def _check_foreign(rows: list[dict[str, Any]], problems: list[Problem]) -> None:
 
 
 def verify(store: Any, *, public_key: Ed25519PublicKey | None = None,
-           require_head: bool | None = None) -> VerifyResult:
+           require_head: bool | None = None,
+           trusted: Mapping[str, Ed25519PublicKey] | None = None) -> VerifyResult:
     """Walk the chain and name every problem: edited, inserted, deleted, truncated events.
 
     ``public_key``: the node's own key, to check the signed head with; without
@@ -745,5 +810,5 @@ def verify(store: Any, *, public_key: Ed25519PublicKey | None = None,
     result = VerifyResult(_check_chain(rows), n_events=len(rows), n_foreign=len(foreign),
                           last_seq=rows[-1]["seq"] if rows else None, head=head)
     _check_head(rows, head, public_key, require_head, result)
-    _check_foreign(foreign, result.problems)
+    _check_foreign(foreign, result.problems, trusted)
     return result

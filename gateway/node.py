@@ -308,6 +308,7 @@ def _run_locked(cfg: Config, verbose: int) -> int:
         log.debug("http start failed", exc_info=True)
         raise StartupError(f"http.port {cfg.http.port} on {cfg.http.host}: "
                            f"{exc.strerror or exc}") from None
+    signal.signal(signal.SIGHUP, lambda *_: _reload_peers(cfg, http))
     watcher = None
     if cfg.ingest.watch_dir:
         from fenji.gateway.ecg_ingest import FolderWatcher
@@ -325,6 +326,20 @@ def _run_locked(cfg: Config, verbose: int) -> int:
             watcher.stop()
         http.stop()
         http_store.close()
+
+
+def _reload_peers(cfg: Config, http: Any) -> None:
+    """SIGHUP: read the config again and take its [[peers]] (``fenji peer add`` sends it).
+    Other changes need a restart; a config that no longer loads changes nothing."""
+    from fenji.gateway import config as config_mod
+    from fenji.gateway.errors import FenjiError
+
+    try:
+        new = config_mod.load(cfg.source or "")
+    except FenjiError as exc:
+        log.error("SIGHUP: config not reloaded, it has errors: %s", exc)
+        return
+    http.reload_peers(new)
 
 
 def _run_dicom(cfg: Config, n: int, stop: threading.Event, verbose: int, run_file: Path) -> int:

@@ -536,7 +536,8 @@ def report_arrived(store: Store, cfg: Config, manifest: dict[str, Any], uids: li
     foreign = meta.get("audit")
     if isinstance(foreign, list):
         try:
-            ledger.import_events(store, foreign, via=str(meta.get("sender")))
+            ledger.import_events(store, foreign, via=str(meta.get("sender")),
+                                 trusted=trusted_centers(cfg))
         except ledger.ForeignEventError as exc:  # history is kept best effort, logged
             log.warning("report %s: audit events not imported: %s", rid, exc)
     if verified:
@@ -682,16 +683,10 @@ def worklist_case_for_study(store: Store, study: str, user: User) -> str | None:
     return str(row["case_id"]) if row else None
 
 
-def report_from_viewer(store: Store, cfg: Config, user: User, data: bytes,
-                       case_id: str | None = None, *, critical: bool = False,
-                       amendment_reason: str | None = None) -> dict[str, Any]:
-    """A reader's viewer sent a DICOM SR or encapsulated PDF for a study: sign it as the report.
-
-    The viewer's object is parsed for its text (SR) or kept as the report's PDF
-    (encapsulated PDF); the report is then signed and sent exactly like one typed
-    into the API, so the signature still binds it to the case's manifest and
-    attestation.  The viewer's own object is kept in the store as received.
-    """
+def _viewer_text(store: Store, cfg: Config, user: User, data: bytes, case_id: str | None,
+                 amendment_reason: str | None) -> tuple[str, str, str, dict[str, Any]]:
+    """Parse a viewer's SR/PDF and check the reader may sign it now:
+    (case_id, findings, impression, parsed).  Raises before anything is stored."""
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
@@ -718,13 +713,96 @@ def report_from_viewer(store: Store, cfg: Config, user: User, data: bytes,
     if not findings.strip() and not impression.strip():
         raise ReadingError(f"the viewer's {('SR' if parsed.get('pdf_bytes') is None else 'PDF')}"
                            f" {parsed.get('sop_instance_uid') or '?'} holds no report text")
-    # Checked before the viewer's object is kept: a refused report stores nothing.
     may_sign(store, cfg, case_id, user, amendment_reason=amendment_reason)
+    return case_id, findings, impression, parsed
+
+
+def report_from_viewer(store: Store, cfg: Config, user: User, data: bytes,
+                       case_id: str | None = None, *, critical: bool = False,
+                       amendment_reason: str | None = None) -> dict[str, Any]:
+    """A reader's viewer sent a DICOM SR or encapsulated PDF for a study: sign it as the report.
+
+    Only for a reader authenticated as a person (STOW-RS or the API with their
+    token, or a draft they confirm).  The viewer's object is parsed for its text
+    (SR) or kept as the report's PDF (encapsulated PDF); the report is then
+    signed and sent exactly like one typed into the API, so the signature still
+    binds it to the case's manifest and attestation.  The viewer's own object is
+    kept in the store as received.
+    """
+    case_id, findings, impression, parsed = _viewer_text(store, cfg, user, data, case_id,
+                                                         amendment_reason)
+    # Checked before the viewer's object is kept: a refused report stores nothing.
     _put(store, cfg, data, f"viewer:{user.name}")
     return submit_report(store, cfg, case_id, user, findings=findings, impression=impression,
                          critical=critical or bool(parsed.get("critical")),
                          amendment_reason=amendment_reason,
                          pdf_from_viewer=parsed.get("pdf_bytes"))
+
+
+def viewer_report_draft(store: Store, cfg: Config, user: User | None, data: bytes, *,
+                        sop_class_uid: str, study_instance_uid: str, sop_instance_uid: str,
+                        calling_ae: str, peer: str | None) -> dict[str, Any] | None:
+    """A reading workstation C-STOREd an SR/PDF for a worklist study: keep it as a DRAFT.
+
+    Over plain DICOM the calling AE title is a label anyone can type, not a
+    credential: the object is stored and put on the worklist as a draft for the
+    reader the AE is mapped to, unsigned, until that reader confirms it as a
+    signed act with their own credentials (:func:`confirm_draft`).  The same
+    refusals as for a signed report apply first (not claimed, other service).
+    ``None``: not a report (stored as an ordinary instance).
+    """
+    if (cfg.node.role != "center" or user is None or user.role != "reader"
+            or sop_class_uid not in VIEWER_REPORT_CLASSES):
+        return None
+    case_id = worklist_case_for_study(store, study_instance_uid, user)
+    if case_id is None:
+        return None
+    from pydicom import dcmread
+
+    from fenji.gateway import reports
+
+    if reports.has_signed_block(dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)):
+        return None
+    case_id, _, _, _ = _viewer_text(store, cfg, user, data, case_id, None)
+    _put(store, cfg, data, f"dimse:{calling_ae}")
+    now = time.time()
+    with store.atomic() as con:
+        con.execute("INSERT OR IGNORE INTO report_drafts(sop_instance_uid, case_id, reader, "
+                    "calling_ae, peer_address, received_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (sop_instance_uid, case_id, user.name, calling_ae, peer, now))
+        ledger.record(store, "report_draft", node=cfg.node.name, actor=calling_ae,
+                      role="workstation", obj=sop_instance_uid, case_id=case_id,
+                      detail={"for_reader": user.name, "from": peer}, con=con, at=now)
+    return {"draft": sop_instance_uid, "case_id": case_id, "reader": user.name}
+
+
+def drafts_of(store: Store, case_id: str) -> list[dict[str, Any]]:
+    return store.query("SELECT * FROM report_drafts WHERE case_id = ? ORDER BY received_at",
+                       (case_id,))
+
+
+def confirm_draft(store: Store, cfg: Config, case_id: str, sop_instance_uid: str, user: User,
+                  *, critical: bool = False) -> dict[str, Any]:
+    """The reader confirms a draft from their workstation: now it is signed, by them."""
+    draft = store.query_one("SELECT * FROM report_drafts WHERE case_id = ? AND "
+                            "sop_instance_uid = ?", (case_id, sop_instance_uid))
+    if draft is None:
+        raise NotFound(f"no report draft {sop_instance_uid} on case {case_id}")
+    if draft["reader"] != user.name:
+        raise Forbidden(f"the draft {sop_instance_uid} was sent for {draft['reader']}, not "
+                        f"{user.name}: only they can sign it")
+    if draft["report_id"]:
+        raise ReadingError(f"draft {sop_instance_uid} was already signed as report "
+                           f"{draft['report_id']}")
+    inst = store.get_instance(sop_instance_uid)
+    if inst is None:
+        raise NotFound(f"draft {sop_instance_uid} is no longer in the store")
+    row = report_from_viewer(store, cfg, user, store.read_blob(inst["sha256"]), case_id,
+                             critical=critical)
+    with store.atomic() as con:
+        con.execute("UPDATE report_drafts SET report_id = ?, confirmed_at = ? WHERE "
+                    "sop_instance_uid = ?", (row["report_id"], time.time(), sop_instance_uid))
+    return row
 
 
 # Text reports a viewer may send (not key-object selections or dose reports).

@@ -167,6 +167,7 @@ class DicomService:
         ae.dimse_timeout = d.dimse_timeout_s
         if "*" not in d.allow_ae:
             ae.require_calling_aet = list(d.allow_ae)
+        ae.require_called_aet = d.require_called_aet
         ts = list(ACCEPTED_TRANSFER_SYNTAXES)
         seen = set()
         # Storage classes accept the SCP/SCU role swap a C-GET requestor proposes
@@ -260,10 +261,24 @@ class DicomService:
         log.debug("assoc=%d peer=%s calling=%s accepted", s.assoc_id, s.peer, s.calling)
 
     def _on_rejected(self, event: Any) -> None:
+        """One line saying which check refused the association (PS3.8 7.1.1.9)."""
         r = event.assoc.requestor
-        log.warning("assoc=- peer=%s calling=%s called=%s outcome=rejected "
-                    "reason=calling-ae-not-allowed-or-limit", r.address,
-                    str(r.ae_title).strip(), str(event.assoc.acceptor.ae_title).strip())
+        rq = r.primitive
+        calling = str(getattr(rq, "calling_ae_title", r.ae_title) or "").strip()
+        called = str(getattr(rq, "called_ae_title", "") or "").strip()
+        ae = self.ae
+        if ae.require_calling_aet and calling not in [a.strip() for a in
+                                                      ae.require_calling_aet]:
+            reason = "calling-ae-not-allowed (dicom.allow_ae)"
+        elif ae.require_called_aet and called != self.cfg.dicom.ae_title.strip():
+            reason = f"called-ae-is-not-ours (we are {self.cfg.dicom.ae_title})"
+        elif len([a for a in ae.active_associations if a.is_acceptor]) > \
+                ae.maximum_associations:
+            reason = "association-limit (dicom.max_associations)"
+        else:
+            reason = "refused"
+        log.warning("assoc=- peer=%s calling=%s called=%s outcome=rejected reason=%s",
+                    r.address, _safe(calling), _safe(called), reason)
 
     def _on_closed(self, event: Any, outcome: str) -> None:
         s = self._stats.pop(id(event.assoc), None)
@@ -354,9 +369,12 @@ class DicomService:
         from fenji.gateway.auth import User
 
         try:
-            report = reading.viewer_report_if_any(
+            # An AE title proves nothing: the object becomes a draft the reader
+            # must confirm with their own credentials, never a signed report.
+            report = reading.viewer_report_draft(
                 self.store, self.cfg, User.of(reader), checked.part10,
-                sop_class_uid=info.sop_class_uid, study_instance_uid=info.study_instance_uid)
+                sop_class_uid=info.sop_class_uid, study_instance_uid=info.study_instance_uid,
+                sop_instance_uid=info.sop_instance_uid, calling_ae=s.calling, peer=s.peer)
         except reading.ReadingError as exc:
             status = reading.refusal_status(exc)
             log.warning("assoc=%d calling=%s reader=%s report refused status=%s sop=%s "
@@ -365,10 +383,10 @@ class DicomService:
             return ingest.refused(str(exc), status, info)
         if report is None:
             return None
-        log.info("assoc=%d calling=%s reader=%s report=%s version=%s case=%s from viewer "
-                 "object sop=%s", s.assoc_id, s.calling, reader.name, report.get("report_id"),
-                 report.get("version"), report.get("case_id"), _safe(info.sop_instance_uid))
-        return ingest.handled(info, len(checked.part10), report_id=report.get("report_id"))
+        log.info("assoc=%d calling=%s reader=%s report draft case=%s sop=%s: waits for the "
+                 "reader to confirm and sign it", s.assoc_id, s.calling, reader.name,
+                 report.get("case_id"), _safe(info.sop_instance_uid))
+        return ingest.handled(info, len(checked.part10), draft=report.get("draft"))
 
 
 def _safe(text: str) -> str:

@@ -251,6 +251,20 @@ MIGRATIONS: list[tuple[int, str | Callable[[], str]]] = [
         at                 REAL NOT NULL
     );
     """),
+    # 10: reports from a workstation's AE title wait, unsigned, for the reader.
+    (10, """
+    CREATE TABLE report_drafts (
+        sop_instance_uid TEXT PRIMARY KEY,
+        case_id          TEXT NOT NULL,
+        reader           TEXT NOT NULL,
+        calling_ae       TEXT NOT NULL,
+        peer_address     TEXT,
+        received_at      REAL NOT NULL,
+        report_id        TEXT,
+        confirmed_at     REAL
+    );
+    CREATE INDEX report_drafts_case ON report_drafts(case_id);
+    """),
 ]
 
 

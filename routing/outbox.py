@@ -126,12 +126,14 @@ def backoff_s(attempts: int, policy: OutboxPolicy, rng: random.Random) -> float:
 
 def on_failure(attempts: int, created_at: float, now: float, reason: str, retryable: bool,
                policy: OutboxPolicy, rng: random.Random,
-               progressed: bool = False) -> Retry | DeadLetter:
+               progressed: bool = False, max_delay_s: float | None = None
+               ) -> Retry | DeadLetter:
     """Decide after a failed attempt; ``attempts`` includes this one.
 
     An attempt that moved bytes before it failed (a link that drops now and
     then) is retried after the base delay: backoff is for links that are down,
-    not for links that are merely flaky.
+    not for links that are merely flaky.  ``max_delay_s`` caps the delay (a
+    peer that does not know us yet is asked again soon after it is paired).
     """
     if not retryable:
         return DeadLetter(f"permanent failure: {reason}")
@@ -139,7 +141,8 @@ def on_failure(attempts: int, created_at: float, now: float, reason: str, retrya
         return DeadLetter(f"gave up after {attempts} attempts; last: {reason}")
     if now - created_at >= policy.max_age_s:
         return DeadLetter(f"gave up after {(now - created_at) / 3600:.1f} h; last: {reason}")
-    return Retry(now + backoff_s(1 if progressed else attempts, policy, rng))
+    delay = backoff_s(1 if progressed else attempts, policy, rng)
+    return Retry(now + (delay if max_delay_s is None else min(delay, max_delay_s)))
 
 
 def breaker_state(dest: dict[str, Any] | None, now: float) -> str:

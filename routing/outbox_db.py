@@ -102,7 +102,7 @@ def complete(store: Store, job_id: int, owner: str, now: float,
 
 def fail(store: Store, job_id: int, owner: str, error: str, now: float,
          policy: OutboxPolicy | None = None, rng: random.Random | None = None, *,
-         retryable: bool = True, progressed: bool = False
+         retryable: bool = True, progressed: bool = False, max_delay_s: float | None = None
          ) -> core.Retry | core.DeadLetter | core.LeaseLost:
     """Apply the core's decision after a failed attempt.
 
@@ -117,7 +117,7 @@ def fail(store: Store, job_id: int, owner: str, error: str, now: float,
             return core.LeaseLost(job["lease_owner"])
         attempts = int(job["attempts"]) + 1
         decision = core.on_failure(attempts, float(job["created_at"]), now, error, retryable,
-                                   pol, rnd, progressed)
+                                   pol, rnd, progressed, max_delay_s)
         if isinstance(decision, core.Retry):
             core.transition(job["state"], "retry")
             con.execute("UPDATE outbox SET state = 'queued', attempts = ?, next_attempt_at = ?, "
@@ -128,7 +128,8 @@ def fail(store: Store, job_id: int, owner: str, error: str, now: float,
             con.execute("UPDATE outbox SET state = 'dead', attempts = ?, lease_owner = NULL, "
                         "lease_until = NULL, last_error = ?, updated_at = ? WHERE job_id = ?",
                         (attempts, decision.reason[:2000], now, job_id))
-        _update_breaker(con, job["destination"], False, now, pol)
+        if max_delay_s is None:  # a peer that answered "who are you?" is up, not down
+            _update_breaker(con, job["destination"], False, now, pol)
         return decision
 
 

@@ -31,9 +31,10 @@ from fenji.gateway.config import Config
 from fenji.gateway.keys import load_private, public_from_config
 from fenji.gateway.store import Store
 from fenji.routing import outbox_db
-from fenji.routing.outbox import OutboxPolicy
+from fenji.routing.outbox import DeadLetter, OutboxPolicy
 from fenji.routing.shaping import LinkMeter, Pacer, parse_schedule
 from fenji.routing.transfer_client import (
+    WAITING_FOR_PEER_RETRY_S,
     ChunkSizer,
     Delivered,
     Sender,
@@ -80,6 +81,16 @@ def keep_receipt(store: Store, job: dict[str, Any], out: Delivered, now: float,
                      json.dumps(out.receipt, sort_keys=True), out.signature, out.signer, now))
         con.execute("UPDATE cases SET state = 'delivered', updated_at = ? WHERE case_id = ?",
                     (now, job["case_id"]))
+
+
+def note_dead(store: Store, job: dict[str, Any], reason: str, now: float, node: str) -> None:
+    """A dead-lettered bundle is an audit event: someone must see it and act."""
+    from fenji.gateway import ledger
+
+    ledger.record(store, "dead_lettered", node=node, actor=node, role="node",
+                  obj=job["bundle_id"], case_id=job["case_id"], at=now,
+                  detail={"destination": job["destination"], "job": job["job_id"],
+                          "reason": reason[:500]})
 
 
 def note_sent(store: Store, job: dict[str, Any], now: float, node: str,
@@ -221,6 +232,8 @@ class SenderLoop:
                       else f"bundle file {path} is missing")
             await asyncio.to_thread(outbox_db.fail, self.store, j["job_id"], self.owner,
                                     reason, self.clock(), self.policy, self.rng, retryable=False)
+            await asyncio.to_thread(note_dead, self.store, j, reason, self.clock(),
+                                    self.cfg.node.name)
             log.error("transfer job=%s case=%s dest=%s outcome=dead reason=%s", j["job_id"],
                       j["case_id"], dest, reason)
             return
@@ -253,9 +266,13 @@ class SenderLoop:
                                     meter=self.meters.setdefault(dest, LinkMeter()))
         except TransferError as exc:
             await asyncio.to_thread(self._save_meter, dest)
-            await asyncio.to_thread(outbox_db.fail, self.store, j["job_id"], self.owner,
-                                    str(exc), self.clock(), self.policy, self.rng,
-                                    retryable=exc.retryable, progressed=moved[0])
+            decision = await asyncio.to_thread(
+                outbox_db.fail, self.store, j["job_id"], self.owner, str(exc), self.clock(),
+                self.policy, self.rng, retryable=exc.retryable, progressed=moved[0],
+                max_delay_s=WAITING_FOR_PEER_RETRY_S if exc.waiting_for_peer else None)
+            if isinstance(decision, DeadLetter):
+                await asyncio.to_thread(note_dead, self.store, j, decision.reason, self.clock(),
+                                        self.cfg.node.name)
             log.warning("transfer job=%s case=%s dest=%s ms=%.0f outcome=failed reason=%s",
                         j["job_id"], j["case_id"], dest, (time.monotonic() - t0) * 1000, exc)
             return

@@ -30,15 +30,22 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from fenji.codecs.errors import PeerError
-from fenji.gateway.keys import canonical_json, sign, verify
+from fenji.gateway.keys import canonical_json, fingerprint, sign, verify
 from fenji.routing.shaping import LinkMeter
 from fenji.routing.transfer_server import auth_message
 
+# A peer that does not know this node yet is asked again at most this often.
+WAITING_FOR_PEER_RETRY_S = 30.0
+
 
 class TransferError(PeerError):
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    def __init__(self, message: str, *, retryable: bool = True,
+                 waiting_for_peer: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+        # The peer is up but does not list this node ([[peers]]): not a dead
+        # job, a pairing still to be done on the other side.
+        self.waiting_for_peer = waiting_for_peer
 
 
 @dataclass(frozen=True)
@@ -93,7 +100,14 @@ class Sender:
         """``extra`` plus ``Fenji-Auth``, signed for the node named ``receiver`` only."""
         ts = f"{time.time():.3f}"
         sig = sign(self.key, auth_message(method, path, ts, extra, receiver=receiver))
-        return {**extra, "Fenji-Auth": f"node={self.node_name};ts={ts};sig={sig}"}
+        # The public key travels too (unsigned, it proves nothing): a receiver that
+        # does not know this node yet logs its fingerprint for the pairing.
+        return {**extra, "Fenji-Auth": f"node={self.node_name};ts={ts};sig={sig}",
+                "Fenji-Key": self.public_hex}
+
+    @property
+    def public_hex(self) -> str:
+        return fingerprint(self.key.public_key())
 
 
 def _read_at(path: Path, offset: int, n: int) -> bytes:
@@ -129,7 +143,13 @@ async def send_bundle(session: aiohttp.ClientSession, base_url: str, sender: Sen
         async with session.post(base + path, headers=h, ssl=ssl) as resp:
             meter.rtt(time.monotonic() - r0)
             if resp.status not in (200, 201):
-                raise TransferError(f"create upload: {await _json_error(resp)}",
+                why = await _json_error(resp)
+                if resp.status == 404 or "unknown_node" in why:
+                    raise TransferError(f"waiting for peer: {base} does not know node "
+                                        f"{sender.node_name!r} yet ({why}); on that node run "
+                                        "`fenji peer add` with the line `fenji peer invite` "
+                                        "prints here", waiting_for_peer=True)
+                raise TransferError(f"create upload: {why}",
                                     retryable=resp.status >= 500 or resp.status == 429)
             location = resp.headers["Location"]
             offset = int(resp.headers["Upload-Offset"])

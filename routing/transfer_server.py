@@ -41,6 +41,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -115,14 +116,27 @@ class ReceiverContext:
 CTX = web.AppKey("fenji_receiver", ReceiverContext)
 
 
+def _unknown_node(request: web.Request, node: str) -> web.Response:
+    """Refuse a node this one does not list, saying how to pair them (the key it
+    presents is logged for comparison, never trusted)."""
+    key = request.headers.get("Fenji-Key", "")
+    shown = key[:64] if re.fullmatch(r"[0-9a-f]{64}", key) else "not sent"
+    safe = node.encode("unicode_escape").decode()[:64]
+    log.warning("transfer refused peer=%s node=%r reason=unknown-node key=%s: if this node "
+                "should send here, run on it `fenji peer invite`, check that its key is %s, "
+                "and run here `fenji peer add LINE`", request.remote, safe, shown, shown)
+    return error(403, "unknown_node", f"node {safe!r} is not a configured peer of this node; "
+                                      "pair them: `fenji peer invite` there, "
+                                      "`fenji peer add LINE` here")
+
+
 def _authenticate(ctx: ReceiverContext, request: web.Request) -> str | web.Response:
     raw = request.headers.get("Fenji-Auth", "")
     fields = dict(p.split("=", 1) for p in raw.split(";") if "=" in p)
     node, ts, sig = fields.get("node", ""), fields.get("ts", ""), fields.get("sig", "")
     pub = ctx.peers.get(node)
     if pub is None:
-        log.warning("transfer refused peer=%s node=%r reason=unknown-node", request.remote, node)
-        return error(403, "unknown_node", f"node {node!r} is not a configured peer")
+        return _unknown_node(request, node)
     try:
         sent_at = float(ts)
     except ValueError:

@@ -4,7 +4,8 @@ AAMI EC57 conventions: +-150 ms match window, only beat symbols kept (README lis
 ventricular flutter episodes ([ ... ]) left out, paced records 107 and 217
 reported on their own.  MIT-BIH uses the first lead (MLII), as single-lead
 detectors are usually compared; CPSC 2021 (2-lead Holter) uses both leads with
-the per-window lead choice; CPSC 2019 drops 0.5 s at each end as its scorer did.
+the per-window lead choice; CPSC 2019 is scored as its challenge did (+-75 ms,
+0.5 s dropped at each end).
 
 The per-record table is printed and written to ``$FENJI_REPORT_DIR`` (default:
 pytest's temporary directory) as ``qrs_databases.json``.
@@ -45,7 +46,9 @@ def score_record(path: Path, db: str) -> dict:
     else:
         det = qrs.detect_qrs(x[:, 0], rec.fs)
     ref, vf = ecg_io.read_beat_annotations(path)
+    # CPSC 2019 is scored as its challenge did: +-75 ms, 0.5 s edges left out
     s = qrs.score_beats(ref, det, rec.fs, exclude=vf, n_samples=rec.sig_len,
+                        tol_s=0.075 if db == "cpsc2019" else qrs.MATCH_S,
                         edge_s=0.5 if db == "cpsc2019" else 0.0)
     return {"db": db, "record": path.name, "paced": path.name in PACED and db == "mitdb",
             "tp": s.tp, "fn": s.fn, "fp": s.fp, "se": s.se, "ppv": s.ppv}
@@ -98,7 +101,7 @@ FLOORS = {
     "mitdb non-paced": (0.995, 0.995),
     "mitdb paced": (0.995, 0.995),
     "cpsc2021": (0.99, 0.99),
-    "cpsc2019": (0.94, 0.945),
+    "cpsc2019": (0.93, 0.935),     # at +-75 ms
 }
 
 

@@ -58,8 +58,13 @@ def test_queue_verbs(tmp_path: Path) -> None:
     bad = _fenji("queue", "retry", "9999", "--config", str(cfg_path))
     assert bad.returncode != 0 and "9999" in bad.stderr
 
-    ok = _fenji("queue", "retry", str(dead_id), "--config", str(cfg_path))
+    ok = _fenji("queue", "retry", str(dead_id), "--config", str(cfg_path), "--operator",
+                "ops Li")
     assert ok.returncode == 0, ok.stderr
+    events = json.loads(_fenji("audit", "ls", "--json", "--config", str(cfg_path)).stdout)
+    retried = [e for e in events if e["kind"] == "retried"]
+    assert len(retried) == 1 and retried[0]["actor"] == "ops Li"
+    assert retried[0]["object"] == "b-stat" and "center said 400" in json.dumps(retried[0])
     out = _fenji("queue", "ls", "--json", "--config", str(cfg_path), "--state", "queued")
     assert {json.loads(line)["bundle_id"] for line in out.stdout.splitlines()} == {
         "b-routine", "b-stat"}

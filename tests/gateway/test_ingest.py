@@ -172,3 +172,14 @@ def test_ecg_conflict_is_a_conflict_and_full_store_keeps_the_files(tmp_path: Pat
         assert not list((watch / "failed").iterdir())
     finally:
         full.close()
+
+
+def test_an_ecg_with_the_carts_pdf_goes_to_the_ecg_readers() -> None:
+    from fenji.gateway.cases import service_of
+
+    twelve_lead, pdf = "1.2.840.10008.5.1.4.1.1.9.1.1", "1.2.840.10008.5.1.4.1.1.104.1"
+    ct = "1.2.840.10008.5.1.4.1.1.2"
+    assert service_of([twelve_lead]) == "ecg"
+    assert service_of([twelve_lead, pdf]) == "ecg"
+    assert service_of([pdf]) == "imaging"  # a PDF alone is no ECG
+    assert service_of([twelve_lead, ct]) == "imaging"

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fenji.codecs.bundle import read_bundle
 from fenji.gateway import quality_gate as qg
 from fenji.gateway.cases import CaseError, CaseHeld, override, quality_of, release
+from fenji.gateway.ecg_io import read_dicom_ecg
 from fenji.gateway.store import Store
 from fenji.gateway.validate import check_part10
 
@@ -98,3 +99,29 @@ def _bytes(ds: pydicom.Dataset) -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+def test_ecg_with_warnings_is_released_not_held(tmp_path: Path) -> None:
+    # mains hum on the chest leads: readable (the reader's notch filter removes it),
+    # so the case goes out "acceptable_with_warnings" and the warning names the leads
+    ds = pydicom.dcmread(DICOM_DIR / "ecg" / "waveform_ecg_12lead.dcm")
+    leads = read_dicom_ecg(ds).leads
+    w = ds.WaveformSequence[0]
+    n_ch, n = int(w.NumberOfWaveformChannels), int(w.NumberOfWaveformSamples)
+    fs = float(w.SamplingFrequency)
+    data = np.frombuffer(w.WaveformData, dtype="<i2").reshape(n, n_ch).astype(np.float64)
+    chest = [j for j, name in enumerate(leads) if name.startswith("V")]
+    assert len(chest) == 6, leads
+    hum = np.sin(2 * np.pi * 50.0 * np.arange(n) / fs)
+    for j in chest:
+        data[:, j] += 3.0 * data[:, j].std() * hum
+    w.WaveformData = np.clip(np.round(data), -32768, 32767).astype("<i2").tobytes()
+    store = Store(tmp_path / "s")
+    _put(store, _bytes(ds))
+    key = Ed25519PrivateKey.generate()
+    rel = release(store, str(ds.StudyInstanceUID), destination="center", gate_key=key,
+                  operator="tech", sender_node="edge")
+    q = quality_of(store, rel.case_id)
+    assert q is not None and q["verdict"] == qg.WARNINGS, q
+    assert any("V1-V6" in r and "50 Hz mains" in r for r in q["attestation"]["reasons"]), q
+    store.close()

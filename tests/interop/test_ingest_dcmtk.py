@@ -64,6 +64,11 @@ def test_echo_and_unknown_ae_rejected(node: NodeProcess) -> None:
     assert echoscu(node.dicom_port, calling="ECHOSCU")
     assert not echoscu(node.dicom_port, calling="INTRUDER")
     assert "calling=INTRUDER" in node.log_tail(200) and "outcome=rejected" in node.log_tail(200)
+    assert "reason=calling-ae-not-allowed (dicom.allow_ae)" in node.log_tail(200)
+    # A modality configured with a typo in our AE title is refused, and the log says so
+    # with the title it really asked for.
+    assert not echoscu(node.dicom_port, calling="ECHOSCU", called="FENJ")
+    assert "called=FENJ outcome=rejected reason=called-ae-is-not-ours" in node.log_tail(200)
     # A storescu from an unknown AE stores nothing.
     r = storescu(good_files()[:2], node.dicom_port, calling="INTRUDER")
     assert not r.sent

@@ -125,6 +125,17 @@ def test_viewer_sr_over_stow_and_c_store_is_the_signed_report(tmp_path: Path) ->
         assert _api(center, "POST", f"/api/worklist/{cases[1]}/claim", "dr.wang", {})[0] == 200
         ok = storescu([sr_path], center.dicom_port, calling="READWS")
         assert not ok.failed, ok.output
+        # An AE title is a label, not a credential: what came by DICOM is a draft,
+        # unsigned, until dr.wang confirms it with her own token (issue 17, finding 1).
+        s, shown = _api(center, "GET", f"/api/cases/{cases[1]}", "dr.wang")
+        assert s == 200 and not shown.get("reports"), shown
+        s, drafts = _api(center, "GET", f"/api/cases/{cases[1]}/drafts", "dr.wang")
+        assert s == 200 and [d["sop_instance_uid"] for d in drafts] == [str(sr_b.SOPInstanceUID)]
+        assert drafts[0]["calling_ae"] == "READWS" and drafts[0]["report_id"] is None
+        confirm = f"/api/cases/{cases[1]}/drafts/{sr_b.SOPInstanceUID}/confirm"
+        assert _api(center, "POST", confirm, "dr.ecg", {})[0] == 403  # someone else's draft
+        s, signed = _api(center, "POST", confirm, "dr.wang", {})
+        assert s == 201 and signed["reader"] == "dr.wang", signed
 
         # Both cases are reported at the center, by dr.wang.
         for case_id in cases:

@@ -61,3 +61,28 @@ def test_case_send_delivers_through_the_outbox(tmp_path: Path) -> None:
         previews = list((center.directory / "store" / "previews").glob("*/*.prev"))
         assert len(previews) == 2  # CT key image and ECG strip
         assert "outcome=delivered" in edge.log_tail(200)
+
+
+def test_a_dead_lettered_bundle_is_an_audit_event(tmp_path: Path) -> None:
+    from fenji.gateway import config as config_mod
+    from fenji.gateway.node import open_store
+    from fenji.routing import outbox_db
+
+    edge = NodeProcess(tmp_path / "edge", name="edge", allow_ae=["CT1"], workers=1)
+    center = NodeProcess(tmp_path / "center", name="center", role="center", workers=1)
+    edge.add_peer(center, default=True)
+    with edge:
+        store = open_store(config_mod.load(edge.config, env={}))
+        try:  # a job whose bundle file is gone (a disk replaced, a folder wiped)
+            outbox_db.enqueue(store, "gone-bundle", "case-x", "center", 2, 1000, time.time())
+        finally:
+            store.close()
+
+        def dead() -> list[dict]:  # type: ignore[type-arg]
+            return [e for e in json.loads(edge.cli("audit", "ls", "--json").stdout)
+                    if e["kind"] == "dead_lettered"]
+
+        assert _wait(lambda: bool(dead())), edge.log_tail(30)
+        (event,) = dead()
+        assert event["object"] == "gone-bundle" and "missing" in json.dumps(event)
+        assert edge.cli("audit", "verify").returncode == 0
