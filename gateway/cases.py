@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fenji.codecs.bundle import make_preview, plan_bundle
-from fenji.gateway import ledger
+from fenji.gateway import ledger, qr
 from fenji.gateway.errors import LocalError, PeerError
 from fenji.gateway.store import Store
 
@@ -276,7 +276,8 @@ def release(store: Store, study_instance_uid: str, *, destination: str, priority
     if released_by not in ("cli", "api", "timer"):
         raise CaseError(f"released_by {released_by!r} is not cli, api or timer")
     rows = store.query(
-        "SELECT i.sop_instance_uid, i.sop_class_uid, i.sha256, i.size, i.instance_number "
+        "SELECT i.sop_instance_uid, i.sop_class_uid, i.sha256, i.size, i.instance_number, "
+        "i.specific_character_set, i.charset_source "
         "FROM instances i WHERE i.study_instance_uid = ? AND NOT EXISTS ("
         " SELECT 1 FROM case_instances ci JOIN cases c ON c.case_id = ci.case_id"
         " WHERE ci.sop_instance_uid = i.sop_instance_uid AND c.destination = ?"
@@ -439,7 +440,8 @@ def override(store: Store, case_id: str, *, operator: str, reason: str, gate_key
         raise CaseError(f"case {case_id} is {case['state']}, not held: nothing to override")
     q = store.query_one("SELECT report_json FROM quality WHERE case_id = ?", (case_id,))
     report = json.loads(q["report_json"]) if q else {"verdict": qg.UNACCEPTABLE, "reasons": []}
-    rows = store.query("SELECT i.sop_instance_uid, i.sha256 FROM case_instances ci JOIN "
+    rows = store.query("SELECT i.sop_instance_uid, i.sha256, i.specific_character_set, "
+                       "i.charset_source FROM case_instances ci JOIN "
                        "instances i ON i.sop_instance_uid = ci.sop_instance_uid WHERE "
                        "ci.case_id = ? ORDER BY i.instance_number, i.sop_instance_uid",
                        (case_id,))
@@ -497,8 +499,15 @@ def _build_bundle(store: Store, rows: list[dict[str, Any]], case_meta: dict[str,
             meta = {**case_meta, "bundle_id": pid, "bundle_kind": "preview"}
             ppath, psize = _write_plan(store, plan_bundle(meta, [], previews=previews), pid)
             preview = (pid, ppath, psize)
-    plan = plan_bundle({**case_meta, "bundle_id": bundle_id, "bundle_kind": "full"}, blobs,
-                       effort=effort)
+    full = {**case_meta, "bundle_id": bundle_id, "bundle_kind": "full"}
+    # Instances that declare no (0008,0005) were read with this node's
+    # dicom.default_character_set: the receiver reads them the same way, whatever
+    # its own default (one entry per instance, None where none was applied).
+    defaults = [r.get("specific_character_set") if r.get("charset_source") == "default"
+                else None for r in rows]
+    if any(defaults):
+        full["default_character_sets"] = defaults
+    plan = plan_bundle(full, blobs, effort=effort)
     final, size = _write_plan(store, plan, bundle_id)
     return final, size, sum(len(b) for b in blobs), preview
 
@@ -530,12 +539,14 @@ def get_case(store: Store, case_id: str) -> dict[str, Any] | None:
         return None
     case["instances"] = [r["sop_instance_uid"] for r in store.query(
         "SELECT sop_instance_uid FROM case_instances WHERE case_id = ?", (case_id,))]
+    case.update(qr.study_summary(store, case["study_instance_uid"]))
     return case
 
 
 def list_cases(store: Store, *, state: str | None = None) -> list[dict[str, Any]]:
     sql = ("SELECT c.*, (SELECT count(*) FROM case_instances ci WHERE ci.case_id = c.case_id) "
-           "AS n_instances FROM cases c")
+           "AS n_instances, st.patient_id, st.patient_name, st.study_description "
+           "FROM cases c LEFT JOIN studies st ON st.study_instance_uid = c.study_instance_uid")
     args: tuple[Any, ...] = ()
     if state:
         sql += " WHERE c.state = ?"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fenji.gateway import config as config_mod
 from fenji.gateway.cases import PRIORITIES, SERVICES, enqueue_release, next_hop
+from fenji.gateway.charset import pn_display
 from fenji.gateway.config import CONFIG_HELP
 
 
@@ -194,10 +195,11 @@ def _ls(args: argparse.Namespace) -> int:
         rows = list_cases(store, state=args.state)
     for r in rows:
         if args.json:
-            print(json.dumps(r))
+            print(json.dumps(r, ensure_ascii=False))
         else:
             print(f"{r['case_id']}  {r['kind']:<8} {r['priority']:<7} {r['state']:<10} "
-                  f"{r['n_instances']:>4} inst  -> {r['destination']}  {r['study_instance_uid']}")
+                  f"{r['n_instances']:>4} inst  -> {r['destination']}  {r['study_instance_uid']}"
+                  f"  {pn_display(r['patient_name'] or '') or '-'}")
     return 0
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fenji.gateway.charset import pn_display
 from fenji.gateway.config import CONFIG_HELP
 
 
@@ -122,7 +123,9 @@ def _sig(valid: bool | None) -> str:
 def _liability_text(doc: dict[str, Any]) -> list[str]:
     dq = doc["data_quality"]
     lines = [f"case {doc['case_id']}  {doc['service']}  {doc['priority']}  study "
-             f"{doc['study_instance_uid']}  from {doc['sending_hospital'] or '?'}", ""]
+             f"{doc['study_instance_uid']}  from {doc['sending_hospital'] or '?'}",
+             f"patient {pn_display(doc.get('patient_name') or '') or '-'}  "
+             f"ID {doc.get('patient_id') or '-'}  {doc.get('study_description') or ''}", ""]
     cur = next((r for r in reversed(doc["report_content"])), None)
     left = [("", "DATA QUALITY (sending hospital)"),
             ("node", dq.get("node") or "-"),

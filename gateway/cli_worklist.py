@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from fenji.gateway.charset import pn_display
 from fenji.gateway.config import CONFIG_HELP
 
 
@@ -15,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ls = wsub.add_parser("ls", help="received cases, STAT first, then longest waiting",
                          description="Columns: priority, waiting time, service, sending "
                                      "hospital, state (new, claimed, reported, amended), "
-                                     "quality verdict, clinical question.")
+                                     "quality verdict, clinical question; below, the "
+                                     "patient's name, ID and the study description.")
     ls.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     ls.add_argument("--reader", help="only the services this reader reads")
     ls.add_argument("--state", choices=("new", "claimed", "reported", "amended"))
@@ -53,6 +55,8 @@ def _ls(args: argparse.Namespace) -> int:
         print(f"{r['case_id']}  {r['priority']:<7} {_fmt_wait(r['waiting_s']):>8}  "
               f"{r['service']:<7} {r['sending_hospital'] or '?':<16} {r['state']}{claimed:<12} "
               f"quality={r['quality']['verdict'] or '-'}  {r['clinical_question'] or ''}")
+        print(f"    patient {pn_display(r['patient_name'] or '') or '-'}  "
+              f"ID {r['patient_id'] or '-'}  {r['study_description'] or ''}")
     return 0
 
 

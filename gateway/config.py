@@ -26,6 +26,7 @@ from typing import Any
 
 from fenji.codecs.ecg_quality import EcgQualityThresholds
 from fenji.codecs.image_quality import ImageQualityThresholds
+from fenji.gateway.charset import check_term
 from fenji.gateway.errors import ConfigError
 from fenji.routing.outbox import OutboxPolicy
 
@@ -62,6 +63,10 @@ class DicomSection:
     allow_ae: tuple[str, ...] = ()
     # Optional source addresses allowed to connect (empty: any address).
     allow_hosts: tuple[str, ...] = ()
+    # What one calling AE may retrieve (C-MOVE, C-GET) per rolling hour.  A reader
+    # workstation pulls a few dozen studies an hour (a CT of 500 slices is about
+    # 250 MiB); anything far beyond that is a workstation copying the archive.
+    max_retrieve_bytes_per_hour: int = 16 * 1024 * 1024 * 1024
     # Refuse an association addressed to another called AE title: a modality
     # configured with a typo ("FENJ") must fail at set-up, not send into a
     # node that believes it was meant for it (PS3.8 7.1.1.6).
@@ -88,6 +93,13 @@ class DicomSection:
     poll_interval_s: float = 0.0001
     acse_timeout_s: float = 30.0
     dimse_timeout_s: float = 60.0
+    # (0008,0005) Specific Character Set assumed for instances that declare none:
+    # a DICOM defined term ("GB18030", "GBK", "ISO_IR 192", "\\ISO 2022 IR 58").
+    # Many Chinese modalities write GBK/GB18030 bytes and declare nothing; the
+    # standard says such text is ASCII.  Empty: no default (undeclared non-ASCII
+    # text is read as UTF-8, else Latin-1).  What was applied is recorded per
+    # instance (instances.charset_source = "default").  Orthanc's DefaultEncoding.
+    default_character_set: str = ""
     # A connection that sends no byte of its A-ASSOCIATE-RQ within this long is
     # dropped before it becomes an association: a modality sends its request at
     # once, and anonymous idle sockets must not hold association slots for
@@ -551,6 +563,10 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
         errors.append(f"dicom.max_associations = {cfg.dicom.max_associations} must be >= 1")
     if cfg.dicom.max_instance_bytes < 1024:
         errors.append(f"dicom.max_instance_bytes = {cfg.dicom.max_instance_bytes} is too small")
+    why = check_term(cfg.dicom.default_character_set)
+    if why:
+        errors.append(f"dicom.default_character_set = {cfg.dicom.default_character_set!r}: "
+                      f"{why}")
     if not 0 < cfg.dicom.poll_interval_s <= 0.01:
         errors.append(f"dicom.poll_interval_s = {cfg.dicom.poll_interval_s} is outside (0, 0.01]")
     for name in ("network_timeout_s", "acse_timeout_s", "dimse_timeout_s", "preassoc_idle_s"):

@@ -47,7 +47,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from fenji.gateway import access, ingest, ledger, qr, reading
+from fenji.gateway import access, charset, ingest, ledger, qr, reading
 from fenji.gateway import dimse_status as st
 from fenji.gateway.auth import User, require
 from fenji.gateway.config import Config
@@ -310,8 +310,8 @@ def _json_value(vr: str, value: Any) -> list[Any]:
     for v in items:
         if v is None or v == "":
             out.append(None)
-        elif vr == "PN":
-            out.append({"Alphabetic": str(v)})
+        elif vr == "PN":  # PS3.18 F.2.2: one object per name, one key per group
+            out.append(charset.pn_json(str(v)) or None)
         elif vr in _NUMERIC_VRS:
             try:
                 out.append(int(v))
@@ -372,8 +372,8 @@ def _base_url(request: web.Request) -> str:
 def _instances(store: Store, study: str, series: str | None = None,
                sop: str | None = None) -> list[dict[str, Any]]:
     sql = ("SELECT sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid, "
-           "transfer_syntax_uid, sha256, size, instance_number FROM instances "
-           "WHERE study_instance_uid = ?")
+           "transfer_syntax_uid, sha256, size, instance_number, specific_character_set, "
+           "charset_source FROM instances WHERE study_instance_uid = ?")
     args: list[Any] = [study]
     if series is not None:
         sql += " AND series_instance_uid = ?"
@@ -525,7 +525,10 @@ def _accepts_json(accept: list[MediaRange]) -> bool:
                for r in accept)
 
 
-def _instance_metadata(store: Store, row: dict[str, Any], base: str) -> dict[str, Any]:
+def _instance_metadata(store: Store, row: dict[str, Any], base: str,
+                       default_charset: str = "") -> dict[str, Any]:
+    """An instance's metadata as DICOM JSON; text decoded with its (0008,0005), or
+    ``default_charset`` (``dicom.default_character_set``) when it declares none."""
     import pydicom
     from pydicom.tag import Tag
 
@@ -533,6 +536,9 @@ def _instance_metadata(store: Store, row: dict[str, Any], base: str) -> dict[str
     url = (f"{base}/studies/{row['study_instance_uid']}/series/{row['series_instance_uid']}"
            f"/instances/{row['sop_instance_uid']}")
     ds = pydicom.dcmread(path, defer_size=BULK_THRESHOLD_BYTES)
+    # Before pydicom decodes anything (it would guess for undeclared text and
+    # leave escape sequences in ISO 2022 IR 58 text).
+    charset.decode_dataset(ds, charset.stored_default(row, default_charset))
     if row["transfer_syntax_uid"] == IMPLICIT_LE:
         _private_as_un(ds)
     pixel_tag = Tag(0x7FE00010)
@@ -577,7 +583,8 @@ async def metadata(request: web.Request) -> web.StreamResponse:
 
     # A JSON array written one instance at a time (bounded memory for big studies).
     for n, r in enumerate(rows):
-        item = await asyncio.to_thread(_instance_metadata, store, r, base)
+        item = await asyncio.to_thread(_instance_metadata, store, r, base,
+                                       cfg.dicom.default_character_set)
         await resp.write((b"[" if n == 0 else b",") + json.dumps(item).encode("utf-8"))
     await resp.write(b"]")
     await resp.write_eof()

@@ -50,6 +50,10 @@ allow_hosts = []
 workers = {workers}
 # Largest instance accepted, in bytes (1 GiB); a sender going past it is cut off.
 max_instance_bytes = 1073741824
+# Character set of instances that declare no (0008,0005) Specific Character Set,
+# as a DICOM defined term: many modalities write Chinese as GBK or GB18030 and
+# declare nothing.  "GB18030" reads both.  Empty: none assumed.
+default_character_set = ""
 
 [http]
 # The node's HTTP API (cases, queue, DICOMweb).

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fenji.gateway import ingest
+from fenji.gateway import ingest, reindex
 from fenji.gateway.config import Config
 from fenji.gateway.errors import LocalError
 from fenji.gateway.init import PRIVATE_UMASK
@@ -259,6 +259,30 @@ def _write_ready(cfg: Config, port: int, workers: list[int]) -> Path:
     return path
 
 
+def _start_reindex(cfg: Config) -> None:
+    """Instances indexed before store migration 8 get their text re-decoded with their
+    character set, in the background (gateway/reindex.py); idempotent across restarts."""
+    store = open_store(cfg)
+    try:
+        n = reindex.pending(store)
+    finally:
+        store.close()
+    if not n:
+        return
+    log.info("store=%s reindex of text pending instances=%d (background)", cfg.store_dir, n)
+
+    def run() -> None:
+        s = open_store(cfg)
+        try:
+            reindex.reindex_text(s, cfg.dicom.default_character_set or None)
+        except Exception:  # the node serves on; the next start resumes
+            log.exception("reindex of text failed")
+        finally:
+            s.close()
+
+    threading.Thread(target=run, name="reindex-text", daemon=True).start()
+
+
 def run_node(cfg: Config, *, verbose: int = 0) -> int:
     """Run until SIGTERM/SIGINT; return the exit code.
 
@@ -290,6 +314,7 @@ def _run_locked(cfg: Config, verbose: int) -> int:
     store.close()
     log.info("store=%s instances=%d bytes=%d free=%d recovered=%s", cfg.store_dir,
              usage["instances"], usage["bytes"], usage["disk_free_bytes"], recovered)
+    _start_reindex(cfg)
     run_file = cfg.data_dir / "run" / "node.json"
     with contextlib.suppress(FileNotFoundError):
         run_file.unlink()

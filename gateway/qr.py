@@ -165,6 +165,60 @@ def _range(expr: str, kind: str, value: str, where: list[str], args: list[Any]) 
         args.append(hi + ("~" if kind == "TM" else ""))
 
 
+def _name_owner(keyword: str, level: str) -> tuple[str, str]:
+    """(name_groups kind, the column it is keyed by) for a PN key at ``level``."""
+    if keyword == "ReferringPhysicianName":
+        return "study_referring", "st.study_instance_uid"
+    if level == "PATIENT":
+        return "patient", "p.patient_id"
+    return "study_patient", "st.study_instance_uid"
+
+
+def _match_pn(keyword: str, value: str, fuzzy: bool, where: list[str], args: list[Any],
+              level: str) -> None:
+    """PS3.4 C.2.2.2 person name matching, against every component group.
+
+    A value without ``=`` matches a name when it matches any of its groups
+    (Alphabetic, Ideographic, Phonetic), so ``王*``, ``王^小东`` and ``Wang*`` all
+    find ``Wang^XiaoDong=王^小东``; a value with ``=`` matches group by group
+    (an empty or ``*`` group matches anything).  In a group, ``^`` and a space
+    match each other and trailing empty components are ignored
+    ("WANG^XIAOMING" finds "WANG XIAOMING" and "WANG^XIAOMING^^").  The groups
+    are rows of ``name_groups`` (store migration 8), ranged over by its index.
+    """
+    kind, owner = _name_owner(keyword, level)
+    groups: list[tuple[int | None, str]] = [(None, value)] if "=" not in value else \
+        list(enumerate(value.split("=")[:3]))
+    for grp, text in groups:
+        text = text.strip()
+        if text in ("", "*"):
+            continue
+        sub = "SELECT g.owner FROM name_groups g WHERE g.kind = ?"
+        sub_args: list[Any] = [kind]
+        if grp is not None:
+            sub += " AND g.grp = ?"
+            sub_args.append(grp)
+        for cond, cond_args in _group_match(text, fuzzy):
+            where.append(f"{owner} IN ({sub} AND {cond})")
+            args.extend([*sub_args, *cond_args])
+
+
+def _group_match(text: str, fuzzy: bool) -> list[tuple[str, list[Any]]]:
+    """Conditions on ``g.name`` for one group's query text, each with its parameters."""
+    if fuzzy:
+        words = [w for w in re.split(r"[\s^]+", text.replace("*", " ").replace("?", " ")) if w]
+        # Each word starts some name component, in any case.
+        return [("(g.name LIKE ? ESCAPE '\\' OR g.name LIKE ? ESCAPE '\\' "
+                 "OR g.name LIKE ? ESCAPE '\\')", [f"{w}%", f"%^{w}%", f"% {w}%"])
+                for w in map(_like_escape, words)]
+    if "*" in text or "?" in text:
+        return [("g.name GLOB ?", [_pn_glob(text)])]
+    core = text.rstrip("^ ")
+    if not core:
+        return []  # only separators: nothing to match on
+    return [("g.name GLOB ?", [_pn_glob(core)])]
+
+
 def _match(keyword: str, value: str, fuzzy: bool, where: list[str], args: list[Any],
            level: str) -> None:
     _, _, kind = COLUMNS[keyword]
@@ -178,14 +232,8 @@ def _match(keyword: str, value: str, fuzzy: bool, where: list[str], args: list[A
     if kind in ("DA", "TM") and "-" in value:
         _range(expr, kind, value, where, args)
         return
-    if kind == "PN" and fuzzy:
-        words = [w for w in re.split(r"[\s^=]+", value.replace("*", " ").replace("?", " "))
-                 if w]
-        for w in words:  # each word starts some name component, any case
-            w = _like_escape(w)
-            where.append(f"({expr} LIKE ? ESCAPE '\\' OR {expr} LIKE ? ESCAPE '\\' "
-                         f"OR {expr} LIKE ? ESCAPE '\\')")
-            args.extend([f"{w}%", f"%^{w}%", f"% {w}%"])
+    if kind == "PN":
+        _match_pn(keyword, value, fuzzy, where, args, level)
         return
     if kind == "IS":
         try:
@@ -193,20 +241,6 @@ def _match(keyword: str, value: str, fuzzy: bool, where: list[str], args: list[A
             args.append(int(value))
         except ValueError:
             raise QueryError(f"{keyword} = {value!r} is not an integer") from None
-        return
-    if kind == "PN":
-        # "WANG XIAOMING" and "WANG^XIAOMING" are one name, and "WANG^XIAOMING^^"
-        # as stored (trailing empty components) is too.
-        if "*" in value or "?" in value:
-            where.append(f"{expr} GLOB ?")
-            args.append(_pn_glob(value))
-            return
-        core = value.rstrip("^ ")
-        if not core:
-            return  # only separators: nothing to match on
-        # The first term ranges over the index, the second is the exact test.
-        where.append(f"({expr} GLOB ? AND rtrim({expr}, '^ ') GLOB ?)")
-        args.extend([_pn_glob(core) + "*", _pn_glob(core)])
         return
     if "*" in value or "?" in value:
         where.append(f"{expr} GLOB ?")
@@ -363,6 +397,15 @@ def studies_of_patients(store: Store, patient_ids: list[str]) -> list[str]:
             "SELECT study_instance_uid FROM studies WHERE patient_id IN "
             f"({', '.join('?' * len(chunk))}) ORDER BY study_instance_uid", tuple(chunk))]
     return out
+
+
+def study_summary(store: Store, study_uid: str) -> dict[str, Any]:
+    """Whose study it is, as indexed (Unicode; names with their component groups):
+    ``patient_id``, ``patient_name``, ``study_description`` (None where unknown)."""
+    row = store.query_one("SELECT patient_id, patient_name, study_description FROM studies "
+                          "WHERE study_instance_uid = ?", (study_uid,))
+    return dict(row) if row else {"patient_id": None, "patient_name": None,
+                                  "study_description": None}
 
 
 def case_for_study(store: Store, study_uid: str) -> str | None:

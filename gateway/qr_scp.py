@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +41,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from fenji.gateway import access, ledger, qr
+from fenji.gateway import access, charset, ledger, qr
 from fenji.gateway.validate import split_part10
 
 if TYPE_CHECKING:
@@ -64,6 +65,9 @@ PENDING = 0xFF00
 IDENTIFIER_DOES_NOT_MATCH = 0xA900  # Identifier does not match SOP Class
 UNABLE_TO_PROCESS = 0xC000
 MOVE_DESTINATION_UNKNOWN = 0xA801
+# PS3.4 C.4.2.1.5 / C.4.3.1.4: Refused, Out of Resources - unable to perform sub-operations.
+OUT_OF_RESOURCES_SUBOPS = 0xA702
+BUDGET_WINDOW_S = 3600.0
 VERIFICATION = "1.2.840.10008.1.1"
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 # Attribute of a retrieved Dataset: (stored transfer syntax UID, stored data set bytes).
@@ -87,8 +91,15 @@ def _root(event: Any) -> str:
     return "patient" if sop in _PATIENT_ROOT else "study"
 
 
-def _keys(identifier: Dataset) -> tuple[str, dict[str, str], list[str]]:
-    """(level, keyword -> matching value, sequence keywords returned empty)."""
+def _keys(identifier: Dataset, default_charset: str = ""
+          ) -> tuple[str, dict[str, str], list[str]]:
+    """(level, keyword -> matching value, sequence keywords returned empty).
+
+    Text values are decoded with the identifier's own (0008,0005), a query in
+    GB18030 as GB18030, or ``default_charset`` when it declares none
+    (gateway/charset.py; pydicom's decoder has gaps).
+    """
+    charset.decode_dataset(identifier, default_charset or None)
     level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
     keys: dict[str, str] = {}
     sequences: list[str] = []
@@ -145,7 +156,7 @@ def handle_find(store: Store, cfg: Config, event: Any, calling: str,
                 peer: str) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     root = _root(event)
     try:
-        level, keys, sequences = _keys(event.identifier)
+        level, keys, sequences = _keys(event.identifier, cfg.dicom.default_character_set)
         rows = qr.find(store, level, keys, root=root)
         if level != "PATIENT":  # a reader's workstation: their services only
             rows = access.filter_rows(store, cfg, calling, rows, "StudyInstanceUID")
@@ -174,7 +185,8 @@ def handle_find(store: Store, cfg: Config, event: Any, calling: str,
             yield CANCELLED, None
             return
         ds = Dataset()
-        # Names are indexed as decoded text; answer in UTF-8 (PS3.5 6.1.2.5.3).
+        # The index holds Unicode; answer in UTF-8 (PS3.5 6.1.2.5.3), person names
+        # with their component groups ("Wang^XiaoDong=王^小东").
         ds.SpecificCharacterSet = "ISO_IR 192"
         ds.QueryRetrieveLevel = level
         for keyword in keys:
@@ -191,6 +203,30 @@ def handle_find(store: Store, cfg: Config, event: Any, calling: str,
 def _to_retrieve(store: Store, event: Any) -> tuple[str, list[dict[str, Any]]]:
     level, keys, _ = _keys(event.identifier)
     return level, qr.retrieve(store, level, keys, root=_root(event))
+
+
+def charge_retrieve(store: Store, cfg: Config, calling: str, rows: list[dict[str, Any]],
+                    now: float | None = None) -> str | None:
+    """Charge a retrieve to the calling AE's hourly budget; the refusal text, or ``None``.
+
+    The whole request is charged when it is accepted (a cancelled one still
+    counted): the budget bounds what one allow-listed AE can take out of the
+    store, whatever its UID lists look like.
+    """
+    now = time.time() if now is None else now
+    want = sum(int(r.get("size") or 0) for r in rows)
+    limit = cfg.dicom.max_retrieve_bytes_per_hour
+    with store.atomic() as con:
+        con.execute("DELETE FROM retrieve_usage WHERE at < ?", (now - BUDGET_WINDOW_S,))
+        used = con.execute("SELECT coalesce(sum(bytes), 0) FROM retrieve_usage WHERE "
+                           "calling_ae = ? AND at >= ?",
+                           (calling, now - BUDGET_WINDOW_S)).fetchone()[0]
+        if used + want > limit:
+            return (f"{want / 1e6:.1f} MB would exceed dicom.max_retrieve_bytes_per_hour = "
+                    f"{limit} for {calling} ({used / 1e6:.1f} MB in the last hour)")
+        con.execute("INSERT INTO retrieve_usage(calling_ae, at, bytes) VALUES (?, ?, ?)",
+                    (calling, now, want))
+    return None
 
 
 def _private_as_un(ds: Dataset) -> None:
@@ -331,6 +367,16 @@ def handle_move(store: Store, cfg: Config, event: Any, calling: str, peer: str) 
         yield 1
         yield _failure(IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
         return
+    refused = charge_retrieve(store, cfg, calling, rows)
+    if refused is not None:
+        from pynetdicom.presentation import build_context
+
+        log.warning("c-move calling=%s refused status=0x%04X reason=%s", calling,
+                    OUT_OF_RESOURCES_SUBOPS, refused)
+        yield remote.host, remote.port, {"contexts": [build_context(VERIFICATION)]}
+        yield 1
+        yield _failure(OUT_OF_RESOURCES_SUBOPS, refused), None
+        return
     yield remote.host, remote.port, {"contexts": sub_association_contexts(rows) or None}
     yield len(rows)
     _audit(store, cfg, calling, peer, "c-move", [str(r["study_instance_uid"]) for r in rows],
@@ -354,6 +400,13 @@ def handle_get(store: Store, cfg: Config, event: Any, calling: str, peer: str) -
                  IDENTIFIER_DOES_NOT_MATCH, exc)
         yield 1  # pynetdicom takes a count before any status
         yield _failure(IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
+        return
+    refused = charge_retrieve(store, cfg, calling, rows)
+    if refused is not None:
+        log.warning("c-get calling=%s refused status=0x%04X reason=%s", calling,
+                    OUT_OF_RESOURCES_SUBOPS, refused)
+        yield 1
+        yield _failure(OUT_OF_RESOURCES_SUBOPS, refused), None
         return
     yield len(rows)
     _audit(store, cfg, calling, peer, "c-get", [str(r["study_instance_uid"]) for r in rows],

@@ -32,7 +32,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fenji.gateway import ingest, ledger
+from fenji.gateway import charset, ingest, ledger
 from fenji.gateway.errors import PeerError
 from fenji.gateway.keys import canonical_json
 
@@ -142,8 +142,11 @@ def worklist(store: Store, cfg: Config, *, user: User | None = None,
         "SELECT c.*, q.verdict AS quality_verdict, q.attestation_json, "
         "(SELECT count(*) FROM case_instances ci WHERE ci.case_id = c.case_id) AS n_instances, "
         "(SELECT count(*) FROM cases a WHERE a.parent_case_id = c.case_id) AS n_addenda, "
-        "(SELECT max(version) FROM reports r WHERE r.case_id = c.case_id) AS report_version "
+        "(SELECT max(version) FROM reports r WHERE r.case_id = c.case_id) AS report_version, "
+        "st.patient_id AS st_patient_id, st.patient_name AS st_patient_name, "
+        "st.study_description AS st_study_description "
         "FROM cases c LEFT JOIN quality q ON q.case_id = c.case_id "
+        "LEFT JOIN studies st ON st.study_instance_uid = c.study_instance_uid "
         "WHERE c.read_state IS NOT NULL AND c.kind = 'case'")
     out = []
     for r in rows:
@@ -159,6 +162,10 @@ def worklist(store: Store, cfg: Config, *, user: User | None = None,
             "requesting_physician": r["requesting_physician"],
             "clinical_question": r["clinical_question"],
             "study_instance_uid": r["study_instance_uid"], "instances": r["n_instances"],
+            # Whose case it is, so that nobody signs for the wrong patient: Unicode,
+            # person names with their groups ("Wang^XiaoDong=王^小东").
+            "patient_id": r["st_patient_id"], "patient_name": r["st_patient_name"],
+            "study_description": r["st_study_description"],
             "addenda": r["n_addenda"],
             "quality": {"verdict": r["quality_verdict"],
                         "attested_by": att.get("operator") if att else None,
@@ -238,8 +245,9 @@ def unclaim(store: Store, cfg: Config, case_id: str, user: User,
 
 def _case_instances(store: Store, case_id: str) -> list[dict[str, Any]]:
     return store.query(
-        "SELECT i.sop_instance_uid, i.sop_class_uid, i.series_instance_uid, i.sha256 "
-        "FROM case_instances ci JOIN instances i ON i.sop_instance_uid = ci.sop_instance_uid "
+        "SELECT i.sop_instance_uid, i.sop_class_uid, i.series_instance_uid, i.sha256, "
+        "i.specific_character_set, i.charset_source FROM case_instances ci "
+        "JOIN instances i ON i.sop_instance_uid = ci.sop_instance_uid "
         "WHERE ci.case_id IN (SELECT ? UNION SELECT case_id FROM cases WHERE "
         "parent_case_id = ?) ORDER BY i.series_instance_uid, i.instance_number, "
         "i.sop_instance_uid", (case_id, case_id))
@@ -250,10 +258,16 @@ _STUDY_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
                    "StudyDescription", "SpecificCharacterSet")
 
 
-def _study_attrs(store: Store, sha256: str) -> dict[str, Any]:
+def _study_attrs(store: Store, inst: dict[str, Any], default_charset: str = ""
+                 ) -> dict[str, Any]:
+    """The study's attributes from its stored instance, text decoded with its (0008,0005)
+    or the default applied when it was indexed, else ``default_charset``
+    (gateway/charset.py, not pydicom's guess)."""
     from pydicom import dcmread
 
-    ds = dcmread(io.BytesIO(store.read_blob(sha256)), stop_before_pixels=True, force=True)
+    ds = dcmread(io.BytesIO(store.read_blob(inst["sha256"])), stop_before_pixels=True,
+                 force=True)
+    charset.decode_dataset(ds, charset.stored_default(inst, default_charset))
     return {k: ds.get(k) for k in _STUDY_KEYWORDS if k in ds}
 
 
@@ -331,7 +345,7 @@ def submit_report(store: Store, cfg: Config, case_id: str, user: User, *, findin
     insts = _case_instances(store, case_id)
     if not insts:
         raise ReadingError(f"case {case_id} has no instances at this node")
-    attrs = _study_attrs(store, insts[0]["sha256"])
+    attrs = _study_attrs(store, insts[0], cfg.dicom.default_character_set)
     patient = {"id": str(attrs.get("PatientID") or ""), "name": str(attrs.get("PatientName")
                                                                      or ""),
                "birth_date": str(attrs.get("PatientBirthDate") or ""),
@@ -626,6 +640,7 @@ def reports_of(store: Store, case_id: str) -> list[dict[str, Any]]:
         out.append({"report_id": r["report_id"], "version": r["version"],
                     "status": r["status"], "reader": r["reader"],
                     "reader_display": doc.get("reader_display"), "center": r["origin_node"],
+                    "patient": doc.get("patient"),
                     "signed_at": doc.get("signed_at"), "findings": doc.get("findings"),
                     "impression": doc.get("impression"), "critical": bool(r["critical"]),
                     "supersedes": r["supersedes"], "superseded_by": r["superseded_by"],
@@ -694,6 +709,8 @@ def _viewer_text(store: Store, cfg: Config, user: User, data: bytes, case_id: st
 
     try:
         ds = dcmread(io.BytesIO(data), force=True)
+        # The report text in the viewer's character set (or the node's default).
+        charset.decode_dataset(ds, cfg.dicom.default_character_set or None)
         parsed = reports.parse_viewer_report(ds)
     except (InvalidDicomError, ValueError, AttributeError, KeyError) as exc:
         raise ReadingError(f"not a DICOM SR or encapsulated PDF fenji can read: {exc}") from exc
@@ -840,6 +857,7 @@ def viewer_report_if_any(store: Store, cfg: Config, user: User | None, data: byt
     from fenji.gateway import reports
 
     ds = dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
+    charset.decode_dataset(ds, cfg.dicom.default_character_set or None)
     if reports.has_signed_block(ds):
         return None  # fenji's own report (a C-MOVE back, a re-import): not a new one
     return report_from_viewer(store, cfg, user, data, case_id)

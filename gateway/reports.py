@@ -51,6 +51,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 from pydicom.valuerep import PersonName
 
 from fenji.gateway import __version__
+from fenji.gateway.charset import pn_display
 from fenji.gateway.errors import LocalError, PeerError
 from fenji.gateway.keys import canonical_json, fingerprint, sign, verify
 
@@ -865,7 +866,9 @@ def render_pdf(signed: Mapping[str, Any], endorsement: Mapping[str, Any]) -> byt
         pdf.ln(2)
     pat = report.get("patient") or {}
     rows = [
-        ("Patient / 患者", f"{pat.get('name') or '-'}   ID {pat.get('id') or '-'}   "
+        # The name's groups for people: "Wang XiaoDong / 王 小东" (gateway/charset.py).
+        ("Patient / 患者", f"{pn_display(_text(pat.get('name'))) or '-'}   "
+                         f"ID {pat.get('id') or '-'}   "
                          f"born {pat.get('birth_date') or '-'}   sex {pat.get('sex') or '-'}"),
         ("Study / 检查", f"{report.get('study_instance_uid')}   "
                        f"({report.get('service') or '-'}, {report.get('priority') or '-'}, "

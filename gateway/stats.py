@@ -45,7 +45,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from fenji.gateway import ledger
+from fenji.gateway import ledger, qr
 from fenji.gateway.errors import LocalError
 from fenji.gateway.keys import canonical_json
 
@@ -389,6 +389,7 @@ def liability(store: Any, case_id: str, *, trusted: Mapping[str, Any]) -> dict[s
     for rep in reports:
         rep["binds_attestation"] = (rep["attestation_sha256"] == bound) if bound else None
     return {"case_id": case_id, "study_instance_uid": case["study_instance_uid"],
+            **qr.study_summary(store, case["study_instance_uid"]),
             "service": case["service"], "priority": case["priority"],
             "sending_hospital": case.get("sending_node") or (att or {}).get("node"),
             "data_quality": sender, "report_content": reports,

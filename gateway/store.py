@@ -240,6 +240,43 @@ MIGRATIONS: list[tuple[int, str | Callable[[], str]]] = [
     (6, _qr_sql),
     # 7: worklist claims, reports and their way back (gateway/reading.py).
     (7, _reading_sql),
+    # 8: character sets (gateway/charset.py).  Per instance, the (0008,0005) value its
+    # text was decoded with and where it came from ("declared", "default": the node's
+    # dicom.default_character_set, "none", "invalid": an unknown declared value, kept
+    # here as declared).  Person names split into their component groups
+    # (Alphabetic, Ideographic, Phonetic; PS3.5 6.2.1) so that C-FIND and QIDO-RS
+    # match any group through an index (PS3.4 C.2.2.2): kind "patient" (owner: a
+    # patient ID), "study_patient" and "study_referring" (owner: a Study Instance UID).
+    # Group text is stored without trailing "^" and spaces; existing names are split
+    # here as they were indexed.
+    (8, """
+    ALTER TABLE instances ADD COLUMN specific_character_set TEXT;
+    ALTER TABLE instances ADD COLUMN charset_source TEXT;
+    CREATE TABLE name_groups (
+        kind  TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        grp   INTEGER NOT NULL,
+        name  TEXT NOT NULL,
+        PRIMARY KEY (kind, owner, grp)
+    );
+    CREATE INDEX name_groups_name ON name_groups(kind, name);
+    INSERT OR IGNORE INTO name_groups(kind, owner, grp, name)
+    WITH RECURSIVE parts(kind, owner, grp, name, rest) AS (
+        SELECT 'patient', patient_id, -1, '', patient_name || '=' FROM patients
+            WHERE patient_name IS NOT NULL AND patient_id IS NOT NULL
+        UNION ALL
+        SELECT 'study_patient', study_instance_uid, -1, '', patient_name || '=' FROM studies
+            WHERE patient_name IS NOT NULL
+        UNION ALL
+        SELECT 'study_referring', study_instance_uid, -1, '', referring_physician || '='
+            FROM studies WHERE referring_physician IS NOT NULL
+        UNION ALL
+        SELECT kind, owner, grp + 1, rtrim(substr(rest, 1, instr(rest, '=') - 1), '^ '),
+               substr(rest, instr(rest, '=') + 1)
+            FROM parts WHERE rest <> '' AND grp < 2
+    )
+    SELECT kind, owner, grp, name FROM parts WHERE grp >= 0 AND name <> ''
+    """),
     # 9: instances a technician dropped from a case before release (who, why).
     (9, """
     CREATE TABLE excluded_instances (
@@ -264,6 +301,15 @@ MIGRATIONS: list[tuple[int, str | Callable[[], str]]] = [
         confirmed_at     REAL
     );
     CREATE INDEX report_drafts_case ON report_drafts(case_id);
+    """),
+    # 11: bytes each calling AE retrieved (C-MOVE/C-GET), for its hourly budget.
+    (11, """
+    CREATE TABLE retrieve_usage (
+        calling_ae TEXT NOT NULL,
+        at         REAL NOT NULL,
+        bytes      INTEGER NOT NULL
+    );
+    CREATE INDEX retrieve_usage_ae ON retrieve_usage(calling_ae, at);
     """),
 ]
 
@@ -298,6 +344,10 @@ class InstanceInfo:
     series_description: str | None = None
     referring_physician: str | None = None
     study_id: str | None = None
+    # (0008,0005) the text was decoded with, and its source: "declared", "default"
+    # (dicom.default_character_set), "none" or "invalid" (gateway/charset.py).
+    specific_character_set: str | None = None
+    charset_source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -585,13 +635,29 @@ class Store:
         return PutOutcome(PutStatus.CONFLICT, digest, size, have)
 
     @staticmethod
-    def _index(con: sqlite3.Connection, i: InstanceInfo, digest: str, size: int, now: float,
-               calling_ae: str | None, peer: str | None) -> None:
+    def index_name_groups(con: sqlite3.Connection, kind: str, owner: str, name: str | None) -> None:
+        """A person name's component groups for matching (migration 8); the first name
+        indexed for an owner stays, like the row it belongs to."""
+        if not name:
+            return
+        for grp, text in enumerate(name.split("=")[:3]):
+            text = text.rstrip("^ ")
+            if text:
+                con.execute("INSERT OR IGNORE INTO name_groups(kind, owner, grp, name) "
+                            "VALUES (?, ?, ?, ?)", (kind, owner, grp, text))
+
+    @classmethod
+    def _index(cls, con: sqlite3.Connection, i: InstanceInfo, digest: str, size: int,
+               now: float, calling_ae: str | None, peer: str | None) -> None:
         if i.patient_id is not None:
-            con.execute(
+            new = con.execute(
                 "INSERT INTO patients(patient_id, patient_name, birth_date, sex) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT(patient_id) DO NOTHING",
-                (i.patient_id, i.patient_name, i.birth_date, i.sex))
+                (i.patient_id, i.patient_name, i.birth_date, i.sex)).rowcount
+            if new:
+                cls.index_name_groups(con, "patient", i.patient_id, i.patient_name)
+        new_study = con.execute("SELECT 1 FROM studies WHERE study_instance_uid = ?",
+                                (i.study_instance_uid,)).fetchone() is None
         con.execute(
             "INSERT INTO studies(study_instance_uid, patient_id, study_date, study_time, "
             "accession_number, study_description, first_received_at, last_received_at, "
@@ -601,6 +667,10 @@ class Store:
             (i.study_instance_uid, i.patient_id, i.study_date, i.study_time,
              i.accession_number, i.study_description, now, now, i.referring_physician,
              i.study_id, i.patient_name, i.birth_date, i.sex))
+        if new_study:
+            cls.index_name_groups(con, "study_patient", i.study_instance_uid, i.patient_name)
+            cls.index_name_groups(con, "study_referring", i.study_instance_uid,
+                             i.referring_physician)
         con.execute(
             "INSERT INTO series(series_instance_uid, study_instance_uid, modality, "
             "series_number, series_description) VALUES (?, ?, ?, ?, ?) "
@@ -610,11 +680,12 @@ class Store:
         con.execute(
             "INSERT INTO instances(sop_instance_uid, sop_class_uid, study_instance_uid, "
             "series_instance_uid, transfer_syntax_uid, instance_number, sha256, "
-            "dataset_sha256, size, received_at, calling_ae, peer_address) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "dataset_sha256, size, received_at, calling_ae, peer_address, "
+            "specific_character_set, charset_source) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (i.sop_instance_uid, i.sop_class_uid, i.study_instance_uid, i.series_instance_uid,
              i.transfer_syntax_uid, i.instance_number, digest, i.dataset_sha256, size, now,
-             calling_ae, peer))
+             calling_ae, peer, i.specific_character_set, i.charset_source))
 
     def get_instance(self, sop_instance_uid: str) -> dict[str, Any] | None:
         row = self._reader().execute("SELECT * FROM instances WHERE sop_instance_uid = ?",

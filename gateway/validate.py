@@ -20,6 +20,7 @@ names the element and the value.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import struct
 import zlib
@@ -28,9 +29,12 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR
 
+from fenji.gateway import charset
 from fenji.gateway import dimse_status as st
 from fenji.gateway.errors import PeerError
 from fenji.gateway.store import InstanceInfo
+
+log = logging.getLogger(__name__)
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -82,6 +86,7 @@ IMPLEMENTATION_VERSION = "FENJI_010"
 
 # Top-level elements the index needs, by tag.
 _WANTED = {
+    0x00080005: "SpecificCharacterSet",
     0x00080016: "SOPClassUID", 0x00080018: "SOPInstanceUID", 0x0020000D: "StudyInstanceUID",
     0x0020000E: "SeriesInstanceUID", 0x00080060: "Modality", 0x00100020: "PatientID",
     0x00100010: "PatientName", 0x00100030: "PatientBirthDate", 0x00100040: "PatientSex",
@@ -93,6 +98,11 @@ _WANTED = {
     0x00200010: "StudyID",
 }
 _US_TAGS = {0x00280010, 0x00280011, 0x00280100, 0x00280002}
+# Values in a character set the instance chooses (PS3.5 6.1.2.3), by tag -> VR.  They are
+# kept as bytes during the walk and decoded once (0008,0005) is known, whatever the
+# encoding order: (0008,0005) comes first by tag, but is not trusted to.
+_TEXT_TAGS = {0x00100010: "PN", 0x00080090: "PN", 0x00100020: "LO", 0x00081030: "LO",
+              0x0008103E: "LO", 0x00080050: "SH", 0x00200010: "SH"}
 
 
 class Rejected(PeerError):
@@ -135,6 +145,7 @@ class _Walker:
         self.h_u32 = struct.Struct(self.end_char + "L")
         self.ts = transfer_syntax
         self.values: dict[str, Any] = {}
+        self.raw_text: dict[int, bytes] = {}
         self.pixel: tuple[int, int, bool] | None = None  # offset, length, encapsulated
 
     def fail(self, status: int, msg: str) -> Rejected:
@@ -257,10 +268,11 @@ class _Walker:
         if tag in _US_TAGS and (vr in (b"US", b"") and len(raw) == 2):
             self.values[name] = self.h_u16.unpack_from(raw, 0)[0]
             return
-        try:  # ISO_IR 192 names (Chinese) are UTF-8; anything else is kept byte for byte
-            text = bytes(raw).decode("utf-8").rstrip("\x00 ")
-        except UnicodeDecodeError:
-            text = bytes(raw).decode("latin-1").rstrip("\x00 ")
+        if tag in _TEXT_TAGS:
+            self.raw_text[tag] = bytes(raw)
+            return
+        # UI, CS, DA, TM, IS: the default repertoire (PS3.5 6.2); Latin-1 never fails.
+        text = bytes(raw).decode("latin-1").rstrip("\x00 ")
         if name in ("InstanceNumber", "SeriesNumber", "NumberOfFrames"):
             try:
                 self.values[name] = int(text.split("\\")[0]) if text else None
@@ -413,8 +425,14 @@ def _inflate(data: bytes | memoryview, cap: int) -> bytes:
 
 
 def check_dataset(dataset: bytes | memoryview, transfer_syntax: str, *,
-                  max_inflate_bytes: int = 512 * 1024 * 1024) -> dict[str, Any]:
-    """Walk an encoded data set; return the top-level values the index needs."""
+                  max_inflate_bytes: int = 512 * 1024 * 1024,
+                  default_character_set: str | None = None) -> dict[str, Any]:
+    """Walk an encoded data set; return the top-level values the index needs.
+
+    Text values come back as Unicode, decoded with the data set's (0008,0005)
+    or, when it declares none, ``default_character_set`` (``dicom.default_character_set``);
+    ``values["_charset"]`` is the :class:`charset.Charset` applied.
+    """
     if transfer_syntax not in NATIVE and transfer_syntax not in ENCAPSULATED:
         raise Rejected(st.CANNOT_UNDERSTAND, f"transfer syntax {transfer_syntax!r} not accepted")
     body: bytes | memoryview = dataset
@@ -430,6 +448,7 @@ def check_dataset(dataset: bytes | memoryview, transfer_syntax: str, *,
     if stop != len(body):
         raise w.fail(st.CANNOT_UNDERSTAND, f"stray delimiter at byte {stop} of the data set")
     v = w.values
+    _decode_text(w, default_character_set)
     for key in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
         uid = v.get(key)
         if not uid:
@@ -440,6 +459,30 @@ def check_dataset(dataset: bytes | memoryview, transfer_syntax: str, *,
                            f"{key} = {uid[:80]!r} is not a valid UID (PS3.5 9.1)", uid)
     w.check_pixels()
     return v
+
+
+def _decode_text(w: _Walker, default_charset: str | None) -> None:
+    """Decode the kept text values with the data set's character set (module charset)."""
+    v = w.values
+    declared = v.pop("SpecificCharacterSet", None)
+    try:
+        cs = charset.resolve(declared, default_charset)
+    except charset.CharsetError as exc:
+        # Accepted, not refused: the pixels are what the reader needs, and a name
+        # decoded the undeclared way shows as garbled rather than as another name.
+        # Recorded per instance (charset_source "invalid") and logged, without names.
+        fallback = charset.resolve(None, default_charset)
+        log.warning("sop=%s %s; text decoded as %s", v.get("SOPInstanceUID"), exc,
+                    fallback.value or "UTF-8, else Latin-1")
+        cs = charset.Charset(fallback.terms, "invalid")
+        v["_declared_charset"] = str(declared)[:128]
+    v["_charset"] = cs
+    for tag, raw in w.raw_text.items():
+        text, bad = charset.decode_value(raw, cs, _TEXT_TAGS[tag])
+        if bad:
+            log.warning("sop=%s %s does not decode under (0008,0005) %r: bytes replaced by "
+                        "U+FFFD", v.get("SOPInstanceUID"), _tagstr(tag), cs.value)
+        v[_WANTED[tag]] = text
 
 
 def _info(values: dict[str, Any], ts: str, dataset_sha256: str) -> InstanceInfo:
@@ -457,7 +500,15 @@ def _info(values: dict[str, Any], ts: str, dataset_sha256: str) -> InstanceInfo:
         study_time=s("StudyTime"), accession_number=s("AccessionNumber"),
         study_description=s("StudyDescription"), modality=s("Modality"),
         series_number=values.get("SeriesNumber"), series_description=s("SeriesDescription"),
-        referring_physician=s("ReferringPhysicianName"), study_id=s("StudyID"))
+        referring_physician=s("ReferringPhysicianName"), study_id=s("StudyID"),
+        specific_character_set=_applied(values), charset_source=values["_charset"].source)
+
+
+def _applied(values: dict[str, Any]) -> str | None:
+    cs: charset.Charset = values["_charset"]
+    if cs.source == "invalid":
+        return str(values.get("_declared_charset"))
+    return None if cs.source == "none" else cs.value
 
 
 def _meta_element(tag: int, vr: bytes, value: bytes) -> bytes:
@@ -491,14 +542,20 @@ def build_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: 
 def check_dimse(dataset: bytes, transfer_syntax: str, *, affected_sop_class: str,
                 affected_sop_instance: str, calling_ae: str | None = None,
                 max_instance_bytes: int = 2 << 30,
-                max_inflate_bytes: int = 512 * 1024 * 1024) -> Checked:
-    """Check a C-STORE data set; return the Part-10 file to store."""
+                max_inflate_bytes: int = 512 * 1024 * 1024,
+                default_character_set: str | None = None) -> Checked:
+    """Check a C-STORE data set; return the Part-10 file to store.
+
+    ``default_character_set``: ``dicom.default_character_set``, for a data set that
+    declares no (0008,0005).
+    """
     if len(dataset) > max_instance_bytes:
         raise Rejected(st.INSTANCE_TOO_LARGE, f"data set of {len(dataset)} bytes exceeds "
                                               f"dicom.max_instance_bytes = {max_instance_bytes}")
     if not dataset:
         raise Rejected(st.CANNOT_UNDERSTAND, "empty data set")
-    values = check_dataset(dataset, transfer_syntax, max_inflate_bytes=max_inflate_bytes)
+    values = check_dataset(dataset, transfer_syntax, max_inflate_bytes=max_inflate_bytes,
+                           default_character_set=default_character_set)
     if values["SOPInstanceUID"] != affected_sop_instance:
         raise Rejected(st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
                        f"(0008,0018) SOP Instance UID {values['SOPInstanceUID']!r} differs from "
@@ -569,15 +626,20 @@ def split_part10(data: bytes) -> tuple[dict[str, str], int]:
 
 
 def check_part10(data: bytes, *, max_instance_bytes: int = 2 << 30,
-                 max_inflate_bytes: int = 512 * 1024 * 1024) -> Checked:
-    """Check a whole Part-10 file (meta included); it is stored exactly as given."""
+                 max_inflate_bytes: int = 512 * 1024 * 1024,
+                 default_character_set: str | None = None) -> Checked:
+    """Check a whole Part-10 file (meta included); it is stored exactly as given.
+
+    ``default_character_set`` as for :func:`check_dimse`.
+    """
     if len(data) > max_instance_bytes:
         raise Rejected(st.INSTANCE_TOO_LARGE, f"file of {len(data)} bytes exceeds "
                                               f"dicom.max_instance_bytes = {max_instance_bytes}")
     meta, off = split_part10(data)
     ts = meta["TransferSyntaxUID"]
     body = memoryview(data)[off:]
-    values = check_dataset(body, ts, max_inflate_bytes=max_inflate_bytes)
+    values = check_dataset(body, ts, max_inflate_bytes=max_inflate_bytes,
+                           default_character_set=default_character_set)
     for mkey, dkey in (("MediaStorageSOPInstanceUID", "SOPInstanceUID"),
                        ("MediaStorageSOPClassUID", "SOPClassUID")):
         if meta[mkey] != values[dkey]:

@@ -58,7 +58,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from fenji.codecs.bundle import BundleReader, InstanceEvent, ManifestEvent, PreviewEvent
 from fenji.codecs.errors import DecodeError
 from fenji.codecs.pixel import pixel_info
-from fenji.gateway import ingest
+from fenji.gateway import charset, ingest
 from fenji.gateway.keys import canonical_json, sign, verify
 from fenji.gateway.store import Store, StoreFull
 from fenji.gateway.validate import Rejected
@@ -346,6 +346,18 @@ def _save_previews(ctx: ReceiverContext, manifest: dict[str, Any],
         os.replace(tmp, folder / f"{index}.prev")
 
 
+def _sender_default(manifest: dict[str, Any] | None, index: int) -> str | None:
+    """The default character set the sender applied to instance ``index`` (its manifest's
+    ``case.default_character_sets``), when it is a defined term; else None (ours)."""
+    defaults = ((manifest or {}).get("case") or {}).get("default_character_sets")
+    if not isinstance(defaults, list) or not 0 <= index < len(defaults):
+        return None
+    term = defaults[index]
+    if not isinstance(term, str) or not term or charset.check_term(term) is not None:
+        return None
+    return term
+
+
 def _ingest_bundle(ctx: ReceiverContext,
                    row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Verify the finished upload whole, then make it visible at once; build the receipt.
@@ -378,7 +390,7 @@ def _ingest_bundle(ctx: ReceiverContext,
                         raise DecodeError(f"bundle previews exceed {MAX_PREVIEW_BYTES} bytes")
                     previews.append((ev.index, data))
                 elif isinstance(ev, InstanceEvent):
-                    batch.add(ev.data)
+                    batch.add(ev.data, default_character_set=_sender_default(manifest, ev.index))
                     indexes.append(ev.index)
     reader.close()
     if manifest is None:

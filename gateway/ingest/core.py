@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -243,9 +244,14 @@ class Batch:
         self.store, self.source, self.limits = store, source, limits
         self._staged: list[tuple[InstanceInfo, str, int]] = []
 
-    def add(self, data: bytes) -> Checked:
-        """Check and stage one instance; raises :class:`Rejected` or :class:`StoreFull`."""
-        checked = check(data, self.limits)
+    def add(self, data: bytes, *, default_character_set: str | None = None) -> Checked:
+        """Check and stage one instance; raises :class:`Rejected` or :class:`StoreFull`.
+
+        ``default_character_set`` replaces the limits' one for this instance (the
+        character set its sender applied to it: gateway/charset.py)."""
+        limits = self.limits if default_character_set is None else dataclasses.replace(
+            self.limits, default_character_set=default_character_set)
+        checked = check(data, limits)
         held = self.store.get_instance(checked.info.sop_instance_uid)
         if held is not None and held["dataset_sha256"] != checked.info.dataset_sha256:
             raise Rejected(st.SOP_INSTANCE_CONFLICT,

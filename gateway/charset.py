@@ -1,0 +1,318 @@
+"""DICOM text as Unicode: (0008,0005) Specific Character Set, decoded once, checked.
+
+Every text value fenji indexes, answers or shows is decoded here with the
+instance's Specific Character Set (PS3.5 6.1, PS3.3 C.12.1.1.2): one value
+(``ISO_IR 100``, ``ISO_IR 192``, ``GB18030``, ``GBK``) or several with ISO 2022
+code extensions (``\\ISO 2022 IR 58``, ``ISO 2022 IR 13\\ISO 2022 IR 87``,
+``\\ISO 2022 IR 149``; PS3.5 Annexes H, I, K).  An instance that declares none
+is decoded with the node's ``[dicom] default_character_set`` when one is set
+(modalities that write GBK or GB18030 and declare nothing), which is recorded.
+
+The defined terms and their Python codecs come from ``pydicom.charset``, and
+so does the decoding of escape-sequence fragments, except where pydicom is
+wrong (tested in ``tests/gateway/test_charset.py``):
+
+* ``ISO 2022 IR 58`` (GB2312 designated to G1 by ``ESC $ ) A``): pydicom 3.0.2
+  decodes the fragment with Python's ``iso_ir_58`` codec *with* the escape
+  sequence, which that codec (plain EUC-CN) passes through as text, so
+  ``Zhang^XiaoDong=\\x1b$)A张^小东``.  fenji strips the sequence and decodes the
+  fragment as EUC-CN itself.
+
+Multi-byte sets without code extensions (GB18030, GBK, UTF-8) may have ``\\``
+(0x5C) and ``^`` (0x5E) as the second byte of a character, so a value is
+always decoded whole and split into values or name components afterwards,
+in Unicode.
+
+Person names keep their component groups: ``Alphabetic=Ideographic=Phonetic``
+in one string (``Wang^XiaoDong=王^小东``), split by :func:`pn_groups`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom import charset as pd_charset
+
+from fenji.gateway.errors import PeerError
+
+log = logging.getLogger(__name__)
+
+ESC = b"\x1b"
+# pydicom's table holds two terms that are not DICOM defined terms; never accept them.
+_NOT_DEFINED = {"ISO 2022 GBK", "ISO 2022 58"}
+# Defined terms (PS3.3 C.12.1.1.2, Tables C.12-2 … C.12-5) -> Python codec, from pydicom.
+DEFINED_TERMS: dict[str, str] = {
+    term: codec for term, codec in pd_charset.python_encoding.items()
+    if term and term not in _NOT_DEFINED}
+# Stand-alone multi-byte sets: no code extensions, a value is one codec throughout.
+STAND_ALONE = frozenset(pd_charset.STAND_ALONE_ENCODINGS)
+# What modalities write in the field instead of a defined term -> the defined term
+# whose decoding is the same for their bytes.  GB2312 (EUC-CN) is a subset of GBK
+# and GB18030; "ISO_IR_100"-style spellings are pydicom's own corrections.
+_ALIASES = {"GB2312": "GB18030", "UTF-8": "ISO_IR 192", "UTF8": "ISO_IR 192",
+            "ISO_IR 6": "", "ISO 2022 IR 6": ""}
+_SPELLING = re.compile(r"^(ISO)[ _-]?(2022)?[ _-]?IR[ _-]?(\d+)$")
+# ESC $ ) A: GB2312 in G1 (PS3.3 Table C.12-4); see the module docstring.
+_IR58_ESC = b"\x1b$)A"
+_IR58_CODEC = "gb2312"
+# pydicom resets the code element at these bytes in escape fragments (PS3.5 6.1.2.5.3).
+_PN_DELIMS = {0x5E, 0x3D, 0x5C}
+_TEXT_DELIMS = set(pd_charset.TEXT_VR_DELIMS) | {0x5C}
+TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC", "PN"})
+_MULTI_TEXT_VRS = {"ST", "LT", "UT"}  # backslash is text, not a value separator
+
+
+class CharsetError(PeerError):
+    """(0008,0005) names a character set fenji cannot decode."""
+
+
+@dataclass(frozen=True, slots=True)
+class Charset:
+    """The character set text of one data set is decoded with.
+
+    ``terms``: defined terms as in (0008,0005), the first ``""`` for the default
+    repertoire; ``source``: ``declared`` (the data set's own), ``default`` (the
+    node's ``dicom.default_character_set``, none declared) or ``none``
+    (neither; non-ASCII bytes are then decoded as UTF-8, else Latin-1).
+    """
+
+    terms: tuple[str, ...] = ("",)
+    source: str = "none"
+
+    @property
+    def value(self) -> str:
+        """The terms as (0008,0005) writes them, ``\\``-separated ("" for the default)."""
+        return "\\".join(self.terms)
+
+    @property
+    def codecs(self) -> list[str]:
+        return [DEFINED_TERMS[t] if t else DEFINED_TERMS["ISO_IR 6"] for t in self.terms]
+
+
+NONE = Charset()
+
+
+def normalize_term(term: str) -> str | None:
+    """A (0008,0005) value as a defined term (``""`` for the default), or None if unknown."""
+    t = term.strip().upper()
+    if t in _ALIASES:
+        return _ALIASES[t]
+    if t in DEFINED_TERMS or t == "":
+        return t
+    m = _SPELLING.match(t)
+    if m:  # "ISO-IR 100", "ISO_IR_100", "ISO_IR 58" (for ISO 2022 IR 58): the defined term
+        plain, ext = f"ISO_IR {m.group(3)}", f"ISO 2022 IR {m.group(3)}"
+        for fixed in ((ext, plain) if m.group(2) else (plain, ext)):
+            if fixed in DEFINED_TERMS:
+                return _ALIASES.get(fixed, fixed)
+    return None
+
+
+def check_term(term: str) -> str | None:
+    """Why ``term`` is not usable as ``dicom.default_character_set`` (None: it is)."""
+    if not term.strip():
+        return None
+    if "\\" in term:
+        terms = term.split("\\")
+    else:
+        terms = [term]
+    for t in terms:
+        if normalize_term(t) is None:
+            known = ", ".join(sorted(t for t in DEFINED_TERMS if t))
+            return f"{t.strip()!r} is not a DICOM defined term for (0008,0005) (known: {known})"
+    return None
+
+
+def parse(declared: str | bytes) -> tuple[str, ...]:
+    """(0008,0005) as defined terms; raises :class:`CharsetError` naming an unknown one."""
+    text = declared.decode("latin-1") if isinstance(declared, bytes) else declared
+    text = text.rstrip("\x00 ")
+    out = []
+    for i, raw in enumerate(text.split("\\")):
+        term = normalize_term(raw)
+        if term is None:
+            raise CharsetError(f"(0008,0005) Specific Character Set value {i + 1} = "
+                               f"{raw.strip()[:64]!r} is not a defined term "
+                               "(PS3.3 C.12.1.1.2)")
+        out.append(term)
+    if len(out) > 1 and any(t in STAND_ALONE for t in out):
+        raise CharsetError(f"(0008,0005) Specific Character Set {text[:64]!r}: "
+                           f"{', '.join(sorted(STAND_ALONE))} take no code extensions "
+                           "(PS3.3 C.12.1.1.2)")
+    return tuple(out) if out else ("",)
+
+
+def resolve(declared: str | bytes | None, default: str | None = None) -> Charset:
+    """The character set of a data set that declares ``declared`` (None: absent)."""
+    if declared is not None:
+        text = declared.decode("latin-1") if isinstance(declared, bytes) else declared
+        if text.strip("\x00 \\"):
+            return Charset(parse(text), "declared")
+    if default:
+        return Charset(parse(default), "default")
+    return NONE
+
+
+def _escaped(fragment: bytes, codecs: list[str], delims: set[int]) -> str:
+    if fragment.startswith(_IR58_ESC) and "iso_ir_58" in codecs:
+        # pydicom 3.0.2 leaves ESC $ ) A in the text (module docstring).  The
+        # fragment is EUC-CN: ASCII delimiters stay ASCII, so it decodes whole.
+        return fragment[len(_IR58_ESC):].decode(_IR58_CODEC)
+    return str(pd_charset.decode_bytes(fragment, codecs, delims))
+
+
+def decode(raw: bytes, cs: Charset, vr: str = "LO") -> tuple[str, bool]:
+    """``raw`` as Unicode under ``cs``; the flag says whether bytes were replaced.
+
+    A value that does not decode under its declared set is decoded with
+    replacement characters (U+FFFD), so a broken name shows as broken rather
+    than as another name; callers log it (without the text).
+    """
+    if not raw:
+        return "", False
+    codecs = cs.codecs
+    if cs.source == "none" or (cs.source == "invalid" and cs.terms == ("",)):
+        if raw.isascii():
+            return raw.decode("ascii"), False
+        try:  # the de facto practice of undeclared writers: UTF-8, else Latin-1
+            return raw.decode("utf-8"), False
+        except UnicodeDecodeError:
+            return raw.decode("latin-1"), False
+    first = codecs[0]
+    if ESC not in raw or cs.terms[0] in STAND_ALONE:
+        try:
+            return raw.decode(first), False
+        except UnicodeDecodeError:
+            return raw.decode(first, errors="replace"), True
+    delims = _PN_DELIMS if vr == "PN" else _TEXT_DELIMS if vr in _MULTI_TEXT_VRS else {0x5C}
+    out = []
+    bad = False
+    for fragment in re.findall(b"(^[^\x1b]+|[\x1b][^\x1b]*)", raw, flags=re.S):
+        try:
+            if fragment.startswith(ESC):
+                text = _escaped(fragment, codecs, delims)
+                bad |= "\ufffd" in text  # pydicom's own fallback for undecodable bytes
+            else:
+                text = fragment.decode(first)
+        except (UnicodeDecodeError, LookupError, ValueError):
+            text, bad = fragment.decode(first, errors="replace"), True
+        out.append(text)
+    return "".join(out), bad
+
+
+def decode_value(raw: bytes, cs: Charset, vr: str) -> tuple[str, bool]:
+    """A whole element value: decoded, padding (spaces, NUL) stripped at the end,
+    and for PN trailing empty component groups dropped."""
+    text, bad = decode(raw, cs, vr)
+    text = text.rstrip("\x00 ")
+    if vr == "PN":
+        text = "\\".join(normalize_pn(v) for v in text.split("\\"))
+    return text, bad
+
+
+# -- person names ------------------------------------------------------------
+PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")  # PS3.5 6.2.1, PS3.18 F.2.2
+
+
+def normalize_pn(name: str) -> str:
+    """Trailing spaces of each group and trailing empty groups dropped."""
+    groups = [g.rstrip(" ") for g in name.split("=")[:3]]
+    while groups and not groups[-1]:
+        groups.pop()
+    return "=".join(groups)
+
+
+def pn_groups(name: str) -> list[str]:
+    """``"Wang^XiaoDong=王^小东"`` -> ``["Wang^XiaoDong", "王^小东", ""]``."""
+    groups = name.split("=")[:3]
+    return groups + [""] * (3 - len(groups))
+
+
+def pn_json(name: str) -> dict[str, str]:
+    """One PN value as PS3.18 F.2.2 JSON: only the groups that are present."""
+    return {key: g for key, g in zip(PN_GROUPS, pn_groups(name), strict=True) if g}
+
+
+def pn_display(name: str) -> str:
+    """A name for people: the groups present, ``^`` as spaces, ``"Wang XiaoDong / 王 小东"``."""
+    parts = [" ".join(c for c in g.split("^") if c) for g in pn_groups(name)]
+    return " / ".join(p for p in parts if p)
+
+
+def stored_default(row: Any, node_default: str | None) -> str | None:
+    """The default character set to read a stored instance with: the one applied when
+    it was indexed (``charset_source = 'default'``, perhaps by the node that sent it),
+    else the node's own (``dicom.default_character_set``)."""
+    if row.get("charset_source") == "default" and row.get("specific_character_set"):
+        return str(row["specific_character_set"])
+    return node_default or None
+
+
+# -- pydicom data sets -------------------------------------------------------
+def dataset_charset(ds: Any, default: str | None = None,
+                    parent: Charset | None = None) -> Charset:
+    """The character set of a pydicom ``Dataset`` (its own (0008,0005), else ``parent``'s,
+    else the default), read from the raw element so pydicom decodes nothing."""
+    elem = ds.get_item(0x00080005) if 0x00080005 in ds else None
+    value = getattr(elem, "value", None)
+    if isinstance(value, bytes):
+        declared: str | None = value.decode("latin-1")
+    elif isinstance(value, str):
+        declared = value
+    elif isinstance(value, Iterable):
+        declared = "\\".join(str(v) for v in value)
+    else:
+        declared = None
+    if declared is not None and declared.strip("\x00 \\"):
+        return resolve(declared)
+    if parent is not None:
+        return parent
+    return resolve(None, default)
+
+
+def _vr_of(elem: Any) -> str | None:
+    vr = getattr(elem, "VR", None)
+    if vr:
+        return str(vr)
+    from pydicom.datadict import dictionary_VR
+
+    try:
+        return str(dictionary_VR(elem.tag)).split(" or ")[0]
+    except KeyError:
+        return None
+
+
+def decode_dataset(ds: Any, default: str | None = None, parent: Charset | None = None,
+                   *, depth: int = 0) -> int:
+    """Decode every still-encoded text element of ``ds`` (and its items) in place, with fenji's
+    decoder instead of pydicom's; returns how many values needed replacement characters.
+
+    Elements pydicom has already converted are left alone.  Items with their own
+    (0008,0005) use it (PS3.5 6.1.2.5.3 note), others inherit the data set's.
+    """
+    from pydicom.dataelem import DataElement, RawDataElement
+    from pydicom.valuerep import PersonName
+
+    cs = dataset_charset(ds, default, parent)
+    bad = 0
+    for tag in list(ds.keys()):
+        elem = ds.get_item(tag)
+        if isinstance(elem, RawDataElement):
+            vr = _vr_of(elem)
+            if vr in TEXT_VRS and isinstance(elem.value, bytes):
+                text, broken = decode_value(elem.value, cs, vr)
+                bad += broken
+                values: list[Any] = [text] if vr in _MULTI_TEXT_VRS else text.split("\\")
+                if vr == "PN":
+                    values = [PersonName(v) for v in values]
+                value: Any = None if not text else values[0] if len(values) == 1 else values
+                ds[tag] = DataElement(tag, vr, value)
+                continue
+        if depth < 32 and _vr_of(elem) == "SQ":
+            for item in ds[tag].value or ():
+                bad += decode_dataset(item, default, cs, depth=depth + 1)
+    return bad
