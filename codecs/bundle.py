@@ -67,9 +67,15 @@ class Preview:
     meta: dict[str, Any]
     data: bytes  # pixel_encode / waveform_encode output
 
-    def array(self) -> np.ndarray:
-        """The preview samples: (rows, cols[, 3]) uint8 image or (n, 1) int16 strip."""
-        return pixel_decode(self.data) if self.kind == "image" else waveform_decode(self.data)
+    def array(self, *, max_pixels: int = 4096 * 4096) -> np.ndarray:
+        """The preview samples: (rows, cols[, 3]) uint8 image or (n, 1) int16 strip.
+
+        An image preview declaring more than ``max_pixels`` samples raises
+        DecodeError unread (a preview is a downsampled key image, never a bomb).
+        """
+        if self.kind == "image":
+            return pixel_decode(self.data, max_pixels=max_pixels)
+        return waveform_decode(self.data)
 
     def to_bytes(self) -> bytes:
         head = json.dumps({"kind": self.kind, "meta": self.meta}, sort_keys=True).encode()

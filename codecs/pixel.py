@@ -814,10 +814,28 @@ def pixel_info(buf: bytes) -> dict[str, Any]:
             "table_bytes": ntab}
 
 
-def pixel_decode(buf: bytes, *, _impl: str = "nb") -> np.ndarray:
-    """Decode :func:`pixel_encode` output; corrupt or truncated input raises DecodeError."""
+# Decoded samples (frames x rows x cols x samples) pixel_decode produces at most
+# unless told otherwise: every sample of the largest instance fenji accepts
+# (dicom.max_instance_bytes = 1 GiB at 8 bits).  A stream of zeros compresses
+# a thousandfold, so a few KB must not be allowed to ask for more (issue 17:
+# a 25 KB preview decoded to 1.16 GB).  Callers with a smaller need (previews)
+# pass a smaller cap.
+MAX_PIXELS = 1 << 30
+
+
+def pixel_decode(buf: bytes, *, max_pixels: int = MAX_PIXELS, _impl: str = "nb") -> np.ndarray:
+    """Decode :func:`pixel_encode` output; corrupt or truncated input raises DecodeError.
+
+    A stream whose header declares more than ``max_pixels`` samples raises
+    DecodeError before anything is allocated.
+    """
     buf = bytes(buf)
     info = pixel_info(buf)
+    declared = info["frames"] * info["rows"] * info["cols"] * info["samples"]
+    if declared > max_pixels:
+        raise DecodeError(f"pixel stream declares {info['frames']}x{info['rows']}x{info['cols']}"
+                          f"x{info['samples']} = {declared} samples, more than the cap of "
+                          f"{max_pixels}")
     if zlib.crc32(buf[:-4]) != struct.unpack_from("<I", buf, len(buf) - 4)[0]:
         raise DecodeError("pixel stream CRC-32 mismatch (corrupt or truncated)")
     pos = _HDR.size

@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
 
 from fenji.gateway import __version__
 from fenji.gateway.errors import FenjiError
+from fenji.gateway.init import PRIVATE_UMASK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Every file a fenji command creates (config, keys, store, log) is the node
+    # user's alone (gateway/init.py PRIVATE_UMASK).
+    os.umask(PRIVATE_UMASK)
     parser = build_parser()
     args = parser.parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)

@@ -105,6 +105,15 @@ class DicomSection:
     # text is read as UTF-8, else Latin-1).  What was applied is recorded per
     # instance (instances.charset_source = "default").  Orthanc's DefaultEncoding.
     default_character_set: str = ""
+    # A connection that sends no byte of its A-ASSOCIATE-RQ within this long is
+    # dropped before it becomes an association: a modality sends its request at
+    # once, and anonymous idle sockets must not hold association slots for
+    # acse_timeout_s (issue 17: 40 idle sockets locked C-ECHO out).
+    preassoc_idle_s: float = 5.0
+    # Connections (idle or associated) one source address may hold per
+    # receiving process; more are refused with A-ASSOCIATE-RJ (local limit).
+    # Half of max_associations: one host can never lock the others out.
+    max_connections_per_host: int = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,9 +135,47 @@ class StoreSection:
     min_free_bytes: int = 64 * 1024 * 1024
     # Keep rejected input in quarantine/ for forensics (never served or forwarded).
     quarantine: bool = True
+    # The quarantine's bounds: past either, the oldest records (and their
+    # files) are evicted and the eviction logged.  Forensics needs recent
+    # rejects, not every part of a flood (10,000 tiny STOW-RS parts made
+    # 12,000 rows).  0: unbounded.
+    quarantine_max_records: int = 10000
+    quarantine_max_bytes: int = 1024 * 1024 * 1024
     # Inflate deflated datasets at most this far (deflate bombs: a 3 MB file
     # that inflates to 3 GiB).
     max_inflate_bytes: int = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsSection:
+    """What one request may spend (issue 17: a node a careless or hostile party cannot
+    bring down).  Refusals answer 4xx with the limit's key path in the message."""
+
+    # WADO-RS frames per request, after duplicates are removed.  Viewers ask
+    # one frame or a small batch; 1,000 listed frames decoded 378 MB at once.
+    max_frames_per_request: int = 64
+    # Decoded bytes of the frames one WADO-RS request asks for as
+    # application/octet-stream from a compressed instance: they are held in
+    # memory until sent.  256 MiB is six 4664 x 3064 16-bit mammogram frames.
+    max_decoded_bytes_per_request: int = 256 * 1024 * 1024
+    # Decoded pixels of one preview (all frames x samples): a preview is a
+    # downsampled key image, 4096 x 4096 is more than any screen shows; a
+    # 25 KB bundle decoded to a 1.16 GB preview without it.
+    max_preview_pixels: int = 4096 * 4096
+    # Words of a fuzzy person-name query: a name has five components of a few
+    # words each; SQLite refuses an expression deeper than 1,000 terms.
+    max_fuzzy_words: int = 16
+    # Parts of one multipart request (STOW-RS, ECG upload): a study sent by a
+    # viewer is rarely more than a few thousand instances.
+    max_multipart_parts: int = 2000
+    # Uploads one peer may have open (receiving) at once: an outbox sends one
+    # bundle per peer at a time and resumes it, so 200 parallel creations are
+    # not a sender doing its job.
+    max_uploads_per_peer: int = 16
+    # Uploads (STOW-RS, ECG records, reports) one user may have in flight at
+    # once: a viewer or cart sends one at a time, and each holds up to a whole
+    # instance in memory (dicom.max_instance_bytes).
+    max_uploads_per_user: int = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +373,7 @@ class Config:
     log: LogSection = field(default_factory=LogSection)
     transfer: TransferSection = field(default_factory=TransferSection)
     ingest: IngestSection = field(default_factory=IngestSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
     # The quality gate's thresholds (DESIGN.md §9: thresholds live in config);
     # every default and its reason is in fenji/codecs/ecg_quality.py and
     # image_quality.py.  A [quality_ecg] / [quality_image] table overrides.
@@ -526,10 +574,25 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
                       f"{why}")
     if not 0 < cfg.dicom.poll_interval_s <= 0.01:
         errors.append(f"dicom.poll_interval_s = {cfg.dicom.poll_interval_s} is outside (0, 0.01]")
-    for name in ("network_timeout_s", "acse_timeout_s", "dimse_timeout_s"):
+    for name in ("network_timeout_s", "acse_timeout_s", "dimse_timeout_s", "preassoc_idle_s"):
         v = getattr(cfg.dicom, name)
-        if v <= 0:
-            errors.append(f"dicom.{name} = {v} must be > 0")
+        if not v > 0 or v == float("inf"):
+            errors.append(f"dicom.{name} = {v} must be a finite number > 0")
+    if cfg.dicom.max_connections_per_host < 1:
+        errors.append(f"dicom.max_connections_per_host = {cfg.dicom.max_connections_per_host} "
+                      "must be >= 1")
+    for name in ("max_frames_per_request", "max_decoded_bytes_per_request",
+                 "max_preview_pixels", "max_fuzzy_words",
+                 "max_multipart_parts", "max_uploads_per_peer", "max_uploads_per_user"):
+        v = getattr(cfg.limits, name)
+        if v < 1:
+            errors.append(f"limits.{name} = {v} must be >= 1")
+    skew = cfg.transfer.max_clock_skew_s
+    if not 0 < skew < float("inf"):
+        errors.append(f"transfer.max_clock_skew_s = {skew} must be a finite number > 0")
+    for name in ("quarantine_max_records", "quarantine_max_bytes"):
+        if getattr(cfg.store, name) < 0:
+            errors.append(f"store.{name} = {getattr(cfg.store, name)} must be >= 0")
     if cfg.store.min_free_bytes < 0:
         errors.append(f"store.min_free_bytes = {cfg.store.min_free_bytes} must be >= 0")
     names = [p.name for p in cfg.peers]

@@ -47,10 +47,11 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from fenji.gateway import charset, ingest, ledger, qr, reading
+from fenji.gateway import access, charset, ingest, ledger, qr, reading
 from fenji.gateway import dimse_status as st
 from fenji.gateway.auth import User, require
 from fenji.gateway.config import Config
+from fenji.gateway.http_limits import multipart_parts
 from fenji.gateway.store import Store
 from fenji.gateway.validate import (
     DEFLATED_LE,
@@ -386,12 +387,19 @@ def _instances(store: Store, study: str, series: str | None = None,
 
 def _audit_open(store: Store, cfg: Config, user: User, studies: list[str], via: str,
                 request: web.Request, **extra: Any) -> None:
-    """One ``opened`` event per request (DESIGN.md §11: every access to patient data)."""
+    """One ``opened`` event per request (DESIGN.md §11: every access to patient data).
+
+    The event names what was read by its UIDs (the path, the studies) and a
+    query by its keys only: the values (``PatientName=…``) are patient data,
+    and the ledger travels with the case to other nodes (issue 17, finding 8).
+    """
     if not studies:
         return
     obj = studies[0] if len(studies) == 1 else f"{len(studies)} studies"
     case_id = qr.case_for_study(store, studies[0]) if len(studies) == 1 else None
-    detail: dict[str, Any] = {"via": via, "from": request.remote, "what": request.path_qs}
+    detail: dict[str, Any] = {"via": via, "from": request.remote, "path": request.path}
+    if request.query:
+        detail["query_keys"] = sorted(set(request.query.keys()))[:50]
     if len(studies) > 1:
         detail["studies"] = studies[:MAX_QUERY_STUDIES_IN_AUDIT]
     detail.update(extra)
@@ -445,6 +453,7 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     cfg, store = _app(request)
     user = require(request, "reader", "operator", action="read studies")
     m = dict(request.match_info)
+    await asyncio.to_thread(access.check_study, store, user, m["study"])
     rows = await asyncio.to_thread(_instances, store, m["study"], m.get("series"), m.get("sop"))
     _not_found_if_empty(rows, _what(m))
     acceptable = dicom_syntaxes(parse_accept(request.headers.get("Accept")))
@@ -561,6 +570,7 @@ async def metadata(request: web.Request) -> web.StreamResponse:
     if not _accepts_json(parse_accept(request.headers.get("Accept"))):
         raise NotAcceptable(f"Accept {request.headers.get('Accept')!r}: metadata is served as "
                             f"{DICOM_JSON}")
+    await asyncio.to_thread(access.check_study, store, user, m["study"])
     rows = await asyncio.to_thread(_instances, store, m["study"], m.get("series"), m.get("sop"))
     _not_found_if_empty(rows, _what(m))
     await asyncio.to_thread(_audit_open, store, cfg, user, [m["study"]], "wado-rs", request,
@@ -751,6 +761,15 @@ def _decoded_frames(src: Any, wanted: list[int]) -> list[bytes]:
     return out
 
 
+def _decoded_frame_bytes(src: Any) -> int:
+    """Bytes of one decoded frame of ``src`` (a stored file's path or a loaded data set)."""
+    import pydicom
+
+    ds = pydicom.dcmread(src, stop_before_pixels=True) if isinstance(src, str) else src
+    return (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1)
+            * ((int(ds.BitsAllocated) + 7) // 8))
+
+
 def _frame_plan(stored_ts: str, accept: list[MediaRange]) -> tuple[str, str] | None:
     """(part media type, transfer syntax) to send frames in, or None (406)."""
     stored_media = ("application/octet-stream" if stored_ts in NATIVE
@@ -774,17 +793,33 @@ def _frame_plan(stored_ts: str, accept: list[MediaRange]) -> tuple[str, str] | N
     return None
 
 
+def _frame_list(text: str, cap: int) -> list[int]:
+    """The asked-for frame numbers, duplicates removed (first order kept), at most ``cap``.
+
+    Every listed frame is read (and maybe decoded) into memory: ``1,1,1,…`` a
+    thousand times must cost one frame, and many distinct frames are refused.
+    """
+    try:
+        listed = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"frame list {text[:80]!r} is not comma-separated "
+                                      "numbers") from None
+    if not listed or min(listed) < 1:
+        raise web.HTTPBadRequest(text=f"frame list {text[:80]!r}: frames are numbered from 1")
+    wanted = list(dict.fromkeys(listed))
+    if len(wanted) > cap:
+        raise web.HTTPBadRequest(text=f"frame list asks for {len(wanted)} distinct frames, more "
+                                      f"than limits.max_frames_per_request = {cap}; ask in "
+                                      "batches")
+    return wanted
+
+
 async def frames(request: web.Request) -> web.StreamResponse:
     cfg, store = _app(request)
     user = require(request, "reader", "operator", action="read studies")
     m = dict(request.match_info)
-    try:
-        wanted = [int(x) for x in m["frames"].split(",") if x.strip()]
-    except ValueError:
-        raise web.HTTPBadRequest(text=f"frame list {m['frames']!r} is not comma-separated "
-                                      "numbers") from None
-    if not wanted or min(wanted) < 1:
-        raise web.HTTPBadRequest(text=f"frame list {m['frames']!r}: frames are numbered from 1")
+    wanted = _frame_list(m["frames"], cfg.limits.max_frames_per_request)
+    await asyncio.to_thread(access.check_study, store, user, m["study"])
     rows = await asyncio.to_thread(_instances, store, m["study"], m["series"], m["sop"])
     _not_found_if_empty(rows, _what(m))
     row = rows[0]
@@ -809,6 +844,15 @@ async def frames(request: web.Request) -> web.StreamResponse:
                                     f"{len(all_frames)}")
     parts: list[bytes | list[Range]]
     if media == "application/octet-stream" and stored_ts in ENCAPSULATED:
+        # Decoded frames are held in memory until sent: bound them before decoding.
+        cap = cfg.limits.max_decoded_bytes_per_request
+        need = len(wanted) * await asyncio.to_thread(_decoded_frame_bytes, src)
+        if need > cap:
+            as_stored = FRAME_MEDIA_TYPES.get(stored_ts, "transfer-syntax=*")
+            return _error(413, "too_much_to_decode",
+                          f"{len(wanted)} decoded frames of instance {m['sop']} are {need} "
+                          f"bytes, more than limits.max_decoded_bytes_per_request = {cap}; ask "
+                          f"for fewer frames or for them as stored ({as_stored})")
         parts = list(await asyncio.to_thread(_decoded_frames, src, wanted))
     else:
         parts = [all_frames[n - 1] for n in wanted]
@@ -886,6 +930,7 @@ async def bulkdata(request: web.Request) -> web.StreamResponse:
     accept = parse_accept(request.headers.get("Accept"))
     if not any(_is_multipart(r.media) for r in accept):
         raise NotAcceptable("bulk data is served as multipart/related")
+    await asyncio.to_thread(access.check_study, store, user, m["study"])
     rows = await asyncio.to_thread(_instances, store, m["study"], m["series"], m["sop"])
     _not_found_if_empty(rows, _what(m))
     path, parts, ptype = await asyncio.to_thread(_bulk_value, store, rows[0],
@@ -913,17 +958,47 @@ def _keyword(name: str) -> str:
     return name
 
 
+_INT64_MAX = (1 << 63) - 1  # SQLite's INTEGER: a larger bound raised OverflowError (a 500)
+_INTEGER_VRS = {"IS", "SL", "SS", "UL", "US", "SV", "UV"}
+
+
 def _nonneg(request: web.Request, name: str) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return None
-    if not raw.isdigit():
-        raise web.HTTPBadRequest(text=f"{name} = {raw!r} is not a non-negative integer")
+    if not raw.isascii() or not raw.isdigit():
+        raise web.HTTPBadRequest(text=f"{name} = {raw[:40]!r} is not a non-negative integer")
+    if len(raw) > 19 or int(raw) > _INT64_MAX:
+        raise web.HTTPBadRequest(text=f"{name} = {raw[:40]}… exceeds {_INT64_MAX}")
     return int(raw)
 
 
-def parse_qido(request: web.Request) -> tuple[dict[str, str], set[str] | None, bool,
-                                               int | None, int]:
+def _check_value(keyword: str, value: str, fuzzy: bool, max_words: int) -> None:
+    """Refuse a matching value the store cannot evaluate (400 naming the key)."""
+    vr = _vr_of(_tag_of(keyword))
+    if vr in _INTEGER_VRS:
+        digits = value.strip().lstrip("+-")
+        if digits.isascii() and digits.isdigit() and (len(digits) > 19
+                                                      or int(digits) > _INT64_MAX):
+            raise web.HTTPBadRequest(text=f"query key {keyword} = {value[:40]}… ({len(value)} "
+                                          f"characters) is outside the 64-bit range of {vr}")
+    if vr == "PN" and fuzzy:
+        words = [w for w in re.split(r"[\s^=*?]+", value) if w]
+        if len(words) > max_words:
+            raise web.HTTPBadRequest(text=f"query key {keyword}: fuzzy matching on {len(words)} "
+                                          f"words, more than limits.max_fuzzy_words = "
+                                          f"{max_words}")
+
+
+def _tag_of(keyword: str) -> int:
+    from pydicom.datadict import tag_for_keyword
+
+    tag = tag_for_keyword(keyword)
+    return int(tag) if tag is not None else 0
+
+
+def parse_qido(request: web.Request, *, max_fuzzy_words: int = 16
+               ) -> tuple[dict[str, str], set[str] | None, bool, int | None, int]:
     """(match keys, include fields (None = all), fuzzy, limit, offset) of a QIDO request."""
     keys: dict[str, str] = {}
     include: set[str] | None = set()
@@ -947,6 +1022,8 @@ def parse_qido(request: web.Request) -> tuple[dict[str, str], set[str] | None, b
                                           "supported")
         keys[_keyword(name)] = value
     fuzzy = request.query.get("fuzzymatching", "false").lower() == "true"
+    for kw, value in keys.items():
+        _check_value(kw, value, fuzzy, max_fuzzy_words)
     return keys, include, fuzzy, _nonneg(request, "limit"), _nonneg(request, "offset") or 0
 
 
@@ -983,7 +1060,8 @@ def _qido_handler(level: str) -> Any:
     async def handler(request: web.Request) -> web.Response:
         cfg, store = _app(request)
         user = require(request, "reader", "operator", action="search studies")
-        keys, include, fuzzy, limit, offset = parse_qido(request)
+        keys, include, fuzzy, limit, offset = parse_qido(
+            request, max_fuzzy_words=cfg.limits.max_fuzzy_words)
         m = request.match_info
         if "study" in m:
             keys["StudyInstanceUID"] = m["study"]
@@ -992,8 +1070,12 @@ def _qido_handler(level: str) -> Any:
         try:
             results = await asyncio.to_thread(_qido_find, store, level, keys, include, fuzzy,
                                               limit, offset)
-        except (ValueError, KeyError) as exc:  # qr names the key it cannot match on
-            raise web.HTTPBadRequest(text=f"query: {exc}") from None
+        except (ValueError, KeyError, OverflowError) as exc:  # qr names the key
+            raise web.HTTPBadRequest(text=f"query: {str(exc)[:300]}") from None
+        if access.restricted(user):  # a reader sees the studies of their services only
+            seen = await asyncio.to_thread(access.visible_studies, store, user, (
+                str(r.get("StudyInstanceUID") or "") for r in results))
+            results = [r for r in results if str(r.get("StudyInstanceUID") or "") in seen]
         studies = list(dict.fromkeys(str(r["StudyInstanceUID"]) for r in results
                                      if r.get("StudyInstanceUID")))
         await asyncio.to_thread(_audit_open, store, cfg, user, studies, "qido-rs", request,
@@ -1085,8 +1167,7 @@ async def stow(request: web.Request) -> web.Response:
                       "application/dicom (Part-10 instances)")
     limit = cfg.dicom.max_instance_bytes
     res = _StowResult()
-    reader = await request.multipart()
-    async for part in reader:
+    async for part in multipart_parts(request, cfg.limits.max_multipart_parts):
         if not isinstance(part, BodyPartReader):
             res.failed.append({"status": st.CANNOT_UNDERSTAND, "reason": "nested multipart"})
             continue

@@ -25,12 +25,13 @@ from typing import Any
 
 from aiohttp import web
 
+from fenji.gateway import access, ingest
 from fenji.gateway import cases as cases_mod
-from fenji.gateway import ingest
 from fenji.gateway.auth import middleware as auth_middleware
 from fenji.gateway.auth import require
 from fenji.gateway.config import Config
-from fenji.gateway.errors import FenjiError
+from fenji.gateway.errors import DecodeError, FenjiError
+from fenji.gateway.http_limits import multipart_parts, upload_slots
 from fenji.gateway.keys import load_private, public_from_config
 from fenji.gateway.store import Store
 
@@ -57,6 +58,10 @@ async def errors_as_json(request: web.Request, handler: Any) -> web.StreamRespon
         raise
     except FenjiError as exc:
         return _error(exc.http_status, type(exc).__name__, str(exc))
+    except ConnectionResetError:  # the client left mid-body: nobody to answer, not a fault
+        log.info("client went away peer=%s %s %s", request.remote, request.method,
+                 request.path)
+        return _error(400, "connection_lost", "the client closed the connection mid-request")
 
 
 async def health(request: web.Request) -> web.Response:
@@ -112,13 +117,15 @@ async def post_ecg(request: web.Request) -> web.Response:
     files: dict[str, bytes] = {}
     fields: dict[str, str] = {}
     total = 0
-    reader = await request.multipart()
     from aiohttp import BodyPartReader
 
-    async for part in reader:
+    async for part in multipart_parts(request, cfg.limits.max_multipart_parts):
         if not isinstance(part, BodyPartReader):
             continue  # nested multipart: not a file
-        data = await part.read(decode=False)
+        try:
+            data = await part.read(decode=False)
+        except ValueError as exc:  # aiohttp: the body ends inside this part
+            return _error(400, "bad_multipart", f"malformed multipart body: {exc}")
         total += len(data)
         if total > cfg.ingest.max_record_bytes:
             return _error(413, "too_large", f"upload exceeds ingest.max_record_bytes = "
@@ -144,18 +151,23 @@ async def post_ecg(request: web.Request) -> web.Response:
 
 async def get_cases(request: web.Request) -> web.Response:
     store = request.app[STORE]
-    require(request, "technician", "reader", "physician", "operator", action="list cases")
+    user = require(request, "technician", "reader", "physician", "operator",
+                   action="list cases")
     rows = await asyncio.to_thread(cases_mod.list_cases, store,
                                    state=request.query.get("state"))
+    if access.restricted(user):
+        rows = [r for r in rows if r.get("service") in user.services]
     return web.json_response(rows)
 
 
 async def get_case(request: web.Request) -> web.Response:
     store = request.app[STORE]
-    require(request, "technician", "reader", "physician", "operator", action="read cases")
+    user = require(request, "technician", "reader", "physician", "operator",
+                   action="read cases")
     case = await asyncio.to_thread(cases_mod.get_case, store, request.match_info["case_id"])
     if case is None:
         return _error(404, "no_case", f"case {request.match_info['case_id']} not found")
+    access.check_case(user, case)
     from fenji.gateway import reading
 
     return web.json_response(await asyncio.to_thread(reading.with_reports, store, case))
@@ -171,7 +183,8 @@ async def get_previews(request: web.Request) -> web.Response:
     from fenji.codecs.bundle import Preview
 
     store = request.app[STORE]
-    require(request, "technician", "reader", "physician", "operator", action="read previews")
+    user = require(request, "technician", "reader", "physician", "operator",
+                   action="read previews")
     case_id = request.match_info["case_id"]
     folder = _previews_dir(store, case_id)
     if folder is None or not folder.is_dir():
@@ -179,6 +192,7 @@ async def get_previews(request: web.Request) -> web.Response:
     out = []
     for p in sorted(folder.glob("*.prev")):
         pv = Preview.from_bytes(p.read_bytes())
+        await asyncio.to_thread(access.check_preview, store, user, case_id, pv.kind)
         out.append({"index": int(p.stem), "kind": pv.kind, "meta": pv.meta,
                     "url": f"/api/cases/{case_id}/previews/{p.stem}"})
     return web.json_response(out)
@@ -189,7 +203,8 @@ async def get_preview(request: web.Request) -> web.Response:
     from fenji.codecs.bundle import Preview
     from fenji.gateway.png import encode_png
 
-    require(request, "technician", "reader", "physician", "operator", action="read previews")
+    user = require(request, "technician", "reader", "physician", "operator",
+                   action="read previews")
 
     store = request.app[STORE]
     case_id, index = request.match_info["case_id"], request.match_info["index"]
@@ -197,7 +212,15 @@ async def get_preview(request: web.Request) -> web.Response:
     if folder is None or not index.isdigit() or not (folder / f"{index}.prev").exists():
         return _error(404, "no_preview", f"no preview {index} for case {case_id}")
     pv = Preview.from_bytes((folder / f"{index}.prev").read_bytes())
-    arr = await asyncio.to_thread(pv.array)
+    await asyncio.to_thread(access.check_preview, store, user, case_id, pv.kind)
+    # A bomb raises DecodeError (422, naming limits.max_preview_pixels) unread.
+    cap = request.app[CONFIG].limits.max_preview_pixels
+    try:
+        arr = await asyncio.to_thread(pv.array, max_pixels=cap)
+    except DecodeError as exc:
+        log.warning("preview refused case=%s index=%s reason=%s", case_id, index, exc)
+        return _error(422, "preview_refused", f"preview {index} of case {case_id}: {exc} "
+                                              f"(limits.max_preview_pixels = {cap})")
     if pv.kind == "image":
         png = await asyncio.to_thread(encode_png, arr)
         return web.Response(body=png, content_type="image/png")
@@ -269,7 +292,8 @@ def _forward_or_keep(cfg: Config, store: Store, receipt: dict[str, Any],
 def build_app(cfg: Config, store: Store,
               on_release: Callable[[cases_mod.Released], None] | None = None,
               wake: Callable[[], None] = lambda: None) -> web.Application:
-    app = web.Application(middlewares=[errors_as_json, auth_middleware(cfg)],
+    app = web.Application(middlewares=[errors_as_json, auth_middleware(cfg),
+                                       upload_slots(cfg.limits.max_uploads_per_user)],
                           client_max_size=80 * 1024 * 1024)
     app[CONFIG] = cfg
     app[STORE] = store
@@ -301,6 +325,9 @@ def build_app(cfg: Config, store: Store,
                           key=load_private(cfg.resolve(cfg.keys.private_key)), peers=peers,
                           upload_dir=store.root / "uploads",
                           max_clock_skew_s=cfg.transfer.max_clock_skew_s,
+                          require_tls=cfg.http.tls,
+                          max_uploads_per_peer=cfg.limits.max_uploads_per_peer,
+                          max_preview_pixels=cfg.limits.max_preview_pixels,
                           limits=ingest.Limits.of(cfg), on_delivered=on_delivered)
     add_routes(app, ctx)
     return app

@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from fenji.gateway import reading
+from fenji.gateway import access, reading
 from fenji.gateway.auth import require
 
 
@@ -117,7 +117,12 @@ def _report_response(request: web.Request, row: dict[str, Any]) -> web.Response:
 
 async def get_reports(request: web.Request) -> web.Response:
     cfg, store = _app(request)
-    require(request, "technician", "reader", "physician", "operator", action="read reports")
+    user = require(request, "technician", "reader", "physician", "operator",
+                   action="read reports")
+    case = await asyncio.to_thread(store.query_one, "SELECT case_id, service FROM cases "
+                                   "WHERE case_id = ?", (request.match_info["case_id"],))
+    if case is not None:
+        access.check_case(user, case)
     rows = await asyncio.to_thread(reading.reports_of, store, request.match_info["case_id"])
     return web.json_response(rows)
 

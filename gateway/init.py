@@ -8,7 +8,10 @@ checks that they still load.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from fenji.gateway import config as config_mod
@@ -153,9 +156,34 @@ def render(*, role: str = "edge", name: str = "fenji-node", ae_title: str = "FEN
                            filename=filename)
 
 
+# The config (token hashes), keys, store (patient data) and log belong to the
+# node's user alone: files 0600, directories 0700 (issue 17, finding 9).
+PRIVATE_UMASK = 0o077
+
+
+@contextlib.contextmanager
+def private_files() -> Iterator[None]:
+    """Create files and directories owner-only inside the block (umask 077)."""
+    old = os.umask(PRIVATE_UMASK)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
 def init_node(directory: Path, *, force: bool = False, **kwargs: object) -> Path:
-    """Write ``DIR/fenji.toml`` and the node keys; return the config path."""
+    """Write ``DIR/fenji.toml`` and the node keys; return the config path.
+
+    Everything is created owner-only (:func:`private_files`), and ``DIR`` itself
+    is made 0700.
+    """
+    with private_files():
+        return _init_node(directory, force=force, **kwargs)
+
+
+def _init_node(directory: Path, *, force: bool = False, **kwargs: object) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
     path = directory / "fenji.toml"
     if path.exists() and not force:
         raise LocalError(f"{path} exists; use --force to overwrite the config "

@@ -33,6 +33,7 @@ from typing import Any
 from fenji.gateway import ingest, reindex
 from fenji.gateway.config import Config
 from fenji.gateway.errors import LocalError
+from fenji.gateway.init import PRIVATE_UMASK
 from fenji.gateway.store import Store
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,9 @@ def setup_logging(cfg: Config, *, verbose: int = 0) -> None:
 
 def open_store(cfg: Config) -> Store:
     store = Store(cfg.store_dir, min_free_bytes=cfg.store.min_free_bytes,
-                  quarantine=cfg.store.quarantine)
+                  quarantine=cfg.store.quarantine,
+                  quarantine_max_records=cfg.store.quarantine_max_records,
+                  quarantine_max_bytes=cfg.store.quarantine_max_bytes)
     store.audit_node = cfg.node.name  # stored instances are ledger events
     key = cfg.resolve(cfg.keys.private_key)
     if key.exists():  # the ledger's head is signed with the node key (truncation shows)
@@ -286,6 +289,11 @@ def run_node(cfg: Config, *, verbose: int = 0) -> int:
     Raises :class:`StartupError` (one line naming the key and value) when the
     store is in use by another node or a port is taken or a host does not resolve.
     """
+    # Owner-only files whatever umask the node was started with; a node
+    # directory from before this rule is closed to other users at once.
+    os.umask(PRIVATE_UMASK)
+    with contextlib.suppress(OSError):
+        cfg.data_dir.chmod(0o700)
     lock_fd = lock_store(cfg)
     try:
         # The DICOM workers of a node killed a moment ago may still be finishing

@@ -41,7 +41,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from fenji.gateway import charset, ledger, qr
+from fenji.gateway import access, charset, ledger, qr
 from fenji.gateway.validate import split_part10
 
 if TYPE_CHECKING:
@@ -158,6 +158,8 @@ def handle_find(store: Store, cfg: Config, event: Any, calling: str,
     try:
         level, keys, sequences = _keys(event.identifier, cfg.dicom.default_character_set)
         rows = qr.find(store, level, keys, root=root)
+        if level != "PATIENT":  # a reader's workstation: their services only
+            rows = access.filter_rows(store, cfg, calling, rows, "StudyInstanceUID")
     except qr.QueryError as exc:
         log.info("c-find calling=%s refused status=0x%04X reason=%s", calling,
                  IDENTIFIER_DOES_NOT_MATCH, exc)
@@ -353,6 +355,7 @@ def handle_move(store: Store, cfg: Config, event: Any, calling: str, peer: str) 
         return
     try:
         level, rows = _to_retrieve(store, event)
+        rows = access.filter_rows(store, cfg, calling, rows, "study_instance_uid")
     except qr.QueryError as exc:
         log.info("c-move calling=%s refused status=0x%04X reason=%s", calling,
                  IDENTIFIER_DOES_NOT_MATCH, exc)
@@ -391,6 +394,7 @@ def handle_get(store: Store, cfg: Config, event: Any, calling: str, peer: str) -
     install_stored_bytes_send()
     try:
         level, rows = _to_retrieve(store, event)
+        rows = access.filter_rows(store, cfg, calling, rows, "study_instance_uid")
     except qr.QueryError as exc:
         log.info("c-get calling=%s refused status=0x%04X reason=%s", calling,
                  IDENTIFIER_DOES_NOT_MATCH, exc)

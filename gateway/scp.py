@@ -35,6 +35,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from fenji.gateway import dimse_status as st
 from fenji.gateway import ingest, reading
 from fenji.gateway.config import Config
+from fenji.gateway.conn_guard import ConnectionGuard
 from fenji.gateway.store import Store
 from fenji.gateway.validate import ACCEPTED_TRANSFER_SYNTAXES
 
@@ -102,8 +103,9 @@ def install_nodelay() -> None:
     AssociationSocket._fenji_nodelay = True  # type: ignore[attr-defined]
 
 
-class _Server(ThreadedAssociationServer):
-    """pynetdicom's server with fenji's socket options and address allow-list."""
+class _Server(ConnectionGuard, ThreadedAssociationServer):
+    """pynetdicom's server with fenji's socket options, address allow-list and
+    pre-association guard (gateway/conn_guard.py)."""
 
     daemon_threads = True
     allow_hosts: frozenset[str] = frozenset()
@@ -126,7 +128,7 @@ class _Server(ThreadedAssociationServer):
             log.warning("refused connection peer=%s reason=address-not-allowed "
                         "(dicom.allow_hosts)", client_address[0])
             return False
-        return True
+        return super().verify_request(request, client_address)
 
 
 @dataclass
@@ -202,6 +204,8 @@ class DicomService:
             (evt.EVT_DATA_RECV, self._on_data),
         ]
         _Server.allow_hosts = frozenset(self.cfg.dicom.allow_hosts)
+        _Server.preassoc_idle_s = self.cfg.dicom.preassoc_idle_s
+        _Server.max_per_host = self.cfg.dicom.max_connections_per_host
         server = cast(_Server, self.ae.make_server(
             (self.cfg.dicom.host, self.cfg.dicom.port), evt_handlers=handlers,
             server_class=_Server))

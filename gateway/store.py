@@ -378,8 +378,12 @@ def _is_enospc(exc: BaseException) -> bool:
 class Store:
     """Blobs + index.  Safe to share between threads of one process."""
 
-    def __init__(self, root: Path, *, min_free_bytes: int = 0, quarantine: bool = True) -> None:
+    def __init__(self, root: Path, *, min_free_bytes: int = 0, quarantine: bool = True,
+                 quarantine_max_records: int = 0, quarantine_max_bytes: int = 0) -> None:
         self.root = Path(root)
+        # Bounds of the quarantine (0: none); past them the oldest records go.
+        self.quarantine_max_records = quarantine_max_records
+        self.quarantine_max_bytes = quarantine_max_bytes
         # Set by the node (open_store): every stored instance is then a
         # "received" event in the audit ledger, in the same transaction.
         self.audit_node: str | None = None
@@ -502,7 +506,7 @@ class Store:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.tmp_dir / f"{final.name}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # patient data
             try:
                 view = memoryview(data)
                 while view:
@@ -743,7 +747,46 @@ class Store:
                              peer_address, hint))
         except sqlite3.Error as exc:
             log.warning("store=%s could not index quarantine entry: %s", self.root, exc)
+        if self.quarantine_max_records or self.quarantine_max_bytes:
+            try:
+                self._evict_quarantine()
+            except (sqlite3.Error, OSError) as exc:
+                log.warning("store=%s quarantine eviction failed: %s", self.root, exc)
         return digest
+
+    def _evict_quarantine(self) -> None:
+        """Drop the oldest quarantine records (and files no record still names) until
+        the quarantine is within its bounds; log what went (issue 17: 10,000 tiny
+        STOW-RS parts made 12,000 rows)."""
+        max_n = self.quarantine_max_records or (1 << 62)
+        max_b = self.quarantine_max_bytes or (1 << 62)
+        gone: list[tuple[int, str, int, float]] = []
+        with self.atomic() as con:
+            n, total = con.execute("SELECT count(*), coalesce(sum(size), 0) FROM quarantine"
+                                   ).fetchone()
+            after = 0
+            while n > max_n or total > max_b:
+                batch = con.execute("SELECT id, sha256, size, at FROM quarantine WHERE id > ? "
+                                    "ORDER BY id LIMIT 500", (after,)).fetchall()
+                if not batch:
+                    break
+                for qid, sha, size, at in batch:
+                    if n <= max_n and total <= max_b:
+                        break
+                    gone.append((qid, sha, size, at))
+                    n, total, after = n - 1, total - size, qid
+            if not gone:
+                return
+            con.execute("DELETE FROM quarantine WHERE id <= ?", (gone[-1][0],))
+            orphans = {sha for _, sha, _, _ in gone if con.execute(
+                "SELECT 1 FROM quarantine WHERE sha256 = ? LIMIT 1", (sha,)).fetchone() is None}
+        for sha in orphans:
+            with contextlib.suppress(FileNotFoundError):
+                (self.quarantine_dir / sha).unlink()
+        log.warning("store=%s quarantine evicted records=%d bytes=%d oldest_at=%.0f "
+                    "(store.quarantine_max_records=%d, store.quarantine_max_bytes=%d)",
+                    self.root, len(gone), sum(g[2] for g in gone), gone[0][3],
+                    self.quarantine_max_records, self.quarantine_max_bytes)
 
     def quarantine_file(self, path: Path, reason: str, *, status: int | None = None,
                         calling_ae: str | None = None, peer_address: str | None = None,
@@ -777,6 +820,11 @@ class Store:
                              peer_address, hint))
         except sqlite3.Error as exc:
             log.warning("store=%s could not index quarantine entry: %s", self.root, exc)
+        if self.quarantine_max_records or self.quarantine_max_bytes:
+            try:
+                self._evict_quarantine()
+            except (sqlite3.Error, OSError) as exc:
+                log.warning("store=%s quarantine eviction failed: %s", self.root, exc)
         return sha
 
     def quarantined(self) -> list[dict[str, Any]]:

@@ -259,7 +259,8 @@ class SenderLoop:
             await asyncio.to_thread(note_sent, self.store, j, self.clock(), self.cfg.node.name,
                                     path.stat().st_size)
             out = await send_bundle(session, peer.url, self.sender, self.peer_keys[dest], path,
-                                    j["bundle_id"], sizer=self._sizer(dest), manifest=manifest,
+                                    j["bundle_id"], receiver=dest, sizer=self._sizer(dest),
+                                    manifest=manifest,
                                     should_yield=should_yield, on_progress=progress,
                                     ssl=self._ssl(dest), pace=self._pace(dest),
                                     meter=self.meters.setdefault(dest, LinkMeter()))

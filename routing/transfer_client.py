@@ -95,9 +95,11 @@ class Sender:
         self.node_name = node_name
         self.key = key
 
-    def headers(self, method: str, path: str, extra: dict[str, str]) -> dict[str, str]:
+    def headers(self, method: str, path: str, extra: dict[str, str], *,
+                receiver: str) -> dict[str, str]:
+        """``extra`` plus ``Fenji-Auth``, signed for the node named ``receiver`` only."""
         ts = f"{time.time():.3f}"
-        sig = sign(self.key, auth_message(method, path, ts, extra))
+        sig = sign(self.key, auth_message(method, path, ts, extra, receiver=receiver))
         # The public key travels too (unsigned, it proves nothing): a receiver that
         # does not know this node yet logs its fingerprint for the pairing.
         return {**extra, "Fenji-Auth": f"node={self.node_name};ts={ts};sig={sig}",
@@ -124,7 +126,7 @@ async def _json_error(resp: aiohttp.ClientResponse) -> str:
 
 async def send_bundle(session: aiohttp.ClientSession, base_url: str, sender: Sender,
                       peer_key: Ed25519PublicKey, bundle_path: Path, bundle_id: str, *,
-                      sizer: ChunkSizer, manifest: dict[str, Any],
+                      receiver: str, sizer: ChunkSizer, manifest: dict[str, Any],
                       should_yield: Callable[[], bool] = lambda: False,
                       on_progress: Callable[[int, int], None] = lambda offset, total: None,
                       ssl: Any = None, pace: Callable[[int], float] = lambda n: 0.0,
@@ -133,7 +135,8 @@ async def send_bundle(session: aiohttp.ClientSession, base_url: str, sender: Sen
     total = os.path.getsize(bundle_path)
     base = base_url.rstrip("/")
     path = "/transfer/uploads"
-    h = sender.headers("POST", path, {"Fenji-Bundle-Id": bundle_id, "Upload-Length": str(total)})
+    h = sender.headers("POST", path, {"Fenji-Bundle-Id": bundle_id, "Upload-Length": str(total)},
+                       receiver=receiver)
     meter = meter or LinkMeter()
     try:
         r0 = time.monotonic()
@@ -162,7 +165,7 @@ async def send_bundle(session: aiohttp.ClientSession, base_url: str, sender: Sen
             digest = base64.b64encode(hashlib.sha256(chunk).digest()).decode()
             h = sender.headers("PATCH", location, {
                 "Upload-Offset": str(offset), "Upload-Checksum": f"sha256 {digest}",
-                "Content-Type": "application/offset+octet-stream"})
+                "Content-Type": "application/offset+octet-stream"}, receiver=receiver)
             c0 = time.monotonic()
             async with session.patch(base + location, data=chunk, headers=h, ssl=ssl) as resp:
                 if resp.status == 204:
@@ -178,7 +181,7 @@ async def send_bundle(session: aiohttp.ClientSession, base_url: str, sender: Sen
                     continue
                 raise TransferError(f"PATCH at {offset}: {await _json_error(resp)}",
                                     retryable=resp.status != 400)
-        h = sender.headers("POST", location + "/finalize", {})
+        h = sender.headers("POST", location + "/finalize", {}, receiver=receiver)
         async with session.post(base + location + "/finalize", headers=h, ssl=ssl) as resp:
             if resp.status != 200:
                 raise TransferError(f"finalize: {await _json_error(resp)}",
@@ -189,7 +192,8 @@ async def send_bundle(session: aiohttp.ClientSession, base_url: str, sender: Sen
         sizer.failed()
         raise TransferError(f"{type(exc).__name__}: {exc}".strip()) from exc
     receipt, signature = body["receipt"], body["signature"]
-    check_receipt(receipt, signature, peer_key, bundle_path, bundle_id, manifest)
+    check_receipt(receipt, signature, peer_key, bundle_path, bundle_id, manifest,
+                  receiver=receiver)
     return Delivered(receipt, signature, body.get("signer", ""), sent, time.monotonic() - t0)
 
 
@@ -202,11 +206,16 @@ def file_sha256(path: Path) -> str:
 
 
 def check_receipt(receipt: dict[str, Any], signature: str, peer_key: Ed25519PublicKey,
-                  bundle_path: Path, bundle_id: str, manifest: dict[str, Any]) -> None:
-    """The receipt is signed by the peer and covers exactly what we sent."""
+                  bundle_path: Path, bundle_id: str, manifest: dict[str, Any], *,
+                  receiver: str) -> None:
+    """The receipt is signed by the peer, names it as the receiver and covers exactly
+    what we sent."""
     if not verify(peer_key, canonical_json(receipt), signature):
         raise TransferError("receipt signature does not verify with the peer's key",
                             retryable=False)
+    if receipt.get("receiver") != receiver:
+        raise TransferError(f"receipt names receiver {receipt.get('receiver')!r}, not the "
+                            f"peer {receiver!r} the bundle was sent to", retryable=False)
     if receipt.get("bundle_id") != bundle_id:
         raise TransferError(f"receipt is for bundle {receipt.get('bundle_id')!r}",
                             retryable=False)

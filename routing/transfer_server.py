@@ -22,18 +22,24 @@ Routes (all under the node's HTTP API):
     Finalizing again answers the same receipt: delivery is exactly once.
 
 Every request is signed by the sending node (``Fenji-Auth``, Ed25519 over
-method, path, time and the upload headers); unknown nodes, bad signatures and
-stale timestamps get 403.  Errors are JSON: ``status``, ``error``, ``message``.
+method, path, time, the receiving node's name and the upload headers); unknown
+nodes, bad signatures, timestamps that are not finite or outside
+``transfer.max_clock_skew_s``, and requests signed for another receiver get
+403.  With ``http.tls`` these routes answer only on the mutual-TLS listener: a
+signed request arriving over plain HTTP (the ``[web]`` listener) gets 403.
+Errors are JSON: ``status``, ``error``, ``message``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -51,6 +57,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from fenji.codecs.bundle import BundleReader, InstanceEvent, ManifestEvent, PreviewEvent
 from fenji.codecs.errors import DecodeError
+from fenji.codecs.pixel import pixel_info
 from fenji.gateway import charset, ingest
 from fenji.gateway.keys import canonical_json, sign, verify
 from fenji.gateway.store import Store, StoreFull
@@ -62,10 +69,16 @@ CHECKSUM_MISMATCH = 460  # tus checksum extension
 MAX_CHUNK_BYTES = 64 * 1024 * 1024
 
 
-def auth_message(method: str, path: str, ts: str, headers: dict[str, str]) -> bytes:
-    """What a node signs for one request (shared by client and server)."""
+def auth_message(method: str, path: str, ts: str, headers: dict[str, str], *,
+                 receiver: str) -> bytes:
+    """What a node signs for one request (shared by client and server).
+
+    ``receiver`` is the node the request is meant for: a request captured on
+    the way to one node does not verify at another.
+    """
     keys = ("Fenji-Bundle-Id", "Upload-Length", "Upload-Offset", "Upload-Checksum")
-    parts = [method.upper(), path, ts] + [f"{k}={headers.get(k, '')}" for k in keys]
+    parts = [method.upper(), path, ts, f"receiver={receiver}"] + [
+        f"{k}={headers.get(k, '')}" for k in keys]
     return "\n".join(parts).encode()
 
 
@@ -82,6 +95,12 @@ class ReceiverContext:
     peers: dict[str, Ed25519PublicKey]
     upload_dir: Path
     max_clock_skew_s: float = 300.0
+    # http.tls: node-to-node routes answer only on the mutual-TLS listener.
+    require_tls: bool = False
+    # Uploads one peer may have open at once (limits.max_uploads_per_peer).
+    max_uploads_per_peer: int = 16
+    # Decoded samples one image preview may declare (limits.max_preview_pixels).
+    max_preview_pixels: int = 4096 * 4096
     limits: ingest.Limits = field(default_factory=ingest.Limits)
     clock: Callable[[], float] = time.time
     # Called after a bundle is stored and its receipt signed, with the receipt,
@@ -119,13 +138,22 @@ def _authenticate(ctx: ReceiverContext, request: web.Request) -> str | web.Respo
     if pub is None:
         return _unknown_node(request, node)
     try:
-        skew = abs(ctx.clock() - float(ts))
+        sent_at = float(ts)
     except ValueError:
-        return error(403, "bad_auth", f"Fenji-Auth ts={ts!r} is not a number")
+        return error(403, "bad_auth", f"Fenji-Auth ts={ts[:40]!r} is not a number")
+    if not math.isfinite(sent_at):  # nan compares false to every bound: it never expires
+        return error(403, "bad_auth", f"Fenji-Auth ts={ts[:40]!r} is not a finite time")
+    skew = abs(ctx.clock() - sent_at)
     if skew > ctx.max_clock_skew_s:
         return error(403, "stale_request", f"request time is {skew:.0f}s off "
                                            f"(transfer.max_clock_skew_s={ctx.max_clock_skew_s})")
     sslobj = request.transport.get_extra_info("ssl_object") if request.transport else None
+    if sslobj is None and ctx.require_tls:
+        log.warning("transfer refused peer=%s node=%s reason=plain-http-with-tls",
+                    request.remote, node)
+        return error(403, "tls_required", "node-to-node routes answer only on the mutual-TLS "
+                                          "listener ([http] with tls = true), not over plain "
+                                          "HTTP")
     if sslobj is not None:
         # Mutual TLS: the certificate that opened the connection must be this node's.
         cert = sslobj.getpeercert() or {}
@@ -135,10 +163,12 @@ def _authenticate(ctx: ReceiverContext, request: web.Request) -> str | web.Respo
                         request.remote, node, cns)
             return error(403, "certificate_mismatch",
                          f"TLS client certificate {cns} does not belong to node {node!r}")
-    msg = auth_message(request.method, request.path, ts, dict(request.headers))
+    msg = auth_message(request.method, request.path, ts, dict(request.headers),
+                       receiver=ctx.node_name)
     if not verify(pub, msg, sig):
         log.warning("transfer refused peer=%s node=%s reason=bad-signature", request.remote, node)
-        return error(403, "bad_signature", f"signature of node {node!r} does not verify")
+        return error(403, "bad_signature", f"signature of node {node!r} does not verify "
+                                           f"for receiver {ctx.node_name!r}")
     return node
 
 
@@ -186,6 +216,17 @@ async def create_upload(request: web.Request) -> web.StreamResponse:
             return error(409, "length_mismatch", f"bundle {bundle_id} was created with length "
                                                  f"{row['length']}, not {length}")
         return web.Response(status=200, headers=_offset_headers(row))
+    # An upload untouched for an hour no longer counts: a sender that gave a
+    # bundle up must not be locked out by its leftovers.
+    open_now = ctx.store.query_one("SELECT COUNT(*) AS n FROM uploads WHERE sender = ? AND "
+                                   "state = 'receiving' AND updated_at > ?",
+                                   (who, ctx.clock() - 3600.0))
+    if open_now is not None and open_now["n"] >= ctx.max_uploads_per_peer:
+        log.warning("upload refused node=%s bundle=%s reason=%d-uploads-open", who, bundle_id,
+                    open_now["n"])
+        return error(429, "too_many_uploads", f"node {who!r} has {open_now['n']} uploads open, "
+                                              f"limits.max_uploads_per_peer = "
+                                              f"{ctx.max_uploads_per_peer}; finish one first")
     upload_id = uuid.uuid4().hex
     now = ctx.clock()
     _part_path(ctx, upload_id).touch()
@@ -255,7 +296,12 @@ async def patch_upload(request: web.Request) -> web.StreamResponse:
                                                f"Upload-Length {row['length']}")
         checksum = request.headers.get("Upload-Checksum", "")
         algo, _, b64 = checksum.partition(" ")
-        if algo != "sha256" or base64.b64decode(b64 or "=") != hashlib.sha256(data).digest():
+        try:
+            digest = base64.b64decode(b64, validate=True)
+        except binascii.Error:
+            return error(400, "bad_checksum", f"Upload-Checksum {checksum[:80]!r} is not "
+                                              "'sha256 <base64 digest>'")
+        if algo != "sha256" or digest != hashlib.sha256(data).digest():
             return error(CHECKSUM_MISMATCH, "checksum_mismatch",
                          "Upload-Checksum (sha256) does not match the chunk", **_offset_headers(
                              row))
@@ -269,6 +315,19 @@ async def patch_upload(request: web.Request) -> web.StreamResponse:
 
 
 MAX_PREVIEW_BYTES = 16 * 1024 * 1024  # all preview sections of one bundle, encoded
+
+
+def _check_preview_size(ctx: ReceiverContext, ev: PreviewEvent) -> None:
+    """A preview declaring more decoded samples than limits.max_preview_pixels refuses
+    the bundle: a few KB of zeros must not become a GB at every GET (issue 17)."""
+    if ev.preview.kind != "image":
+        return
+    info = pixel_info(ev.preview.data)
+    n = info["frames"] * info["rows"] * info["cols"] * info["samples"]
+    if n > ctx.max_preview_pixels:
+        raise DecodeError(f"preview {ev.index} declares {info['rows']}x{info['cols']} "
+                          f"({n} samples), more than limits.max_preview_pixels = "
+                          f"{ctx.max_preview_pixels}")
 
 
 def _save_previews(ctx: ReceiverContext, manifest: dict[str, Any],
@@ -324,6 +383,7 @@ def _ingest_bundle(ctx: ReceiverContext,
                 if isinstance(ev, ManifestEvent):
                     manifest = ev.manifest
                 elif isinstance(ev, PreviewEvent):
+                    _check_preview_size(ctx, ev)
                     data = ev.preview.to_bytes()
                     preview_bytes += len(data)
                     if preview_bytes > MAX_PREVIEW_BYTES:

@@ -318,5 +318,5 @@ def test_ledger_has_opened_events_with_user_names(center: NodeProcess) -> None:
     last = events[-1]
     assert last["actor"] == "dr.wang" and last["role"] == "reader"
     assert last["object"] == study and last["detail"]["via"] == "wado-rs"
-    assert "/metadata" in last["detail"]["what"]
+    assert "/metadata" in last["detail"]["path"]
     assert {"qido-rs", "wado-rs"} <= {e["detail"]["via"] for e in events}

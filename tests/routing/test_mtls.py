@@ -58,6 +58,7 @@ def test_bundle_over_mutual_tls_and_strangers_refused(tmp_path: Path) -> None:
                 async with aiohttp.ClientSession() as s:
                     return await send_bundle(s, peer.url, Sender(name, key), peer_key,
                                              rel.bundle_path, rel.bundle_id,
+                                             receiver="center",
                                              sizer=ChunkSizer(1 << 16, 1 << 14, 1 << 20),
                                              manifest=manifest_of(rel.bundle_path),
                                              ssl=ssl_ctx)

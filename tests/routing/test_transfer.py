@@ -71,7 +71,7 @@ def _send(edge: NodeProcess, center: NodeProcess, rel, *, chunk: int = 64 * 1024
     async def go():  # type: ignore[no-untyped-def]
         async with aiohttp.ClientSession() as session:
             return await send_bundle(session, peer.url, Sender(name, key), peer_key,
-                                     rel.bundle_path, rel.bundle_id,
+                                     rel.bundle_path, rel.bundle_id, receiver="center",
                                      sizer=ChunkSizer(chunk, 16 * 1024, 1 << 20),
                                      manifest=manifest_of(rel.bundle_path),
                                      should_yield=should_yield or (lambda: False))
@@ -156,7 +156,7 @@ def test_wrong_offset_and_bad_checksum_change_nothing(pair) -> None:  # type: ig
 
     async def go() -> None:
         async with aiohttp.ClientSession() as s:
-            h = sender.headers("POST", "/transfer/uploads", {
+            h = sender.headers("POST", "/transfer/uploads", receiver="center", extra={
                 "Fenji-Bundle-Id": rel.bundle_id, "Upload-Length": str(rel.bundle_bytes)})
             async with s.post(base + "/transfer/uploads", headers=h) as r:
                 assert r.status == 201
@@ -166,17 +166,18 @@ def test_wrong_offset_and_bad_checksum_change_nothing(pair) -> None:  # type: ig
             for offset, checksum, want in ((5, good, 409), (0, "sha256 AAAA", 460),
                                            (0, good, 204), (0, good, 409)):
                 h = sender.headers("PATCH", loc, {"Upload-Offset": str(offset),
-                                                  "Upload-Checksum": checksum})
+                                                  "Upload-Checksum": checksum},
+                                   receiver="center")
                 async with s.patch(base + loc, data=chunk, headers=h) as r:
                     assert r.status == want, (offset, await r.text())
                     if want != 204:
                         body = json.loads(await r.text())
                         assert body["status"] == want and body["message"]
-            h = sender.headers("HEAD", loc, {})
+            h = sender.headers("HEAD", loc, {}, receiver="center")
             async with s.head(base + loc, headers=h) as r:
                 assert r.headers["Upload-Offset"] == "1000"
                 assert r.headers["Cache-Control"] == "no-store"
-            h = sender.headers("POST", loc + "/finalize", {})
+            h = sender.headers("POST", loc + "/finalize", {}, receiver="center")
             async with s.post(base + loc + "/finalize", headers=h) as r:
                 assert r.status == 409  # incomplete
 
