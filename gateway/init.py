@@ -33,6 +33,10 @@ name = "{name}"
 role = "{role}"
 # Store, keys and state live here; relative to this file.
 data_dir = "."
+# The hospital as its doctors name it, printed on report PDFs (e.g. "XX县人民医院").
+institution = ""
+# IANA time zone for times people read (report PDFs); empty: the system's.
+timezone = ""
 
 [dicom]
 # The AE title your modalities send to (at most 16 characters).
@@ -112,8 +116,9 @@ certificate = "keys/node.crt"
 # port = 8044
 
 # Center: DICOM nodes C-MOVE may send to (viewers, PACS).  With reader = NAME,
-# an SR or encapsulated PDF this workstation C-STOREs for a worklist study is
-# signed as NAME's report (NAME must have claimed the case).
+# an SR or encapsulated PDF this workstation C-STOREs for a worklist study
+# becomes a draft of NAME's report, signed only when NAME confirms it with
+# their token (an AE title is not a credential; NAME must have claimed the case).
 # [[remote_aes]]
 # ae_title = "VIEWER1"
 # host = "10.0.0.20"
