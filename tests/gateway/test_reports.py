@@ -297,7 +297,9 @@ def _drop_evidence(ds: Dataset) -> None:
 
 def _flip_json_byte(path: Path) -> bytes:
     data = bytearray(path.read_bytes())
-    at = data.index(b'"findings":"') + len(b'"findings":"') + 3 * 3  # 4th character
+    # The signed JSON in fenji's private block (the last copy: a report PDF also
+    # carries it, embedded, inside Encapsulated Document, which comes first).
+    at = data.rindex(b'"findings":"') + len(b'"findings":"') + 3 * 3  # 4th character
     data[at] ^= 0x01  # still UTF-8 lead byte of a CJK character: a different character
     return bytes(data)
 
