@@ -796,17 +796,8 @@ def viewer_report_draft(store: Store, cfg: Config, user: User | None, data: byte
     refusals as for a signed report apply first (not claimed, other service).
     ``None``: not a report (stored as an ordinary instance).
     """
-    if (cfg.node.role != "center" or user is None or user.role != "reader"
-            or sop_class_uid not in VIEWER_REPORT_CLASSES):
-        return None
-    case_id = worklist_case_for_study(store, study_instance_uid, user)
-    if case_id is None:
-        return None
-    from pydicom import dcmread
-
-    from fenji.gateway import reports
-
-    if reports.has_signed_block(dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)):
+    case_id = _viewer_report_case(store, cfg, user, data, sop_class_uid, study_instance_uid)
+    if case_id is None or user is None:
         return None
     case_id, _, _, _ = _viewer_text(store, cfg, user, data, case_id, None)
     _put(store, cfg, data, f"dimse:{calling_ae}")
@@ -874,6 +865,17 @@ def viewer_report_if_any(store: Store, cfg: Config, user: User | None, data: byt
     ``None`` and is stored as an ordinary instance.  A report the reader may
     not sign raises :class:`ReadingError` before anything is stored.
     """
+    case_id = _viewer_report_case(store, cfg, user, data, sop_class_uid, study_instance_uid)
+    if case_id is None or user is None:
+        return None
+    return report_from_viewer(store, cfg, user, data, case_id)
+
+
+def _viewer_report_case(store: Store, cfg: Config, user: User | None, data: bytes,
+                        sop_class_uid: str, study_instance_uid: str) -> str | None:
+    """The worklist case a viewer's SR/PDF from ``user`` is a report for, or ``None``
+    when it is not one (not a center, not a reader, another class, a study not on
+    the worklist, or fenji's own signed report coming back)."""
     if (cfg.node.role != "center" or user is None or user.role != "reader"
             or sop_class_uid not in VIEWER_REPORT_CLASSES):
         return None
@@ -888,7 +890,7 @@ def viewer_report_if_any(store: Store, cfg: Config, user: User | None, data: byt
     charset.decode_dataset(ds, cfg.dicom.default_character_set or None)
     if reports.has_signed_block(ds):
         return None  # fenji's own report (a C-MOVE back, a re-import): not a new one
-    return report_from_viewer(store, cfg, user, data, case_id)
+    return case_id
 
 
 def report_pdf(store: Store, case_id: str, version: int | None = None) -> bytes:

@@ -738,12 +738,20 @@ class Store:
                 log.warning("store=%s quarantine copy skipped: %s", self.root, exc)
         # The UID hint may be hostile (path traversal, control characters): keep
         # it only as escaped, bounded text.
+        self._quarantine_record(digest, len(data), reason, status, calling_ae, peer_address,
+                                uid_hint)
+        return digest
+
+    def _quarantine_record(self, sha: str, size: int, reason: str, status: int | None,
+                           calling_ae: str | None, peer_address: str | None,
+                           uid_hint: str | None) -> None:
+        """The quarantine's row (kept even when its bytes could not be), then its bounds."""
         hint = None if uid_hint is None else uid_hint.encode("unicode_escape").decode()[:128]
         try:
             with self.atomic() as con:
                 con.execute("INSERT INTO quarantine(at, sha256, size, reason, status, calling_ae, "
                             "peer_address, uid_hint) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                            (time.time(), digest, len(data), reason, status, calling_ae,
+                            (time.time(), sha, size, reason, status, calling_ae,
                              peer_address, hint))
         except sqlite3.Error as exc:
             log.warning("store=%s could not index quarantine entry: %s", self.root, exc)
@@ -752,7 +760,6 @@ class Store:
                 self._evict_quarantine()
             except (sqlite3.Error, OSError) as exc:
                 log.warning("store=%s quarantine eviction failed: %s", self.root, exc)
-        return digest
 
     def _evict_quarantine(self) -> None:
         """Drop the oldest quarantine records (and files no record still names) until
@@ -811,20 +818,7 @@ class Store:
                 path.unlink()
         except OSError as exc:
             log.warning("store=%s quarantine copy skipped: %s", self.root, exc)
-        hint = None if uid_hint is None else uid_hint.encode("unicode_escape").decode()[:128]
-        try:
-            with self.atomic() as con:
-                con.execute("INSERT INTO quarantine(at, sha256, size, reason, status, calling_ae, "
-                            "peer_address, uid_hint) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                            (time.time(), sha, size, reason, status, calling_ae,
-                             peer_address, hint))
-        except sqlite3.Error as exc:
-            log.warning("store=%s could not index quarantine entry: %s", self.root, exc)
-        if self.quarantine_max_records or self.quarantine_max_bytes:
-            try:
-                self._evict_quarantine()
-            except (sqlite3.Error, OSError) as exc:
-                log.warning("store=%s quarantine eviction failed: %s", self.root, exc)
+        self._quarantine_record(sha, size, reason, status, calling_ae, peer_address, uid_hint)
         return sha
 
     def quarantined(self) -> list[dict[str, Any]]:
