@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from fenji.gateway import config as config_mod
 from fenji.gateway.cases import PRIORITIES, SERVICES, enqueue_release, next_hop
@@ -71,6 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sh = csub.add_parser("show", help="one case: instances, receipt, quality, reports")
     sh.add_argument("case_id", metavar="CASE")
     sh.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
+    sh.add_argument("--json", action="store_true", help="the whole case as JSON, for scripts")
     sh.set_defaults(func=_show)
 
     ak = csub.add_parser("ack", help="the requesting physician acknowledges the case's report",
@@ -207,7 +209,7 @@ def _show(args: argparse.Namespace) -> int:
     from fenji.gateway.cases import get_case
     from fenji.gateway.node import config_and_store
 
-    with config_and_store(args.config) as (_, store):
+    with config_and_store(args.config) as (cfg, store):
         case = get_case(store, args.case_id)
         if case is None:
             print(f"fenji case show: no case {args.case_id!r}", file=sys.stderr)
@@ -220,8 +222,48 @@ def _show(args: argparse.Namespace) -> int:
         from fenji.gateway import reading
 
         reading.with_reports(store, case)
-    print(json.dumps(case, indent=2, ensure_ascii=False))
+        q = store.query_one("SELECT verdict, attestation_json FROM quality WHERE case_id = ?",
+                            (case["case_id"],))
+    if args.json:
+        print(json.dumps(case, indent=2, ensure_ascii=False))
+        return 0
+    for line in _summary(cfg, case, q):
+        print(line)
     return 0
+
+
+def _summary(cfg: Any, case: dict[str, Any], q: dict[str, Any] | None) -> list[str]:
+    """``case show`` for a person: who, what, where it is, the quality verdict, reports."""
+    from fenji.gateway.reading import local_time
+
+    att = json.loads(q["attestation_json"]) if q and q["attestation_json"] else {}
+    over = att.get("override") if isinstance(att, dict) else None
+    verdict = (q or {}).get("verdict") or "not checked"
+    if over:
+        verdict += f", overridden by {att.get('operator')}: {over.get('reason')}"
+    out = [
+        f"case      {case['case_id']}  ({case['kind']}, {case['priority']}, {case['service']})",
+        f"patient   {pn_display(case.get('patient_name') or '') or '-'}  "
+        f"ID {case.get('patient_id') or '-'}",
+        f"study     {case.get('study_description') or '-'}  {case['study_instance_uid']}  "
+        f"({len(case.get('instances') or [])} instances)",
+        f"state     {case['state']}" + (f", read: {case['read_state']}"
+                                        if case.get("read_state") else ""),
+        f"route     {case.get('sending_node') or 'this node'} -> {case['destination']}",
+        f"asked by  {case.get('requesting_physician') or '-'}: "
+        f"{case.get('clinical_question') or '-'}",
+        f"quality   {verdict}",
+        f"released  {local_time(cfg, case.get('released_at'))} by "
+        f"{case.get('released_by') or '-'}",
+    ]
+    if case.get("receipt_signer"):
+        out.append(f"receipt   signed by {case['receipt_signer']} at "
+                   f"{local_time(cfg, (case.get('receipt') or {}).get('received_at'))}")
+    for r in case.get("reports") or []:
+        out.append(f"report    v{r.get('version')} {r.get('status')} by {r.get('reader')} "
+                   f"{'CRITICAL ' if r.get('critical') else ''}"
+                   f"received {local_time(cfg, r.get('received_at'))}")
+    return out
 
 
 def cli_user(cfg: config_mod.Config, name: str) -> object:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fenji.gateway import config as config_mod
 from fenji.gateway import ingest
+from fenji.gateway.charset import pn_display
 from fenji.gateway.config import CONFIG_HELP
 
 # `fenji store ls --json` field names: other tools depend on these exact names.
@@ -57,15 +58,45 @@ def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def _ls(args: argparse.Namespace) -> int:
     _, store = _open(args)
     try:
-        for row in store.instances(study_instance_uid=args.study):
-            if args.json:
+        if args.json:
+            for row in store.instances(study_instance_uid=args.study):
                 print(json.dumps({k: row[k] for k in LS_FIELDS}))
-            else:
-                print(f"{row['sop_instance_uid']}  {row['size']:>10}  {row['sha256'][:16]}  "
-                      f"{row['calling_ae'] or '-'}")
+            return 0
+        rows = store.query(
+            "SELECT st.study_instance_uid, st.patient_id, st.patient_name, st.study_date, "
+            "st.study_description, (SELECT group_concat(DISTINCT se.modality) FROM series se "
+            "WHERE se.study_instance_uid = st.study_instance_uid) AS modality, "
+            "(SELECT count(*) FROM instances i WHERE i.study_instance_uid = "
+            "st.study_instance_uid) AS n, (SELECT c.case_id FROM cases c WHERE "
+            "c.study_instance_uid = st.study_instance_uid ORDER BY c.created_at DESC LIMIT 1) "
+            "AS case_id FROM studies st" + (" WHERE st.study_instance_uid = ?" if args.study
+                                           else "") + " ORDER BY st.first_received_at",
+            (args.study,) if args.study else ())
     finally:
         store.close()
+    print(f"{'PATIENT':<28} {'ID':<12} {'DATE':<10} {'MOD':<6} {'DESCRIPTION':<22} "
+          f"{'INST':>5}  {'CASE':<10} STUDY UID")
+    for r in rows:
+        d = str(r["study_date"] or "")
+        print(f"{_cut(pn_display(r['patient_name'] or '') or '-', 28)} "
+              f"{_cut(r['patient_id'] or '-', 12)} "
+              f"{(d[:4] + '-' + d[4:6] + '-' + d[6:8]) if len(d) == 8 else (d or '-'):<10} "
+              f"{_cut(r['modality'] or '-', 6)} {_cut(r['study_description'] or '-', 22)} "
+              f"{r['n']:>5}  {(r['case_id'] or '-')[:10]:<10} {r['study_instance_uid']}")
     return 0
+
+
+def _cut(text: str, width: int) -> str:
+    """``text`` in ``width`` display columns (a Chinese character takes two)."""
+    import unicodedata
+
+    out, cols = "", 0
+    for ch in text:
+        w = 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+        if cols + w > width:
+            break
+        out, cols = out + ch, cols + w
+    return out + " " * (width - cols)
 
 
 def _files(paths: list[Path]) -> list[Path]:

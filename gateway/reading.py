@@ -482,6 +482,20 @@ def node_timezone(cfg: Config) -> str:
         return "UTC"
 
 
+def local_time(cfg: Config, t: float | None) -> str:
+    """A Unix time as people read it: in the node's zone, ``2026-12-03 23:16:09 CST``."""
+    if not t:
+        return "-"
+    import datetime as _dt
+    from zoneinfo import ZoneInfo
+
+    try:
+        tz: _dt.tzinfo = ZoneInfo(node_timezone(cfg))
+    except (KeyError, ValueError, OSError):
+        tz = _dt.UTC
+    return _dt.datetime.fromtimestamp(float(t), tz).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
 def trusted_centers(cfg: Config, *, self_only_if_center: bool = False) -> dict[str, Any]:
     """Node keys this node's config vouches for: its peers, its known nodes and
     itself (with ``self_only_if_center``, itself only when it is a center, as

@@ -129,3 +129,31 @@ def test_every_verb_takes_a_unique_case_id_prefix(tmp_path: Path) -> None:
     here = subprocess.run([*fenji_cmd(), "case", "show", "d0d0"], cwd=node.directory,
                           capture_output=True, text=True, timeout=60)
     assert "d0d0d0d0d0" in here.stdout, (here.stdout, here.stderr)
+
+
+def test_store_ls_and_case_show_are_for_people(tmp_path: Path) -> None:
+    import pydicom
+
+    edge = NodeProcess(tmp_path / "edge", name="edge",
+                       extra_toml='[node]\ntimezone = "Asia/Shanghai"\n')
+    center = NodeProcess(tmp_path / "center", name="center", role="center")
+    edge.add_peer(center, default=True)
+    files = ct_series()[:3]
+    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+    assert edge.cli("store", "import", *map(str, files)).returncode == 0
+    table = edge.cli("store", "ls").stdout.splitlines()
+    assert table[0].split()[:5] == ["PATIENT", "ID", "DATE", "MOD", "DESCRIPTION"]
+    row = table[1]
+    assert str(ds.PatientID) in row and "CT" in row and str(ds.StudyInstanceUID) in row
+    d = str(ds.StudyDate)
+    assert f"{d[:4]}-{d[4:6]}-{d[6:8]}" in row and "   3  " in row
+    sent = edge.cli("case", "send", str(ds.StudyInstanceUID), "--operator", "technician Zhang",
+                    "--question", "外伤？", "--physician", "马医生", "--json")
+    case_id = json.loads(sent.stdout.splitlines()[-1])["case_id"]
+    assert case_id[:10] in edge.cli("store", "ls").stdout  # the study's case
+    shown = edge.cli("case", "show", case_id[:8]).stdout
+    assert not shown.lstrip().startswith("{")  # for a person, not JSON
+    for want in (f"case      {case_id}", "马医生: 外伤？", "quality   acceptable",
+                 " CST by cli", str(ds.PatientID), "-> center"):
+        assert want in shown, (want, shown)
+    assert json.loads(edge.cli("case", "show", case_id, "--json").stdout)["case_id"] == case_id

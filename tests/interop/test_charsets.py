@@ -131,7 +131,7 @@ def test_worklist_and_case_show_cli(net: dict[str, Any]) -> None:
     for c in CASES:
         assert pn_display(c.name) in listed, c.key
         assert rows[net["cases"][c.key]]["patient_name"] == c.name
-    shown = json.loads(net["edge"].cli("case", "show", net["cases"]["ir58"]).stdout)
+    shown = json.loads(net["edge"].cli("case", "show", net["cases"]["ir58"], "--json").stdout)
     assert (shown["patient_name"], shown["study_description"]) == \
         (BY_KEY["ir58"].name, BY_KEY["ir58"].description)
 
@@ -257,7 +257,7 @@ def test_reports_back_at_the_edge_show_the_names(net: dict[str, Any]) -> None:
     edge = net["edge"]
 
     def shown(key: str) -> Any:
-        got = json.loads(edge.cli("case", "show", net["cases"][key]).stdout)
+        got = json.loads(edge.cli("case", "show", net["cases"][key], "--json").stdout)
         return got if got.get("reports") and got["reports"][0]["received_at"] else None
 
     store = Store(edge.directory / "store")

@@ -190,7 +190,7 @@ def test_report_round_trip_with_center_kill(nodes) -> None:  # type: ignore[no-u
     ack = edge.cli("case", "ack", case_id, "--by", "dr.ma", "--json")
     assert json.loads(ack.stdout)["version"] == 2
     ack_version = 2
-    shown = json.loads(edge.cli("case", "show", case_id).stdout)
+    shown = json.loads(edge.cli("case", "show", case_id, "--json").stdout)
     assert next(r for r in shown["reports"] if r["version"] == ack_version)[
         "acknowledged_by"] == "dr.ma"
 

@@ -111,7 +111,7 @@ def _chaos(tmp_path: Path, n_instances: int, kills: int, seed: int) -> dict[str,
         assert at_center == at_edge
         assert center.cli("store", "verify").returncode == 0
         for cid in case_ids:
-            shown = json.loads(edge.cli("case", "show", cid).stdout)
+            shown = json.loads(edge.cli("case", "show", cid, "--json").stdout)
             assert shown["receipt"] is not None and shown["receipt_signer"] == "center", cid
         assert mid_transfer >= kills // 2, "the kills should land while cases are moving"
         return {"instances": len(files), "cases": len(case_ids), "kills": done_kills,

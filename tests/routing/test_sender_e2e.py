@@ -56,7 +56,7 @@ def test_case_send_delivers_through_the_outbox(tmp_path: Path) -> None:
         assert jobs and all(j["state"] == "done" for j in jobs)
         assert len(jobs) == 4  # two previews, two full bundles
         for c in sent:
-            shown = json.loads(edge.cli("case", "show", c["case_id"]).stdout)
+            shown = json.loads(edge.cli("case", "show", c["case_id"], "--json").stdout)
             assert shown["state"] == "delivered" and shown["receipt_signer"] == "center"
         previews = list((center.directory / "store" / "previews").glob("*/*.prev"))
         assert len(previews) == 2  # CT key image and ECG strip
