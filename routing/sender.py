@@ -79,8 +79,10 @@ def keep_receipt(store: Store, job: dict[str, Any], out: Delivered, now: float,
                     "receipt_json, signature, signer, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (job["bundle_id"], job["case_id"], job["destination"],
                      json.dumps(out.receipt, sort_keys=True), out.signature, out.signer, now))
-        con.execute("UPDATE cases SET state = 'delivered', updated_at = ? WHERE case_id = ?",
-                    (now, job["case_id"]))
+        # Only forward: the report can come back before a resent bundle's receipt
+        # (a center restarted mid-way), and must not be turned back to 'delivered'.
+        con.execute("UPDATE cases SET state = 'delivered', updated_at = ? WHERE case_id = ? "
+                    "AND state IN ('released', 'forwarding')", (now, job["case_id"]))
 
 
 def note_dead(store: Store, job: dict[str, Any], reason: str, now: float, node: str) -> None:
