@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _tools import pdftotext
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fenji.gateway import reports as R
@@ -43,8 +44,7 @@ def _signed(**kw):  # type: ignore[no-untyped-def]
 def _text(pdf: bytes, tmp: Path) -> str:
     path = tmp / "r.pdf"
     path.write_bytes(pdf)
-    return subprocess.run(["pdftotext", "-enc", "UTF-8", str(path), "-"], capture_output=True,
-                          text=True, check=True).stdout
+    return pdftotext(path)
 
 
 def test_the_pdf_names_the_examination_both_hospitals_and_local_time(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import pydicom
 import pytest
 from _data import DICOM_DIR
+from _tools import pdftotext
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
@@ -117,14 +118,6 @@ def _dciodvfy(path: Path) -> tuple[list[str], list[str]]:
     lines = (out.stdout + out.stderr).splitlines()
     return [ln for ln in lines if ln.startswith("Error")], \
         [ln for ln in lines if ln.startswith("Warning")]
-
-
-def _pdftotext(path: Path) -> str:
-    exe = shutil.which("pdftotext")
-    if exe is None:
-        pytest.fail("pdftotext (poppler-utils) not installed: apt-get install poppler-utils")
-    return subprocess.run([exe, "-enc", "UTF-8", str(path), "-"], capture_output=True,
-                          check=True, timeout=60).stdout.decode()
 
 
 def _read(path: Path) -> Dataset:
@@ -242,11 +235,11 @@ def test_sr_content_and_structure(study: dict[str, Any], made: dict[str, Any]) -
 
 
 def test_pdf_text_extracts_with_chinese(made: dict[str, Any]) -> None:
-    text = _pdftotext(made["dir"] / "report.pdf")
+    text = pdftotext(made["dir"] / "report.pdf")
     for s in ("报告", "右肺下叶结节", "考虑良性结节", "王医生 (Dr. Wang)", "CRITICAL", "危急值",
               "咳嗽两周", "马医生", made["signed"]["report"]["report_id"]):
         assert s in text, (s, text)
-    v2 = _pdftotext(made["dir"] / "report-v2.pdf")
+    v2 = pdftotext(made["dir"] / "report-v2.pdf")
     assert "修订报告" in v2 and "结节大小重新测量" in v2
     assert made["signed"]["report"]["report_id"] in v2  # the superseded report
     assert "CRITICAL" not in v2

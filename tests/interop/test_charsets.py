@@ -15,16 +15,14 @@ manifest.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
 from _charsets import BY_KEY, CASES, Case, make_study
+from _tools import call, pdftotext
 from _wait import until
 from dicomweb_client.api import DICOMwebClient
 
@@ -35,22 +33,6 @@ from fenji.gateway.store import Store
 
 pytestmark = pytest.mark.timeout(600)
 IDS = [c.key for c in CASES]
-
-
-def _call(method: str, url: str, headers: dict[str, str], body: Any = None
-          ) -> tuple[int, Any]:
-    data = json.dumps(body, ensure_ascii=False).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={**headers, "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:  # noqa: S310 - loopback
-            raw, status = r.read(), r.status
-    except urllib.error.HTTPError as exc:
-        raw, status = exc.read(), exc.code
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +56,14 @@ def net(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-de
         assert not pushed.failed, pushed.failed
         cases = {}
         for c in CASES:
-            s, case = _call("POST", edge.http_url + "/api/cases", edge.auth("tech"), {
+            s, case = call("POST", edge.http_url + "/api/cases", edge.auth("tech"), {
                 "study_instance_uid": studies[c.key], "priority": "urgent",
                 "clinical_question": "头痛三天？", "requesting_physician": "马医生"})
             assert s == 201, case
             cases[c.key] = case["case_id"]
 
         def all_on_worklist() -> Any:
-            s, rows = _call("GET", center.http_url + "/api/worklist", center.auth("dr.wang"))
+            s, rows = call("GET", center.http_url + "/api/worklist", center.auth("dr.wang"))
             mine = {r["case_id"]: r for r in rows} if s == 200 else {}
             return mine if set(cases.values()) <= set(mine) else None
 
@@ -218,21 +200,13 @@ def test_wado_metadata_decodes_the_stored_file(net: dict[str, Any], case: Case) 
 
 
 # -- the report ------------------------------------------------------------------------
-def _pdftotext(path: Path) -> str:
-    exe = shutil.which("pdftotext")
-    if exe is None:
-        pytest.fail("pdftotext (poppler-utils) not installed: apt-get install poppler-utils")
-    return subprocess.run([exe, "-enc", "UTF-8", str(path), "-"], capture_output=True,
-                          check=True, timeout=60).stdout.decode()
-
-
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_signed_report_sr_and_pdf_show_the_name(net: dict[str, Any], case: Case) -> None:
     center, case_id = net["center"], net["cases"][case.key]
     c, auth = center.http_url, center.auth("dr.wang")
-    s, claimed = _call("POST", c + f"/api/worklist/{case_id}/claim", auth, {})
+    s, claimed = call("POST", c + f"/api/worklist/{case_id}/claim", auth, {})
     assert s == 200, claimed
-    s, rep = _call("POST", c + f"/api/cases/{case_id}/reports", auth,
+    s, rep = call("POST", c + f"/api/cases/{case_id}/reports", auth,
                    {"findings": "未见明显异常。", "impression": "正常头颅 CT。"})
     assert s == 201, rep
     client, study = _client(net), net["studies"][case.key]
@@ -246,7 +220,7 @@ def test_signed_report_sr_and_pdf_show_the_name(net: dict[str, Any], case: Case)
     out = net["base"] / "pdf" / f"{case.key}.pdf"
     out.parent.mkdir(exist_ok=True)
     out.write_bytes(bytes(pdf_ds.EncapsulatedDocument).rstrip(b"\x00"))
-    text = _pdftotext(out)
+    text = pdftotext(out)
     for want in (*case.pdf_text, pn_display(case.name)):
         assert want in text, (want, text[:400])
     assert "\ufffd" not in text and "\x1b" not in text
@@ -271,7 +245,7 @@ def test_reports_back_at_the_edge_show_the_names(net: dict[str, Any]) -> None:
             pdf = pydicom.dcmread(store.blob_path(row["sha256"])).EncapsulatedDocument
             out = net["base"] / "pdf" / f"edge-{c.key}.pdf"
             out.write_bytes(bytes(pdf).rstrip(b"\x00"))
-            assert pn_display(c.name) in _pdftotext(out), c.key
+            assert pn_display(c.name) in pdftotext(out), c.key
     finally:
         store.close()
 

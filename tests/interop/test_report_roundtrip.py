@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from _data import ct_series
+from _tools import call
 from _viewer import viewer_sr
 from _wait import until
 
@@ -25,23 +26,6 @@ from fenji.gateway.demo import Link
 from fenji.gateway.harness import NodeProcess, free_port
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def _call(method: str, url: str, headers: dict[str, str] | None = None,
-          body: Any = None) -> tuple[int, Any]:
-    data = json.dumps(body, ensure_ascii=False).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={**(headers or {}), "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:  # noqa: S310 - loopback
-            raw = r.read()
-            status = r.status
-    except urllib.error.HTTPError as exc:
-        raw, status = exc.read(), exc.code
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw
 
 
 def _study_of(path: Path) -> str:
@@ -91,7 +75,7 @@ def test_report_round_trip_with_center_kill(nodes) -> None:  # type: ignore[no-u
     pushed = storescu(files, edge.dicom_port, calling="CT1")
     assert len(pushed.sent) == len(files)
     study = _study_of(files[0])
-    status, case = _call("POST", edge.http_url + "/api/cases", edge.auth("tech"), {
+    status, case = call("POST", edge.http_url + "/api/cases", edge.auth("tech"), {
         "study_instance_uid": study, "priority": "stat", "clinical_question": "bleed?",
         "requesting_physician": "Dr. Ma"})
     assert status == 201, case
@@ -99,13 +83,13 @@ def test_report_round_trip_with_center_kill(nodes) -> None:  # type: ignore[no-u
     c = center.http_url
 
     # Anonymous requests read nothing; the worklist is for readers and operators.
-    assert _call("GET", c + "/api/worklist")[0] == 401
-    assert _call("GET", c + "/api/cases")[0] == 401
-    assert _call("GET", c + "/api/worklist", {"Authorization": "Bearer wrong"})[0] == 401
-    assert _call("GET", c + "/api/worklist", center.auth("tech2"))[0] == 403
+    assert call("GET", c + "/api/worklist")[0] == 401
+    assert call("GET", c + "/api/cases")[0] == 401
+    assert call("GET", c + "/api/worklist", {"Authorization": "Bearer wrong"})[0] == 401
+    assert call("GET", c + "/api/worklist", center.auth("tech2"))[0] == 403
 
     def on_worklist() -> Any:
-        s, rows = _call("GET", c + "/api/worklist", center.auth("dr.wang"))
+        s, rows = call("GET", c + "/api/worklist", center.auth("dr.wang"))
         return [r for r in rows if r["case_id"] == case_id] if s == 200 else None
 
     (item,) = until(on_worklist, 180, "the case on the center's worklist")
@@ -114,28 +98,28 @@ def test_report_round_trip_with_center_kill(nodes) -> None:  # type: ignore[no-u
     assert item["quality"]["verdict"] in ("acceptable", "acceptable_with_warnings")
     assert item["quality"]["attested_by"] == "tech"
     # An ECG reader does not see imaging cases, and cannot claim them.
-    s, rows = _call("GET", c + "/api/worklist", center.auth("dr.ecg"))
+    s, rows = call("GET", c + "/api/worklist", center.auth("dr.ecg"))
     assert s == 200 and all(r["case_id"] != case_id for r in rows)
-    assert _call("POST", c + f"/api/worklist/{case_id}/claim", center.auth("dr.ecg"), {})[0] \
+    assert call("POST", c + f"/api/worklist/{case_id}/claim", center.auth("dr.ecg"), {})[0] \
         == 403
 
     report_body = {"findings": "右侧硬膜下血肿 8 mm。", "impression": "Acute SDH.",
                    "critical": True}
     # A technician cannot sign a report; a reader cannot override a quality hold;
     # nobody signs an unclaimed case.
-    s, err = _call("POST", c + f"/api/cases/{case_id}/reports", center.auth("tech2"),
+    s, err = call("POST", c + f"/api/cases/{case_id}/reports", center.auth("tech2"),
                    report_body)
     assert s == 403 and "tech2" in err["message"]
-    s, err = _call("POST", c + f"/api/cases/{case_id}/override", center.auth("dr.wang"),
+    s, err = call("POST", c + f"/api/cases/{case_id}/override", center.auth("dr.wang"),
                    {"reason": "looks fine"})
     assert s == 403 and "reader" in err["message"]
-    s, err = _call("POST", c + f"/api/cases/{case_id}/reports", center.auth("dr.wang"),
+    s, err = call("POST", c + f"/api/cases/{case_id}/reports", center.auth("dr.wang"),
                    report_body)
     assert s == 409 and "claim" in err["message"]
 
-    s, claimed = _call("POST", c + f"/api/worklist/{case_id}/claim", center.auth("dr.wang"), {})
+    s, claimed = call("POST", c + f"/api/worklist/{case_id}/claim", center.auth("dr.wang"), {})
     assert s == 200 and claimed["claimed_by"] == "dr.wang"
-    s, rep = _call("POST", c + f"/api/cases/{case_id}/reports", center.auth("dr.wang"),
+    s, rep = call("POST", c + f"/api/cases/{case_id}/reports", center.auth("dr.wang"),
                    report_body)
     assert s == 201, rep
     assert rep["version"] == 1 and rep["critical"]
@@ -145,7 +129,7 @@ def test_report_round_trip_with_center_kill(nodes) -> None:  # type: ignore[no-u
     center.start()
 
     def report_at_edge(version: int) -> Any:
-        s, got = _call("GET", edge.http_url + f"/api/cases/{case_id}", edge.auth("dr.ma"))
+        s, got = call("GET", edge.http_url + f"/api/cases/{case_id}", edge.auth("dr.ma"))
         reps = got.get("reports", []) if s == 200 else []
         return got if reps and reps[0]["version"] == version and reps[0]["received_at"] \
             else None
@@ -171,7 +155,7 @@ def test_report_round_trip_with_center_kill(nodes) -> None:  # type: ignore[no-u
     assert at_pacs == {"1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.1.104.1"}
 
     # An amendment supersedes, with a reason; both versions are kept.
-    s, err = _call("POST", c + f"/api/cases/{case_id}/reports", center.auth("dr.wang"),
+    s, err = call("POST", c + f"/api/cases/{case_id}/reports", center.auth("dr.wang"),
                    {"findings": "x", "impression": "y"})
     assert s == 409 and "reason" in err["message"]
     # (the amendment through the CLI at the center, as a reader at the console would)

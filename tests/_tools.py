@@ -1,0 +1,39 @@
+"""Small clients the tests share (import as ``from _tools import call, pdftotext``)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def call(method: str, url: str, headers: dict[str, str] | None = None,
+         body: Any = None) -> tuple[int, Any]:
+    """One JSON request to a node: (HTTP status, JSON body, or the raw bytes if not JSON)."""
+    data = json.dumps(body, ensure_ascii=False).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={**(headers or {}), "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:  # noqa: S310 - loopback
+            raw, status = r.read(), r.status
+    except urllib.error.HTTPError as exc:
+        raw, status = exc.read(), exc.code
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw
+
+
+def pdftotext(path: Path) -> str:
+    """The text of a PDF as poppler's pdftotext reads it (UTF-8)."""
+    exe = shutil.which("pdftotext")
+    if exe is None:
+        pytest.fail("pdftotext (poppler-utils) not installed: apt-get install poppler-utils")
+    return subprocess.run([exe, "-enc", "UTF-8", str(path), "-"], capture_output=True,
+                          check=True, timeout=60).stdout.decode()
