@@ -95,7 +95,7 @@ def _crop(a: np.ndarray, side: int) -> np.ndarray:
 
 
 def _fenji(effort: str) -> tuple[Callable[[np.ndarray], bytes], Callable[[bytes], np.ndarray]]:
-    from fenji.codecs.pixel import pixel_decode, pixel_encode
+    from fenji.codecs.compress.pixel import pixel_decode, pixel_encode
 
     def enc(a: np.ndarray) -> bytes:
         rct = a.ndim >= 3 and a.shape[-1] == 3
@@ -134,7 +134,7 @@ def _peers(jxl_effort: int) -> dict[str, tuple[Callable[[np.ndarray], bytes],
 
 
 def _set_threads(n: int) -> None:
-    from fenji.codecs.pixel import set_threads
+    from fenji.codecs.compress.pixel import set_threads
 
     set_threads(n)
 
@@ -285,7 +285,7 @@ def _delta_shuffle_zstd(x: np.ndarray) -> bytes:
 def _bench_ecg(args: argparse.Namespace) -> dict[str, Any]:
     import zstandard
 
-    from fenji.codecs.waveform import waveform_decode, waveform_encode
+    from fenji.codecs.compress.waveform import waveform_decode, waveform_encode
 
     rows = []
     raw: dict[str, Any] = {}

@@ -16,7 +16,7 @@ filters + two detectors per lead + quality report; NeuroKit2: ``ecg_clean`` +
 seeded, stratified k-fold CV on the 308 labelled challenge2011 records, the
 gate fitted (every parameter) on the training folds only, next to the one-line
 rule "any lead constant >= 0.2 s" scored on the same folds; ``--write-gate
-FILE`` also writes the gate fitted on all 308 (``codecs/ecg_gate.json`` is the
+FILE`` also writes the gate fitted on all 308 (``codecs/ecg/gate.json`` is the
 shipped one, and a test checks that it is this output).
 """
 
@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folds", type=int, default=5, help="CV folds (default 5)")
     p.add_argument("--write-gate", type=Path, metavar="FILE",
                    help="with --quality-cv: write the gate fitted on all records to FILE "
-                        "(codecs/ecg_gate.json is the shipped one)")
+                        "(codecs/ecg/gate.json is the shipped one)")
 
 
 def _records(data: Path) -> list[tuple[str, Path]]:
@@ -86,7 +86,7 @@ def _detectors(no_xqrs: bool) -> dict[str, Callable[[np.ndarray, float], np.ndar
     import neurokit2 as nk
     import wfdb.processing as wp
 
-    from fenji.codecs import qrs
+    from fenji.codecs.ecg import qrs
 
     def fenji(x: np.ndarray, fs: float) -> np.ndarray:
         return qrs.detect_qrs(x, fs)
@@ -109,7 +109,7 @@ def _detectors(no_xqrs: bool) -> dict[str, Callable[[np.ndarray, float], np.ndar
 def _score_rows(args: argparse.Namespace, data: Path) -> list[dict[str, Any]]:
     import wfdb
 
-    from fenji.codecs import qrs
+    from fenji.codecs.ecg import qrs
     from fenji.gateway import ecg_io
 
     dets = _detectors(args.no_xqrs)
@@ -196,7 +196,7 @@ def _pipeline(n: int, data: Path) -> list[dict[str, Any]]:
     import neurokit2 as nk
     import wfdb
 
-    from fenji.codecs import ecg_quality
+    from fenji.codecs.ecg import quality as ecg_quality
 
     c11 = data / "ecg" / "challenge2011"
     names = (c11 / "RECORDS").read_text().split()[:n]
@@ -243,7 +243,7 @@ def quality_features(c11: Path, limit: int | None = None
 
     import wfdb
 
-    from fenji.codecs import ecg_quality
+    from fenji.codecs.ecg import quality as ecg_quality
 
     labels = json.loads((c11 / "labels.json").read_text())
     names = (c11 / "RECORDS").read_text().split()[:limit]
@@ -260,7 +260,7 @@ def quality_features(c11: Path, limit: int | None = None
 def gate_document(f: np.ndarray, y: np.ndarray, one: np.ndarray, *, repeats: int = 10,
                   folds: int = 5, seed: int | None = None) -> dict[str, Any]:
     """The shipped gate file: the gate fitted on all records and its CV estimate."""
-    from fenji.codecs import ecg_gate
+    from fenji.codecs.ecg import gate as ecg_gate
 
     seed = ecg_gate.SEED if seed is None else seed
     model = ecg_gate.fit_gate(f, y, seed=seed)

@@ -1,7 +1,7 @@
 """fenji.codecs: pure functions over bytes and arrays (no I/O, nothing of fenji)."""
 
 # Lossless codecs and the bundle (issue 3): the names other packages call.
-from fenji.codecs.bundle import (  # noqa: F401
+from fenji.codecs.compress.bundle import (  # noqa: F401
     BundlePlan,
     BundleReader,
     EndEvent,
@@ -15,4 +15,4 @@ from fenji.codecs.bundle import (  # noqa: F401
     read_bundle,
     write_bundle,
 )
-from fenji.codecs.instance import decode_instance, encode_instance, instance_info  # noqa: F401
+from fenji.codecs.compress.instance import decode_instance, encode_instance, instance_info  # noqa: F401

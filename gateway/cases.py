@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fenji.codecs.bundle import make_preview, plan_bundle
+from fenji.codecs.compress.bundle import make_preview, plan_bundle
 from fenji.gateway import ledger, qr
 from fenji.gateway.errors import LocalError, PeerError
 from fenji.gateway.store import Store

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from fenji.codecs import ecg_quality, qrs
+from fenji.codecs.ecg import qrs
+from fenji.codecs.ecg import quality as ecg_quality
 from fenji.codecs.errors import FenjiError
 
 # `fenji ecg check --json` fields: scripts depend on these names.

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fenji.codecs.ecg_quality import EcgQualityThresholds
-from fenji.codecs.image_quality import ImageQualityThresholds
+from fenji.codecs.ecg.quality import EcgQualityThresholds
+from fenji.codecs.image.quality import ImageQualityThresholds
 from fenji.gateway.charset import check_term
 from fenji.gateway.errors import ConfigError
 from fenji.routing.outbox import OutboxPolicy

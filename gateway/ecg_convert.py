@@ -23,8 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fenji.codecs.ecg_quality import check_ecg
-from fenji.codecs.ecg_record import EcgRecord
+from fenji.codecs.ecg.quality import check_ecg
+from fenji.codecs.ecg.record import EcgRecord
 from fenji.gateway.ecg_io import read_wfdb, to_dicom
 from fenji.gateway.ecgfiles import EcgMeta, read_ecg_files
 from fenji.gateway.errors import PeerError

@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from fenji.codecs.ecg_record import STANDARD_12, UNIT_TO_MV, EcgFilters, EcgRecord
+from fenji.codecs.ecg.record import STANDARD_12, UNIT_TO_MV, EcgFilters, EcgRecord
 from fenji.codecs.errors import PeerError
 from fenji.gateway import ecgfiles
 

@@ -180,7 +180,7 @@ def _previews_dir(store: Store, case_id: str) -> Path | None:
 
 
 async def get_previews(request: web.Request) -> web.Response:
-    from fenji.codecs.bundle import Preview
+    from fenji.codecs.compress.bundle import Preview
 
     store = request.app[STORE]
     user = require(request, "technician", "reader", "physician", "operator",
@@ -200,7 +200,7 @@ async def get_previews(request: web.Request) -> web.Response:
 
 async def get_preview(request: web.Request) -> web.Response:
     """An image preview as PNG; an ECG strip as JSON samples."""
-    from fenji.codecs.bundle import Preview
+    from fenji.codecs.compress.bundle import Preview
     from fenji.gateway.png import encode_png
 
     user = require(request, "technician", "reader", "physician", "operator",

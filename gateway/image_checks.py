@@ -1,5 +1,5 @@
 """Adapter: pydicom datasets -> the plain header dicts and arrays that
-``fenji.codecs.image_quality`` checks."""
+``fenji.codecs.image.quality`` checks."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from fenji.codecs import image_quality as iq
+from fenji.codecs.image import quality as iq
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The quality gate the sending hospital signs (DESIGN.md §3 step 3, §9).
 
 Before a case leaves, every instance and ECG lead is checked with the kernels
-in :mod:`fenji.codecs.image_quality` and :mod:`fenji.codecs.ecg_quality`.
+in :mod:`fenji.codecs.image.quality` and :mod:`fenji.codecs.ecg.quality`.
 The report says, per series / ECG and per lead, each check's value, threshold
 and verdict, and overall ``acceptable``, ``acceptable_with_warnings`` or
 ``unacceptable`` with reasons in words a technician can act on.
@@ -42,7 +42,7 @@ def assess(blobs: list[bytes], ecg_thresholds: Any = None,
     """Quality report of a case's instances (Part-10 bytes), with the config's
     thresholds (``None``: the documented defaults).  ``excluded``: instances of the
     study the technician left out (``fenji case exclude``), named as a warning."""
-    from fenji.codecs.ecg_quality import check_ecg
+    from fenji.codecs.ecg.quality import check_ecg
     from fenji.gateway.ecg_io import read_dicom_ecg
     from fenji.gateway.image_checks import check_series
 

@@ -437,7 +437,7 @@ def _queue_report(store: Store, cfg: Config, case: dict[str, Any], report_id: st
                   bundle_id: str, signed: dict[str, Any], endorsement: dict[str, Any],
                   blobs: list[bytes], now: float) -> None:
     """The report travels back down as a small bundle through the same outbox."""
-    from fenji.codecs.bundle import plan_bundle
+    from fenji.codecs.compress.bundle import plan_bundle
     from fenji.gateway.cases import PRIORITIES, _write_plan, next_hop
     from fenji.routing import outbox_db
 

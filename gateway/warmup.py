@@ -55,8 +55,8 @@ def _image(rows: int, cols: int, dtype: str, samples: int = 1) -> bytes:
 
 
 def warm() -> float:
-    from fenji.codecs.bundle import make_preview
-    from fenji.codecs.instance import decode_instance, encode_instance
+    from fenji.codecs.compress.bundle import make_preview
+    from fenji.codecs.compress.instance import decode_instance, encode_instance
     from fenji.gateway import quality_gate
 
     t0 = time.monotonic()

@@ -232,7 +232,7 @@ def check_receipt(receipt: dict[str, Any], signature: str, peer_key: Ed25519Publ
 
 def manifest_of(bundle_path: Path) -> dict[str, Any]:
     """Read just the manifest section of a bundle file."""
-    from fenji.codecs.bundle import BundleReader, ManifestEvent
+    from fenji.codecs.compress.bundle import BundleReader, ManifestEvent
 
     reader = BundleReader()
     with open(bundle_path, "rb") as fh:

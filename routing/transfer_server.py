@@ -55,9 +55,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from fenji.codecs.bundle import BundleReader, InstanceEvent, ManifestEvent, PreviewEvent
+from fenji.codecs.compress.bundle import BundleReader, InstanceEvent, ManifestEvent, PreviewEvent
+from fenji.codecs.compress.pixel import pixel_info
 from fenji.codecs.errors import DecodeError
-from fenji.codecs.pixel import pixel_info
 from fenji.gateway import charset, ingest
 from fenji.gateway.keys import canonical_json, sign, verify
 from fenji.gateway.store import Store, StoreFull

@@ -66,4 +66,4 @@ def test_wheel_contains_the_mapped_packages(tmp_path: Path) -> None:
         as_pkg = "/".join(parts) + "/__init__.py"
         assert as_file in names or as_pkg in names, mod
     assert not any(n.startswith("codecs/") or n.startswith("gateway/") for n in names)
-    assert "fenji/codecs/ecg_gate.json" in names       # the ECG gate's fitted parameters
+    assert "fenji/codecs/ecg/gate.json" in names       # the ECG gate's fitted parameters

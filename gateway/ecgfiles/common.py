@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from fenji.codecs.ecg_record import STANDARD_12, EcgFilters, EcgRecord
+from fenji.codecs.ecg.record import STANDARD_12, EcgFilters, EcgRecord
 from fenji.codecs.errors import DecodeError
 
 #: Largest file any reader accepts (the biggest real cart file seen is 2.2 MiB; a

@@ -22,7 +22,7 @@ from fenji.codecs import (
     read_bundle,
     write_bundle,
 )
-from fenji.codecs.bundle import Preview
+from fenji.codecs.compress.bundle import Preview
 from fenji.codecs.errors import DecodeError
 
 NAMES = ["mr/ge_epi_axial/MR_0001.dcm", "mr/ge_epi_axial/MR_0002.dcm",

@@ -10,6 +10,6 @@ import pytest
 
 @pytest.mark.parametrize("name", ["entropy", "pixel", "waveform", "header", "instance", "bundle"])
 def test_doctests(name: str) -> None:
-    mod = importlib.import_module(f"fenji.codecs.{name}")
+    mod = importlib.import_module(f"fenji.codecs.compress.{name}")
     result = doctest.testmod(mod)
     assert result.attempted > 0 and result.failed == 0

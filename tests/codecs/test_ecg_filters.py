@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from fenji.codecs import ecg_filters as flt
+from fenji.codecs.ecg import filters as flt
 
 finite = st.floats(-50.0, 50.0, allow_nan=False, allow_infinity=False)
 signals = arrays(np.float64, st.integers(0, 400), elements=finite)
@@ -106,7 +106,10 @@ def test_2d_kernel_equals_twin_and_1d_per_column(x, fs, kind):
 def test_docstring_examples():
     import doctest
 
-    from fenji.codecs import ecg_quality, ecg_record, image_quality, qrs
+    from fenji.codecs.ecg import qrs
+    from fenji.codecs.ecg import quality as ecg_quality
+    from fenji.codecs.ecg import record as ecg_record
+    from fenji.codecs.image import quality as image_quality
 
     for mod in (flt, qrs, ecg_quality, ecg_record, image_quality):
         res = doctest.testmod(mod)

@@ -1,7 +1,7 @@
 """ECG quality: kernels == twins, reasons on built faults, and the challenge2011 gate.
 
 challenge2011 (README): 308 records, 239 acceptable, 69 unacceptable.  The
-shipped gate (codecs/ecg_gate.json) must be what the protocol fits on all 308
+shipped gate (codecs/ecg/gate.json) must be what the protocol fits on all 308
 (re-fitted here from features computed in the test), and a quick repeated
 stratified CV must run and beat the one-line rule "any lead constant >= 0.2 s".
 The full CV table is `python -m bench ecg --quality-cv`.
@@ -20,8 +20,8 @@ from hypothesis.extra.numpy import arrays
 from sklearn.linear_model import LogisticRegression
 
 from bench.ecg import gate_document, quality_features
-from fenji.codecs import ecg_gate as gate
-from fenji.codecs import ecg_quality as q
+from fenji.codecs.ecg import gate
+from fenji.codecs.ecg import quality as q
 from tests.conftest import ECG_DIR
 
 C11 = ECG_DIR / "challenge2011"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fenji.codecs import header as hd
+from fenji.codecs.compress import header as hd
 from fenji.codecs.errors import DecodeError
 
 # SHA-256 of every released dictionary.  A change here means old encoded

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from fenji.codecs import image_quality as iq
+from fenji.codecs.image import quality as iq
 from fenji.gateway import image_checks as ic
 from tests.conftest import DICOM_DIR
 

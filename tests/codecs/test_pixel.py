@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fenji.codecs import pixel as px
+from fenji.codecs.compress import pixel as px
 from fenji.codecs.errors import DecodeError
 
 DTYPES = ["|u1", "|i1", "<u2", "<i2"]

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from fenji.codecs import qrs
+from fenji.codecs.ecg import qrs
 from tests.conftest import ECG_DIR
 
 floats = st.floats(-20.0, 20.0, allow_nan=False, allow_infinity=False)

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import wfdb
 
-from fenji.codecs import qrs
+from fenji.codecs.ecg import qrs
 from fenji.gateway import ecg_io
 from tests.conftest import ECG_DIR
 

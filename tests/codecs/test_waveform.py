@@ -11,7 +11,7 @@ from _data import ECG_DIR
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fenji.codecs import waveform as wv
+from fenji.codecs.compress import waveform as wv
 from fenji.codecs.errors import DecodeError
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

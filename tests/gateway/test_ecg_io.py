@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from fenji.codecs.ecg_record import EcgRecord
+from fenji.codecs.ecg.record import EcgRecord
 from fenji.codecs.errors import PeerError
 from fenji.gateway import ecg_io
 from tests.conftest import DICOM_DIR, ECG_DIR

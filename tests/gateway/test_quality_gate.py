@@ -11,7 +11,7 @@ import pytest
 from _data import DICOM_DIR, ct_series
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fenji.codecs.bundle import read_bundle
+from fenji.codecs.compress.bundle import read_bundle
 from fenji.gateway import quality_gate as qg
 from fenji.gateway.cases import CaseError, CaseHeld, override, quality_of, release
 from fenji.gateway.ecg_io import read_dicom_ecg

@@ -20,7 +20,7 @@ import pytest
 from _data import ct_series, good_files
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fenji.codecs.bundle import make_preview, write_bundle
+from fenji.codecs.compress.bundle import make_preview, write_bundle
 from fenji.gateway import config as config_mod
 from fenji.gateway.cases import CaseError, release
 from fenji.gateway.dcmtk import storescu

@@ -17,9 +17,9 @@ from _data import DICOM_DIR, ct_series
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
-from fenji.codecs.bundle import Preview
+from fenji.codecs.compress.bundle import Preview
+from fenji.codecs.compress.pixel import pixel_decode, pixel_encode
 from fenji.codecs.errors import DecodeError
-from fenji.codecs.pixel import pixel_decode, pixel_encode
 from fenji.gateway import config as config_mod
 from fenji.gateway.dcmtk import storescu
 from fenji.gateway.harness import NodeProcess
@@ -144,7 +144,7 @@ def test_preview_bomb_is_refused_not_decoded(node: Node) -> None:
 def test_bundle_with_a_preview_bomb_is_refused_and_leaves_no_preview(node: Node) -> None:
     """The same bomb arriving in a bundle from a peer: the bundle is refused (422) and
     no preview becomes visible."""
-    from fenji.codecs.bundle import write_bundle
+    from fenji.codecs.compress.bundle import write_bundle
 
     side = 2048
     bomb = Preview("image", {"rows": side, "cols": side},

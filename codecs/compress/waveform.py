@@ -27,8 +27,8 @@ from typing import Any, no_type_check
 import numpy as np
 from numba import njit as _njit
 
-from fenji.codecs import entropy as ent
-from fenji.codecs.entropy import PROB_BITS, PROB_SCALE, RANS_L
+from fenji.codecs.compress import entropy as ent
+from fenji.codecs.compress.entropy import PROB_BITS, PROB_SCALE, RANS_L
 from fenji.codecs.errors import DecodeError
 
 # Any-typed: numba's stubs do not describe dispatchers called with arrays

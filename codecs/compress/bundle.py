@@ -37,16 +37,16 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fenji.codecs.errors import DecodeError
-from fenji.codecs.instance import (
+from fenji.codecs.compress.instance import (
     decode_instance,
     encode_instance,
     instance_info,
     reference_id,
     series_uid,
 )
-from fenji.codecs.pixel import pixel_decode, pixel_encode
-from fenji.codecs.waveform import waveform_decode, waveform_encode
+from fenji.codecs.compress.pixel import pixel_decode, pixel_encode
+from fenji.codecs.compress.waveform import waveform_decode, waveform_encode
+from fenji.codecs.errors import DecodeError
 
 MAGIC = b"FJBU"
 VERSION = 1

@@ -22,7 +22,7 @@ Also measured, for the gate: basSQI (1 - the share of the power below 40 Hz that
 lies below 0.5 Hz), after Clifford, Behar et al. (Physiol. Meas. 2012).
 
 The record's verdict is not made from these flags: it is the fitted gate of
-:mod:`fenji.codecs.ecg_gate` (eight record features from the SQIs, a logistic
+:mod:`fenji.codecs.ecg.gate` (eight record features from the SQIs, a logistic
 score and a threshold, every number chosen by cross-validation on labelled
 records -- see there for its cross-validated accuracy).  ``unacceptable`` is the
 gate's; otherwise a record with flagged leads is ``acceptable_with_warnings``.
@@ -68,9 +68,9 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from fenji.codecs import ecg_filters as flt
-from fenji.codecs import ecg_gate as gate_mod
-from fenji.codecs import qrs as qrs_mod
+from fenji.codecs.ecg import filters as flt
+from fenji.codecs.ecg import gate as gate_mod
+from fenji.codecs.ecg import qrs as qrs_mod
 
 ACCEPTABLE = "acceptable"
 WARNINGS = "acceptable_with_warnings"
@@ -269,7 +269,7 @@ def _measure_all(x: np.ndarray, fs_hz: float, t: EcgQualityThresholds,
     beats.  Every filter runs once over all leads (2-D kernel).
 
     Records longer than ``chunk_s`` are filtered chunk by chunk (with context, see
-    :func:`fenji.codecs.qrs.chunk_spans`); then amplitude, EMG noise and wander
+    :func:`fenji.codecs.ecg.qrs.chunk_spans`); then amplitude, EMG noise and wander
     are the median of the chunks' values.  Run lengths and bSQI are always
     computed over the whole record.
     """
@@ -403,7 +403,7 @@ def _lead_checks(lead: str, m: LeadMeasures, t: EcgQualityThresholds, duration_s
     """Per-lead flags in physical units: ``unacceptable`` marks a lead that cannot be
     read, ``acceptable_with_warnings`` one that can with care.  They explain the
     record's verdict; they do not make it (the fitted gate does, see
-    :mod:`fenji.codecs.ecg_gate`)."""
+    :mod:`fenji.codecs.ecg.gate`)."""
     U, W, A = UNACCEPTABLE, WARNINGS, ACCEPTABLE
     # a 10-s ECG fails on 0.2 s; a 24-h Holter only on a share of its length
     flat_thr = max(t.flat_s, t.flat_fraction * duration_s)
@@ -569,7 +569,7 @@ _SQI_KEYS = ("flat_s", "lead_off_s", "amplitude_mv", "ksqi", "bsqi", "baseline_m
 
 @functools.cache
 def shipped_gate() -> gate_mod.GateModel:
-    """The fitted gate shipped with fenji (``ecg_gate.json``), read once."""
+    """The fitted gate shipped with fenji (``gate.json``), read once."""
     return gate_mod.load_gate()
 
 
@@ -582,7 +582,7 @@ def quality_report(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
 
 def measure_record(signal_mv: np.ndarray, fs_hz: float, thresholds: EcgQualityThresholds
                    | None = None) -> tuple[list[LeadMeasures], np.ndarray]:
-    """Per-lead measures of a record and its gate features (:mod:`fenji.codecs.ecg_gate`)."""
+    """Per-lead measures of a record and its gate features (:mod:`fenji.codecs.ecg.gate`)."""
     x = np.asarray(signal_mv, dtype=np.float64)
     if x.ndim == 1:
         x = x[:, None]
@@ -598,7 +598,7 @@ def check_ecg(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
               ) -> tuple[dict[str, Any], np.ndarray]:
     """Quality report of one record and its beats (detected on the leads that pass).
 
-    The verdict is the fitted gate's (:mod:`fenji.codecs.ecg_gate`): ``unacceptable``
+    The verdict is the fitted gate's (:mod:`fenji.codecs.ecg.gate`): ``unacceptable``
     when its score is above its threshold.  Otherwise a record with any lead
     flagged by the per-lead checks (or an implausible heart rate) is
     ``acceptable_with_warnings``, else ``acceptable``.
@@ -647,7 +647,7 @@ def check_ecg(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
     good = [j for j, n in enumerate(leads) if lead_out[n]["verdict"] != UNACCEPTABLE]
     if qrs is None:
         # per 10-s window, the usable lead whose two detectors agree best; its beats
-        # by the main detector (fenji.codecs.qrs.detect_qrs)
+        # by the main detector (fenji.codecs.ecg.qrs.detect_qrs)
         use = good or list(range(len(leads)))
         chosen = qrs_mod.choose_leads([beats_a[j] for j in use],
                                       [beats_b[j] for j in use], x.shape[0], fs_hz)

@@ -41,8 +41,8 @@ import numpy as np
 from numba import njit as _njit
 from numba import prange as _prange
 
-from fenji.codecs import entropy as ent
-from fenji.codecs.entropy import (
+from fenji.codecs.compress import entropy as ent
+from fenji.codecs.compress.entropy import (
     PROB_BITS,
     PROB_SCALE,
     RANS16_L,

@@ -40,10 +40,10 @@ from typing import Any
 import numpy as np
 import zstandard as zstd
 
+from fenji.codecs.compress.header import header_decode, header_encode
+from fenji.codecs.compress.pixel import pixel_decode, pixel_encode
+from fenji.codecs.compress.waveform import waveform_decode, waveform_encode
 from fenji.codecs.errors import DecodeError
-from fenji.codecs.header import header_decode, header_encode
-from fenji.codecs.pixel import pixel_decode, pixel_encode
-from fenji.codecs.waveform import waveform_decode, waveform_encode
 
 _log = logging.getLogger(__name__)
 MAGIC = b"FJIN"

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from fenji.codecs import ecg_filters as flt
+from fenji.codecs.ecg import filters as flt
 
 #: QRS energy band: Pan & Tompkins' 5-15 Hz, where QRS energy peaks and T/P waves
 #: (below 5 Hz) and EMG/mains (above 20 Hz) do not.

@@ -1,6 +1,6 @@
 """The ECG quality gate's decision: record features, the fitted model, the protocol.
 
-The per-lead signal-quality indices (SQIs) of :mod:`fenji.codecs.ecg_quality`
+The per-lead signal-quality indices (SQIs) of :mod:`fenji.codecs.ecg.quality`
 are summarised into eight record features, each with a physiological reason for
 its summary (Clifford, Behar et al., Physiol. Meas. 33:1419, 2012; Behar et al.,
 IEEE TBME 60:1660, 2013):
@@ -29,7 +29,7 @@ quality in one respect never excuses a dead lead in another, and every term of
 the score is a reason to hold (the largest one is the first reason given).
 Every number of it (centre, scale, coef, intercept, regularisation ``C``,
 threshold) is chosen by
-:func:`fit_gate` from labelled records only; the shipped ``ecg_gate.json`` is
+:func:`fit_gate` from labelled records only; the shipped ``gate.json`` is
 :func:`fit_gate` on all 308 challenge2011 records and a test re-fits it.
 :func:`cross_validate` is the honest estimate: repeated, seeded, stratified
 k-fold, with :func:`fit_gate` (which chooses ``C`` and the threshold by an
@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-GATE_FILE = Path(__file__).with_name("ecg_gate.json")
+GATE_FILE = Path(__file__).with_name("gate.json")
 FORMAT_VERSION = 1
 FEATURES = ("flat_max", "off_max", "amp_min", "ksqi_min", "bsqi_3", "base_3", "bas_3", "hf_med")
 #: The sign each feature's weight must have: +1 where a larger value is worse quality.
@@ -161,7 +161,7 @@ _VECTORS = ("signs", "center", "scale", "coef")
 
 
 def load_gate(path: Path | None = None) -> GateModel:
-    """The shipped gate (``ecg_gate.json`` next to this module) or the one at ``path``."""
+    """The shipped gate (``gate.json`` next to this module) or the one at ``path``."""
     p = path or GATE_FILE
     try:
         raw = json.loads(p.read_text(encoding="utf-8"))

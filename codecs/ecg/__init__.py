@@ -1,0 +1,1 @@
+"""fenji.codecs.ecg"""
