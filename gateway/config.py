@@ -26,7 +26,7 @@ from typing import Any
 
 from fenji.codecs.ecg.quality import EcgQualityThresholds
 from fenji.codecs.image.quality import ImageQualityThresholds
-from fenji.gateway.charset import check_term
+from fenji.gateway.dicom.charset import check_term
 from fenji.gateway.errors import ConfigError
 from fenji.routing.outbox import OutboxPolicy
 
@@ -94,7 +94,7 @@ class DicomSection:
     network_timeout_s: float = 60.0
     # pynetdicom's reactor threads poll every 1 ms, which caps a single
     # association at a few hundred instances/s; fenji polls this often instead
-    # (gateway/scp.py, _FastPoll).  1e-3 restores pynetdicom's own behaviour.
+    # (gateway/dimse/server.py, _FastPoll).  1e-3 restores pynetdicom's own behaviour.
     poll_interval_s: float = 0.0001
     acse_timeout_s: float = 30.0
     dimse_timeout_s: float = 60.0
@@ -275,7 +275,7 @@ class RemoteAeSection:
 
     ``reader``: the reader at this workstation.  A DICOM SR or encapsulated PDF
     this AE C-STOREs for a study on the worklist is signed as that reader's
-    report (gateway/reading.py :func:`viewer_report_if_any`).
+    report (gateway/reading/core.py :func:`viewer_report_if_any`).
     """
 
     ae_title: str = ""

@@ -23,7 +23,7 @@ import uuid
 from typing import Any
 
 from fenji.gateway.config import Config, EgressSection
-from fenji.gateway.store import Store
+from fenji.gateway.store.db import Store
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,8 @@ def _dimse(cfg: Config, target: EgressSection, blobs: list[tuple[str, bytes]]) -
     from pydicom import dcmread
     from pynetdicom import AE
 
-    from fenji.gateway.scp import install_nodelay
-    from fenji.gateway.validate import split_part10
+    from fenji.gateway.dicom.validate import split_part10
+    from fenji.gateway.dimse.server import install_nodelay
 
     install_nodelay()
 

@@ -29,7 +29,7 @@ import aiohttp
 
 from fenji.gateway.config import Config
 from fenji.gateway.keys import load_private, public_from_config
-from fenji.gateway.store import Store
+from fenji.gateway.store.db import Store
 from fenji.routing import outbox_db
 from fenji.routing.outbox import DeadLetter, OutboxPolicy
 from fenji.routing.shaping import LinkMeter, Pacer, parse_schedule
@@ -57,14 +57,14 @@ def higher_priority_ready(store: Store, destination: str, priority: int, now: fl
 
 def keep_receipt(store: Store, job: dict[str, Any], out: Delivered, now: float,
                  node: str = "") -> None:
-    from fenji.gateway import ledger
+    from fenji.gateway.audit import ledger
 
     with store.atomic() as con:
         fresh = con.execute("SELECT 1 FROM receipts WHERE bundle_id = ?",
                             (job["bundle_id"],)).fetchone() is None
         report = con.execute("SELECT report_id, case_id FROM reports WHERE report_id = ?",
                              (job["case_id"],)).fetchone()
-        if report is not None:  # a report bundle went back down (gateway/reading.py)
+        if report is not None:  # a report bundle went back down (gateway/reading/core.py)
             con.execute("UPDATE reports SET returned_at = coalesce(returned_at, ?) "
                         "WHERE report_id = ?", (now, report[0]))
         if fresh and node:
@@ -87,7 +87,7 @@ def keep_receipt(store: Store, job: dict[str, Any], out: Delivered, now: float,
 
 def note_dead(store: Store, job: dict[str, Any], reason: str, now: float, node: str) -> None:
     """A dead-lettered bundle is an audit event: someone must see it and act."""
-    from fenji.gateway import ledger
+    from fenji.gateway.audit import ledger
 
     ledger.record(store, "dead_lettered", node=node, actor=node, role="node",
                   obj=job["bundle_id"], case_id=job["case_id"], at=now,
@@ -98,7 +98,7 @@ def note_dead(store: Store, job: dict[str, Any], reason: str, now: float, node: 
 def note_sent(store: Store, job: dict[str, Any], now: float, node: str,
               bytes_total: int) -> None:
     """The ledger's "sent" event: the first time a bundle goes on the wire to its next hop."""
-    from fenji.gateway import ledger
+    from fenji.gateway.audit import ledger
 
     with store.atomic() as con:
         report = con.execute("SELECT case_id FROM reports WHERE report_id = ?",
@@ -211,7 +211,7 @@ class SenderLoop:
             return
         await asyncio.to_thread(outbox_db.complete, self.store, j["job_id"], self.owner,
                                 self.clock())
-        from fenji.gateway import reading
+        from fenji.gateway.reading import core as reading
 
         await asyncio.to_thread(reading.report_delivered, self.store, self.cfg, j["case_id"],
                                 target.name, self.clock())

@@ -58,10 +58,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from fenji.codecs.compress.bundle import BundleReader, InstanceEvent, ManifestEvent, PreviewEvent
 from fenji.codecs.compress.pixel import pixel_info
 from fenji.codecs.errors import DecodeError
-from fenji.gateway import charset, ingest
+from fenji.gateway import ingest
+from fenji.gateway.dicom import charset
+from fenji.gateway.dicom.validate import Rejected
 from fenji.gateway.keys import canonical_json, sign, verify
-from fenji.gateway.store import Store, StoreFull
-from fenji.gateway.validate import Rejected
+from fenji.gateway.store.db import Store, StoreFull
 
 log = logging.getLogger(__name__)
 

@@ -9,15 +9,15 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from fenji.gateway import dimse_status as st
-from fenji.gateway.store import (
+from fenji.gateway.dicom import status as st
+from fenji.gateway.dicom.validate import Checked, Rejected, check_dimse, check_part10, with_preamble
+from fenji.gateway.store.db import (
     BatchConflict,
     InstanceInfo,
     PutStatus,
     Store,
     StoreFull,
 )
-from fenji.gateway.validate import Checked, Rejected, check_dimse, check_part10, with_preamble
 
 if TYPE_CHECKING:
     from fenji.gateway.config import Config
@@ -248,7 +248,7 @@ class Batch:
         """Check and stage one instance; raises :class:`Rejected` or :class:`StoreFull`.
 
         ``default_character_set`` replaces the limits' one for this instance (the
-        character set its sender applied to it: gateway/charset.py)."""
+        character set its sender applied to it: gateway/dicom/charset.py)."""
         limits = self.limits if default_character_set is None else dataclasses.replace(
             self.limits, default_character_set=default_character_set)
         checked = check(data, limits)

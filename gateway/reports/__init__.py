@@ -1,0 +1,1 @@
+"""Diagnostic reports: the signed document, its DICOM SR and PDF forms, verification."""
