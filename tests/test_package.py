@@ -20,8 +20,8 @@ def _all_modules() -> list[str]:
     names = []
     for pkg in (fenji.gateway, fenji.codecs, fenji.routing):
         names.append(pkg.__name__)
-        for m in pkgutil.iter_modules(pkg.__path__):
-            names.append(f"{pkg.__name__}.{m.name}")
+        for m in pkgutil.walk_packages(pkg.__path__, prefix=f"{pkg.__name__}."):
+            names.append(m.name)
     return names
 
 

@@ -34,14 +34,12 @@ from fenji.gateway.config import Config
 from fenji.gateway.errors import DecodeError, FenjiError
 from fenji.gateway.keys import load_private, public_from_config
 from fenji.gateway.store.db import Store
+from fenji.gateway.web import dicomweb, reading_routes
+from fenji.gateway.web.common import CONFIG, LIVE_CONFIG, ON_RELEASE, STORE
 from fenji.gateway.web.limits import multipart_parts, upload_slots
 
 log = logging.getLogger(__name__)
 
-STORE = web.AppKey("store", Store)
-CONFIG = web.AppKey("config", Config)
-ON_RELEASE = web.AppKey("on_release", object)
-LIVE_CONFIG = web.AppKey("live_config", list)  # [Config]: the one reload_peers swaps
 
 
 def _error(status: int, err: str, message: str) -> web.Response:
@@ -307,11 +305,7 @@ def build_app(cfg: Config, store: Store,
     app.router.add_get("/api/cases/{case_id}/previews", get_previews)
     app.router.add_get("/api/cases/{case_id}/previews/{index}", get_preview)
     app.router.add_get("/api/cases/{case_id}", get_case)
-    from fenji.gateway.web import reading_routes as http_reading
-
-    http_reading.add_routes(app, wake)
-    from fenji.gateway.web import dicomweb
-
+    reading_routes.add_routes(app, wake)
     dicomweb.add_routes(app, cfg, store)
     # Always: a node that lists no peer yet refuses uploads saying how to pair.
     from fenji.routing.transfer_server import ReceiverContext, add_routes

@@ -66,6 +66,7 @@ from fenji.gateway.dicom.validate import (
 )
 from fenji.gateway.reading import core as reading
 from fenji.gateway.store.db import Store
+from fenji.gateway.web.common import WAKE, app_of
 from fenji.gateway.web.limits import multipart_parts
 
 log = logging.getLogger(__name__)
@@ -355,10 +356,7 @@ def attrs_to_json(attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- helpers shared by the handlers -------------------------------------------
-def _app(request: web.Request) -> tuple[Config, Store]:
-    from fenji.gateway.web.app import CONFIG, STORE
-
-    return request.app[CONFIG], request.app[STORE]
+_app = app_of
 
 
 def _base_url(request: web.Request) -> str:
@@ -1200,7 +1198,6 @@ async def stow(request: web.Request) -> web.Response:
     log.info("stow user=%s peer=%s stored=%d failed=%d", user.name, request.remote,
              len(res.stored), len(res.failed))
     if any(s.get("report_id") for s in res.stored):
-        from fenji.gateway.web.reading_routes import WAKE
 
         wake = request.app.get(WAKE)
         if callable(wake):

@@ -23,22 +23,10 @@ from aiohttp import web
 from fenji.gateway.access import scope as access
 from fenji.gateway.access.users import require
 from fenji.gateway.reading import core as reading
+from fenji.gateway.web.common import ON_RELEASE, WAKE, app_of, json_body
 
-
-def _app(request: web.Request) -> tuple[Any, Any]:
-    from fenji.gateway.web.app import CONFIG, STORE
-
-    return request.app[CONFIG], request.app[STORE]
-
-
-async def _json(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise web.HTTPBadRequest(text="request body is not JSON") from None
-    if not isinstance(body, dict):
-        raise web.HTTPBadRequest(text="request body must be a JSON object")
-    return body
+_app = app_of
+_json = json_body
 
 
 async def get_worklist(request: web.Request) -> web.Response:
@@ -168,7 +156,6 @@ async def post_exclude(request: web.Request) -> web.Response:
 async def post_override(request: web.Request) -> web.Response:
     from fenji.gateway.cases import case as cases_mod
     from fenji.gateway.keys import load_private
-    from fenji.gateway.web.app import ON_RELEASE
 
     cfg, store = _app(request)
     user = require(request, "technician", "operator", action="override a quality hold")
@@ -187,7 +174,6 @@ async def post_override(request: web.Request) -> web.Response:
                               "state": "released", "operator": user.name}, status=201)
 
 
-WAKE = web.AppKey("fenji_wake_sender", object)
 
 
 def add_routes(app: web.Application, wake: Any = None) -> None:
