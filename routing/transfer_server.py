@@ -59,8 +59,7 @@ from fenji.codecs.compress.bundle import BundleReader, InstanceEvent, ManifestEv
 from fenji.codecs.compress.pixel import pixel_info
 from fenji.codecs.errors import DecodeError
 from fenji.gateway import ingest
-from fenji.gateway.dicom import charset
-from fenji.gateway.dicom.validate import Rejected
+from fenji.gateway.ingest import Rejected, check_term
 from fenji.gateway.keys import canonical_json, sign, verify
 from fenji.gateway.store.db import Store, StoreFull
 
@@ -354,7 +353,7 @@ def _sender_default(manifest: dict[str, Any] | None, index: int) -> str | None:
     if not isinstance(defaults, list) or not 0 <= index < len(defaults):
         return None
     term = defaults[index]
-    if not isinstance(term, str) or not term or charset.check_term(term) is not None:
+    if not isinstance(term, str) or not term or check_term(term) is not None:
         return None
     return term
 

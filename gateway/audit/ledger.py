@@ -69,6 +69,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from fenji.gateway.errors import LocalError, PeerError
 from fenji.gateway.keys import canonical_json, fingerprint, sign
 from fenji.gateway.keys import verify as verify_signature
+from fenji.gateway.store.migrations import AUDIT_EXTRA_SQL
 
 log = logging.getLogger(__name__)
 
@@ -101,54 +102,7 @@ KINDS: dict[str, str] = {
     "acknowledged": "the requesting physician acknowledged a report",
 }
 
-# The extra tables are created IF NOT EXISTS so that :func:`ensure_tables`
-# can add them to a store migrated before they existed (migration 5 is unreleased).
-_EXTRA_SQL = """
-CREATE TABLE IF NOT EXISTS audit_head (
-    id        INTEGER PRIMARY KEY CHECK (id = 1),
-    node      TEXT NOT NULL,
-    seq       INTEGER NOT NULL,
-    hash      TEXT NOT NULL,
-    at        REAL NOT NULL,
-    key       TEXT NOT NULL,
-    signature TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS audit_foreign (
-    node        TEXT NOT NULL,
-    seq         INTEGER NOT NULL,
-    at          REAL NOT NULL,
-    kind        TEXT NOT NULL,
-    actor       TEXT NOT NULL,
-    role        TEXT NOT NULL,
-    object      TEXT NOT NULL,
-    case_id     TEXT,
-    detail      TEXT NOT NULL DEFAULT '{}',
-    prev_hash   TEXT NOT NULL,
-    hash        TEXT NOT NULL UNIQUE,
-    via         TEXT NOT NULL,
-    imported_at REAL NOT NULL,
-    PRIMARY KEY (node, seq)
-);
-CREATE INDEX IF NOT EXISTS audit_foreign_case ON audit_foreign(case_id)
-"""
 
-MIGRATION_SQL = """
-CREATE TABLE audit (
-    seq       INTEGER PRIMARY KEY,
-    node      TEXT NOT NULL,
-    at        REAL NOT NULL,
-    kind      TEXT NOT NULL,
-    actor     TEXT NOT NULL,
-    role      TEXT NOT NULL,
-    object    TEXT NOT NULL,
-    case_id   TEXT,
-    detail    TEXT NOT NULL DEFAULT '{}',
-    prev_hash TEXT NOT NULL,
-    hash      TEXT NOT NULL UNIQUE
-);
-CREATE INDEX audit_case ON audit(case_id);
-CREATE INDEX audit_kind ON audit(kind, at);
-""" + _EXTRA_SQL
 
 FIELDS = ("seq", "node", "at", "kind", "actor", "role", "object", "case_id", "detail",
           "prev_hash")
@@ -249,7 +203,7 @@ def ensure_tables(store: Any) -> None:
         "('audit_head', 'audit_foreign')")}
     if len(have) < 2:
         with store.atomic() as con:
-            for stmt in _EXTRA_SQL.split(";"):
+            for stmt in AUDIT_EXTRA_SQL.split(";"):
                 if stmt.strip():
                     con.execute(stmt)
     # Foreign events carry the signature of the node that wrote them (its node

@@ -31,8 +31,8 @@ from pydicom.datadict import dictionary_VR
 
 from fenji.gateway.dicom import charset
 from fenji.gateway.dicom import status as st
+from fenji.gateway.dicom.info import InstanceInfo
 from fenji.gateway.errors import PeerError
-from fenji.gateway.store.db import InstanceInfo
 
 log = logging.getLogger(__name__)
 

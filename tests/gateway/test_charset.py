@@ -24,12 +24,13 @@ from pydicom.data import get_charset_files
 from fenji.gateway import config as config_mod
 from fenji.gateway.dicom import charset
 from fenji.gateway.dicom import query as qr
+from fenji.gateway.dicom.info import InstanceInfo
 from fenji.gateway.dicom.validate import check_part10
 from fenji.gateway.dimse.qr import _keys
 from fenji.gateway.errors import ConfigError
 from fenji.gateway.store import db as store_mod
 from fenji.gateway.store import reindex
-from fenji.gateway.store.db import InstanceInfo, Store
+from fenji.gateway.store.db import Store
 from fenji.gateway.web.dicomweb import _private_as_un
 
 
