@@ -207,7 +207,7 @@ def _read(path: Path) -> tuple[str, Any]:
 
 def _check_one(kind: str, obj: Any, trusted: dict[str, Any] | None,
                manifest: str | None, att: dict[str, Any] | None) -> Any:
-    from fenji.gateway.reports import document as reports
+    import fenji.gateway.reports as reports
 
     if kind == "json":
         signed = obj.get("signed", obj)

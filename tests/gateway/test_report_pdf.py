@@ -16,7 +16,7 @@ from _tools import pdftotext
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fenji.gateway.keys import fingerprint
-from fenji.gateway.reports import document as R
+import fenji.gateway.reports as R
 
 READER, CENTER, MALLORY = (Ed25519PrivateKey.generate() for _ in range(3))
 EXAM = {"date": "20261203", "time": "081500", "modality": "CT", "description": "头颅平扫",

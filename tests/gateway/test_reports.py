@@ -25,7 +25,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
 from fenji.gateway.keys import fingerprint
-from fenji.gateway.reports import document as R
+import fenji.gateway.reports as R
 
 DCIODVFY = "/usr/bin/dciodvfy"
 FINDINGS = "右肺下叶结节，约 8 mm，边界清楚。\nNodule in the right lower lobe, 8 mm."
