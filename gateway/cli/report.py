@@ -207,7 +207,7 @@ def _read(path: Path) -> tuple[str, Any]:
 
 def _check_one(kind: str, obj: Any, trusted: dict[str, Any] | None,
                manifest: str | None, att: dict[str, Any] | None) -> Any:
-    import fenji.gateway.reports as reports
+    from fenji.gateway import reports
 
     if kind == "json":
         signed = obj.get("signed", obj)

@@ -285,8 +285,8 @@ def submit_report(store: Store, cfg: Config, case_id: str, user: User, *, findin
         raise ReadingError("a report needs findings or an impression (both are empty)")
     case, current = may_sign(store, cfg, case_id, user, amendment_reason=amendment_reason,
                              now=now)
+    from fenji.gateway import reports
     from fenji.gateway.keys import load_private, load_public
-    import fenji.gateway.reports as reports
 
     manifest = json.loads(case["manifest_json"]) if case["manifest_json"] else {}
     q = store.query_one("SELECT attestation_json FROM quality WHERE case_id = ?", (case_id,))
@@ -464,7 +464,7 @@ def trusted_centers(cfg: Config, *, self_only_if_center: bool = False) -> dict[s
 def report_arrived(store: Store, cfg: Config, manifest: dict[str, Any], uids: list[str],
                    now: float | None = None) -> dict[str, Any]:
     """A report bundle reached its destination (the edge): verify, keep, deliver, flag."""
-    import fenji.gateway.reports as reports
+    from fenji.gateway import reports
 
     now = time.time() if now is None else now
     meta = manifest.get("case", {})
@@ -693,7 +693,7 @@ def _viewer_text(store: Store, cfg: Config, user: User, data: bytes, case_id: st
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
-    import fenji.gateway.reports as reports
+    from fenji.gateway import reports
 
     try:
         ds = dcmread(io.BytesIO(data), force=True)
@@ -844,7 +844,7 @@ def _viewer_report_case(store: Store, cfg: Config, user: User | None, data: byte
         return None
     from pydicom import dcmread
 
-    import fenji.gateway.reports as reports
+    from fenji.gateway import reports
 
     ds = dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
     charset.decode_dataset(ds, cfg.dicom.default_character_set or None)

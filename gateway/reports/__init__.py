@@ -38,9 +38,9 @@ from fenji.gateway.reports.verify import verify_dataset
 
 __all__ = [
     "BASIC_TEXT_SR", "CODE_AMENDMENT", "CODE_NO", "EL_SIGNATURE", "ENCAPSULATED_PDF",
-    "PRIVATE_CREATOR", "PRIVATE_GROUP", "FontMissing", "ReportError", "VerifyResult",
-    "attestation_sha256", "build_pdf_dicom", "build_report", "build_sr", "endorse_reader", "find_cjk_font",
-    "has_signed_block", "new_uid", "parse_viewer_report", "read_private_block",
-    "render_pdf", "sign_rendition", "sign_report", "verify_dataset", "verify_endorsement",
-    "verify_pdf", "verify_signed",
+    "FontMissing", "PRIVATE_CREATOR", "PRIVATE_GROUP", "ReportError", "VerifyResult",
+    "attestation_sha256", "build_pdf_dicom", "build_report", "build_sr", "endorse_reader",
+    "find_cjk_font", "has_signed_block", "new_uid", "parse_viewer_report",
+    "read_private_block", "render_pdf", "sign_rendition", "sign_report", "verify_dataset",
+    "verify_endorsement", "verify_pdf", "verify_signed",
 ]

@@ -375,7 +375,7 @@ def test_viewer_report_text_in_sequences_is_decoded_with_the_default() -> None:
     item) come out right with the node's default, wrong with pydicom's guess."""
     from _viewer import viewer_sr_dataset
 
-    import fenji.gateway.reports as reports
+    from fenji.gateway import reports
 
     finding, impression = "右侧硬膜下血肿 8mm", "急性硬膜下"
     raw_f, raw_i = finding.encode("gb18030"), impression.encode("gb18030")
