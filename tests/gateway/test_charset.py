@@ -31,7 +31,7 @@ from fenji.gateway.errors import ConfigError
 from fenji.gateway.store import db as store_mod
 from fenji.gateway.store import reindex
 from fenji.gateway.store.db import Store
-from fenji.gateway.web.dicomweb import _private_as_un
+from fenji.gateway.web.dicomweb.media import _private_as_un
 
 
 @pytest.fixture(scope="module")
