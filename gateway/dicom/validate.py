@@ -108,9 +108,11 @@ _TEXT_TAGS = {0x00100010: "PN", 0x00080090: "PN", 0x00100020: "LO", 0x00081030: 
 class Rejected(PeerError):
     """An instance refused before storage: ``status`` is the DICOM answer."""
 
+    http_status = 422
+
     def __init__(self, status: int, reason: str, uid_hint: str | None = None) -> None:
         super().__init__(reason)
-        self.status = status
+        self.status = self.dicom_status = status
         self.reason = reason
         self.uid_hint = uid_hint
 

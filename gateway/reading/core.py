@@ -61,6 +61,7 @@ class NotFound(ReadingError):
 
 class Forbidden(ReadingError):
     http_status = 403
+    dicom_status = 0x0124  # Refused: not authorized
 
 
 # ---------------------------------------------------------------------------

@@ -46,10 +46,14 @@ class StoreFull(LocalError):
     """No room to store durably; maps to DICOM 0xA700 Out of Resources."""
 
     http_status = 507
+    dicom_status = 0xA700  # Out of Resources
 
 
 class BatchConflict(LocalError):
     """An instance of an all-or-nothing batch is already held with other bytes."""
+
+    http_status = 409
+    dicom_status = 0xC010  # SOP Instance conflict (gateway/dicom/status.py)
 
     def __init__(self, sop_instance_uid: str, stored_sha256: str, offered_sha256: str) -> None:
         super().__init__(f"SOP Instance UID {sop_instance_uid} already stored with other bytes "
