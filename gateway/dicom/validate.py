@@ -29,6 +29,7 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR
 
+from fenji.gateway.config import DICOM_SEQUENCE_DEPTH_MAX
 from fenji.gateway.dicom import charset
 from fenji.gateway.dicom import status as st
 from fenji.gateway.dicom.info import InstanceInfo
@@ -78,7 +79,7 @@ _ALL_VRS = _LONG_VRS | {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", 
 UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 PIXEL_DATA = 0x7FE00010
-MAX_DEPTH = 32
+MAX_DEPTH = DICOM_SEQUENCE_DEPTH_MAX  # gateway/config.py
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1419.1"  # fenji's implementation root

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from fenji.gateway.access.users import User
 from fenji.gateway.audit import ledger
-from fenji.gateway.config import Config
+from fenji.gateway.config import AUDIT_QUERY_STUDIES_MAX, DICOMWEB_READ_CHUNK_BYTES, Config
 from fenji.gateway.dicom import query as qr
 from fenji.gateway.store.db import Store
 from fenji.gateway.web.common import app_of
@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 
 PREFIX = "/dicom-web"
 DICOM_JSON = "application/dicom+json"
-CHUNK_BYTES = 1 << 20  # blob read size while streaming: bounds memory per response
+CHUNK_BYTES = DICOMWEB_READ_CHUNK_BYTES  # gateway/config.py
 BULK_THRESHOLD_BYTES = 1024  # larger binary values become BulkDataURI in metadata
-MAX_QUERY_STUDIES_IN_AUDIT = 200  # an "opened" event lists at most this many studies
+MAX_QUERY_STUDIES_IN_AUDIT = AUDIT_QUERY_STUDIES_MAX  # gateway/config.py
 
 _PRIVATE_KEYS = {"sha256", "transfer_syntax_uid", "size"}
 _RESERVED_PARAMS = {"limit", "offset", "fuzzymatching", "includefield", "orderby"}
