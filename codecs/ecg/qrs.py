@@ -197,6 +197,8 @@ def _pt_decide_py(mwi: np.ndarray, slope: np.ndarray, cand: np.ndarray, fs: floa
     last = -1
     last_val = 0.0
     last_slope = 0.0
+    sl = np.zeros(8)      # slopes of the last 8 beats: the typical QRS slope
+    nsl = 0
     last_ci = -1          # candidate index of the last accepted beat
     rr = np.zeros(8)
     nrr = 0
@@ -210,9 +212,26 @@ def _pt_decide_py(mwi: np.ndarray, slope: np.ndarray, cand: np.ndarray, fs: floa
             thr2 = 0.5 * thr1
             best = -1
             bestv = 0.0
+            tw = twin
+            qt = QTC_MAX_S * fs * (rr_avg / fs) ** 0.5
+            if qt > tw:
+                tw = int(qt)
             for cj in range(last_ci + 1, ci):
                 q = cand[cj]
                 if q - last >= refr and p - q >= refr and mwi[q] > thr2 and mwi[q] > bestv:
+                    if q - last < tw:
+                        # Pan & Tompkins' T-wave test holds in search-back too: a
+                        # premature ectopic shortens the mean RR, so search-back
+                        # fires in the compensatory pause and would take the
+                        # ectopic's broad T wave.  A T wave is less steep than
+                        # half of both the beat before it and a typical beat
+                        # (after a large ectopic, a small normal beat is not).
+                        s = 0.0
+                        for k in range(max(0, q - sw), min(n, q + sw + 1)):
+                            if slope[k] > s:
+                                s = slope[k]
+                        if s < 0.5 * min(last_slope, np.median(sl[:min(nsl, 8)])):
+                            continue
                     best = cj
                     bestv = mwi[q]
             if best >= 0:
@@ -232,6 +251,8 @@ def _pt_decide_py(mwi: np.ndarray, slope: np.ndarray, cand: np.ndarray, fs: floa
                     if slope[k] > s:
                         s = slope[k]
                 last_slope = s
+                sl[nsl % 8] = s
+                nsl += 1
                 last_ci = best
                 thr1 = npk + 0.25 * (spk - npk)
                 continue  # re-examine p against the new last beat
@@ -250,6 +271,8 @@ def _pt_decide_py(mwi: np.ndarray, slope: np.ndarray, cand: np.ndarray, fs: floa
                 last = p
                 last_val = v
                 last_slope = s
+                if nsl > 0:
+                    sl[(nsl - 1) % 8] = s
                 last_ci = ci
             ci += 1
             continue
@@ -278,6 +301,8 @@ def _pt_decide_py(mwi: np.ndarray, slope: np.ndarray, cand: np.ndarray, fs: floa
                 last = p
                 last_val = v
                 last_slope = s
+                sl[nsl % 8] = s
+                nsl += 1
                 last_ci = ci
         else:
             npk = 0.125 * v + 0.875 * npk
