@@ -45,6 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
+from numba.extending import register_jitable
 
 from fenji.codecs.ecg import filters as flt
 
@@ -698,6 +699,7 @@ def detect_qrs_slope(x: np.ndarray, fs_hz: float, *, chunk_s: float = CHUNK_S) -
 
 # --- matching, heart rate, RR ----------------------------------------------------
 
+@register_jitable
 def _match_py(ref: np.ndarray, test: np.ndarray, tol: int) -> int:
     """Number of one-to-one matches within ``tol`` samples (both sorted)."""
     i = 0
@@ -730,6 +732,47 @@ def bsqi(a: np.ndarray, b: np.ndarray, fs_hz: float, tol_s: float = MATCH_S) -> 
     m = match_count(a, b, int(round(tol_s * fs_hz)))
     den = len(a) + len(b) - m
     return 1.0 if den == 0 else m / den
+
+
+def _isqi_py(beats: np.ndarray, starts: np.ndarray, tol: int) -> np.ndarray:
+    """Per lead ``j`` (its sorted beats ``beats[starts[j]:starts[j + 1]]``), the best
+    agreement (bSQI) of its beats with another lead's; NaN for a lead without
+    beats, 1.0 with one lead."""
+    m = starts.shape[0] - 1
+    out = np.ones(m)
+    if m < 2:
+        return out
+    for j in range(m):
+        best = 0.0
+        na = starts[j + 1] - starts[j]
+        if na == 0:
+            out[j] = np.nan            # no beats: undefined (flat/amplitude speak for it)
+            continue
+        for k in range(m):
+            if k == j:
+                continue
+            nb = starts[k + 1] - starts[k]
+            mt = _match_py(beats[starts[j]:starts[j + 1]], beats[starts[k]:starts[k + 1]], tol)
+            q = mt / (na + nb - mt)
+            if q > best:
+                best = q
+        out[j] = best
+    return out
+
+
+_isqi_nb = njit(_isqi_py, nogil=True, cache=True)
+
+
+def isqi(beats: Sequence[np.ndarray], fs_hz: float, tol_s: float = MATCH_S) -> np.ndarray:
+    """iSQI per lead (Clifford et al., Physiol Meas 33:1419, 2012): every lead
+    records the same heart, so a lead whose beats agree with no other lead's
+    (best bSQI with another lead) is not recording it.  NaN for a lead without
+    beats: iSQI says nothing about it (its flat/amplitude/kSQI do)."""
+    starts = np.zeros(len(beats) + 1, dtype=np.int64)
+    starts[1:] = np.cumsum([len(b) for b in beats])
+    flat = (np.concatenate([np.asarray(b, dtype=np.int64) for b in beats]) if beats
+            else np.zeros(0, dtype=np.int64))
+    return np.asarray(_isqi_nb(flat, starts, int(round(tol_s * fs_hz))))
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ hf_noise   median 1-s RMS of the signal above 40 Hz (mains notched)   mV
 mains      power the mains notch removes / power above 0.5 Hz         0..1
 baseline   peak-to-peak of the wander below 0.5 Hz (median of 10-s)   mV
 bsqi       agreement of two independent QRS detectors                 0..1
+isqi       best agreement of the lead's beats with another lead's     0..1
 ksqi       kurtosis of the 0.5-40 Hz signal                           -
 ========== ========================================================== =====
 
@@ -22,7 +23,7 @@ Also measured, for the gate: basSQI (1 - the share of the power below 40 Hz that
 lies below 0.5 Hz), after Clifford, Behar et al. (Physiol. Meas. 2012).
 
 The record's verdict is not made from these flags: it is the fitted gate of
-:mod:`fenji.codecs.ecg.gate` (eight record features from the SQIs, a logistic
+:mod:`fenji.codecs.ecg.gate` (nine record features from the SQIs, a logistic
 score and a threshold, every number chosen by cross-validation on labelled
 records -- see there for its cross-validated accuracy).  ``unacceptable`` is the
 gate's; otherwise a record with flagged leads is ``acceptable_with_warnings``.
@@ -234,6 +235,8 @@ class LeadMeasures:
     ksqi: float = 0.0        # kurtosis of the 0.5-40 Hz signal (QRS peaks: > 5)
     bas_sqi: float = 1.0     # power 0.5-40 Hz / 0-40 Hz (1 - baseline share)
     mains_ratio: float = 0.0  # power the mains notch removes / power above 0.5 Hz
+    isqi: float = 1.0        # best agreement of its beats with another lead's (iSQI);
+                             # NaN for a lead without beats
 
 
 def lead_measures(x_mv: np.ndarray, fs_hz: float, thr: EcgQualityThresholds | None = None,
@@ -316,8 +319,10 @@ def _measure_all(x: np.ndarray, fs_hz: float, t: EcgQualityThresholds,
                 d = d + lo
                 parts[j].append(d[(d >= start) & (d < end)])
     out = []
+    beats_a = [qrs_mod._join(parts_a[j], fs_hz) for j in range(m)]
+    inter = qrs_mod.isqi(beats_a, fs_hz)
     for j in range(m):
-        a = qrs_mod._join(parts_a[j], fs_hz)
+        a = beats_a[j]
         b = qrs_mod._join(parts_b[j], fs_hz)
         flat_s, clip_s, off_s = runs[j]
         out.append((LeadMeasures(
@@ -333,6 +338,7 @@ def _measure_all(x: np.ndarray, fs_hz: float, t: EcgQualityThresholds,
             ksqi=_median([v[0] for v in spec[j]]),
             bas_sqi=_median([v[1] for v in spec[j]]),
             mains_ratio=_median([v[2] for v in spec[j]]),
+            isqi=float(inter[j]),
         ), a, b))
     return out
 
@@ -541,6 +547,11 @@ def _gate_reason(feature: str, leads: Sequence[str], sqi: Mapping[str, np.ndarra
         return (f"beats unclear in leads {_lead_list([leads[j] for j in js], leads)} "
                 f"(detector agreement {max(sqi['bsqi'][j] for j in js):.2f} or less)",
                 [leads[j] for j in js])
+    if feature == "isqi_3":
+        js = [j for j in worst("isqi", False, len(leads)) if math.isfinite(sqi["isqi"][j])][:three]
+        return (f"leads {_lead_list([leads[j] for j in js], leads)} disagree with the other "
+                f"leads on the beats (agreement {max(sqi['isqi'][j] for j in js):.2f} or "
+                "less): check those electrodes", [leads[j] for j in js])
     if feature == "base_3":
         js = worst("baseline_mv", True, three)
         return (f"leads {_lead_list([leads[j] for j in js], leads)} baseline wander "
@@ -561,10 +572,10 @@ def _gate_reason(feature: str, leads: Sequence[str], sqi: Mapping[str, np.ndarra
 #: The per-lead check each gate feature speaks for (its warnings are not repeated).
 _FEATURE_CHECK = {"flat_max": "flat", "off_max": "lead_off", "amp_min": "amplitude",
                   "ksqi_min": "ksqi", "bsqi_3": "bsqi", "base_3": "baseline",
-                  "bas_3": "baseline", "hf_med": "hf_noise"}
+                  "bas_3": "baseline", "hf_med": "hf_noise", "isqi_3": "bsqi"}
 
 _SQI_KEYS = ("flat_s", "lead_off_s", "amplitude_mv", "ksqi", "bsqi", "baseline_mv",
-             "bas_sqi", "hf_noise_mv")
+             "bas_sqi", "hf_noise_mv", "isqi")
 
 
 @functools.cache

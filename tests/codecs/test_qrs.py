@@ -172,3 +172,29 @@ def test_long_records_are_detected_in_chunks_with_the_same_beats():
     b_whole = qrs.detect_qrs_slope(x, rec.fs, chunk_s=1e9)
     b_chunk = qrs.detect_qrs_slope(x, rec.fs, chunk_s=60.0)
     assert qrs.bsqi(b_whole, b_chunk, rec.fs) >= 0.995
+
+
+beat_lists = st.lists(st.lists(st.integers(0, 5000), max_size=40).map(lambda v: sorted(set(v))),
+                      min_size=0, max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(leads=beat_lists, tol=st.integers(0, 80))
+def test_isqi_kernel_equals_twin(leads, tol):
+    starts = np.zeros(len(leads) + 1, dtype=np.int64)
+    starts[1:] = np.cumsum([len(b) for b in leads])
+    flat = np.array([v for b in leads for v in b], dtype=np.int64)
+    np.testing.assert_array_equal(qrs._isqi_nb(flat, starts, tol), qrs._isqi_py(flat, starts, tol))
+
+
+def test_isqi_names_the_lead_that_agrees_with_no_other():
+    fs = 500.0
+    beats = np.arange(250, 5000, 400)
+    rng = np.random.default_rng(3)
+    leads = [beats, beats + 3, beats - 2, np.sort(rng.choice(5000, beats.size, replace=False)),
+             np.zeros(0, dtype=np.int64)]
+    v = qrs.isqi(leads, fs)
+    assert v[:3] == pytest.approx(1.0)
+    assert v[3] < 0.3                      # random "beats": not the heart the others see
+    assert np.isnan(v[4])                  # no beats: iSQI says nothing
+    assert qrs.isqi([beats], fs) == pytest.approx([1.0])
