@@ -68,6 +68,7 @@ from typing import Any
 
 import numpy as np
 from numba import njit
+from numba.extending import register_jitable
 
 from fenji.codecs.ecg import filters as flt
 from fenji.codecs.ecg import gate as gate_mod
@@ -174,6 +175,7 @@ def _rail_runs_py(x: np.ndarray, min_run: int, clip_run: int) -> tuple[int, int,
 _rail_runs_nb = njit(_rail_runs_py, nogil=True, cache=True)
 
 
+@register_jitable
 def _robust_p2p_py(x: np.ndarray, win: int) -> float:
     """Median over windows of ``win`` samples of the window's peak-to-peak: one beat's
     amplitude, insensitive to a single spike."""
@@ -199,6 +201,7 @@ def _robust_p2p_py(x: np.ndarray, win: int) -> float:
 _robust_p2p_nb = njit(_robust_p2p_py, nogil=True, cache=True)
 
 
+@register_jitable
 def _rms_py(x: np.ndarray, win: int) -> float:
     """Median over windows of ``win`` samples of the window RMS: noise that persists,
     not one artefact."""
@@ -299,21 +302,18 @@ def _measure_all(x: np.ndarray, fs_hz: float, t: EcgQualityThresholds,
         xc = x[lo:hi]
         core = slice(start - lo, end - lo)
         no_wander = flt.sosfiltfilt(flt.design_highpass(flt.BASELINE_HZ, fs_hz), xc)
-        wander = xc - no_wander
         hp = flt.sosfiltfilt(flt.design_notch(t.mains_hz, fs_hz), no_wander)
         lo40 = flt.sosfiltfilt(flt.design_lowpass(min(40.0, 0.45 * fs_hz), fs_hz), hp)
-        # one transpose each, so that every lead below is a contiguous row
-        hf = np.ascontiguousarray((hp - lo40)[core].T)
-        lo40 = np.ascontiguousarray(lo40[core].T)
-        wander = np.ascontiguousarray(wander[core].T)
-        sq = _shape_nb(lo40, wander, no_wander, hp, core.start)
+        sq = _chunk_stats_nb(np.ascontiguousarray(xc), no_wander, hp, lo40, core.start,
+                             core.stop, max(2, int(1.5 * fs_hz)), max(2, int(fs_hz)),
+                             max(2, int(10.0 * fs_hz)))
         bpa = np.ascontiguousarray(flt.sosfiltfilt(BSQI_BAND_A(fs_hz), xc).T)
         bpb = np.ascontiguousarray(flt.sosfiltfilt(qrs_mod.band_b(fs_hz), xc).T)
         for j in range(m):
             spec[j].append((float(sq[j, 0]), float(sq[j, 1]), float(sq[j, 2])))
-            amps[j].append(_robust_p2p_nb(lo40[j], max(2, int(1.5 * fs_hz))))
-            noises[j].append(_rms_nb(hf[j], max(2, int(fs_hz))))
-            bases[j].append(_robust_p2p_nb(wander[j], max(2, int(10.0 * fs_hz))))
+            amps[j].append(float(sq[j, 3]))
+            noises[j].append(float(sq[j, 4]))
+            bases[j].append(float(sq[j, 5]))
             for parts, d in ((parts_a, qrs_mod.detect_from_bandpassed(bpa[j], fs_hz)),
                              (parts_b, qrs_mod.detect_slope_from_bandpassed(bpb[j], fs_hz))):
                 d = d + lo
@@ -343,56 +343,85 @@ def _measure_all(x: np.ndarray, fs_hz: float, t: EcgQualityThresholds,
     return out
 
 
-def _shape_py(lo40: np.ndarray, wander: np.ndarray, no_wander: np.ndarray, notched: np.ndarray,
-              c0: int) -> np.ndarray:
-    """kSQI, basSQI and mains share per lead (after Clifford, Behar et al. 2012/2013),
-    from signals the other checks filter anyway -- no spectrum needed.
+@register_jitable
+def _shape_lead(lo: np.ndarray, w: np.ndarray, e: np.ndarray, r: np.ndarray) -> tuple[float, float,
+                                                                                    float]:
+    """kSQI, basSQI and mains share of one lead (after Clifford, Behar et al.
+    2012/2013), from signals the other checks filter anyway -- no spectrum needed.
 
-    ``lo40`` and ``wander`` are (leads, samples): the 0.5-40 Hz signal and the wander
-    below 0.5 Hz.  ``no_wander`` (above 0.5 Hz) and ``notched`` (that, mains notched)
-    are (chunk samples, leads), their core starting at row ``c0``.  Returns
-    (leads, 3): kurtosis of ``lo40``; 1 - the wander's share of the power below
-    40 Hz (split at the gate's 0.5 Hz baseline cut where Behar et al. split at
-    1 Hz); the share of the power above 0.5 Hz that the mains notch removes.
+    ``lo``: the 0.5-40 Hz signal, ``w``: the wander below 0.5 Hz, ``e``: the signal
+    above 0.5 Hz and ``r``: that, mains notched.  Returns the kurtosis of ``lo``;
+    1 - the wander's share of the power below 40 Hz (split at the gate's 0.5 Hz
+    baseline cut where Behar et al. split at 1 Hz); the share of the power above
+    0.5 Hz that the mains notch removes.
     """
-    m, n = lo40.shape
-    out = np.zeros((m, 3))
+    n = lo.shape[0]
     if n == 0:
-        return out
+        return 0.0, 0.0, 0.0
+    mu = 0.0
+    wmu = 0.0
+    for i in range(n):
+        mu += lo[i]
+        wmu += w[i]
+    mu /= n
+    wmu /= n
+    m2 = 0.0
+    m4 = 0.0
+    wv = 0.0
+    mains = 0.0
+    total = 0.0
+    for i in range(n):
+        d = lo[i] - mu
+        d2 = d * d
+        m2 += d2
+        m4 += d2 * d2
+        v = w[i] - wmu
+        wv += v * v
+        q = e[i] - r[i]
+        mains += q * q
+        total += e[i] * e[i]
+    m2 /= n
+    m4 /= n
+    wv /= n
+    return (m4 / (m2 * m2) if m2 > 0.0 else 0.0,      # a constant lead: 0
+            m2 / (m2 + wv) if m2 + wv > 0.0 else 0.0,
+            mains / total if total > 0.0 else 0.0)
+
+
+def _chunk_stats_py(xc: np.ndarray, no_wander: np.ndarray, notched: np.ndarray,
+                    lo40: np.ndarray, c0: int, c1: int, win_amp: int, win_rms: int,
+                    win_base: int) -> np.ndarray:
+    """Per lead of one chunk (all arrays (chunk samples, leads), the core rows
+    ``c0:c1``): kSQI, basSQI, mains share (:func:`_shape_lead`), amplitude (robust
+    p2p of ``lo40``), EMG noise (windowed RMS of ``notched - lo40``, above 40 Hz)
+    and wander (robust p2p of ``xc - no_wander``).  One pass per lead over
+    contiguous copies, no transposed arrays.  Returns (leads, 6)."""
+    m = xc.shape[1]
+    n = c1 - c0
+    out = np.zeros((m, 6))
+    lo = np.empty(n)
+    w = np.empty(n)
+    e = np.empty(n)
+    r = np.empty(n)
+    hf = np.empty(n)
     for j in range(m):
-        mu = 0.0
-        wmu = 0.0
         for i in range(n):
-            mu += lo40[j, i]
-            wmu += wander[j, i]
-        mu /= n
-        wmu /= n
-        m2 = 0.0
-        m4 = 0.0
-        wv = 0.0
-        mains = 0.0
-        total = 0.0
-        for i in range(n):
-            d = lo40[j, i] - mu
-            d2 = d * d
-            m2 += d2
-            m4 += d2 * d2
-            w = wander[j, i] - wmu
-            wv += w * w
-            e = no_wander[c0 + i, j]
-            r = e - notched[c0 + i, j]
-            mains += r * r
-            total += e * e
-        m2 /= n
-        m4 /= n
-        wv /= n
-        out[j, 0] = m4 / (m2 * m2) if m2 > 0.0 else 0.0     # a constant lead: 0
-        out[j, 1] = m2 / (m2 + wv) if m2 + wv > 0.0 else 0.0
-        out[j, 2] = mains / total if total > 0.0 else 0.0
+            lo[i] = lo40[c0 + i, j]
+            w[i] = xc[c0 + i, j] - no_wander[c0 + i, j]
+            e[i] = no_wander[c0 + i, j]
+            r[i] = notched[c0 + i, j]
+            hf[i] = notched[c0 + i, j] - lo40[c0 + i, j]
+        k, b, mn = _shape_lead(lo, w, e, r)
+        out[j, 0] = k
+        out[j, 1] = b
+        out[j, 2] = mn
+        out[j, 3] = _robust_p2p_py(lo, win_amp)
+        out[j, 4] = _rms_py(hf, win_rms)
+        out[j, 5] = _robust_p2p_py(w, win_base)
     return out
 
 
-_shape_nb = njit(_shape_py, nogil=True, cache=True)
+_chunk_stats_nb = njit(_chunk_stats_py, nogil=True, cache=True)
 
 
 # --- the report ------------------------------------------------------------------

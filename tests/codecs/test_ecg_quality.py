@@ -42,20 +42,26 @@ def test_kernels_equal_twins(x, eps, run, win):
 
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(0, 60), m=st.integers(1, 4), c0=st.integers(0, 5),
-       seed=st.integers(0, 2**32 - 1), flat=st.booleans())
-def test_shape_kernel_equals_twin(n, m, c0, seed, flat):
+       seed=st.integers(0, 2**32 - 1), flat=st.booleans(), win=st.integers(2, 25))
+def test_chunk_stats_kernel_equals_twin(n, m, c0, seed, flat, win):
     rng = np.random.default_rng(seed)
-    lo40 = np.zeros((m, n)) if flat else rng.normal(size=(m, n)) ** 3
-    wander = rng.normal(size=(m, n))
-    no_wander = rng.normal(size=(n + 2 * c0, m))
-    notched = no_wander - 0.3 * rng.normal(size=no_wander.shape)
-    a = q._shape_nb(lo40, wander, no_wander, notched, c0)
-    b = q._shape_py(lo40, wander, no_wander, notched, c0)
+    xc = rng.normal(size=(n + 2 * c0, m))
+    no_wander = xc - rng.normal(size=xc.shape)
+    notched = no_wander - 0.3 * rng.normal(size=xc.shape)
+    lo40 = np.zeros(xc.shape) if flat else rng.normal(size=xc.shape) ** 3
+    args = (xc, no_wander, notched, lo40, c0, c0 + n, win, win + 1, 3 * win)
+    a = q._chunk_stats_nb(*args)
+    b = q._chunk_stats_py(*args)
     np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
-    if n >= 2 and not flat:  # against NumPy's own moments
-        c = lo40 - lo40.mean(axis=1, keepdims=True)
+    if n >= 2 and not flat:  # against NumPy's own moments and the per-lead kernels
+        core = lo40[c0:c0 + n].T
+        c = core - core.mean(axis=1, keepdims=True)
         kurt = (c ** 4).mean(axis=1) / (c ** 2).mean(axis=1) ** 2
         np.testing.assert_allclose(b[:, 0], kurt, rtol=1e-9)
+        for j in range(m):
+            assert b[j, 3] == q._robust_p2p_py(np.ascontiguousarray(core[j]), win)
+            hf = np.ascontiguousarray(notched[c0:c0 + n, j] - lo40[c0:c0 + n, j])
+            assert b[j, 4] == q._rms_py(hf, win + 1)
 
 
 def _clean_12lead(fs: float = 500.0, seconds: float = 10.0) -> np.ndarray:

@@ -198,3 +198,12 @@ def test_isqi_names_the_lead_that_agrees_with_no_other():
     assert v[3] < 0.3                      # random "beats": not the heart the others see
     assert np.isnan(v[4])                  # no beats: iSQI says nothing
     assert qrs.isqi([beats], fs) == pytest.approx([1.0])
+
+
+@settings(max_examples=80, deadline=None)
+@given(a=arrays(np.float64, st.integers(1, 400),
+                elements=st.floats(-5, 5, allow_nan=False).map(lambda v: round(v, 1))),
+       q=st.floats(0.0, 1.0))
+def test_kth_smallest_is_partition(a, q):
+    k = int(q * (a.size - 1))
+    assert qrs._kth_smallest(a, k) == np.partition(a, k)[k]
