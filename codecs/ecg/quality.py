@@ -70,6 +70,7 @@ import numpy as np
 from numba import njit
 from numba.extending import register_jitable
 
+from fenji.codecs.ecg import beats as beats_mod
 from fenji.codecs.ecg import filters as flt
 from fenji.codecs.ecg import gate as gate_mod
 from fenji.codecs.ecg import qrs as qrs_mod
@@ -269,13 +270,13 @@ def _median(v: list[float]) -> float:
 
 
 def _measure_all(x: np.ndarray, fs_hz: float, t: EcgQualityThresholds,
-                 chunk_s: float = qrs_mod.CHUNK_S
+                 chunk_s: float = beats_mod.CHUNK_S
                  ) -> list[tuple[LeadMeasures, np.ndarray, np.ndarray]]:
     """Per lead of a NaN-free (samples, leads) array: measures and both detectors'
     beats.  Every filter runs once over all leads (2-D kernel).
 
     Records longer than ``chunk_s`` are filtered chunk by chunk (with context, see
-    :func:`fenji.codecs.ecg.qrs.chunk_spans`); then amplitude, EMG noise and wander
+    :func:`fenji.codecs.ecg.beats.chunk_spans`); then amplitude, EMG noise and wander
     are the median of the chunks' values.  Run lengths and bSQI are always
     computed over the whole record.
     """
@@ -298,7 +299,7 @@ def _measure_all(x: np.ndarray, fs_hz: float, t: EcgQualityThresholds,
     spec: list[list[tuple[float, float, float]]] = [[] for _ in range(m)]
     parts_a: list[list[np.ndarray]] = [[] for _ in range(m)]
     parts_b: list[list[np.ndarray]] = [[] for _ in range(m)]
-    for lo, start, end, hi in qrs_mod.chunk_spans(n, fs_hz, chunk_s):
+    for lo, start, end, hi in beats_mod.chunk_spans(n, fs_hz, chunk_s):
         xc = x[lo:hi]
         core = slice(start - lo, end - lo)
         no_wander = flt.sosfiltfilt(flt.design_highpass(flt.BASELINE_HZ, fs_hz), xc)
@@ -319,11 +320,11 @@ def _measure_all(x: np.ndarray, fs_hz: float, t: EcgQualityThresholds,
                 d = d + lo
                 parts[j].append(d[(d >= start) & (d < end)])
     out = []
-    beats_a = [qrs_mod._join(parts_a[j], fs_hz) for j in range(m)]
-    inter = qrs_mod.isqi(beats_a, fs_hz)
+    beats_a = [beats_mod._join(parts_a[j], fs_hz) for j in range(m)]
+    inter = beats_mod.isqi(beats_a, fs_hz)
     for j in range(m):
         a = beats_a[j]
-        b = qrs_mod._join(parts_b[j], fs_hz)
+        b = beats_mod._join(parts_b[j], fs_hz)
         flat_s, clip_s, off_s = runs[j]
         out.append((LeadMeasures(
             flat_s=flat_s,
@@ -332,7 +333,7 @@ def _measure_all(x: np.ndarray, fs_hz: float, t: EcgQualityThresholds,
             amplitude_mv=_median(amps[j]),
             hf_noise_mv=_median(noises[j]),
             baseline_mv=_median(bases[j]),
-            bsqi=qrs_mod.bsqi(a, b, fs_hz),
+            bsqi=beats_mod.bsqi(a, b, fs_hz),
             n_beats_a=len(a),
             n_beats_b=len(b),
             ksqi=_median([v[0] for v in spec[j]]),
