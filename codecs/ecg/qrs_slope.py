@@ -34,8 +34,31 @@ def band_b(fs_hz: float) -> np.ndarray:
 
 @register_jitable
 def _kth_smallest(a: np.ndarray, k: int) -> float:
-    """``np.partition(a, k)[k]`` by quickselect on a copy (median-of-three pivot,
-    Hoare partition): twice as fast as Numba's ``np.partition`` here."""
+    """``np.partition(a, k)[k]``.  Near the top (the block percentile: k = 98 % of
+    n) it keeps the ``n - k`` largest values in a small sorted list -- one
+    comparison for most samples; otherwise quickselect on a copy (median-of-three
+    pivot, Hoare partition).  Both beat Numba's ``np.partition`` several times."""
+    n = a.shape[0]
+    t = n - k
+    if t <= 64:
+        top = np.empty(t)           # the t largest so far, ascending
+        c = 0
+        for i in range(n):
+            v = a[i]
+            if c < t:
+                j = c
+                while j > 0 and top[j - 1] > v:
+                    top[j] = top[j - 1]
+                    j -= 1
+                top[j] = v
+                c += 1
+            elif v > top[0]:
+                j = 0
+                while j + 1 < t and top[j + 1] < v:
+                    top[j] = top[j + 1]
+                    j += 1
+                top[j] = v
+        return float(top[0])
     b = a.copy()
     lo = 0
     hi = b.shape[0] - 1
