@@ -269,3 +269,24 @@ def test_holter_length_records_are_judged_on_a_share_of_their_length():
     rep = q.quality_report(x, 500.0, ["I", "II"])
     assert rep["leads"]["II"]["verdict"] == q.UNACCEPTABLE
     assert rep["verdict"] != q.ACCEPTABLE and "lead II flat" in rep["reasons"][0]
+
+
+def test_isqi_feature_and_reason_skip_leads_without_beats():
+    # leads without beats have no iSQI: the feature and the words use the others
+    sqi = {"isqi": np.array([1.0, np.nan, 0.2, 0.95, np.nan, 0.4, 0.9, 1.0, 1.0, 1.0, 1.0, 1.0])}
+    assert gate._kth_defined(sqi["isqi"], 3) == pytest.approx(0.9)
+    assert gate._kth_defined(np.array([np.nan, np.nan]), 3) == 1.0
+    text, named = q._gate_reason("isqi_3", LEADS, sqi)
+    assert named == ["III", "aVF", "V1"], named
+    assert text.startswith("leads III, aVF, V1 disagree with the other leads"), text
+    assert "0.90 or less" in text
+
+
+def test_a_lead_recording_something_else_lowers_its_isqi():
+    x = _clean_12lead()
+    # V2 carries a regular rhythm of its own (another source, not this heart)
+    t = np.arange(x.shape[0]) / 500.0
+    x[:, 7] = 0.8 * np.sin(2 * np.pi * 1.7 * t) ** 31
+    ms, _ = q.measure_record(x, 500.0)
+    isqi = [m.isqi for m in ms]
+    assert isqi[7] < 0.5 < min(isqi[:7] + isqi[8:]), isqi
