@@ -14,6 +14,7 @@ Lists are comma separated (``FENJI_DICOM_ALLOW_AE=CT1,DR1``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -233,6 +234,20 @@ class WebSection:
     host: str = "127.0.0.1"
     # 0: no second listener (the API is served on [http] only).
     port: int = 0
+    # The web console (gateway/web/console): a session ends after this long
+    # without a request (a reader leaving a workstation unlocked at lunch) ...
+    session_idle_s: float = 1800.0
+    # ... and at the latest this long after sign-in (one shift), whatever the use.
+    session_max_s: float = 12 * 3600.0
+    # Live sessions kept at once; the oldest goes first beyond it (bounded memory).
+    max_sessions: int = 1000
+    # Origins (scheme://host:port) whose viewers may call /dicom-web with a token
+    # from another origin: preflights are answered for exactly these, never with
+    # credentials.  Empty: same origin only (the built-in viewer at /viewer/).
+    cors_origins: tuple[str, ...] = ()
+    # The OHIF Viewer build (@ohif/app dist/) served at /viewer/; empty: the
+    # vendor/ohif folder `make` fills next to the source tree.
+    viewer_dir: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -646,6 +661,16 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
 def _check_reading(cfg: Config, errors: list[str]) -> None:
     if not 0 <= cfg.web.port <= 65535:
         errors.append(f"web.port = {cfg.web.port} is outside 0-65535")
+    for name in ("session_idle_s", "session_max_s"):
+        v = getattr(cfg.web, name)
+        if not (v > 0 and math.isfinite(v)):
+            errors.append(f"web.{name} = {v} must be a finite number > 0")
+    if cfg.web.max_sessions < 1:
+        errors.append(f"web.max_sessions = {cfg.web.max_sessions} must be >= 1")
+    for i, origin in enumerate(cfg.web.cors_origins):
+        if not re.fullmatch(r"https?://[^/\s*]+", origin):
+            errors.append(f"web.cors_origins[{i}] = {origin!r} is not an origin like "
+                          f"'https://viewer.example:8443' (no path, no wildcard)")
     if cfg.node.timezone:
         try:
             from zoneinfo import ZoneInfo
