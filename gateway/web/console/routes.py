@@ -152,6 +152,11 @@ def _ago(ts: float | None) -> str:
     return _clock(time.time() - float(ts))
 
 
+def _when(t: Any) -> float:
+    """A report's time (ISO text in the signed document, or epoch seconds) as seconds."""
+    return float(t) if isinstance(t, int | float) else stats_mod.parse_time(str(t))
+
+
 def _clock(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -330,7 +335,8 @@ async def post_release(request: web.Request, user: User) -> web.StreamResponse:
             cases_mod.release, store, study, destination=dest, priority=priority,
             service=None, requesting_physician=f.get("requesting_physician") or None,
             clinical_question=f.get("clinical_question") or None,
-            consent_ref=f.get("consent_ref") or None, released_by="console",
+            # released_by: the console is the API with a face (cases.release names the API).
+            consent_ref=f.get("consent_ref") or None, released_by="api",
             sender_node=cfg.node.name, gate_key=key, operator=user.name,
             thresholds=(cfg.quality_ecg, cfg.quality_image))
     except cases_mod.CaseHeld as held:
@@ -454,7 +460,7 @@ async def get_reader_case(request: web.Request, user: User) -> web.Response:
     case = await asyncio.to_thread(_case_view, store, user, case_id)
     rows = await asyncio.to_thread(reading.worklist, store, cfg, user=user)
     item = next((r for r in rows if r["case_id"] == case_id), None)
-    signed = [r["signed_at"] for r in case["reports"] if r.get("signed_at")]
+    signed = [_when(r["signed_at"]) for r in case["reports"] if r.get("signed_at")]
     start = (item or {}).get("received_at") or case.get("created_at")
     tat = (min(signed) - start) if signed and start else None
     return _render(request, "reader_case.html", case=case, item=item, turnaround_s=tat,
