@@ -40,8 +40,6 @@ $(VENV)/.install-stamp: $(VENV)/.deps-stamp $(SOURCES)
 	$(VPY) -m fenji.gateway.lab.warmup
 	touch $@
 
-install: $(VENV)/.install-stamp vendor
-
 # The web console's front-end, from npm, pinned, into vendor/ (git-ignored):
 # the OHIF Viewer build (@ohif/app ships it in dist/) served at /viewer/, and
 # htmx.  `npm pack` fetches exactly the package (integrity-checked by npm), not
@@ -68,6 +66,9 @@ $(VENDOR_STAMP):
 	rm -rf vendor/.tmp
 	touch $@
 
+install: $(VENV)/.install-stamp $(VENDOR_STAMP)
+
+
 debs:
 	@missing=0; for p in $(DEB_PROBES); do [ -e $$p ] || missing=1; done; \
 	if [ $$missing = 1 ]; then \
@@ -80,7 +81,7 @@ debs:
 	fi
 
 demo: install debs
-	$(VPY) -m fenji.gateway.lab.demo
+	$(VPY) -m fenji.gateway.lab.demo $(if $(KEEP),--keep,)
 
 test: install debs
 	$(VPY) -m pytest -m "not long" $(PYTEST_ARGS)

@@ -125,6 +125,13 @@ def shot(lab: dict[str, Any], name: str) -> Iterator[None]:
                 d.save_screenshot(str(_screens() / f"{name}.png"))  # type: ignore[operator]
 
 
+def snap(lab: dict[str, Any], name: str) -> None:
+    """A screenshot of the page as it is now, into $FENJI_SCREENS when set."""
+    if _screens() is not None:
+        _screens().mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+        lab["driver"].save_screenshot(str(_screens() / f"{name}.png"))  # type: ignore[operator]
+
+
 def _sign_in(lab: dict[str, Any], node: NodeProcess, user: str, path: str) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -228,6 +235,7 @@ def test_technician_releases_a_held_case_with_an_override(lab: dict[str, Any]) -
         card.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
         row = _wait_css(d, "tr.state-held")
         assert "blank" in row.text, row.text  # the gate's reason, in words
+        snap(lab, "technician-held")
         case_id = row.get_attribute("id").removeprefix("case-")
         lab["state"]["case_id"] = case_id
         row.find_element(By.NAME, "reason").send_keys("第17层空白，其余可诊断 (slice 17 blank)")
@@ -287,12 +295,13 @@ def test_reader_claims_opens_the_ct_in_ohif_and_signs_in_chinese(lab: dict[str, 
 
     center, case_id, study = lab["center"], lab["state"]["case_id"], lab["study"]
     d = lab["driver"]
-    with shot(lab, "reader-worklist"):
+    with shot(lab, "reader-case"):
         _sign_in(lab, center, "dr.wang", "/console/reader")
         row = _wait_css(d, f"#wl-{case_id}")
         first = d.find_elements(By.CSS_SELECTOR, "#worklist tbody tr")[0]
         assert first.get_attribute("id") == f"wl-{case_id}"  # STAT first
         assert QUESTION in row.text and "township-edge" in row.text and "tech.zhang" in row.text
+        snap(lab, "reader-worklist")
         row.find_element(By.CSS_SELECTOR, "button.claim").click()
         link = _wait_css(d, "#open-images")
         href = link.get_attribute("href")
@@ -380,9 +389,10 @@ def test_operator_sees_the_cases_verified_audit_trail(lab: dict[str, Any]) -> No
 
     edge, case_id = lab["edge"], lab["state"]["case_id"]
     d = lab["driver"]
-    with shot(lab, "operator"):
+    with shot(lab, "operator-queues"):
         _sign_in(lab, edge, "ops", "/console/operator")
         assert d.find_elements(By.CSS_SELECTOR, ".plots svg")
+        snap(lab, "operator")
         d.find_element(By.CSS_SELECTOR, f"a[href$='/cases/{case_id}/audit']").click()
         status = _wait_css(d, "#ledger-status")
     with shot(lab, "operator-audit"):

@@ -67,7 +67,8 @@ def _ctx(request: web.Request, **kw: Any) -> dict[str, Any]:
     return {"lang": lang, "t": i18n.words(lang), "other_lang": i18n.other(lang),
             "user": user if isinstance(user, User) else None, "csrf": csrf.token_for(request),
             "path": request.path, "home": HOME, "pn": pn_display, "now": time.time(),
-            "ago": _ago, "clock": _clock, "mb": lambda b: f"{(b or 0) / 1e6:.2f} MB", **kw}
+            "ago": _ago, "clock": _clock, "ts": _ts,
+            "mb": lambda b: f"{(b or 0) / 1e6:.2f} MB", **kw}
 
 
 def _render(request: web.Request, template: str, status: int = 200,
@@ -152,6 +153,16 @@ def _ago(ts: float | None) -> str:
     return _clock(time.time() - float(ts))
 
 
+def _ts(t: Any) -> str:
+    """Epoch seconds as the node's local time, for people."""
+    if t in (None, ""):
+        return "-"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(_when(t)))
+    except (FenjiError, ValueError, OverflowError):
+        return str(t)
+
+
 def _when(t: Any) -> float:
     """A report's time (ISO text in the signed document, or epoch seconds) as seconds."""
     return float(t) if isinstance(t, int | float) else stats_mod.parse_time(str(t))
@@ -191,7 +202,7 @@ async def post_login(request: web.Request) -> web.StreamResponse:
     user = authenticate(cfg, token)
     if user is None:
         log.info("console sign-in refused peer=%s", request.remote)
-        again = csrf.login_token()
+        again = request.cookies.get(csrf.LOGIN_COOKIE) or csrf.login_token()
         resp = _render(request, "login.html", status=401, login_csrf=again,
                        next=fields.get("next", ""), failed=True)
         resp.set_cookie(csrf.LOGIN_COOKIE, again, httponly=True, samesite="Strict",
