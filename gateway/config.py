@@ -246,7 +246,8 @@ class WebSection:
     # credentials.  Empty: same origin only (the built-in viewer at /viewer/).
     cors_origins: tuple[str, ...] = ()
     # The OHIF Viewer build (@ohif/app dist/) served at /viewer/; empty: the
-    # vendor/ohif folder `make` fills next to the source tree.
+    # vendor/ohif folder `make` fills next to the source tree.  The console's
+    # htmx is read from ../htmx/htmx.min.js beside it (make puts both there).
     viewer_dir: str = ""
 
 

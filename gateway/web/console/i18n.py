@@ -57,7 +57,7 @@ _WORDS: dict[str, tuple[str, str]] = {
     "sent": ("Sent", "已发送"),
     "eta": ("ETA", "预计剩余"),
     "link": ("Link", "链路"),
-    "preview_at_center": ("Preview at center", "预览已到中心"),
+    "preview_at_center": ("Center's signed receipt", "中心已签收"),
     "yes": ("yes", "是"),
     "no": ("no", "否"),
     "worklist": ("Worklist", "工作列表"),

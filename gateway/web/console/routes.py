@@ -47,7 +47,7 @@ from fenji.gateway.web.console.session import (
     sessions_of,
     set_cookie,
 )
-from fenji.gateway.web.console.viewer import vendor_file
+from fenji.gateway.web.console.viewer import VIEWER_DIR
 
 log = logging.getLogger(__name__)
 
@@ -551,8 +551,8 @@ def _operator_data(cfg: Config, store: Store) -> dict[str, Any]:
     for j in jobs:
         per[j["destination"]][j["state"]] += 1
     peers = [{"name": p.name, "url": p.url, "link": dests.get(p.name, {}),
-              "jobs": dict(per.get(p.name, {})), "rate_bps": getattr(p, "rate_bps", None)}
-             for p in cfg.peers]
+              "jobs": dict(per.get(p.name, {})), "rate_bps": p.rate_bps,
+              "schedule": list(p.schedule)} for p in cfg.peers]
     cases = store.query("SELECT case_id, priority, service, state, sending_node, "
                         "study_instance_uid, created_at FROM cases WHERE kind = 'case' "
                         "ORDER BY created_at DESC LIMIT 100")
@@ -569,10 +569,8 @@ def _operator_data(cfg: Config, store: Store) -> dict[str, Any]:
         fees = stats_mod.fees(store, cfg.services, node=cfg.node.name, month=month)
     except FenjiError as exc:
         fees = {"error": str(exc)}
-    schedule = getattr(cfg.transfer, "schedule", None)
     return {"peers": peers, "jobs": jobs[-50:], "cases": cases, "tat": dict(tat),
-            "vol": {m: dict(v) for m, v in vol.items()}, "fees": fees, "month": month,
-            "schedule": schedule}
+            "vol": {m: dict(v) for m, v in vol.items()}, "fees": fees, "month": month}
 
 
 @page("operator", action="see queues, links and the audit trail")
@@ -628,8 +626,8 @@ async def get_audit(request: web.Request, user: User) -> web.Response:
 
 async def get_static(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
-    if name == "htmx.min.js":
-        path = vendor_file("htmx/htmx.min.js")
+    if name == "htmx.min.js":  # beside the OHIF build: vendor/htmx (make fills both)
+        path = request.app[VIEWER_DIR].parent / "htmx" / "htmx.min.js"
     elif name in ("console.css", "console.js"):
         path = HERE / "static" / name
     else:

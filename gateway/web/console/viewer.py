@@ -40,11 +40,6 @@ def viewer_dir(cfg: Config) -> Path:
     return cfg.resolve(cfg.web.viewer_dir) if cfg.web.viewer_dir else DEFAULT_VENDOR / "ohif"
 
 
-def vendor_file(name: str) -> Path:
-    """A file of the vendored front-end libraries (``make`` fills vendor/)."""
-    return DEFAULT_VENDOR / name
-
-
 def app_config(origin: str) -> str:
     """OHIF's configuration for a fenji center at ``origin`` (``window.config``)."""
     root = origin + "/dicom-web"
