@@ -402,6 +402,13 @@ def test_operator_sees_the_cases_verified_audit_trail(lab: dict[str, Any]) -> No
         for k in ("held", "override", "released", "acknowledged"):
             assert k in kinds, kinds
         assert rows and all("ev-verified" in r.get_attribute("class") for r in rows)
+    with shot(lab, "operator-audit-en"):
+        assert "审计记录" in d.find_element(By.TAG_NAME, "h1").text  # the browser asks zh-CN
+        d.find_element(By.CSS_SELECTOR, "a.lang").click()  # switch, and it sticks
+        until(lambda: "Audit history" in d.find_element(By.TAG_NAME, "h1").text, 30,
+              "the page in English")
+        d.get(edge.web_url + "/console/operator")
+        assert "Queues and links" in d.find_element(By.TAG_NAME, "h1").text
 
 
 def test_cors_answers_exactly_the_configured_origins(lab: dict[str, Any]) -> None:

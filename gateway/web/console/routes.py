@@ -409,8 +409,11 @@ def _ecg_of(store: Store, study: str) -> tuple[list[str], Any, float, str]:
 
     from fenji.gateway.ecg.io import read_dicom_ecg
 
-    for blob in _study_blobs(store, study, 1000):
-        ds = pydicom.dcmread(io.BytesIO(blob), force=True)
+    rows = store.query("SELECT sha256 FROM instances WHERE study_instance_uid = ? AND "
+                       "sop_class_uid LIKE ? ORDER BY instance_number LIMIT 1",
+                       (study, cases_mod.ECG_SOP_PREFIX + "%"))
+    for row in rows:  # only waveform objects are read, never a CT's slices
+        ds = pydicom.dcmread(io.BytesIO(store.read_blob(row["sha256"])), force=True)
         if "WaveformSequence" in ds:
             rec = read_dicom_ecg(ds)
             name = pn_display(str(getattr(ds, "PatientName", "") or ""))
