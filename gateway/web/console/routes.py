@@ -15,7 +15,6 @@ gets 403 with the API's reason, as an HTML page.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import defaultdict
@@ -583,9 +582,7 @@ async def get_operator(request: web.Request, user: User) -> web.Response:
     t = i18n.words(i18n.choose(request))
     return _render(request, "operator.html", **data,
                    tat_svg=svg.scatter_svg(data["tat"], title=t["tat_plot"], y_label="min"),
-                   vol_svg=svg.bars_svg(data["vol"], title=t["volume_plot"]),
-                   fees_json=json.dumps(data["fees"], ensure_ascii=False, indent=1,
-                                        default=str))
+                   vol_svg=svg.bars_svg(data["vol"], title=t["volume_plot"]))
 
 
 def _audit(cfg: Config, store: Store, case_id: str) -> dict[str, Any]:
