@@ -15,6 +15,8 @@ outbox to enqueue.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import time
@@ -28,6 +30,7 @@ from fenji.codecs.compress.bundle import make_preview, plan_bundle
 from fenji.gateway.audit import ledger
 from fenji.gateway.dicom import query as qr
 from fenji.gateway.errors import LocalError, PeerError
+from fenji.gateway.keys import canonical_json
 from fenji.gateway.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -153,6 +156,22 @@ def next_hop(cfg: Any, destination: str) -> str | None:
     return str(via) if via and cfg.peer(via) is not None else None
 
 
+def manifest_sha256(manifest: dict[str, Any]) -> str:
+    """The hash a report binds to: SHA-256 of the canonical JSON of the full bundle's manifest."""
+    return hashlib.sha256(canonical_json(manifest)).hexdigest()
+
+
+def note_received(con: Any, manifest: dict[str, Any], now: float) -> None:
+    """Keep what the reader will be bound to: the manifest as received, its hash, the sender."""
+    case = manifest.get("case", {})
+    con.execute("UPDATE cases SET sending_node = coalesce(sending_node, ?), "
+                "received_at = coalesce(received_at, ?), manifest_json = ?, "
+                "manifest_sha256 = ?, read_state = coalesce(read_state, 'new') "
+                "WHERE case_id = ?",
+                (case.get("sender"), now, json.dumps(manifest, sort_keys=True),
+                 manifest_sha256(manifest), case.get("case_id")))
+
+
 def record_received(store: Store, manifest: dict[str, Any], node_name: str,
                     now: float | None = None, instances: list[str] | None = None,
                     sender: str | None = None,
@@ -193,14 +212,11 @@ def record_received(store: Store, manifest: dict[str, Any], node_name: str,
             con.executemany("INSERT OR IGNORE INTO case_instances(case_id, sop_instance_uid) "
                             "VALUES (?, ?)", [(case["case_id"], uid) for uid in instances])
     if state != "preview" and case.get("bundle_kind") != "report":
-        from fenji.gateway.audit import ledger
-        from fenji.gateway.reading import core as reading
-
         with store.atomic() as con:
             fresh = con.execute("SELECT manifest_sha256 FROM cases WHERE case_id = ?",
                                 (case["case_id"],)).fetchone()
             if fresh is not None and fresh[0] is None:  # first arrival of the full bundle
-                reading.note_received(con, manifest, now)
+                note_received(con, manifest, now)
                 if state != "received":
                     con.execute("UPDATE cases SET read_state = NULL WHERE case_id = ?",
                                 (case["case_id"],))
@@ -375,9 +391,7 @@ def _audit_of(store: Store, case_id: str) -> list[dict[str, Any]]:
 def _note_release(store: Store, case_id: str, bundle: Path, node: str, actor: str, role: str,
                   released_by: str, now: float) -> None:
     """Keep the manifest the case went out with (a returning report must match its hash)."""
-    import json
 
-    from fenji.gateway.reading.core import manifest_sha256
     from fenji.routing.transfer_client import manifest_of
 
     manifest = manifest_of(bundle)
@@ -412,7 +426,6 @@ def _insert_case(store: Store, meta: dict[str, Any], rows: list[dict[str, Any]],
 
 def _save_quality(store: Store, case_id: str, report: dict[str, Any],
                   attestation: dict[str, Any] | None, now: float) -> None:
-    import json
 
     with store.atomic() as con:
         con.execute("INSERT INTO quality(case_id, verdict, report_json, attestation_json, "
@@ -428,7 +441,6 @@ def override(store: Store, case_id: str, *, operator: str, reason: str, gate_key
              sender_node: str, effort: str = "fast", now: float | None = None,
              operator_role: str = "technician") -> Released:
     """Release a held case anyway: a named operator, a reason, a signed attestation."""
-    import json
 
     from fenji.gateway.cases import gate as qg
 
@@ -472,7 +484,6 @@ def override(store: Store, case_id: str, *, operator: str, reason: str, gate_key
 
 
 def quality_of(store: Store, case_id: str) -> dict[str, Any] | None:
-    import json
 
     q = store.query_one("SELECT * FROM quality WHERE case_id = ?", (case_id,))
     if q is None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fenji.gateway.config import CONFIG_HELP
-from fenji.gateway.errors import FenjiError
+from fenji.gateway.errors import FenjiError, PeerError
 
 # `fenji report verify --json` fields (one object per line): scripts depend on these.
 VERIFY_FIELDS = ("file", "ok", "kind", "report_id", "version", "supersedes", "amendment_reason",
@@ -33,7 +33,7 @@ VERIFY_FIELDS = ("file", "ok", "kind", "report_id", "version", "supersedes", "am
                  "attestation_sha256", "critical", "problems", "notes")
 
 
-class Unreadable(Exception):
+class Unreadable(PeerError):
     """The input is not a report fenji can read (exit status 2)."""
 
 
@@ -207,7 +207,7 @@ def _read(path: Path) -> tuple[str, Any]:
 
 def _check_one(kind: str, obj: Any, trusted: dict[str, Any] | None,
                manifest: str | None, att: dict[str, Any] | None) -> Any:
-    from fenji.gateway.reports import document as reports
+    from fenji.gateway import reports
 
     if kind == "json":
         signed = obj.get("signed", obj)

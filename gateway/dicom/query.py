@@ -20,38 +20,19 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+from fenji.gateway.errors import PeerError
+
 if TYPE_CHECKING:
     from fenji.gateway.store.db import Store
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 
-# Migration 6 of gateway/store/db.py: what the query levels need beyond migration 1.
-# Patient attributes are kept per study as each study recorded them (the same
-# patient ID may carry another name in another study); rows indexed before this
-# migration take them from the patients table, so study-level matching is on
-# indexed studies columns only.
-MIGRATION_SQL = """
-ALTER TABLE studies ADD COLUMN referring_physician TEXT;
-ALTER TABLE studies ADD COLUMN study_id TEXT;
-ALTER TABLE studies ADD COLUMN patient_name TEXT;
-ALTER TABLE studies ADD COLUMN birth_date TEXT;
-ALTER TABLE studies ADD COLUMN sex TEXT;
-UPDATE studies SET
-    patient_name = (SELECT p.patient_name FROM patients p WHERE p.patient_id = studies.patient_id),
-    birth_date = (SELECT p.birth_date FROM patients p WHERE p.patient_id = studies.patient_id),
-    sex = (SELECT p.sex FROM patients p WHERE p.patient_id = studies.patient_id);
-CREATE INDEX studies_patient_name ON studies(patient_name);
-CREATE INDEX studies_patient ON studies(patient_id);
-CREATE INDEX studies_date ON studies(study_date);
-CREATE INDEX studies_accession ON studies(accession_number);
-CREATE INDEX studies_referring ON studies(referring_physician);
-CREATE INDEX patients_name ON patients(patient_name);
-CREATE INDEX series_modality ON series(modality)
-"""
 
 
-class QueryError(ValueError):
+class QueryError(PeerError, ValueError):
     """A query that cannot be answered (bad level, bad range); the message says why."""
+
+    dicom_status = 0xA900  # C-FIND: Identifier does not match SOP Class (PS3.4 C.4.1.1.4)
 
 
 # keyword -> (level it belongs to, SQL expression, kind)

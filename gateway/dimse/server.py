@@ -39,6 +39,7 @@ from fenji.gateway.dicom.validate import ACCEPTED_TRANSFER_SYNTAXES
 from fenji.gateway.dimse.conn_guard import ConnectionGuard
 from fenji.gateway.reading import core as reading
 from fenji.gateway.store.db import Store
+from fenji.routing.egress import install_nodelay
 
 log = logging.getLogger(__name__)
 
@@ -84,24 +85,6 @@ def install_fast_poll(poll_s: float) -> None:
     proxy = _FastPoll(poll_s)
     pynetdicom.association.time = proxy  # type: ignore[assignment]
     pynetdicom.dul.time = proxy  # type: ignore[assignment]
-
-
-def install_nodelay() -> None:
-    """TCP_NODELAY on the associations pynetdicom opens (C-MOVE sub-associations,
-    egress): with Nagle on, every C-STORE waits ~40 ms for the peer's delayed ACK."""
-    from pynetdicom.transport import AssociationSocket
-
-    if getattr(AssociationSocket, "_fenji_nodelay", False):
-        return
-    original = AssociationSocket._create_socket
-
-    def create(self: Any, address: Any) -> socket.socket:
-        sock = original(self, address)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
-
-    AssociationSocket._create_socket = create  # type: ignore[method-assign]
-    AssociationSocket._fenji_nodelay = True  # type: ignore[attr-defined]
 
 
 class _Server(ConnectionGuard, ThreadedAssociationServer):

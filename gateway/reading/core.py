@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from fenji.gateway import ingest
 from fenji.gateway.audit import ledger
+from fenji.gateway.cases.case import PRIORITIES, _write_plan, manifest_sha256, next_hop, quality_of
 from fenji.gateway.dicom import charset
 from fenji.gateway.errors import PeerError
 from fenji.gateway.keys import canonical_json
@@ -45,44 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Migration 7 of gateway/store/db.py.
-MIGRATION_SQL = """
-ALTER TABLE cases ADD COLUMN sending_node TEXT;
-ALTER TABLE cases ADD COLUMN received_at REAL;
-ALTER TABLE cases ADD COLUMN claimed_by TEXT;
-ALTER TABLE cases ADD COLUMN claimed_until REAL;
-ALTER TABLE cases ADD COLUMN read_state TEXT;
-ALTER TABLE cases ADD COLUMN manifest_sha256 TEXT;
-ALTER TABLE cases ADD COLUMN manifest_json TEXT;
-CREATE TABLE reports (
-    report_id           TEXT PRIMARY KEY,
-    case_id             TEXT NOT NULL,
-    version             INTEGER NOT NULL,
-    supersedes          TEXT,
-    superseded_by       TEXT,
-    status              TEXT NOT NULL,
-    reader              TEXT NOT NULL,
-    signed_at           REAL NOT NULL,
-    critical            INTEGER NOT NULL DEFAULT 0,
-    amendment_reason    TEXT,
-    report_json         TEXT NOT NULL,
-    signature           TEXT NOT NULL,
-    endorsement_json    TEXT,
-    sr_sop_instance_uid TEXT,
-    pdf_sop_instance_uid TEXT,
-    origin_node         TEXT NOT NULL,
-    bundle_id           TEXT,
-    returned_at         REAL,
-    received_at         REAL,
-    delivered_at        REAL,
-    delivered_to        TEXT,
-    acknowledged_at     REAL,
-    acknowledged_by     TEXT,
-    created_at          REAL NOT NULL
-);
-CREATE INDEX reports_case ON reports(case_id);
-CREATE INDEX cases_read_state ON cases(read_state)
-"""
 
 
 
@@ -98,27 +61,12 @@ class NotFound(ReadingError):
 
 class Forbidden(ReadingError):
     http_status = 403
-
-
-def manifest_sha256(manifest: dict[str, Any]) -> str:
-    """The hash a report binds to: SHA-256 of the canonical JSON of the full bundle's manifest."""
-    return hashlib.sha256(canonical_json(manifest)).hexdigest()
+    dicom_status = 0x0124  # Refused: not authorized
 
 
 # ---------------------------------------------------------------------------
 # Center: the worklist
 # ---------------------------------------------------------------------------
-
-def note_received(con: Any, manifest: dict[str, Any], now: float) -> None:
-    """Keep what the reader will be bound to: the manifest as received, its hash, the sender."""
-    case = manifest.get("case", {})
-    con.execute("UPDATE cases SET sending_node = coalesce(sending_node, ?), "
-                "received_at = coalesce(received_at, ?), manifest_json = ?, "
-                "manifest_sha256 = ?, read_state = coalesce(read_state, 'new') "
-                "WHERE case_id = ?",
-                (case.get("sender"), now, json.dumps(manifest, sort_keys=True),
-                 manifest_sha256(manifest), case.get("case_id")))
-
 
 def _expire_claims(store: Store, cfg: Config, now: float) -> None:
     rows = store.query("SELECT case_id, claimed_by FROM cases WHERE read_state = 'claimed' "
@@ -181,7 +129,6 @@ def worklist(store: Store, cfg: Config, *, user: User | None = None,
             if r["read_state"] == "claimed" and r["claimed_until"] else None,
             "report_version": r["report_version"],
         })
-    from fenji.gateway.cases.case import PRIORITIES
 
     out.sort(key=lambda c: (PRIORITIES.get(c["priority"], 9), -c["waiting_s"]))
     return out
@@ -339,8 +286,8 @@ def submit_report(store: Store, cfg: Config, case_id: str, user: User, *, findin
         raise ReadingError("a report needs findings or an impression (both are empty)")
     case, current = may_sign(store, cfg, case_id, user, amendment_reason=amendment_reason,
                              now=now)
+    from fenji.gateway import reports
     from fenji.gateway.keys import load_private, load_public
-    from fenji.gateway.reports import document as reports
 
     manifest = json.loads(case["manifest_json"]) if case["manifest_json"] else {}
     q = store.query_one("SELECT attestation_json FROM quality WHERE case_id = ?", (case_id,))
@@ -440,7 +387,6 @@ def _queue_report(store: Store, cfg: Config, case: dict[str, Any], report_id: st
                   blobs: list[bytes], now: float) -> None:
     """The report travels back down as a small bundle through the same outbox."""
     from fenji.codecs.compress.bundle import plan_bundle
-    from fenji.gateway.cases.case import PRIORITIES, _write_plan, next_hop
     from fenji.routing import outbox_db
 
     dest = case["sending_node"]
@@ -519,7 +465,7 @@ def trusted_centers(cfg: Config, *, self_only_if_center: bool = False) -> dict[s
 def report_arrived(store: Store, cfg: Config, manifest: dict[str, Any], uids: list[str],
                    now: float | None = None) -> dict[str, Any]:
     """A report bundle reached its destination (the edge): verify, keep, deliver, flag."""
-    from fenji.gateway.reports import document as reports
+    from fenji.gateway import reports
 
     now = time.time() if now is None else now
     meta = manifest.get("case", {})
@@ -700,7 +646,6 @@ def reports_of(store: Store, case_id: str) -> list[dict[str, Any]]:
 
 def with_reports(store: Store, case: dict[str, Any]) -> dict[str, Any]:
     """A case as shown to people (CLI and API): quality, every report version, critical flag."""
-    from fenji.gateway.cases.case import quality_of
 
     case.pop("manifest_json", None)
     case["quality"] = quality_of(store, case["case_id"])
@@ -749,7 +694,7 @@ def _viewer_text(store: Store, cfg: Config, user: User, data: bytes, case_id: st
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
-    from fenji.gateway.reports import document as reports
+    from fenji.gateway import reports
 
     try:
         ds = dcmread(io.BytesIO(data), force=True)
@@ -900,7 +845,7 @@ def _viewer_report_case(store: Store, cfg: Config, user: User | None, data: byte
         return None
     from pydicom import dcmread
 
-    from fenji.gateway.reports import document as reports
+    from fenji.gateway import reports
 
     ds = dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
     charset.decode_dataset(ds, cfg.dicom.default_character_set or None)

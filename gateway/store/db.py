@@ -29,13 +29,15 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from fenji.gateway.dicom.info import InstanceInfo
 from fenji.gateway.errors import LocalError
+from fenji.gateway.store.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +46,14 @@ class StoreFull(LocalError):
     """No room to store durably; maps to DICOM 0xA700 Out of Resources."""
 
     http_status = 507
+    dicom_status = 0xA700  # Out of Resources
 
 
 class BatchConflict(LocalError):
     """An instance of an all-or-nothing batch is already held with other bytes."""
+
+    http_status = 409
+    dicom_status = 0xC010  # SOP Instance conflict (gateway/dicom/status.py)
 
     def __init__(self, sop_instance_uid: str, stored_sha256: str, offered_sha256: str) -> None:
         super().__init__(f"SOP Instance UID {sop_instance_uid} already stored with other bytes "
@@ -59,295 +65,11 @@ class StoreError(LocalError):
     """The store is damaged or cannot be opened."""
 
 
-def _ledger_sql() -> str:
-    from fenji.gateway.audit.ledger import MIGRATION_SQL
-
-    return MIGRATION_SQL
-
-
-def _qr_sql() -> str:
-    from fenji.gateway.dicom.query import MIGRATION_SQL
-
-    return MIGRATION_SQL
-
-
-def _reading_sql() -> str:
-    from fenji.gateway.reading.core import MIGRATION_SQL
-
-    return MIGRATION_SQL
-
-
-# Numbered, append-only.  Never edit a released migration: add a new one.
-# An entry is SQL text, or a function returning it (schema owned by another module).
-MIGRATIONS: list[tuple[int, str | Callable[[], str]]] = [
-    (1, """
-    CREATE TABLE patients (
-        patient_id   TEXT PRIMARY KEY,
-        patient_name TEXT,
-        birth_date   TEXT,
-        sex          TEXT
-    );
-    CREATE TABLE studies (
-        study_instance_uid TEXT PRIMARY KEY,
-        patient_id         TEXT,
-        study_date         TEXT,
-        study_time         TEXT,
-        accession_number   TEXT,
-        study_description  TEXT,
-        first_received_at  REAL NOT NULL,
-        last_received_at   REAL NOT NULL
-    );
-    CREATE TABLE series (
-        series_instance_uid TEXT PRIMARY KEY,
-        study_instance_uid  TEXT NOT NULL,
-        modality            TEXT,
-        series_number       INTEGER,
-        series_description  TEXT
-    );
-    CREATE INDEX series_study ON series(study_instance_uid);
-    CREATE TABLE instances (
-        sop_instance_uid    TEXT PRIMARY KEY,
-        sop_class_uid       TEXT NOT NULL,
-        study_instance_uid  TEXT NOT NULL,
-        series_instance_uid TEXT NOT NULL,
-        transfer_syntax_uid TEXT NOT NULL,
-        instance_number     INTEGER,
-        sha256              TEXT NOT NULL,
-        dataset_sha256      TEXT NOT NULL,
-        size                INTEGER NOT NULL,
-        received_at         REAL NOT NULL,
-        calling_ae          TEXT,
-        peer_address        TEXT
-    );
-    CREATE INDEX instances_series ON instances(series_instance_uid);
-    CREATE INDEX instances_study ON instances(study_instance_uid);
-    CREATE INDEX instances_sha ON instances(sha256);
-    CREATE TABLE events (
-        id               INTEGER PRIMARY KEY AUTOINCREMENT,
-        at               REAL NOT NULL,
-        kind             TEXT NOT NULL,
-        sop_instance_uid TEXT,
-        calling_ae       TEXT,
-        detail           TEXT NOT NULL DEFAULT '{}'
-    );
-    CREATE INDEX events_kind ON events(kind);
-    CREATE TABLE quarantine (
-        id           INTEGER PRIMARY KEY AUTOINCREMENT,
-        at           REAL NOT NULL,
-        sha256       TEXT NOT NULL,
-        size         INTEGER NOT NULL,
-        reason       TEXT NOT NULL,
-        status       INTEGER,
-        calling_ae   TEXT,
-        peer_address TEXT,
-        uid_hint     TEXT
-    );
-    """),
-    (2, """
-    CREATE TABLE cases (
-        case_id              TEXT PRIMARY KEY,
-        study_instance_uid   TEXT NOT NULL,
-        kind                 TEXT NOT NULL DEFAULT 'case',
-        parent_case_id       TEXT,
-        priority             TEXT NOT NULL,
-        service              TEXT NOT NULL,
-        destination          TEXT NOT NULL,
-        requesting_physician TEXT,
-        clinical_question    TEXT,
-        consent_ref          TEXT,
-        state                TEXT NOT NULL,
-        released_by          TEXT,
-        released_at          REAL,
-        created_at           REAL NOT NULL,
-        updated_at           REAL NOT NULL
-    );
-    CREATE INDEX cases_study ON cases(study_instance_uid);
-    CREATE TABLE case_instances (
-        case_id          TEXT NOT NULL,
-        sop_instance_uid TEXT NOT NULL,
-        PRIMARY KEY (case_id, sop_instance_uid)
-    );
-    CREATE INDEX case_instances_sop ON case_instances(sop_instance_uid);
-    CREATE TABLE outbox (
-        job_id          INTEGER PRIMARY KEY AUTOINCREMENT,
-        bundle_id       TEXT NOT NULL UNIQUE,
-        case_id         TEXT NOT NULL,
-        destination     TEXT NOT NULL,
-        priority        INTEGER NOT NULL,
-        state           TEXT NOT NULL,
-        attempts        INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at REAL NOT NULL,
-        lease_owner     TEXT,
-        lease_until     REAL,
-        bytes_total     INTEGER NOT NULL DEFAULT 0,
-        bytes_sent      INTEGER NOT NULL DEFAULT 0,
-        last_error      TEXT,
-        created_at      REAL NOT NULL,
-        updated_at      REAL NOT NULL,
-        done_at         REAL
-    );
-    CREATE INDEX outbox_ready ON outbox(state, destination, priority, next_attempt_at);
-    CREATE TABLE destinations (
-        name                 TEXT PRIMARY KEY,
-        paused               INTEGER NOT NULL DEFAULT 0,
-        breaker              TEXT NOT NULL DEFAULT 'closed',
-        consecutive_failures INTEGER NOT NULL DEFAULT 0,
-        open_until           REAL
-    );
-    CREATE TABLE receipts (
-        bundle_id    TEXT PRIMARY KEY,
-        case_id      TEXT,
-        destination  TEXT,
-        receipt_json TEXT NOT NULL,
-        signature    TEXT NOT NULL,
-        signer       TEXT NOT NULL,
-        received_at  REAL NOT NULL
-    );
-    CREATE TABLE uploads (
-        upload_id     TEXT PRIMARY KEY,
-        bundle_id     TEXT NOT NULL UNIQUE,
-        sender        TEXT NOT NULL,
-        length        INTEGER NOT NULL,
-        offset        INTEGER NOT NULL DEFAULT 0,
-        state         TEXT NOT NULL,
-        manifest_json TEXT,
-        receipt_json  TEXT,
-        signature     TEXT,
-        created_at    REAL NOT NULL,
-        updated_at    REAL NOT NULL
-    );
-    """),
-    (3, """
-    CREATE TABLE quality (
-        case_id          TEXT PRIMARY KEY,
-        verdict          TEXT NOT NULL,
-        report_json      TEXT NOT NULL,
-        attestation_json TEXT,
-        created_at       REAL NOT NULL,
-        updated_at       REAL NOT NULL
-    );
-    """),
-    (4, """
-    ALTER TABLE destinations ADD COLUMN throughput_bps REAL;
-    ALTER TABLE destinations ADD COLUMN rtt_ms REAL;
-    ALTER TABLE destinations ADD COLUMN requests INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE destinations ADD COLUMN errors INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE destinations ADD COLUMN allowed_bps REAL;
-    """),
-    # 5: the hash-chained audit ledger (gateway/audit/ledger.py).
-    (5, _ledger_sql),
-    # 6: query/retrieve index columns for C-FIND and QIDO-RS (gateway/dicom/query.py).
-    (6, _qr_sql),
-    # 7: worklist claims, reports and their way back (gateway/reading/core.py).
-    (7, _reading_sql),
-    # 8: character sets (gateway/dicom/charset.py).  Per instance, the (0008,0005) value its
-    # text was decoded with and where it came from ("declared", "default": the node's
-    # dicom.default_character_set, "none", "invalid": an unknown declared value, kept
-    # here as declared).  Person names split into their component groups
-    # (Alphabetic, Ideographic, Phonetic; PS3.5 6.2.1) so that C-FIND and QIDO-RS
-    # match any group through an index (PS3.4 C.2.2.2): kind "patient" (owner: a
-    # patient ID), "study_patient" and "study_referring" (owner: a Study Instance UID).
-    # Group text is stored without trailing "^" and spaces; existing names are split
-    # here as they were indexed.
-    (8, """
-    ALTER TABLE instances ADD COLUMN specific_character_set TEXT;
-    ALTER TABLE instances ADD COLUMN charset_source TEXT;
-    CREATE TABLE name_groups (
-        kind  TEXT NOT NULL,
-        owner TEXT NOT NULL,
-        grp   INTEGER NOT NULL,
-        name  TEXT NOT NULL,
-        PRIMARY KEY (kind, owner, grp)
-    );
-    CREATE INDEX name_groups_name ON name_groups(kind, name);
-    INSERT OR IGNORE INTO name_groups(kind, owner, grp, name)
-    WITH RECURSIVE parts(kind, owner, grp, name, rest) AS (
-        SELECT 'patient', patient_id, -1, '', patient_name || '=' FROM patients
-            WHERE patient_name IS NOT NULL AND patient_id IS NOT NULL
-        UNION ALL
-        SELECT 'study_patient', study_instance_uid, -1, '', patient_name || '=' FROM studies
-            WHERE patient_name IS NOT NULL
-        UNION ALL
-        SELECT 'study_referring', study_instance_uid, -1, '', referring_physician || '='
-            FROM studies WHERE referring_physician IS NOT NULL
-        UNION ALL
-        SELECT kind, owner, grp + 1, rtrim(substr(rest, 1, instr(rest, '=') - 1), '^ '),
-               substr(rest, instr(rest, '=') + 1)
-            FROM parts WHERE rest <> '' AND grp < 2
-    )
-    SELECT kind, owner, grp, name FROM parts WHERE grp >= 0 AND name <> ''
-    """),
-    # 9: instances a technician dropped from a case before release (who, why).
-    (9, """
-    CREATE TABLE excluded_instances (
-        sop_instance_uid   TEXT PRIMARY KEY,
-        study_instance_uid TEXT NOT NULL,
-        case_id            TEXT NOT NULL,
-        excluded_by        TEXT NOT NULL,
-        reason             TEXT NOT NULL,
-        at                 REAL NOT NULL
-    );
-    """),
-    # 10: reports from a workstation's AE title wait, unsigned, for the reader.
-    (10, """
-    CREATE TABLE report_drafts (
-        sop_instance_uid TEXT PRIMARY KEY,
-        case_id          TEXT NOT NULL,
-        reader           TEXT NOT NULL,
-        calling_ae       TEXT NOT NULL,
-        peer_address     TEXT,
-        received_at      REAL NOT NULL,
-        report_id        TEXT,
-        confirmed_at     REAL
-    );
-    CREATE INDEX report_drafts_case ON report_drafts(case_id);
-    """),
-    # 11: bytes each calling AE retrieved (C-MOVE/C-GET), for its hourly budget.
-    (11, """
-    CREATE TABLE retrieve_usage (
-        calling_ae TEXT NOT NULL,
-        at         REAL NOT NULL,
-        bytes      INTEGER NOT NULL
-    );
-    CREATE INDEX retrieve_usage_ae ON retrieve_usage(calling_ae, at);
-    """),
-]
-
 
 class PutStatus(Enum):
     STORED = "stored"
     DUPLICATE = "duplicate"  # identical bytes already held: idempotent success
     CONFLICT = "conflict"  # same SOP Instance UID, different bytes: refused
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceInfo:
-    """What the index keeps about an instance (extracted by the validator)."""
-
-    sop_instance_uid: str
-    sop_class_uid: str
-    study_instance_uid: str
-    series_instance_uid: str
-    transfer_syntax_uid: str
-    dataset_sha256: str
-    instance_number: int | None = None
-    patient_id: str | None = None
-    patient_name: str | None = None
-    birth_date: str | None = None
-    sex: str | None = None
-    study_date: str | None = None
-    study_time: str | None = None
-    accession_number: str | None = None
-    study_description: str | None = None
-    modality: str | None = None
-    series_number: int | None = None
-    series_description: str | None = None
-    referring_physician: str | None = None
-    study_id: str | None = None
-    # (0008,0005) the text was decoded with, and its source: "declared", "default"
-    # (dicom.default_character_set), "none" or "invalid" (gateway/dicom/charset.py).
-    specific_character_set: str | None = None
-    charset_source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -458,7 +180,7 @@ class Store:
             for version, entry in MIGRATIONS:
                 if version in done:
                     continue
-                sql = entry() if callable(entry) else entry
+                sql = entry
                 for stmt in sql.split(";"):
                     if stmt.strip():
                         con.execute(stmt)

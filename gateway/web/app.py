@@ -33,6 +33,7 @@ from fenji.gateway.cases import case as cases_mod
 from fenji.gateway.config import Config
 from fenji.gateway.errors import DecodeError, FenjiError
 from fenji.gateway.keys import load_private, public_from_config
+from fenji.gateway.reading.delivery import NodeEvents
 from fenji.gateway.store.db import Store
 from fenji.gateway.web import dicomweb, reading_routes
 from fenji.gateway.web.common import CONFIG, LIVE_CONFIG, ON_RELEASE, STORE
@@ -40,6 +41,7 @@ from fenji.gateway.web.console import routes as console_routes
 from fenji.gateway.web.console import session as console_session
 from fenji.gateway.web.console import viewer as console_viewer
 from fenji.gateway.web.limits import multipart_parts, upload_slots
+from fenji.routing.sender import SenderLoop
 
 log = logging.getLogger(__name__)
 
@@ -424,9 +426,8 @@ class HttpService:
         if self.cfg.transfer.stable_study_s > 0 and self.cfg.transfer.default_destination:
             self._timer_task = asyncio.create_task(self._stable_study_timer())
         if self.cfg.peers or self.cfg.egress:
-            from fenji.routing.sender import SenderLoop
-
-            self.sender = SenderLoop(self.cfg, self.store)
+            self.sender = SenderLoop(self.cfg, self.store,
+                                     events=NodeEvents(self.cfg, self.store))
             self._stop_sender = asyncio.Event()
             self._sender_task = asyncio.create_task(self.sender.run(self._stop_sender))
         self._runner = web.AppRunner(self.app, access_log=None)
@@ -479,9 +480,7 @@ class HttpService:
             self.sender.peer_keys = dict(keys)
             self.sender.wake.set()
         elif cfg.peers:
-            from fenji.routing.sender import SenderLoop
-
-            self.sender = SenderLoop(cfg, self.store)
+            self.sender = SenderLoop(cfg, self.store, events=NodeEvents(cfg, self.store))
             self._stop_sender = asyncio.Event()
             self._sender_task = asyncio.create_task(self.sender.run(self._stop_sender))
         log.info("peers reloaded: %s", ", ".join(sorted(keys)) or "none")
