@@ -34,7 +34,7 @@ venv: $(VENV)/.deps-stamp
 # a source file or the project file changed (no dependency resolution: seconds),
 # and the Numba kernels are compiled into their cache now, not in a node's first
 # case.  Nothing changed: nothing is redone (a second `make demo` starts at once).
-SOURCES := $(shell find gateway codecs routing -name '*.py' -o -name '*.html' -o -name '*.css' 2>/dev/null)
+SOURCES := $(shell find gateway codecs routing -name '*.py' -o -name '*.html' -o -name '*.css' -o -name '*.js' 2>/dev/null)
 $(VENV)/.install-stamp: $(VENV)/.deps-stamp $(SOURCES)
 	$(VPY) -m pip install --quiet --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
 	$(VPY) -m fenji.gateway.lab.warmup

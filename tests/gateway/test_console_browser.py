@@ -227,6 +227,13 @@ def test_technician_releases_a_held_case_with_an_override(lab: dict[str, Any]) -
     with shot(lab, "technician"):
         _sign_in(lab, edge, "tech.zhang", "/console/technician")
         card = _wait_css(d, f"[id='study-{study}']")
+        # A study that arrives now shows up without a reload (htmx polling).
+        cr = DICOM_DIR / "cr" / "RG3_UNC.dcm"
+        assert len(storescu([cr], edge.dicom_port, calling="CT1").sent) == 1
+        cr_study = str(pydicom.dcmread(cr, stop_before_pixels=True).StudyInstanceUID)
+        until(lambda: d.find_elements(By.CSS_SELECTOR, f"[id='study-{cr_study}']"), 60,
+              "the arriving CR to appear on the open page")
+        card = _wait_css(d, f"[id='study-{study}']")  # the list was redrawn
         assert "王 小东" in card.text  # the name as written, Chinese group included
         img = card.find_element(By.CSS_SELECTOR, ".thumb img")
         assert d.execute_script("return arguments[0].naturalWidth", img) > 0
