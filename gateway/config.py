@@ -268,6 +268,21 @@ class WebSection:
     host: str = "127.0.0.1"
     # 0: no second listener (the API is served on [http] only).
     port: int = 0
+    # The web console (gateway/web/console): a session ends after this long
+    # without a request (a reader leaving a workstation unlocked at lunch) ...
+    session_idle_s: float = 1800.0
+    # ... and at the latest this long after sign-in (one shift), whatever the use.
+    session_max_s: float = 12 * 3600.0
+    # Live sessions kept at once; the oldest goes first beyond it (bounded memory).
+    max_sessions: int = 1000
+    # Origins (scheme://host:port) whose viewers may call /dicom-web with a token
+    # from another origin: preflights are answered for exactly these, never with
+    # credentials.  Empty: same origin only (the built-in viewer at /viewer/).
+    cors_origins: tuple[str, ...] = ()
+    # The OHIF Viewer build (@ohif/app dist/) served at /viewer/; empty: the
+    # vendor/ohif folder `make` fills next to the source tree.  The console's
+    # htmx is read from ../htmx/htmx.min.js beside it (make puts both there).
+    viewer_dir: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,9 @@ from fenji.gateway.reading.delivery import NodeEvents
 from fenji.gateway.store.db import Store
 from fenji.gateway.web import dicomweb, reading_routes
 from fenji.gateway.web.common import CONFIG, LIVE_CONFIG, ON_RELEASE, STORE
+from fenji.gateway.web.console import routes as console_routes
+from fenji.gateway.web.console import session as console_session
+from fenji.gateway.web.console import viewer as console_viewer
 from fenji.gateway.web.limits import multipart_parts, upload_slots
 from fenji.routing.sender import SenderLoop
 
@@ -293,7 +296,11 @@ def _forward_or_keep(cfg: Config, store: Store, receipt: dict[str, Any],
 def build_app(cfg: Config, store: Store,
               on_release: Callable[[cases_mod.Released], None] | None = None,
               wake: Callable[[], None] = lambda: None) -> web.Application:
-    app = web.Application(middlewares=[errors_as_json, auth_middleware(cfg),
+    live: list[Config] = [cfg]  # [[peers]] reload without a restart (reload_peers)
+    app = web.Application(middlewares=[console_viewer.dicomweb_log, errors_as_json,
+                                       console_viewer.cors_middleware(cfg),
+                                       console_session.middleware(lambda: live[0]),
+                                       auth_middleware(cfg),
                                        upload_slots(cfg.limits.max_uploads_per_user)],
                           client_max_size=80 * 1024 * 1024)
     app[CONFIG] = cfg
@@ -309,10 +316,11 @@ def build_app(cfg: Config, store: Store,
     app.router.add_get("/api/cases/{case_id}", get_case)
     reading_routes.add_routes(app, wake)
     dicomweb.add_routes(app, cfg, store)
+    console_routes.add_routes(app, cfg)  # the web console (sign-in, pages)
     # Always: a node that lists no peer yet refuses uploads saying how to pair.
     from fenji.routing.transfer_server import ReceiverContext, add_routes
 
-    live = app[LIVE_CONFIG] = [cfg]  # [[peers]] reload without a restart (reload_peers)
+    app[LIVE_CONFIG] = live
 
     def on_delivered(receipt: dict[str, Any], manifest: dict[str, Any], part: Path) -> bool:
         return _forward_or_keep(live[0], store, receipt, manifest, part, wake)
@@ -327,6 +335,7 @@ def build_app(cfg: Config, store: Store,
                           max_preview_pixels=cfg.limits.max_preview_pixels,
                           limits=ingest.Limits.of(cfg), on_delivered=on_delivered)
     add_routes(app, ctx)
+    console_viewer.add_routes(app, cfg)  # last: OHIF's files at the root, by exact name
     return app
 
 
