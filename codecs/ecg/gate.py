@@ -115,8 +115,9 @@ def excess(f: np.ndarray, signs: np.ndarray, center: np.ndarray, scale: np.ndarr
     """How far each feature lies on its *bad* side of the typical record, in SDs
     (0 on the good side): better-than-typical quality in one respect does not
     excuse a dead lead in another."""
-    d: np.ndarray = signs * (np.asarray(f, dtype=np.float64) - center) / scale
-    return np.maximum(d, 0.0)
+    d = np.asarray(signs * (np.asarray(f, dtype=np.float64) - center) / scale, dtype=np.float64)
+    out: np.ndarray = d.clip(min=0.0)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
