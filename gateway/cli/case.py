@@ -219,7 +219,7 @@ def _show(args: argparse.Namespace) -> int:
                               (args.case_id,))
         case["receipt"] = json.loads(rec["receipt_json"]) if rec else None
         case["receipt_signer"] = rec["signer"] if rec else None
-        from fenji.gateway.reading import core as reading
+        from fenji.gateway.reading import report_return as reading
 
         reading.with_reports(store, case)
         q = store.query_one("SELECT verdict, attestation_json FROM quality WHERE case_id = ?",
@@ -234,8 +234,6 @@ def _show(args: argparse.Namespace) -> int:
 
 def _summary(cfg: Any, case: dict[str, Any], q: dict[str, Any] | None) -> list[str]:
     """``case show`` for a person: who, what, where it is, the quality verdict, reports."""
-    from fenji.gateway.reading.core import local_time
-
     att = json.loads(q["attestation_json"]) if q and q["attestation_json"] else {}
     over = att.get("override") if isinstance(att, dict) else None
     verdict = (q or {}).get("verdict") or "not checked"
@@ -253,16 +251,16 @@ def _summary(cfg: Any, case: dict[str, Any], q: dict[str, Any] | None) -> list[s
         f"asked by  {case.get('requesting_physician') or '-'}: "
         f"{case.get('clinical_question') or '-'}",
         f"quality   {verdict}",
-        f"released  {local_time(cfg, case.get('released_at'))} by "
+        f"released  {cfg.local_time(case.get('released_at'))} by "
         f"{case.get('released_by') or '-'}",
     ]
     if case.get("receipt_signer"):
         out.append(f"receipt   signed by {case['receipt_signer']} at "
-                   f"{local_time(cfg, (case.get('receipt') or {}).get('received_at'))}")
+                   f"{cfg.local_time((case.get('receipt') or {}).get('received_at'))}")
     for r in case.get("reports") or []:
         out.append(f"report    v{r.get('version')} {r.get('status')} by {r.get('reader')} "
                    f"{'CRITICAL ' if r.get('critical') else ''}"
-                   f"received {local_time(cfg, r.get('received_at'))}")
+                   f"received {cfg.local_time(r.get('received_at'))}")
     return out
 
 
@@ -281,7 +279,7 @@ def cli_user(cfg: config_mod.Config, name: str) -> object:
 
 def _ack(args: argparse.Namespace) -> int:
     from fenji.gateway.node import config_and_store
-    from fenji.gateway.reading import core as reading
+    from fenji.gateway.reading import report_return as reading
 
     with config_and_store(args.config) as (cfg, store):
         out = reading.acknowledge(store, cfg, args.case_id, cli_user(cfg, args.by))  # type: ignore[arg-type]

@@ -33,6 +33,7 @@ from fenji.gateway.cases import case as cases_mod
 from fenji.gateway.config import Config
 from fenji.gateway.errors import DecodeError, FenjiError
 from fenji.gateway.keys import load_private, public_from_config
+from fenji.gateway.reading import report_return
 from fenji.gateway.reading.delivery import NodeEvents
 from fenji.gateway.store.db import Store
 from fenji.gateway.web import dicomweb, reading_routes
@@ -169,9 +170,7 @@ async def get_case(request: web.Request) -> web.Response:
     if case is None:
         return _error(404, "no_case", f"case {request.match_info['case_id']} not found")
     access.check_case(user, case)
-    from fenji.gateway.reading import core as reading
-
-    return web.json_response(await asyncio.to_thread(reading.with_reports, store, case))
+    return web.json_response(await asyncio.to_thread(report_return.with_reports, store, case))
 
 
 def _previews_dir(store: Store, case_id: str) -> Path | None:
@@ -239,15 +238,11 @@ def _forward_or_keep(cfg: Config, store: Store, receipt: dict[str, Any],
     case = manifest.get("case", {})
     final = case.get("destination")
     if case.get("bundle_kind") == "report" and final == cfg.node.name:
-        from fenji.gateway.reading import core as reading
-
-        reading.report_arrived(store, cfg, manifest, uids)
+        report_return.report_arrived(store, cfg, manifest, uids)
         return False
-    from fenji.gateway.reading.core import trusted_centers
-
     state = cases_mod.record_received(store, manifest, cfg.node.name, instances=uids,
                                       sender=str(receipt["sender"]),
-                                      trusted=trusted_centers(cfg))
+                                      trusted=report_return.trusted_centers(cfg))
     if state == "received" and cfg.egress and uids:
         from fenji.routing.egress import enqueue_case
 
