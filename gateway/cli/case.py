@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from fenji.gateway import config as config_mod
-from fenji.gateway.cases.case import PRIORITIES, SERVICES, enqueue_release, next_hop
+from fenji.gateway.cases.case import PRIORITIES, SERVICES, next_hop
 from fenji.gateway.config import CONFIG_HELP
 from fenji.gateway.dicom.charset import pn_display
 
@@ -113,7 +112,7 @@ def _send(args: argparse.Namespace) -> int:
                           clinical_question=args.question, consent_ref=args.consent,
                           released_by="cli", sender_node=cfg.node.name, effort=args.effort,
                           gate_key=key, operator=args.operator or _login(),
-                          thresholds=(cfg.quality_ecg, cfg.quality_image))
+                          thresholds=(cfg.quality_ecg, cfg.quality_image), hop=hop)
         except CaseHeld as held:
             print(f"case {held.case_id} HELD by the quality gate:", file=sys.stderr)
             for r in held.reasons:
@@ -124,7 +123,6 @@ def _send(args: argparse.Namespace) -> int:
                 print(json.dumps({"case_id": held.case_id, "state": "held",
                                   "reasons": held.reasons}))
             return 3
-        enqueue_release(store, rel, hop, time.time())
     finally:
         store.close()
     out = {"case_id": rel.case_id, "kind": rel.kind, "parent_case_id": rel.parent_case_id,
@@ -159,13 +157,15 @@ def _override(args: argparse.Namespace) -> int:
     key = load_private(cfg.resolve(cfg.keys.private_key))
     store = open_store(cfg)
     try:
-        rel = override(store, args.case_id, operator=args.operator, reason=args.reason,
-                       gate_key=key, sender_node=cfg.node.name)
-        hop = next_hop(cfg, rel.destination)
-        if hop is None:
-            print(f"fenji case override: no route to {rel.destination!r}", file=sys.stderr)
+        case = store.query_one("SELECT destination FROM cases WHERE case_id = ?",
+                               (args.case_id,))
+        hop = next_hop(cfg, case["destination"]) if case else None
+        if case is not None and hop is None:
+            print(f"fenji case override: no route to {case['destination']!r}",
+                  file=sys.stderr)
             return 2
-        enqueue_release(store, rel, hop, time.time())
+        rel = override(store, args.case_id, operator=args.operator, reason=args.reason,
+                       gate_key=key, sender_node=cfg.node.name, hop=hop)
     finally:
         store.close()
     print(f"case {rel.case_id} released by override of {args.operator}; queued for "

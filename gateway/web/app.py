@@ -85,7 +85,7 @@ async def post_case(request: web.Request) -> web.Response:
     if not dest or cfg.peer(dest) is None:
         return _error(400, "unknown_destination",
                       f"destination {dest!r} is not a configured peer")
-    key = load_private(cfg.resolve(cfg.keys.private_key))
+    key = await asyncio.to_thread(load_private, cfg.resolve(cfg.keys.private_key))
     try:
         rel = await asyncio.to_thread(
             cases_mod.release, store, str(body["study_instance_uid"]), destination=dest,
@@ -93,8 +93,8 @@ async def post_case(request: web.Request) -> web.Response:
             requesting_physician=body.get("requesting_physician"),
             clinical_question=body.get("clinical_question"), consent_ref=body.get("consent_ref"),
             released_by="api", sender_node=cfg.node.name, gate_key=key,
-            operator=user.name,
-            thresholds=(cfg.quality_ecg, cfg.quality_image))
+            operator=user.name, thresholds=(cfg.quality_ecg, cfg.quality_image),
+            hop=cases_mod.next_hop(cfg, dest))
     except cases_mod.CaseHeld as held:
         return web.json_response({"status": 409, "error": "held", "message": str(held),
                                   "case_id": held.case_id, "reasons": held.reasons},
@@ -187,14 +187,21 @@ async def get_previews(request: web.Request) -> web.Response:
                    action="read previews")
     case_id = request.match_info["case_id"]
     folder = _previews_dir(store, case_id)
-    if folder is None or not folder.is_dir():
+
+    def read_all() -> list[tuple[str, Preview]] | None:
+        if folder is None or not folder.is_dir():
+            return None
+        return [(p.stem, Preview.from_bytes(p.read_bytes()))
+                for p in sorted(folder.glob("*.prev"))]
+
+    found = await asyncio.to_thread(read_all)
+    if found is None:
         return _error(404, "no_preview", f"no preview received for case {case_id}")
     out = []
-    for p in sorted(folder.glob("*.prev")):
-        pv = Preview.from_bytes(p.read_bytes())
+    for stem, pv in found:
         await asyncio.to_thread(access.check_preview, store, user, case_id, pv.kind)
-        out.append({"index": int(p.stem), "kind": pv.kind, "meta": pv.meta,
-                    "url": f"/api/cases/{case_id}/previews/{p.stem}"})
+        out.append({"index": int(stem), "kind": pv.kind, "meta": pv.meta,
+                    "url": f"/api/cases/{case_id}/previews/{stem}"})
     return web.json_response(out)
 
 
@@ -209,9 +216,15 @@ async def get_preview(request: web.Request) -> web.Response:
     store = request.app[STORE]
     case_id, index = request.match_info["case_id"], request.match_info["index"]
     folder = _previews_dir(store, case_id)
-    if folder is None or not index.isdigit() or not (folder / f"{index}.prev").exists():
+
+    def read_one() -> Preview | None:
+        if folder is None or not index.isdigit() or not (folder / f"{index}.prev").exists():
+            return None
+        return Preview.from_bytes((folder / f"{index}.prev").read_bytes())
+
+    pv = await asyncio.to_thread(read_one)
+    if pv is None:
         return _error(404, "no_preview", f"no preview {index} for case {case_id}")
-    pv = Preview.from_bytes((folder / f"{index}.prev").read_bytes())
     await asyncio.to_thread(access.check_preview, store, user, case_id, pv.kind)
     # A bomb raises DecodeError (422, naming limits.max_preview_pixels) unread.
     cap = request.app[CONFIG].limits.max_preview_pixels
@@ -384,7 +397,7 @@ class HttpService:
 
         cfg = self.cfg
         dest = cfg.transfer.default_destination
-        key = load_private(cfg.resolve(cfg.keys.private_key))
+        key = await asyncio.to_thread(load_private, cfg.resolve(cfg.keys.private_key))
         period = max(1.0, min(30.0, cfg.transfer.stable_study_s / 4))
         while True:
             await asyncio.sleep(period)
@@ -397,7 +410,8 @@ class HttpService:
                             cases_mod.release, self.store, study, destination=dest,
                             released_by="timer", sender_node=cfg.node.name, gate_key=key,
                             operator="stable-study timer",
-                            thresholds=(cfg.quality_ecg, cfg.quality_image))
+                            thresholds=(cfg.quality_ecg, cfg.quality_image),
+                            hop=cases_mod.next_hop(cfg, dest))
                     except cases_mod.CaseHeld as held:
                         log.warning("timer: case %s held: %s", held.case_id, held.reasons[:3])
                         continue
@@ -444,12 +458,13 @@ class HttpService:
     def reload_peers(self, cfg: Config) -> None:
         """Take a changed ``[[peers]]`` list without a restart (SIGHUP, ``fenji peer add``):
         the receiver's known keys, pinned certificates and the sender's routes."""
-        self.loop.call_soon_threadsafe(self._reload_peers, cfg)
+        asyncio.run_coroutine_threadsafe(self._reload_peers(cfg), self.loop)
 
-    def _reload_peers(self, cfg: Config) -> None:
+    async def _reload_peers(self, cfg: Config) -> None:
         from fenji.routing.transfer_server import CTX
 
-        keys = {p.name: public_from_config(p.public_key, cfg.data_dir) for p in cfg.peers}
+        keys = await asyncio.to_thread(  # key files are read off the loop
+            lambda: {p.name: public_from_config(p.public_key, cfg.data_dir) for p in cfg.peers})
         ctx = self.app.get(CTX)
         if ctx is not None:
             ctx.peers.clear()
@@ -458,7 +473,8 @@ class HttpService:
         if ssl_ctx is not None:
             for p in cfg.peers:
                 if p.cert:
-                    ssl_ctx.load_verify_locations(cafile=str(cfg.resolve(p.cert)))
+                    await asyncio.to_thread(ssl_ctx.load_verify_locations,
+                                            cafile=str(cfg.resolve(p.cert)))
         self.cfg = cfg
         self.app[LIVE_CONFIG][0] = cfg
         if self.sender is not None:

@@ -163,10 +163,15 @@ async def post_override(request: web.Request) -> web.Response:
     reason = str(body.get("reason") or "").strip()
     if not reason:
         raise web.HTTPBadRequest(text="an override needs a reason")
-    key = load_private(cfg.resolve(cfg.keys.private_key))
-    rel = await asyncio.to_thread(cases_mod.override, store, request.match_info["case_id"],
-                                  operator=user.name, reason=reason, gate_key=key,
-                                  sender_node=cfg.node.name, operator_role=user.role)
+    key = await asyncio.to_thread(load_private, cfg.resolve(cfg.keys.private_key))
+    case_id = request.match_info["case_id"]
+    case = await asyncio.to_thread(store.query_one, "SELECT destination FROM cases WHERE "
+                                   "case_id = ?", (case_id,))
+    rel = await asyncio.to_thread(cases_mod.override, store, case_id, operator=user.name,
+                                  reason=reason, gate_key=key, sender_node=cfg.node.name,
+                                  operator_role=user.role,
+                                  hop=cases_mod.next_hop(cfg, case["destination"])
+                                  if case else None)
     hook = request.app.get(ON_RELEASE)
     if callable(hook):
         await asyncio.to_thread(hook, rel)

@@ -154,3 +154,20 @@ def test_move_checks_inside_the_callers_transaction(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot set"), s.atomic() as con:
         states.move(con, "c1", "send", who="node", now=3.0, also={"manifest_sha256": "x"})
     s.close()
+
+
+def test_nothing_but_the_table_writes_a_case_state() -> None:
+    """Every ``UPDATE cases SET … state`` in gateway/ and routing/ goes through states.move."""
+    import re
+
+    repo = Path(__file__).resolve().parents[2]
+    raw = re.compile(r"UPDATE\s+cases\s+SET[^\"']*\b(read_)?state\s*=", re.IGNORECASE)
+    offenders = []
+    for folder in ("gateway", "routing"):
+        for p in (repo / folder).rglob("*.py"):
+            if p.name == "states.py" and p.parent.name == "cases":
+                continue
+            text = " ".join(p.read_text().split())  # SQL split over string literals
+            text = re.sub(r"\"\s*\"", "", text)
+            offenders += [f"{p.relative_to(repo)}: {m.group(0)}" for m in raw.finditer(text)]
+    assert not offenders, offenders
