@@ -127,6 +127,9 @@ def test_kill_at_each_step_of_a_release(pristine: tuple[Path, str], tmp_path: Pa
     assert seen == list(case.RELEASE_STEPS[:case.RELEASE_STEPS.index(step) + 1])
     got = _outcome(root, study)
     assert got == ("released" if step == "committed" else "unreleased"), (step, got)
+    placed = list((root / "bundles").glob("*.fbundle"))
+    if step in ("selected", "gated", "bundle_written"):  # a half-written bundle never shows
+        assert not placed, placed
     if got == "unreleased":  # nothing half-done stands in the way of the next release
         store = Store(root)
         rel = case.release(store, study, destination="center", priority="stat",
