@@ -5,7 +5,7 @@ The reading lives in four modules by responsibility (docs/architecture.md):
 :mod:`~fenji.gateway.reading.viewer` (viewer reports, drafts),
 :mod:`~fenji.gateway.reading.report_return` (signing, queueing back, arrival at the
 edge, delivery, acknowledgement) and :mod:`~fenji.gateway.reading.errors`.  New code
-imports those; this module only re-exports them (web/dicomweb.py still uses it).
+imports those; this module only re-exports them (web/dicomweb/stow.py still uses it).
 """
 
 from __future__ import annotations
