@@ -14,11 +14,13 @@ Lists are comma separated (``FENJI_DICOM_ALLOW_AE=CT1,DR1``).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import re
 import tomllib
 import types
 import typing
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -325,7 +327,7 @@ class RemoteAeSection:
 
     ``reader``: the reader at this workstation.  A DICOM SR or encapsulated PDF
     this AE C-STOREs for a study on the worklist is signed as that reader's
-    report (gateway/reading/core.py :func:`viewer_report_if_any`).
+    report (gateway/reading/viewer.py :func:`viewer_report_if_any`).
     """
 
     ae_title: str = ""
@@ -479,6 +481,31 @@ class Config:
         priv = u.private_key if u and u.private_key else f"keys/readers/{name}.key"
         pub = u.public_key if u and u.public_key else f"keys/readers/{name}.pub"
         return self.resolve(priv), self.resolve(pub)
+
+    # -- people's clock ---------------------------------------------------
+    @property
+    def timezone(self) -> str:
+        """The IANA zone people's times are shown in: ``[node] timezone``, else the system's."""
+        if self.node.timezone:
+            return self.node.timezone
+        tz = os.environ.get("TZ", "").lstrip(":")
+        if "/" in tz:
+            return tz
+        try:
+            link = os.readlink("/etc/localtime")
+        except OSError:
+            return "UTC"
+        return link.split("zoneinfo/", 1)[1] if "zoneinfo/" in link else "UTC"
+
+    def local_time(self, t: float | None) -> str:
+        """A Unix time as people read it, in :attr:`timezone`: ``2026-12-03 23:16:09 CST``."""
+        if not t:
+            return "-"
+        try:
+            tz: datetime.tzinfo = zoneinfo.ZoneInfo(self.timezone)
+        except (KeyError, ValueError, OSError):
+            tz = datetime.UTC
+        return datetime.datetime.fromtimestamp(float(t), tz).strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 # ---------------------------------------------------------------------------

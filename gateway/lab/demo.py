@@ -29,6 +29,7 @@ from typing import Any
 
 import pydicom
 
+from fenji.gateway.cases import states
 from fenji.gateway.dicom.charset import pn_display
 from fenji.gateway.lab.dcmtk import echoscu, storescu
 from fenji.gateway.lab.harness import NodeProcess, fenji_cmd
@@ -221,7 +222,8 @@ def _wait_report(edge: NodeProcess, case_id: str, deadline: float) -> dict[str, 
         case = _get_json(f"{edge.http_url}/api/cases/{case_id}", edge.auth("ops"))
         reps = (case or {}).get("reports") or []
         if reps and reps[0].get("received_at"):
-            verified = case.get("state") == "reported"  # set only when signatures verify
+            # reported, amended, acknowledged: set only when the signatures verify
+            verified = case.get("state") in states.HAS_REPORT
             return {"received_at": float(reps[0]["received_at"]), "verified": verified,
                     "report": reps[0],
                     "critical": case.get("critical")}
