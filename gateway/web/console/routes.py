@@ -3,7 +3,7 @@
 Every page and form checks the user's role with the API's own
 :func:`fenji.gateway.access.users.require` and the same role lists as the JSON
 route doing the same thing (``reading_routes``, ``app``), and then calls the
-same core function (:mod:`fenji.gateway.reading.core`,
+same core function (:mod:`fenji.gateway.reading`,
 :mod:`fenji.gateway.cases.case`).  What a reader may read is
 :mod:`fenji.gateway.access.scope`'s rule, applied in those functions or here
 exactly where the API applies it.  Forms are checked for CSRF first (csrf.py).
@@ -27,6 +27,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from fenji.gateway import reading
 from fenji.gateway.access import scope as access
 from fenji.gateway.access.users import User, authenticate, hash_token, require
 from fenji.gateway.audit import ledger
@@ -35,7 +36,6 @@ from fenji.gateway.cases import case as cases_mod
 from fenji.gateway.config import Config
 from fenji.gateway.dicom.charset import pn_display
 from fenji.gateway.errors import FenjiError
-from fenji.gateway.reading import core as reading
 from fenji.gateway.store.db import Store
 from fenji.gateway.web.common import LIVE_CONFIG, ON_RELEASE, WAKE, app_of
 from fenji.gateway.web.console import csrf, i18n, svg
