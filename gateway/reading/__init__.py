@@ -1,6 +1,6 @@
 """The reading center's side: worklist, claims, viewer reports, signing, the report's return.
 
-By responsibility (docs/architecture.md): :mod:`.worklist` (worklist, claims),
+By responsibility (docs/architecture.md): :mod:`.claims` (worklist, claims),
 :mod:`.viewer` (viewer reports, drafts), :mod:`.report_return` (signing, queueing back,
 arrival at the edge, delivery, acknowledgement), :mod:`.errors`, and :mod:`.delivery`
 (what the sender's events mean).  Callers use the names here:
@@ -9,6 +9,7 @@ arrival at the edge, delivery, acknowledgement), :mod:`.errors`, and :mod:`.deli
 
 from __future__ import annotations
 
+from fenji.gateway.reading.claims import claim, unclaim, worklist, worklist_case_for_study
 from fenji.gateway.reading.errors import Forbidden, NotFound, ReadingError, refusal_status
 from fenji.gateway.reading.report_return import (
     acknowledge,
@@ -30,7 +31,6 @@ from fenji.gateway.reading.viewer import (
     viewer_report_draft,
     viewer_report_if_any,
 )
-from fenji.gateway.reading.worklist import claim, unclaim, worklist, worklist_case_for_study
 
 __all__ = ["VIEWER_REPORT_CLASSES", "Forbidden", "NotFound", "ReadingError", "acknowledge",
            "claim", "confirm_draft", "drafts_of", "export_report", "may_sign",

@@ -34,8 +34,8 @@ from fenji.gateway.cases import states
 from fenji.gateway.cases.case import PRIORITIES, _write_plan, manifest_sha256, next_hop, quality_of
 from fenji.gateway.dicom import charset
 from fenji.gateway.keys import canonical_json
+from fenji.gateway.reading.claims import _case, _check_reader
 from fenji.gateway.reading.errors import Forbidden, NotFound, ReadingError
-from fenji.gateway.reading.worklist import _case, _check_reader
 
 if TYPE_CHECKING:
     from fenji.gateway.access.users import User

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from fenji.gateway.audit import ledger
 from fenji.gateway.dicom import charset
+from fenji.gateway.reading.claims import _case, worklist_case_for_study
 from fenji.gateway.reading.errors import Forbidden, NotFound, ReadingError
 from fenji.gateway.reading.report_return import _put, may_sign, submit_report
-from fenji.gateway.reading.worklist import _case, worklist_case_for_study
 
 if TYPE_CHECKING:
     from fenji.gateway.access.users import User

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from fenji.gateway.access import scope as access
 from fenji.gateway.access.users import require
-from fenji.gateway.reading import report_return, viewer, worklist
+from fenji.gateway.reading import claims, report_return, viewer
 from fenji.gateway.web.common import ON_RELEASE, WAKE, app_of, json_body
 
 _app = app_of
@@ -32,7 +32,7 @@ _json = json_body
 async def get_worklist(request: web.Request) -> web.Response:
     cfg, store = _app(request)
     user = require(request, "reader", "operator", action="see the worklist")
-    rows = await asyncio.to_thread(worklist.worklist, store, cfg, user=user,
+    rows = await asyncio.to_thread(claims.worklist, store, cfg, user=user,
                                    state=request.query.get("state"))
     return web.json_response(rows)
 
@@ -40,14 +40,14 @@ async def get_worklist(request: web.Request) -> web.Response:
 async def post_claim(request: web.Request) -> web.Response:
     cfg, store = _app(request)
     user = require(request, "reader", action="claim cases")
-    out = await asyncio.to_thread(worklist.claim, store, cfg, request.match_info["case_id"], user)
+    out = await asyncio.to_thread(claims.claim, store, cfg, request.match_info["case_id"], user)
     return web.json_response(out)
 
 
 async def delete_claim(request: web.Request) -> web.Response:
     cfg, store = _app(request)
     user = require(request, "reader", action="give back claims")
-    await asyncio.to_thread(worklist.unclaim, store, cfg, request.match_info["case_id"], user)
+    await asyncio.to_thread(claims.unclaim, store, cfg, request.match_info["case_id"], user)
     return web.json_response({"case_id": request.match_info["case_id"], "state": "new"})
 
 
