@@ -195,18 +195,18 @@ def _row_event(r: dict[str, Any]) -> dict[str, Any]:
     return r
 
 
+def select_events(store: Any, table: str, order: str, *, case_id: str | None = None,
+                  kind: str | None = None) -> list[dict[str, Any]]:
+    """Events of ``table`` (``audit`` or ``audit_foreign``), optionally one case's or kind's."""
+    where = {"case_id = ?": case_id, "kind = ?": kind}
+    terms = [w for w, v in where.items() if v is not None]
+    sql = f"SELECT * FROM {table}" + (" WHERE " + " AND ".join(terms) if terms else "")
+    rows = store.query(f"{sql} ORDER BY {order}",
+                       tuple(v for v in where.values() if v is not None))
+    return [_row_event(r) for r in rows]
+
+
 def events(store: Any, *, case_id: str | None = None,
            kind: str | None = None) -> list[dict[str, Any]]:
     """This node's events in chain order (optionally one case's or one kind's)."""
-    sql, args = "SELECT * FROM audit", []
-    where = []
-    if case_id is not None:
-        where.append("case_id = ?")
-        args.append(case_id)
-    if kind is not None:
-        where.append("kind = ?")
-        args.append(kind)
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    rows = store.query(sql + " ORDER BY seq", tuple(args))
-    return [_row_event(r) for r in rows]
+    return select_events(store, "audit", "seq", case_id=case_id, kind=kind)

@@ -16,11 +16,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from fenji.gateway.audit.chain import (
     FIELDS,
     _detail_text,
-    _row_event,
     _signer_of,
     ensure_tables,
     event_hash,
     events,
+    select_events,
 )
 from fenji.gateway.errors import PeerError
 from fenji.gateway.keys import sign
@@ -85,16 +85,7 @@ def foreign_events(store: Any, *, case_id: str | None = None,
                    kind: str | None = None) -> list[dict[str, Any]]:
     """Other nodes' events held here, by node and seq, each with ``via`` and ``imported_at``."""
     ensure_tables(store)
-    sql, args, where = "SELECT * FROM audit_foreign", [], []
-    if case_id is not None:
-        where.append("case_id = ?")
-        args.append(case_id)
-    if kind is not None:
-        where.append("kind = ?")
-        args.append(kind)
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    return [_row_event(r) for r in store.query(sql + " ORDER BY node, seq", tuple(args))]
+    return select_events(store, "audit_foreign", "node, seq", case_id=case_id, kind=kind)
 
 
 def export_case(store: Any, case_id: str) -> list[dict[str, Any]]:
