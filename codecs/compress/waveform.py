@@ -43,17 +43,7 @@ MAX_SAMPLES = 1 << 27  # 24 h x 12 leads x 500 Hz is 5.2e8 bytes of int16: split
 DTYPES: dict[int, str] = {1: "<i2", 2: "<u2", 3: "|i1", 4: "|u1"}
 _CODE_OF = {np.dtype(v): k for k, v in DTYPES.items()}
 _HDR = struct.Struct("<4sBBHIIHB")  # magic, version, dtype, channels, samples, block, ntab?, order
-
-
-def _cls_of(act: int) -> int:
-    if act == 0:
-        return 0
-    n = act.bit_length()
-    cls = 1 if n == 1 else 2 * n - 1 + ((act >> (n - 2)) & 1)
-    return min(cls, NCTX - 1)
-
-
-_CLUT = np.array([_cls_of(v) for v in range(4096)], dtype=np.uint8)
+_CLUT = ent.class_table(NCTX)  # the kernels look small activities up
 
 
 # --------------------------------------------------------------------------- kernels
@@ -106,20 +96,10 @@ def _tokens_py(res, ctx, tok, nbits, vals):  # type: ignore[no-untyped-def]
         e = np.int64(res[t])
         u = 2 * e if e >= 0 else -2 * e - 1
         ctx[t] = cls
-        if u < 16:
-            tok[t] = u
-            nbits[t] = 0
-            vals[t] = 0
-        else:
-            n = 0
-            v = u
-            while v > 0:
-                n += 1
-                v >>= 1
-            n -= 1
-            tok[t] = 16 + (n - 4) * 2 + ((u >> (n - 1)) & 1)
-            nbits[t] = n - 1
-            vals[t] = u & ((1 << (n - 1)) - 1)
+        tk, nb, v = ent.token_of(u)
+        tok[t] = tk
+        nbits[t] = nb
+        vals[t] = v
         p2 = p1
         p1 = e if e >= 0 else -e
 
