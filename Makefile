@@ -37,7 +37,7 @@ venv: $(VENV)/.deps-stamp
 SOURCES := $(shell find gateway codecs routing -name '*.py' 2>/dev/null)
 $(VENV)/.install-stamp: $(VENV)/.deps-stamp $(SOURCES)
 	$(VPY) -m pip install --quiet --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
-	$(VPY) -m fenji.gateway.warmup
+	$(VPY) -m fenji.gateway.lab.warmup
 	touch $@
 
 install: $(VENV)/.install-stamp
@@ -54,7 +54,7 @@ debs:
 	fi
 
 demo: install debs
-	$(VPY) -m fenji.gateway.demo
+	$(VPY) -m fenji.gateway.lab.demo
 
 test: install debs
 	$(VPY) -m pytest -m "not long" $(PYTEST_ARGS)

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fenji.gateway.dcmtk import tool as dcmtk_tool
-from fenji.gateway.harness import free_port as free_port
+from fenji.gateway.lab.dcmtk import tool as dcmtk_tool
+from fenji.gateway.lab.harness import free_port as free_port
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -110,7 +110,7 @@ def _score_rows(args: argparse.Namespace, data: Path) -> list[dict[str, Any]]:
     import wfdb
 
     from fenji.codecs.ecg import qrs
-    from fenji.gateway import ecg_io
+    from fenji.gateway.ecg import io as ecg_io
 
     dets = _detectors(args.no_xqrs)
     warm = np.sin(np.linspace(0, 60, 5000))

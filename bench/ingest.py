@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import dcmtk_env, free_port, print_table, shared_data, start_storescp
-from fenji.gateway.dcmtk import tool
-from fenji.gateway.harness import NodeProcess
-from fenji.gateway.synth import derive
+from fenji.gateway.lab.dcmtk import tool
+from fenji.gateway.lab.harness import NodeProcess
+from fenji.gateway.lab.synth import derive
 
 DESCRIPTION = "storescu -> fenji SCP vs storescu -> DCMTK storescp (instances/s, MB/s, ratio)"
 

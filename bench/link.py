@@ -31,9 +31,9 @@ from typing import Any
 import pydicom
 
 from bench.common import free_port, print_table, shared_data
-from fenji.gateway.dcmtk import storescu, tool
-from fenji.gateway.harness import NodeProcess, OrthancProcess
-from fenji.routing.linkemu import LinkEmulator, LinkThread, load_profile
+from fenji.gateway.lab.dcmtk import storescu, tool
+from fenji.gateway.lab.harness import NodeProcess, OrthancProcess
+from fenji.routing.linkemu.proxy import LinkEmulator, LinkThread, load_profile
 
 DESCRIPTION = "CT / ECG / STAT preview over satellite and 3G: fenji vs C-STORE vs STOW-RS"
 

@@ -40,8 +40,8 @@ from typing import Any
 import requests
 
 from bench.common import dcmtk_env, free_port, print_table, shared_data, start_storescp
-from fenji.gateway.dcmtk import tool
-from fenji.gateway.harness import NodeProcess, OrthancProcess
+from fenji.gateway.lab.dcmtk import tool
+from fenji.gateway.lab.harness import NodeProcess, OrthancProcess
 
 DESCRIPTION = ("QIDO-RS latency, WADO-RS series MB/s, C-FIND/C-MOVE: fenji center vs Orthanc "
                "(DICOMweb plugin), same studies")

@@ -30,11 +30,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fenji.gateway import ingest, reindex
+from fenji.gateway import ingest
+from fenji.gateway.cli.init import PRIVATE_UMASK
 from fenji.gateway.config import Config
 from fenji.gateway.errors import LocalError
-from fenji.gateway.init import PRIVATE_UMASK
-from fenji.gateway.store import Store
+from fenji.gateway.store import reindex
+from fenji.gateway.store.db import Store
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def open_store(cfg: Config) -> Store:
     store.audit_node = cfg.node.name  # stored instances are ledger events
     key = cfg.resolve(cfg.keys.private_key)
     if key.exists():  # the ledger's head is signed with the node key (truncation shows)
-        from fenji.gateway import ledger
+        from fenji.gateway.audit import ledger
         from fenji.gateway.keys import load_private
 
         ledger.set_signer(store, cfg.node.name, load_private(key))
@@ -202,7 +203,7 @@ def worker_count(cfg: Config) -> int:
 
 def _serve(cfg: Config, stop: threading.Event, ready: Any = None) -> None:
     """One receiving process: serve until ``stop`` is set."""
-    from fenji.gateway.scp import DicomService
+    from fenji.gateway.dimse.server import DicomService
 
     store = open_store(cfg)
     service = DicomService(cfg, store)
@@ -261,7 +262,7 @@ def _write_ready(cfg: Config, port: int, workers: list[int]) -> Path:
 
 def _start_reindex(cfg: Config) -> None:
     """Instances indexed before store migration 8 get their text re-decoded with their
-    character set, in the background (gateway/reindex.py); idempotent across restarts."""
+    character set, in the background (gateway/store/reindex.py); idempotent across restarts."""
     store = open_store(cfg)
     try:
         n = reindex.pending(store)
@@ -322,7 +323,7 @@ def _run_locked(cfg: Config, verbose: int) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    from fenji.gateway.http_api import HttpService
+    from fenji.gateway.web.app import HttpService
 
     http_store = open_store(cfg)
     http = HttpService(cfg, http_store)
@@ -336,7 +337,7 @@ def _run_locked(cfg: Config, verbose: int) -> int:
     signal.signal(signal.SIGHUP, lambda *_: _reload_peers(cfg, http))
     watcher = None
     if cfg.ingest.watch_dir:
-        from fenji.gateway.ecg_ingest import FolderWatcher
+        from fenji.gateway.ingest.ecg_files import FolderWatcher
 
         watcher = FolderWatcher(http_store, cfg.resolve(cfg.ingest.watch_dir),
                                 interval_s=cfg.ingest.watch_interval_s,

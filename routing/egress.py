@@ -19,19 +19,43 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import socket
 import uuid
 from typing import Any
 
 from fenji.gateway.config import Config, EgressSection
-from fenji.gateway.store import Store
+from fenji.gateway.errors import PeerError
+from fenji.gateway.ingest import split_part10
+from fenji.gateway.store.db import Store
 
 log = logging.getLogger(__name__)
 
 
-class EgressError(Exception):
+class EgressError(PeerError):
+    """The local PACS/HIS refused or could not be reached; ``retryable`` says whether to retry."""
+
     def __init__(self, message: str, *, retryable: bool = True) -> None:
         super().__init__(message)
         self.retryable = retryable
+
+
+
+def install_nodelay() -> None:
+    """TCP_NODELAY on the associations pynetdicom opens (C-MOVE sub-associations,
+    egress): with Nagle on, every C-STORE waits ~40 ms for the peer's delayed ACK."""
+    from pynetdicom.transport import AssociationSocket
+
+    if getattr(AssociationSocket, "_fenji_nodelay", False):
+        return
+    original = AssociationSocket._create_socket
+
+    def create(self: Any, address: Any) -> socket.socket:
+        sock = original(self, address)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    AssociationSocket._create_socket = create  # type: ignore[method-assign]
+    AssociationSocket._fenji_nodelay = True  # type: ignore[attr-defined]
 
 
 def job_bundle_id(target: str, case_id: str) -> str:
@@ -96,8 +120,6 @@ def _dimse(cfg: Config, target: EgressSection, blobs: list[tuple[str, bytes]]) -
     from pydicom import dcmread
     from pynetdicom import AE
 
-    from fenji.gateway.scp import install_nodelay
-    from fenji.gateway.validate import split_part10
 
     install_nodelay()
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from fenji.gateway.errors import PeerError
-from fenji.gateway.store import Store
+from fenji.gateway.store.db import Store
 from fenji.routing import outbox as core
 from fenji.routing.outbox import OutboxPolicy
 

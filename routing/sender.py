@@ -21,15 +21,16 @@ import json
 import logging
 import os
 import random
+import sqlite3
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
 from fenji.gateway.config import Config
 from fenji.gateway.keys import load_private, public_from_config
-from fenji.gateway.store import Store
+from fenji.gateway.store.db import Store
 from fenji.routing import outbox_db
 from fenji.routing.outbox import DeadLetter, OutboxPolicy
 from fenji.routing.shaping import LinkMeter, Pacer, parse_schedule
@@ -55,70 +56,64 @@ def higher_priority_ready(store: Store, destination: str, priority: int, now: fl
     return row is not None
 
 
-def keep_receipt(store: Store, job: dict[str, Any], out: Delivered, now: float,
-                 node: str = "") -> None:
-    from fenji.gateway import ledger
+class SenderEvents(Protocol):
+    """What the sender tells the node it serves (the audit trail, case and report states).
 
+    Routing moves bundles; what a delivery *means* belongs to the gateway
+    (gateway/reading/delivery.py).  Each method runs in a worker thread.
+    """
+
+    def receipt(self, con: sqlite3.Connection, job: dict[str, Any], out: Delivered,
+                fresh: bool, now: float) -> None:
+        """A signed receipt came back; called inside the transaction that keeps it."""
+
+    def sent(self, job: dict[str, Any], now: float, bytes_total: int) -> None:
+        """A bundle went on the wire to its next hop (a resumed upload: again)."""
+
+    def dead(self, job: dict[str, Any], reason: str, now: float) -> None:
+        """A bundle was dead-lettered: someone must see it and act."""
+
+    def egress_delivered(self, job: dict[str, Any], target: str, now: float) -> None:
+        """A case (or report) was handed to a non-fenji egress target."""
+
+
+class NoEvents:
+    """A sender that tells nobody (tests of the transfer alone)."""
+
+    def receipt(self, con: sqlite3.Connection, job: dict[str, Any], out: Delivered,
+                fresh: bool, now: float) -> None:
+        pass
+
+    def sent(self, job: dict[str, Any], now: float, bytes_total: int) -> None:
+        pass
+
+    def dead(self, job: dict[str, Any], reason: str, now: float) -> None:
+        pass
+
+    def egress_delivered(self, job: dict[str, Any], target: str, now: float) -> None:
+        pass
+
+
+def keep_receipt(store: Store, job: dict[str, Any], out: Delivered, now: float,
+                 events: SenderEvents) -> None:
+    """Keep the receiver's signed receipt (once per bundle) and tell the node."""
     with store.atomic() as con:
         fresh = con.execute("SELECT 1 FROM receipts WHERE bundle_id = ?",
                             (job["bundle_id"],)).fetchone() is None
-        report = con.execute("SELECT report_id, case_id FROM reports WHERE report_id = ?",
-                             (job["case_id"],)).fetchone()
-        if report is not None:  # a report bundle went back down (gateway/reading.py)
-            con.execute("UPDATE reports SET returned_at = coalesce(returned_at, ?) "
-                        "WHERE report_id = ?", (now, report[0]))
-        if fresh and node:
-            ledger.record(store, "receipt", node=node, actor=str(out.signer), role="node",
-                          obj=job["bundle_id"], case_id=report[1] if report else job["case_id"],
-                          detail={"destination": job["destination"],
-                                  "what": "report" if report else "case",
-                                  "instances": len(out.receipt.get("instances", [])),
-                                  "receiver_time": out.receipt.get("received_at")},
-                          con=con, at=now)
+        events.receipt(con, job, out, fresh, now)
         con.execute("INSERT OR IGNORE INTO receipts(bundle_id, case_id, destination, "
                     "receipt_json, signature, signer, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (job["bundle_id"], job["case_id"], job["destination"],
                      json.dumps(out.receipt, sort_keys=True), out.signature, out.signer, now))
-        # Only forward: the report can come back before a resent bundle's receipt
-        # (a center restarted mid-way), and must not be turned back to 'delivered'.
-        con.execute("UPDATE cases SET state = 'delivered', updated_at = ? WHERE case_id = ? "
-                    "AND state IN ('released', 'forwarding')", (now, job["case_id"]))
-
-
-def note_dead(store: Store, job: dict[str, Any], reason: str, now: float, node: str) -> None:
-    """A dead-lettered bundle is an audit event: someone must see it and act."""
-    from fenji.gateway import ledger
-
-    ledger.record(store, "dead_lettered", node=node, actor=node, role="node",
-                  obj=job["bundle_id"], case_id=job["case_id"], at=now,
-                  detail={"destination": job["destination"], "job": job["job_id"],
-                          "reason": reason[:500]})
-
-
-def note_sent(store: Store, job: dict[str, Any], now: float, node: str,
-              bytes_total: int) -> None:
-    """The ledger's "sent" event: the first time a bundle goes on the wire to its next hop."""
-    from fenji.gateway import ledger
-
-    with store.atomic() as con:
-        report = con.execute("SELECT case_id FROM reports WHERE report_id = ?",
-                             (job["case_id"],)).fetchone()
-        case_id = report[0] if report else job["case_id"]
-        if con.execute("SELECT 1 FROM audit WHERE case_id = ? AND kind = 'sent' AND "
-                       "object = ?", (case_id, job["bundle_id"])).fetchone():
-            return  # a resumed or retried upload: sent once, whatever the attempts
-        ledger.record(store, "sent", node=node, actor=node, role="node", obj=job["bundle_id"],
-                      case_id=case_id, con=con, at=now,
-                      detail={"destination": job["destination"],
-                              "what": "report" if report else "case",
-                              "bytes": bytes_total, "priority": job.get("priority")})
 
 
 class SenderLoop:
     def __init__(self, cfg: Config, store: Store, *, clock: Callable[[], float] = time.time,
-                 policy: OutboxPolicy | None = None, seed: int | None = None) -> None:
+                 policy: OutboxPolicy | None = None, seed: int | None = None,
+                 events: SenderEvents | None = None) -> None:
         self.cfg = cfg
         self.store = store
+        self.events: SenderEvents = events or NoEvents()
         self.clock = clock
         self.policy = policy or cfg.outbox
         self.rng = random.Random(seed)
@@ -211,10 +206,7 @@ class SenderLoop:
             return
         await asyncio.to_thread(outbox_db.complete, self.store, j["job_id"], self.owner,
                                 self.clock())
-        from fenji.gateway import reading
-
-        await asyncio.to_thread(reading.report_delivered, self.store, self.cfg, j["case_id"],
-                                target.name, self.clock())
+        await asyncio.to_thread(self.events.egress_delivered, j, target.name, self.clock())
         log.info("egress job=%s case=%s dest=%s (%s) instances=%d ms=%.0f outcome=delivered",
                  j["job_id"], j["case_id"], target.name, egress.describe(target), n,
                  (time.monotonic() - t0) * 1000)
@@ -234,8 +226,7 @@ class SenderLoop:
                       else f"bundle file {path} is missing")
             await asyncio.to_thread(outbox_db.fail, self.store, j["job_id"], self.owner,
                                     reason, self.clock(), self.policy, self.rng, retryable=False)
-            await asyncio.to_thread(note_dead, self.store, j, reason, self.clock(),
-                                    self.cfg.node.name)
+            await asyncio.to_thread(self.events.dead, j, reason, self.clock())
             log.error("transfer job=%s case=%s dest=%s outcome=dead reason=%s", j["job_id"],
                       j["case_id"], dest, reason)
             return
@@ -258,8 +249,7 @@ class SenderLoop:
 
         try:
             manifest = await asyncio.to_thread(manifest_of, path)
-            await asyncio.to_thread(note_sent, self.store, j, self.clock(), self.cfg.node.name,
-                                    path.stat().st_size)
+            await asyncio.to_thread(self.events.sent, j, self.clock(), path.stat().st_size)
             out = await send_bundle(session, peer.url, self.sender, self.peer_keys[dest], path,
                                     j["bundle_id"], receiver=dest, sizer=self._sizer(dest),
                                     manifest=manifest,
@@ -273,15 +263,14 @@ class SenderLoop:
                 self.policy, self.rng, retryable=exc.retryable, progressed=moved[0],
                 max_delay_s=WAITING_FOR_PEER_RETRY_S if exc.waiting_for_peer else None)
             if isinstance(decision, DeadLetter):
-                await asyncio.to_thread(note_dead, self.store, j, decision.reason, self.clock(),
-                                        self.cfg.node.name)
+                await asyncio.to_thread(self.events.dead, j, decision.reason, self.clock())
             log.warning("transfer job=%s case=%s dest=%s ms=%.0f outcome=failed reason=%s",
                         j["job_id"], j["case_id"], dest, (time.monotonic() - t0) * 1000, exc)
             return
         await asyncio.to_thread(self._save_meter, dest)
         if isinstance(out, Delivered):
             now = self.clock()
-            await asyncio.to_thread(keep_receipt, self.store, j, out, now, self.cfg.node.name)
+            await asyncio.to_thread(keep_receipt, self.store, j, out, now, self.events)
             await asyncio.to_thread(outbox_db.complete, self.store, j["job_id"], self.owner, now)
             log.info("transfer job=%s case=%s dest=%s bytes=%d ms=%.0f outcome=delivered "
                      "instances=%d", j["job_id"], j["case_id"], dest, out.bytes_sent,

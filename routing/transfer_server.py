@@ -58,15 +58,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from fenji.codecs.compress.bundle import BundleReader, InstanceEvent, ManifestEvent, PreviewEvent
 from fenji.codecs.compress.pixel import pixel_info
 from fenji.codecs.errors import DecodeError
-from fenji.gateway import charset, ingest
+from fenji.gateway import ingest
+from fenji.gateway.config import PREVIEW_SECTIONS_MAX_BYTES, TRANSFER_CHUNK_HARD_MAX_BYTES
+from fenji.gateway.ingest import Rejected, check_term
 from fenji.gateway.keys import canonical_json, sign, verify
-from fenji.gateway.store import Store, StoreFull
-from fenji.gateway.validate import Rejected
+from fenji.gateway.store.db import Store, StoreFull
 
 log = logging.getLogger(__name__)
 
 CHECKSUM_MISMATCH = 460  # tus checksum extension
-MAX_CHUNK_BYTES = 64 * 1024 * 1024
+MAX_CHUNK_BYTES = TRANSFER_CHUNK_HARD_MAX_BYTES  # gateway/config.py
 
 
 def auth_message(method: str, path: str, ts: str, headers: dict[str, str], *,
@@ -314,7 +315,7 @@ async def patch_upload(request: web.Request) -> web.StreamResponse:
         return web.Response(status=204, headers=_offset_headers(row))
 
 
-MAX_PREVIEW_BYTES = 16 * 1024 * 1024  # all preview sections of one bundle, encoded
+MAX_PREVIEW_BYTES = PREVIEW_SECTIONS_MAX_BYTES  # gateway/config.py
 
 
 def _check_preview_size(ctx: ReceiverContext, ev: PreviewEvent) -> None:
@@ -353,7 +354,7 @@ def _sender_default(manifest: dict[str, Any] | None, index: int) -> str | None:
     if not isinstance(defaults, list) or not 0 <= index < len(defaults):
         return None
     term = defaults[index]
-    if not isinstance(term, str) or not term or charset.check_term(term) is not None:
+    if not isinstance(term, str) or not term or check_term(term) is not None:
         return None
     return term
 

@@ -1,6 +1,6 @@
 """`EcgRecord`: one ECG recording as plain arrays, whatever file it came from.
 
-Readers and writers live in ``fenji.gateway.ecg_io``; this module does no I/O.
+Readers and writers live in ``fenji.gateway.ecg.io``; this module does no I/O.
 
 >>> import numpy as np
 >>> r = EcgRecord(leads=("I", "II"), fs_hz=500.0,

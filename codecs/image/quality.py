@@ -6,7 +6,7 @@ Headers are plain mappings keyed by DICOM keywords (``Rows``, ``Columns``,
 ``StudyInstanceUID``, ``SeriesInstanceUID``, ``InstanceNumber``,
 ``ImagePositionPatient``, ``ImageOrientationPatient``, plus ``PixelDataLength``
 (bytes of native Pixel Data; ``None`` if encapsulated)); no pydicom objects here.
-``fenji.gateway.image_checks`` builds them from datasets.
+``fenji.gateway.cases.image_checks`` builds them from datasets.
 
 Checks and reasons:
 

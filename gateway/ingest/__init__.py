@@ -11,6 +11,8 @@ answer: a DICOM status, an HTTP status with a FailureReason, or ``done/`` /
 config) and one status table (:data:`HTTP_STATUS`).
 """
 
+from fenji.gateway.dicom.charset import check_term
+from fenji.gateway.dicom.validate import Rejected, split_part10
 from fenji.gateway.ingest.core import (
     HTTP_STATUS,
     Batch,
@@ -28,4 +30,6 @@ from fenji.gateway.ingest.core import (
 )
 
 __all__ = ["HTTP_STATUS", "Batch", "Dimse", "IngestResult", "Limits", "Outcome", "Source",
-           "check", "commit", "handled", "ingest", "refused", "reject"]
+           "check", "commit", "handled", "ingest", "refused", "reject",
+           # what the receiving side of a transfer (routing) needs of DICOM
+           "Rejected", "check_term", "split_part10"]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from fenji.codecs.image import quality as iq
-from fenji.gateway import image_checks as ic
+from fenji.gateway.cases import image_checks as ic
 from tests.conftest import DICOM_DIR
 
 

@@ -26,7 +26,7 @@ import pytest
 import wfdb
 
 from fenji.codecs.ecg import qrs
-from fenji.gateway import ecg_io
+from fenji.gateway.ecg import io as ecg_io
 from tests.conftest import ECG_DIR
 
 PACED = {"107", "217"}

@@ -21,14 +21,17 @@ from _charsets import BY_KEY, CASES, Case, make_study
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.data import get_charset_files
 
-from fenji.gateway import charset, qr, reindex
 from fenji.gateway import config as config_mod
-from fenji.gateway import store as store_mod
-from fenji.gateway.dicomweb import _private_as_un
+from fenji.gateway.dicom import charset
+from fenji.gateway.dicom import query as qr
+from fenji.gateway.dicom.info import InstanceInfo
+from fenji.gateway.dicom.validate import check_part10
+from fenji.gateway.dimse.qr import _keys
 from fenji.gateway.errors import ConfigError
-from fenji.gateway.qr_scp import _keys
-from fenji.gateway.store import InstanceInfo, Store
-from fenji.gateway.validate import check_part10
+from fenji.gateway.store import db as store_mod
+from fenji.gateway.store import reindex
+from fenji.gateway.store.db import Store
+from fenji.gateway.web.dicomweb.media import _private_as_un
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +135,7 @@ IR58_NAME = b"Zhang^XiaoDong=\x1b$)A\xd5\xc5^\x1b$)A\xd0\xa1\xb6\xab"  # PS3.5 K
 
 def test_pydicom_leaves_the_ir58_escape_sequence_in_the_text() -> None:
     """pydicom 3.0.2's bug that fenji works around.  When this fails, pydicom is fixed:
-    drop the workaround in gateway/charset.py (_escaped)."""
+    drop the workaround in gateway/dicom/charset.py (_escaped)."""
     wrong = decode_bytes(IR58_NAME, convert_encodings(["", "ISO 2022 IR 58"]), {0x5E, 0x3D})
     assert "\x1b$)A" in wrong
     cs = charset.resolve("\\ISO 2022 IR 58")
@@ -207,7 +210,7 @@ def _with_declared(data: bytes, old: bytes, new: bytes) -> bytes:
 def test_unknown_declared_charset_is_accepted_recorded_and_logged(
         studies: dict[str, list[Path]], caplog: pytest.LogCaptureFixture) -> None:
     data = _with_declared(studies["gb18030"][0].read_bytes(), b"GB18030 ", b"KLINGON ")
-    with caplog.at_level(logging.WARNING, logger="fenji.gateway.validate"):
+    with caplog.at_level(logging.WARNING, logger="fenji.gateway.dicom.validate"):
         info = check_part10(data, default_character_set="GB18030").info
     assert info.charset_source == "invalid" and info.specific_character_set == "KLINGON"
     assert info.patient_name == "Wang^XiaoDong=王^小东"  # decoded with the default
@@ -234,7 +237,7 @@ def test_bytes_that_do_not_decode_are_replaced_and_logged_without_names(
     # UTF-8 declared, GB18030 bytes written: a broken name shows as broken.
     liar = Case("liar", "ISO_IR 192", "Wang^XiaoDong=王^小东", "头颅平扫", _gb18030)
     data = make_study(liar, tmp_path, n=1)[0].read_bytes()
-    with caplog.at_level(logging.WARNING, logger="fenji.gateway.validate"):
+    with caplog.at_level(logging.WARNING, logger="fenji.gateway.dicom.validate"):
         info = check_part10(data).info
     assert info.patient_name is not None and "\ufffd" in info.patient_name
     assert "(0010,0010) does not decode under" in caplog.text

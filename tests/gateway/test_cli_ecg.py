@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from fenji.gateway import cli, ecg_io
+from fenji.gateway.cli import main as cli
+from fenji.gateway.ecg import io as ecg_io
 from tests.conftest import DICOM_DIR, ECG_DIR
 
 

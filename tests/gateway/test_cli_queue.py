@@ -9,14 +9,14 @@ import sys
 from pathlib import Path
 
 from fenji.gateway import config as config_mod
-from fenji.gateway.init import init_node
+from fenji.gateway.cli.init import init_node
 from fenji.gateway.node import open_store
 from fenji.routing import outbox_db as db
 from fenji.routing.outbox import OutboxPolicy
 
 
 def _fenji(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fenji.gateway.cli", *args],
+    return subprocess.run([sys.executable, "-m", "fenji.gateway.cli.main", *args],
                           capture_output=True, text=True, timeout=60)
 
 

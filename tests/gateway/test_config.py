@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from fenji.gateway import config
+from fenji.gateway.cli.init import init_node
 from fenji.gateway.errors import ConfigError
-from fenji.gateway.init import init_node
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -78,12 +78,12 @@ def test_init_writes_a_loadable_commented_config_and_keys(tmp_path: Path) -> Non
 def test_conf_check_cli_reports_key_paths(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[dicom]\nport = "x"\nallow_ae = ["A"]\n[store]\nmin_free_bytes = -1\n')
-    r = subprocess.run([sys.executable, "-m", "fenji.gateway.cli", "conf", "check", str(bad)],
+    r = subprocess.run([sys.executable, "-m", "fenji.gateway.cli.main", "conf", "check", str(bad)],
                        capture_output=True, text=True)
     assert r.returncode == 1
     assert "dicom.port = 'x' is not an integer" in r.stderr
     assert "store.min_free_bytes = -1 must be >= 0" in r.stderr
-    good = subprocess.run([sys.executable, "-m", "fenji.gateway.cli", "conf", "check",
+    good = subprocess.run([sys.executable, "-m", "fenji.gateway.cli.main", "conf", "check",
                            str(REPO / "conf" / "edge.toml")], capture_output=True, text=True)
     assert good.returncode == 0, good.stderr
     assert "ok" in good.stdout

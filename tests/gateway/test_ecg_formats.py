@@ -21,11 +21,11 @@ from _data import ECG_DIR
 from _wait import until
 from defusedxml import ElementTree as SafeET
 
-from fenji.gateway.ecg_convert import ecg_to_part10
-from fenji.gateway.ecg_ingest import ingest_files
-from fenji.gateway.ecgfiles import EcgFileError, detect_format, read_ecg_file, read_ecg_files
+from fenji.gateway.ecg.convert import ecg_to_part10
+from fenji.gateway.ecg.formats import EcgFileError, detect_format, read_ecg_file, read_ecg_files
 from fenji.gateway.errors import PeerError
-from fenji.gateway.harness import NodeProcess
+from fenji.gateway.ingest.ecg_files import ingest_files
+from fenji.gateway.lab.harness import NodeProcess
 
 pytestmark = pytest.mark.timeout(600)
 FORMATS = ECG_DIR / "formats"
@@ -361,7 +361,7 @@ def test_entity_expansion_is_refused() -> None:
 
 
 def test_ingest_quarantines_a_corrupt_cart_file_and_stores_nothing(tmp_path: Path) -> None:
-    from fenji.gateway.store import Store
+    from fenji.gateway.store.db import Store
 
     store = Store(tmp_path / "store")
     data = (FORMATS / "scp_ecg/welchallyn_cardiocontrol_2017.SCP").read_bytes()
@@ -414,7 +414,7 @@ def test_cart_files_over_http_and_watched_folder(tmp_path: Path) -> None:
 def _scp_with_name(data: bytes, last: bytes, first: bytes) -> bytes:
     """An SCP-ECG record with section 1 tags 0/1 (last/first name) replaced and every
     length, pointer and CRC recomputed (EN 1064 §5.2-5.4)."""
-    from fenji.gateway.ecgfiles.scp_ecg import check_container
+    from fenji.gateway.ecg.formats.scp_ecg import check_container
 
     secs = sorted(((k, v) for k, v in check_container("x", data).items() if k != 0),
                   key=lambda kv: kv[1][0])
@@ -490,7 +490,7 @@ def test_ecg_check_cli_reads_cart_files() -> None:
 
     files = [str(FORMATS / r) for r in ("scp_ecg/welchallyn_cardiocontrol_2017.SCP",
                                         "philips_sierra_xml/pagewriter_touch_1-04_utf16le.xml")]
-    out = subprocess.run([sys.executable, "-m", "fenji.gateway.cli", "ecg", "check", "--json",
+    out = subprocess.run([sys.executable, "-m", "fenji.gateway.cli.main", "ecg", "check", "--json",
                           *files, str(FORMATS / "README.md")],
                          capture_output=True, text=True, timeout=300)
     rows = [json.loads(line) for line in out.stdout.splitlines()]

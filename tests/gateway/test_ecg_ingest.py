@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from _data import ECG_DIR
 
-from fenji.gateway.harness import NodeProcess
+from fenji.gateway.lab.harness import NodeProcess
 
 pytestmark = pytest.mark.timeout(300)
 TWELVE_LEAD = "1.2.840.10008.5.1.4.1.1.9.1.1"

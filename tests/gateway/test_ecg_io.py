@@ -12,7 +12,7 @@ import pytest
 
 from fenji.codecs.ecg.record import EcgRecord
 from fenji.codecs.errors import PeerError
-from fenji.gateway import ecg_io
+from fenji.gateway.ecg import io as ecg_io
 from tests.conftest import DICOM_DIR, ECG_DIR
 
 DCIODVFY = "/usr/bin/dciodvfy"

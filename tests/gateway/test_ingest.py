@@ -11,10 +11,10 @@ import pytest
 from _data import ECG_DIR, REPO, ct_series
 
 from fenji.gateway import config as config_mod
-from fenji.gateway import dimse_status as st
 from fenji.gateway import ingest
-from fenji.gateway.ecg_ingest import FolderWatcher, ingest_files
-from fenji.gateway.store import Store
+from fenji.gateway.dicom import status as st
+from fenji.gateway.ingest.ecg_files import FolderWatcher, ingest_files
+from fenji.gateway.store.db import Store
 
 SRC = ingest.Source("import", "import")
 
@@ -175,7 +175,7 @@ def test_ecg_conflict_is_a_conflict_and_full_store_keeps_the_files(tmp_path: Pat
 
 
 def test_an_ecg_with_the_carts_pdf_goes_to_the_ecg_readers() -> None:
-    from fenji.gateway.cases import service_of
+    from fenji.gateway.cases.case import service_of
 
     twelve_lead, pdf = "1.2.840.10008.5.1.4.1.1.9.1.1", "1.2.840.10008.5.1.4.1.1.104.1"
     ct = "1.2.840.10008.5.1.4.1.1.2"

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fenji.gateway import ledger
-from fenji.gateway.store import Store
+from fenji.gateway.audit import ledger
+from fenji.gateway.store.db import Store
 
 KEY = Ed25519PrivateKey.generate()
 T0 = 1_790_000_000.0  # 2026-09-21, a plausible clock
@@ -272,13 +272,13 @@ def test_import_refuses_a_tampered_event(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------
 
 def _node(tmp_path: Path, name: str = "edge", role: str = "edge") -> Path:
-    from fenji.gateway.init import init_node
+    from fenji.gateway.cli.init import init_node
 
     return init_node(tmp_path / name, role=role, name=name, allow_ae=["*"])
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fenji.gateway.cli", *args],
+    return subprocess.run([sys.executable, "-m", "fenji.gateway.cli.main", *args],
                           capture_output=True, text=True, timeout=120, check=False)
 
 

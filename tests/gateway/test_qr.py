@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from fenji.gateway import qr
-from fenji.gateway import store as store_mod
-from fenji.gateway.store import InstanceInfo, Store
+from fenji.gateway.dicom import query as qr
+from fenji.gateway.dicom.info import InstanceInfo
+from fenji.gateway.store import db as store_mod
+from fenji.gateway.store.db import Store
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"

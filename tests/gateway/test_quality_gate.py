@@ -12,11 +12,11 @@ from _data import DICOM_DIR, ct_series
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fenji.codecs.compress.bundle import read_bundle
-from fenji.gateway import quality_gate as qg
-from fenji.gateway.cases import CaseError, CaseHeld, override, quality_of, release
-from fenji.gateway.ecg_io import read_dicom_ecg
-from fenji.gateway.store import Store
-from fenji.gateway.validate import check_part10
+from fenji.gateway.cases import gate as qg
+from fenji.gateway.cases.case import CaseError, CaseHeld, override, quality_of, release
+from fenji.gateway.dicom.validate import check_part10
+from fenji.gateway.ecg.io import read_dicom_ecg
+from fenji.gateway.store.db import Store
 
 
 def _put(store: Store, data: bytes) -> None:

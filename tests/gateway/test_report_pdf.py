@@ -67,7 +67,7 @@ def pdf_file(tmp_path: Path) -> Path:
 
 
 def _verify_cli(path: Path, key: Ed25519PrivateKey) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fenji.gateway.cli", "report", "verify",
+    return subprocess.run([sys.executable, "-m", "fenji.gateway.cli.main", "report", "verify",
                            str(path), "--trust-center",
                            f"center={fingerprint(key.public_key())}"],
                           capture_output=True, text=True, timeout=120)

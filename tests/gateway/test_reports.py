@@ -414,7 +414,7 @@ def test_object_without_report_block_fails(made: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fenji.gateway.cli", "report", "verify",
+    return subprocess.run([sys.executable, "-m", "fenji.gateway.cli.main", "report", "verify",
                            *args], capture_output=True, text=True, timeout=120)
 
 
@@ -468,7 +468,7 @@ def test_cli_verify_exit_codes(made: dict[str, Any], keys: dict[str, Any],
 
 def test_cli_trusts_the_center_from_its_config(study: dict[str, Any], keys: dict[str, Any],
                                                tmp_path: Path) -> None:
-    from fenji.gateway.init import init_node
+    from fenji.gateway.cli.init import init_node
     from fenji.gateway.keys import load_private
 
     cfg = init_node(tmp_path / "center", role="center", name="center", allow_ae=["VIEWER1"])
@@ -578,10 +578,10 @@ def test_cli_verify_case_from_the_store(study: dict[str, Any], keys: dict[str, A
                                         tmp_path: Path) -> None:
     """`--case` checks every stored version against the manifest and attestation held here."""
     from fenji.gateway import config as config_mod
-    from fenji.gateway.init import init_node
+    from fenji.gateway.cli.init import init_node
+    from fenji.gateway.dicom.validate import check_part10
     from fenji.gateway.keys import load_private
     from fenji.gateway.node import open_store
-    from fenji.gateway.validate import check_part10
 
     cfg_path = init_node(tmp_path / "center", role="center", name="center", allow_ae=["*"])
     cfg = config_mod.load(cfg_path)

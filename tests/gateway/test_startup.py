@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from _data import ct_series
 
-from fenji.gateway.dcmtk import storescu
-from fenji.gateway.harness import NodeProcess, fenji_cmd, free_port
+from fenji.gateway.lab.dcmtk import storescu
+from fenji.gateway.lab.harness import NodeProcess, fenji_cmd, free_port
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -101,7 +101,7 @@ def test_config_is_found_without_the_flag(tmp_path: Path) -> None:
 def test_every_verb_takes_a_unique_case_id_prefix(tmp_path: Path) -> None:
     node = NodeProcess(tmp_path / "a")
     from fenji.gateway import config as config_mod
-    from fenji.gateway.cases import CaseError, resolve_case_id
+    from fenji.gateway.cases.case import CaseError, resolve_case_id
     from fenji.gateway.node import open_store
 
     store = open_store(config_mod.load(node.config, env={}))

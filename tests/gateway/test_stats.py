@@ -15,9 +15,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fenji.gateway import config as config_mod
-from fenji.gateway import ledger, quality_gate, reports, stats
+from fenji.gateway import reports
+from fenji.gateway.audit import ledger, stats
+from fenji.gateway.cases import gate as quality_gate
 from fenji.gateway.keys import fingerprint
-from fenji.gateway.store import Store
+from fenji.gateway.store.db import Store
 
 T0 = dt.datetime(2026, 11, 3, 8, 0, tzinfo=dt.UTC).timestamp()
 
@@ -335,7 +337,7 @@ def test_doctests() -> None:
 # ---------------------------------------------------------------------------
 
 def _node(tmp_path: Path, name: str, role: str, extra: str = "") -> Path:
-    from fenji.gateway.init import init_node
+    from fenji.gateway.cli.init import init_node
 
     conf = init_node(tmp_path / name, role=role, name=name, allow_ae=["*"])
     if extra:
@@ -344,7 +346,7 @@ def _node(tmp_path: Path, name: str, role: str, extra: str = "") -> Path:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fenji.gateway.cli", *args],
+    return subprocess.run([sys.executable, "-m", "fenji.gateway.cli.main", *args],
                           capture_output=True, text=True, timeout=120, check=False)
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from _data import ct_series
 
-from fenji.gateway.store import MIGRATIONS, PutStatus, Store, StoreFull
-from fenji.gateway.validate import check_part10
+from fenji.gateway.dicom.validate import check_part10
+from fenji.gateway.store.db import MIGRATIONS, PutStatus, Store, StoreFull
 
 
 def _checked(i: int = 0):  # type: ignore[no-untyped-def]
@@ -126,7 +126,7 @@ def test_quarantine_keeps_hostile_uid_as_text_only(tmp_path: Path) -> None:
 
 def test_same_data_set_from_another_sender_is_a_duplicate(tmp_path: Path) -> None:
     """The File Meta fenji writes names the calling AE; the data set is the identity."""
-    from fenji.gateway.validate import check_dimse, split_part10
+    from fenji.gateway.dicom.validate import check_dimse, split_part10
 
     store = Store(tmp_path / "s")
     src = ct_series()[0].read_bytes()

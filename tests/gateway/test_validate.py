@@ -9,8 +9,8 @@ import pydicom.data
 import pytest
 from _data import good_files, malformed_files
 
-from fenji.gateway import dimse_status as st
-from fenji.gateway.validate import (
+from fenji.gateway.dicom import status as st
+from fenji.gateway.dicom.validate import (
     Rejected,
     check_dimse,
     check_part10,

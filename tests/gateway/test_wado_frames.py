@@ -19,9 +19,9 @@ from _data import good_files
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit, generate_uid
 
-from fenji.gateway import dicomweb
-from fenji.gateway.store import Store
-from fenji.gateway.validate import DEFLATED_LE, EXPLICIT_BE, check_part10
+from fenji.gateway.dicom.validate import DEFLATED_LE, EXPLICIT_BE, check_part10
+from fenji.gateway.store.db import Store
+from fenji.gateway.web.dicomweb import frames as dicomweb
 
 
 def _row(store: Store, data: bytes) -> dict[str, Any]:

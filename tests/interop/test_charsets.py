@@ -26,10 +26,10 @@ from _tools import call, pdftotext
 from _wait import until
 from dicomweb_client.api import DICOMwebClient
 
-from fenji.gateway.charset import pn_display
-from fenji.gateway.dcmtk import storescu
-from fenji.gateway.harness import NodeProcess
-from fenji.gateway.store import Store
+from fenji.gateway.dicom.charset import pn_display
+from fenji.gateway.lab.dcmtk import storescu
+from fenji.gateway.lab.harness import NodeProcess
+from fenji.gateway.store.db import Store
 
 pytestmark = pytest.mark.timeout(600)
 IDS = [c.key for c in CASES]

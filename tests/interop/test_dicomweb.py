@@ -21,8 +21,8 @@ from _data import DICOM_DIR, ct_series
 from dicomweb_client.api import DICOMwebClient
 from pydicom.uid import generate_uid
 
-from fenji.gateway.dcmtk import storescu
-from fenji.gateway.harness import NodeProcess, OrthancProcess
+from fenji.gateway.lab.dcmtk import storescu
+from fenji.gateway.lab.harness import NodeProcess, OrthancProcess
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from _data import ct_series
 
-from fenji.gateway.dcmtk import storescu, tool
-from fenji.gateway.harness import NodeProcess, fenji_cmd
-from fenji.gateway.synth import derive
-from fenji.gateway.validate import split_part10
+from fenji.gateway.dicom.validate import split_part10
+from fenji.gateway.lab.dcmtk import storescu, tool
+from fenji.gateway.lab.harness import NodeProcess, fenji_cmd
+from fenji.gateway.lab.synth import derive
 
 
 def _dataset_sha(path: Path) -> str:

@@ -10,8 +10,8 @@ import pydicom
 import pytest
 from _data import ct_series
 
-from fenji.gateway.dcmtk import storescu
-from fenji.gateway.harness import NodeProcess, OrthancProcess
+from fenji.gateway.lab.dcmtk import storescu
+from fenji.gateway.lab.harness import NodeProcess, OrthancProcess
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -57,7 +57,7 @@ def test_cases_arrive_in_orthanc_complete_by_all_three_paths(tmp_path: Path) -> 
             import hashlib
             import urllib.request
 
-            from fenji.gateway.validate import split_part10
+            from fenji.gateway.dicom.validate import split_part10
 
             for inst in instances:  # type: ignore[union-attr]
                 with urllib.request.urlopen(f"{orthanc.url}/instances/{inst['ID']}/file") as r:

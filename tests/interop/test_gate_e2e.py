@@ -12,11 +12,11 @@ import pydicom
 import pytest
 from _data import ct_series
 
-from fenji.gateway import quality_gate as qg
-from fenji.gateway.dcmtk import storescu
-from fenji.gateway.harness import NodeProcess
+from fenji.gateway.cases import gate as qg
 from fenji.gateway.keys import load_public
-from fenji.gateway.synth import derive
+from fenji.gateway.lab.dcmtk import storescu
+from fenji.gateway.lab.harness import NodeProcess
+from fenji.gateway.lab.synth import derive
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -13,10 +13,10 @@ import pytest
 from _data import ct_series, good_files, malformed_files
 from pynetdicom import AE
 
-from fenji.gateway import dimse_status as st
-from fenji.gateway.dcmtk import echoscu, storescu, tool
-from fenji.gateway.harness import NodeProcess
-from fenji.gateway.validate import ACCEPTED_TRANSFER_SYNTAXES, check_part10, split_part10
+from fenji.gateway.dicom import status as st
+from fenji.gateway.dicom.validate import ACCEPTED_TRANSFER_SYNTAXES, check_part10, split_part10
+from fenji.gateway.lab.dcmtk import echoscu, storescu, tool
+from fenji.gateway.lab.harness import NodeProcess
 
 TIMEOUT = pytest.mark.timeout(600)
 

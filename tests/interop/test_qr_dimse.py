@@ -25,11 +25,11 @@ import pydicom
 import pytest
 from _data import DICOM_DIR, ct_series
 
-from fenji.gateway import ledger
-from fenji.gateway.dcmtk import storescu
-from fenji.gateway.harness import NodeProcess, OrthancProcess, free_port
-from fenji.gateway.store import Store
-from fenji.gateway.validate import split_part10
+from fenji.gateway.audit import ledger
+from fenji.gateway.dicom.validate import split_part10
+from fenji.gateway.lab.dcmtk import storescu
+from fenji.gateway.lab.harness import NodeProcess, OrthancProcess, free_port
+from fenji.gateway.store.db import Store
 
 pytestmark = pytest.mark.timeout(300)
 

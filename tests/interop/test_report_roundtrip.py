@@ -21,9 +21,9 @@ from _tools import call
 from _viewer import viewer_sr
 from _wait import until
 
-from fenji.gateway.dcmtk import storescu
-from fenji.gateway.demo import Link
-from fenji.gateway.harness import NodeProcess, free_port
+from fenji.gateway.lab.dcmtk import storescu
+from fenji.gateway.lab.demo import Link
+from fenji.gateway.lab.harness import NodeProcess, free_port
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -23,8 +23,8 @@ from _wait import until
 from dicomweb_client.api import DICOMwebClient
 from pydicom.uid import generate_uid
 
-from fenji.gateway.dcmtk import storescu
-from fenji.gateway.harness import NodeProcess, free_port
+from fenji.gateway.lab.dcmtk import storescu
+from fenji.gateway.lab.harness import NodeProcess, free_port
 
 pytestmark = pytest.mark.timeout(600)
 

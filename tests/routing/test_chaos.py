@@ -21,16 +21,16 @@ import pydicom
 import pytest
 from _data import DICOM_DIR, ct_series
 
-from fenji.gateway.dcmtk import storescu
-from fenji.gateway.harness import NodeProcess, fenji_cmd
-from fenji.gateway.synth import derive
+from fenji.gateway.lab.dcmtk import storescu
+from fenji.gateway.lab.harness import NodeProcess, fenji_cmd
+from fenji.gateway.lab.synth import derive
 
 
 class _Link:
     def __init__(self, profile: str, target: int, seed: int, log: Path) -> None:
         self.logf = open(log, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fenji.routing.linkemu", "--profile", profile, "--listen",
+            [sys.executable, "-m", "fenji.routing.linkemu.proxy", "--profile", profile, "--listen",
              "127.0.0.1:0", "--target", f"127.0.0.1:{target}", "--seed", str(seed)],
             stdout=subprocess.PIPE, stderr=self.logf, text=True)
         assert self.proc.stdout is not None

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from fenji.routing.linkemu import (
+from fenji.routing.linkemu.proxy import (
     CONF_DIR,
     LinkEmulator,
     LinkProfile,
@@ -279,7 +279,7 @@ def test_bad_profiles_name_the_key_path_and_value(tmp_path: Path) -> None:
 def test_cli_prints_ready_line_logs_connections_and_stops_on_sigterm() -> None:
     srv = socket.create_server(("127.0.0.1", 0))
     port = srv.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "fenji.routing.linkemu", "--profile",
+    proc = subprocess.Popen([sys.executable, "-m", "fenji.routing.linkemu.proxy", "--profile",
                              "provincial", "--target", f"127.0.0.1:{port}", "--seed", "5"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

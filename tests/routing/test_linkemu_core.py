@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fenji.routing import linkemu_core
-from fenji.routing.linkemu_core import Direction, Periodic, clear_at, reset_budget
+from fenji.routing.linkemu import core as linkemu_core
+from fenji.routing.linkemu.core import Direction, Periodic, clear_at, reset_budget
 
 windows = st.builds(Periodic, every_s=st.floats(0.5, 20), length_s=st.floats(0.01, 0.4),
                     offset_s=st.floats(0, 5)).filter(lambda w: w.length_s < w.every_s)

@@ -11,15 +11,15 @@ from _data import ct_series
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fenji.gateway import config as config_mod
-from fenji.gateway.cases import release
-from fenji.gateway.dcmtk import storescu
-from fenji.gateway.harness import NodeProcess
+from fenji.gateway.cases.case import release
 from fenji.gateway.keys import (
     client_ssl_context,
     generate_certificate,
     load_private,
     public_from_config,
 )
+from fenji.gateway.lab.dcmtk import storescu
+from fenji.gateway.lab.harness import NodeProcess
 from fenji.gateway.node import open_store
 from fenji.routing.transfer_client import (
     ChunkSizer,

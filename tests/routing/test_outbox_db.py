@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fenji.gateway.store import Store
+from fenji.gateway.store.db import Store
 from fenji.routing import outbox as core
 from fenji.routing import outbox_db as db
 from fenji.routing.outbox import DeadLetter, OutboxPolicy, Retry

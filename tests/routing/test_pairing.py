@@ -12,8 +12,8 @@ import pydicom
 import pytest
 from _data import ct_series
 
-from fenji.gateway.dcmtk import storescu
-from fenji.gateway.harness import NodeProcess, fenji_cmd
+from fenji.gateway.lab.dcmtk import storescu
+from fenji.gateway.lab.harness import NodeProcess, fenji_cmd
 
 pytestmark = pytest.mark.timeout(600)
 LAB = "[transfer]\nallow_plain_http = true\n"  # loopback only; a hospital uses https

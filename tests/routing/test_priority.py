@@ -12,9 +12,9 @@ import pydicom
 import pytest
 from _data import DICOM_DIR, ct_series
 
-from fenji.gateway.dcmtk import storescu
-from fenji.gateway.harness import NodeProcess
-from fenji.gateway.synth import derive
+from fenji.gateway.lab.dcmtk import storescu
+from fenji.gateway.lab.harness import NodeProcess
+from fenji.gateway.lab.synth import derive
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -35,7 +35,7 @@ def test_stat_overtakes_routine(tmp_path: Path) -> None:
     center = NodeProcess(tmp_path / "center", name="center", role="center", workers=1)
     profile = tmp_path / "slow.toml"
     profile.write_text("[link]\nrate_up_bps = 2000000\nrate_down_bps = 2000000\nrtt_ms = 100\n")
-    link = subprocess.Popen([sys.executable, "-m", "fenji.routing.linkemu", "--profile",
+    link = subprocess.Popen([sys.executable, "-m", "fenji.routing.linkemu.proxy", "--profile",
                              str(profile), "--target", f"127.0.0.1:{center.http_port}"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert link.stdout is not None

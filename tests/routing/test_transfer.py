@@ -22,10 +22,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fenji.codecs.compress.bundle import make_preview, write_bundle
 from fenji.gateway import config as config_mod
-from fenji.gateway.cases import CaseError, release
-from fenji.gateway.dcmtk import storescu
-from fenji.gateway.harness import NodeProcess
+from fenji.gateway.cases.case import CaseError, release
 from fenji.gateway.keys import load_private, public_from_config
+from fenji.gateway.lab.dcmtk import storescu
+from fenji.gateway.lab.harness import NodeProcess
 from fenji.gateway.node import open_store
 from fenji.routing.transfer_client import (
     ChunkSizer,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fenji.gateway import ledger
-from fenji.gateway.store import Store
+from fenji.gateway.audit import ledger
+from fenji.gateway.store.db import Store
 
 T0 = 1_790_000_000.0
 EDGE, CENTER, RELAY = (Ed25519PrivateKey.generate() for _ in range(3))
@@ -89,7 +89,7 @@ def test_an_attestation_is_called_signed_only_when_it_verifies(tmp_path) -> None
     import pydicom
     from _data import ct_series
 
-    from fenji.gateway.harness import NodeProcess
+    from fenji.gateway.lab.harness import NodeProcess
 
     edge = NodeProcess(tmp_path / "edge", name="edge")
     center = NodeProcess(tmp_path / "center", name="center", role="center")

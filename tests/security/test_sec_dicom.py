@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from _wait import until
 
-from fenji.gateway.harness import NodeProcess
+from fenji.gateway.lab.harness import NodeProcess
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -83,7 +83,7 @@ def test_reader_workstation_finds_and_gets_only_its_services(tmp_path: Path) -> 
     import pydicom
     from _data import ct_series
 
-    from fenji.gateway.dcmtk import storescu
+    from fenji.gateway.lab.dcmtk import storescu
 
     node = NodeProcess(tmp_path / "n", name="n", role="center", workers=1)
     node.add_user("ecgdoc", "reader", services=("ecg",))

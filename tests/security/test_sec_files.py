@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from _data import ct_series
 
-from fenji.gateway.dcmtk import storescu
-from fenji.gateway.harness import NodeProcess
+from fenji.gateway.lab.dcmtk import storescu
+from fenji.gateway.lab.harness import NodeProcess
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -21,9 +21,9 @@ from fenji.codecs.compress.bundle import Preview
 from fenji.codecs.compress.pixel import pixel_decode, pixel_encode
 from fenji.codecs.errors import DecodeError
 from fenji.gateway import config as config_mod
-from fenji.gateway.dcmtk import storescu
-from fenji.gateway.harness import NodeProcess
 from fenji.gateway.keys import load_private, sign
+from fenji.gateway.lab.dcmtk import storescu
+from fenji.gateway.lab.harness import NodeProcess
 from fenji.routing.transfer_server import auth_message
 
 pytestmark = pytest.mark.timeout(600)
@@ -375,7 +375,7 @@ def test_ecg_reader_cannot_read_a_ct_study_on_any_route(node: Node) -> None:
         r = requests.get(url, headers={**node.auth, "Accept": accept}, timeout=60)
         assert r.status_code == 200, (url, r.text[:200])
     # Case views and previews: a CT case released here.
-    from fenji.gateway.cases import release
+    from fenji.gateway.cases.case import release
     from fenji.gateway.node import open_store
 
     cfg = config_mod.load(node.center.config, env={})

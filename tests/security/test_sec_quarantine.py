@@ -15,14 +15,14 @@ import pytest
 
 from fenji.gateway import config as config_mod
 from fenji.gateway.node import open_store
-from fenji.gateway.store import Store
+from fenji.gateway.store.db import Store
 
 
 def test_quarantine_evicts_oldest_beyond_its_bounds(tmp_path: Path,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     store = Store(tmp_path / "store", quarantine_max_records=20, quarantine_max_bytes=10_000)
     try:
-        with caplog.at_level(logging.WARNING, logger="fenji.gateway.store"):
+        with caplog.at_level(logging.WARNING, logger="fenji.gateway.store.db"):
             digests = [store.quarantine(f"reject {i:04d}".encode() * 10, f"bad part {i}")
                        for i in range(200)]
         rows = store.quarantined()

@@ -14,8 +14,8 @@ import pytest
 import requests
 
 from fenji.gateway import config as config_mod
-from fenji.gateway.harness import NodeProcess
 from fenji.gateway.keys import canonical_json, load_private, sign
+from fenji.gateway.lab.harness import NodeProcess
 from fenji.routing.transfer_client import TransferError, check_receipt
 from fenji.routing.transfer_server import auth_message
 

@@ -1,0 +1,1 @@
+"""Cases: their states, release (the signed quality gate) and what a case holds."""

@@ -1,0 +1,587 @@
+"""Cases: the unit a reading center reads and reports (DESIGN.md §3 step 2).
+
+A case is a study (or its new instances) released for one destination with a
+priority, a service, the requesting physician, the clinical question and the
+patient's consent reference.  Releasing records who or what released it
+(``cli``, ``api``, ``timer``).  Instances that arrive after a case was released
+travel as an **addendum** case pointing at it, never as a silently
+incomplete study.
+
+:func:`release` picks the instances, builds the bundle (manifest + STAT preview
++ encoded instances) durably under ``store/bundles/`` and returns it for the
+outbox to enqueue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fenji.codecs.compress.bundle import make_preview, plan_bundle
+from fenji.gateway.audit import ledger
+from fenji.gateway.dicom import query as qr
+from fenji.gateway.errors import LocalError, PeerError
+from fenji.gateway.keys import canonical_json
+from fenji.gateway.store.db import Store
+
+log = logging.getLogger(__name__)
+
+PRIORITIES = {"stat": 0, "urgent": 1, "routine": 2}
+SERVICES = ("imaging", "ecg")
+ECG_SOP_PREFIX = "1.2.840.10008.5.1.4.1.1.9."  # waveform storage classes (PS3.4 B.5)
+
+
+class CaseError(PeerError):
+    """A case request that cannot be honoured as asked (the message says why)."""
+
+
+class CaseHeld(CaseError):
+    """The quality gate found the case unacceptable: it is held, not sent."""
+
+    http_status = 409
+
+    def __init__(self, case_id: str, reasons: list[str]) -> None:
+        self.case_id = case_id
+        self.reasons = reasons
+        super().__init__(f"case {case_id} held by the quality gate: " + "; ".join(reasons[:5])
+                         + (f" (+{len(reasons) - 5} more)" if len(reasons) > 5 else "")
+                         + " -- fix and send again, or override with a reason")
+
+
+@dataclass(frozen=True)
+class Released:
+    case_id: str
+    kind: str  # case | addendum
+    parent_case_id: str | None
+    bundle_id: str
+    bundle_path: Path
+    bundle_bytes: int
+    raw_bytes: int
+    instances: int
+    priority: str
+    destination: str
+    # STAT and urgent cases send a tiny preview bundle (key image or ECG strip)
+    # ahead of the full one, so a reader sees something within seconds even
+    # through store-and-forward relays: (bundle_id, path, size) or None.
+    preview: tuple[str, Path, int] | None = None
+
+
+def resolve_case_id(store: Store, given: str) -> str:
+    """A full case ID, or a unique prefix of one (as git takes commit prefixes).
+
+    An unknown ID is returned unchanged (the verb then says it has no such case);
+    an ambiguous prefix raises :class:`CaseError` listing the candidates.
+    """
+    if not given or store.query_one("SELECT 1 AS x FROM cases WHERE case_id = ?", (given,)):
+        return given
+    if not all(c.isalnum() for c in given):
+        return given
+    rows = store.query("SELECT case_id FROM cases WHERE case_id LIKE ? ORDER BY case_id "
+                       "LIMIT 6", (given + "%",))
+    if len(rows) == 1:
+        return str(rows[0]["case_id"])
+    if len(rows) > 1:
+        shown = ", ".join(str(r["case_id"]) for r in rows[:5])
+        raise CaseError(f"case ID prefix {given!r} is ambiguous: {shown}"
+                        f"{', …' if len(rows) > 5 else ''}; give more characters")
+    return given
+
+
+def exclude_instance(store: Store, case_id: str, sop_instance_uid: str, *, operator: str,
+                     reason: str, node: str, now: float | None = None) -> dict[str, Any]:
+    """Drop one instance of a held case, with a ledger record of who and why.
+
+    The instance stays in the store (nothing acknowledged is ever lost) but is
+    left out of every later release of its study.  The next ``case send``
+    releases what remains, through the gate again.
+    """
+    now = time.time() if now is None else now
+    if not operator.strip() or not reason.strip():
+        raise CaseError("excluding an instance needs a named operator and a reason")
+    case = store.query_one("SELECT * FROM cases WHERE case_id = ?", (case_id,))
+    if case is None:
+        raise CaseError(f"no case {case_id!r}")
+    if case["state"] != "held":
+        raise CaseError(f"case {case_id} is {case['state']}: only a held case can drop an "
+                        "instance (a released one has left; send a correction as new UIDs)")
+    member = store.query_one("SELECT 1 AS x FROM case_instances WHERE case_id = ? AND "
+                             "sop_instance_uid = ?", (case_id, sop_instance_uid))
+    if member is None and sop_instance_uid.isdigit():
+        # The gate names instances by number ("instance 4: image blank"): take that too.
+        hits = store.query("SELECT i.sop_instance_uid FROM case_instances ci JOIN instances i "
+                           "ON i.sop_instance_uid = ci.sop_instance_uid WHERE ci.case_id = ? "
+                           "AND i.instance_number = ?", (case_id, int(sop_instance_uid)))
+        if len(hits) > 1:
+            raise CaseError(f"case {case_id} has {len(hits)} instances numbered "
+                            f"{sop_instance_uid}: give the SOP Instance UID")
+        if hits:
+            sop_instance_uid, member = str(hits[0]["sop_instance_uid"]), {"x": 1}
+    if member is None:
+        raise CaseError(f"instance {sop_instance_uid} is not part of case {case_id}")
+    with store.atomic() as con:
+        con.execute("INSERT OR REPLACE INTO excluded_instances(sop_instance_uid, "
+                    "study_instance_uid, case_id, excluded_by, reason, at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)", (sop_instance_uid, case["study_instance_uid"],
+                                                  case_id, operator, reason, now))
+        ledger.record(store, "excluded", node=node or "?", actor=operator, role="technician",
+                      obj=sop_instance_uid, case_id=case_id,
+                      detail={"reason": reason, "study": case["study_instance_uid"]},
+                      con=con, at=now)
+    log.info("case instance excluded case=%s sop=%s by=%s", case_id, sop_instance_uid,
+             operator)
+    left = store.query_one(
+        "SELECT count(*) AS n FROM case_instances ci WHERE ci.case_id = ? AND NOT EXISTS ("
+        "SELECT 1 FROM excluded_instances x WHERE x.sop_instance_uid = ci.sop_instance_uid)",
+        (case_id,))
+    return {"case_id": case_id, "excluded": sop_instance_uid, "by": operator, "reason": reason,
+            "remaining": int(left["n"]) if left else 0,
+            "study_instance_uid": case["study_instance_uid"]}
+
+
+def next_hop(cfg: Any, destination: str) -> str | None:
+    """A configured peer is its own next hop; otherwise transfer.default_destination
+    (a relay) carries the case on (DESIGN.md §1: edge, relay, center)."""
+    if cfg.peer(destination) is not None:
+        return str(destination)
+    via = cfg.transfer.default_destination
+    return str(via) if via and cfg.peer(via) is not None else None
+
+
+def manifest_sha256(manifest: dict[str, Any]) -> str:
+    """The hash a report binds to: SHA-256 of the canonical JSON of the full bundle's manifest."""
+    return hashlib.sha256(canonical_json(manifest)).hexdigest()
+
+
+def note_received(con: Any, manifest: dict[str, Any], now: float) -> None:
+    """Keep what the reader will be bound to: the manifest as received, its hash, the sender."""
+    case = manifest.get("case", {})
+    con.execute("UPDATE cases SET sending_node = coalesce(sending_node, ?), "
+                "received_at = coalesce(received_at, ?), manifest_json = ?, "
+                "manifest_sha256 = ?, read_state = coalesce(read_state, 'new') "
+                "WHERE case_id = ?",
+                (case.get("sender"), now, json.dumps(manifest, sort_keys=True),
+                 manifest_sha256(manifest), case.get("case_id")))
+
+
+def record_received(store: Store, manifest: dict[str, Any], node_name: str,
+                    now: float | None = None, instances: list[str] | None = None,
+                    sender: str | None = None,
+                    trusted: Mapping[str, Any] | None = None) -> str | None:
+    """Note a case that arrived in a bundle (idempotent: a re-sent bundle changes nothing).
+
+    ``sender`` is the node that authenticated the upload: it, not the manifest's
+    ``sender`` field, is who delivered the case (the manifest's claim is kept
+    as ``claimed_sender`` when they differ).
+    Returns the case's state at this node (``received``, ``forwarding``, ``preview``).
+    """
+    case = dict(manifest.get("case", {}))
+    claimed = case.get("sender")
+    if sender is not None:
+        case["sender"] = sender
+    if not case.get("case_id"):
+        return None
+    now = time.time() if now is None else now
+    state = "received" if case.get("destination") == node_name else "forwarding"
+    if case.get("bundle_kind") == "preview":
+        state = "preview"
+    with store.atomic() as con:
+        if state != "preview":  # the full bundle supersedes an earlier preview
+            con.execute("UPDATE cases SET state = ?, updated_at = ? WHERE case_id = ? AND "
+                        "state = 'preview'", (state, now, case["case_id"]))
+        con.execute(
+            "INSERT OR IGNORE INTO cases(case_id, study_instance_uid, kind, parent_case_id, "
+            "priority, service, destination, requesting_physician, clinical_question, "
+            "consent_ref, state, released_by, released_at, created_at, updated_at) VALUES "
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (case["case_id"], case.get("study_instance_uid", ""), case.get("kind", "case"),
+             case.get("parent_case_id"), case.get("priority", "routine"),
+             case.get("service", "imaging"), case.get("destination", ""),
+             case.get("requesting_physician"), case.get("clinical_question"),
+             case.get("consent_ref"), state, case.get("released_by"), case.get("released_at"),
+             now, now))
+        if instances:
+            con.executemany("INSERT OR IGNORE INTO case_instances(case_id, sop_instance_uid) "
+                            "VALUES (?, ?)", [(case["case_id"], uid) for uid in instances])
+    if state != "preview" and case.get("bundle_kind") != "report":
+        with store.atomic() as con:
+            fresh = con.execute("SELECT manifest_sha256 FROM cases WHERE case_id = ?",
+                                (case["case_id"],)).fetchone()
+            if fresh is not None and fresh[0] is None:  # first arrival of the full bundle
+                note_received(con, manifest, now)
+                if state != "received":
+                    con.execute("UPDATE cases SET read_state = NULL WHERE case_id = ?",
+                                (case["case_id"],))
+                ledger.record(store, "arrived", node=node_name, actor=str(case.get("sender")
+                                                                          or "?"),
+                              role="node", obj=str(case.get("bundle_id") or case["case_id"]),
+                              case_id=case["case_id"],
+                              detail={"instances": len(instances or []), "state": state,
+                                      "priority": case.get("priority"),
+                                      **({"claimed_sender": claimed}
+                                         if claimed != case.get("sender") else {})},
+                              con=con, at=now)
+        foreign = case.get("audit")
+        if isinstance(foreign, list) and foreign and state == "received":
+            try:
+                ledger.import_events(store, foreign, via=str(case.get("sender")),
+                                     trusted=trusted)
+            except ledger.ForeignEventError as exc:  # history is best effort, logged
+                log.warning("case %s: audit events not imported: %s", case["case_id"], exc)
+    att = case.get("attestation")
+    if isinstance(att, dict) and state != "preview":
+        # The sending hospital's signed statement travels with the case and is
+        # kept as received (fenji quality show at the center prints it).
+        _save_quality(store, str(case["case_id"]),
+                      {"verdict": att.get("verdict"), "reasons": att.get("reasons", []),
+                       "received_from": case.get("sender")}, att, now)
+    return state
+
+
+def enqueue_release(store: Store, rel: Released, hop: str, now: float) -> None:
+    """Queue a released case: its preview bundle first (same priority, older), then the rest."""
+    from fenji.routing import outbox_db
+
+    if rel.preview is not None:
+        pid, _, psize = rel.preview
+        outbox_db.enqueue(store, pid, rel.case_id, hop, PRIORITIES[rel.priority], psize, now)
+    outbox_db.enqueue(store, rel.bundle_id, rel.case_id, hop, PRIORITIES[rel.priority],
+                      rel.bundle_bytes, now + 1e-6)
+
+
+# Objects an ECG cart sends along with its waveforms (its own printout as a PDF,
+# its measurements as an SR): they do not make an ECG study an imaging one.
+ECG_ATTACHMENTS = frozenset({
+    "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF
+    "1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.1.88.22",  # Basic/Enhanced SR
+    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+})
+
+
+def service_of(sop_classes: list[str]) -> str:
+    """ecg when the study holds ECG waveforms and nothing but their attachments."""
+    waveforms = [c for c in sop_classes if c.startswith(ECG_SOP_PREFIX)]
+    others = [c for c in sop_classes if not c.startswith(ECG_SOP_PREFIX)
+              and c not in ECG_ATTACHMENTS]
+    return "ecg" if waveforms and not others else "imaging"
+
+
+def release(store: Store, study_instance_uid: str, *, destination: str, priority: str = "routine",
+            service: str | None = None, requesting_physician: str | None = None,
+            clinical_question: str | None = None, consent_ref: str | None = None,
+            released_by: str = "cli", sender_node: str = "", effort: str = "fast",
+            gate_key: Any = None, operator: str = "", now: float | None = None,
+            thresholds: tuple[Any, Any] = (None, None)) -> Released:
+    """Release ``study_instance_uid`` (or its new instances) to ``destination``.
+
+    With ``gate_key`` (the node's Ed25519 key) the quality gate runs first: an
+    unacceptable case is recorded as ``held`` and :class:`CaseHeld` is raised;
+    otherwise the signed attestation goes into the bundle manifest.
+    """
+    now = time.time() if now is None else now
+    if priority not in PRIORITIES:
+        raise CaseError(f"priority {priority!r} is not one of {', '.join(PRIORITIES)}")
+    if service is not None and service not in SERVICES:
+        raise CaseError(f"service {service!r} is not one of {', '.join(SERVICES)}")
+    if released_by not in ("cli", "api", "timer"):
+        raise CaseError(f"released_by {released_by!r} is not cli, api or timer")
+    rows = store.query(
+        "SELECT i.sop_instance_uid, i.sop_class_uid, i.sha256, i.size, i.instance_number, "
+        "i.specific_character_set, i.charset_source "
+        "FROM instances i WHERE i.study_instance_uid = ? AND NOT EXISTS ("
+        " SELECT 1 FROM case_instances ci JOIN cases c ON c.case_id = ci.case_id"
+        " WHERE ci.sop_instance_uid = i.sop_instance_uid AND c.destination = ?"
+        " AND c.state NOT IN ('held', 'superseded'))"
+        " AND NOT EXISTS (SELECT 1 FROM excluded_instances x"
+        " WHERE x.sop_instance_uid = i.sop_instance_uid)"
+        " ORDER BY i.instance_number, i.sop_instance_uid", (study_instance_uid, destination))
+    if not rows:
+        known = store.query_one("SELECT count(*) AS n FROM instances WHERE study_instance_uid = ?",
+                                (study_instance_uid,))
+        if not known or not known["n"]:
+            raise CaseError(f"study {study_instance_uid} is not in the store")
+        raise CaseError(f"every instance of study {study_instance_uid} was already released to "
+                        f"{destination}; nothing new to send")
+    parent = store.query_one(
+        "SELECT case_id FROM cases WHERE study_instance_uid = ? AND destination = ? "
+        "AND kind = 'case' AND state NOT IN ('held', 'superseded') ORDER BY created_at LIMIT 1",
+        (study_instance_uid, destination))
+    kind = "addendum" if parent else "case"
+    parent_id = parent["case_id"] if parent else None
+    service = service or service_of([r["sop_class_uid"] for r in rows])
+    case_id = uuid.uuid4().hex
+    bundle_id = uuid.uuid4().hex
+    case_meta = {
+        "case_id": case_id, "kind": kind, "parent_case_id": parent_id,
+        "study_instance_uid": study_instance_uid, "priority": priority, "service": service,
+        "destination": destination, "sender": sender_node,
+        "requesting_physician": requesting_physician, "clinical_question": clinical_question,
+        "consent_ref": consent_ref, "released_by": released_by, "released_at": now,
+        "attestation": None,
+    }
+    with store.atomic() as con:  # an earlier held case of this study is replaced by this one
+        con.execute("UPDATE cases SET state = 'superseded', updated_at = ? WHERE "
+                    "study_instance_uid = ? AND destination = ? AND state = 'held'",
+                    (now, study_instance_uid, destination))
+    report = attestation = None
+    if gate_key is not None:
+        from fenji.gateway.cases import gate as qg
+
+        left_out = store.query("SELECT i.sha256 FROM excluded_instances x JOIN instances i "
+                               "ON i.sop_instance_uid = x.sop_instance_uid "
+                               "WHERE x.study_instance_uid = ?", (study_instance_uid,))
+        report = qg.assess([store.read_blob(r["sha256"]) for r in rows], *thresholds,
+                           excluded=[store.read_blob(r["sha256"]) for r in left_out])
+        actor, role = _actor(operator, released_by)
+        if report["verdict"] == qg.UNACCEPTABLE:
+            _insert_case(store, case_meta, rows, "held", now)
+            _save_quality(store, case_id, report, None, now)
+            with store.atomic() as con:
+                for kind in ("quality_verdict", "held"):
+                    ledger.record(store, kind, node=sender_node or "?", actor=actor, role=role,
+                                  obj=case_id, case_id=case_id,
+                                  detail={"verdict": report["verdict"],
+                                          "reasons": report["reasons"][:10]}, con=con, at=now)
+            log.warning("case held case=%s study=%s reasons=%d first=%s", case_id,
+                        study_instance_uid, len(report["reasons"]), report["reasons"][:1])
+            raise CaseHeld(case_id, report["reasons"])
+        attestation = qg.attest(report, case_id=case_id, study_instance_uid=study_instance_uid,
+                                node=sender_node, operator=operator or "unknown", key=gate_key,
+                                now=now)
+        case_meta["attestation"] = attestation
+        ledger.record(store, "quality_verdict", node=sender_node or "?", actor=actor, role=role,
+                      obj=case_id, case_id=case_id,
+                      detail={"verdict": report["verdict"], "reasons": report["reasons"][:10]},
+                      at=now)
+    case_meta["audit"] = _audit_of(store, case_id)
+    path, size, raw, preview = _build_bundle(store, rows, case_meta, bundle_id, priority,
+                                             effort)
+    if report is not None:
+        _save_quality(store, case_id, report, attestation, now)
+    _insert_case(store, case_meta, rows, "released", now)
+    _note_release(store, case_id, path, sender_node, *_actor(operator, released_by),
+                  released_by, now)
+    log.info("case released case=%s kind=%s study=%s dest=%s priority=%s instances=%d "
+             "raw_bytes=%d bundle_bytes=%d by=%s", case_id, kind, study_instance_uid, destination,
+             priority, len(rows), raw, size, released_by)
+    return Released(case_id, kind, parent_id, bundle_id, path, size, raw, len(rows), priority,
+                    destination, preview)
+
+
+def _actor(operator: str, released_by: str) -> tuple[str, str]:
+    """Who a release is recorded against in the ledger."""
+    if released_by == "timer":
+        return "stable-study timer", "node"
+    return (operator or f"{released_by} user"), "technician"
+
+
+def _audit_of(store: Store, case_id: str) -> list[dict[str, Any]]:
+    """This node's ledger events for a case, to travel in the bundle's manifest."""
+    return list(ledger.export_case(store, case_id))
+
+
+def _note_release(store: Store, case_id: str, bundle: Path, node: str, actor: str, role: str,
+                  released_by: str, now: float) -> None:
+    """Keep the manifest the case went out with (a returning report must match its hash)."""
+
+    from fenji.routing.transfer_client import manifest_of
+
+    manifest = manifest_of(bundle)
+    with store.atomic() as con:
+        con.execute("UPDATE cases SET manifest_json = ?, manifest_sha256 = ? WHERE case_id = ?",
+                    (json.dumps(manifest, sort_keys=True), manifest_sha256(manifest), case_id))
+        ledger.record(store, "released", node=node or "?", actor=actor, role=role, obj=case_id,
+                      case_id=case_id, detail={"released_by": released_by,
+                                               "priority": manifest["case"].get("priority"),
+                                               "destination": manifest["case"].get(
+                                                   "destination"),
+                                               "instances": len(manifest.get("instances", [])),
+                                               "manifest_sha256": manifest_sha256(manifest)},
+                      con=con, at=now)
+
+
+def _insert_case(store: Store, meta: dict[str, Any], rows: list[dict[str, Any]], state: str,
+                 now: float) -> None:
+    with store.atomic() as con:
+        con.execute(
+            "INSERT INTO cases(case_id, study_instance_uid, kind, parent_case_id, priority, "
+            "service, destination, requesting_physician, clinical_question, consent_ref, state, "
+            "released_by, released_at, created_at, updated_at) VALUES "
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (meta["case_id"], meta["study_instance_uid"], meta["kind"], meta["parent_case_id"],
+             meta["priority"], meta["service"], meta["destination"],
+             meta["requesting_physician"], meta["clinical_question"], meta["consent_ref"], state,
+             meta["released_by"], None if state == "held" else now, now, now))
+        con.executemany("INSERT INTO case_instances(case_id, sop_instance_uid) VALUES (?, ?)",
+                        [(meta["case_id"], r["sop_instance_uid"]) for r in rows])
+
+
+def _save_quality(store: Store, case_id: str, report: dict[str, Any],
+                  attestation: dict[str, Any] | None, now: float) -> None:
+
+    with store.atomic() as con:
+        con.execute("INSERT INTO quality(case_id, verdict, report_json, attestation_json, "
+                    "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(case_id) DO "
+                    "UPDATE SET verdict = excluded.verdict, report_json = excluded.report_json, "
+                    "attestation_json = excluded.attestation_json, "
+                    "updated_at = excluded.updated_at",
+                    (case_id, report["verdict"], json.dumps(report, default=str),
+                     json.dumps(attestation) if attestation else None, now, now))
+
+
+def override(store: Store, case_id: str, *, operator: str, reason: str, gate_key: Any,
+             sender_node: str, effort: str = "fast", now: float | None = None,
+             operator_role: str = "technician") -> Released:
+    """Release a held case anyway: a named operator, a reason, a signed attestation."""
+
+    from fenji.gateway.cases import gate as qg
+
+    now = time.time() if now is None else now
+    if not operator.strip() or not reason.strip():
+        raise CaseError("an override needs a named operator and a reason")
+    case = store.query_one("SELECT * FROM cases WHERE case_id = ?", (case_id,))
+    if case is None:
+        raise CaseError(f"no case {case_id!r}")
+    if case["state"] != "held":
+        raise CaseError(f"case {case_id} is {case['state']}, not held: nothing to override")
+    q = store.query_one("SELECT report_json FROM quality WHERE case_id = ?", (case_id,))
+    report = json.loads(q["report_json"]) if q else {"verdict": qg.UNACCEPTABLE, "reasons": []}
+    rows = store.query("SELECT i.sop_instance_uid, i.sha256, i.specific_character_set, "
+                       "i.charset_source FROM case_instances ci JOIN "
+                       "instances i ON i.sop_instance_uid = ci.sop_instance_uid WHERE "
+                       "ci.case_id = ? ORDER BY i.instance_number, i.sop_instance_uid",
+                       (case_id,))
+    att = qg.attest(report, case_id=case_id, study_instance_uid=case["study_instance_uid"],
+                    node=sender_node, operator=operator, key=gate_key, override_reason=reason,
+                    now=now)
+    bundle_id = uuid.uuid4().hex
+    meta = {k: case[k] for k in ("case_id", "kind", "parent_case_id", "study_instance_uid",
+                                 "priority", "service", "destination", "requesting_physician",
+                                 "clinical_question", "consent_ref", "released_by")}
+    meta.update(sender=sender_node, released_at=now, attestation=att)
+    ledger.record(store, "override", node=sender_node or "?", actor=operator,
+                  role=operator_role, obj=case_id, case_id=case_id,
+                  detail={"reason": reason, "verdict": report.get("verdict")}, at=now)
+    meta["audit"] = _audit_of(store, case_id)
+    path, size, raw, preview = _build_bundle(store, rows, meta, bundle_id, case["priority"],
+                                             effort)
+    _save_quality(store, case_id, report, att, now)
+    with store.atomic() as con:
+        con.execute("UPDATE cases SET state = 'released', released_at = ?, updated_at = ? "
+                    "WHERE case_id = ?", (now, now, case_id))
+    _note_release(store, case_id, path, sender_node, operator, operator_role, "override", now)
+    log.warning("case override case=%s operator=%s reason=%s", case_id, operator, reason)
+    return Released(case_id, case["kind"], case["parent_case_id"], bundle_id, path, size, raw,
+                    len(rows), case["priority"], case["destination"], preview)
+
+
+def quality_of(store: Store, case_id: str) -> dict[str, Any] | None:
+
+    q = store.query_one("SELECT * FROM quality WHERE case_id = ?", (case_id,))
+    if q is None:
+        return None
+    return {"case_id": case_id, "verdict": q["verdict"], "report": json.loads(q["report_json"]),
+            "attestation": json.loads(q["attestation_json"]) if q["attestation_json"] else None}
+
+
+def _build_bundle(store: Store, rows: list[dict[str, Any]], case_meta: dict[str, Any],
+                  bundle_id: str, priority: str, effort: str
+                  ) -> tuple[Path, int, int, tuple[str, Path, int] | None]:
+    blobs = [store.read_blob(r["sha256"]) for r in rows]
+    preview = None
+    if priority in ("stat", "urgent"):
+        # A key image (middle of the series) or an ECG strip travels first, in a
+        # bundle of its own, so the reader sees something within seconds.
+        previews = []
+        for blob in (blobs[len(blobs) // 2], *blobs):
+            with contextlib.suppress(Exception):  # a preview is a courtesy, never a blocker
+                p = make_preview(blob)
+                if p is not None:
+                    previews.append(p)
+                    break
+        if previews:
+            pid = uuid.uuid4().hex
+            meta = {**case_meta, "bundle_id": pid, "bundle_kind": "preview"}
+            ppath, psize = _write_plan(store, plan_bundle(meta, [], previews=previews), pid)
+            preview = (pid, ppath, psize)
+    full = {**case_meta, "bundle_id": bundle_id, "bundle_kind": "full"}
+    # Instances that declare no (0008,0005) were read with this node's
+    # dicom.default_character_set: the receiver reads them the same way, whatever
+    # its own default (one entry per instance, None where none was applied).
+    defaults = [r.get("specific_character_set") if r.get("charset_source") == "default"
+                else None for r in rows]
+    if any(defaults):
+        full["default_character_sets"] = defaults
+    plan = plan_bundle(full, blobs, effort=effort)
+    final, size = _write_plan(store, plan, bundle_id)
+    return final, size, sum(len(b) for b in blobs), preview
+
+
+def _write_plan(store: Store, plan: Any, bundle_id: str) -> tuple[Path, int]:
+    out_dir = store.root / "bundles"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / f"{bundle_id}.fbundle"
+    tmp = out_dir / f".{bundle_id}.tmp"
+    size = 0
+    try:
+        with open(tmp, "wb") as fh:
+            for chunk in plan.iter_bytes():
+                fh.write(chunk)
+                size += len(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.rename(tmp, final)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise LocalError(f"cannot write bundle {final}: {exc}") from exc
+    return final, size
+
+
+def get_case(store: Store, case_id: str) -> dict[str, Any] | None:
+    case = store.query_one("SELECT * FROM cases WHERE case_id = ?", (case_id,))
+    if case is None:
+        return None
+    case["instances"] = [r["sop_instance_uid"] for r in store.query(
+        "SELECT sop_instance_uid FROM case_instances WHERE case_id = ?", (case_id,))]
+    case.update(qr.study_summary(store, case["study_instance_uid"]))
+    return case
+
+
+def list_cases(store: Store, *, state: str | None = None) -> list[dict[str, Any]]:
+    sql = ("SELECT c.*, (SELECT count(*) FROM case_instances ci WHERE ci.case_id = c.case_id) "
+           "AS n_instances, st.patient_id, st.patient_name, st.study_description "
+           "FROM cases c LEFT JOIN studies st ON st.study_instance_uid = c.study_instance_uid")
+    args: tuple[Any, ...] = ()
+    if state:
+        sql += " WHERE c.state = ?"
+        args = (state,)
+    return store.query(sql + " ORDER BY c.created_at", args)
+
+
+def set_state(store: Store, case_id: str, state: str, now: float | None = None) -> None:
+    with store.atomic() as con:
+        con.execute("UPDATE cases SET state = ?, updated_at = ? WHERE case_id = ?",
+                    (state, time.time() if now is None else now, case_id))
+
+
+def stable_studies(store: Store, destination: str, stable_s: float, now: float) -> list[str]:
+    """Studies with no new instance for ``stable_s`` and instances not yet in any
+    live case for ``destination``: what the stable-study timer releases."""
+    rows = store.query(
+        "SELECT s.study_instance_uid FROM studies s WHERE s.last_received_at <= ? AND EXISTS ("
+        " SELECT 1 FROM instances i WHERE i.study_instance_uid = s.study_instance_uid"
+        " AND NOT EXISTS (SELECT 1 FROM case_instances ci JOIN cases c ON c.case_id = "
+        " ci.case_id WHERE ci.sop_instance_uid = i.sop_instance_uid AND c.destination = ?))"
+        " AND NOT EXISTS (SELECT 1 FROM cases c WHERE c.study_instance_uid = "
+        " s.study_instance_uid AND c.destination = ? AND c.state = 'held')"
+        " ORDER BY s.last_received_at", (now - stable_s, destination, destination))
+    return [r["study_instance_uid"] for r in rows]

@@ -1,0 +1,1 @@
+"""The `fenji` command line: one module per verb group, found by cli.main."""

@@ -1,0 +1,129 @@
+"""CLI verbs: `fenji queue ls|pause|resume|retry`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from fenji.gateway import config as config_mod
+from fenji.gateway.config import CONFIG_HELP
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("queue", help="the outbox: what is being sent where")
+    qsub = p.add_subparsers(dest="queue_verb", metavar="ACTION", required=True)
+    ls = qsub.add_parser("ls", help="every job: state, attempts, bytes, next retry, error")
+    ls.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
+    ls.add_argument("--state", choices=("queued", "leased", "done", "dead"))
+    ls.add_argument("--dest", help="only jobs for this destination")
+    ls.add_argument("--json", action="store_true", help="one JSON object per job")
+    ls.set_defaults(func=_ls)
+    for name, helptext in (("pause", "stop sending to a destination"),
+                           ("resume", "send to a paused destination again")):
+        a = qsub.add_parser(name, help=helptext)
+        a.add_argument("dest", metavar="DEST")
+        a.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
+        a.set_defaults(func=_pause, paused=(name == "pause"))
+    r = qsub.add_parser("retry", help="put a dead-lettered job back in the queue")
+    r.add_argument("job_id", type=int, metavar="JOB")
+    r.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
+    r.add_argument("--operator", default=None,
+                   help="who retries it, for the audit ledger (default: the login name)")
+    r.set_defaults(func=_retry)
+
+
+def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from fenji.gateway.node import open_store
+
+    return open_store(config_mod.load(args.config))
+
+
+def _ls(args: argparse.Namespace) -> int:
+    from fenji.routing.outbox_db import destinations, list_jobs
+
+    store = _open(args)
+    try:
+        jobs = list_jobs(store, state=args.state, destination=args.dest)
+        dests = {d["name"]: d for d in destinations(store)}
+    finally:
+        store.close()
+    if args.dest and args.dest not in dests:
+        print(f"fenji queue: unknown destination {args.dest!r} (known: "
+              f"{', '.join(sorted(dests)) or 'none yet'})", file=sys.stderr)
+        return 1
+    now = time.time()
+    for j in jobs:
+        d = dests.get(j["destination"], {})
+        j["destination_paused"] = bool(d.get("paused"))
+        j["breaker"] = d.get("breaker", "closed")
+        if args.json:
+            print(json.dumps(j))
+            continue
+        nxt = ""
+        if j["state"] == "queued" and j["next_attempt_at"] > now:
+            nxt = f"retry in {j['next_attempt_at'] - now:.0f}s"
+        pct = 100 * j["bytes_sent"] / j["bytes_total"] if j["bytes_total"] else 0
+        err = f"  last error: {j['last_error'][:80]}" if j["last_error"] else ""
+        print(f"job {j['job_id']:>5} {j['state']:<7} p{j['priority']} -> {j['destination']:<16} "
+              f"{j['bytes_sent'] / 1e6:8.2f}/{j['bytes_total'] / 1e6:.2f} MB ({pct:3.0f}%) "
+              f"attempts {j['attempts']:>3} {nxt}{err}")
+    if not args.json:
+        if not jobs:
+            print("outbox empty")
+        for d in dests.values():
+            if d.get("requests"):
+                allowed = f", allowed {d['allowed_bps'] / 1e6:.2f} Mbit/s" \
+                    if d.get("allowed_bps") else ""
+                print(f"link {d['name']}: {(d.get('throughput_bps') or 0) / 1e6:.2f} Mbit/s, "
+                      f"RTT {d.get('rtt_ms') or 0:.0f} ms, errors {d['errors']}/"
+                      f"{d['requests']} requests{allowed}"
+                      f"{', PAUSED' if d.get('paused') else ''}, breaker {d['breaker']}")
+    return 0
+
+
+def _pause(args: argparse.Namespace) -> int:
+    from fenji.gateway.node import open_store
+    from fenji.routing.outbox_db import OutboxError, pause
+
+    cfg = config_mod.load(args.config)
+    configured = [p.name for p in cfg.peers] + [e.name for e in cfg.egress]
+    store = open_store(cfg)
+    try:
+        pause(store, args.dest, args.paused, configured=configured)
+    except OutboxError as exc:
+        print(f"fenji queue: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(f"{args.dest}: {'paused' if args.paused else 'resumed'}")
+    return 0
+
+
+def _retry(args: argparse.Namespace) -> int:
+    import getpass
+
+    from fenji.gateway.audit import ledger
+    from fenji.routing.outbox_db import OutboxError, requeue_dead
+
+    cfg = config_mod.load(args.config)
+    store = _open(args)
+    try:
+        job = store.query_one("SELECT * FROM outbox WHERE job_id = ?", (args.job_id,))
+        now = time.time()
+        requeue_dead(store, args.job_id, now)
+        assert job is not None  # requeue_dead refuses an unknown job
+        ledger.record(store, "retried", node=cfg.node.name,
+                      actor=args.operator or getpass.getuser(), role="operator",
+                      obj=str(job["bundle_id"]), case_id=str(job["case_id"]), at=now,
+                      detail={"destination": job["destination"], "job": args.job_id,
+                              "last_error": str(job["last_error"] or "")[:500]})
+    except OutboxError as exc:
+        print(f"fenji queue: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(f"job {args.job_id} queued again")
+    return 0

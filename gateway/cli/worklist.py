@@ -1,0 +1,85 @@
+"""CLI verbs: `fenji worklist ls|claim|unclaim` — the reading center's worklist."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from fenji.gateway.config import CONFIG_HELP
+from fenji.gateway.dicom.charset import pn_display
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("worklist", help="the reading center's cases: list, claim, give back")
+    wsub = p.add_subparsers(dest="worklist_verb", metavar="ACTION", required=True)
+    ls = wsub.add_parser("ls", help="received cases, STAT first, then longest waiting",
+                         description="Columns: priority, waiting time, service, sending "
+                                     "hospital, state (new, claimed, reported, amended), "
+                                     "quality verdict, clinical question; below, the "
+                                     "patient's name, ID and the study description.")
+    ls.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
+    ls.add_argument("--reader", help="only the services this reader reads")
+    ls.add_argument("--state", choices=("new", "claimed", "reported", "amended"))
+    ls.add_argument("--json", action="store_true", help="one JSON array")
+    ls.set_defaults(func=_ls)
+    for verb, helptext in (("claim", "claim a case for a reader (expires if unused)"),
+                           ("unclaim", "give a claimed case back to the pool")):
+        c = wsub.add_parser(verb, help=helptext)
+        c.add_argument("case_id", metavar="CASE")
+        c.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
+        c.add_argument("--reader", required=True, help="a configured reader")
+        c.add_argument("--json", action="store_true")
+        c.set_defaults(func=_claim if verb == "claim" else _unclaim)
+
+
+def _fmt_wait(s: float) -> str:
+    return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min" if s >= 60 else f"{s:.0f} s"
+
+
+def _ls(args: argparse.Namespace) -> int:
+    from fenji.gateway.cli.case import cli_user
+    from fenji.gateway.node import config_and_store
+    from fenji.gateway.reading import core as reading
+
+    with config_and_store(args.config) as (cfg, store):
+        user = cli_user(cfg, args.reader) if args.reader else None
+        rows = reading.worklist(store, cfg, user=user, state=args.state)  # type: ignore[arg-type]
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False))
+        return 0
+    if not rows:
+        print("worklist is empty")
+    for r in rows:
+        claimed = f" by {r['claimed_by']}" if r["claimed_by"] else ""
+        print(f"{r['case_id']}  {r['priority']:<7} {_fmt_wait(r['waiting_s']):>8}  "
+              f"{r['service']:<7} {r['sending_hospital'] or '?':<16} {r['state']}{claimed:<12} "
+              f"quality={r['quality']['verdict'] or '-'}  {r['clinical_question'] or ''}")
+        print(f"    patient {pn_display(r['patient_name'] or '') or '-'}  "
+              f"ID {r['patient_id'] or '-'}  {r['study_description'] or ''}")
+    return 0
+
+
+def _claim(args: argparse.Namespace) -> int:
+    from fenji.gateway.cli.case import cli_user
+    from fenji.gateway.node import config_and_store
+    from fenji.gateway.reading import core as reading
+
+    with config_and_store(args.config) as (cfg, store):
+        out = reading.claim(store, cfg, args.case_id, cli_user(cfg, args.reader))  # type: ignore[arg-type]
+    print(json.dumps(out) if args.json else
+          f"case {out['case_id']} claimed by {out['claimed_by']} "
+          f"for {cfg.reading.claim_ttl_s / 60:.0f} min")
+    return 0
+
+
+def _unclaim(args: argparse.Namespace) -> int:
+    from fenji.gateway.cli.case import cli_user
+    from fenji.gateway.node import config_and_store
+    from fenji.gateway.reading import core as reading
+
+    with config_and_store(args.config) as (cfg, store):
+        reading.unclaim(store, cfg, args.case_id, cli_user(cfg, args.reader))  # type: ignore[arg-type]
+    print(json.dumps({"case_id": args.case_id, "state": "new"}) if args.json else
+          f"case {args.case_id} is back in the pool")
+    return 0

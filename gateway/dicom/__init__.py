@@ -1,0 +1,1 @@
+"""DICOM without sockets: validation, character sets, the status table, the query model."""

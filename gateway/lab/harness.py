@@ -1,0 +1,372 @@
+"""Running real nodes as processes: for `make demo`, the benchmarks and tests.
+
+A :class:`NodeProcess` is a node directory made by ``fenji init`` plus a
+``fenji node`` process in its own session (so a test can SIGKILL the whole
+process group: supervisor and workers).  Nothing here is mocked: it is the
+same command an operator runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fenji.gateway.cli.init import init_node
+
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port a test server can listen on a moment later.
+
+    Asking the kernel for port 0 hands out a port from the ephemeral range, and
+    between our probe and the server's bind any outgoing connection in this
+    machine may take it (CI saw exactly that: EADDRINUSE on a node start). So
+    ports come from below the ephemeral range, where the kernel never picks
+    one on its own, starting at a random place so that concurrent test runs
+    rarely meet, and never the same port twice in this process.
+    """
+    lo_eph, hi_eph = _ephemeral_range()
+    lo, hi = (20000, lo_eph - 1) if lo_eph > 21000 else (hi_eph + 1, 65535)
+    span = hi - lo + 1
+    start = random.randrange(span)
+    for i in range(span):
+        port = lo + (start + i) % span
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free port in {lo}-{hi} on {host}")
+
+
+def fenji_cmd() -> list[str]:
+    """The fenji CLI of this interpreter (works without the console script on PATH)."""
+    return [sys.executable, "-m", "fenji.gateway.cli.main"]
+
+
+@dataclass
+class NodeProcess:
+    directory: Path
+    name: str = "node"
+    role: str = "edge"
+    ae_title: str = "FENJI"
+    allow_ae: list[str] = field(default_factory=lambda: ["*"])
+    workers: int = 2
+    dicom_port: int = 0
+    http_port: int = 0
+    extra_toml: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    wrap: list[str] = field(default_factory=list)  # e.g. unshare/mount prefix
+    proc: subprocess.Popen[bytes] | None = None
+    # name -> role of API users to create with the node (tokens in .tokens).
+    users: dict[str, str] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)
+    web_port: int = 0
+
+    def __post_init__(self) -> None:
+        self.directory = Path(self.directory)
+        if not self.dicom_port:
+            self.dicom_port = free_port()
+        if not self.http_port:
+            self.http_port = free_port()
+        self.config = self.directory / "fenji.toml"
+        if not self.config.exists():
+            init_node(self.directory, role=self.role, name=self.name, ae_title=self.ae_title,
+                      dicom_port=self.dicom_port, http_port=self.http_port,
+                      allow_ae=self.allow_ae, workers=self.workers)
+            if self.extra_toml:
+                self._merge_toml(self.extra_toml)
+            for uname, urole in self.users.items():
+                self.add_user(uname, urole)
+        self.log_path = self.directory / "node.log"
+
+    def _merge_toml(self, extra: str) -> None:
+        """Append keys to existing sections: ``[section]`` blocks in ``extra``."""
+        text = self.config.read_text()
+        section = None
+        for line in extra.strip().splitlines():
+            line = line.strip()
+            if line.startswith("["):
+                section = line
+                continue
+            if not line or section is None:
+                continue
+            key = line.split("=", 1)[0].strip()
+            lines = text.splitlines()
+            if section not in lines:
+                lines += ["", section]
+            start = lines.index(section)
+            end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")),
+                       len(lines))
+            for i in range(start + 1, end):
+                if lines[i].split("=", 1)[0].strip() == key:
+                    lines[i] = line
+                    break
+            else:
+                lines.insert(start + 1, line)
+            text = "\n".join(lines) + "\n"
+        self.config.write_text(text)
+
+    def public_key_hex(self) -> str:
+        from fenji.gateway import config as config_mod
+        from fenji.gateway.keys import fingerprint, load_public
+
+        cfg = config_mod.load(self.config, env={})
+        return fingerprint(load_public(cfg.resolve(cfg.keys.public_key)))
+
+    def add_peer(self, other: NodeProcess, *, default: bool = False,
+                 url: str | None = None, tls: bool = False) -> None:
+        """Let this node send to / accept uploads from ``other``.
+
+        ``tls``: mutual TLS with pinned certificates (both nodes need it);
+        otherwise plain HTTP, which is for a lab on loopback only.
+        """
+        text = self.config.read_text()
+        if tls:
+            text = text.replace("tls = false", "tls = true", 1)
+        import re
+
+        if "allow_plain_http" not in text:
+            if re.search(r"(?m)^\[transfer\]$", text):
+                text = re.sub(r"(?m)^\[transfer\]\n", "[transfer]\nallow_plain_http = true\n",
+                              text, count=1)
+            else:
+                text += "\n[transfer]\nallow_plain_http = true\n"
+        if default:
+            text = re.sub(r"(?m)^\[transfer\]\n",
+                          f'[transfer]\ndefault_destination = "{other.name}"\n', text, count=1)
+        scheme = "https" if tls else "http"
+        text += (f'\n[[peers]]\nname = "{other.name}"\n'
+                 f'url = "{url or f"{scheme}://127.0.0.1:{other.http_port}"}"\n'
+                 f'public_key = "{other.public_key_hex()}"\n')
+        if tls:
+            cert = other.directory / "keys" / "node.crt"
+            text += f'cert = "{cert}"\n'
+        self.config.write_text(text)
+
+    def add_user(self, name: str, role: str, *, services: tuple[str, ...] = (),
+                 display_name: str = "") -> str:
+        """Add an API user (``fenji user add``); returns their token.  Restart to apply."""
+        from fenji.gateway.cli.user import add_user
+
+        if role == "reader" and not services:
+            services = ("imaging", "ecg")
+        token = add_user(self.config, name, role, services=services, display_name=display_name)
+        self.tokens[name] = token
+        return token
+
+    def auth(self, name: str | None = None) -> dict[str, str]:
+        """Headers authenticating as ``name`` (default: the first user added)."""
+        if not self.tokens:
+            raise RuntimeError(f"node {self.name} has no users: call add_user() first")
+        token = self.tokens[name] if name else next(iter(self.tokens.values()))
+        return {"Authorization": f"Bearer {token}"}
+
+    def enable_web(self) -> int:
+        """Open the [web] listener (no client certificate) on a free port; returns it."""
+        if not self.web_port:
+            self.web_port = free_port()
+            self._merge_toml(f"[web]\nport = {self.web_port}\n")
+        return self.web_port
+
+    def add_known_node(self, other: NodeProcess) -> None:
+        """Trust ``other``'s node key without talking to it (an edge's reading center)."""
+        with open(self.config, "a", encoding="utf-8") as fh:
+            fh.write(f'\n[[known_nodes]]\nname = "{other.name}"\n'
+                     f'public_key = "{other.public_key_hex()}"\n')
+
+    @property
+    def web_url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port or self.http_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def run_file(self) -> Path:
+        return self.directory / "run" / "node.json"
+
+    def start(self, *, timeout_s: float = 60.0) -> NodeProcess:
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError(f"node {self.name} is already running (pid {self.proc.pid})")
+        with contextlib.suppress(FileNotFoundError):
+            self.run_file.unlink()
+        env = dict(os.environ)
+        env.update(self.env)
+        logf = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen([*self.wrap, *fenji_cmd(), "node", "--config",
+                                      str(self.config)], stdout=logf, stderr=logf, env=env,
+                                     start_new_session=True)
+        logf.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node {self.name} exited with {self.proc.returncode}:\n"
+                                   + self.log_tail())
+            if self.run_file.exists():
+                try:
+                    info = json.loads(self.run_file.read_text())
+                except ValueError:
+                    info = None
+                if info and info.get("pid") == self.proc.pid:
+                    return self
+            if self.wrap and self._port_open():
+                return self  # inside a mount namespace the run file is not visible
+            time.sleep(0.05)
+        self.kill()
+        raise TimeoutError(f"node {self.name} not ready in {timeout_s}s:\n" + self.log_tail())
+
+    def _port_open(self) -> bool:
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            return s.connect_ex(("127.0.0.1", self.dicom_port)) == 0
+
+    def stop(self, *, timeout_s: float = 60.0) -> int | None:
+        """SIGTERM and wait (graceful)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
+    def kill(self) -> None:
+        """SIGKILL the node's whole process group (supervisor and workers)."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=30)
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``fenji ARGS --config <this node>`` and return the result."""
+        cmd = [*fenji_cmd(), *args]
+        if "--config" not in args:
+            cmd += ["--config", str(self.config)]
+        return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=300)
+
+    def stored(self) -> list[dict[str, object]]:
+        out = self.cli("store", "ls", "--json").stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def __enter__(self) -> NodeProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.stop() is None:
+            self.kill()
+
+
+@dataclass
+class OrthancProcess:
+    """A real Orthanc (Debian package) on loopback, for tests and benchmarks."""
+
+    directory: Path
+    http_port: int = 0
+    dicom_port: int = 0
+    aet: str = "ORTHANC"
+    modalities: dict[str, list[object]] = field(default_factory=dict)
+    # More Orthanc configuration, merged over the defaults (a "DicomWeb" dict is
+    # merged key by key, e.g. {"DicomWeb": {"Servers": {...}}}).
+    extra: dict[str, object] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.directory = Path(self.directory)
+        self.http_port = self.http_port or free_port()
+        self.dicom_port = self.dicom_port or free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout_s: float = 60.0) -> OrthancProcess:
+        import urllib.request
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        plugin = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+        cfg = {
+            "Name": "fenji-test-orthanc", "StorageDirectory": str(self.directory / "db"),
+            "IndexDirectory": str(self.directory / "db"), "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port, "DicomAet": self.aet, "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False, "HttpBindAddress": "127.0.0.1",
+            "DicomServerEnabled": True, "DicomAlwaysAllowStore": True,
+            "DicomCheckCalledAet": False, "DicomModalities": self.modalities,
+            "Plugins": [str(plugin)] if plugin.exists() else [],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}, "StableAge": 1,
+        }
+        for key, value in self.extra.items():
+            if key == "DicomWeb" and isinstance(value, dict):
+                cfg["DicomWeb"] = {**cfg["DicomWeb"], **value}  # type: ignore[dict-item]
+            else:
+                cfg[key] = value
+        conf = self.directory / "orthanc.json"
+        conf.write_text(json.dumps(cfg, indent=1))
+        log = open(self.directory / "orthanc.log", "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(["/usr/sbin/Orthanc", str(conf)], stdout=log, stderr=log,
+                                     start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Orthanc exited with {self.proc.returncode}; see "
+                                   f"{self.directory / 'orthanc.log'}")
+            try:
+                with urllib.request.urlopen(self.url + "/system", timeout=2):  # noqa: S310
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise TimeoutError("Orthanc did not start")
+
+    def get(self, path: str) -> object:
+        import urllib.request
+
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:  # noqa: S310
+            return json.loads(r.read())
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def __enter__(self) -> OrthancProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

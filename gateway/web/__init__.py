@@ -1,0 +1,1 @@
+"""The HTTP side: the aiohttp app, API routes, DICOMweb, request limits."""

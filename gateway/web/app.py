@@ -1,0 +1,502 @@
+"""The node's HTTP API (aiohttp), run by the supervisor process.
+
+Routes so far:
+
+* ``GET  /api/health`` — node name, role, store usage;
+* ``POST /api/cases`` — release a study as a case (JSON body: ``study_instance_uid``,
+  ``destination``, ``priority``, ``service``, ``requesting_physician``,
+  ``clinical_question``, ``consent_ref``); answers the case and its bundle;
+* ``GET  /api/cases``, ``GET /api/cases/{id}``;
+* ``/transfer/…`` — the upload protocol other nodes send bundles with
+  (:mod:`fenji.routing.transfer_server`).
+
+Errors are JSON (``status``, ``error``, ``message``).  CPU and disk work runs in
+threads (``asyncio.to_thread``), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from fenji.gateway import ingest
+from fenji.gateway.access import scope as access
+from fenji.gateway.access.users import middleware as auth_middleware
+from fenji.gateway.access.users import require
+from fenji.gateway.cases import case as cases_mod
+from fenji.gateway.config import Config
+from fenji.gateway.errors import DecodeError, FenjiError
+from fenji.gateway.keys import load_private, public_from_config
+from fenji.gateway.reading.delivery import NodeEvents
+from fenji.gateway.store.db import Store
+from fenji.gateway.web import dicomweb, reading_routes
+from fenji.gateway.web.common import CONFIG, LIVE_CONFIG, ON_RELEASE, STORE
+from fenji.gateway.web.limits import multipart_parts, upload_slots
+from fenji.routing.sender import SenderLoop
+
+log = logging.getLogger(__name__)
+
+
+
+def _error(status: int, err: str, message: str) -> web.Response:
+    return web.json_response({"status": status, "error": err, "message": message},
+                             status=status)
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json":
+            return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or "")
+        raise
+    except FenjiError as exc:
+        return _error(exc.http_status, type(exc).__name__, str(exc))
+    except ConnectionResetError:  # the client left mid-body: nobody to answer, not a fault
+        log.info("client went away peer=%s %s %s", request.remote, request.method,
+                 request.path)
+        return _error(400, "connection_lost", "the client closed the connection mid-request")
+
+
+async def health(request: web.Request) -> web.Response:
+    cfg, store = request.app[CONFIG], request.app[STORE]
+    usage = await asyncio.to_thread(store.usage)
+    return web.json_response({"name": cfg.node.name, "role": cfg.node.role, "store": usage})
+
+
+async def post_case(request: web.Request) -> web.Response:
+    cfg, store = request.app[CONFIG], request.app[STORE]
+    user = require(request, "technician", "operator", action="release cases")
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "bad_json", "request body is not JSON")
+    if not isinstance(body, dict) or not body.get("study_instance_uid"):
+        return _error(400, "missing_study", "study_instance_uid is required")
+    dest = body.get("destination") or cfg.transfer.default_destination
+    if not dest or cfg.peer(dest) is None:
+        return _error(400, "unknown_destination",
+                      f"destination {dest!r} is not a configured peer")
+    key = load_private(cfg.resolve(cfg.keys.private_key))
+    try:
+        rel = await asyncio.to_thread(
+            cases_mod.release, store, str(body["study_instance_uid"]), destination=dest,
+            priority=str(body.get("priority", "routine")), service=body.get("service"),
+            requesting_physician=body.get("requesting_physician"),
+            clinical_question=body.get("clinical_question"), consent_ref=body.get("consent_ref"),
+            released_by="api", sender_node=cfg.node.name, gate_key=key,
+            operator=user.name,
+            thresholds=(cfg.quality_ecg, cfg.quality_image))
+    except cases_mod.CaseHeld as held:
+        return web.json_response({"status": 409, "error": "held", "message": str(held),
+                                  "case_id": held.case_id, "reasons": held.reasons},
+                                 status=409)
+    hook = request.app.get(ON_RELEASE)
+    if callable(hook):
+        await asyncio.to_thread(hook, rel)
+    return web.json_response({"case_id": rel.case_id, "kind": rel.kind,
+                              "parent_case_id": rel.parent_case_id, "bundle_id": rel.bundle_id,
+                              "instances": rel.instances, "bundle_bytes": rel.bundle_bytes,
+                              "raw_bytes": rel.raw_bytes}, status=201)
+
+
+async def post_ecg(request: web.Request) -> web.Response:
+    """A WFDB record (``.hea`` + ``.dat``) or one DICOM file, as multipart form data."""
+    from fenji.gateway.ingest.ecg_files import ingest_files
+
+    require(request, "technician", "operator", action="upload ECG records")
+    cfg, store = request.app[CONFIG], request.app[STORE]
+    if not request.content_type.startswith("multipart/"):
+        return _error(415, "not_multipart", "send the record's files as multipart/form-data")
+    files: dict[str, bytes] = {}
+    fields: dict[str, str] = {}
+    total = 0
+    from aiohttp import BodyPartReader
+
+    async for part in multipart_parts(request, cfg.limits.max_multipart_parts):
+        if not isinstance(part, BodyPartReader):
+            continue  # nested multipart: not a file
+        try:
+            data = await part.read(decode=False)
+        except ValueError as exc:  # aiohttp: the body ends inside this part
+            return _error(400, "bad_multipart", f"malformed multipart body: {exc}")
+        total += len(data)
+        if total > cfg.ingest.max_record_bytes:
+            return _error(413, "too_large", f"upload exceeds ingest.max_record_bytes = "
+                                            f"{cfg.ingest.max_record_bytes}")
+        if part.filename:
+            files[part.filename] = bytes(data)
+        elif part.name:
+            fields[part.name] = bytes(data).decode("utf-8", "replace")
+    if not files:
+        return _error(400, "no_files", "no files in the upload")
+    res = await asyncio.to_thread(
+        ingest_files, store, files, source=f"http:{request.remote}",
+        patient_id=fields.get("patient_id", ""), patient_name=fields.get("patient_name", ""),
+        limits=ingest.Limits.of(cfg), peer=request.remote)
+    status = ingest.HTTP_STATUS[ingest.Outcome(res["outcome"])]
+    if status >= 400:
+        res.setdefault("error", res["outcome"])
+        res.setdefault("message", res.get("reason", res["outcome"]))
+        res["dimse_status"] = res.pop("status", None)
+        res["status"] = status
+    return web.json_response(res, status=status)
+
+
+async def get_cases(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    user = require(request, "technician", "reader", "physician", "operator",
+                   action="list cases")
+    rows = await asyncio.to_thread(cases_mod.list_cases, store,
+                                   state=request.query.get("state"))
+    if access.restricted(user):
+        rows = [r for r in rows if r.get("service") in user.services]
+    return web.json_response(rows)
+
+
+async def get_case(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    user = require(request, "technician", "reader", "physician", "operator",
+                   action="read cases")
+    case = await asyncio.to_thread(cases_mod.get_case, store, request.match_info["case_id"])
+    if case is None:
+        return _error(404, "no_case", f"case {request.match_info['case_id']} not found")
+    access.check_case(user, case)
+    from fenji.gateway.reading import core as reading
+
+    return web.json_response(await asyncio.to_thread(reading.with_reports, store, case))
+
+
+def _previews_dir(store: Store, case_id: str) -> Path | None:
+    if not case_id.isalnum():
+        return None
+    return store.root / "previews" / case_id
+
+
+async def get_previews(request: web.Request) -> web.Response:
+    from fenji.codecs.compress.bundle import Preview
+
+    store = request.app[STORE]
+    user = require(request, "technician", "reader", "physician", "operator",
+                   action="read previews")
+    case_id = request.match_info["case_id"]
+    folder = _previews_dir(store, case_id)
+    if folder is None or not folder.is_dir():
+        return _error(404, "no_preview", f"no preview received for case {case_id}")
+    out = []
+    for p in sorted(folder.glob("*.prev")):
+        pv = Preview.from_bytes(p.read_bytes())
+        await asyncio.to_thread(access.check_preview, store, user, case_id, pv.kind)
+        out.append({"index": int(p.stem), "kind": pv.kind, "meta": pv.meta,
+                    "url": f"/api/cases/{case_id}/previews/{p.stem}"})
+    return web.json_response(out)
+
+
+async def get_preview(request: web.Request) -> web.Response:
+    """An image preview as PNG; an ECG strip as JSON samples."""
+    from fenji.codecs.compress.bundle import Preview
+    from fenji.gateway.web.png import encode_png
+
+    user = require(request, "technician", "reader", "physician", "operator",
+                   action="read previews")
+
+    store = request.app[STORE]
+    case_id, index = request.match_info["case_id"], request.match_info["index"]
+    folder = _previews_dir(store, case_id)
+    if folder is None or not index.isdigit() or not (folder / f"{index}.prev").exists():
+        return _error(404, "no_preview", f"no preview {index} for case {case_id}")
+    pv = Preview.from_bytes((folder / f"{index}.prev").read_bytes())
+    await asyncio.to_thread(access.check_preview, store, user, case_id, pv.kind)
+    # A bomb raises DecodeError (422, naming limits.max_preview_pixels) unread.
+    cap = request.app[CONFIG].limits.max_preview_pixels
+    try:
+        arr = await asyncio.to_thread(pv.array, max_pixels=cap)
+    except DecodeError as exc:
+        log.warning("preview refused case=%s index=%s reason=%s", case_id, index, exc)
+        return _error(422, "preview_refused", f"preview {index} of case {case_id}: {exc} "
+                                              f"(limits.max_preview_pixels = {cap})")
+    if pv.kind == "image":
+        png = await asyncio.to_thread(encode_png, arr)
+        return web.Response(body=png, content_type="image/png")
+    return web.json_response({"meta": pv.meta, "samples": arr[:, 0].tolist()})
+
+
+def _forward_or_keep(cfg: Config, store: Store, receipt: dict[str, Any],
+                     manifest: dict[str, Any], part: Path, wake: Callable[[], None]) -> bool:
+    """After a bundle was stored: record the case; a relay queues the same bundle onward;
+    a center queues it to its archives ([[egress]])."""
+    import os
+    import time
+
+    uids = [str(i["sop_instance_uid"]) for i in receipt.get("instances", [])]
+    case = manifest.get("case", {})
+    final = case.get("destination")
+    if case.get("bundle_kind") == "report" and final == cfg.node.name:
+        from fenji.gateway.reading import core as reading
+
+        reading.report_arrived(store, cfg, manifest, uids)
+        return False
+    from fenji.gateway.reading.core import trusted_centers
+
+    state = cases_mod.record_received(store, manifest, cfg.node.name, instances=uids,
+                                      sender=str(receipt["sender"]),
+                                      trusted=trusted_centers(cfg))
+    if state == "received" and cfg.egress and uids:
+        from fenji.routing.egress import enqueue_case
+
+        enqueue_case(cfg, store, str(case["case_id"]),
+                     cases_mod.PRIORITIES.get(str(case.get("priority")), 2), time.time())
+        wake()
+    if not final or final == cfg.node.name:
+        return False
+    hop = cases_mod.next_hop(cfg, final)
+    if hop is None:
+        log.error("cannot forward case=%s: no route to destination %r from %s",
+                  case.get("case_id"), final, cfg.node.name)
+        return False
+    bundle_id = str(case.get("bundle_id") or manifest.get("bundle_id") or "")
+    if not bundle_id:
+        return False
+    from fenji.routing import outbox_db
+
+    target = store.root / "bundles" / f"{bundle_id}.fbundle"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():  # a hard link: a retried finalize still finds the upload
+        os.link(part, target)
+    fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    outbox_db.enqueue(store, bundle_id, str(case["case_id"]), hop,
+                      cases_mod.PRIORITIES.get(str(case.get("priority")), 2),
+                      target.stat().st_size, time.time())
+    from fenji.gateway.audit import ledger
+
+    ledger.record(store, "forwarded", node=cfg.node.name, actor=cfg.node.name, role="node",
+                  obj=bundle_id, case_id=str(case["case_id"]),
+                  detail={"from": case.get("sender"), "to": final, "via": hop,
+                          "bundle_kind": case.get("bundle_kind")})
+    log.info("relay case=%s bundle=%s from=%s to=%s via=%s", case.get("case_id"), bundle_id,
+             case.get("sender"), final, hop)
+    wake()
+    return False  # the upload file itself may go: the bundle is linked under bundles/
+
+
+def build_app(cfg: Config, store: Store,
+              on_release: Callable[[cases_mod.Released], None] | None = None,
+              wake: Callable[[], None] = lambda: None) -> web.Application:
+    app = web.Application(middlewares=[errors_as_json, auth_middleware(cfg),
+                                       upload_slots(cfg.limits.max_uploads_per_user)],
+                          client_max_size=80 * 1024 * 1024)
+    app[CONFIG] = cfg
+    app[STORE] = store
+    if on_release is not None:
+        app[ON_RELEASE] = on_release
+    app.router.add_get("/api/health", health)
+    app.router.add_post("/api/cases", post_case)
+    app.router.add_get("/api/cases", get_cases)
+    app.router.add_post("/api/ecg", post_ecg)
+    app.router.add_get("/api/cases/{case_id}/previews", get_previews)
+    app.router.add_get("/api/cases/{case_id}/previews/{index}", get_preview)
+    app.router.add_get("/api/cases/{case_id}", get_case)
+    reading_routes.add_routes(app, wake)
+    dicomweb.add_routes(app, cfg, store)
+    # Always: a node that lists no peer yet refuses uploads saying how to pair.
+    from fenji.routing.transfer_server import ReceiverContext, add_routes
+
+    live = app[LIVE_CONFIG] = [cfg]  # [[peers]] reload without a restart (reload_peers)
+
+    def on_delivered(receipt: dict[str, Any], manifest: dict[str, Any], part: Path) -> bool:
+        return _forward_or_keep(live[0], store, receipt, manifest, part, wake)
+
+    peers = {p.name: public_from_config(p.public_key, cfg.data_dir) for p in cfg.peers}
+    ctx = ReceiverContext(store=store, node_name=cfg.node.name,
+                          key=load_private(cfg.resolve(cfg.keys.private_key)), peers=peers,
+                          upload_dir=store.root / "uploads",
+                          max_clock_skew_s=cfg.transfer.max_clock_skew_s,
+                          require_tls=cfg.http.tls,
+                          max_uploads_per_peer=cfg.limits.max_uploads_per_peer,
+                          max_preview_pixels=cfg.limits.max_preview_pixels,
+                          limits=ingest.Limits.of(cfg), on_delivered=on_delivered)
+    add_routes(app, ctx)
+    return app
+
+
+class HttpService:
+    """Runs the app on its own event loop thread inside the supervisor."""
+
+    def __init__(self, cfg: Config, store: Store) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.loop = asyncio.new_event_loop()
+        self.sender: Any = None
+        self._stop_sender: asyncio.Event | None = None
+        self._sender_task: asyncio.Task[None] | None = None
+        self.app = build_app(cfg, store, self._on_release, wake=self.wake_sender)
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self.port: int | None = None
+
+    def start(self) -> int:
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            try:
+                self.loop.run_until_complete(self._start())
+            except BaseException as exc:  # reported to the caller below
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            self.loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="http", daemon=True)
+        self._thread.start()
+        ready.wait(30)
+        if failure:
+            raise failure[0]
+        assert self.port is not None
+        log.info("http listening host=%s port=%d", self.cfg.http.host, self.port)
+        return self.port
+
+    def wake_sender(self) -> None:
+        if self.sender is not None:
+            self.loop.call_soon_threadsafe(self.sender.wake.set)
+
+    def _on_release(self, rel: cases_mod.Released) -> None:
+        import time
+
+        hop = cases_mod.next_hop(self.cfg, rel.destination)
+        if hop is None:
+            return
+        cases_mod.enqueue_release(self.store, rel, hop, time.time())
+        self.wake_sender()
+
+    async def _stable_study_timer(self) -> None:
+        """Release studies that stopped growing (transfer.stable_study_s), as the
+        case records: released_by = timer.  Held cases wait for a person."""
+        import time
+
+        cfg = self.cfg
+        dest = cfg.transfer.default_destination
+        key = load_private(cfg.resolve(cfg.keys.private_key))
+        period = max(1.0, min(30.0, cfg.transfer.stable_study_s / 4))
+        while True:
+            await asyncio.sleep(period)
+            try:
+                due = await asyncio.to_thread(cases_mod.stable_studies, self.store, dest,
+                                              cfg.transfer.stable_study_s, time.time())
+                for study in due:
+                    try:
+                        rel = await asyncio.to_thread(
+                            cases_mod.release, self.store, study, destination=dest,
+                            released_by="timer", sender_node=cfg.node.name, gate_key=key,
+                            operator="stable-study timer",
+                            thresholds=(cfg.quality_ecg, cfg.quality_image))
+                    except cases_mod.CaseHeld as held:
+                        log.warning("timer: case %s held: %s", held.case_id, held.reasons[:3])
+                        continue
+                    except cases_mod.CaseError as exc:
+                        log.warning("timer: study %s not released: %s", study, exc)
+                        continue
+                    await asyncio.to_thread(self._on_release, rel)
+            except Exception:  # the timer must survive any one bad study
+                log.exception("stable-study timer round failed")
+
+    async def _start(self) -> None:
+        if self.cfg.transfer.stable_study_s > 0 and self.cfg.transfer.default_destination:
+            self._timer_task = asyncio.create_task(self._stable_study_timer())
+        if self.cfg.peers or self.cfg.egress:
+            self.sender = SenderLoop(self.cfg, self.store,
+                                     events=NodeEvents(self.cfg, self.store))
+            self._stop_sender = asyncio.Event()
+            self._sender_task = asyncio.create_task(self.sender.run(self._stop_sender))
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        ssl_ctx = None
+        if self.cfg.http.tls:
+            from fenji.gateway.keys import server_ssl_context
+
+            k = self.cfg.keys
+            ssl_ctx = server_ssl_context(self.cfg.resolve(k.certificate),
+                                         self.cfg.resolve(k.private_key),
+                                         [self.cfg.resolve(p.cert) for p in self.cfg.peers])
+        self._ssl_ctx = ssl_ctx
+        site = web.TCPSite(self._runner, self.cfg.http.host, self.cfg.http.port,
+                           reuse_address=True, ssl_context=ssl_ctx)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        if self.cfg.web.port:
+            # People and viewers: the same routes without a client certificate
+            # (user tokens authenticate them, auth.py).
+            web_site = web.TCPSite(self._runner, self.cfg.web.host, self.cfg.web.port,
+                                   reuse_address=True)
+            await web_site.start()
+            log.info("web listening host=%s port=%d", self.cfg.web.host, self.cfg.web.port)
+
+    def reload_peers(self, cfg: Config) -> None:
+        """Take a changed ``[[peers]]`` list without a restart (SIGHUP, ``fenji peer add``):
+        the receiver's known keys, pinned certificates and the sender's routes."""
+        self.loop.call_soon_threadsafe(self._reload_peers, cfg)
+
+    def _reload_peers(self, cfg: Config) -> None:
+        from fenji.routing.transfer_server import CTX
+
+        keys = {p.name: public_from_config(p.public_key, cfg.data_dir) for p in cfg.peers}
+        ctx = self.app.get(CTX)
+        if ctx is not None:
+            ctx.peers.clear()
+            ctx.peers.update(keys)
+        ssl_ctx = getattr(self, "_ssl_ctx", None)
+        if ssl_ctx is not None:
+            for p in cfg.peers:
+                if p.cert:
+                    ssl_ctx.load_verify_locations(cafile=str(cfg.resolve(p.cert)))
+        self.cfg = cfg
+        self.app[LIVE_CONFIG][0] = cfg
+        if self.sender is not None:
+            self.sender.cfg = cfg
+            self.sender.peer_keys = dict(keys)
+            self.sender.wake.set()
+        elif cfg.peers:
+            self.sender = SenderLoop(cfg, self.store, events=NodeEvents(cfg, self.store))
+            self._stop_sender = asyncio.Event()
+            self._sender_task = asyncio.create_task(self.sender.run(self._stop_sender))
+        log.info("peers reloaded: %s", ", ".join(sorted(keys)) or "none")
+
+    def stop(self) -> None:
+        if self._runner is None:
+            return
+        async def shutdown() -> None:
+            timer = getattr(self, "_timer_task", None)
+            if timer is not None:
+                timer.cancel()
+            if self._stop_sender is not None and self._sender_task is not None:
+                self._stop_sender.set()
+                self.sender.wake.set()
+                try:
+                    await asyncio.wait_for(self._sender_task, timeout=20)
+                except (TimeoutError, asyncio.CancelledError):
+                    self._sender_task.cancel()
+            assert self._runner is not None
+            await self._runner.cleanup()
+
+        fut = asyncio.run_coroutine_threadsafe(shutdown(), self.loop)
+        try:
+            fut.result(timeout=30)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            if self._thread is not None:
+                self._thread.join(timeout=30)

@@ -1,0 +1,192 @@
+"""HTTP routes of the reading center and of report return (DESIGN.md §3 steps 8-9).
+
+* ``GET  /api/worklist`` — the worklist (readers see their services), STAT first;
+* ``POST /api/worklist/{case}/claim``, ``DELETE`` the same — claim / give back;
+* ``POST /api/cases/{case}/reports`` — sign a report (JSON ``findings``,
+  ``impression``, ``critical``; ``amendment_reason`` for an amendment), or the
+  reader's viewer posts its own SR or encapsulated PDF (``application/dicom``;
+  ``?critical=true``, ``?amendment_reason=...``);
+* ``GET  /api/cases/{case}/reports`` — every version;
+* ``POST /api/cases/{case}/ack`` — the requesting physician acknowledges;
+* ``POST /api/cases/{case}/override`` — release a held case with a reason.
+
+Roles are checked in each handler (:func:`fenji.gateway.access.users.require`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from fenji.gateway.access import scope as access
+from fenji.gateway.access.users import require
+from fenji.gateway.reading import core as reading
+from fenji.gateway.web.common import ON_RELEASE, WAKE, app_of, json_body
+
+_app = app_of
+_json = json_body
+
+
+async def get_worklist(request: web.Request) -> web.Response:
+    cfg, store = _app(request)
+    user = require(request, "reader", "operator", action="see the worklist")
+    rows = await asyncio.to_thread(reading.worklist, store, cfg, user=user,
+                                   state=request.query.get("state"))
+    return web.json_response(rows)
+
+
+async def post_claim(request: web.Request) -> web.Response:
+    cfg, store = _app(request)
+    user = require(request, "reader", action="claim cases")
+    out = await asyncio.to_thread(reading.claim, store, cfg, request.match_info["case_id"], user)
+    return web.json_response(out)
+
+
+async def delete_claim(request: web.Request) -> web.Response:
+    cfg, store = _app(request)
+    user = require(request, "reader", action="give back claims")
+    await asyncio.to_thread(reading.unclaim, store, cfg, request.match_info["case_id"], user)
+    return web.json_response({"case_id": request.match_info["case_id"], "state": "new"})
+
+
+async def post_report(request: web.Request) -> web.Response:
+    cfg, store = _app(request)
+    user = require(request, "reader", action="sign reports")
+    if request.content_type == "application/dicom":  # an SR or PDF from the reader's viewer
+        data = await request.read()
+        row = await asyncio.to_thread(
+            reading.report_from_viewer, store, cfg, user, data, request.match_info["case_id"],
+            critical=request.query.get("critical", "").lower() == "true",
+            amendment_reason=request.query.get("amendment_reason"))
+        return _report_response(request, row)
+    body = await _json(request)
+    critical = body.get("critical", False)
+    if not isinstance(critical, bool):
+        raise web.HTTPBadRequest(text=f"critical = {critical!r} is not true or false")
+    row = await asyncio.to_thread(
+        reading.submit_report, store, cfg, request.match_info["case_id"], user,
+        findings=str(body.get("findings") or ""), impression=str(body.get("impression") or ""),
+        critical=critical, amendment_reason=body.get("amendment_reason"))
+    return _report_response(request, row)
+
+
+async def get_drafts(request: web.Request) -> web.Response:
+    cfg, store = _app(request)
+    require(request, "reader", "operator", action="see report drafts")
+    rows = await asyncio.to_thread(reading.drafts_of, store, request.match_info["case_id"])
+    return web.json_response(rows)
+
+
+async def post_confirm_draft(request: web.Request) -> web.Response:
+    """The reader signs a draft their workstation sent by DICOM (a person's act)."""
+    cfg, store = _app(request)
+    user = require(request, "reader", action="sign reports")
+    body = await _json(request) if request.can_read_body else {}
+    critical = body.get("critical", False)
+    if not isinstance(critical, bool):
+        raise web.HTTPBadRequest(text=f"critical = {critical!r} is not true or false")
+    row = await asyncio.to_thread(reading.confirm_draft, store, cfg,
+                                  request.match_info["case_id"], request.match_info["sop"],
+                                  user, critical=critical)
+    return _report_response(request, row)
+
+
+def _report_response(request: web.Request, row: dict[str, Any]) -> web.Response:
+    wake = request.app.get(WAKE)
+    if callable(wake):
+        wake()
+    return web.json_response({k: row[k] for k in ("report_id", "case_id", "version", "status",
+                                                  "reader", "signed_at", "critical",
+                                                  "supersedes", "bundle_id",
+                                                  "sr_sop_instance_uid",
+                                                  "pdf_sop_instance_uid")}, status=201)
+
+
+async def get_reports(request: web.Request) -> web.Response:
+    cfg, store = _app(request)
+    user = require(request, "technician", "reader", "physician", "operator",
+                   action="read reports")
+    case = await asyncio.to_thread(store.query_one, "SELECT case_id, service FROM cases "
+                                   "WHERE case_id = ?", (request.match_info["case_id"],))
+    if case is not None:
+        access.check_case(user, case)
+    rows = await asyncio.to_thread(reading.reports_of, store, request.match_info["case_id"])
+    return web.json_response(rows)
+
+
+async def get_report_pdf(request: web.Request) -> web.Response:
+    """The report PDF (version ``n``) as the requesting physician prints it."""
+    cfg, store = _app(request)
+    require(request, "technician", "reader", "physician", "operator", action="read reports")
+    case_id = request.match_info["case_id"]
+    data = await asyncio.to_thread(reading.report_pdf, store, case_id,
+                                   int(request.match_info["version"]))
+    return web.Response(body=data, content_type="application/pdf", headers={
+        "Content-Disposition": f'inline; filename="report-{case_id[:12]}-'
+                               f'v{request.match_info["version"]}.pdf"'})
+
+
+async def post_ack(request: web.Request) -> web.Response:
+    cfg, store = _app(request)
+    user = require(request, "physician", "technician", "operator",
+                   action="acknowledge reports")
+    out = await asyncio.to_thread(reading.acknowledge, store, cfg,
+                                  request.match_info["case_id"], user)
+    return web.json_response(out)
+
+
+async def post_exclude(request: web.Request) -> web.Response:
+    """Drop one instance of a held case: ``{"sop_instance_uid": ..., "reason": ...}``."""
+    from fenji.gateway.cases import case as cases_mod
+
+    cfg, store = _app(request)
+    user = require(request, "technician", "operator", action="exclude an instance from a case")
+    body = await _json(request)
+    reason = str(body.get("reason") or "").strip()
+    sop = str(body.get("sop_instance_uid") or "").strip()
+    if not reason or not sop:
+        raise web.HTTPBadRequest(text="excluding an instance needs sop_instance_uid and a reason")
+    out = await asyncio.to_thread(cases_mod.exclude_instance, store, request.match_info["case_id"],
+                                  sop, operator=user.name, reason=reason, node=cfg.node.name)
+    return web.json_response(out)
+
+
+async def post_override(request: web.Request) -> web.Response:
+    from fenji.gateway.cases import case as cases_mod
+    from fenji.gateway.keys import load_private
+
+    cfg, store = _app(request)
+    user = require(request, "technician", "operator", action="override a quality hold")
+    body = await _json(request)
+    reason = str(body.get("reason") or "").strip()
+    if not reason:
+        raise web.HTTPBadRequest(text="an override needs a reason")
+    key = load_private(cfg.resolve(cfg.keys.private_key))
+    rel = await asyncio.to_thread(cases_mod.override, store, request.match_info["case_id"],
+                                  operator=user.name, reason=reason, gate_key=key,
+                                  sender_node=cfg.node.name, operator_role=user.role)
+    hook = request.app.get(ON_RELEASE)
+    if callable(hook):
+        await asyncio.to_thread(hook, rel)
+    return web.json_response({"case_id": rel.case_id, "bundle_id": rel.bundle_id,
+                              "state": "released", "operator": user.name}, status=201)
+
+
+
+
+def add_routes(app: web.Application, wake: Any = None) -> None:
+    if wake is not None:
+        app[WAKE] = wake
+    app.router.add_get("/api/worklist", get_worklist)
+    app.router.add_post("/api/worklist/{case_id}/claim", post_claim)
+    app.router.add_delete("/api/worklist/{case_id}/claim", delete_claim)
+    app.router.add_post("/api/cases/{case_id}/reports", post_report)
+    app.router.add_get("/api/cases/{case_id}/drafts", get_drafts)
+    app.router.add_post("/api/cases/{case_id}/drafts/{sop}/confirm", post_confirm_draft)
+    app.router.add_get("/api/cases/{case_id}/reports", get_reports)
+    app.router.add_get("/api/cases/{case_id}/reports/{version:\\d+}.pdf", get_report_pdf)
+    app.router.add_post("/api/cases/{case_id}/ack", post_ack)
+    app.router.add_post("/api/cases/{case_id}/override", post_override)
+    app.router.add_post("/api/cases/{case_id}/exclude", post_exclude)

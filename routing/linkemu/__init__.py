@@ -1,0 +1,1 @@
+"""A link emulator (rate, RTT, loss, resets) for tests and benchmarks."""
