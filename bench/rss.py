@@ -5,9 +5,11 @@ a CT series sent by DCMTK ``storescu``; then each process's peak RSS (VmHWM in
 /proc) is read, and whether numba's LLVM library is mapped in it.  The series is
 ``--n`` distinct 512x512 slices derived at run time from the shared CT set.
 
-``--before REF`` runs the same node a second time from the sources of git
-revision REF (``git archive``, put first on the node's PYTHONPATH), so one run
-prints both: e.g. ``python -m bench rss --before main``.
+``--before REF`` runs the same node first from the sources of git revision REF
+(``git archive``, put first on the node's PYTHONPATH), so one run prints both:
+e.g. ``python -m bench rss --before main``.  REF may also be a directory holding
+``gateway/``, ``codecs/`` and ``routing/`` (a patched copy, for a what-if), and
+``--before`` may be given more than once.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=60, help="512x512 CT slices to send (default 60)")
     p.add_argument("--workers", type=int, default=2, help="DICOM workers (default 2)")
-    p.add_argument("--before", metavar="REF", default="",
-                   help="also run the node from git revision REF (e.g. main) for comparison")
+    p.add_argument("--before", metavar="REF", action="append", default=[],
+                   help="also run the node from git revision (or source directory) REF first")
 
 
 def _status(pid: int) -> dict[str, int]:
@@ -54,16 +56,18 @@ def _numba_mapped(pid: int) -> bool:
     return "libllvmlite" in maps or "/numba/" in maps
 
 
-def _source_tree(ref: str, work: Path) -> Path:
-    """A PYTHONPATH entry whose ``fenji`` is revision ``ref`` of this repository."""
-    src = work / f"src-{ref.replace('/', '_')}"
-    src.mkdir()
-    tar = work / "src.tar"
-    subprocess.run(["git", "-C", str(REPO), "archive", "-o", str(tar), ref, "gateway", "codecs",
-                    "routing"], check=True)
-    with tarfile.open(tar) as t:
-        t.extractall(src, filter="data")
-    pkg = work / f"path-{ref.replace('/', '_')}" / "fenji"
+def _source_tree(ref: str, work: Path, n: int) -> Path:
+    """A PYTHONPATH entry whose ``fenji`` is revision (or directory) ``ref``."""
+    src = Path(ref).resolve()
+    if not src.is_dir():
+        src = work / f"src-{n}"
+        src.mkdir()
+        tar = work / "src.tar"
+        subprocess.run(["git", "-C", str(REPO), "archive", "-o", str(tar), ref, "gateway",
+                        "codecs", "routing"], check=True)
+        with tarfile.open(tar) as t:
+            t.extractall(src, filter="data")
+    pkg = work / f"path-{n}" / "fenji"
     pkg.mkdir(parents=True)
     for name in ("gateway", "codecs", "routing"):
         (pkg / name).symlink_to(src / name)
@@ -103,10 +107,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         files = derive(ct, work / "series", args.n, prefix="r")
         runs: list[tuple[str, dict[str, str]]] = []
-        if args.before:
-            path = _source_tree(args.before, work)
-            runs.append((args.before, {"PYTHONPATH": os.pathsep.join(
-                [str(path), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}))
+        for n, ref in enumerate(args.before):
+            path = _source_tree(ref, work, n)
+            runs.append((Path(ref).name if Path(ref).is_dir() else ref, {
+                "PYTHONPATH": os.pathsep.join([str(path), os.environ.get("PYTHONPATH", "")])
+                .rstrip(os.pathsep)}))
         head = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
                               capture_output=True, text=True).stdout.strip() or "this checkout"
         runs.append((head, {}))
