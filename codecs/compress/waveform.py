@@ -50,9 +50,16 @@ _CLUT = ent.class_table(NCTX)  # the kernels look small activities up
 
 
 @no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
-def _lpc_residual_py(y, coefs, order, block, r):  # type: ignore[no-untyped-def]
-    """r[t] = y[t] - round(sum_k coefs[blk, k] * y[t-1-k] / 2**SHIFT) (order-1 start-up)."""
-    n = y.shape[0]
+def _lpc_py(x, coefs, order, block, out, restore):  # type: ignore[no-untyped-def]
+    """Block LPC in either direction, one predictor for both.
+
+    Forward (``restore`` false): ``out[t] = x[t] - pred(x)``, the residual of
+    samples ``x``.  Inverse: ``out[t] = x[t] + pred(out)``, samples from residuals
+    ``x``.  pred(y) at t = round(sum_k coefs[t // block, k] * y[t-1-k] / 2**SHIFT),
+    with an order-1 start-up (the previous sample) for t < order.
+    """
+    n = x.shape[0]
+    y = out if restore else x  # the samples the predictor reads
     rnd = 1 << (SHIFT - 1)
     for t in range(n):
         if t < order:
@@ -63,23 +70,7 @@ def _lpc_residual_py(y, coefs, order, block, r):  # type: ignore[no-untyped-def]
             for k in range(order):
                 acc += np.int64(coefs[bi, k]) * np.int64(y[t - 1 - k])
             pred = (acc + rnd) >> SHIFT
-        r[t] = np.int64(y[t]) - pred
-
-
-@no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
-def _lpc_restore_py(r, coefs, order, block, y):  # type: ignore[no-untyped-def]
-    n = r.shape[0]
-    rnd = 1 << (SHIFT - 1)
-    for t in range(n):
-        if t < order:
-            pred = np.int64(y[t - 1]) if t > 0 else np.int64(0)
-        else:
-            bi = t // block
-            acc = np.int64(0)
-            for k in range(order):
-                acc += np.int64(coefs[bi, k]) * np.int64(y[t - 1 - k])
-            pred = (acc + rnd) >> SHIFT
-        y[t] = np.int64(r[t]) + pred
+        out[t] = np.int64(x[t]) + pred if restore else np.int64(x[t]) - pred
 
 
 @no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
@@ -157,16 +148,15 @@ def _decode_res_py(buf, rs, re_, bs, be, freq, cum, sym, res):  # type: ignore[n
     return 0
 
 
-_lpc_residual_nb: Any = njit(_lpc_residual_py, nogil=True, cache=True)
-_lpc_restore_nb: Any = njit(_lpc_restore_py, nogil=True, cache=True)
+_lpc_nb: Any = njit(_lpc_py, nogil=True, cache=True)
 _tokens_nb: Any = njit(_tokens_py, nogil=True, cache=True)
 _decode_res_nb: Any = njit(_decode_res_py, nogil=True, cache=True)
 
 _IMPL: dict[str, dict[str, Any]] = {
-    "nb": {"res": _lpc_residual_nb, "restore": _lpc_restore_nb, "tokens": _tokens_nb,
+    "nb": {"lpc": _lpc_nb, "tokens": _tokens_nb,
            "decode": _decode_res_nb, "rans": ent._rans_encode_nb, "bits": ent._pack_bits_nb,
            "hist": ent._hist_nb},
-    "py": {"res": _lpc_residual_py, "restore": _lpc_restore_py, "tokens": _tokens_py,
+    "py": {"lpc": _lpc_py, "tokens": _tokens_py,
            "decode": _decode_res_py, "rans": ent._rans_encode_py, "bits": ent._pack_bits_py,
            "hist": ent._hist_py},
 }
@@ -298,7 +288,7 @@ def waveform_encode(arr: np.ndarray, *, effort: str = "fast", _impl: str = "nb")
                 seg = yc[max(0, bi * block - p): (bi + 1) * block]
                 cf[bi] = _lpc_coefs(seg, p)
             r = np.empty(n, np.int64)
-            k["res"](yc, cf, p, block, r)
+            k["lpc"](yc, cf, p, block, r, False)
             bits = _est_bits(r) + nblk * p * 16
             if best is None or bits < best[0]:
                 best = (bits, p, cf, r)
@@ -308,7 +298,7 @@ def waveform_encode(arr: np.ndarray, *, effort: str = "fast", _impl: str = "nb")
             p = len(poly)
             cf = np.zeros((nblk, p), np.int64) + np.array(poly, np.int64) * (1 << SHIFT)
             r = np.empty(n, np.int64)
-            k["res"](yc, cf, p, block, r)
+            k["lpc"](yc, cf, p, block, r, False)
             bits = _est_bits(r) + nblk * p * 16
             if best is None or bits < best[0]:
                 best = (bits, p, cf, r)
@@ -402,7 +392,7 @@ def waveform_decode(buf: bytes, *, _impl: str = "nb") -> np.ndarray:
             raise DecodeError(f"waveform channel {c} is corrupt (code {st})")
         pos += lr + lb
         yc = np.zeros(n, np.int64)
-        k["restore"](res, cf, p, block, yc)
+        k["lpc"](res, cf, p, block, yc, True)
         if i != 255:
             yc = yc + ((a_ * x[:, i] + b_ * x[:, j]) >> 1)
         x[:, c] = yc
