@@ -26,6 +26,7 @@ from typing import Any, no_type_check
 
 import numpy as np
 from numba import njit as _njit
+from numba.extending import register_jitable as _register_jitable
 
 from fenji.codecs.compress import entropy as ent
 from fenji.codecs.compress.entropy import PROB_BITS, PROB_SCALE, RANS_L
@@ -33,6 +34,7 @@ from fenji.codecs.errors import DecodeError
 
 # Any-typed: numba's stubs do not describe dispatchers called with arrays
 njit: Any = _njit
+register_jitable: Any = _register_jitable
 
 MAGIC = b"FJWV"
 VERSION = 1
@@ -73,17 +75,22 @@ def _lpc_py(x, coefs, order, block, out, restore):  # type: ignore[no-untyped-de
         out[t] = np.int64(x[t]) + pred if restore else np.int64(x[t]) - pred
 
 
+@register_jitable(inline="always")
+@no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
+def _context_of(p1, p2):  # type: ignore[no-untyped-def]
+    """Entropy context of a residual from the magnitudes of the channel's previous two
+    (the encoder's and the decoder's, written once)."""
+    act = 2 * p1 + p2
+    return np.int64(_CLUT[act]) if act < 4096 else np.int64(NCTX - 1)
+
+
 @no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
 def _tokens_py(res, ctx, tok, nbits, vals):  # type: ignore[no-untyped-def]
     """Context (previous residual magnitudes) and token of every residual of one channel."""
     p1 = 0
     p2 = 0
     for t in range(res.shape[0]):
-        act = 2 * p1 + p2
-        if act < 4096:
-            cls = np.int64(_CLUT[act])
-        else:
-            cls = NCTX - 1
+        cls = _context_of(p1, p2)
         e = np.int64(res[t])
         u = 2 * e if e >= 0 else -2 * e - 1
         ctx[t] = cls
@@ -109,11 +116,7 @@ def _decode_res_py(buf, rs, re_, bs, be, freq, cum, sym, res):  # type: ignore[n
     p1 = 0
     p2 = 0
     for t in range(res.shape[0]):
-        act = 2 * p1 + p2
-        if act < 4096:
-            cls = np.int64(_CLUT[act])
-        else:
-            cls = NCTX - 1
+        cls = _context_of(p1, p2)
         slot = x & (PROB_SCALE - 1)
         s = np.int64(sym[cls, slot])
         f = np.int64(freq[cls, s])
