@@ -14,11 +14,13 @@ Lists are comma separated (``FENJI_DICOM_ALLOW_AE=CT1,DR1``).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import re
 import tomllib
 import types
 import typing
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,6 +270,21 @@ class WebSection:
     host: str = "127.0.0.1"
     # 0: no second listener (the API is served on [http] only).
     port: int = 0
+    # The web console (gateway/web/console): a session ends after this long
+    # without a request (a reader leaving a workstation unlocked at lunch) ...
+    session_idle_s: float = 1800.0
+    # ... and at the latest this long after sign-in (one shift), whatever the use.
+    session_max_s: float = 12 * 3600.0
+    # Live sessions kept at once; the oldest goes first beyond it (bounded memory).
+    max_sessions: int = 1000
+    # Origins (scheme://host:port) whose viewers may call /dicom-web with a token
+    # from another origin: preflights are answered for exactly these, never with
+    # credentials.  Empty: same origin only (the built-in viewer at /viewer/).
+    cors_origins: tuple[str, ...] = ()
+    # The OHIF Viewer build (@ohif/app dist/) served at /viewer/; empty: the
+    # vendor/ohif folder `make` fills next to the source tree.  The console's
+    # htmx is read from ../htmx/htmx.min.js beside it (make puts both there).
+    viewer_dir: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +327,7 @@ class RemoteAeSection:
 
     ``reader``: the reader at this workstation.  A DICOM SR or encapsulated PDF
     this AE C-STOREs for a study on the worklist is signed as that reader's
-    report (gateway/reading/core.py :func:`viewer_report_if_any`).
+    report (gateway/reading/viewer.py :func:`viewer_report_if_any`).
     """
 
     ae_title: str = ""
@@ -464,6 +481,31 @@ class Config:
         priv = u.private_key if u and u.private_key else f"keys/readers/{name}.key"
         pub = u.public_key if u and u.public_key else f"keys/readers/{name}.pub"
         return self.resolve(priv), self.resolve(pub)
+
+    # -- people's clock ---------------------------------------------------
+    @property
+    def timezone(self) -> str:
+        """The IANA zone people's times are shown in: ``[node] timezone``, else the system's."""
+        if self.node.timezone:
+            return self.node.timezone
+        tz = os.environ.get("TZ", "").lstrip(":")
+        if "/" in tz:
+            return tz
+        try:
+            link = os.readlink("/etc/localtime")
+        except OSError:
+            return "UTC"
+        return link.split("zoneinfo/", 1)[1] if "zoneinfo/" in link else "UTC"
+
+    def local_time(self, t: float | None) -> str:
+        """A Unix time as people read it, in :attr:`timezone`: ``2026-12-03 23:16:09 CST``."""
+        if not t:
+            return "-"
+        try:
+            tz: datetime.tzinfo = zoneinfo.ZoneInfo(self.timezone)
+        except (KeyError, ValueError, OSError):
+            tz = datetime.UTC
+        return datetime.datetime.fromtimestamp(float(t), tz).strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 # ---------------------------------------------------------------------------

@@ -52,7 +52,7 @@ def test_every_error_says_whose_fault_and_carries_its_statuses() -> None:
 def test_narrower_errors_say_so() -> None:
     from fenji.gateway.dicom.query import QueryError
     from fenji.gateway.dicom.validate import Rejected
-    from fenji.gateway.reading.core import Forbidden
+    from fenji.gateway.reading.errors import Forbidden
     from fenji.gateway.store.db import StoreFull
 
     assert (StoreFull.http_status, StoreFull.dicom_status) == (507, st.OUT_OF_RESOURCES)

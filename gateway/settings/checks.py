@@ -7,6 +7,7 @@ the loader reports them all at once.  ``cfg`` is a :class:`fenji.gateway.config.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -124,6 +125,16 @@ def check_values(cfg: Any, errors: list[str]) -> None:
 def check_reading(cfg: Any, errors: list[str]) -> None:
     if not 0 <= cfg.web.port <= 65535:
         errors.append(f"web.port = {cfg.web.port} is outside 0-65535")
+    for name in ("session_idle_s", "session_max_s"):
+        v = getattr(cfg.web, name)
+        if not (v > 0 and math.isfinite(v)):
+            errors.append(f"web.{name} = {v} must be a finite number > 0")
+    if cfg.web.max_sessions < 1:
+        errors.append(f"web.max_sessions = {cfg.web.max_sessions} must be >= 1")
+    for i, origin in enumerate(cfg.web.cors_origins):
+        if not re.fullmatch(r"https?://[^/\s*]+", origin):
+            errors.append(f"web.cors_origins[{i}] = {origin!r} is not an origin like "
+                          f"'https://viewer.example:8443' (no path, no wildcard)")
     if cfg.node.timezone:
         try:
             from zoneinfo import ZoneInfo

@@ -168,7 +168,16 @@ class Store:
             else:
                 self._depth -= 1
                 if name is None:
-                    con.execute("COMMIT")
+                    try:
+                        con.execute("COMMIT")
+                    except BaseException:
+                        # A COMMIT that fails (disk full, a deferred constraint) may
+                        # leave the transaction open: its writes would ride along with
+                        # the next one, whose BEGIN would fail anyway.  Undo them here.
+                        if con.in_transaction:
+                            with contextlib.suppress(sqlite3.Error):
+                                con.execute("ROLLBACK")
+                        raise
                 else:
                     con.execute(f"RELEASE {name}")
 

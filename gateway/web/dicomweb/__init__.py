@@ -29,7 +29,7 @@ only the asked-for frames are read, so memory does not grow with a long cine
 either; a decoded frame is decoded alone.  Deflated and big-endian files (and
 fragments without an offset table that do not map one to one) fall back to
 reading the instance whole.  A viewer's text SR or PDF stored by a reader for a
-worklist study becomes the reader's signed report (gateway/reading/core.py).  Every
+worklist study becomes the reader's signed report (gateway/reading/viewer.py).  Every
 read of patient data is an ``opened`` event in the audit ledger (one per
 request).  Store, ledger and
 pydicom work run in threads, never on the event loop.

@@ -9,14 +9,13 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from fenji.gateway import ingest
+from fenji.gateway import ingest, reading
 from fenji.gateway.access.users import User, require
 from fenji.gateway.config import Config
 from fenji.gateway.dicom import status as st
 from fenji.gateway.dicom.validate import (
     Checked,
 )
-from fenji.gateway.reading import core as reading
 from fenji.gateway.store.db import Store
 from fenji.gateway.web.common import WAKE
 from fenji.gateway.web.dicomweb.common import CHUNK_BYTES, _app, _base_url, _dicom_json, _error
