@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fenji.codecs.ecg.quality import EcgQualityThresholds
-from fenji.codecs.image.quality import ImageQualityThresholds
+from fenji.codecs.image.thresholds import ImageQualityThresholds
 from fenji.gateway.errors import ConfigError
 from fenji.gateway.settings.checks import ROLES as ROLES  # re-exported: config.ROLES
 from fenji.gateway.settings.checks import USER_ROLES as USER_ROLES

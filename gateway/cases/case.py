@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fenji.codecs.compress.bundle import make_preview, plan_bundle
 from fenji.gateway.audit import ledger
 from fenji.gateway.cases import gate as qg
 from fenji.gateway.cases import states
@@ -561,6 +560,10 @@ class Built:
 
 def _build_bundle(store: Store, rows: list[dict[str, Any]], case_meta: dict[str, Any],
                   bundle_id: str, priority: str, effort: str) -> Built:
+    # Here, not at module level: the DICOM workers import this module (through
+    # reading.core) and never build a bundle; the codecs load Numba.
+    from fenji.codecs.compress.bundle import make_preview, plan_bundle
+
     blobs = [store.read_blob(r["sha256"]) for r in rows]
     preview = None
     staged: list[tuple[Path, Path]] = []
