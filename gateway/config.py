@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fenji.codecs.ecg.quality import EcgQualityThresholds
+from fenji.codecs.ecg.thresholds import EcgQualityThresholds
 from fenji.codecs.image.thresholds import ImageQualityThresholds
 from fenji.gateway.errors import ConfigError
 from fenji.gateway.settings.checks import ROLES as ROLES  # re-exported: config.ROLES

@@ -48,8 +48,5 @@ def test_dicom_worker_loads_no_compress_codec() -> None:
     assert "fenji.codecs.image.quality" not in loaded
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/config.py needs EcgQualityThresholds, which "
-                   "sits in fenji.codecs.ecg.quality beside the Numba kernels (a worker also "
-                   "unpickles one with its config); it needs a Numba-free module in codecs/ecg")
 def test_dicom_worker_loads_no_numba() -> None:
     assert "numba" not in _loaded("fenji.gateway.node", "fenji.gateway.dimse.server")
