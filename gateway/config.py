@@ -69,6 +69,10 @@ TRANSFER_CHUNK_HARD_MAX_BYTES = 64 * 1024 * 1024
 #: All preview sections of one bundle, encoded, as a receiver accepts them.
 PREVIEW_SECTIONS_MAX_BYTES = 16 * 1024 * 1024
 
+#: Shortest passphrase a reader's signing key is encrypted with: the key file
+#: may be copied off the node, and a short passphrase falls to a guessing run.
+MIN_PASSPHRASE_BYTES = 8
+
 # Defaults of configurable limits that code outside a node's config also uses
 # (ingest.Limits() in tools and tests); the reasons are at their keys below.
 DEFAULT_MAX_INSTANCE_BYTES = 1024 * 1024 * 1024
