@@ -68,7 +68,7 @@ def _ls(args: argparse.Namespace) -> int:
     if not args.json and jobs:
         print(f"times in {cfg.timezone}; priorities: STAT before urgent before routine")
         print(f"{'JOB':>5}  {'STATE':<7} {'PRIORITY':<8} {'CASE':<10} {'WHAT':<6} "
-              f"{'TO':<14} {'SENT / TOTAL MB':>17} {'%':>4} {'TRIES':>5}  "
+              f"{'TO':<18} {'SENT / TOTAL MB':>17} {'%':>4} {'TRIES':>5}  "
               f"{'QUEUED':<23}  NEXT")
     for j in jobs:
         d = dests.get(j["destination"], {})
@@ -92,7 +92,7 @@ def _ls(args: argparse.Namespace) -> int:
         case_id = report_case.get(case_id, case_id)
         prio = PRIORITY_NAMES.get(int(j["priority"]), f"p{j['priority']}")
         print(f"{j['job_id']:>5}  {j['state']:<7} {prio:<8} {case_id[:10]:<10} {what:<6} "
-              f"{str(j['destination'])[:14]:<14} "
+              f"{str(j['destination'])[:18]:<18} "
               f"{j['bytes_sent'] / 1e6:8.2f} /{j['bytes_total'] / 1e6:7.2f} {pct:4.0f} "
               f"{j['attempts']:>5}  {cfg.local_time(j['created_at']):<23}  {nxt}")
         if j["last_error"]:
