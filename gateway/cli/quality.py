@@ -40,9 +40,7 @@ def _show(args: argparse.Namespace) -> int:
     att = q["attestation"]
     if att:
         over = f", override: {att['override']['reason']}" if att.get("override") else ""
-        from fenji.gateway.reading.core import local_time
-
-        when = local_time(cfg, att["at"]) if isinstance(att.get("at"), int | float) else "-"
+        when = cfg.local_time(att["at"]) if isinstance(att.get("at"), int | float) else "-"
         print(f"attested by {att['operator']} at node {att['node']} on {when}{over}: {status}")
     else:
         print("not attested: held until someone fixes it or overrides with a reason")
