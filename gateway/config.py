@@ -69,6 +69,10 @@ TRANSFER_CHUNK_HARD_MAX_BYTES = 64 * 1024 * 1024
 #: All preview sections of one bundle, encoded, as a receiver accepts them.
 PREVIEW_SECTIONS_MAX_BYTES = 16 * 1024 * 1024
 
+#: Shortest passphrase a reader's signing key is encrypted with: the key file
+#: may be copied off the node, and a short passphrase falls to a guessing run.
+MIN_PASSPHRASE_BYTES = 8
+
 # Defaults of configurable limits that code outside a node's config also uses
 # (ingest.Limits() in tools and tests); the reasons are at their keys below.
 DEFAULT_MAX_INSTANCE_BYTES = 1024 * 1024 * 1024
@@ -147,6 +151,12 @@ class DicomSection:
     # once, and anonymous idle sockets must not hold association slots for
     # acse_timeout_s (issue 17: 40 idle sockets locked C-ECHO out).
     preassoc_idle_s: float = 5.0
+    # On SIGTERM/SIGINT the node stops accepting and gives associations in
+    # flight this long to finish before it aborts them (logging what was cut
+    # and how many bytes of it had arrived).  An instance of a few hundred MB
+    # arrives in seconds on a LAN; a service manager's stop timeout (systemd:
+    # 90 s) must stay above this.
+    stop_grace_s: float = 10.0
     # Connections (idle or associated) one source address may hold per
     # receiving process; more are refused with A-ASSOCIATE-RJ (local limit).
     # Half of max_associations: one host can never lock the others out.

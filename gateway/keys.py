@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 from pathlib import Path
@@ -12,18 +13,40 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from fenji.gateway.errors import LocalError
+from fenji.gateway.config import MIN_PASSPHRASE_BYTES
+from fenji.gateway.errors import LocalError, PeerError
+
+log = logging.getLogger(__name__)
 
 
-def generate_keypair(private_path: Path, public_path: Path, *, overwrite: bool = False) -> str:
-    """Write a new Ed25519 key pair; return the public key's hex fingerprint."""
+class KeyLocked(PeerError):
+    """A reader's signing key is encrypted and no passphrase, or a wrong one, was given:
+    the act of signing is refused (403 over HTTP, exit 2 in the CLI)."""
+
+    http_status = 403
+    dicom_status = 0x0124  # Refused: not authorized
+
+
+def generate_keypair(private_path: Path, public_path: Path, *, overwrite: bool = False,
+                     passphrase: bytes | None = None) -> str:
+    """Write a new Ed25519 key pair; return the public key's hex fingerprint.
+
+    With ``passphrase`` the private key is PKCS#8 encrypted with it (PBES2:
+    PBKDF2-HMAC-SHA256 and AES-256-CBC, cryptography's BestAvailableEncryption):
+    a reader's signing key, under the reader's sole control (issue 17 finding 6).
+    """
     if private_path.exists() and not overwrite:
         raise LocalError(f"{private_path} exists; refusing to overwrite a node key")
+    if passphrase is not None and len(passphrase) < MIN_PASSPHRASE_BYTES:
+        raise PeerError(f"passphrase of {len(passphrase)} bytes is too short: at least "
+                        f"{MIN_PASSPHRASE_BYTES}")
     key = Ed25519PrivateKey.generate()
     private_path.parent.mkdir(parents=True, exist_ok=True)
     public_path.parent.mkdir(parents=True, exist_ok=True)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    enc: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase) if passphrase
+        else serialization.NoEncryption())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
     fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
@@ -43,6 +66,40 @@ def load_private(path: Path) -> Ed25519PrivateKey:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError) as exc:
         raise LocalError(f"cannot load private key {path}: {exc}") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise LocalError(f"{path} is not an Ed25519 private key")
+    return key
+
+
+def is_encrypted(path: Path) -> bool:
+    """Whether the PEM private key at ``path`` is passphrase-protected (PKCS#8)."""
+    try:
+        return b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in path.read_bytes()[:64]
+    except OSError as exc:
+        raise LocalError(f"cannot read private key {path}: {exc.strerror}") from exc
+
+
+def load_signing_key(path: Path, passphrase: bytes | None, *, who: str) -> Ed25519PrivateKey:
+    """A reader's signing key, unlocked with their passphrase for one act of signing.
+
+    An encrypted key without a passphrase, or with a wrong one, raises
+    :class:`KeyLocked` naming ``who``; a key from before encryption (plain PEM)
+    still loads, with a warning to re-create it encrypted.
+    """
+    if not is_encrypted(path):
+        log.warning("signing key of %s at %s is not encrypted: anyone who can read it can "
+                    "sign as %s; encrypt it: fenji keys protect --reader %s", who, path, who, who)
+        return load_private(path)
+    if not passphrase:
+        raise KeyLocked(f"the signing key of {who} is encrypted: give {who}'s passphrase "
+                        "(CLI: prompt, FENJI_KEY_PASSPHRASE or --passphrase-file; API: "
+                        "\"passphrase\" in the request)")
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=passphrase)
+    except (TypeError, ValueError):
+        raise KeyLocked(f"wrong passphrase for the signing key of {who}") from None
+    except OSError as exc:
+        raise LocalError(f"cannot load private key {path}: {exc.strerror}") from exc
     if not isinstance(key, Ed25519PrivateKey):
         raise LocalError(f"{path} is not an Ed25519 private key")
     return key

@@ -213,8 +213,10 @@ def _serve(cfg: Config, stop: threading.Event, ready: Any = None) -> None:
             ready.put(("ready", os.getpid(), port))
         while not stop.wait(0.5):
             pass
-        log.info("dicom stopping: waiting for %d in-flight associations", service.active)
-        service.stop()
+        log.info("dicom stopping: %d associations in flight, grace dicom.stop_grace_s=%g",
+                 service.active, cfg.dicom.stop_grace_s)
+        cut = service.stop(cfg.dicom.stop_grace_s)
+        log.info("dicom stopped: %d associations cut", cut)
     finally:
         store.close()
 
@@ -363,8 +365,13 @@ def _run_locked(cfg: Config, verbose: int) -> int:
     finally:
         if watcher is not None:
             watcher.stop()
+        # HTTP (API, uploads, the sender) stops before "node stopped" is logged:
+        # nothing is served after that line (issue 18).
         http.stop()
         http_store.close()
+        with contextlib.suppress(FileNotFoundError):
+            run_file.unlink()
+        log.info("node stopped")
 
 
 def _reload_peers(cfg: Config, http: Any) -> None:
@@ -395,9 +402,6 @@ def _run_dicom(cfg: Config, n: int, stop: threading.Event, verbose: int, run_fil
 
         threading.Thread(target=announce, daemon=True).start()
         _serve(cfg, stop, ready_q)
-        with contextlib.suppress(FileNotFoundError):
-            run_file.unlink()
-        log.info("node stopped")
         return 0
     return _supervise(cfg, n, stop, verbose)
 
@@ -463,13 +467,13 @@ def _supervise(cfg: Config, n: int, stop: threading.Event, verbose: int) -> int:
         if p.exitcode is None and p.pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p.pid, signal.SIGTERM)
+    # A worker gives its associations dicom.stop_grace_s, then aborts them and
+    # closes its store: a few seconds more is the most it may take.
+    join_s = cfg.dicom.stop_grace_s + 15
     for p in procs:
-        p.join(timeout=45)
+        p.join(timeout=join_s)
         if p.exitcode is None:
-            log.error("worker pid=%s did not stop in 45 s; killing", p.pid)
+            log.error("worker pid=%s did not stop in %.0f s; killing", p.pid, join_s)
             p.kill()
             p.join()
-    with contextlib.suppress(FileNotFoundError):
-        (cfg.data_dir / "run" / "node.json").unlink()
-    log.info("node stopped")
     return rc

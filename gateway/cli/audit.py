@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     v.set_defaults(func=_verify)
 
 
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
-def _line(e: dict[str, Any]) -> str:
+def _line(e: dict[str, Any], when: str) -> str:
     detail = json.dumps(e.get("detail") or {}, ensure_ascii=False, sort_keys=True)
     if len(detail) > 100:
         detail = detail[:99] + "…"
     case = f" case={e['case_id']}" if e.get("case_id") else ""
     via = f" via={e['via']}" if e.get("origin") == "foreign" else ""
-    return (f"{_iso(e['at'])} {e['node']:<14} #{e['seq']:<6} {e['kind']:<15} "
+    return (f"{when} {e['node']:<14} #{e['seq']:<6} {e['kind']:<15} "
             f"{e['actor']} ({e['role']}){case} obj={e['object']}{via} {detail}")
 
 
@@ -52,13 +47,15 @@ def _ls(args: argparse.Namespace) -> int:
         print(f"fenji audit ls: unknown event kind {args.kind!r} (known: "
               f"{', '.join(ledger.KINDS)})", file=sys.stderr)
         return 2
-    with config_and_store(args.config) as (_cfg, store):
+    with config_and_store(args.config) as (cfg, store):
         hist = ledger.case_history(store, args.case, kind=args.kind)
     if args.json:
         print(json.dumps(hist, ensure_ascii=False))
         return 0
+    if hist:
+        print(f"times in {cfg.timezone}")
     for e in hist:
-        print(_line(e))
+        print(_line(e, cfg.local_time(e["at"])))
     if not hist:
         print(f"no events{' for case ' + args.case if args.case else ''}"
               f"{' of kind ' + args.kind if args.kind else ''}")

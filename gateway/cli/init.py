@@ -58,6 +58,9 @@ max_instance_bytes = 1073741824
 # as a DICOM defined term: many modalities write Chinese as GBK or GB18030 and
 # declare nothing.  "GB18030" reads both.  Empty: none assumed.
 default_character_set = ""
+# On stop (SIGTERM, Ctrl-C), seconds an association in flight may take to
+# finish before it is aborted; the log names what was cut.
+stop_grace_s = 10.0
 
 [http]
 # The node's HTTP API (cases, queue, DICOMweb).

@@ -43,7 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("conf", help="configuration tools")
     csub = p.add_subparsers(dest="conf_verb", metavar="ACTION", required=True)
     c = csub.add_parser("check", help="validate a config; print every error with its key path")
-    c.add_argument("file", type=Path, metavar="FILE")
+    c.add_argument("file", type=Path, metavar="FILE", nargs="?", default=None,
+                   help="the config (default: $FENJI_CONFIG, else ./fenji.toml, else "
+                        "/etc/fenji/fenji.toml)")
     c.add_argument("--json", action="store_true", help="print the effective config as JSON")
     c.set_defaults(func=_conf_check)
 
@@ -76,7 +78,21 @@ def _node(args: argparse.Namespace) -> int:
     return run_node(cfg, verbose=args.verbose)
 
 
+def _running_pid(cfg: config_mod.Config) -> int | None:
+    """The pid of this config's own node when it is running (its run/node.json)."""
+    import os
+
+    try:
+        pid = int(json.loads((cfg.data_dir / "run" / "node.json").read_text())["pid"])
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid
+
+
 def _conf_check(args: argparse.Namespace) -> int:
+    if args.file is None:
+        args.file = config_mod.find_config()
     try:
         cfg = config_mod.load(args.file)
     except ConfigError as exc:
@@ -91,6 +107,12 @@ def _conf_check(args: argparse.Namespace) -> int:
                  ("http.port", cfg.http.host, cfg.http.port)]
     if cfg.web.port:
         listeners.append(("web.port", cfg.web.host, cfg.web.port))
+    running = _running_pid(cfg)
+    if running is not None:
+        # Its own node holds the ports: that is not a problem of this config.
+        print(f"note: this node is running (pid {running}); its ports were not probed",
+              file=sys.stderr)
+        listeners = []
     for key, host, port in listeners:
         try:
             check_port_free(key, host, port)

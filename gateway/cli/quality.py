@@ -40,7 +40,8 @@ def _show(args: argparse.Namespace) -> int:
     att = q["attestation"]
     if att:
         over = f", override: {att['override']['reason']}" if att.get("override") else ""
-        print(f"attested by {att['operator']} at node {att['node']}{over}: {status}")
+        when = cfg.local_time(att["at"]) if isinstance(att.get("at"), int | float) else "-"
+        print(f"attested by {att['operator']} at node {att['node']} on {when}{over}: {status}")
     else:
         print("not attested: held until someone fixes it or overrides with a reason")
     return 0

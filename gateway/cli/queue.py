@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ls.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     ls.add_argument("--state", choices=("queued", "leased", "done", "dead"))
     ls.add_argument("--dest", help="only jobs for this destination")
-    ls.add_argument("--json", action="store_true", help="one JSON object per job")
+    ls.add_argument("--json", action="store_true",
+                    help="one JSON object per job, raw fields (priority 0/1/2, Unix times)")
     ls.set_defaults(func=_ls)
     for name, helptext in (("pause", "stop sending to a destination"),
                            ("resume", "send to a paused destination again")):
@@ -41,13 +42,22 @@ def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return open_store(config_mod.load(args.config))
 
 
+# What the outbox's priority numbers mean (gateway/cases/case.py PRIORITIES).
+PRIORITY_NAMES = {0: "STAT", 1: "urgent", 2: "routine"}
+
+
 def _ls(args: argparse.Namespace) -> int:
+    from fenji.gateway.node import open_store
     from fenji.routing.outbox_db import destinations, list_jobs
 
-    store = _open(args)
+    cfg = config_mod.load(args.config)
+    store = open_store(cfg)
     try:
         jobs = list_jobs(store, state=args.state, destination=args.dest)
         dests = {d["name"]: d for d in destinations(store)}
+        # A report's way back is queued under its report id: show its case.
+        report_case = {str(r["report_id"]): str(r["case_id"]) for r in store.query(
+            "SELECT report_id, case_id FROM reports")}
     finally:
         store.close()
     if args.dest and args.dest not in dests:
@@ -55,6 +65,11 @@ def _ls(args: argparse.Namespace) -> int:
               f"{', '.join(sorted(dests)) or 'none yet'})", file=sys.stderr)
         return 1
     now = time.time()
+    if not args.json and jobs:
+        print(f"times in {cfg.timezone}; priorities: STAT before urgent before routine")
+        print(f"{'JOB':>5}  {'STATE':<7} {'PRIORITY':<8} {'CASE':<10} {'WHAT':<6} "
+              f"{'TO':<18} {'SENT / TOTAL MB':>17} {'%':>4} {'TRIES':>5}  "
+              f"{'QUEUED':<23}  NEXT")
     for j in jobs:
         d = dests.get(j["destination"], {})
         j["destination_paused"] = bool(d.get("paused"))
@@ -62,14 +77,26 @@ def _ls(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(j))
             continue
-        nxt = ""
-        if j["state"] == "queued" and j["next_attempt_at"] > now:
-            nxt = f"retry in {j['next_attempt_at'] - now:.0f}s"
+        nxt = "-"
+        if j["state"] == "queued":
+            nxt = "now" if j["next_attempt_at"] <= now else (
+                f"in {j['next_attempt_at'] - now:.0f} s "
+                f"({cfg.local_time(j['next_attempt_at'])[11:19]})")
+        elif j["state"] == "done":
+            nxt = f"sent {cfg.local_time(j['done_at'])}"
+        elif j["state"] == "dead":
+            nxt = "gave up: fenji queue retry " + str(j["job_id"])
         pct = 100 * j["bytes_sent"] / j["bytes_total"] if j["bytes_total"] else 0
-        err = f"  last error: {j['last_error'][:80]}" if j["last_error"] else ""
-        print(f"job {j['job_id']:>5} {j['state']:<7} p{j['priority']} -> {j['destination']:<16} "
-              f"{j['bytes_sent'] / 1e6:8.2f}/{j['bytes_total'] / 1e6:.2f} MB ({pct:3.0f}%) "
-              f"attempts {j['attempts']:>3} {nxt}{err}")
+        case_id = str(j["case_id"])
+        what = "report" if case_id in report_case else "case"
+        case_id = report_case.get(case_id, case_id)
+        prio = PRIORITY_NAMES.get(int(j["priority"]), f"p{j['priority']}")
+        print(f"{j['job_id']:>5}  {j['state']:<7} {prio:<8} {case_id[:10]:<10} {what:<6} "
+              f"{str(j['destination'])[:18]:<18} "
+              f"{j['bytes_sent'] / 1e6:8.2f} /{j['bytes_total'] / 1e6:7.2f} {pct:4.0f} "
+              f"{j['attempts']:>5}  {cfg.local_time(j['created_at']):<23}  {nxt}")
+        if j["last_error"]:
+            print(f"{'':>7}last error: {str(j['last_error'])[:100]}")
     if not args.json:
         if not jobs:
             print("outbox empty")

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fenji.gateway.cli.keys import add_passphrase_args, read_passphrase
 from fenji.gateway.config import CONFIG_HELP
 from fenji.gateway.errors import FenjiError, PeerError
 
@@ -65,6 +66,7 @@ def _add_submit(rsub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     s.add_argument("--from-file", type=Path, default=None, metavar="DCM",
                    help="the report as a DICOM SR or encapsulated PDF from the viewer")
     s.add_argument("--json", action="store_true")
+    add_passphrase_args(s)
     s.set_defaults(func=_submit)
 
 
@@ -72,11 +74,17 @@ def _submit(args: argparse.Namespace) -> int:
     import json
 
     from fenji.gateway.cli.case import cli_user
+    from fenji.gateway.keys import is_encrypted
     from fenji.gateway.node import config_and_store
     from fenji.gateway.reading import report_return, viewer
 
     with config_and_store(args.config) as (cfg, store):
         user = cli_user(cfg, args.reader)
+        priv, _ = cfg.reader_key_paths(args.reader)
+        # Signing is the reader's act: their passphrase unlocks their key, for this
+        # signature only (asked at the terminal, or --passphrase-file / env for scripts).
+        phrase = (read_passphrase(args, args.reader)
+                  if priv.exists() and is_encrypted(priv) else None)
         if args.from_file is not None:
             try:
                 data = args.from_file.read_bytes()
@@ -86,13 +94,15 @@ def _submit(args: argparse.Namespace) -> int:
                 return 2
             row = viewer.report_from_viewer(store, cfg, user, data, args.case_id,  # type: ignore[arg-type]
                                             critical=args.critical,
-                                            amendment_reason=args.amend_reason)
+                                            amendment_reason=args.amend_reason,
+                                            passphrase=phrase)
         else:
             row = report_return.submit_report(store, cfg, args.case_id, user,  # type: ignore[arg-type]
                                               findings=args.findings,
                                               impression=args.impression,
                                               critical=args.critical,
-                                              amendment_reason=args.amend_reason)
+                                              amendment_reason=args.amend_reason,
+                                              passphrase=phrase)
     out = {k: row[k] for k in ("report_id", "case_id", "version", "status", "reader",
                                "critical", "supersedes", "bundle_id")}
     if args.json:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +122,8 @@ def _sig(valid: bool | None) -> str:
     return "valid" if valid else "unchecked" if valid is None else "INVALID"
 
 
-def _liability_text(doc: dict[str, Any]) -> list[str]:
+def _liability_text(doc: dict[str, Any], when: Callable[[Any], str] = str) -> list[str]:
+    """``when`` turns the document's ISO 8601 (UTC) times into the node's zone."""
     dq = doc["data_quality"]
     lines = [f"case {doc['case_id']}  {doc['service']}  {doc['priority']}  study "
              f"{doc['study_instance_uid']}  from {doc['sending_hospital'] or '?'}",
@@ -130,16 +133,16 @@ def _liability_text(doc: dict[str, Any]) -> list[str]:
     left = [("", "DATA QUALITY (sending hospital)"),
             ("node", dq.get("node") or "-"),
             ("who", dq.get("operator") or "-"),
-            ("when", dq.get("at") or "-"),
+            ("when", when(dq["at"]) if dq.get("at") else "-"),
             ("verdict", f"{dq.get('verdict') or '-'}"
                         f" ({len(dq.get('reasons') or [])} reason(s))"),
-            ("override", "; ".join(f"{o['operator']}: {o['reason']!r} at {o['at']}"
+            ("override", "; ".join(f"{o['operator']}: {o['reason']!r} at {when(o['at'])}"
                                    for o in dq["overrides"]) or "none"),
             ("signature", dq["signature"])]
     right = [("REPORT CONTENT (reading center)",),
              (cur["center"] if cur else "no report",),
              (f"{cur['reader']} ({cur['reader_display']})" if cur else "-",),
-             (cur["signed_at"] if cur else "-",),
+             (when(cur["signed_at"]) if cur else "-",),
              (f"version {cur['version']}" + (f", supersedes {cur['supersedes']}: "
                                              f"{cur['amendment_reason']!r}"
                                              if cur and cur["supersedes"] else "")
@@ -159,7 +162,7 @@ def _liability_text(doc: dict[str, Any]) -> list[str]:
         amend = (f" supersedes {r['supersedes']} ({r['amendment_reason']})"
                  if r["supersedes"] else "")
         lines.append(f"  v{r['version']} {r['status']:<10} {r['report_id']} by {r['reader']} "
-                     f"({r['reader_display']}) at {r['signed_at']}{amend}; signature "
+                     f"({r['reader_display']}) at {when(r['signed_at'])}{amend}; signature "
                      f"{_sig(r['signature_valid'])}")
         for p in r["problems"]:
             lines.append(f"      problem: {p}")
@@ -173,10 +176,17 @@ def _liability(args: argparse.Namespace) -> int:
 
     with config_and_store(args.config) as (cfg, store):
         doc = st.liability(store, args.case_id, trusted=trusted_centers(cfg))
+
+    def when(iso: Any) -> str:
+        try:
+            return cfg.local_time(_dt.datetime.fromisoformat(str(iso)).timestamp())
+        except ValueError:
+            return str(iso)
+
     bad = doc["data_quality"].get("signature_valid") is False or any(
         r["signature_valid"] is False for r in doc["report_content"])
     if args.json:
         print(json.dumps(doc, ensure_ascii=False))
     else:
-        print("\n".join(_liability_text(doc)))
+        print("\n".join(_liability_text(doc, when)))
     return 1 if bad else 0

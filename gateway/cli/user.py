@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from fenji.gateway import config as config_mod
+from fenji.gateway.cli.keys import add_passphrase_args, reader_passphrase
 from fenji.gateway.config import CONFIG_HELP
 from fenji.gateway.errors import LocalError
 
@@ -31,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="use this token instead of a random one (scripted set-ups only)")
     a.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     a.add_argument("--json", action="store_true", help="print {name, role, token} as JSON")
+    add_passphrase_args(a)
     a.set_defaults(func=_add)
     ls = usub.add_parser("ls", help="list users and roles (never tokens)")
     ls.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
@@ -39,8 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def add_user(config_path: Path, name: str, role: str, *, services: tuple[str, ...] = (),
-             display_name: str = "", token: str | None = None) -> str:
-    """Append a [[users]] block (validated before it is written); returns the token."""
+             display_name: str = "", token: str | None = None,
+             passphrase: bytes | None = None) -> str:
+    """Append a [[users]] block (validated before it is written); returns the token.
+
+    A reader's signing key is encrypted with ``passphrase``; without one (labs,
+    the test harness) it is plain, and signing warns about it."""
     from fenji.gateway.access.users import hash_token, new_token
 
     cfg = config_mod.load(config_path)
@@ -66,24 +72,27 @@ def add_user(config_path: Path, name: str, role: str, *, services: tuple[str, ..
         raise
     tmp.replace(config_path)
     if role == "reader":
-        make_reader_keys(new, name)
+        make_reader_keys(new, name, passphrase=passphrase)
     return token
 
 
-def make_reader_keys(cfg: config_mod.Config, name: str) -> tuple[Path, Path, bool]:
+def make_reader_keys(cfg: config_mod.Config, name: str, *, passphrase: bytes | None = None
+                     ) -> tuple[Path, Path, bool]:
     from fenji.gateway.keys import generate_keypair
 
     priv, pub = cfg.reader_key_paths(name)
     if priv.exists():
         return priv, pub, False
-    generate_keypair(priv, pub)
+    generate_keypair(priv, pub, passphrase=passphrase)
     return priv, pub, True
 
 
 def _add(args: argparse.Namespace) -> int:
     services = tuple(s.strip() for s in args.services.split(",") if s.strip())
+    # Asked before anything is written: a reader without a passphrase adds nothing.
+    phrase = reader_passphrase(args, args.name) if args.role == "reader" else None
     token = add_user(args.config, args.name, args.role, services=services,
-                     display_name=args.display_name, token=args.token)
+                     display_name=args.display_name, token=args.token, passphrase=phrase)
     if args.json:
         print(json.dumps({"name": args.name, "role": args.role, "token": token}))
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from fenji.gateway.config import CONFIG_HELP
 from fenji.gateway.dicom.charset import pn_display
@@ -14,10 +15,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("worklist", help="the reading center's cases: list, claim, give back")
     wsub = p.add_subparsers(dest="worklist_verb", metavar="ACTION", required=True)
     ls = wsub.add_parser("ls", help="received cases, STAT first, then longest waiting",
-                         description="Columns: priority, waiting time, service, sending "
+                         description="Per case: priority, waiting time, service, sending "
                                      "hospital, state (new, claimed, reported, amended), "
-                                     "quality verdict, clinical question; below, the "
-                                     "patient's name, ID and the study description.")
+                                     "clinical question; below, the patient's name, ID, "
+                                     "modality and study description, the requesting "
+                                     "physician and when it arrived (node's time zone), "
+                                     "and the quality verdict with any override (who, why).")
     ls.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     ls.add_argument("--reader", help="only the services this reader reads")
     ls.add_argument("--state", choices=("new", "claimed", "reported", "amended"))
@@ -37,6 +40,15 @@ def _fmt_wait(s: float) -> str:
     return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min" if s >= 60 else f"{s:.0f} s"
 
 
+def quality_text(q: dict[str, Any]) -> str:
+    """The quality verdict as a reader reads it, with an override's who and why."""
+    text = str(q.get("verdict") or "not checked")
+    over = q.get("override")
+    if over:
+        text += f", overridden by {over.get('by') or '?'}: {over.get('reason') or ''}"
+    return text
+
+
 def _ls(args: argparse.Namespace) -> int:
     from fenji.gateway.cli.case import cli_user
     from fenji.gateway.node import config_and_store
@@ -50,13 +62,19 @@ def _ls(args: argparse.Namespace) -> int:
         return 0
     if not rows:
         print("worklist is empty")
+    else:
+        print(f"times in {cfg.timezone}")
     for r in rows:
         claimed = f" by {r['claimed_by']}" if r["claimed_by"] else ""
         print(f"{r['case_id']}  {r['priority']:<7} {_fmt_wait(r['waiting_s']):>8}  "
               f"{r['service']:<7} {r['sending_hospital'] or '?':<16} {r['state']}{claimed:<12} "
-              f"quality={r['quality']['verdict'] or '-'}  {r['clinical_question'] or ''}")
+              f"{r['clinical_question'] or ''}")
         print(f"    patient {pn_display(r['patient_name'] or '') or '-'}  "
-              f"ID {r['patient_id'] or '-'}  {r['study_description'] or ''}")
+              f"ID {r['patient_id'] or '-'}  {r.get('modality') or '-'}  "
+              f"{r['study_description'] or ''}")
+        print(f"    requested by {pn_display(r['requesting_physician'] or '') or '-'}  "
+              f"received {cfg.local_time(r['received_at'])}")
+        print(f"    quality {quality_text(r['quality'])}")
     return 0
 
 

@@ -116,6 +116,19 @@ class _Server(ConnectionGuard, ThreadedAssociationServer):
         return super().verify_request(request, client_address)
 
 
+_PYNETDICOM_LOGGERS = ("pynetdicom", "pynetdicom.dul", "pynetdicom.assoc",
+                       "pynetdicom.transport", "pynetdicom.acse")
+
+
+def _demote_to_debug(record: logging.LogRecord) -> bool:
+    """A logging filter: re-log pynetdicom's record at DEBUG (after a cut at shutdown)."""
+    if record.levelno <= logging.DEBUG:
+        return True
+    log.debug("after the cut at shutdown, pynetdicom said: %s", record.getMessage(),
+              exc_info=record.exc_info)
+    return False
+
+
 @dataclass
 class _AssocStats:
     assoc_id: int
@@ -131,6 +144,7 @@ class _AssocStats:
     # buffers for one data set.
     inflight: int = 0
     cut_off: bool = False
+    cut_at_shutdown: bool = False
 
 
 class DicomService:
@@ -201,10 +215,15 @@ class DicomService:
         log.info("dicom listening ae=%s host=%s port=%d", self.cfg.dicom.ae_title, host, port)
         return str(host), int(port)
 
-    def stop(self, grace_s: float = 30.0) -> None:
-        """Stop accepting, let in-flight associations finish (up to ``grace_s``)."""
+    def stop(self, grace_s: float) -> int:
+        """Stop accepting, let in-flight associations finish for up to ``grace_s``
+        (``dicom.stop_grace_s``), then abort the rest; return how many were cut.
+
+        Each cut association gets one WARNING line with what it had stored and
+        the bytes of the data set it was sending when it was cut (received,
+        not stored: the sender must send that instance again)."""
         if self.server is None:
-            return
+            return 0
         server, self.server = self.server, None
         # serve_forever() returns; the listening socket is closed.  (Not through
         # pynetdicom's shutdown(): it removes the server from a list make_server()
@@ -215,14 +234,28 @@ class DicomService:
             self.ae._servers.remove(server)
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline:
-            active = [a for a in self.ae.active_associations if a.is_alive()]
-            if not active:
-                break
+            if not [a for a in self.ae.active_associations if a.is_alive()]:
+                return 0
             time.sleep(0.05)
-        for assoc in self.ae.active_associations:
-            log.warning("assoc=? peer=%s aborted at shutdown after %.0fs grace",
-                        assoc.requestor.address, grace_s)
+        cut = [a for a in self.ae.active_associations if a.is_alive()]
+        if cut:
+            # Aborting closes sockets under pynetdicom's reader threads, which then log
+            # ERROR tracebacks about a closed socket: expected here, so DEBUG only.
+            for name in _PYNETDICOM_LOGGERS:
+                logging.getLogger(name).addFilter(_demote_to_debug)
+        for assoc in cut:
+            s = self._stats.get(id(assoc))
+            if s is not None:
+                s.cut_at_shutdown = True
+                log.warning("assoc=%d peer=%s calling=%s cut at shutdown after "
+                            "dicom.stop_grace_s=%g: stored=%d bytes_stored=%d, in-flight data "
+                            "set not stored: bytes_received=%d", s.assoc_id, s.peer,
+                            s.calling, grace_s, s.stored, s.bytes, s.inflight)
+            else:
+                log.warning("assoc=? peer=%s cut at shutdown after dicom.stop_grace_s=%g",
+                            assoc.requestor.address, grace_s)
             assoc.abort()
+        return len(cut)
 
     @property
     def active(self) -> int:
@@ -270,9 +303,14 @@ class DicomService:
         if s is None:
             return
         ms = (time.monotonic() - s.started) * 1000
+        if s.cut_at_shutdown:
+            outcome = "cut-at-shutdown"
+        # bytes: stored; inflight_bytes: of a data set received but not answered
+        # (an abort mid-transfer), so the log never says 0 after megabytes arrived.
         log.info("assoc=%d peer=%s calling=%s called=%s stored=%d duplicate=%d failed=%d "
-                 "bytes=%d ms=%.0f outcome=%s", s.assoc_id, s.peer, s.calling, s.called,
-                 s.stored, s.duplicate, s.failed, s.bytes, ms, outcome)
+                 "bytes=%d inflight_bytes=%d ms=%.0f outcome=%s", s.assoc_id, s.peer,
+                 s.calling, s.called, s.stored, s.duplicate, s.failed, s.bytes, s.inflight,
+                 ms, outcome)
 
     def _on_data(self, event: Any) -> None:
         data = event.data

@@ -248,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     data = args.data or _shared_dicom()
     if not data.is_dir():
-        print(f"demo: sample data not found at {data}", file=sys.stderr)
+        print(f"demo: sample data not found at {data}: put the shared data set beside the "
+              "repository (../shared/data) or set FENJI_SHARED_DATA=/path/to/shared/data",
+              file=sys.stderr)
         return 2
     t0 = time.monotonic()
     work = args.workdir

@@ -55,7 +55,9 @@ def worklist(store: Store, cfg: Config, *, user: User | None = None,
         "(SELECT count(*) FROM cases a WHERE a.parent_case_id = c.case_id) AS n_addenda, "
         "(SELECT max(version) FROM reports r WHERE r.case_id = c.case_id) AS report_version, "
         "st.patient_id AS st_patient_id, st.patient_name AS st_patient_name, "
-        "st.study_description AS st_study_description "
+        "st.study_description AS st_study_description, (SELECT group_concat(DISTINCT "
+        "se.modality) FROM series se WHERE se.study_instance_uid = c.study_instance_uid) "
+        "AS modality "
         "FROM cases c LEFT JOIN quality q ON q.case_id = c.case_id "
         "LEFT JOIN studies st ON st.study_instance_uid = c.study_instance_uid "
         "WHERE c.read_state IS NOT NULL AND c.kind = 'case'")
@@ -76,13 +78,13 @@ def worklist(store: Store, cfg: Config, *, user: User | None = None,
             # Whose case it is, so that nobody signs for the wrong patient: Unicode,
             # person names with their groups ("Wang^XiaoDong=王^小东").
             "patient_id": r["st_patient_id"], "patient_name": r["st_patient_name"],
-            "study_description": r["st_study_description"],
+            "study_description": r["st_study_description"], "modality": r["modality"],
             "addenda": r["n_addenda"],
             "quality": {"verdict": r["quality_verdict"],
                         "attested_by": att.get("operator") if att else None,
-                        "attested_at": att.get("time") if att else None,
-                        "override": (att.get("override_reason") or att.get("override"))
-                        if att else None,
+                        "attested_at": att.get("at") if att else None,
+                        # Who released a held case anyway, and why (issue 18).
+                        "override": _override_of(att),
                         "attestation_sha256": hashlib.sha256(canonical_json(att)).hexdigest()
                         if att else None},
             "claimed_by": r["claimed_by"],
@@ -93,6 +95,15 @@ def worklist(store: Store, cfg: Config, *, user: User | None = None,
 
     out.sort(key=lambda c: (PRIORITIES.get(c["priority"], 9), -c["waiting_s"]))
     return out
+
+
+def _override_of(att: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``{"by", "reason", "at"}`` of a quality override in an attestation, else None."""
+    over = att.get("override") if isinstance(att, dict) else None
+    if not isinstance(over, dict):
+        return None
+    return {"by": att.get("operator") if att else None, "reason": over.get("reason"),
+            "at": att.get("at") if att else None}
 
 
 def _case(store: Store, case_id: str) -> dict[str, Any]:

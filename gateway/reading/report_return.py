@@ -88,14 +88,15 @@ def _put(store: Store, cfg: Config, data: bytes, actor: str) -> tuple[str, str]:
     return res.sop_instance_uid, res.sha256
 
 
-def _reader_key(cfg: Config, name: str) -> Any:
-    from fenji.gateway.keys import load_private
+def _reader_key(cfg: Config, name: str, passphrase: bytes | None) -> Any:
+    """The reader's key, unlocked with their passphrase for this one signature."""
+    from fenji.gateway.keys import load_signing_key
 
     priv, _ = cfg.reader_key_paths(name)
     if not priv.exists():
         raise ReadingError(f"reader {name!r} has no signing key at {priv}: run "
                            f"`fenji keys init --reader {name}`")
-    return load_private(priv)
+    return load_signing_key(priv, passphrase, who=name)
 
 
 def may_sign(store: Store, cfg: Config, case_id: str, user: User, *,
@@ -127,9 +128,12 @@ def may_sign(store: Store, cfg: Config, case_id: str, user: User, *,
 
 def submit_report(store: Store, cfg: Config, case_id: str, user: User, *, findings: str,
                   impression: str, critical: bool = False, amendment_reason: str | None = None,
-                  now: float | None = None, pdf_from_viewer: bytes | None = None
-                  ) -> dict[str, Any]:
+                  now: float | None = None, pdf_from_viewer: bytes | None = None,
+                  passphrase: bytes | None = None) -> dict[str, Any]:
     """Sign, store and queue back a report (or an amendment, with ``amendment_reason``).
+
+    ``passphrase`` unlocks the reader's encrypted signing key (keys.KeyLocked, 403,
+    without it or with a wrong one); it is used for this signature and not kept.
 
     A first report needs the reader's claim; an amendment needs a reason and
     supersedes the current version.  Returns the report row (with the bundle id).
@@ -181,7 +185,7 @@ def submit_report(store: Store, cfg: Config, case_id: str, user: User, *, findin
         supersedes=current["report_id"] if current else None,
         amendment_reason=amendment_reason if current else None, signed_at=now, patient=patient,
         examination=study, timezone=cfg.timezone)
-    rkey = _reader_key(cfg, user.name)
+    rkey = _reader_key(cfg, user.name, passphrase)
     signed = reports.sign_report(doc, rkey)
     _, rpub = cfg.reader_key_paths(user.name)
     endorsement = reports.endorse_reader(load_private(cfg.resolve(cfg.keys.private_key)),

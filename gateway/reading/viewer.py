@@ -59,7 +59,8 @@ def _viewer_text(store: Store, cfg: Config, user: User, data: bytes, case_id: st
 
 def report_from_viewer(store: Store, cfg: Config, user: User, data: bytes,
                        case_id: str | None = None, *, critical: bool = False,
-                       amendment_reason: str | None = None) -> dict[str, Any]:
+                       amendment_reason: str | None = None,
+                       passphrase: bytes | None = None) -> dict[str, Any]:
     """A reader's viewer sent a DICOM SR or encapsulated PDF for a study: sign it as the report.
 
     Only for a reader authenticated as a person (STOW-RS or the API with their
@@ -76,7 +77,7 @@ def report_from_viewer(store: Store, cfg: Config, user: User, data: bytes,
     return submit_report(store, cfg, case_id, user, findings=findings, impression=impression,
                          critical=critical or bool(parsed.get("critical")),
                          amendment_reason=amendment_reason,
-                         pdf_from_viewer=parsed.get("pdf_bytes"))
+                         pdf_from_viewer=parsed.get("pdf_bytes"), passphrase=passphrase)
 
 
 def viewer_report_draft(store: Store, cfg: Config, user: User | None, data: bytes, *,
@@ -113,7 +114,8 @@ def drafts_of(store: Store, case_id: str) -> list[dict[str, Any]]:
 
 
 def confirm_draft(store: Store, cfg: Config, case_id: str, sop_instance_uid: str, user: User,
-                  *, critical: bool = False) -> dict[str, Any]:
+                  *, critical: bool = False, passphrase: bytes | None = None
+                  ) -> dict[str, Any]:
     """The reader confirms a draft from their workstation: now it is signed, by them."""
     draft = store.query_one("SELECT * FROM report_drafts WHERE case_id = ? AND "
                             "sop_instance_uid = ?", (case_id, sop_instance_uid))
@@ -129,7 +131,7 @@ def confirm_draft(store: Store, cfg: Config, case_id: str, sop_instance_uid: str
     if inst is None:
         raise NotFound(f"draft {sop_instance_uid} is no longer in the store")
     row = report_from_viewer(store, cfg, user, store.read_blob(inst["sha256"]), case_id,
-                             critical=critical)
+                             critical=critical, passphrase=passphrase)
     with store.atomic() as con:
         con.execute("UPDATE report_drafts SET report_id = ?, confirmed_at = ? WHERE "
                     "sop_instance_uid = ?", (row["report_id"], time.time(), sop_instance_uid))
@@ -163,6 +165,20 @@ def viewer_report_if_any(store: Store, cfg: Config, user: User | None, data: byt
     case_id = _viewer_report_case(store, cfg, user, data, sop_class_uid, study_instance_uid)
     if case_id is None or user is None:
         return None
+    from fenji.gateway.keys import is_encrypted
+
+    priv, _ = cfg.reader_key_paths(user.name)
+    if priv.exists() and is_encrypted(priv):
+        # No passphrase travels with STOW-RS: the object waits as a draft until the
+        # reader confirms it, unlocking their key (confirm_draft).
+        from pydicom import dcmread
+
+        sop = str(dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
+                  .get("SOPInstanceUID", ""))
+        return viewer_report_draft(store, cfg, user, data, sop_class_uid=sop_class_uid,
+                                   study_instance_uid=study_instance_uid,
+                                   sop_instance_uid=sop, calling_ae=f"stow-rs:{user.name}",
+                                   peer=None)
     return report_from_viewer(store, cfg, user, data, case_id)
 
 

@@ -53,7 +53,8 @@ def check_values(cfg: Any, errors: list[str]) -> None:
                       f"{why}")
     if not 0 < cfg.dicom.poll_interval_s <= 0.01:
         errors.append(f"dicom.poll_interval_s = {cfg.dicom.poll_interval_s} is outside (0, 0.01]")
-    for name in ("network_timeout_s", "acse_timeout_s", "dimse_timeout_s", "preassoc_idle_s"):
+    for name in ("network_timeout_s", "acse_timeout_s", "dimse_timeout_s", "preassoc_idle_s",
+                 "stop_grace_s"):
         v = getattr(cfg.dicom, name)
         if not v > 0 or v == float("inf"):
             errors.append(f"dicom.{name} = {v} must be a finite number > 0")

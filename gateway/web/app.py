@@ -41,7 +41,13 @@ from fenji.gateway.web.common import CONFIG, LIVE_CONFIG, ON_RELEASE, STORE
 from fenji.gateway.web.console import routes as console_routes
 from fenji.gateway.web.console import session as console_session
 from fenji.gateway.web.console import viewer as console_viewer
-from fenji.gateway.web.limits import multipart_parts, upload_slots
+from fenji.gateway.web.limits import (
+    PartTooLarge,
+    multipart_parts,
+    read_spooled,
+    spool_part,
+    upload_slots,
+)
 from fenji.routing.sender import SenderLoop
 
 log = logging.getLogger(__name__)
@@ -111,40 +117,56 @@ async def post_case(request: web.Request) -> web.Response:
                               "raw_bytes": rel.raw_bytes}, status=201)
 
 
-async def post_ecg(request: web.Request) -> web.Response:
-    """A WFDB record (``.hea`` + ``.dat``) or one DICOM file, as multipart form data."""
+def _ingest_spooled(store: Store, spooled: dict[str, Path], **kw: Any) -> dict[str, Any]:
+    """The ECG files of one upload, read from their temp files, through ingest_files."""
     from fenji.gateway.ingest.ecg_files import ingest_files
 
+    files = {name: read_spooled(path) for name, path in spooled.items()}
+    return ingest_files(store, files, **kw)
+
+
+async def post_ecg(request: web.Request) -> web.Response:
+    """A WFDB record (``.hea`` + ``.dat``) or one DICOM file, as multipart form data."""
     require(request, "technician", "operator", action="upload ECG records")
     cfg, store = request.app[CONFIG], request.app[STORE]
     if not request.content_type.startswith("multipart/"):
         return _error(415, "not_multipart", "send the record's files as multipart/form-data")
-    files: dict[str, bytes] = {}
+    spooled: dict[str, Path] = {}
     fields: dict[str, str] = {}
-    total = 0
+    total, cap = 0, cfg.ingest.max_record_bytes
     from aiohttp import BodyPartReader
 
-    async for part in multipart_parts(request, cfg.limits.max_multipart_parts):
-        if not isinstance(part, BodyPartReader):
-            continue  # nested multipart: not a file
-        try:
-            data = await part.read(decode=False)
-        except ValueError as exc:  # aiohttp: the body ends inside this part
-            return _error(400, "bad_multipart", f"malformed multipart body: {exc}")
-        total += len(data)
-        if total > cfg.ingest.max_record_bytes:
-            return _error(413, "too_large", f"upload exceeds ingest.max_record_bytes = "
-                                            f"{cfg.ingest.max_record_bytes}")
-        if part.filename:
-            files[part.filename] = bytes(data)
-        elif part.name:
-            fields[part.name] = bytes(data).decode("utf-8", "replace")
-    if not files:
-        return _error(400, "no_files", "no files in the upload")
-    res = await asyncio.to_thread(
-        ingest_files, store, files, source=f"http:{request.remote}",
-        patient_id=fields.get("patient_id", ""), patient_name=fields.get("patient_name", ""),
-        limits=ingest.Limits.of(cfg), peer=request.remote)
+    try:
+        async for part in multipart_parts(request, cfg.limits.max_multipart_parts):
+            if not isinstance(part, BodyPartReader):
+                continue  # nested multipart: not a file
+            if not part.filename and not part.name:
+                continue  # multipart_parts' next() skips what is left of it
+            # Each part streams to a temp file within what is left of the cap:
+            # bytes in flight are one chunk, not the upload (issue 17 finding 13).
+            try:
+                path = await spool_part(part, store.tmp_dir, cap - total)
+            except PartTooLarge:
+                return _error(413, "too_large", f"upload exceeds ingest.max_record_bytes = "
+                                                f"{cap}")
+            total += path.stat().st_size
+            if part.filename:
+                old = spooled.pop(part.filename, None)
+                if old is not None:
+                    old.unlink(missing_ok=True)
+                spooled[part.filename] = path
+            else:
+                fields[str(part.name)] = (await asyncio.to_thread(read_spooled, path)).decode(
+                    "utf-8", "replace")
+        if not spooled:
+            return _error(400, "no_files", "no files in the upload")
+        res = await asyncio.to_thread(
+            _ingest_spooled, store, spooled, source=f"http:{request.remote}",
+            patient_id=fields.get("patient_id", ""), patient_name=fields.get("patient_name", ""),
+            limits=ingest.Limits.of(cfg), peer=request.remote)
+    finally:
+        for path in spooled.values():
+            path.unlink(missing_ok=True)
     status = ingest.HTTP_STATUS[ingest.Outcome(res["outcome"])]
     if status >= 400:
         res.setdefault("error", res["outcome"])

@@ -59,7 +59,8 @@ async def post_report(request: web.Request) -> web.Response:
         row = await asyncio.to_thread(
             viewer.report_from_viewer, store, cfg, user, data, request.match_info["case_id"],
             critical=request.query.get("critical", "").lower() == "true",
-            amendment_reason=request.query.get("amendment_reason"))
+            amendment_reason=request.query.get("amendment_reason"),
+            passphrase=_passphrase(request.headers.get("Fenji-Key-Passphrase")))
         return _report_response(request, row)
     body = await _json(request)
     critical = body.get("critical", False)
@@ -68,8 +69,18 @@ async def post_report(request: web.Request) -> web.Response:
     row = await asyncio.to_thread(
         report_return.submit_report, store, cfg, request.match_info["case_id"], user,
         findings=str(body.get("findings") or ""), impression=str(body.get("impression") or ""),
-        critical=critical, amendment_reason=body.get("amendment_reason"))
+        critical=critical, amendment_reason=body.get("amendment_reason"),
+        passphrase=_passphrase(body.get("passphrase")))
     return _report_response(request, row)
+
+
+def _passphrase(value: object) -> bytes | None:
+    """The reader's key passphrase from a sign request (never logged, never stored)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise web.HTTPBadRequest(text="passphrase must be a string")
+    return value.encode()
 
 
 async def get_drafts(request: web.Request) -> web.Response:
@@ -89,7 +100,8 @@ async def post_confirm_draft(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text=f"critical = {critical!r} is not true or false")
     row = await asyncio.to_thread(viewer.confirm_draft, store, cfg,
                                   request.match_info["case_id"], request.match_info["sop"],
-                                  user, critical=critical)
+                                  user, critical=critical,
+                                  passphrase=_passphrase(body.get("passphrase")))
     return _report_response(request, row)
 
 

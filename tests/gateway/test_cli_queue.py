@@ -48,6 +48,25 @@ def test_queue_verbs(tmp_path: Path) -> None:
     table = _fenji("queue", "ls", "--config", str(cfg_path), "--state", "dead")
     assert table.returncode == 0 and "dead" in table.stdout and "center said 400" in table.stdout
 
+    # For people: a header, named priorities, the case, times in the node's zone.
+    text = cfg_path.read_text(encoding="utf-8")
+    assert 'timezone = ""' in text
+    cfg_path.write_text(text.replace('timezone = ""', 'timezone = "Asia/Shanghai"'),
+                        encoding="utf-8")
+    table = _fenji("queue", "ls", "--config", str(cfg_path))
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert "times in Asia/Shanghai" in lines[0]
+    header = lines[1].split()
+    assert header[:5] == ["JOB", "STATE", "PRIORITY", "CASE", "WHAT"]
+    stat = next(ln for ln in lines if " dead " in ln)
+    routine = next(ln for ln in lines if " queued " in ln)
+    assert "STAT" in stat and "case-2" in stat and "p0" not in stat
+    assert "routine" in routine and "case-1" in routine
+    # enqueued at Unix time 1.0: 08:00:01 in Shanghai, not 00:00:01 UTC
+    assert "1970-01-01 08:00:01 CST" in routine
+    assert "fenji queue retry" in stat
+
     assert _fenji("queue", "pause", "center", "--config", str(cfg_path)).returncode == 0
     out = _fenji("queue", "ls", "--json", "--config", str(cfg_path), "--dest", "center")
     assert all(json.loads(line)["destination_paused"] for line in out.stdout.splitlines())

@@ -87,3 +87,52 @@ def test_report_needs_a_claim_and_an_amendment_a_reason(store: Store) -> None:
     reading.claim(store, cfg, "a", READER, now=1.0)
     with pytest.raises(reading.ReadingError, match="empty"):
         reading.submit_report(store, cfg, "a", READER, findings=" ", impression="", now=2.0)
+
+
+def test_worklist_shows_who_overrode_the_quality_gate_and_why(tmp_path: Path) -> None:
+    """Issue 18: an overridden case reads "unacceptable, overridden by … : reason",
+    in the API's rows and in `fenji worklist ls`, not a bare "unacceptable"."""
+    import json
+    import subprocess
+    import sys
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from fenji.gateway.cases import gate
+    from fenji.gateway.cli.init import init_node
+    from fenji.gateway.node import open_store
+
+    conf = init_node(tmp_path / "center", role="center", name="center", allow_ae=["*"])
+    text = conf.read_text(encoding="utf-8")
+    conf.write_text(text.replace('timezone = ""', 'timezone = "Asia/Shanghai"'),
+                    encoding="utf-8")
+    cfg = config_mod.load(conf)
+    store = open_store(cfg)
+    try:
+        _case(store, "held1", "stat", 100.0)
+        _case(store, "fine1", "routine", 200.0)
+        report = {"verdict": gate.UNACCEPTABLE, "reasons": ["instance 4: image blank"]}
+        att = gate.attest(report, case_id="held1", study_instance_uid="1.2.held1", node="edge",
+                          operator="李技师", key=Ed25519PrivateKey.generate(),
+                          override_reason="第4层空白，其余可读", now=50.0)
+        with store.atomic() as con:
+            con.execute("INSERT INTO quality(case_id, verdict, report_json, attestation_json, "
+                        "created_at, updated_at) VALUES (?, ?, ?, ?, 50, 50)",
+                        ("held1", report["verdict"], json.dumps(report), json.dumps(att)))
+        rows = {r["case_id"]: r for r in reading.worklist(store, cfg, now=1000.0)}
+    finally:
+        store.close()
+    q = rows["held1"]["quality"]
+    assert q["verdict"] == "unacceptable" and q["attested_by"] == "李技师"
+    assert q["attested_at"] == 50.0
+    assert q["override"] == {"by": "李技师", "reason": "第4层空白，其余可读", "at": 50.0}
+    assert rows["fine1"]["quality"]["override"] is None
+
+    out = subprocess.run([sys.executable, "-m", "fenji.gateway.cli.main", "worklist", "ls",
+                          "--config", str(conf)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    expected = "quality unacceptable, overridden by 李技师: 第4层空白，其余可读"
+    assert expected in out.stdout, out.stdout
+    assert "times in Asia/Shanghai" in out.stdout
+    assert "received 1970-01-01 08:01:40 CST" in out.stdout  # Unix 100 in Shanghai
+    assert "quality not checked" in out.stdout  # fine1 has no verdict at all

@@ -490,7 +490,8 @@ async def post_report(request: web.Request, user: User) -> web.StreamResponse:
         reading.submit_report, store, cfg, case_id, user,
         findings=f.get("findings", ""), impression=f.get("impression", ""),
         critical=f.get("critical") in ("on", "true", "1"),
-        amendment_reason=(f.get("amendment_reason") or "").strip() or None)
+        amendment_reason=(f.get("amendment_reason") or "").strip() or None,
+        passphrase=str(f.get("passphrase") or "").encode() or None)  # the reader's key
     wake = request.app.get(WAKE)
     if callable(wake):
         wake()

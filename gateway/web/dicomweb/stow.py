@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import BodyPartReader, web
@@ -18,9 +19,9 @@ from fenji.gateway.dicom.validate import (
 )
 from fenji.gateway.store.db import Store
 from fenji.gateway.web.common import WAKE
-from fenji.gateway.web.dicomweb.common import CHUNK_BYTES, _app, _base_url, _dicom_json, _error
+from fenji.gateway.web.dicomweb.common import _app, _base_url, _dicom_json, _error
 from fenji.gateway.web.dicomweb.media import MediaRange, parse_accept
-from fenji.gateway.web.limits import multipart_parts
+from fenji.gateway.web.limits import PartTooLarge, multipart_parts, read_spooled, spool_part
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,11 @@ def _stow_one(cfg: Config, store: Store, data: bytes, user: User, peer: str | No
     return False, {**ref, "status": res.status, "reason": res.reason}
 
 
+def _stow_spooled(cfg: Config, store: Store, path: Path, user: User, peer: str | None,
+                  study: str | None) -> tuple[bool, dict[str, Any]]:
+    return _stow_one(cfg, store, read_spooled(path), user, peer, study)
+
+
 def _stow_body(res: _StowResult, base: str, study: str | None) -> dict[str, Any]:
     body: dict[str, Any] = {}
     if study is not None:
@@ -115,19 +121,13 @@ async def stow(request: web.Request) -> web.Response:
                                "reason": f"part of type {ptype!r}"})
             await part.release()
             continue
-        buf = bytearray()
-        too_big = False
-        while chunk := await part.read_chunk(CHUNK_BYTES):
-            if len(buf) + len(chunk) > limit:
-                too_big = True
-                await part.release()
-                break
-            buf += chunk
-        if too_big:
+        try:
+            spooled = await spool_part(part, store.tmp_dir, limit)
+        except PartTooLarge:
             res.failed.append({"status": st.INSTANCE_TOO_LARGE,
                                "reason": f"part exceeds dicom.max_instance_bytes = {limit}"})
             continue
-        ok, info = await asyncio.to_thread(_stow_one, cfg, store, bytes(buf), user,
+        ok, info = await asyncio.to_thread(_stow_spooled, cfg, store, spooled, user,
                                            request.remote, study)
         (res.stored if ok else res.failed).append(info)
     log.info("stow user=%s peer=%s stored=%d failed=%d", user.name, request.remote,
