@@ -116,7 +116,7 @@ def excess(f: np.ndarray, signs: np.ndarray, center: np.ndarray, scale: np.ndarr
     (0 on the good side): better-than-typical quality in one respect does not
     excuse a dead lead in another."""
     d = np.asarray(signs * (np.asarray(f, dtype=np.float64) - center) / scale, dtype=np.float64)
-    out: np.ndarray = d.clip(min=0.0)
+    out: np.ndarray = np.maximum(d, np.zeros_like(d))
     return out
 
 

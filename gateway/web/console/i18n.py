@@ -71,6 +71,7 @@ _WORDS: dict[str, tuple[str, str]] = {
     "open_ecg": ("Open 12-lead ECG", "查看十二导联心电图"),
     "report": ("Report", "报告"),
     "findings": ("Findings", "检查所见"),
+    "key_passphrase": ("Signing key passphrase (if your key has one)", "签名密钥口令（如已设置）"),
     "impression": ("Impression", "诊断意见"),
     "critical": ("Critical finding", "危急值"),
     "sign": ("Sign report", "签发报告"),

@@ -61,7 +61,7 @@ def ecg_svg(leads: Sequence[str], mv: np.ndarray, fs_hz: float, *, seconds: floa
         xs = np.arange(0, n, step) / fs_hz * MM_PER_S
         ys = np.asarray(base - y * MM_PER_MV, dtype=np.float64)
         lo, hi = row_mm * row, row_mm * (row + 1)  # a big deflection stays in its row
-        ys = ys.clip(min=float(lo), max=float(hi))
+        ys = np.clip(ys, np.full_like(ys, lo), np.full_like(ys, hi))
         pts = " ".join(f"{a:.2f},{b:.2f}" for a, b in zip(xs, ys, strict=True))
         parts.append(f'<polyline class="w" points="{pts}"/>')
         parts.append(f'<text class="l" x="1" y="{row_mm * row + 4:.1f}">{escape(name)}</text>')
