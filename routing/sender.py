@@ -60,9 +60,10 @@ OUTRANK_CHECK_S = 1.0
 
 
 # Unsent bytes the kernel may hold per connection (TCP_NOTSENT_LOWAT): without a
-# cap it queues megabytes ahead of a thin link, and a STAT frame written after
-# them waits behind them.  Two frames' worth keeps the link busy.
-NOTSENT_LOWAT_BYTES = 128 * 1024
+# cap it queues megabytes ahead of a thin link, and a STAT case waits behind
+# them (128 KiB: 1 s of a 1 Mbit/s link).  The bytes in flight keep the link
+# busy; this only bounds the queue behind them.
+NOTSENT_LOWAT_BYTES = 16 * 1024
 
 
 def _socket(addr_info: Any) -> socket.socket:

@@ -318,6 +318,8 @@ class _Upload:
         while isinstance(step := self.client.next_action(self.pipeline.frame_bytes),
                          upload.SendChunk):
             start = step.offset
+            if await self._yield_now():  # not even an empty stream: go at once
+                return Yielded(self.client.offset, self.sent)
             yielded = [False]
             h = self._headers("PATCH", self.location, {
                 "Upload-Offset": str(start), "Content-Type": upload.FRAMES_TYPE})

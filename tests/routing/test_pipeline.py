@@ -249,7 +249,7 @@ def test_stream_yields_to_stat_and_resumes_where_it_stopped(pair, bundles) -> No
 
     async def after_three() -> bool:
         asked["n"] += 1
-        return asked["n"] == 4
+        return asked["n"] == 5  # one look before the stream, then one per frame
 
     async def go() -> tuple[Any, Any]:
         pipe = Pipeline(frame_bytes=FRAME)
