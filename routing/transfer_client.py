@@ -283,7 +283,7 @@ class _Upload:
             return True
         return False
 
-    async def _chunks(self) -> Yielded | None:
+    async def _chunks(self) -> dict[str, Any] | Yielded | None:
         """One PATCH per chunk, each waiting for its answer."""
         while isinstance(step := self.client.next_action(self.sizer.size), upload.SendChunk):
             if await self._yield_now():
@@ -312,8 +312,9 @@ class _Upload:
                                     retryable=resp.status != 400)
         return None
 
-    async def _stream(self) -> Yielded | None:
-        """The rest as one streaming PATCH of frames; the answer comes once, at the end."""
+    async def _stream(self) -> dict[str, Any] | Yielded | None:
+        """The rest as one streaming PATCH of frames; the answer comes once, at the end:
+        the receipt when the receiver finalized on the last frame (else None: finalize)."""
         refusals = 0
         while isinstance(step := self.client.next_action(self.pipeline.frame_bytes),
                          upload.SendChunk):
@@ -322,12 +323,19 @@ class _Upload:
                 return Yielded(self.client.offset, self.sent)
             yielded = [False]
             h = self._headers("PATCH", self.location, {
-                "Upload-Offset": str(start), "Content-Type": upload.FRAMES_TYPE})
+                "Upload-Offset": str(start), "Content-Type": upload.FRAMES_TYPE,
+                upload.FINALIZE_HEADER: "on-complete"})
             c0 = time.monotonic()
             sent0 = self.sent
             body = self._frames(start, yielded)
             async with self.session.patch(self.base + self.location, data=body, headers=h,
                                           ssl=self.ssl) as resp:
+                if resp.status == 200:  # the last frame went in and the receiver finalized
+                    self.meter.chunk(self.sent - sent0, time.monotonic() - c0)
+                    self.client.acked(self.total)
+                    await self._progress()
+                    done: dict[str, Any] = await resp.json()
+                    return done
                 if resp.status == 204:
                     self.client.acked(int(resp.headers["Upload-Offset"]))
                     self.meter.chunk(self.sent - sent0, time.monotonic() - c0)
@@ -339,7 +347,7 @@ class _Upload:
                     refusals += 1
                     continue
                 raise TransferError(f"PATCH stream at {start}: {await _json_error(resp)}",
-                                    retryable=resp.status != 400)
+                                    retryable=resp.status not in (400, 422))
         return None
 
     async def _frames(self, off: int, yielded: list[bool]) -> AsyncIterator[bytes]:

@@ -338,6 +338,10 @@ async def _frames(ctx: ReceiverContext, request: web.Request,
                 return _refuse(bad, row)
             await _commit_chunk(ctx, row, offset, data)
             frames += 1
+            if row["offset"] == row["length"] and \
+                    request.headers.get(upload.FINALIZE_HEADER) == "on-complete":
+                # The last frame is in: finalize now, not one round trip later.
+                return await _finalize(ctx, row, str(row["sender"]), request.remote)
     except (asyncio.IncompleteReadError, ConnectionError) as exc:
         # The sender's connection died mid-frame: every whole frame before counts.
         log.info("upload stream cut node=%s upload=%s frames=%d offset=%d reason=%s",

@@ -54,6 +54,10 @@ CHECKSUM_MISMATCH = 460  # tus checksum extension
 MAX_CHUNK_BYTES = 64 * 1024 * 1024
 MAX_LENGTH = 1 << 40
 FRAMES_TYPE = "application/fenji-frames"
+# On a frames PATCH: finalize as soon as the last frame is committed and answer the
+# receipt (saves the finalize round trip).  Unsigned on purpose: finalizing is
+# what any signed request from the sender may ask, and it is idempotent.
+FINALIZE_HEADER = "Fenji-Finalize"
 # A frame: offset (u64), length (u32), SHA-256 of the data (32 bytes), big-endian.
 _FRAME = struct.Struct(">QI32s")
 FRAME_HEADER_BYTES = _FRAME.size
