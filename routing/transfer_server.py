@@ -1,5 +1,8 @@
 """Receiving bundles from other nodes: the tus-like upload protocol (server side).
 
+The rules live in :mod:`fenji.routing.upload` (the sans-I/O core); this module
+does the HTTP, the files and the database around them.
+
 Routes (all under the node's HTTP API):
 
 ``POST /transfer/uploads``
@@ -8,13 +11,20 @@ Routes (all under the node's HTTP API):
     answers 200 with the existing upload and its offset (a sender that lost
     the response resumes instead of starting over), or, if that bundle was
     already finalized, 200 with ``Fenji-Upload-State: complete``.
+    With a body and ``Upload-Checksum`` (a bundle up to the sender's
+    ``transfer.single_request_bytes``): create, store, finalize and answer the
+    receipt in one request; a resend answers the same receipt.
 ``HEAD /transfer/uploads/{id}``
     ``Upload-Offset``, ``Upload-Length``, ``Cache-Control: no-store`` always.
 ``PATCH /transfer/uploads/{id}``
     ``Upload-Offset`` must equal the stored offset, else 409 and nothing
     changes.  ``Upload-Checksum: sha256 <base64>`` must match the body, else
     460 and nothing changes.  The chunk is appended and fsynced before the new
-    offset is committed and answered (204).
+    offset is committed and answered (204).  With ``Content-Type:
+    application/fenji-frames`` the body is a stream of frames (offset, length,
+    SHA-256, data; :mod:`fenji.routing.upload`), each checked, fsynced and
+    committed as it arrives; with ``Fenji-Finalize: on-complete`` the last
+    frame is followed by the finalize and the answer is the receipt.
 ``POST /transfer/uploads/{id}/finalize``
     When the offset equals the length: the bundle is read section by section,
     every instance checked against the manifest's SHA-256 and fenji's

@@ -20,7 +20,9 @@ Chunks travel either as one ``PATCH`` each (``Upload-Checksum`` over the
 body) or, pipelined, as a stream of frames in one ``PATCH`` with
 ``Content-Type: application/fenji-frames`` (:func:`frame_header`): each frame
 carries its offset, length and SHA-256, and counts once it is fsynced, so a
-stream cut anywhere keeps every whole frame before the cut.
+stream cut anywhere keeps every whole frame before the cut (with
+``Fenji-Finalize: on-complete`` the stream's answer is the receipt).  A bundle
+small enough goes whole in its create request (:func:`check_whole`).
 
 >>> c = UploadClient(total=10)
 >>> c.created(offset=4, state=RECEIVING)
