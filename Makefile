@@ -5,12 +5,12 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-DEBS := dcmtk orthanc orthanc-dicomweb dicom3tools fonts-noto-cjk poppler-utils
+DEBS := dcmtk orthanc orthanc-dicomweb dicom3tools fonts-noto-cjk poppler-utils npm chromium chromium-driver
 # Tools whose presence means the Debian packages above are installed.
-DEB_PROBES := /usr/bin/storescu /usr/bin/dciodvfy /usr/sbin/Orthanc /usr/share/orthanc/plugins/libOrthancDicomWeb.so /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc /usr/bin/pdftotext
+DEB_PROBES := /usr/bin/storescu /usr/bin/dciodvfy /usr/sbin/Orthanc /usr/share/orthanc/plugins/libOrthancDicomWeb.so /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc /usr/bin/pdftotext /usr/bin/npm /usr/bin/chromium /usr/bin/chromedriver
 PYTEST_ARGS ?=
 
-.PHONY: all venv debs install demo test test-long bench lint clean
+.PHONY: all venv debs vendor install demo test test-long bench lint clean
 
 all: test
 
@@ -34,13 +34,40 @@ venv: $(VENV)/.deps-stamp
 # a source file or the project file changed (no dependency resolution: seconds),
 # and the Numba kernels are compiled into their cache now, not in a node's first
 # case.  Nothing changed: nothing is redone (a second `make demo` starts at once).
-SOURCES := $(shell find gateway codecs routing -name '*.py' 2>/dev/null)
+SOURCES := $(shell find gateway codecs routing -name '*.py' -o -name '*.html' -o -name '*.css' -o -name '*.js' 2>/dev/null)
 $(VENV)/.install-stamp: $(VENV)/.deps-stamp $(SOURCES)
 	$(VPY) -m pip install --quiet --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
 	$(VPY) -m fenji.gateway.lab.warmup
 	touch $@
 
-install: $(VENV)/.install-stamp
+# The web console's front-end, from npm, pinned, into vendor/ (git-ignored):
+# the OHIF Viewer build (@ohif/app ships it in dist/) served at /viewer/, and
+# htmx.  `npm pack` fetches exactly the package (integrity-checked by npm), not
+# its development dependencies: the build is already built.  Done once per
+# version: the stamp names both versions.
+OHIF_VERSION := 3.13.2
+HTMX_VERSION := 2.0.4
+VENDOR_STAMP := vendor/.stamp-ohif-$(OHIF_VERSION)-htmx-$(HTMX_VERSION)
+vendor: $(VENDOR_STAMP)
+$(VENDOR_STAMP):
+	@command -v npm >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; \
+	  else echo "npm is missing: sudo apt-get install npm" >&2; exit 1; fi; }
+	rm -rf vendor/ohif vendor/htmx vendor/.stamp-* vendor/.tmp && mkdir -p vendor/.tmp
+	cd vendor/.tmp && npm pack --silent @ohif/app@$(OHIF_VERSION) htmx.org@$(HTMX_VERSION) >/dev/null
+	mkdir -p vendor/.tmp/ohif vendor/.tmp/htmx vendor/htmx
+	tar -xzf vendor/.tmp/ohif-app-$(OHIF_VERSION).tgz -C vendor/.tmp/ohif
+	tar -xzf vendor/.tmp/htmx.org-$(HTMX_VERSION).tgz -C vendor/.tmp/htmx
+	mv vendor/.tmp/ohif/package/dist vendor/ohif
+	cp vendor/.tmp/ohif/package/LICENSE vendor/ohif/LICENSE.ohif
+	cp vendor/.tmp/htmx/package/dist/htmx.min.js vendor/htmx/htmx.min.js
+	cp vendor/.tmp/htmx/package/LICENSE vendor/htmx/LICENSE
+	rm -rf vendor/.tmp
+	touch $@
+
+install: $(VENV)/.install-stamp $(VENDOR_STAMP)
+
 
 debs:
 	@missing=0; for p in $(DEB_PROBES); do [ -e $$p ] || missing=1; done; \
@@ -54,7 +81,7 @@ debs:
 	fi
 
 demo: install debs
-	$(VPY) -m fenji.gateway.lab.demo
+	$(VPY) -m fenji.gateway.lab.demo $(if $(KEEP),--keep,)
 
 test: install debs
 	$(VPY) -m pytest -m "not long" $(PYTEST_ARGS)

@@ -192,6 +192,37 @@ def _group(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _worst(rows: list[dict[str, Any]], k: int = 5) -> list[dict[str, Any]]:
+    """fenji's ``k`` worst records per database (lowest F1), errors first."""
+    out = []
+    for db in ("mitdb", "cpsc2021", "cpsc2019"):
+        sel = [r for r in rows if r["db"] == db and r["detector"] == "fenji" and "tp" in r]
+        sel.sort(key=lambda r: (2 * r["tp"] / max(2 * r["tp"] + r["fn"] + r["fp"], 1),
+                                r["record"]))
+        out += [{"db": db, "record": r["record"], "tp": r["tp"], "fn": r["fn"], "fp": r["fp"],
+                 "Se_%": 100.0 * r["se"], "+P_%": 100.0 * r["ppv"]}
+                for r in sel[:k] if r["fn"] or r["fp"]]
+    return out
+
+
+def _folds(rows: list[dict[str, Any]], db: str = "cpsc2019", k: int = 5, seed: int = 2019
+           ) -> dict[str, Any]:
+    """fenji on ``k`` seeded folds of one database's records: the spread a held-out
+    fold shows (nothing in the detector is fitted, so every fold is held out)."""
+    sel = sorted((r for r in rows if r["db"] == db and r["detector"] == "fenji" and "tp" in r),
+                 key=lambda r: r["record"])
+    fold = np.random.default_rng(seed).permutation(len(sel)) % k
+    se, ppv = [], []
+    for f in range(k):
+        part = [r for r, g in zip(sel, fold, strict=True) if g == f]
+        tp, fn, fp = (sum(r[key] for r in part) for key in ("tp", "fn", "fp"))
+        se.append(100.0 * tp / max(tp + fn, 1))
+        ppv.append(100.0 * tp / max(tp + fp, 1))
+    return {"database": db, "folds": k, "seed": seed, "Se_%": se, "+P_%": ppv,
+            "Se_mean_sd": (statistics.mean(se), statistics.stdev(se)),
+            "+P_mean_sd": (statistics.mean(ppv), statistics.stdev(ppv))}
+
+
 def _pipeline(n: int, data: Path) -> list[dict[str, Any]]:
     import neurokit2 as nk
     import wfdb
@@ -319,6 +350,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           "single-lead ECG")
     common.print_table(summary, ["database", "detector", "records", "Se_%", "+P_%", "F1_%",
                                  "cpu_s_per_h", "cpu_x_fenji"])
+    worst = _worst(rows)
+    print("\nfenji's worst records (lowest F1) per database")
+    common.print_table(worst, ["db", "record", "tp", "fn", "fp", "Se_%", "+P_%"])
+    folds = _folds(rows)
+    print(f"\nCPSC 2019 on {folds['folds']} seeded folds (seed {folds['seed']}): Se "
+          f"{folds['Se_mean_sd'][0]:.2f} +- {folds['Se_mean_sd'][1]:.2f} %, +P "
+          f"{folds['+P_mean_sd'][0]:.2f} +- {folds['+P_mean_sd'][1]:.2f} %")
     if args.per_record:
         print()
         common.print_table([r for r in rows if "tp" in r],
@@ -333,4 +371,5 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          "numba": numba.__version__, "numpy": np.__version__},
             "params": {"lead": 0, "match_s": 0.15, "xqrs_mitdb": "all" if args.all_mitdb
                        else list(XQRS_MITDB_DEFAULT)},
-            "summary": summary, "pipeline": pipe, "records": rows}
+            "summary": summary, "worst": worst, "cpsc2019_folds": folds, "pipeline": pipe,
+            "records": rows}

@@ -9,15 +9,22 @@ from __future__ import annotations
 
 
 class FenjiError(Exception):
-    """Base of every fenji error.  ``http_status`` is what an HTTP shell answers."""
+    """Base of every fenji error.
+
+    ``http_status`` is what an HTTP shell answers, ``dicom_status`` what a DIMSE shell
+    answers (PS3.7 C.4 / PS3.4 B.2.3; the names are in gateway/dicom/status.py, which
+    codecs may not import).  A subclass sets both when its meaning is narrower.
+    """
 
     http_status = 500
+    dicom_status = 0x0110  # Processing failure: unexpected, ours
 
 
 class PeerError(FenjiError):
     """The other side (a modality, a node, a file we were given) is at fault."""
 
     http_status = 400
+    dicom_status = 0xC000  # Cannot understand
 
 
 class LocalError(FenjiError):
@@ -33,3 +40,4 @@ class DecodeError(PeerError):
     """
 
     http_status = 422
+    dicom_status = 0xC000  # Cannot understand

@@ -14,29 +14,66 @@ Lists are comma separated (``FENJI_DICOM_ALLOW_AE=CT1,DR1``).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import re
 import tomllib
 import types
 import typing
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fenji.codecs.ecg.quality import EcgQualityThresholds
-from fenji.codecs.image.quality import ImageQualityThresholds
-from fenji.gateway.dicom.charset import check_term
+from fenji.codecs.ecg.thresholds import EcgQualityThresholds
+from fenji.codecs.image.thresholds import ImageQualityThresholds
 from fenji.gateway.errors import ConfigError
+from fenji.gateway.settings.checks import ROLES as ROLES  # re-exported: config.ROLES
+from fenji.gateway.settings.checks import USER_ROLES as USER_ROLES
+from fenji.gateway.settings.checks import check_values
 from fenji.routing.outbox import OutboxPolicy
 
-ROLES = ("edge", "relay", "center")
-# Who may do what over the HTTP API (DESIGN.md §11).  A technician registers
-# and releases cases and fixes quality holds; a reader reads studies and signs
-# reports; the requesting physician acknowledges reports; an operator runs the
-# node (queues, statistics, audit) and may also override holds.
-USER_ROLES = ("technician", "reader", "physician", "operator")
 ENV_PREFIX = "FENJI_"
+
+# -- hard limits ---------------------------------------------------------------
+# Bounds no config changes, kept here beside the configurable ones ([dicom],
+# [store], [limits], [transfer], [ingest] below), so every resource a request
+# can spend is bounded in this one file.  Each says why its value.
+
+#: Largest ECG cart file any reader accepts (the biggest real cart file seen is
+#: 2.2 MiB; a 24-hour 12-lead Holter at 1000 Hz in int16 is ~2 GiB and goes by
+#: C-STORE instead).
+ECG_FILE_MAX_BYTES = 256 * 1024 * 1024
+#: Largest signal (samples x leads) an ECG reader builds; float64 in memory, so
+#: 256 MiB (24 h of 2 leads at 125 Hz is 21.6 M).  Binary files are checked
+#: against it from their size before any decoding.
+ECG_SAMPLE_VALUES_MAX = 32 * 1024 * 1024
+#: Largest ECG XML document: real cart XML is 0.1-2 MiB; parsing costs ~10x its size.
+ECG_XML_MAX_BYTES = 64 * 1024 * 1024
+#: Deepest sequence nesting the validator walks (real objects nest < 10).
+DICOM_SEQUENCE_DEPTH_MAX = 32
+#: PS3.8 9.3.2.2: at most 128 presentation contexts in an A-ASSOCIATE-RQ.
+DIMSE_MAX_CONTEXTS = 128
+#: Above this many studies in one Q/R request the ledger gets one event listing
+#: them (a universal C-FIND on a large archive would otherwise append thousands)...
+AUDIT_STUDY_EVENTS_MAX = 100
+#: ...and that event lists at most this many (the count is always complete).
+AUDIT_STUDIES_LISTED_MAX = 5000
+#: An "opened" event of one DICOMweb query lists at most this many studies.
+AUDIT_QUERY_STUDIES_MAX = 200
+#: Blob read size while streaming a DICOMweb answer: bounds memory per response.
+DICOMWEB_READ_CHUNK_BYTES = 1 << 20
+#: The receiver's cap on one upload chunk whatever a sender's [transfer] says.
+TRANSFER_CHUNK_HARD_MAX_BYTES = 64 * 1024 * 1024
+#: All preview sections of one bundle, encoded, as a receiver accepts them.
+PREVIEW_SECTIONS_MAX_BYTES = 16 * 1024 * 1024
+
+# Defaults of configurable limits that code outside a node's config also uses
+# (ingest.Limits() in tools and tests); the reasons are at their keys below.
+DEFAULT_MAX_INSTANCE_BYTES = 1024 * 1024 * 1024
+DEFAULT_MAX_INFLATE_BYTES = 256 * 1024 * 1024
+DEFAULT_MAX_RECORD_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +126,7 @@ class DicomSection:
     # 16-bit multi-frame of 30 frames).  pynetdicom holds a data set in memory
     # while it arrives, so an association sending more is aborted as soon as
     # it passes this: memory per association stays bounded.
-    max_instance_bytes: int = 1024 * 1024 * 1024
+    max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES
     # Idle network timeout: a dead modality must not hold an association forever.
     network_timeout_s: float = 60.0
     # pynetdicom's reactor threads poll every 1 ms, which caps a single
@@ -143,7 +180,7 @@ class StoreSection:
     quarantine_max_bytes: int = 1024 * 1024 * 1024
     # Inflate deflated datasets at most this far (deflate bombs: a 3 MB file
     # that inflates to 3 GiB).
-    max_inflate_bytes: int = 256 * 1024 * 1024
+    max_inflate_bytes: int = DEFAULT_MAX_INFLATE_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +270,21 @@ class WebSection:
     host: str = "127.0.0.1"
     # 0: no second listener (the API is served on [http] only).
     port: int = 0
+    # The web console (gateway/web/console): a session ends after this long
+    # without a request (a reader leaving a workstation unlocked at lunch) ...
+    session_idle_s: float = 1800.0
+    # ... and at the latest this long after sign-in (one shift), whatever the use.
+    session_max_s: float = 12 * 3600.0
+    # Live sessions kept at once; the oldest goes first beyond it (bounded memory).
+    max_sessions: int = 1000
+    # Origins (scheme://host:port) whose viewers may call /dicom-web with a token
+    # from another origin: preflights are answered for exactly these, never with
+    # credentials.  Empty: same origin only (the built-in viewer at /viewer/).
+    cors_origins: tuple[str, ...] = ()
+    # The OHIF Viewer build (@ohif/app dist/) served at /viewer/; empty: the
+    # vendor/ohif folder `make` fills next to the source tree.  The console's
+    # htmx is read from ../htmx/htmx.min.js beside it (make puts both there).
+    viewer_dir: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +327,7 @@ class RemoteAeSection:
 
     ``reader``: the reader at this workstation.  A DICOM SR or encapsulated PDF
     this AE C-STOREs for a study on the worklist is signed as that reader's
-    report (gateway/reading/core.py :func:`viewer_report_if_any`).
+    report (gateway/reading/viewer.py :func:`viewer_report_if_any`).
     """
 
     ae_title: str = ""
@@ -340,7 +392,7 @@ class TransferSection:
     max_clock_skew_s: float = 300.0
     # A bundle up to this size goes whole in one request that answers its receipt
     # (an urgent ECG, a STAT preview): one round trip instead of three.  Bounded
-    # by the 64 MiB a receiver takes in one request; 0 turns it off.
+    # by TRANSFER_CHUNK_HARD_MAX_BYTES, what a receiver takes in one request; 0: off.
     single_request_bytes: int = 1024 * 1024
     # Larger bundles stream as frames of this size in one request, each frame
     # checksummed and fsynced at the receiver, so the link never waits for an
@@ -361,7 +413,7 @@ class IngestSection:
     settle_s: float = 2.0
     # One ECG record (all its files) from a cart, by upload or folder.  A 12-lead
     # rest ECG is well under 1 MiB; a 24-h Holter record is about 100-200 MiB.
-    max_record_bytes: int = 256 * 1024 * 1024
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,6 +490,31 @@ class Config:
         priv = u.private_key if u and u.private_key else f"keys/readers/{name}.key"
         pub = u.public_key if u and u.public_key else f"keys/readers/{name}.pub"
         return self.resolve(priv), self.resolve(pub)
+
+    # -- people's clock ---------------------------------------------------
+    @property
+    def timezone(self) -> str:
+        """The IANA zone people's times are shown in: ``[node] timezone``, else the system's."""
+        if self.node.timezone:
+            return self.node.timezone
+        tz = os.environ.get("TZ", "").lstrip(":")
+        if "/" in tz:
+            return tz
+        try:
+            link = os.readlink("/etc/localtime")
+        except OSError:
+            return "UTC"
+        return link.split("zoneinfo/", 1)[1] if "zoneinfo/" in link else "UTC"
+
+    def local_time(self, t: float | None) -> str:
+        """A Unix time as people read it, in :attr:`timezone`: ``2026-12-03 23:16:09 CST``."""
+        if not t:
+            return "-"
+        try:
+            tz: datetime.tzinfo = zoneinfo.ZoneInfo(self.timezone)
+        except (KeyError, ValueError, OSError):
+            tz = datetime.UTC
+        return datetime.datetime.fromtimestamp(float(t), tz).strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 # ---------------------------------------------------------------------------
@@ -551,181 +628,6 @@ def _env_overrides(env: Mapping[str, str], errors: list[str]) -> dict[str, dict[
     return out
 
 
-def _check_values(cfg: Config, errors: list[str]) -> None:
-    """Semantic checks that types alone cannot express."""
-    if cfg.node.role not in ROLES:
-        errors.append(f"node.role = {cfg.node.role!r} is not one of {', '.join(ROLES)}")
-    if not cfg.node.name.strip():
-        errors.append("node.name is empty")
-    ae = cfg.dicom.ae_title
-    if not (0 < len(ae.strip()) <= 16) or "\\" in ae or not ae.isascii():
-        errors.append(f"dicom.ae_title = {ae!r} must be 1-16 ASCII characters without '\\'")
-    if not cfg.dicom.allow_ae:
-        errors.append("dicom.allow_ae is empty: no modality could send; list the calling AE "
-                      "titles of your modalities (or [\"*\"] to accept any, for a lab)")
-    for i, t in enumerate(cfg.dicom.allow_ae):
-        if not (0 < len(t.strip()) <= 16) or not t.isascii():
-            errors.append(f"dicom.allow_ae[{i}] = {t!r} must be 1-16 ASCII characters")
-    for sec, port in (("dicom", cfg.dicom.port), ("http", cfg.http.port)):
-        if not 0 <= port <= 65535:
-            errors.append(f"{sec}.port = {port} is outside 0-65535")
-    if cfg.dicom.workers < 0 or cfg.dicom.workers > 64:
-        errors.append(f"dicom.workers = {cfg.dicom.workers} is outside 0-64")
-    if not 0 <= cfg.dicom.max_pdu_bytes <= 64 * 1024 * 1024:
-        errors.append(f"dicom.max_pdu_bytes = {cfg.dicom.max_pdu_bytes} is outside 0-67108864")
-    if cfg.dicom.max_associations < 1:
-        errors.append(f"dicom.max_associations = {cfg.dicom.max_associations} must be >= 1")
-    if cfg.dicom.max_instance_bytes < 1024:
-        errors.append(f"dicom.max_instance_bytes = {cfg.dicom.max_instance_bytes} is too small")
-    why = check_term(cfg.dicom.default_character_set)
-    if why:
-        errors.append(f"dicom.default_character_set = {cfg.dicom.default_character_set!r}: "
-                      f"{why}")
-    if not 0 < cfg.dicom.poll_interval_s <= 0.01:
-        errors.append(f"dicom.poll_interval_s = {cfg.dicom.poll_interval_s} is outside (0, 0.01]")
-    for name in ("network_timeout_s", "acse_timeout_s", "dimse_timeout_s", "preassoc_idle_s"):
-        v = getattr(cfg.dicom, name)
-        if not v > 0 or v == float("inf"):
-            errors.append(f"dicom.{name} = {v} must be a finite number > 0")
-    if cfg.dicom.max_connections_per_host < 1:
-        errors.append(f"dicom.max_connections_per_host = {cfg.dicom.max_connections_per_host} "
-                      "must be >= 1")
-    for name in ("max_frames_per_request", "max_decoded_bytes_per_request",
-                 "max_preview_pixels", "max_fuzzy_words",
-                 "max_multipart_parts", "max_uploads_per_peer", "max_uploads_per_user"):
-        v = getattr(cfg.limits, name)
-        if v < 1:
-            errors.append(f"limits.{name} = {v} must be >= 1")
-    skew = cfg.transfer.max_clock_skew_s
-    if not 0 < skew < float("inf"):
-        errors.append(f"transfer.max_clock_skew_s = {skew} must be a finite number > 0")
-    for name in ("quarantine_max_records", "quarantine_max_bytes"):
-        if getattr(cfg.store, name) < 0:
-            errors.append(f"store.{name} = {getattr(cfg.store, name)} must be >= 0")
-    if cfg.store.min_free_bytes < 0:
-        errors.append(f"store.min_free_bytes = {cfg.store.min_free_bytes} must be >= 0")
-    names = [p.name for p in cfg.peers]
-    for i, peer in enumerate(cfg.peers):
-        if not peer.name:
-            errors.append(f"peers[{i}].name is empty")
-        if names.count(peer.name) > 1:
-            errors.append(f"peers[{i}].name = {peer.name!r} is listed twice")
-        if not peer.url.startswith(("http://", "https://")):
-            errors.append(f"peers[{i}].url = {peer.url!r} must start with https:// "
-                          "(or http:// with transfer.allow_plain_http)")
-        elif peer.url.startswith("http://") and not cfg.transfer.allow_plain_http:
-            errors.append(f"peers[{i}].url = {peer.url!r} is plain HTTP; set "
-                          "transfer.allow_plain_http = true (labs only) or use https://")
-        if not peer.public_key:
-            errors.append(f"peers[{i}].public_key is empty (PEM path or 64 hex digits)")
-        if peer.rate_bps < 0:
-            errors.append(f"peers[{i}].rate_bps = {peer.rate_bps} must be >= 0")
-        try:
-            from fenji.routing.shaping import parse_schedule
-
-            parse_schedule(peer.schedule)
-        except ValueError as exc:
-            errors.append(f"peers[{i}].{exc}")
-        if (peer.url.startswith("https://") or cfg.http.tls) and not peer.cert:
-            errors.append(f"peers[{i}].cert is empty: mutual TLS needs the peer's certificate "
-                          "(copy its keys/node.crt)")
-    for i, eg in enumerate(cfg.egress):
-        if eg.kind not in ("orthanc", "dimse", "stow"):
-            errors.append(f"egress[{i}].kind = {eg.kind!r} is not orthanc, dimse or stow")
-        if not eg.name or eg.name in names:
-            errors.append(f"egress[{i}].name = {eg.name!r} must be set and differ from peers")
-        if eg.kind in ("orthanc", "stow") and not eg.url.startswith(("http://", "https://")):
-            errors.append(f"egress[{i}].url = {eg.url!r} must be an http(s) URL")
-        if eg.kind == "dimse" and not (eg.host and 0 < eg.port < 65536 and eg.ae_title):
-            errors.append(f"egress[{i}] (dimse) needs host, port and ae_title")
-    dest = cfg.transfer.default_destination
-    if dest and dest not in names:
-        errors.append(f"transfer.default_destination = {dest!r} is not a configured peer "
-                      f"(peers: {', '.join(names) or 'none'})")
-    tr = cfg.transfer
-    if not 0 < tr.min_chunk_bytes <= tr.chunk_bytes <= tr.max_chunk_bytes:
-        errors.append(f"transfer chunk sizes must satisfy 0 < min_chunk_bytes "
-                      f"({tr.min_chunk_bytes}) <= chunk_bytes ({tr.chunk_bytes}) <= "
-                      f"max_chunk_bytes ({tr.max_chunk_bytes})")
-    if not 0 <= tr.single_request_bytes <= 64 * 1024 * 1024:
-        errors.append(f"transfer.single_request_bytes = {tr.single_request_bytes} must be "
-                      "between 0 and 67108864 (64 MiB, what a receiver takes in one request)")
-    if not (tr.frame_bytes == 0 or 1024 <= tr.frame_bytes <= 64 * 1024 * 1024):
-        errors.append(f"transfer.frame_bytes = {tr.frame_bytes} must be 0 (no pipelining) or "
-                      "between 1024 and 67108864")
-    _check_reading(cfg, errors)
-    if cfg.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        errors.append(f"log.level = {cfg.log.level!r} is not DEBUG, INFO, WARNING or ERROR")
-
-
-def _check_reading(cfg: Config, errors: list[str]) -> None:
-    if not 0 <= cfg.web.port <= 65535:
-        errors.append(f"web.port = {cfg.web.port} is outside 0-65535")
-    if cfg.node.timezone:
-        try:
-            from zoneinfo import ZoneInfo
-
-            ZoneInfo(cfg.node.timezone)
-        except (KeyError, ValueError, OSError):
-            errors.append(f"node.timezone = {cfg.node.timezone!r} is not an IANA time zone "
-                          "(e.g. \"Asia/Shanghai\")")
-    if cfg.http.tls and cfg.web.port == 0 and cfg.users:
-        # With mutual TLS on [http], only peers holding a pinned certificate get
-        # in; people and viewers have none and would be locked out entirely.
-        errors.append("http.tls = true with no [web] listener (web.port = 0) would lock "
-                      f"every user ({', '.join(u.name for u in cfg.users)}) out, "
-                      "/api/health included: set web.port for people and viewers")
-    if cfg.reading.claim_ttl_s <= 0:
-        errors.append(f"reading.claim_ttl_s = {cfg.reading.claim_ttl_s} must be > 0")
-    if cfg.reports.return_priority not in ("stat", "urgent", "routine"):
-        errors.append(f"reports.return_priority = {cfg.reports.return_priority!r} is not "
-                      "stat, urgent or routine")
-    if cfg.reports.deliver_to and cfg.egress_target(cfg.reports.deliver_to) is None:
-        errors.append(f"reports.deliver_to = {cfg.reports.deliver_to!r} is not an [[egress]] "
-                      f"name ({', '.join(e.name for e in cfg.egress) or 'none configured'})")
-    names = [u.name for u in cfg.users]
-    tokens = [u.token_sha256 for u in cfg.users]
-    for i, u in enumerate(cfg.users):
-        if not u.name:
-            errors.append(f"users[{i}].name is empty")
-        elif names.count(u.name) > 1:
-            errors.append(f"users[{i}].name = {u.name!r} is listed twice")
-        if u.role not in USER_ROLES:
-            errors.append(f"users[{i}].role = {u.role!r} is not one of {', '.join(USER_ROLES)}")
-        if not re.fullmatch(r"[0-9a-f]{64}", u.token_sha256):
-            errors.append(f"users[{i}].token_sha256 = {u.token_sha256!r} is not 64 lowercase "
-                          "hex digits (fenji user add writes it)")
-        elif tokens.count(u.token_sha256) > 1:
-            errors.append(f"users[{i}].token_sha256 is shared with another user")
-        for j, svc in enumerate(u.services):
-            if not svc:
-                errors.append(f"users[{i}].services[{j}] is empty")
-    for i, a in enumerate(cfg.remote_aes):
-        if not (0 < len(a.ae_title.strip()) <= 16) or not a.ae_title.isascii():
-            errors.append(f"remote_aes[{i}].ae_title = {a.ae_title!r} must be 1-16 ASCII "
-                          "characters")
-        if not a.host or not 0 < a.port < 65536:
-            errors.append(f"remote_aes[{i}] ({a.ae_title!r}) needs host and port (1-65535)")
-        if a.reader:
-            ru = cfg.user(a.reader)
-            if ru is None or ru.role != "reader":
-                errors.append(f"remote_aes[{i}].reader = {a.reader!r} is not a configured user "
-                              "with role reader (fenji user add NAME --role reader)")
-    for i, k in enumerate(cfg.known_nodes):
-        if not k.name or not k.public_key:
-            errors.append(f"known_nodes[{i}] needs name and public_key (PEM path or 64 hex)")
-    svc_names = [s.name for s in cfg.services]
-    for i, s in enumerate(cfg.services):
-        if not s.name:
-            errors.append(f"services[{i}].name is empty")
-        elif svc_names.count(s.name) > 1:
-            errors.append(f"services[{i}].name = {s.name!r} is listed twice")
-        if s.price < 0:
-            errors.append(f"services[{i}].price = {s.price} must be >= 0")
-        if not 0 <= s.inviting_share <= 1:
-            errors.append(f"services[{i}].inviting_share = {s.inviting_share} is outside 0-1")
-
-
 def _error_key(error: str) -> str:
     """The key path an error is about, without a trailing list index.
 
@@ -759,7 +661,7 @@ def from_mapping(raw: Mapping[str, Any], *, source: str | None = None,
     # would only add a misleading second message for the same key.
     bad = {_error_key(e) for e in errors}
     semantic: list[str] = []
-    _check_values(cfg, semantic)
+    check_values(cfg, semantic)
     errors.extend(e for e in semantic if _error_key(e) not in bad)
     if errors:
         raise ConfigError(errors)

@@ -308,9 +308,22 @@ def run_node(cfg: Config, *, verbose: int = 0) -> int:
         os.close(lock_fd)
 
 
+def return_stale_leases(store: Store, now: float) -> int:
+    """Give back every outbox lease at start: the node holds the store's lock (one node
+    per store), so a lease is its previous process's, killed mid-send.  Waiting out
+    ``outbox.lease_s`` instead held a STAT report back for a minute after a restart."""
+    from fenji.routing import outbox_db
+
+    jobs = outbox_db.list_jobs(store, state="leased")
+    for j in jobs:
+        outbox_db.release(store, j["job_id"], str(j["lease_owner"]), now)
+    return len(jobs)
+
+
 def _run_locked(cfg: Config, verbose: int) -> int:
     store = open_store(cfg)
     recovered = store.recover()
+    recovered["leases_returned"] = return_stale_leases(store, time.time())
     usage = store.usage()
     store.close()
     log.info("store=%s instances=%d bytes=%d free=%d recovered=%s", cfg.store_dir,

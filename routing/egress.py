@@ -24,13 +24,16 @@ import uuid
 from typing import Any
 
 from fenji.gateway.config import Config, EgressSection
+from fenji.gateway.errors import PeerError
 from fenji.gateway.ingest import split_part10
 from fenji.gateway.store.db import Store
 
 log = logging.getLogger(__name__)
 
 
-class EgressError(Exception):
+class EgressError(PeerError):
+    """The local PACS/HIS refused or could not be reached; ``retryable`` says whether to retry."""
+
     def __init__(self, message: str, *, retryable: bool = True) -> None:
         super().__init__(message)
         self.retryable = retryable

@@ -26,6 +26,8 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from fenji.gateway.errors import LocalError
+
 QUEUED, LEASED, DONE, DEAD = "queued", "leased", "done", "dead"
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 
@@ -41,8 +43,8 @@ TRANSITIONS: dict[tuple[str, str], str] = {
 }
 
 
-class TransitionError(ValueError):
-    pass
+class TransitionError(LocalError, ValueError):
+    """A move the outbox's state table does not allow: a bug of ours, never the peer's."""
 
 
 def transition(state: str, event: str) -> str:

@@ -67,6 +67,7 @@ from fenji.codecs.compress.bundle import BundleReader, InstanceEvent, ManifestEv
 from fenji.codecs.compress.pixel import pixel_info
 from fenji.codecs.errors import DecodeError
 from fenji.gateway import ingest
+from fenji.gateway.config import PREVIEW_SECTIONS_MAX_BYTES
 from fenji.gateway.ingest import Rejected, check_term
 from fenji.gateway.keys import canonical_json, sign, verify
 from fenji.gateway.store.db import Store, StoreFull
@@ -375,7 +376,7 @@ def _append_commit(ctx: ReceiverContext, upload_id: str, offset: int, data: byte
                     (offset + len(data), ctx.clock(), upload_id))
 
 
-MAX_PREVIEW_BYTES = 16 * 1024 * 1024  # all preview sections of one bundle, encoded
+MAX_PREVIEW_BYTES = PREVIEW_SECTIONS_MAX_BYTES  # gateway/config.py
 
 
 def _check_preview_size(ctx: ReceiverContext, ev: PreviewEvent) -> None:

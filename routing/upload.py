@@ -43,6 +43,9 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from fenji.gateway.config import TRANSFER_CHUNK_HARD_MAX_BYTES
+from fenji.gateway.errors import LocalError
+
 RECEIVING, COMPLETE, REJECTED = "receiving", "complete", "rejected"
 
 # (state, event) -> next state.  The only place upload transitions are defined.
@@ -53,7 +56,7 @@ TRANSITIONS: dict[tuple[str, str], str] = {
 }
 
 CHECKSUM_MISMATCH = 460  # tus checksum extension
-MAX_CHUNK_BYTES = 64 * 1024 * 1024
+MAX_CHUNK_BYTES = TRANSFER_CHUNK_HARD_MAX_BYTES  # gateway/config.py: one place for limits
 MAX_LENGTH = 1 << 40
 FRAMES_TYPE = "application/fenji-frames"
 # On a frames PATCH: finalize as soon as the last frame is committed and answer the
@@ -65,8 +68,8 @@ _FRAME = struct.Struct(">QI32s")
 FRAME_HEADER_BYTES = _FRAME.size
 
 
-class TransitionError(ValueError):
-    pass
+class TransitionError(LocalError, ValueError):
+    """A move the upload's state table does not allow: a bug of ours, never the peer's."""
 
 
 def transition(state: str, event: str) -> str:

@@ -14,13 +14,15 @@ import pytest
 
 
 def call(method: str, url: str, headers: dict[str, str] | None = None,
-         body: Any = None) -> tuple[int, Any]:
-    """One JSON request to a node: (HTTP status, JSON body, or the raw bytes if not JSON)."""
+         body: Any = None, *, timeout_s: float = 60) -> tuple[int, Any]:
+    """One JSON request to a node: (HTTP status, JSON body, or the raw bytes if not JSON).
+
+    ``timeout_s`` bounds the wait for the answer (an event, not a pause)."""
     data = json.dumps(body, ensure_ascii=False).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method,
                                  headers={**(headers or {}), "Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=60) as r:  # noqa: S310 - loopback
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:  # noqa: S310 - loopback
             raw, status = r.read(), r.status
     except urllib.error.HTTPError as exc:
         raw, status = exc.read(), exc.code

@@ -10,7 +10,9 @@ This is what lets a static coder approach adaptive Golomb/arithmetic coders:
 the adaptivity lives in the context choice, the coder itself is branch-light.
 
 Every kernel here is written once as plain Python (``_x_py``) and compiled with
-Numba (``_x_nb = njit(_x_py)``); tests assert the two agree.
+Numba (``_x_nb = njit(_x_py)``); tests assert the two agree.  The two a pixel
+tile driver calls per tile are also ``register_jitable``, so one driver source
+runs them as Python and compiles them in.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from typing import Any, no_type_check
 
 import numpy as np
 from numba import njit as _njit
+from numba.extending import register_jitable as _register_jitable
 
 from fenji.codecs.errors import DecodeError
 
 # Any-typed: numba's stubs do not describe dispatchers called with arrays
 njit: Any = _njit
+register_jitable: Any = _register_jitable
 
 PROB_BITS = 12
 PROB_SCALE = 1 << PROB_BITS
@@ -34,17 +38,50 @@ SPLIT = 16
 
 
 
-def token_of(u: int) -> tuple[int, int, int]:
-    """Token, extra-bit count and extra value of an unsigned residual (reference).
+@register_jitable(inline="always")
+@no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
+def token_of(u):  # type: ignore[no-untyped-def]
+    """Token, extra-bit count and extra value of an unsigned residual.
+
+    Plain Python here; compiled into the pixel and waveform kernels.
 
     >>> token_of(5), token_of(16), token_of(27)
     ((5, 0, 0), (16, 3, 0), (17, 3, 3))
     """
     if u < SPLIT:
         return u, 0, 0
-    n = u.bit_length() - 1
-    m = (u >> (n - 1)) & 1
-    return SPLIT + (n - 4) * 2 + m, n - 1, u & ((1 << (n - 1)) - 1)
+    n = -1  # floor(log2 u), counted: Numba has no int.bit_length
+    t = u
+    while t > 0:
+        n += 1
+        t >>= 1
+    return SPLIT + (n - 4) * 2 + ((u >> (n - 1)) & 1), n - 1, u & ((1 << (n - 1)) - 1)
+
+
+@register_jitable(inline="always")
+@no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
+def activity_class(act, nctx):  # type: ignore[no-untyped-def]
+    """Entropy context of a local activity value: half-octave classes, capped at
+    ``nctx - 1`` (the pixel and waveform models' context quantiser).
+
+    >>> [activity_class(a, 32) for a in (0, 1, 2, 3, 4, 6, 1 << 20)]
+    [0, 1, 3, 4, 5, 6, 31]
+    """
+    if act == 0:
+        return 0
+    n = 0
+    t = act
+    while t > 0:
+        n += 1
+        t >>= 1
+    cls = 1 if n == 1 else 2 * n - 1 + ((act >> (n - 2)) & 1)
+    return cls if cls < nctx - 1 else nctx - 1
+
+
+def class_table(nctx: int, size: int = 4096) -> np.ndarray:
+    """``activity_class`` for activities below ``size``, as a uint8 table: kernels
+    look small activities up and compute only the rare large ones."""
+    return np.array([activity_class(v, nctx) for v in range(size)], dtype=np.uint8)
 
 
 def normalize_freqs(counts: np.ndarray) -> np.ndarray:
@@ -318,6 +355,7 @@ def _rans_encode_py(ctx, tok, start, end, freq, rcp, rsh, bias, out):  # type: i
     return pos
 
 
+@register_jitable
 @no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
 def _rans16_encode_py(ctx, tok, start, end, freq, rcp, rsh, bias, out):
     """Like ``_rans_encode_py`` with 16-bit renormalisation (state in [2**15, 2**31)).
@@ -345,6 +383,7 @@ def _rans16_encode_py(ctx, tok, start, end, freq, rcp, rsh, bias, out):
     return pos
 
 
+@register_jitable
 @no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
 def _pack_bits_py(nbits, vals, start, end, out):  # type: ignore[no-untyped-def]
     """Pack vals[i] (nbits[i] bits each, LSB first) for i in [start, end); returns bytes used."""

@@ -68,7 +68,7 @@ _LONG_VRS = {b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"OD", b"OL", b"OV", b"UC
 _MAX_DEPTH = 32
 
 
-class _Unparsable(Exception):
+class _Unparsable(DecodeError):
     """The walker met something it does not handle: use the whole-file path."""
 
 

@@ -26,6 +26,7 @@ from typing import Any, no_type_check
 
 import numpy as np
 from numba import njit as _njit
+from numba.extending import register_jitable as _register_jitable
 
 from fenji.codecs.compress import entropy as ent
 from fenji.codecs.compress.entropy import PROB_BITS, PROB_SCALE, RANS_L
@@ -33,6 +34,7 @@ from fenji.codecs.errors import DecodeError
 
 # Any-typed: numba's stubs do not describe dispatchers called with arrays
 njit: Any = _njit
+register_jitable: Any = _register_jitable
 
 MAGIC = b"FJWV"
 VERSION = 1
@@ -43,26 +45,23 @@ MAX_SAMPLES = 1 << 27  # 24 h x 12 leads x 500 Hz is 5.2e8 bytes of int16: split
 DTYPES: dict[int, str] = {1: "<i2", 2: "<u2", 3: "|i1", 4: "|u1"}
 _CODE_OF = {np.dtype(v): k for k, v in DTYPES.items()}
 _HDR = struct.Struct("<4sBBHIIHB")  # magic, version, dtype, channels, samples, block, ntab?, order
-
-
-def _cls_of(act: int) -> int:
-    if act == 0:
-        return 0
-    n = act.bit_length()
-    cls = 1 if n == 1 else 2 * n - 1 + ((act >> (n - 2)) & 1)
-    return min(cls, NCTX - 1)
-
-
-_CLUT = np.array([_cls_of(v) for v in range(4096)], dtype=np.uint8)
+_CLUT = ent.class_table(NCTX)  # the kernels look small activities up
 
 
 # --------------------------------------------------------------------------- kernels
 
 
 @no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
-def _lpc_residual_py(y, coefs, order, block, r):  # type: ignore[no-untyped-def]
-    """r[t] = y[t] - round(sum_k coefs[blk, k] * y[t-1-k] / 2**SHIFT) (order-1 start-up)."""
-    n = y.shape[0]
+def _lpc_py(x, coefs, order, block, out, restore):  # type: ignore[no-untyped-def]
+    """Block LPC in either direction, one predictor for both.
+
+    Forward (``restore`` false): ``out[t] = x[t] - pred(x)``, the residual of
+    samples ``x``.  Inverse: ``out[t] = x[t] + pred(out)``, samples from residuals
+    ``x``.  pred(y) at t = round(sum_k coefs[t // block, k] * y[t-1-k] / 2**SHIFT),
+    with an order-1 start-up (the previous sample) for t < order.
+    """
+    n = x.shape[0]
+    y = out if restore else x  # the samples the predictor reads
     rnd = 1 << (SHIFT - 1)
     for t in range(n):
         if t < order:
@@ -73,23 +72,16 @@ def _lpc_residual_py(y, coefs, order, block, r):  # type: ignore[no-untyped-def]
             for k in range(order):
                 acc += np.int64(coefs[bi, k]) * np.int64(y[t - 1 - k])
             pred = (acc + rnd) >> SHIFT
-        r[t] = np.int64(y[t]) - pred
+        out[t] = np.int64(x[t]) + pred if restore else np.int64(x[t]) - pred
 
 
+@register_jitable(inline="always")
 @no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
-def _lpc_restore_py(r, coefs, order, block, y):  # type: ignore[no-untyped-def]
-    n = r.shape[0]
-    rnd = 1 << (SHIFT - 1)
-    for t in range(n):
-        if t < order:
-            pred = np.int64(y[t - 1]) if t > 0 else np.int64(0)
-        else:
-            bi = t // block
-            acc = np.int64(0)
-            for k in range(order):
-                acc += np.int64(coefs[bi, k]) * np.int64(y[t - 1 - k])
-            pred = (acc + rnd) >> SHIFT
-        y[t] = np.int64(r[t]) + pred
+def _context_of(p1, p2):  # type: ignore[no-untyped-def]
+    """Entropy context of a residual from the magnitudes of the channel's previous two
+    (the encoder's and the decoder's, written once)."""
+    act = 2 * p1 + p2
+    return np.int64(_CLUT[act]) if act < 4096 else np.int64(NCTX - 1)
 
 
 @no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
@@ -98,28 +90,14 @@ def _tokens_py(res, ctx, tok, nbits, vals):  # type: ignore[no-untyped-def]
     p1 = 0
     p2 = 0
     for t in range(res.shape[0]):
-        act = 2 * p1 + p2
-        if act < 4096:
-            cls = np.int64(_CLUT[act])
-        else:
-            cls = NCTX - 1
+        cls = _context_of(p1, p2)
         e = np.int64(res[t])
         u = 2 * e if e >= 0 else -2 * e - 1
         ctx[t] = cls
-        if u < 16:
-            tok[t] = u
-            nbits[t] = 0
-            vals[t] = 0
-        else:
-            n = 0
-            v = u
-            while v > 0:
-                n += 1
-                v >>= 1
-            n -= 1
-            tok[t] = 16 + (n - 4) * 2 + ((u >> (n - 1)) & 1)
-            nbits[t] = n - 1
-            vals[t] = u & ((1 << (n - 1)) - 1)
+        tk, nb, v = ent.token_of(u)
+        tok[t] = tk
+        nbits[t] = nb
+        vals[t] = v
         p2 = p1
         p1 = e if e >= 0 else -e
 
@@ -138,11 +116,7 @@ def _decode_res_py(buf, rs, re_, bs, be, freq, cum, sym, res):  # type: ignore[n
     p1 = 0
     p2 = 0
     for t in range(res.shape[0]):
-        act = 2 * p1 + p2
-        if act < 4096:
-            cls = np.int64(_CLUT[act])
-        else:
-            cls = NCTX - 1
+        cls = _context_of(p1, p2)
         slot = x & (PROB_SCALE - 1)
         s = np.int64(sym[cls, slot])
         f = np.int64(freq[cls, s])
@@ -177,16 +151,15 @@ def _decode_res_py(buf, rs, re_, bs, be, freq, cum, sym, res):  # type: ignore[n
     return 0
 
 
-_lpc_residual_nb: Any = njit(_lpc_residual_py, nogil=True, cache=True)
-_lpc_restore_nb: Any = njit(_lpc_restore_py, nogil=True, cache=True)
+_lpc_nb: Any = njit(_lpc_py, nogil=True, cache=True)
 _tokens_nb: Any = njit(_tokens_py, nogil=True, cache=True)
 _decode_res_nb: Any = njit(_decode_res_py, nogil=True, cache=True)
 
 _IMPL: dict[str, dict[str, Any]] = {
-    "nb": {"res": _lpc_residual_nb, "restore": _lpc_restore_nb, "tokens": _tokens_nb,
+    "nb": {"lpc": _lpc_nb, "tokens": _tokens_nb,
            "decode": _decode_res_nb, "rans": ent._rans_encode_nb, "bits": ent._pack_bits_nb,
            "hist": ent._hist_nb},
-    "py": {"res": _lpc_residual_py, "restore": _lpc_restore_py, "tokens": _tokens_py,
+    "py": {"lpc": _lpc_py, "tokens": _tokens_py,
            "decode": _decode_res_py, "rans": ent._rans_encode_py, "bits": ent._pack_bits_py,
            "hist": ent._hist_py},
 }
@@ -318,7 +291,7 @@ def waveform_encode(arr: np.ndarray, *, effort: str = "fast", _impl: str = "nb")
                 seg = yc[max(0, bi * block - p): (bi + 1) * block]
                 cf[bi] = _lpc_coefs(seg, p)
             r = np.empty(n, np.int64)
-            k["res"](yc, cf, p, block, r)
+            k["lpc"](yc, cf, p, block, r, False)
             bits = _est_bits(r) + nblk * p * 16
             if best is None or bits < best[0]:
                 best = (bits, p, cf, r)
@@ -328,7 +301,7 @@ def waveform_encode(arr: np.ndarray, *, effort: str = "fast", _impl: str = "nb")
             p = len(poly)
             cf = np.zeros((nblk, p), np.int64) + np.array(poly, np.int64) * (1 << SHIFT)
             r = np.empty(n, np.int64)
-            k["res"](yc, cf, p, block, r)
+            k["lpc"](yc, cf, p, block, r, False)
             bits = _est_bits(r) + nblk * p * 16
             if best is None or bits < best[0]:
                 best = (bits, p, cf, r)
@@ -422,7 +395,7 @@ def waveform_decode(buf: bytes, *, _impl: str = "nb") -> np.ndarray:
             raise DecodeError(f"waveform channel {c} is corrupt (code {st})")
         pos += lr + lb
         yc = np.zeros(n, np.int64)
-        k["restore"](res, cf, p, block, yc)
+        k["lpc"](res, cf, p, block, yc, True)
         if i != 255:
             yc = yc + ((a_ * x[:, i] + b_ * x[:, j]) >> 1)
         x[:, c] = yc

@@ -1,7 +1,7 @@
 """The ECG quality gate's decision: record features, the fitted model, the protocol.
 
 The per-lead signal-quality indices (SQIs) of :mod:`fenji.codecs.ecg.quality`
-are summarised into eight record features, each with a physiological reason for
+are summarised into nine record features, each with a physiological reason for
 its summary (Clifford, Behar et al., Physiol. Meas. 33:1419, 2012; Behar et al.,
 IEEE TBME 60:1660, 2013):
 
@@ -16,6 +16,9 @@ bsqi_3       3rd lowest bSQI                                 leads are read agai
 base_3       log10(3rd largest wander)                        each other: three bad
 bas_3        3rd lowest basSQI                                leads spoil the comparison
 hf_med       log10(median HF noise RMS)                      EMG is body-wide
+isqi_3       3rd lowest iSQI of the leads with beats (best   all leads record the same
+             agreement of a lead's beats with another        heart: three leads that
+             lead's, Clifford et al. 2012)                   agree with none are off
 ============ ============================================== =========================
 
 Durations are taken per 10 s of record (a 24-h Holter is not judged on 0.2 s).
@@ -56,10 +59,11 @@ import numpy as np
 
 GATE_FILE = Path(__file__).with_name("gate.json")
 FORMAT_VERSION = 1
-FEATURES = ("flat_max", "off_max", "amp_min", "ksqi_min", "bsqi_3", "base_3", "bas_3", "hf_med")
+FEATURES = ("flat_max", "off_max", "amp_min", "ksqi_min", "bsqi_3", "base_3", "bas_3", "hf_med",
+            "isqi_3")
 #: The sign each feature's weight must have: +1 where a larger value is worse quality.
 SIGNS = {"flat_max": 1, "off_max": 1, "amp_min": -1, "ksqi_min": -1, "bsqi_3": -1,
-         "base_3": 1, "bas_3": -1, "hf_med": 1}
+         "base_3": 1, "bas_3": -1, "hf_med": 1, "isqi_3": -1}
 C_GRID = (0.03, 0.1, 0.3, 1.0)     # inverse L2 strength, chosen by inner CV
 INNER_FOLDS = 5
 SEED = 2011                        # every split of the protocol derives from it
@@ -79,7 +83,8 @@ def record_features(sqi: Mapping[str, np.ndarray], duration_s: float) -> np.ndar
     """The :data:`FEATURES` of one record from its per-lead SQIs.
 
     ``sqi`` maps ``flat_s``, ``lead_off_s``, ``amplitude_mv``, ``ksqi``,
-    ``bsqi``, ``baseline_mv``, ``bas_sqi``, ``hf_noise_mv`` to one value per lead.
+    ``bsqi``, ``baseline_mv``, ``bas_sqi``, ``hf_noise_mv``, ``isqi`` to one value
+    per lead.
     """
     per10 = 10.0 / max(duration_s, 10.0)
     lg = math.log10
@@ -92,7 +97,15 @@ def record_features(sqi: Mapping[str, np.ndarray], duration_s: float) -> np.ndar
         lg(max(_kth(sqi["baseline_mv"], 3, worst_high=True), 1e-3)),
         _kth(sqi["bas_sqi"], 3, worst_high=False),
         lg(max(float(np.median(sqi["hf_noise_mv"])), 1e-4)),
+        _kth_defined(sqi["isqi"], 3),
     ])
+
+
+def _kth_defined(values: np.ndarray, k: int) -> float:
+    """k-th lowest of the defined (finite) values; 1.0 (no evidence) if none is."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return 1.0 if v.size == 0 else _kth(v, k, worst_high=False)
 
 
 # --- the model -------------------------------------------------------------------
@@ -102,8 +115,9 @@ def excess(f: np.ndarray, signs: np.ndarray, center: np.ndarray, scale: np.ndarr
     """How far each feature lies on its *bad* side of the typical record, in SDs
     (0 on the good side): better-than-typical quality in one respect does not
     excuse a dead lead in another."""
-    d: np.ndarray = signs * (np.asarray(f, dtype=np.float64) - center) / scale
-    return np.clip(d, 0.0, None)
+    d = np.asarray(signs * (np.asarray(f, dtype=np.float64) - center) / scale, dtype=np.float64)
+    out: np.ndarray = d.clip(min=0.0)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +239,7 @@ def _fit_fixed(f: np.ndarray, y: np.ndarray, c: float, signs: np.ndarray
     is set to 0 and the rest refitted."""
     center: np.ndarray = np.median(f, axis=0)
     sd: np.ndarray = f.std(axis=0)
-    scale: np.ndarray = np.where(sd > 0.0, sd, 1.0)
+    scale: np.ndarray = np.where(sd > 0.0, sd, np.ones_like(sd))
     z = excess(f, signs, center, scale)
     keep = np.ones(f.shape[1], dtype=bool)
     while True:

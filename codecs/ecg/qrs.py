@@ -1,23 +1,26 @@
-"""QRS detection, heart rate and RR statistics.
+"""QRS detection: Pan & Tompkins, and the per-window lead choice of several leads.
 
 Two detectors with different features and decision rules, so that their
 agreement (bSQI, Li, Clifford & Tarassenko, Physiol Meas 29:15, 2008) says
 something about the signal:
 
-* :func:`detect_qrs` -- Pan & Tompkins (IEEE TBME 32:230, 1985) as reworked in
-  sleepecg: spike removal, 5-15 Hz zero-phase band-pass, squared slope, 150 ms
-  moving-window integration, adaptive signal/noise peak levels (initialised
-  from the median of 1-s maxima, so one artefact cannot blind it), T-wave
-  rejection by slope (measured at 8-15 Hz, above most of the T wave's energy),
-  search-back at 1.66 RR (also after the last beat), a second look inside long
-  gaps for small beats hidden by large ectopics (bigeminy halves the learned
-  rate, so search-back never fires), R peak placed on the band-passed signal.
-* :func:`detect_qrs_slope` -- a block detector: in every 2.5 s block, the
-  peaks of the 80 ms smoothed absolute slope (8-25 Hz) above 40 % of the
-  block's 98th percentile, 250 ms refractory.  Used for bSQI.
+* :func:`detect_qrs` (here) -- Pan & Tompkins (IEEE TBME 32:230, 1985) as
+  reworked in sleepecg: spike removal, 5-15 Hz zero-phase band-pass, squared
+  slope, 150 ms moving-window integration, adaptive signal/noise peak levels
+  (initialised from the median of 1-s maxima, so one artefact cannot blind it),
+  T-wave rejection by slope (measured at 8-15 Hz, above most of the T wave's
+  energy) in the decision and in search-back, search-back at 1.66 RR (also
+  after the last beat), a second look inside long gaps for small beats hidden
+  by large ectopics (bigeminy halves the learned rate, so search-back never
+  fires), R peak placed on the band-passed signal.
+* :func:`fenji.codecs.ecg.qrs_slope.detect_qrs_slope` -- a block detector of
+  the smoothed absolute slope.  Used for bSQI.
 * :func:`detect_qrs_leads` -- several leads (Holter, 12-lead): every lead is
   detected on its own and, per 10-s window, the lead whose two detectors
-  agree best supplies the beats.
+  agree best supplies the beats (:func:`fenji.codecs.ecg.beats.choose_leads`).
+
+Matching, bSQI/iSQI, RR statistics and scoring are in
+:mod:`fenji.codecs.ecg.beats` (re-exported here).
 
 Each loop is a Numba kernel compiled from its Python twin (``_x_nb =
 njit(_x_py)``); tests run both on the same arrays.
@@ -39,22 +42,45 @@ True
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-
 import numpy as np
 from numba import njit
 
 from fenji.codecs.ecg import filters as flt
+from fenji.codecs.ecg.beats import (
+    CHUNK_S,
+    MATCH_S,
+    REFRACTORY_S,
+    BeatScore,
+    RRStats,
+    _by_chunks,
+    beats_from_leads,
+    bsqi,
+    choose_beats,
+    choose_leads,
+    chunk_spans,
+    heart_rate_bpm,
+    isqi,
+    match_count,
+    rr_stats,
+    score_beats,
+)
+from fenji.codecs.ecg.qrs_slope import band_b, detect_qrs_slope, detect_slope_from_bandpassed
+
+# The beat-list helpers and the second detector live in their own modules; the
+# names callers have always imported from here are re-exported.
+__all__ = [
+    "CHUNK_S", "MATCH_S", "REFRACTORY_S", "BeatScore", "RRStats", "band_a", "band_b",
+    "band_t", "beats_from_leads", "bsqi", "choose_beats", "choose_leads", "chunk_spans",
+    "detect_from_bandpassed", "detect_qrs", "detect_qrs_leads", "detect_qrs_py",
+    "detect_qrs_slope", "detect_slope_from_bandpassed", "heart_rate_bpm", "isqi",
+    "match_count", "qrs_feature", "rr_stats", "score_beats",
+]
 
 #: QRS energy band: Pan & Tompkins' 5-15 Hz, where QRS energy peaks and T/P waves
 #: (below 5 Hz) and EMG/mains (above 20 Hz) do not.
 QRS_BAND_HZ = (5.0, 15.0)
 #: Moving-window integration: about one QRS width.
 MWI_S = 0.15
-#: No two beats closer than this (physiological refractory period).
-REFRACTORY_S = 0.2
 #: A candidate within this time of the last beat with half its slope is a T wave.
 T_WAVE_S = 0.36
 #: ...or within the longest plausible QT at the current rate, whichever is longer:
@@ -65,53 +91,6 @@ QTC_MAX_S = 0.5
 GAP_REL = 0.3
 #: ...and this steep relative to the median slope of the 2.5-s block around it.
 GAP_SNR = 8.0
-#: Standard beat-matching window (AAMI EC57 / ANSI): +-150 ms.
-MATCH_S = 0.15
-#: Records longer than this are processed in chunks (memory stays at a few dozen
-#: float64 copies of one chunk per lead, not of a 24-h Holter), each chunk read
-#: with CHUNK_OVERLAP_S of context either side so no beat is cut at an edge.
-CHUNK_S = 600.0
-CHUNK_OVERLAP_S = 10.0
-
-
-def chunk_spans(n_samples: int, fs_hz: float, chunk_s: float = CHUNK_S
-                ) -> list[tuple[int, int, int, int]]:
-    """``(lo, start, end, hi)`` per chunk: its core ``[start, end)`` and the span
-    ``[lo, hi)`` read around it.  One span ``(0, 0, n, n)`` for short records.
-
-    >>> chunk_spans(100, 1.0, chunk_s=40.0)
-    [(0, 0, 40, 50), (30, 40, 80, 90), (70, 80, 100, 100)]
-    """
-    c = max(1, int(chunk_s * fs_hz))
-    ov = int(CHUNK_OVERLAP_S * fs_hz)
-    if n_samples <= c + ov:
-        return [(0, 0, n_samples, n_samples)]
-    return [(max(0, s - ov), s, min(n_samples, s + c), min(n_samples, s + c + ov))
-            for s in range(0, n_samples, c)]
-
-
-def _join(parts: list[np.ndarray], fs_hz: float) -> np.ndarray:
-    """Beats of consecutive chunks (cores already cut), one beat kept at a seam."""
-    if len(parts) == 1:
-        return parts[0]
-    out = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-    if out.size > 1:
-        keep = np.concatenate([[True], np.diff(out) >= int(REFRACTORY_S * fs_hz)])
-        out = out[keep]
-    return out.astype(np.int64)
-
-
-def _by_chunks(fn: Callable[[np.ndarray], np.ndarray], a: np.ndarray, fs_hz: float,
-               chunk_s: float) -> np.ndarray:
-    spans = chunk_spans(a.shape[0], fs_hz, chunk_s)
-    if len(spans) == 1:
-        return fn(a)
-    parts = []
-    for lo, start, end, hi in spans:
-        d = fn(np.ascontiguousarray(a[lo:hi])) + lo
-        parts.append(d[(d >= start) & (d < end)])
-    return _join(parts, fs_hz)
-
 
 # --- feature: squared slope, moving-window integrated ---------------------------
 
@@ -197,6 +176,8 @@ def _pt_decide_py(mwi: np.ndarray, slope: np.ndarray, cand: np.ndarray, fs: floa
     last = -1
     last_val = 0.0
     last_slope = 0.0
+    sl = np.zeros(8)      # slopes of the last 8 beats: the typical QRS slope
+    nsl = 0
     last_ci = -1          # candidate index of the last accepted beat
     rr = np.zeros(8)
     nrr = 0
@@ -210,9 +191,26 @@ def _pt_decide_py(mwi: np.ndarray, slope: np.ndarray, cand: np.ndarray, fs: floa
             thr2 = 0.5 * thr1
             best = -1
             bestv = 0.0
+            tw = twin
+            qt = QTC_MAX_S * fs * (rr_avg / fs) ** 0.5
+            if qt > tw:
+                tw = int(qt)
             for cj in range(last_ci + 1, ci):
                 q = cand[cj]
                 if q - last >= refr and p - q >= refr and mwi[q] > thr2 and mwi[q] > bestv:
+                    if q - last < tw:
+                        # Pan & Tompkins' T-wave test holds in search-back too: a
+                        # premature ectopic shortens the mean RR, so search-back
+                        # fires in the compensatory pause and would take the
+                        # ectopic's broad T wave.  A T wave is less steep than
+                        # half of both the beat before it and a typical beat
+                        # (after a large ectopic, a small normal beat is not).
+                        s = 0.0
+                        for k in range(max(0, q - sw), min(n, q + sw + 1)):
+                            if slope[k] > s:
+                                s = slope[k]
+                        if s < 0.5 * min(last_slope, np.median(sl[:min(nsl, 8)])):
+                            continue
                     best = cj
                     bestv = mwi[q]
             if best >= 0:
@@ -232,6 +230,8 @@ def _pt_decide_py(mwi: np.ndarray, slope: np.ndarray, cand: np.ndarray, fs: floa
                     if slope[k] > s:
                         s = slope[k]
                 last_slope = s
+                sl[nsl % 8] = s
+                nsl += 1
                 last_ci = best
                 thr1 = npk + 0.25 * (spk - npk)
                 continue  # re-examine p against the new last beat
@@ -250,6 +250,8 @@ def _pt_decide_py(mwi: np.ndarray, slope: np.ndarray, cand: np.ndarray, fs: floa
                 last = p
                 last_val = v
                 last_slope = s
+                if nsl > 0:
+                    sl[(nsl - 1) % 8] = s
                 last_ci = ci
             ci += 1
             continue
@@ -278,6 +280,8 @@ def _pt_decide_py(mwi: np.ndarray, slope: np.ndarray, cand: np.ndarray, fs: floa
                 last = p
                 last_val = v
                 last_slope = s
+                sl[nsl % 8] = s
+                nsl += 1
                 last_ci = ci
         else:
             npk = 0.125 * v + 0.875 * npk
@@ -520,11 +524,6 @@ def band_t(fs_hz: float) -> np.ndarray:
     return flt.design_highpass(8.0, fs_hz)
 
 
-def band_b(fs_hz: float) -> np.ndarray:
-    """The ``sos`` band-pass of :func:`detect_qrs_slope` (8-25 Hz)."""
-    return flt.design_bandpass(8.0, min(25.0, 0.45 * fs_hz), fs_hz)
-
-
 def detect_from_bandpassed(bp: np.ndarray, fs_hz: float, hb: np.ndarray | None = None
                            ) -> np.ndarray:
     """Pan-Tompkins on one lead already band-passed (lets a caller filter all leads
@@ -542,15 +541,6 @@ def detect_from_bandpassed(bp: np.ndarray, fs_hz: float, hb: np.ndarray | None =
     peaks = _pt_decide_nb(mwi, slope_t, cand, float(fs_hz))
     peaks = _gapfill_nb(slope, peaks, float(fs_hz), GAP_REL, GAP_SNR)
     return _refine_nb(bp, peaks, int(0.1 * fs_hz), int(REFRACTORY_S * fs_hz))
-
-
-def detect_slope_from_bandpassed(bp: np.ndarray, fs_hz: float) -> np.ndarray:
-    """:func:`detect_qrs_slope` of one lead already filtered with :func:`band_b`."""
-    bp = np.ascontiguousarray(bp, dtype=np.float64)
-    if bp.size < int(0.5 * fs_hz):
-        return np.zeros(0, dtype=np.int64)
-    feat = _smooth_abs_slope_nb(bp, max(3, int(0.08 * fs_hz)))
-    return _block_detect_nb(feat, int(2.5 * fs_hz), int(0.25 * fs_hz))
 
 
 def detect_qrs(x: np.ndarray, fs_hz: float, *, chunk_s: float = CHUNK_S) -> np.ndarray:
@@ -612,208 +602,6 @@ def detect_qrs_py(x: np.ndarray, fs_hz: float) -> np.ndarray:
     return _refine_py(ref, peaks, int(0.1 * fs_hz), int(REFRACTORY_S * fs_hz))
 
 
-# --- second, independent detector (for bSQI) -------------------------------------
-
-def _block_detect_py(feat: np.ndarray, blk: int, refr: int) -> np.ndarray:
-    n = feat.shape[0]
-    out = np.empty(n // max(refr, 1) + 2, dtype=np.int64)
-    k = 0
-    nb = (n + blk - 1) // blk
-    for b in range(nb):
-        lo = b * blk
-        hi = min(n, lo + blk)
-        k98 = int(0.98 * (hi - lo - 1))
-        thr = 0.4 * np.partition(feat[lo:hi], k98)[k98]   # 98th percentile, no full sort
-        for i in range(max(lo, 1), min(hi, n - 1)):
-            v = feat[i]
-            if v > thr and v >= feat[i - 1] and v > feat[i + 1]:
-                if k > 0 and i - out[k - 1] < refr:
-                    if v > feat[out[k - 1]]:
-                        out[k - 1] = i
-                    continue
-                if k < out.shape[0]:
-                    out[k] = i
-                    k += 1
-    return out[:k]
-
-
-_block_detect_nb = njit(_block_detect_py, nogil=True, cache=True)
-
-
-def _smooth_abs_slope_py(bp: np.ndarray, w: int) -> np.ndarray:
-    n = bp.shape[0]
-    s = np.zeros(n)
-    for i in range(1, n - 1):
-        s[i] = abs(bp[i + 1] - bp[i - 1])
-    out = np.zeros(n)
-    acc = 0.0
-    half = w // 2
-    for i in range(n + half):
-        if i < n:
-            acc += s[i]
-        if i - w >= 0:
-            acc -= s[i - w]
-        c = i - half
-        if 0 <= c < n:
-            out[c] = acc / w
-    return out
-
-
-_smooth_abs_slope_nb = njit(_smooth_abs_slope_py, nogil=True, cache=True)
-
-
-def detect_qrs_slope(x: np.ndarray, fs_hz: float, *, chunk_s: float = CHUNK_S) -> np.ndarray:
-    """Second detector (1-D signal): 8-25 Hz band, 80 ms smoothed |slope|, block threshold."""
-    a = np.ascontiguousarray(np.asarray(x, dtype=np.float64).reshape(-1))
-    if a.size < int(0.5 * fs_hz):
-        return np.zeros(0, dtype=np.int64)
-    return _by_chunks(lambda seg: detect_slope_from_bandpassed(
-        flt.sosfiltfilt(band_b(fs_hz), seg), fs_hz), a, fs_hz, chunk_s)
-
-
-# --- matching, heart rate, RR ----------------------------------------------------
-
-def _match_py(ref: np.ndarray, test: np.ndarray, tol: int) -> int:
-    """Number of one-to-one matches within ``tol`` samples (both sorted)."""
-    i = 0
-    j = 0
-    m = 0
-    while i < ref.shape[0] and j < test.shape[0]:
-        d = test[j] - ref[i]
-        if d < -tol:
-            j += 1
-        elif d > tol:
-            i += 1
-        else:
-            m += 1
-            i += 1
-            j += 1
-    return m
-
-
-_match_nb = njit(_match_py, nogil=True, cache=True)
-
-
-def match_count(ref: np.ndarray, test: np.ndarray, tol_samples: int) -> int:
-    """One-to-one matches between two sorted beat lists within ``tol_samples``."""
-    return int(_match_nb(np.ascontiguousarray(ref, dtype=np.int64),
-                         np.ascontiguousarray(test, dtype=np.int64), int(tol_samples)))
-
-
-def bsqi(a: np.ndarray, b: np.ndarray, fs_hz: float, tol_s: float = MATCH_S) -> float:
-    """Agreement of two detectors: matched / (n_a + n_b - matched); 1.0 if both empty."""
-    m = match_count(a, b, int(round(tol_s * fs_hz)))
-    den = len(a) + len(b) - m
-    return 1.0 if den == 0 else m / den
-
-
-@dataclass(frozen=True, slots=True)
-class RRStats:
-    """Heart rate and RR-interval statistics of one beat sequence."""
-
-    n_beats: int
-    heart_rate_bpm: float | None   # 60 / median RR
-    rr_mean_s: float | None
-    rr_sdnn_s: float | None        # SD of RR (SDNN over all beats, not only normal ones)
-    rr_rmssd_s: float | None
-    rr_min_s: float | None
-    rr_max_s: float | None
-
-
-def rr_stats(qrs: np.ndarray, fs_hz: float) -> RRStats:
-    """RR statistics; rate is 60 / median RR (robust to one missed or extra beat)."""
-    q = np.asarray(qrs, dtype=np.float64)
-    if q.size < 2:
-        return RRStats(int(q.size), None, None, None, None, None, None)
-    rr = np.diff(q) / fs_hz
-    d = np.diff(rr)
-    return RRStats(
-        n_beats=int(q.size),
-        heart_rate_bpm=float(60.0 / np.median(rr)),
-        rr_mean_s=float(rr.mean()),
-        rr_sdnn_s=float(rr.std()),
-        rr_rmssd_s=float(np.sqrt((d * d).mean())) if d.size else None,
-        rr_min_s=float(rr.min()),
-        rr_max_s=float(rr.max()),
-    )
-
-
-def heart_rate_bpm(qrs: np.ndarray, fs_hz: float) -> float | None:
-    """60 / median RR in beats per minute, ``None`` with fewer than two beats."""
-    return rr_stats(qrs, fs_hz).heart_rate_bpm
-
-
-# --- several leads: per-window lead choice by bSQI -----------------------------------
-
-def _choose_py(a: np.ndarray, a_lead: np.ndarray, b: np.ndarray, b_lead: np.ndarray,
-               n_leads: int, n: int, win: int, tol: int, margin: float) -> np.ndarray:
-    """For each window of ``win`` samples, the lead whose detector-A beats ``a`` and
-    detector-B beats ``b`` (time-sorted, tagged by lead) agree best (bSQI); lead 0
-    is kept unless another beats it by ``margin``.  One sweep: linear in beats."""
-    nw = (n + win - 1) // win
-    chosen = np.zeros(nw, dtype=np.int64)
-    ia = 0
-    ib = 0
-    for w in range(nw):
-        lo = w * win
-        hi = lo + win
-        while ia < a.shape[0] and a[ia] < lo:
-            ia += 1
-        while ib < b.shape[0] and b[ib] < lo:
-            ib += 1
-        ja = ia
-        while ja < a.shape[0] and a[ja] < hi:
-            ja += 1
-        jb = ib
-        while jb < b.shape[0] and b[jb] < hi:
-            jb += 1
-        best = 0
-        best_q = -1.0
-        for j in range(n_leads):
-            na = 0
-            nb = 0
-            for i in range(ia, ja):
-                if a_lead[i] == j:
-                    na += 1
-            for i in range(ib, jb):
-                if b_lead[i] == j:
-                    nb += 1
-            # one-to-one matches of lead j's beats inside the window
-            m = 0
-            pa = ia
-            pb = ib
-            while pa < ja and pb < jb:
-                if a_lead[pa] != j:
-                    pa += 1
-                    continue
-                if b_lead[pb] != j:
-                    pb += 1
-                    continue
-                d = b[pb] - a[pa]
-                if d < -tol:
-                    pb += 1
-                elif d > tol:
-                    pa += 1
-                else:
-                    m += 1
-                    pa += 1
-                    pb += 1
-            den = na + nb - m
-            q = 0.0 if den == 0 else m / den
-            if j == 0:
-                q += margin
-            if q > best_q:
-                best_q = q
-                best = j
-        chosen[w] = best
-        ia = ja
-        ib = jb
-    return chosen
-
-
-_choose_nb = njit(_choose_py, nogil=True, cache=True)
-
-
 def detect_qrs_leads(x: np.ndarray, fs_hz: float, window_s: float = 10.0,
                      margin: float = 0.05) -> np.ndarray:
     """Beats from several leads: each lead is detected on its own, and in every
@@ -828,126 +616,3 @@ def detect_qrs_leads(x: np.ndarray, fs_hz: float, window_s: float = 10.0,
                         a2.shape[0], fs_hz, window_s, margin)
 
 
-def choose_leads(beats_a: Sequence[np.ndarray], beats_b: Sequence[np.ndarray], n_samples: int,
-                 fs_hz: float, window_s: float = 10.0, margin: float = 0.05) -> np.ndarray:
-    """Index of the best lead in each ``window_s`` window: the one whose two
-    detectors' beats (``beats_a[j]``, ``beats_b[j]``) agree best (bSQI)."""
-    if len(beats_a) == 0:
-        return np.zeros(0, dtype=np.int64)
-    lead_a = [np.full(len(d), j, np.int64) for j, d in enumerate(beats_a)]
-    lead_b = [np.full(len(d), j, np.int64) for j, d in enumerate(beats_b)]
-    a = np.concatenate([np.asarray(d, np.int64) for d in beats_a])
-    b = np.concatenate([np.asarray(d, np.int64) for d in beats_b])
-    al = np.concatenate(lead_a)
-    bl = np.concatenate(lead_b)
-    oa = np.argsort(a, kind="stable")
-    ob = np.argsort(b, kind="stable")
-    return _choose_nb(a[oa], al[oa], b[ob], bl[ob], len(beats_a), int(n_samples),
-                      max(1, int(window_s * fs_hz)), int(round(MATCH_S * fs_hz)), float(margin))
-
-
-def beats_from_leads(chosen: np.ndarray, beats: Mapping[int, np.ndarray] | Sequence[np.ndarray],
-                     fs_hz: float, window_s: float = 10.0) -> np.ndarray:
-    """Beats of lead ``chosen[w]`` inside window ``w``, joined; a beat either side of a
-    window edge from two different leads is kept once."""
-    win = max(1, int(window_s * fs_hz))
-    parts = []
-    for w, j in enumerate(np.asarray(chosen).tolist()):
-        d = np.asarray(beats[j], dtype=np.int64)
-        parts.append(d[(d >= w * win) & (d < (w + 1) * win)])
-    out = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-    if out.size > 1:
-        keep = np.concatenate([[True], np.diff(out) >= int(REFRACTORY_S * fs_hz)])
-        out = out[keep]
-    return out
-
-
-def choose_beats(beats_a: Sequence[np.ndarray], beats_b: Sequence[np.ndarray], n_samples: int,
-                 fs_hz: float, window_s: float = 10.0, margin: float = 0.05) -> np.ndarray:
-    """The selection step of :func:`detect_qrs_leads`: per window, ``beats_a`` of the
-    lead chosen by :func:`choose_leads`."""
-    chosen = choose_leads(beats_a, beats_b, n_samples, fs_hz, window_s, margin)
-    return beats_from_leads(chosen, beats_a, fs_hz, window_s)
-
-
-# --- scoring against reference annotations ---------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class BeatScore:
-    """Beat-by-beat comparison (AAMI EC57 style): true positives, misses, extras."""
-
-    tp: int
-    fn: int
-    fp: int
-
-    @property
-    def se(self) -> float:
-        """Sensitivity TP / (TP + FN)."""
-        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 1.0
-
-    @property
-    def ppv(self) -> float:
-        """Positive predictivity TP / (TP + FP)."""
-        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 1.0
-
-    @property
-    def f1(self) -> float:
-        d = 2 * self.tp + self.fn + self.fp
-        return 2 * self.tp / d if d else 1.0
-
-    def __add__(self, other: BeatScore) -> BeatScore:
-        return BeatScore(self.tp + other.tp, self.fn + other.fn, self.fp + other.fp)
-
-
-def score_beats(ref: np.ndarray, det: np.ndarray, fs_hz: float, *, tol_s: float = MATCH_S,
-                exclude: np.ndarray | None = None, n_samples: int | None = None,
-                edge_s: float = 0.0) -> BeatScore:
-    """Score detections ``det`` against reference beats ``ref`` (sample indices).
-
-    ``exclude`` is an (k, 2) array of [start, end] sample intervals left out of both
-    (EC57 leaves ventricular flutter/fibrillation episodes out); ``edge_s`` leaves
-    out the first and last seconds (the CPSC 2019 scorer drops 0.5 s each side).
-    """
-    r = np.sort(np.asarray(ref, dtype=np.int64))
-    d = np.sort(np.asarray(det, dtype=np.int64))
-    keep_r = np.ones(r.size, bool)
-    keep_d = np.ones(d.size, bool)
-    if exclude is not None:
-        for lo, hi in np.asarray(exclude, dtype=np.int64).reshape(-1, 2):
-            keep_r &= ~((r >= lo) & (r <= hi))
-            keep_d &= ~((d >= lo) & (d <= hi))
-    tol = int(round(tol_s * fs_hz))
-    if edge_s > 0.0:
-        # reference beats inside the scored span; a detection just outside it may
-        # match one of them, but an unmatched one there is not counted as extra
-        last = [int(v[-1]) for v in (r, d) if v.size]
-        end = n_samples if n_samples is not None else max(last, default=0)
-        e_lo = math.ceil(edge_s * fs_hz)          # sample indices are integers
-        e_hi = math.floor(end - edge_s * fs_hz)
-        keep_r &= (r >= e_lo) & (r <= e_hi)
-        keep_d &= (d >= e_lo - tol) & (d <= e_hi + tol)
-        r, d = r[keep_r], d[keep_d]
-        used = _matched_flags(r, d, tol)
-        inside = (d >= e_lo) & (d <= e_hi)
-        m = int(used.sum())
-        return BeatScore(tp=m, fn=int(r.size) - m, fp=int((~used & inside).sum()))
-    r, d = r[keep_r], d[keep_d]
-    m = match_count(r, d, tol)
-    return BeatScore(tp=m, fn=int(r.size) - m, fp=int(d.size) - m)
-
-
-def _matched_flags(ref: np.ndarray, test: np.ndarray, tol: int) -> np.ndarray:
-    """Which ``test`` beats the one-to-one matching of :func:`_match_py` uses."""
-    used = np.zeros(test.size, dtype=bool)
-    i = j = 0
-    while i < ref.size and j < test.size:
-        dd = test[j] - ref[i]
-        if dd < -tol:
-            j += 1
-        elif dd > tol:
-            i += 1
-        else:
-            used[j] = True
-            i += 1
-            j += 1
-    return used

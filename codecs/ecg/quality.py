@@ -15,6 +15,7 @@ hf_noise   median 1-s RMS of the signal above 40 Hz (mains notched)   mV
 mains      power the mains notch removes / power above 0.5 Hz         0..1
 baseline   peak-to-peak of the wander below 0.5 Hz (median of 10-s)   mV
 bsqi       agreement of two independent QRS detectors                 0..1
+isqi       best agreement of the lead's beats with another lead's     0..1
 ksqi       kurtosis of the 0.5-40 Hz signal                           -
 ========== ========================================================== =====
 
@@ -22,7 +23,7 @@ Also measured, for the gate: basSQI (1 - the share of the power below 40 Hz that
 lies below 0.5 Hz), after Clifford, Behar et al. (Physiol. Meas. 2012).
 
 The record's verdict is not made from these flags: it is the fitted gate of
-:mod:`fenji.codecs.ecg.gate` (eight record features from the SQIs, a logistic
+:mod:`fenji.codecs.ecg.gate` (nine record features from the SQIs, a logistic
 score and a threshold, every number chosen by cross-validation on labelled
 records -- see there for its cross-validated accuracy).  ``unacceptable`` is the
 gate's; otherwise a record with flagged leads is ``acceptable_with_warnings``.
@@ -67,47 +68,18 @@ from typing import Any
 
 import numpy as np
 from numba import njit
+from numba.extending import register_jitable
 
+from fenji.codecs.ecg import beats as beats_mod
 from fenji.codecs.ecg import filters as flt
 from fenji.codecs.ecg import gate as gate_mod
 from fenji.codecs.ecg import qrs as qrs_mod
+from fenji.codecs.ecg.thresholds import EcgQualityThresholds
 
 ACCEPTABLE = "acceptable"
 WARNINGS = "acceptable_with_warnings"
 UNACCEPTABLE = "unacceptable"
 _RANK = {ACCEPTABLE: 0, WARNINGS: 1, UNACCEPTABLE: 2}
-
-
-@dataclass(frozen=True, slots=True)
-class EcgQualityThresholds:
-    """Thresholds of the ECG quality gate, in physical units (defaults documented
-    in the module docstring).  ``*_warn`` values give "acceptable_with_warnings",
-    the others "unacceptable"."""
-
-    flat_s: float = 0.2             # a lead constant this long is not recording
-    flat_eps_mv: float = 0.0        # |step| at or below this counts as "no change"
-    saturation_s: float = 0.2       # clipped at the lead's rail this long in all
-    lead_off_s: float = 0.5         # flat/clipped time (runs >= off_run_s) -> "off"
-    # Long records (Holter) are judged on a share of their length instead, whichever
-    # is larger; at 10 s these give the same 0.2 / 0.2 / 0.5 s as above.
-    flat_fraction: float = 0.02
-    saturation_fraction: float = 0.02
-    lead_off_fraction: float = 0.05
-    off_run_s: float = 0.1
-    amplitude_min_mv: float = 0.1   # QRS is 0.5-3 mV; below 0.1 mV no cardiac signal
-    amplitude_max_mv: float = 15.0  # beyond any QRS: artefact or wrong gain
-    hf_noise_mv: float = 0.5        # RMS above 40 Hz: QRS buried in EMG/artefact
-    hf_noise_warn_mv: float = 0.1   # persistent EMG: hides P waves (~0.1 mV)
-    baseline_mv: float = 10.0       # wander/step below 0.5 Hz: electrode popped
-    baseline_warn_mv: float = 2.0   # wander p2p: off a 10 mm/mV grid
-    bsqi_min: float = 0.5           # detectors disagree on half the beats: lead unusable
-    bsqi_warn: float = 0.8
-    ksqi_warn: float = 3.0          # no more peaked than Gaussian noise: no QRS seen (Behar
-                                    # 2013 calls a lead clean above 5; 3-5 is common in aVL)
-    mains_warn_ratio: float = 0.5   # half the lead's power at the mains frequency
-    mains_hz: float = 50.0          # China's mains; 60 Hz elsewhere
-    hr_min_bpm: float = 20.0        # outside: no plausible rhythm found -> warning
-    hr_max_bpm: float = 300.0
 
 
 # --- kernels ---------------------------------------------------------------------
@@ -173,6 +145,7 @@ def _rail_runs_py(x: np.ndarray, min_run: int, clip_run: int) -> tuple[int, int,
 _rail_runs_nb = njit(_rail_runs_py, nogil=True, cache=True)
 
 
+@register_jitable
 def _robust_p2p_py(x: np.ndarray, win: int) -> float:
     """Median over windows of ``win`` samples of the window's peak-to-peak: one beat's
     amplitude, insensitive to a single spike."""
@@ -198,6 +171,7 @@ def _robust_p2p_py(x: np.ndarray, win: int) -> float:
 _robust_p2p_nb = njit(_robust_p2p_py, nogil=True, cache=True)
 
 
+@register_jitable
 def _rms_py(x: np.ndarray, win: int) -> float:
     """Median over windows of ``win`` samples of the window RMS: noise that persists,
     not one artefact."""
@@ -234,6 +208,8 @@ class LeadMeasures:
     ksqi: float = 0.0        # kurtosis of the 0.5-40 Hz signal (QRS peaks: > 5)
     bas_sqi: float = 1.0     # power 0.5-40 Hz / 0-40 Hz (1 - baseline share)
     mains_ratio: float = 0.0  # power the mains notch removes / power above 0.5 Hz
+    isqi: float = 1.0        # best agreement of its beats with another lead's (iSQI);
+                             # NaN for a lead without beats
 
 
 def lead_measures(x_mv: np.ndarray, fs_hz: float, thr: EcgQualityThresholds | None = None,
@@ -263,13 +239,13 @@ def _median(v: list[float]) -> float:
 
 
 def _measure_all(x: np.ndarray, fs_hz: float, t: EcgQualityThresholds,
-                 chunk_s: float = qrs_mod.CHUNK_S
+                 chunk_s: float = beats_mod.CHUNK_S
                  ) -> list[tuple[LeadMeasures, np.ndarray, np.ndarray]]:
     """Per lead of a NaN-free (samples, leads) array: measures and both detectors'
     beats.  Every filter runs once over all leads (2-D kernel).
 
     Records longer than ``chunk_s`` are filtered chunk by chunk (with context, see
-    :func:`fenji.codecs.ecg.qrs.chunk_spans`); then amplitude, EMG noise and wander
+    :func:`fenji.codecs.ecg.beats.chunk_spans`); then amplitude, EMG noise and wander
     are the median of the chunks' values.  Run lengths and bSQI are always
     computed over the whole record.
     """
@@ -292,33 +268,32 @@ def _measure_all(x: np.ndarray, fs_hz: float, t: EcgQualityThresholds,
     spec: list[list[tuple[float, float, float]]] = [[] for _ in range(m)]
     parts_a: list[list[np.ndarray]] = [[] for _ in range(m)]
     parts_b: list[list[np.ndarray]] = [[] for _ in range(m)]
-    for lo, start, end, hi in qrs_mod.chunk_spans(n, fs_hz, chunk_s):
+    for lo, start, end, hi in beats_mod.chunk_spans(n, fs_hz, chunk_s):
         xc = x[lo:hi]
         core = slice(start - lo, end - lo)
         no_wander = flt.sosfiltfilt(flt.design_highpass(flt.BASELINE_HZ, fs_hz), xc)
-        wander = xc - no_wander
         hp = flt.sosfiltfilt(flt.design_notch(t.mains_hz, fs_hz), no_wander)
         lo40 = flt.sosfiltfilt(flt.design_lowpass(min(40.0, 0.45 * fs_hz), fs_hz), hp)
-        # one transpose each, so that every lead below is a contiguous row
-        hf = np.ascontiguousarray((hp - lo40)[core].T)
-        lo40 = np.ascontiguousarray(lo40[core].T)
-        wander = np.ascontiguousarray(wander[core].T)
-        sq = _shape_nb(lo40, wander, no_wander, hp, core.start)
+        sq = _chunk_stats_nb(np.ascontiguousarray(xc), no_wander, hp, lo40, core.start,
+                             core.stop, max(2, int(1.5 * fs_hz)), max(2, int(fs_hz)),
+                             max(2, int(10.0 * fs_hz)))
         bpa = np.ascontiguousarray(flt.sosfiltfilt(BSQI_BAND_A(fs_hz), xc).T)
         bpb = np.ascontiguousarray(flt.sosfiltfilt(qrs_mod.band_b(fs_hz), xc).T)
         for j in range(m):
             spec[j].append((float(sq[j, 0]), float(sq[j, 1]), float(sq[j, 2])))
-            amps[j].append(_robust_p2p_nb(lo40[j], max(2, int(1.5 * fs_hz))))
-            noises[j].append(_rms_nb(hf[j], max(2, int(fs_hz))))
-            bases[j].append(_robust_p2p_nb(wander[j], max(2, int(10.0 * fs_hz))))
+            amps[j].append(float(sq[j, 3]))
+            noises[j].append(float(sq[j, 4]))
+            bases[j].append(float(sq[j, 5]))
             for parts, d in ((parts_a, qrs_mod.detect_from_bandpassed(bpa[j], fs_hz)),
                              (parts_b, qrs_mod.detect_slope_from_bandpassed(bpb[j], fs_hz))):
                 d = d + lo
                 parts[j].append(d[(d >= start) & (d < end)])
     out = []
+    beats_a = [beats_mod._join(parts_a[j], fs_hz) for j in range(m)]
+    inter = beats_mod.isqi(beats_a, fs_hz)
     for j in range(m):
-        a = qrs_mod._join(parts_a[j], fs_hz)
-        b = qrs_mod._join(parts_b[j], fs_hz)
+        a = beats_a[j]
+        b = beats_mod._join(parts_b[j], fs_hz)
         flat_s, clip_s, off_s = runs[j]
         out.append((LeadMeasures(
             flat_s=flat_s,
@@ -327,66 +302,96 @@ def _measure_all(x: np.ndarray, fs_hz: float, t: EcgQualityThresholds,
             amplitude_mv=_median(amps[j]),
             hf_noise_mv=_median(noises[j]),
             baseline_mv=_median(bases[j]),
-            bsqi=qrs_mod.bsqi(a, b, fs_hz),
+            bsqi=beats_mod.bsqi(a, b, fs_hz),
             n_beats_a=len(a),
             n_beats_b=len(b),
             ksqi=_median([v[0] for v in spec[j]]),
             bas_sqi=_median([v[1] for v in spec[j]]),
             mains_ratio=_median([v[2] for v in spec[j]]),
+            isqi=float(inter[j]),
         ), a, b))
     return out
 
 
-def _shape_py(lo40: np.ndarray, wander: np.ndarray, no_wander: np.ndarray, notched: np.ndarray,
-              c0: int) -> np.ndarray:
-    """kSQI, basSQI and mains share per lead (after Clifford, Behar et al. 2012/2013),
-    from signals the other checks filter anyway -- no spectrum needed.
+@register_jitable
+def _shape_lead(lo: np.ndarray, w: np.ndarray, e: np.ndarray, r: np.ndarray) -> tuple[float, float,
+                                                                                    float]:
+    """kSQI, basSQI and mains share of one lead (after Clifford, Behar et al.
+    2012/2013), from signals the other checks filter anyway -- no spectrum needed.
 
-    ``lo40`` and ``wander`` are (leads, samples): the 0.5-40 Hz signal and the wander
-    below 0.5 Hz.  ``no_wander`` (above 0.5 Hz) and ``notched`` (that, mains notched)
-    are (chunk samples, leads), their core starting at row ``c0``.  Returns
-    (leads, 3): kurtosis of ``lo40``; 1 - the wander's share of the power below
-    40 Hz (split at the gate's 0.5 Hz baseline cut where Behar et al. split at
-    1 Hz); the share of the power above 0.5 Hz that the mains notch removes.
+    ``lo``: the 0.5-40 Hz signal, ``w``: the wander below 0.5 Hz, ``e``: the signal
+    above 0.5 Hz and ``r``: that, mains notched.  Returns the kurtosis of ``lo``;
+    1 - the wander's share of the power below 40 Hz (split at the gate's 0.5 Hz
+    baseline cut where Behar et al. split at 1 Hz); the share of the power above
+    0.5 Hz that the mains notch removes.
     """
-    m, n = lo40.shape
-    out = np.zeros((m, 3))
+    n = lo.shape[0]
     if n == 0:
-        return out
+        return 0.0, 0.0, 0.0
+    mu = 0.0
+    wmu = 0.0
+    for i in range(n):
+        mu += lo[i]
+        wmu += w[i]
+    mu /= n
+    wmu /= n
+    m2 = 0.0
+    m4 = 0.0
+    wv = 0.0
+    mains = 0.0
+    total = 0.0
+    for i in range(n):
+        d = lo[i] - mu
+        d2 = d * d
+        m2 += d2
+        m4 += d2 * d2
+        v = w[i] - wmu
+        wv += v * v
+        q = e[i] - r[i]
+        mains += q * q
+        total += e[i] * e[i]
+    m2 /= n
+    m4 /= n
+    wv /= n
+    return (m4 / (m2 * m2) if m2 > 0.0 else 0.0,      # a constant lead: 0
+            m2 / (m2 + wv) if m2 + wv > 0.0 else 0.0,
+            mains / total if total > 0.0 else 0.0)
+
+
+def _chunk_stats_py(xc: np.ndarray, no_wander: np.ndarray, notched: np.ndarray,
+                    lo40: np.ndarray, c0: int, c1: int, win_amp: int, win_rms: int,
+                    win_base: int) -> np.ndarray:
+    """Per lead of one chunk (all arrays (chunk samples, leads), the core rows
+    ``c0:c1``): kSQI, basSQI, mains share (:func:`_shape_lead`), amplitude (robust
+    p2p of ``lo40``), EMG noise (windowed RMS of ``notched - lo40``, above 40 Hz)
+    and wander (robust p2p of ``xc - no_wander``).  One pass per lead over
+    contiguous copies, no transposed arrays.  Returns (leads, 6)."""
+    m = xc.shape[1]
+    n = c1 - c0
+    out = np.zeros((m, 6))
+    lo = np.empty(n)
+    w = np.empty(n)
+    e = np.empty(n)
+    r = np.empty(n)
+    hf = np.empty(n)
     for j in range(m):
-        mu = 0.0
-        wmu = 0.0
         for i in range(n):
-            mu += lo40[j, i]
-            wmu += wander[j, i]
-        mu /= n
-        wmu /= n
-        m2 = 0.0
-        m4 = 0.0
-        wv = 0.0
-        mains = 0.0
-        total = 0.0
-        for i in range(n):
-            d = lo40[j, i] - mu
-            d2 = d * d
-            m2 += d2
-            m4 += d2 * d2
-            w = wander[j, i] - wmu
-            wv += w * w
-            e = no_wander[c0 + i, j]
-            r = e - notched[c0 + i, j]
-            mains += r * r
-            total += e * e
-        m2 /= n
-        m4 /= n
-        wv /= n
-        out[j, 0] = m4 / (m2 * m2) if m2 > 0.0 else 0.0     # a constant lead: 0
-        out[j, 1] = m2 / (m2 + wv) if m2 + wv > 0.0 else 0.0
-        out[j, 2] = mains / total if total > 0.0 else 0.0
+            lo[i] = lo40[c0 + i, j]
+            w[i] = xc[c0 + i, j] - no_wander[c0 + i, j]
+            e[i] = no_wander[c0 + i, j]
+            r[i] = notched[c0 + i, j]
+            hf[i] = notched[c0 + i, j] - lo40[c0 + i, j]
+        k, b, mn = _shape_lead(lo, w, e, r)
+        out[j, 0] = k
+        out[j, 1] = b
+        out[j, 2] = mn
+        out[j, 3] = _robust_p2p_py(lo, win_amp)
+        out[j, 4] = _rms_py(hf, win_rms)
+        out[j, 5] = _robust_p2p_py(w, win_base)
     return out
 
 
-_shape_nb = njit(_shape_py, nogil=True, cache=True)
+_chunk_stats_nb = njit(_chunk_stats_py, nogil=True, cache=True)
 
 
 # --- the report ------------------------------------------------------------------
@@ -541,6 +546,11 @@ def _gate_reason(feature: str, leads: Sequence[str], sqi: Mapping[str, np.ndarra
         return (f"beats unclear in leads {_lead_list([leads[j] for j in js], leads)} "
                 f"(detector agreement {max(sqi['bsqi'][j] for j in js):.2f} or less)",
                 [leads[j] for j in js])
+    if feature == "isqi_3":
+        js = [j for j in worst("isqi", False, len(leads)) if math.isfinite(sqi["isqi"][j])][:three]
+        return (f"leads {_lead_list([leads[j] for j in js], leads)} disagree with the other "
+                f"leads on the beats (agreement {max(sqi['isqi'][j] for j in js):.2f} or "
+                "less): check those electrodes", [leads[j] for j in js])
     if feature == "base_3":
         js = worst("baseline_mv", True, three)
         return (f"leads {_lead_list([leads[j] for j in js], leads)} baseline wander "
@@ -561,10 +571,10 @@ def _gate_reason(feature: str, leads: Sequence[str], sqi: Mapping[str, np.ndarra
 #: The per-lead check each gate feature speaks for (its warnings are not repeated).
 _FEATURE_CHECK = {"flat_max": "flat", "off_max": "lead_off", "amp_min": "amplitude",
                   "ksqi_min": "ksqi", "bsqi_3": "bsqi", "base_3": "baseline",
-                  "bas_3": "baseline", "hf_med": "hf_noise"}
+                  "bas_3": "baseline", "hf_med": "hf_noise", "isqi_3": "bsqi"}
 
 _SQI_KEYS = ("flat_s", "lead_off_s", "amplitude_mv", "ksqi", "bsqi", "baseline_mv",
-             "bas_sqi", "hf_noise_mv")
+             "bas_sqi", "hf_noise_mv", "isqi")
 
 
 @functools.cache

@@ -27,26 +27,18 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 from numba import njit
 
+from fenji.codecs.image.thresholds import ImageQualityThresholds
+
 ACCEPTABLE = "acceptable"
 WARNINGS = "acceptable_with_warnings"
 UNACCEPTABLE = "unacceptable"
 _RANK = {ACCEPTABLE: 0, WARNINGS: 1, UNACCEPTABLE: 2}
-
-
-@dataclass(frozen=True, slots=True)
-class ImageQualityThresholds:
-    """Thresholds of the image quality gate (plain values; gateway config maps onto it)."""
-
-    saturated_fraction: float = 0.25  # a quarter of the image at full scale: over-exposed
-    gap_factor: float = 1.5           # spacing this much above the usual one: slice missing
-    duplicate_tol_mm: float = 0.01    # two slices this close along the normal: duplicated
-    irregular_tol: float = 0.1        # spacing varying more than 10 %: warning
 
 
 # SOP class -> (allowed BitsAllocated, allowed SamplesPerPixel, max rows/cols) per the

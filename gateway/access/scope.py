@@ -20,7 +20,7 @@ from typing import Any
 from fenji.gateway.access.users import User
 from fenji.gateway.cases.case import ECG_SOP_PREFIX
 from fenji.gateway.config import Config
-from fenji.gateway.reading.core import Forbidden
+from fenji.gateway.reading.errors import Forbidden
 from fenji.gateway.store.db import Store
 
 

@@ -85,6 +85,8 @@ def middleware(cfg: Config) -> Any:
     @web.middleware
     async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
         path = request.path
+        if isinstance(request.get("user"), User):
+            return await handler(request)  # a console session vouched (web/console/session.py)
         if path.startswith(PROTECTED) and path not in OPEN:
             user = authenticate(cfg, token_of(request))
             if user is None:

@@ -21,13 +21,14 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fenji.codecs.compress.bundle import make_preview, plan_bundle
 from fenji.gateway.audit import ledger
+from fenji.gateway.cases import gate as qg
+from fenji.gateway.cases import states
 from fenji.gateway.dicom import query as qr
 from fenji.gateway.errors import LocalError, PeerError
 from fenji.gateway.keys import canonical_json
@@ -166,8 +167,7 @@ def note_received(con: Any, manifest: dict[str, Any], now: float) -> None:
     case = manifest.get("case", {})
     con.execute("UPDATE cases SET sending_node = coalesce(sending_node, ?), "
                 "received_at = coalesce(received_at, ?), manifest_json = ?, "
-                "manifest_sha256 = ?, read_state = coalesce(read_state, 'new') "
-                "WHERE case_id = ?",
+                "manifest_sha256 = ? WHERE case_id = ?",
                 (case.get("sender"), now, json.dumps(manifest, sort_keys=True),
                  manifest_sha256(manifest), case.get("case_id")))
 
@@ -180,8 +180,10 @@ def record_received(store: Store, manifest: dict[str, Any], node_name: str,
 
     ``sender`` is the node that authenticated the upload: it, not the manifest's
     ``sender`` field, is who delivered the case (the manifest's claim is kept
-    as ``claimed_sender`` when they differ).
-    Returns the case's state at this node (``received``, ``forwarding``, ``preview``).
+    as ``claimed_sender`` when they differ).  One transaction: the case, its
+    instances, its state (:mod:`states`: preview, received, forwarding), the
+    worklist entry, the sender's attestation and the ledger's "arrived".
+    Returns the case's state at this node.
     """
     case = dict(manifest.get("case", {}))
     claimed = case.get("sender")
@@ -190,64 +192,63 @@ def record_received(store: Store, manifest: dict[str, Any], node_name: str,
     if not case.get("case_id"):
         return None
     now = time.time() if now is None else now
-    state = "received" if case.get("destination") == node_name else "forwarding"
-    if case.get("bundle_kind") == "preview":
-        state = "preview"
+    cid = str(case["case_id"])
+    event = ("preview" if case.get("bundle_kind") == "preview"
+             else "arrive" if case.get("destination") == node_name else "pass")
+    att = case.get("attestation")
     with store.atomic() as con:
-        if state != "preview":  # the full bundle supersedes an earlier preview
-            con.execute("UPDATE cases SET state = ?, updated_at = ? WHERE case_id = ? AND "
-                        "state = 'preview'", (state, now, case["case_id"]))
-        con.execute(
-            "INSERT OR IGNORE INTO cases(case_id, study_instance_uid, kind, parent_case_id, "
-            "priority, service, destination, requesting_physician, clinical_question, "
-            "consent_ref, state, released_by, released_at, created_at, updated_at) VALUES "
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (case["case_id"], case.get("study_instance_uid", ""), case.get("kind", "case"),
-             case.get("parent_case_id"), case.get("priority", "routine"),
-             case.get("service", "imaging"), case.get("destination", ""),
-             case.get("requesting_physician"), case.get("clinical_question"),
-             case.get("consent_ref"), state, case.get("released_by"), case.get("released_at"),
-             now, now))
+        if con.execute("SELECT 1 FROM cases WHERE case_id = ?", (cid,)).fetchone():
+            state = states.move(con, cid, event, who=states.NODE, now=now)
+        else:
+            state = states.initial(event, states.NODE)
+            con.execute(
+                "INSERT INTO cases(case_id, study_instance_uid, kind, parent_case_id, "
+                "priority, service, destination, requesting_physician, clinical_question, "
+                "consent_ref, state, released_by, released_at, created_at, updated_at) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (cid, case.get("study_instance_uid", ""), case.get("kind", "case"),
+                 case.get("parent_case_id"), case.get("priority", "routine"),
+                 case.get("service", "imaging"), case.get("destination", ""),
+                 case.get("requesting_physician"), case.get("clinical_question"),
+                 case.get("consent_ref"), state, case.get("released_by"),
+                 case.get("released_at"), now, now))
         if instances:
             con.executemany("INSERT OR IGNORE INTO case_instances(case_id, sop_instance_uid) "
-                            "VALUES (?, ?)", [(case["case_id"], uid) for uid in instances])
-    if state != "preview" and case.get("bundle_kind") != "report":
-        with store.atomic() as con:
-            fresh = con.execute("SELECT manifest_sha256 FROM cases WHERE case_id = ?",
-                                (case["case_id"],)).fetchone()
-            if fresh is not None and fresh[0] is None:  # first arrival of the full bundle
-                note_received(con, manifest, now)
-                if state != "received":
-                    con.execute("UPDATE cases SET read_state = NULL WHERE case_id = ?",
-                                (case["case_id"],))
-                ledger.record(store, "arrived", node=node_name, actor=str(case.get("sender")
-                                                                          or "?"),
-                              role="node", obj=str(case.get("bundle_id") or case["case_id"]),
-                              case_id=case["case_id"],
-                              detail={"instances": len(instances or []), "state": state,
-                                      "priority": case.get("priority"),
-                                      **({"claimed_sender": claimed}
-                                         if claimed != case.get("sender") else {})},
-                              con=con, at=now)
-        foreign = case.get("audit")
-        if isinstance(foreign, list) and foreign and state == "received":
-            try:
-                ledger.import_events(store, foreign, via=str(case.get("sender")),
-                                     trusted=trusted)
-            except ledger.ForeignEventError as exc:  # history is best effort, logged
-                log.warning("case %s: audit events not imported: %s", case["case_id"], exc)
-    att = case.get("attestation")
-    if isinstance(att, dict) and state != "preview":
-        # The sending hospital's signed statement travels with the case and is
-        # kept as received (fenji quality show at the center prints it).
-        _save_quality(store, str(case["case_id"]),
-                      {"verdict": att.get("verdict"), "reasons": att.get("reasons", []),
-                       "received_from": case.get("sender")}, att, now)
+                            "VALUES (?, ?)", [(cid, uid) for uid in instances])
+        full = event != "preview" and case.get("bundle_kind") != "report"
+        fresh = con.execute("SELECT manifest_sha256 FROM cases WHERE case_id = ?",
+                            (cid,)).fetchone()
+        if full and fresh is not None and fresh[0] is None:  # first arrival of the full bundle
+            note_received(con, manifest, now)
+            if event == "arrive":  # on this node's worklist
+                states.move(con, cid, "list", who=states.NODE, now=now, column=states.READ)
+            ledger.record(store, "arrived", node=node_name, actor=str(case.get("sender") or "?"),
+                          role="node", obj=str(case.get("bundle_id") or cid), case_id=cid,
+                          detail={"instances": len(instances or []), "state": state,
+                                  "priority": case.get("priority"),
+                                  **({"claimed_sender": claimed}
+                                     if claimed != case.get("sender") else {})},
+                          con=con, at=now)
+        if isinstance(att, dict) and event != "preview":
+            # The sending hospital's signed statement travels with the case and is
+            # kept as received (fenji quality show at the center prints it).
+            _save_quality(con, cid, {"verdict": att.get("verdict"),
+                                     "reasons": att.get("reasons", []),
+                                     "received_from": case.get("sender")}, att, now)
+    foreign = case.get("audit")
+    if full and isinstance(foreign, list) and foreign and state == "received":
+        try:
+            ledger.import_events(store, foreign, via=str(case.get("sender")), trusted=trusted)
+        except ledger.ForeignEventError as exc:  # history is best effort, logged
+            log.warning("case %s: audit events not imported: %s", cid, exc)
     return state
 
 
 def enqueue_release(store: Store, rel: Released, hop: str, now: float) -> None:
-    """Queue a released case: its preview bundle first (same priority, older), then the rest."""
+    """Queue a released case: its preview bundle first (same priority, older), then the rest.
+
+    Idempotent by bundle id (a release given its ``hop`` has queued them already).
+    """
     from fenji.routing import outbox_db
 
     if rel.preview is not None:
@@ -274,17 +275,38 @@ def service_of(sop_classes: list[str]) -> str:
     return "ecg" if waveforms and not others else "imaging"
 
 
+# The named steps of a release, in order (tests/gateway/test_release_crash.py kills a
+# release at each): nothing is recorded before "recorded", and "recorded" is inside
+# the one transaction, before its COMMIT.
+RELEASE_STEPS = ("selected", "gated", "bundle_written", "bundle_renamed", "recorded",
+                 "committed")
+# A test sets this to see (and stop at) each step; None in a running node.
+on_step: Callable[[str, dict[str, Any]], None] | None = None
+
+
+def _step(name: str, **info: Any) -> None:
+    if on_step is not None:
+        on_step(name, info)
+
+
 def release(store: Store, study_instance_uid: str, *, destination: str, priority: str = "routine",
             service: str | None = None, requesting_physician: str | None = None,
             clinical_question: str | None = None, consent_ref: str | None = None,
             released_by: str = "cli", sender_node: str = "", effort: str = "fast",
             gate_key: Any = None, operator: str = "", now: float | None = None,
-            thresholds: tuple[Any, Any] = (None, None)) -> Released:
+            thresholds: tuple[Any, Any] = (None, None), hop: str | None = None) -> Released:
     """Release ``study_instance_uid`` (or its new instances) to ``destination``.
 
     With ``gate_key`` (the node's Ed25519 key) the quality gate runs first: an
     unacceptable case is recorded as ``held`` and :class:`CaseHeld` is raised;
     otherwise the signed attestation goes into the bundle manifest.
+
+    The bundle is built first (under a temporary name, then renamed into
+    ``bundles/``); then ONE transaction records the release: an earlier held
+    case of the study superseded, the case, its quality report, the manifest
+    hash the build returned, the ledger's events and, with ``hop``, the outbox
+    jobs.  A crash anywhere leaves the case unreleased, or released with its
+    manifest hash and its bundle, never in between.
     """
     now = time.time() if now is None else now
     if priority not in PRIORITIES:
@@ -293,16 +315,8 @@ def release(store: Store, study_instance_uid: str, *, destination: str, priority
         raise CaseError(f"service {service!r} is not one of {', '.join(SERVICES)}")
     if released_by not in ("cli", "api", "timer"):
         raise CaseError(f"released_by {released_by!r} is not cli, api or timer")
-    rows = store.query(
-        "SELECT i.sop_instance_uid, i.sop_class_uid, i.sha256, i.size, i.instance_number, "
-        "i.specific_character_set, i.charset_source "
-        "FROM instances i WHERE i.study_instance_uid = ? AND NOT EXISTS ("
-        " SELECT 1 FROM case_instances ci JOIN cases c ON c.case_id = ci.case_id"
-        " WHERE ci.sop_instance_uid = i.sop_instance_uid AND c.destination = ?"
-        " AND c.state NOT IN ('held', 'superseded'))"
-        " AND NOT EXISTS (SELECT 1 FROM excluded_instances x"
-        " WHERE x.sop_instance_uid = i.sop_instance_uid)"
-        " ORDER BY i.instance_number, i.sop_instance_uid", (study_instance_uid, destination))
+    rows = store.query(_UNRELEASED.format(_COLS) + " ORDER BY i.instance_number, "
+                       "i.sop_instance_uid", (study_instance_uid, destination))
     if not rows:
         known = store.query_one("SELECT count(*) AS n FROM instances WHERE study_instance_uid = ?",
                                 (study_instance_uid,))
@@ -327,29 +341,24 @@ def release(store: Store, study_instance_uid: str, *, destination: str, priority
         "consent_ref": consent_ref, "released_by": released_by, "released_at": now,
         "attestation": None,
     }
-    with store.atomic() as con:  # an earlier held case of this study is replaced by this one
-        con.execute("UPDATE cases SET state = 'superseded', updated_at = ? WHERE "
-                    "study_instance_uid = ? AND destination = ? AND state = 'held'",
-                    (now, study_instance_uid, destination))
+    _step("selected", case_id=case_id)
+    actor, role = _actor(operator, released_by)
     report = attestation = None
     if gate_key is not None:
-        from fenji.gateway.cases import gate as qg
-
         left_out = store.query("SELECT i.sha256 FROM excluded_instances x JOIN instances i "
                                "ON i.sop_instance_uid = x.sop_instance_uid "
                                "WHERE x.study_instance_uid = ?", (study_instance_uid,))
         report = qg.assess([store.read_blob(r["sha256"]) for r in rows], *thresholds,
                            excluded=[store.read_blob(r["sha256"]) for r in left_out])
-        actor, role = _actor(operator, released_by)
+        verdict = {"verdict": report["verdict"], "reasons": report["reasons"][:10]}
         if report["verdict"] == qg.UNACCEPTABLE:
-            _insert_case(store, case_meta, rows, "held", now)
-            _save_quality(store, case_id, report, None, now)
-            with store.atomic() as con:
-                for kind in ("quality_verdict", "held"):
-                    ledger.record(store, kind, node=sender_node or "?", actor=actor, role=role,
-                                  obj=case_id, case_id=case_id,
-                                  detail={"verdict": report["verdict"],
-                                          "reasons": report["reasons"][:10]}, con=con, at=now)
+            with store.atomic() as con:  # it replaces an earlier held case of the study
+                _supersede_held(con, study_instance_uid, destination, now)
+                _insert_case(con, case_meta, rows, states.initial("hold", states.NODE), now)
+                _save_quality(con, case_id, report, None, now)
+                for k in ("quality_verdict", "held"):
+                    ledger.record(store, k, node=sender_node or "?", actor=actor, role=role,
+                                  obj=case_id, case_id=case_id, detail=verdict, con=con, at=now)
             log.warning("case held case=%s study=%s reasons=%d first=%s", case_id,
                         study_instance_uid, len(report["reasons"]), report["reasons"][:1])
             raise CaseHeld(case_id, report["reasons"])
@@ -357,29 +366,62 @@ def release(store: Store, study_instance_uid: str, *, destination: str, priority
                                 node=sender_node, operator=operator or "unknown", key=gate_key,
                                 now=now)
         case_meta["attestation"] = attestation
-        ledger.record(store, "quality_verdict", node=sender_node or "?", actor=actor, role=role,
-                      obj=case_id, case_id=case_id,
-                      detail={"verdict": report["verdict"], "reasons": report["reasons"][:10]},
-                      at=now)
+    _step("gated", case_id=case_id)
     case_meta["audit"] = _audit_of(store, case_id)
-    path, size, raw, preview = _build_bundle(store, rows, case_meta, bundle_id, priority,
-                                             effort)
-    if report is not None:
-        _save_quality(store, case_id, report, attestation, now)
-    _insert_case(store, case_meta, rows, "released", now)
-    _note_release(store, case_id, path, sender_node, *_actor(operator, released_by),
-                  released_by, now)
+    built = _build_bundle(store, rows, case_meta, bundle_id, priority, effort)
+    try:
+        with store.atomic() as con:
+            # Instances another release took meanwhile would go twice: refuse.
+            taken = con.execute(_UNRELEASED.format("count(*)"),
+                                (study_instance_uid, destination)).fetchone()[0]
+            if taken != len(rows):
+                raise CaseError(f"study {study_instance_uid} was released to {destination} by "
+                                "someone else meanwhile; send again for what is left")
+            _supersede_held(con, study_instance_uid, destination, now)
+            _insert_case(con, case_meta, rows, states.initial("release", role), now)
+            if report is not None:
+                _save_quality(con, case_id, report, attestation, now)
+                ledger.record(store, "quality_verdict", node=sender_node or "?", actor=actor,
+                              role=role, obj=case_id, case_id=case_id,
+                              detail={"verdict": report["verdict"],
+                                      "reasons": report["reasons"][:10]}, con=con, at=now)
+            rel = _record_release(store, con, built, case_meta, len(rows), sender_node, actor,
+                                  role, released_by, hop, now)
+            _step("recorded", case_id=case_id, bundle=str(built.path))
+    except BaseException:
+        built.discard()
+        raise
+    _step("committed", case_id=case_id, bundle=str(built.path))
     log.info("case released case=%s kind=%s study=%s dest=%s priority=%s instances=%d "
              "raw_bytes=%d bundle_bytes=%d by=%s", case_id, kind, study_instance_uid, destination,
-             priority, len(rows), raw, size, released_by)
-    return Released(case_id, kind, parent_id, bundle_id, path, size, raw, len(rows), priority,
-                    destination, preview)
+             priority, len(rows), built.raw_bytes, built.size, released_by)
+    return rel
+
+
+# The instances of a study not yet in a live case for a destination, nor excluded.
+_COLS = ("i.sop_instance_uid, i.sop_class_uid, i.sha256, i.size, i.instance_number, "
+         "i.specific_character_set, i.charset_source")
+_UNRELEASED = (
+    "SELECT {} FROM instances i WHERE i.study_instance_uid = ? AND NOT EXISTS ("
+    " SELECT 1 FROM case_instances ci JOIN cases c ON c.case_id = ci.case_id"
+    " WHERE ci.sop_instance_uid = i.sop_instance_uid AND c.destination = ?"
+    " AND c.state NOT IN ('held', 'superseded'))"
+    " AND NOT EXISTS (SELECT 1 FROM excluded_instances x"
+    " WHERE x.sop_instance_uid = i.sop_instance_uid)")
+
+
+def _supersede_held(con: Any, study_instance_uid: str, destination: str, now: float) -> None:
+    """An earlier held case of the study is replaced by the one being recorded."""
+    for (held,) in con.execute("SELECT case_id FROM cases WHERE study_instance_uid = ? AND "
+                               "destination = ? AND state = 'held'",
+                               (study_instance_uid, destination)).fetchall():
+        states.move(con, held, "supersede", who=states.NODE, now=now)
 
 
 def _actor(operator: str, released_by: str) -> tuple[str, str]:
-    """Who a release is recorded against in the ledger."""
+    """Who a release is recorded against in the ledger (and moves the case state)."""
     if released_by == "timer":
-        return "stable-study timer", "node"
+        return "stable-study timer", states.NODE
     return (operator or f"{released_by} user"), "technician"
 
 
@@ -388,62 +430,63 @@ def _audit_of(store: Store, case_id: str) -> list[dict[str, Any]]:
     return list(ledger.export_case(store, case_id))
 
 
-def _note_release(store: Store, case_id: str, bundle: Path, node: str, actor: str, role: str,
-                  released_by: str, now: float) -> None:
-    """Keep the manifest the case went out with (a returning report must match its hash)."""
+def _record_release(store: Store, con: Any, built: Built, meta: dict[str, Any], n: int,
+                    node: str, actor: str, role: str, released_by: str, hop: str | None,
+                    now: float) -> Released:
+    """Inside the release's transaction: the manifest the build returned and its hash
+    (a returning report must match it), the ledger's "released", the outbox jobs."""
+    digest = manifest_sha256(built.manifest)
+    con.execute("UPDATE cases SET manifest_json = ?, manifest_sha256 = ? WHERE case_id = ?",
+                (json.dumps(built.manifest, sort_keys=True), digest, meta["case_id"]))
+    case_id = str(meta["case_id"])
+    ledger.record(store, "released", node=node or "?", actor=actor, role=role, obj=case_id,
+                  case_id=case_id, detail={"released_by": released_by,
+                                           "priority": meta["priority"],
+                                           "destination": meta["destination"],
+                                           "instances": n, "manifest_sha256": digest},
+                  con=con, at=now)
+    rel = Released(case_id, str(meta["kind"]), meta["parent_case_id"], built.bundle_id,
+                   built.path, built.size, built.raw_bytes, n, str(meta["priority"]),
+                   str(meta["destination"]), built.preview)
+    if hop is not None:
+        enqueue_release(store, rel, hop, now)  # a savepoint of this transaction
+    return rel
 
-    from fenji.routing.transfer_client import manifest_of
 
-    manifest = manifest_of(bundle)
-    with store.atomic() as con:
-        con.execute("UPDATE cases SET manifest_json = ?, manifest_sha256 = ? WHERE case_id = ?",
-                    (json.dumps(manifest, sort_keys=True), manifest_sha256(manifest), case_id))
-        ledger.record(store, "released", node=node or "?", actor=actor, role=role, obj=case_id,
-                      case_id=case_id, detail={"released_by": released_by,
-                                               "priority": manifest["case"].get("priority"),
-                                               "destination": manifest["case"].get(
-                                                   "destination"),
-                                               "instances": len(manifest.get("instances", [])),
-                                               "manifest_sha256": manifest_sha256(manifest)},
-                      con=con, at=now)
-
-
-def _insert_case(store: Store, meta: dict[str, Any], rows: list[dict[str, Any]], state: str,
+def _insert_case(con: Any, meta: dict[str, Any], rows: list[dict[str, Any]], state: str,
                  now: float) -> None:
-    with store.atomic() as con:
-        con.execute(
-            "INSERT INTO cases(case_id, study_instance_uid, kind, parent_case_id, priority, "
-            "service, destination, requesting_physician, clinical_question, consent_ref, state, "
-            "released_by, released_at, created_at, updated_at) VALUES "
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (meta["case_id"], meta["study_instance_uid"], meta["kind"], meta["parent_case_id"],
-             meta["priority"], meta["service"], meta["destination"],
-             meta["requesting_physician"], meta["clinical_question"], meta["consent_ref"], state,
-             meta["released_by"], None if state == "held" else now, now, now))
-        con.executemany("INSERT INTO case_instances(case_id, sop_instance_uid) VALUES (?, ?)",
-                        [(meta["case_id"], r["sop_instance_uid"]) for r in rows])
+    con.execute(
+        "INSERT INTO cases(case_id, study_instance_uid, kind, parent_case_id, priority, "
+        "service, destination, requesting_physician, clinical_question, consent_ref, state, "
+        "released_by, released_at, created_at, updated_at) VALUES "
+        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (meta["case_id"], meta["study_instance_uid"], meta["kind"], meta["parent_case_id"],
+         meta["priority"], meta["service"], meta["destination"],
+         meta["requesting_physician"], meta["clinical_question"], meta["consent_ref"], state,
+         meta["released_by"], None if state == "held" else now, now, now))
+    con.executemany("INSERT INTO case_instances(case_id, sop_instance_uid) VALUES (?, ?)",
+                    [(meta["case_id"], r["sop_instance_uid"]) for r in rows])
 
 
-def _save_quality(store: Store, case_id: str, report: dict[str, Any],
+def _save_quality(con: Any, case_id: str, report: dict[str, Any],
                   attestation: dict[str, Any] | None, now: float) -> None:
-
-    with store.atomic() as con:
-        con.execute("INSERT INTO quality(case_id, verdict, report_json, attestation_json, "
-                    "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(case_id) DO "
-                    "UPDATE SET verdict = excluded.verdict, report_json = excluded.report_json, "
-                    "attestation_json = excluded.attestation_json, "
-                    "updated_at = excluded.updated_at",
-                    (case_id, report["verdict"], json.dumps(report, default=str),
-                     json.dumps(attestation) if attestation else None, now, now))
+    con.execute("INSERT INTO quality(case_id, verdict, report_json, attestation_json, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(case_id) DO "
+                "UPDATE SET verdict = excluded.verdict, report_json = excluded.report_json, "
+                "attestation_json = excluded.attestation_json, "
+                "updated_at = excluded.updated_at",
+                (case_id, report["verdict"], json.dumps(report, default=str),
+                 json.dumps(attestation) if attestation else None, now, now))
 
 
 def override(store: Store, case_id: str, *, operator: str, reason: str, gate_key: Any,
              sender_node: str, effort: str = "fast", now: float | None = None,
-             operator_role: str = "technician") -> Released:
-    """Release a held case anyway: a named operator, a reason, a signed attestation."""
+             operator_role: str = "technician", hop: str | None = None) -> Released:
+    """Release a held case anyway: a named operator, a reason, a signed attestation.
 
-    from fenji.gateway.cases import gate as qg
-
+    As :func:`release`: the bundle first, then one transaction (the move from held
+    to released, the attestation, the manifest hash, the ledger, the outbox jobs).
+    """
     now = time.time() if now is None else now
     if not operator.strip() or not reason.strip():
         raise CaseError("an override needs a named operator and a reason")
@@ -452,6 +495,7 @@ def override(store: Store, case_id: str, *, operator: str, reason: str, gate_key
         raise CaseError(f"no case {case_id!r}")
     if case["state"] != "held":
         raise CaseError(f"case {case_id} is {case['state']}, not held: nothing to override")
+    states.transition(states.STATE, "held", "override", operator_role, case_id=case_id)
     q = store.query_one("SELECT report_json FROM quality WHERE case_id = ?", (case_id,))
     report = json.loads(q["report_json"]) if q else {"verdict": qg.UNACCEPTABLE, "reasons": []}
     rows = store.query("SELECT i.sop_instance_uid, i.sha256, i.specific_character_set, "
@@ -462,25 +506,28 @@ def override(store: Store, case_id: str, *, operator: str, reason: str, gate_key
     att = qg.attest(report, case_id=case_id, study_instance_uid=case["study_instance_uid"],
                     node=sender_node, operator=operator, key=gate_key, override_reason=reason,
                     now=now)
-    bundle_id = uuid.uuid4().hex
     meta = {k: case[k] for k in ("case_id", "kind", "parent_case_id", "study_instance_uid",
                                  "priority", "service", "destination", "requesting_physician",
                                  "clinical_question", "consent_ref", "released_by")}
     meta.update(sender=sender_node, released_at=now, attestation=att)
-    ledger.record(store, "override", node=sender_node or "?", actor=operator,
-                  role=operator_role, obj=case_id, case_id=case_id,
-                  detail={"reason": reason, "verdict": report.get("verdict")}, at=now)
     meta["audit"] = _audit_of(store, case_id)
-    path, size, raw, preview = _build_bundle(store, rows, meta, bundle_id, case["priority"],
-                                             effort)
-    _save_quality(store, case_id, report, att, now)
-    with store.atomic() as con:
-        con.execute("UPDATE cases SET state = 'released', released_at = ?, updated_at = ? "
-                    "WHERE case_id = ?", (now, now, case_id))
-    _note_release(store, case_id, path, sender_node, operator, operator_role, "override", now)
+    built = _build_bundle(store, rows, meta, uuid.uuid4().hex, case["priority"], effort)
+    try:
+        with store.atomic() as con:
+            states.move(con, case_id, "override", who=operator_role, now=now,
+                        also={"released_at": now})
+            _save_quality(con, case_id, report, att, now)
+            ledger.record(store, "override", node=sender_node or "?", actor=operator,
+                          role=operator_role, obj=case_id, case_id=case_id,
+                          detail={"reason": reason, "verdict": report.get("verdict")},
+                          con=con, at=now)
+            rel = _record_release(store, con, built, meta, len(rows), sender_node, operator,
+                                  operator_role, "override", hop, now)
+    except BaseException:
+        built.discard()
+        raise
     log.warning("case override case=%s operator=%s reason=%s", case_id, operator, reason)
-    return Released(case_id, case["kind"], case["parent_case_id"], bundle_id, path, size, raw,
-                    len(rows), case["priority"], case["destination"], preview)
+    return rel
 
 
 def quality_of(store: Store, case_id: str) -> dict[str, Any] | None:
@@ -492,44 +539,82 @@ def quality_of(store: Store, case_id: str) -> dict[str, Any] | None:
             "attestation": json.loads(q["attestation_json"]) if q["attestation_json"] else None}
 
 
+@dataclass(frozen=True)
+class Built:
+    """A release's bundles, written and in place under ``bundles/``, not yet recorded."""
+
+    bundle_id: str
+    path: Path
+    size: int
+    raw_bytes: int
+    manifest: dict[str, Any]  # as the receiver reads it back (JSON round trip)
+    preview: tuple[str, Path, int] | None
+
+    def discard(self) -> None:
+        """The release was not recorded: its bundles are nobody's."""
+        for p in (self.path, self.preview[1] if self.preview else None):
+            if p is not None:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+
+
 def _build_bundle(store: Store, rows: list[dict[str, Any]], case_meta: dict[str, Any],
-                  bundle_id: str, priority: str, effort: str
-                  ) -> tuple[Path, int, int, tuple[str, Path, int] | None]:
+                  bundle_id: str, priority: str, effort: str) -> Built:
+    # Here, not at module level: the DICOM workers import this module (through
+    # reading.core) and never build a bundle; the codecs load Numba.
+    from fenji.codecs.compress.bundle import make_preview, plan_bundle
+
     blobs = [store.read_blob(r["sha256"]) for r in rows]
     preview = None
-    if priority in ("stat", "urgent"):
-        # A key image (middle of the series) or an ECG strip travels first, in a
-        # bundle of its own, so the reader sees something within seconds.
-        previews = []
-        for blob in (blobs[len(blobs) // 2], *blobs):
-            with contextlib.suppress(Exception):  # a preview is a courtesy, never a blocker
-                p = make_preview(blob)
-                if p is not None:
-                    previews.append(p)
-                    break
-        if previews:
-            pid = uuid.uuid4().hex
-            meta = {**case_meta, "bundle_id": pid, "bundle_kind": "preview"}
-            ppath, psize = _write_plan(store, plan_bundle(meta, [], previews=previews), pid)
-            preview = (pid, ppath, psize)
-    full = {**case_meta, "bundle_id": bundle_id, "bundle_kind": "full"}
-    # Instances that declare no (0008,0005) were read with this node's
-    # dicom.default_character_set: the receiver reads them the same way, whatever
-    # its own default (one entry per instance, None where none was applied).
-    defaults = [r.get("specific_character_set") if r.get("charset_source") == "default"
-                else None for r in rows]
-    if any(defaults):
-        full["default_character_sets"] = defaults
-    plan = plan_bundle(full, blobs, effort=effort)
-    final, size = _write_plan(store, plan, bundle_id)
-    return final, size, sum(len(b) for b in blobs), preview
+    staged: list[tuple[Path, Path]] = []
+    try:
+        if priority in ("stat", "urgent"):
+            # A key image (middle of the series) or an ECG strip travels first, in a
+            # bundle of its own, so the reader sees something within seconds.
+            previews = []
+            for blob in (blobs[len(blobs) // 2], *blobs):
+                with contextlib.suppress(Exception):  # a preview is a courtesy, never a blocker
+                    p = make_preview(blob)
+                    if p is not None:
+                        previews.append(p)
+                        break
+            if previews:
+                pid = uuid.uuid4().hex
+                meta = {**case_meta, "bundle_id": pid, "bundle_kind": "preview"}
+                ptmp, pfinal, psize = _stage_plan(store, plan_bundle(meta, [], previews=previews),
+                                                  pid)
+                staged.append((ptmp, pfinal))
+                preview = (pid, pfinal, psize)
+        full = {**case_meta, "bundle_id": bundle_id, "bundle_kind": "full"}
+        # Instances that declare no (0008,0005) were read with this node's
+        # dicom.default_character_set: the receiver reads them the same way, whatever
+        # its own default (one entry per instance, None where none was applied).
+        defaults = [r.get("specific_character_set") if r.get("charset_source") == "default"
+                    else None for r in rows]
+        if any(defaults):
+            full["default_character_sets"] = defaults
+        plan = plan_bundle(full, blobs, effort=effort)
+        tmp, final, size = _stage_plan(store, plan, bundle_id)
+        staged.append((tmp, final))
+        _step("bundle_written", case_id=case_meta["case_id"], bundle=str(final))
+        _publish(store, staged)
+    except BaseException:
+        for paths in staged:
+            for path in paths:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        raise
+    _step("bundle_renamed", case_id=case_meta["case_id"], bundle=str(final))
+    # The manifest as every reader of the bundle parses it: the hash a report binds to.
+    manifest = json.loads(json.dumps(plan.manifest, sort_keys=True))
+    return Built(bundle_id, final, size, sum(len(b) for b in blobs), manifest, preview)
 
 
-def _write_plan(store: Store, plan: Any, bundle_id: str) -> tuple[Path, int]:
-    out_dir = store.root / "bundles"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / f"{bundle_id}.fbundle"
-    tmp = out_dir / f".{bundle_id}.tmp"
+def _stage_plan(store: Store, plan: Any, bundle_id: str) -> tuple[Path, Path, int]:
+    """Write a bundle under a temporary name in the store's ``tmp/`` (same file system;
+    :meth:`Store.recover` removes what a crash leaves there) and fsync it."""
+    final = store.root / "bundles" / f"{bundle_id}.fbundle"
+    tmp = store.tmp_dir / f"{bundle_id}.fbundle.{os.getpid()}.tmp"
     size = 0
     try:
         with open(tmp, "wb") as fh:
@@ -538,11 +623,33 @@ def _write_plan(store: Store, plan: Any, bundle_id: str) -> tuple[Path, int]:
                 size += len(chunk)
             fh.flush()
             os.fsync(fh.fileno())
-        os.rename(tmp, final)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise LocalError(f"cannot write bundle {final}: {exc}") from exc
+    return tmp, final, size
+
+
+def _publish(store: Store, staged: list[tuple[Path, Path]]) -> None:
+    """Rename staged bundles into ``bundles/`` and fsync the directory."""
+    out_dir = store.root / "bundles"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for tmp, final in staged:
+            os.rename(tmp, final)
+        fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise LocalError(f"cannot place bundle in {out_dir}: {exc}") from exc
+
+
+def _write_plan(store: Store, plan: Any, bundle_id: str) -> tuple[Path, int]:
+    """Write a bundle durably under ``bundles/`` (temporary name, fsync, rename)."""
+    tmp, final, size = _stage_plan(store, plan, bundle_id)
+    _publish(store, [(tmp, final)])
     return final, size
 
 
@@ -567,10 +674,24 @@ def list_cases(store: Store, *, state: str | None = None) -> list[dict[str, Any]
     return store.query(sql + " ORDER BY c.created_at", args)
 
 
-def set_state(store: Store, case_id: str, state: str, now: float | None = None) -> None:
+def set_state(store: Store, case_id: str, state: str, *, who: str, now: float | None = None,
+              column: str = states.STATE) -> str:
+    """Move a case to ``state`` by whichever event of the table leads there for ``who``.
+
+    Raises :class:`~fenji.gateway.cases.states.UnknownState` for a state outside the
+    table and :class:`~fenji.gateway.cases.states.IllegalMove` (naming both states)
+    for a move it lacks; the check and the write are one transaction.
+    """
+    now = time.time() if now is None else now
+    if column not in states.COLUMNS:
+        raise states.UnknownState(column, state)
     with store.atomic() as con:
-        con.execute("UPDATE cases SET state = ?, updated_at = ? WHERE case_id = ?",
-                    (state, time.time() if now is None else now, case_id))
+        row = con.execute(f"SELECT {column} FROM cases WHERE case_id = ?",
+                          (case_id,)).fetchone()
+        if row is None:
+            raise states.NoSuchCase(f"no case {case_id!r} at this node")
+        event = states.event_for(column, row[0], state, who, case_id=case_id)
+        return states.move(con, case_id, event, who=who, now=now, column=column)
 
 
 def stable_studies(store: Store, destination: str, stable_s: float, now: float) -> list[str]:

@@ -78,7 +78,7 @@ def _verify(args: argparse.Namespace) -> int:
             pub = load_public(cfg.resolve(cfg.keys.public_key))
         except LocalError as exc:
             key_note = f"node key not loaded, signed head not checked: {exc}"
-        from fenji.gateway.reading.core import trusted_centers
+        from fenji.gateway.reading.report_return import trusted_centers
 
         # Foreign events must carry their author's signature, checked with the
         # keys this node's config vouches for (peers, known nodes).

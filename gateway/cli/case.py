@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from fenji.gateway import config as config_mod
-from fenji.gateway.cases.case import PRIORITIES, SERVICES, enqueue_release, next_hop
+from fenji.gateway.cases.case import PRIORITIES, SERVICES, next_hop
 from fenji.gateway.config import CONFIG_HELP
 from fenji.gateway.dicom.charset import pn_display
 
@@ -113,7 +112,7 @@ def _send(args: argparse.Namespace) -> int:
                           clinical_question=args.question, consent_ref=args.consent,
                           released_by="cli", sender_node=cfg.node.name, effort=args.effort,
                           gate_key=key, operator=args.operator or _login(),
-                          thresholds=(cfg.quality_ecg, cfg.quality_image))
+                          thresholds=(cfg.quality_ecg, cfg.quality_image), hop=hop)
         except CaseHeld as held:
             print(f"case {held.case_id} HELD by the quality gate:", file=sys.stderr)
             for r in held.reasons:
@@ -124,7 +123,6 @@ def _send(args: argparse.Namespace) -> int:
                 print(json.dumps({"case_id": held.case_id, "state": "held",
                                   "reasons": held.reasons}))
             return 3
-        enqueue_release(store, rel, hop, time.time())
     finally:
         store.close()
     out = {"case_id": rel.case_id, "kind": rel.kind, "parent_case_id": rel.parent_case_id,
@@ -159,13 +157,15 @@ def _override(args: argparse.Namespace) -> int:
     key = load_private(cfg.resolve(cfg.keys.private_key))
     store = open_store(cfg)
     try:
-        rel = override(store, args.case_id, operator=args.operator, reason=args.reason,
-                       gate_key=key, sender_node=cfg.node.name)
-        hop = next_hop(cfg, rel.destination)
-        if hop is None:
-            print(f"fenji case override: no route to {rel.destination!r}", file=sys.stderr)
+        case = store.query_one("SELECT destination FROM cases WHERE case_id = ?",
+                               (args.case_id,))
+        hop = next_hop(cfg, case["destination"]) if case else None
+        if case is not None and hop is None:
+            print(f"fenji case override: no route to {case['destination']!r}",
+                  file=sys.stderr)
             return 2
-        enqueue_release(store, rel, hop, time.time())
+        rel = override(store, args.case_id, operator=args.operator, reason=args.reason,
+                       gate_key=key, sender_node=cfg.node.name, hop=hop)
     finally:
         store.close()
     print(f"case {rel.case_id} released by override of {args.operator}; queued for "
@@ -219,7 +219,7 @@ def _show(args: argparse.Namespace) -> int:
                               (args.case_id,))
         case["receipt"] = json.loads(rec["receipt_json"]) if rec else None
         case["receipt_signer"] = rec["signer"] if rec else None
-        from fenji.gateway.reading import core as reading
+        from fenji.gateway.reading import report_return as reading
 
         reading.with_reports(store, case)
         q = store.query_one("SELECT verdict, attestation_json FROM quality WHERE case_id = ?",
@@ -234,8 +234,6 @@ def _show(args: argparse.Namespace) -> int:
 
 def _summary(cfg: Any, case: dict[str, Any], q: dict[str, Any] | None) -> list[str]:
     """``case show`` for a person: who, what, where it is, the quality verdict, reports."""
-    from fenji.gateway.reading.core import local_time
-
     att = json.loads(q["attestation_json"]) if q and q["attestation_json"] else {}
     over = att.get("override") if isinstance(att, dict) else None
     verdict = (q or {}).get("verdict") or "not checked"
@@ -253,16 +251,16 @@ def _summary(cfg: Any, case: dict[str, Any], q: dict[str, Any] | None) -> list[s
         f"asked by  {case.get('requesting_physician') or '-'}: "
         f"{case.get('clinical_question') or '-'}",
         f"quality   {verdict}",
-        f"released  {local_time(cfg, case.get('released_at'))} by "
+        f"released  {cfg.local_time(case.get('released_at'))} by "
         f"{case.get('released_by') or '-'}",
     ]
     if case.get("receipt_signer"):
         out.append(f"receipt   signed by {case['receipt_signer']} at "
-                   f"{local_time(cfg, (case.get('receipt') or {}).get('received_at'))}")
+                   f"{cfg.local_time((case.get('receipt') or {}).get('received_at'))}")
     for r in case.get("reports") or []:
         out.append(f"report    v{r.get('version')} {r.get('status')} by {r.get('reader')} "
                    f"{'CRITICAL ' if r.get('critical') else ''}"
-                   f"received {local_time(cfg, r.get('received_at'))}")
+                   f"received {cfg.local_time(r.get('received_at'))}")
     return out
 
 
@@ -281,7 +279,7 @@ def cli_user(cfg: config_mod.Config, name: str) -> object:
 
 def _ack(args: argparse.Namespace) -> int:
     from fenji.gateway.node import config_and_store
-    from fenji.gateway.reading import core as reading
+    from fenji.gateway.reading import report_return as reading
 
     with config_and_store(args.config) as (cfg, store):
         out = reading.acknowledge(store, cfg, args.case_id, cli_user(cfg, args.by))  # type: ignore[arg-type]

@@ -111,9 +111,16 @@ certificate = "keys/node.crt"
 
 # A listener for people and viewers when [http] demands client certificates
 # (tls = true between nodes): DICOMweb viewers, Orthanc and browsers use it.
+# The same listener serves the web console: sign in at /login with a user's
+# token; /viewer/ is the built-in OHIF viewer (see README "Web console").
 # [web]
 # host = "127.0.0.1"
 # port = 8044
+# session_idle_s = 1800         # a console session ends after 30 min unused
+# session_max_s = 43200         # and 12 h after sign-in at the latest
+# max_sessions = 1000
+# cors_origins = []             # e.g. ["https://viewer.hospital.cn"]: other-origin viewers
+# viewer_dir = ""               # OHIF build (dist/); empty: vendor/ohif from `make`
 
 # Center: DICOM nodes C-MOVE may send to (viewers, PACS).  With reader = NAME,
 # an SR or encapsulated PDF this workstation C-STOREs for a worklist study

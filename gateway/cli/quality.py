@@ -50,7 +50,7 @@ def attestation_status(cfg: object, att: dict[str, object]) -> str:
     """Say what the attestation's signature proves, checked here and now with the key
     this node's config holds for the attesting node: only a verified one is "signed"."""
     from fenji.gateway.cases.gate import verify_attestation
-    from fenji.gateway.reading.core import trusted_centers
+    from fenji.gateway.reading.report_return import trusted_centers
 
     node = str(att.get("node") or "")
     pub = trusted_centers(cfg).get(node)  # type: ignore[arg-type]

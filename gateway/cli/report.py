@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fenji.gateway.config import CONFIG_HELP
-from fenji.gateway.errors import FenjiError
+from fenji.gateway.errors import FenjiError, PeerError
 
 # `fenji report verify --json` fields (one object per line): scripts depend on these.
 VERIFY_FIELDS = ("file", "ok", "kind", "report_id", "version", "supersedes", "amendment_reason",
@@ -33,7 +33,7 @@ VERIFY_FIELDS = ("file", "ok", "kind", "report_id", "version", "supersedes", "am
                  "attestation_sha256", "critical", "problems", "notes")
 
 
-class Unreadable(Exception):
+class Unreadable(PeerError):
     """The input is not a report fenji can read (exit status 2)."""
 
 
@@ -73,7 +73,7 @@ def _submit(args: argparse.Namespace) -> int:
 
     from fenji.gateway.cli.case import cli_user
     from fenji.gateway.node import config_and_store
-    from fenji.gateway.reading import core as reading
+    from fenji.gateway.reading import report_return, viewer
 
     with config_and_store(args.config) as (cfg, store):
         user = cli_user(cfg, args.reader)
@@ -84,14 +84,15 @@ def _submit(args: argparse.Namespace) -> int:
                 print(f"fenji report submit: cannot read {args.from_file}: {exc}",
                       file=sys.stderr)
                 return 2
-            row = reading.report_from_viewer(store, cfg, user, data, args.case_id,  # type: ignore[arg-type]
-                                             critical=args.critical,
-                                             amendment_reason=args.amend_reason)
+            row = viewer.report_from_viewer(store, cfg, user, data, args.case_id,  # type: ignore[arg-type]
+                                            critical=args.critical,
+                                            amendment_reason=args.amend_reason)
         else:
-            row = reading.submit_report(store, cfg, args.case_id, user,  # type: ignore[arg-type]
-                                        findings=args.findings, impression=args.impression,
-                                        critical=args.critical,
-                                        amendment_reason=args.amend_reason)
+            row = report_return.submit_report(store, cfg, args.case_id, user,  # type: ignore[arg-type]
+                                              findings=args.findings,
+                                              impression=args.impression,
+                                              critical=args.critical,
+                                              amendment_reason=args.amend_reason)
     out = {k: row[k] for k in ("report_id", "case_id", "version", "status", "reader",
                                "critical", "supersedes", "bundle_id")}
     if args.json:
@@ -141,7 +142,8 @@ def _add_pdf(rsub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
 
 def _pdf(args: argparse.Namespace) -> int:
     from fenji.gateway.node import config_and_store
-    from fenji.gateway.reading.core import NotFound, report_pdf
+    from fenji.gateway.reading.errors import NotFound
+    from fenji.gateway.reading.report_return import report_pdf
 
     try:
         with config_and_store(args.config) as (_, store):
@@ -156,7 +158,7 @@ def _pdf(args: argparse.Namespace) -> int:
 
 def _trusted(args: argparse.Namespace, cfg: Any) -> dict[str, Any] | None:
     from fenji.gateway.keys import public_from_config
-    from fenji.gateway.reading.core import trusted_centers
+    from fenji.gateway.reading.report_return import trusted_centers
 
     out: dict[str, Any] = (trusted_centers(cfg, self_only_if_center=True)
                            if cfg is not None else {})
@@ -207,7 +209,7 @@ def _read(path: Path) -> tuple[str, Any]:
 
 def _check_one(kind: str, obj: Any, trusted: dict[str, Any] | None,
                manifest: str | None, att: dict[str, Any] | None) -> Any:
-    from fenji.gateway.reports import document as reports
+    from fenji.gateway import reports
 
     if kind == "json":
         signed = obj.get("signed", obj)

@@ -169,7 +169,7 @@ def _liability_text(doc: dict[str, Any]) -> list[str]:
 def _liability(args: argparse.Namespace) -> int:
     from fenji.gateway.audit import stats as st
     from fenji.gateway.node import config_and_store
-    from fenji.gateway.reading.core import trusted_centers
+    from fenji.gateway.reading.report_return import trusted_centers
 
     with config_and_store(args.config) as (cfg, store):
         doc = st.liability(store, args.case_id, trusted=trusted_centers(cfg))

@@ -40,7 +40,7 @@ def _fmt_wait(s: float) -> str:
 def _ls(args: argparse.Namespace) -> int:
     from fenji.gateway.cli.case import cli_user
     from fenji.gateway.node import config_and_store
-    from fenji.gateway.reading import core as reading
+    from fenji.gateway.reading import claims as reading
 
     with config_and_store(args.config) as (cfg, store):
         user = cli_user(cfg, args.reader) if args.reader else None
@@ -63,7 +63,7 @@ def _ls(args: argparse.Namespace) -> int:
 def _claim(args: argparse.Namespace) -> int:
     from fenji.gateway.cli.case import cli_user
     from fenji.gateway.node import config_and_store
-    from fenji.gateway.reading import core as reading
+    from fenji.gateway.reading import claims as reading
 
     with config_and_store(args.config) as (cfg, store):
         out = reading.claim(store, cfg, args.case_id, cli_user(cfg, args.reader))  # type: ignore[arg-type]
@@ -76,7 +76,7 @@ def _claim(args: argparse.Namespace) -> int:
 def _unclaim(args: argparse.Namespace) -> int:
     from fenji.gateway.cli.case import cli_user
     from fenji.gateway.node import config_and_store
-    from fenji.gateway.reading import core as reading
+    from fenji.gateway.reading import claims as reading
 
     with config_and_store(args.config) as (cfg, store):
         reading.unclaim(store, cfg, args.case_id, cli_user(cfg, args.reader))  # type: ignore[arg-type]

@@ -20,6 +20,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+from fenji.gateway.errors import PeerError
+
 if TYPE_CHECKING:
     from fenji.gateway.store.db import Store
 
@@ -27,8 +29,10 @@ LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 
 
 
-class QueryError(ValueError):
+class QueryError(PeerError, ValueError):
     """A query that cannot be answered (bad level, bad range); the message says why."""
+
+    dicom_status = 0xA900  # C-FIND: Identifier does not match SOP Class (PS3.4 C.4.1.1.4)
 
 
 # keyword -> (level it belongs to, SQL expression, kind)

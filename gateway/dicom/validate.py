@@ -29,6 +29,7 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR
 
+from fenji.gateway.config import DICOM_SEQUENCE_DEPTH_MAX
 from fenji.gateway.dicom import charset
 from fenji.gateway.dicom import status as st
 from fenji.gateway.dicom.info import InstanceInfo
@@ -78,7 +79,7 @@ _ALL_VRS = _LONG_VRS | {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", 
 UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 PIXEL_DATA = 0x7FE00010
-MAX_DEPTH = 32
+MAX_DEPTH = DICOM_SEQUENCE_DEPTH_MAX  # gateway/config.py
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1419.1"  # fenji's implementation root
@@ -108,9 +109,11 @@ _TEXT_TAGS = {0x00100010: "PN", 0x00080090: "PN", 0x00100020: "LO", 0x00081030: 
 class Rejected(PeerError):
     """An instance refused before storage: ``status`` is the DICOM answer."""
 
+    http_status = 422
+
     def __init__(self, status: int, reason: str, uid_hint: str | None = None) -> None:
         super().__init__(reason)
-        self.status = status
+        self.status = self.dicom_status = status
         self.reason = reason
         self.uid_hint = uid_hint
 

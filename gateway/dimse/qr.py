@@ -43,6 +43,11 @@ from pydicom.uid import (
 
 from fenji.gateway.access import scope as access
 from fenji.gateway.audit import ledger
+from fenji.gateway.config import (
+    AUDIT_STUDIES_LISTED_MAX,
+    AUDIT_STUDY_EVENTS_MAX,
+    DIMSE_MAX_CONTEXTS,
+)
 from fenji.gateway.dicom import charset
 from fenji.gateway.dicom import query as qr
 from fenji.gateway.dicom.validate import split_part10
@@ -76,13 +81,10 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 # Attribute of a retrieved Dataset: (stored transfer syntax UID, stored data set bytes).
 _STORED = "_fenji_stored"
 CANCELLED = 0xFE00
-# PS3.8 9.3.2.2: at most 128 presentation contexts in an A-ASSOCIATE-RQ.
-MAX_CONTEXTS = 128
-# Above this many studies in one request the ledger gets one event listing them
-# (a universal C-FIND on a large archive would otherwise append thousands).
-MAX_STUDY_EVENTS = 100
-# ...and that event lists at most this many (the count is always complete).
-MAX_STUDIES_LISTED = 5000
+# Bounds defined with every other limit in gateway/config.py.
+MAX_CONTEXTS = DIMSE_MAX_CONTEXTS
+MAX_STUDY_EVENTS = AUDIT_STUDY_EVENTS_MAX
+MAX_STUDIES_LISTED = AUDIT_STUDIES_LISTED_MAX
 # Uncompressed syntaxes pynetdicom converts between on the sub-association
 # (same endianness only: Big Endian data goes as itself or not at all).
 _CONVERTIBLE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian)

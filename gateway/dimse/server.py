@@ -37,7 +37,8 @@ from fenji.gateway.config import Config
 from fenji.gateway.dicom import status as st
 from fenji.gateway.dicom.validate import ACCEPTED_TRANSFER_SYNTAXES
 from fenji.gateway.dimse.conn_guard import ConnectionGuard
-from fenji.gateway.reading import core as reading
+from fenji.gateway.reading import errors as reading_errors
+from fenji.gateway.reading import viewer
 from fenji.gateway.store.db import Store
 from fenji.routing.egress import install_nodelay
 
@@ -344,7 +345,7 @@ class DicomService:
         why), ``None`` to store it as an ordinary instance.
         """
         info = checked.info
-        if info.sop_class_uid not in reading.VIEWER_REPORT_CLASSES:
+        if info.sop_class_uid not in viewer.VIEWER_REPORT_CLASSES:
             return None
         ae = self.cfg.remote_ae(s.calling)
         reader = self.cfg.user(ae.reader) if ae is not None and ae.reader else None
@@ -355,12 +356,12 @@ class DicomService:
         try:
             # An AE title proves nothing: the object becomes a draft the reader
             # must confirm with their own credentials, never a signed report.
-            report = reading.viewer_report_draft(
+            report = viewer.viewer_report_draft(
                 self.store, self.cfg, User.of(reader), checked.part10,
                 sop_class_uid=info.sop_class_uid, study_instance_uid=info.study_instance_uid,
                 sop_instance_uid=info.sop_instance_uid, calling_ae=s.calling, peer=s.peer)
-        except reading.ReadingError as exc:
-            status = reading.refusal_status(exc)
+        except reading_errors.ReadingError as exc:
+            status = reading_errors.refusal_status(exc)
             log.warning("assoc=%d calling=%s reader=%s report refused status=%s sop=%s "
                         "reason=%s", s.assoc_id, s.calling, reader.name, st.describe(status),
                         _safe(info.sop_instance_uid), exc)

@@ -25,11 +25,12 @@ from typing import Any
 
 from fenji.codecs.ecg.quality import check_ecg
 from fenji.codecs.ecg.record import EcgRecord
+from fenji.gateway.config import DEFAULT_MAX_RECORD_BYTES
 from fenji.gateway.ecg.formats import EcgMeta, read_ecg_files
 from fenji.gateway.ecg.io import read_wfdb, to_dicom
 from fenji.gateway.errors import PeerError
 
-MAX_RECORD_BYTES = 256 * 1024 * 1024
+MAX_RECORD_BYTES = DEFAULT_MAX_RECORD_BYTES  # the [ingest] default (gateway/config.py)
 #: The quality gate reads at most this much of a recording (a 24-h Holter would
 #: otherwise cost minutes of CPU; the first minutes show electrode problems).
 GATE_MAX_S = 300.0

@@ -7,20 +7,18 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from fenji.gateway.dicom import status as st
-from fenji.gateway.dicom.validate import Checked, Rejected, check_dimse, check_part10, with_preamble
-from fenji.gateway.store.db import (
-    BatchConflict,
-    InstanceInfo,
-    PutStatus,
-    Store,
-    StoreFull,
+from fenji.gateway.config import (
+    DEFAULT_MAX_INFLATE_BYTES,
+    DEFAULT_MAX_INSTANCE_BYTES,
+    DEFAULT_MAX_RECORD_BYTES,
+    Config,
 )
-
-if TYPE_CHECKING:
-    from fenji.gateway.config import Config
+from fenji.gateway.dicom import status as st
+from fenji.gateway.dicom.info import InstanceInfo
+from fenji.gateway.dicom.validate import Checked, Rejected, check_dimse, check_part10, with_preamble
+from fenji.gateway.store.db import BatchConflict, PutStatus, Store, StoreFull
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +75,10 @@ class Dimse:
 class Limits:
     """Every size limit ingest applies; built from the config in one place."""
 
-    max_instance_bytes: int = 1024 * 1024 * 1024
-    max_inflate_bytes: int = 256 * 1024 * 1024
-    max_record_bytes: int = 256 * 1024 * 1024  # one ECG record, all its files
+    # The config's defaults (gateway/config.py), so a Limits() in a test is the node's.
+    max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES
+    max_inflate_bytes: int = DEFAULT_MAX_INFLATE_BYTES
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES  # one ECG record, all its files
     default_character_set: str | None = None
 
     @classmethod

@@ -29,11 +29,12 @@ from typing import Any
 
 import pydicom
 
+from fenji.gateway.cases import states
 from fenji.gateway.dicom.charset import pn_display
 from fenji.gateway.lab.dcmtk import echoscu, storescu
 from fenji.gateway.lab.harness import NodeProcess, fenji_cmd
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # gateway/lab/demo.py -> the source tree
 
 
 def _shared_dicom() -> Path:
@@ -221,7 +222,8 @@ def _wait_report(edge: NodeProcess, case_id: str, deadline: float) -> dict[str, 
         case = _get_json(f"{edge.http_url}/api/cases/{case_id}", edge.auth("ops"))
         reps = (case or {}).get("reports") or []
         if reps and reps[0].get("received_at"):
-            verified = case.get("state") == "reported"  # set only when signatures verify
+            # reported, amended, acknowledged: set only when the signatures verify
+            verified = case.get("state") in states.HAS_REPORT
             return {"received_at": float(reps[0]["received_at"]), "verified": verified,
                     "report": reps[0],
                     "critical": case.get("critical")}
@@ -240,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--uplink", default="satellite",
                     help="link profile township -> county (default: satellite)")
     ap.add_argument("--timeout", type=float, default=900, help="give up after this many s")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the nodes running at the end (Ctrl-C stops them), for a person "
+                         "to look at the web console (make demo KEEP=1)")
     args = ap.parse_args(argv)
     data = args.data or _shared_dicom()
     if not data.is_dir():
@@ -260,8 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     edge = NodeProcess(work / "township-edge", name="township-edge", role="edge",
                        allow_ae=["CT1", "ECHO"], workers=1,
-                       users={"dr.ma": "physician", "ops": "operator",
-                              "tech.zhang": "technician"})
+                       users={"ops": "operator", "tech.zhang": "technician"})
+    # The requesting physician of the demo's cases ("--physician Dr. Ma"): their page
+    # lists the cases whose requesting physician is their name or display name.
+    edge.add_user("dr.ma", "physician", display_name="Dr. Ma")
     relay = NodeProcess(work / "county-relay", name="county-relay", role="relay",
                         allow_ae=["ECHO"], workers=1)
     center = NodeProcess(work / "regional-center", name="regional-center", role="center",
@@ -450,13 +457,49 @@ def main(argv: list[str] | None = None) -> int:
         print("[8/8] done.  What this run showed:", flush=True)
         for line in _in_words(summary, args.uplink):
             print("      " + line, flush=True)
+        _print_console(edge, center)
         print(json.dumps(summary, ensure_ascii=False))
+        if args.keep:
+            _keep_running(nodes)
         return 0 if ok else 1
     finally:
         for n in nodes:
             n.stop()
         for link in links:
             link.stop()
+
+
+def _print_console(edge: NodeProcess, center: NodeProcess) -> None:
+    """Where each person's page is, and the token to sign in with (shown once, here)."""
+    pages = [("technician", edge, "tech.zhang", "/console/technician"),
+             ("physician", edge, "dr.ma", "/console/physician"),
+             ("operator (edge)", edge, "ops", "/console/operator"),
+             ("reader", center, "dr.wang", "/console/reader"),
+             ("operator (center)", center, "ops", "/console/operator")]
+    print("      The web console (sign in at the page with the token; /viewer/ on the center "
+          "is the OHIF viewer):", flush=True)
+    for role, node, user, path in pages:
+        print(f"      {role:<18} {node.web_url}{path}   user {user:<10} token "
+              f"{node.tokens[user]}", flush=True)
+
+
+def _keep_running(nodes: list[NodeProcess]) -> None:
+    """Wait until Ctrl-C (or SIGTERM) or a node exits; the caller's finally stops them."""
+    import signal
+
+    stop = {"now": False}
+
+    def _stop(*_: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    print("demo: nodes kept running (KEEP=1); Ctrl-C stops them", flush=True)
+    try:
+        while not stop["now"] and all(n.proc is not None and n.proc.poll() is None
+                                      for n in nodes):
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
 
 
 def _in_words(s: dict[str, Any], uplink: str) -> list[str]:

@@ -6,21 +6,25 @@
 
 * a receipt: the ledger's "receipt" event (once per bundle), a returned report's
   ``returned_at``, and the case forward to ``delivered`` (never back from ``reported``);
-* the first time a bundle goes on the wire: the ledger's "sent" event;
+* the first time a bundle goes on the wire: the ledger's "sent" event, the case to ``sent``;
 * a dead letter: the ledger's "dead_lettered" event, for someone to act on;
 * a report handed to a non-fenji egress (PACS/HIS): ``report_delivered``.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from typing import Any
 
 from fenji.gateway.audit import ledger
+from fenji.gateway.cases import states
 from fenji.gateway.config import Config
-from fenji.gateway.reading import core as reading
+from fenji.gateway.reading.report_return import report_delivered
 from fenji.gateway.store.db import Store
 from fenji.routing.transfer_client import Delivered
+
+log = logging.getLogger(__name__)
 
 
 class NodeEvents:
@@ -35,7 +39,7 @@ class NodeEvents:
                 fresh: bool, now: float) -> None:
         report = con.execute("SELECT report_id, case_id FROM reports WHERE report_id = ?",
                              (job["case_id"],)).fetchone()
-        if report is not None:  # a report bundle went back down (reading/core.py)
+        if report is not None:  # a report bundle went back down (reading/report_return.py)
             con.execute("UPDATE reports SET returned_at = coalesce(returned_at, ?) "
                         "WHERE report_id = ?", (now, report[0]))
         if fresh and self.node:
@@ -47,10 +51,22 @@ class NodeEvents:
                                   "instances": len(out.receipt.get("instances", [])),
                                   "receiver_time": out.receipt.get("received_at")},
                           con=con, at=now)
-        # Only forward: the report can come back before a resent bundle's receipt
-        # (a center restarted mid-way), and must not be turned back to 'delivered'.
-        con.execute("UPDATE cases SET state = 'delivered', updated_at = ? WHERE case_id = ? "
-                    "AND state IN ('released', 'forwarding')", (now, job["case_id"]))
+        # The full bundle's receipt delivers the case; a STAT preview's (no instances)
+        # does not.  The table never moves it back: the report can come back before a
+        # resent bundle's receipt (a center restarted mid-way).
+        if report is None and out.receipt.get("instances"):
+            self._move(con, job, "receipt", now)
+
+    def _move(self, con: sqlite3.Connection, job: dict[str, Any], event: str,
+              now: float) -> None:
+        """The case's state after a sender event, through the one table; a bundle that
+        is not a case here (a report passing a relay, an unknown case) moves nothing."""
+        try:
+            states.move(con, job["case_id"], event, who=states.NODE, now=now)
+        except states.NoSuchCase:
+            pass
+        except states.CaseStateError as exc:  # the receipt itself is kept all the same
+            log.warning("bundle %s: %s", job["bundle_id"], exc)
 
     def sent(self, job: dict[str, Any], now: float, bytes_total: int) -> None:
         """The ledger's "sent" event: once per bundle, whatever the attempts."""
@@ -58,6 +74,8 @@ class NodeEvents:
             report = con.execute("SELECT case_id FROM reports WHERE report_id = ?",
                                  (job["case_id"],)).fetchone()
             case_id = report[0] if report else job["case_id"]
+            if report is None:
+                self._move(con, job, "send", now)
             if con.execute("SELECT 1 FROM audit WHERE case_id = ? AND kind = 'sent' AND "
                            "object = ?", (case_id, job["bundle_id"])).fetchone():
                 return  # a resumed or retried upload
@@ -74,4 +92,4 @@ class NodeEvents:
                               "reason": reason[:500]})
 
     def egress_delivered(self, job: dict[str, Any], target: str, now: float) -> None:
-        reading.report_delivered(self.store, self.cfg, job["case_id"], target, now)
+        report_delivered(self.store, self.cfg, job["case_id"], target, now)

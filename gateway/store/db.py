@@ -46,10 +46,14 @@ class StoreFull(LocalError):
     """No room to store durably; maps to DICOM 0xA700 Out of Resources."""
 
     http_status = 507
+    dicom_status = 0xA700  # Out of Resources
 
 
 class BatchConflict(LocalError):
     """An instance of an all-or-nothing batch is already held with other bytes."""
+
+    http_status = 409
+    dicom_status = 0xC010  # SOP Instance conflict (gateway/dicom/status.py)
 
     def __init__(self, sop_instance_uid: str, stored_sha256: str, offered_sha256: str) -> None:
         super().__init__(f"SOP Instance UID {sop_instance_uid} already stored with other bytes "
@@ -164,7 +168,16 @@ class Store:
             else:
                 self._depth -= 1
                 if name is None:
-                    con.execute("COMMIT")
+                    try:
+                        con.execute("COMMIT")
+                    except BaseException:
+                        # A COMMIT that fails (disk full, a deferred constraint) may
+                        # leave the transaction open: its writes would ride along with
+                        # the next one, whose BEGIN would fail anyway.  Undo them here.
+                        if con.in_transaction:
+                            with contextlib.suppress(sqlite3.Error):
+                                con.execute("ROLLBACK")
+                        raise
                 else:
                     con.execute(f"RELEASE {name}")
 

@@ -229,7 +229,7 @@ CREATE INDEX studies_referring ON studies(referring_physician);
 CREATE INDEX patients_name ON patients(patient_name);
 CREATE INDEX series_modality ON series(modality)
 """),
-    # 7: worklist claims, reports and their way back (gateway/reading/core.py).
+    # 7: worklist claims, reports and their way back (gateway/reading/).
     (7, """
 ALTER TABLE cases ADD COLUMN sending_node TEXT;
 ALTER TABLE cases ADD COLUMN received_at REAL;

@@ -33,10 +33,14 @@ from fenji.gateway.cases import case as cases_mod
 from fenji.gateway.config import Config
 from fenji.gateway.errors import DecodeError, FenjiError
 from fenji.gateway.keys import load_private, public_from_config
+from fenji.gateway.reading import report_return
 from fenji.gateway.reading.delivery import NodeEvents
 from fenji.gateway.store.db import Store
 from fenji.gateway.web import dicomweb, reading_routes
 from fenji.gateway.web.common import CONFIG, LIVE_CONFIG, ON_RELEASE, STORE
+from fenji.gateway.web.console import routes as console_routes
+from fenji.gateway.web.console import session as console_session
+from fenji.gateway.web.console import viewer as console_viewer
 from fenji.gateway.web.limits import multipart_parts, upload_slots
 from fenji.routing.sender import SenderLoop
 
@@ -84,7 +88,7 @@ async def post_case(request: web.Request) -> web.Response:
     if not dest or cfg.peer(dest) is None:
         return _error(400, "unknown_destination",
                       f"destination {dest!r} is not a configured peer")
-    key = load_private(cfg.resolve(cfg.keys.private_key))
+    key = await asyncio.to_thread(load_private, cfg.resolve(cfg.keys.private_key))
     try:
         rel = await asyncio.to_thread(
             cases_mod.release, store, str(body["study_instance_uid"]), destination=dest,
@@ -92,8 +96,8 @@ async def post_case(request: web.Request) -> web.Response:
             requesting_physician=body.get("requesting_physician"),
             clinical_question=body.get("clinical_question"), consent_ref=body.get("consent_ref"),
             released_by="api", sender_node=cfg.node.name, gate_key=key,
-            operator=user.name,
-            thresholds=(cfg.quality_ecg, cfg.quality_image))
+            operator=user.name, thresholds=(cfg.quality_ecg, cfg.quality_image),
+            hop=cases_mod.next_hop(cfg, dest))
     except cases_mod.CaseHeld as held:
         return web.json_response({"status": 409, "error": "held", "message": str(held),
                                   "case_id": held.case_id, "reasons": held.reasons},
@@ -169,9 +173,7 @@ async def get_case(request: web.Request) -> web.Response:
     if case is None:
         return _error(404, "no_case", f"case {request.match_info['case_id']} not found")
     access.check_case(user, case)
-    from fenji.gateway.reading import core as reading
-
-    return web.json_response(await asyncio.to_thread(reading.with_reports, store, case))
+    return web.json_response(await asyncio.to_thread(report_return.with_reports, store, case))
 
 
 def _previews_dir(store: Store, case_id: str) -> Path | None:
@@ -188,14 +190,21 @@ async def get_previews(request: web.Request) -> web.Response:
                    action="read previews")
     case_id = request.match_info["case_id"]
     folder = _previews_dir(store, case_id)
-    if folder is None or not folder.is_dir():
+
+    def read_all() -> list[tuple[str, Preview]] | None:
+        if folder is None or not folder.is_dir():
+            return None
+        return [(p.stem, Preview.from_bytes(p.read_bytes()))
+                for p in sorted(folder.glob("*.prev"))]
+
+    found = await asyncio.to_thread(read_all)
+    if found is None:
         return _error(404, "no_preview", f"no preview received for case {case_id}")
     out = []
-    for p in sorted(folder.glob("*.prev")):
-        pv = Preview.from_bytes(p.read_bytes())
+    for stem, pv in found:
         await asyncio.to_thread(access.check_preview, store, user, case_id, pv.kind)
-        out.append({"index": int(p.stem), "kind": pv.kind, "meta": pv.meta,
-                    "url": f"/api/cases/{case_id}/previews/{p.stem}"})
+        out.append({"index": int(stem), "kind": pv.kind, "meta": pv.meta,
+                    "url": f"/api/cases/{case_id}/previews/{stem}"})
     return web.json_response(out)
 
 
@@ -210,9 +219,15 @@ async def get_preview(request: web.Request) -> web.Response:
     store = request.app[STORE]
     case_id, index = request.match_info["case_id"], request.match_info["index"]
     folder = _previews_dir(store, case_id)
-    if folder is None or not index.isdigit() or not (folder / f"{index}.prev").exists():
+
+    def read_one() -> Preview | None:
+        if folder is None or not index.isdigit() or not (folder / f"{index}.prev").exists():
+            return None
+        return Preview.from_bytes((folder / f"{index}.prev").read_bytes())
+
+    pv = await asyncio.to_thread(read_one)
+    if pv is None:
         return _error(404, "no_preview", f"no preview {index} for case {case_id}")
-    pv = Preview.from_bytes((folder / f"{index}.prev").read_bytes())
     await asyncio.to_thread(access.check_preview, store, user, case_id, pv.kind)
     # A bomb raises DecodeError (422, naming limits.max_preview_pixels) unread.
     cap = request.app[CONFIG].limits.max_preview_pixels
@@ -239,15 +254,11 @@ def _forward_or_keep(cfg: Config, store: Store, receipt: dict[str, Any],
     case = manifest.get("case", {})
     final = case.get("destination")
     if case.get("bundle_kind") == "report" and final == cfg.node.name:
-        from fenji.gateway.reading import core as reading
-
-        reading.report_arrived(store, cfg, manifest, uids)
+        report_return.report_arrived(store, cfg, manifest, uids)
         return False
-    from fenji.gateway.reading.core import trusted_centers
-
     state = cases_mod.record_received(store, manifest, cfg.node.name, instances=uids,
                                       sender=str(receipt["sender"]),
-                                      trusted=trusted_centers(cfg))
+                                      trusted=report_return.trusted_centers(cfg))
     if state == "received" and cfg.egress and uids:
         from fenji.routing.egress import enqueue_case
 
@@ -293,7 +304,11 @@ def _forward_or_keep(cfg: Config, store: Store, receipt: dict[str, Any],
 def build_app(cfg: Config, store: Store,
               on_release: Callable[[cases_mod.Released], None] | None = None,
               wake: Callable[[], None] = lambda: None) -> web.Application:
-    app = web.Application(middlewares=[errors_as_json, auth_middleware(cfg),
+    live: list[Config] = [cfg]  # [[peers]] reload without a restart (reload_peers)
+    app = web.Application(middlewares=[console_viewer.dicomweb_log, errors_as_json,
+                                       console_viewer.cors_middleware(cfg),
+                                       console_session.middleware(lambda: live[0]),
+                                       auth_middleware(cfg),
                                        upload_slots(cfg.limits.max_uploads_per_user)],
                           client_max_size=80 * 1024 * 1024)
     app[CONFIG] = cfg
@@ -309,10 +324,11 @@ def build_app(cfg: Config, store: Store,
     app.router.add_get("/api/cases/{case_id}", get_case)
     reading_routes.add_routes(app, wake)
     dicomweb.add_routes(app, cfg, store)
+    console_routes.add_routes(app, cfg)  # the web console (sign-in, pages)
     # Always: a node that lists no peer yet refuses uploads saying how to pair.
     from fenji.routing.transfer_server import ReceiverContext, add_routes
 
-    live = app[LIVE_CONFIG] = [cfg]  # [[peers]] reload without a restart (reload_peers)
+    app[LIVE_CONFIG] = live
 
     def on_delivered(receipt: dict[str, Any], manifest: dict[str, Any], part: Path) -> bool:
         return _forward_or_keep(live[0], store, receipt, manifest, part, wake)
@@ -327,6 +343,7 @@ def build_app(cfg: Config, store: Store,
                           max_preview_pixels=cfg.limits.max_preview_pixels,
                           limits=ingest.Limits.of(cfg), on_delivered=on_delivered)
     add_routes(app, ctx)
+    console_viewer.add_routes(app, cfg)  # last: OHIF's files at the root, by exact name
     return app
 
 
@@ -389,7 +406,7 @@ class HttpService:
 
         cfg = self.cfg
         dest = cfg.transfer.default_destination
-        key = load_private(cfg.resolve(cfg.keys.private_key))
+        key = await asyncio.to_thread(load_private, cfg.resolve(cfg.keys.private_key))
         period = max(1.0, min(30.0, cfg.transfer.stable_study_s / 4))
         while True:
             await asyncio.sleep(period)
@@ -402,7 +419,8 @@ class HttpService:
                             cases_mod.release, self.store, study, destination=dest,
                             released_by="timer", sender_node=cfg.node.name, gate_key=key,
                             operator="stable-study timer",
-                            thresholds=(cfg.quality_ecg, cfg.quality_image))
+                            thresholds=(cfg.quality_ecg, cfg.quality_image),
+                            hop=cases_mod.next_hop(cfg, dest))
                     except cases_mod.CaseHeld as held:
                         log.warning("timer: case %s held: %s", held.case_id, held.reasons[:3])
                         continue
@@ -449,12 +467,13 @@ class HttpService:
     def reload_peers(self, cfg: Config) -> None:
         """Take a changed ``[[peers]]`` list without a restart (SIGHUP, ``fenji peer add``):
         the receiver's known keys, pinned certificates and the sender's routes."""
-        self.loop.call_soon_threadsafe(self._reload_peers, cfg)
+        asyncio.run_coroutine_threadsafe(self._reload_peers(cfg), self.loop)
 
-    def _reload_peers(self, cfg: Config) -> None:
+    async def _reload_peers(self, cfg: Config) -> None:
         from fenji.routing.transfer_server import CTX
 
-        keys = {p.name: public_from_config(p.public_key, cfg.data_dir) for p in cfg.peers}
+        keys = await asyncio.to_thread(  # key files are read off the loop
+            lambda: {p.name: public_from_config(p.public_key, cfg.data_dir) for p in cfg.peers})
         ctx = self.app.get(CTX)
         if ctx is not None:
             ctx.peers.clear()
@@ -463,7 +482,8 @@ class HttpService:
         if ssl_ctx is not None:
             for p in cfg.peers:
                 if p.cert:
-                    ssl_ctx.load_verify_locations(cafile=str(cfg.resolve(p.cert)))
+                    await asyncio.to_thread(ssl_ctx.load_verify_locations,
+                                            cafile=str(cfg.resolve(p.cert)))
         self.cfg = cfg
         self.app[LIVE_CONFIG][0] = cfg
         if self.sender is not None:

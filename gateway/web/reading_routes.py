@@ -22,7 +22,7 @@ from aiohttp import web
 
 from fenji.gateway.access import scope as access
 from fenji.gateway.access.users import require
-from fenji.gateway.reading import core as reading
+from fenji.gateway.reading import claims, report_return, viewer
 from fenji.gateway.web.common import ON_RELEASE, WAKE, app_of, json_body
 
 _app = app_of
@@ -32,7 +32,7 @@ _json = json_body
 async def get_worklist(request: web.Request) -> web.Response:
     cfg, store = _app(request)
     user = require(request, "reader", "operator", action="see the worklist")
-    rows = await asyncio.to_thread(reading.worklist, store, cfg, user=user,
+    rows = await asyncio.to_thread(claims.worklist, store, cfg, user=user,
                                    state=request.query.get("state"))
     return web.json_response(rows)
 
@@ -40,14 +40,14 @@ async def get_worklist(request: web.Request) -> web.Response:
 async def post_claim(request: web.Request) -> web.Response:
     cfg, store = _app(request)
     user = require(request, "reader", action="claim cases")
-    out = await asyncio.to_thread(reading.claim, store, cfg, request.match_info["case_id"], user)
+    out = await asyncio.to_thread(claims.claim, store, cfg, request.match_info["case_id"], user)
     return web.json_response(out)
 
 
 async def delete_claim(request: web.Request) -> web.Response:
     cfg, store = _app(request)
     user = require(request, "reader", action="give back claims")
-    await asyncio.to_thread(reading.unclaim, store, cfg, request.match_info["case_id"], user)
+    await asyncio.to_thread(claims.unclaim, store, cfg, request.match_info["case_id"], user)
     return web.json_response({"case_id": request.match_info["case_id"], "state": "new"})
 
 
@@ -57,7 +57,7 @@ async def post_report(request: web.Request) -> web.Response:
     if request.content_type == "application/dicom":  # an SR or PDF from the reader's viewer
         data = await request.read()
         row = await asyncio.to_thread(
-            reading.report_from_viewer, store, cfg, user, data, request.match_info["case_id"],
+            viewer.report_from_viewer, store, cfg, user, data, request.match_info["case_id"],
             critical=request.query.get("critical", "").lower() == "true",
             amendment_reason=request.query.get("amendment_reason"))
         return _report_response(request, row)
@@ -66,7 +66,7 @@ async def post_report(request: web.Request) -> web.Response:
     if not isinstance(critical, bool):
         raise web.HTTPBadRequest(text=f"critical = {critical!r} is not true or false")
     row = await asyncio.to_thread(
-        reading.submit_report, store, cfg, request.match_info["case_id"], user,
+        report_return.submit_report, store, cfg, request.match_info["case_id"], user,
         findings=str(body.get("findings") or ""), impression=str(body.get("impression") or ""),
         critical=critical, amendment_reason=body.get("amendment_reason"))
     return _report_response(request, row)
@@ -75,7 +75,7 @@ async def post_report(request: web.Request) -> web.Response:
 async def get_drafts(request: web.Request) -> web.Response:
     cfg, store = _app(request)
     require(request, "reader", "operator", action="see report drafts")
-    rows = await asyncio.to_thread(reading.drafts_of, store, request.match_info["case_id"])
+    rows = await asyncio.to_thread(viewer.drafts_of, store, request.match_info["case_id"])
     return web.json_response(rows)
 
 
@@ -87,7 +87,7 @@ async def post_confirm_draft(request: web.Request) -> web.Response:
     critical = body.get("critical", False)
     if not isinstance(critical, bool):
         raise web.HTTPBadRequest(text=f"critical = {critical!r} is not true or false")
-    row = await asyncio.to_thread(reading.confirm_draft, store, cfg,
+    row = await asyncio.to_thread(viewer.confirm_draft, store, cfg,
                                   request.match_info["case_id"], request.match_info["sop"],
                                   user, critical=critical)
     return _report_response(request, row)
@@ -112,7 +112,7 @@ async def get_reports(request: web.Request) -> web.Response:
                                    "WHERE case_id = ?", (request.match_info["case_id"],))
     if case is not None:
         access.check_case(user, case)
-    rows = await asyncio.to_thread(reading.reports_of, store, request.match_info["case_id"])
+    rows = await asyncio.to_thread(report_return.reports_of, store, request.match_info["case_id"])
     return web.json_response(rows)
 
 
@@ -121,7 +121,7 @@ async def get_report_pdf(request: web.Request) -> web.Response:
     cfg, store = _app(request)
     require(request, "technician", "reader", "physician", "operator", action="read reports")
     case_id = request.match_info["case_id"]
-    data = await asyncio.to_thread(reading.report_pdf, store, case_id,
+    data = await asyncio.to_thread(report_return.report_pdf, store, case_id,
                                    int(request.match_info["version"]))
     return web.Response(body=data, content_type="application/pdf", headers={
         "Content-Disposition": f'inline; filename="report-{case_id[:12]}-'
@@ -132,7 +132,7 @@ async def post_ack(request: web.Request) -> web.Response:
     cfg, store = _app(request)
     user = require(request, "physician", "technician", "operator",
                    action="acknowledge reports")
-    out = await asyncio.to_thread(reading.acknowledge, store, cfg,
+    out = await asyncio.to_thread(report_return.acknowledge, store, cfg,
                                   request.match_info["case_id"], user)
     return web.json_response(out)
 
@@ -163,10 +163,15 @@ async def post_override(request: web.Request) -> web.Response:
     reason = str(body.get("reason") or "").strip()
     if not reason:
         raise web.HTTPBadRequest(text="an override needs a reason")
-    key = load_private(cfg.resolve(cfg.keys.private_key))
-    rel = await asyncio.to_thread(cases_mod.override, store, request.match_info["case_id"],
-                                  operator=user.name, reason=reason, gate_key=key,
-                                  sender_node=cfg.node.name, operator_role=user.role)
+    key = await asyncio.to_thread(load_private, cfg.resolve(cfg.keys.private_key))
+    case_id = request.match_info["case_id"]
+    case = await asyncio.to_thread(store.query_one, "SELECT destination FROM cases WHERE "
+                                   "case_id = ?", (case_id,))
+    rel = await asyncio.to_thread(cases_mod.override, store, case_id, operator=user.name,
+                                  reason=reason, gate_key=key, sender_node=cfg.node.name,
+                                  operator_role=user.role,
+                                  hop=cases_mod.next_hop(cfg, case["destination"])
+                                  if case else None)
     hook = request.app.get(ON_RELEASE)
     if callable(hook):
         await asyncio.to_thread(hook, rel)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from _data import DICOM_DIR
 
-from fenji.gateway.cli import main
+from fenji.gateway.cli.main import main
 
 
 def test_encode_info_decode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

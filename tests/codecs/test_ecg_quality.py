@@ -42,20 +42,26 @@ def test_kernels_equal_twins(x, eps, run, win):
 
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(0, 60), m=st.integers(1, 4), c0=st.integers(0, 5),
-       seed=st.integers(0, 2**32 - 1), flat=st.booleans())
-def test_shape_kernel_equals_twin(n, m, c0, seed, flat):
+       seed=st.integers(0, 2**32 - 1), flat=st.booleans(), win=st.integers(2, 25))
+def test_chunk_stats_kernel_equals_twin(n, m, c0, seed, flat, win):
     rng = np.random.default_rng(seed)
-    lo40 = np.zeros((m, n)) if flat else rng.normal(size=(m, n)) ** 3
-    wander = rng.normal(size=(m, n))
-    no_wander = rng.normal(size=(n + 2 * c0, m))
-    notched = no_wander - 0.3 * rng.normal(size=no_wander.shape)
-    a = q._shape_nb(lo40, wander, no_wander, notched, c0)
-    b = q._shape_py(lo40, wander, no_wander, notched, c0)
+    xc = rng.normal(size=(n + 2 * c0, m))
+    no_wander = xc - rng.normal(size=xc.shape)
+    notched = no_wander - 0.3 * rng.normal(size=xc.shape)
+    lo40 = np.zeros(xc.shape) if flat else rng.normal(size=xc.shape) ** 3
+    args = (xc, no_wander, notched, lo40, c0, c0 + n, win, win + 1, 3 * win)
+    a = q._chunk_stats_nb(*args)
+    b = q._chunk_stats_py(*args)
     np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
-    if n >= 2 and not flat:  # against NumPy's own moments
-        c = lo40 - lo40.mean(axis=1, keepdims=True)
+    if n >= 2 and not flat:  # against NumPy's own moments and the per-lead kernels
+        core = lo40[c0:c0 + n].T
+        c = core - core.mean(axis=1, keepdims=True)
         kurt = (c ** 4).mean(axis=1) / (c ** 2).mean(axis=1) ** 2
         np.testing.assert_allclose(b[:, 0], kurt, rtol=1e-9)
+        for j in range(m):
+            assert b[j, 3] == q._robust_p2p_py(np.ascontiguousarray(core[j]), win)
+            hf = np.ascontiguousarray(notched[c0:c0 + n, j] - lo40[c0:c0 + n, j])
+            assert b[j, 4] == q._rms_py(hf, win + 1)
 
 
 def _clean_12lead(fs: float = 500.0, seconds: float = 10.0) -> np.ndarray:
@@ -263,3 +269,24 @@ def test_holter_length_records_are_judged_on_a_share_of_their_length():
     rep = q.quality_report(x, 500.0, ["I", "II"])
     assert rep["leads"]["II"]["verdict"] == q.UNACCEPTABLE
     assert rep["verdict"] != q.ACCEPTABLE and "lead II flat" in rep["reasons"][0]
+
+
+def test_isqi_feature_and_reason_skip_leads_without_beats():
+    # leads without beats have no iSQI: the feature and the words use the others
+    sqi = {"isqi": np.array([1.0, np.nan, 0.2, 0.95, np.nan, 0.4, 0.9, 1.0, 1.0, 1.0, 1.0, 1.0])}
+    assert gate._kth_defined(sqi["isqi"], 3) == pytest.approx(0.9)
+    assert gate._kth_defined(np.array([np.nan, np.nan]), 3) == 1.0
+    text, named = q._gate_reason("isqi_3", LEADS, sqi)
+    assert named == ["III", "aVF", "V1"], named
+    assert text.startswith("leads III, aVF, V1 disagree with the other leads"), text
+    assert "0.90 or less" in text
+
+
+def test_a_lead_recording_something_else_lowers_its_isqi():
+    x = _clean_12lead()
+    # V2 carries a regular rhythm of its own (another source, not this heart)
+    t = np.arange(x.shape[0]) / 500.0
+    x[:, 7] = 0.8 * np.sin(2 * np.pi * 1.7 * t) ** 31
+    ms, _ = q.measure_record(x, 500.0)
+    isqi = [m.isqi for m in ms]
+    assert isqi[7] < 0.5 < min(isqi[:7] + isqi[8:]), isqi

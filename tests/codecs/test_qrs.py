@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from fenji.codecs.ecg import qrs
+from fenji.codecs.ecg import beats, qrs, qrs_slope
 from tests.conftest import ECG_DIR
 
 floats = st.floats(-20.0, 20.0, allow_nan=False, allow_infinity=False)
@@ -22,8 +22,8 @@ rates = st.sampled_from([200.0, 360.0, 500.0, 1000.0])
 def test_feature_kernels_equal_twins(x, w):
     np.testing.assert_allclose(qrs._mwi_nb(x, w), qrs._mwi_py(x, w), rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(qrs._abs_slope_nb(x), qrs._abs_slope_py(x))
-    np.testing.assert_allclose(qrs._smooth_abs_slope_nb(x, w), qrs._smooth_abs_slope_py(x, w),
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(qrs_slope._smooth_abs_slope_nb(x, w),
+                               qrs_slope._smooth_abs_slope_py(x, w), rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(qrs._local_maxima_nb(x), qrs._local_maxima_py(x))
     h = 1 + w % 5
     np.testing.assert_array_equal(qrs._despike_nb(x, h, w + 2 * h, 3.0),
@@ -45,8 +45,8 @@ def test_decision_kernels_equal_twins(mwi, fs):
     np.testing.assert_array_equal(qrs._refine_nb(mwi, g, int(0.1 * fs), int(0.2 * fs)),
                                   qrs._refine_py(mwi, g, int(0.1 * fs), int(0.2 * fs)))
     blk, refr = int(2.5 * fs), int(0.25 * fs)
-    np.testing.assert_array_equal(qrs._block_detect_nb(mwi, blk, refr),
-                                  qrs._block_detect_py(mwi, blk, refr))
+    np.testing.assert_array_equal(qrs_slope._block_detect_nb(mwi, blk, refr),
+                                  qrs_slope._block_detect_py(mwi, blk, refr))
 
 
 sorted_ints = st.lists(st.integers(0, 5000), max_size=80).map(
@@ -56,9 +56,9 @@ sorted_ints = st.lists(st.integers(0, 5000), max_size=80).map(
 @settings(max_examples=60, deadline=None)
 @given(a=sorted_ints, b=sorted_ints, tol=st.integers(0, 60))
 def test_match_kernel_equals_twin_and_is_symmetric(a, b, tol):
-    m = qrs._match_py(a, b, tol)
-    assert qrs._match_nb(a, b, tol) == m
-    assert qrs._match_py(b, a, tol) == m
+    m = beats._match_py(a, b, tol)
+    assert beats._match_nb(a, b, tol) == m
+    assert beats._match_py(b, a, tol) == m
     assert m <= min(a.size, b.size)
 
 
@@ -68,8 +68,8 @@ def test_lead_choice_kernel_equals_twin(a, b, la, lb):
     al = (np.arange(a.size) + la) % 3
     bl = (np.arange(b.size) + lb) % 3
     args = (a, al.astype(np.int64), b, bl.astype(np.int64), 3, 5001, 1000, 54, 0.05)
-    np.testing.assert_array_equal(qrs._choose_nb(*args), qrs._choose_py(*args))
-    assert qrs._choose_py(*args).shape == (6,)
+    np.testing.assert_array_equal(beats._choose_nb(*args), beats._choose_py(*args))
+    assert beats._choose_py(*args).shape == (6,)
 
 
 @pytest.mark.parametrize("path,lead,start_s", [
@@ -172,3 +172,40 @@ def test_long_records_are_detected_in_chunks_with_the_same_beats():
     b_whole = qrs.detect_qrs_slope(x, rec.fs, chunk_s=1e9)
     b_chunk = qrs.detect_qrs_slope(x, rec.fs, chunk_s=60.0)
     assert qrs.bsqi(b_whole, b_chunk, rec.fs) >= 0.995
+
+
+beat_lists = st.lists(st.lists(st.integers(0, 5000), max_size=40).map(lambda v: sorted(set(v))),
+                      min_size=0, max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(leads=beat_lists, tol=st.integers(0, 80))
+def test_isqi_kernel_equals_twin(leads, tol):
+    starts = np.zeros(len(leads) + 1, dtype=np.int64)
+    starts[1:] = np.cumsum([len(b) for b in leads])
+    flat = np.array([v for b in leads for v in b], dtype=np.int64)
+    np.testing.assert_array_equal(beats._isqi_nb(flat, starts, tol),
+                                  beats._isqi_py(flat, starts, tol))
+
+
+def test_isqi_names_the_lead_that_agrees_with_no_other():
+    fs = 500.0
+    beat_at = np.arange(250, 5000, 400)
+    rng = np.random.default_rng(3)
+    leads = [beat_at, beat_at + 3, beat_at - 2,
+             np.sort(rng.choice(5000, beat_at.size, replace=False)),
+             np.zeros(0, dtype=np.int64)]
+    v = beats.isqi(leads, fs)
+    assert v[:3] == pytest.approx(1.0)
+    assert v[3] < 0.3                      # random "beats": not the heart the others see
+    assert np.isnan(v[4])                  # no beats: iSQI says nothing
+    assert beats.isqi([beat_at], fs) == pytest.approx([1.0])
+
+
+@settings(max_examples=80, deadline=None)
+@given(a=arrays(np.float64, st.integers(1, 400),
+                elements=st.floats(-5, 5, allow_nan=False).map(lambda v: round(v, 1))),
+       q=st.floats(0.0, 1.0))
+def test_kth_smallest_is_partition(a, q):
+    k = int(q * (a.size - 1))
+    assert qrs_slope._kth_smallest(a, k) == np.partition(a, k)[k]

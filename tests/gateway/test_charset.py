@@ -31,7 +31,7 @@ from fenji.gateway.errors import ConfigError
 from fenji.gateway.store import db as store_mod
 from fenji.gateway.store import reindex
 from fenji.gateway.store.db import Store
-from fenji.gateway.web.dicomweb import _private_as_un
+from fenji.gateway.web.dicomweb.media import _private_as_un
 
 
 @pytest.fixture(scope="module")
@@ -375,7 +375,7 @@ def test_viewer_report_text_in_sequences_is_decoded_with_the_default() -> None:
     item) come out right with the node's default, wrong with pydicom's guess."""
     from _viewer import viewer_sr_dataset
 
-    from fenji.gateway.reports import document as reports
+    from fenji.gateway import reports
 
     finding, impression = "右侧硬膜下血肿 8mm", "急性硬膜下"
     raw_f, raw_i = finding.encode("gb18030"), impression.encode("gb18030")

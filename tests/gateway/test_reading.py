@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from fenji.gateway import config as config_mod
+from fenji.gateway import reading
 from fenji.gateway.access.users import User
 from fenji.gateway.audit import ledger
-from fenji.gateway.reading import core as reading
 from fenji.gateway.store.db import Store
 
 READER = User("dr.wang", "reader", ("imaging",))

@@ -15,8 +15,8 @@ import pytest
 from _tools import pdftotext
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fenji.gateway import reports as R
 from fenji.gateway.keys import fingerprint
-from fenji.gateway.reports import document as R
 
 READER, CENTER, MALLORY = (Ed25519PrivateKey.generate() for _ in range(3))
 EXAM = {"date": "20261203", "time": "081500", "modality": "CT", "description": "头颅平扫",

@@ -24,8 +24,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
+from fenji.gateway import reports as R
 from fenji.gateway.keys import fingerprint
-from fenji.gateway.reports import document as R
 
 DCIODVFY = "/usr/bin/dciodvfy"
 FINDINGS = "右肺下叶结节，约 8 mm，边界清楚。\nNodule in the right lower lobe, 8 mm."

@@ -15,10 +15,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fenji.gateway import config as config_mod
+from fenji.gateway import reports
 from fenji.gateway.audit import ledger, stats
 from fenji.gateway.cases import gate as quality_gate
 from fenji.gateway.keys import fingerprint
-from fenji.gateway.reports import document as reports
 from fenji.gateway.store.db import Store
 
 T0 = dt.datetime(2026, 11, 3, 8, 0, tzinfo=dt.UTC).timestamp()

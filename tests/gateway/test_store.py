@@ -140,3 +140,26 @@ def test_same_data_set_from_another_sender_is_a_duplicate(tmp_path: Path) -> Non
     again = store.put(b.part10, b.info, calling_ae="CT2")
     assert again.status is PutStatus.DUPLICATE and again.sha256 == first.sha256
     store.close()
+
+
+def test_a_failed_commit_rolls_back_and_the_store_goes_on(tmp_path: Path) -> None:
+    """COMMIT itself can fail (disk full, a deferred constraint): nothing of the
+    transaction may stay, and the next transaction must start cleanly."""
+    import sqlite3
+
+    store = Store(tmp_path / "s")
+    with store.atomic() as con:  # a constraint SQLite checks only at COMMIT
+        con.execute("CREATE TABLE parent(id INTEGER PRIMARY KEY)")
+        con.execute("CREATE TABLE child(pid INTEGER REFERENCES parent(id) "
+                    "DEFERRABLE INITIALLY DEFERRED)")
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"), store.atomic() as con:
+        con.execute("INSERT INTO parent VALUES (1)")
+        con.execute("INSERT INTO child VALUES (2)")  # no parent 2: fails at COMMIT
+    assert not store._writer.in_transaction
+    with store.atomic() as con:  # would be "cannot start a transaction within a transaction"
+        con.execute("INSERT INTO parent VALUES (7)")
+    store.close()
+    again = Store(tmp_path / "s")
+    assert again.query("SELECT id FROM parent") == [{"id": 7}]  # parent 1 went with the child
+    assert again.query("SELECT pid FROM child") == []
+    again.close()

@@ -21,7 +21,7 @@ from pydicom.uid import JPEGBaseline8Bit, generate_uid
 
 from fenji.gateway.dicom.validate import DEFLATED_LE, EXPLICIT_BE, check_part10
 from fenji.gateway.store.db import Store
-from fenji.gateway.web import dicomweb
+from fenji.gateway.web.dicomweb import frames as dicomweb
 
 
 def _row(store: Store, data: bytes) -> dict[str, Any]:

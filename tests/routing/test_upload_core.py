@@ -160,3 +160,11 @@ def test_receipt_problems_are_named() -> None:
                                or "")
     short = {**good, "instances": [{"index": 0, "sha256": "a"}]}
     assert "[1]" in (upload.receipt_problem(short, **kw) or "")  # type: ignore[arg-type]
+
+
+def test_one_request_limit_is_the_configs() -> None:
+    from fenji.gateway import config
+    from fenji.gateway.settings import checks
+
+    assert upload.MAX_CHUNK_BYTES == config.TRANSFER_CHUNK_HARD_MAX_BYTES
+    assert checks.TRANSFER_CHUNK_HARD_MAX_BYTES == config.TRANSFER_CHUNK_HARD_MAX_BYTES

@@ -22,16 +22,12 @@ import numpy as np
 
 from fenji.codecs.ecg.record import STANDARD_12, EcgFilters, EcgRecord
 from fenji.codecs.errors import DecodeError
+from fenji.gateway.config import ECG_FILE_MAX_BYTES, ECG_SAMPLE_VALUES_MAX, ECG_XML_MAX_BYTES
 
-#: Largest file any reader accepts (the biggest real cart file seen is 2.2 MiB; a
-#: 24-hour 12-lead Holter at 1000 Hz in int16 is ~2 GiB and goes by C-STORE instead).
-MAX_FILE_BYTES = 256 * 1024 * 1024
-#: Largest signal (samples x leads) a reader builds; float64 in memory, so 256 MiB
-#: (24 h of 2 leads at 125 Hz is 21.6 M).  Binary files are checked against it
-#: from their size before any decoding.
-MAX_SAMPLE_VALUES = 32 * 1024 * 1024
-#: Largest XML document: real cart XML is 0.1-2 MiB; parsing costs ~10x its size.
-MAX_XML_BYTES = 64 * 1024 * 1024
+# The readers' bounds (defined with every other limit in gateway/config.py).
+MAX_FILE_BYTES = ECG_FILE_MAX_BYTES
+MAX_SAMPLE_VALUES = ECG_SAMPLE_VALUES_MAX
+MAX_XML_BYTES = ECG_XML_MAX_BYTES
 
 #: Declared-encoding aliases read as their superset: Chinese carts declare "GB2312"
 #: and write GBK characters (e.g. rare surname characters); GB18030 decodes both.

@@ -1,22 +1,18 @@
-"""The reading center: worklist, claims, reports and their way back (DESIGN.md §3 steps 8-9).
+"""A report's way back (DESIGN.md §3 step 9): signed at the center, queued back down,
+arriving at the edge, delivered to its PACS/HIS, acknowledged.
 
-At a center every received case is on the worklist (``read_state``: new,
-claimed, reported, amended).  A reader whose services include the case's
-claims it; an unused claim expires after ``reading.claim_ttl_s``.  The reader
-signs a report (:func:`submit_report`): fenji builds the signed document
-(:mod:`fenji.gateway.reports.document`), a Basic Text SR and an encapsulated PDF in the
-case's study, stores both, and queues them back to the sending hospital as a
-small high-priority bundle through the same outbox, relays and transfer
-protocol.  An amendment is a new version that supersedes the earlier one with
-a reason; nothing is overwritten.
+The reader signs a report (:func:`submit_report`): fenji builds the signed document
+(:mod:`fenji.gateway.reports.document`), a Basic Text SR and an encapsulated PDF in
+the case's study, stores both, and queues them back to the sending hospital as a
+small high-priority bundle through the same outbox, relays and transfer protocol.
+An amendment is a new version that supersedes the earlier one with a reason;
+nothing is overwritten.
 
-At the edge the report bundle arrives like any other (:func:`report_arrived`):
-its signatures are checked against the center's key, it is shown on the case,
-handed to the local PACS/HIS (``reports.deliver_to``), a critical finding is
-flagged at once (log line, API state, ``reports.critical_hook``), and the
-requesting physician acknowledges it (:func:`acknowledge`).
-
-Every step is a ledger event (:mod:`fenji.gateway.audit.ledger`).
+At the edge the report bundle arrives like any other (:func:`report_arrived`): its
+signatures are checked against the center's key, it is shown on the case, handed to
+the local PACS/HIS (``reports.deliver_to``), a critical finding is flagged at once
+(log line, API state, ``reports.critical_hook``), and the requesting physician
+acknowledges it (:func:`acknowledge`).  Every step is a ledger event.
 """
 
 from __future__ import annotations
@@ -34,10 +30,12 @@ from typing import TYPE_CHECKING, Any
 
 from fenji.gateway import ingest
 from fenji.gateway.audit import ledger
+from fenji.gateway.cases import states
 from fenji.gateway.cases.case import PRIORITIES, _write_plan, manifest_sha256, next_hop, quality_of
 from fenji.gateway.dicom import charset
-from fenji.gateway.errors import PeerError
 from fenji.gateway.keys import canonical_json
+from fenji.gateway.reading.claims import _case, _check_reader
+from fenji.gateway.reading.errors import Forbidden, NotFound, ReadingError
 
 if TYPE_CHECKING:
     from fenji.gateway.access.users import User
@@ -46,150 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-
-
-
-class ReadingError(PeerError):
-    """A worklist or report request that cannot be done (the message says why)."""
-
-    http_status = 409
-
-
-class NotFound(ReadingError):
-    http_status = 404
-
-
-class Forbidden(ReadingError):
-    http_status = 403
-
-
-# ---------------------------------------------------------------------------
-# Center: the worklist
-# ---------------------------------------------------------------------------
-
-def _expire_claims(store: Store, cfg: Config, now: float) -> None:
-    rows = store.query("SELECT case_id, claimed_by FROM cases WHERE read_state = 'claimed' "
-                       "AND claimed_until < ?", (now,))
-    for r in rows:
-        with store.atomic() as con:
-            n = con.execute("UPDATE cases SET read_state = 'new', claimed_by = NULL, "
-                            "claimed_until = NULL WHERE case_id = ? AND read_state = 'claimed' "
-                            "AND claimed_until < ?", (r["case_id"], now)).rowcount
-            if n:
-                ledger.record(store, "unclaimed", node=cfg.node.name, actor=r["claimed_by"],
-                              role="reader", obj=r["case_id"], case_id=r["case_id"],
-                              detail={"why": "claim expired"}, con=con, at=now)
-                log.info("claim expired case=%s reader=%s", r["case_id"], r["claimed_by"])
-
-
-def worklist(store: Store, cfg: Config, *, user: User | None = None,
-             state: str | None = None, now: float | None = None) -> list[dict[str, Any]]:
-    """Received cases, STAT first, then longest waiting.  A reader sees their services only."""
-    now = time.time() if now is None else now
-    _expire_claims(store, cfg, now)
-    rows = store.query(
-        "SELECT c.*, q.verdict AS quality_verdict, q.attestation_json, "
-        "(SELECT count(*) FROM case_instances ci WHERE ci.case_id = c.case_id) AS n_instances, "
-        "(SELECT count(*) FROM cases a WHERE a.parent_case_id = c.case_id) AS n_addenda, "
-        "(SELECT max(version) FROM reports r WHERE r.case_id = c.case_id) AS report_version, "
-        "st.patient_id AS st_patient_id, st.patient_name AS st_patient_name, "
-        "st.study_description AS st_study_description "
-        "FROM cases c LEFT JOIN quality q ON q.case_id = c.case_id "
-        "LEFT JOIN studies st ON st.study_instance_uid = c.study_instance_uid "
-        "WHERE c.read_state IS NOT NULL AND c.kind = 'case'")
-    out = []
-    for r in rows:
-        if user is not None and user.role == "reader" and r["service"] not in user.services:
-            continue
-        if state and r["read_state"] != state:
-            continue
-        att = json.loads(r["attestation_json"]) if r["attestation_json"] else None
-        out.append({
-            "case_id": r["case_id"], "priority": r["priority"], "service": r["service"],
-            "state": r["read_state"], "waiting_s": round(now - (r["received_at"] or now), 1),
-            "received_at": r["received_at"], "sending_hospital": r["sending_node"],
-            "requesting_physician": r["requesting_physician"],
-            "clinical_question": r["clinical_question"],
-            "study_instance_uid": r["study_instance_uid"], "instances": r["n_instances"],
-            # Whose case it is, so that nobody signs for the wrong patient: Unicode,
-            # person names with their groups ("Wang^XiaoDong=王^小东").
-            "patient_id": r["st_patient_id"], "patient_name": r["st_patient_name"],
-            "study_description": r["st_study_description"],
-            "addenda": r["n_addenda"],
-            "quality": {"verdict": r["quality_verdict"],
-                        "attested_by": att.get("operator") if att else None,
-                        "attested_at": att.get("time") if att else None,
-                        "override": (att.get("override_reason") or att.get("override"))
-                        if att else None,
-                        "attestation_sha256": hashlib.sha256(canonical_json(att)).hexdigest()
-                        if att else None},
-            "claimed_by": r["claimed_by"],
-            "claim_expires_in_s": round(r["claimed_until"] - now, 1)
-            if r["read_state"] == "claimed" and r["claimed_until"] else None,
-            "report_version": r["report_version"],
-        })
-
-    out.sort(key=lambda c: (PRIORITIES.get(c["priority"], 9), -c["waiting_s"]))
-    return out
-
-
-def _case(store: Store, case_id: str) -> dict[str, Any]:
-    case = store.query_one("SELECT * FROM cases WHERE case_id = ?", (case_id,))
-    if case is None:
-        raise NotFound(f"no case {case_id!r} at this node")
-    return case
-
-
-def _check_reader(cfg: Config, user: User, case: dict[str, Any], action: str) -> None:
-    if user.role != "reader":
-        raise Forbidden(f"user {user.name!r} has role {user.role!r}; only a reader may {action}")
-    if case["service"] not in user.services:
-        raise Forbidden(f"reader {user.name!r} reads {', '.join(user.services) or 'nothing'}, "
-                        f"not {case['service']!r} (case {case['case_id']})")
-
-
-def claim(store: Store, cfg: Config, case_id: str, user: User,
-          now: float | None = None) -> dict[str, Any]:
-    """Claim a case for ``user`` (a reader of its service) for ``reading.claim_ttl_s``."""
-    now = time.time() if now is None else now
-    _expire_claims(store, cfg, now)
-    case = _case(store, case_id)
-    _check_reader(cfg, user, case, "claim cases")
-    if case["read_state"] is None:
-        raise ReadingError(f"case {case_id} is {case['state']} here, not on the worklist")
-    if case["read_state"] == "claimed" and case["claimed_by"] != user.name:
-        raise ReadingError(f"case {case_id} is claimed by {case['claimed_by']} for another "
-                           f"{case['claimed_until'] - now:.0f} s")
-    until = now + cfg.reading.claim_ttl_s
-    new_state = "claimed" if case["read_state"] in ("new", "claimed") else case["read_state"]
-    with store.atomic() as con:
-        con.execute("UPDATE cases SET claimed_by = ?, claimed_until = ?, read_state = ?, "
-                    "updated_at = ? WHERE case_id = ?", (user.name, until, new_state, now,
-                                                         case_id))
-        ledger.record(store, "claimed", node=cfg.node.name, actor=user.name, role=user.role,
-                      obj=case_id, case_id=case_id, detail={"until": until}, con=con, at=now)
-    log.info("case claimed case=%s reader=%s until=%.0f", case_id, user.name, until)
-    return {"case_id": case_id, "claimed_by": user.name, "claimed_until": until,
-            "state": new_state}
-
-
-def unclaim(store: Store, cfg: Config, case_id: str, user: User,
-            now: float | None = None) -> None:
-    now = time.time() if now is None else now
-    case = _case(store, case_id)
-    if case["read_state"] != "claimed" or case["claimed_by"] != user.name:
-        raise ReadingError(f"case {case_id} is not claimed by {user.name}")
-    with store.atomic() as con:
-        con.execute("UPDATE cases SET claimed_by = NULL, claimed_until = NULL, "
-                    "read_state = 'new' WHERE case_id = ?", (case_id,))
-        ledger.record(store, "unclaimed", node=cfg.node.name, actor=user.name, role=user.role,
-                      obj=case_id, case_id=case_id, detail={"why": "released by reader"},
-                      con=con, at=now)
-
-
-# ---------------------------------------------------------------------------
-# Center: signing a report and sending it back
-# ---------------------------------------------------------------------------
 
 def _case_instances(store: Store, case_id: str) -> list[dict[str, Any]]:
     return store.query(
@@ -285,8 +139,8 @@ def submit_report(store: Store, cfg: Config, case_id: str, user: User, *, findin
         raise ReadingError("a report needs findings or an impression (both are empty)")
     case, current = may_sign(store, cfg, case_id, user, amendment_reason=amendment_reason,
                              now=now)
+    from fenji.gateway import reports
     from fenji.gateway.keys import load_private, load_public
-    from fenji.gateway.reports import document as reports
 
     manifest = json.loads(case["manifest_json"]) if case["manifest_json"] else {}
     q = store.query_one("SELECT attestation_json FROM quality WHERE case_id = ?", (case_id,))
@@ -326,7 +180,7 @@ def submit_report(store: Store, cfg: Config, case_id: str, user: User, *, findin
         version=(current["version"] + 1) if current else 1,
         supersedes=current["report_id"] if current else None,
         amendment_reason=amendment_reason if current else None, signed_at=now, patient=patient,
-        examination=study, timezone=node_timezone(cfg))
+        examination=study, timezone=cfg.timezone)
     rkey = _reader_key(cfg, user.name)
     signed = reports.sign_report(doc, rkey)
     _, rpub = cfg.reader_key_paths(user.name)
@@ -364,8 +218,8 @@ def submit_report(store: Store, cfg: Config, case_id: str, user: User, *, findin
              bundle_id, now))
         con.executemany("INSERT OR IGNORE INTO case_instances(case_id, sop_instance_uid) "
                         "VALUES (?, ?)", [(rid, sr_uid), (rid, pdf_uid)])
-        con.execute("UPDATE cases SET read_state = ?, claimed_until = NULL, updated_at = ? "
-                    "WHERE case_id = ?", (kind, now, case_id))
+        states.move(con, case_id, "amend" if current else "sign", who=user.role, now=now,
+                    column=states.READ, also={"claimed_until": None})
         ledger.record(store, kind, node=cfg.node.name, actor=user.name, role=user.role,
                       obj=rid, case_id=case_id,
                       detail={"version": report["version"], "critical": bool(critical),
@@ -411,38 +265,6 @@ def _queue_report(store: Store, cfg: Config, case: dict[str, Any], report_id: st
                       size, now)
 
 
-# ---------------------------------------------------------------------------
-# Edge: the report arrives
-# ---------------------------------------------------------------------------
-
-def node_timezone(cfg: Config) -> str:
-    """The IANA zone people's times are shown in: ``[node] timezone``, else the system's."""
-    if cfg.node.timezone:
-        return cfg.node.timezone
-    tz = os.environ.get("TZ", "")
-    if tz and "/" in tz:
-        return tz.lstrip(":")
-    try:
-        link = os.readlink("/etc/localtime")
-        return link.split("zoneinfo/", 1)[1] if "zoneinfo/" in link else "UTC"
-    except OSError:
-        return "UTC"
-
-
-def local_time(cfg: Config, t: float | None) -> str:
-    """A Unix time as people read it: in the node's zone, ``2026-12-03 23:16:09 CST``."""
-    if not t:
-        return "-"
-    import datetime as _dt
-    from zoneinfo import ZoneInfo
-
-    try:
-        tz: _dt.tzinfo = ZoneInfo(node_timezone(cfg))
-    except (KeyError, ValueError, OSError):
-        tz = _dt.UTC
-    return _dt.datetime.fromtimestamp(float(t), tz).strftime("%Y-%m-%d %H:%M:%S %Z")
-
-
 def trusted_centers(cfg: Config, *, self_only_if_center: bool = False) -> dict[str, Any]:
     """Node keys this node's config vouches for: its peers, its known nodes and
     itself (with ``self_only_if_center``, itself only when it is a center, as
@@ -464,7 +286,7 @@ def trusted_centers(cfg: Config, *, self_only_if_center: bool = False) -> dict[s
 def report_arrived(store: Store, cfg: Config, manifest: dict[str, Any], uids: list[str],
                    now: float | None = None) -> dict[str, Any]:
     """A report bundle reached its destination (the edge): verify, keep, deliver, flag."""
-    from fenji.gateway.reports import document as reports
+    from fenji.gateway import reports
 
     now = time.time() if now is None else now
     meta = manifest.get("case", {})
@@ -507,7 +329,7 @@ def report_arrived(store: Store, cfg: Config, manifest: dict[str, Any], uids: li
         if doc.get("supersedes"):
             con.execute("UPDATE reports SET status = 'superseded', superseded_by = ? "
                         "WHERE report_id = ?", (rid, doc["supersedes"]))
-        con.execute(
+        fresh = con.execute(
             "INSERT OR IGNORE INTO reports(report_id, case_id, version, supersedes, status, "
             "reader, signed_at, critical, amendment_reason, report_json, signature, "
             "endorsement_json, sr_sop_instance_uid, pdf_sop_instance_uid, origin_node, "
@@ -518,13 +340,17 @@ def report_arrived(store: Store, cfg: Config, manifest: dict[str, Any], uids: li
              json.dumps(doc, sort_keys=True, ensure_ascii=False), str(signed.get("signature")),
              json.dumps(endorsement, sort_keys=True), sr_uid, pdf_uid,
              str(meta.get("sender") or doc.get("center") or "?"), meta.get("bundle_id"), now,
-             now))
+             now)).rowcount
         # The SR and PDF belong to the case here: never sent back up as an addendum.
         con.executemany("INSERT OR IGNORE INTO case_instances(case_id, sop_instance_uid) "
                         "VALUES (?, ?)", [(case_id, u) for u in (sr_uid, pdf_uid) if u])
-        if verified:
-            con.execute("UPDATE cases SET state = 'reported', updated_at = ? "
-                        "WHERE case_id = ?", (now, case_id))
+        if verified and fresh:  # a bundle delivered twice moves nothing twice
+            try:
+                states.move(con, case_id, "amend" if doc.get("supersedes") else "report",
+                            who=states.NODE, now=now)
+            except states.CaseStateError as exc:  # kept and shown; the state says why not
+                log.error("report %s arrived for case %s in a state it cannot move from: %s",
+                          rid, case_id, exc)
         ledger.record(store, "report_arrived", node=cfg.node.name,
                       actor=str(meta.get("sender") or "?"), role="node", obj=rid,
                       case_id=case_id, detail={"version": doc.get("version"),
@@ -610,6 +436,7 @@ def acknowledge(store: Store, cfg: Config, case_id: str, user: User,
     if rep is None:
         raise ReadingError(f"case {case_id} has no report yet")
     with store.atomic() as con:
+        states.move(con, case_id, "acknowledge", who=user.role, now=now)
         con.execute("UPDATE reports SET acknowledged_at = coalesce(acknowledged_at, ?), "
                     "acknowledged_by = coalesce(acknowledged_by, ?) WHERE report_id = ?",
                     (now, user.name, rep["report_id"]))
@@ -669,188 +496,6 @@ def export_report(store: Store, report_id: str, directory: Path) -> list[Path]:
             p.write_bytes(store.read_blob(row["sha256"]))
             out.append(p)
     return out
-
-
-def refusal_status(exc: ReadingError) -> int:
-    """The DICOM status a refused viewer report gets (C-STORE, STOW-RS FailureReason)."""
-    from fenji.gateway.dicom import status as st
-
-    return st.NOT_AUTHORIZED if isinstance(exc, Forbidden) else st.REPORT_REFUSED
-
-
-def worklist_case_for_study(store: Store, study: str, user: User) -> str | None:
-    """The worklist case of ``study`` a report by ``user`` is for: theirs, else the newest."""
-    row = store.query_one("SELECT case_id FROM cases WHERE study_instance_uid = ? AND "
-                          "kind = 'case' AND read_state IS NOT NULL ORDER BY "
-                          "(claimed_by = ?) DESC, received_at DESC LIMIT 1", (study, user.name))
-    return str(row["case_id"]) if row else None
-
-
-def _viewer_text(store: Store, cfg: Config, user: User, data: bytes, case_id: str | None,
-                 amendment_reason: str | None) -> tuple[str, str, str, dict[str, Any]]:
-    """Parse a viewer's SR/PDF and check the reader may sign it now:
-    (case_id, findings, impression, parsed).  Raises before anything is stored."""
-    from pydicom import dcmread
-    from pydicom.errors import InvalidDicomError
-
-    from fenji.gateway.reports import document as reports
-
-    try:
-        ds = dcmread(io.BytesIO(data), force=True)
-        # The report text in the viewer's character set (or the node's default).
-        charset.decode_dataset(ds, cfg.dicom.default_character_set or None)
-        parsed = reports.parse_viewer_report(ds)
-    except (InvalidDicomError, ValueError, AttributeError, KeyError) as exc:
-        raise ReadingError(f"not a DICOM SR or encapsulated PDF fenji can read: {exc}") from exc
-    study = parsed["study_instance_uid"]
-    if case_id is None:
-        case_id = worklist_case_for_study(store, study, user)
-        if case_id is None:
-            raise NotFound(f"no case on the worklist for study {study}")
-    case = _case(store, case_id)
-    if case["study_instance_uid"] != study:
-        raise ReadingError(f"the viewer's report references study {study}, but case {case_id} "
-                           f"is study {case['study_instance_uid']}")
-    findings = parsed.get("findings") or ""
-    impression = parsed.get("impression") or ""
-    if not findings and not impression and parsed.get("pdf_bytes"):
-        findings = "See the attached PDF report from the reader's viewer."
-    if not findings.strip() and not impression.strip():
-        raise ReadingError(f"the viewer's {('SR' if parsed.get('pdf_bytes') is None else 'PDF')}"
-                           f" {parsed.get('sop_instance_uid') or '?'} holds no report text")
-    may_sign(store, cfg, case_id, user, amendment_reason=amendment_reason)
-    return case_id, findings, impression, parsed
-
-
-def report_from_viewer(store: Store, cfg: Config, user: User, data: bytes,
-                       case_id: str | None = None, *, critical: bool = False,
-                       amendment_reason: str | None = None) -> dict[str, Any]:
-    """A reader's viewer sent a DICOM SR or encapsulated PDF for a study: sign it as the report.
-
-    Only for a reader authenticated as a person (STOW-RS or the API with their
-    token, or a draft they confirm).  The viewer's object is parsed for its text
-    (SR) or kept as the report's PDF (encapsulated PDF); the report is then
-    signed and sent exactly like one typed into the API, so the signature still
-    binds it to the case's manifest and attestation.  The viewer's own object is
-    kept in the store as received.
-    """
-    case_id, findings, impression, parsed = _viewer_text(store, cfg, user, data, case_id,
-                                                         amendment_reason)
-    # Checked before the viewer's object is kept: a refused report stores nothing.
-    _put(store, cfg, data, f"viewer:{user.name}")
-    return submit_report(store, cfg, case_id, user, findings=findings, impression=impression,
-                         critical=critical or bool(parsed.get("critical")),
-                         amendment_reason=amendment_reason,
-                         pdf_from_viewer=parsed.get("pdf_bytes"))
-
-
-def viewer_report_draft(store: Store, cfg: Config, user: User | None, data: bytes, *,
-                        sop_class_uid: str, study_instance_uid: str, sop_instance_uid: str,
-                        calling_ae: str, peer: str | None) -> dict[str, Any] | None:
-    """A reading workstation C-STOREd an SR/PDF for a worklist study: keep it as a DRAFT.
-
-    Over plain DICOM the calling AE title is a label anyone can type, not a
-    credential: the object is stored and put on the worklist as a draft for the
-    reader the AE is mapped to, unsigned, until that reader confirms it as a
-    signed act with their own credentials (:func:`confirm_draft`).  The same
-    refusals as for a signed report apply first (not claimed, other service).
-    ``None``: not a report (stored as an ordinary instance).
-    """
-    case_id = _viewer_report_case(store, cfg, user, data, sop_class_uid, study_instance_uid)
-    if case_id is None or user is None:
-        return None
-    case_id, _, _, _ = _viewer_text(store, cfg, user, data, case_id, None)
-    _put(store, cfg, data, f"dimse:{calling_ae}")
-    now = time.time()
-    with store.atomic() as con:
-        con.execute("INSERT OR IGNORE INTO report_drafts(sop_instance_uid, case_id, reader, "
-                    "calling_ae, peer_address, received_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (sop_instance_uid, case_id, user.name, calling_ae, peer, now))
-        ledger.record(store, "report_draft", node=cfg.node.name, actor=calling_ae,
-                      role="workstation", obj=sop_instance_uid, case_id=case_id,
-                      detail={"for_reader": user.name, "from": peer}, con=con, at=now)
-    return {"draft": sop_instance_uid, "case_id": case_id, "reader": user.name}
-
-
-def drafts_of(store: Store, case_id: str) -> list[dict[str, Any]]:
-    return store.query("SELECT * FROM report_drafts WHERE case_id = ? ORDER BY received_at",
-                       (case_id,))
-
-
-def confirm_draft(store: Store, cfg: Config, case_id: str, sop_instance_uid: str, user: User,
-                  *, critical: bool = False) -> dict[str, Any]:
-    """The reader confirms a draft from their workstation: now it is signed, by them."""
-    draft = store.query_one("SELECT * FROM report_drafts WHERE case_id = ? AND "
-                            "sop_instance_uid = ?", (case_id, sop_instance_uid))
-    if draft is None:
-        raise NotFound(f"no report draft {sop_instance_uid} on case {case_id}")
-    if draft["reader"] != user.name:
-        raise Forbidden(f"the draft {sop_instance_uid} was sent for {draft['reader']}, not "
-                        f"{user.name}: only they can sign it")
-    if draft["report_id"]:
-        raise ReadingError(f"draft {sop_instance_uid} was already signed as report "
-                           f"{draft['report_id']}")
-    inst = store.get_instance(sop_instance_uid)
-    if inst is None:
-        raise NotFound(f"draft {sop_instance_uid} is no longer in the store")
-    row = report_from_viewer(store, cfg, user, store.read_blob(inst["sha256"]), case_id,
-                             critical=critical)
-    with store.atomic() as con:
-        con.execute("UPDATE report_drafts SET report_id = ?, confirmed_at = ? WHERE "
-                    "sop_instance_uid = ?", (row["report_id"], time.time(), sop_instance_uid))
-    return row
-
-
-# Text reports a viewer may send (not key-object selections or dose reports).
-VIEWER_REPORT_CLASSES = frozenset({
-    "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
-    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
-    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
-    "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
-    "1.2.840.10008.5.1.4.1.1.88.35",  # Extensible SR
-    "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF
-})
-
-
-def viewer_report_if_any(store: Store, cfg: Config, user: User | None, data: bytes, *,
-                         sop_class_uid: str, study_instance_uid: str) -> dict[str, Any] | None:
-    """A viewer stored (C-STORE or STOW-RS) an SR or PDF: is it a reader's report?
-
-    At a center, a text SR or encapsulated PDF sent by a reader (the STOW-RS
-    user, or the reader configured on the calling AE in ``[[remote_aes]]``) for
-    a study on the worklist is that reader's report: it is signed and sent back
-    exactly like one typed into the API (:func:`report_from_viewer`), and the
-    report row is returned.  Anything else (no reader, another class, a study
-    not on the worklist, fenji's own signed report coming back) returns
-    ``None`` and is stored as an ordinary instance.  A report the reader may
-    not sign raises :class:`ReadingError` before anything is stored.
-    """
-    case_id = _viewer_report_case(store, cfg, user, data, sop_class_uid, study_instance_uid)
-    if case_id is None or user is None:
-        return None
-    return report_from_viewer(store, cfg, user, data, case_id)
-
-
-def _viewer_report_case(store: Store, cfg: Config, user: User | None, data: bytes,
-                        sop_class_uid: str, study_instance_uid: str) -> str | None:
-    """The worklist case a viewer's SR/PDF from ``user`` is a report for, or ``None``
-    when it is not one (not a center, not a reader, another class, a study not on
-    the worklist, or fenji's own signed report coming back)."""
-    if (cfg.node.role != "center" or user is None or user.role != "reader"
-            or sop_class_uid not in VIEWER_REPORT_CLASSES):
-        return None
-    case_id = worklist_case_for_study(store, study_instance_uid, user)
-    if case_id is None:
-        return None
-    from pydicom import dcmread
-
-    from fenji.gateway.reports import document as reports
-
-    ds = dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
-    charset.decode_dataset(ds, cfg.dicom.default_character_set or None)
-    if reports.has_signed_block(ds):
-        return None  # fenji's own report (a C-MOVE back, a re-import): not a new one
-    return case_id
 
 
 def report_pdf(store: Store, case_id: str, version: int | None = None) -> bytes:

@@ -1,0 +1,1 @@
+"""How a config file becomes a checked Config: the checks beyond types (checks)."""

@@ -1,0 +1,340 @@
+"""WADO-RS frames: only the asked-for frames are read from the stored file, decoded alone."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from fenji.gateway.access import scope as access
+from fenji.gateway.access.users import require
+from fenji.gateway.dicom.validate import (
+    DEFLATED_LE,
+    ENCAPSULATED,
+    EXPLICIT_BE,
+    EXPLICIT_LE,
+    IMPLICIT_LE,
+    NATIVE,
+)
+from fenji.gateway.store.db import Store
+from fenji.gateway.web.dicomweb.common import (
+    CHUNK_BYTES,
+    _app,
+    _audit_open,
+    _error,
+    _instances,
+    _not_found_if_empty,
+    _part_head,
+    _read_chunk,
+    _what,
+)
+from fenji.gateway.web.dicomweb.media import (
+    FRAME_MEDIA_TYPES,
+    MediaRange,
+    NotAcceptable,
+    _decodable,
+    _is_multipart,
+    parse_accept,
+)
+
+log = logging.getLogger(__name__)
+
+@dataclass
+class _Pixels:
+    """An instance's frames, as stored."""
+
+    transfer_syntax: str
+    frames: list[bytes]
+    dataset: Any
+
+
+def _load_frames(store: Store, row: dict[str, Any]) -> _Pixels:
+    import pydicom
+    from pydicom.encaps import generate_frames
+
+    ds = pydicom.dcmread(store.blob_path(row["sha256"]))
+    ts = row["transfer_syntax_uid"]
+    if "PixelData" not in ds:
+        raise web.HTTPNotFound(text=f"instance {row['sop_instance_uid']} has no pixel data")
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    data: bytes = ds.PixelData
+    if ts in ENCAPSULATED:
+        frames = list(generate_frames(data, number_of_frames=n_frames))
+    else:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        spp, bits = int(ds.get("SamplesPerPixel", 1)), int(ds.BitsAllocated)
+        frame_bits = rows * cols * spp * bits
+        if frame_bits % 8 and n_frames > 1:
+            raise NotAcceptable(f"instance {row['sop_instance_uid']}: 1-bit frames that do "
+                                "not end on a byte boundary; retrieve the instance instead")
+        n = frame_bits // 8 if frame_bits % 8 == 0 else (frame_bits + 7) // 8
+        if ts == EXPLICIT_BE and bits > 8:
+            arr = ds.pixel_array
+            data = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+            ts = EXPLICIT_LE
+        frames = [data[i * n:(i + 1) * n] for i in range(n_frames)]
+    return _Pixels(ts, frames, ds)
+
+
+Range = tuple[int, int]  # (file offset, length)
+
+
+@dataclass
+class _FrameMap:
+    """Where each frame's bytes lie in the stored file: nothing of them is read yet."""
+
+    transfer_syntax: str
+    path: str
+    frames: list[list[Range]]  # per frame: its byte ranges (fragments, or one native run)
+
+
+_OB_LIKE = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UN", b"UR", b"UT"}
+
+
+def _map_frames(store: Store, row: dict[str, Any]) -> _FrameMap | None:
+    """The frames of a stored instance as file ranges, from its header and item tags only.
+
+    Memory does not grow with the instance: a 2 GB cine serves frame 1 by
+    reading frame 1.  ``None`` when the layout needs the whole value (deflated
+    or big-endian data, 1-bit frames, fragments without an offset table that
+    do not map one to one); :func:`_load_frames` serves those.
+    """
+    import struct
+
+    import pydicom
+
+    ts = row["transfer_syntax_uid"]
+    if ts in (DEFLATED_LE, EXPLICIT_BE):
+        return None
+    path = str(store.blob_path(row["sha256"]))
+    with open(path, "rb") as fp:
+        ds = pydicom.dcmread(fp, stop_before_pixels=True)
+        pos = fp.tell()  # pydicom rewinds to the start of the pixel element
+        head = fp.read(12)
+        if len(head) < 8 or struct.unpack_from("<HH", head) != (0x7FE0, 0x0010):
+            return None
+        if ts == IMPLICIT_LE:
+            (length,), value_at = struct.unpack_from("<I", head, 4), pos + 8
+        elif head[4:6] in _OB_LIKE:
+            (length,), value_at = struct.unpack_from("<I", head, 8), pos + 12
+        else:
+            (length,), value_at = struct.unpack_from("<H", head, 6), pos + 8
+        n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+        if length != 0xFFFFFFFF:
+            if ts in ENCAPSULATED:
+                return None
+            frame_bits = (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
+                          * int(ds.BitsAllocated))
+            if frame_bits % 8:
+                return None
+            n = frame_bits // 8
+            if n * n_frames > length:
+                raise web.HTTPNotFound(text=f"instance {row['sop_instance_uid']}: pixel data "
+                                            f"of {length} bytes is short of {n_frames} frames "
+                                            f"of {n}")
+            return _FrameMap(EXPLICIT_LE if ts == IMPLICIT_LE else ts, path,
+                             [[(value_at + i * n, n)] for i in range(n_frames)])
+        fp.seek(value_at)
+        items: list[Range] = []
+        while True:
+            h = fp.read(8)
+            if len(h) < 8:
+                return None
+            g, e, ln = struct.unpack("<HHI", h)
+            if (g, e) == (0xFFFE, 0xE0DD):
+                break
+            if (g, e) != (0xFFFE, 0xE000) or ln == 0xFFFFFFFF:
+                return None
+            items.append((fp.tell(), ln))
+            fp.seek(ln, 1)
+        if not items:
+            return None
+        (bot_at, bot_len), fragments = items[0], items[1:]
+        if not fragments:
+            return None
+        if n_frames == 1:
+            return _FrameMap(ts, path, [fragments])
+        if bot_len >= 4 * n_frames:
+            fp.seek(bot_at)
+            offsets = list(struct.unpack(f"<{n_frames}I", fp.read(4 * n_frames)))
+            first = fragments[0][0] - 8  # offsets count from the first fragment's item tag
+            starts = [off - 8 - first for off, _ in fragments]
+            frames: list[list[Range]] = []
+            for i, begin in enumerate(offsets):
+                end = offsets[i + 1] if i + 1 < n_frames else None
+                frames.append([f for f, s0 in zip(fragments, starts, strict=True)
+                               if s0 >= begin and (end is None or s0 < end)])
+            if any(not f for f in frames) or sum(map(len, frames)) != len(fragments):
+                return None
+            return _FrameMap(ts, path, frames)
+        if len(fragments) == n_frames:
+            return _FrameMap(ts, path, [[f] for f in fragments])
+        return None
+
+
+def _read_ranges(path: str, ranges: list[Range]) -> bytes:
+    with open(path, "rb") as fh:
+        out = []
+        for off, n in ranges:
+            fh.seek(off)
+            out.append(fh.read(n))
+    return b"".join(out)
+
+
+async def _range_chunks(path: str, ranges: list[Range]) -> Any:
+    """The bytes of ``ranges`` in pieces of at most CHUNK_BYTES."""
+    for off, n in ranges:
+        done = 0
+        while done < n:
+            k = min(CHUNK_BYTES, n - done)
+            chunk = await asyncio.to_thread(_read_chunk, path, off + done, k)
+            if len(chunk) != k:
+                raise OSError(f"blob {path} ends inside its pixel data")
+            done += k
+            yield chunk
+
+
+def _decoded_frames(src: Any, wanted: list[int]) -> list[bytes]:
+    """Compressed frames decoded to native little-endian bytes (pydicom's decoders).
+
+    ``src``: the stored file's path (pydicom then reads only the frame it
+    decodes) or a loaded data set.
+    """
+    from pydicom.pixels import pixel_array
+
+    out = []
+    for n in wanted:
+        arr = pixel_array(src, index=n - 1, raw=True)
+        out.append(arr.astype(arr.dtype.newbyteorder("<")).tobytes())
+    return out
+
+
+def _decoded_frame_bytes(src: Any) -> int:
+    """Bytes of one decoded frame of ``src`` (a stored file's path or a loaded data set)."""
+    import pydicom
+
+    ds = pydicom.dcmread(src, stop_before_pixels=True) if isinstance(src, str) else src
+    return (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1)
+            * ((int(ds.BitsAllocated) + 7) // 8))
+
+
+def _frame_plan(stored_ts: str, accept: list[MediaRange]) -> tuple[str, str] | None:
+    """(part media type, transfer syntax) to send frames in, or None (406)."""
+    stored_media = ("application/octet-stream" if stored_ts in NATIVE
+                    else FRAME_MEDIA_TYPES.get(stored_ts, "application/octet-stream"))
+    native_ts = EXPLICIT_LE
+    for r in accept:
+        if not _is_multipart(r.media):
+            continue
+        ptype = r.part_type or ("*/*" if r.media == "*/*" else "application/octet-stream")
+        ts = r.transfer_syntax
+        if ts == "*" or ptype in ("*/*", "*"):
+            if ts in (None, "*", stored_ts) or (ts == native_ts and stored_ts in NATIVE):
+                return (stored_media, stored_ts if stored_ts not in NATIVE else native_ts)
+        if ptype == "application/octet-stream" and ts in (None, native_ts):
+            if stored_ts in NATIVE:
+                return ("application/octet-stream", native_ts)
+            if _decodable(stored_ts):
+                return ("application/octet-stream", native_ts)
+        if stored_ts not in NATIVE and ptype == stored_media and ts in (None, stored_ts):
+            return (stored_media, stored_ts)
+    return None
+
+
+def _frame_list(text: str, cap: int) -> list[int]:
+    """The asked-for frame numbers, duplicates removed (first order kept), at most ``cap``.
+
+    Every listed frame is read (and maybe decoded) into memory: ``1,1,1,…`` a
+    thousand times must cost one frame, and many distinct frames are refused.
+    """
+    try:
+        listed = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"frame list {text[:80]!r} is not comma-separated "
+                                      "numbers") from None
+    if not listed or min(listed) < 1:
+        raise web.HTTPBadRequest(text=f"frame list {text[:80]!r}: frames are numbered from 1")
+    wanted = list(dict.fromkeys(listed))
+    if len(wanted) > cap:
+        raise web.HTTPBadRequest(text=f"frame list asks for {len(wanted)} distinct frames, more "
+                                      f"than limits.max_frames_per_request = {cap}; ask in "
+                                      "batches")
+    return wanted
+
+
+async def get_frames(request: web.Request) -> web.StreamResponse:
+    cfg, store = _app(request)
+    user = require(request, "reader", "operator", action="read studies")
+    m = dict(request.match_info)
+    wanted = _frame_list(m["frames"], cfg.limits.max_frames_per_request)
+    await asyncio.to_thread(access.check_study, store, user, m["study"])
+    rows = await asyncio.to_thread(_instances, store, m["study"], m["series"], m["sop"])
+    _not_found_if_empty(rows, _what(m))
+    row = rows[0]
+    plan = _frame_plan(row["transfer_syntax_uid"], parse_accept(request.headers.get("Accept")))
+    if plan is None:
+        raise NotAcceptable(
+            f"Accept {request.headers.get('Accept')!r}: instance {m['sop']} is stored in "
+            f"{row['transfer_syntax_uid']}; its frames are served as application/octet-stream "
+            f"(decoded: {'yes' if _decodable(row['transfer_syntax_uid']) else 'no decoder'}) "
+            f"or {FRAME_MEDIA_TYPES.get(row['transfer_syntax_uid'], 'as stored')}")
+    media, ts = plan
+    fmap = await asyncio.to_thread(_map_frames, store, row)
+    # The frames as file ranges (located) or bytes (the whole instance loaded).
+    all_frames: list[bytes] | list[list[Range]]
+    if fmap is not None:
+        stored_ts, all_frames, src = fmap.transfer_syntax, fmap.frames, fmap.path
+    else:
+        px = await asyncio.to_thread(_load_frames, store, row)
+        stored_ts, all_frames, src = px.transfer_syntax, px.frames, px.dataset
+    if max(wanted) > len(all_frames):
+        raise web.HTTPNotFound(text=f"frame {max(wanted)} requested, instance {m['sop']} has "
+                                    f"{len(all_frames)}")
+    parts: list[bytes | list[Range]]
+    if media == "application/octet-stream" and stored_ts in ENCAPSULATED:
+        # Decoded frames are held in memory until sent: bound them before decoding.
+        cap = cfg.limits.max_decoded_bytes_per_request
+        need = len(wanted) * await asyncio.to_thread(_decoded_frame_bytes, src)
+        if need > cap:
+            as_stored = FRAME_MEDIA_TYPES.get(stored_ts, "transfer-syntax=*")
+            return _error(413, "too_much_to_decode",
+                          f"{len(wanted)} decoded frames of instance {m['sop']} are {need} "
+                          f"bytes, more than limits.max_decoded_bytes_per_request = {cap}; ask "
+                          f"for fewer frames or for them as stored ({as_stored})")
+        parts = list(await asyncio.to_thread(_decoded_frames, src, wanted))
+    else:
+        parts = [all_frames[n - 1] for n in wanted]
+    await asyncio.to_thread(_audit_open, store, cfg, user, [m["study"]], "wado-rs", request,
+                            frames=wanted[:100])
+    return await _multipart_stream(request, fmap.path if fmap else "", parts,
+                                   f"{media}; transfer-syntax={ts}",
+                                   f'multipart/related; type="{media}"')
+
+
+async def _multipart_stream(request: web.Request, path: str, parts: list[bytes | list[Range]],
+                            part_type: str, ctype: str) -> web.StreamResponse:
+    """A multipart/related response whose parts are bytes or ranges of ``path`` (streamed)."""
+    boundary = uuid.uuid4().hex
+    resp = web.StreamResponse(status=200)
+    resp.headers["Content-Type"] = f"{ctype}; boundary={boundary}"
+    head = _part_head(boundary, part_type)
+    tail = f"--{boundary}--\r\n".encode("ascii")
+    resp.content_length = sum(len(head) + 2 + (len(p) if isinstance(p, bytes)
+                                               else sum(n for _, n in p)) for p in parts
+                              ) + len(tail)
+    await resp.prepare(request)
+    for p in parts:
+        await resp.write(head)
+        if isinstance(p, bytes):
+            await resp.write(p)
+        else:
+            async for chunk in _range_chunks(path, p):
+                await resp.write(chunk)
+        await resp.write(b"\r\n")
+    await resp.write(tail)
+    await resp.write_eof()
+    return resp

@@ -1,0 +1,247 @@
+"""WADO-RS: instances, series and studies as multipart/related, their metadata, and bulk data."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from fenji.gateway.access import scope as access
+from fenji.gateway.access.users import require
+from fenji.gateway.dicom import charset
+from fenji.gateway.dicom.validate import (
+    ENCAPSULATED,
+    EXPLICIT_LE,
+    IMPLICIT_LE,
+)
+from fenji.gateway.store.db import Store
+from fenji.gateway.web.dicomweb.common import (
+    BULK_THRESHOLD_BYTES,
+    DICOM_JSON,
+    _app,
+    _audit_open,
+    _base_url,
+    _file_chunks,
+    _instances,
+    _not_found_if_empty,
+    _part_head,
+    _what,
+)
+from fenji.gateway.web.dicomweb.frames import (
+    Range,
+    _load_frames,
+    _map_frames,
+    _multipart_stream,
+)
+from fenji.gateway.web.dicomweb.media import (
+    FRAME_MEDIA_TYPES,
+    TRANSCODE_TARGETS,
+    MediaRange,
+    NotAcceptable,
+    _is_multipart,
+    _private_as_un,
+    choose_syntax,
+    dicom_syntaxes,
+    parse_accept,
+    transcode,
+)
+
+log = logging.getLogger(__name__)
+
+async def retrieve(request: web.Request) -> web.StreamResponse:
+    cfg, store = _app(request)
+    user = require(request, "reader", "operator", action="read studies")
+    m = dict(request.match_info)
+    await asyncio.to_thread(access.check_study, store, user, m["study"])
+    rows = await asyncio.to_thread(_instances, store, m["study"], m.get("series"), m.get("sop"))
+    _not_found_if_empty(rows, _what(m))
+    acceptable = dicom_syntaxes(parse_accept(request.headers.get("Accept")))
+    if not acceptable:
+        raise NotAcceptable(
+            f"Accept {request.headers.get('Accept')!r}: this resource is served as "
+            'multipart/related; type="application/dicom" (with an optional transfer-syntax)')
+    plan: list[str] = []
+    for r in rows:
+        ts = choose_syntax(r["transfer_syntax_uid"], acceptable)
+        if ts is None:
+            raise NotAcceptable(
+                f"instance {r['sop_instance_uid']} is stored in transfer syntax "
+                f"{r['transfer_syntax_uid']}, which cannot be served as any of "
+                f"{', '.join(acceptable)} (fenji transcodes to {', '.join(TRANSCODE_TARGETS)} "
+                "only from syntaxes pydicom can decode here); ask for transfer-syntax=*")
+        plan.append(ts)
+    await asyncio.to_thread(_audit_open, store, cfg, user, [m["study"]], "wado-rs", request,
+                            instances=len(rows))
+    boundary = uuid.uuid4().hex
+    resp = web.StreamResponse(status=200)
+    resp.headers["Content-Type"] = (f'multipart/related; type="application/dicom"; '
+                                    f"boundary={boundary}")
+    base = _base_url(request)
+    heads = [_part_head(boundary, f"application/dicom; transfer-syntax={ts}",
+                        f"{base}/studies/{r['study_instance_uid']}/series/"
+                        f"{r['series_instance_uid']}/instances/{r['sop_instance_uid']}")
+             for r, ts in zip(rows, plan, strict=True)]
+    tail = f"--{boundary}--\r\n".encode("ascii")
+    transcoded = [(r, ts) for r, ts in zip(rows, plan, strict=True)
+                  if ts != r["transfer_syntax_uid"]]
+    if transcoded:
+        pairs = sorted({f"{r['transfer_syntax_uid']} -> {ts}" for r, ts in transcoded})
+        resp.headers["Warning"] = (f'299 fenji "transcoded {len(transcoded)} of {len(rows)} '
+                                   f'instances: {"; ".join(pairs)}"')
+    else:
+        # All parts as stored: the length is known before the first byte.
+        resp.content_length = (sum(len(h) + r["size"] + 2 for h, r in zip(heads, rows,
+                                                                          strict=True))
+                               + len(tail))
+    await resp.prepare(request)
+    loop = asyncio.get_running_loop()
+    # Stored bytes go by sendfile(2) on a plain socket (no copy through Python,
+    # the kernel reads ahead); TLS or a loop without it falls back to chunks.
+    zero_copy = not transcoded and request.transport is not None and \
+        request.transport.get_extra_info("sslcontext") is None
+    sep = b""
+    for head, r, ts in zip(heads, rows, plan, strict=True):
+        await resp.write(sep + head)
+        sep = b"\r\n"
+        path = str(store.blob_path(r["sha256"]))
+        if ts != r["transfer_syntax_uid"]:
+            data = await asyncio.to_thread(store.read_blob, r["sha256"])
+            await resp.write(await asyncio.to_thread(transcode, data, ts))
+        elif zero_copy and request.transport is not None:
+            with open(path, "rb") as fh:  # noqa: ASYNC230 - open(2) only; data moves below
+                await loop.sendfile(request.transport, fh, 0, int(r["size"]))
+        else:
+            async for chunk in _file_chunks(path, int(r["size"])):
+                await resp.write(chunk)
+    await resp.write(sep + tail)
+    await resp.write_eof()
+    return resp
+
+
+# -- WADO-RS: metadata, frames, bulk data -------------------------------------
+def _accepts_json(accept: list[MediaRange]) -> bool:
+    return any(r.media in ("*/*", "application/*", DICOM_JSON, "application/json")
+               for r in accept)
+
+
+def _instance_metadata(store: Store, row: dict[str, Any], base: str,
+                       default_charset: str = "") -> dict[str, Any]:
+    """An instance's metadata as DICOM JSON; text decoded with its (0008,0005), or
+    ``default_charset`` (``dicom.default_character_set``) when it declares none."""
+    import pydicom
+    from pydicom.tag import Tag
+
+    path = store.blob_path(row["sha256"])
+    url = (f"{base}/studies/{row['study_instance_uid']}/series/{row['series_instance_uid']}"
+           f"/instances/{row['sop_instance_uid']}")
+    ds = pydicom.dcmread(path, defer_size=BULK_THRESHOLD_BYTES)
+    # Before pydicom decodes anything (it would guess for undeclared text and
+    # leave escape sequences in ISO 2022 IR 58 text).
+    charset.decode_dataset(ds, charset.stored_default(row, default_charset))
+    if row["transfer_syntax_uid"] == IMPLICIT_LE:
+        _private_as_un(ds)
+    pixel_tag = Tag(0x7FE00010)
+    pixel_vr = None
+    if pixel_tag in ds:
+        raw = ds.get_item(pixel_tag)
+        pixel_vr = getattr(raw, "VR", None) or "OW"
+        if row["transfer_syntax_uid"] in ENCAPSULATED:
+            pixel_vr = "OB"
+        del ds[pixel_tag]  # never loaded: described by its URI below
+
+    def bulk(elem: Any) -> str:
+        return f"{url}/bulkdata/{int(elem.tag):08X}"
+
+    out = ds.to_json_dict(bulk_data_threshold=BULK_THRESHOLD_BYTES,
+                          bulk_data_element_handler=bulk)
+    if pixel_vr is not None:
+        out["7FE00010"] = {"vr": pixel_vr if pixel_vr in ("OB", "OW") else "OW",
+                           "BulkDataURI": f"{url}/bulkdata/7FE00010"}
+    # Which syntax this instance is held in: a viewer may then ask for it by name.
+    out["00083002"] = {"vr": "UI", "Value": [row["transfer_syntax_uid"]]}
+    return dict(sorted(out.items()))
+
+
+async def metadata(request: web.Request) -> web.StreamResponse:
+    cfg, store = _app(request)
+    user = require(request, "reader", "operator", action="read studies")
+    m = dict(request.match_info)
+    if not _accepts_json(parse_accept(request.headers.get("Accept"))):
+        raise NotAcceptable(f"Accept {request.headers.get('Accept')!r}: metadata is served as "
+                            f"{DICOM_JSON}")
+    await asyncio.to_thread(access.check_study, store, user, m["study"])
+    rows = await asyncio.to_thread(_instances, store, m["study"], m.get("series"), m.get("sop"))
+    _not_found_if_empty(rows, _what(m))
+    await asyncio.to_thread(_audit_open, store, cfg, user, [m["study"]], "wado-rs", request,
+                            instances=len(rows))
+    base = _base_url(request)
+    resp = web.StreamResponse(status=200)
+    resp.headers["Content-Type"] = DICOM_JSON
+    await resp.prepare(request)
+    import json
+
+    # A JSON array written one instance at a time (bounded memory for big studies).
+    for n, r in enumerate(rows):
+        item = await asyncio.to_thread(_instance_metadata, store, r, base,
+                                       cfg.dicom.default_character_set)
+        await resp.write((b"[" if n == 0 else b",") + json.dumps(item).encode("utf-8"))
+    await resp.write(b"]")
+    await resp.write_eof()
+    return resp
+
+
+def _bulk_value(store: Store, row: dict[str, Any], tag: int
+                ) -> tuple[str, list[bytes | list[Range]], str]:
+    """(path, parts, part type) of one bulk data value; pixel data as file ranges."""
+    import pydicom
+
+    path = str(store.blob_path(row["sha256"]))
+    if tag == 0x7FE00010:
+        fmap = _map_frames(store, row)
+        if fmap is not None:
+            if fmap.transfer_syntax in ENCAPSULATED:
+                media = FRAME_MEDIA_TYPES.get(fmap.transfer_syntax, "application/octet-stream")
+                return (path, list(fmap.frames),
+                        f"{media}; transfer-syntax={fmap.transfer_syntax}")
+            whole = [r for f in fmap.frames for r in f]
+            return path, [whole], f"application/octet-stream; transfer-syntax={EXPLICIT_LE}"
+        px = _load_frames(store, row)
+        if px.transfer_syntax in ENCAPSULATED:
+            media = FRAME_MEDIA_TYPES.get(px.transfer_syntax, "application/octet-stream")
+            return path, list(px.frames), f"{media}; transfer-syntax={px.transfer_syntax}"
+        return (path, [b"".join(px.frames)],
+                f"application/octet-stream; transfer-syntax={EXPLICIT_LE}")
+    # Other bulk values: only the asked-for one is read (the rest stays deferred).
+    ds = pydicom.dcmread(path, defer_size=BULK_THRESHOLD_BYTES)
+    if tag not in ds:
+        raise web.HTTPNotFound(text=f"instance {row['sop_instance_uid']} has no top-level "
+                                    f"({tag >> 16:04X},{tag & 0xFFFF:04X})")
+    value = ds[tag].value
+    if not isinstance(value, bytes | bytearray):
+        raise web.HTTPNotFound(text=f"({tag >> 16:04X},{tag & 0xFFFF:04X}) is not bulk data")
+    ts = row["transfer_syntax_uid"]
+    return path, [bytes(value)], f"application/octet-stream; transfer-syntax={ts}"
+
+
+async def bulkdata(request: web.Request) -> web.StreamResponse:
+    cfg, store = _app(request)
+    user = require(request, "reader", "operator", action="read studies")
+    m = dict(request.match_info)
+    if not re.fullmatch(r"[0-9A-Fa-f]{8}", m["tag"]):
+        raise web.HTTPBadRequest(text=f"bulk data tag {m['tag']!r} is not 8 hex digits")
+    accept = parse_accept(request.headers.get("Accept"))
+    if not any(_is_multipart(r.media) for r in accept):
+        raise NotAcceptable("bulk data is served as multipart/related")
+    await asyncio.to_thread(access.check_study, store, user, m["study"])
+    rows = await asyncio.to_thread(_instances, store, m["study"], m["series"], m["sop"])
+    _not_found_if_empty(rows, _what(m))
+    path, parts, ptype = await asyncio.to_thread(_bulk_value, store, rows[0],
+                                                 int(m["tag"], 16))
+    await asyncio.to_thread(_audit_open, store, cfg, user, [m["study"]], "wado-rs", request)
+    media = ptype.split(";")[0]
+    return await _multipart_stream(request, path, parts, ptype,
+                                   f'multipart/related; type="{media}"')
