@@ -10,6 +10,16 @@ satellite and 3G profiles, fenji vs plain C-STORE vs STOW-RS, same emulator.
 * STOW-RS: ``dicomweb-client`` through the same emulator to Orthanc's DICOMweb
   plugin; the whole request is retried after a failure.
 
+Also (issue 16): the relay path (edge -> relay on satellite -> center on
+provincial) and a STAT CT released while a routine study is moving (its
+preview time counted from the release's commit).  ``release s`` is the time
+`fenji case send` takes to build the bundles before anything is queued; the
+preview and complete times count from the CLI start.
+
+``preview s`` counts from that commit (for the ECG, whose bundle is tiny, the
+case itself is its preview); ``xfer s`` from that commit to the complete case,
+``xfer util`` the link's use over it.
+
 Reported per profile and payload: seconds, throughput, link utilisation
 while sending (bytes through the emulator / (seconds x rate)), and fenji's
 speed-up over each peer.  Targets (issue 4): fenji >= 3x C-STORE for the CT
@@ -20,8 +30,10 @@ raw / ratio / rate; utilisation >= 85 %.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -33,6 +45,7 @@ import pydicom
 from bench.common import free_port, print_table, shared_data
 from fenji.gateway.lab.dcmtk import storescu, tool
 from fenji.gateway.lab.harness import NodeProcess, OrthancProcess
+from fenji.gateway.lab.synth import derive
 from fenji.routing.linkemu.proxy import LinkEmulator, LinkThread, load_profile
 
 DESCRIPTION = "CT / ECG / STAT preview over satellite and 3G: fenji vs C-STORE vs STOW-RS"
@@ -42,6 +55,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profiles", default="satellite,3g", help="comma-separated link profiles")
     p.add_argument("--peers", default="cstore,stow", help="which peers to run (cstore,stow)")
     p.add_argument("--timeout", type=float, default=1800, help="per transfer, seconds")
+    p.add_argument("--relay", default="satellite:provincial",
+                   help="relay path FIRST:SECOND profiles ('' to skip)")
+    p.add_argument("--behind-mb", type=int, default=40,
+                   help="routine study (MB raw) a STAT case is released behind (issue: 500; "
+                        "0 to skip)")
 
 
 def _link(profile: str, target_port: int, seed: int) -> LinkThread:
@@ -53,45 +71,138 @@ def _study(files: list[Path]) -> str:
     return str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
 
 
+def _db_one(node: NodeProcess, sql: str, args: tuple[Any, ...]) -> Any:
+    """Read a node's index directly (read-only): a CLI call per look would cost a
+    Python start-up each and blur what is measured."""
+    con = sqlite3.connect(f"file:{node.directory / 'store' / 'index.sqlite'}?mode=ro",
+                          uri=True, timeout=30)
+    try:
+        row = con.execute(sql, args).fetchone()
+        return row[0] if row else None
+    finally:
+        con.close()
+
+
+def _case_state(node: NodeProcess, case_id: str) -> str | None:
+    return _db_one(node, "SELECT state FROM cases WHERE case_id = ?", (case_id,))
+
+
+def _queued_at(node: NodeProcess, case_id: str) -> float | None:
+    """When the edge queued the case's first bundle (the release's commit)."""
+    return _db_one(node, "SELECT min(created_at) FROM outbox WHERE case_id = ?", (case_id,))
+
+
+def _watch(center: NodeProcess, case_id: str, t0: float, deadline: float) -> dict[str, Any]:
+    preview_s = done_s = None
+    while time.monotonic() < deadline:
+        state = _case_state(center, case_id)
+        now = time.monotonic()
+        if preview_s is None and state in ("preview", "received"):
+            preview_s = now - t0
+        if state == "received":
+            done_s = now - t0
+            break
+        time.sleep(0.05)
+    return {"preview_s": preview_s, "done_s": done_s}
+
+
+def _send_case(edge: NodeProcess, study: str, prio: str, dest: str | None = None
+               ) -> tuple[dict[str, Any], float]:
+    args = ["case", "send", study, "--priority", prio, "--no-gate", "--json"]
+    if dest:
+        args += ["--dest", dest]
+    wall0 = time.time()
+    case = json.loads(edge.cli(*args).stdout)
+    return case, wall0
+
+
 def _fenji(work: Path, profile: str, payloads: dict[str, list[Path]], timeout: float,
-           seed: int) -> dict[str, Any]:
+           seed: int, relay_profile: str | None = None) -> dict[str, Any]:
+    """Edge -> center through ``profile``; with ``relay_profile``: edge -> relay through
+    ``profile``, relay -> center through ``relay_profile`` (store and forward)."""
+    edge = NodeProcess(work / "edge", name="edge", allow_ae=["CT1"], workers=1)
+    center = NodeProcess(work / "center", name="center", role="center", workers=1)
+    nodes = [edge, center]
+    links = []
+    final = None
+    if relay_profile:
+        relay = NodeProcess(work / "relay", name="relay", role="center", workers=1)
+        nodes.insert(1, relay)
+        first = _link(profile, relay.http_port, seed)
+        second = _link(relay_profile, center.http_port, seed + 100)
+        links = [first, second]
+        edge.add_peer(relay, default=True, url=f"http://127.0.0.1:{first.port}")
+        relay.add_peer(edge)
+        relay.add_peer(center, url=f"http://127.0.0.1:{second.port}")
+        center.add_peer(relay)
+        final = "center"
+    else:
+        first = _link(profile, center.http_port, seed)
+        links = [first]
+        edge.add_peer(center, default=True, url=f"http://127.0.0.1:{first.port}")
+        center.add_peer(edge)
+    out: dict[str, Any] = {}
+    try:
+        with contextlib.ExitStack() as stack:
+            for n in nodes:
+                stack.enter_context(n)
+            for files in payloads.values():
+                storescu(files, edge.dicom_port, calling="CT1")
+            for name, files in payloads.items():
+                before = first.stats.bytes_up
+                t0 = time.monotonic()
+                prio = "stat" if name == "ct" else "urgent"
+                case, wall0 = _send_case(edge, _study(files), prio, final)
+                seen = _watch(center, case["case_id"], t0, t0 + timeout)
+                dt = seen["done_s"] if seen["done_s"] is not None else time.monotonic() - t0
+                queued = _queued_at(edge, case["case_id"])
+                release_s = (queued - wall0) if queued else None
+                out[name] = {"seconds": dt, "preview_s": seen["preview_s"],
+                             "release_s": release_s,
+                             "raw_bytes": case["raw_bytes"], "bundle_bytes": case["bundle_bytes"],
+                             "link_bytes": first.stats.bytes_up - before,
+                             "delivered": seen["done_s"] is not None}
+    finally:
+        for link in links:
+            link.stop_thread()
+    return out
+
+
+def _behind(work: Path, profile: str, routine_mb: int, timeout: float,
+            seed: int) -> dict[str, Any]:
+    """A STAT CT released while a routine study of ``routine_mb`` MB is moving."""
+    files = sorted((shared_data() / "dicom" / "ct").glob("CT_*.dcm"))
+    per = sum(f.stat().st_size for f in files) / len(files)
+    big = derive(files, work / "big", max(1, int(routine_mb * 1e6 / per)), prefix="big")
     edge = NodeProcess(work / "edge", name="edge", allow_ae=["CT1"], workers=1)
     center = NodeProcess(work / "center", name="center", role="center", workers=1)
     link = _link(profile, center.http_port, seed)
     edge.add_peer(center, default=True, url=f"http://127.0.0.1:{link.port}")
     center.add_peer(edge)
-    out: dict[str, Any] = {}
     try:
         with edge, center:
-            for files in payloads.values():
-                storescu(files, edge.dicom_port, calling="CT1")
-            for name, files in payloads.items():
-                before = link.stats.bytes_up
-                t0 = time.monotonic()
-                prio = "stat" if name == "ct" else "urgent"
-                res = edge.cli("case", "send", _study(files), "--priority", prio, "--no-gate",
-                               "--json")
-                case = json.loads(res.stdout)
-                preview_s = None
-                deadline = t0 + timeout
-                while time.monotonic() < deadline:
-                    rows = [json.loads(x) for x in center.cli("case", "ls", "--json").stdout
-                            .splitlines() if x.strip()]
-                    states = {r["case_id"]: r["state"] for r in rows}
-                    if preview_s is None and states.get(case["case_id"]) in ("preview",
-                                                                             "received"):
-                        preview_s = time.monotonic() - t0
-                    if states.get(case["case_id"]) == "received":
-                        break
-                    time.sleep(0.2)
-                dt = time.monotonic() - t0
-                out[name] = {"seconds": dt, "preview_s": preview_s,
-                             "raw_bytes": case["raw_bytes"], "bundle_bytes": case["bundle_bytes"],
-                             "link_bytes": link.stats.bytes_up - before,
-                             "delivered": states.get(case["case_id"]) == "received"}
+            storescu(big + files, edge.dicom_port, calling="CT1")
+            routine, _ = _send_case(edge, _study(big), "routine")
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:  # until the routine bundle is on the link
+                sent = _db_one(edge, "SELECT max(bytes_sent) FROM outbox WHERE case_id = ?",
+                               (routine["case_id"],))
+                if sent and sent > 256 * 1024:
+                    break
+                time.sleep(0.05)
+            t0 = time.monotonic()
+            case, wall0 = _send_case(edge, _study(files), "stat")
+            queued = _queued_at(edge, case["case_id"])
+            seen = _watch(center, case["case_id"], t0, t0 + timeout)
+            release_s = (queued - wall0) if queued else 0.0
+            routine_state = _case_state(center, routine["case_id"])
     finally:
         link.stop_thread()
-    return out
+    return {"routine_bytes": routine["bundle_bytes"], "stat_bundle_bytes": case["bundle_bytes"],
+            "release_s": release_s, "preview_s": seen["preview_s"], "done_s": seen["done_s"],
+            "preview_after_release_s": (seen["preview_s"] - release_s)
+            if seen["preview_s"] is not None else None,
+            "routine_done_first": routine_state == "received"}
 
 
 def _cstore(work: Path, profile: str, payloads: dict[str, list[Path]], timeout: float,
@@ -154,6 +265,19 @@ def _stow(work: Path, profile: str, payloads: dict[str, list[Path]], timeout: fl
     return out
 
 
+def _transfer_columns(row: dict[str, Any], f: dict[str, Any], rate: float) -> None:
+    """The release (bundle build, CLI start-up) apart from the transfer: ``xfer s`` runs
+    from the commit that queued the case to the complete case at the center."""
+    row["release s"] = f["release_s"]
+    if row.get("preview s") is not None:
+        row["preview s"] = row["preview s"] - f["release_s"]
+    xfer = f["seconds"] - f["release_s"]
+    row["xfer s"] = xfer
+    ideal = f["bundle_bytes"] * 8 / rate
+    row["xfer/ideal"] = xfer / ideal
+    row["xfer util"] = f["link_bytes"] * 8 / (xfer * rate)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     data = shared_data() / "dicom"
     payloads = {"ct": sorted((data / "ct").glob("CT_*.dcm")),
@@ -176,13 +300,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 res["stow"] = _stow(work / "stow", profile, payloads, args.timeout, seed)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        res["rate_bps"] = rate
         results[profile] = res
         for name in payloads:
             f = res["fenji"][name]
             ideal = f["bundle_bytes"] * 8 / rate if rate else None
             row: dict[str, Any] = {
                 "profile": profile, "payload": name, "fenji s": f["seconds"],
-                "preview s": f["preview_s"] if name == "ct" else None,
+                "preview s": f["preview_s"],
                 "ideal s": ideal, "vs ideal": f["seconds"] / ideal if ideal else None,
                 "util": (f["link_bytes"] * 8 / (f["seconds"] * rate)) if rate else None,
             }
@@ -191,6 +316,45 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     row[f"{peer} s"] = res[peer][name]["seconds"]
                     row[f"x {peer}"] = res[peer][name]["seconds"] / f["seconds"]
             rows.append(row)
-    print_table(rows, ["profile", "payload", "fenji s", "preview s", "ideal s", "vs ideal",
-                       "util", "cstore s", "x cstore", "stow s", "x stow"])
+    if args.relay:
+        first, second = args.relay.split(":")
+        work = Path(tempfile.mkdtemp(prefix="fenji-bench-link-relay-"))
+        try:
+            print(f"  relay {first} -> {second}: fenji ...", flush=True)
+            res = _fenji(work, first, payloads, args.timeout, 7, relay_profile=second)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        results["relay"] = res
+        rate = load_profile(first).rate_up_bps
+        results["relay_rate_bps"] = rate
+        for name in payloads:
+            f = res[name]
+            ideal = f["bundle_bytes"] * 8 / rate
+            rows.append({"profile": f"relay {first}+{second}", "payload": name,
+                         "fenji s": f["seconds"], "preview s": f["preview_s"],
+                         "ideal s": ideal, "vs ideal": f["seconds"] / ideal,
+                         "util": f["link_bytes"] * 8 / (f["seconds"] * rate)})
+    if args.behind_mb:
+        profile = args.profiles.split(",")[0]
+        work = Path(tempfile.mkdtemp(prefix="fenji-bench-link-behind-"))
+        try:
+            print(f"  {profile}: STAT behind {args.behind_mb} MB routine ...", flush=True)
+            b = _behind(work, profile, args.behind_mb, args.timeout, 11)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        results["behind"] = b
+        rows.append({"profile": profile, "payload": f"ct STAT behind {args.behind_mb} MB",
+                     "fenji s": b["done_s"], "preview s": b["preview_after_release_s"]})
+    for row in rows:
+        p = results.get(row["profile"], {}).get("fenji", {}).get(row["payload"], {})
+        if p.get("release_s") is not None:
+            _transfer_columns(row, p, results[row["profile"]]["rate_bps"])
+    for row in rows:
+        r = results.get("relay", {}).get(row["payload"]) if row["profile"].startswith("relay") \
+            else None
+        if r and r.get("release_s") is not None:
+            _transfer_columns(row, r, results["relay_rate_bps"])
+    print_table(rows, ["profile", "payload", "release s", "preview s", "fenji s", "ideal s",
+                       "vs ideal", "util", "xfer s", "xfer/ideal", "xfer util", "cstore s",
+                       "x cstore", "stow s", "x stow"])
     return {"rows": rows, "raw": results}

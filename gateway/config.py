@@ -400,6 +400,15 @@ class TransferSection:
     stable_study_s: float = 0.0
     # Requests signed by a peer are accepted within this clock skew.
     max_clock_skew_s: float = 300.0
+    # A bundle up to this size goes whole in one request that answers its receipt
+    # (an urgent ECG, a STAT preview): one round trip instead of three.  Bounded
+    # by TRANSFER_CHUNK_HARD_MAX_BYTES, what a receiver takes in one request; 0: off.
+    single_request_bytes: int = 1024 * 1024
+    # Larger bundles stream as frames of this size in one request, each frame
+    # checksummed and fsynced at the receiver, so the link never waits for an
+    # answer.  Half a second of a 1 Mbit/s link: a STAT case overtakes within a
+    # frame, a cut loses at most one.  0: one request per chunk, each answered.
+    frame_bytes: int = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from typing import Any
 from fenji.gateway.errors import PeerError
 from fenji.gateway.store.db import Store
 from fenji.routing import outbox as core
+from fenji.routing import wakeup
 from fenji.routing.outbox import OutboxPolicy
 
 
@@ -25,7 +26,10 @@ class OutboxError(PeerError):
 
 def enqueue(store: Store, bundle_id: str, case_id: str, destination: str, priority: int,
             bytes_total: int, now: float) -> int:
-    """Queue a bundle for a destination; idempotent by ``bundle_id``. Returns the job id."""
+    """Queue a bundle for a destination; idempotent by ``bundle_id``. Returns the job id.
+
+    After the commit the node's sender is woken, in whatever process it runs.
+    """
     with store.atomic() as con:
         row = con.execute("SELECT job_id FROM outbox WHERE bundle_id = ?",
                           (bundle_id,)).fetchone()
@@ -34,10 +38,13 @@ def enqueue(store: Store, bundle_id: str, case_id: str, destination: str, priori
         cur = con.execute(
             "INSERT INTO outbox(bundle_id, case_id, destination, priority, state, attempts, "
             "next_attempt_at, bytes_total, bytes_sent, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, 'queued', 0, ?, ?, 0, ?, ?)",
-            (bundle_id, case_id, destination, int(priority), now, int(bytes_total), now, now))
+            "VALUES (?, ?, ?, ?, ?, 0, ?, ?, 0, ?, ?)",
+            (bundle_id, case_id, destination, int(priority), core.QUEUED, now,
+             int(bytes_total), now, now))
         con.execute("INSERT OR IGNORE INTO destinations(name) VALUES (?)", (destination,))
-        return int(cur.lastrowid or 0)
+        job_id = int(cur.lastrowid or 0)
+    wakeup.poke(wakeup.fifo_path(store.root))
+    return job_id
 
 
 def _dests(con: Any) -> dict[str, dict[str, Any]]:
@@ -54,12 +61,47 @@ def claim(store: Store, owner: str, now: float, policy: OutboxPolicy,
         job = core.pick(jobs, _dests(con), now, policy)
         if job is None:
             return None
-        core.transition(core.QUEUED, "claim")  # leased again after an expired lease too
-        con.execute("UPDATE outbox SET state = 'leased', lease_owner = ?, lease_until = ?, "
-                    "updated_at = ? WHERE job_id = ?",
-                    (owner, now + policy.lease_s, now, job["job_id"]))
-        job.update(state=core.LEASED, lease_owner=owner, lease_until=now + policy.lease_s)
-        return job
+        return _lease(con, job, owner, now, policy)
+
+
+def _lease(con: Any, job: dict[str, Any], owner: str, now: float,
+           policy: OutboxPolicy) -> dict[str, Any]:
+    state = job["state"]
+    if state == core.LEASED:  # its sender is presumed dead: back in the queue first
+        state = core.transition(state, "lease_expired")
+    state = core.transition(state, "claim")
+    con.execute("UPDATE outbox SET state = ?, lease_owner = ?, lease_until = ?, "
+                "updated_at = ? WHERE job_id = ?",
+                (state, owner, now + policy.lease_s, now, job["job_id"]))
+    job.update(state=state, lease_owner=owner, lease_until=now + policy.lease_s)
+    return job
+
+
+def next_step(store: Store, owner: str, now: float,
+              policy: OutboxPolicy) -> dict[str, Any] | core.Wait | core.Idle:
+    """The core's :func:`~fenji.routing.outbox.next_action`, applied: a leased job to
+    send, or how long the sender may sleep (``Wait(until)``; ``Idle``: until woken)."""
+    with store.atomic() as con:
+        jobs = [dict(r) for r in con.execute(
+            "SELECT * FROM outbox WHERE state IN ('queued', 'leased')")]
+        act = core.next_action(jobs, _dests(con), now, None, policy)
+        if isinstance(act, core.Send):
+            return _lease(con, act.job, owner, now, policy)
+        return act
+
+
+def outranked(store: Store, job: dict[str, Any], now: float, policy: OutboxPolicy) -> bool:
+    """Would the core pick another job for this job's destination before it?  (The
+    sender yields at the next chunk boundary: STAT preemption.)"""
+    with store.atomic() as con:
+        jobs = [dict(r) for r in con.execute(
+            "SELECT * FROM outbox WHERE state = ? AND destination = ? AND job_id != ?",
+            (core.QUEUED, job["destination"], job["job_id"]))]
+        if not jobs:
+            return False
+        rival = core.pick(jobs + [job], _dests(con), now, policy)
+    return rival is not None and rival["job_id"] != job["job_id"] and \
+        int(rival["priority"]) < int(job["priority"])
 
 
 def _owned(con: Any, job_id: int, owner: str) -> dict[str, Any]:
@@ -92,11 +134,12 @@ def complete(store: Store, job_id: int, owner: str, now: float,
         job = _owned(con, job_id, owner)
         if job["state"] == core.DONE:
             return
-        core.transition(job["state"], "success")
-        con.execute("UPDATE outbox SET state = 'done', bytes_sent = bytes_total, "
-                    "lease_owner = NULL, lease_until = NULL, done_at = ?, updated_at = ?, "
-                    "attempts = attempts + 1, last_error = NULL WHERE job_id = ?",
-                    (now, now, job_id))
+        f = core.on_success(job, now)
+        con.execute("UPDATE outbox SET state = ?, bytes_sent = ?, lease_owner = ?, "
+                    "lease_until = ?, done_at = ?, updated_at = ?, attempts = ?, "
+                    "last_error = ? WHERE job_id = ?",
+                    (f["state"], f["bytes_sent"], f["lease_owner"], f["lease_until"],
+                     f["done_at"], f["updated_at"], f["attempts"], f["last_error"], job_id))
         _update_breaker(con, job["destination"], True, now, pol)
 
 
@@ -119,15 +162,16 @@ def fail(store: Store, job_id: int, owner: str, error: str, now: float,
         decision = core.on_failure(attempts, float(job["created_at"]), now, error, retryable,
                                    pol, rnd, progressed, max_delay_s)
         if isinstance(decision, core.Retry):
-            core.transition(job["state"], "retry")
-            con.execute("UPDATE outbox SET state = 'queued', attempts = ?, next_attempt_at = ?, "
+            state = core.transition(job["state"], "retry")
+            con.execute("UPDATE outbox SET state = ?, attempts = ?, next_attempt_at = ?, "
                         "lease_owner = NULL, lease_until = NULL, last_error = ?, updated_at = ? "
-                        "WHERE job_id = ?", (attempts, decision.at, error[:2000], now, job_id))
+                        "WHERE job_id = ?", (state, attempts, decision.at, error[:2000], now,
+                                             job_id))
         else:
-            core.transition(job["state"], "give_up")
-            con.execute("UPDATE outbox SET state = 'dead', attempts = ?, lease_owner = NULL, "
+            state = core.transition(job["state"], "give_up")
+            con.execute("UPDATE outbox SET state = ?, attempts = ?, lease_owner = NULL, "
                         "lease_until = NULL, last_error = ?, updated_at = ? WHERE job_id = ?",
-                        (attempts, decision.reason[:2000], now, job_id))
+                        (state, attempts, decision.reason[:2000], now, job_id))
         if max_delay_s is None:  # a peer that answered "who are you?" is up, not down
             _update_breaker(con, job["destination"], False, now, pol)
         return decision
@@ -139,9 +183,11 @@ def release(store: Store, job_id: int, owner: str, now: float) -> None:
         job = _owned(con, job_id, owner)
         if job["state"] != core.LEASED:
             return
-        core.transition(job["state"], "yield")
-        con.execute("UPDATE outbox SET state = 'queued', lease_owner = NULL, lease_until = NULL, "
-                    "next_attempt_at = ?, updated_at = ? WHERE job_id = ?", (now, now, job_id))
+        state = core.transition(job["state"], "yield")
+        con.execute("UPDATE outbox SET state = ?, lease_owner = NULL, lease_until = NULL, "
+                    "next_attempt_at = ?, updated_at = ? WHERE job_id = ?",
+                    (state, now, now, job_id))
+    wakeup.poke(wakeup.fifo_path(store.root))
 
 
 def _update_breaker(con: Any, destination: str, success: bool, now: float,
@@ -175,6 +221,8 @@ def pause(store: Store, destination: str, paused: bool = True, *,
                               f"{', '.join(names) or 'none yet'})")
         con.execute("UPDATE destinations SET paused = ? WHERE name = ?",
                     (1 if paused else 0, destination))
+    if not paused:
+        wakeup.poke(wakeup.fifo_path(store.root))
 
 
 def resume(store: Store, destination: str, *, configured: Iterable[str] = ()) -> None:
@@ -195,11 +243,12 @@ def requeue_dead(store: Store, job_id: int, now: float) -> None:
         if row is None:
             raise OutboxError(f"no outbox job {job_id}")
         try:
-            core.transition(row[0], "operator_retry")
+            state = core.transition(row[0], "operator_retry")
         except core.TransitionError:
             raise OutboxError(f"job {job_id} is {row[0]}, not dead: nothing to retry") from None
-        con.execute("UPDATE outbox SET state = 'queued', attempts = 0, next_attempt_at = ?, "
-                    "updated_at = ? WHERE job_id = ?", (now, now, job_id))
+        con.execute("UPDATE outbox SET state = ?, attempts = 0, next_attempt_at = ?, "
+                    "updated_at = ? WHERE job_id = ?", (state, now, now, job_id))
+    wakeup.poke(wakeup.fifo_path(store.root))
 
 
 def list_jobs(store: Store, *, state: str | None = None,

@@ -21,7 +21,9 @@ import json
 import logging
 import os
 import random
+import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -31,13 +33,14 @@ import aiohttp
 from fenji.gateway.config import Config
 from fenji.gateway.keys import load_private, public_from_config
 from fenji.gateway.store.db import Store
-from fenji.routing import outbox_db
-from fenji.routing.outbox import DeadLetter, OutboxPolicy
+from fenji.routing import outbox_db, wakeup
+from fenji.routing.outbox import DeadLetter, OutboxPolicy, Wait
 from fenji.routing.shaping import LinkMeter, Pacer, parse_schedule
 from fenji.routing.transfer_client import (
     WAITING_FOR_PEER_RETRY_S,
     ChunkSizer,
     Delivered,
+    Pipeline,
     Sender,
     TransferError,
     manifest_of,
@@ -47,13 +50,29 @@ from fenji.routing.transfer_client import (
 log = logging.getLogger(__name__)
 
 
-def higher_priority_ready(store: Store, destination: str, priority: int, now: float) -> bool:
-    row = store.query_one(
-        "SELECT 1 AS x FROM outbox o LEFT JOIN destinations d ON d.name = o.destination "
-        "WHERE o.state = 'queued' AND o.destination = ? AND o.priority < ? "
-        "AND o.next_attempt_at <= ? AND coalesce(d.paused, 0) = 0 LIMIT 1",
-        (destination, priority, now))
-    return row is not None
+# Even with nothing to wait for, the sender looks at its outbox this often: a
+# safety net for a wake-up lost to a full disk or a crashed poker, not a poll
+# (every enqueue wakes it at once, in any process: routing/wakeup.py).
+IDLE_RECHECK_S = 60.0
+# While a bundle moves, the outbox is asked at most this often whether a job of
+# higher priority became ready by time alone (a wake-up asks at once).
+OUTRANK_CHECK_S = 1.0
+
+
+# Unsent bytes the kernel may hold per connection (TCP_NOTSENT_LOWAT): without a
+# cap it queues megabytes ahead of a thin link, and a STAT case waits behind
+# them (128 KiB: 1 s of a 1 Mbit/s link).  The bytes in flight keep the link
+# busy; this only bounds the queue behind them.
+NOTSENT_LOWAT_BYTES = 16 * 1024
+
+
+def _socket(addr_info: Any) -> socket.socket:
+    family, type_, proto, _, _ = addr_info
+    sock = socket.socket(family=family, type=type_, proto=proto)
+    if hasattr(socket, "TCP_NOTSENT_LOWAT") and family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT_BYTES)
+    return sock
 
 
 class SenderEvents(Protocol):
@@ -126,6 +145,8 @@ class SenderLoop:
         self.pacers: dict[str, Pacer] = {}
         self._ssl_ctx: dict[str, Any] = {}
         self.wake = asyncio.Event()
+        # Set while the loop sleeps with nothing to send (for tests and the status page).
+        self.asleep = threading.Event()
 
     def _ssl(self, dest: str) -> Any:
         """Mutual TLS to ``dest`` when its URL is https (its certificate pinned)."""
@@ -175,19 +196,48 @@ class SenderLoop:
                                                        t.max_chunk_bytes))
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Send until ``stop``; between jobs sleep until the core's ``Wait(until)``, a
+        wake-up (an enqueue in this process or another) or ``stop``."""
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30,
                                         sock_read=self.cfg.transfer.request_timeout_s)
-        connector = aiohttp.TCPConnector(limit_per_host=2)
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-            while not stop.is_set():
-                job = await asyncio.to_thread(outbox_db.claim, self.store, self.owner,
-                                              self.clock(), self.policy, self.rng)
-                if job is None:
-                    self.wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.wake.wait(), timeout=0.5)
-                    continue
-                await self._attempt(session, job)
+        connector = aiohttp.TCPConnector(limit_per_host=2, socket_factory=_socket)
+        loop = asyncio.get_running_loop()
+        fifo: wakeup.WakeFifo | None = None
+        try:
+            fifo = wakeup.WakeFifo(wakeup.fifo_path(self.store.root))
+        except OSError as exc:  # wake-ups from other processes come at the recheck
+            log.warning("sender wake-up FIFO unavailable (%s); other processes' releases "
+                        "are seen within %.0f s", exc, IDLE_RECHECK_S)
+        if fifo is not None:
+            loop.add_reader(fifo.fileno(), self._woken, fifo)
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+                while not stop.is_set():
+                    self.wake.clear()  # before looking: a wake-up after this is kept
+                    step = await asyncio.to_thread(outbox_db.next_step, self.store, self.owner,
+                                                   self.clock(), self.policy)
+                    if isinstance(step, dict):
+                        await self._attempt(session, step)
+                        continue
+                    sleep_s = IDLE_RECHECK_S
+                    if isinstance(step, Wait):
+                        sleep_s = min(sleep_s, max(0.0, step.until - self.clock()))
+                    woken = asyncio.ensure_future(self.wake.wait())
+                    self.asleep.set()
+                    await asyncio.wait({woken, stopping}, timeout=sleep_s,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                    self.asleep.clear()
+                    woken.cancel()
+        finally:
+            stopping.cancel()
+            if fifo is not None:
+                loop.remove_reader(fifo.fileno())
+                fifo.close()
+
+    def _woken(self, fifo: wakeup.WakeFifo) -> None:
+        fifo.drain()
+        self.wake.set()
 
     async def _egress(self, j: dict[str, Any], target: Any) -> None:
         from fenji.routing import egress
@@ -234,28 +284,43 @@ class SenderLoop:
         moved = [False]
         lost = [False]
 
-        def progress(offset: int, total: int) -> None:
+        async def progress(offset: int, total: int) -> None:
             moved[0] = True
             now = time.monotonic()
             if now - last_progress[0] >= 1.0 or offset == total:
                 last_progress[0] = now
-                if not outbox_db.progress(self.store, j["job_id"], self.owner, offset,
-                                          self.clock(), self.policy):
+                # An fsynced commit: off the event loop, which also serves DICOMweb.
+                if not await asyncio.to_thread(outbox_db.progress, self.store, j["job_id"],
+                                               self.owner, offset, self.clock(), self.policy):
                     lost[0] = True  # another sender holds the job now: stop sending it
 
-        def should_yield() -> bool:
-            return lost[0] or higher_priority_ready(self.store, dest, j["priority"],
-                                                    self.clock())
+        checked = [time.monotonic()]
+
+        async def should_yield() -> bool:
+            """Lost the lease, or a job of higher priority is ready (asked at once after a
+            wake-up, else at most every OUTRANK_CHECK_S)."""
+            if lost[0]:
+                return True
+            if not self.wake.is_set() and time.monotonic() - checked[0] < OUTRANK_CHECK_S:
+                return False
+            self.wake.clear()
+            checked[0] = time.monotonic()
+            return await asyncio.to_thread(outbox_db.outranked, self.store, j, self.clock(),
+                                           self.policy)
 
         try:
             manifest = await asyncio.to_thread(manifest_of, path)
             await asyncio.to_thread(self.events.sent, j, self.clock(), path.stat().st_size)
+            t = self.cfg.transfer
+            pipeline = Pipeline(single_request_bytes=t.single_request_bytes,
+                                frame_bytes=t.frame_bytes)
             out = await send_bundle(session, peer.url, self.sender, self.peer_keys[dest], path,
                                     j["bundle_id"], receiver=dest, sizer=self._sizer(dest),
                                     manifest=manifest,
                                     should_yield=should_yield, on_progress=progress,
                                     ssl=self._ssl(dest), pace=self._pace(dest),
-                                    meter=self.meters.setdefault(dest, LinkMeter()))
+                                    meter=self.meters.setdefault(dest, LinkMeter()),
+                                    pipeline=pipeline)
         except TransferError as exc:
             await asyncio.to_thread(self._save_meter, dest)
             decision = await asyncio.to_thread(

@@ -13,12 +13,12 @@ boundaries); the upload stays where it is and resumes later.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
+import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +31,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from fenji.codecs.errors import PeerError
 from fenji.gateway.keys import canonical_json, fingerprint, sign, verify
+from fenji.routing import upload
 from fenji.routing.shaping import LinkMeter
-from fenji.routing.transfer_server import auth_message
+from fenji.routing.upload import auth_message
+
+log = logging.getLogger(__name__)
 
 # A peer that does not know this node yet is asked again at most this often.
 WAITING_FOR_PEER_RETRY_S = 30.0
@@ -124,77 +127,267 @@ async def _json_error(resp: aiohttp.ClientResponse) -> str:
         return f"{resp.status} {resp.reason}"
 
 
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """How a bundle's bytes move (``[transfer]`` in the config).
+
+    ``single_request_bytes``: a bundle up to this size goes whole in its create
+    request, which answers the receipt (tus creation-with-upload): one round
+    trip in all.  ``frame_bytes`` > 0: the rest streams as frames in one
+    ``PATCH`` (never waiting for an answer between chunks); 0: one ``PATCH``
+    per chunk, each waiting for its answer (the protocol's first form, kept
+    for peers and tests that want it).  ``reconnects``: a stream cut after it
+    moved bytes is resumed at once this many times, not after the outbox's
+    backoff (a 3G handover is not a link that is down).
+    """
+
+    single_request_bytes: int = 0
+    frame_bytes: int = 0
+    reconnects: int = 3
+
+
+_ERRORS = (aiohttp.ClientError, TimeoutError, ConnectionError)
+
+
 async def send_bundle(session: aiohttp.ClientSession, base_url: str, sender: Sender,
                       peer_key: Ed25519PublicKey, bundle_path: Path, bundle_id: str, *,
                       receiver: str, sizer: ChunkSizer, manifest: dict[str, Any],
-                      should_yield: Callable[[], bool] = lambda: False,
-                      on_progress: Callable[[int, int], None] = lambda offset, total: None,
+                      should_yield: Callable[[], Awaitable[bool]] | None = None,
+                      on_progress: Callable[[int, int], Awaitable[None]] | None = None,
                       ssl: Any = None, pace: Callable[[int], float] = lambda n: 0.0,
-                      meter: LinkMeter | None = None) -> Delivered | Yielded:
-    t0 = time.monotonic()
-    total = os.path.getsize(bundle_path)
-    base = base_url.rstrip("/")
-    path = "/transfer/uploads"
-    h = sender.headers("POST", path, {"Fenji-Bundle-Id": bundle_id, "Upload-Length": str(total)},
-                       receiver=receiver)
-    meter = meter or LinkMeter()
-    try:
+                      meter: LinkMeter | None = None,
+                      pipeline: Pipeline = Pipeline()) -> Delivered | Yielded:
+    """Send one bundle; the rules come from :class:`fenji.routing.upload.UploadClient`.
+
+    File reads and hashing run in worker threads: the loop also serves DICOMweb.
+    """
+    up = _Upload(session, base_url.rstrip("/"), sender, bundle_path, bundle_id, receiver,
+                 sizer, should_yield, on_progress, ssl, pace, meter or LinkMeter(), pipeline)
+    if up.total <= pipeline.single_request_bytes:
+        body = await up.whole()
+    else:
+        out = await up.in_parts()
+        if isinstance(out, Yielded):
+            return out
+        body = out
+    receipt, signature = body["receipt"], body["signature"]
+    await asyncio.to_thread(check_receipt, receipt, signature, peer_key, bundle_path, bundle_id,
+                            manifest, receiver=receiver)
+    return Delivered(receipt, signature, body.get("signer", ""), up.sent,
+                     time.monotonic() - up.t0)
+
+
+class _Upload:
+    """The I/O of one :func:`send_bundle` call around an :class:`upload.UploadClient`."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str, sender: Sender, path: Path,
+                 bundle_id: str, receiver: str, sizer: ChunkSizer,
+                 should_yield: Callable[[], Awaitable[bool]] | None,
+                 on_progress: Callable[[int, int], Awaitable[None]] | None, ssl: Any,
+                 pace: Callable[[int], float], meter: LinkMeter, pipeline: Pipeline) -> None:
+        self.session, self.base, self.sender, self.path = session, base, sender, path
+        self.bundle_id, self.receiver, self.sizer, self.ssl = bundle_id, receiver, sizer, ssl
+        self.should_yield, self.on_progress, self.pace = should_yield, on_progress, pace
+        self.meter, self.pipeline = meter, pipeline
+        self.t0 = time.monotonic()
+        self.total = os.path.getsize(path)
+        self.client = upload.UploadClient(self.total)
+        self.sent = 0
+        self.location = ""
+
+    def _headers(self, method: str, path: str, extra: dict[str, str]) -> dict[str, str]:
+        return self.sender.headers(method, path, extra, receiver=self.receiver)
+
+    def _create_headers(self) -> dict[str, str]:
+        return {"Fenji-Bundle-Id": self.bundle_id, "Upload-Length": str(self.total)}
+
+    async def whole(self) -> dict[str, Any]:
+        """Create, data and finalize in one request; the answer is the receipt."""
+        data = await asyncio.to_thread(_read_at, self.path, 0, self.total)
+        checksum = await asyncio.to_thread(upload.checksum_header, data)
+        path = "/transfer/uploads"
+        h = self._headers("POST", path, {**self._create_headers(), "Upload-Checksum": checksum,
+                                         "Content-Type": "application/offset+octet-stream"})
+        wait = self.pace(len(data))
+        if wait > 0:
+            await asyncio.sleep(wait)
+        try:
+            r0 = time.monotonic()
+            async with self.session.post(self.base + path, data=data, headers=h,
+                                         ssl=self.ssl) as resp:
+                if resp.status != 200:
+                    if resp.status in (403, 404):
+                        raise await _create_failed(resp, self.base, self.sender)
+                    raise TransferError(f"send whole: {await _json_error(resp)}",
+                                        retryable=resp.status not in (400, 413, 422))
+                body: dict[str, Any] = await resp.json()
+                self.meter.chunk(len(data), time.monotonic() - r0)
+        except _ERRORS as exc:
+            self.meter.error()
+            raise TransferError(f"{type(exc).__name__}: {exc}".strip()) from exc
+        self.sent = len(data)
+        return body
+
+    async def in_parts(self) -> dict[str, Any] | Yielded:
+        """Create (or find) the upload, send what the receiver lacks, finalize."""
+        quiet_cuts = 0
+        while True:
+            before = self.sent
+            try:
+                await self._create()
+                if self.pipeline.frame_bytes > 0:
+                    out = await self._stream()
+                else:
+                    out = await self._chunks()
+                if out is not None:
+                    return out
+                return await self._finalize()
+            except _ERRORS as exc:
+                self.meter.error()
+                self.sizer.failed()
+                quiet_cuts = 0 if self.sent > before else quiet_cuts + 1
+                if self.pipeline.frame_bytes > 0 and quiet_cuts <= self.pipeline.reconnects \
+                        and self.sent > before:
+                    log.info("upload bundle=%s cut after %d bytes (%s); resuming at once",
+                             self.bundle_id, self.sent - before, type(exc).__name__)
+                    continue
+                raise TransferError(f"{type(exc).__name__}: {exc}".strip()) from exc
+
+    async def _create(self) -> None:
+        path = "/transfer/uploads"
+        h = self._headers("POST", path, self._create_headers())
         r0 = time.monotonic()
-        async with session.post(base + path, headers=h, ssl=ssl) as resp:
-            meter.rtt(time.monotonic() - r0)
+        async with self.session.post(self.base + path, headers=h, ssl=self.ssl) as resp:
+            self.meter.rtt(time.monotonic() - r0)
             if resp.status not in (200, 201):
-                why = await _json_error(resp)
-                if resp.status == 404 or "unknown_node" in why:
-                    raise TransferError(f"waiting for peer: {base} does not know node "
-                                        f"{sender.node_name!r} yet ({why}); on that node run "
-                                        "`fenji peer add` with the line `fenji peer invite` "
-                                        "prints here", waiting_for_peer=True)
-                raise TransferError(f"create upload: {why}",
-                                    retryable=resp.status >= 500 or resp.status == 429)
-            location = resp.headers["Location"]
-            offset = int(resp.headers["Upload-Offset"])
-            state = resp.headers.get("Fenji-Upload-State", "receiving")
-        sent = 0
-        while state == "receiving" and offset < total:
-            if should_yield():
-                return Yielded(offset, sent)
-            chunk = _read_at(bundle_path, offset, sizer.size)
-            wait = pace(len(chunk))  # the hospital's share of its link (routing/shaping.py)
+                raise await _create_failed(resp, self.base, self.sender)
+            self.location = resp.headers["Location"]
+            self.client.created(int(resp.headers["Upload-Offset"]),
+                                resp.headers.get("Fenji-Upload-State", upload.RECEIVING))
+
+    async def _yield_now(self) -> bool:
+        return self.should_yield is not None and await self.should_yield()
+
+    async def _progress(self, offset: int | None = None) -> None:
+        """Tell the outbox (a heartbeat for the lease): acknowledged bytes, or during a
+        stream the bytes handed to the link."""
+        if self.on_progress is not None:
+            await self.on_progress(self.client.offset if offset is None else offset,
+                                   self.total)
+
+    def _resync(self, resp: aiohttp.ClientResponse) -> bool:
+        """A 409/460 carrying the receiver's offset: go on from there."""
+        if resp.status in (409, upload.CHECKSUM_MISMATCH) and "Upload-Offset" in resp.headers:
+            self.client.created(int(resp.headers["Upload-Offset"]),
+                                resp.headers.get("Fenji-Upload-State", self.client.state))
+            return True
+        return False
+
+    async def _chunks(self) -> dict[str, Any] | Yielded | None:
+        """One PATCH per chunk, each waiting for its answer."""
+        while isinstance(step := self.client.next_action(self.sizer.size), upload.SendChunk):
+            if await self._yield_now():
+                return Yielded(self.client.offset, self.sent)
+            chunk = await asyncio.to_thread(_read_at, self.path, step.offset, step.n)
+            wait = self.pace(len(chunk))  # the hospital's share of its link (shaping.py)
             if wait > 0:
                 await asyncio.sleep(wait)
-            digest = base64.b64encode(hashlib.sha256(chunk).digest()).decode()
-            h = sender.headers("PATCH", location, {
-                "Upload-Offset": str(offset), "Upload-Checksum": f"sha256 {digest}",
-                "Content-Type": "application/offset+octet-stream"}, receiver=receiver)
+            checksum = await asyncio.to_thread(upload.checksum_header, chunk)
+            h = self._headers("PATCH", self.location, {
+                "Upload-Offset": str(step.offset), "Upload-Checksum": checksum,
+                "Content-Type": "application/offset+octet-stream"})
             c0 = time.monotonic()
-            async with session.patch(base + location, data=chunk, headers=h, ssl=ssl) as resp:
+            async with self.session.patch(self.base + self.location, data=chunk, headers=h,
+                                          ssl=self.ssl) as resp:
                 if resp.status == 204:
-                    offset = int(resp.headers["Upload-Offset"])
-                    sent += len(chunk)
-                    sizer.update(len(chunk), time.monotonic() - c0)
-                    meter.chunk(len(chunk), time.monotonic() - c0)
-                    on_progress(offset, total)
+                    self.client.acked(int(resp.headers["Upload-Offset"]))
+                    self.sent += len(chunk)
+                    self.sizer.update(len(chunk), time.monotonic() - c0)
+                    self.meter.chunk(len(chunk), time.monotonic() - c0)
+                    await self._progress()
                     continue
-                if resp.status == 409 and "Upload-Offset" in resp.headers:
-                    offset = int(resp.headers["Upload-Offset"])  # resync and go on
-                    state = resp.headers.get("Fenji-Upload-State", state)
+                if resp.status == 409 and self._resync(resp):
                     continue
-                raise TransferError(f"PATCH at {offset}: {await _json_error(resp)}",
+                raise TransferError(f"PATCH at {step.offset}: {await _json_error(resp)}",
                                     retryable=resp.status != 400)
-        h = sender.headers("POST", location + "/finalize", {}, receiver=receiver)
-        async with session.post(base + location + "/finalize", headers=h, ssl=ssl) as resp:
+        return None
+
+    async def _stream(self) -> dict[str, Any] | Yielded | None:
+        """The rest as one streaming PATCH of frames; the answer comes once, at the end:
+        the receipt when the receiver finalized on the last frame (else None: finalize)."""
+        refusals = 0
+        while isinstance(step := self.client.next_action(self.pipeline.frame_bytes),
+                         upload.SendChunk):
+            start = step.offset
+            if await self._yield_now():  # not even an empty stream: go at once
+                return Yielded(self.client.offset, self.sent)
+            yielded = [False]
+            h = self._headers("PATCH", self.location, {
+                "Upload-Offset": str(start), "Content-Type": upload.FRAMES_TYPE,
+                upload.FINALIZE_HEADER: "on-complete"})
+            c0 = time.monotonic()
+            sent0 = self.sent
+            body = self._frames(start, yielded)
+            async with self.session.patch(self.base + self.location, data=body, headers=h,
+                                          ssl=self.ssl) as resp:
+                if resp.status == 200:  # the last frame went in and the receiver finalized
+                    self.meter.chunk(self.sent - sent0, time.monotonic() - c0)
+                    self.client.acked(self.total)
+                    await self._progress()
+                    done: dict[str, Any] = await resp.json()
+                    return done
+                if resp.status == 204:
+                    self.client.acked(int(resp.headers["Upload-Offset"]))
+                    self.meter.chunk(self.sent - sent0, time.monotonic() - c0)
+                    await self._progress()
+                    if yielded[0]:
+                        return Yielded(self.client.offset, self.sent)
+                    continue
+                if self._resync(resp) and refusals < 3:
+                    refusals += 1
+                    continue
+                raise TransferError(f"PATCH stream at {start}: {await _json_error(resp)}",
+                                    retryable=resp.status not in (400, 422))
+        return None
+
+    async def _frames(self, off: int, yielded: list[bool]) -> AsyncIterator[bytes]:
+        """Frames from ``off`` to the end, or until a job of higher priority is ready."""
+        while off < self.total:
+            if await self._yield_now():
+                yielded[0] = True
+                return
+            n = min(self.pipeline.frame_bytes, self.total - off)
+            data = await asyncio.to_thread(_read_at, self.path, off, n)
+            wait = self.pace(n)  # the hospital's share of its link (routing/shaping.py)
+            if wait > 0:
+                await asyncio.sleep(wait)
+            head = await asyncio.to_thread(upload.frame_header, off, data)
+            yield head + data
+            off += n
+            self.sent += n
+            await self._progress(off)
+
+    async def _finalize(self) -> dict[str, Any]:
+        h = self._headers("POST", self.location + "/finalize", {})
+        async with self.session.post(self.base + self.location + "/finalize", headers=h,
+                                     ssl=self.ssl) as resp:
             if resp.status != 200:
                 raise TransferError(f"finalize: {await _json_error(resp)}",
                                     retryable=resp.status != 422)
-            body = await resp.json()
-    except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
-        meter.error()
-        sizer.failed()
-        raise TransferError(f"{type(exc).__name__}: {exc}".strip()) from exc
-    receipt, signature = body["receipt"], body["signature"]
-    check_receipt(receipt, signature, peer_key, bundle_path, bundle_id, manifest,
-                  receiver=receiver)
-    return Delivered(receipt, signature, body.get("signer", ""), sent, time.monotonic() - t0)
+            body: dict[str, Any] = await resp.json()
+            return body
+
+
+async def _create_failed(resp: aiohttp.ClientResponse, base: str,
+                         sender: Sender) -> TransferError:
+    why = await _json_error(resp)
+    if resp.status == 404 or "unknown_node" in why:
+        return TransferError(f"waiting for peer: {base} does not know node "
+                             f"{sender.node_name!r} yet ({why}); on that node run "
+                             "`fenji peer add` with the line `fenji peer invite` "
+                             "prints here", waiting_for_peer=True)
+    return TransferError(f"create upload: {why}",
+                         retryable=resp.status >= 500 or resp.status == 429)
 
 
 def file_sha256(path: Path) -> str:
@@ -209,25 +402,14 @@ def check_receipt(receipt: dict[str, Any], signature: str, peer_key: Ed25519Publ
                   bundle_path: Path, bundle_id: str, manifest: dict[str, Any], *,
                   receiver: str) -> None:
     """The receipt is signed by the peer, names it as the receiver and covers exactly
-    what we sent."""
+    what we sent (hashes the whole bundle: call it from a worker thread)."""
     if not verify(peer_key, canonical_json(receipt), signature):
         raise TransferError("receipt signature does not verify with the peer's key",
                             retryable=False)
-    if receipt.get("receiver") != receiver:
-        raise TransferError(f"receipt names receiver {receipt.get('receiver')!r}, not the "
-                            f"peer {receiver!r} the bundle was sent to", retryable=False)
-    if receipt.get("bundle_id") != bundle_id:
-        raise TransferError(f"receipt is for bundle {receipt.get('bundle_id')!r}",
-                            retryable=False)
-    if receipt.get("bundle_sha256") != file_sha256(bundle_path):
-        raise TransferError("receipt bundle_sha256 differs from the bundle sent",
-                            retryable=False)
-    want = {i["index"]: i["sha256"] for i in manifest["instances"]}
-    got = {i["index"]: i["sha256"] for i in receipt.get("instances", [])}
-    if want != got:
-        missing = sorted(set(want) - set(got))[:5]
-        raise TransferError(f"receipt does not list every instance with its SHA-256 "
-                            f"(first missing or different: {missing})", retryable=False)
+    problem = upload.receipt_problem(receipt, receiver=receiver, bundle_id=bundle_id,
+                                     bundle_sha256=file_sha256(bundle_path), manifest=manifest)
+    if problem is not None:
+        raise TransferError(problem, retryable=False)
 
 
 def manifest_of(bundle_path: Path) -> dict[str, Any]:

@@ -1,5 +1,8 @@
 """Receiving bundles from other nodes: the tus-like upload protocol (server side).
 
+The rules live in :mod:`fenji.routing.upload` (the sans-I/O core); this module
+does the HTTP, the files and the database around them.
+
 Routes (all under the node's HTTP API):
 
 ``POST /transfer/uploads``
@@ -8,13 +11,20 @@ Routes (all under the node's HTTP API):
     answers 200 with the existing upload and its offset (a sender that lost
     the response resumes instead of starting over), or, if that bundle was
     already finalized, 200 with ``Fenji-Upload-State: complete``.
+    With a body and ``Upload-Checksum`` (a bundle up to the sender's
+    ``transfer.single_request_bytes``): create, store, finalize and answer the
+    receipt in one request; a resend answers the same receipt.
 ``HEAD /transfer/uploads/{id}``
     ``Upload-Offset``, ``Upload-Length``, ``Cache-Control: no-store`` always.
 ``PATCH /transfer/uploads/{id}``
     ``Upload-Offset`` must equal the stored offset, else 409 and nothing
     changes.  ``Upload-Checksum: sha256 <base64>`` must match the body, else
     460 and nothing changes.  The chunk is appended and fsynced before the new
-    offset is committed and answered (204).
+    offset is committed and answered (204).  With ``Content-Type:
+    application/fenji-frames`` the body is a stream of frames (offset, length,
+    SHA-256, data; :mod:`fenji.routing.upload`), each checked, fsynced and
+    committed as it arrives; with ``Fenji-Finalize: on-complete`` the last
+    frame is followed by the finalize and the answer is the receipt.
 ``POST /transfer/uploads/{id}/finalize``
     When the offset equals the length: the bundle is read section by section,
     every instance checked against the manifest's SHA-256 and fenji's
@@ -33,8 +43,6 @@ Errors are JSON: ``status``, ``error``, ``message``.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import hashlib
 import json
@@ -59,33 +67,25 @@ from fenji.codecs.compress.bundle import BundleReader, InstanceEvent, ManifestEv
 from fenji.codecs.compress.pixel import pixel_info
 from fenji.codecs.errors import DecodeError
 from fenji.gateway import ingest
-from fenji.gateway.config import PREVIEW_SECTIONS_MAX_BYTES, TRANSFER_CHUNK_HARD_MAX_BYTES
+from fenji.gateway.config import PREVIEW_SECTIONS_MAX_BYTES
 from fenji.gateway.ingest import Rejected, check_term
 from fenji.gateway.keys import canonical_json, sign, verify
 from fenji.gateway.store.db import Store, StoreFull
+from fenji.routing import upload
+from fenji.routing.upload import auth_message
 
 log = logging.getLogger(__name__)
 
-CHECKSUM_MISMATCH = 460  # tus checksum extension
-MAX_CHUNK_BYTES = TRANSFER_CHUNK_HARD_MAX_BYTES  # gateway/config.py
+CHECKSUM_MISMATCH = upload.CHECKSUM_MISMATCH
+MAX_CHUNK_BYTES = upload.MAX_CHUNK_BYTES
 
 
-def auth_message(method: str, path: str, ts: str, headers: dict[str, str], *,
-                 receiver: str) -> bytes:
-    """What a node signs for one request (shared by client and server).
-
-    ``receiver`` is the node the request is meant for: a request captured on
-    the way to one node does not verify at another.
-    """
-    keys = ("Fenji-Bundle-Id", "Upload-Length", "Upload-Offset", "Upload-Checksum")
-    parts = [method.upper(), path, ts, f"receiver={receiver}"] + [
-        f"{k}={headers.get(k, '')}" for k in keys]
-    return "\n".join(parts).encode()
-
-
-def error(status: int, err: str, message: str, **extra: Any) -> web.Response:
-    body = {"status": status, "error": err, "message": message, **extra}
-    return web.json_response(body, status=status, headers={"Cache-Control": "no-store"})
+def error(status: int, err: str, message: str, *,
+          headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON error; ``headers`` (the offset headers of a 409/460) go on the response."""
+    body = {"status": status, "error": err, "message": message}
+    return web.json_response(body, status=status,
+                             headers={**(headers or {}), "Cache-Control": "no-store"})
 
 
 @dataclass
@@ -189,9 +189,12 @@ def _part_path(ctx: ReceiverContext, upload_id: str) -> Path:
 
 
 def _offset_headers(row: dict[str, Any]) -> dict[str, str]:
-    return {"Upload-Offset": str(row["offset"]), "Upload-Length": str(row["length"]),
-            "Cache-Control": "no-store", "Fenji-Upload-State": row["state"],
-            "Location": f"/transfer/uploads/{row['upload_id']}"}
+    return upload.offset_headers(row["upload_id"], row["offset"], row["length"], row["state"])
+
+
+def _refuse(r: upload.Refuse, row: dict[str, Any] | None = None) -> web.Response:
+    extra = _offset_headers(row) if r.with_offset and row is not None else {}
+    return error(r.status, r.error, r.message, headers=extra)
 
 
 async def create_upload(request: web.Request) -> web.StreamResponse:
@@ -200,23 +203,21 @@ async def create_upload(request: web.Request) -> web.StreamResponse:
     if isinstance(who, web.Response):
         return who
     bundle_id = request.headers.get("Fenji-Bundle-Id", "")
-    try:
-        length = int(request.headers.get("Upload-Length", ""))
-    except ValueError:
-        return error(400, "bad_length", "Upload-Length must be an integer")
-    if not bundle_id or len(bundle_id) > 64 or not all(c.isalnum() or c in "-_" for c in
-                                                       bundle_id):
-        return error(400, "bad_bundle_id", f"Fenji-Bundle-Id {bundle_id[:80]!r} is not 1-64 "
-                                           "letters, digits, '-' or '_'")
-    if not 0 < length <= 1 << 40:
-        return error(400, "bad_length", f"Upload-Length {length} out of range")
+    length = upload.check_create(bundle_id, request.headers.get("Upload-Length", ""))
+    if isinstance(length, upload.Refuse):
+        return _refuse(length)
+    whole = "Upload-Checksum" in request.headers  # creation-with-upload (tus)
+    if whole and (request.content_length or 0) > MAX_CHUNK_BYTES:
+        return error(413, "chunk_too_large", f"a bundle sent whole is limited to "
+                                             f"{MAX_CHUNK_BYTES} bytes")
     existing = ctx.store.query_one("SELECT * FROM uploads WHERE bundle_id = ?", (bundle_id,))
     if existing is not None:
-        row = existing
-        if row["length"] != length:
-            return error(409, "length_mismatch", f"bundle {bundle_id} was created with length "
-                                                 f"{row['length']}, not {length}")
-        return web.Response(status=200, headers=_offset_headers(row))
+        bad = upload.check_existing(bundle_id, existing["length"], length)
+        if bad is not None:
+            return _refuse(bad)
+        if whole:
+            return await _whole(ctx, request, existing["upload_id"], who)
+        return web.Response(status=200, headers=_offset_headers(existing))
     # An upload untouched for an hour no longer counts: a sender that gave a
     # bundle up must not be locked out by its leftovers.
     open_now = ctx.store.query_one("SELECT COUNT(*) AS n FROM uploads WHERE sender = ? AND "
@@ -233,13 +234,36 @@ async def create_upload(request: web.Request) -> web.StreamResponse:
     _part_path(ctx, upload_id).touch()
     with ctx.store.atomic() as con:
         con.execute("INSERT INTO uploads(upload_id, bundle_id, sender, length, offset, state, "
-                    "created_at, updated_at) VALUES (?, ?, ?, ?, 0, 'receiving', ?, ?)",
-                    (upload_id, bundle_id, who, length, now, now))
+                    "created_at, updated_at) VALUES (?, ?, ?, ?, 0, ?, ?, ?)",
+                    (upload_id, bundle_id, who, length, upload.RECEIVING, now, now))
     log.info("upload created node=%s bundle=%s upload=%s length=%d", who, bundle_id, upload_id,
              length)
+    if whole:
+        return await _whole(ctx, request, upload_id, who)
     created = _row(ctx, upload_id)
     assert created is not None
     return web.Response(status=201, headers=_offset_headers(created))
+
+
+async def _whole(ctx: ReceiverContext, request: web.Request, upload_id: str,
+                 who: str) -> web.StreamResponse:
+    """A create carrying the whole bundle: store it, finalize, answer the receipt; the
+    same receipt again for a resend after a lost answer (one round trip in all)."""
+    digest = upload.parse_checksum(request.headers.get("Upload-Checksum", ""))
+    if isinstance(digest, upload.Refuse):
+        return _refuse(digest)
+    data = await request.read()
+    async with ctx.lock(upload_id):
+        row = _owned_row(ctx, upload_id, who)
+        if row is None:
+            return error(404, "no_upload", f"upload {upload_id} not found")
+        step = await asyncio.to_thread(upload.check_whole, row["state"], row["offset"],
+                                       row["length"], data, digest)
+        if isinstance(step, upload.Refuse):
+            return _refuse(step, row)
+        if step == "write":
+            await _commit_chunk(ctx, row, 0, data)
+        return await _finalize(ctx, row, who, request.remote)
 
 
 async def head_upload(request: web.Request) -> web.StreamResponse:
@@ -277,42 +301,79 @@ async def patch_upload(request: web.Request) -> web.StreamResponse:
         row = _owned_row(ctx, upload_id, who)
         if row is None:
             return error(404, "no_upload", f"upload {upload_id} not found")
-        if row["state"] != "receiving":
-            return error(409, "complete", "upload already finalized", **_offset_headers(row))
-        try:
-            offset = int(request.headers.get("Upload-Offset", ""))
-        except ValueError:
-            return error(400, "bad_offset", "Upload-Offset must be an integer")
-        if offset != row["offset"]:
-            return web.json_response(
-                {"status": 409, "error": "offset_mismatch",
-                 "message": f"Upload-Offset {offset} != stored offset {row['offset']}"},
-                status=409, headers=_offset_headers(row))
-        if (request.content_length or 0) > MAX_CHUNK_BYTES:
-            return error(413, "chunk_too_large", f"chunks are limited to {MAX_CHUNK_BYTES} "
-                                                 "bytes")
+        if request.content_type == upload.FRAMES_TYPE:
+            return await _frames(ctx, request, row)
+        offset = upload.check_append(row["state"], row["offset"],
+                                     request.headers.get("Upload-Offset", ""),
+                                     request.content_length)
+        if isinstance(offset, upload.Refuse):
+            return _refuse(offset, row)
         data = await request.read()
-        if offset + len(data) > row["length"]:
-            return error(400, "beyond_length", f"chunk ends at {offset + len(data)}, beyond "
-                                               f"Upload-Length {row['length']}")
-        checksum = request.headers.get("Upload-Checksum", "")
-        algo, _, b64 = checksum.partition(" ")
-        try:
-            digest = base64.b64decode(b64, validate=True)
-        except binascii.Error:
-            return error(400, "bad_checksum", f"Upload-Checksum {checksum[:80]!r} is not "
-                                              "'sha256 <base64 digest>'")
-        if algo != "sha256" or digest != hashlib.sha256(data).digest():
-            return error(CHECKSUM_MISMATCH, "checksum_mismatch",
-                         "Upload-Checksum (sha256) does not match the chunk", **_offset_headers(
-                             row))
-        await asyncio.to_thread(_append_durable, _part_path(ctx, upload_id), offset, data)
-        new_offset = offset + len(data)
-        with ctx.store.atomic() as con:
-            con.execute("UPDATE uploads SET offset = ?, updated_at = ? WHERE upload_id = ?",
-                        (new_offset, ctx.clock(), upload_id))
-        row["offset"] = new_offset
+        digest = upload.parse_checksum(request.headers.get("Upload-Checksum", ""))
+        if isinstance(digest, upload.Refuse):
+            return _refuse(digest, row)
+        bad = await asyncio.to_thread(upload.check_chunk, offset, row["length"], data, digest)
+        if bad is not None:
+            return _refuse(bad, row)
+        await _commit_chunk(ctx, row, offset, data)
         return web.Response(status=204, headers=_offset_headers(row))
+
+
+async def _frames(ctx: ReceiverContext, request: web.Request,
+                  row: dict[str, Any]) -> web.StreamResponse:
+    """A pipelined stream of frames: each one verified, fsynced and committed as it
+    arrives, so the sender never waits for an answer and a cut keeps every whole
+    frame before it.  Answered once the stream ends (204 with the offset)."""
+    first = upload.check_append(row["state"], row["offset"],
+                                request.headers.get("Upload-Offset", ""), 0)
+    if isinstance(first, upload.Refuse):
+        return _refuse(first, row)
+    frames = 0
+    try:
+        while True:
+            try:
+                head = await request.content.readexactly(upload.FRAME_HEADER_BYTES)
+            except asyncio.IncompleteReadError as exc:
+                if exc.partial:
+                    return error(400, "bad_frame", f"stream ends inside a frame header after "
+                                                   f"{frames} frames", headers=_offset_headers(row))
+                break
+            offset, n, digest = upload.parse_frame_header(head)
+            bad = upload.check_frame(row["state"], row["offset"], row["length"], offset, n)
+            if bad is not None:
+                return _refuse(bad, row)
+            data = await request.content.readexactly(n)
+            bad = await asyncio.to_thread(upload.check_chunk, offset, row["length"], data,
+                                          digest)
+            if bad is not None:
+                return _refuse(bad, row)
+            await _commit_chunk(ctx, row, offset, data)
+            frames += 1
+            if row["offset"] == row["length"] and \
+                    request.headers.get(upload.FINALIZE_HEADER) == "on-complete":
+                # The last frame is in: finalize now, not one round trip later.
+                return await _finalize(ctx, row, str(row["sender"]), request.remote)
+    except (asyncio.IncompleteReadError, ConnectionError) as exc:
+        # The sender's connection died mid-frame: every whole frame before counts.
+        log.info("upload stream cut node=%s upload=%s frames=%d offset=%d reason=%s",
+                 row["sender"], row["upload_id"], frames, row["offset"], type(exc).__name__)
+        raise
+    return web.Response(status=204, headers=_offset_headers(row))
+
+
+async def _commit_chunk(ctx: ReceiverContext, row: dict[str, Any], offset: int,
+                        data: bytes) -> None:
+    """Append, fsync, then commit the new offset (the row is the commit point)."""
+    upload.transition(row["state"], "append")
+    await asyncio.to_thread(_append_commit, ctx, row["upload_id"], offset, data)
+    row["offset"] = offset + len(data)
+
+
+def _append_commit(ctx: ReceiverContext, upload_id: str, offset: int, data: bytes) -> None:
+    _append_durable(_part_path(ctx, upload_id), offset, data)
+    with ctx.store.atomic() as con:
+        con.execute("UPDATE uploads SET offset = ?, updated_at = ? WHERE upload_id = ?",
+                    (offset + len(data), ctx.clock(), upload_id))
 
 
 MAX_PREVIEW_BYTES = PREVIEW_SECTIONS_MAX_BYTES  # gateway/config.py
@@ -420,50 +481,66 @@ async def finalize_upload(request: web.Request) -> web.StreamResponse:
         row = _owned_row(ctx, upload_id, who)
         if row is None:
             return error(404, "no_upload", f"upload {upload_id} not found")
-        if row["state"] == "complete":  # a lost response: answer the same receipt
-            return web.json_response({"receipt": json.loads(row["receipt_json"]),
-                                      "signature": row["signature"], "signer": ctx.node_name})
-        if row["state"] == "rejected":  # its bytes are in quarantine: never again
+        return await _finalize(ctx, row, who, request.remote)
+
+
+async def _finalize(ctx: ReceiverContext, row: dict[str, Any], who: str,
+                    remote: str | None) -> web.StreamResponse:
+    """Verify and store a whole upload, answer its receipt (the stored one if finalized)."""
+    upload_id = row["upload_id"]
+    step = upload.check_finalize(row["state"], row["offset"], row["length"])
+    if isinstance(step, upload.Refuse):
+        if step.error == "bundle_rejected":
             return error(422, "bundle_rejected", f"bundle {row['bundle_id']} was refused; "
                                                  "see the receiver's quarantine")
-        if row["offset"] != row["length"]:
-            return error(409, "incomplete", f"offset {row['offset']} of {row['length']} bytes",
-                         **_offset_headers(row))
-        t0 = time.monotonic()
-        try:
-            receipt, manifest = await asyncio.to_thread(_ingest_bundle, ctx, row)
-        except StoreFull as exc:  # nothing visible; the sender retries the finalize later
-            log.warning("bundle refused node=%s bundle=%s reason=%s", who, row["bundle_id"], exc)
-            return error(507, "store_full", str(exc))
-        except (DecodeError, Rejected) as exc:
-            log.warning("bundle rejected node=%s bundle=%s reason=%s", who, row["bundle_id"], exc)
-            await asyncio.to_thread(
-                ctx.store.quarantine_file, _part_path(ctx, upload_id), f"bundle: {exc}",
-                calling_ae=f"node:{who}", peer_address=request.remote,
-                uid_hint=row["bundle_id"])
-            with ctx.store.atomic() as con:
-                con.execute("UPDATE uploads SET state = 'rejected', updated_at = ? "
-                            "WHERE upload_id = ?", (ctx.clock(), upload_id))
-            return error(422, "bundle_rejected", str(exc))
-        # Record and (on a relay) queue onward before the upload counts as complete:
-        # if that fails, the sender's retried finalize runs it again (idempotent).
-        kept = False
-        if ctx.on_delivered is not None:
-            kept = await asyncio.to_thread(ctx.on_delivered, receipt, manifest,
-                                           _part_path(ctx, upload_id))
-        signature = sign(ctx.key, canonical_json(receipt))
+        return _refuse(step, row)
+    if step == "receipt":  # a lost response: answer the same receipt
+        return web.json_response({"receipt": json.loads(row["receipt_json"]),
+                                  "signature": row["signature"], "signer": ctx.node_name},
+                                 headers=_offset_headers(row))
+    t0 = time.monotonic()
+    try:
+        receipt, manifest = await asyncio.to_thread(_ingest_bundle, ctx, row)
+    except StoreFull as exc:  # nothing visible; the sender retries the finalize later
+        log.warning("bundle refused node=%s bundle=%s reason=%s", who, row["bundle_id"], exc)
+        return error(507, "store_full", str(exc))
+    except (DecodeError, Rejected) as exc:
+        log.warning("bundle rejected node=%s bundle=%s reason=%s", who, row["bundle_id"], exc)
+        await asyncio.to_thread(
+            ctx.store.quarantine_file, _part_path(ctx, upload_id), f"bundle: {exc}",
+            calling_ae=f"node:{who}", peer_address=remote, uid_hint=row["bundle_id"])
+        state = upload.transition(row["state"], "reject")
         with ctx.store.atomic() as con:
-            con.execute("UPDATE uploads SET state = 'complete', receipt_json = ?, signature = ?, "
-                        "updated_at = ? WHERE upload_id = ?",
-                        (json.dumps(receipt, sort_keys=True), signature, ctx.clock(), upload_id))
-        if not kept:
-            with contextlib.suppress(OSError):
-                _part_path(ctx, upload_id).unlink()
-        log.info("bundle received node=%s bundle=%s case=%s instances=%d bytes=%d ms=%.0f",
-                 who, row["bundle_id"], receipt["case_id"], len(receipt["instances"]),
-                 row["length"], (time.monotonic() - t0) * 1000)
-        return web.json_response({"receipt": receipt, "signature": signature,
-                                  "signer": ctx.node_name})
+            con.execute("UPDATE uploads SET state = ?, updated_at = ? WHERE upload_id = ?",
+                        (state, ctx.clock(), upload_id))
+        return error(422, "bundle_rejected", str(exc))
+    # Record and (on a relay) queue onward before the upload counts as complete:
+    # if that fails, the sender's retried finalize runs it again (idempotent).
+    kept = False
+    if ctx.on_delivered is not None:
+        kept = await asyncio.to_thread(ctx.on_delivered, receipt, manifest,
+                                       _part_path(ctx, upload_id))
+    signature = sign(ctx.key, canonical_json(receipt))
+    state = upload.transition(row["state"], "finalize")
+    await asyncio.to_thread(_record_receipt, ctx, upload_id, state, receipt, signature)
+    row["state"] = state
+    if not kept:
+        with contextlib.suppress(OSError):
+            _part_path(ctx, upload_id).unlink()
+    log.info("bundle received node=%s bundle=%s case=%s instances=%d bytes=%d ms=%.0f",
+             who, row["bundle_id"], receipt["case_id"], len(receipt["instances"]),
+             row["length"], (time.monotonic() - t0) * 1000)
+    return web.json_response({"receipt": receipt, "signature": signature,
+                              "signer": ctx.node_name}, headers=_offset_headers(row))
+
+
+def _record_receipt(ctx: ReceiverContext, upload_id: str, state: str, receipt: dict[str, Any],
+                    signature: str) -> None:
+    with ctx.store.atomic() as con:
+        con.execute("UPDATE uploads SET state = ?, receipt_json = ?, signature = ?, "
+                    "updated_at = ? WHERE upload_id = ?",
+                    (state, json.dumps(receipt, sort_keys=True), signature, ctx.clock(),
+                     upload_id))
 
 
 def add_routes(app: web.Application, ctx: ReceiverContext) -> None:

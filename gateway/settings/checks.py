@@ -13,6 +13,10 @@ from typing import Any
 
 from fenji.gateway.dicom.charset import check_term
 
+# config.TRANSFER_CHUNK_HARD_MAX_BYTES (not importable here: config imports this
+# module); tests/routing/test_upload_core.py checks the two agree.
+TRANSFER_CHUNK_HARD_MAX_BYTES = 64 * 1024 * 1024
+
 ROLES = ("edge", "relay", "center")
 # Who may do what over the HTTP API (DESIGN.md §11).  A technician registers
 # and releases cases and fixes quality holds; a reader reads studies and signs
@@ -118,6 +122,13 @@ def check_values(cfg: Any, errors: list[str]) -> None:
         errors.append(f"transfer chunk sizes must satisfy 0 < min_chunk_bytes "
                       f"({tr.min_chunk_bytes}) <= chunk_bytes ({tr.chunk_bytes}) <= "
                       f"max_chunk_bytes ({tr.max_chunk_bytes})")
+    if not 0 <= tr.single_request_bytes <= TRANSFER_CHUNK_HARD_MAX_BYTES:
+        errors.append(f"transfer.single_request_bytes = {tr.single_request_bytes} must be "
+                      f"between 0 and {TRANSFER_CHUNK_HARD_MAX_BYTES} (what a receiver takes "
+                      "in one request)")
+    if not (tr.frame_bytes == 0 or 1024 <= tr.frame_bytes <= TRANSFER_CHUNK_HARD_MAX_BYTES):
+        errors.append(f"transfer.frame_bytes = {tr.frame_bytes} must be 0 (no pipelining) or "
+                      f"between 1024 and {TRANSFER_CHUNK_HARD_MAX_BYTES}")
     check_reading(cfg, errors)
     if cfg.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         errors.append(f"log.level = {cfg.log.level!r} is not DEBUG, INFO, WARNING or ERROR")

@@ -285,8 +285,24 @@ class LinkEmulator:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def held_bytes(self) -> int:
+        """What the link may hold toward the target beyond what it is sending: its
+        bandwidth-delay product plus the modem buffer (at least one read)."""
+        p = self.profile
+        bdp = int(p.rate_up_bps / 8 * p.rtt_ms / 1000) if p.rate_up_bps else 1 << 20
+        return max(_CHUNK, bdp + p.burst_bytes)
+
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, self.listen[0], self.listen[1])
+        # The proxy reads from its client only as fast as the link sends, so the
+        # kernel's receive buffer is the queue in front of the link.  Left to
+        # autotuning on loopback it holds megabytes: seconds on a 1 Mbit/s link,
+        # a queue no modem has, that a sender's urgent bytes would wait behind.
+        # Cap it to what the emulated link holds (accepted sockets inherit it).
+        self.server = await asyncio.start_server(self._handle, self.listen[0], self.listen[1],
+                                                 limit=_CHUNK)
+        for sock in self.server.sockets:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.held_bytes() // 2)
         self.port = int(self.server.sockets[0].getsockname()[1])
         log.debug("link=%s listening port=%d target=%s:%d", self.profile.name, self.port,
                   *self.target)

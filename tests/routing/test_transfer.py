@@ -68,13 +68,16 @@ def _send(edge: NodeProcess, center: NodeProcess, rel, *, chunk: int = 64 * 1024
     assert peer is not None
     peer_key = public_from_config(peer.public_key, cfg.data_dir)
 
+    async def yield_now() -> bool:
+        return bool(should_yield and should_yield())
+
     async def go():  # type: ignore[no-untyped-def]
         async with aiohttp.ClientSession() as session:
             return await send_bundle(session, peer.url, Sender(name, key), peer_key,
                                      rel.bundle_path, rel.bundle_id, receiver="center",
                                      sizer=ChunkSizer(chunk, 16 * 1024, 1 << 20),
                                      manifest=manifest_of(rel.bundle_path),
-                                     should_yield=should_yield or (lambda: False))
+                                     should_yield=yield_now)
 
     return asyncio.run(go())
 
