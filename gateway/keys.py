@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+import subprocess
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -31,9 +32,9 @@ def generate_keypair(private_path: Path, public_path: Path, *, overwrite: bool =
                      passphrase: bytes | None = None) -> str:
     """Write a new Ed25519 key pair; return the public key's hex fingerprint.
 
-    With ``passphrase`` the private key is PKCS#8 encrypted with it (PBES2:
-    PBKDF2-HMAC-SHA256 and AES-256-CBC, cryptography's BestAvailableEncryption):
-    a reader's signing key, under the reader's sole control (issue 17 finding 6).
+    With ``passphrase`` the private key is PKCS#8 encrypted with it (PBES2: scrypt
+    and AES-256-CBC, :func:`encrypted_pem`): a reader's signing key, under the
+    reader's sole control (issue 17 finding 6).
     """
     if private_path.exists() and not overwrite:
         raise LocalError(f"{private_path} exists; refusing to overwrite a node key")
@@ -43,10 +44,9 @@ def generate_keypair(private_path: Path, public_path: Path, *, overwrite: bool =
     key = Ed25519PrivateKey.generate()
     private_path.parent.mkdir(parents=True, exist_ok=True)
     public_path.parent.mkdir(parents=True, exist_ok=True)
-    enc: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(passphrase) if passphrase
-        else serialization.NoEncryption())
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
+    pem = (encrypted_pem(key, passphrase) if passphrase else key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
     fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
@@ -54,6 +54,46 @@ def generate_keypair(private_path: Path, public_path: Path, *, overwrite: bool =
     public_path.write_bytes(pub.public_bytes(serialization.Encoding.PEM,
                                              serialization.PublicFormat.SubjectPublicKeyInfo))
     return fingerprint(pub)
+
+
+OPENSSL = "/usr/bin/openssl"
+
+
+def encrypted_pem(key: Ed25519PrivateKey, passphrase: bytes) -> bytes:
+    """``key`` as PKCS#8 PEM encrypted with ``passphrase`` under scrypt (PBES2, AES-256-CBC).
+
+    ``cryptography`` reads scrypt-protected PKCS#8 but writes only PBKDF2, so OpenSSL
+    writes it: the passphrase goes through a pipe (never argv, never a file), and the
+    result is read back and compared before it is returned.
+    """
+    if b"\n" in passphrase or b"\r" in passphrase or b"\0" in passphrase:
+        raise PeerError("a passphrase may not contain a line break or a NUL byte")
+    plain = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption())
+    r, w = os.pipe()
+    try:
+        os.write(w, passphrase + b"\n")  # far below a pipe's buffer
+        os.close(w)
+        w = -1
+        try:
+            out = subprocess.run([OPENSSL, "pkcs8", "-topk8", "-scrypt", "-passout", f"fd:{r}"],
+                                 input=plain, capture_output=True, pass_fds=(r,), timeout=120,
+                                 check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise LocalError(f"cannot run {OPENSSL} to encrypt the key ({exc}); install "
+                             "Debian's openssl") from exc
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    if out.returncode != 0:
+        raise LocalError(f"openssl could not encrypt the key: "
+                         f"{out.stderr.decode(errors='replace').strip()[:300]}")
+    back = serialization.load_pem_private_key(out.stdout, password=passphrase)
+    if not isinstance(back, Ed25519PrivateKey) or fingerprint(back.public_key()) != \
+            fingerprint(key.public_key()):
+        raise LocalError("openssl's encrypted key does not read back as the same key")
+    return out.stdout
 
 
 def fingerprint(pub: Ed25519PublicKey) -> str:

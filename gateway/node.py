@@ -1,8 +1,9 @@
 """`fenji node`: run a node until SIGTERM/SIGINT.
 
 The supervisor opens the store once (migrations, crash recovery), then runs
-``dicom.workers`` receiving processes that share the DICOM port through
-SO_REUSEPORT.  Each worker owns its own store connection (SQLite serialises
+``dicom.workers`` receiving processes that share the DICOM port through the
+one listening socket it binds and hands them (no SO_REUSEPORT: no other node
+can bind the port beside them).  Each worker owns its own store connection (SQLite serialises
 the writers; blobs are content-addressed, so concurrent writers never clash).
 On SIGTERM every worker stops accepting, lets in-flight associations finish,
 and closes its store.  A worker that dies unexpectedly is restarted.
@@ -201,14 +202,15 @@ def worker_count(cfg: Config) -> int:
     return cfg.dicom.workers or max(1, os.cpu_count() or 1)
 
 
-def _serve(cfg: Config, stop: threading.Event, ready: Any = None) -> None:
-    """One receiving process: serve until ``stop`` is set."""
+def _serve(cfg: Config, stop: threading.Event, ready: Any = None,
+           listener: socket.socket | None = None) -> None:
+    """One receiving process: serve until ``stop`` is set (on ``listener`` if given)."""
     from fenji.gateway.dimse.server import DicomService
 
     store = open_store(cfg)
     service = DicomService(cfg, store)
     try:
-        host, port = service.start()
+        host, port = service.start(listener)
         if ready is not None:
             ready.put(("ready", os.getpid(), port))
         while not stop.wait(0.5):
@@ -231,7 +233,7 @@ def _die_with_parent() -> None:
         libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-def _worker_main(cfg: Config, ready: Any, verbose: int) -> None:
+def _worker_main(cfg: Config, ready: Any, verbose: int, listener: socket.socket) -> None:
     _die_with_parent()
     if os.getppid() == 1:  # the supervisor died before prctl took effect
         return
@@ -240,7 +242,7 @@ def _worker_main(cfg: Config, ready: Any, verbose: int) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        _serve(cfg, stop, ready)
+        _serve(cfg, stop, ready, listener)
     except OSError as exc:
         ready.put(("error", os.getpid(), str(exc)))
         raise
@@ -408,19 +410,21 @@ def _run_dicom(cfg: Config, n: int, stop: threading.Event, verbose: int, run_fil
 
 def _supervise(cfg: Config, n: int, stop: threading.Event, verbose: int) -> int:
     ctx = mp.get_context("spawn")
-    reserve = None
+    # The supervisor binds the DICOM port once, without SO_REUSEPORT, and hands the
+    # listening socket to every worker (multiprocessing passes the descriptor): the
+    # workers share it, the kernel gives each connection to one accept(), and no
+    # other node can bind the port beside them (issue 18).
+    listener = socket.create_server(
+        (cfg.dicom.host, cfg.dicom.port), backlog=128,
+        family=socket.AF_INET6 if ":" in cfg.dicom.host else socket.AF_INET)
     if cfg.dicom.port == 0:
-        # Pick one ephemeral port for all workers; hold it until they listen.
-        reserve = socket.socket(socket.AF_INET6 if ":" in cfg.dicom.host else socket.AF_INET)
-        reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        reserve.bind((cfg.dicom.host, 0))
         cfg = dataclasses.replace(cfg, dicom=dataclasses.replace(
-            cfg.dicom, port=reserve.getsockname()[1]))
+            cfg.dicom, port=listener.getsockname()[1]))
     ready = ctx.Queue()
     procs: list[Any] = []
 
     def spawn() -> Any:
-        p = ctx.Process(target=_worker_main, args=(cfg, ready, verbose), daemon=False,
+        p = ctx.Process(target=_worker_main, args=(cfg, ready, verbose, listener), daemon=False,
                         name="fenji-dicom-worker")
         p.start()
         return p
@@ -439,8 +443,6 @@ def _supervise(cfg: Config, n: int, stop: threading.Event, verbose: int) -> int:
             log.error("worker pid=%d failed to start: %s", pid, info)
             break
         pids.append(pid)
-    if reserve is not None:
-        reserve.close()
     if len(pids) < n and not stop.is_set():
         log.error("only %d of %d DICOM workers started; stopping", len(pids), n)
         stop.set()
@@ -476,4 +478,5 @@ def _supervise(cfg: Config, n: int, stop: threading.Event, verbose: int) -> int:
             log.error("worker pid=%s did not stop in %.0f s; killing", p.pid, join_s)
             p.kill()
             p.join()
+    listener.close()
     return rc

@@ -78,10 +78,8 @@ def read_passphrase(args: argparse.Namespace, who: str, *, confirm: bool = False
 def _protect(args: argparse.Namespace) -> int:
     import os
 
-    from cryptography.hazmat.primitives import serialization
-
     from fenji.gateway.errors import PeerError
-    from fenji.gateway.keys import is_encrypted, load_private
+    from fenji.gateway.keys import encrypted_pem, is_encrypted, load_private
 
     cfg = config_mod.load(args.config)
     priv, _ = cfg.reader_key_paths(args.reader)
@@ -97,9 +95,7 @@ def _protect(args: argparse.Namespace) -> int:
     if len(phrase) < MIN_PASSPHRASE_BYTES:
         raise PeerError(f"passphrase of {len(phrase)} bytes is too short: at least "
                         f"{MIN_PASSPHRASE_BYTES}")
-    pem = load_private(priv).private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.BestAvailableEncryption(phrase))
+    pem = encrypted_pem(load_private(priv), phrase)
     tmp = priv.with_suffix(".key.new")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:

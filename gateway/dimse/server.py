@@ -11,7 +11,8 @@ One :class:`DicomService` per receiving process.  The rules (issue 2, DESIGN.md 
 * only allow-listed calling AE titles (and optionally source addresses);
 * TCP_NODELAY on every accepted socket (pynetdicom leaves Nagle on, which
   caps C-STORE at 10-21 instances/s on loopback);
-* several processes can share the port (SO_REUSEPORT) so several modalities
+* several worker processes serve the port through the listening socket their
+  node binds once (gateway/node.py), so several modalities
   at once are not serialised behind one GIL.
 """
 
@@ -94,13 +95,18 @@ class _Server(ConnectionGuard, ThreadedAssociationServer):
 
     daemon_threads = True
     allow_hosts: frozenset[str] = frozenset()
+    # The listening socket the node's supervisor bound and handed to this worker
+    # (gateway/node.py): the workers of one node share the port through it, and no
+    # other process can join them (no SO_REUSEPORT, issue 18).  None: bind here.
+    inherited: socket.socket | None = None
 
     def server_bind(self) -> None:
-        sock = self.socket
-        assert sock is not None
-        # Several receiving processes share one port; the kernel spreads
-        # incoming associations between them.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if self.inherited is not None:
+            assert self.socket is not None
+            self.socket.close()
+            self.socket = self.inherited
+            self.server_address = self.inherited.getsockname()
+            return
         super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
@@ -189,7 +195,8 @@ class DicomService:
         install_nodelay()
 
     # -- lifecycle ------------------------------------------------------
-    def start(self) -> tuple[str, int]:
+    def start(self, listener: socket.socket | None = None) -> tuple[str, int]:
+        """Serve on ``listener`` (a worker's share of its node's port) or bind the port."""
         handlers: list[Any] = [
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
@@ -205,6 +212,7 @@ class DicomService:
         _Server.allow_hosts = frozenset(self.cfg.dicom.allow_hosts)
         _Server.preassoc_idle_s = self.cfg.dicom.preassoc_idle_s
         _Server.max_per_host = self.cfg.dicom.max_connections_per_host
+        _Server.inherited = listener
         server = cast(_Server, self.ae.make_server(
             (self.cfg.dicom.host, self.cfg.dicom.port), evt_handlers=handlers,
             server_class=_Server))

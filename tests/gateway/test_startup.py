@@ -60,6 +60,28 @@ def test_second_node_on_the_same_dicom_port_names_the_port_and_holder(tmp_path: 
         assert f"http.port {first.http_port} is in use" in line, line
 
 
+def test_a_nodes_workers_share_its_port_and_nobody_else_can(tmp_path: Path) -> None:
+    # The supervisor binds the port once and hands the socket to its workers: no
+    # SO_REUSEPORT, so another process cannot bind beside them even when it asks
+    # for port sharing itself (the kernel's "open door", issue 18).
+    import errno
+    import socket
+
+    with NodeProcess(tmp_path / "a", workers=2) as node:
+        intruder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        with pytest.raises(OSError) as exc:
+            intruder.bind(("127.0.0.1", node.dicom_port))
+        intruder.close()
+        assert exc.value.errno == errno.EADDRINUSE
+        # both workers serve it: several associations at once all land
+        files = ct_series()[:6]
+        r = storescu(files, node.dicom_port, calling="CT1")
+        assert len(r.sent) == len(files), r.failed
+        assert len(node.stored()) == len(files)
+        assert len(json.loads((node.directory / "run" / "node.json").read_text())["workers"]) == 2
+
+
 def test_a_host_that_does_not_resolve_is_one_line(tmp_path: Path) -> None:
     node = NodeProcess(tmp_path / "a")
     text = node.config.read_text().replace('host = "127.0.0.1"', 'host = "127.0.0.l"', 1)

@@ -165,3 +165,15 @@ def test_signing_over_the_api_and_cli_takes_the_readers_passphrase(nodes: Any) -
     # The passphrase is never written down by the node.
     log = center.log_path.read_text(errors="replace")
     assert PHRASE not in log and wrong not in log
+
+
+def test_an_encrypted_reader_key_is_pkcs8_with_scrypt(tmp_path: Path) -> None:
+    # issue 17 finding 6 asks for scrypt: OpenSSL's own parser names the KDF
+    from fenji.gateway.keys import generate_keypair, load_signing_key
+
+    priv, pub = tmp_path / "r.key", tmp_path / "r.pub"
+    generate_keypair(priv, pub, passphrase=b"correct horse battery")
+    dump = subprocess.run(["/usr/bin/openssl", "asn1parse", "-in", str(priv)],
+                          capture_output=True, text=True, check=True).stdout
+    assert ":scrypt" in dump and ":aes-256-cbc" in dump and "PBKDF2" not in dump
+    assert load_signing_key(priv, b"correct horse battery", who="r") is not None
