@@ -83,6 +83,16 @@ class EcgRecord:
     def duration_s(self) -> float:
         return self.n_samples / self.fs_hz
 
+    def lead_mv(self, j: int) -> np.ndarray:
+        """Lead ``j`` as float64 millivolts (a new array of one lead: a long record is
+        converted a lead at a time, not as a whole float64 copy)."""
+        col = self.signal[:, j].astype(np.float64)
+        if self.digital:
+            g = float(self.gains[j]) or 1.0
+            col = (col - float(self.baselines[j])) / g
+        col *= UNIT_TO_MV[self.units[j]]
+        return col
+
     def physical_mv(self) -> np.ndarray:
         """(samples, leads) float64 in millivolts (a new array)."""
         sig = self.signal.astype(np.float64)

@@ -52,6 +52,10 @@ def _lead_name(name: str) -> str:
     return _STD_UPPER.get(n.upper(), _ALIASES.get(n.upper(), n))
 
 
+# WFDB sample formats whose values fit in int16 (8, 12 and 16 bits; 10-bit packed).
+_FMT_16 = frozenset({"8", "16", "61", "80", "160", "212", "310", "311"})
+
+
 def read_wfdb(path: str | Path) -> EcgRecord:
     """Read a WFDB record (path without extension) as digital samples."""
     import wfdb
@@ -62,7 +66,11 @@ def read_wfdb(path: str | Path) -> EcgRecord:
     if not p.with_suffix(".hea").is_file():
         raise PeerError(f"{p}.hea: no such WFDB header")
     try:
-        rec = wfdb.rdrecord(str(p), physical=False)
+        # Samples of at most 16 bits are read as int16, not wfdb's default int64:
+        # a 48 MB record then costs 48 MB in memory, not 192 MB (issue 17, finding 13).
+        fmts = wfdb.rdheader(str(p)).fmt or []
+        res = 16 if fmts and all(str(f) in _FMT_16 for f in fmts) else 64
+        rec = wfdb.rdrecord(str(p), physical=False, return_res=res)
     except Exception as exc:  # wfdb raises bare ValueError/OSError/IndexError
         raise PeerError(f"{p}: unreadable WFDB record: {exc}") from exc
     sig = np.asarray(rec.d_signal)
@@ -224,24 +232,27 @@ def to_dicom(rec: EcgRecord, *, patient_id: str = "", patient_name: str = "",
     ds.InstanceNumber = 1
     ds.AcquisitionContextSequence = Sequence()
 
-    phys = rec.physical_mv()                  # mV
-    good = np.nan_to_num(phys, nan=0.0)
-    # 16-bit SS at a sensitivity that keeps the original resolution when it fits
+    # 16-bit SS at a sensitivity that keeps the original resolution when it fits.
+    # One lead at a time: a 256 MiB record never exists as a whole float64 copy.
+    n_samples, n_leads = rec.signal.shape
+    counts = np.empty((n_samples, n_leads), dtype="<i2")
     sens_uv = []
-    for j in range(phys.shape[1]):
+    for j in range(n_leads):
+        good = np.nan_to_num(rec.lead_mv(j), nan=0.0, copy=False)  # mV
         g = rec.gains[j] / UNIT_TO_MV[rec.units[j]]   # adu per mV
         s = 1000.0 / g if g > 0 else 1.0             # uV per count
-        peak = float(np.abs(good[:, j]).max(initial=0.0)) * 1000.0
+        peak = float(np.abs(good).max(initial=0.0)) * 1000.0
         while peak / s > 32767:
             s *= 2.0
         sens_uv.append(s)
-    counts = np.round(good * 1000.0 / np.array(sens_uv)).astype("<i2")
+        good *= 1000.0 / s
+        counts[:, j] = np.round(good, out=good)
     w = Dataset()
     w.MultiplexGroupTimeOffset = None
     del w.MultiplexGroupTimeOffset
     w.WaveformOriginality = "ORIGINAL"
-    w.NumberOfWaveformChannels = phys.shape[1]
-    w.NumberOfWaveformSamples = phys.shape[0]
+    w.NumberOfWaveformChannels = n_leads
+    w.NumberOfWaveformSamples = n_samples
     w.SamplingFrequency = f"{rec.fs_hz:g}"
     w.MultiplexGroupLabel = "RHYTHM"
     chans = []
