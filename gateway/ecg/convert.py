@@ -16,6 +16,7 @@ and memory whatever the recording's length.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import hashlib
 import io
@@ -128,10 +129,12 @@ def ecg_to_part10(files: dict[str, bytes], *, patient_id: str = "", patient_name
     summary: dict[str, Any] = {"record": label, "format": meta.format, "fs": rec.fs_hz,
                                "leads": list(rec.leads), "n_samples": rec.n_samples,
                                "sop_class_uid": str(ds.SOPClassUID)}
+    del ds  # its WaveformData is a second copy of the samples
     if meta.notes:
         summary["notes"] = list(meta.notes)
     n_gate = min(rec.n_samples, int(GATE_MAX_S * rec.fs_hz))
-    report, _ = check_ecg(rec.physical_mv()[:n_gate], rec.fs_hz, rec.leads)
+    head = dataclasses.replace(rec, signal=rec.signal[:n_gate])  # a view: no whole copy
+    report, _ = check_ecg(head.physical_mv(), rec.fs_hz, rec.leads)
     summary["quality"] = {"verdict": report["verdict"], "reasons": report["reasons"]}
     if n_gate < rec.n_samples:
         summary["quality"]["seconds_checked"] = round(n_gate / rec.fs_hz, 3)
