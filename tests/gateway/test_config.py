@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from fenji.gateway import config
 from fenji.gateway.cli.init import init_node
 from fenji.gateway.errors import ConfigError
+from fenji.gateway.lab.harness import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -83,7 +85,12 @@ def test_conf_check_cli_reports_key_paths(tmp_path: Path) -> None:
     assert r.returncode == 1
     assert "dicom.port = 'x' is not an integer" in r.stderr
     assert "store.min_free_bytes = -1 must be >= 0" in r.stderr
+    # the shipped example, on ports free on this machine (conf check probes them: a
+    # node running here on 8042/11112 must not fail this test)
+    example = tmp_path / "edge.toml"
+    example.write_text(re.sub(r"(?m)^port = \d+$", lambda _: f"port = {free_port()}",
+                              (REPO / "conf" / "edge.toml").read_text()))
     good = subprocess.run([sys.executable, "-m", "fenji.gateway.cli.main", "conf", "check",
-                           str(REPO / "conf" / "edge.toml")], capture_output=True, text=True)
+                           str(example)], capture_output=True, text=True)
     assert good.returncode == 0, good.stderr
     assert "ok" in good.stdout
