@@ -6,17 +6,16 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 from fenji.gateway import config as config_mod
-from fenji.gateway.config import CONFIG_HELP
+from fenji.gateway.cli import common
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("queue", help="the outbox: what is being sent where")
     qsub = p.add_subparsers(dest="queue_verb", metavar="ACTION", required=True)
-    ls = qsub.add_parser("ls", help="every job: state, attempts, bytes, next retry, error")
-    ls.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
+    ls = qsub.add_parser("ls", parents=[common.CONFIG],
+                         help="every job: state, attempts, bytes, next retry, error")
     ls.add_argument("--state", choices=("queued", "leased", "done", "dead"))
     ls.add_argument("--dest", help="only jobs for this destination")
     ls.add_argument("--json", action="store_true",
@@ -24,13 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ls.set_defaults(func=_ls)
     for name, helptext in (("pause", "stop sending to a destination"),
                            ("resume", "send to a paused destination again")):
-        a = qsub.add_parser(name, help=helptext)
+        a = qsub.add_parser(name, parents=[common.CONFIG], help=helptext)
         a.add_argument("dest", metavar="DEST")
-        a.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
         a.set_defaults(func=_pause, paused=(name == "pause"))
-    r = qsub.add_parser("retry", help="put a dead-lettered job back in the queue")
+    r = qsub.add_parser("retry", parents=[common.CONFIG],
+                        help="put a dead-lettered job back in the queue")
     r.add_argument("job_id", type=int, metavar="JOB")
-    r.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     r.add_argument("--operator", default=None,
                    help="who retries it, for the audit ledger (default: the login name)")
     r.set_defaults(func=_retry)
