@@ -62,6 +62,25 @@ def _verify(root: Path) -> ledger.VerifyResult:
         store.close()
 
 
+def _event(root: Path, seq: int) -> dict[str, Any]:
+    """Event ``seq`` as stored; the store is closed again before the intruder's turn."""
+    store = Store(root)
+    try:
+        row = store.query_one("SELECT * FROM audit WHERE seq = ?", (seq,))
+    finally:
+        store.close()
+    assert row is not None, f"no event {seq} in {root}"
+    return row
+
+
+def _forged_after(prev: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """A well-formed edge event linking to ``prev`` (next seq, a second later), hashed right."""
+    forged = {"seq": prev["seq"] + 1, "node": "edge", "at": prev["at"] + 1,
+              "case_id": "case-1", "detail": "{}", "prev_hash": prev["hash"], **fields}
+    forged["hash"] = ledger.event_hash(forged)
+    return forged
+
+
 def _kinds(res: ledger.VerifyResult) -> list[tuple[str, int | None]]:
     return [(p.kind, p.seq) for p in res.problems]
 
@@ -96,10 +115,7 @@ def test_one_tampering_is_named_alone(signed: Path, sql: str, problem: tuple[str
 
 
 def test_edited_and_rehashed_event_is_named(signed: Path) -> None:
-    store = Store(signed)
-    row = store.query_one("SELECT * FROM audit WHERE seq = 4")
-    store.close()
-    assert row is not None
+    row = _event(signed, 4)
     row["detail"] = json.dumps({"i": 3, "note": "changed"})
     new_hash = ledger.event_hash(row)
     _tamper(signed, ("UPDATE audit SET detail = ?, hash = ? WHERE seq = 4",
@@ -112,14 +128,8 @@ def test_edited_and_rehashed_event_is_named(signed: Path) -> None:
 
 def test_inserted_event_is_named(signed: Path) -> None:
     """An intruder makes room at seq 6 and inserts a well-formed event linking to 5."""
-    store = Store(signed)
-    five = store.query_one("SELECT * FROM audit WHERE seq = 5")
-    store.close()
-    assert five is not None
-    forged = {"seq": 6, "node": "edge", "at": five["at"] + 1, "kind": "override",
-              "actor": "mallory", "role": "technician", "object": "case-1",
-              "case_id": "case-1", "detail": "{}", "prev_hash": five["hash"]}
-    forged["hash"] = ledger.event_hash(forged)
+    forged = _forged_after(_event(signed, 5), kind="override", actor="mallory",
+                           role="technician", object="case-1")
     _tamper(signed,
             ("UPDATE audit SET seq = seq + 1000 WHERE seq >= 6", ()),
             ("UPDATE audit SET seq = seq - 999 WHERE seq >= 1006", ()),
@@ -138,14 +148,8 @@ def test_inserted_event_is_named(signed: Path) -> None:
 
 
 def test_inserted_event_at_the_end_is_an_unsigned_tail(signed: Path) -> None:
-    store = Store(signed)
-    last = store.query_one("SELECT * FROM audit WHERE seq = 10")
-    store.close()
-    assert last is not None
-    forged = {"seq": 11, "node": "edge", "at": last["at"] + 1, "kind": "acknowledged",
-              "actor": "mallory", "role": "physician", "object": "r1", "case_id": "case-1",
-              "detail": "{}", "prev_hash": last["hash"]}
-    forged["hash"] = ledger.event_hash(forged)
+    forged = _forged_after(_event(signed, 10), kind="acknowledged", actor="mallory",
+                           role="physician", object="r1")
     _tamper(signed, ("INSERT INTO audit VALUES (:seq, :node, :at, :kind, :actor, :role, "
                      ":object, :case_id, :detail, :prev_hash, :hash)", forged))
     res = _verify(signed)
