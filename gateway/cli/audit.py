@@ -11,9 +11,8 @@ from fenji.gateway.cli import common
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("audit", help="the audit ledger: a case's history across nodes, "
-                                     "and the chain's integrity")
-    asub = p.add_subparsers(dest="audit_verb", metavar="ACTION", required=True)
+    asub = common.group(sub, "audit", "the audit ledger: a case's history across nodes, "
+                                      "and the chain's integrity")
     ls = asub.add_parser("ls", parents=[common.CONFIG],
                          help="events, oldest first: this node's and the other nodes' "
                                     "that came with bundles and reports")

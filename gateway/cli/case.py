@@ -14,8 +14,7 @@ from fenji.gateway.dicom.charset import pn_display
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("case", help="release studies as cases and follow them")
-    csub = p.add_subparsers(dest="case_verb", metavar="ACTION", required=True)
+    csub = common.group(sub, "case", "release studies as cases and follow them")
 
     s = csub.add_parser(
         "send", parents=common.BOTH, help="release a study (or its new instances) for sending",

@@ -11,8 +11,7 @@ from fenji.gateway.cli import common
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("codec", help="encode, decode and inspect fenji-encoded instances")
-    csub = p.add_subparsers(dest="codec_verb", metavar="ACTION", required=True)
+    csub = common.group(sub, "codec", "encode, decode and inspect fenji-encoded instances")
 
     en = csub.add_parser("encode", parents=[common.JSON], help="encode a Part-10 file losslessly")
     en.add_argument("input", type=Path, metavar="IN")

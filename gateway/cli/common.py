@@ -24,6 +24,14 @@ JSON.add_argument("--json", action="store_true",
 BOTH = [CONFIG, JSON]
 
 
+def group(sub: argparse._SubParsersAction, verb: str,  # type: ignore[type-arg]
+          help: str, description: str | None = None
+          ) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+    """``fenji VERB ACTION``: the parser of a verb group, answering its actions."""
+    p = sub.add_parser(verb, help=help, description=description)
+    return p.add_subparsers(dest=f"{verb}_verb", metavar="ACTION", required=True)
+
+
 def emit(args: argparse.Namespace, out: Mapping[str, Any],
          text: str | Callable[[Mapping[str, Any]], str]) -> int:
     """Print ``out`` as one JSON line under ``--json``, else ``text``; exit status 0."""

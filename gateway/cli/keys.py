@@ -11,8 +11,7 @@ from fenji.gateway.cli import common
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("keys", help="the node's Ed25519 key pair and TLS certificate")
-    ksub = p.add_subparsers(dest="keys_verb", metavar="ACTION", required=True)
+    ksub = common.group(sub, "keys", "the node's Ed25519 key pair and TLS certificate")
     i = ksub.add_parser("init", parents=[common.CONFIG],
                         help="create the node key pair and certificate if missing",
                         description="Creates keys/node.key (0600), keys/node.pub and "

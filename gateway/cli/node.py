@@ -40,8 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                                    "associations finish, the store closes).")
     p.set_defaults(func=_node)
 
-    p = sub.add_parser("conf", help="configuration tools")
-    csub = p.add_subparsers(dest="conf_verb", metavar="ACTION", required=True)
+    csub = common.group(sub, "conf", "configuration tools")
     c = csub.add_parser("check", help="validate a config; print every error with its key path")
     c.add_argument("file", type=Path, metavar="FILE", nargs="?", default=None,
                    help="the config (default: $FENJI_CONFIG, else ./fenji.toml, else "

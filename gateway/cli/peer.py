@@ -35,12 +35,11 @@ class InvitationError(PeerError):
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("peer", help="pair this node with another (invite / add / ls)",
-                       description="Pair two nodes: run `fenji peer invite` on one, check the "
-                                   "key fingerprint with the other side, then paste the line "
-                                   "into `fenji peer add` there.  Do it both ways for nodes "
-                                   "that send to each other (an edge and its center).")
-    psub = p.add_subparsers(dest="peer_verb", metavar="ACTION", required=True)
+    psub = common.group(sub, "peer", "pair this node with another (invite / add / ls)",
+                        description="Pair two nodes: run `fenji peer invite` on one, check the "
+                                    "key fingerprint with the other side, then paste the line "
+                                    "into `fenji peer add` there.  Do it both ways for nodes "
+                                    "that send to each other (an edge and its center).")
     i = psub.add_parser("invite", parents=[common.CONFIG], help="print this node's pairing line")
     i.add_argument("--url", help="the URL the other node reaches this one at (default: from "
                                  "[http]; give the hospital LAN or VPN address)")

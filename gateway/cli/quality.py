@@ -10,8 +10,7 @@ from fenji.gateway.cli import common
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("quality", help="the quality gate's reports and attestations")
-    qsub = p.add_subparsers(dest="quality_verb", metavar="ACTION", required=True)
+    qsub = common.group(sub, "quality", "the quality gate's reports and attestations")
     sh = qsub.add_parser("show", parents=[common.CONFIG],
                          help="a case's quality report, reasons and attestation")
     sh.add_argument("case_id", metavar="CASE")

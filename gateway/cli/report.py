@@ -39,8 +39,7 @@ class Unreadable(PeerError):
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("report", help="signed reports: sign (center), verify who signed what")
-    rsub = p.add_subparsers(dest="report_verb", metavar="ACTION", required=True)
+    rsub = common.group(sub, "report", "signed reports: sign (center), verify who signed what")
     _add_submit(rsub)
     _add_verify(rsub)
     _add_pdf(rsub)

@@ -23,8 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.add_argument("--json", action="store_true", help="one JSON object")
     s.set_defaults(func=_stats)
 
-    led = sub.add_parser("ledger", help="money computed from the ledger")
-    lsub = led.add_subparsers(dest="ledger_verb", metavar="ACTION", required=True)
+    lsub = common.group(sub, "ledger", "money computed from the ledger")
     f = lsub.add_parser("fees", parents=[common.CONFIG],
                         help="a month's reported cases priced from [[services]], "
                                      "split inviting hospital : invited center; exit 1 when "

@@ -19,8 +19,7 @@ LS_FIELDS = ("sop_instance_uid", "sop_class_uid", "study_instance_uid", "series_
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("store", help="inspect and feed the node's store")
-    ssub = p.add_subparsers(dest="store_verb", metavar="ACTION", required=True)
+    ssub = common.group(sub, "store", "inspect and feed the node's store")
 
     ls = ssub.add_parser("ls", parents=[common.CONFIG], help="list stored instances")
     ls.add_argument("--json", action="store_true",

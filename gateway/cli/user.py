@@ -13,9 +13,8 @@ from fenji.gateway.errors import LocalError
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("user", help="API users and their roles (technician, reader, "
-                                    "physician, operator)")
-    usub = p.add_subparsers(dest="user_verb", metavar="ACTION", required=True)
+    usub = common.group(sub, "user", "API users and their roles (technician, reader, "
+                                     "physician, operator)")
     a = usub.add_parser(
         "add", parents=[common.CONFIG],
         help="add a user: prints their token once, writes only its hash",

@@ -11,8 +11,7 @@ from fenji.gateway.dicom.charset import pn_display
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("worklist", help="the reading center's cases: list, claim, give back")
-    wsub = p.add_subparsers(dest="worklist_verb", metavar="ACTION", required=True)
+    wsub = common.group(sub, "worklist", "the reading center's cases: list, claim, give back")
     ls = wsub.add_parser("ls", parents=[common.CONFIG],
                          help="received cases, STAT first, then longest waiting",
                          description="Per case: priority, waiting time, service, sending "
