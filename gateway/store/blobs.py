@@ -471,8 +471,9 @@ class S3Blobs:
                 body.close()
 
     def open(self, sha256: str) -> BinaryIO:
-        return io.BufferedReader(_RangeReader(self, sha256, self.size(sha256)),
-                                 buffer_size=8192)  # type: ignore[return-value]
+        # Not wrapped in io.BufferedReader: pydicom takes one for a named file and
+        # would re-open its .name for deferred values; the reader keeps its own window.
+        return _RangeReader(self, sha256, self.size(sha256))  # type: ignore[return-value]
 
     def local_path(self, sha256: str) -> Path | None:
         return None
@@ -515,7 +516,7 @@ class _RangeReader(io.RawIOBase):
         super().__init__()
         self._blobs, self._sha, self._size = blobs, sha256, size
         self._pos = 0
-        self._win_at, self._win = 0, b""
+        self._win_at, self._win = -1, b""  # no window yet: the first read is not "sequential"
         self._next = BLOB_S3_READAHEAD_MIN_BYTES
 
     def readable(self) -> bool:
@@ -549,7 +550,8 @@ class _RangeReader(io.RawIOBase):
                 self._win_at, self._win = self._pos, b""
                 return n
             self._win_at = self._pos
-            self._win = self._blobs.get_range(self._sha, self._pos, self._next)
+            self._win = self._blobs.get_range(self._sha, self._pos,
+                                              min(self._next, self._size - self._pos))
             at = 0
             if not self._win:
                 return 0
