@@ -534,9 +534,18 @@ class _RangeReader(io.RawIOBase):
         return self._pos
 
     def readinto(self, b: Any) -> int:
+        """Fill ``b`` up to the object's end (pydicom takes a short read for a truncated file)."""
+        view = memoryview(b).cast("B")
+        done = 0
+        while done < len(view) and self._pos < self._size:
+            n = self._read_some(view[done:])
+            if n == 0:
+                break
+            done += n
+        return done
+
+    def _read_some(self, b: memoryview) -> int:
         want = min(len(b), self._size - self._pos)
-        if want <= 0:
-            return 0
         at = self._pos - self._win_at
         if not 0 <= at < len(self._win):
             sequential = self._pos == self._win_at + len(self._win)
