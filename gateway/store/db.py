@@ -41,6 +41,7 @@ from fenji.gateway.dicom.info import InstanceInfo
 from fenji.gateway.errors import LocalError
 from fenji.gateway.store.blobs import BlobStoreError, S3Blobs, StoreFull, open_blobs
 from fenji.gateway.store.migrations import MIGRATIONS
+from fenji.gateway.store.upload_parts import LocalParts, S3Parts
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +253,13 @@ class Store:
 
     def _check_room(self, size: int) -> None:
         self.blobs.check_room(size)
+
+    def upload_parts(self, folder: Path) -> LocalParts | S3Parts:
+        """Where uploads in progress wait: ``folder`` here, or beside the blobs in the
+        bucket, where every center process sharing it can resume them."""
+        if isinstance(self.blobs, S3Blobs):
+            return S3Parts(self.blobs, self.tmp_dir)
+        return LocalParts(folder)
 
     # -- instances ------------------------------------------------------
     def put(self, data: bytes, info: InstanceInfo, *, calling_ae: str | None = None,
