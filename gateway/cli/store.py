@@ -42,6 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ve.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     ve.set_defaults(func=_verify)
 
+    rc = ssub.add_parser("recover", help="remove temp files and unindexed blobs (also in an "
+                                         "s3:// store.blob_url, past their grace period)")
+    rc.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
+    rc.set_defaults(func=_recover)
+
     du = ssub.add_parser("du", help="disk usage of the store")
     du.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     du.add_argument("--json", action="store_true")
@@ -154,6 +159,16 @@ def _verify(args: argparse.Namespace) -> int:
         print(p, file=sys.stderr)
     print(f"{n} instances checked, {len(problems)} problem(s)")
     return 1 if problems else 0
+
+
+def _recover(args: argparse.Namespace) -> int:
+    _, store = _open(args)
+    try:
+        out = store.recover(sweep_blobs=True)
+    finally:
+        store.close()
+    print(" ".join(f"{k}={v}" for k, v in out.items()))
+    return 0
 
 
 def _du(args: argparse.Namespace) -> int:

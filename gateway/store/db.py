@@ -555,20 +555,30 @@ class Store:
         return [dict(r) for r in self._reader().execute("SELECT * FROM quarantine ORDER BY id")]
 
     # -- maintenance ------------------------------------------------------
-    def recover(self) -> dict[str, int]:
+    def recover(self, *, sweep_blobs: bool | None = None) -> dict[str, int]:
         """Remove what a crash can leave behind: temp files and unindexed blobs.
 
-        In a bucket another center process may be between its PUT and its
-        commit: an unindexed object is removed only once older than
-        ``blobs.orphan_grace_s`` (an S3 put always rewrites, so its age is fresh).
+        ``sweep_blobs``: look for unindexed blobs (default: in the local folder,
+        at every start; a bucket is listed only when asked, by ``fenji store
+        recover``: a regional center's bucket holds millions of objects, and
+        its orphans are rare and harmless).  In a bucket another center process
+        may be between its PUT and its commit: an unindexed object is removed
+        only once older than ``blobs.orphan_grace_s`` (an S3 put always
+        rewrites, so its age is fresh).
         """
         removed_tmp = 0
         for p in self.tmp_dir.iterdir():
             with contextlib.suppress(OSError):
                 p.unlink()
                 removed_tmp += 1
-        indexed = {r[0] for r in self._reader().execute("SELECT sha256 FROM instances")}
+        if sweep_blobs is None:
+            sweep_blobs = not isinstance(self.blobs, S3Blobs)
         orphans = 0
+        if not sweep_blobs:
+            if removed_tmp:
+                log.info("store=%s recovered tmp_removed=%d", self.root, removed_tmp)
+            return {"tmp_removed": removed_tmp, "orphans_removed": 0}
+        indexed = {r[0] for r in self._reader().execute("SELECT sha256 FROM instances")}
         grace = self.blobs.orphan_grace_s
         now = time.time()
         for b in self.blobs.listing():
