@@ -341,7 +341,8 @@ class S3Blobs:
         if self.url.checksum == "sha256":
             extra["ChecksumSHA256"] = _b64(bytes.fromhex(sha256))
         try:
-            resp = self.client.put_object(Bucket=self.url.bucket, Key=key, Body=bytes(view),
+            body = data if isinstance(data, bytes) else bytes(view)  # no copy of bytes
+            resp = self.client.put_object(Bucket=self.url.bucket, Key=key, Body=body,
                                           ContentMD5=_b64(md5), ContentLength=len(view),
                                           **extra)
         except self._errors as exc:
