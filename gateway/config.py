@@ -699,7 +699,7 @@ def from_mapping(raw: Mapping[str, Any], *, source: str | None = None,
     # would only add a misleading second message for the same key.
     bad = {_error_key(e) for e in errors}
     semantic: list[str] = []
-    check_values(cfg, semantic)
+    check_values(cfg, semantic, chunk_hard_max=TRANSFER_CHUNK_HARD_MAX_BYTES)
     errors.extend(e for e in semantic if _error_key(e) not in bad)
     if errors:
         raise ConfigError(errors)
