@@ -116,6 +116,11 @@ def test_an_upload_resumes_in_another_center_process_from_the_bucket(
     again = _send(edge, rel)  # exactly once: the same receipt, nothing stored twice
     assert isinstance(again, Delivered) and again.receipt == rest.receipt
     assert len(center.stored()) == len(files)
+    # The operator's verbs read the bucket (credentials from the config here).
+    verified = center.cli("store", "verify", check=False)
+    assert verified.returncode == 0 and f"{len(files)} instances checked, 0 problem" in \
+        verified.stdout
+    assert "orphans_removed=0" in center.cli("store", "recover").stdout
 
 
 def test_a_chunk_written_but_not_committed_does_not_corrupt_the_bundle(
