@@ -216,6 +216,13 @@ def test_store_on_s3_puts_reads_verifies_recovers(s3_server: S3Server, tmp_path:
         # Quarantined bytes go to the bucket too, and leave it when evicted.
         q = store.quarantine(b"junk", "not DICOM")
         assert store.quarantine_blobs.read(q) == b"junk"
+        # A refused bundle file is moved there too, read a MiB at a time.
+        bundle = tmp_path / "refused.fbundle"
+        bundle.write_bytes(os.urandom(3 << 20))
+        want = _sha(bundle.read_bytes())
+        assert store.quarantine_file(bundle, "bundle: bad") == want
+        assert not bundle.exists() and _sha(store.quarantine_blobs.read(want)) == want
+        assert [r["reason"] for r in store.quarantined()] == ["not DICOM", "bundle: bad"]
     finally:
         store.close()
 
