@@ -40,6 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                          help="re-hash every blob against the index")
     ve.set_defaults(func=_verify)
 
+    rc = ssub.add_parser("recover", parents=[common.CONFIG],
+                         help="remove temp files and unindexed blobs (also in an s3:// "
+                              "store.blob_url, past their grace period)")
+    rc.set_defaults(func=_recover)
+
     du = ssub.add_parser("du", parents=common.BOTH, help="disk usage of the store")
     du.set_defaults(func=_du)
 
@@ -150,6 +155,16 @@ def _verify(args: argparse.Namespace) -> int:
         print(p, file=sys.stderr)
     print(f"{n} instances checked, {len(problems)} problem(s)")
     return 1 if problems else 0
+
+
+def _recover(args: argparse.Namespace) -> int:
+    _, store = _open(args)
+    try:
+        out = store.recover(sweep_blobs=True)
+    finally:
+        store.close()
+    print(" ".join(f"{k}={v}" for k, v in out.items()))
+    return 0
 
 
 def _du(args: argparse.Namespace) -> int:

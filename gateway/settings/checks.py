@@ -12,6 +12,8 @@ import re
 from typing import Any
 
 from fenji.gateway.dicom.charset import check_term
+from fenji.gateway.errors import ConfigError
+from fenji.gateway.settings.blob_url import parse_blob_url
 
 ROLES = ("edge", "relay", "center")
 # Who may do what over the HTTP API (DESIGN.md §11).  A technician registers
@@ -88,6 +90,10 @@ def check_values(cfg: Any, errors: list[str], *, chunk_hard_max: int) -> None:
             errors.append(f"store.{name} = {getattr(cfg.store, name)} must be >= 0")
     if cfg.store.min_free_bytes < 0:
         errors.append(f"store.min_free_bytes = {cfg.store.min_free_bytes} must be >= 0")
+    try:
+        parse_blob_url(cfg.store.blob_url)
+    except ConfigError as exc:
+        errors.extend(exc.errors)
     _unique_names(errors, "peers", cfg.peers)
     names = [p.name for p in cfg.peers]
     for i, peer in enumerate(cfg.peers):
