@@ -161,6 +161,15 @@ async def post_ack(request: web.Request) -> web.Response:
     return web.json_response(out)
 
 
+def _fields(body: dict[str, Any], *names: str, doing: str) -> list[str]:
+    """The named fields of a JSON body, stripped; 400 naming every missing one."""
+    values = [str(body.get(n) or "").strip() for n in names]
+    missing = [n for n, v in zip(names, values, strict=True) if not v]
+    if missing:
+        raise web.HTTPBadRequest(text=f"{doing} needs {' and '.join(missing)}")
+    return values
+
+
 @ROUTES.post("/api/cases/{case_id}/exclude")
 async def post_exclude(request: web.Request) -> web.Response:
     """Drop one instance of a held case: ``{"sop_instance_uid": ..., "reason": ...}``."""
@@ -169,10 +178,7 @@ async def post_exclude(request: web.Request) -> web.Response:
     cfg, store = _app(request)
     user = require(request, "technician", "operator", action="exclude an instance from a case")
     body = await _json(request)
-    reason = str(body.get("reason") or "").strip()
-    sop = str(body.get("sop_instance_uid") or "").strip()
-    if not reason or not sop:
-        raise web.HTTPBadRequest(text="excluding an instance needs sop_instance_uid and a reason")
+    reason, sop = _fields(body, "reason", "sop_instance_uid", doing="excluding an instance")
     out = await asyncio.to_thread(cases_mod.exclude_instance, store, request.match_info["case_id"],
                                   sop, operator=user.name, reason=reason, node=cfg.node.name)
     return web.json_response(out)
@@ -185,10 +191,7 @@ async def post_override(request: web.Request) -> web.Response:
 
     cfg, store = _app(request)
     user = require(request, "technician", "operator", action="override a quality hold")
-    body = await _json(request)
-    reason = str(body.get("reason") or "").strip()
-    if not reason:
-        raise web.HTTPBadRequest(text="an override needs a reason")
+    (reason,) = _fields(await _json(request), "reason", doing="an override")
     key = await asyncio.to_thread(load_private, cfg.resolve(cfg.keys.private_key))
     case_id = request.match_info["case_id"]
     case = await asyncio.to_thread(store.query_one, "SELECT destination FROM cases WHERE "

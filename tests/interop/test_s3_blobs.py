@@ -22,6 +22,7 @@ import pydicom
 import pytest
 import requests
 from _data import DICOM_DIR, ct_series
+from _tools import proc_vm, reset_peak_rss
 from pydicom.encaps import generate_frames
 from pydicom.uid import generate_uid
 
@@ -38,17 +39,6 @@ BOUND = 32 * MIB  # peak RSS growth allowed while the whole series streams out
 JPEG_CINE = DICOM_DIR / "us" / "us_multiframe_ybr_jpeg_cine.dcm"
 
 
-def _vm(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {key} in /proc/{pid}/status")
-
-
-def _reset_peak(pid: int) -> int:
-    """VmHWM back to the current RSS (``clear_refs`` 5, Linux >= 4.0); returns the RSS."""
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
-    return _vm(pid, "VmRSS:")
 
 
 def _large_series(out: Path) -> tuple[str, str, list[Path]]:
@@ -115,14 +105,14 @@ def test_wado_rs_streams_a_series_larger_than_the_bound_with_flat_memory(
         assert r.status_code == 200
         for _ in r.iter_content(MIB):
             pass
-    rss = _reset_peak(node.proc.pid)
+    rss = reset_peak_rss(node.proc.pid)
     total = 0
     with _retrieve(node, url) as r:
         assert r.status_code == 200, r.text
         for piece in r.iter_content(MIB):
             total += len(piece)
         assert total == int(r.headers["Content-Length"])
-    growth = _vm(node.proc.pid, "VmHWM:") - rss
+    growth = proc_vm(node.proc.pid, "VmHWM:") - rss
     series_bytes = sum(p.stat().st_size for p in paths)
     print(f"WADO-RS series of {series_bytes / MIB:.0f} MiB from S3: node peak RSS growth "
           f"{growth / MIB:.1f} MiB (bound {BOUND / MIB:.0f} MiB)")
