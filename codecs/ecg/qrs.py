@@ -65,6 +65,7 @@ from fenji.codecs.ecg.beats import (
     score_beats,
 )
 from fenji.codecs.ecg.qrs_slope import band_b, detect_qrs_slope, detect_slope_from_bandpassed
+from fenji.codecs.ecg.windows import window_p2p
 
 # The beat-list helpers and the second detector live in their own modules; the
 # names callers have always imported from here are re-exported.
@@ -502,17 +503,7 @@ def _despike_py(x: np.ndarray, h: int, win: int, k: float) -> np.ndarray:
     nw = n // win
     if nw == 0:
         return y
-    p2p = np.empty(nw)
-    for w in range(nw):
-        lo = x[w * win]
-        hi = lo
-        for i in range(w * win, (w + 1) * win):
-            if x[i] > hi:
-                hi = x[i]
-            if x[i] < lo:
-                lo = x[i]
-        p2p[w] = hi - lo
-    amp = np.sort(p2p)[nw // 4]
+    amp = np.sort(window_p2p(x, win))[nw // 4]
     if amp <= 0.0:
         return y
     thr = k * amp
