@@ -380,7 +380,7 @@ def _gapfill_py(slope: np.ndarray, peaks: np.ndarray, fs: float, rel: float,
     # local slope level: median of 2.5-s blocks, computed once (not once per gap)
     blk = max(1, int(2.5 * fs))
     nb = (n + blk - 1) // blk
-    level = np.full(nb, -1.0)          # filled on first use: most gaps are short
+    level = np.full(nb, -1.0)          # filled on first use, for steep candidates only
     out = np.empty(2 * nk, dtype=np.int64)
     no = 0
     for k in range(nk):
@@ -398,13 +398,12 @@ def _gapfill_py(slope: np.ndarray, peaks: np.ndarray, fs: float, rel: float,
             if slope[i] > mj:
                 mj = slope[i]
                 j = i
-        if j < 0:
+        if j < 0 or mj < rel * med:
             continue
         bi = ((p + q) // 2) // blk
         if level[bi] < 0.0:
             level[bi] = np.median(slope[bi * blk:min(n, (bi + 1) * blk)])
-        noise = level[bi]
-        if mj >= rel * med and mj >= snr * noise:
+        if mj >= snr * level[bi]:
             if j - p < twin:
                 st = 0.0
                 sb = 0.0
