@@ -40,14 +40,17 @@ BASELINE_HZ = 0.5
 NOTCH_Q = 30.0
 _BUTTER_Q = 1.0 / math.sqrt(2.0)
 
+
 # --- design (plain Python; tiny) -------------------------------------------------
 
 def _biquad(b0: float, b1: float, b2: float, a0: float, a1: float, a2: float) -> list[float]:
     return [b0 / a0, b1 / a0, b2 / a0, 1.0, a1 / a0, a2 / a0]
 
+
 def _check_freq(f_hz: float, fs_hz: float) -> None:
     if not 0.0 < f_hz < fs_hz / 2.0:
         raise ValueError(f"corner {f_hz} Hz must lie in (0, {fs_hz / 2.0}) Hz for fs={fs_hz} Hz")
+
 
 def design_lowpass(f_hz: float, fs_hz: float, order: int = 2) -> np.ndarray:
     """Butterworth-Q biquads (``order`` even): low-pass at ``f_hz`` (RBJ cookbook)."""
@@ -57,6 +60,7 @@ def design_lowpass(f_hz: float, fs_hz: float, order: int = 2) -> np.ndarray:
     row = _biquad((1 - c) / 2, 1 - c, (1 - c) / 2, 1 + alpha, -2 * c, 1 - alpha)
     return np.array([row] * max(1, order // 2), dtype=np.float64)
 
+
 def design_highpass(f_hz: float, fs_hz: float, order: int = 2) -> np.ndarray:
     """Butterworth-Q biquads (``order`` even): high-pass at ``f_hz`` (RBJ cookbook)."""
     _check_freq(f_hz, fs_hz)
@@ -65,9 +69,11 @@ def design_highpass(f_hz: float, fs_hz: float, order: int = 2) -> np.ndarray:
     row = _biquad((1 + c) / 2, -(1 + c), (1 + c) / 2, 1 + alpha, -2 * c, 1 - alpha)
     return np.array([row] * max(1, order // 2), dtype=np.float64)
 
+
 def design_bandpass(lo_hz: float, hi_hz: float, fs_hz: float) -> np.ndarray:
     """High-pass at ``lo_hz`` cascaded with low-pass at ``hi_hz`` (one biquad each)."""
     return np.vstack([design_highpass(lo_hz, fs_hz), design_lowpass(hi_hz, fs_hz)])
+
 
 def design_notch(f0_hz: float, fs_hz: float, q: float = NOTCH_Q) -> np.ndarray:
     """Notch at ``f0_hz`` and, below Nyquist, its 2nd harmonic (RBJ cookbook)."""
@@ -79,6 +85,7 @@ def design_notch(f0_hz: float, fs_hz: float, q: float = NOTCH_Q) -> np.ndarray:
         c, alpha = math.cos(w0), math.sin(w0) / (2.0 * q)
         rows.append(_biquad(1.0, -2 * c, 1.0, 1 + alpha, -2 * c, 1 - alpha))
     return np.array(rows, dtype=np.float64).reshape(-1, 6)
+
 
 # --- kernels ---------------------------------------------------------------------
 
@@ -97,6 +104,7 @@ def _steady_state(sos: np.ndarray, x0: float, z1: np.ndarray, z2: np.ndarray) ->
         z2[s] = b2 * x0 - a2 * y0
         z1[s] = b1 * x0 - a1 * y0 + z2[s]
         x0 = y0
+
 
 @register_jitable
 def _sosfilt_inplace_py(sos: np.ndarray, y: np.ndarray, steady: bool, backward: bool) -> None:
@@ -125,11 +133,13 @@ def _sosfilt_inplace_py(sos: np.ndarray, y: np.ndarray, steady: bool, backward: 
             xi = yi
         y[i] = xi
 
+
 def _sosfilt_py(sos: np.ndarray, x: np.ndarray, steady: bool) -> np.ndarray:
     """Causal filter of ``x`` (a new float64 array)."""
     y = x.astype(np.float64)
     _sosfilt_inplace_py(sos, y, steady, False)
     return y
+
 
 def _filtfilt_py(sos: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Forward pass, then the same filter backward in time (zero phase)."""
@@ -138,8 +148,10 @@ def _filtfilt_py(sos: np.ndarray, x: np.ndarray) -> np.ndarray:
     _sosfilt_inplace_py(sos, y, True, True)
     return y
 
+
 _sosfilt_nb = njit(_sosfilt_py, nogil=True, cache=True)
 _filtfilt_nb = njit(_filtfilt_py, nogil=True, cache=True)
+
 
 @register_jitable
 def _sosfilt2_inplace_py(sos: np.ndarray, y: np.ndarray, steady: bool, backward: bool) -> None:
@@ -175,13 +187,16 @@ def _sosfilt2_inplace_py(sos: np.ndarray, y: np.ndarray, steady: bool, backward:
                 z2[s, j] = b2 * xi - a2 * yi
                 y[i, j] = yi
 
+
 def _filtfilt2_py(sos: np.ndarray, x: np.ndarray) -> np.ndarray:
     y = x.astype(np.float64)
     _sosfilt2_inplace_py(sos, y, True, False)
     _sosfilt2_inplace_py(sos, y, True, True)
     return y
 
+
 _filtfilt2_nb = njit(_filtfilt2_py, nogil=True, cache=True)
+
 
 # --- public functions ------------------------------------------------------------
 
@@ -190,6 +205,7 @@ def _as_signal(x: np.ndarray) -> np.ndarray:
     if a.ndim not in (1, 2):
         raise ValueError(f"signal must be 1-D (samples) or 2-D (samples, leads), got {a.shape}")
     return a
+
 
 def sosfiltfilt(sos: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Zero-phase ``sos`` filter of a 1-D signal or each column of a 2-D (samples, leads) one.
@@ -204,9 +220,11 @@ def sosfiltfilt(sos: np.ndarray, x: np.ndarray) -> np.ndarray:
         return _filtfilt_nb(sos, np.ascontiguousarray(a))
     return _filtfilt2_nb(sos, np.ascontiguousarray(a))
 
+
 def remove_baseline(x: np.ndarray, fs_hz: float, cutoff_hz: float = BASELINE_HZ) -> np.ndarray:
     """Remove baseline wander with a zero-phase 0.5 Hz high-pass (4th-order effective)."""
     return sosfiltfilt(design_highpass(cutoff_hz, fs_hz), x)
+
 
 def notch(x: np.ndarray, fs_hz: float, mains_hz: float = MAINS_HZ,
           q: float = NOTCH_Q) -> np.ndarray:
@@ -214,9 +232,11 @@ def notch(x: np.ndarray, fs_hz: float, mains_hz: float = MAINS_HZ,
     harmonic where it lies below Nyquist.  At fs 200 Hz only the fundamental is notched."""
     return sosfiltfilt(design_notch(mains_hz, fs_hz, q), x)
 
+
 def bandpass(x: np.ndarray, fs_hz: float, lo_hz: float, hi_hz: float) -> np.ndarray:
     """Zero-phase band-pass ``lo_hz``-``hi_hz`` (one high-pass and one low-pass biquad)."""
     return sosfiltfilt(design_bandpass(lo_hz, min(hi_hz, 0.45 * fs_hz), fs_hz), x)
+
 
 def preprocess(x: np.ndarray, fs_hz: float, *, mains_hz: float = MAINS_HZ,
                baseline_hz: float = BASELINE_HZ, lowpass_hz: float = 100.0) -> np.ndarray:
