@@ -9,7 +9,9 @@ something about the signal:
   slope, 150 ms moving-window integration, adaptive signal/noise peak levels
   (initialised from the median of 1-s maxima, so one artefact cannot blind it),
   T-wave rejection by slope (measured at 8-15 Hz, above most of the T wave's
-  energy) in the decision and in search-back, search-back at 1.66 RR (also
+  energy) in the decision and in search-back, and by spectrum (a candidate
+  with little of its slope above 8 Hz, :data:`T_HF_MIN`) there and in the gap
+  fill, search-back at 1.66 RR (also
   after the last beat), a second look inside long gaps for small beats hidden
   by large ectopics (bigeminy halves the learned rate, so search-back never
   fires), R peak placed on the band-passed signal.
