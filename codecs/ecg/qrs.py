@@ -92,8 +92,13 @@ T_WAVE_S = 0.36
 QTC_MAX_S = 0.5
 #: ...or, in that window, if its 8-15 Hz slope is under this fraction of its 5-15 Hz
 #: slope: a T wave's energy lies below 8 Hz, a QRS's around 10 Hz (chosen by
-#: cross-validation over records, ``python -m bench ecg --t-wave-cv``).
+#: cross-validation over records, ``python -m bench ecg --qrs-cv``).
 T_HF_MIN = 0.55
+#: One lead's R peak is placed on the largest deflection, within 100 ms of the
+#: energy peak, of the signal band-passed 5 Hz to this: wider than the 15 Hz of
+#: the energy band, which smears a narrow QRS into the waves beside it (chosen by
+#: the same cross-validation as :data:`T_HF_MIN`; 15 = on the energy band).
+R_HI_HZ = 40.0
 #: Gap fill: a hidden beat is this steep relative to the detected beats' median...
 GAP_REL = 0.3
 #: ...and this steep relative to the median slope of the 2.5-s block around it.
@@ -534,6 +539,11 @@ def band_a(fs_hz: float) -> np.ndarray:
     return flt.design_bandpass(QRS_BAND_HZ[0], min(QRS_BAND_HZ[1], 0.45 * fs_hz), fs_hz)
 
 
+def band_r(fs_hz: float, hi_hz: float = R_HI_HZ) -> np.ndarray:
+    """The band one lead's R peak is placed on: 5 Hz to ``hi_hz``."""
+    return flt.design_bandpass(QRS_BAND_HZ[0], min(hi_hz, 0.45 * fs_hz), fs_hz)
+
+
 def band_t(fs_hz: float) -> np.ndarray:
     """High-pass at 8 Hz applied to the :func:`band_a` output for the T-wave test:
     8-15 Hz, above most of a T wave's energy."""
@@ -541,13 +551,15 @@ def band_t(fs_hz: float) -> np.ndarray:
 
 
 def detect_from_bandpassed(bp: np.ndarray, fs_hz: float, hb: np.ndarray | None = None,
-                           t_hf_min: float = T_HF_MIN) -> np.ndarray:
+                           t_hf_min: float = T_HF_MIN, r_sig: np.ndarray | None = None
+                           ) -> np.ndarray:
     """Pan-Tompkins on one lead already band-passed (lets a caller filter all leads
     in one 2-D pass).  ``hb``: ``bp`` further filtered with :func:`band_t`; when
     given, the T-wave test compares slopes there, where T waves (below 8 Hz) have
     little energy -- this is what :func:`detect_qrs` does.  Without it the slope
     of ``bp`` is used (the bSQI detector of the quality report) and the
-    ``t_hf_min`` test (:data:`T_HF_MIN`) is off."""
+    ``t_hf_min`` test (:data:`T_HF_MIN`) is off.  ``r_sig``: the signal the R peak
+    is placed on (its largest deflection within 100 ms); ``bp`` if not given."""
     bp = np.ascontiguousarray(bp, dtype=np.float64)
     if bp.size < 3:
         return np.zeros(0, dtype=np.int64)
@@ -557,11 +569,12 @@ def detect_from_bandpassed(bp: np.ndarray, fs_hz: float, hb: np.ndarray | None =
     slope_t = slope if hb is None else _abs_slope_nb(np.ascontiguousarray(hb, dtype=np.float64))
     peaks = _pt_decide_nb(mwi, slope_t, cand, float(fs_hz), slope, t_hf_min)
     peaks = _gapfill_nb(slope, peaks, float(fs_hz), GAP_REL, GAP_SNR, slope_t, t_hf_min)
-    return _refine_nb(bp, peaks, int(0.1 * fs_hz), int(REFRACTORY_S * fs_hz))
+    ref = bp if r_sig is None else np.ascontiguousarray(r_sig, dtype=np.float64)
+    return _refine_nb(ref, peaks, int(0.1 * fs_hz), int(REFRACTORY_S * fs_hz))
 
 
 def detect_qrs(x: np.ndarray, fs_hz: float, *, chunk_s: float = CHUNK_S,
-               t_hf_min: float = T_HF_MIN) -> np.ndarray:
+               t_hf_min: float = T_HF_MIN, r_hi_hz: float = R_HI_HZ) -> np.ndarray:
     """R-peak sample indices (int64, increasing) of a 1-D signal or of the leads of a
     (samples, leads) signal fused.  Physical units (mV) or ADC units both work.
 
@@ -569,19 +582,23 @@ def detect_qrs(x: np.ndarray, fs_hz: float, *, chunk_s: float = CHUNK_S,
     report knows which); a NaN-free signal is required.  Records longer than
     ``chunk_s`` are detected chunk by chunk (:func:`chunk_spans`).  ``t_hf_min``:
     the spectral T-wave test of one lead (:data:`T_HF_MIN`; 0 turns it off).
+    ``r_hi_hz``: the band one lead's R peak is placed on (:data:`R_HI_HZ`).
     """
-    return _by_chunks(lambda seg: _detect_qrs(seg, fs_hz, t_hf_min), _columns(x), fs_hz,
-                      chunk_s)
+    return _by_chunks(lambda seg: _detect_qrs(seg, fs_hz, t_hf_min, r_hi_hz), _columns(x),
+                      fs_hz, chunk_s)
 
 
-def _detect_qrs(a: np.ndarray, fs_hz: float, t_hf_min: float = T_HF_MIN) -> np.ndarray:
+def _detect_qrs(a: np.ndarray, fs_hz: float, t_hf_min: float = T_HF_MIN,
+                r_hi_hz: float = R_HI_HZ) -> np.ndarray:
     if a.shape[1] == 1:
         if a.shape[0] < 3:
             return np.zeros(0, dtype=np.int64)
         raw = _despike_nb(np.ascontiguousarray(a[:, 0]), max(1, int(SPIKE_HALF_S * fs_hz)),
                           max(1, int(fs_hz)), SPIKE_K)
         bp = flt.sosfiltfilt(band_a(fs_hz), raw)
-        return detect_from_bandpassed(bp, fs_hz, flt.sosfiltfilt(band_t(fs_hz), bp), t_hf_min)
+        r_sig = None if r_hi_hz <= QRS_BAND_HZ[1] else flt.sosfiltfilt(band_r(fs_hz, r_hi_hz), raw)
+        return detect_from_bandpassed(bp, fs_hz, flt.sosfiltfilt(band_t(fs_hz), bp), t_hf_min,
+                                      r_sig)
     bp, mwi = qrs_feature(a, fs_hz)
     if mwi.size < 3:
         return np.zeros(0, dtype=np.int64)
@@ -619,7 +636,12 @@ def detect_qrs_py(x: np.ndarray, fs_hz: float) -> np.ndarray:
         flt._filtfilt_py(band_t(fs_hz), np.ascontiguousarray(bp[:, 0])))
     peaks = _pt_decide_py(mwi, slope_t, cand, float(fs_hz), slope, T_HF_MIN)
     peaks = _gapfill_py(slope, peaks, float(fs_hz), GAP_REL, GAP_SNR, slope_t, T_HF_MIN)
-    ref = bp[:, 0] if bp.shape[1] == 1 else np.sqrt((bp * bp).sum(axis=1))
+    if bp.shape[1] > 1:
+        ref = np.sqrt((bp * bp).sum(axis=1))
+    elif R_HI_HZ > QRS_BAND_HZ[1]:
+        ref = flt._filtfilt_py(band_r(fs_hz), raw[0])
+    else:
+        ref = bp[:, 0]
     return _refine_py(ref, peaks, int(0.1 * fs_hz), int(REFRACTORY_S * fs_hz))
 
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from bench.ecg import t_wave_cv
+from bench.ecg import qrs_cv
 from fenji.codecs.ecg import beats, qrs, qrs_slope
 from tests.conftest import ECG_DIR
 
@@ -229,13 +229,13 @@ def test_broad_t_waves_are_not_beats(fs):
     assert s.fp == 0 and s.fn == 0
 
 
-def test_t_wave_cv_chooses_inside_training_folds():
+def test_qrs_cv_chooses_inside_training_folds():
     grid = (0.0, 0.5)
     # 0.5 removes a false positive on every record except those of one database
     rows = [{"db": db, "record": f"{db}{i}",
              "counts": [(100, 0, 1), (100, 0, 0 if db != "c" else 2)]}
             for db in "abc" for i in range(5)]
-    cv = t_wave_cv(rows, grid, folds=5, seed=1)
+    cv = qrs_cv(rows, grid, folds=5, seed=1)
     assert len(cv["chosen_per_fold"]) == 5 and cv["chosen_on_all"] == 0.5
     rows = [{**r, "counts": [r["counts"][0], (99, 1, 1)]} for r in rows]     # 0.5 only hurts
-    assert t_wave_cv(rows, grid, folds=5, seed=1)["chosen_on_all"] == 0.0
+    assert qrs_cv(rows, grid, folds=5, seed=1)["chosen_on_all"] == 0.0
