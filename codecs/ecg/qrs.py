@@ -14,7 +14,7 @@ something about the signal:
   fill, search-back at 1.66 RR (also
   after the last beat), a second look inside long gaps for small beats hidden
   by large ectopics (bigeminy halves the learned rate, so search-back never
-  fires), R peak placed on the band-passed signal.
+  fires), R peak placed on the 5-40 Hz signal (:data:`R_HI_HZ`).
 * :func:`fenji.codecs.ecg.qrs_slope.detect_qrs_slope` -- a block detector of
   the smoothed absolute slope.  Used for bSQI.
 * :func:`detect_qrs_leads` -- several leads (Holter, 12-lead): every lead is
