@@ -11,10 +11,10 @@ something about the signal:
   T-wave rejection by slope (measured at 8-15 Hz, above most of the T wave's
   energy) in the decision and in search-back, and by spectrum (a candidate
   with little of its slope above 8 Hz, :data:`T_HF_MIN`) there and in the gap
-  fill, search-back at 1.66 RR (also
-  after the last beat), a second look inside long gaps for small beats hidden
-  by large ectopics (bigeminy halves the learned rate, so search-back never
-  fires), R peak placed on the 5-40 Hz signal (:data:`R_HI_HZ`).
+  fill, search-back at 1.66 RR (also after the last beat), a second look
+  inside long gaps for small beats hidden by large ectopics (bigeminy halves
+  the learned rate, so search-back never fires), R peak placed on the 5-40 Hz
+  signal (:data:`R_HI_HZ`).
 * :func:`fenji.codecs.ecg.qrs_slope.detect_qrs_slope` -- a block detector of
   the smoothed absolute slope.  Used for bSQI.
 * :func:`detect_qrs_leads` -- several leads (Holter, 12-lead): every lead is
