@@ -235,7 +235,7 @@ QRS_GRID: tuple[dict[str, float], ...] = tuple(
 QRS_CV_SEED = 2019
 
 
-def _qrs_counts(data: Path, grid: tuple[dict[str, float], ...]) -> list[dict[str, Any]]:
+def qrs_counts(data: Path, grid: tuple[dict[str, float], ...]) -> list[dict[str, Any]]:
     """fenji's tp/fn/fp on every annotated record (first lead) for each setting, and
     on CPSC 2021 also with both leads (``detect_qrs_leads``' lead choice, group
     ``cpsc2021 2 leads``: a setting can change which lead a window takes)."""
@@ -442,7 +442,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.qrs_cv:
         from fenji.codecs.ecg import qrs
 
-        cv = qrs_cv(_qrs_counts(common.shared_data(), QRS_GRID), QRS_GRID, folds=args.folds)
+        cv = qrs_cv(qrs_counts(common.shared_data(), QRS_GRID), QRS_GRID, folds=args.folds)
         shipped = {"t_hf_min": qrs.T_HF_MIN, "r_hi_hz": qrs.R_HI_HZ}
         print(f"QRS detector settings, {cv['folds']}-fold CV over records (seed {cv['seed']}):\n"
               f"  chosen per fold {cv['chosen_per_fold']}\n  on all records "
