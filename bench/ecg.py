@@ -18,6 +18,11 @@ gate fitted (every parameter) on the training folds only, next to the one-line
 rule "any lead constant >= 0.2 s" scored on the same folds; ``--write-gate
 FILE`` also writes the gate fitted on all 308 (``codecs/ecg/gate.json`` is the
 shipped one, and a test checks that it is this output).
+
+``--qrs-cv`` runs only the QRS detector's protocol: 5-fold CV over the annotated
+records (every database, and CPSC 2021 with both leads) of the choice of its
+fitted numbers (``qrs.T_HF_MIN``, ``qrs.R_HI_HZ``) from ``QRS_GRID``; the
+shipped values are its choice on all records (a test checks it).
 """
 
 from __future__ import annotations
