@@ -75,6 +75,7 @@ from fenji.codecs.ecg import filters as flt
 from fenji.codecs.ecg import gate as gate_mod
 from fenji.codecs.ecg import qrs as qrs_mod
 from fenji.codecs.ecg.thresholds import EcgQualityThresholds
+from fenji.codecs.ecg.windows import window_p2p
 
 ACCEPTABLE = "acceptable"
 WARNINGS = "acceptable_with_warnings"
@@ -155,17 +156,7 @@ def _robust_p2p_py(x: np.ndarray, win: int) -> float:
         if n == 0:
             return 0.0
         return float(x.max() - x.min())
-    p = np.empty(nw)
-    for w in range(nw):
-        lo = x[w * win]
-        hi = lo
-        for i in range(w * win, (w + 1) * win):
-            if x[i] > hi:
-                hi = x[i]
-            if x[i] < lo:
-                lo = x[i]
-        p[w] = hi - lo
-    return float(np.median(p))
+    return float(np.median(window_p2p(x, win)))
 
 
 _robust_p2p_nb = njit(_robust_p2p_py, nogil=True, cache=True)
