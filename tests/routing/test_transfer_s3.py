@@ -14,6 +14,7 @@ import asyncio
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pydicom
@@ -81,21 +82,28 @@ def _keys(server: S3Server, prefix: str) -> list[str]:
     return [o["Key"] for o in listed.get("Contents", [])]
 
 
-def test_an_upload_resumes_in_another_center_process_from_the_bucket(
-        pair, s3_server: S3Server) -> None:  # type: ignore[no-untyped-def]
-    edge, center, prefix = pair
-    files = ct_series()[:10]
+def _send_part(edge, files: list[Path], *, frames: int) -> tuple[Any, Any]:  # type: ignore[no-untyped-def]
+    """Store ``files`` at the edge, release their study and send until the sender
+    yields after ``frames`` frames: (the release, the partial outcome)."""
     assert len(storescu(files, edge.dicom_port, calling="CT1").sent) == len(files)
     rel = _release(edge, str(pydicom.dcmread(files[0], stop_before_pixels=True)
                              .StudyInstanceUID))
     calls = {"n": 0}
 
-    def yield_after_three() -> bool:
+    def yield_after() -> bool:
         calls["n"] += 1
-        return calls["n"] == 4
+        return calls["n"] == frames + 1
 
-    part = _send(edge, rel, should_yield=yield_after_three)
+    part = _send(edge, rel, should_yield=yield_after)
     assert not isinstance(part, Delivered)
+    return rel, part
+
+
+def test_an_upload_resumes_in_another_center_process_from_the_bucket(
+        pair, s3_server: S3Server) -> None:  # type: ignore[no-untyped-def]
+    edge, center, prefix = pair
+    files = ct_series()[:10]
+    rel, part = _send_part(edge, files, frames=3)
     assert 0 < part.offset < rel.bundle_bytes
     chunks = _keys(s3_server, f"{prefix}/uploads/")
     assert len(chunks) == 3 and all(k.endswith(f"-{16 * 1024:016d}") for k in chunks)
@@ -129,17 +137,7 @@ def test_a_chunk_written_but_not_committed_does_not_corrupt_the_bundle(
     object the next process overwrites or steps over: the bundle still verifies."""
     edge, center, prefix = pair
     files = ct_series()[10:14]
-    assert len(storescu(files, edge.dicom_port, calling="CT1").sent) == len(files)
-    rel = _release(edge, str(pydicom.dcmread(files[0], stop_before_pixels=True)
-                             .StudyInstanceUID))
-    calls = {"n": 0}
-
-    def yield_after_one() -> bool:
-        calls["n"] += 1
-        return calls["n"] == 2
-
-    part = _send(edge, rel, should_yield=yield_after_one)
-    assert not isinstance(part, Delivered)
+    rel, part = _send_part(edge, files, frames=1)
     (first,) = _keys(s3_server, f"{prefix}/uploads/")
     upload = first.split("/")[-2]
     # An uncommitted chunk at the committed offset with another length, and one
