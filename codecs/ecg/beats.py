@@ -87,10 +87,12 @@ def _by_chunks(fn: Callable[[np.ndarray], np.ndarray], a: np.ndarray, fs_hz: flo
 
 @register_jitable
 def _match_run(a: np.ndarray, a_lead: np.ndarray, ia: int, ja: int, b: np.ndarray,
-               b_lead: np.ndarray, ib: int, jb: int, lead: int, tol: int) -> int:
+               b_lead: np.ndarray, ib: int, jb: int, lead: int, tol: int,
+               used: np.ndarray) -> int:
     """One-to-one matches within ``tol`` samples between sorted ``a[ia:ja]`` and
     ``b[ib:jb]``, counting only beats of ``lead`` (every beat when ``lead < 0``;
-    the lead arrays are then not read)."""
+    the lead arrays are then not read).  A non-empty ``used`` (one flag per ``b``
+    beat) is set where a ``b`` beat was matched."""
     m = 0
     pa = ia
     pb = ib
@@ -108,6 +110,8 @@ def _match_run(a: np.ndarray, a_lead: np.ndarray, ia: int, ja: int, b: np.ndarra
             pa += 1
         else:
             m += 1
+            if used.shape[0] > 0:
+                used[pb] = True
             pa += 1
             pb += 1
     return m
@@ -116,7 +120,8 @@ def _match_run(a: np.ndarray, a_lead: np.ndarray, ia: int, ja: int, b: np.ndarra
 @register_jitable
 def _match_py(ref: np.ndarray, test: np.ndarray, tol: int) -> int:
     """Number of one-to-one matches within ``tol`` samples (both sorted)."""
-    return _match_run(ref, ref, 0, ref.shape[0], test, test, 0, test.shape[0], -1, tol)
+    return _match_run(ref, ref, 0, ref.shape[0], test, test, 0, test.shape[0], -1, tol,
+                      np.zeros(0, np.bool_))
 
 
 _match_nb = njit(_match_py, nogil=True, cache=True)
@@ -252,7 +257,7 @@ def _choose_py(a: np.ndarray, a_lead: np.ndarray, b: np.ndarray, b_lead: np.ndar
                 if b_lead[i] == j:
                     nb += 1
             # one-to-one matches of lead j's beats inside the window
-            m = _match_run(a, a_lead, ia, ja, b, b_lead, ib, jb, j, tol)
+            m = _match_run(a, a_lead, ia, ja, b, b_lead, ib, jb, j, tol, np.zeros(0, np.bool_))
             den = na + nb - m
             q = 0.0 if den == 0 else m / den
             if j == 0:
@@ -380,16 +385,6 @@ def score_beats(ref: np.ndarray, det: np.ndarray, fs_hz: float, *, tol_s: float 
 def _matched_flags(ref: np.ndarray, test: np.ndarray, tol: int) -> np.ndarray:
     """Which ``test`` beats the one-to-one matching of :func:`_match_py` uses."""
     used = np.zeros(test.size, dtype=bool)
-    i = j = 0
-    while i < ref.size and j < test.size:
-        dd = test[j] - ref[i]
-        if dd < -tol:
-            j += 1
-        elif dd > tol:
-            i += 1
-        else:
-            used[j] = True
-            i += 1
-            j += 1
+    _match_run(ref, ref, 0, ref.size, test, test, 0, test.size, -1, tol, used)
     return used
 
