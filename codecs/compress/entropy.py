@@ -327,6 +327,27 @@ def _hist_py(ctx, tok, nctx):  # type: ignore[no-untyped-def]
     return h
 
 
+@register_jitable
+@no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
+def _rans_step(x, f, c, s, rcp, rsh, bias):  # type: ignore[no-untyped-def]
+    """Encode symbol ``s`` of context ``c`` (frequency ``f``) into the renormalised
+    state ``x``: x // f by a reciprocal multiply (ryg_rans); x < 2**31 and
+    rcp < 2**32 fit in int64."""
+    q = ((x * np.int64(rcp[c, s])) >> 32) >> np.int64(rsh[c, s])
+    return x + np.int64(bias[c, s]) + q * (PROB_SCALE - f)
+
+
+@register_jitable
+@no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
+def _rans_flush(x, out, pos):  # type: ignore[no-untyped-def]
+    """The final state's 4 bytes before ``out[pos]``; returns the new start."""
+    for _ in range(4):
+        pos -= 1
+        out[pos] = x & 255
+        x >>= 8
+    return pos
+
+
 @no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
 def _rans_encode_py(ctx, tok, start, end, freq, rcp, rsh, bias, out):  # type: ignore[no-untyped-def]
     """rANS-encode tok[start:end] (contexts ctx) backwards into the tail of ``out``.
@@ -345,14 +366,8 @@ def _rans_encode_py(ctx, tok, start, end, freq, rcp, rsh, bias, out):  # type: i
             pos -= 1
             out[pos] = x & 255
             x >>= 8
-        # x // f by a reciprocal multiply (ryg_rans): x < 2**31 and rcp < 2**32 fit in int64
-        q = ((x * np.int64(rcp[c, s])) >> 32) >> np.int64(rsh[c, s])
-        x = x + np.int64(bias[c, s]) + q * (PROB_SCALE - f)
-    for _ in range(4):
-        pos -= 1
-        out[pos] = x & 255
-        x >>= 8
-    return pos
+        x = _rans_step(x, f, c, s, rcp, rsh, bias)
+    return _rans_flush(x, out, pos)
 
 
 @register_jitable
@@ -374,13 +389,8 @@ def _rans16_encode_py(ctx, tok, start, end, freq, rcp, rsh, bias, out):
             out[pos] = (x >> 8) & 255
             out[pos + 1] = x & 255
             x >>= 16
-        q = ((x * np.int64(rcp[c, s])) >> 32) >> np.int64(rsh[c, s])
-        x = x + np.int64(bias[c, s]) + q * (PROB_SCALE - f)
-    for _ in range(4):
-        pos -= 1
-        out[pos] = x & 255
-        x >>= 8
-    return pos
+        x = _rans_step(x, f, c, s, rcp, rsh, bias)
+    return _rans_flush(x, out, pos)
 
 
 @register_jitable
