@@ -60,6 +60,32 @@ def token_of(u):  # type: ignore[no-untyped-def]
 
 @register_jitable(inline="always")
 @no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
+def value_of(s, acc, nacc, bpos, buf, be):  # type: ignore[no-untyped-def]
+    """The unsigned residual of token ``s``, reading its extra bits LSB first from
+    the bit reservoir ``acc`` (``nacc`` bits) refilled from ``buf[bpos:be]``; the
+    inverse of :func:`token_of`.  Returns (u, acc, nacc, bpos); bpos is -1 when
+    the extra bits run past ``be`` (a corrupt stream).
+
+    >>> import numpy as np
+    >>> int(value_of(17, np.int64(0), 0, 0, np.array([3], np.uint8), 1)[0])
+    27
+    """
+    if s < SPLIT:
+        return np.int64(s), acc, nacc, bpos
+    n = (s - SPLIT) // 2 + 4
+    nb = n - 1
+    while nacc < nb:
+        if bpos >= be:
+            return np.int64(0), acc, nacc, -1
+        acc |= np.int64(buf[bpos]) << nacc
+        bpos += 1
+        nacc += 8
+    u = (np.int64(1) << n) | (((s - SPLIT) & 1) << (n - 1)) | (acc & ((np.int64(1) << nb) - 1))
+    return u, acc >> nb, nacc - nb, bpos
+
+
+@register_jitable(inline="always")
+@no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
 def activity_class(act, nctx):  # type: ignore[no-untyped-def]
     """Entropy context of a local activity value: half-octave classes, capped at
     ``nctx - 1`` (the pixel and waveform models' context quantiser).

@@ -129,20 +129,9 @@ def _decode_res_py(buf, rs, re_, bs, be, freq, cum, sym, res):  # type: ignore[n
                 return -3
             x = (x << 8) | np.int64(buf[rpos])
             rpos += 1
-        if s < 16:
-            u = s
-        else:
-            n = (s - 16) // 2 + 4
-            nb = n - 1
-            while nacc < nb:
-                if bpos >= be:
-                    return -4
-                acc |= np.int64(buf[bpos]) << nacc
-                bpos += 1
-                nacc += 8
-            u = (np.int64(1) << n) | (((s - 16) & 1) << (n - 1)) | (acc & ((np.int64(1) << nb) - 1))
-            acc >>= nb
-            nacc -= nb
+        u, acc, nacc, bpos = ent.value_of(s, acc, nacc, bpos, buf, be)
+        if bpos < 0:
+            return -4
         e = (u >> 1) if (u & 1) == 0 else -((u + 1) >> 1)
         res[t] = e
         p2 = p1
