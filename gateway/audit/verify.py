@@ -132,18 +132,17 @@ def _check_chain(rows: list[dict[str, Any]]) -> list[Problem]:
             linked_seq[r["hash"]] = orig
         else:
             status[r["seq"]] = "edited"
-            problems.append(Problem(
-                "edited", f"{_ev(r)} was edited: stored hash {_short(r['hash'])} != computed "
-                f"{_short(event_hash(r))}", r["seq"], r["node"]))
+            problems.append(_about("edited", r, f"{_ev(r)} was edited: stored hash "
+                                   f"{_short(r['hash'])} != computed {_short(event_hash(r))}"))
     for i, r in enumerate(rows):
         prev = rows[i - 1] if i else None
         prev_seq = prev["seq"] if prev else 0
         expected = prev["hash"] if prev else GENESIS
         if r["prev_hash"] == expected:
             if r["seq"] != prev_seq + 1 and r["seq"] not in moved:
-                problems.append(Problem(
-                    "renumbered", f"{_ev(r)} follows event {prev_seq} in the chain but its seq "
-                    f"jumps from {prev_seq} to {r['seq']}", r["seq"], r["node"]))
+                problems.append(_about("renumbered", r, f"{_ev(r)} follows event {prev_seq} in "
+                                       f"the chain but its seq jumps from {prev_seq} to "
+                                       f"{r['seq']}"))
             continue
         gap = r["seq"] - prev_seq - 1
         if r["prev_hash"] in by_hash:
@@ -151,21 +150,17 @@ def _check_chain(rows: list[dict[str, Any]]) -> list[Problem]:
             if p["seq"] < prev_seq:
                 for s in rows:
                     if p["seq"] < s["seq"] < r["seq"]:
-                        problems.append(Problem(
-                            "inserted", f"{_ev(s)} was inserted: event {r['seq']} links past "
-                            f"it to event {p['seq']} (prev_hash {_short(r['prev_hash'])})",
-                            s["seq"], s["node"]))
+                        problems.append(_about("inserted", s, f"{_ev(s)} was inserted: event "
+                                               f"{r['seq']} links past it to event {p['seq']} "
+                                               f"(prev_hash {_short(r['prev_hash'])})"))
             else:
-                problems.append(Problem(
-                    "renumbered", f"{_ev(r)} links to event {p['seq']}, which comes after it: "
-                    "events were reordered", r["seq"], r["node"]))
+                problems.append(_about("renumbered", r, f"{_ev(r)} links to event {p['seq']}, "
+                                       "which comes after it: events were reordered"))
         elif prev is None:
             what = (f"events 1–{r['seq'] - 1} were deleted" if r["seq"] > 1 else
                     "the events before it were deleted")
-            problems.append(Problem(
-                "deleted", f"{what}: the oldest remaining {_ev(r)} links to "
-                f"{_short(r['prev_hash'])}, not to the start of the chain", r["seq"],
-                r["node"]))
+            problems.append(_about("deleted", r, f"{what}: the oldest remaining {_ev(r)} links "
+                                   f"to {_short(r['prev_hash'])}, not to the start of the chain"))
         elif gap > 0:
             problems.append(Problem(
                 "deleted", f"{_span(prev_seq + 1, r['seq'] - 1)} "
@@ -176,15 +171,14 @@ def _check_chain(rows: list[dict[str, Any]]) -> list[Problem]:
             continue  # the edited row, already named, also had its stored hash changed
         elif r["seq"] in moved and moved[r["seq"]] > r["seq"]:
             n = moved[r["seq"]] - r["seq"]
-            problems.append(Problem(
-                "deleted", f"{n} event(s) between event {prev_seq} and {_ev(r)} were deleted "
-                f"and the later events renumbered (it was hashed as event {moved[r['seq']]})",
-                r["seq"], r["node"]))
+            problems.append(_about("deleted", r, f"{n} event(s) between event {prev_seq} and "
+                                   f"{_ev(r)} were deleted and the later events renumbered "
+                                   f"(it was hashed as event {moved[r['seq']]})"))
         else:
-            problems.append(Problem(
-                "edited", f"{_ev(prev)} was edited and its hash recomputed: event {r['seq']} "
-                f"links to {_short(r['prev_hash'])} but event {prev_seq} now hashes to "
-                f"{_short(prev['hash'])}", prev_seq, prev["node"]))
+            problems.append(_about("edited", prev, f"{_ev(prev)} was edited and its hash "
+                                   f"recomputed: event {r['seq']} links to "
+                                   f"{_short(r['prev_hash'])} but event {prev_seq} now hashes "
+                                   f"to {_short(prev['hash'])}"))
     if moved:
         for a, b in _ranges(list(moved)):
             d = moved[a] - a
@@ -193,6 +187,11 @@ def _check_chain(rows: list[dict[str, Any]]) -> list[Problem]:
                 f"{'it was' if a == b else 'each was'} hashed as seq {'+' if d > 0 else '−'}"
                 f"{abs(d)} (content intact)", a, rows[0]["node"]))
     return sorted(problems, key=lambda p: (p.seq or 0, p.kind))
+
+
+def _about(kind: str, row: dict[str, Any], message: str) -> Problem:
+    """A problem of ``kind`` at event ``row`` (its seq and node)."""
+    return Problem(kind, message, row["seq"], row["node"])
 
 
 def _check_head(rows: list[dict[str, Any]], head: dict[str, Any] | None,
