@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _pg as pg  # noqa: E402
 from _data import (  # noqa: E402
     DICOM_DIR,
     ECG_DIR,
@@ -17,6 +19,7 @@ from _data import (  # noqa: E402
     good_files,
     malformed_files,
 )
+from _pg import PgCluster  # noqa: E402
 
 __all__ = ["DICOM_DIR", "ECG_DIR", "REPO", "SHARED_DATA", "good_dicom_files",
            "malformed_dicom_files"]
@@ -38,3 +41,20 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"shared data not found at {SHARED_DATA} (set FENJI_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """One PostgreSQL cluster for the session, started on first use (tests/_pg.py)."""
+    with pg.cluster() as c:
+        yield c
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index_url(request: pytest.FixtureRequest) -> str:
+    """``[store] index_url`` for each backend: "" (SQLite in the store folder) or a
+    fresh database of the session's PostgreSQL cluster."""
+    if request.param == "sqlite":
+        return ""
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    return cluster.new_database()
