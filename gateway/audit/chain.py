@@ -129,8 +129,11 @@ def ensure_tables(store: Any) -> None:
     # key over the event hash); stores from before that get the column here.
     cols = store.index.columns("audit_foreign")
     if "sig" not in cols:
+        # PostgreSQL: center processes starting together all get here; the first
+        # ALTER adds the column, the others wait for it and find it there.
+        exists = " IF NOT EXISTS" if store.index.dialect == POSTGRESQL else ""
         with store.atomic() as con:
-            con.execute("ALTER TABLE audit_foreign ADD COLUMN sig TEXT")
+            con.execute(f"ALTER TABLE audit_foreign ADD COLUMN{exists} sig TEXT")
     with contextlib.suppress(TypeError):
         _ready.add(store)
 
