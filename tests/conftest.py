@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -58,3 +58,13 @@ def index_url(request: pytest.FixtureRequest) -> str:
         return ""
     cluster: PgCluster = request.getfixturevalue("pg_cluster")
     return cluster.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index_urls(request: pytest.FixtureRequest) -> Callable[[], str]:
+    """For tests with several stores: each call gives another store's ``index_url``
+    ("" for SQLite: each store folder has its own file)."""
+    if request.param == "sqlite":
+        return lambda: ""
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    return cluster.new_database
