@@ -32,6 +32,7 @@ import aiohttp
 from fenji.gateway.config import Config
 from fenji.gateway.keys import load_private, public_from_config
 from fenji.gateway.store.db import Store
+from fenji.gateway.store.index import Con
 from fenji.routing import outbox_db, wakeup
 from fenji.routing.outbox import DeadLetter, OutboxPolicy, Wait
 from fenji.routing.shaping import LinkMeter, Pacer, parse_schedule

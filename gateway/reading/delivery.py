@@ -21,6 +21,7 @@ from fenji.gateway.cases import states
 from fenji.gateway.config import Config
 from fenji.gateway.reading.report_return import report_delivered
 from fenji.gateway.store.db import Store
+from fenji.gateway.store.index import Con
 from fenji.routing.transfer_client import Delivered
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import psycopg
