@@ -48,7 +48,7 @@ def test_four_writer_processes_keep_one_verifiable_chain(tmp_path: Path,
     env = {**os.environ, "FENJI_STORE_INDEX_URL": pg_cluster.new_database()}
     n_each, writers = 60, 4
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(conf), f"w{k}", str(n_each)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for k in range(writers)]
     for p in procs:
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
@@ -57,8 +57,8 @@ def test_four_writer_processes_keep_one_verifiable_chain(tmp_path: Path,
         p.stdin.write("go\n")
         p.stdin.flush()
     for p in procs:
-        out, _ = p.communicate(timeout=300)
-        assert p.returncode == 0 and out.endswith("done\n")
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0 and out.endswith("done\n"), err[-600:]
 
     ls = _cli(env, "audit", "ls", "--config", str(conf), "--json")
     assert ls.returncode == 0, ls.stderr
