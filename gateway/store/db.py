@@ -210,6 +210,7 @@ class Store:
         now = time.time()
         try:
             with self.atomic() as con:
+                self.index.lock(con, info.sop_instance_uid)  # another process's put of it
                 row = con.execute("SELECT sha256, dataset_sha256 FROM instances "
                                   "WHERE sop_instance_uid = ?",
                                   (info.sop_instance_uid,)).fetchone()
@@ -252,6 +253,8 @@ class Store:
         outcomes: list[PutOutcome] = []
         try:
             with self.atomic() as con:
+                for uid in sorted({info.sop_instance_uid for info, _, _ in entries}):
+                    self.index.lock(con, uid)
                 for info, digest, size in entries:
                     row = con.execute("SELECT sha256, dataset_sha256 FROM instances "
                                       "WHERE sop_instance_uid = ?",

@@ -83,6 +83,8 @@ class Index(Protocol):
 
     def in_transaction(self) -> bool: ...
 
+    def lock(self, con: Con, key: str) -> None: ...
+
     def tables(self) -> set[str]: ...
 
     def columns(self, table: str) -> set[str]: ...
@@ -211,6 +213,10 @@ class SqliteIndex:
 
     def migrate(self, label: str) -> None:
         apply_migrations(self, label, lambda sql: [s for s in sql.split(";") if s.strip()])
+
+    def lock(self, con: Con, key: str) -> None:
+        """Serialise transactions on ``key``: nothing to do, BEGIN IMMEDIATE already
+        admits one writer at a time."""
 
     def tables(self) -> set[str]:
         return {r[0] for r in self.reader().execute(

@@ -37,7 +37,7 @@ from psycopg.adapt import Dumper, Loader
 from psycopg_pool import ConnectionPool
 
 from fenji.gateway.config import INDEX_POOL_MAX, INDEX_STATEMENT_TIMEOUT_S
-from fenji.gateway.store.index import POSTGRESQL, IndexUrlError, apply_migrations
+from fenji.gateway.store.index import POSTGRESQL, Con, IndexUrlError, apply_migrations
 
 log = logging.getLogger(__name__)
 
@@ -304,6 +304,12 @@ class PgIndex:
         with self.atomic() as con:
             con.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATE_LOCK,))
             apply_migrations(self, label, _split)
+
+    def lock(self, con: Con, key: str) -> None:
+        """Serialise transactions on ``key`` (e.g. a SOP Instance UID) across processes
+        until COMMIT: a transaction-level advisory lock on the key's 64-bit hash.
+        Take several in sorted order (no deadlock between two batches)."""
+        con.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (key,))
 
     def tables(self) -> set[str]:
         return {r[0] for r in self._reader.execute(

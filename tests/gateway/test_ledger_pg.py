@@ -48,7 +48,8 @@ def test_four_writer_processes_keep_one_verifiable_chain(tmp_path: Path,
     env = {**os.environ, "FENJI_STORE_INDEX_URL": pg_cluster.new_database()}
     n_each, writers = 60, 4
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(conf), f"w{k}", str(n_each)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env)
              for k in range(writers)]
     for p in procs:
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
