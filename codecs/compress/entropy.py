@@ -60,6 +60,32 @@ def token_of(u):  # type: ignore[no-untyped-def]
 
 @register_jitable(inline="always")
 @no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
+def value_of(s, acc, nacc, bpos, buf, be):  # type: ignore[no-untyped-def]
+    """The unsigned residual of token ``s``, reading its extra bits LSB first from
+    the bit reservoir ``acc`` (``nacc`` bits) refilled from ``buf[bpos:be]``; the
+    inverse of :func:`token_of`.  Returns (u, acc, nacc, bpos); bpos is -1 when
+    the extra bits run past ``be`` (a corrupt stream).
+
+    >>> import numpy as np
+    >>> int(value_of(17, np.int64(0), 0, 0, np.array([3], np.uint8), 1)[0])
+    27
+    """
+    if s < SPLIT:
+        return np.int64(s), acc, nacc, bpos
+    n = (s - SPLIT) // 2 + 4
+    nb = n - 1
+    while nacc < nb:
+        if bpos >= be:
+            return np.int64(0), acc, nacc, -1
+        acc |= np.int64(buf[bpos]) << nacc
+        bpos += 1
+        nacc += 8
+    u = (np.int64(1) << n) | (((s - SPLIT) & 1) << (n - 1)) | (acc & ((np.int64(1) << nb) - 1))
+    return u, acc >> nb, nacc - nb, bpos
+
+
+@register_jitable(inline="always")
+@no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
 def activity_class(act, nctx):  # type: ignore[no-untyped-def]
     """Entropy context of a local activity value: half-octave classes, capped at
     ``nctx - 1`` (the pixel and waveform models' context quantiser).
@@ -327,6 +353,27 @@ def _hist_py(ctx, tok, nctx):  # type: ignore[no-untyped-def]
     return h
 
 
+@register_jitable
+@no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
+def _rans_step(x, f, c, s, rcp, rsh, bias):  # type: ignore[no-untyped-def]
+    """Encode symbol ``s`` of context ``c`` (frequency ``f``) into the renormalised
+    state ``x``: x // f by a reciprocal multiply (ryg_rans); x < 2**31 and
+    rcp < 2**32 fit in int64."""
+    q = ((x * np.int64(rcp[c, s])) >> 32) >> np.int64(rsh[c, s])
+    return x + np.int64(bias[c, s]) + q * (PROB_SCALE - f)
+
+
+@register_jitable
+@no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
+def _rans_flush(x, out, pos):  # type: ignore[no-untyped-def]
+    """The final state's 4 bytes before ``out[pos]``; returns the new start."""
+    for _ in range(4):
+        pos -= 1
+        out[pos] = x & 255
+        x >>= 8
+    return pos
+
+
 @no_type_check  # Numba kernel twin: numpy scalars and ints mix freely
 def _rans_encode_py(ctx, tok, start, end, freq, rcp, rsh, bias, out):  # type: ignore[no-untyped-def]
     """rANS-encode tok[start:end] (contexts ctx) backwards into the tail of ``out``.
@@ -345,14 +392,8 @@ def _rans_encode_py(ctx, tok, start, end, freq, rcp, rsh, bias, out):  # type: i
             pos -= 1
             out[pos] = x & 255
             x >>= 8
-        # x // f by a reciprocal multiply (ryg_rans): x < 2**31 and rcp < 2**32 fit in int64
-        q = ((x * np.int64(rcp[c, s])) >> 32) >> np.int64(rsh[c, s])
-        x = x + np.int64(bias[c, s]) + q * (PROB_SCALE - f)
-    for _ in range(4):
-        pos -= 1
-        out[pos] = x & 255
-        x >>= 8
-    return pos
+        x = _rans_step(x, f, c, s, rcp, rsh, bias)
+    return _rans_flush(x, out, pos)
 
 
 @register_jitable
@@ -374,13 +415,8 @@ def _rans16_encode_py(ctx, tok, start, end, freq, rcp, rsh, bias, out):
             out[pos] = (x >> 8) & 255
             out[pos + 1] = x & 255
             x >>= 16
-        q = ((x * np.int64(rcp[c, s])) >> 32) >> np.int64(rsh[c, s])
-        x = x + np.int64(bias[c, s]) + q * (PROB_SCALE - f)
-    for _ in range(4):
-        pos -= 1
-        out[pos] = x & 255
-        x >>= 8
-    return pos
+        x = _rans_step(x, f, c, s, rcp, rsh, bias)
+    return _rans_flush(x, out, pos)
 
 
 @register_jitable

@@ -230,20 +230,9 @@ def _tile_pass(planes, p, r0, r1, lo, hi, t3, qlut, wact, mode,  # type: ignore[
                 rpos += need << 1
                 if rpos > re_:
                     return -3
-                if s < 16:
-                    u = s
-                else:
-                    n = (s - 16) // 2 + 4
-                    nb = n - 1
-                    while nacc < nb:
-                        if bpos >= be:
-                            return -4
-                        acc |= np.int64(buf[bpos]) << nacc
-                        bpos += 1
-                        nacc += 8
-                    u = (1 << n) | (((s - 16) & 1) << (n - 1)) | (acc & ((1 << nb) - 1))
-                    acc >>= nb
-                    nacc -= nb
+                u, acc, nacc, bpos = ent.value_of(s, acc, nacc, bpos, buf, be)
+                if bpos < 0:
+                    return -4
                 e = (u >> 1) if (u & 1) == 0 else -((u + 1) >> 1)
                 xv = pc + e
                 planes[p, r, c] = xv

@@ -29,6 +29,7 @@ from numba import njit as _njit
 from numba.extending import register_jitable as _register_jitable
 
 from fenji.codecs.compress import entropy as ent
+from fenji.codecs.compress import envelope
 from fenji.codecs.compress.entropy import PROB_BITS, PROB_SCALE, RANS_L
 from fenji.codecs.errors import DecodeError
 
@@ -128,20 +129,9 @@ def _decode_res_py(buf, rs, re_, bs, be, freq, cum, sym, res):  # type: ignore[n
                 return -3
             x = (x << 8) | np.int64(buf[rpos])
             rpos += 1
-        if s < 16:
-            u = s
-        else:
-            n = (s - 16) // 2 + 4
-            nb = n - 1
-            while nacc < nb:
-                if bpos >= be:
-                    return -4
-                acc |= np.int64(buf[bpos]) << nacc
-                bpos += 1
-                nacc += 8
-            u = (np.int64(1) << n) | (((s - 16) & 1) << (n - 1)) | (acc & ((np.int64(1) << nb) - 1))
-            acc >>= nb
-            nacc -= nb
+        u, acc, nacc, bpos = ent.value_of(s, acc, nacc, bpos, buf, be)
+        if bpos < 0:
+            return -4
         e = (u >> 1) if (u & 1) == 0 else -((u + 1) >> 1)
         res[t] = e
         p2 = p1
@@ -349,12 +339,8 @@ def waveform_decode(buf: bytes, *, _impl: str = "nb") -> np.ndarray:
     if len(buf) < _HDR.size + 8:
         raise DecodeError(f"waveform stream of {len(buf)} bytes is shorter than its header")
     magic, version, code, nch, n, block, _, _ = _HDR.unpack_from(buf)
-    if magic != MAGIC:
-        raise DecodeError(f"waveform stream magic {magic!r} != {MAGIC!r}")
-    if version != VERSION:
-        raise DecodeError(f"waveform stream version {version} is not supported (max {VERSION})")
-    if zlib.crc32(buf[:-4]) != struct.unpack_from("<I", buf, len(buf) - 4)[0]:
-        raise DecodeError("waveform stream CRC-32 mismatch (corrupt or truncated)")
+    envelope.check_head("waveform stream", magic, MAGIC, version, VERSION)
+    envelope.check_crc("waveform stream", buf)
     if code not in DTYPES or block == 0:
         raise DecodeError(f"waveform stream dtype code {code} / block {block} invalid")
     k = _IMPL[_impl]

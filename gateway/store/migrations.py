@@ -5,6 +5,19 @@ store applies those its database has not seen, each in its own transaction
 (gateway/store/db.py).  Which module owns which tables is said at each entry.
 """
 
+# The columns of one ledger event after its node and seq, alike in the node's own
+# chain (audit) and in the events it imported from others (audit_foreign), in
+# this order (rows are read and written by position).  Part of migration 5.
+EVENT_COLUMNS = """at        REAL NOT NULL,
+    kind      TEXT NOT NULL,
+    actor     TEXT NOT NULL,
+    role      TEXT NOT NULL,
+    object    TEXT NOT NULL,
+    case_id   TEXT,
+    detail    TEXT NOT NULL DEFAULT '{}',
+    prev_hash TEXT NOT NULL,
+    hash      TEXT NOT NULL UNIQUE"""
+
 # Part of migration 5.  Created IF NOT EXISTS so that audit.ledger.ensure_tables can
 # add them to a store migrated before they existed (migration 5 was unreleased then).
 AUDIT_EXTRA_SQL = """
@@ -20,15 +33,7 @@ CREATE TABLE IF NOT EXISTS audit_head (
 CREATE TABLE IF NOT EXISTS audit_foreign (
     node        TEXT NOT NULL,
     seq         INTEGER NOT NULL,
-    at          REAL NOT NULL,
-    kind        TEXT NOT NULL,
-    actor       TEXT NOT NULL,
-    role        TEXT NOT NULL,
-    object      TEXT NOT NULL,
-    case_id     TEXT,
-    detail      TEXT NOT NULL DEFAULT '{}',
-    prev_hash   TEXT NOT NULL,
-    hash        TEXT NOT NULL UNIQUE,
+    """ + EVENT_COLUMNS + """,
     via         TEXT NOT NULL,
     imported_at REAL NOT NULL,
     PRIMARY KEY (node, seq)
@@ -197,15 +202,7 @@ MIGRATIONS: list[tuple[int, str]] = [
 CREATE TABLE audit (
     seq       INTEGER PRIMARY KEY,
     node      TEXT NOT NULL,
-    at        REAL NOT NULL,
-    kind      TEXT NOT NULL,
-    actor     TEXT NOT NULL,
-    role      TEXT NOT NULL,
-    object    TEXT NOT NULL,
-    case_id   TEXT,
-    detail    TEXT NOT NULL DEFAULT '{}',
-    prev_hash TEXT NOT NULL,
-    hash      TEXT NOT NULL UNIQUE
+    """ + EVENT_COLUMNS + """
 );
 CREATE INDEX audit_case ON audit(case_id);
 CREATE INDEX audit_kind ON audit(kind, at);
