@@ -24,20 +24,26 @@ from dicomweb_client.api import DICOMwebClient
 
 from fenji.gateway.lab.dcmtk import storescu
 from fenji.gateway.lab.harness import NodeProcess
+from fenji.gateway.lab.objstore import S3Server
 
 pytestmark = pytest.mark.timeout(600)
 IDS = [c.key for c in CASES]
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=["sqlite", "postgresql", "postgresql+s3"])
 def node(request: pytest.FixtureRequest,
          tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    base = tmp_path_factory.mktemp(f"index-{request.param}")
+    """A node on each index; the last also keeps its blobs in a bucket (a center's
+    store: PostgreSQL and S3-compatible storage, issue 14)."""
+    base = tmp_path_factory.mktemp(f"index-{request.param.replace('+', '-')}")
     env, url = {}, ""
-    if request.param == "postgresql":
+    if request.param.startswith("postgresql"):
         cluster: PgCluster = request.getfixturevalue("pg_cluster")
         url = cluster.new_database()
         env["FENJI_STORE_INDEX_URL"] = url
+    if request.param.endswith("+s3"):
+        s3: S3Server = request.getfixturevalue("s3_server")
+        env.update(s3.env(), FENJI_STORE_BLOB_URL=s3.blob_url("fenji", base.name))
     center = NodeProcess(base / "center", name="center", role="center", allow_ae=["*"],
                          workers=1, env=env,
                          extra_toml='[dicom]\ndefault_character_set = "GB18030"\n')
@@ -50,7 +56,9 @@ def node(request: pytest.FixtureRequest,
                           calling="CT1")
         assert not pushed.failed, pushed.failed
         yield {"node": center, "studies": studies, "base": base, "url": url,
-               "backend": request.param}
+               "backend": request.param.split("+")[0],
+               "s3": request.getfixturevalue("s3_server") if "+s3" in request.param else None,
+               "n_files": sum(len(v) for v in files.values())}
 
 
 def _qido(net: dict[str, Any], **filters: str) -> list[dict[str, Any]]:
@@ -126,7 +134,7 @@ def test_the_index_holds_the_chinese_text_as_chinese(node: dict[str, Any]) -> No
     once and stored as text (in PostgreSQL, a UTF-8 database), not as bytes."""
     wanted = [node["studies"]["gb18030"], node["studies"]["undeclared"]]
     sql = "SELECT study_instance_uid, patient_name FROM studies WHERE study_instance_uid IN "
-    if node["backend"] == "postgresql":
+    if node["backend"] == "postgresql":  # with or without the bucket
         with psycopg.connect(node["url"]) as con:
             rows = dict(con.execute(sql + "(%s, %s)", wanted).fetchall())
             assert con.execute("SHOW server_encoding").fetchone() == ("UTF8",)
@@ -136,3 +144,13 @@ def test_the_index_holds_the_chinese_text_as_chinese(node: dict[str, Any]) -> No
         con.close()
     assert rows[wanted[0]] == BY_KEY["gb18030"].name == "Wang^XiaoDong=王^小东"
     assert rows[wanted[1]] == BY_KEY["undeclared"].name == "Li^Ming=李^明"
+
+
+def test_the_blobs_are_where_the_config_says(node: dict[str, Any]) -> None:
+    local = [p for p in (node["node"].directory / "store" / "blobs").rglob("*") if p.is_file()]
+    if node["s3"] is None:
+        assert len(local) == node["n_files"]
+        return
+    listed = node["s3"].client().list_objects_v2(
+        Bucket="fenji", Prefix=f"{node['base'].name}/blobs/").get("Contents", [])
+    assert local == [] and len(listed) == node["n_files"]
