@@ -191,10 +191,25 @@ class HttpSection:
     tls: bool = False
 
 
+# The index on PostgreSQL (gateway/store/index_pg.py): readers borrow a
+# connection per statement, so a process needs few; PostgreSQL's default
+# max_connections (100) then serves a dozen center processes.
+INDEX_POOL_MAX = 8
+# A statement that waits this long (a lock held by a hung process) fails
+# instead of hanging its association: well past any real statement.
+INDEX_STATEMENT_TIMEOUT_S = 60
+
+
 @dataclass(frozen=True, slots=True)
 class StoreSection:
     # Store directory (blobs, index, quarantine); relative to node.data_dir.
     path: str = "store"
+    # Where the index lives.  Empty: the SQLite file index.sqlite in the store
+    # directory (a township or county node).  "postgresql://user@host:port/db"
+    # for a regional center whose processes share one index (issue 14; the
+    # password from ~/.pgpass or PGPASSWORD rather than the file).
+    # Environment: FENJI_STORE_INDEX_URL.
+    index_url: str = ""
     # Where blobs (and quarantined bytes) live: empty is the store folder's
     # blobs/ (a township or county node); a regional center may name an
     # S3-compatible bucket: "s3://bucket/prefix?endpoint=https://oss.example&region=cn-1"

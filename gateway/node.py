@@ -73,7 +73,8 @@ def open_store(cfg: Config) -> Store:
                   quarantine_max_bytes=cfg.store.quarantine_max_bytes,
                   blob_url=cfg.store.blob_url,
                   blob_access_key_id=cfg.store.blob_access_key_id,
-                  blob_secret_access_key=cfg.store.blob_secret_access_key)
+                  blob_secret_access_key=cfg.store.blob_secret_access_key,
+                  index_url=cfg.store.index_url)
     store.audit_node = cfg.node.name  # stored instances are ledger events
     key = cfg.resolve(cfg.keys.private_key)
     if key.exists():  # the ledger's head is signed with the node key (truncation shows)

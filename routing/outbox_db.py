@@ -1,10 +1,13 @@
-"""The outbox's persistence shell over the node's SQLite store.
+"""The outbox's persistence shell over the node's store index.
 
 Every decision comes from :mod:`fenji.routing.outbox`; this module loads
-rows, asks the core, and writes the result inside ``store.atomic()`` (one
-``BEGIN IMMEDIATE`` transaction, so two claimers never get the same job).
-Leases make a crashed sender harmless: its job becomes claimable again when
-the lease expires.
+rows, asks the core, and writes the result inside ``store.atomic()``, so two
+claimers never get the same job: on SQLite that is one ``BEGIN IMMEDIATE``
+transaction (one writer at a time); on PostgreSQL, where several center
+processes claim at once, the candidate rows are read ``FOR UPDATE SKIP
+LOCKED``: a job another claimer is leasing right now is not seen at all, and
+one it leased is seen with its new lease.  Leases make a crashed sender
+harmless: its job becomes claimable again when the lease expires.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 from fenji.gateway.errors import PeerError
 from fenji.gateway.store.db import Store
+from fenji.gateway.store.index import POSTGRESQL, Con, dialect_of
 from fenji.routing import outbox as core
 from fenji.routing import wakeup
 from fenji.routing.outbox import OutboxPolicy
@@ -35,14 +39,13 @@ def enqueue(store: Store, bundle_id: str, case_id: str, destination: str, priori
                           (bundle_id,)).fetchone()
         if row is not None:
             return int(row[0])
-        cur = con.execute(
+        job_id = int(con.execute(
             "INSERT INTO outbox(bundle_id, case_id, destination, priority, state, attempts, "
             "next_attempt_at, bytes_total, bytes_sent, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, 0, ?, ?, 0, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, 0, ?, ?, 0, ?, ?) RETURNING job_id",
             (bundle_id, case_id, destination, int(priority), core.QUEUED, now,
-             int(bytes_total), now, now))
+             int(bytes_total), now, now)).fetchone()[0])
         con.execute("INSERT OR IGNORE INTO destinations(name) VALUES (?)", (destination,))
-        job_id = int(cur.lastrowid or 0)
     wakeup.poke(wakeup.fifo_path(store.root))
     return job_id
 
@@ -51,13 +54,20 @@ def _dests(con: Any) -> dict[str, dict[str, Any]]:
     return {r["name"]: dict(r) for r in con.execute("SELECT * FROM destinations")}
 
 
+def _claimable(con: Con) -> list[dict[str, Any]]:
+    """The jobs a claimer may pick from, locked for this transaction on PostgreSQL
+    (``SKIP LOCKED``: what another claimer holds now is not a candidate)."""
+    lock = " FOR UPDATE SKIP LOCKED" if dialect_of(con) == POSTGRESQL else ""
+    return [dict(r) for r in con.execute(
+        f"SELECT * FROM outbox WHERE state IN ('queued', 'leased') ORDER BY job_id{lock}")]
+
+
 def claim(store: Store, owner: str, now: float, policy: OutboxPolicy,
           rng: random.Random | None = None) -> dict[str, Any] | None:
     """Lease the next job to send (STAT first), or None."""
     del rng  # claim order is deterministic; kept for a uniform signature
     with store.atomic() as con:
-        jobs = [dict(r) for r in con.execute(
-            "SELECT * FROM outbox WHERE state IN ('queued', 'leased')")]
+        jobs = _claimable(con)
         job = core.pick(jobs, _dests(con), now, policy)
         if job is None:
             return None
@@ -82,8 +92,7 @@ def next_step(store: Store, owner: str, now: float,
     """The core's :func:`~fenji.routing.outbox.next_action`, applied: a leased job to
     send, or how long the sender may sleep (``Wait(until)``; ``Idle``: until woken)."""
     with store.atomic() as con:
-        jobs = [dict(r) for r in con.execute(
-            "SELECT * FROM outbox WHERE state IN ('queued', 'leased')")]
+        jobs = _claimable(con)
         act = core.next_action(jobs, _dests(con), now, None, policy)
         if isinstance(act, core.Send):
             return _lease(con, act.job, owner, now, policy)

@@ -22,7 +22,6 @@ import logging
 import os
 import random
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ import aiohttp
 from fenji.gateway.config import Config
 from fenji.gateway.keys import load_private, public_from_config
 from fenji.gateway.store.db import Store
+from fenji.gateway.store.index import Con
 from fenji.routing import outbox_db, wakeup
 from fenji.routing.outbox import DeadLetter, OutboxPolicy, Wait
 from fenji.routing.shaping import LinkMeter, Pacer, parse_schedule
@@ -82,7 +82,7 @@ class SenderEvents(Protocol):
     (gateway/reading/delivery.py).  Each method runs in a worker thread.
     """
 
-    def receipt(self, con: sqlite3.Connection, job: dict[str, Any], out: Delivered,
+    def receipt(self, con: Con, job: dict[str, Any], out: Delivered,
                 fresh: bool, now: float) -> None:
         """A signed receipt came back; called inside the transaction that keeps it."""
 
@@ -99,7 +99,7 @@ class SenderEvents(Protocol):
 class NoEvents:
     """A sender that tells nobody (tests of the transfer alone)."""
 
-    def receipt(self, con: sqlite3.Connection, job: dict[str, Any], out: Delivered,
+    def receipt(self, con: Con, job: dict[str, Any], out: Delivered,
                 fresh: bool, now: float) -> None:
         pass
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +12,7 @@ from fenji.gateway.lab.objstore import S3Server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _pg as pg  # noqa: E402
 from _data import (  # noqa: E402
     DICOM_DIR,
     ECG_DIR,
@@ -20,6 +21,7 @@ from _data import (  # noqa: E402
     good_files,
     malformed_files,
 )
+from _pg import PgCluster  # noqa: E402
 
 __all__ = ["DICOM_DIR", "ECG_DIR", "REPO", "SHARED_DATA", "good_dicom_files",
            "malformed_dicom_files"]
@@ -52,3 +54,30 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """One PostgreSQL cluster for the session, started on first use (tests/_pg.py)."""
+    with pg.cluster() as c:
+        yield c
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index_url(request: pytest.FixtureRequest) -> str:
+    """``[store] index_url`` for each backend: "" (SQLite in the store folder) or a
+    fresh database of the session's PostgreSQL cluster."""
+    if request.param == "sqlite":
+        return ""
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    return cluster.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index_urls(request: pytest.FixtureRequest) -> Callable[[], str]:
+    """For tests with several stores: each call gives another store's ``index_url``
+    ("" for SQLite: each store folder has its own file)."""
+    if request.param == "sqlite":
+        return lambda: ""
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    return cluster.new_database

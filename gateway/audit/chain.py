@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import sqlite3
 import time
 import weakref
 from dataclasses import dataclass
@@ -18,6 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from fenji.gateway.errors import LocalError
 from fenji.gateway.keys import canonical_json, fingerprint, sign
+from fenji.gateway.store.index import POSTGRESQL, Con, dialect_of
+from fenji.gateway.store.index_pg import LEDGER_LOCK
 from fenji.gateway.store.migrations import AUDIT_EXTRA_SQL
 
 log = logging.getLogger(__name__)
@@ -118,9 +119,7 @@ def ensure_tables(store: Any) -> None:
             return
     except TypeError:
         pass
-    have = {r["name"] for r in store.query(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN "
-        "('audit_head', 'audit_foreign')")}
+    have = store.index.tables() & {"audit_head", "audit_foreign"}
     if len(have) < 2:
         with store.atomic() as con:
             for stmt in AUDIT_EXTRA_SQL.split(";"):
@@ -128,10 +127,13 @@ def ensure_tables(store: Any) -> None:
                     con.execute(stmt)
     # Foreign events carry the signature of the node that wrote them (its node
     # key over the event hash); stores from before that get the column here.
-    cols = {r["name"] for r in store.query("PRAGMA table_info(audit_foreign)")}
+    cols = store.index.columns("audit_foreign")
     if "sig" not in cols:
+        # PostgreSQL: center processes starting together all get here; the first
+        # ALTER adds the column, the others wait for it and find it there.
+        exists = " IF NOT EXISTS" if store.index.dialect == POSTGRESQL else ""
         with store.atomic() as con:
-            con.execute("ALTER TABLE audit_foreign ADD COLUMN sig TEXT")
+            con.execute(f"ALTER TABLE audit_foreign ADD COLUMN{exists} sig TEXT")
     with contextlib.suppress(TypeError):
         _ready.add(store)
 
@@ -142,8 +144,19 @@ def _detail_text(detail: Any) -> str:
     return json.dumps(detail, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
-def _append(con: sqlite3.Connection, event: dict[str, Any],
+def _append(con: Con, event: dict[str, Any],
             signer: _Signer | None = None) -> dict[str, Any]:
+    """Append ``event`` after the chain's last one, inside the caller's transaction.
+
+    On SQLite the transaction is ``BEGIN IMMEDIATE``: no other writer, in any
+    process, runs between reading the last hash and inserting.  On PostgreSQL
+    several center processes write at once, so the read-prev-hash + insert is
+    serialised by a transaction-level advisory lock (released at COMMIT or
+    ROLLBACK): the chain stays one chain, and a second writer reads the first's
+    event as its predecessor (docs/decisions.md, "The ledger on PostgreSQL").
+    """
+    if dialect_of(con) == POSTGRESQL:
+        con.execute("SELECT pg_advisory_xact_lock(?)", (LEDGER_LOCK,))
     last = con.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
     event["seq"] = (last[0] + 1) if last else 1
     event["prev_hash"] = last[1] if last else GENESIS
@@ -166,7 +179,7 @@ def _append(con: sqlite3.Connection, event: dict[str, Any],
 
 def record(store: Any, kind: str, *, node: str, actor: str, role: str, obj: str,
            case_id: str | None = None, detail: dict[str, Any] | None = None,
-           at: float | None = None, con: sqlite3.Connection | None = None) -> dict[str, Any]:
+           at: float | None = None, con: Con | None = None) -> dict[str, Any]:
     """Append one event; returns it with its ``seq`` and ``hash``.
 
     ``con``: the caller's open write transaction (the event commits with the

@@ -129,10 +129,14 @@ def exclude_instance(store: Store, case_id: str, sop_instance_uid: str, *, opera
     if member is None:
         raise CaseError(f"instance {sop_instance_uid} is not part of case {case_id}")
     with store.atomic() as con:
-        con.execute("INSERT OR REPLACE INTO excluded_instances(sop_instance_uid, "
+        con.execute("INSERT INTO excluded_instances(sop_instance_uid, "
                     "study_instance_uid, case_id, excluded_by, reason, at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)", (sop_instance_uid, case["study_instance_uid"],
-                                                  case_id, operator, reason, now))
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(sop_instance_uid) DO UPDATE SET "
+                    "study_instance_uid = excluded.study_instance_uid, "
+                    "case_id = excluded.case_id, excluded_by = excluded.excluded_by, "
+                    "reason = excluded.reason, at = excluded.at",
+                    (sop_instance_uid, case["study_instance_uid"], case_id, operator, reason,
+                     now))
         ledger.record(store, "excluded", node=node or "?", actor=operator, role="technician",
                       obj=sop_instance_uid, case_id=case_id,
                       detail={"reason": reason, "study": case["study_instance_uid"]},

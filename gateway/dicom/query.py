@@ -21,6 +21,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from fenji.gateway.errors import PeerError
+from fenji.gateway.store.index import POSTGRESQL, SQLITE
 
 if TYPE_CHECKING:
     from fenji.gateway.store.db import Store
@@ -124,6 +125,33 @@ def _pn_glob(value: str) -> str:
     return "".join("[ ^]" if ch in "^ " else f"[{ch}]" if ch in "[]" else ch for ch in value)
 
 
+def _pg_regex(value: str, pn: bool) -> str:
+    """The PostgreSQL regular expression for a wildcard value (what GLOB does on SQLite):
+    ``*`` any run, ``?`` one character, in a person name ``^`` and a space alike;
+    every other character literal (case-sensitive, PS3.4 C.2.2.2.4)."""
+    out = []
+    for ch in value:
+        if ch == "*":
+            out.append(".*")
+        elif ch == "?":
+            out.append(".")
+        elif pn and ch in "^ ":
+            out.append("[ ^]")
+        elif ch.isalnum():
+            out.append(ch)
+        else:
+            out.append("\\" + ch)
+    return "^" + "".join(out) + "$"
+
+
+def _wildcard(expr: str, value: str, pn: bool, dialect: str) -> tuple[str, list[Any]]:
+    """``expr`` matches the wildcard ``value`` (or, for a person name, the value with
+    ``^`` and space alike): GLOB on SQLite, a regular expression on PostgreSQL."""
+    if dialect == POSTGRESQL:
+        return f"{expr} ~ ?", [_pg_regex(value, pn)]
+    return f"{expr} GLOB ?", [_pn_glob(value) if pn else _glob_escape(value)]
+
+
 def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
@@ -156,7 +184,7 @@ def _name_owner(keyword: str, level: str) -> tuple[str, str]:
 
 
 def _match_pn(keyword: str, value: str, fuzzy: bool, where: list[str], args: list[Any],
-              level: str) -> None:
+              level: str, dialect: str) -> None:
     """PS3.4 C.2.2.2 person name matching, against every component group.
 
     A value without ``=`` matches a name when it matches any of its groups
@@ -179,29 +207,32 @@ def _match_pn(keyword: str, value: str, fuzzy: bool, where: list[str], args: lis
         if grp is not None:
             sub += " AND g.grp = ?"
             sub_args.append(grp)
-        for cond, cond_args in _group_match(text, fuzzy):
+        for cond, cond_args in _group_match(text, fuzzy, dialect):
             where.append(f"{owner} IN ({sub} AND {cond})")
             args.extend([*sub_args, *cond_args])
 
 
-def _group_match(text: str, fuzzy: bool) -> list[tuple[str, list[Any]]]:
+def _group_match(text: str, fuzzy: bool, dialect: str = SQLITE
+                 ) -> list[tuple[str, list[Any]]]:
     """Conditions on ``g.name`` for one group's query text, each with its parameters."""
     if fuzzy:
         words = [w for w in re.split(r"[\s^]+", text.replace("*", " ").replace("?", " ")) if w]
-        # Each word starts some name component, in any case.
-        return [("(g.name LIKE ? ESCAPE '\\' OR g.name LIKE ? ESCAPE '\\' "
-                 "OR g.name LIKE ? ESCAPE '\\')", [f"{w}%", f"%^{w}%", f"% {w}%"])
+        # Each word starts some name component, in any case (SQLite's LIKE ignores
+        # ASCII case; PostgreSQL's does not, its ILIKE does).
+        like = "ILIKE" if dialect == POSTGRESQL else "LIKE"
+        return [(f"(g.name {like} ? ESCAPE '\\' OR g.name {like} ? ESCAPE '\\' "
+                 f"OR g.name {like} ? ESCAPE '\\')", [f"{w}%", f"%^{w}%", f"% {w}%"])
                 for w in map(_like_escape, words)]
     if "*" in text or "?" in text:
-        return [("g.name GLOB ?", [_pn_glob(text)])]
+        return [_wildcard("g.name", text, True, dialect)]
     core = text.rstrip("^ ")
     if not core:
         return []  # only separators: nothing to match on
-    return [("g.name GLOB ?", [_pn_glob(core)])]
+    return [_wildcard("g.name", core, True, dialect)]
 
 
 def _match(keyword: str, value: str, fuzzy: bool, where: list[str], args: list[Any],
-           level: str) -> None:
+           level: str, dialect: str) -> None:
     _, _, kind = COLUMNS[keyword]
     expr = _expr(keyword, level)
     value = value.strip()
@@ -214,7 +245,7 @@ def _match(keyword: str, value: str, fuzzy: bool, where: list[str], args: list[A
         _range(expr, kind, value, where, args)
         return
     if kind == "PN":
-        _match_pn(keyword, value, fuzzy, where, args, level)
+        _match_pn(keyword, value, fuzzy, where, args, level, dialect)
         return
     if kind == "IS":
         try:
@@ -224,8 +255,9 @@ def _match(keyword: str, value: str, fuzzy: bool, where: list[str], args: list[A
             raise QueryError(f"{keyword} = {value!r} is not an integer") from None
         return
     if "*" in value or "?" in value:
-        where.append(f"{expr} GLOB ?")
-        args.append(_glob_escape(value))
+        cond, cond_args = _wildcard(expr, value, False, dialect)
+        where.append(cond)
+        args.extend(cond_args)
         return
     where.append(f"{expr} = ?")
     args.append(value)
@@ -235,7 +267,8 @@ def find(store: Store, level: str, keys: dict[str, str], *, root: str = "study",
          limit: int | None = None, offset: int = 0, fuzzy: bool = False
          ) -> list[dict[str, Any]]:
     """Rows (keyword -> value) matching ``keys`` at ``level``, in a stable order."""
-    sql, args = find_sql(level, keys, root=root, limit=limit, offset=offset, fuzzy=fuzzy)
+    sql, args = find_sql(level, keys, root=root, limit=limit, offset=offset, fuzzy=fuzzy,
+                         dialect=store.index.dialect)
     out = []
     for r in store.query(sql, args):
         row = {k: v for k, v in r.items() if v is not None}
@@ -259,9 +292,10 @@ def _checked_level(level: str, root: str, label: str) -> str:
 
 
 def find_sql(level: str, keys: dict[str, str], *, root: str = "study",
-             limit: int | None = None, offset: int = 0, fuzzy: bool = False
-             ) -> tuple[str, tuple[Any, ...]]:
-    """The SQL :func:`find` runs, and its parameters (for ``EXPLAIN QUERY PLAN``)."""
+             limit: int | None = None, offset: int = 0, fuzzy: bool = False,
+             dialect: str = SQLITE) -> tuple[str, tuple[Any, ...]]:
+    """The SQL :func:`find` runs, and its parameters (for ``EXPLAIN QUERY PLAN``).
+    ``dialect``: the store's (``store.index.dialect``); wildcards differ."""
     level = _checked_level(level, root, "query level")
     where: list[str] = []
     args: list[Any] = []
@@ -277,13 +311,14 @@ def find_sql(level: str, keys: dict[str, str], *, root: str = "study",
         col = COLUMNS.get(keyword)
         if col is None or _RANK[col[0]] > _RANK[level]:
             continue  # not held or below the level: ignored (PS3.4 C.2.2.1)
-        _match(keyword, str(value), fuzzy, where, args, level)
+        _match(keyword, str(value), fuzzy, where, args, level, dialect)
     cols = [(k, _expr(k, level)) for k, (lvl, _, _) in COLUMNS.items()
             if _RANK[lvl] <= _RANK[level]]
     if level == "PATIENT":
         cols = [(k, e) for k, e in cols if COLUMNS[k][0] == "PATIENT"]
     cols += list(_COUNTS[level].items())
-    select = ", ".join(f"{expr} AS {k}" for k, expr in cols)
+    # Quoted: PostgreSQL folds unquoted names to lower case.
+    select = ", ".join(f'{expr} AS "{k}"' for k, expr in cols)
     order = {"PATIENT": "p.patient_id", "STUDY": "st.study_date, st.study_instance_uid",
              "SERIES": "se.series_number, se.series_instance_uid",
              "IMAGE": "i.instance_number, i.sop_instance_uid"}[level]
@@ -292,8 +327,9 @@ def find_sql(level: str, keys: dict[str, str], *, root: str = "study",
         sql += " WHERE " + " AND ".join(where)
     sql += f" ORDER BY {order}"
     if limit is not None or offset:
+        # No limit: SQLite's LIMIT -1 is an error on PostgreSQL; 2**62 means the same.
         sql += " LIMIT ? OFFSET ?"
-        args.extend([-1 if limit is None else max(0, int(limit)), max(0, int(offset))])
+        args.extend([1 << 62 if limit is None else max(0, int(limit)), max(0, int(offset))])
     return sql, tuple(args)
 
 

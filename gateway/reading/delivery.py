@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 from typing import Any
 
 from fenji.gateway.audit import ledger
@@ -22,6 +21,7 @@ from fenji.gateway.cases import states
 from fenji.gateway.config import Config
 from fenji.gateway.reading.report_return import report_delivered
 from fenji.gateway.store.db import Store
+from fenji.gateway.store.index import Con
 from fenji.routing.transfer_client import Delivered
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class NodeEvents:
         self.store = store
         self.node = cfg.node.name
 
-    def receipt(self, con: sqlite3.Connection, job: dict[str, Any], out: Delivered,
+    def receipt(self, con: Con, job: dict[str, Any], out: Delivered,
                 fresh: bool, now: float) -> None:
         report = con.execute("SELECT report_id, case_id FROM reports WHERE report_id = ?",
                              (job["case_id"],)).fetchone()
@@ -57,7 +57,7 @@ class NodeEvents:
         if report is None and out.receipt.get("instances"):
             self._move(con, job, "receipt", now)
 
-    def _move(self, con: sqlite3.Connection, job: dict[str, Any], event: str,
+    def _move(self, con: Con, job: dict[str, Any], event: str,
               now: float) -> None:
         """The case's state after a sender event, through the one table; a bundle that
         is not a case here (a report passing a relay, an unknown case) moves nothing."""

@@ -90,6 +90,10 @@ def check_values(cfg: Any, errors: list[str], *, chunk_hard_max: int) -> None:
             errors.append(f"store.{name} = {getattr(cfg.store, name)} must be >= 0")
     if cfg.store.min_free_bytes < 0:
         errors.append(f"store.min_free_bytes = {cfg.store.min_free_bytes} must be >= 0")
+    url = cfg.store.index_url.strip()
+    if url and not url.startswith(("postgresql://", "postgres://", "sqlite:///")):
+        errors.append(f"store.index_url = {url!r} must be postgresql://user@host:port/db, "
+                      "sqlite:///path, or empty (the SQLite file in the store folder)")
     try:
         parse_blob_url(cfg.store.blob_url)
     except ConfigError as exc:

@@ -14,9 +14,9 @@ only after it.  After ``kill -9`` at any instant:
 * every row points to a complete blob with the right hash.
 
 The index is SQLite in WAL mode with ``synchronous=FULL`` (the row must be on
-disk before we acknowledge).  One writer connection per process, guarded by a
-lock; each thread reads through its own connection.  Migrations are numbered,
-recorded in ``schema_migrations`` and never edited once released.
+disk before we acknowledge), or PostgreSQL (``[store] index_url``), behind one
+interface (gateway/store/index.py).  Migrations are numbered, recorded in
+``schema_migrations`` and never edited once released.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ import hashlib
 import json
 import logging
 import shutil
-import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,7 +38,8 @@ from fenji.gateway.config import DICOMWEB_READ_CHUNK_BYTES
 from fenji.gateway.dicom.info import InstanceInfo
 from fenji.gateway.errors import LocalError
 from fenji.gateway.store.blobs import BlobStoreError, S3Blobs, StoreFull, open_blobs
-from fenji.gateway.store.migrations import MIGRATIONS
+from fenji.gateway.store.index import POSTGRESQL, Con, Index, SqliteIndex, parse_url
+from fenji.gateway.store.index_pg import PgIndex
 from fenji.gateway.store.upload_parts import LocalParts, S3Parts
 
 log = logging.getLogger(__name__)
@@ -77,13 +76,18 @@ class PutOutcome:
     existing_sha256: str | None = None
 
 
-def _is_enospc(exc: BaseException) -> bool:
+def _is_enospc(exc: BaseException, index: Index | None = None) -> bool:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
-    if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError):
-        text = str(exc).lower()
-        return "disk is full" in text or "database or disk is full" in text
-    return False
+    return index is not None and index.is_disk_full(exc)
+
+
+def open_index(url: str, default_path: Path) -> Index:
+    """The index ``[store] index_url`` names; empty: the SQLite file ``default_path``."""
+    dialect, target = parse_url(url, default_path)
+    if dialect == POSTGRESQL:
+        return PgIndex(target)
+    return SqliteIndex(Path(target))
 
 
 class Store:
@@ -92,7 +96,7 @@ class Store:
     def __init__(self, root: Path, *, min_free_bytes: int = 0, quarantine: bool = True,
                  quarantine_max_records: int = 0, quarantine_max_bytes: int = 0,
                  blob_url: str = "", blob_access_key_id: str = "",
-                 blob_secret_access_key: str = "") -> None:
+                 blob_secret_access_key: str = "", index_url: str = "") -> None:
         self.root = Path(root)
         # Bounds of the quarantine (0: none); past them the oldest records go.
         self.quarantine_max_records = quarantine_max_records
@@ -122,84 +126,18 @@ class Store:
                 self.blobs.check()
             except BlobStoreError as exc:
                 raise StoreError(f"store.blob_url = {blob_url!r}: {exc}") from exc
-        self._wlock = threading.RLock()
-        self._local = threading.local()
-        self._writer = self._connect()
-        self._depth = 0
-        self._migrate()
+        self.index: Index = open_index(index_url, self.db_path)
+        self.index.migrate(str(self.root))
 
-    # -- connections and transactions ----------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None,
-                              check_same_thread=False)
-        con.row_factory = sqlite3.Row
-        con.execute("PRAGMA journal_mode=WAL")
-        # FULL: the WAL is fsynced at every commit; a row we acknowledged is on disk.
-        con.execute("PRAGMA synchronous=FULL")
-        con.execute("PRAGMA foreign_keys=ON")
-        con.execute("PRAGMA busy_timeout=30000")
-        return con
-
-    def _reader(self) -> sqlite3.Connection:
-        con = getattr(self._local, "con", None)
-        if con is None:
-            con = self._connect()
-            con.execute("PRAGMA query_only=ON")
-            self._local.con = con
-        return con
+    # -- the index (gateway/store/index.py: SQLite or PostgreSQL) ------
+    def _reader(self) -> Con:
+        return self.index.reader()
 
     @contextlib.contextmanager
-    def atomic(self) -> Iterator[sqlite3.Connection]:
+    def atomic(self) -> Iterator[Con]:
         """The one transaction primitive; nested blocks become savepoints."""
-        with self._wlock:
-            con = self._writer
-            if self._depth == 0:
-                con.execute("BEGIN IMMEDIATE")
-                name = None
-            else:
-                name = f"sp{self._depth}"
-                con.execute(f"SAVEPOINT {name}")
-            self._depth += 1
-            try:
-                yield con
-            except BaseException:
-                self._depth -= 1
-                if name is None:
-                    con.execute("ROLLBACK")
-                else:
-                    con.execute(f"ROLLBACK TO {name}")
-                    con.execute(f"RELEASE {name}")
-                raise
-            else:
-                self._depth -= 1
-                if name is None:
-                    try:
-                        con.execute("COMMIT")
-                    except BaseException:
-                        # A COMMIT that fails (disk full, a deferred constraint) may
-                        # leave the transaction open: its writes would ride along with
-                        # the next one, whose BEGIN would fail anyway.  Undo them here.
-                        if con.in_transaction:
-                            with contextlib.suppress(sqlite3.Error):
-                                con.execute("ROLLBACK")
-                        raise
-                else:
-                    con.execute(f"RELEASE {name}")
-
-    def _migrate(self) -> None:
-        with self.atomic() as con:
-            con.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
-                        "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)")
-            done = {r[0] for r in con.execute("SELECT version FROM schema_migrations")}
-            for version, entry in MIGRATIONS:
-                if version in done:
-                    continue
-                sql = entry
-                for stmt in sql.split(";"):
-                    if stmt.strip():
-                        con.execute(stmt)
-                con.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, time.time()))
-                log.info("store=%s migrated schema to version %d", self.root, version)
+        with self.index.atomic() as con:
+            yield con
 
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         """Read-only query on this thread's reader connection."""
@@ -215,14 +153,7 @@ class Store:
         return int(row[0] or 0)
 
     def close(self) -> None:
-        with self._wlock:
-            with contextlib.suppress(sqlite3.Error):
-                self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._writer.close()
-        con = getattr(self._local, "con", None)
-        if con is not None:
-            con.close()
-            self._local.con = None
+        self.index.close()
         self.blobs.close()
 
     # -- blobs (gateway/store/blobs.py) -----------------------------------
@@ -281,6 +212,7 @@ class Store:
         now = time.time()
         try:
             with self.atomic() as con:
+                self.index.lock(con, info.sop_instance_uid)  # another process's put of it
                 row = con.execute("SELECT sha256, dataset_sha256 FROM instances "
                                   "WHERE sop_instance_uid = ?",
                                   (info.sop_instance_uid,)).fetchone()
@@ -290,8 +222,8 @@ class Store:
                     self._index(con, info, digest, size, now, calling_ae, peer_address)
                     if self.audit_node:
                         self._audit_received(con, info, digest, now, calling_ae, peer_address)
-        except sqlite3.Error as exc:
-            if _is_enospc(exc):
+        except self.index.errors as exc:
+            if _is_enospc(exc, self.index):
                 raise StoreFull(f"store {self.root}: disk full committing index row") from exc
             raise
         if row is not None:
@@ -322,6 +254,8 @@ class Store:
         outcomes: list[PutOutcome] = []
         try:
             with self.atomic() as con:
+                for uid in sorted({info.sop_instance_uid for info, _, _ in entries}):
+                    self.index.lock(con, uid)
                 for info, digest, size in entries:
                     row = con.execute("SELECT sha256, dataset_sha256 FROM instances "
                                       "WHERE sop_instance_uid = ?",
@@ -336,13 +270,13 @@ class Store:
                     if self.audit_node:
                         self._audit_received(con, info, digest, now, calling_ae, peer_address)
                     outcomes.append(PutOutcome(PutStatus.STORED, digest, size))
-        except sqlite3.Error as exc:
-            if _is_enospc(exc):
+        except self.index.errors as exc:
+            if _is_enospc(exc, self.index):
                 raise StoreFull(f"store {self.root}: disk full committing index rows") from exc
             raise
         return outcomes
 
-    def _audit_received(self, con: sqlite3.Connection, info: InstanceInfo, digest: str,
+    def _audit_received(self, con: Con, info: InstanceInfo, digest: str,
                         now: float, calling_ae: str | None, peer: str | None) -> None:
         """The ledger's "received" event commits with the index row (DESIGN §3 step 10)."""
         from fenji.gateway.audit import ledger
@@ -369,7 +303,7 @@ class Store:
         return PutOutcome(PutStatus.CONFLICT, digest, size, have)
 
     @staticmethod
-    def index_name_groups(con: sqlite3.Connection, kind: str, owner: str, name: str | None) -> None:
+    def index_name_groups(con: Con, kind: str, owner: str, name: str | None) -> None:
         """A person name's component groups for matching (migration 8); the first name
         indexed for an owner stays, like the row it belongs to."""
         if not name:
@@ -381,7 +315,7 @@ class Store:
                             "VALUES (?, ?, ?, ?)", (kind, owner, grp, text))
 
     @classmethod
-    def _index(cls, con: sqlite3.Connection, i: InstanceInfo, digest: str, size: int,
+    def _index(cls, con: Con, i: InstanceInfo, digest: str, size: int,
                now: float, calling_ae: str | None, peer: str | None) -> None:
         if i.patient_id is not None:
             new = con.execute(
@@ -448,7 +382,7 @@ class Store:
                             "VALUES (?, ?, ?, ?, ?)",
                             (time.time(), kind, sop_instance_uid, calling_ae,
                              json.dumps(detail, sort_keys=True, default=str)))
-        except sqlite3.Error as exc:  # an event must never break ingest
+        except self.index.errors as exc:  # an event must never break ingest
             log.warning("store=%s could not record event kind=%s: %s", self.root, kind, exc)
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
@@ -485,12 +419,14 @@ class Store:
                             "peer_address, uid_hint) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                             (time.time(), sha, size, reason, status, calling_ae,
                              peer_address, hint))
-        except sqlite3.Error as exc:
+        except self.index.errors as exc:
             log.warning("store=%s could not index quarantine entry: %s", self.root, exc)
         if self.quarantine_max_records or self.quarantine_max_bytes:
+            failures: tuple[type[BaseException], ...] = (*self.index.errors, BlobStoreError,
+                                                         OSError)
             try:
                 self._evict_quarantine()
-            except (sqlite3.Error, BlobStoreError, OSError) as exc:
+            except failures as exc:
                 log.warning("store=%s quarantine eviction failed: %s", self.root, exc)
 
     def _evict_quarantine(self) -> None:

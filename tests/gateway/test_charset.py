@@ -28,7 +28,7 @@ from fenji.gateway.dicom.info import InstanceInfo
 from fenji.gateway.dicom.validate import check_part10
 from fenji.gateway.dimse.qr import _keys
 from fenji.gateway.errors import ConfigError
-from fenji.gateway.store import db as store_mod
+from fenji.gateway.store import index as store_mod
 from fenji.gateway.store import reindex
 from fenji.gateway.store.db import Store
 from fenji.gateway.web.dicomweb.media import _private_as_un

@@ -103,3 +103,15 @@ def test_conf_check_cli_reports_key_paths(tmp_path: Path) -> None:
                            str(example)], capture_output=True, text=True)
     assert good.returncode == 0, good.stderr
     assert "ok" in good.stdout
+
+
+def test_store_index_url_from_file_env_and_checked() -> None:
+    """[store] index_url: empty by default (the SQLite file), FENJI_STORE_INDEX_URL
+    overrides, and a URL fenji cannot open is named with its key path."""
+    base = {"dicom": {"allow_ae": ["CT1"]}}
+    assert config.from_mapping(base, env={}).store.index_url == ""
+    url = "postgresql://fenji@10.0.0.7:5432/center"
+    cfg = config.from_mapping(base, env={"FENJI_STORE_INDEX_URL": url})
+    assert cfg.store.index_url == url
+    with pytest.raises(ConfigError, match=r"store.index_url = 'mysql://x/y' must be "):
+        config.from_mapping({**base, "store": {"index_url": "mysql://x/y"}}, env={})

@@ -10,6 +10,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -180,8 +181,8 @@ def test_truncation_with_the_head_deleted_or_forged(signed: Path, head_sql: str,
     assert needle in res.problems[0].message
 
 
-def test_unsigned_store_is_ok_with_a_note(tmp_path: Path) -> None:
-    store = Store(tmp_path / "s")
+def test_unsigned_store_is_ok_with_a_note(tmp_path: Path, index_url: str) -> None:
+    store = Store(tmp_path / "s", index_url=index_url)
     _fill(store, 3)
     ledger.record(store, "opened", node="edge", actor="dr.ma", role="physician", obj="y",
                   at=1_790_000_000)  # an int time reads back as REAL: still verifies
@@ -199,8 +200,10 @@ def test_unsigned_store_is_ok_with_a_note(tmp_path: Path) -> None:
 # Cross-node history
 # ---------------------------------------------------------------------------
 
-def test_case_history_travels_and_merges(tmp_path: Path) -> None:
-    edge, center = Store(tmp_path / "edge"), Store(tmp_path / "center")
+def test_case_history_travels_and_merges(tmp_path: Path,
+                                         index_urls: Callable[[], str]) -> None:
+    edge = Store(tmp_path / "edge", index_url=index_urls())
+    center = Store(tmp_path / "center", index_url=index_urls())
     ledger.record(edge, "released", node="edge", actor="tech", role="technician",
                   obj="c1", case_id="c1", at=T0)
     ledger.record(edge, "released", node="edge", actor="tech", role="technician",

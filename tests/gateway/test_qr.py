@@ -9,7 +9,7 @@ import pytest
 
 from fenji.gateway.dicom import query as qr
 from fenji.gateway.dicom.info import InstanceInfo
-from fenji.gateway.store import db as store_mod
+from fenji.gateway.store import index as store_mod
 from fenji.gateway.store.db import Store
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -27,8 +27,9 @@ ROWS = [
 
 
 @pytest.fixture()
-def store(tmp_path: Path) -> Store:
-    s = Store(tmp_path / "s")
+def store(tmp_path: Path, index_url: str) -> Store:
+    """The same index on SQLite and on PostgreSQL (issue 14)."""
+    s = Store(tmp_path / "s", index_url=index_url)
     for pid, name, study, date, acc, ref, series, mod, n in ROWS:
         for i in range(n):
             sop = f"{series}.{i + 1}"
@@ -129,6 +130,7 @@ def test_retrieve_needs_the_unique_key_and_ignores_other_keys(store: Store) -> N
     {"StudyDate": "20240101-20240131"}, {"AccessionNumber": "A1"},
     {"StudyInstanceUID": "1.1\\1.2"}, {"ReferringPhysicianName": "ZHAO^LI"},
 ])
+@pytest.mark.parametrize("index_url", [""])  # EXPLAIN QUERY PLAN is SQLite's
 def test_study_matching_uses_an_index(store: Store, keys: dict[str, str]) -> None:
     sql, args = qr.find_sql("STUDY", keys)
     plan = " ".join(str(r["detail"]) for r in store.query("EXPLAIN QUERY PLAN " + sql, args)

@@ -10,15 +10,16 @@ import pytest
 from _data import ct_series
 
 from fenji.gateway.dicom.validate import check_part10
-from fenji.gateway.store.db import MIGRATIONS, PutStatus, Store, StoreFull
+from fenji.gateway.store.db import PutStatus, Store, StoreFull
+from fenji.gateway.store.migrations import MIGRATIONS
 
 
 def _checked(i: int = 0):  # type: ignore[no-untyped-def]
     return check_part10(ct_series()[i].read_bytes())
 
 
-def test_put_is_durable_and_indexed(tmp_path: Path) -> None:
-    store = Store(tmp_path / "s")
+def test_put_is_durable_and_indexed(tmp_path: Path, index_url: str) -> None:
+    store = Store(tmp_path / "s", index_url=index_url)
     c = _checked()
     out = store.put(c.part10, c.info, calling_ae="CT1")
     assert out.status is PutStatus.STORED
@@ -28,13 +29,13 @@ def test_put_is_durable_and_indexed(tmp_path: Path) -> None:
     assert row is not None and row["sha256"] == out.sha256 and row["calling_ae"] == "CT1"
     assert not list((tmp_path / "s" / "tmp").iterdir())  # no temp file left behind
     store.close()
-    again = Store(tmp_path / "s")  # reopen: schema recorded, data there
+    again = Store(tmp_path / "s", index_url=index_url)  # reopen: schema recorded, data there
     assert again.schema_version == len(MIGRATIONS) and again.count_instances() == 1
     again.close()
 
 
-def test_identical_resend_is_idempotent(tmp_path: Path) -> None:
-    store = Store(tmp_path / "s")
+def test_identical_resend_is_idempotent(tmp_path: Path, index_url: str) -> None:
+    store = Store(tmp_path / "s", index_url=index_url)
     c = _checked()
     assert store.put(c.part10, c.info).status is PutStatus.STORED
     assert store.put(c.part10, c.info).status is PutStatus.DUPLICATE
@@ -42,8 +43,9 @@ def test_identical_resend_is_idempotent(tmp_path: Path) -> None:
     store.close()
 
 
-def test_same_uid_other_bytes_is_a_conflict_and_keeps_the_original(tmp_path: Path) -> None:
-    store = Store(tmp_path / "s")
+def test_same_uid_other_bytes_is_a_conflict_and_keeps_the_original(tmp_path: Path,
+                                                                   index_url: str) -> None:
+    store = Store(tmp_path / "s", index_url=index_url)
     c = _checked()
     first = store.put(c.part10, c.info)
     altered = c.part10[:-2] + bytes([c.part10[-2] ^ 1, c.part10[-1]])
@@ -56,8 +58,8 @@ def test_same_uid_other_bytes_is_a_conflict_and_keeps_the_original(tmp_path: Pat
     store.close()
 
 
-def test_concurrent_puts_from_threads(tmp_path: Path) -> None:
-    store = Store(tmp_path / "s")
+def test_concurrent_puts_from_threads(tmp_path: Path, index_url: str) -> None:
+    store = Store(tmp_path / "s", index_url=index_url)
     items = [_checked(i) for i in range(8)]
     errors: list[BaseException] = []
 
@@ -80,8 +82,8 @@ def test_concurrent_puts_from_threads(tmp_path: Path) -> None:
     store.close()
 
 
-def test_recover_removes_temp_files_and_orphan_blobs(tmp_path: Path) -> None:
-    store = Store(tmp_path / "s")
+def test_recover_removes_temp_files_and_orphan_blobs(tmp_path: Path, index_url: str) -> None:
+    store = Store(tmp_path / "s", index_url=index_url)
     c = _checked()
     kept = store.put(c.part10, c.info)
     (tmp_path / "s" / "tmp" / "half-written.tmp").write_bytes(b"x" * 100)
@@ -93,8 +95,8 @@ def test_recover_removes_temp_files_and_orphan_blobs(tmp_path: Path) -> None:
     store.close()
 
 
-def test_verify_detects_a_damaged_blob(tmp_path: Path) -> None:
-    store = Store(tmp_path / "s")
+def test_verify_detects_a_damaged_blob(tmp_path: Path, index_url: str) -> None:
+    store = Store(tmp_path / "s", index_url=index_url)
     c = _checked()
     out = store.put(c.part10, c.info)
     path = store.blob_path(out.sha256)
@@ -105,8 +107,8 @@ def test_verify_detects_a_damaged_blob(tmp_path: Path) -> None:
     store.close()
 
 
-def test_reserved_space_refuses_with_store_full(tmp_path: Path) -> None:
-    store = Store(tmp_path / "s", min_free_bytes=1 << 62)  # more than any disk
+def test_reserved_space_refuses_with_store_full(tmp_path: Path, index_url: str) -> None:
+    store = Store(tmp_path / "s", min_free_bytes=1 << 62, index_url=index_url)  # more than any disk
     c = _checked()
     with pytest.raises(StoreFull, match="min_free_bytes"):
         store.put(c.part10, c.info)
@@ -114,8 +116,8 @@ def test_reserved_space_refuses_with_store_full(tmp_path: Path) -> None:
     store.close()
 
 
-def test_quarantine_keeps_hostile_uid_as_text_only(tmp_path: Path) -> None:
-    store = Store(tmp_path / "s")
+def test_quarantine_keeps_hostile_uid_as_text_only(tmp_path: Path, index_url: str) -> None:
+    store = Store(tmp_path / "s", index_url=index_url)
     digest = store.quarantine(b"junk", "not DICOM", uid_hint="../../etc/passwd\n")
     (row,) = store.quarantined()
     assert row["sha256"] == digest and row["uid_hint"] == "../../etc/passwd\\n"
@@ -124,11 +126,11 @@ def test_quarantine_keeps_hostile_uid_as_text_only(tmp_path: Path) -> None:
     store.close()
 
 
-def test_same_data_set_from_another_sender_is_a_duplicate(tmp_path: Path) -> None:
+def test_same_data_set_from_another_sender_is_a_duplicate(tmp_path: Path, index_url: str) -> None:
     """The File Meta fenji writes names the calling AE; the data set is the identity."""
     from fenji.gateway.dicom.validate import check_dimse, split_part10
 
-    store = Store(tmp_path / "s")
+    store = Store(tmp_path / "s", index_url=index_url)
     src = ct_series()[0].read_bytes()
     meta, off = split_part10(src)
     a, b = (check_dimse(src[off:], meta["TransferSyntaxUID"],
@@ -142,24 +144,23 @@ def test_same_data_set_from_another_sender_is_a_duplicate(tmp_path: Path) -> Non
     store.close()
 
 
-def test_a_failed_commit_rolls_back_and_the_store_goes_on(tmp_path: Path) -> None:
+def test_a_failed_commit_rolls_back_and_the_store_goes_on(tmp_path: Path,
+                                                           index_url: str) -> None:
     """COMMIT itself can fail (disk full, a deferred constraint): nothing of the
     transaction may stay, and the next transaction must start cleanly."""
-    import sqlite3
-
-    store = Store(tmp_path / "s")
-    with store.atomic() as con:  # a constraint SQLite checks only at COMMIT
+    store = Store(tmp_path / "s", index_url=index_url)
+    with store.atomic() as con:  # a constraint checked only at COMMIT
         con.execute("CREATE TABLE parent(id INTEGER PRIMARY KEY)")
         con.execute("CREATE TABLE child(pid INTEGER REFERENCES parent(id) "
                     "DEFERRABLE INITIALLY DEFERRED)")
-    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"), store.atomic() as con:
+    with pytest.raises(store.index.errors, match="(?i)FOREIGN KEY"), store.atomic() as con:
         con.execute("INSERT INTO parent VALUES (1)")
         con.execute("INSERT INTO child VALUES (2)")  # no parent 2: fails at COMMIT
-    assert not store._writer.in_transaction
+    assert not store.index.in_transaction()
     with store.atomic() as con:  # would be "cannot start a transaction within a transaction"
         con.execute("INSERT INTO parent VALUES (7)")
     store.close()
-    again = Store(tmp_path / "s")
+    again = Store(tmp_path / "s", index_url=index_url)
     assert again.query("SELECT id FROM parent") == [{"id": 7}]  # parent 1 went with the child
     assert again.query("SELECT pid FROM child") == []
     again.close()

@@ -1,4 +1,4 @@
-"""The outbox: pure core properties and the SQLite shell."""
+"""The outbox: pure core properties and its shell, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -91,8 +91,8 @@ def test_breaker_opens_then_half_open_probe() -> None:
 
 
 @pytest.fixture
-def store(tmp_path: Path):  # type: ignore[no-untyped-def]
-    s = Store(tmp_path / "s")
+def store(tmp_path: Path, index_url: str):  # type: ignore[no-untyped-def]
+    s = Store(tmp_path / "s", index_url=index_url)
     yield s
     s.close()
 
@@ -108,13 +108,13 @@ def test_enqueue_idempotent_and_stat_first(store: Store) -> None:
     assert db.claim(store, "w1", 5.0, POLICY) is None
 
 
-def test_crashed_sender_lease_expires(tmp_path: Path) -> None:
-    s1 = Store(tmp_path / "s")
+def test_crashed_sender_lease_expires(tmp_path: Path, index_url: str) -> None:
+    s1 = Store(tmp_path / "s", index_url=index_url)
     db.enqueue(s1, "b", "c", "center", 2, 100, now=0.0)
     job = db.claim(s1, "dead-sender", 1.0, POLICY)
     assert job is not None
     del s1  # the sender process died without completing
-    s2 = Store(tmp_path / "s")
+    s2 = Store(tmp_path / "s", index_url=index_url)
     assert db.claim(s2, "new", 10.0, POLICY) is None  # lease still held
     again = db.claim(s2, "new", 1.0 + POLICY.lease_s + 0.1, POLICY)
     assert again is not None and again["job_id"] == job["job_id"]
@@ -245,8 +245,8 @@ def test_resume_and_requeue_errors_name_the_value(store: Store) -> None:
         db.requeue_dead(store, 1, 1.0)
 
 
-def test_two_stores_in_two_threads_never_share_a_job(tmp_path: Path) -> None:
-    setup = Store(tmp_path / "s")
+def test_two_stores_in_two_threads_never_share_a_job(tmp_path: Path, index_url: str) -> None:
+    setup = Store(tmp_path / "s", index_url=index_url)
     for i in range(30):
         db.enqueue(setup, f"b{i}", "c", "center", i % 3, 10, now=float(i))
     setup.close()
@@ -254,7 +254,7 @@ def test_two_stores_in_two_threads_never_share_a_job(tmp_path: Path) -> None:
     lock = threading.Lock()
 
     def worker(name: str) -> None:
-        s = Store(tmp_path / "s")
+        s = Store(tmp_path / "s", index_url=index_url)
         try:
             while (j := db.claim(s, name, 100.0, POLICY)) is not None:
                 with lock:
