@@ -226,11 +226,12 @@ class NodeProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"node {self.name} exited with {self.proc.returncode}:\n"
                                    + self.log_tail())
-            if self.run_file.exists():
+            # A center's process ([node] shared_store) has its own run file.
+            for path in (self.run_file, self.run_file.with_name(f"node-{self.proc.pid}.json")):
                 try:
-                    info = json.loads(self.run_file.read_text())
-                except ValueError:
-                    info = None
+                    info = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    continue
                 if info and info.get("pid") == self.proc.pid:
                     return self
             if self.wrap and self._port_open():
