@@ -177,7 +177,7 @@ def _authenticate(ctx: ReceiverContext, request: web.Request) -> str | web.Respo
                         request.remote, node, cns)
             return error(403, "certificate_mismatch",
                          f"TLS client certificate {cns} does not belong to node {node!r}")
-    msg = auth_message(request.method, request.path, ts, dict(request.headers),
+    msg = auth_message(request.method, request.path, ts, request.headers,
                        receiver=ctx.node_name)
     if not verify(pub, msg, sig):
         log.warning("transfer refused peer=%s node=%s reason=bad-signature", request.remote, node)
