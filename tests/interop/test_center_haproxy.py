@@ -34,7 +34,9 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,11 +48,15 @@ from _data import DICOM_DIR, ct_series
 from _wait import until
 
 from fenji.gateway import config as config_mod
+from fenji.gateway.cases.case import release
+from fenji.gateway.keys import load_private, public_from_config, sign
 from fenji.gateway.lab.dcmtk import storescu
 from fenji.gateway.lab.harness import HaproxyProcess, NodeProcess, fenji_cmd, free_port
 from fenji.gateway.lab.synth import derive
 from fenji.gateway.node import open_store
 from fenji.gateway.store.db import Store
+from fenji.routing import upload
+from fenji.routing.transfer_client import check_receipt, manifest_of
 
 
 @dataclass
@@ -344,3 +350,71 @@ def test_ready_and_health_for_the_balancer(tmp_path: Path, center: Center) -> No
     until(lambda: not center.lb.up(1), 60, "HAProxy to mark the stopped process down")
     assert requests.get(center.lb.url + "/api/ready", timeout=10).status_code == 200
     assert center.lb.up(0)
+
+
+def _signed(edge: NodeProcess, method: str, path: str, extra: dict[str, str]) -> dict[str, str]:
+    cfg = config_mod.load(edge.config, env={})
+    ts = f"{time.time():.3f}"
+    sig = sign(load_private(cfg.resolve(cfg.keys.private_key)),
+               upload.auth_message(method, path, ts, extra, receiver="center"))
+    return {**extra, "Fenji-Auth": f"node=edge;ts={ts};sig={sig}"}
+
+
+def test_an_upload_moves_between_processes_and_is_finalized_once(tmp_path: Path,
+                                                                 center: Center) -> None:
+    """Created on one process, written on the other, finalized on both at once: one
+    receipt (the same answer from both), every instance once, one "arrived" event."""
+    a, b = center.procs
+    edge = NodeProcess(tmp_path / "edge", name="edge", allow_ae=["CT1"], workers=1)
+    a.add_peer(edge)
+    files = derive(ct_series()[:6], tmp_path / "src", 6, prefix="fin")
+    with edge:
+        assert len(storescu(files, edge.dicom_port, calling="CT1").sent) == len(files)
+    study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    edge_store = open_store(config_mod.load(edge.config, env={}))
+    try:
+        rel = release(edge_store, study, destination="center", sender_node="edge")
+    finally:
+        edge_store.close()
+    data = rel.bundle_path.read_bytes()
+    a.start()
+    b.start()
+    create = {"Fenji-Bundle-Id": rel.bundle_id, "Upload-Length": str(len(data))}
+    r = requests.post(a.http_url + "/transfer/uploads", timeout=30,
+                      headers=_signed(edge, "POST", "/transfer/uploads", create))
+    assert r.status_code == 201, r.text
+    where = r.headers["Location"]
+    # The same bundle created again through the other process: the same upload.
+    again = requests.post(b.http_url + "/transfer/uploads", timeout=30,
+                          headers=_signed(edge, "POST", "/transfer/uploads", create))
+    assert again.status_code == 200 and again.headers["Location"] == where
+    half = len(data) // 2
+    for proc, offset, chunk in ((b, 0, data[:half]), (a, half, data[half:])):
+        h = {"Upload-Offset": str(offset), "Upload-Checksum": upload.checksum_header(chunk),
+             "Content-Type": "application/offset+octet-stream"}
+        r = requests.patch(proc.http_url + where, data=chunk, timeout=60,
+                           headers=_signed(edge, "PATCH", where, h))
+        assert r.status_code == 204, r.text
+    # A chunk at an offset the other process already moved past changes nothing.
+    stale = {"Upload-Offset": "0", "Upload-Checksum": upload.checksum_header(data[:half]),
+             "Content-Type": "application/offset+octet-stream"}
+    r = requests.patch(b.http_url + where, data=data[:half], timeout=60,
+                       headers=_signed(edge, "PATCH", where, stale))
+    assert r.status_code == 409 and r.headers["Upload-Offset"] == str(len(data)), r.text
+    path = where + "/finalize"
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(
+            lambda p: requests.post(p.http_url + path, timeout=120,
+                                    headers=_signed(edge, "POST", path, {})), (a, b)))
+    assert [x.status_code for x in answers] == [200, 200], [x.text for x in answers]
+    first, second = (x.json() for x in answers)
+    assert first == second  # one receipt, whichever process finalized
+    # ... signed with the center's key, covering exactly the bundle sent.
+    check_receipt(first["receipt"], first["signature"],
+                  public_from_config(a.public_key_hex(), a.directory), rel.bundle_path,
+                  rel.bundle_id, manifest_of(rel.bundle_path), receiver="center")
+    store = center.store
+    rows = store.query("SELECT sop_instance_uid FROM instances")
+    assert len(rows) == len({r["sop_instance_uid"] for r in rows}) == len(files)
+    assert store.query("SELECT count(*) AS n FROM audit WHERE kind = 'arrived'") == [{"n": 1}]
+    assert store.query("SELECT state FROM uploads") == [{"state": "complete"}]
