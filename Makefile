@@ -25,7 +25,7 @@ $(VPY):
 
 # Dependencies are installed again only when pyproject.toml changes.
 $(VENV)/.deps-stamp: pyproject.toml | $(VPY)
-	$(VPY) -m pip install --quiet -e '.[test,bench]' --config-settings editable_mode=strict
+	$(VPY) -m pip install --quiet -e '.[test,bench,center]' --config-settings editable_mode=strict
 	touch $@
 
 venv: $(VENV)/.deps-stamp

@@ -18,6 +18,11 @@ gate fitted (every parameter) on the training folds only, next to the one-line
 rule "any lead constant >= 0.2 s" scored on the same folds; ``--write-gate
 FILE`` also writes the gate fitted on all 308 (``codecs/ecg/gate.json`` is the
 shipped one, and a test checks that it is this output).
+
+``--qrs-cv`` runs only the QRS detector's protocol: 5-fold CV over the annotated
+records (every database, and CPSC 2021 with both leads) of the choice of its
+fitted numbers (``qrs.T_HF_MIN``, ``qrs.R_HI_HZ``) from ``QRS_GRID``; the
+shipped values are its choice on all records (a test checks it).
 """
 
 from __future__ import annotations
@@ -54,6 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="only the quality gate's repeated stratified CV on challenge2011")
     p.add_argument("--repeats", type=int, default=10, help="CV repeats (default 10)")
     p.add_argument("--folds", type=int, default=5, help="CV folds (default 5)")
+    p.add_argument("--qrs-cv", action="store_true",
+                   help="only the cross-validation over the annotated records of the QRS "
+                        "detector's chosen numbers (qrs.T_HF_MIN, qrs.R_HI_HZ)")
     p.add_argument("--write-gate", type=Path, metavar="FILE",
                    help="with --quality-cv: write the gate fitted on all records to FILE "
                         "(codecs/ecg/gate.json is the shipped one)")
@@ -223,6 +231,107 @@ def _folds(rows: list[dict[str, Any]], db: str = "cpsc2019", k: int = 5, seed: i
             "+P_mean_sd": (statistics.mean(ppv), statistics.stdev(ppv))}
 
 
+#: The QRS detector's numbers chosen by CV over records: every combination of the
+#: spectral T-wave test's ratio (0: off) and the R-peak band's upper corner (15 Hz:
+#: the energy band, as before).  The first setting is the detector before either.
+QRS_GRID: tuple[dict[str, float], ...] = tuple(
+    {"t_hf_min": h, "r_hi_hz": r} for r in (15.0, 25.0, 40.0)
+    for h in (0.0, 0.4, 0.45, 0.5, 0.55, 0.6))
+QRS_CV_SEED = 2019
+
+
+def qrs_counts(data: Path, grid: tuple[dict[str, float], ...]) -> list[dict[str, Any]]:
+    """fenji's tp/fn/fp on every annotated record (first lead) for each setting, and
+    on CPSC 2021 also with both leads (``detect_qrs_leads``' lead choice, group
+    ``cpsc2021 2 leads``: a setting can change which lead a window takes)."""
+    import wfdb
+
+    from fenji.codecs.ecg import qrs
+    from fenji.gateway.ecg import io as ecg_io
+
+    rows = []
+    for db, path in _records(data):
+        rec = wfdb.rdrecord(str(path))
+        x = np.ascontiguousarray(rec.p_signal[:, 0])
+        fs = float(rec.fs)
+        ref, vf = ecg_io.read_beat_annotations(path)
+        row: dict[str, Any] = {"db": db, "group": db, "record": path.name, "counts": []}
+        for setting in grid:
+            s = qrs.score_beats(ref, qrs.detect_qrs(x, fs, **setting), fs, exclude=vf,
+                                n_samples=rec.sig_len,
+                                tol_s=0.075 if db == "cpsc2019" else qrs.MATCH_S,
+                                edge_s=0.5 if db == "cpsc2019" else 0.0)
+            row["counts"].append((s.tp, s.fn, s.fp))
+        rows.append(row)
+        if db == "cpsc2021":
+            cols = [np.ascontiguousarray(rec.p_signal[:, j]) for j in range(rec.n_sig)]
+            slope = [qrs.detect_qrs_slope(c, fs) for c in cols]
+            both: dict[str, Any] = {"db": db, "group": "cpsc2021 2 leads", "record": path.name,
+                                    "counts": []}
+            for setting in grid:
+                d = qrs.choose_beats([qrs.detect_qrs(c, fs, **setting) for c in cols], slope,
+                                     rec.sig_len, fs)
+                s = qrs.score_beats(ref, d, fs, exclude=vf, n_samples=rec.sig_len)
+                both["counts"].append((s.tp, s.fn, s.fp))
+            rows.append(both)
+    return rows
+
+
+def _qrs_error(rows: list[dict[str, Any]], g: int) -> float:
+    """Mean over groups (databases; CPSC 2021 twice, first lead and both leads) of
+    (FN + FP) / reference beats with setting ``g``: each group weighs the same,
+    whatever its beat count."""
+    errs = []
+    for grp in sorted({r.get("group", r["db"]) for r in rows}):
+        tp, fn, fp = (sum(r["counts"][g][k] for r in rows if r.get("group", r["db"]) == grp)
+                      for k in range(3))
+        errs.append((fn + fp) / max(tp + fn, 1))
+    return float(np.mean(errs))
+
+
+def qrs_cv(rows: list[dict[str, Any]], grid: tuple[Any, ...], folds: int = 5,
+           seed: int = QRS_CV_SEED) -> dict[str, Any]:
+    """k-fold CV over records (stratified by database, seeded) of the choice of a
+    detector setting: each fold's setting is the one with the lowest error
+    (:func:`_qrs_error`; ties to the earlier in ``grid``) on the other folds'
+    records; the held-out folds' counts are pooled per database and shown next to
+    ``grid[0]``'s."""
+    rng = np.random.default_rng(seed)
+    of: dict[tuple[str, str], int] = {}      # a record's rows stay in one fold
+    for db in sorted({r["db"] for r in rows}):
+        recs = sorted({r["record"] for r in rows if r["db"] == db})
+        of.update(zip(((db, n) for n in recs), (rng.permutation(len(recs)) % folds).tolist(),
+                      strict=True))
+    fold = np.array([of[(r["db"], r["record"])] for r in rows], dtype=int)
+    chosen, held = [], []
+    for f in range(folds):
+        train = [r for r, g in zip(rows, fold, strict=True) if g != f]
+        best = min(range(len(grid)), key=lambda g: (_qrs_error(train, g), g))
+        chosen.append(grid[best])
+        held += [{**r, "cv": r["counts"][best]} for r, g in zip(rows, fold, strict=True)
+                 if g == f]
+    table = []
+    def grp(r: dict[str, Any]) -> str:
+        return str(r.get("group", r["db"]))
+
+    for db, pred in (("mitdb non-paced", lambda r: grp(r) == "mitdb" and r["record"] not in PACED),
+                     ("mitdb paced", lambda r: grp(r) == "mitdb" and r["record"] in PACED),
+                     ("cpsc2021", lambda r: grp(r) == "cpsc2021"),
+                     ("cpsc2021 2 leads", lambda r: grp(r) == "cpsc2021 2 leads"),
+                     ("cpsc2019", lambda r: grp(r) == "cpsc2019")):
+        sel = [r for r in held if pred(r)]
+        row: dict[str, Any] = {"database": db, "records": len(sel)}
+        for name, get in (("first", lambda r: r["counts"][0]), ("cv", lambda r: r["cv"])):
+            tp, fn, fp = (sum(get(r)[k] for r in sel) for k in range(3))
+            row[f"Se_{name}_%"] = round(100.0 * tp / max(tp + fn, 1), 2)
+            row[f"+P_{name}_%"] = round(100.0 * tp / max(tp + fp, 1), 2)
+        table.append(row)
+    full = min(range(len(grid)), key=lambda g: (_qrs_error(rows, g), g))
+    return {"grid": list(grid), "folds": folds, "seed": seed, "chosen_per_fold": chosen,
+            "chosen_on_all": grid[full], "table": table,
+            "error_on_all": [_qrs_error(rows, g) for g in range(len(grid))]}
+
+
 def _pipeline(n: int, data: Path) -> list[dict[str, Any]]:
     import neurokit2 as nk
     import wfdb
@@ -335,6 +444,18 @@ def _quality_cv(args: argparse.Namespace, data: Path) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.quality_cv:
         return _quality_cv(args, common.shared_data())
+    if args.qrs_cv:
+        from fenji.codecs.ecg import qrs
+
+        cv = qrs_cv(qrs_counts(common.shared_data(), QRS_GRID), QRS_GRID, folds=args.folds)
+        shipped = {"t_hf_min": qrs.T_HF_MIN, "r_hi_hz": qrs.R_HI_HZ}
+        print(f"QRS detector settings, {cv['folds']}-fold CV over records (seed {cv['seed']}):\n"
+              f"  chosen per fold {cv['chosen_per_fold']}\n  on all records "
+              f"{cv['chosen_on_all']} (shipped: {shipped})\n"
+              f"held-out folds pooled; 'first' = {QRS_GRID[0]} (the detector before)")
+        common.print_table(cv["table"], ["database", "records", "Se_first_%", "+P_first_%",
+                                         "Se_cv_%", "+P_cv_%"])
+        return {"qrs_cv": cv, "shipped": shipped}
     if args.pipeline_only:
         pipe = _pipeline(args.pipeline_records, common.shared_data())
         common.print_table(pipe, ["pipeline", "tool", "records", "median_ms", "max_ms"])

@@ -64,6 +64,24 @@ AUDIT_STUDIES_LISTED_MAX = 5000
 AUDIT_QUERY_STUDIES_MAX = 200
 #: Blob read size while streaming a DICOMweb answer: bounds memory per response.
 DICOMWEB_READ_CHUNK_BYTES = 1 << 20
+#: S3 blob store (store.blob_url = s3://…).  An instance up to this size goes in
+#: one PUT (held in memory anyway: C-STORE hands it whole); above it, a multipart
+#: upload, so no request body exceeds what one retry re-sends.
+BLOB_S3_MULTIPART_THRESHOLD_BYTES = 64 * 1024 * 1024
+#: Its part size (S3's minimum is 5 MiB; 10,000 parts make 160 GiB, past any instance).
+BLOB_S3_PART_BYTES = 16 * 1024 * 1024
+#: One ranged GET while streaming a blob (WADO-RS): large enough that a request's
+#: latency is small beside its transfer, small enough to retry and to bound
+#: memory (the body is read DICOMWEB_READ_CHUNK_BYTES at a time).
+BLOB_S3_RANGE_BYTES = 8 * 1024 * 1024
+#: The read-ahead window of a blob opened as a file (pydicom reading a header or
+#: walking item tags): starts here after a seek, doubles while reads go on.
+BLOB_S3_READAHEAD_MIN_BYTES = 64 * 1024
+BLOB_S3_READAHEAD_MAX_BYTES = 4 * 1024 * 1024
+#: A bucket object without an index row is an orphan only once it is this old:
+#: with several center processes on one bucket, another may be between its PUT
+#: and its commit (a 1,000-instance bundle stages every blob before one commit).
+BLOB_S3_ORPHAN_GRACE_S = 3600.0
 #: The receiver's cap on one upload chunk whatever a sender's [transfer] says.
 TRANSFER_CHUNK_HARD_MAX_BYTES = 64 * 1024 * 1024
 #: All preview sections of one bundle, encoded, as a receiver accepts them.
@@ -199,6 +217,16 @@ class HttpSection:
 class StoreSection:
     # Store directory (blobs, index, quarantine); relative to node.data_dir.
     path: str = "store"
+    # Where blobs (and quarantined bytes) live: empty is the store folder's
+    # blobs/ (a township or county node); a regional center may name an
+    # S3-compatible bucket: "s3://bucket/prefix?endpoint=https://oss.example&region=cn-1"
+    # (addressing=path|virtual, checksum=sha256|md5).  Env FENJI_STORE_BLOB_URL.
+    blob_url: str = ""
+    # Credentials for an s3:// blob_url; empty: the standard AWS environment
+    # (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws, an instance role),
+    # which keeps secrets out of the config file.
+    blob_access_key_id: str = ""
+    blob_secret_access_key: str = ""
     # Refuse new instances (0xA700) while free space is below this, so the
     # index can always commit and the OS never fills up under us.
     min_free_bytes: int = 64 * 1024 * 1024
@@ -693,7 +721,7 @@ def from_mapping(raw: Mapping[str, Any], *, source: str | None = None,
     # would only add a misleading second message for the same key.
     bad = {_error_key(e) for e in errors}
     semantic: list[str] = []
-    check_values(cfg, semantic)
+    check_values(cfg, semantic, chunk_hard_max=TRANSFER_CHUNK_HARD_MAX_BYTES)
     errors.extend(e for e in semantic if _error_key(e) not in bad)
     if errors:
         raise ConfigError(errors)

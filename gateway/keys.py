@@ -101,14 +101,23 @@ def fingerprint(pub: Ed25519PublicKey) -> str:
     return raw.hex()
 
 
-def load_private(path: Path) -> Ed25519PrivateKey:
+def _load_pem(path: Path, passphrase: bytes | None) -> Ed25519PrivateKey:
+    """The Ed25519 private key in PEM file ``path``; a wrong or missing passphrase
+    raises ValueError/TypeError (cryptography's), anything else LocalError."""
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError) as exc:
-        raise LocalError(f"cannot load private key {path}: {exc}") from exc
+        key = serialization.load_pem_private_key(path.read_bytes(), password=passphrase)
+    except OSError as exc:
+        raise LocalError(f"cannot load private key {path}: {exc.strerror}") from exc
     if not isinstance(key, Ed25519PrivateKey):
         raise LocalError(f"{path} is not an Ed25519 private key")
     return key
+
+
+def load_private(path: Path) -> Ed25519PrivateKey:
+    try:
+        return _load_pem(path, None)
+    except (TypeError, ValueError) as exc:
+        raise LocalError(f"cannot load private key {path}: {exc}") from exc
 
 
 def is_encrypted(path: Path) -> bool:
@@ -135,14 +144,9 @@ def load_signing_key(path: Path, passphrase: bytes | None, *, who: str) -> Ed255
                         "(CLI: prompt, FENJI_KEY_PASSPHRASE or --passphrase-file; API: "
                         "\"passphrase\" in the request)")
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=passphrase)
+        return _load_pem(path, passphrase)
     except (TypeError, ValueError):
         raise KeyLocked(f"wrong passphrase for the signing key of {who}") from None
-    except OSError as exc:
-        raise LocalError(f"cannot load private key {path}: {exc.strerror}") from exc
-    if not isinstance(key, Ed25519PrivateKey):
-        raise LocalError(f"{path} is not an Ed25519 private key")
-    return key
 
 
 def load_public(path: Path) -> Ed25519PublicKey:

@@ -76,7 +76,10 @@ def open_store(cfg: Config) -> Store:
     store = Store(cfg.store_dir, min_free_bytes=cfg.store.min_free_bytes,
                   quarantine=cfg.store.quarantine,
                   quarantine_max_records=cfg.store.quarantine_max_records,
-                  quarantine_max_bytes=cfg.store.quarantine_max_bytes)
+                  quarantine_max_bytes=cfg.store.quarantine_max_bytes,
+                  blob_url=cfg.store.blob_url,
+                  blob_access_key_id=cfg.store.blob_access_key_id,
+                  blob_secret_access_key=cfg.store.blob_secret_access_key)
     store.audit_node = cfg.node.name  # stored instances are ledger events
     key = cfg.resolve(cfg.keys.private_key)
     if key.exists():  # the ledger's head is signed with the node key (truncation shows)

@@ -44,14 +44,20 @@ TRANSITIONS: dict[tuple[str, str], str] = {
 
 
 class TransitionError(LocalError, ValueError):
-    """A move the outbox's state table does not allow: a bug of ours, never the peer's."""
+    """A move a state table does not allow: a bug of ours, never the peer's."""
+
+
+def next_state(table: dict[tuple[str, str], str], what: str, state: str, event: str) -> str:
+    """``table[(state, event)]``, or TransitionError naming ``what``, the state and the event
+    (the outbox's and the upload core's tables both answer through this)."""
+    try:
+        return table[(state, event)]
+    except KeyError:
+        raise TransitionError(f"{what} in state {state!r} cannot take event {event!r}") from None
 
 
 def transition(state: str, event: str) -> str:
-    try:
-        return TRANSITIONS[(state, event)]
-    except KeyError:
-        raise TransitionError(f"job in state {state!r} cannot take event {event!r}") from None
+    return next_state(TRANSITIONS, "job", state, event)
 
 
 @dataclass(frozen=True, slots=True)

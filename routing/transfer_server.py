@@ -65,7 +65,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,7 +83,9 @@ from fenji.gateway import ingest
 from fenji.gateway.config import PREVIEW_SECTIONS_MAX_BYTES
 from fenji.gateway.ingest import Rejected, check_term
 from fenji.gateway.keys import canonical_json, sign, verify
+from fenji.gateway.store.blobs import BlobStoreError
 from fenji.gateway.store.db import Store, StoreFull
+from fenji.gateway.store.upload_parts import UploadParts
 from fenji.routing import upload
 from fenji.routing.upload import auth_message
 
@@ -109,6 +111,9 @@ class ReceiverContext:
     peers: dict[str, Ed25519PublicKey]
     upload_dir: Path
     max_clock_skew_s: float = 300.0
+    # Where chunks wait until finalize: upload_dir, or the store's bucket
+    # (store.blob_url), where any center process can resume the upload.
+    parts: UploadParts | None = None
     # http.tls: node-to-node routes answer only on the mutual-TLS listener.
     require_tls: bool = False
     # Uploads one peer may have open at once (limits.max_uploads_per_peer).
@@ -197,8 +202,10 @@ def _owned_row(ctx: ReceiverContext, upload_id: str, who: str) -> dict[str, Any]
     return row if row is not None and row["sender"] == who else None
 
 
-def _part_path(ctx: ReceiverContext, upload_id: str) -> Path:
-    return ctx.upload_dir / f"{upload_id}.part"
+def _parts(ctx: ReceiverContext) -> UploadParts:
+    if ctx.parts is None:
+        ctx.parts = ctx.store.upload_parts(ctx.upload_dir)
+    return ctx.parts
 
 
 def _offset_headers(row: dict[str, Any]) -> dict[str, str]:
@@ -244,7 +251,7 @@ async def create_upload(request: web.Request) -> web.StreamResponse:
                                               f"{ctx.max_uploads_per_peer}; finish one first")
     upload_id = uuid.uuid4().hex
     now = ctx.clock()
-    _part_path(ctx, upload_id).touch()
+    await asyncio.to_thread(_parts(ctx).create, upload_id)
     with ctx.store.atomic() as con:
         # Another process of the center may be creating the same bundle's upload
         # right now (a sender that retried through the balancer): one row wins.
@@ -254,7 +261,7 @@ async def create_upload(request: web.Request) -> web.StreamResponse:
             "ON CONFLICT(bundle_id) DO NOTHING",
             (upload_id, bundle_id, who, length, upload.RECEIVING, now, now)).rowcount
     if not inserted:
-        _part_path(ctx, upload_id).unlink(missing_ok=True)
+        await asyncio.to_thread(_parts(ctx).remove, upload_id)
         existing = ctx.store.query_one("SELECT * FROM uploads WHERE bundle_id = ?",
                                        (bundle_id,))
         assert existing is not None  # rows are never deleted
@@ -307,16 +314,6 @@ async def head_upload(request: web.Request) -> web.StreamResponse:
     if row is None:
         return web.Response(status=404, headers={"Cache-Control": "no-store"})
     return web.Response(status=200, headers=_offset_headers(row))
-
-
-def _append_durable(fd: int, offset: int, data: bytes) -> None:
-    os.lseek(fd, offset, os.SEEK_SET)
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-    os.ftruncate(fd, offset + len(data))
-    os.fsync(fd)
 
 
 async def patch_upload(request: web.Request) -> web.StreamResponse:
@@ -414,27 +411,46 @@ async def _commit_chunk(ctx: ReceiverContext, row: dict[str, Any], offset: int,
                          with_offset=True)
 
 
-def _append_commit(ctx: ReceiverContext, upload_id: str, offset: int,
-                   data: bytes) -> dict[str, Any] | None:
-    """Write ``data`` at ``offset`` and commit it, if the upload is still there; else the
-    upload's row as it is now.  The part file's ``flock`` makes the writers of one upload
-    take turns across processes; the row, read under it, says where the upload is."""
+@contextlib.contextmanager
+def _writer_turn(parts: UploadParts, upload_id: str) -> Iterator[bool]:
+    """Take the upload's writer turn across the center's processes: the local part
+    file's ``flock`` (False when the file is gone: finalized or refused meanwhile).  A
+    bucket needs none: a chunk object names its offset and length, and only the chain
+    the committed offsets make is read, so a stale writer's object is never used."""
+    local = parts.local_file(upload_id)
+    if local is None:
+        yield True
+        return
     try:
-        fd = os.open(_part_path(ctx, upload_id), os.O_WRONLY)
-    except FileNotFoundError:  # finalized (or refused) by another process meanwhile
-        return _row(ctx, upload_id) or {"state": upload.REJECTED}
+        fd = os.open(local, os.O_RDONLY)
+    except FileNotFoundError:
+        yield False
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        row = _row(ctx, upload_id)
-        if row is None or row["state"] != upload.RECEIVING or row["offset"] != offset:
-            return row or {"state": upload.REJECTED}
-        _append_durable(fd, offset, data)
-        with ctx.store.atomic() as con:
-            con.execute("UPDATE uploads SET offset = ?, updated_at = ? WHERE upload_id = ? "
-                        "AND offset = ?", (offset + len(data), ctx.clock(), upload_id, offset))
-        return None
+        yield True
     finally:
         os.close(fd)  # and with it the lock
+
+
+def _append_commit(ctx: ReceiverContext, upload_id: str, offset: int,
+                   data: bytes) -> dict[str, Any] | None:
+    """Write ``data`` at ``offset`` and commit it if the upload is still at that offset;
+    else (another process of the center moved it) change nothing and return the row as
+    it is now.  The row, read in the writer's turn, says where the upload is; the commit
+    is conditional on the offset it was written at."""
+    parts = _parts(ctx)
+    with _writer_turn(parts, upload_id) as there:
+        row = _row(ctx, upload_id)
+        if not there or row is None or row["state"] != upload.RECEIVING or \
+                row["offset"] != offset:
+            return row or {"state": upload.REJECTED}
+        parts.append(upload_id, offset, data)  # fsynced, or confirmed by the bucket
+        with ctx.store.atomic() as con:
+            moved = con.execute("UPDATE uploads SET offset = ?, updated_at = ? WHERE "
+                                "upload_id = ? AND offset = ?",
+                                (offset + len(data), ctx.clock(), upload_id, offset)).rowcount
+    return None if moved else (_row(ctx, upload_id) or {"state": upload.REJECTED})
 
 
 MAX_PREVIEW_BYTES = PREVIEW_SECTIONS_MAX_BYTES  # gateway/config.py
@@ -491,7 +507,6 @@ def _ingest_bundle(ctx: ReceiverContext,
     verified are the instances indexed, in one transaction, and the previews
     written.  A bundle refused at any point leaves nothing visible.
     """
-    path = _part_path(ctx, row["upload_id"])
     reader = BundleReader()
     manifest: dict[str, Any] | None = None
     previews: list[tuple[int, bytes]] = []
@@ -500,22 +515,21 @@ def _ingest_bundle(ctx: ReceiverContext,
     batch = ingest.Batch(ctx.store, ingest.Source("bundle", f"node:{row['sender']}"),
                          ctx.limits)
     bundle_sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            bundle_sha.update(chunk)
-            for ev in reader.feed(chunk):
-                if isinstance(ev, ManifestEvent):
-                    manifest = ev.manifest
-                elif isinstance(ev, PreviewEvent):
-                    _check_preview_size(ctx, ev)
-                    data = ev.preview.to_bytes()
-                    preview_bytes += len(data)
-                    if preview_bytes > MAX_PREVIEW_BYTES:
-                        raise DecodeError(f"bundle previews exceed {MAX_PREVIEW_BYTES} bytes")
-                    previews.append((ev.index, data))
-                elif isinstance(ev, InstanceEvent):
-                    batch.add(ev.data, default_character_set=_sender_default(manifest, ev.index))
-                    indexes.append(ev.index)
+    for chunk in _parts(ctx).chunks(row["upload_id"], int(row["length"])):
+        bundle_sha.update(chunk)
+        for ev in reader.feed(chunk):
+            if isinstance(ev, ManifestEvent):
+                manifest = ev.manifest
+            elif isinstance(ev, PreviewEvent):
+                _check_preview_size(ctx, ev)
+                data = ev.preview.to_bytes()
+                preview_bytes += len(data)
+                if preview_bytes > MAX_PREVIEW_BYTES:
+                    raise DecodeError(f"bundle previews exceed {MAX_PREVIEW_BYTES} bytes")
+                previews.append((ev.index, data))
+            elif isinstance(ev, InstanceEvent):
+                batch.add(ev.data, default_character_set=_sender_default(manifest, ev.index))
+                indexes.append(ev.index)
     reader.close()
     if manifest is None:
         raise DecodeError("bundle has no manifest")
@@ -563,9 +577,9 @@ async def _finalize(ctx: ReceiverContext, row: dict[str, Any], who: str,
     t0 = time.monotonic()
     try:
         receipt, manifest = await asyncio.to_thread(_ingest_bundle, ctx, row)
-    except FileNotFoundError:
+    except (FileNotFoundError, BlobStoreError):
         # Another process of the center finalized (or refused) it meanwhile and
-        # removed the part: answer as it decided.
+        # removed the parts: answer as it decided (still receiving: a real fault).
         fresh = _row(ctx, upload_id)
         if fresh is None or fresh["state"] == upload.RECEIVING:
             raise
@@ -576,8 +590,10 @@ async def _finalize(ctx: ReceiverContext, row: dict[str, Any], who: str,
     except (DecodeError, Rejected) as exc:
         log.warning("bundle rejected node=%s bundle=%s reason=%s", who, row["bundle_id"], exc)
         await asyncio.to_thread(
-            ctx.store.quarantine_file, _part_path(ctx, upload_id), f"bundle: {exc}",
-            calling_ae=f"node:{who}", peer_address=remote, uid_hint=row["bundle_id"])
+            ctx.store.quarantine_file, await asyncio.to_thread(_bundle_file, ctx, row),
+            f"bundle: {exc}", calling_ae=f"node:{who}", peer_address=remote,
+            uid_hint=row["bundle_id"])
+        await asyncio.to_thread(_parts(ctx).remove, upload_id)
         state = upload.transition(row["state"], "reject")
         with ctx.store.atomic() as con:
             con.execute("UPDATE uploads SET state = ?, updated_at = ? WHERE upload_id = ? "
@@ -586,9 +602,10 @@ async def _finalize(ctx: ReceiverContext, row: dict[str, Any], who: str,
     # Record and (on a relay) queue onward before the upload counts as complete:
     # if that fails, the sender's retried finalize runs it again (idempotent).
     kept = False
+    bundle_file: Path | None = None
     if ctx.on_delivered is not None:
-        kept = await asyncio.to_thread(ctx.on_delivered, receipt, manifest,
-                                       _part_path(ctx, upload_id))
+        bundle_file = await asyncio.to_thread(_bundle_file, ctx, row)
+        kept = await asyncio.to_thread(ctx.on_delivered, receipt, manifest, bundle_file)
     signature = sign(ctx.key, canonical_json(receipt))
     state = upload.transition(row["state"], "finalize")
     first = await asyncio.to_thread(_record_receipt, ctx, upload_id, state, receipt, signature)
@@ -600,13 +617,26 @@ async def _finalize(ctx: ReceiverContext, row: dict[str, Any], who: str,
         return await _finalize(ctx, fresh, who, remote)
     row["state"] = state
     if not kept:
-        with contextlib.suppress(OSError):
-            _part_path(ctx, upload_id).unlink()
+        if bundle_file is not None:
+            with contextlib.suppress(OSError):
+                bundle_file.unlink()
+        await asyncio.to_thread(_parts(ctx).remove, upload_id)
     log.info("bundle received node=%s bundle=%s case=%s instances=%d bytes=%d ms=%.0f",
              who, row["bundle_id"], receipt["case_id"], len(receipt["instances"]),
              row["length"], (time.monotonic() - t0) * 1000)
     return web.json_response({"receipt": receipt, "signature": signature,
                               "signer": ctx.node_name}, headers=_offset_headers(row))
+
+
+def _bundle_file(ctx: ReceiverContext, row: dict[str, Any]) -> Path:
+    """The finished upload as one local file (quarantine, a relay's onward bundle):
+    the part file itself, or the bucket's chunks copied into the store's tmp/."""
+    parts = _parts(ctx)
+    local = parts.local_file(row["upload_id"])
+    if local is not None:
+        return local
+    return parts.to_file(row["upload_id"], int(row["length"]),
+                         ctx.store.tmp_dir / f"{row['upload_id']}.fbundle.tmp")
 
 
 def _record_receipt(ctx: ReceiverContext, upload_id: str, state: str, receipt: dict[str, Any],

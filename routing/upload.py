@@ -45,7 +45,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from fenji.gateway.config import TRANSFER_CHUNK_HARD_MAX_BYTES
-from fenji.gateway.errors import LocalError
+
+# The upload core raises the outbox core's error type (one state-table helper).
+from fenji.routing.outbox import TransitionError as TransitionError
+from fenji.routing.outbox import next_state
 
 RECEIVING, COMPLETE, REJECTED = "receiving", "complete", "rejected"
 
@@ -69,15 +72,8 @@ _FRAME = struct.Struct(">QI32s")
 FRAME_HEADER_BYTES = _FRAME.size
 
 
-class TransitionError(LocalError, ValueError):
-    """A move the upload's state table does not allow: a bug of ours, never the peer's."""
-
-
 def transition(state: str, event: str) -> str:
-    try:
-        return TRANSITIONS[(state, event)]
-    except KeyError:
-        raise TransitionError(f"upload in state {state!r} cannot take event {event!r}") from None
+    return next_state(TRANSITIONS, "upload", state, event)
 
 
 @dataclass(frozen=True, slots=True)

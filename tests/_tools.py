@@ -39,3 +39,18 @@ def pdftotext(path: Path) -> str:
         pytest.fail("pdftotext (poppler-utils) not installed: apt-get install poppler-utils")
     return subprocess.run([exe, "-enc", "UTF-8", str(path), "-"], capture_output=True,
                           check=True, timeout=60).stdout.decode()
+
+
+def proc_vm(pid: int, key: str) -> int:
+    """A ``/proc/PID/status`` size field (``VmRSS:``, ``VmHWM:``) in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {key} in /proc/{pid}/status")
+
+
+def reset_peak_rss(pid: int) -> int:
+    """Reset the process's VmHWM to its current RSS (``clear_refs`` 5, Linux >= 4.0)
+    so that a peak measured next is what follows; returns the RSS."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    return proc_vm(pid, "VmRSS:")

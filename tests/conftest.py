@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from fenji.gateway.lab.objstore import S3Server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -38,3 +41,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"shared data not found at {SHARED_DATA} (set FENJI_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3-compatible server (SeaweedFS from PyPI) on 127.0.0.1, bucket "fenji"."""
+    server = S3Server(tmp_path_factory.mktemp("s3"))
+    server.start(buckets=("fenji",))
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import zstandard as zstd
 
+from fenji.codecs.compress import envelope
 from fenji.codecs.compress.header import header_decode, header_encode
 from fenji.codecs.compress.pixel import pixel_decode, pixel_encode
 from fenji.codecs.compress.waveform import waveform_decode, waveform_encode
@@ -498,12 +499,8 @@ def _parse(enc: bytes) -> tuple[tuple[Any, ...], list[tuple[int, int, int, int, 
         raise DecodeError(f"encoded instance of {len(enc)} bytes is shorter than its header")
     head = _HEAD.unpack_from(enc)
     magic, version, _flags, npay, orig_len, _dig, hraw, hlen = head
-    if magic != MAGIC:
-        raise DecodeError(f"encoded instance magic {magic!r} != {MAGIC!r}")
-    if version != VERSION:
-        raise DecodeError(f"encoded instance version {version} is not supported (max {VERSION})")
-    if zlib.crc32(enc[:-4]) != struct.unpack_from("<I", enc, len(enc) - 4)[0]:
-        raise DecodeError("encoded instance CRC-32 mismatch (corrupt or truncated)")
+    envelope.check_head("encoded instance", magic, MAGIC, version, VERSION)
+    envelope.check_crc("encoded instance", enc)
     if orig_len > MAX_ORIGINAL or hraw > orig_len:
         raise DecodeError(f"encoded instance declares {orig_len} bytes ({hraw} header)")
     pays = []

@@ -43,6 +43,7 @@ import numba
 import numpy as np
 
 from fenji.codecs.compress import entropy as ent
+from fenji.codecs.compress import envelope
 from fenji.codecs.compress.pixel_kernels import _IMPL, NCTX, _qlut
 from fenji.codecs.errors import DecodeError
 
@@ -315,10 +316,7 @@ def pixel_info(buf: bytes) -> dict[str, Any]:
         raise DecodeError(f"pixel stream of {len(buf)} bytes is shorter than its header")
     (magic, version, code, flags, frames, rows, cols, samples, lo, hi, t1, t2, t3, wact,
      tile_rows, ntab) = _HDR.unpack_from(buf)
-    if magic != MAGIC:
-        raise DecodeError(f"pixel stream magic {magic!r} != {MAGIC!r}")
-    if version != VERSION:
-        raise DecodeError(f"pixel stream version {version} is not supported (max {VERSION})")
+    envelope.check_head("pixel stream", magic, MAGIC, version, VERSION)
     if code not in DTYPES:
         raise DecodeError(f"pixel stream dtype code {code} unknown")
     return {"dtype": DTYPES[code], "frames": frames, "rows": rows, "cols": cols,
@@ -351,8 +349,7 @@ def pixel_decode(buf: bytes, *, max_pixels: int = MAX_PIXELS, _impl: str = "nb")
         raise DecodeError(f"pixel stream declares {info['frames']}x{info['rows']}x{info['cols']}"
                           f"x{info['samples']} = {declared} samples, more than the cap of "
                           f"{max_pixels}")
-    if zlib.crc32(buf[:-4]) != struct.unpack_from("<I", buf, len(buf) - 4)[0]:
-        raise DecodeError("pixel stream CRC-32 mismatch (corrupt or truncated)")
+    envelope.check_crc("pixel stream", buf)
     pos = _HDR.size
     ndim = buf[pos]
     if ndim not in (2, 3, 4):

@@ -29,6 +29,7 @@ from numba import njit as _njit
 from numba.extending import register_jitable as _register_jitable
 
 from fenji.codecs.compress import entropy as ent
+from fenji.codecs.compress import envelope
 from fenji.codecs.compress.entropy import PROB_BITS, PROB_SCALE, RANS_L
 from fenji.codecs.errors import DecodeError
 
@@ -349,12 +350,8 @@ def waveform_decode(buf: bytes, *, _impl: str = "nb") -> np.ndarray:
     if len(buf) < _HDR.size + 8:
         raise DecodeError(f"waveform stream of {len(buf)} bytes is shorter than its header")
     magic, version, code, nch, n, block, _, _ = _HDR.unpack_from(buf)
-    if magic != MAGIC:
-        raise DecodeError(f"waveform stream magic {magic!r} != {MAGIC!r}")
-    if version != VERSION:
-        raise DecodeError(f"waveform stream version {version} is not supported (max {VERSION})")
-    if zlib.crc32(buf[:-4]) != struct.unpack_from("<I", buf, len(buf) - 4)[0]:
-        raise DecodeError("waveform stream CRC-32 mismatch (corrupt or truncated)")
+    envelope.check_head("waveform stream", magic, MAGIC, version, VERSION)
+    envelope.check_crc("waveform stream", buf)
     if code not in DTYPES or block == 0:
         raise DecodeError(f"waveform stream dtype code {code} / block {block} invalid")
     k = _IMPL[_impl]

@@ -86,22 +86,37 @@ def _by_chunks(fn: Callable[[np.ndarray], np.ndarray], a: np.ndarray, fs_hz: flo
 # --- matching, heart rate, RR ----------------------------------------------------
 
 @register_jitable
-def _match_py(ref: np.ndarray, test: np.ndarray, tol: int) -> int:
-    """Number of one-to-one matches within ``tol`` samples (both sorted)."""
-    i = 0
-    j = 0
+def _match_run(a: np.ndarray, a_lead: np.ndarray, ia: int, ja: int, b: np.ndarray,
+               b_lead: np.ndarray, ib: int, jb: int, lead: int, tol: int) -> int:
+    """One-to-one matches within ``tol`` samples between sorted ``a[ia:ja]`` and
+    ``b[ib:jb]``, counting only beats of ``lead`` (every beat when ``lead < 0``;
+    the lead arrays are then not read)."""
     m = 0
-    while i < ref.shape[0] and j < test.shape[0]:
-        d = test[j] - ref[i]
+    pa = ia
+    pb = ib
+    while pa < ja and pb < jb:
+        if lead >= 0 and a_lead[pa] != lead:
+            pa += 1
+            continue
+        if lead >= 0 and b_lead[pb] != lead:
+            pb += 1
+            continue
+        d = b[pb] - a[pa]
         if d < -tol:
-            j += 1
+            pb += 1
         elif d > tol:
-            i += 1
+            pa += 1
         else:
             m += 1
-            i += 1
-            j += 1
+            pa += 1
+            pb += 1
     return m
+
+
+@register_jitable
+def _match_py(ref: np.ndarray, test: np.ndarray, tol: int) -> int:
+    """Number of one-to-one matches within ``tol`` samples (both sorted)."""
+    return _match_run(ref, ref, 0, ref.shape[0], test, test, 0, test.shape[0], -1, tol)
 
 
 _match_nb = njit(_match_py, nogil=True, cache=True)
@@ -237,25 +252,7 @@ def _choose_py(a: np.ndarray, a_lead: np.ndarray, b: np.ndarray, b_lead: np.ndar
                 if b_lead[i] == j:
                     nb += 1
             # one-to-one matches of lead j's beats inside the window
-            m = 0
-            pa = ia
-            pb = ib
-            while pa < ja and pb < jb:
-                if a_lead[pa] != j:
-                    pa += 1
-                    continue
-                if b_lead[pb] != j:
-                    pb += 1
-                    continue
-                d = b[pb] - a[pa]
-                if d < -tol:
-                    pb += 1
-                elif d > tol:
-                    pa += 1
-                else:
-                    m += 1
-                    pa += 1
-                    pb += 1
+            m = _match_run(a, a_lead, ia, ja, b, b_lead, ib, jb, j, tol)
             den = na + nb - m
             q = 0.0 if den == 0 else m / den
             if j == 0:

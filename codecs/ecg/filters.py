@@ -28,6 +28,7 @@ import math
 
 import numpy as np
 from numba import njit
+from numba.extending import register_jitable
 
 #: Mains frequency in China (GB/T 156); 60 Hz is a parameter for other grids.
 MAINS_HZ = 50.0
@@ -88,6 +89,24 @@ def design_notch(f0_hz: float, fs_hz: float, q: float = NOTCH_Q) -> np.ndarray:
 
 # --- kernels ---------------------------------------------------------------------
 
+@register_jitable
+def _steady_state(sos: np.ndarray, x0: float, z1: np.ndarray, z2: np.ndarray) -> None:
+    """Set the sections' state ``z1``, ``z2`` to the steady state of a constant
+    input ``x0`` (each section's DC output feeds the next)."""
+    for s in range(sos.shape[0]):
+        b0 = sos[s, 0]
+        b1 = sos[s, 1]
+        b2 = sos[s, 2]
+        a1 = sos[s, 4]
+        a2 = sos[s, 5]
+        den = 1.0 + a1 + a2
+        y0 = x0 * (b0 + b1 + b2) / den if den != 0.0 else 0.0
+        z2[s] = b2 * x0 - a2 * y0
+        z1[s] = b1 * x0 - a1 * y0 + z2[s]
+        x0 = y0
+
+
+@register_jitable
 def _sosfilt_inplace_py(sos: np.ndarray, y: np.ndarray, steady: bool, backward: bool) -> None:
     """Direct form II transposed over ``y`` in place, forward or backward in time;
     ``steady``: start at the steady state of the first sample met.
@@ -103,18 +122,7 @@ def _sosfilt_inplace_py(sos: np.ndarray, y: np.ndarray, steady: bool, backward: 
     z1 = np.zeros(ns)
     z2 = np.zeros(ns)
     if steady and n > 0:
-        x0 = y[n - 1] if backward else y[0]
-        for s in range(ns):
-            b0 = sos[s, 0]
-            b1 = sos[s, 1]
-            b2 = sos[s, 2]
-            a1 = sos[s, 4]
-            a2 = sos[s, 5]
-            den = 1.0 + a1 + a2
-            y0 = x0 * (b0 + b1 + b2) / den if den != 0.0 else 0.0
-            z2[s] = b2 * x0 - a2 * y0
-            z1[s] = b1 * x0 - a1 * y0 + z2[s]
-            x0 = y0
+        _steady_state(sos, y[n - 1] if backward else y[0], z1, z2)
     for k in range(n):
         i = n - 1 - k if backward else k
         xi = y[i]
@@ -124,9 +132,6 @@ def _sosfilt_inplace_py(sos: np.ndarray, y: np.ndarray, steady: bool, backward: 
             z2[s] = sos[s, 2] * xi - sos[s, 5] * yi
             xi = yi
         y[i] = xi
-
-
-_sosfilt_inplace_nb = njit(_sosfilt_inplace_py, nogil=True, cache=True)
 
 
 def _sosfilt_py(sos: np.ndarray, x: np.ndarray, steady: bool) -> np.ndarray:
@@ -144,21 +149,11 @@ def _filtfilt_py(sos: np.ndarray, x: np.ndarray) -> np.ndarray:
     return y
 
 
-@njit(nogil=True, cache=True)
-def _sosfilt_nb(sos: np.ndarray, x: np.ndarray, steady: bool) -> np.ndarray:
-    y = x.astype(np.float64)
-    _sosfilt_inplace_nb(sos, y, steady, False)
-    return y
+_sosfilt_nb = njit(_sosfilt_py, nogil=True, cache=True)
+_filtfilt_nb = njit(_filtfilt_py, nogil=True, cache=True)
 
 
-@njit(nogil=True, cache=True)
-def _filtfilt_nb(sos: np.ndarray, x: np.ndarray) -> np.ndarray:
-    y = x.astype(np.float64)
-    _sosfilt_inplace_nb(sos, y, True, False)
-    _sosfilt_inplace_nb(sos, y, True, True)
-    return y
-
-
+@register_jitable
 def _sosfilt2_inplace_py(sos: np.ndarray, y: np.ndarray, steady: bool, backward: bool) -> None:
     """:func:`_sosfilt_inplace_py` on every column of a C-ordered (samples, leads)
     array at once: the leads' recursions are independent, so the inner loop over
@@ -171,19 +166,12 @@ def _sosfilt2_inplace_py(sos: np.ndarray, y: np.ndarray, steady: bool, backward:
     z2 = np.zeros((ns, m))
     if steady and n > 0:
         first = n - 1 if backward else 0
+        c1 = np.zeros(ns)
+        c2 = np.zeros(ns)
         for j in range(m):
-            x0 = y[first, j]
-            for s in range(ns):
-                b0 = sos[s, 0]
-                b1 = sos[s, 1]
-                b2 = sos[s, 2]
-                a1 = sos[s, 4]
-                a2 = sos[s, 5]
-                den = 1.0 + a1 + a2
-                y0 = x0 * (b0 + b1 + b2) / den if den != 0.0 else 0.0
-                z2[s, j] = b2 * x0 - a2 * y0
-                z1[s, j] = b1 * x0 - a1 * y0 + z2[s, j]
-                x0 = y0
+            _steady_state(sos, y[first, j], c1, c2)
+            z1[:, j] = c1
+            z2[:, j] = c2
     for k in range(n):
         i = n - 1 - k if backward else k
         for s in range(ns):
@@ -200,9 +188,6 @@ def _sosfilt2_inplace_py(sos: np.ndarray, y: np.ndarray, steady: bool, backward:
                 y[i, j] = yi
 
 
-_sosfilt2_inplace_nb = njit(_sosfilt2_inplace_py, nogil=True, cache=True)
-
-
 def _filtfilt2_py(sos: np.ndarray, x: np.ndarray) -> np.ndarray:
     y = x.astype(np.float64)
     _sosfilt2_inplace_py(sos, y, True, False)
@@ -210,12 +195,7 @@ def _filtfilt2_py(sos: np.ndarray, x: np.ndarray) -> np.ndarray:
     return y
 
 
-@njit(nogil=True, cache=True)
-def _filtfilt2_nb(sos: np.ndarray, x: np.ndarray) -> np.ndarray:
-    y = x.astype(np.float64)
-    _sosfilt2_inplace_nb(sos, y, True, False)
-    _sosfilt2_inplace_nb(sos, y, True, True)
-    return y
+_filtfilt2_nb = njit(_filtfilt2_py, nogil=True, cache=True)
 
 
 # --- public functions ------------------------------------------------------------

@@ -9,10 +9,12 @@ something about the signal:
   slope, 150 ms moving-window integration, adaptive signal/noise peak levels
   (initialised from the median of 1-s maxima, so one artefact cannot blind it),
   T-wave rejection by slope (measured at 8-15 Hz, above most of the T wave's
-  energy) in the decision and in search-back, search-back at 1.66 RR (also
-  after the last beat), a second look inside long gaps for small beats hidden
-  by large ectopics (bigeminy halves the learned rate, so search-back never
-  fires), R peak placed on the band-passed signal.
+  energy) in the decision and in search-back, and by spectrum (a candidate
+  with little of its slope above 8 Hz, :data:`T_HF_MIN`) there and in the gap
+  fill, search-back at 1.66 RR (also after the last beat), a second look
+  inside long gaps for small beats hidden by large ectopics (bigeminy halves
+  the learned rate, so search-back never fires), R peak placed on the 5-40 Hz
+  signal (:data:`R_HI_HZ`).
 * :func:`fenji.codecs.ecg.qrs_slope.detect_qrs_slope` -- a block detector of
   the smoothed absolute slope.  Used for bSQI.
 * :func:`detect_qrs_leads` -- several leads (Holter, 12-lead): every lead is
@@ -65,6 +67,7 @@ from fenji.codecs.ecg.beats import (
     score_beats,
 )
 from fenji.codecs.ecg.qrs_slope import band_b, detect_qrs_slope, detect_slope_from_bandpassed
+from fenji.codecs.ecg.windows import window_p2p
 
 # The beat-list helpers and the second detector live in their own modules; the
 # names callers have always imported from here are re-exported.
@@ -87,6 +90,15 @@ T_WAVE_S = 0.36
 #: Bazett's QT = QTc * sqrt(RR) with QTc = 0.5 s, the limit of pathological
 #: prolongation (a T wave ends by then; a beat this close is premature and steep).
 QTC_MAX_S = 0.5
+#: ...or, in that window, if its 8-15 Hz slope is under this fraction of its 5-15 Hz
+#: slope: a T wave's energy lies below 8 Hz, a QRS's around 10 Hz (chosen by
+#: cross-validation over records, ``python -m bench ecg --qrs-cv``).
+T_HF_MIN = 0.55
+#: One lead's R peak is placed on the largest deflection, within 100 ms of the
+#: energy peak, of the signal band-passed 5 Hz to this: wider than the 15 Hz of
+#: the energy band, which smears a narrow QRS into the waves beside it (chosen by
+#: the same cross-validation as :data:`T_HF_MIN`; 15 = on the energy band).
+R_HI_HZ = 40.0
 #: Gap fill: a hidden beat is this steep relative to the detected beats' median...
 GAP_REL = 0.3
 #: ...and this steep relative to the median slope of the 2.5-s block around it.
@@ -144,11 +156,14 @@ _local_maxima_nb = njit(_local_maxima_py, nogil=True, cache=True)
 
 # --- Pan-Tompkins decision rules -------------------------------------------------
 
-def _pt_decide_py(mwi: np.ndarray, slope: np.ndarray, cand: np.ndarray, fs: float) -> np.ndarray:
+def _pt_decide_py(mwi: np.ndarray, slope: np.ndarray, cand: np.ndarray, fs: float,
+                  slope_bp: np.ndarray, hf_min: float) -> np.ndarray:
     """Adaptive thresholding over candidate peaks ``cand`` of ``mwi``.
 
-    ``slope`` is the absolute slope of the band-passed signal (for the T-wave
-    rule).  Returns the indices into ``mwi`` of the accepted peaks.
+    ``slope`` is the absolute slope of the 8-15 Hz signal and ``slope_bp`` that of
+    the 5-15 Hz one (for the T-wave rules: a candidate in the T window is a T wave
+    if its ``slope`` is under half the last beat's, or under ``hf_min`` x its own
+    ``slope_bp``).  Returns the indices into ``mwi`` of the accepted peaks.
     """
     n = mwi.shape[0]
     nc = cand.shape[0]
@@ -206,10 +221,14 @@ def _pt_decide_py(mwi: np.ndarray, slope: np.ndarray, cand: np.ndarray, fs: floa
                         # half of both the beat before it and a typical beat
                         # (after a large ectopic, a small normal beat is not).
                         s = 0.0
+                        sb = 0.0
                         for k in range(max(0, q - sw), min(n, q + sw + 1)):
                             if slope[k] > s:
                                 s = slope[k]
-                        if s < 0.5 * min(last_slope, np.median(sl[:min(nsl, 8)])):
+                            if slope_bp[k] > sb:
+                                sb = slope_bp[k]
+                        if s < 0.5 * min(last_slope, np.median(sl[:min(nsl, 8)])) \
+                                or s < hf_min * sb:
                             continue
                     best = cj
                     bestv = mwi[q]
@@ -258,15 +277,18 @@ def _pt_decide_py(mwi: np.ndarray, slope: np.ndarray, cand: np.ndarray, fs: floa
         if v > thr1:
             lo = max(0, p - sw)
             s = 0.0
+            sb = 0.0
             for k in range(lo, min(n, p + sw + 1)):
                 if slope[k] > s:
                     s = slope[k]
+                if slope_bp[k] > sb:
+                    sb = slope_bp[k]
             tw = twin
             if rr_avg > 0.0:
                 qt = QTC_MAX_S * fs * (rr_avg / fs) ** 0.5
                 if qt > tw:
                     tw = int(qt)
-            if last >= 0 and p - last < tw and s < 0.5 * last_slope:
+            if last >= 0 and p - last < tw and (s < 0.5 * last_slope or s < hf_min * sb):
                 npk = 0.125 * v + 0.875 * npk
             else:
                 out[nq] = p
@@ -340,12 +362,13 @@ _refine_nb = njit(_refine_py, nogil=True, cache=True)
 
 
 def _gapfill_py(slope: np.ndarray, peaks: np.ndarray, fs: float, rel: float,
-                snr: float) -> np.ndarray:
+                snr: float, slope_t: np.ndarray, hf_min: float) -> np.ndarray:
     """Second look between beats for small QRS hidden by big ones (bigeminy with
     large ectopics halves the learned rate, so search-back never fires): in each
     gap, the steepest point at least 0.3 s from both beats is a beat if its slope is
     ``rel`` x the beats' median slope and ``snr`` x the median slope of the 2.5-s
-    block around the gap."""
+    block around the gap.  Within :data:`T_WAVE_S` of the beat before it, a point
+    whose 8-15 Hz slope ``slope_t`` is under ``hf_min`` x its ``slope`` is a T wave."""
     n = slope.shape[0]
     nk = peaks.shape[0]
     if nk < 3:
@@ -360,10 +383,11 @@ def _gapfill_py(slope: np.ndarray, peaks: np.ndarray, fs: float, rel: float,
         sk[k] = m
     med = np.median(sk)
     dmin = int(0.3 * fs)
+    twin = int(T_WAVE_S * fs)
     # local slope level: median of 2.5-s blocks, computed once (not once per gap)
     blk = max(1, int(2.5 * fs))
     nb = (n + blk - 1) // blk
-    level = np.full(nb, -1.0)          # filled on first use: most gaps are short
+    level = np.full(nb, -1.0)          # filled on first use, for steep candidates only
     out = np.empty(2 * nk, dtype=np.int64)
     no = 0
     for k in range(nk):
@@ -381,13 +405,20 @@ def _gapfill_py(slope: np.ndarray, peaks: np.ndarray, fs: float, rel: float,
             if slope[i] > mj:
                 mj = slope[i]
                 j = i
-        if j < 0:
+        if j < 0 or mj < rel * med:
             continue
         bi = ((p + q) // 2) // blk
         if level[bi] < 0.0:
             level[bi] = np.median(slope[bi * blk:min(n, (bi + 1) * blk)])
-        noise = level[bi]
-        if mj >= rel * med and mj >= snr * noise:
+        if mj >= snr * level[bi]:
+            if j - p < twin:
+                st = 0.0
+                sb = 0.0
+                for i in range(max(0, j - sw), min(n, j + sw + 1)):
+                    st = max(st, slope_t[i])
+                    sb = max(sb, slope[i])
+                if st < hf_min * sb:
+                    continue
             out[no] = j
             no += 1
     return out[:no]
@@ -478,17 +509,7 @@ def _despike_py(x: np.ndarray, h: int, win: int, k: float) -> np.ndarray:
     nw = n // win
     if nw == 0:
         return y
-    p2p = np.empty(nw)
-    for w in range(nw):
-        lo = x[w * win]
-        hi = lo
-        for i in range(w * win, (w + 1) * win):
-            if x[i] > hi:
-                hi = x[i]
-            if x[i] < lo:
-                lo = x[i]
-        p2p[w] = hi - lo
-    amp = np.sort(p2p)[nw // 4]
+    amp = np.sort(window_p2p(x, win))[nw // 4]
     if amp <= 0.0:
         return y
     thr = k * amp
@@ -518,19 +539,27 @@ def band_a(fs_hz: float) -> np.ndarray:
     return flt.design_bandpass(QRS_BAND_HZ[0], min(QRS_BAND_HZ[1], 0.45 * fs_hz), fs_hz)
 
 
+def band_r(fs_hz: float, hi_hz: float = R_HI_HZ) -> np.ndarray:
+    """The band one lead's R peak is placed on: 5 Hz to ``hi_hz``."""
+    return flt.design_bandpass(QRS_BAND_HZ[0], min(hi_hz, 0.45 * fs_hz), fs_hz)
+
+
 def band_t(fs_hz: float) -> np.ndarray:
     """High-pass at 8 Hz applied to the :func:`band_a` output for the T-wave test:
     8-15 Hz, above most of a T wave's energy."""
     return flt.design_highpass(8.0, fs_hz)
 
 
-def detect_from_bandpassed(bp: np.ndarray, fs_hz: float, hb: np.ndarray | None = None
+def detect_from_bandpassed(bp: np.ndarray, fs_hz: float, hb: np.ndarray | None = None,
+                           t_hf_min: float = T_HF_MIN, r_sig: np.ndarray | None = None
                            ) -> np.ndarray:
     """Pan-Tompkins on one lead already band-passed (lets a caller filter all leads
     in one 2-D pass).  ``hb``: ``bp`` further filtered with :func:`band_t`; when
     given, the T-wave test compares slopes there, where T waves (below 8 Hz) have
     little energy -- this is what :func:`detect_qrs` does.  Without it the slope
-    of ``bp`` is used (the bSQI detector of the quality report)."""
+    of ``bp`` is used (the bSQI detector of the quality report) and the
+    ``t_hf_min`` test (:data:`T_HF_MIN`) is off.  ``r_sig``: the signal the R peak
+    is placed on (its largest deflection within 100 ms); ``bp`` if not given."""
     bp = np.ascontiguousarray(bp, dtype=np.float64)
     if bp.size < 3:
         return np.zeros(0, dtype=np.int64)
@@ -538,38 +567,47 @@ def detect_from_bandpassed(bp: np.ndarray, fs_hz: float, hb: np.ndarray | None =
     cand = _local_maxima_nb(mwi)
     slope = _abs_slope_nb(bp)
     slope_t = slope if hb is None else _abs_slope_nb(np.ascontiguousarray(hb, dtype=np.float64))
-    peaks = _pt_decide_nb(mwi, slope_t, cand, float(fs_hz))
-    peaks = _gapfill_nb(slope, peaks, float(fs_hz), GAP_REL, GAP_SNR)
-    return _refine_nb(bp, peaks, int(0.1 * fs_hz), int(REFRACTORY_S * fs_hz))
+    peaks = _pt_decide_nb(mwi, slope_t, cand, float(fs_hz), slope, t_hf_min)
+    peaks = _gapfill_nb(slope, peaks, float(fs_hz), GAP_REL, GAP_SNR, slope_t, t_hf_min)
+    ref = bp if r_sig is None else np.ascontiguousarray(r_sig, dtype=np.float64)
+    return _refine_nb(ref, peaks, int(0.1 * fs_hz), int(REFRACTORY_S * fs_hz))
 
 
-def detect_qrs(x: np.ndarray, fs_hz: float, *, chunk_s: float = CHUNK_S) -> np.ndarray:
+def detect_qrs(x: np.ndarray, fs_hz: float, *, chunk_s: float = CHUNK_S,
+               t_hf_min: float = T_HF_MIN, r_hi_hz: float = R_HI_HZ) -> np.ndarray:
     """R-peak sample indices (int64, increasing) of a 1-D signal or of the leads of a
     (samples, leads) signal fused.  Physical units (mV) or ADC units both work.
 
     Leads that are flat or saturated should be left out by the caller (the quality
     report knows which); a NaN-free signal is required.  Records longer than
-    ``chunk_s`` are detected chunk by chunk (:func:`chunk_spans`).
+    ``chunk_s`` are detected chunk by chunk (:func:`chunk_spans`).  ``t_hf_min``:
+    the spectral T-wave test of one lead (:data:`T_HF_MIN`; 0 turns it off).
+    ``r_hi_hz``: the band one lead's R peak is placed on (:data:`R_HI_HZ`).
     """
-    return _by_chunks(lambda seg: _detect_qrs(seg, fs_hz), _columns(x), fs_hz, chunk_s)
+    return _by_chunks(lambda seg: _detect_qrs(seg, fs_hz, t_hf_min, r_hi_hz), _columns(x),
+                      fs_hz, chunk_s)
 
 
-def _detect_qrs(a: np.ndarray, fs_hz: float) -> np.ndarray:
+def _detect_qrs(a: np.ndarray, fs_hz: float, t_hf_min: float = T_HF_MIN,
+                r_hi_hz: float = R_HI_HZ) -> np.ndarray:
     if a.shape[1] == 1:
         if a.shape[0] < 3:
             return np.zeros(0, dtype=np.int64)
         raw = _despike_nb(np.ascontiguousarray(a[:, 0]), max(1, int(SPIKE_HALF_S * fs_hz)),
                           max(1, int(fs_hz)), SPIKE_K)
         bp = flt.sosfiltfilt(band_a(fs_hz), raw)
-        return detect_from_bandpassed(bp, fs_hz, flt.sosfiltfilt(band_t(fs_hz), bp))
+        r_sig = None if r_hi_hz <= QRS_BAND_HZ[1] else flt.sosfiltfilt(band_r(fs_hz, r_hi_hz), raw)
+        return detect_from_bandpassed(bp, fs_hz, flt.sosfiltfilt(band_t(fs_hz), bp), t_hf_min,
+                                      r_sig)
     bp, mwi = qrs_feature(a, fs_hz)
     if mwi.size < 3:
         return np.zeros(0, dtype=np.int64)
     cand = _local_maxima_nb(mwi)
     slope = _abs_slope_nb(np.ascontiguousarray(np.abs(bp).sum(axis=1) if bp.shape[1] > 1
                                                else bp[:, 0]))
-    peaks = _pt_decide_nb(mwi, slope, cand, float(fs_hz))
-    peaks = _gapfill_nb(slope, peaks, float(fs_hz), GAP_REL, GAP_SNR)
+    # several leads: no 8-15 Hz signal, so the spectral T-wave test is off (ratio 1)
+    peaks = _pt_decide_nb(mwi, slope, cand, float(fs_hz), slope, 0.0)
+    peaks = _gapfill_nb(slope, peaks, float(fs_hz), GAP_REL, GAP_SNR, slope, 0.0)
     ref = bp[:, 0] if bp.shape[1] == 1 else np.sqrt((bp * bp).sum(axis=1))
     return _refine_nb(np.ascontiguousarray(ref), peaks, int(0.1 * fs_hz),
                       int(REFRACTORY_S * fs_hz))
@@ -596,9 +634,14 @@ def detect_qrs_py(x: np.ndarray, fs_hz: float) -> np.ndarray:
     slope = _abs_slope_py(np.abs(bp).sum(axis=1) if bp.shape[1] > 1 else bp[:, 0])
     slope_t = slope if bp.shape[1] > 1 else _abs_slope_py(
         flt._filtfilt_py(band_t(fs_hz), np.ascontiguousarray(bp[:, 0])))
-    peaks = _pt_decide_py(mwi, slope_t, cand, float(fs_hz))
-    peaks = _gapfill_py(slope, peaks, float(fs_hz), GAP_REL, GAP_SNR)
-    ref = bp[:, 0] if bp.shape[1] == 1 else np.sqrt((bp * bp).sum(axis=1))
+    peaks = _pt_decide_py(mwi, slope_t, cand, float(fs_hz), slope, T_HF_MIN)
+    peaks = _gapfill_py(slope, peaks, float(fs_hz), GAP_REL, GAP_SNR, slope_t, T_HF_MIN)
+    if bp.shape[1] > 1:
+        ref = np.sqrt((bp * bp).sum(axis=1))
+    elif R_HI_HZ > QRS_BAND_HZ[1]:
+        ref = flt._filtfilt_py(band_r(fs_hz), raw[0])
+    else:
+        ref = bp[:, 0]
     return _refine_py(ref, peaks, int(0.1 * fs_hz), int(REFRACTORY_S * fs_hz))
 
 

@@ -75,6 +75,7 @@ from fenji.codecs.ecg import filters as flt
 from fenji.codecs.ecg import gate as gate_mod
 from fenji.codecs.ecg import qrs as qrs_mod
 from fenji.codecs.ecg.thresholds import EcgQualityThresholds
+from fenji.codecs.ecg.windows import window_p2p
 
 ACCEPTABLE = "acceptable"
 WARNINGS = "acceptable_with_warnings"
@@ -155,17 +156,7 @@ def _robust_p2p_py(x: np.ndarray, win: int) -> float:
         if n == 0:
             return 0.0
         return float(x.max() - x.min())
-    p = np.empty(nw)
-    for w in range(nw):
-        lo = x[w * win]
-        hi = lo
-        for i in range(w * win, (w + 1) * win):
-            if x[i] > hi:
-                hi = x[i]
-            if x[i] < lo:
-                lo = x[i]
-        p[w] = hi - lo
-    return float(np.median(p))
+    return float(np.median(window_p2p(x, win)))
 
 
 _robust_p2p_nb = njit(_robust_p2p_py, nogil=True, cache=True)
@@ -403,6 +394,18 @@ def _check(name: str, value: float | None, threshold: float, verdict: str, reaso
             "verdict": verdict, "reason": reason}
 
 
+def _graded(name: str, value: float, bad: float, warn: float, reason: str, *,
+            low: bool = False) -> dict[str, Any]:
+    """A check with two limits: at or past ``bad`` unacceptable, at or past ``warn``
+    a warning (``low``: below the limits is bad, not at or above them)."""
+    def past(limit: float) -> bool:
+        return value < limit if low else value >= limit
+
+    verdict = UNACCEPTABLE if past(bad) else WARNINGS if past(warn) else ACCEPTABLE
+    return _check(name, value, bad if verdict == UNACCEPTABLE else warn, verdict,
+                  None if verdict == ACCEPTABLE else reason)
+
+
 def _lead_checks(lead: str, m: LeadMeasures, t: EcgQualityThresholds, duration_s: float
                  ) -> list[dict[str, Any]]:
     """Per-lead flags in physical units: ``unacceptable`` marks a lead that cannot be
@@ -436,28 +439,20 @@ def _lead_checks(lead: str, m: LeadMeasures, t: EcgQualityThresholds, duration_s
                           "movement artefact or wrong gain"))
     else:
         out.append(_check("amplitude", m.amplitude_mv, t.amplitude_min_mv, A, None))
-    hv = U if m.hf_noise_mv >= t.hf_noise_mv else W if m.hf_noise_mv >= t.hf_noise_warn_mv else A
-    out.append(_check("hf_noise", m.hf_noise_mv,
-                      t.hf_noise_mv if hv == U else t.hf_noise_warn_mv, hv,
-                      None if hv == A else
-                      f"lead {lead} muscle/high-frequency noise {1000 * m.hf_noise_mv:.0f} uV RMS: "
-                      "ask the patient to relax, check skin preparation"))
+    out.append(_graded("hf_noise", m.hf_noise_mv, t.hf_noise_mv, t.hf_noise_warn_mv,
+                       f"lead {lead} muscle/high-frequency noise {1000 * m.hf_noise_mv:.0f} "
+                       "uV RMS: ask the patient to relax, check skin preparation"))
     mv = W if m.mains_ratio >= t.mains_warn_ratio else A
     out.append(_check("mains", m.mains_ratio, t.mains_warn_ratio, mv,
                       None if mv == A else
                       f"lead {lead} dominated by {t.mains_hz:g} Hz mains noise "
                       f"({100 * m.mains_ratio:.0f} % of its power): check the electrode "
                       "contact and the cart's mains filter"))
-    bv = U if m.baseline_mv >= t.baseline_mv else W if m.baseline_mv >= t.baseline_warn_mv else A
-    out.append(_check("baseline", m.baseline_mv,
-                      t.baseline_mv if bv == U else t.baseline_warn_mv, bv,
-                      None if bv == A else
-                      f"lead {lead} baseline wander {m.baseline_mv:.1f} mV: "
-                      "patient moving or breathing deeply, check electrode contact"))
-    qv = U if m.bsqi < t.bsqi_min else W if m.bsqi < t.bsqi_warn else A
-    out.append(_check("bsqi", m.bsqi, t.bsqi_min if qv == U else t.bsqi_warn, qv,
-                      None if qv == A else
-                      f"lead {lead} beats unclear (detector agreement {m.bsqi:.2f})"))
+    out.append(_graded("baseline", m.baseline_mv, t.baseline_mv, t.baseline_warn_mv,
+                       f"lead {lead} baseline wander {m.baseline_mv:.1f} mV: "
+                       "patient moving or breathing deeply, check electrode contact"))
+    out.append(_graded("bsqi", m.bsqi, t.bsqi_min, t.bsqi_warn,
+                       f"lead {lead} beats unclear (detector agreement {m.bsqi:.2f})", low=True))
     out.append(_check("ksqi", m.ksqi, t.ksqi_warn, W if m.ksqi < t.ksqi_warn else A,
                       None if m.ksqi >= t.ksqi_warn else
                       f"lead {lead} shows no clear QRS peaks (kurtosis {m.ksqi:.1f})"))

@@ -5,26 +5,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
-from fenji.gateway.config import CONFIG_HELP
+from fenji.gateway.cli import common
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("audit", help="the audit ledger: a case's history across nodes, "
-                                     "and the chain's integrity")
-    asub = p.add_subparsers(dest="audit_verb", metavar="ACTION", required=True)
-    ls = asub.add_parser("ls", help="events, oldest first: this node's and the other nodes' "
+    asub = common.group(sub, "audit", "the audit ledger: a case's history across nodes, "
+                                      "and the chain's integrity")
+    ls = asub.add_parser("ls", parents=[common.CONFIG],
+                         help="events, oldest first: this node's and the other nodes' "
                                     "that came with bundles and reports")
-    ls.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     ls.add_argument("--case", metavar="CASE", help="only this case's history")
     ls.add_argument("--kind", metavar="K", help="only events of this kind (e.g. released)")
     ls.add_argument("--json", action="store_true", help="a JSON array of events")
     ls.set_defaults(func=_ls)
-    v = asub.add_parser("verify", help="check the hash chain and the signed head; exit 1 "
+    v = asub.add_parser("verify", parents=[common.CONFIG],
+                        help="check the hash chain and the signed head; exit 1 "
                                        "naming every edited, inserted or deleted event")
-    v.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     v.add_argument("--json", action="store_true", help="one JSON object")
     v.set_defaults(func=_verify)
 

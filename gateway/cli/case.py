@@ -5,25 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from fenji.gateway import config as config_mod
 from fenji.gateway.cases.case import PRIORITIES, SERVICES, next_hop
-from fenji.gateway.config import CONFIG_HELP
+from fenji.gateway.cli import common
 from fenji.gateway.dicom.charset import pn_display
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("case", help="release studies as cases and follow them")
-    csub = p.add_subparsers(dest="case_verb", metavar="ACTION", required=True)
+    csub = common.group(sub, "case", "release studies as cases and follow them")
 
     s = csub.add_parser(
-        "send", help="release a study (or its new instances) for sending",
+        "send", parents=common.BOTH, help="release a study (or its new instances) for sending",
         description="Build the case's bundle and queue it for the destination. Instances "
                     "that arrive after a release travel as an addendum: run send again.")
     s.add_argument("study", metavar="STUDY_UID", help="Study Instance UID")
-    s.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     s.add_argument("--priority", choices=list(PRIORITIES), default="routine")
     s.add_argument("--dest", help="peer name (default: transfer.default_destination)")
     s.add_argument("--service", choices=SERVICES, help="default: from the SOP classes")
@@ -36,19 +33,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="who attests the data quality (default: the login name)")
     s.add_argument("--no-gate", action="store_true",
                    help="skip the quality gate (no attestation travels with the case)")
-    s.add_argument("--json", action="store_true")
     s.set_defaults(func=_send)
 
-    o = csub.add_parser("override", help="release a case the quality gate held, with a reason",
+    o = csub.add_parser("override", parents=[common.CONFIG],
+                        help="release a case the quality gate held, with a reason",
                         description="The named operator takes responsibility: the override "
                                     "and its reason are signed into the case's attestation.")
     o.add_argument("case_id", metavar="CASE")
-    o.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     o.add_argument("--operator", required=True, help="who overrides (a person's name)")
     o.add_argument("--reason", required=True, help="why the case may go anyway")
     o.set_defaults(func=_override)
 
-    x = csub.add_parser("exclude", help="drop a bad instance from a held case, with a reason",
+    x = csub.add_parser("exclude", parents=common.BOTH,
+                        help="drop a bad instance from a held case, with a reason",
                         description="The instance stays in the store but leaves the case: "
                                     "the next `fenji case send STUDY` releases the rest "
                                     "(through the quality gate again).  Who and why are "
@@ -56,32 +53,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     x.add_argument("case_id", metavar="CASE")
     x.add_argument("instance", metavar="INSTANCE",
                    help="its SOP Instance UID, or its instance number as the gate names it")
-    x.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     x.add_argument("--operator", required=True, help="who excludes it (a person's name)")
     x.add_argument("--reason", required=True, help="why it is left out")
-    x.add_argument("--json", action="store_true")
     x.set_defaults(func=_exclude)
 
-    ls = csub.add_parser("ls", help="list cases")
-    ls.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
+    ls = csub.add_parser("ls", parents=common.BOTH, help="list cases")
     ls.add_argument("--state", help="only cases in this state (released, delivered, ...)")
-    ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=_ls)
 
-    sh = csub.add_parser("show", help="one case: instances, receipt, quality, reports")
+    sh = csub.add_parser("show", parents=[common.CONFIG],
+                         help="one case: instances, receipt, quality, reports")
     sh.add_argument("case_id", metavar="CASE")
-    sh.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     sh.add_argument("--json", action="store_true", help="the whole case as JSON, for scripts")
     sh.set_defaults(func=_show)
 
-    ak = csub.add_parser("ack", help="the requesting physician acknowledges the case's report",
+    ak = csub.add_parser("ack", parents=common.BOTH,
+                         help="the requesting physician acknowledges the case's report",
                          description="Records who acknowledged the current report version "
                                      "and when (a ledger event).")
     ak.add_argument("case_id", metavar="CASE")
-    ak.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     ak.add_argument("--by", required=True, help="a configured user (physician, technician or "
                                                 "operator) acknowledging")
-    ak.add_argument("--json", action="store_true")
     ak.set_defaults(func=_ack)
 
 
@@ -180,13 +172,10 @@ def _exclude(args: argparse.Namespace) -> int:
     with config_and_store(args.config) as (cfg, store):
         out = exclude_instance(store, args.case_id, args.instance, operator=args.operator,
                                reason=args.reason, node=cfg.node.name)
-    if args.json:
-        print(json.dumps(out))
-    else:
-        print(f"instance {out['excluded']} left out of case {out['case_id']} by "
-              f"{out['by']}; {out['remaining']} remain. Release them with: fenji case send "
-              f"{out['study_instance_uid']}")
-    return 0
+    return common.emit(args, out,
+                       f"instance {out['excluded']} left out of case {out['case_id']} by "
+                       f"{out['by']}; {out['remaining']} remain. Release them with: "
+                       f"fenji case send {out['study_instance_uid']}")
 
 
 def _ls(args: argparse.Namespace) -> int:
@@ -283,9 +272,5 @@ def _ack(args: argparse.Namespace) -> int:
 
     with config_and_store(args.config) as (cfg, store):
         out = reading.acknowledge(store, cfg, args.case_id, cli_user(cfg, args.by))  # type: ignore[arg-type]
-    if args.json:
-        print(json.dumps(out))
-    else:
-        print(f"report v{out['version']} of case {out['case_id']} acknowledged by "
-              f"{out['acknowledged_by']}")
-    return 0
+    return common.emit(args, out, f"report v{out['version']} of case {out['case_id']} "
+                                  f"acknowledged by {out['acknowledged_by']}")

@@ -7,27 +7,27 @@ import json
 import time
 from pathlib import Path
 
+from fenji.gateway.cli import common
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("codec", help="encode, decode and inspect fenji-encoded instances")
-    csub = p.add_subparsers(dest="codec_verb", metavar="ACTION", required=True)
+    csub = common.group(sub, "codec", "encode, decode and inspect fenji-encoded instances")
 
-    en = csub.add_parser("encode", help="encode a Part-10 file losslessly")
+    en = csub.add_parser("encode", parents=[common.JSON], help="encode a Part-10 file losslessly")
     en.add_argument("input", type=Path, metavar="IN")
     en.add_argument("output", type=Path, metavar="OUT")
     en.add_argument("--effort", choices=("fast", "max"), default="fast")
-    en.add_argument("--json", action="store_true", help="print the result as one JSON line")
     en.set_defaults(func=_encode)
 
-    de = csub.add_parser("decode", help="decode back to the exact original file")
+    de = csub.add_parser("decode", parents=[common.JSON],
+                         help="decode back to the exact original file")
     de.add_argument("input", type=Path, metavar="IN")
     de.add_argument("output", type=Path, metavar="OUT")
-    de.add_argument("--json", action="store_true", help="print the result as one JSON line")
     de.set_defaults(func=_decode)
 
-    inf = csub.add_parser("info", help="what the encoder chose: codecs, sizes, ratio")
+    inf = csub.add_parser("info", parents=[common.JSON],
+                          help="what the encoder chose: codecs, sizes, ratio")
     inf.add_argument("file", type=Path, metavar="FILE")
-    inf.add_argument("--json", action="store_true", help="print one JSON object")
     inf.set_defaults(func=_info)
 
 
@@ -62,12 +62,8 @@ def _encode(args: argparse.Namespace) -> int:
     out = {"input": str(args.input), "output": str(args.output), "original_bytes": len(data),
            "encoded_bytes": len(enc), "ratio": round(len(data) / max(len(enc), 1), 3),
            "effort": args.effort, "ms": round(ms, 1)}
-    if args.json:
-        print(json.dumps(out))
-    else:
-        print(f"{args.input} -> {args.output}: {len(data)} -> {len(enc)} bytes "
-              f"(ratio {out['ratio']}, {args.effort}, {ms:.0f} ms)")
-    return 0
+    return common.emit(args, out, f"{args.input} -> {args.output}: {len(data)} -> {len(enc)} bytes "
+                       f"(ratio {out['ratio']}, {args.effort}, {ms:.0f} ms)")
 
 
 def _decode(args: argparse.Namespace) -> int:

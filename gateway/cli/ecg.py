@@ -23,14 +23,14 @@ import numpy as np
 from fenji.codecs.ecg import qrs
 from fenji.codecs.ecg import quality as ecg_quality
 from fenji.codecs.errors import FenjiError
+from fenji.gateway.cli import common
 
 # `fenji ecg check --json` fields: scripts depend on these names.
 CHECK_FIELDS = ("record", "fs", "leads", "duration_s", "qrs", "heart_rate_bpm", "quality")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("ecg", help="check ECG records (QRS, heart rate, quality)")
-    esub = p.add_subparsers(dest="ecg_verb", metavar="ACTION", required=True)
+    esub = common.group(sub, "ecg", "check ECG records (QRS, heart rate, quality)")
     ck = esub.add_parser(
         "check", help="QRS detection and quality report per record",
         description="RECORD: WFDB record path (no extension needed), DICOM ECG file, "

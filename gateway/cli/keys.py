@@ -7,33 +7,32 @@ import json
 from pathlib import Path
 
 from fenji.gateway import config as config_mod
-from fenji.gateway.config import CONFIG_HELP
+from fenji.gateway.cli import common
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("keys", help="the node's Ed25519 key pair and TLS certificate")
-    ksub = p.add_subparsers(dest="keys_verb", metavar="ACTION", required=True)
-    i = ksub.add_parser("init", help="create the node key pair and certificate if missing",
+    ksub = common.group(sub, "keys", "the node's Ed25519 key pair and TLS certificate")
+    i = ksub.add_parser("init", parents=[common.CONFIG],
+                        help="create the node key pair and certificate if missing",
                         description="Creates keys/node.key (0600), keys/node.pub and "
                                     "keys/node.crt as named in the config. Existing keys are "
                                     "never overwritten.")
-    i.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     i.add_argument("--reader", metavar="NAME",
                    help="create the report-signing key pair of reader NAME instead "
                         "(keys/readers/NAME.key and .pub unless [[users]] names others)")
     add_passphrase_args(i)
     i.set_defaults(func=_init)
     pr = ksub.add_parser(
-        "protect", help="encrypt an existing reader signing key with the reader's passphrase",
+        "protect", parents=[common.CONFIG],
+        help="encrypt an existing reader signing key with the reader's passphrase",
         description="A reader key made before keys were encrypted is plain PEM: anyone who "
                     "can read the file can sign as the reader.  This re-writes it as "
                     "encrypted PKCS#8 (same key pair: reports already signed still verify).")
     pr.add_argument("--reader", metavar="NAME", required=True)
-    pr.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     add_passphrase_args(pr)
     pr.set_defaults(func=_protect)
-    s = ksub.add_parser("show", help="print the node's public key and certificate paths")
-    s.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
+    s = ksub.add_parser("show", parents=[common.CONFIG],
+                        help="print the node's public key and certificate paths")
     s.set_defaults(func=_show)
 
 

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from fenji.gateway import config as config_mod
-from fenji.gateway.config import CONFIG_HELP, ROLES
+from fenji.gateway.cli import common
+from fenji.gateway.config import ROLES
 from fenji.gateway.errors import ConfigError
 
 
@@ -33,15 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--force", action="store_true", help="overwrite an existing fenji.toml")
     p.set_defaults(func=_init)
 
-    p = sub.add_parser("node", help="run a node until SIGTERM/SIGINT",
+    p = sub.add_parser("node", parents=[common.CONFIG], help="run a node until SIGTERM/SIGINT",
                        description="Run the node: DICOM SCP (C-ECHO, C-STORE) into the store. "
                                    "SIGTERM/SIGINT stop it gracefully (in-flight "
                                    "associations finish, the store closes).")
-    p.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     p.set_defaults(func=_node)
 
-    p = sub.add_parser("conf", help="configuration tools")
-    csub = p.add_subparsers(dest="conf_verb", metavar="ACTION", required=True)
+    csub = common.group(sub, "conf", "configuration tools")
     c = csub.add_parser("check", help="validate a config; print every error with its key path")
     c.add_argument("file", type=Path, metavar="FILE", nargs="?", default=None,
                    help="the config (default: $FENJI_CONFIG, else ./fenji.toml, else "

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fenji.gateway import config as config_mod
-from fenji.gateway.config import CONFIG_HELP
+from fenji.gateway.cli import common
 from fenji.gateway.errors import ConfigError, PeerError
 
 PREFIX = "fenji-peer-1:"
@@ -35,27 +35,23 @@ class InvitationError(PeerError):
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("peer", help="pair this node with another (invite / add / ls)",
-                       description="Pair two nodes: run `fenji peer invite` on one, check the "
-                                   "key fingerprint with the other side, then paste the line "
-                                   "into `fenji peer add` there.  Do it both ways for nodes "
-                                   "that send to each other (an edge and its center).")
-    psub = p.add_subparsers(dest="peer_verb", metavar="ACTION", required=True)
-    i = psub.add_parser("invite", help="print this node's pairing line")
-    i.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
+    psub = common.group(sub, "peer", "pair this node with another (invite / add / ls)",
+                        description="Pair two nodes: run `fenji peer invite` on one, check the "
+                                    "key fingerprint with the other side, then paste the line "
+                                    "into `fenji peer add` there.  Do it both ways for nodes "
+                                    "that send to each other (an edge and its center).")
+    i = psub.add_parser("invite", parents=[common.CONFIG], help="print this node's pairing line")
     i.add_argument("--url", help="the URL the other node reaches this one at (default: from "
                                  "[http]; give the hospital LAN or VPN address)")
     i.set_defaults(func=_invite)
-    a = psub.add_parser("add", help="add a node from its pairing line (no restart needed)")
+    a = psub.add_parser("add", parents=[common.CONFIG],
+                        help="add a node from its pairing line (no restart needed)")
     a.add_argument("line", metavar="LINE", help="the line `fenji peer invite` printed there")
-    a.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     a.add_argument("--default", action="store_true",
                    help="make it transfer.default_destination (where cases go)")
     a.add_argument("--url", help="override the URL in the line (e.g. through a link emulator)")
     a.set_defaults(func=_add)
-    ls = psub.add_parser("ls", help="list the configured peers")
-    ls.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
-    ls.add_argument("--json", action="store_true")
+    ls = psub.add_parser("ls", parents=common.BOTH, help="list the configured peers")
     ls.set_defaults(func=_ls)
 
 

@@ -5,17 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from fenji.gateway.config import CONFIG_HELP
+from fenji.gateway.cli import common
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("quality", help="the quality gate's reports and attestations")
-    qsub = p.add_subparsers(dest="quality_verb", metavar="ACTION", required=True)
-    sh = qsub.add_parser("show", help="a case's quality report, reasons and attestation")
+    qsub = common.group(sub, "quality", "the quality gate's reports and attestations")
+    sh = qsub.add_parser("show", parents=[common.CONFIG],
+                         help="a case's quality report, reasons and attestation")
     sh.add_argument("case_id", metavar="CASE")
-    sh.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     sh.add_argument("--json", action="store_true", help="the whole report as JSON")
     sh.set_defaults(func=_show)
 

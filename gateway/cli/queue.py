@@ -6,17 +6,14 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
-from fenji.gateway import config as config_mod
-from fenji.gateway.config import CONFIG_HELP
+from fenji.gateway.cli import common
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("queue", help="the outbox: what is being sent where")
-    qsub = p.add_subparsers(dest="queue_verb", metavar="ACTION", required=True)
-    ls = qsub.add_parser("ls", help="every job: state, attempts, bytes, next retry, error")
-    ls.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
+    qsub = common.group(sub, "queue", "the outbox: what is being sent where")
+    ls = qsub.add_parser("ls", parents=[common.CONFIG],
+                         help="every job: state, attempts, bytes, next retry, error")
     ls.add_argument("--state", choices=("queued", "leased", "done", "dead"))
     ls.add_argument("--dest", help="only jobs for this destination")
     ls.add_argument("--json", action="store_true",
@@ -24,22 +21,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ls.set_defaults(func=_ls)
     for name, helptext in (("pause", "stop sending to a destination"),
                            ("resume", "send to a paused destination again")):
-        a = qsub.add_parser(name, help=helptext)
+        a = qsub.add_parser(name, parents=[common.CONFIG], help=helptext)
         a.add_argument("dest", metavar="DEST")
-        a.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
         a.set_defaults(func=_pause, paused=(name == "pause"))
-    r = qsub.add_parser("retry", help="put a dead-lettered job back in the queue")
+    r = qsub.add_parser("retry", parents=[common.CONFIG],
+                        help="put a dead-lettered job back in the queue")
     r.add_argument("job_id", type=int, metavar="JOB")
-    r.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     r.add_argument("--operator", default=None,
                    help="who retries it, for the audit ledger (default: the login name)")
     r.set_defaults(func=_retry)
-
-
-def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from fenji.gateway.node import open_store
-
-    return open_store(config_mod.load(args.config))
 
 
 # What the outbox's priority numbers mean (gateway/cases/case.py PRIORITIES).
@@ -47,19 +37,15 @@ PRIORITY_NAMES = {0: "STAT", 1: "urgent", 2: "routine"}
 
 
 def _ls(args: argparse.Namespace) -> int:
-    from fenji.gateway.node import open_store
+    from fenji.gateway.node import config_and_store
     from fenji.routing.outbox_db import destinations, list_jobs
 
-    cfg = config_mod.load(args.config)
-    store = open_store(cfg)
-    try:
+    with config_and_store(args.config) as (cfg, store):
         jobs = list_jobs(store, state=args.state, destination=args.dest)
         dests = {d["name"]: d for d in destinations(store)}
         # A report's way back is queued under its report id: show its case.
         report_case = {str(r["report_id"]): str(r["case_id"]) for r in store.query(
             "SELECT report_id, case_id FROM reports")}
-    finally:
-        store.close()
     if args.dest and args.dest not in dests:
         print(f"fenji queue: unknown destination {args.dest!r} (known: "
               f"{', '.join(sorted(dests)) or 'none yet'})", file=sys.stderr)
@@ -112,19 +98,12 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _pause(args: argparse.Namespace) -> int:
-    from fenji.gateway.node import open_store
-    from fenji.routing.outbox_db import OutboxError, pause
+    from fenji.gateway.node import config_and_store
+    from fenji.routing.outbox_db import pause
 
-    cfg = config_mod.load(args.config)
-    configured = [p.name for p in cfg.peers] + [e.name for e in cfg.egress]
-    store = open_store(cfg)
-    try:
-        pause(store, args.dest, args.paused, configured=configured)
-    except OutboxError as exc:
-        print(f"fenji queue: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
+    with config_and_store(args.config) as (cfg, store):
+        pause(store, args.dest, args.paused,
+              configured=[p.name for p in cfg.peers] + [e.name for e in cfg.egress])
     print(f"{args.dest}: {'paused' if args.paused else 'resumed'}")
     return 0
 
@@ -133,11 +112,11 @@ def _retry(args: argparse.Namespace) -> int:
     import getpass
 
     from fenji.gateway.audit import ledger
-    from fenji.routing.outbox_db import OutboxError, requeue_dead
+    from fenji.gateway.node import config_and_store
+    from fenji.routing.outbox_db import requeue_dead
 
-    cfg = config_mod.load(args.config)
-    store = _open(args)
-    try:
+    # An unknown or live job is an OutboxError naming it: main() prints it, exit 2.
+    with config_and_store(args.config) as (cfg, store):
         job = store.query_one("SELECT * FROM outbox WHERE job_id = ?", (args.job_id,))
         now = time.time()
         requeue_dead(store, args.job_id, now)
@@ -147,10 +126,5 @@ def _retry(args: argparse.Namespace) -> int:
                       obj=str(job["bundle_id"]), case_id=str(job["case_id"]), at=now,
                       detail={"destination": job["destination"], "job": args.job_id,
                               "last_error": str(job["last_error"] or "")[:500]})
-    except OutboxError as exc:
-        print(f"fenji queue: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
     print(f"job {args.job_id} queued again")
     return 0

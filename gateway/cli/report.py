@@ -23,8 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fenji.gateway.cli import common
 from fenji.gateway.cli.keys import add_passphrase_args, read_passphrase
-from fenji.gateway.config import CONFIG_HELP
 from fenji.gateway.errors import FenjiError, PeerError
 
 # `fenji report verify --json` fields (one object per line): scripts depend on these.
@@ -39,8 +39,7 @@ class Unreadable(PeerError):
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("report", help="signed reports: sign (center), verify who signed what")
-    rsub = p.add_subparsers(dest="report_verb", metavar="ACTION", required=True)
+    rsub = common.group(sub, "report", "signed reports: sign (center), verify who signed what")
     _add_submit(rsub)
     _add_verify(rsub)
     _add_pdf(rsub)
@@ -48,14 +47,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _add_submit(rsub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s = rsub.add_parser(
-        "submit", help="a reader signs a report for a claimed case (at the center)",
+        "submit", parents=common.BOTH,
+        help="a reader signs a report for a claimed case (at the center)",
         description="Signs the report with the reader's key (keys/readers/NAME.key), writes "
                     "the SR and PDF into the case's study and queues them back to the "
                     "sending hospital.  The case must be claimed by the reader (fenji worklist "
                     "claim).  With --amend-reason it supersedes the current version.  "
                     "--from-file takes an SR or encapsulated PDF made by the reader's viewer.")
     s.add_argument("case_id", metavar="CASE")
-    s.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     s.add_argument("--reader", required=True, help="a configured reader")
     s.add_argument("--findings", default="", help="findings (any language)")
     s.add_argument("--impression", default="", help="impression / conclusion")
@@ -65,13 +64,11 @@ def _add_submit(rsub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                    help="amend the current report (a new version; the old one is kept)")
     s.add_argument("--from-file", type=Path, default=None, metavar="DCM",
                    help="the report as a DICOM SR or encapsulated PDF from the viewer")
-    s.add_argument("--json", action="store_true")
     add_passphrase_args(s)
     s.set_defaults(func=_submit)
 
 
 def _submit(args: argparse.Namespace) -> int:
-    import json
 
     from fenji.gateway.cli.case import cli_user
     from fenji.gateway.keys import is_encrypted
@@ -105,13 +102,10 @@ def _submit(args: argparse.Namespace) -> int:
                                               passphrase=phrase)
     out = {k: row[k] for k in ("report_id", "case_id", "version", "status", "reader",
                                "critical", "supersedes", "bundle_id")}
-    if args.json:
-        print(json.dumps(out))
-    else:
-        print(f"report v{out['version']} of case {out['case_id']} signed by {out['reader']} "
-              f"({out['report_id']}); queued back to the sending hospital"
-              f"{' — CRITICAL' if out['critical'] else ''}")
-    return 0
+    return common.emit(args, out,
+                       f"report v{out['version']} of case {out['case_id']} signed by "
+                       f"{out['reader']} ({out['report_id']}); queued back to the sending "
+                       f"hospital{' — CRITICAL' if out['critical'] else ''}")
 
 
 def _add_verify(rsub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -139,14 +133,14 @@ def _add_verify(rsub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
 
 def _add_pdf(rsub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    d = rsub.add_parser("pdf", help="write a case's report PDF (for print or the HIS)",
+    d = rsub.add_parser("pdf", parents=[common.CONFIG],
+                        help="write a case's report PDF (for print or the HIS)",
                         description="Writes the PDF of the case's current report (or "
                                     "--version N).  It carries the signed report inside, so "
                                     "`fenji report verify FILE.pdf` checks it anywhere.")
     d.add_argument("case_id", metavar="CASE")
     d.add_argument("--out", "-o", type=Path, required=True, metavar="FILE")
     d.add_argument("--version", type=int, default=None, help="default: the current one")
-    d.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     d.set_defaults(func=_pdf)
 
 

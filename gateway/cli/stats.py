@@ -7,29 +7,27 @@ import datetime as _dt
 import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from fenji.gateway.config import CONFIG_HELP
+from fenji.gateway.cli import common
 from fenji.gateway.dicom.charset import pn_display
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    s = sub.add_parser("stats", help="cases sent/received/read/reported, turnaround, quality "
+    s = sub.add_parser("stats", parents=[common.CONFIG],
+                       help="cases sent/received/read/reported, turnaround, quality "
                                      "holds and amendments per hospital and service")
-    s.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     s.add_argument("--since", metavar="ISO", help="cases released (else received) at or "
                                                   "after this time, e.g. 2026-11-01")
     s.add_argument("--until", metavar="ISO", help="... and before this time")
     s.add_argument("--json", action="store_true", help="one JSON object")
     s.set_defaults(func=_stats)
 
-    led = sub.add_parser("ledger", help="money computed from the ledger")
-    lsub = led.add_subparsers(dest="ledger_verb", metavar="ACTION", required=True)
-    f = lsub.add_parser("fees", help="a month's reported cases priced from [[services]], "
+    lsub = common.group(sub, "ledger", "money computed from the ledger")
+    f = lsub.add_parser("fees", parents=[common.CONFIG],
+                        help="a month's reported cases priced from [[services]], "
                                      "split inviting hospital : invited center; exit 1 when "
                                      "a service is not in the catalog")
-    f.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     f.add_argument("--month", required=True, metavar="YYYY-MM",
                    help="the month the first report was signed in")
     f.add_argument("--tz", default="UTC", metavar="ZONE",
@@ -37,11 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     f.add_argument("--json", action="store_true", help="one JSON object")
     f.set_defaults(func=_fees)
 
-    li = sub.add_parser("liability", help="for one case, the sender's signed data-quality "
+    li = sub.add_parser("liability", parents=[common.CONFIG],
+                        help="for one case, the sender's signed data-quality "
                                           "attestation beside the center's signed reports; "
                                           "exit 1 when a signature does not verify")
     li.add_argument("case_id", metavar="CASE")
-    li.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     li.add_argument("--json", action="store_true", help="one JSON object")
     li.set_defaults(func=_liability)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fenji.gateway import config as config_mod
 from fenji.gateway import ingest
-from fenji.gateway.config import CONFIG_HELP
+from fenji.gateway.cli import common
 from fenji.gateway.dicom.charset import pn_display
 
 # `fenji store ls --json` field names: other tools depend on these exact names.
@@ -19,32 +19,33 @@ LS_FIELDS = ("sop_instance_uid", "sop_class_uid", "study_instance_uid", "series_
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("store", help="inspect and feed the node's store")
-    ssub = p.add_subparsers(dest="store_verb", metavar="ACTION", required=True)
+    ssub = common.group(sub, "store", "inspect and feed the node's store")
 
-    ls = ssub.add_parser("ls", help="list stored instances")
-    ls.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
+    ls = ssub.add_parser("ls", parents=[common.CONFIG], help="list stored instances")
     ls.add_argument("--json", action="store_true",
                     help="one JSON object per instance: " + ", ".join(LS_FIELDS))
     ls.add_argument("--study", metavar="UID", help="only this Study Instance UID")
     ls.set_defaults(func=_ls)
 
-    im = ssub.add_parser("import", help="check and store DICOM files (Part 10) from disk",
+    im = ssub.add_parser("import", parents=[common.CONFIG],
+                         help="check and store DICOM files (Part 10) from disk",
                          description="Each file is checked like a C-STORE; rejected files go "
                                      "to quarantine with the reason. Exit 1 if any is rejected.")
-    im.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     im.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                     help="files or directories (searched recursively)")
     im.add_argument("--json", action="store_true", help="one JSON line per file")
     im.set_defaults(func=_import)
 
-    ve = ssub.add_parser("verify", help="re-hash every blob against the index")
-    ve.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
+    ve = ssub.add_parser("verify", parents=[common.CONFIG],
+                         help="re-hash every blob against the index")
     ve.set_defaults(func=_verify)
 
-    du = ssub.add_parser("du", help="disk usage of the store")
-    du.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
-    du.add_argument("--json", action="store_true")
+    rc = ssub.add_parser("recover", parents=[common.CONFIG],
+                         help="remove temp files and unindexed blobs (also in an s3:// "
+                              "store.blob_url, past their grace period)")
+    rc.set_defaults(func=_recover)
+
+    du = ssub.add_parser("du", parents=common.BOTH, help="disk usage of the store")
     du.set_defaults(func=_du)
 
 
@@ -154,6 +155,16 @@ def _verify(args: argparse.Namespace) -> int:
         print(p, file=sys.stderr)
     print(f"{n} instances checked, {len(problems)} problem(s)")
     return 1 if problems else 0
+
+
+def _recover(args: argparse.Namespace) -> int:
+    _, store = _open(args)
+    try:
+        out = store.recover(sweep_blobs=True)
+    finally:
+        store.close()
+    print(" ".join(f"{k}={v}" for k, v in out.items()))
+    return 0
 
 
 def _du(args: argparse.Namespace) -> int:

@@ -7,17 +7,17 @@ import json
 from pathlib import Path
 
 from fenji.gateway import config as config_mod
+from fenji.gateway.cli import common
 from fenji.gateway.cli.keys import add_passphrase_args, reader_passphrase
-from fenji.gateway.config import CONFIG_HELP
 from fenji.gateway.errors import LocalError
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("user", help="API users and their roles (technician, reader, "
-                                    "physician, operator)")
-    usub = p.add_subparsers(dest="user_verb", metavar="ACTION", required=True)
+    usub = common.group(sub, "user", "API users and their roles (technician, reader, "
+                                     "physician, operator)")
     a = usub.add_parser(
-        "add", help="add a user: prints their token once, writes only its hash",
+        "add", parents=[common.CONFIG],
+        help="add a user: prints their token once, writes only its hash",
         description="Appends a [[users]] entry to the config and prints the new user's API "
                     "token.  The token is shown only now; the config keeps its SHA-256.  "
                     "Readers also get an Ed25519 key pair for signing reports "
@@ -30,13 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     a.add_argument("--display-name", default="", help="as printed on reports")
     a.add_argument("--token", default=None,
                    help="use this token instead of a random one (scripted set-ups only)")
-    a.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     a.add_argument("--json", action="store_true", help="print {name, role, token} as JSON")
     add_passphrase_args(a)
     a.set_defaults(func=_add)
-    ls = usub.add_parser("ls", help="list users and roles (never tokens)")
-    ls.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
-    ls.add_argument("--json", action="store_true")
+    ls = usub.add_parser("ls", parents=common.BOTH, help="list users and roles (never tokens)")
     ls.set_defaults(func=_ls)
 
 

@@ -4,35 +4,31 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
-from fenji.gateway.config import CONFIG_HELP
+from fenji.gateway.cli import common
 from fenji.gateway.dicom.charset import pn_display
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("worklist", help="the reading center's cases: list, claim, give back")
-    wsub = p.add_subparsers(dest="worklist_verb", metavar="ACTION", required=True)
-    ls = wsub.add_parser("ls", help="received cases, STAT first, then longest waiting",
+    wsub = common.group(sub, "worklist", "the reading center's cases: list, claim, give back")
+    ls = wsub.add_parser("ls", parents=[common.CONFIG],
+                         help="received cases, STAT first, then longest waiting",
                          description="Per case: priority, waiting time, service, sending "
                                      "hospital, state (new, claimed, reported, amended), "
                                      "clinical question; below, the patient's name, ID, "
                                      "modality and study description, the requesting "
                                      "physician and when it arrived (node's time zone), "
                                      "and the quality verdict with any override (who, why).")
-    ls.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     ls.add_argument("--reader", help="only the services this reader reads")
     ls.add_argument("--state", choices=("new", "claimed", "reported", "amended"))
     ls.add_argument("--json", action="store_true", help="one JSON array")
     ls.set_defaults(func=_ls)
     for verb, helptext in (("claim", "claim a case for a reader (expires if unused)"),
                            ("unclaim", "give a claimed case back to the pool")):
-        c = wsub.add_parser(verb, help=helptext)
+        c = wsub.add_parser(verb, parents=common.BOTH, help=helptext)
         c.add_argument("case_id", metavar="CASE")
-        c.add_argument("--config", "-c", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
         c.add_argument("--reader", required=True, help="a configured reader")
-        c.add_argument("--json", action="store_true")
         c.set_defaults(func=_claim if verb == "claim" else _unclaim)
 
 

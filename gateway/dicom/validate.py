@@ -206,13 +206,7 @@ class _Walker:
                                     f"{_tagstr(tag)} has undefined length but is not a sequence")
                 pos = self._sequence(pos, None, depth + 1, tag)
                 continue
-            if length > end - pos:
-                raise self.fail(st.CANNOT_UNDERSTAND,
-                                f"{_tagstr(tag)} declares {length} bytes but only {end - pos} "
-                                f"remain at byte {pos}")
-            if length & 1:
-                raise self.fail(st.CANNOT_UNDERSTAND,
-                                f"{_tagstr(tag)} has odd length {length} (PS3.5 7.1.1)")
+            self._fits(_tagstr(tag), length, pos, end)
             if is_sq:
                 self._sequence(pos, pos + length, depth + 1, tag)
             elif top and tag in _WANTED:
@@ -285,16 +279,19 @@ class _Walker:
             return
         self.values[name] = text
 
+    def _fits(self, what: str, length: int, pos: int, end: int) -> None:
+        """A defined length fits in what remains and is even (PS3.5 7.1.1)."""
+        if length > end - pos:
+            raise self.fail(st.CANNOT_UNDERSTAND, f"{what} declares {length} bytes but only "
+                                                  f"{end - pos} remain at byte {pos}")
+        if length & 1:
+            raise self.fail(st.CANNOT_UNDERSTAND,
+                            f"{what} has odd length {length} (PS3.5 7.1.1)")
+
     # -- pixel data -----------------------------------------------------
     def _pixel(self, pos: int, end: int, length: int) -> int:
         if length != UNDEFINED:
-            if length > end - pos:
-                raise self.fail(st.CANNOT_UNDERSTAND,
-                                f"(7FE0,0010) Pixel Data declares {length} bytes but only "
-                                f"{end - pos} remain")
-            if length & 1:
-                raise self.fail(st.CANNOT_UNDERSTAND,
-                                f"(7FE0,0010) Pixel Data has odd length {length} (PS3.5 7.1.1)")
+            self._fits("(7FE0,0010) Pixel Data", length, pos, end)
             if self.ts in ENCAPSULATED:
                 raise self.fail(st.CANNOT_UNDERSTAND,
                                 f"(7FE0,0010) Pixel Data has defined length under encapsulated "

@@ -346,6 +346,34 @@ def _comment_on(assoc: Any, status: int, comment: str) -> None:
     dimse.send_msg = send_msg
 
 
+def _retrieval(store: Store, cfg: Config, event: Any, calling: str,
+               op: str) -> tuple[str, list[dict[str, Any]], Any]:
+    """What a C-MOVE or C-GET asks for and ``calling`` may have: (level, rows, None),
+    or (level, [], failure status dataset) when it is refused."""
+    try:
+        level, rows = _to_retrieve(store, event)
+        rows = access.filter_rows(store, cfg, calling, rows, "study_instance_uid")
+    except qr.QueryError as exc:
+        log.info("%s calling=%s refused status=0x%04X reason=%s", op, calling,
+                 IDENTIFIER_DOES_NOT_MATCH, exc)
+        return "", [], _failure(IDENTIFIER_DOES_NOT_MATCH, str(exc))
+    refused = charge_retrieve(store, cfg, calling, rows)
+    if refused is not None:
+        log.warning("%s calling=%s refused status=0x%04X reason=%s", op, calling,
+                    OUT_OF_RESOURCES_SUBOPS, refused)
+        return level, [], _failure(OUT_OF_RESOURCES_SUBOPS, refused)
+    return level, rows, None
+
+
+def _sub_operations(store: Store, event: Any, rows: list[dict[str, Any]]) -> Iterator[Any]:
+    """One pending status and dataset per instance, until the SCU cancels."""
+    for row in rows:
+        if event.is_cancelled:
+            yield CANCELLED, None
+            return
+        yield PENDING, _dataset(store, row)
+
+
 def handle_move(store: Store, cfg: Config, event: Any, calling: str, peer: str) -> Iterator[Any]:
     install_stored_bytes_send()
     raw = event.move_destination
@@ -358,29 +386,15 @@ def handle_move(store: Store, cfg: Config, event: Any, calling: str, peer: str) 
                     f"move destination {dest!r} unknown")
         yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
         return
-    try:
-        level, rows = _to_retrieve(store, event)
-        rows = access.filter_rows(store, cfg, calling, rows, "study_instance_uid")
-    except qr.QueryError as exc:
-        log.info("c-move calling=%s refused status=0x%04X reason=%s", calling,
-                 IDENTIFIER_DOES_NOT_MATCH, exc)
+    level, rows, refusal = _retrieval(store, cfg, event, calling, "c-move")
+    if refusal is not None:
         # pynetdicom takes a destination (and associates with it) and a count
         # before it takes a status.
         from pynetdicom.presentation import build_context
 
         yield remote.host, remote.port, {"contexts": [build_context(VERIFICATION)]}
         yield 1
-        yield _failure(IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
-        return
-    refused = charge_retrieve(store, cfg, calling, rows)
-    if refused is not None:
-        from pynetdicom.presentation import build_context
-
-        log.warning("c-move calling=%s refused status=0x%04X reason=%s", calling,
-                    OUT_OF_RESOURCES_SUBOPS, refused)
-        yield remote.host, remote.port, {"contexts": [build_context(VERIFICATION)]}
-        yield 1
-        yield _failure(OUT_OF_RESOURCES_SUBOPS, refused), None
+        yield refusal, None
         return
     yield remote.host, remote.port, {"contexts": sub_association_contexts(rows) or None}
     yield len(rows)
@@ -388,37 +402,18 @@ def handle_move(store: Store, cfg: Config, event: Any, calling: str, peer: str) 
            {"level": level, "move_destination": dest, "instances": len(rows)})
     log.info("c-move calling=%s level=%s destination=%s instances=%d", calling, level, dest,
              len(rows))
-    for row in rows:
-        if event.is_cancelled:
-            yield CANCELLED, None
-            return
-        yield PENDING, _dataset(store, row)
+    yield from _sub_operations(store, event, rows)
 
 
 def handle_get(store: Store, cfg: Config, event: Any, calling: str, peer: str) -> Iterator[Any]:
     install_stored_bytes_send()
-    try:
-        level, rows = _to_retrieve(store, event)
-        rows = access.filter_rows(store, cfg, calling, rows, "study_instance_uid")
-    except qr.QueryError as exc:
-        log.info("c-get calling=%s refused status=0x%04X reason=%s", calling,
-                 IDENTIFIER_DOES_NOT_MATCH, exc)
+    level, rows, refusal = _retrieval(store, cfg, event, calling, "c-get")
+    if refusal is not None:
         yield 1  # pynetdicom takes a count before any status
-        yield _failure(IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
-        return
-    refused = charge_retrieve(store, cfg, calling, rows)
-    if refused is not None:
-        log.warning("c-get calling=%s refused status=0x%04X reason=%s", calling,
-                    OUT_OF_RESOURCES_SUBOPS, refused)
-        yield 1
-        yield _failure(OUT_OF_RESOURCES_SUBOPS, refused), None
+        yield refusal, None
         return
     yield len(rows)
     _audit(store, cfg, calling, peer, "c-get", [str(r["study_instance_uid"]) for r in rows],
            {"level": level, "instances": len(rows)})
     log.info("c-get calling=%s level=%s instances=%d", calling, level, len(rows))
-    for row in rows:
-        if event.is_cancelled:
-            yield CANCELLED, None
-            return
-        yield PENDING, _dataset(store, row)
+    yield from _sub_operations(store, event, rows)

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +65,34 @@ def free_port(host: str = "127.0.0.1") -> int:
 def fenji_cmd() -> list[str]:
     """The fenji CLI of this interpreter (works without the console script on PATH)."""
     return [sys.executable, "-m", "fenji.gateway.cli.main"]
+
+
+def spawn_until_ready(cmd: list[str], log_path: Path, *,
+                      ready: Callable[[subprocess.Popen[bytes]], bool], timeout_s: float,
+                      what: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` in its own process group, output appended to ``log_path``, and
+    poll ``ready(proc)`` until true.  A child that exits first, or is not ready in
+    ``timeout_s`` (then killed, group and all), raises with the log's tail."""
+    def tail() -> str:
+        try:
+            return "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
+        except OSError:
+            return ""
+
+    with open(log_path, "ab") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=logf, env=env, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{tail()}")
+        if ready(proc):
+            return proc
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=30)
+    raise TimeoutError(f"{what} not ready in {timeout_s}s:\n{tail()}")
 
 
 @dataclass
@@ -216,29 +245,24 @@ class NodeProcess:
             self.run_file.unlink()
         env = dict(os.environ)
         env.update(self.env)
-        logf = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen([*self.wrap, *fenji_cmd(), "node", "--config",
-                                      str(self.config)], stdout=logf, stderr=logf, env=env,
-                                     start_new_session=True)
-        logf.close()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"node {self.name} exited with {self.proc.returncode}:\n"
-                                   + self.log_tail())
+
+        def ready(proc: subprocess.Popen[bytes]) -> bool:
+            self.proc = proc
+            if self.wrap and self._port_open():
+                return True  # inside a mount namespace the run file is not visible
             # A center's process ([node] shared_store) has its own run file.
-            for path in (self.run_file, self.run_file.with_name(f"node-{self.proc.pid}.json")):
+            for path in (self.run_file, self.run_file.with_name(f"node-{proc.pid}.json")):
                 try:
-                    info = json.loads(path.read_text())
+                    if json.loads(path.read_text()).get("pid") == proc.pid:
+                        return True
                 except (OSError, ValueError):
                     continue
-                if info and info.get("pid") == self.proc.pid:
-                    return self
-            if self.wrap and self._port_open():
-                return self  # inside a mount namespace the run file is not visible
-            time.sleep(0.05)
-        self.kill()
-        raise TimeoutError(f"node {self.name} not ready in {timeout_s}s:\n" + self.log_tail())
+            return False
+
+        spawn_until_ready([*self.wrap, *fenji_cmd(), "node", "--config", str(self.config)],
+                          self.log_path, ready=ready, timeout_s=timeout_s,
+                          what=f"node {self.name}", env=env)
+        return self
 
     def _port_open(self) -> bool:
         with socket.socket() as s:
@@ -335,22 +359,18 @@ class OrthancProcess:
                 cfg[key] = value
         conf = self.directory / "orthanc.json"
         conf.write_text(json.dumps(cfg, indent=1))
-        log = open(self.directory / "orthanc.log", "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(["/usr/sbin/Orthanc", str(conf)], stdout=log, stderr=log,
-                                     start_new_session=True)
-        log.close()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"Orthanc exited with {self.proc.returncode}; see "
-                                   f"{self.directory / 'orthanc.log'}")
+
+        def ready(proc: subprocess.Popen[bytes]) -> bool:
+            self.proc = proc
             try:
                 with urllib.request.urlopen(self.url + "/system", timeout=2):  # noqa: S310
-                    return self
+                    return True
             except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise TimeoutError("Orthanc did not start")
+                return False
+
+        spawn_until_ready(["/usr/sbin/Orthanc", str(conf)], self.directory / "orthanc.log",
+                          ready=ready, timeout_s=timeout_s, what="Orthanc")
+        return self
 
     def get(self, path: str) -> object:
         import urllib.request

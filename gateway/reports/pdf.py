@@ -24,14 +24,8 @@ from pydicom.sequence import Sequence
 from fenji.gateway import __version__
 from fenji.gateway.dicom.charset import pn_display
 from fenji.gateway.keys import canonical_json, verify
-from fenji.gateway.reports.dataset import (
-    code_item,
-    put_patient_study,
-    put_private,
-    put_sop_common,
-    root_concept,
-    text_of,
-)
+from fenji.gateway.reports import dataset as part
+from fenji.gateway.reports.dataset import text_of
 from fenji.gateway.reports.document import (
     BASIC_TEXT_SR,
     ENCAPSULATED_PDF,
@@ -262,8 +256,8 @@ def build_pdf_dicom(pdf_bytes: bytes, signed: Mapping[str, Any], endorsement: Ma
     rid = str(report["report_id"])
     when = signed_time(report)
     ds = Dataset()
-    put_sop_common(ds, ENCAPSULATED_PDF, derived_uid(rid, "pdf"), when)
-    put_patient_study(ds, study_ds_attrs, report)
+    part.put_sop_common(ds, ENCAPSULATED_PDF, derived_uid(rid, "pdf"), when)
+    part.put_patient_study(ds, study_ds_attrs, report)
     # Encapsulated Document Series (PS3.3 C.24.1)
     ds.Modality = "DOC"
     ds.SeriesInstanceUID = derived_uid(rid, "pdf-series")
@@ -283,7 +277,7 @@ def build_pdf_dicom(pdf_bytes: bytes, signed: Mapping[str, Any], endorsement: Ma
     en, _ = _pdf_labels(report)
     ds.DocumentTitle = f"{en} v{report['version']}" + (" (amended)" if report.get("supersedes")
                                                        else "")
-    ds.ConceptNameCodeSequence = Sequence([code_item(root_concept(report))])
+    ds.ConceptNameCodeSequence = Sequence([part.code_item(part.root_concept(report))])
     src = Dataset()
     src.ReferencedSOPClassUID = BASIC_TEXT_SR
     src.ReferencedSOPInstanceUID = rid
@@ -292,7 +286,7 @@ def build_pdf_dicom(pdf_bytes: bytes, signed: Mapping[str, Any], endorsement: Ma
     # OB values have even length (PS3.5 7.1.1); the true length is recorded.
     ds.EncapsulatedDocument = pdf_bytes + (b"\x00" if len(pdf_bytes) % 2 else b"")
     ds.EncapsulatedDocumentLength = len(pdf_bytes)
-    put_private(ds, signed, endorsement, rendition)
+    part.put_private(ds, signed, endorsement, rendition)
     return ds
 
 

@@ -12,10 +12,8 @@ import re
 from typing import Any
 
 from fenji.gateway.dicom.charset import check_term
-
-# config.TRANSFER_CHUNK_HARD_MAX_BYTES (not importable here: config imports this
-# module); tests/routing/test_upload_core.py checks the two agree.
-TRANSFER_CHUNK_HARD_MAX_BYTES = 64 * 1024 * 1024
+from fenji.gateway.errors import ConfigError
+from fenji.gateway.settings.blob_url import parse_blob_url
 
 ROLES = ("edge", "relay", "center")
 # Who may do what over the HTTP API (DESIGN.md §11).  A technician registers
@@ -25,8 +23,21 @@ ROLES = ("edge", "relay", "center")
 USER_ROLES = ("technician", "reader", "physician", "operator")
 
 
-def check_values(cfg: Any, errors: list[str]) -> None:
-    """Semantic checks that types alone cannot express."""
+def _unique_names(errors: list[str], key: str, items: Any) -> None:
+    """Each ``[[key]]`` entry has a name, and no two the same."""
+    names = [x.name for x in items]
+    for i, name in enumerate(names):
+        if not name:
+            errors.append(f"{key}[{i}].name is empty")
+        elif names.count(name) > 1:
+            errors.append(f"{key}[{i}].name = {name!r} is listed twice")
+
+
+def check_values(cfg: Any, errors: list[str], *, chunk_hard_max: int) -> None:
+    """Semantic checks that types alone cannot express.
+
+    ``chunk_hard_max``: config.TRANSFER_CHUNK_HARD_MAX_BYTES (config imports this
+    module, so it hands its limit in rather than this module naming it again)."""
     if cfg.node.role not in ROLES:
         errors.append(f"node.role = {cfg.node.role!r} is not one of {', '.join(ROLES)}")
     if not cfg.node.name.strip():
@@ -79,12 +90,13 @@ def check_values(cfg: Any, errors: list[str]) -> None:
             errors.append(f"store.{name} = {getattr(cfg.store, name)} must be >= 0")
     if cfg.store.min_free_bytes < 0:
         errors.append(f"store.min_free_bytes = {cfg.store.min_free_bytes} must be >= 0")
+    try:
+        parse_blob_url(cfg.store.blob_url)
+    except ConfigError as exc:
+        errors.extend(exc.errors)
+    _unique_names(errors, "peers", cfg.peers)
     names = [p.name for p in cfg.peers]
     for i, peer in enumerate(cfg.peers):
-        if not peer.name:
-            errors.append(f"peers[{i}].name is empty")
-        if names.count(peer.name) > 1:
-            errors.append(f"peers[{i}].name = {peer.name!r} is listed twice")
         if not peer.url.startswith(("http://", "https://")):
             errors.append(f"peers[{i}].url = {peer.url!r} must start with https:// "
                           "(or http:// with transfer.allow_plain_http)")
@@ -122,13 +134,13 @@ def check_values(cfg: Any, errors: list[str]) -> None:
         errors.append(f"transfer chunk sizes must satisfy 0 < min_chunk_bytes "
                       f"({tr.min_chunk_bytes}) <= chunk_bytes ({tr.chunk_bytes}) <= "
                       f"max_chunk_bytes ({tr.max_chunk_bytes})")
-    if not 0 <= tr.single_request_bytes <= TRANSFER_CHUNK_HARD_MAX_BYTES:
+    if not 0 <= tr.single_request_bytes <= chunk_hard_max:
         errors.append(f"transfer.single_request_bytes = {tr.single_request_bytes} must be "
-                      f"between 0 and {TRANSFER_CHUNK_HARD_MAX_BYTES} (what a receiver takes "
+                      f"between 0 and {chunk_hard_max} (what a receiver takes "
                       "in one request)")
-    if not (tr.frame_bytes == 0 or 1024 <= tr.frame_bytes <= TRANSFER_CHUNK_HARD_MAX_BYTES):
+    if not (tr.frame_bytes == 0 or 1024 <= tr.frame_bytes <= chunk_hard_max):
         errors.append(f"transfer.frame_bytes = {tr.frame_bytes} must be 0 (no pipelining) or "
-                      f"between 1024 and {TRANSFER_CHUNK_HARD_MAX_BYTES}")
+                      f"between 1024 and {chunk_hard_max}")
     check_reading(cfg, errors)
     if cfg.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         errors.append(f"log.level = {cfg.log.level!r} is not DEBUG, INFO, WARNING or ERROR")
@@ -169,13 +181,9 @@ def check_reading(cfg: Any, errors: list[str]) -> None:
     if cfg.reports.deliver_to and cfg.egress_target(cfg.reports.deliver_to) is None:
         errors.append(f"reports.deliver_to = {cfg.reports.deliver_to!r} is not an [[egress]] "
                       f"name ({', '.join(e.name for e in cfg.egress) or 'none configured'})")
-    names = [u.name for u in cfg.users]
+    _unique_names(errors, "users", cfg.users)
     tokens = [u.token_sha256 for u in cfg.users]
     for i, u in enumerate(cfg.users):
-        if not u.name:
-            errors.append(f"users[{i}].name is empty")
-        elif names.count(u.name) > 1:
-            errors.append(f"users[{i}].name = {u.name!r} is listed twice")
         if u.role not in USER_ROLES:
             errors.append(f"users[{i}].role = {u.role!r} is not one of {', '.join(USER_ROLES)}")
         if not re.fullmatch(r"[0-9a-f]{64}", u.token_sha256):
@@ -200,12 +208,8 @@ def check_reading(cfg: Any, errors: list[str]) -> None:
     for i, k in enumerate(cfg.known_nodes):
         if not k.name or not k.public_key:
             errors.append(f"known_nodes[{i}] needs name and public_key (PEM path or 64 hex)")
-    svc_names = [s.name for s in cfg.services]
+    _unique_names(errors, "services", cfg.services)
     for i, s in enumerate(cfg.services):
-        if not s.name:
-            errors.append(f"services[{i}].name is empty")
-        elif svc_names.count(s.name) > 1:
-            errors.append(f"services[{i}].name = {s.name!r} is listed twice")
         if s.price < 0:
             errors.append(f"services[{i}].price = {s.price} must be >= 0")
         if not 0 <= s.inviting_share <= 1:

@@ -1,8 +1,10 @@
 """The node's store: content-addressed blobs plus a SQLite index (DESIGN.md §4).
 
-Blobs are the exact Part-10 bytes received, named by their SHA-256:
-written to a temp file in ``tmp/`` (same file system), fsynced, renamed into
-``blobs/ab/cd/<sha256>``, and the directory fsynced.  Only then is the index
+Blobs are the exact Part-10 bytes received, named by their SHA-256
+(gateway/store/blobs.py): in the store folder, written to a temp file in
+``tmp/`` (same file system), fsynced, renamed into ``blobs/ab/cd/<sha256>``,
+and the directory fsynced; or, with ``store.blob_url = s3://…``, PUT to an
+S3-compatible bucket and confirmed by its checksum.  Only then is the index
 row inserted; **the row is the commit point**, and a C-STORE success is sent
 only after it.  After ``kill -9`` at any instant:
 
@@ -24,7 +26,6 @@ import errno
 import hashlib
 import json
 import logging
-import os
 import shutil
 import sqlite3
 import threading
@@ -33,20 +34,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from fenji.gateway.config import DICOMWEB_READ_CHUNK_BYTES
 from fenji.gateway.dicom.info import InstanceInfo
 from fenji.gateway.errors import LocalError
+from fenji.gateway.store.blobs import BlobStoreError, S3Blobs, StoreFull, open_blobs
 from fenji.gateway.store.migrations import MIGRATIONS
+from fenji.gateway.store.upload_parts import LocalParts, S3Parts
 
 log = logging.getLogger(__name__)
-
-
-class StoreFull(LocalError):
-    """No room to store durably; maps to DICOM 0xA700 Out of Resources."""
-
-    http_status = 507
-    dicom_status = 0xA700  # Out of Resources
 
 
 class BatchConflict(LocalError):
@@ -80,14 +77,6 @@ class PutOutcome:
     existing_sha256: str | None = None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _is_enospc(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
@@ -101,7 +90,9 @@ class Store:
     """Blobs + index.  Safe to share between threads of one process."""
 
     def __init__(self, root: Path, *, min_free_bytes: int = 0, quarantine: bool = True,
-                 quarantine_max_records: int = 0, quarantine_max_bytes: int = 0) -> None:
+                 quarantine_max_records: int = 0, quarantine_max_bytes: int = 0,
+                 blob_url: str = "", blob_access_key_id: str = "",
+                 blob_secret_access_key: str = "") -> None:
         self.root = Path(root)
         # Bounds of the quarantine (0: none); past them the oldest records go.
         self.quarantine_max_records = quarantine_max_records
@@ -115,8 +106,22 @@ class Store:
         self.db_path = self.root / "index.sqlite"
         self.min_free_bytes = min_free_bytes
         self.keep_quarantine = quarantine
-        for d in (self.root, self.blob_dir, self.tmp_dir, self.quarantine_dir):
+        for d in (self.root, self.tmp_dir):
             d.mkdir(parents=True, exist_ok=True)
+        # Blobs and quarantined bytes: the store folder, or one bucket (store.blob_url).
+        self.blobs = open_blobs(blob_url, self.blob_dir, self.tmp_dir, store_root=self.root,
+                                sub="blobs", fanout=True, min_free_bytes=min_free_bytes,
+                                access_key_id=blob_access_key_id,
+                                secret_access_key=blob_secret_access_key)
+        self.quarantine_blobs = open_blobs(
+            blob_url, self.quarantine_dir, self.tmp_dir, store_root=self.root, sub="quarantine",
+            fanout=False, min_free_bytes=min_free_bytes,
+            client=self.blobs.client if isinstance(self.blobs, S3Blobs) else None)
+        if isinstance(self.blobs, S3Blobs):
+            try:
+                self.blobs.check()
+            except BlobStoreError as exc:
+                raise StoreError(f"store.blob_url = {blob_url!r}: {exc}") from exc
         self._wlock = threading.RLock()
         self._local = threading.local()
         self._writer = self._connect()
@@ -218,42 +223,43 @@ class Store:
         if con is not None:
             con.close()
             self._local.con = None
+        self.blobs.close()
 
-    # -- blobs ----------------------------------------------------------
+    # -- blobs (gateway/store/blobs.py) -----------------------------------
     def blob_path(self, sha256: str) -> Path:
-        return self.blob_dir / sha256[:2] / sha256[2:4] / sha256
+        """The blob's file: the local blob folder only (tests, tools); readers use
+        :meth:`open_blob`, :meth:`blob_chunks` or :meth:`blob_file`."""
+        path = self.blobs.local_path(sha256)
+        if path is None:
+            raise StoreError(f"blob {sha256[:12]}… is an object in {self.blobs.where}, not a "
+                             "file: read it with Store.open_blob or Store.blob_chunks")
+        return path
+
+    def blob_file(self, sha256: str) -> Path | None:
+        """The blob's file when blobs are local (sendfile), else ``None``."""
+        return self.blobs.local_path(sha256)
 
     def read_blob(self, sha256: str) -> bytes:
-        return self.blob_path(sha256).read_bytes()
+        return self.blobs.read(sha256)
+
+    def open_blob(self, sha256: str) -> BinaryIO:
+        """A seekable file object of the blob (close it); on S3, ranged GETs."""
+        return self.blobs.open(sha256)
+
+    def blob_chunks(self, sha256: str, offset: int, length: int,
+                    chunk_bytes: int = DICOMWEB_READ_CHUNK_BYTES) -> Iterator[bytes]:
+        """``length`` bytes of the blob from ``offset``, at most ``chunk_bytes`` at a time."""
+        return self.blobs.chunks(sha256, offset, length, chunk_bytes)
 
     def _check_room(self, size: int) -> None:
-        free = shutil.disk_usage(self.root).free
-        if free < self.min_free_bytes + size:
-            raise StoreFull(f"store {self.root}: {free} bytes free, need {size} + "
-                            f"{self.min_free_bytes} reserved (store.min_free_bytes)")
+        self.blobs.check_room(size)
 
-    def _write_durable(self, data: bytes | memoryview, final: Path) -> None:
-        """temp file, fsync, rename, fsync directory (STYLE.md, Store)."""
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.tmp_dir / f"{final.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # patient data
-            try:
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, final)
-            _fsync_dir(final.parent)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            if _is_enospc(exc):
-                raise StoreFull(f"store {self.root}: disk full writing {final.name[:12]}…") from exc
-            raise
+    def upload_parts(self, folder: Path) -> LocalParts | S3Parts:
+        """Where uploads in progress wait: ``folder`` here, or beside the blobs in the
+        bucket, where every center process sharing it can resume them."""
+        if isinstance(self.blobs, S3Blobs):
+            return S3Parts(self.blobs, self.tmp_dir)
+        return LocalParts(folder)
 
     # -- instances ------------------------------------------------------
     def put(self, data: bytes, info: InstanceInfo, *, calling_ae: str | None = None,
@@ -271,9 +277,7 @@ class Store:
         if existing is not None:
             return self._duplicate_or_conflict(existing, digest, size, info, calling_ae)
         self._check_room(size)
-        path = self.blob_path(digest)
-        if not path.exists():
-            self._write_durable(data, path)
+        self.blobs.put(data, digest)  # returns once durable (or confirmed by the bucket)
         now = time.time()
         try:
             with self.atomic() as con:
@@ -301,10 +305,9 @@ class Store:
         Raises :class:`StoreFull` when there is no room.
         """
         digest = hashlib.sha256(data).hexdigest()
-        path = self.blob_path(digest)
-        if not path.exists():
+        if self.blobs.local_path(digest) is None or not self.blobs.exists(digest):
             self._check_room(len(data))
-            self._write_durable(data, path)
+            self.blobs.put(data, digest)
         return digest, len(data)
 
     def index_staged(self, entries: list[tuple[InstanceInfo, str, int]], *,
@@ -461,11 +464,9 @@ class Store:
         digest = hashlib.sha256(data).hexdigest()
         if self.keep_quarantine:
             try:
-                self._check_room(len(data))
-                path = self.quarantine_dir / digest
-                if not path.exists():
-                    self._write_durable(data, path)
-            except (StoreFull, OSError) as exc:
+                self.quarantine_blobs.check_room(len(data))
+                self.quarantine_blobs.put(data, digest)
+            except (StoreFull, BlobStoreError, OSError) as exc:
                 log.warning("store=%s quarantine copy skipped: %s", self.root, exc)
         # The UID hint may be hostile (path traversal, control characters): keep
         # it only as escaped, bounded text.
@@ -489,7 +490,7 @@ class Store:
         if self.quarantine_max_records or self.quarantine_max_bytes:
             try:
                 self._evict_quarantine()
-            except (sqlite3.Error, OSError) as exc:
+            except (sqlite3.Error, BlobStoreError, OSError) as exc:
                 log.warning("store=%s quarantine eviction failed: %s", self.root, exc)
 
     def _evict_quarantine(self) -> None:
@@ -519,8 +520,7 @@ class Store:
             orphans = {sha for _, sha, _, _ in gone if con.execute(
                 "SELECT 1 FROM quarantine WHERE sha256 = ? LIMIT 1", (sha,)).fetchone() is None}
         for sha in orphans:
-            with contextlib.suppress(FileNotFoundError):
-                (self.quarantine_dir / sha).unlink()
+            self.quarantine_blobs.delete(sha)
         log.warning("store=%s quarantine evicted records=%d bytes=%d oldest_at=%.0f "
                     "(store.quarantine_max_records=%d, store.quarantine_max_bytes=%d)",
                     self.root, len(gone), sum(g[2] for g in gone), gone[0][3],
@@ -543,11 +543,10 @@ class Store:
         sha = digest.hexdigest()
         try:
             if self.keep_quarantine:
-                os.replace(path, self.quarantine_dir / sha)
-                _fsync_dir(self.quarantine_dir)
+                self.quarantine_blobs.put_file(path, sha)
             else:
                 path.unlink()
-        except OSError as exc:
+        except (OSError, BlobStoreError) as exc:
             log.warning("store=%s quarantine copy skipped: %s", self.root, exc)
         self._quarantine_record(sha, size, reason, status, calling_ae, peer_address, uid_hint)
         return sha
@@ -556,19 +555,36 @@ class Store:
         return [dict(r) for r in self._reader().execute("SELECT * FROM quarantine ORDER BY id")]
 
     # -- maintenance ------------------------------------------------------
-    def recover(self) -> dict[str, int]:
-        """Remove what a crash can leave behind: temp files and unindexed blobs."""
+    def recover(self, *, sweep_blobs: bool | None = None) -> dict[str, int]:
+        """Remove what a crash can leave behind: temp files and unindexed blobs.
+
+        ``sweep_blobs``: look for unindexed blobs (default: in the local folder,
+        at every start; a bucket is listed only when asked, by ``fenji store
+        recover``: a regional center's bucket holds millions of objects, and
+        its orphans are rare and harmless).  In a bucket another center process
+        may be between its PUT and its commit: an unindexed object is removed
+        only once older than ``blobs.orphan_grace_s`` (an S3 put always
+        rewrites, so its age is fresh).
+        """
         removed_tmp = 0
         for p in self.tmp_dir.iterdir():
             with contextlib.suppress(OSError):
                 p.unlink()
                 removed_tmp += 1
-        indexed = {r[0] for r in self._reader().execute("SELECT sha256 FROM instances")}
+        if sweep_blobs is None:
+            sweep_blobs = not isinstance(self.blobs, S3Blobs)
         orphans = 0
-        for p in self.blob_dir.glob("*/*/*"):
-            if p.name not in indexed:
-                with contextlib.suppress(OSError):
-                    p.unlink()
+        if not sweep_blobs:
+            if removed_tmp:
+                log.info("store=%s recovered tmp_removed=%d", self.root, removed_tmp)
+            return {"tmp_removed": removed_tmp, "orphans_removed": 0}
+        indexed = {r[0] for r in self._reader().execute("SELECT sha256 FROM instances")}
+        grace = self.blobs.orphan_grace_s
+        now = time.time()
+        for b in self.blobs.listing():
+            if b.name not in indexed and (not grace or now - b.modified_at >= grace):
+                with contextlib.suppress(OSError, BlobStoreError):
+                    self.blobs.delete(b.name)
                     orphans += 1
         if removed_tmp or orphans:
             log.info("store=%s recovered tmp_removed=%d orphans_removed=%d",
@@ -579,14 +595,16 @@ class Store:
         """Re-hash every indexed blob; return the problems found (empty: all good)."""
         problems = []
         for row in self.instances():
-            path = self.blob_path(row["sha256"])
             try:
                 h = hashlib.sha256()
-                with open(path, "rb") as fh:
+                with self.blobs.open(row["sha256"]) as fh:
                     for chunk in iter(lambda: fh.read(1 << 20), b""):
                         h.update(chunk)
             except OSError as exc:
                 problems.append(f"{row['sop_instance_uid']}: blob missing ({exc.strerror})")
+                continue
+            except BlobStoreError as exc:
+                problems.append(f"{row['sop_instance_uid']}: blob unreadable ({exc})")
                 continue
             if h.hexdigest() != row["sha256"]:
                 problems.append(f"{row['sop_instance_uid']}: blob hash {h.hexdigest()} "

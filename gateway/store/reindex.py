@@ -42,7 +42,7 @@ def _text(ds: Any, keyword: str) -> str | None:
 
 
 def _header(store: Store, sha256: str, default_charset: str | None) -> tuple[Any, Any]:
-    with open(store.blob_path(sha256), "rb") as fh:
+    with store.open_blob(sha256) as fh:
         ds = dcmread(fh, stop_before_pixels=True, force=True)
     cs = charset.dataset_charset(ds, default_charset)
     charset.decode_dataset(ds, default_charset)

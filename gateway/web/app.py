@@ -51,6 +51,9 @@ from fenji.gateway.web.limits import (
 )
 from fenji.routing.sender import SenderLoop
 
+# This module's routes (aiohttp's RouteTableDef): each handler names its own.
+ROUTES = web.RouteTableDef()
+
 log = logging.getLogger(__name__)
 
 
@@ -76,6 +79,7 @@ async def errors_as_json(request: web.Request, handler: Any) -> web.StreamRespon
         return _error(400, "connection_lost", "the client closed the connection mid-request")
 
 
+@ROUTES.post("/api/cases")
 async def post_case(request: web.Request) -> web.Response:
     cfg, store = request.app[CONFIG], request.app[STORE]
     user = require(request, "technician", "operator", action="release cases")
@@ -120,6 +124,7 @@ def _ingest_spooled(store: Store, spooled: dict[str, Path], **kw: Any) -> dict[s
     return ingest_files(store, files, **kw)
 
 
+@ROUTES.post("/api/ecg")
 async def post_ecg(request: web.Request) -> web.Response:
     """A WFDB record (``.hea`` + ``.dat``) or one DICOM file, as multipart form data."""
     require(request, "technician", "operator", action="upload ECG records")
@@ -171,6 +176,7 @@ async def post_ecg(request: web.Request) -> web.Response:
     return web.json_response(res, status=status)
 
 
+@ROUTES.get("/api/cases")
 async def get_cases(request: web.Request) -> web.Response:
     store = request.app[STORE]
     user = require(request, "technician", "reader", "physician", "operator",
@@ -182,6 +188,7 @@ async def get_cases(request: web.Request) -> web.Response:
     return web.json_response(rows)
 
 
+@ROUTES.get("/api/cases/{case_id}")
 async def get_case(request: web.Request) -> web.Response:
     store = request.app[STORE]
     user = require(request, "technician", "reader", "physician", "operator",
@@ -199,6 +206,7 @@ def _previews_dir(store: Store, case_id: str) -> Path | None:
     return store.root / "previews" / case_id
 
 
+@ROUTES.get("/api/cases/{case_id}/previews")
 async def get_previews(request: web.Request) -> web.Response:
     from fenji.codecs.compress.bundle import Preview
 
@@ -225,6 +233,7 @@ async def get_previews(request: web.Request) -> web.Response:
     return web.json_response(out)
 
 
+@ROUTES.get("/api/cases/{case_id}/previews/{index}")
 async def get_preview(request: web.Request) -> web.Response:
     """An image preview as PNG; an ECG strip as JSON samples."""
     from fenji.codecs.compress.bundle import Preview
@@ -336,12 +345,7 @@ def build_app(cfg: Config, store: Store,
     if on_release is not None:
         app[ON_RELEASE] = on_release
     probes.add_routes(app, readiness or probes.Readiness())
-    app.router.add_post("/api/cases", post_case)
-    app.router.add_get("/api/cases", get_cases)
-    app.router.add_post("/api/ecg", post_ecg)
-    app.router.add_get("/api/cases/{case_id}/previews", get_previews)
-    app.router.add_get("/api/cases/{case_id}/previews/{index}", get_preview)
-    app.router.add_get("/api/cases/{case_id}", get_case)
+    app.add_routes(ROUTES)
     reading_routes.add_routes(app, wake)
     dicomweb.add_routes(app, cfg, store)
     console_routes.add_routes(app, cfg)  # the web console (sign-in, pages)

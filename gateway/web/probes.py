@@ -5,11 +5,11 @@
     process that fails it is hung or gone, and is restarted.
 ``GET /api/ready``
     200 when this process can take work now: its store's index answers a
-    query, its blob folder is writable, its DICOM listener is up and it is not
-    shutting down; otherwise 503 naming what is not ready.  On SIGTERM it turns
-    503 at once, while the process still finishes what it holds, so the
-    balancer (HAProxy's ``option httpchk GET /api/ready``) stops sending it new
-    work first.
+    query, its blob folder is writable (or its bucket answers), its DICOM
+    listener is up and it is not shutting down; otherwise 503 naming what is
+    not ready.  On SIGTERM it turns 503 at once, while the process still
+    finishes what it holds, so the balancer (HAProxy's ``option httpchk GET
+    /api/ready``) stops sending it new work first.
 
 Both answer without a token (a balancer has none) and carry no secret: the
 node's name and role, and for a failing check its name and the exception's
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from fenji.gateway.config import READY_PROBE_TIMEOUT_S
+from fenji.gateway.store.blobs import LocalBlobs, S3Blobs
 from fenji.gateway.store.db import Store
 from fenji.gateway.web.common import CONFIG, STORE
 
@@ -53,8 +54,16 @@ def store_problems(store: Store) -> list[str]:
     except Exception as exc:  # any failure of any backend is "not ready"; detail logged
         log.warning("ready: index not reachable: %s", exc)
         problems.append(f"index not reachable ({type(exc).__name__})")
-    if not (store.blob_dir.is_dir() and os.access(store.blob_dir, os.W_OK | os.X_OK)):
-        log.warning("ready: blob folder %s is not a writable folder", store.blob_dir)
+    blobs = store.blobs
+    if isinstance(blobs, S3Blobs):
+        try:
+            blobs.check()  # HEAD bucket
+        except Exception as exc:  # as above: any failure is "not ready", detail logged
+            log.warning("ready: bucket not reachable: %s", exc)
+            problems.append(f"blob bucket not reachable ({type(exc).__name__})")
+    elif isinstance(blobs, LocalBlobs) and not (
+            blobs.folder.is_dir() and os.access(blobs.folder, os.W_OK | os.X_OK)):
+        log.warning("ready: blob folder %s is not a writable folder", blobs.folder)
         problems.append("blob folder not writable")
     return problems
 

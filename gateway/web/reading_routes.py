@@ -25,10 +25,14 @@ from fenji.gateway.access.users import require
 from fenji.gateway.reading import claims, report_return, viewer
 from fenji.gateway.web.common import ON_RELEASE, WAKE, app_of, json_body
 
+# This module's routes (aiohttp's RouteTableDef): each handler names its own.
+ROUTES = web.RouteTableDef()
+
 _app = app_of
 _json = json_body
 
 
+@ROUTES.get("/api/worklist")
 async def get_worklist(request: web.Request) -> web.Response:
     cfg, store = _app(request)
     user = require(request, "reader", "operator", action="see the worklist")
@@ -37,6 +41,7 @@ async def get_worklist(request: web.Request) -> web.Response:
     return web.json_response(rows)
 
 
+@ROUTES.post("/api/worklist/{case_id}/claim")
 async def post_claim(request: web.Request) -> web.Response:
     cfg, store = _app(request)
     user = require(request, "reader", action="claim cases")
@@ -44,6 +49,7 @@ async def post_claim(request: web.Request) -> web.Response:
     return web.json_response(out)
 
 
+@ROUTES.delete("/api/worklist/{case_id}/claim")
 async def delete_claim(request: web.Request) -> web.Response:
     cfg, store = _app(request)
     user = require(request, "reader", action="give back claims")
@@ -51,6 +57,7 @@ async def delete_claim(request: web.Request) -> web.Response:
     return web.json_response({"case_id": request.match_info["case_id"], "state": "new"})
 
 
+@ROUTES.post("/api/cases/{case_id}/reports")
 async def post_report(request: web.Request) -> web.Response:
     cfg, store = _app(request)
     user = require(request, "reader", action="sign reports")
@@ -83,6 +90,7 @@ def _passphrase(value: object) -> bytes | None:
     return value.encode()
 
 
+@ROUTES.get("/api/cases/{case_id}/drafts")
 async def get_drafts(request: web.Request) -> web.Response:
     cfg, store = _app(request)
     require(request, "reader", "operator", action="see report drafts")
@@ -90,6 +98,7 @@ async def get_drafts(request: web.Request) -> web.Response:
     return web.json_response(rows)
 
 
+@ROUTES.post("/api/cases/{case_id}/drafts/{sop}/confirm")
 async def post_confirm_draft(request: web.Request) -> web.Response:
     """The reader signs a draft their workstation sent by DICOM (a person's act)."""
     cfg, store = _app(request)
@@ -116,6 +125,7 @@ def _report_response(request: web.Request, row: dict[str, Any]) -> web.Response:
                                                   "pdf_sop_instance_uid")}, status=201)
 
 
+@ROUTES.get("/api/cases/{case_id}/reports")
 async def get_reports(request: web.Request) -> web.Response:
     cfg, store = _app(request)
     user = require(request, "technician", "reader", "physician", "operator",
@@ -128,6 +138,7 @@ async def get_reports(request: web.Request) -> web.Response:
     return web.json_response(rows)
 
 
+@ROUTES.get("/api/cases/{case_id}/reports/{version:\\d+}.pdf")
 async def get_report_pdf(request: web.Request) -> web.Response:
     """The report PDF (version ``n``) as the requesting physician prints it."""
     cfg, store = _app(request)
@@ -140,6 +151,7 @@ async def get_report_pdf(request: web.Request) -> web.Response:
                                f'v{request.match_info["version"]}.pdf"'})
 
 
+@ROUTES.post("/api/cases/{case_id}/ack")
 async def post_ack(request: web.Request) -> web.Response:
     cfg, store = _app(request)
     user = require(request, "physician", "technician", "operator",
@@ -149,6 +161,16 @@ async def post_ack(request: web.Request) -> web.Response:
     return web.json_response(out)
 
 
+def _fields(body: dict[str, Any], *names: str, doing: str) -> list[str]:
+    """The named fields of a JSON body, stripped; 400 naming every missing one."""
+    values = [str(body.get(n) or "").strip() for n in names]
+    missing = [n for n, v in zip(names, values, strict=True) if not v]
+    if missing:
+        raise web.HTTPBadRequest(text=f"{doing} needs {' and '.join(missing)}")
+    return values
+
+
+@ROUTES.post("/api/cases/{case_id}/exclude")
 async def post_exclude(request: web.Request) -> web.Response:
     """Drop one instance of a held case: ``{"sop_instance_uid": ..., "reason": ...}``."""
     from fenji.gateway.cases import case as cases_mod
@@ -156,25 +178,20 @@ async def post_exclude(request: web.Request) -> web.Response:
     cfg, store = _app(request)
     user = require(request, "technician", "operator", action="exclude an instance from a case")
     body = await _json(request)
-    reason = str(body.get("reason") or "").strip()
-    sop = str(body.get("sop_instance_uid") or "").strip()
-    if not reason or not sop:
-        raise web.HTTPBadRequest(text="excluding an instance needs sop_instance_uid and a reason")
+    reason, sop = _fields(body, "reason", "sop_instance_uid", doing="excluding an instance")
     out = await asyncio.to_thread(cases_mod.exclude_instance, store, request.match_info["case_id"],
                                   sop, operator=user.name, reason=reason, node=cfg.node.name)
     return web.json_response(out)
 
 
+@ROUTES.post("/api/cases/{case_id}/override")
 async def post_override(request: web.Request) -> web.Response:
     from fenji.gateway.cases import case as cases_mod
     from fenji.gateway.keys import load_private
 
     cfg, store = _app(request)
     user = require(request, "technician", "operator", action="override a quality hold")
-    body = await _json(request)
-    reason = str(body.get("reason") or "").strip()
-    if not reason:
-        raise web.HTTPBadRequest(text="an override needs a reason")
+    (reason,) = _fields(await _json(request), "reason", doing="an override")
     key = await asyncio.to_thread(load_private, cfg.resolve(cfg.keys.private_key))
     case_id = request.match_info["case_id"]
     case = await asyncio.to_thread(store.query_one, "SELECT destination FROM cases WHERE "
@@ -196,14 +213,4 @@ async def post_override(request: web.Request) -> web.Response:
 def add_routes(app: web.Application, wake: Any = None) -> None:
     if wake is not None:
         app[WAKE] = wake
-    app.router.add_get("/api/worklist", get_worklist)
-    app.router.add_post("/api/worklist/{case_id}/claim", post_claim)
-    app.router.add_delete("/api/worklist/{case_id}/claim", delete_claim)
-    app.router.add_post("/api/cases/{case_id}/reports", post_report)
-    app.router.add_get("/api/cases/{case_id}/drafts", get_drafts)
-    app.router.add_post("/api/cases/{case_id}/drafts/{sop}/confirm", post_confirm_draft)
-    app.router.add_get("/api/cases/{case_id}/reports", get_reports)
-    app.router.add_get("/api/cases/{case_id}/reports/{version:\\d+}.pdf", get_report_pdf)
-    app.router.add_post("/api/cases/{case_id}/ack", post_ack)
-    app.router.add_post("/api/cases/{case_id}/override", post_override)
-    app.router.add_post("/api/cases/{case_id}/exclude", post_exclude)
+    app.add_routes(ROUTES)

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from _corrupt import assert_flip_and_cut_raise
 from _data import DICOM_DIR
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -130,14 +131,7 @@ def test_pre_encoded_instances_are_used(instances: list[bytes]) -> None:
 def test_bit_flips_and_truncation_raise(bundle: tuple[bytes, list[bytes]],
                                        data: st.DataObject) -> None:
     blob, _ = bundle
-    flipped = bytearray(blob)
-    i = data.draw(st.integers(0, len(blob) - 1), label="offset")
-    flipped[i] ^= 1 << data.draw(st.integers(0, 7), label="bit")
-    with pytest.raises(DecodeError):
-        read_bundle(bytes(flipped))
-    cut = data.draw(st.integers(0, len(blob) - 1), label="cut")
-    with pytest.raises(DecodeError):
-        read_bundle(blob[:cut])
+    assert_flip_and_cut_raise(blob, read_bundle, data)
 
 
 def test_structural_errors(bundle: tuple[bytes, list[bytes]]) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pydicom.data
 import pytest
+from _corrupt import assert_flip_and_cut_raise
 from _data import DICOM_DIR, good_files, malformed_files
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -96,14 +97,7 @@ def encoded() -> tuple[bytes, bytes]:
 @given(st.data())
 def test_corrupted_or_truncated_raises(encoded: tuple[bytes, bytes], data: st.DataObject) -> None:
     _orig, enc = encoded
-    flipped = bytearray(enc)
-    i = data.draw(st.integers(0, len(enc) - 1), label="offset")
-    flipped[i] ^= 1 << data.draw(st.integers(0, 7), label="bit")
-    with pytest.raises(DecodeError):
-        decode_instance(bytes(flipped))
-    cut = data.draw(st.integers(0, len(enc) - 1), label="cut")
-    with pytest.raises(DecodeError):
-        decode_instance(enc[:cut])
+    assert_flip_and_cut_raise(enc, decode_instance, data)
 
 
 def test_garbage_and_other_versions_raise(encoded: tuple[bytes, bytes]) -> None:

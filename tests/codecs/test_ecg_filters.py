@@ -106,11 +106,12 @@ def test_2d_kernel_equals_twin_and_1d_per_column(x, fs, kind):
 def test_docstring_examples():
     import doctest
 
-    from fenji.codecs.ecg import beats, gate, qrs, qrs_slope
+    from fenji.codecs.ecg import beats, gate, qrs, qrs_slope, windows
     from fenji.codecs.ecg import quality as ecg_quality
     from fenji.codecs.ecg import record as ecg_record
     from fenji.codecs.image import quality as image_quality
 
-    for mod in (flt, beats, gate, qrs, qrs_slope, ecg_quality, ecg_record, image_quality):
+    for mod in (flt, beats, gate, qrs, qrs_slope, ecg_quality, ecg_record, windows,
+                image_quality):
         res = doctest.testmod(mod)
         assert res.failed == 0 and res.attempted > 0, mod.__name__

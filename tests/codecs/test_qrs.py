@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from bench.ecg import qrs_cv
 from fenji.codecs.ecg import beats, qrs, qrs_slope
 from tests.conftest import ECG_DIR
 
@@ -34,14 +35,17 @@ def test_feature_kernels_equal_twins(x, w):
 
 
 @settings(max_examples=60, deadline=None)
-@given(mwi=arrays(np.float64, st.integers(3, 3000), elements=pos), fs=rates)
-def test_decision_kernels_equal_twins(mwi, fs):
+@given(mwi=arrays(np.float64, st.integers(3, 3000), elements=pos), fs=rates,
+       hf=st.sampled_from([0.0, qrs.T_HF_MIN, 0.9]))
+def test_decision_kernels_equal_twins(mwi, fs, hf):
     slope = np.sqrt(mwi)
+    slope_t = slope * (0.3 + 0.7 * (np.arange(mwi.size) % 7) / 6.0)   # the 8-15 Hz share varies
     cand = qrs._local_maxima_py(mwi)
-    peaks = qrs._pt_decide_py(mwi, slope, cand, fs)
-    np.testing.assert_array_equal(qrs._pt_decide_nb(mwi, slope, cand, fs), peaks)
-    g = qrs._gapfill_py(slope, peaks, fs, qrs.GAP_REL, qrs.GAP_SNR)
-    np.testing.assert_array_equal(qrs._gapfill_nb(slope, peaks, fs, qrs.GAP_REL, qrs.GAP_SNR), g)
+    peaks = qrs._pt_decide_py(mwi, slope_t, cand, fs, slope, hf)
+    np.testing.assert_array_equal(qrs._pt_decide_nb(mwi, slope_t, cand, fs, slope, hf), peaks)
+    g = qrs._gapfill_py(slope, peaks, fs, qrs.GAP_REL, qrs.GAP_SNR, slope_t, hf)
+    np.testing.assert_array_equal(
+        qrs._gapfill_nb(slope, peaks, fs, qrs.GAP_REL, qrs.GAP_SNR, slope_t, hf), g)
     np.testing.assert_array_equal(qrs._refine_nb(mwi, g, int(0.1 * fs), int(0.2 * fs)),
                                   qrs._refine_py(mwi, g, int(0.1 * fs), int(0.2 * fs)))
     blk, refr = int(2.5 * fs), int(0.25 * fs)
@@ -209,3 +213,29 @@ def test_isqi_names_the_lead_that_agrees_with_no_other():
 def test_kth_smallest_is_partition(a, q):
     k = int(q * (a.size - 1))
     assert qrs_slope._kth_smallest(a, k) == np.partition(a, k)[k]
+
+
+@pytest.mark.parametrize("fs", [250.0, 360.0, 500.0])
+def test_broad_t_waves_are_not_beats(fs):
+    """A 160-ms T wave half the QRS's height, 280 ms after each beat: the spectral
+    T-wave test (T_HF_MIN) keeps it out; at 250/360 Hz the slope test alone does not."""
+    x, beats = _synthetic(fs, 0.8, 30.0)
+    w = int(0.16 * fs) | 1
+    for b in beats:
+        t = b + int(0.28 * fs)
+        x[t - w // 2:t + w // 2 + 1] += np.hanning(w) * 0.8
+    x = x + np.random.default_rng(0).normal(0, 0.02, x.size)
+    s = qrs.score_beats(beats, qrs.detect_qrs(x, fs), fs)
+    assert s.fp == 0 and s.fn == 0
+
+
+def test_qrs_cv_chooses_inside_training_folds():
+    grid = (0.0, 0.5)
+    # 0.5 removes a false positive on every record except those of one database
+    rows = [{"db": db, "record": f"{db}{i}",
+             "counts": [(100, 0, 1), (100, 0, 0 if db != "c" else 2)]}
+            for db in "abc" for i in range(5)]
+    cv = qrs_cv(rows, grid, folds=5, seed=1)
+    assert len(cv["chosen_per_fold"]) == 5 and cv["chosen_on_all"] == 0.5
+    rows = [{**r, "counts": [r["counts"][0], (99, 1, 1)]} for r in rows]     # 0.5 only hurts
+    assert qrs_cv(rows, grid, folds=5, seed=1)["chosen_on_all"] == 0.0

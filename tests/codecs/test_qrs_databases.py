@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import wfdb
 
+from bench.ecg import QRS_GRID, qrs_counts, qrs_cv
 from fenji.codecs.ecg import qrs
 from fenji.gateway.ecg import io as ecg_io
 from tests.conftest import ECG_DIR
@@ -101,7 +102,7 @@ FLOORS = {
     "mitdb non-paced": (0.995, 0.995),
     "mitdb paced": (0.995, 0.995),
     "cpsc2021": (0.99, 0.99),
-    "cpsc2019": (0.93, 0.945),     # at +-75 ms
+    "cpsc2019": (0.935, 0.965),    # at +-75 ms
 }
 
 
@@ -118,3 +119,10 @@ def test_no_record_collapses(table):
     worst = min((r for r in table if r["db"] == "mitdb"), key=lambda r: min(r["se"], r["ppv"]))
     assert min(worst["se"], worst["ppv"]) >= 0.93, worst
     assert np.isfinite([r["se"] for r in table]).all()
+
+
+def test_shipped_settings_are_the_protocols_choice_on_all_records():
+    # the detector's chosen numbers come from `python -m bench ecg --qrs-cv`, run on
+    # all annotated records (about 20 s of CPU)
+    cv = qrs_cv(qrs_counts(ECG_DIR.parent, QRS_GRID), QRS_GRID)
+    assert cv["chosen_on_all"] == {"t_hf_min": qrs.T_HF_MIN, "r_hi_hz": qrs.R_HI_HZ}, cv

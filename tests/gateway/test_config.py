@@ -44,6 +44,15 @@ def test_every_error_named_with_its_key_path() -> None:
     assert any(e.startswith("node.role = 'hub'") for e in errors)
 
 
+def test_listed_names_must_be_set_and_unique() -> None:
+    raw = {"dicom": {"allow_ae": ["CT1"]},
+           "services": [{"name": "ecg"}, {"name": "ecg"}, {"name": ""}]}
+    with pytest.raises(ConfigError) as info:
+        config.from_mapping(raw, env={})
+    assert "services[1].name = 'ecg' is listed twice" in info.value.errors
+    assert "services[2].name is empty" in info.value.errors
+
+
 def test_empty_allow_list_is_an_error() -> None:
     with pytest.raises(ConfigError, match="dicom.allow_ae is empty"):
         config.from_mapping({}, env={})

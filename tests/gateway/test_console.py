@@ -158,3 +158,47 @@ def test_viewer_config_points_at_the_origin_the_browser_used(tmp_path: Path) -> 
 
     asyncio.run(run())
     store.close()
+
+
+def _grids(page: str) -> list[tuple[str, int, list[str]]]:
+    """Each grid table of a page: (its id, the columns its header has, the colspans of
+    its "Nothing yet." rows)."""
+    out = []
+    for m in re.finditer(r'<table class="grid"(?: id="([^"]*)")?>(.*?)</table>', page, re.S):
+        head = re.search(r"<thead>(.*?)</thead>", m.group(2), re.S)
+        assert head, f"grid table {m.group(1)!r} has no header"
+        empty = re.findall(r'<td colspan="(\d+)" class="muted">Nothing yet\.</td>', m.group(2))
+        out.append((m.group(1) or "", head.group(1).count("<th"), empty))
+    return out
+
+
+def test_empty_lists_say_so_once_across_all_columns(tmp_path: Path) -> None:
+    """A node with nothing yet: each list on each console page says so once, and a grid's
+    empty row spans every column its header has (the shared macros in _macros.html)."""
+    cfg, store, _reader, ops = _node(tmp_path)
+    en = {"Accept-Language": "en"}
+
+    async def run() -> dict[str, str]:
+        async with TestClient(TestServer(build_app(cfg, store))) as c:
+            page = await (await c.get("/login", headers=en)).text()
+            token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+            r = await c.post("/login", data={"csrf": token, "token": ops}, headers=en,
+                             allow_redirects=False)
+            assert r.status == 303
+            out = {}
+            for name in ("technician", "reader", "physician", "operator"):
+                r = await c.get(f"/console/{name}", headers=en)
+                assert r.status == 200, (name, r.status)
+                out[name] = await r.text()
+            return out
+
+    pages = asyncio.run(run())
+    store.close()
+    grids = {name: _grids(page) for name, page in pages.items()}
+    assert [g[0] for g in grids["operator"]] == ["peers", "op-cases", "fees"]
+    assert len(grids["reader"]) == len(grids["technician"]) == 1 and grids["physician"] == []
+    for name, tables in grids.items():
+        for table_id, columns, empty in tables:
+            assert empty == [str(columns)], (name, table_id, columns, empty)
+    cards = {name: page.count('<p class="muted">Nothing yet.</p>') for name, page in pages.items()}
+    assert cards == {"technician": 1, "reader": 0, "physician": 1, "operator": 0}

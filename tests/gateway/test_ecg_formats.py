@@ -175,22 +175,20 @@ def _contec_uv(data: bytes) -> dict[str, np.ndarray]:
     return {n: (x[:, j] - 2048.0) * 5.0 for j, n in enumerate(leads) if (x[:, j] != 0x6800).any()}
 
 
+_UV_OF_BYTES = {  # format id -> this file's own decoder of the file's bytes
+    "hl7-aecg": _aecg_uv, "ge-muse-xml": _muse_uv, "ishne": _ishne_uv, "mfer": _mfer_uv,
+    "contec-ecg90a": _contec_uv,
+}
+
+
 def _expected(rel: str) -> dict[str, np.ndarray]:
     path = FORMATS / rel
     data = path.read_bytes()
     fmt = SAMPLES[rel]
-    if fmt == "hl7-aecg":
-        return _aecg_uv(data)
-    if fmt == "ge-muse-xml":
-        return _muse_uv(data)
+    if fmt in _UV_OF_BYTES:
+        return _UV_OF_BYTES[fmt](data)
     if fmt == "philips-xml":
         return _philips_uv(path)
-    if fmt == "ishne":
-        return _ishne_uv(data)
-    if fmt == "mfer":
-        return _mfer_uv(data)
-    if fmt == "contec-ecg90a":
-        return _contec_uv(data)
     if "healforce" in rel:
         return _healforce_uv(data)
     if rel.endswith("ecgtoolkit_example_eli250.scp"):   # made from the HL7 example (README)

@@ -46,7 +46,7 @@ def signed(tmp_path: Path) -> Path:
     return tmp_path / "store"
 
 
-def _tamper(root: Path, *sql: tuple[str, tuple[Any, ...]]) -> None:
+def _tamper(root: Path, *sql: tuple[str, tuple[Any, ...] | dict[str, Any]]) -> None:
     con = sqlite3.connect(root / "index.sqlite")
     for stmt, args in sql:
         con.execute(stmt, args)
@@ -62,6 +62,25 @@ def _verify(root: Path) -> ledger.VerifyResult:
         store.close()
 
 
+def _event(root: Path, seq: int) -> dict[str, Any]:
+    """Event ``seq`` as stored; the store is closed again before the intruder's turn."""
+    store = Store(root)
+    try:
+        row = store.query_one("SELECT * FROM audit WHERE seq = ?", (seq,))
+    finally:
+        store.close()
+    assert row is not None, f"no event {seq} in {root}"
+    return row
+
+
+def _forged_after(prev: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """A well-formed edge event linking to ``prev`` (next seq, a second later), hashed right."""
+    forged = {"seq": prev["seq"] + 1, "node": "edge", "at": prev["at"] + 1,
+              "case_id": "case-1", "detail": "{}", "prev_hash": prev["hash"], **fields}
+    forged["hash"] = ledger.event_hash(forged)
+    return forged
+
+
 def _kinds(res: ledger.VerifyResult) -> list[tuple[str, int | None]]:
     return [(p.kind, p.seq) for p in res.problems]
 
@@ -73,21 +92,30 @@ def test_intact_signed_chain_verifies(signed: Path) -> None:
     assert res.head["seq"] == 10
 
 
-def test_edited_event_is_named(signed: Path) -> None:
-    _tamper(signed, ("UPDATE audit SET actor = 'nobody' WHERE seq = 7", ()))
+@pytest.mark.parametrize(("sql", "problem", "start", "also"), [
+    pytest.param("UPDATE audit SET actor = 'nobody' WHERE seq = 7", ("edited", 7),
+                 "event 7 (kind=delivered, actor=nobody, case=case-2) was edited: stored hash ",
+                 ("!= computed",), id="edited"),
+    pytest.param("DELETE FROM audit WHERE seq = 5", ("deleted", 5),
+                 "event 5 was deleted: seq jumps from 4 to 6 and event 6's prev_hash ",
+                 (), id="deleted-middle"),
+    pytest.param("DELETE FROM audit WHERE seq >= 8", ("truncated", 8),
+                 "events 8–10 were deleted from the end of the chain: the signed head "
+                 "names event 10", ("the newest event is 7",), id="truncated"),
+])
+def test_one_tampering_is_named_alone(signed: Path, sql: str, problem: tuple[str, int],
+                                      start: str, also: tuple[str, ...]) -> None:
+    _tamper(signed, (sql, ()))
     res = _verify(signed)
-    assert _kinds(res) == [("edited", 7)]
+    assert _kinds(res) == [problem]
     msg = res.problems[0].message
-    assert msg.startswith("event 7 (kind=delivered, actor=nobody, case=case-2) was edited: "
-                          "stored hash ")
-    assert "!= computed" in msg
+    assert msg.startswith(start)
+    for part in also:
+        assert part in msg
 
 
 def test_edited_and_rehashed_event_is_named(signed: Path) -> None:
-    store = Store(signed)
-    row = store.query_one("SELECT * FROM audit WHERE seq = 4")
-    store.close()
-    assert row is not None
+    row = _event(signed, 4)
     row["detail"] = json.dumps({"i": 3, "note": "changed"})
     new_hash = ledger.event_hash(row)
     _tamper(signed, ("UPDATE audit SET detail = ?, hash = ? WHERE seq = 4",
@@ -100,14 +128,8 @@ def test_edited_and_rehashed_event_is_named(signed: Path) -> None:
 
 def test_inserted_event_is_named(signed: Path) -> None:
     """An intruder makes room at seq 6 and inserts a well-formed event linking to 5."""
-    store = Store(signed)
-    five = store.query_one("SELECT * FROM audit WHERE seq = 5")
-    store.close()
-    assert five is not None
-    forged = {"seq": 6, "node": "edge", "at": five["at"] + 1, "kind": "override",
-              "actor": "mallory", "role": "technician", "object": "case-1",
-              "case_id": "case-1", "detail": "{}", "prev_hash": five["hash"]}
-    forged["hash"] = ledger.event_hash(forged)
+    forged = _forged_after(_event(signed, 5), kind="override", actor="mallory",
+                           role="technician", object="case-1")
     _tamper(signed,
             ("UPDATE audit SET seq = seq + 1000 WHERE seq >= 6", ()),
             ("UPDATE audit SET seq = seq - 999 WHERE seq >= 1006", ()),
@@ -126,27 +148,13 @@ def test_inserted_event_is_named(signed: Path) -> None:
 
 
 def test_inserted_event_at_the_end_is_an_unsigned_tail(signed: Path) -> None:
-    store = Store(signed)
-    last = store.query_one("SELECT * FROM audit WHERE seq = 10")
-    store.close()
-    assert last is not None
-    forged = {"seq": 11, "node": "edge", "at": last["at"] + 1, "kind": "acknowledged",
-              "actor": "mallory", "role": "physician", "object": "r1", "case_id": "case-1",
-              "detail": "{}", "prev_hash": last["hash"]}
-    forged["hash"] = ledger.event_hash(forged)
+    forged = _forged_after(_event(signed, 10), kind="acknowledged", actor="mallory",
+                           role="physician", object="r1")
     _tamper(signed, ("INSERT INTO audit VALUES (:seq, :node, :at, :kind, :actor, :role, "
                      ":object, :case_id, :detail, :prev_hash, :hash)", forged))
     res = _verify(signed)
     assert _kinds(res) == [("unsigned", 11)]
     assert "event 11 was appended after the signed head (event 10)" in res.problems[0].message
-
-
-def test_deleted_middle_event_is_named(signed: Path) -> None:
-    _tamper(signed, ("DELETE FROM audit WHERE seq = 5", ()))
-    res = _verify(signed)
-    assert _kinds(res) == [("deleted", 5)]
-    assert res.problems[0].message.startswith(
-        "event 5 was deleted: seq jumps from 4 to 6 and event 6's prev_hash ")
 
 
 def test_deleted_events_with_renumbering_are_named(signed: Path) -> None:
@@ -159,29 +167,17 @@ def test_deleted_events_with_renumbering_are_named(signed: Path) -> None:
     assert any(p.kind == "truncated" for p in res.problems)  # the head names seq 10
 
 
-def test_truncation_of_the_newest_events_is_named(signed: Path) -> None:
-    _tamper(signed, ("DELETE FROM audit WHERE seq >= 8", ()))
-    res = _verify(signed)
-    assert _kinds(res) == [("truncated", 8)]
-    msg = res.problems[0].message
-    assert msg.startswith("events 8–10 were deleted from the end of the chain: the signed head "
-                          "names event 10")
-    assert "the newest event is 7" in msg
-
-
-def test_truncation_with_the_head_deleted_too(signed: Path) -> None:
-    _tamper(signed, ("DELETE FROM audit WHERE seq >= 8", ()), ("DELETE FROM audit_head", ()))
+@pytest.mark.parametrize(("head_sql", "needle"), [
+    pytest.param("DELETE FROM audit_head", "no signed head", id="head-deleted"),
+    pytest.param("UPDATE audit_head SET seq = 7, hash = (SELECT hash FROM audit WHERE seq = 7)",
+                 "does not verify with node key", id="head-forged"),
+])
+def test_truncation_with_the_head_deleted_or_forged(signed: Path, head_sql: str,
+                                                    needle: str) -> None:
+    _tamper(signed, ("DELETE FROM audit WHERE seq >= 8", ()), (head_sql, ()))
     res = _verify(signed)
     assert [p.kind for p in res.problems] == ["head"]
-    assert "no signed head" in res.problems[0].message
-
-
-def test_forged_head_is_named(signed: Path) -> None:
-    _tamper(signed, ("DELETE FROM audit WHERE seq >= 8", ()),
-            ("UPDATE audit_head SET seq = 7, hash = (SELECT hash FROM audit WHERE seq = 7)", ()))
-    res = _verify(signed)
-    assert [p.kind for p in res.problems] == ["head"]
-    assert "does not verify with node key" in res.problems[0].message
+    assert needle in res.problems[0].message
 
 
 def test_unsigned_store_is_ok_with_a_note(tmp_path: Path) -> None:
@@ -366,7 +362,7 @@ def test_verify_while_the_node_appends(tmp_path: Path) -> None:
 
     t = threading.Thread(target=append)
     t.start()
-    results = []
+    results: list[ledger.VerifyResult] = []
     while not done.is_set() or not results:
         results.append(ledger.verify(store, public_key=KEY.public_key()))
     t.join(timeout=60)

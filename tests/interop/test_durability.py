@@ -19,6 +19,7 @@ from _data import ct_series
 from fenji.gateway.dicom.validate import split_part10
 from fenji.gateway.lab.dcmtk import storescu, tool
 from fenji.gateway.lab.harness import NodeProcess, fenji_cmd
+from fenji.gateway.lab.objstore import S3Server
 from fenji.gateway.lab.synth import derive
 
 
@@ -28,10 +29,19 @@ def _dataset_sha(path: Path) -> str:
     return hashlib.sha256(data[off:]).hexdigest()
 
 
-def _blobs_complete(store: Path) -> None:
-    """Every file under blobs/ is complete: its content hashes to its name."""
+def _blobs_complete(store: Path, s3: tuple[S3Server, str] | None = None) -> None:
+    """Every file under blobs/ (every object under the bucket's blobs/) is complete:
+    its content hashes to its name."""
     for p in (store / "blobs").glob("*/*/*"):
         assert hashlib.sha256(p.read_bytes()).hexdigest() == p.name, f"half-written blob {p}"
+    if s3 is not None:
+        client, prefix = s3[0].client(), s3[1]
+        for page in client.get_paginator("list_objects_v2").paginate(
+                Bucket="fenji", Prefix=f"{prefix}/blobs/"):
+            for obj in page.get("Contents", []):
+                body = client.get_object(Bucket="fenji", Key=obj["Key"])["Body"].read()
+                assert hashlib.sha256(body).hexdigest() == obj["Key"].rsplit("/", 1)[1], \
+                    f"half-written object {obj['Key']}"
 
 
 Sender = tuple[subprocess.Popen[str], Path, list[Path]]
@@ -63,12 +73,18 @@ def _acknowledged(log: Path) -> set[Path]:
     return ok
 
 
-def _crash_loop(tmp_path: Path, kills: int, n_files: int, seed: int) -> None:
+def _crash_loop(tmp_path: Path, kills: int, n_files: int, seed: int,
+                s3: S3Server | None = None) -> None:
     rng = random.Random(seed)
     files = derive(ct_series(), tmp_path / "src", n_files, size=128, prefix="ct")
     halves = [files[0::2], files[1::2]]
+    bucket = None if s3 is None else (s3, f"crash-{seed}-{time.monotonic_ns()}")
+    extra = "" if bucket is None else (
+        f'[store]\nblob_url = "{bucket[0].blob_url("fenji", bucket[1])}"\n'
+        f'blob_access_key_id = "{bucket[0].access_key_id}"\n'
+        f'blob_secret_access_key = "{bucket[0].secret_access_key}"\n')
     node = NodeProcess(tmp_path / "edge", name="crash", workers=2,
-                       allow_ae=["SENDER0", "SENDER1", "ECHOSCU"])
+                       allow_ae=["SENDER0", "SENDER1", "ECHOSCU"], extra_toml=extra)
     store = node.directory / "store"
     acked: set[Path] = set()
     logs = tmp_path / "logs"
@@ -91,7 +107,7 @@ def _crash_loop(tmp_path: Path, kills: int, n_files: int, seed: int) -> None:
             p.wait(timeout=120)
             acked |= _acknowledged(log)
         interrupted += len(acked) < len(files) and len(acked) >= before
-        _blobs_complete(store)  # before any recovery runs
+        _blobs_complete(store, bucket)  # before any recovery runs
     print(f"crash loop: {kills} kills, {interrupted} mid-transfer, {len(acked)} of "
           f"{len(files)} acknowledged before the final round")
     assert interrupted >= 1  # the kills really landed while data was moving
@@ -109,8 +125,10 @@ def _crash_loop(tmp_path: Path, kills: int, n_files: int, seed: int) -> None:
         for f in files:
             uid = pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID
             assert rows[uid]["dataset_sha256"] == _dataset_sha(f), f
-        assert node.cli("store", "verify").returncode == 0
+        assert node.cli("store", "verify").returncode == 0  # through the bucket, if any
         assert not list((store / "tmp").iterdir())
+        if bucket is not None:
+            assert not list((store / "blobs").rglob("*"))
     finally:
         node.stop()
 
@@ -119,6 +137,15 @@ def _crash_loop(tmp_path: Path, kills: int, n_files: int, seed: int) -> None:
 def test_sigkill_while_two_storescu_send(tmp_path: Path) -> None:
     kills = int(os.environ.get("FENJI_CRASH_KILLS", "6"))
     _crash_loop(tmp_path, kills=kills, n_files=600, seed=20261123)
+
+
+@pytest.mark.timeout(900)
+def test_sigkill_while_two_storescu_send_to_a_bucket(tmp_path: Path, s3_server: S3Server
+                                                     ) -> None:
+    """The same with store.blob_url on a real S3 server: an acknowledged instance's
+    object is in the bucket, complete, whatever instant the node died at."""
+    kills = int(os.environ.get("FENJI_CRASH_KILLS", "6"))
+    _crash_loop(tmp_path, kills=kills, n_files=200, seed=20261203, s3=s3_server)
 
 
 @pytest.mark.long

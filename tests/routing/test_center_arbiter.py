@@ -19,9 +19,15 @@ from fenji.routing import upload
 from fenji.routing.transfer_server import (
     ReceiverContext,
     _append_commit,
-    _part_path,
+    _parts,
     _record_receipt,
 )
+
+
+def _part_path(ctx: ReceiverContext, upload_id: str) -> Path:
+    path = _parts(ctx).local_file(upload_id)
+    assert path is not None  # the local store: one part file per upload
+    return path
 
 
 def _ctx(root: Path) -> ReceiverContext:
@@ -31,8 +37,7 @@ def _ctx(root: Path) -> ReceiverContext:
 
 
 def _new_upload(ctx: ReceiverContext, length: int) -> str:
-    ctx.upload_dir.mkdir(parents=True, exist_ok=True)
-    _part_path(ctx, "u1").touch()
+    _parts(ctx).create("u1")
     with ctx.store.atomic() as con:
         con.execute("INSERT INTO uploads(upload_id, bundle_id, sender, length, offset, state, "
                     "created_at, updated_at) VALUES ('u1', 'b1', 'edge', ?, 0, ?, 0, 0)",

@@ -20,6 +20,7 @@ import aiohttp
 import pydicom
 import pytest
 from _data import DICOM_DIR, ct_series
+from _nodes import edge_and_center
 
 from fenji.gateway import config as config_mod
 from fenji.gateway.cases.case import release
@@ -46,12 +47,7 @@ FRAME = 16 * 1024
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    tmp = tmp_path_factory.mktemp("pipeline")
-    edge = NodeProcess(tmp / "edge", name="edge", allow_ae=["CT1"], workers=1)
-    center = NodeProcess(tmp / "center", name="center", role="center", allow_ae=["*"],
-                         workers=1)
-    edge.add_peer(center, default=True)
-    center.add_peer(edge)
+    edge, center = edge_and_center(tmp_path_factory.mktemp("pipeline"))
     with edge, center:
         yield edge, center
 

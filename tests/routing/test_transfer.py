@@ -18,12 +18,13 @@ import aiohttp
 import pydicom
 import pytest
 from _data import ct_series, good_files
+from _nodes import edge_and_center, send_to_center
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fenji.codecs.compress.bundle import make_preview, write_bundle
 from fenji.gateway import config as config_mod
 from fenji.gateway.cases.case import CaseError, release
-from fenji.gateway.keys import load_private, public_from_config
+from fenji.gateway.keys import load_private
 from fenji.gateway.lab.dcmtk import storescu
 from fenji.gateway.lab.harness import NodeProcess
 from fenji.gateway.node import open_store
@@ -32,8 +33,6 @@ from fenji.routing.transfer_client import (
     Delivered,
     Sender,
     TransferError,
-    manifest_of,
-    send_bundle,
 )
 
 pytestmark = pytest.mark.timeout(600)
@@ -41,12 +40,7 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest.fixture
 def pair(tmp_path: Path):  # type: ignore[no-untyped-def]
-    edge = NodeProcess(tmp_path / "edge", name="edge", allow_ae=["CT1"], workers=1,
-                       users={"tech": "technician"})
-    center = NodeProcess(tmp_path / "center", name="center", role="center", allow_ae=["*"],
-                         workers=1)
-    edge.add_peer(center, default=True)
-    center.add_peer(edge)
+    edge, center = edge_and_center(tmp_path, users={"tech": "technician"})
     with edge, center:
         yield edge, center
 
@@ -62,24 +56,8 @@ def _release(edge: NodeProcess, study: str, **kw):  # type: ignore[no-untyped-de
 
 def _send(edge: NodeProcess, center: NodeProcess, rel, *, chunk: int = 64 * 1024,  # type: ignore[no-untyped-def]
           key: Ed25519PrivateKey | None = None, name: str = "edge", should_yield=None):
-    cfg = config_mod.load(edge.config, env={})
-    key = key or load_private(cfg.resolve(cfg.keys.private_key))
-    peer = cfg.peer("center")
-    assert peer is not None
-    peer_key = public_from_config(peer.public_key, cfg.data_dir)
-
-    async def yield_now() -> bool:
-        return bool(should_yield and should_yield())
-
-    async def go():  # type: ignore[no-untyped-def]
-        async with aiohttp.ClientSession() as session:
-            return await send_bundle(session, peer.url, Sender(name, key), peer_key,
-                                     rel.bundle_path, rel.bundle_id, receiver="center",
-                                     sizer=ChunkSizer(chunk, 16 * 1024, 1 << 20),
-                                     manifest=manifest_of(rel.bundle_path),
-                                     should_yield=yield_now)
-
-    return asyncio.run(go())
+    return send_to_center(edge, rel, sizer=ChunkSizer(chunk, 16 * 1024, 1 << 20), key=key,
+                          name=name, should_yield=should_yield)
 
 
 def _study_of(path: Path) -> str:

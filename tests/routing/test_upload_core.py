@@ -164,7 +164,10 @@ def test_receipt_problems_are_named() -> None:
 
 def test_one_request_limit_is_the_configs() -> None:
     from fenji.gateway import config
-    from fenji.gateway.settings import checks
+    from fenji.gateway.errors import ConfigError
 
     assert upload.MAX_CHUNK_BYTES == config.TRANSFER_CHUNK_HARD_MAX_BYTES
-    assert checks.TRANSFER_CHUNK_HARD_MAX_BYTES == config.TRANSFER_CHUNK_HARD_MAX_BYTES
+    over = config.TRANSFER_CHUNK_HARD_MAX_BYTES + 1
+    with pytest.raises(ConfigError, match=f"transfer.frame_bytes = {over}"):
+        config.from_mapping({"dicom": {"allow_ae": ["CT1"]}, "transfer": {"frame_bytes": over}},
+                            env={})

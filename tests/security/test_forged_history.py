@@ -7,6 +7,10 @@ the event hashed right, was imported, and `audit verify` said OK.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -17,69 +21,67 @@ T0 = 1_790_000_000.0
 EDGE, CENTER, RELAY = (Ed25519PrivateKey.generate() for _ in range(3))
 
 
-def _stores(tmp_path):  # type: ignore[no-untyped-def]
+@pytest.fixture
+def stores(tmp_path: Path) -> Iterator[tuple[Store, Store]]:
+    """An edge's and a center's store, each signing its own events; closed afterwards."""
     edge, center = Store(tmp_path / "edge"), Store(tmp_path / "center")
     ledger.set_signer(edge, "edge", EDGE)
     ledger.set_signer(center, "center", CENTER)
-    return edge, center
-
-
-def test_signed_history_is_kept_and_verifies(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    edge, center = _stores(tmp_path)
     try:
-        ledger.record(edge, "released", node="edge", actor="tech", role="technician",
-                      obj="c1", case_id="c1", at=T0)
-        out = ledger.export_case(edge, "c1")
-        assert out[0]["sig"]
-        trusted = {"edge": EDGE.public_key(), "center": CENTER.public_key()}
-        assert ledger.import_events(center, out, via="edge", trusted=trusted) == 1
-        assert ledger.verify(center, trusted=trusted).ok
-        # It travels on with its signature (center -> edge round trip of the history).
-        again = ledger.export_case(center, "c1")
-        assert [e.get("sig") for e in again if e["node"] == "edge"] == [out[0]["sig"]]
+        yield edge, center
     finally:
         edge.close()
         center.close()
 
 
-def test_an_event_made_up_in_anothers_name_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    edge, center = _stores(tmp_path)
+def _released_history(edge: Store) -> list[dict[str, Any]]:
+    """Case c1's history as the edge exports it after recording its release."""
+    ledger.record(edge, "released", node="edge", actor="tech", role="technician",
+                  obj="c1", case_id="c1", at=T0)
+    return ledger.export_case(edge, "c1")
+
+
+def test_signed_history_is_kept_and_verifies(stores: tuple[Store, Store]) -> None:
+    edge, center = stores
+    out = _released_history(edge)
+    assert out[0]["sig"]
+    trusted = {"edge": EDGE.public_key(), "center": CENTER.public_key()}
+    assert ledger.import_events(center, out, via="edge", trusted=trusted) == 1
+    assert ledger.verify(center, trusted=trusted).ok
+    # It travels on with its signature (center -> edge round trip of the history).
+    again = ledger.export_case(center, "c1")
+    assert [e.get("sig") for e in again if e["node"] == "edge"] == [out[0]["sig"]]
+
+
+def test_an_event_made_up_in_anothers_name_is_refused(stores: tuple[Store, Store]) -> None:
+    edge, _center = stores
     trusted = {"edge": EDGE.public_key(), "center": CENTER.public_key(),
                "relay": RELAY.public_key()}
-    try:
-        forged = {"seq": 7, "node": "center", "at": T0 + 5, "kind": "reported",
-                  "actor": "dr.wang", "role": "reader", "object": "r1", "case_id": "c1",
-                  "detail": {"text": "normal"}, "prev_hash": "0" * 64}
-        forged["hash"] = ledger.event_hash(forged)  # hashes right: the old check passed it
-        for sig in (None, ledger.event_signature(RELAY, forged["hash"])):
-            evt = dict(forged, **({"sig": sig} if sig else {}))
-            with pytest.raises(ledger.ForgedEvent, match=r"center#7 \(kind=reported"):
-                ledger.import_events(edge, [evt], via="relay", trusted=trusted)
-        assert ledger.foreign_events(edge) == []
-        # Held without a valid signature (an old store, or written straight into the
-        # database), it is named by verify.
-        ledger.import_events(edge, [forged], via="relay")  # no trust given: the old path
-        res = ledger.verify(edge, trusted=trusted)
-        assert not res.ok
-        assert any("center#7" in p.message and "forged or unverifiable" in p.message
-                   for p in res.problems)
-    finally:
-        edge.close()
-        center.close()
+    forged: dict[str, Any] = {"seq": 7, "node": "center", "at": T0 + 5, "kind": "reported",
+                              "actor": "dr.wang", "role": "reader", "object": "r1",
+                              "case_id": "c1", "detail": {"text": "normal"},
+                              "prev_hash": "0" * 64}
+    forged["hash"] = ledger.event_hash(forged)  # hashes right: the old check passed it
+    for sig in (None, ledger.event_signature(RELAY, forged["hash"])):
+        evt = dict(forged, **({"sig": sig} if sig else {}))
+        with pytest.raises(ledger.ForgedEvent, match=r"center#7 \(kind=reported"):
+            ledger.import_events(edge, [evt], via="relay", trusted=trusted)
+    assert ledger.foreign_events(edge) == []
+    # Held without a valid signature (an old store, or written straight into the
+    # database), it is named by verify.
+    ledger.import_events(edge, [forged], via="relay")  # no trust given: the old path
+    res = ledger.verify(edge, trusted=trusted)
+    assert not res.ok
+    assert any("center#7" in p.message and "forged or unverifiable" in p.message
+               for p in res.problems)
 
 
-def test_events_of_an_unknown_node_are_left_out(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    edge, center = _stores(tmp_path)
-    try:
-        ledger.record(edge, "released", node="edge", actor="tech", role="technician",
-                      obj="c1", case_id="c1", at=T0)
-        out = ledger.export_case(edge, "c1")
-        assert ledger.import_events(center, out, via="edge",
-                                    trusted={"center": CENTER.public_key()}) == 0
-        assert ledger.foreign_events(center) == []
-    finally:
-        edge.close()
-        center.close()
+def test_events_of_an_unknown_node_are_left_out(stores: tuple[Store, Store]) -> None:
+    edge, center = stores
+    out = _released_history(edge)
+    assert ledger.import_events(center, out, via="edge",
+                                trusted={"center": CENTER.public_key()}) == 0
+    assert ledger.foreign_events(center) == []
 
 
 def test_an_attestation_is_called_signed_only_when_it_verifies(tmp_path) -> None:  # type: ignore[no-untyped-def]

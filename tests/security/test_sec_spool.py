@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 import requests
 from _data import ct_series
+from _tools import proc_vm, reset_peak_rss
 from pydicom.uid import generate_uid
 
 from fenji.gateway.lab.harness import NodeProcess
@@ -27,18 +27,6 @@ INSTANCE_CAP = 96 * MIB
 RECORD_CAP = 4 * MIB
 
 
-def _vm(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {key} in /proc/{pid}/status")
-
-
-def _reset_peak(pid: int) -> int:
-    """Reset the process's VmHWM to its current RSS (``clear_refs`` 5, Linux >= 4.0)
-    so that a peak measured next is this request's; returns the RSS."""
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
-    return _vm(pid, "VmRSS:")
 
 
 def _instance(n_bytes: int) -> bytes:
@@ -92,10 +80,10 @@ def test_a_large_stow_part_costs_about_its_size_once(center: NodeProcess) -> Non
     size; streamed to a temp file, the node holds it once (while it is checked)."""
     assert center.proc is not None
     data = _instance(64 * MIB)
-    rss_before = _reset_peak(center.proc.pid)
+    rss_before = reset_peak_rss(center.proc.pid)
     r = _stow(center, data)
     assert r.status_code == 200, r.text
-    growth = _vm(center.proc.pid, "VmHWM:") - rss_before
+    growth = proc_vm(center.proc.pid, "VmHWM:") - rss_before
     print(f"STOW part {len(data) / MIB:.0f} MiB: peak growth {growth / MIB:.0f} MiB")
     assert growth < 1.5 * len(data), f"peak grew {growth / MIB:.0f} MiB"
     assert _tmp_files(center) == []  # the spooled part is gone
@@ -115,13 +103,13 @@ def test_an_ecg_upload_over_the_cap_is_never_held_whole(center: NodeProcess) -> 
     .dat was in memory (twice) before the 413.  Now the part stops at the cap."""
     assert center.proc is not None
     dat = np.zeros(64 * MIB, dtype=np.uint8).tobytes()
-    rss_before = _reset_peak(center.proc.pid)
+    rss_before = reset_peak_rss(center.proc.pid)
     r = requests.post(f"{center.http_url}/api/ecg", headers=center.auth("tech"), timeout=300,
                       files={"hea": ("big.hea", b"big 12 500 2796202\n"),
                              "dat": ("big.dat", dat)})
     assert r.status_code == 413, r.text
     assert f"ingest.max_record_bytes = {RECORD_CAP}" in r.json()["message"]
-    growth = _vm(center.proc.pid, "VmHWM:") - rss_before
+    growth = proc_vm(center.proc.pid, "VmHWM:") - rss_before
     print(f"ECG upload of {len(dat) / MIB:.0f} MiB over a {RECORD_CAP / MIB:.0f} MiB cap: "
           f"peak growth {growth / MIB:.0f} MiB")
     assert growth < 16 * MIB, f"peak grew {growth / MIB:.0f} MiB"

@@ -108,37 +108,37 @@ async def _guard(request: web.Request, run: Callable[[], Awaitable[web.StreamRes
         return _error_page(request, exc.http_status, str(exc))
 
 
-def page(*roles: str, action: str) -> Callable[[Handler], Callable[[web.Request],
-                                                                     Awaitable[Any]]]:
+Wrapped = Callable[[web.Request], Awaitable[Any]]
+
+
+def _console(roles: tuple[str, ...], action: str, *,
+             with_form: bool) -> Callable[[Handler], Wrapped]:
+    """Signed-in people only (else to the sign-in page); for a form, its CSRF
+    token first; then the role, then the work, errors shown as a page."""
+    def deco(fn: Handler) -> Wrapped:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            if not isinstance(request.get("user"), User):
+                return _anonymous(request)
+
+            async def run() -> web.StreamResponse:
+                if with_form:
+                    fields = {k: str(v) for k, v in (await request.post()).items()}
+                    request["form"] = fields
+                    csrf.check(request, fields)
+                return await fn(request, require(request, *roles, action=action))
+            return await _guard(request, run)
+        return handler
+    return deco
+
+
+def page(*roles: str, action: str) -> Callable[[Handler], Wrapped]:
     """A GET page for ``roles`` (the API's list for the same data)."""
-    def deco(fn: Handler) -> Callable[[web.Request], Awaitable[Any]]:
-        async def handler(request: web.Request) -> web.StreamResponse:
-            if not isinstance(request.get("user"), User):
-                return _anonymous(request)
-
-            async def run() -> web.StreamResponse:
-                return await fn(request, require(request, *roles, action=action))
-            return await _guard(request, run)
-        return handler
-    return deco
+    return _console(roles, action, with_form=False)
 
 
-def form(*roles: str, action: str) -> Callable[[Handler], Callable[[web.Request],
-                                                                     Awaitable[Any]]]:
+def form(*roles: str, action: str) -> Callable[[Handler], Wrapped]:
     """A form POST: CSRF first, then the role, then the work; redirects back on success."""
-    def deco(fn: Handler) -> Callable[[web.Request], Awaitable[Any]]:
-        async def handler(request: web.Request) -> web.StreamResponse:
-            if not isinstance(request.get("user"), User):
-                return _anonymous(request)
-
-            async def run() -> web.StreamResponse:
-                fields = {k: str(v) for k, v in (await request.post()).items()}
-                request["form"] = fields
-                csrf.check(request, fields)
-                return await fn(request, require(request, *roles, action=action))
-            return await _guard(request, run)
-        return handler
-    return deco
+    return _console(roles, action, with_form=True)
 
 
 def _back(request: web.Request, default: str) -> web.HTTPSeeOther:

@@ -6,7 +6,9 @@ Constants, error answers, the instances of a study, the audit of a read, streami
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -109,25 +111,26 @@ def _what(m: dict[str, str]) -> str:
 
 
 # -- WADO-RS: retrieve --------------------------------------------------------
-def _read_chunk(path: str, offset: int, n: int) -> bytes:
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        return fh.read(n)
-
-
-async def _file_chunks(path: str, size: int) -> Any:
-    """The file's bytes in CHUNK_BYTES pieces, the next read overlapping the current write."""
-    offset = 0
-    nxt: asyncio.Future[bytes] | None = None
-    while offset < size:
-        cur: bytes = await nxt if nxt is not None else await asyncio.to_thread(
-            _read_chunk, path, offset, CHUNK_BYTES)
-        if not cur:
-            raise OSError(f"blob {path} is shorter than its indexed size {size}")
-        offset += len(cur)
-        nxt = (asyncio.ensure_future(asyncio.to_thread(_read_chunk, path, offset, CHUNK_BYTES))
-               if offset < size else None)
-        yield cur
+async def _blob_chunks(store: Store, sha256: str, offset: int, length: int
+                       ) -> AsyncIterator[bytes]:
+    """``length`` bytes of a blob from ``offset`` in CHUNK_BYTES pieces, the next read
+    overlapping the current write: one file read each, or on S3 a piece of a
+    ranged GET (gateway/store/blobs.py).  Memory: two pieces, whatever the blob."""
+    it = store.blob_chunks(sha256, offset, length, CHUNK_BYTES)
+    nxt: asyncio.Future[bytes | None] = asyncio.ensure_future(
+        asyncio.to_thread(next, it, None))
+    try:
+        while (cur := await nxt) is not None:
+            nxt = asyncio.ensure_future(asyncio.to_thread(next, it, None))
+            yield cur
+    finally:
+        # A client gone mid-stream: let the read in flight end, then release the
+        # file (or the HTTP connection to the bucket).
+        with contextlib.suppress(Exception):
+            await nxt
+        close = getattr(it, "close", None)
+        if close is not None:
+            await asyncio.to_thread(close)
 
 
 def _part_head(boundary: str, ctype: str, location: str | None = None) -> bytes:

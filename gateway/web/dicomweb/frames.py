@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
@@ -22,14 +23,13 @@ from fenji.gateway.dicom.validate import (
 )
 from fenji.gateway.store.db import Store
 from fenji.gateway.web.dicomweb.common import (
-    CHUNK_BYTES,
     _app,
     _audit_open,
+    _blob_chunks,
     _error,
     _instances,
     _not_found_if_empty,
     _part_head,
-    _read_chunk,
     _what,
 )
 from fenji.gateway.web.dicomweb.media import (
@@ -56,7 +56,8 @@ def _load_frames(store: Store, row: dict[str, Any]) -> _Pixels:
     import pydicom
     from pydicom.encaps import generate_frames
 
-    ds = pydicom.dcmread(store.blob_path(row["sha256"]))
+    with store.open_blob(row["sha256"]) as fh:  # the whole instance (see _map_frames)
+        ds = pydicom.dcmread(fh)
     ts = row["transfer_syntax_uid"]
     if "PixelData" not in ds:
         raise web.HTTPNotFound(text=f"instance {row['sop_instance_uid']} has no pixel data")
@@ -80,15 +81,15 @@ def _load_frames(store: Store, row: dict[str, Any]) -> _Pixels:
     return _Pixels(ts, frames, ds)
 
 
-Range = tuple[int, int]  # (file offset, length)
+Range = tuple[int, int]  # (blob offset, length)
 
 
 @dataclass
 class _FrameMap:
-    """Where each frame's bytes lie in the stored file: nothing of them is read yet."""
+    """Where each frame's bytes lie in the stored blob: nothing of them is read yet."""
 
     transfer_syntax: str
-    path: str
+    sha256: str
     frames: list[list[Range]]  # per frame: its byte ranges (fragments, or one native run)
 
 
@@ -110,8 +111,10 @@ def _map_frames(store: Store, row: dict[str, Any]) -> _FrameMap | None:
     ts = row["transfer_syntax_uid"]
     if ts in (DEFLATED_LE, EXPLICIT_BE):
         return None
-    path = str(store.blob_path(row["sha256"]))
-    with open(path, "rb") as fp:
+    path = str(row["sha256"])
+    # On S3 a file over ranged GETs whose window stays small while it seeks:
+    # walking the item tags costs a small GET per fragment, not the fragments.
+    with store.open_blob(path) as fp:
         ds = pydicom.dcmread(fp, stop_before_pixels=True)
         pos = fp.tell()  # pydicom rewinds to the start of the pixel element
         head = fp.read(12)
@@ -176,48 +179,42 @@ def _map_frames(store: Store, row: dict[str, Any]) -> _FrameMap | None:
         return None
 
 
-def _read_ranges(path: str, ranges: list[Range]) -> bytes:
-    with open(path, "rb") as fh:
-        out = []
-        for off, n in ranges:
-            fh.seek(off)
-            out.append(fh.read(n))
-    return b"".join(out)
+def _read_ranges(store: Store, sha256: str, ranges: list[Range]) -> bytes:
+    return b"".join(b"".join(store.blob_chunks(sha256, off, n)) for off, n in ranges)
 
 
-async def _range_chunks(path: str, ranges: list[Range]) -> Any:
-    """The bytes of ``ranges`` in pieces of at most CHUNK_BYTES."""
+async def _range_chunks(store: Store, sha256: str, ranges: list[Range]) -> Any:
+    """The bytes of ``ranges`` of a blob in pieces of at most CHUNK_BYTES."""
     for off, n in ranges:
-        done = 0
-        while done < n:
-            k = min(CHUNK_BYTES, n - done)
-            chunk = await asyncio.to_thread(_read_chunk, path, off + done, k)
-            if len(chunk) != k:
-                raise OSError(f"blob {path} ends inside its pixel data")
-            done += k
+        async for chunk in _blob_chunks(store, sha256, off, n):
             yield chunk
 
 
-def _decoded_frames(src: Any, wanted: list[int]) -> list[bytes]:
+def _decoded_frames(store: Store, src: Any, wanted: list[int]) -> list[bytes]:
     """Compressed frames decoded to native little-endian bytes (pydicom's decoders).
 
-    ``src``: the stored file's path (pydicom then reads only the frame it
-    decodes) or a loaded data set.
+    ``src``: the stored blob's SHA-256 (pydicom then reads only the frame it
+    decodes, from the file or by ranged GETs) or a loaded data set.
     """
     from pydicom.pixels import pixel_array
 
-    out = []
-    for n in wanted:
-        arr = pixel_array(src, index=n - 1, raw=True)
-        out.append(arr.astype(arr.dtype.newbyteorder("<")).tobytes())
+    with (store.open_blob(src) if isinstance(src, str) else contextlib.nullcontext(src)) as f:
+        out = []
+        for n in wanted:
+            arr = pixel_array(f, index=n - 1, raw=True)
+            out.append(arr.astype(arr.dtype.newbyteorder("<")).tobytes())
     return out
 
 
-def _decoded_frame_bytes(src: Any) -> int:
-    """Bytes of one decoded frame of ``src`` (a stored file's path or a loaded data set)."""
+def _decoded_frame_bytes(store: Store, src: Any) -> int:
+    """Bytes of one decoded frame of ``src`` (a stored blob's SHA-256 or a loaded data set)."""
     import pydicom
 
-    ds = pydicom.dcmread(src, stop_before_pixels=True) if isinstance(src, str) else src
+    if isinstance(src, str):
+        with store.open_blob(src) as fh:
+            ds = pydicom.dcmread(fh, stop_before_pixels=True)
+    else:
+        ds = src
     return (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1)
             * ((int(ds.BitsAllocated) + 7) // 8))
 
@@ -287,7 +284,7 @@ async def get_frames(request: web.Request) -> web.StreamResponse:
     # The frames as file ranges (located) or bytes (the whole instance loaded).
     all_frames: list[bytes] | list[list[Range]]
     if fmap is not None:
-        stored_ts, all_frames, src = fmap.transfer_syntax, fmap.frames, fmap.path
+        stored_ts, all_frames, src = fmap.transfer_syntax, fmap.frames, fmap.sha256
     else:
         px = await asyncio.to_thread(_load_frames, store, row)
         stored_ts, all_frames, src = px.transfer_syntax, px.frames, px.dataset
@@ -298,26 +295,28 @@ async def get_frames(request: web.Request) -> web.StreamResponse:
     if media == "application/octet-stream" and stored_ts in ENCAPSULATED:
         # Decoded frames are held in memory until sent: bound them before decoding.
         cap = cfg.limits.max_decoded_bytes_per_request
-        need = len(wanted) * await asyncio.to_thread(_decoded_frame_bytes, src)
+        need = len(wanted) * await asyncio.to_thread(_decoded_frame_bytes, store, src)
         if need > cap:
             as_stored = FRAME_MEDIA_TYPES.get(stored_ts, "transfer-syntax=*")
             return _error(413, "too_much_to_decode",
                           f"{len(wanted)} decoded frames of instance {m['sop']} are {need} "
                           f"bytes, more than limits.max_decoded_bytes_per_request = {cap}; ask "
                           f"for fewer frames or for them as stored ({as_stored})")
-        parts = list(await asyncio.to_thread(_decoded_frames, src, wanted))
+        parts = list(await asyncio.to_thread(_decoded_frames, store, src, wanted))
     else:
         parts = [all_frames[n - 1] for n in wanted]
     await asyncio.to_thread(_audit_open, store, cfg, user, [m["study"]], "wado-rs", request,
                             frames=wanted[:100])
-    return await _multipart_stream(request, fmap.path if fmap else "", parts,
+    return await _multipart_stream(request, store, fmap.sha256 if fmap else "", parts,
                                    f"{media}; transfer-syntax={ts}",
                                    f'multipart/related; type="{media}"')
 
 
-async def _multipart_stream(request: web.Request, path: str, parts: list[bytes | list[Range]],
-                            part_type: str, ctype: str) -> web.StreamResponse:
-    """A multipart/related response whose parts are bytes or ranges of ``path`` (streamed)."""
+async def _multipart_stream(request: web.Request, store: Store, sha256: str,
+                            parts: list[bytes | list[Range]], part_type: str, ctype: str
+                            ) -> web.StreamResponse:
+    """A multipart/related response whose parts are bytes or ranges of blob ``sha256``
+    (streamed)."""
     boundary = uuid.uuid4().hex
     resp = web.StreamResponse(status=200)
     resp.headers["Content-Type"] = f"{ctype}; boundary={boundary}"
@@ -332,7 +331,7 @@ async def _multipart_stream(request: web.Request, path: str, parts: list[bytes |
         if isinstance(p, bytes):
             await resp.write(p)
         else:
-            async for chunk in _range_chunks(path, p):
+            async for chunk in _range_chunks(store, sha256, p):
                 await resp.write(chunk)
         await resp.write(b"\r\n")
     await resp.write(tail)

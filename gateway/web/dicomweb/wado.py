@@ -25,7 +25,7 @@ from fenji.gateway.web.dicomweb.common import (
     _app,
     _audit_open,
     _base_url,
-    _file_chunks,
+    _blob_chunks,
     _instances,
     _not_found_if_empty,
     _part_head,
@@ -107,15 +107,17 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     for head, r, ts in zip(heads, rows, plan, strict=True):
         await resp.write(sep + head)
         sep = b"\r\n"
-        path = str(store.blob_path(r["sha256"]))
+        # A blob in the local folder is a file (sendfile); one in a bucket comes by
+        # ranged GETs, a piece at a time: memory stays flat whatever the study.
+        path = store.blob_file(r["sha256"])
         if ts != r["transfer_syntax_uid"]:
             data = await asyncio.to_thread(store.read_blob, r["sha256"])
             await resp.write(await asyncio.to_thread(transcode, data, ts))
-        elif zero_copy and request.transport is not None:
+        elif zero_copy and request.transport is not None and path is not None:
             with open(path, "rb") as fh:  # noqa: ASYNC230 - open(2) only; data moves below
                 await loop.sendfile(request.transport, fh, 0, int(r["size"]))
         else:
-            async for chunk in _file_chunks(path, int(r["size"])):
+            async for chunk in _blob_chunks(store, r["sha256"], 0, int(r["size"])):
                 await resp.write(chunk)
     await resp.write(sep + tail)
     await resp.write_eof()
@@ -133,12 +135,18 @@ def _instance_metadata(store: Store, row: dict[str, Any], base: str,
     """An instance's metadata as DICOM JSON; text decoded with its (0008,0005), or
     ``default_charset`` (``dicom.default_character_set``) when it declares none."""
     import pydicom
-    from pydicom.tag import Tag
 
-    path = store.blob_path(row["sha256"])
     url = (f"{base}/studies/{row['study_instance_uid']}/series/{row['series_instance_uid']}"
            f"/instances/{row['sop_instance_uid']}")
-    ds = pydicom.dcmread(path, defer_size=BULK_THRESHOLD_BYTES)
+    with store.open_blob(row["sha256"]) as fh:  # deferred values are read from it below
+        return _metadata_of(pydicom.dcmread(fh, defer_size=BULK_THRESHOLD_BYTES), row, url,
+                            default_charset)
+
+
+def _metadata_of(ds: Any, row: dict[str, Any], url: str, default_charset: str
+                 ) -> dict[str, Any]:
+    from pydicom.tag import Tag
+
     # Before pydicom decodes anything (it would guess for undeclared text and
     # leave escape sequences in ISO 2022 IR 58 text).
     charset.decode_dataset(ds, charset.stored_default(row, default_charset))
@@ -196,10 +204,10 @@ async def metadata(request: web.Request) -> web.StreamResponse:
 
 def _bulk_value(store: Store, row: dict[str, Any], tag: int
                 ) -> tuple[str, list[bytes | list[Range]], str]:
-    """(path, parts, part type) of one bulk data value; pixel data as file ranges."""
+    """(blob, parts, part type) of one bulk data value; pixel data as blob ranges."""
     import pydicom
 
-    path = str(store.blob_path(row["sha256"]))
+    path = str(row["sha256"])
     if tag == 0x7FE00010:
         fmap = _map_frames(store, row)
         if fmap is not None:
@@ -216,11 +224,12 @@ def _bulk_value(store: Store, row: dict[str, Any], tag: int
         return (path, [b"".join(px.frames)],
                 f"application/octet-stream; transfer-syntax={EXPLICIT_LE}")
     # Other bulk values: only the asked-for one is read (the rest stays deferred).
-    ds = pydicom.dcmread(path, defer_size=BULK_THRESHOLD_BYTES)
-    if tag not in ds:
-        raise web.HTTPNotFound(text=f"instance {row['sop_instance_uid']} has no top-level "
-                                    f"({tag >> 16:04X},{tag & 0xFFFF:04X})")
-    value = ds[tag].value
+    with store.open_blob(path) as fh:
+        ds = pydicom.dcmread(fh, defer_size=BULK_THRESHOLD_BYTES)
+        if tag not in ds:
+            raise web.HTTPNotFound(text=f"instance {row['sop_instance_uid']} has no top-level "
+                                        f"({tag >> 16:04X},{tag & 0xFFFF:04X})")
+        value = ds[tag].value
     if not isinstance(value, bytes | bytearray):
         raise web.HTTPNotFound(text=f"({tag >> 16:04X},{tag & 0xFFFF:04X}) is not bulk data")
     ts = row["transfer_syntax_uid"]
@@ -243,5 +252,5 @@ async def bulkdata(request: web.Request) -> web.StreamResponse:
                                                  int(m["tag"], 16))
     await asyncio.to_thread(_audit_open, store, cfg, user, [m["study"]], "wado-rs", request)
     media = ptype.split(";")[0]
-    return await _multipart_stream(request, path, parts, ptype,
+    return await _multipart_stream(request, store, path, parts, ptype,
                                    f'multipart/related; type="{media}"')

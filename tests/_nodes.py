@@ -1,0 +1,64 @@
+"""An edge and a center as real node processes, and a bundle sent between them
+(import as ``from _nodes import edge_and_center, send_to_center``)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fenji.gateway import config as config_mod
+from fenji.gateway.cases.case import Released
+from fenji.gateway.keys import load_private, public_from_config
+from fenji.gateway.lab.harness import NodeProcess
+from fenji.routing.transfer_client import (
+    ChunkSizer,
+    Delivered,
+    Sender,
+    Yielded,
+    manifest_of,
+    send_bundle,
+)
+
+
+def edge_and_center(base: Path, *, tls: bool = False,
+                    **edge_kw: Any) -> tuple[NodeProcess, NodeProcess]:
+    """An edge taking C-STOREs from CT1 and a center taking them from anyone, one worker
+    each, peered both ways (the center is the edge's default peer); not started.
+
+    ``tls``: mutual TLS with pinned certificates; ``edge_kw``: more NodeProcess fields
+    for the edge (users, extra_toml)."""
+    edge = NodeProcess(base / "edge", name="edge", allow_ae=["CT1"], workers=1, **edge_kw)
+    center = NodeProcess(base / "center", name="center", role="center", allow_ae=["*"],
+                         workers=1)
+    edge.add_peer(center, default=True, tls=tls)
+    center.add_peer(edge, tls=tls)
+    return edge, center
+
+
+def send_to_center(edge: NodeProcess, rel: Released, *, sizer: ChunkSizer,
+                   key: Ed25519PrivateKey | None = None, name: str = "edge", ssl: Any = None,
+                   should_yield: Callable[[], bool] | None = None) -> Delivered | Yielded:
+    """``rel``'s bundle sent from ``edge`` to its peer "center" by the transfer client,
+    signed by ``name`` with ``key`` (the edge's own key unless given)."""
+    cfg = config_mod.load(edge.config, env={})
+    key = key or load_private(cfg.resolve(cfg.keys.private_key))
+    peer = cfg.peer("center")
+    assert peer is not None
+    peer_key = public_from_config(peer.public_key, cfg.data_dir)
+
+    async def yield_now() -> bool:
+        return bool(should_yield and should_yield())
+
+    async def go() -> Delivered | Yielded:
+        async with aiohttp.ClientSession() as session:
+            return await send_bundle(session, peer.url, Sender(name, key), peer_key,
+                                     rel.bundle_path, rel.bundle_id, receiver="center",
+                                     sizer=sizer, manifest=manifest_of(rel.bundle_path),
+                                     should_yield=yield_now, ssl=ssl)
+
+    return asyncio.run(go())
