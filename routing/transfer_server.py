@@ -604,7 +604,13 @@ async def _finalize(ctx: ReceiverContext, row: dict[str, Any], who: str,
     kept = False
     bundle_file: Path | None = None
     if ctx.on_delivered is not None:
-        bundle_file = await asyncio.to_thread(_bundle_file, ctx, row)
+        try:
+            bundle_file = await asyncio.to_thread(_bundle_file, ctx, row)
+        except (FileNotFoundError, BlobStoreError):
+            fresh = _row(ctx, upload_id)  # finished by another process meanwhile?
+            if fresh is None or fresh["state"] == upload.RECEIVING:
+                raise
+            return await _finalize(ctx, fresh, who, remote)
         kept = await asyncio.to_thread(ctx.on_delivered, receipt, manifest, bundle_file)
     signature = sign(ctx.key, canonical_json(receipt))
     state = upload.transition(row["state"], "finalize")
@@ -635,8 +641,9 @@ def _bundle_file(ctx: ReceiverContext, row: dict[str, Any]) -> Path:
     local = parts.local_file(row["upload_id"])
     if local is not None:
         return local
-    return parts.to_file(row["upload_id"], int(row["length"]),
-                         ctx.store.tmp_dir / f"{row['upload_id']}.fbundle.tmp")
+    # Per process and thread: two processes of a center may finalize one bundle.
+    return parts.to_file(row["upload_id"], int(row["length"]), ctx.store.tmp_dir /
+                         f"{row['upload_id']}.{os.getpid()}.{threading.get_ident()}.fbundle.tmp")
 
 
 def _record_receipt(ctx: ReceiverContext, upload_id: str, state: str, receipt: dict[str, Any],

@@ -35,6 +35,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -68,11 +69,20 @@ class StoreBackend:
     env: dict[str, str] = field(default_factory=dict)
 
 
-@pytest.fixture(params=["sqlite-folder"])
-def center_store(request: pytest.FixtureRequest) -> Iterator[StoreBackend]:
+@pytest.fixture(params=["sqlite-folder", "sqlite-s3"])
+def center_store(request: pytest.FixtureRequest,
+                 monkeypatch: pytest.MonkeyPatch) -> Iterator[StoreBackend]:
     """The store backend of the center under test (one parameter per backend)."""
     if request.param == "sqlite-folder":
         yield StoreBackend("sqlite-folder")  # the defaults: index.sqlite + blobs/ in store/
+    elif request.param == "sqlite-s3":
+        # Blobs and upload chunks in a bucket of a real S3-compatible server (SeaweedFS).
+        s3 = request.getfixturevalue("s3_server")
+        prefix = f"center-{uuid.uuid4().hex[:8]}"
+        for k, v in s3.env().items():  # this process opens the store too
+            monkeypatch.setenv(k, v)
+        yield StoreBackend("sqlite-s3", f'[store]\nblob_url = "{s3.blob_url("fenji", prefix)}"\n',
+                           s3.env())
     else:  # pragma: no cover - a parameter without a backend is a test bug
         raise AssertionError(f"unknown store backend {request.param}")
 
