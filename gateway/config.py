@@ -87,6 +87,20 @@ TRANSFER_CHUNK_HARD_MAX_BYTES = 64 * 1024 * 1024
 #: All preview sections of one bundle, encoded, as a receiver accepts them.
 PREVIEW_SECTIONS_MAX_BYTES = 16 * 1024 * 1024
 
+#: A process of a center ([node] shared_store) waits this long for the store's
+#: lock while another process that found itself alone does its start-up
+#: recovery (seconds on a large store: it lists the blob folder).
+SHARED_STORE_JOIN_WAIT_S = 120.0
+#: ... and, not being alone, removes only temporary files older than this: a
+#: live process's temp file (a blob being fsynced, an upload part being spooled)
+#: is seconds old, and one a killed process left is harmless until then.
+SHARED_STORE_STALE_TMP_S = 3600.0
+
+#: /api/ready answers 503 when the store does not answer its probe within this
+#: long (a balancer checks every second or two; a store slower than this is
+#: not one to send work to).
+READY_PROBE_TIMEOUT_S = 5.0
+
 #: Shortest passphrase a reader's signing key is encrypted with: the key file
 #: may be copied off the node, and a short passphrase falls to a guessing run.
 MIN_PASSPHRASE_BYTES = 8
@@ -112,6 +126,14 @@ class NodeSection:
     # Times people read (report PDFs) are in this IANA zone; empty: the
     # system's own zone (Asia/Shanghai on a hospital server in China).
     timezone: str = ""
+    # Several `fenji node` processes with this same config (ports from
+    # FENJI_DICOM_PORT / FENJI_HTTP_PORT) serve one center from one store,
+    # behind a load balancer.  Off (the default): one node per store, a second
+    # is refused, as a township node wants.  On: every process holds the
+    # store's lock shared; start-up clean-up that would touch a live process's
+    # work (temp files, staged blobs, outbox leases) is done only by a process
+    # that finds itself alone.  README: "Running a center on several processes".
+    shared_store: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,12 @@ and closes its store.  A worker that dies unexpectedly is restarted.
 
 When every worker listens, ``<data_dir>/run/node.json`` is written with the
 pid and ports, and the log says ``node ready``: scripts wait on either.
+
+With ``[node] shared_store = true`` several such nodes (one config, ports from
+``FENJI_DICOM_PORT`` / ``FENJI_HTTP_PORT``) serve one center from one store:
+each holds the store's lock shared (:func:`join_store`), writes
+``run/node-<pid>.json``, and only a process that finds itself alone does the
+start-up recovery that would touch another live process's work.
 """
 
 from __future__ import annotations
@@ -27,13 +33,13 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from fenji.gateway import ingest
 from fenji.gateway.cli.init import PRIVATE_UMASK
-from fenji.gateway.config import Config
+from fenji.gateway.config import SHARED_STORE_JOIN_WAIT_S, SHARED_STORE_STALE_TMP_S, Config
 from fenji.gateway.errors import LocalError
 from fenji.gateway.store import reindex
 from fenji.gateway.store.db import Store
@@ -188,18 +194,104 @@ def lock_store(cfg: Config) -> int:
     except BlockingIOError:
         holder = os.pread(fd, 4096, 0).decode(errors="replace")
         os.close(fd)
-        try:
-            info = json.loads(holder)
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["started_at"]))
-            who = f"pid {info['pid']} (started {when}: {info.get('command', '?')})"
-        except (ValueError, KeyError, TypeError):
-            who = "another process"
+        who, shared = _lock_holder(holder)
+        if shared:
+            raise StartupError(f"store {cfg.store_dir} is shared by the processes of a center "
+                               f"(node.shared_store = true; one was {who}); set "
+                               "node.shared_store = true in this config to join them") from None
         raise StartupError(f"store {cfg.store_dir} is in use by {who}") from None
-    record = json.dumps({"pid": os.getpid(), "started_at": time.time(),
+    _write_lock_record(fd, cfg, shared=False)
+    return fd
+
+
+def _lock_holder(record: str) -> tuple[str, bool]:
+    """Who wrote the lock file's record, and whether it was a center's process."""
+    try:
+        info = json.loads(record)
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["started_at"]))
+        return (f"pid {info['pid']} (started {when}: {info.get('command', '?')})",
+                bool(info.get("shared")))
+    except (ValueError, KeyError, TypeError):
+        return "another process", False
+
+
+def _write_lock_record(fd: int, cfg: Config, *, shared: bool) -> None:
+    record = json.dumps({"pid": os.getpid(), "started_at": time.time(), "shared": shared,
                          "command": " ".join(sys.argv)[:200], "config": cfg.source})
     os.ftruncate(fd, 0)
     os.pwrite(fd, record.encode(), 0)
-    return fd
+
+
+def join_store(cfg: Config, *, wait_s: float = SHARED_STORE_JOIN_WAIT_S) -> tuple[int, bool]:
+    """``[node] shared_store``: hold the store's lock with the center's other processes.
+
+    Returns ``(fd, alone)``.  A process that gets the lock exclusively is alone
+    on the store: it keeps it exclusive through the full start-up recovery and
+    then calls :func:`share_store`.  Otherwise it waits (up to ``wait_s``) for
+    the lock shared, while a process that is alone finishes its recovery.  A
+    node without ``shared_store`` holding the store is refused at once.
+    """
+    cfg.store_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(cfg.store_dir / "node.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pass
+    else:
+        _write_lock_record(fd, cfg, shared=True)
+        return fd, True
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return fd, False
+        except BlockingIOError:
+            who, shared = _lock_holder(os.pread(fd, 4096, 0).decode(errors="replace"))
+            if not shared or time.monotonic() >= deadline:
+                os.close(fd)
+                why = ("by a node without node.shared_store" if not shared else
+                       f"exclusively for {wait_s:.0f} s (its start-up recovery)")
+                raise StartupError(f"store {cfg.store_dir} is held {why}: {who}") from None
+            time.sleep(0.2)
+
+
+def share_store(fd: int) -> None:
+    """A process that was alone lets the center's other processes join (after recovery)."""
+    fcntl.flock(fd, fcntl.LOCK_SH)
+
+
+def run_file(cfg: Config, pid: int | None = None) -> Path:
+    """Where a running node says it is ready: ``run/node.json``; a center's process
+    (``[node] shared_store``) has its own, ``run/node-<pid>.json``."""
+    run = cfg.data_dir / "run"
+    if not cfg.node.shared_store:
+        return run / "node.json"
+    return run / f"node-{os.getpid() if pid is None else pid}.json"
+
+
+def running_pids(cfg: Config) -> list[int]:
+    """The pids of this config's running nodes on this machine (their run files)."""
+    pids = []
+    for path in sorted((cfg.data_dir / "run").glob("node*.json")):
+        try:
+            pid = int(json.loads(path.read_text())["pid"])
+            os.kill(pid, 0)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        pids.append(pid)
+    return pids
+
+
+def remove_stale_tmp(store: Store, older_than_s: float, now: float) -> int:
+    """A center's process that is not alone removes only temporary files older than
+    ``older_than_s``: the fresh ones may be another live process's writes."""
+    removed = 0
+    for p in store.tmp_dir.iterdir():
+        with contextlib.suppress(OSError):
+            if now - p.stat().st_mtime > older_than_s:
+                p.unlink()
+                removed += 1
+    return removed
 
 
 def worker_count(cfg: Config) -> int:
@@ -256,9 +348,8 @@ _HTTP_PORT: list[int] = []
 
 
 def _write_ready(cfg: Config, port: int, workers: list[int]) -> Path:
-    run = cfg.data_dir / "run"
-    run.mkdir(parents=True, exist_ok=True)
-    path = run / "node.json"
+    path = run_file(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"pid": os.getpid(), "workers": workers, "dicom_port": port,
                                "dicom_host": cfg.dicom.host, "ae_title": cfg.dicom.ae_title,
@@ -303,7 +394,10 @@ def run_node(cfg: Config, *, verbose: int = 0) -> int:
     os.umask(PRIVATE_UMASK)
     with contextlib.suppress(OSError):
         cfg.data_dir.chmod(0o700)
-    lock_fd = lock_store(cfg)
+    if cfg.node.shared_store:
+        lock_fd, alone = join_store(cfg)
+    else:
+        lock_fd, alone = lock_store(cfg), True
     try:
         # The DICOM workers of a node killed a moment ago may still be finishing
         # their associations (they stop on their supervisor's death): wait for them.
@@ -311,15 +405,17 @@ def run_node(cfg: Config, *, verbose: int = 0) -> int:
         check_port_free("http.port", cfg.http.host, cfg.http.port)
         if cfg.web.port:
             check_port_free("web.port", cfg.web.host, cfg.web.port)
-        return _run_locked(cfg, verbose)
+        return _run_locked(cfg, verbose, lock_fd, alone)
     finally:
         os.close(lock_fd)
 
 
 def return_stale_leases(store: Store, now: float) -> int:
-    """Give back every outbox lease at start: the node holds the store's lock (one node
-    per store), so a lease is its previous process's, killed mid-send.  Waiting out
-    ``outbox.lease_s`` instead held a STAT report back for a minute after a restart."""
+    """Give back every outbox lease at start: the node holds the store's lock alone (one
+    node per store, or the only process of a center), so a lease is its previous
+    process's, killed mid-send.  Waiting out ``outbox.lease_s`` instead held a STAT
+    report back for a minute after a restart.  A center's process that is not alone
+    leaves the leases to expire: they may be a live process's."""
     from fenji.routing import outbox_db
 
     jobs = outbox_db.list_jobs(store, state="leased")
@@ -328,18 +424,25 @@ def return_stale_leases(store: Store, now: float) -> int:
     return len(jobs)
 
 
-def _run_locked(cfg: Config, verbose: int) -> int:
+def _run_locked(cfg: Config, verbose: int, lock_fd: int, alone: bool) -> int:
     store = open_store(cfg)
-    recovered = store.recover()
-    recovered["leases_returned"] = return_stale_leases(store, time.time())
+    if alone:
+        recovered = store.recover()
+        recovered["leases_returned"] = return_stale_leases(store, time.time())
+    else:
+        recovered = {"tmp_removed": remove_stale_tmp(store, SHARED_STORE_STALE_TMP_S,
+                                                     time.time())}
     usage = store.usage()
     store.close()
-    log.info("store=%s instances=%d bytes=%d free=%d recovered=%s", cfg.store_dir,
-             usage["instances"], usage["bytes"], usage["disk_free_bytes"], recovered)
+    if cfg.node.shared_store:
+        share_store(lock_fd)  # recovered: the center's other processes may join
+    log.info("store=%s instances=%d bytes=%d free=%d recovered=%s shared=%s alone=%s",
+             cfg.store_dir, usage["instances"], usage["bytes"], usage["disk_free_bytes"],
+             recovered, cfg.node.shared_store, alone)
     _start_reindex(cfg)
-    run_file = cfg.data_dir / "run" / "node.json"
+    ready_file = run_file(cfg)
     with contextlib.suppress(FileNotFoundError):
-        run_file.unlink()
+        ready_file.unlink()
     n = worker_count(cfg)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -356,6 +459,13 @@ def _run_locked(cfg: Config, verbose: int) -> int:
         raise StartupError(f"http.port {cfg.http.port} on {cfg.http.host}: "
                            f"{exc.strerror or exc}") from None
     signal.signal(signal.SIGHUP, lambda *_: _reload_peers(cfg, http))
+
+    def stopping(*_: object) -> None:
+        http.draining.set()  # /api/ready answers 503 at once: the balancer drains us
+        stop.set()
+
+    signal.signal(signal.SIGTERM, stopping)
+    signal.signal(signal.SIGINT, stopping)
     watcher = None
     if cfg.ingest.watch_dir:
         from fenji.gateway.ingest.ecg_files import FolderWatcher
@@ -367,8 +477,9 @@ def _run_locked(cfg: Config, verbose: int) -> int:
         watcher.start()
         log.info("watching %s for ECG/DICOM files", cfg.resolve(cfg.ingest.watch_dir))
     try:
-        return _run_dicom(cfg, n, stop, verbose, run_file)
+        return _run_dicom(cfg, n, stop, verbose, http.dicom_up.set)
     finally:
+        http.draining.set()
         if watcher is not None:
             watcher.stop()
         # HTTP (API, uploads, the sender) stops before "node stopped" is logged:
@@ -376,7 +487,7 @@ def _run_locked(cfg: Config, verbose: int) -> int:
         http.stop()
         http_store.close()
         with contextlib.suppress(FileNotFoundError):
-            run_file.unlink()
+            ready_file.unlink()
         log.info("node stopped")
 
 
@@ -394,7 +505,8 @@ def _reload_peers(cfg: Config, http: Any) -> None:
     http.reload_peers(new)
 
 
-def _run_dicom(cfg: Config, n: int, stop: threading.Event, verbose: int, run_file: Path) -> int:
+def _run_dicom(cfg: Config, n: int, stop: threading.Event, verbose: int,
+               on_ready: Callable[[], None]) -> int:
     if n == 1:
         import queue as _q
 
@@ -403,16 +515,18 @@ def _run_dicom(cfg: Config, n: int, stop: threading.Event, verbose: int, run_fil
         def announce() -> None:
             kind, pid, port = ready_q.get()
             _write_ready(cfg, port, [pid])
+            on_ready()
             log.info("node ready name=%s role=%s dicom_port=%d workers=1", cfg.node.name,
                      cfg.node.role, port)
 
         threading.Thread(target=announce, daemon=True).start()
         _serve(cfg, stop, ready_q)
         return 0
-    return _supervise(cfg, n, stop, verbose)
+    return _supervise(cfg, n, stop, verbose, on_ready)
 
 
-def _supervise(cfg: Config, n: int, stop: threading.Event, verbose: int) -> int:
+def _supervise(cfg: Config, n: int, stop: threading.Event, verbose: int,
+               on_ready: Callable[[], None]) -> int:
     ctx = mp.get_context("spawn")
     # The supervisor binds the DICOM port once, without SO_REUSEPORT, and hands the
     # listening socket to every worker (multiprocessing passes the descriptor): the
@@ -454,6 +568,7 @@ def _supervise(cfg: Config, n: int, stop: threading.Event, verbose: int) -> int:
     else:
         rc = 0
         _write_ready(cfg, cfg.dicom.port, pids)
+        on_ready()
         log.info("node ready name=%s role=%s dicom_port=%d workers=%d", cfg.node.name,
                  cfg.node.role, cfg.dicom.port, n)
     restarts: list[float] = []

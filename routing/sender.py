@@ -243,6 +243,7 @@ class SenderLoop:
         from fenji.routing import egress
 
         t0 = time.monotonic()
+        beat = asyncio.create_task(self._keep_lease(j))
         try:
             n = await asyncio.to_thread(egress.send_case, self.cfg, self.store, target,
                                         j["case_id"])
@@ -254,12 +255,25 @@ class SenderLoop:
                         j["job_id"], j["case_id"], target.name, (time.monotonic() - t0) * 1000,
                         exc)
             return
+        finally:
+            beat.cancel()
         await asyncio.to_thread(outbox_db.complete, self.store, j["job_id"], self.owner,
                                 self.clock())
         await asyncio.to_thread(self.events.egress_delivered, j, target.name, self.clock())
         log.info("egress job=%s case=%s dest=%s (%s) instances=%d ms=%.0f outcome=delivered",
                  j["job_id"], j["case_id"], target.name, egress.describe(target), n,
                  (time.monotonic() - t0) * 1000)
+
+    async def _keep_lease(self, j: dict[str, Any]) -> None:
+        """Extend the job's lease while a hand-over with no progress of its own runs (a
+        large case's C-STORE to an archive): past ``outbox.lease_s`` another process of a
+        center would take the job and send the case a second time."""
+        while True:
+            await asyncio.sleep(self.policy.lease_s / 3)
+            if not await asyncio.to_thread(outbox_db.progress, self.store, j["job_id"],
+                                           self.owner, int(j.get("bytes_sent") or 0),
+                                           self.clock(), self.policy):
+                return
 
     async def _attempt(self, session: aiohttp.ClientSession, job: Any) -> None:
         j = job if isinstance(job, dict) else job.__dict__

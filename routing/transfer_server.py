@@ -31,6 +31,17 @@ Routes (all under the node's HTTP API):
     validator, stored, and a receipt signed with this node's key is answered.
     Finalizing again answers the same receipt: delivery is exactly once.
 
+A center may run several processes on one store behind a load balancer
+(``[node] shared_store``), so any request of an upload may reach any of them,
+and a sender whose process died resumes on another.  Everything an upload is
+lives in the store: its row (offset, state, receipt) in the index, its bytes
+in ``store/uploads/<id>.part``.  A chunk is written under an exclusive
+``flock`` of that file and committed only if the row still has the offset it
+was written at (else 409 with the offset, nothing changed); a bundle id gets
+one upload row (``ON CONFLICT DO NOTHING``); and of two processes finalizing
+the same upload, only the first to move the row from ``receiving`` records its
+receipt: the other answers that one (ingest itself is idempotent).
+
 Every request is signed by the sending node (``Fenji-Auth``, Ed25519 over
 method, path, time, the receiving node's name and the upload headers); unknown
 nodes, bad signatures, timestamps that are not finite or outside
@@ -44,15 +55,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import math
 import os
 import re
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +83,7 @@ from fenji.gateway import ingest
 from fenji.gateway.config import PREVIEW_SECTIONS_MAX_BYTES
 from fenji.gateway.ingest import Rejected, check_term
 from fenji.gateway.keys import canonical_json, sign, verify
+from fenji.gateway.store.blobs import BlobStoreError
 from fenji.gateway.store.db import Store, StoreFull
 from fenji.gateway.store.upload_parts import UploadParts
 from fenji.routing import upload
@@ -168,7 +182,7 @@ def _authenticate(ctx: ReceiverContext, request: web.Request) -> str | web.Respo
                         request.remote, node, cns)
             return error(403, "certificate_mismatch",
                          f"TLS client certificate {cns} does not belong to node {node!r}")
-    msg = auth_message(request.method, request.path, ts, dict(request.headers),
+    msg = auth_message(request.method, request.path, ts, request.headers,
                        receiver=ctx.node_name)
     if not verify(pub, msg, sig):
         log.warning("transfer refused peer=%s node=%s reason=bad-signature", request.remote, node)
@@ -239,9 +253,24 @@ async def create_upload(request: web.Request) -> web.StreamResponse:
     now = ctx.clock()
     await asyncio.to_thread(_parts(ctx).create, upload_id)
     with ctx.store.atomic() as con:
-        con.execute("INSERT INTO uploads(upload_id, bundle_id, sender, length, offset, state, "
-                    "created_at, updated_at) VALUES (?, ?, ?, ?, 0, ?, ?, ?)",
-                    (upload_id, bundle_id, who, length, upload.RECEIVING, now, now))
+        # Another process of the center may be creating the same bundle's upload
+        # right now (a sender that retried through the balancer): one row wins.
+        inserted = con.execute(
+            "INSERT INTO uploads(upload_id, bundle_id, sender, length, offset, state, "
+            "created_at, updated_at) VALUES (?, ?, ?, ?, 0, ?, ?, ?) "
+            "ON CONFLICT(bundle_id) DO NOTHING",
+            (upload_id, bundle_id, who, length, upload.RECEIVING, now, now)).rowcount
+    if not inserted:
+        await asyncio.to_thread(_parts(ctx).remove, upload_id)
+        existing = ctx.store.query_one("SELECT * FROM uploads WHERE bundle_id = ?",
+                                       (bundle_id,))
+        assert existing is not None  # rows are never deleted
+        bad = upload.check_existing(bundle_id, existing["length"], length)
+        if bad is not None:
+            return _refuse(bad)
+        if whole:
+            return await _whole(ctx, request, existing["upload_id"], who)
+        return web.Response(status=200, headers=_offset_headers(existing))
     log.info("upload created node=%s bundle=%s upload=%s length=%d", who, bundle_id, upload_id,
              length)
     if whole:
@@ -268,7 +297,11 @@ async def _whole(ctx: ReceiverContext, request: web.Request, upload_id: str,
         if isinstance(step, upload.Refuse):
             return _refuse(step, row)
         if step == "write":
-            await _commit_chunk(ctx, row, 0, data)
+            moved = await _commit_chunk(ctx, row, 0, data)
+            # Another process wrote (or finalized) it meanwhile: finalize what is there.
+            if moved is not None and row["state"] == upload.RECEIVING and \
+                    row["offset"] != row["length"]:
+                return _refuse(moved, row)
         return await _finalize(ctx, row, who, request.remote)
 
 
@@ -307,7 +340,9 @@ async def patch_upload(request: web.Request) -> web.StreamResponse:
         bad = await asyncio.to_thread(upload.check_chunk, offset, row["length"], data, digest)
         if bad is not None:
             return _refuse(bad, row)
-        await _commit_chunk(ctx, row, offset, data)
+        moved = await _commit_chunk(ctx, row, offset, data)
+        if moved is not None:
+            return _refuse(moved, row)
         return web.Response(status=204, headers=_offset_headers(row))
 
 
@@ -339,7 +374,9 @@ async def _frames(ctx: ReceiverContext, request: web.Request,
                                           digest)
             if bad is not None:
                 return _refuse(bad, row)
-            await _commit_chunk(ctx, row, offset, data)
+            moved = await _commit_chunk(ctx, row, offset, data)
+            if moved is not None:
+                return _refuse(moved, row)
             frames += 1
             if row["offset"] == row["length"] and \
                     request.headers.get(upload.FINALIZE_HEADER) == "on-complete":
@@ -354,18 +391,66 @@ async def _frames(ctx: ReceiverContext, request: web.Request,
 
 
 async def _commit_chunk(ctx: ReceiverContext, row: dict[str, Any], offset: int,
-                        data: bytes) -> None:
-    """Append, fsync, then commit the new offset (the row is the commit point)."""
+                        data: bytes) -> upload.Refuse | None:
+    """Append, fsync, then commit the new offset (the row is the commit point).
+
+    When another process of the center moved the upload since ``row`` was read
+    (its offset or state), nothing is written: ``row`` is refreshed from the
+    index and the refusal to answer is returned (409 with the offset).
+    """
     upload.transition(row["state"], "append")
-    await asyncio.to_thread(_append_commit, ctx, row["upload_id"], offset, data)
-    row["offset"] = offset + len(data)
+    fresh = await asyncio.to_thread(_append_commit, ctx, row["upload_id"], offset, data)
+    if fresh is None:
+        row["offset"] = offset + len(data)
+        return None
+    row.update(fresh)
+    refused = upload.check_append(fresh["state"], fresh["offset"], str(offset), 0)
+    if isinstance(refused, upload.Refuse):
+        return refused
+    return upload.Refuse(409, "offset_mismatch", f"upload {row['upload_id']} moved meanwhile",
+                         with_offset=True)
 
 
-def _append_commit(ctx: ReceiverContext, upload_id: str, offset: int, data: bytes) -> None:
-    _parts(ctx).append(upload_id, offset, data)  # fsynced, or confirmed by the bucket
-    with ctx.store.atomic() as con:
-        con.execute("UPDATE uploads SET offset = ?, updated_at = ? WHERE upload_id = ?",
-                    (offset + len(data), ctx.clock(), upload_id))
+@contextlib.contextmanager
+def _writer_turn(parts: UploadParts, upload_id: str) -> Iterator[bool]:
+    """Take the upload's writer turn across the center's processes: the local part
+    file's ``flock`` (False when the file is gone: finalized or refused meanwhile).  A
+    bucket needs none: a chunk object names its offset and length, and only the chain
+    the committed offsets make is read, so a stale writer's object is never used."""
+    local = parts.local_file(upload_id)
+    if local is None:
+        yield True
+        return
+    try:
+        fd = os.open(local, os.O_RDONLY)
+    except FileNotFoundError:
+        yield False
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield True
+    finally:
+        os.close(fd)  # and with it the lock
+
+
+def _append_commit(ctx: ReceiverContext, upload_id: str, offset: int,
+                   data: bytes) -> dict[str, Any] | None:
+    """Write ``data`` at ``offset`` and commit it if the upload is still at that offset;
+    else (another process of the center moved it) change nothing and return the row as
+    it is now.  The row, read in the writer's turn, says where the upload is; the commit
+    is conditional on the offset it was written at."""
+    parts = _parts(ctx)
+    with _writer_turn(parts, upload_id) as there:
+        row = _row(ctx, upload_id)
+        if not there or row is None or row["state"] != upload.RECEIVING or \
+                row["offset"] != offset:
+            return row or {"state": upload.REJECTED}
+        parts.append(upload_id, offset, data)  # fsynced, or confirmed by the bucket
+        with ctx.store.atomic() as con:
+            moved = con.execute("UPDATE uploads SET offset = ?, updated_at = ? WHERE "
+                                "upload_id = ? AND offset = ?",
+                                (offset + len(data), ctx.clock(), upload_id, offset)).rowcount
+    return None if moved else (_row(ctx, upload_id) or {"state": upload.REJECTED})
 
 
 MAX_PREVIEW_BYTES = PREVIEW_SECTIONS_MAX_BYTES  # gateway/config.py
@@ -392,7 +477,8 @@ def _save_previews(ctx: ReceiverContext, manifest: dict[str, Any],
     folder = ctx.store.root / "previews" / case_id
     folder.mkdir(parents=True, exist_ok=True)
     for index, data in previews:
-        tmp = folder / f".{index}.tmp"
+        # Per process and thread: two processes of a center may finalize one bundle.
+        tmp = folder / f".{index}.{os.getpid()}.{threading.get_ident()}.tmp"
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -491,6 +577,13 @@ async def _finalize(ctx: ReceiverContext, row: dict[str, Any], who: str,
     t0 = time.monotonic()
     try:
         receipt, manifest = await asyncio.to_thread(_ingest_bundle, ctx, row)
+    except (FileNotFoundError, BlobStoreError):
+        # Another process of the center finalized (or refused) it meanwhile and
+        # removed the parts: answer as it decided (still receiving: a real fault).
+        fresh = _row(ctx, upload_id)
+        if fresh is None or fresh["state"] == upload.RECEIVING:
+            raise
+        return await _finalize(ctx, fresh, who, remote)
     except StoreFull as exc:  # nothing visible; the sender retries the finalize later
         log.warning("bundle refused node=%s bundle=%s reason=%s", who, row["bundle_id"], exc)
         return error(507, "store_full", str(exc))
@@ -503,19 +596,31 @@ async def _finalize(ctx: ReceiverContext, row: dict[str, Any], who: str,
         await asyncio.to_thread(_parts(ctx).remove, upload_id)
         state = upload.transition(row["state"], "reject")
         with ctx.store.atomic() as con:
-            con.execute("UPDATE uploads SET state = ?, updated_at = ? WHERE upload_id = ?",
-                        (state, ctx.clock(), upload_id))
+            con.execute("UPDATE uploads SET state = ?, updated_at = ? WHERE upload_id = ? "
+                        "AND state = ?", (state, ctx.clock(), upload_id, upload.RECEIVING))
         return error(422, "bundle_rejected", str(exc))
     # Record and (on a relay) queue onward before the upload counts as complete:
     # if that fails, the sender's retried finalize runs it again (idempotent).
     kept = False
     bundle_file: Path | None = None
     if ctx.on_delivered is not None:
-        bundle_file = await asyncio.to_thread(_bundle_file, ctx, row)
+        try:
+            bundle_file = await asyncio.to_thread(_bundle_file, ctx, row)
+        except (FileNotFoundError, BlobStoreError):
+            fresh = _row(ctx, upload_id)  # finished by another process meanwhile?
+            if fresh is None or fresh["state"] == upload.RECEIVING:
+                raise
+            return await _finalize(ctx, fresh, who, remote)
         kept = await asyncio.to_thread(ctx.on_delivered, receipt, manifest, bundle_file)
     signature = sign(ctx.key, canonical_json(receipt))
     state = upload.transition(row["state"], "finalize")
-    await asyncio.to_thread(_record_receipt, ctx, upload_id, state, receipt, signature)
+    first = await asyncio.to_thread(_record_receipt, ctx, upload_id, state, receipt, signature)
+    if not first:  # another process of the center recorded its receipt first: that one
+        fresh = _row(ctx, upload_id)
+        assert fresh is not None
+        log.info("bundle finalized by another process node=%s bundle=%s", who,
+                 row["bundle_id"])
+        return await _finalize(ctx, fresh, who, remote)
     row["state"] = state
     if not kept:
         if bundle_file is not None:
@@ -536,17 +641,20 @@ def _bundle_file(ctx: ReceiverContext, row: dict[str, Any]) -> Path:
     local = parts.local_file(row["upload_id"])
     if local is not None:
         return local
-    return parts.to_file(row["upload_id"], int(row["length"]),
-                         ctx.store.tmp_dir / f"{row['upload_id']}.fbundle.tmp")
+    # Per process and thread: two processes of a center may finalize one bundle.
+    return parts.to_file(row["upload_id"], int(row["length"]), ctx.store.tmp_dir /
+                         f"{row['upload_id']}.{os.getpid()}.{threading.get_ident()}.fbundle.tmp")
 
 
 def _record_receipt(ctx: ReceiverContext, upload_id: str, state: str, receipt: dict[str, Any],
-                    signature: str) -> None:
+                    signature: str) -> bool:
+    """Record the receipt if the upload is still receiving; False when another process
+    of the center recorded one first (the index is the arbiter: one receipt per bundle)."""
     with ctx.store.atomic() as con:
-        con.execute("UPDATE uploads SET state = ?, receipt_json = ?, signature = ?, "
-                    "updated_at = ? WHERE upload_id = ?",
-                    (state, json.dumps(receipt, sort_keys=True), signature, ctx.clock(),
-                     upload_id))
+        return con.execute("UPDATE uploads SET state = ?, receipt_json = ?, signature = ?, "
+                           "updated_at = ? WHERE upload_id = ? AND state = ?",
+                           (state, json.dumps(receipt, sort_keys=True), signature, ctx.clock(),
+                            upload_id, upload.RECEIVING)).rowcount == 1
 
 
 def add_routes(app: web.Application, ctx: ReceiverContext) -> None:

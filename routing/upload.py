@@ -40,6 +40,7 @@ import base64
 import binascii
 import hashlib
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,16 +90,21 @@ class Refuse:
     with_offset: bool = False
 
 
-def auth_message(method: str, path: str, ts: str, headers: dict[str, str], *,
+def auth_message(method: str, path: str, ts: str, headers: Mapping[str, str], *,
                  receiver: str) -> bytes:
     """What a node signs for one request (shared by client and server).
 
     ``receiver`` is the node the request is meant for: a request captured on
-    the way to one node does not verify at another.
+    the way to one node does not verify at another.  Header names are matched
+    without regard to case (RFC 9110 5.1): a proxy in between (HAProxy in HTTP
+    mode) forwards them in lower case.
     """
     keys = ("Fenji-Bundle-Id", "Upload-Length", "Upload-Offset", "Upload-Checksum")
+    folded: dict[str, str] = {}
+    for k, v in headers.items():  # the first of repeated headers, as the handlers read them
+        folded.setdefault(k.lower(), v)
     parts = [method.upper(), path, ts, f"receiver={receiver}"] + [
-        f"{k}={headers.get(k, '')}" for k in keys]
+        f"{k}={folded.get(k.lower(), '')}" for k in keys]
     return "\n".join(parts).encode()
 
 

@@ -7,7 +7,7 @@ shown once by ``fenji user add`` and never stored.  A request carries it as
 user name is not trusted: the token alone identifies the user), which is what
 DICOMweb viewers such as Orthanc can be configured to send.
 
-Everything under ``/api/`` (except ``/api/health``) and ``/dicom-web/`` needs a
+Everything under ``/api/`` (except ``/api/health`` and ``/api/ready``) and ``/dicom-web/`` needs a
 valid token: an anonymous request reads nothing.  ``/transfer/`` is for nodes,
 which authenticate every request with their Ed25519 signature instead.
 """
@@ -26,7 +26,7 @@ from aiohttp import web
 from fenji.gateway.config import Config, UserSection
 
 PROTECTED = ("/api/", "/dicom-web/")
-OPEN = ("/api/health",)
+OPEN = ("/api/health", "/api/ready")
 
 
 @dataclass(frozen=True, slots=True)

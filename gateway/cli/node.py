@@ -78,15 +78,12 @@ def _node(args: argparse.Namespace) -> int:
 
 
 def _running_pid(cfg: config_mod.Config) -> int | None:
-    """The pid of this config's own node when it is running (its run/node.json)."""
-    import os
+    """The pid of this config's own node when it is running (its run file; a center
+    on several processes has one per process)."""
+    from fenji.gateway.node import running_pids
 
-    try:
-        pid = int(json.loads((cfg.data_dir / "run" / "node.json").read_text())["pid"])
-        os.kill(pid, 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return pid
+    pids = running_pids(cfg)
+    return pids[0] if pids else None
 
 
 def _conf_check(args: argparse.Namespace) -> int:

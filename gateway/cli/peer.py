@@ -142,16 +142,6 @@ def _toml(text: str) -> dict[str, Any]:
         raise ConfigError([f"the config would not be valid TOML: {exc}"]) from None
 
 
-def _running_node(cfg: config_mod.Config) -> int | None:
-    try:
-        info = json.loads((cfg.data_dir / "run" / "node.json").read_text())
-        pid = int(info["pid"])
-        os.kill(pid, 0)
-        return pid
-    except (OSError, ValueError, KeyError):
-        return None
-
-
 def _invite(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
     line, key = invitation(cfg, args.url)
@@ -170,10 +160,14 @@ def _add(args: argparse.Namespace) -> int:
     key = str(body["key"])
     print(f"added peer {body['name']} ({args.url or body['url']}), key {key[:16]}…{key[-8:]}"
           f"{' as the default destination' if args.default else ''}")
-    pid = _running_node(cfg)
-    if pid is not None:
+    from fenji.gateway.node import running_pids
+
+    pids = running_pids(cfg)  # a center may run several processes on this machine
+    for pid in pids:
         os.kill(pid, signal.SIGHUP)
-        print(f"told the running node (pid {pid}) to take it: no restart needed")
+    if pids:
+        print(f"told the running node (pid {', '.join(map(str, pids))}) to take it: "
+              "no restart needed")
     else:
         print("the node is not running; it takes the peer when it starts")
     return 0

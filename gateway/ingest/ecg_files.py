@@ -20,7 +20,9 @@ idempotent (``duplicate``), never a second copy.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -92,6 +94,10 @@ def _is_cart_file(path: Path) -> bool:
     return True
 
 
+#: The watched folder's lock: the process holding it is the one that scans it.
+WATCH_LOCK = ".fenji-watch.lock"
+
+
 class FolderWatcher:
     """Polls ``watch_dir``; ingests complete records; moves them to done/ or failed/."""
 
@@ -117,11 +123,27 @@ class FolderWatcher:
             self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.scan()
-            except OSError as exc:
-                log.warning("ecg watch dir=%s scan failed: %s", self.dir, exc)
+        # One scanner per folder: the processes of a center ([node] shared_store)
+        # each run a watcher, and two ingesting one record would make two ECG
+        # instances of it.  Whoever holds the folder's lock scans; the kernel
+        # gives the lock up when that process ends, and another takes over.
+        lock_fd = os.open(self.dir / WATCH_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        held = False
+        try:
+            while not self._stop.wait(self.interval_s):
+                if not held:
+                    try:
+                        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # another process of the center scans this folder
+                    held = True
+                    log.info("ecg watch dir=%s: this process scans it", self.dir)
+                try:
+                    self.scan()
+                except OSError as exc:
+                    log.warning("ecg watch dir=%s scan failed: %s", self.dir, exc)
+        finally:
+            os.close(lock_fd)
 
     def scan(self, now: float | None = None) -> list[dict[str, Any]]:
         import time
@@ -129,7 +151,8 @@ class FolderWatcher:
         now = time.time() if now is None else now
         results = []
         for path in sorted(self.dir.iterdir()):
-            if not path.is_file() or now - path.stat().st_mtime < self.settle_s:
+            if not path.is_file() or path.name == WATCH_LOCK or \
+                    now - path.stat().st_mtime < self.settle_s:
                 continue
             group: list[Path]
             if path.suffix == ".hea":

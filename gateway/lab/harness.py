@@ -250,10 +250,14 @@ class NodeProcess:
             self.proc = proc
             if self.wrap and self._port_open():
                 return True  # inside a mount namespace the run file is not visible
-            try:
-                return bool(json.loads(self.run_file.read_text()).get("pid") == proc.pid)
-            except (OSError, ValueError):
-                return False
+            # A center's process ([node] shared_store) has its own run file.
+            for path in (self.run_file, self.run_file.with_name(f"node-{proc.pid}.json")):
+                try:
+                    if json.loads(path.read_text()).get("pid") == proc.pid:
+                        return True
+                except (OSError, ValueError):
+                    continue
+            return False
 
         spawn_until_ready([*self.wrap, *fenji_cmd(), "node", "--config", str(self.config)],
                           self.log_path, ready=ready, timeout_s=timeout_s,
@@ -383,6 +387,163 @@ class OrthancProcess:
                 self.proc.kill()
 
     def __enter__(self) -> OrthancProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class HaproxyProcess:
+    """A real HAProxy (Debian package) in front of a center's processes.
+
+    ``http_servers`` / ``dicom_servers``: each process's HTTP and DICOM port
+    (same order).  The HTTP frontend balances per request in HTTP mode; the
+    DICOM frontend per connection in TCP mode.  Both follow each process's
+    ``GET /api/ready`` (``option httpchk``; for DICOM the check goes to the
+    process's HTTP port), so a process that is shutting down, or whose store or
+    listener is not up, gets no new work.  A stats socket answers
+    :meth:`server_states` (for tests that wait for a process to be back).
+    """
+
+    directory: Path
+    http_servers: list[int]
+    dicom_servers: list[int]
+    http_port: int = 0
+    dicom_port: int = 0
+    balance: str = "roundrobin"
+    check_interval_ms: int = 500
+    proc: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.directory = Path(self.directory)
+        self.http_port = self.http_port or free_port()
+        self.dicom_port = self.dicom_port or free_port()
+        self.socket_path = self.directory / "haproxy.sock"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def config_text(self) -> str:
+        check = f"inter {self.check_interval_ms}ms fall 2 rise 1"
+        http = "\n".join(f"    server c{i} 127.0.0.1:{p} check {check}"
+                         for i, p in enumerate(self.http_servers))
+        dicom = "\n".join(f"    server c{i} 127.0.0.1:{d} check port {h} {check}"
+                          for i, (d, h) in enumerate(zip(self.dicom_servers, self.http_servers,
+                                                         strict=True)))
+        # Long client/server timeouts: a frames PATCH streams a bundle for minutes
+        # on a slow link.  redispatch + retries: a connection refused by a process
+        # killed a moment ago (not yet marked down) goes to another one.
+        return f"""global
+    maxconn 2000
+    stats socket {self.socket_path} mode 600 level admin
+
+defaults
+    timeout connect 5s
+    timeout client 600s
+    timeout server 600s
+    timeout check 5s
+    retries 3
+    option redispatch
+
+frontend center_http
+    mode http
+    bind 127.0.0.1:{self.http_port}
+    default_backend center_http
+
+backend center_http
+    mode http
+    balance {self.balance}
+    option httpchk GET /api/ready
+    http-check expect status 200
+{http}
+
+frontend center_dicom
+    mode tcp
+    bind 127.0.0.1:{self.dicom_port}
+    default_backend center_dicom
+
+backend center_dicom
+    mode tcp
+    balance leastconn
+    option httpchk GET /api/ready
+    http-check expect status 200
+{dicom}
+"""
+
+    def start(self, timeout_s: float = 30.0) -> HaproxyProcess:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        conf = self.directory / "haproxy.cfg"
+        conf.write_text(self.config_text())
+        check = subprocess.run(["/usr/sbin/haproxy", "-c", "-q", "-f", str(conf)],
+                               capture_output=True, text=True, timeout=60)
+        if check.returncode != 0:
+            raise RuntimeError(f"haproxy refused {conf}: {check.stdout}{check.stderr}")
+        log = open(self.directory / "haproxy.log", "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(["/usr/sbin/haproxy", "-db", "-f", str(conf)],
+                                     stdout=log, stderr=log, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"haproxy exited with {self.proc.returncode}; see "
+                                   f"{self.directory / 'haproxy.log'}")
+            if self.socket_path.exists():
+                with contextlib.suppress(OSError):
+                    self.server_states()
+                    return self
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError("haproxy did not start")
+
+    def command(self, line: str) -> str:
+        """One command on the stats socket (``show stat``, ``show servers state``)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(str(self.socket_path))
+            s.sendall(line.encode() + b"\n")
+            chunks = []
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode(errors="replace")
+
+    def _stat(self) -> list[dict[str, str]]:
+        lines = self.command("show stat").splitlines()
+        if not lines or not lines[0].startswith("# "):
+            raise OSError("haproxy stats socket did not answer")
+        head = lines[0][2:].split(",")
+        return [row for line in lines[1:]
+                if (row := dict(zip(head, line.split(","), strict=False))).get("svname")
+                not in (None, "", "FRONTEND", "BACKEND")]
+
+    def server_states(self) -> dict[tuple[str, str], str]:
+        """``(backend, server) -> status`` (``UP``, ``DOWN``, ``UP 1/2`` …) as HAProxy sees it."""
+        return {(r["pxname"], r["svname"]): r.get("status", "") for r in self._stat()}
+
+    def busy(self, backend: str = "center_http") -> list[int]:
+        """The processes (indexes) that hold a request of ``backend`` now (HAProxy's
+        current sessions; its health checks are not sessions)."""
+        return [int(r["svname"][1:]) for r in self._stat()
+                if r["pxname"] == backend and int(r.get("scur") or 0) > 0]
+
+    def up(self, index: int) -> bool:
+        """Does HAProxy send work to process ``index`` again (both backends UP)?"""
+        states = self.server_states()
+        return all(states.get((b, f"c{index}"), "").startswith("UP") and
+                   "/" not in states.get((b, f"c{index}"), "")
+                   for b in ("center_http", "center_dicom"))
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+
+    def __enter__(self) -> HaproxyProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -2,7 +2,7 @@
 
 Routes so far:
 
-* ``GET  /api/health`` — node name, role, store usage;
+* ``GET  /api/health``, ``GET /api/ready`` — for a load balancer (:mod:`.probes`);
 * ``POST /api/cases`` — release a study as a case (JSON body: ``study_instance_uid``,
   ``destination``, ``priority``, ``service``, ``requesting_physician``,
   ``clinical_question``, ``consent_ref``); answers the case and its bundle;
@@ -17,6 +17,7 @@ threads (``asyncio.to_thread``), never on the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -36,7 +37,7 @@ from fenji.gateway.keys import load_private, public_from_config
 from fenji.gateway.reading import report_return
 from fenji.gateway.reading.delivery import NodeEvents
 from fenji.gateway.store.db import Store
-from fenji.gateway.web import dicomweb, reading_routes
+from fenji.gateway.web import dicomweb, probes, reading_routes
 from fenji.gateway.web.common import CONFIG, LIVE_CONFIG, ON_RELEASE, STORE
 from fenji.gateway.web.console import routes as console_routes
 from fenji.gateway.web.console import session as console_session
@@ -76,13 +77,6 @@ async def errors_as_json(request: web.Request, handler: Any) -> web.StreamRespon
         log.info("client went away peer=%s %s %s", request.remote, request.method,
                  request.path)
         return _error(400, "connection_lost", "the client closed the connection mid-request")
-
-
-@ROUTES.get("/api/health")
-async def health(request: web.Request) -> web.Response:
-    cfg, store = request.app[CONFIG], request.app[STORE]
-    usage = await asyncio.to_thread(store.usage)
-    return web.json_response({"name": cfg.node.name, "role": cfg.node.role, "store": usage})
 
 
 @ROUTES.post("/api/cases")
@@ -312,7 +306,9 @@ def _forward_or_keep(cfg: Config, store: Store, receipt: dict[str, Any],
     target = store.root / "bundles" / f"{bundle_id}.fbundle"
     target.parent.mkdir(parents=True, exist_ok=True)
     if not target.exists():  # a hard link: a retried finalize still finds the upload
-        os.link(part, target)
+        # (another process of a center finalizing the same bundle may link it first)
+        with contextlib.suppress(FileExistsError):
+            os.link(part, target)
     fd = os.open(target.parent, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -335,7 +331,8 @@ def _forward_or_keep(cfg: Config, store: Store, receipt: dict[str, Any],
 
 def build_app(cfg: Config, store: Store,
               on_release: Callable[[cases_mod.Released], None] | None = None,
-              wake: Callable[[], None] = lambda: None) -> web.Application:
+              wake: Callable[[], None] = lambda: None,
+              readiness: probes.Readiness | None = None) -> web.Application:
     live: list[Config] = [cfg]  # [[peers]] reload without a restart (reload_peers)
     app = web.Application(middlewares=[console_viewer.dicomweb_log, errors_as_json,
                                        console_viewer.cors_middleware(cfg),
@@ -347,6 +344,7 @@ def build_app(cfg: Config, store: Store,
     app[STORE] = store
     if on_release is not None:
         app[ON_RELEASE] = on_release
+    probes.add_routes(app, readiness or probes.Readiness())
     app.add_routes(ROUTES)
     reading_routes.add_routes(app, wake)
     dicomweb.add_routes(app, cfg, store)
@@ -383,7 +381,12 @@ class HttpService:
         self.sender: Any = None
         self._stop_sender: asyncio.Event | None = None
         self._sender_task: asyncio.Task[None] | None = None
-        self.app = build_app(cfg, store, self._on_release, wake=self.wake_sender)
+        # The node sets these: its DICOM listener is up; it is shutting down (/api/ready).
+        self.readiness = probes.Readiness()
+        self.dicom_up = self.readiness.dicom_up
+        self.draining = self.readiness.draining
+        self.app = build_app(cfg, store, self._on_release, wake=self.wake_sender,
+                             readiness=self.readiness)
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self.port: int | None = None
