@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from fenji.gateway import ingest
+from fenji.gateway.cases.case import recover_releases
 from fenji.gateway.cli.init import PRIVATE_UMASK
 from fenji.gateway.config import Config
 from fenji.gateway.errors import LocalError
@@ -328,6 +329,7 @@ def _run_locked(cfg: Config, verbose: int) -> int:
     store = open_store(cfg)
     recovered = store.recover()
     recovered["leases_returned"] = return_stale_leases(store, time.time())
+    recovered["releases_failed"] = len(recover_releases(store))
     usage = store.usage()
     store.close()
     log.info("store=%s instances=%d bytes=%d free=%d recovered=%s", cfg.store_dir,
