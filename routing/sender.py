@@ -41,6 +41,7 @@ from fenji.routing.transfer_client import (
     ChunkSizer,
     Delivered,
     Pipeline,
+    ResumingContext,
     Sender,
     TransferError,
     manifest_of,
@@ -159,7 +160,7 @@ class SenderLoop:
             k = self.cfg.keys
             self._ssl_ctx[dest] = client_ssl_context(
                 self.cfg.resolve(k.certificate), self.cfg.resolve(k.private_key),
-                self.cfg.resolve(peer.cert))
+                self.cfg.resolve(peer.cert), context_class=ResumingContext)
         return self._ssl_ctx[dest]
 
     def _pace(self, dest: str) -> Callable[[int], float]:

@@ -13,10 +13,12 @@ boundaries); the upload stays where it is and resumes later.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
 import logging
 import os
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -49,6 +51,57 @@ class TransferError(PeerError):
         # The peer is up but does not list this node ([[peers]]): not a dead
         # job, a pairing still to be done on the other side.
         self.waiting_for_peer = waiting_for_peer
+
+
+class ResumingContext(ssl.SSLContext):
+    """A client TLS context that offers its peer's last session ticket on every new
+    connection: TLS 1.3 resumption (RFC 8446 2.2), so a reconnect after a cut costs
+    no certificate exchange.  The peer's certificate is still the pinned one: a
+    ticket resumes only a session that verified it, and the receiver reads the
+    client's certificate from the resumed session as from a full handshake.  One
+    context per peer (a ticket belongs to one server); make it with
+    ``keys.client_ssl_context(..., context_class=ResumingContext)``.
+
+    asyncio creates each connection's :class:`ssl.SSLObject` through
+    :meth:`wrap_bio`, which is where a session can be given (aiohttp has no
+    parameter for it); the newest few are kept to read their tickets from.
+    """
+
+    # Connections kept to read tickets from (the newest first that has one): a
+    # ticket arrives after the handshake, and the last connection may have died
+    # before it did.
+    KEEP = 4
+
+    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,
+                 server_side: bool = False, server_hostname: str | bytes | None = None,
+                 session: ssl.SSLSession | None = None) -> ssl.SSLObject:
+        if session is None and not server_side:
+            session = self.reusable_session()
+        obj = super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+        self._connections().appendleft(obj)
+        return obj
+
+    def _connections(self) -> collections.deque[ssl.SSLObject]:
+        conns: collections.deque[ssl.SSLObject] | None = self.__dict__.get("_fenji_conns")
+        if conns is None:
+            conns = self.__dict__["_fenji_conns"] = collections.deque(maxlen=self.KEEP)
+        return conns
+
+    def reusable_session(self, now: float | None = None) -> ssl.SSLSession | None:
+        """The newest session with a ticket that has not expired, or None."""
+        now = time.time() if now is None else now
+        for obj in self._connections():
+            try:
+                s = obj.session
+            except (ValueError, ssl.SSLError):
+                continue
+            if s is not None and s.has_ticket and now < s.time + s.timeout:
+                return s
+        return None
+
+    def handshakes(self) -> list[bool]:
+        """For the connections kept, newest first: whether each resumed a session."""
+        return [obj.session_reused for obj in self._connections()]
 
 
 @dataclass(frozen=True)
