@@ -33,7 +33,7 @@ import aiohttp
 from fenji.gateway.config import Config
 from fenji.gateway.keys import load_private, public_from_config
 from fenji.gateway.store.db import Store
-from fenji.routing import outbox_db, wakeup
+from fenji.routing import outbox_db, relay, upload, wakeup
 from fenji.routing.outbox import DeadLetter, OutboxPolicy, Wait
 from fenji.routing.shaping import LinkMeter, Pacer, parse_schedule
 from fenji.routing.transfer_client import (
@@ -309,9 +309,15 @@ class SenderLoop:
             return await asyncio.to_thread(outbox_db.outranked, self.store, j, self.clock(),
                                            self.policy)
 
+        # A bundle this node is still receiving (a relay forwarding a STAT bundle cut-through,
+        # routing/relay.py): send what is committed, wait for the rest.
+        inc = await asyncio.to_thread(relay.incoming, self.store, j["bundle_id"])
+        growing = (relay.Growing(self.store, j["bundle_id"], inc.length)
+                   if inc is not None and inc.state == upload.RECEIVING else None)
         try:
             manifest = await asyncio.to_thread(manifest_of, path)
-            await asyncio.to_thread(self.events.sent, j, self.clock(), path.stat().st_size)
+            await asyncio.to_thread(self.events.sent, j, self.clock(),
+                                    growing.length if growing else path.stat().st_size)
             t = self.cfg.transfer
             pipeline = Pipeline(single_request_bytes=t.single_request_bytes,
                                 frame_bytes=t.frame_bytes)
@@ -321,7 +327,7 @@ class SenderLoop:
                                     should_yield=should_yield, on_progress=progress,
                                     ssl=self._ssl(dest), pace=self._pace(dest),
                                     meter=self.meters.setdefault(dest, LinkMeter()),
-                                    pipeline=pipeline)
+                                    pipeline=pipeline, growing=growing)
         except TransferError as exc:
             await asyncio.to_thread(self._save_meter, dest)
             decision = await asyncio.to_thread(
@@ -333,6 +339,9 @@ class SenderLoop:
             log.warning("transfer job=%s case=%s dest=%s ms=%.0f outcome=failed reason=%s",
                         j["job_id"], j["case_id"], dest, (time.monotonic() - t0) * 1000, exc)
             return
+        finally:
+            if growing is not None:
+                growing.done()
         await asyncio.to_thread(self._save_meter, dest)
         if isinstance(out, Delivered):
             now = self.clock()
