@@ -58,6 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=1800, help="per transfer, seconds")
     p.add_argument("--relay", default="satellite:provincial",
                    help="relay path FIRST:SECOND profiles ('' to skip)")
+    p.add_argument("--tls", action="store_true",
+                   help="fenji's nodes talk mutual TLS (as in production; resumption on "
+                        "reconnect) instead of plain HTTP through the emulator")
     p.add_argument("--behind-mb", type=int, default=40,
                    help="routine study (MB raw) a STAT case is released behind (issue: 500; "
                         "0 to skip)")
@@ -118,7 +121,7 @@ def _send_case(edge: NodeProcess, study: str, prio: str, dest: str | None = None
 
 
 def _fenji(work: Path, profile: str, payloads: dict[str, list[Path]], timeout: float,
-           seed: int, relay_profile: str | None = None) -> dict[str, Any]:
+           seed: int, relay_profile: str | None = None, tls: bool = False) -> dict[str, Any]:
     """Edge -> center through ``profile``; with ``relay_profile``: edge -> relay through
     ``profile``, relay -> center through ``relay_profile`` (store and forward)."""
     edge = NodeProcess(work / "edge", name="edge", allow_ae=["CT1"], workers=1)
@@ -132,16 +135,18 @@ def _fenji(work: Path, profile: str, payloads: dict[str, list[Path]], timeout: f
         first = _link(profile, relay.http_port, seed)
         second = _link(relay_profile, center.http_port, seed + 100)
         links = [first, second]
-        edge.add_peer(relay, default=True, url=f"http://127.0.0.1:{first.port}")
-        relay.add_peer(edge)
-        relay.add_peer(center, url=f"http://127.0.0.1:{second.port}")
-        center.add_peer(relay)
+        scheme = "https" if tls else "http"
+        edge.add_peer(relay, default=True, url=f"{scheme}://127.0.0.1:{first.port}", tls=tls)
+        relay.add_peer(edge, tls=tls)
+        relay.add_peer(center, url=f"{scheme}://127.0.0.1:{second.port}", tls=tls)
+        center.add_peer(relay, tls=tls)
         final = "center"
     else:
         first = _link(profile, center.http_port, seed)
         links = [first]
-        edge.add_peer(center, default=True, url=f"http://127.0.0.1:{first.port}")
-        center.add_peer(edge)
+        scheme = "https" if tls else "http"
+        edge.add_peer(center, default=True, url=f"{scheme}://127.0.0.1:{first.port}", tls=tls)
+        center.add_peer(edge, tls=tls)
     out: dict[str, Any] = {}
     try:
         with contextlib.ExitStack() as stack:
@@ -293,7 +298,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         work = Path(tempfile.mkdtemp(prefix=f"fenji-bench-link-{profile}-"))
         try:
             print(f"  {profile}: fenji ...", flush=True)
-            res["fenji"] = _fenji(work / "fenji", profile, payloads, args.timeout, seed)
+            res["fenji"] = _fenji(work / "fenji", profile, payloads, args.timeout, seed,
+                                  tls=args.tls)
             if "cstore" in args.peers:
                 print(f"  {profile}: C-STORE ...", flush=True)
                 res["cstore"] = _cstore(work / "cstore", profile, payloads, args.timeout, seed)
@@ -323,7 +329,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         work = Path(tempfile.mkdtemp(prefix="fenji-bench-link-relay-"))
         try:
             print(f"  relay {first} -> {second}: fenji ...", flush=True)
-            res = _fenji(work, first, payloads, args.timeout, 7, relay_profile=second)
+            res = _fenji(work, first, payloads, args.timeout, 7, relay_profile=second,
+                         tls=args.tls)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         results["relay"] = res
