@@ -37,6 +37,7 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -96,10 +97,13 @@ def _queued_at(node: NodeProcess, case_id: str) -> float | None:
     return _db_one(node, "SELECT min(created_at) FROM outbox WHERE case_id = ?", (case_id,))
 
 
-def _watch(center: NodeProcess, case_id: str, t0: float, deadline: float) -> dict[str, Any]:
+def _watch(center: NodeProcess, study: str, t0: float, deadline: float) -> dict[str, Any]:
+    """When the center first shows the study's case as a preview, and as received (by
+    study: it runs while `fenji case send` still encodes, before its case id is out)."""
     preview_s = done_s = None
     while time.monotonic() < deadline:
-        state = _case_state(center, case_id)
+        state = _db_one(center, "SELECT state FROM cases WHERE study_instance_uid = ? "
+                                "ORDER BY created_at DESC LIMIT 1", (study,))
         now = time.monotonic()
         if preview_s is None and state in ("preview", "received"):
             preview_s = now - t0
@@ -108,6 +112,29 @@ def _watch(center: NodeProcess, case_id: str, t0: float, deadline: float) -> dic
             break
         time.sleep(0.05)
     return {"preview_s": preview_s, "done_s": done_s}
+
+
+def _send_watched(edge: NodeProcess, center: NodeProcess, study: str, prio: str,
+                  dest: str | None, timeout: float) -> tuple[dict[str, Any], float, float,
+                                                             dict[str, Any]]:
+    """`fenji case send` in a thread while the center is watched: a STAT preview can
+    arrive before the CLI has encoded the full bundle and returned."""
+    box: dict[str, Any] = {}
+    t0 = time.monotonic()
+
+    def send() -> None:
+        try:
+            box["case"], box["wall0"] = _send_case(edge, study, prio, dest)
+        except BaseException as exc:  # reported below, in the caller's thread
+            box["error"] = exc
+
+    th = threading.Thread(target=send, daemon=True)
+    th.start()
+    seen = _watch(center, study, t0, t0 + timeout)
+    th.join(timeout)
+    if "error" in box:
+        raise box["error"]
+    return box["case"], box["wall0"], t0, seen
 
 
 def _send_case(edge: NodeProcess, study: str, prio: str, dest: str | None = None
@@ -156,10 +183,9 @@ def _fenji(work: Path, profile: str, payloads: dict[str, list[Path]], timeout: f
                 storescu(files, edge.dicom_port, calling="CT1")
             for name, files in payloads.items():
                 before = first.stats.bytes_up
-                t0 = time.monotonic()
                 prio = "stat" if name == "ct" else "urgent"
-                case, wall0 = _send_case(edge, _study(files), prio, final)
-                seen = _watch(center, case["case_id"], t0, t0 + timeout)
+                case, wall0, t0, seen = _send_watched(edge, center, _study(files), prio, final,
+                                                      timeout)
                 dt = seen["done_s"] if seen["done_s"] is not None else time.monotonic() - t0
                 queued = _queued_at(edge, case["case_id"])
                 release_s = (queued - wall0) if queued else None
@@ -196,10 +222,9 @@ def _behind(work: Path, profile: str, routine_mb: int, timeout: float,
                 if sent and sent > 256 * 1024:
                     break
                 time.sleep(0.05)
-            t0 = time.monotonic()
-            case, wall0 = _send_case(edge, _study(files), "stat")
+            case, wall0, t0, seen = _send_watched(edge, center, _study(files), "stat", None,
+                                                  timeout)
             queued = _queued_at(edge, case["case_id"])
-            seen = _watch(center, case["case_id"], t0, t0 + timeout)
             release_s = (queued - wall0) if queued else 0.0
             routine_state = _case_state(center, routine["case_id"])
     finally:
