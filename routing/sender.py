@@ -347,9 +347,13 @@ class SenderLoop:
             now = self.clock()
             await asyncio.to_thread(keep_receipt, self.store, j, out, now, self.events)
             await asyncio.to_thread(outbox_db.complete, self.store, j["job_id"], self.owner, now)
+            ctx = self._ssl(dest)
+            resumed = ctx.handshakes() if isinstance(ctx, ResumingContext) else []
             log.info("transfer job=%s case=%s dest=%s bytes=%d ms=%.0f outcome=delivered "
-                     "instances=%d", j["job_id"], j["case_id"], dest, out.bytes_sent,
-                     out.seconds * 1000, len(out.receipt["instances"]))
+                     "instances=%d cut_through=%s tls_resumed=%d/%d", j["job_id"],
+                     j["case_id"], dest, out.bytes_sent, out.seconds * 1000,
+                     len(out.receipt["instances"]), "yes" if growing else "no", sum(resumed),
+                     len(resumed))
         else:
             await asyncio.to_thread(outbox_db.release, self.store, j["job_id"], self.owner,
                                     self.clock())
