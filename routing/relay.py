@@ -28,6 +28,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from fenji.gateway.errors import PeerError
 from fenji.gateway.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -66,9 +67,9 @@ def incoming(store: Store, bundle_id: str) -> Incoming | None:
     return Incoming(int(row["length"]), int(row["offset"]), str(row["state"]))
 
 
-class StalledError(Exception):
-    """The bundle being forwarded stopped growing (its first hop is down), or the
-    relay refused it: the forward stops here and is retried by the outbox."""
+class StalledError(PeerError):
+    """The bundle being forwarded stopped growing (the previous hop went silent), or
+    the relay refused it: the forward stops here and is retried by the outbox."""
 
 
 class Growing:
