@@ -189,8 +189,16 @@ def _fenji(work: Path, profile: str, payloads: dict[str, list[Path]], timeout: f
                 dt = seen["done_s"] if seen["done_s"] is not None else time.monotonic() - t0
                 queued = _queued_at(edge, case["case_id"])
                 release_s = (queued - wall0) if queued else None
+                # The full bundle on its own: from its create at the first receiver to
+                # the case recorded at the center (what the link and the receivers add;
+                # the encode and the preview before it are not in it).
+                began = _db_one(nodes[1], "SELECT created_at FROM uploads WHERE bundle_id = ?",
+                                (case["bundle_id"],))
+                ended = _db_one(center, "SELECT received_at FROM cases WHERE case_id = ?",
+                                (case["case_id"],))
                 out[name] = {"seconds": dt, "preview_s": seen["preview_s"],
                              "release_s": release_s,
+                             "full_s": (ended - began) if began and ended else None,
                              "raw_bytes": case["raw_bytes"], "bundle_bytes": case["bundle_bytes"],
                              "link_bytes": first.stats.bytes_up - before,
                              "delivered": seen["done_s"] is not None}
@@ -308,6 +316,9 @@ def _transfer_columns(row: dict[str, Any], f: dict[str, Any], rate: float) -> No
     ideal = f["bundle_bytes"] * 8 / rate
     row["xfer/ideal"] = xfer / ideal
     row["xfer util"] = f["link_bytes"] * 8 / (xfer * rate)
+    if f.get("full_s"):
+        row["full s"] = f["full_s"]
+        row["full/ideal"] = f["full_s"] / ideal
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -390,5 +401,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             _transfer_columns(row, r, results["relay_rate_bps"])
     print_table(rows, ["profile", "payload", "release s", "preview CLI s", "preview s",
                        "fenji s", "ideal s", "vs ideal", "util", "xfer s", "xfer/ideal",
-                       "xfer util", "cstore s", "x cstore", "stow s", "x stow"])
+                       "xfer util", "full s", "full/ideal", "cstore s", "x cstore", "stow s",
+                       "x stow"])
     return {"rows": rows, "raw": results}
