@@ -68,6 +68,11 @@ DICOMWEB_READ_CHUNK_BYTES = 1 << 20
 TRANSFER_CHUNK_HARD_MAX_BYTES = 64 * 1024 * 1024
 #: All preview sections of one bundle, encoded, as a receiver accepts them.
 PREVIEW_SECTIONS_MAX_BYTES = 16 * 1024 * 1024
+#: A STAT/urgent case whose instances total at most this many bytes carries its
+#: preview inside its full bundle instead of ahead of it: the whole case goes in one
+#: request (under transfer.single_request_bytes' default even uncompressed) as soon
+#: as a separate preview would, without a second round trip (an ECG: issue 16).
+PREVIEW_INLINE_MAX_RAW_BYTES = 512 * 1024
 
 #: Shortest passphrase a reader's signing key is encrypted with: the key file
 #: may be copied off the node, and a short passphrase falls to a guessing run.

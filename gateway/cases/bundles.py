@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fenji.gateway.config import PREVIEW_INLINE_MAX_RAW_BYTES
 from fenji.gateway.errors import LocalError
 from fenji.gateway.store.db import Store
 
@@ -48,11 +49,14 @@ class Built:
 
 def build_bundle(store: Store, rows: list[dict[str, Any]], case_meta: dict[str, Any],
                  bundle_id: str, priority: str, effort: str, step: Step = _no_step) -> Built:
-    """The preview (STAT and urgent) and the full bundle, both placed in ``bundles/``."""
-    preview = (stage_preview(store, rows, case_meta, step) if priority in ("stat", "urgent")
-               else None)
+    """The preview (STAT and urgent) and the full bundle, both placed in ``bundles/``
+    (a small case's preview inside its full bundle: :func:`preview_inline`)."""
+    inline = priority in ("stat", "urgent") and preview_inline(rows)
+    preview = (stage_preview(store, rows, case_meta, step)
+               if priority in ("stat", "urgent") and not inline else None)
     try:
-        built = build_full(store, rows, case_meta, bundle_id, effort, step)
+        built = build_full(store, rows, case_meta, bundle_id, effort, step,
+                           with_preview=inline)
     except BaseException:
         if preview is not None:
             with contextlib.suppress(OSError):
@@ -62,20 +66,34 @@ def build_bundle(store: Store, rows: list[dict[str, Any]], case_meta: dict[str, 
                  preview)
 
 
+def preview_inline(rows: list[dict[str, Any]]) -> bool:
+    """A case this small goes whole in one request as soon as a preview ahead of it
+    would: its preview travels inside its full bundle (config.PREVIEW_INLINE_MAX_RAW_BYTES)."""
+    return sum(int(r.get("size") or 0) for r in rows) <= PREVIEW_INLINE_MAX_RAW_BYTES
+
+
+def _make_preview(store: Store, rows: list[dict[str, Any]]) -> Any:
+    """A key image (middle of the series) or an ECG strip, or None."""
+    from fenji.codecs.compress.bundle import make_preview
+
+    for row in (rows[len(rows) // 2], *rows):
+        with contextlib.suppress(Exception):  # a preview is a courtesy, never a blocker
+            p = make_preview(store.read_blob(row["sha256"]))
+            if p is not None:
+                return p
+    return None
+
+
 def stage_preview(store: Store, rows: list[dict[str, Any]], case_meta: dict[str, Any],
                   step: Step = _no_step) -> tuple[str, Path, int] | None:
     """A key image (middle of the series) or an ECG strip in a bundle of its own,
     placed in ``bundles/``: (bundle_id, path, size), or None when no instance makes one."""
     # Here, not at module level: the DICOM workers import this module (through
     # reading.core) and never build a bundle; the codecs load Numba.
-    from fenji.codecs.compress.bundle import make_preview, plan_bundle
+    from fenji.codecs.compress.bundle import plan_bundle
 
-    for row in (rows[len(rows) // 2], *rows):
-        with contextlib.suppress(Exception):  # a preview is a courtesy, never a blocker
-            p = make_preview(store.read_blob(row["sha256"]))
-            if p is not None:
-                break
-    else:
+    p = _make_preview(store, rows)
+    if p is None:
         return None
     pid = uuid.uuid4().hex
     meta = {**case_meta, "bundle_id": pid, "bundle_kind": "preview"}
@@ -86,8 +104,10 @@ def stage_preview(store: Store, rows: list[dict[str, Any]], case_meta: dict[str,
 
 
 def build_full(store: Store, rows: list[dict[str, Any]], case_meta: dict[str, Any],
-               bundle_id: str, effort: str, step: Step = _no_step) -> Built:
-    """Encode the full bundle and place it in ``bundles/`` (not yet recorded)."""
+               bundle_id: str, effort: str, step: Step = _no_step, *,
+               with_preview: bool = False) -> Built:
+    """Encode the full bundle (``with_preview``: the case's preview inside it) and
+    place it in ``bundles/`` (not yet recorded)."""
     from fenji.codecs.compress.bundle import plan_bundle
 
     blobs = [store.read_blob(r["sha256"]) for r in rows]
@@ -99,7 +119,8 @@ def build_full(store: Store, rows: list[dict[str, Any]], case_meta: dict[str, An
                 else None for r in rows]
     if any(defaults):
         full["default_character_sets"] = defaults
-    plan = plan_bundle(full, blobs, effort=effort)
+    previews = [_make_preview(store, rows)] if with_preview else []
+    plan = plan_bundle(full, blobs, previews=previews, effort=effort)
     tmp, final, size = stage_plan(store, plan, bundle_id)
     try:
         step("bundle_written", case_id=case_meta["case_id"], bundle=str(final))

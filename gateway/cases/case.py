@@ -376,7 +376,7 @@ def release(store: Store, study_instance_uid: str, *, destination: str, priority
         case_meta["attestation"] = attestation
     _step("gated", case_id=case_id)
     case_meta["audit"] = _audit_of(store, case_id)
-    if hop is not None and priority in ("stat", "urgent"):
+    if hop is not None and priority in ("stat", "urgent") and not bundles.preview_inline(rows):
         preview = bundles.stage_preview(store, rows, case_meta, _step)
         if preview is not None:
             return _release_preview_first(store, rows, case_meta, preview, report, attestation,
@@ -665,7 +665,7 @@ def override(store: Store, case_id: str, *, operator: str, reason: str, gate_key
     states.transition(states.STATE, "held", "override", operator_role, case_id=case_id)
     q = store.query_one("SELECT report_json FROM quality WHERE case_id = ?", (case_id,))
     report = json.loads(q["report_json"]) if q else {"verdict": qg.UNACCEPTABLE, "reasons": []}
-    rows = store.query("SELECT i.sop_instance_uid, i.sha256, i.specific_character_set, "
+    rows = store.query("SELECT i.sop_instance_uid, i.sha256, i.size, i.specific_character_set, "
                        "i.charset_source FROM case_instances ci JOIN "
                        "instances i ON i.sop_instance_uid = ci.sop_instance_uid WHERE "
                        "ci.case_id = ? ORDER BY i.instance_number, i.sop_instance_uid",
