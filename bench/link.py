@@ -13,8 +13,9 @@ satellite and 3G profiles, fenji vs plain C-STORE vs STOW-RS, same emulator.
 Also (issue 16): the relay path (edge -> relay on satellite -> center on
 provincial) and a STAT CT released while a routine study is moving (its
 preview time counted from the release's commit).  ``release s`` is the time
-`fenji case send` takes to build the bundles before anything is queued; the
-preview and complete times count from the CLI start.
+from the start of `fenji case send` to the release's first queued bundle (a STAT
+or urgent preview is queued before the full bundle is encoded); ``preview CLI s``
+and ``fenji s`` count from the CLI start.
 
 ``preview s`` counts from that commit (for the ECG, whose bundle is tiny, the
 case itself is its preview); ``xfer s`` from that commit to the complete case,
@@ -36,6 +37,7 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=1800, help="per transfer, seconds")
     p.add_argument("--relay", default="satellite:provincial",
                    help="relay path FIRST:SECOND profiles ('' to skip)")
+    p.add_argument("--tls", action="store_true",
+                   help="fenji's nodes talk mutual TLS (as in production; resumption on "
+                        "reconnect) instead of plain HTTP through the emulator")
     p.add_argument("--behind-mb", type=int, default=40,
                    help="routine study (MB raw) a STAT case is released behind (issue: 500; "
                         "0 to skip)")
@@ -92,10 +97,13 @@ def _queued_at(node: NodeProcess, case_id: str) -> float | None:
     return _db_one(node, "SELECT min(created_at) FROM outbox WHERE case_id = ?", (case_id,))
 
 
-def _watch(center: NodeProcess, case_id: str, t0: float, deadline: float) -> dict[str, Any]:
+def _watch(center: NodeProcess, study: str, t0: float, deadline: float) -> dict[str, Any]:
+    """When the center first shows the study's case as a preview, and as received (by
+    study: it runs while `fenji case send` still encodes, before its case id is out)."""
     preview_s = done_s = None
     while time.monotonic() < deadline:
-        state = _case_state(center, case_id)
+        state = _db_one(center, "SELECT state FROM cases WHERE study_instance_uid = ? "
+                                "ORDER BY created_at DESC LIMIT 1", (study,))
         now = time.monotonic()
         if preview_s is None and state in ("preview", "received"):
             preview_s = now - t0
@@ -104,6 +112,29 @@ def _watch(center: NodeProcess, case_id: str, t0: float, deadline: float) -> dic
             break
         time.sleep(0.05)
     return {"preview_s": preview_s, "done_s": done_s}
+
+
+def _send_watched(edge: NodeProcess, center: NodeProcess, study: str, prio: str,
+                  dest: str | None, timeout: float) -> tuple[dict[str, Any], float, float,
+                                                             dict[str, Any]]:
+    """`fenji case send` in a thread while the center is watched: a STAT preview can
+    arrive before the CLI has encoded the full bundle and returned."""
+    box: dict[str, Any] = {}
+    t0 = time.monotonic()
+
+    def send() -> None:
+        try:
+            box["case"], box["wall0"] = _send_case(edge, study, prio, dest)
+        except BaseException as exc:  # reported below, in the caller's thread
+            box["error"] = exc
+
+    th = threading.Thread(target=send, daemon=True)
+    th.start()
+    seen = _watch(center, study, t0, t0 + timeout)
+    th.join(timeout)
+    if "error" in box:
+        raise box["error"]
+    return box["case"], box["wall0"], t0, seen
 
 
 def _send_case(edge: NodeProcess, study: str, prio: str, dest: str | None = None
@@ -117,7 +148,7 @@ def _send_case(edge: NodeProcess, study: str, prio: str, dest: str | None = None
 
 
 def _fenji(work: Path, profile: str, payloads: dict[str, list[Path]], timeout: float,
-           seed: int, relay_profile: str | None = None) -> dict[str, Any]:
+           seed: int, relay_profile: str | None = None, tls: bool = False) -> dict[str, Any]:
     """Edge -> center through ``profile``; with ``relay_profile``: edge -> relay through
     ``profile``, relay -> center through ``relay_profile`` (store and forward)."""
     edge = NodeProcess(work / "edge", name="edge", allow_ae=["CT1"], workers=1)
@@ -131,16 +162,18 @@ def _fenji(work: Path, profile: str, payloads: dict[str, list[Path]], timeout: f
         first = _link(profile, relay.http_port, seed)
         second = _link(relay_profile, center.http_port, seed + 100)
         links = [first, second]
-        edge.add_peer(relay, default=True, url=f"http://127.0.0.1:{first.port}")
-        relay.add_peer(edge)
-        relay.add_peer(center, url=f"http://127.0.0.1:{second.port}")
-        center.add_peer(relay)
+        scheme = "https" if tls else "http"
+        edge.add_peer(relay, default=True, url=f"{scheme}://127.0.0.1:{first.port}", tls=tls)
+        relay.add_peer(edge, tls=tls)
+        relay.add_peer(center, url=f"{scheme}://127.0.0.1:{second.port}", tls=tls)
+        center.add_peer(relay, tls=tls)
         final = "center"
     else:
         first = _link(profile, center.http_port, seed)
         links = [first]
-        edge.add_peer(center, default=True, url=f"http://127.0.0.1:{first.port}")
-        center.add_peer(edge)
+        scheme = "https" if tls else "http"
+        edge.add_peer(center, default=True, url=f"{scheme}://127.0.0.1:{first.port}", tls=tls)
+        center.add_peer(edge, tls=tls)
     out: dict[str, Any] = {}
     try:
         with contextlib.ExitStack() as stack:
@@ -150,15 +183,22 @@ def _fenji(work: Path, profile: str, payloads: dict[str, list[Path]], timeout: f
                 storescu(files, edge.dicom_port, calling="CT1")
             for name, files in payloads.items():
                 before = first.stats.bytes_up
-                t0 = time.monotonic()
                 prio = "stat" if name == "ct" else "urgent"
-                case, wall0 = _send_case(edge, _study(files), prio, final)
-                seen = _watch(center, case["case_id"], t0, t0 + timeout)
+                case, wall0, t0, seen = _send_watched(edge, center, _study(files), prio, final,
+                                                      timeout)
                 dt = seen["done_s"] if seen["done_s"] is not None else time.monotonic() - t0
                 queued = _queued_at(edge, case["case_id"])
                 release_s = (queued - wall0) if queued else None
+                # The full bundle on its own: from its create at the first receiver to
+                # the case recorded at the center (what the link and the receivers add;
+                # the encode and the preview before it are not in it).
+                began = _db_one(nodes[1], "SELECT created_at FROM uploads WHERE bundle_id = ?",
+                                (case["bundle_id"],))
+                ended = _db_one(center, "SELECT received_at FROM cases WHERE case_id = ?",
+                                (case["case_id"],))
                 out[name] = {"seconds": dt, "preview_s": seen["preview_s"],
                              "release_s": release_s,
+                             "full_s": (ended - began) if began and ended else None,
                              "raw_bytes": case["raw_bytes"], "bundle_bytes": case["bundle_bytes"],
                              "link_bytes": first.stats.bytes_up - before,
                              "delivered": seen["done_s"] is not None}
@@ -190,10 +230,9 @@ def _behind(work: Path, profile: str, routine_mb: int, timeout: float,
                 if sent and sent > 256 * 1024:
                     break
                 time.sleep(0.05)
-            t0 = time.monotonic()
-            case, wall0 = _send_case(edge, _study(files), "stat")
+            case, wall0, t0, seen = _send_watched(edge, center, _study(files), "stat", None,
+                                                  timeout)
             queued = _queued_at(edge, case["case_id"])
-            seen = _watch(center, case["case_id"], t0, t0 + timeout)
             release_s = (queued - wall0) if queued else 0.0
             routine_state = _case_state(center, routine["case_id"])
     finally:
@@ -269,6 +308,7 @@ def _transfer_columns(row: dict[str, Any], f: dict[str, Any], rate: float) -> No
     """The release (bundle build, CLI start-up) apart from the transfer: ``xfer s`` runs
     from the commit that queued the case to the complete case at the center."""
     row["release s"] = f["release_s"]
+    row["preview CLI s"] = row.get("preview s")
     if row.get("preview s") is not None:
         row["preview s"] = row["preview s"] - f["release_s"]
     xfer = f["seconds"] - f["release_s"]
@@ -276,6 +316,9 @@ def _transfer_columns(row: dict[str, Any], f: dict[str, Any], rate: float) -> No
     ideal = f["bundle_bytes"] * 8 / rate
     row["xfer/ideal"] = xfer / ideal
     row["xfer util"] = f["link_bytes"] * 8 / (xfer * rate)
+    if f.get("full_s"):
+        row["full s"] = f["full_s"]
+        row["full/ideal"] = f["full_s"] / ideal
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -291,7 +334,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         work = Path(tempfile.mkdtemp(prefix=f"fenji-bench-link-{profile}-"))
         try:
             print(f"  {profile}: fenji ...", flush=True)
-            res["fenji"] = _fenji(work / "fenji", profile, payloads, args.timeout, seed)
+            res["fenji"] = _fenji(work / "fenji", profile, payloads, args.timeout, seed,
+                                  tls=args.tls)
             if "cstore" in args.peers:
                 print(f"  {profile}: C-STORE ...", flush=True)
                 res["cstore"] = _cstore(work / "cstore", profile, payloads, args.timeout, seed)
@@ -321,7 +365,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         work = Path(tempfile.mkdtemp(prefix="fenji-bench-link-relay-"))
         try:
             print(f"  relay {first} -> {second}: fenji ...", flush=True)
-            res = _fenji(work, first, payloads, args.timeout, 7, relay_profile=second)
+            res = _fenji(work, first, payloads, args.timeout, 7, relay_profile=second,
+                         tls=args.tls)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         results["relay"] = res
@@ -354,7 +399,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             else None
         if r and r.get("release_s") is not None:
             _transfer_columns(row, r, results["relay_rate_bps"])
-    print_table(rows, ["profile", "payload", "release s", "preview s", "fenji s", "ideal s",
-                       "vs ideal", "util", "xfer s", "xfer/ideal", "xfer util", "cstore s",
-                       "x cstore", "stow s", "x stow"])
+    print_table(rows, ["profile", "payload", "release s", "preview CLI s", "preview s",
+                       "fenji s", "ideal s", "vs ideal", "util", "xfer s", "xfer/ideal",
+                       "xfer util", "full s", "full/ideal", "cstore s", "x cstore", "stow s",
+                       "x stow"])
     return {"rows": rows, "raw": results}

@@ -86,6 +86,11 @@ BLOB_S3_ORPHAN_GRACE_S = 3600.0
 TRANSFER_CHUNK_HARD_MAX_BYTES = 64 * 1024 * 1024
 #: All preview sections of one bundle, encoded, as a receiver accepts them.
 PREVIEW_SECTIONS_MAX_BYTES = 16 * 1024 * 1024
+#: A STAT/urgent case whose instances total at most this many bytes carries its
+#: preview inside its full bundle instead of ahead of it: the whole case goes in one
+#: request (under transfer.single_request_bytes' default even uncompressed) as soon
+#: as a separate preview would, without a second round trip (an ECG: issue 16).
+PREVIEW_INLINE_MAX_RAW_BYTES = 512 * 1024
 
 #: A process of a center ([node] shared_store) waits this long for the store's
 #: lock while another process that found itself alone does its start-up

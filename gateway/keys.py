@@ -222,14 +222,23 @@ def server_ssl_context(cert: Path, key: Path, peer_certs: list[Path]) -> ssl.SSL
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.load_cert_chain(str(cert), str(key))
     ctx.verify_mode = ssl.CERT_REQUIRED
+    # TLS 1.3 session tickets, so a sender reconnecting after a cut resumes without a
+    # certificate exchange (the client's certificate travels in the ticket and is
+    # checked as before).  The ticket key is this context's own: a restarted node
+    # (or another process) makes senders fall back to a full handshake.
+    ctx.options &= ~ssl.OP_NO_TICKET
+    ctx.num_tickets = 2
     for p in peer_certs:
         ctx.load_verify_locations(str(p))
     return ctx
 
 
-def client_ssl_context(cert: Path, key: Path, peer_cert: Path) -> ssl.SSLContext:
-    """TLS to one peer: present our certificate, accept only the peer's pinned one."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+def client_ssl_context(cert: Path, key: Path, peer_cert: Path, *,
+                       context_class: type[ssl.SSLContext] = ssl.SSLContext) -> ssl.SSLContext:
+    """TLS to one peer: present our certificate, accept only the peer's pinned one.
+
+    ``context_class``: a subclass (routing's ``ResumingContext`` resumes sessions)."""
+    ctx = context_class(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.load_cert_chain(str(cert), str(key))
     ctx.load_verify_locations(str(peer_cert))

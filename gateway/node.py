@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from fenji.gateway import ingest
+from fenji.gateway.cases.case import recover_releases
 from fenji.gateway.cli.init import PRIVATE_UMASK
 from fenji.gateway.config import SHARED_STORE_JOIN_WAIT_S, SHARED_STORE_STALE_TMP_S, Config
 from fenji.gateway.errors import LocalError
@@ -432,6 +433,8 @@ def _run_locked(cfg: Config, verbose: int, lock_fd: int, alone: bool) -> int:
     else:
         recovered = {"tmp_removed": remove_stale_tmp(store, SHARED_STORE_STALE_TMP_S,
                                                      time.time())}
+    # A release's lock file tells a live release (any process) from a dead one.
+    recovered["releases_failed"] = len(recover_releases(store))
     usage = store.usage()
     store.close()
     if cfg.node.shared_store:

@@ -33,7 +33,7 @@ from fenji.gateway.config import Config
 from fenji.gateway.keys import load_private, public_from_config
 from fenji.gateway.store.db import Store
 from fenji.gateway.store.index import Con
-from fenji.routing import outbox_db, wakeup
+from fenji.routing import outbox_db, relay, upload, wakeup
 from fenji.routing.outbox import DeadLetter, OutboxPolicy, Wait
 from fenji.routing.shaping import LinkMeter, Pacer, parse_schedule
 from fenji.routing.transfer_client import (
@@ -41,6 +41,7 @@ from fenji.routing.transfer_client import (
     ChunkSizer,
     Delivered,
     Pipeline,
+    ResumingContext,
     Sender,
     TransferError,
     manifest_of,
@@ -159,7 +160,7 @@ class SenderLoop:
             k = self.cfg.keys
             self._ssl_ctx[dest] = client_ssl_context(
                 self.cfg.resolve(k.certificate), self.cfg.resolve(k.private_key),
-                self.cfg.resolve(peer.cert))
+                self.cfg.resolve(peer.cert), context_class=ResumingContext)
         return self._ssl_ctx[dest]
 
     def _pace(self, dest: str) -> Callable[[int], float]:
@@ -322,9 +323,15 @@ class SenderLoop:
             return await asyncio.to_thread(outbox_db.outranked, self.store, j, self.clock(),
                                            self.policy)
 
+        # A bundle this node is still receiving (a relay forwarding a STAT bundle cut-through,
+        # routing/relay.py): send what is committed, wait for the rest.
+        inc = await asyncio.to_thread(relay.incoming, self.store, j["bundle_id"])
+        growing = (relay.Growing(self.store, j["bundle_id"], inc.length)
+                   if inc is not None and inc.state == upload.RECEIVING else None)
         try:
             manifest = await asyncio.to_thread(manifest_of, path)
-            await asyncio.to_thread(self.events.sent, j, self.clock(), path.stat().st_size)
+            await asyncio.to_thread(self.events.sent, j, self.clock(),
+                                    growing.length if growing else path.stat().st_size)
             t = self.cfg.transfer
             pipeline = Pipeline(single_request_bytes=t.single_request_bytes,
                                 frame_bytes=t.frame_bytes)
@@ -334,7 +341,7 @@ class SenderLoop:
                                     should_yield=should_yield, on_progress=progress,
                                     ssl=self._ssl(dest), pace=self._pace(dest),
                                     meter=self.meters.setdefault(dest, LinkMeter()),
-                                    pipeline=pipeline)
+                                    pipeline=pipeline, growing=growing)
         except TransferError as exc:
             await asyncio.to_thread(self._save_meter, dest)
             decision = await asyncio.to_thread(
@@ -346,14 +353,21 @@ class SenderLoop:
             log.warning("transfer job=%s case=%s dest=%s ms=%.0f outcome=failed reason=%s",
                         j["job_id"], j["case_id"], dest, (time.monotonic() - t0) * 1000, exc)
             return
+        finally:
+            if growing is not None:
+                growing.done()
         await asyncio.to_thread(self._save_meter, dest)
         if isinstance(out, Delivered):
             now = self.clock()
             await asyncio.to_thread(keep_receipt, self.store, j, out, now, self.events)
             await asyncio.to_thread(outbox_db.complete, self.store, j["job_id"], self.owner, now)
+            ctx = self._ssl(dest)
+            resumed = ctx.handshakes() if isinstance(ctx, ResumingContext) else []
             log.info("transfer job=%s case=%s dest=%s bytes=%d ms=%.0f outcome=delivered "
-                     "instances=%d", j["job_id"], j["case_id"], dest, out.bytes_sent,
-                     out.seconds * 1000, len(out.receipt["instances"]))
+                     "instances=%d cut_through=%s tls_resumed=%d/%d", j["job_id"],
+                     j["case_id"], dest, out.bytes_sent, out.seconds * 1000,
+                     len(out.receipt["instances"]), "yes" if growing else "no", sum(resumed),
+                     len(resumed))
         else:
             await asyncio.to_thread(outbox_db.release, self.store, j["job_id"], self.owner,
                                     self.clock())

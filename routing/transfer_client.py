@@ -13,10 +13,12 @@ boundaries); the upload stays where it is and resumes later.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
 import logging
 import os
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from fenji.codecs.errors import PeerError
 from fenji.gateway.keys import canonical_json, fingerprint, sign, verify
 from fenji.routing import upload
+from fenji.routing.relay import Growing, StalledError
 from fenji.routing.shaping import LinkMeter
 from fenji.routing.upload import auth_message
 
@@ -49,6 +52,57 @@ class TransferError(PeerError):
         # The peer is up but does not list this node ([[peers]]): not a dead
         # job, a pairing still to be done on the other side.
         self.waiting_for_peer = waiting_for_peer
+
+
+class ResumingContext(ssl.SSLContext):
+    """A client TLS context that offers its peer's last session ticket on every new
+    connection: TLS 1.3 resumption (RFC 8446 2.2), so a reconnect after a cut costs
+    no certificate exchange.  The peer's certificate is still the pinned one: a
+    ticket resumes only a session that verified it, and the receiver reads the
+    client's certificate from the resumed session as from a full handshake.  One
+    context per peer (a ticket belongs to one server); make it with
+    ``keys.client_ssl_context(..., context_class=ResumingContext)``.
+
+    asyncio creates each connection's :class:`ssl.SSLObject` through
+    :meth:`wrap_bio`, which is where a session can be given (aiohttp has no
+    parameter for it); the newest few are kept to read their tickets from.
+    """
+
+    # Connections kept to read tickets from (the newest first that has one): a
+    # ticket arrives after the handshake, and the last connection may have died
+    # before it did.
+    KEEP = 4
+
+    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,
+                 server_side: bool = False, server_hostname: str | bytes | None = None,
+                 session: ssl.SSLSession | None = None) -> ssl.SSLObject:
+        if session is None and not server_side:
+            session = self.reusable_session()
+        obj = super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+        self._connections().appendleft(obj)
+        return obj
+
+    def _connections(self) -> collections.deque[ssl.SSLObject]:
+        conns: collections.deque[ssl.SSLObject] | None = self.__dict__.get("_fenji_conns")
+        if conns is None:
+            conns = self.__dict__["_fenji_conns"] = collections.deque(maxlen=self.KEEP)
+        return conns
+
+    def reusable_session(self, now: float | None = None) -> ssl.SSLSession | None:
+        """The newest session with a ticket that has not expired, or None."""
+        now = time.time() if now is None else now
+        for obj in self._connections():
+            try:
+                s = obj.session
+            except (ValueError, ssl.SSLError):
+                continue
+            if s is not None and s.has_ticket and now < s.time + s.timeout:
+                return s
+        return None
+
+    def handshakes(self) -> list[bool]:
+        """For the connections kept, newest first: whether each resumed a session."""
+        return [obj.session_reused for obj in self._connections()]
 
 
 @dataclass(frozen=True)
@@ -156,13 +210,18 @@ async def send_bundle(session: aiohttp.ClientSession, base_url: str, sender: Sen
                       on_progress: Callable[[int, int], Awaitable[None]] | None = None,
                       ssl: Any = None, pace: Callable[[int], float] = lambda n: 0.0,
                       meter: LinkMeter | None = None,
-                      pipeline: Pipeline = Pipeline()) -> Delivered | Yielded:
+                      pipeline: Pipeline = Pipeline(),
+                      growing: Growing | None = None) -> Delivered | Yielded:
     """Send one bundle; the rules come from :class:`fenji.routing.upload.UploadClient`.
 
     File reads and hashing run in worker threads: the loop also serves DICOMweb.
+    ``growing``: the bundle is still arriving at this node (a relay's cut-through,
+    :mod:`fenji.routing.relay`): its length is the final one, and each read waits
+    until the bytes it needs are committed here.
     """
     up = _Upload(session, base_url.rstrip("/"), sender, bundle_path, bundle_id, receiver,
-                 sizer, should_yield, on_progress, ssl, pace, meter or LinkMeter(), pipeline)
+                 sizer, should_yield, on_progress, ssl, pace, meter or LinkMeter(), pipeline,
+                 growing)
     if up.total <= pipeline.single_request_bytes:
         body = await up.whole()
     else:
@@ -184,13 +243,15 @@ class _Upload:
                  bundle_id: str, receiver: str, sizer: ChunkSizer,
                  should_yield: Callable[[], Awaitable[bool]] | None,
                  on_progress: Callable[[int, int], Awaitable[None]] | None, ssl: Any,
-                 pace: Callable[[int], float], meter: LinkMeter, pipeline: Pipeline) -> None:
+                 pace: Callable[[int], float], meter: LinkMeter, pipeline: Pipeline,
+                 growing: Growing | None = None) -> None:
         self.session, self.base, self.sender, self.path = session, base, sender, path
         self.bundle_id, self.receiver, self.sizer, self.ssl = bundle_id, receiver, sizer, ssl
         self.should_yield, self.on_progress, self.pace = should_yield, on_progress, pace
-        self.meter, self.pipeline = meter, pipeline
+        self.meter, self.pipeline, self.growing = meter, pipeline, growing
         self.t0 = time.monotonic()
-        self.total = os.path.getsize(path)
+        self.total = growing.length if growing is not None else os.path.getsize(path)
+        self.stalled = ""  # why a cut-through forward stopped waiting for its bytes
         self.client = upload.UploadClient(self.total)
         self.sent = 0
         self.location = ""
@@ -201,8 +262,26 @@ class _Upload:
     def _create_headers(self) -> dict[str, str]:
         return {"Fenji-Bundle-Id": self.bundle_id, "Upload-Length": str(self.total)}
 
+    async def _have(self, end: int) -> bool:
+        """Wait until the first ``end`` bytes are here (a bundle still arriving at a
+        relay); False when they will not come soon (``self.stalled`` says why)."""
+        if self.growing is None:
+            return True
+        try:
+            await self.growing.wait_for(end, heartbeat=self._progress)
+        except StalledError as exc:
+            self.stalled = str(exc)
+            return False
+        return True
+
+    def _check_stalled(self) -> None:
+        if self.stalled:
+            raise TransferError(self.stalled, retryable=True)
+
     async def whole(self) -> dict[str, Any]:
         """Create, data and finalize in one request; the answer is the receipt."""
+        if not await self._have(self.total):
+            self._check_stalled()
         data = await asyncio.to_thread(_read_at, self.path, 0, self.total)
         checksum = await asyncio.to_thread(upload.checksum_header, data)
         path = "/transfer/uploads"
@@ -288,6 +367,8 @@ class _Upload:
         while isinstance(step := self.client.next_action(self.sizer.size), upload.SendChunk):
             if await self._yield_now():
                 return Yielded(self.client.offset, self.sent)
+            if not await self._have(step.offset + step.n):
+                self._check_stalled()
             chunk = await asyncio.to_thread(_read_at, self.path, step.offset, step.n)
             wait = self.pace(len(chunk))  # the hospital's share of its link (shaping.py)
             if wait > 0:
@@ -342,6 +423,7 @@ class _Upload:
                     await self._progress()
                     if yielded[0]:
                         return Yielded(self.client.offset, self.sent)
+                    self._check_stalled()
                     continue
                 if self._resync(resp) and refusals < 3:
                     refusals += 1
@@ -357,6 +439,8 @@ class _Upload:
                 yielded[0] = True
                 return
             n = min(self.pipeline.frame_bytes, self.total - off)
+            if not await self._have(off + n):
+                return  # the stream ends here; the caller raises (retryable)
             data = await asyncio.to_thread(_read_at, self.path, off, n)
             wait = self.pace(n)  # the hospital's share of its link (routing/shaping.py)
             if wait > 0:

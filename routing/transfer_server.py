@@ -62,6 +62,7 @@ import logging
 import math
 import os
 import re
+import struct
 import threading
 import time
 import uuid
@@ -76,7 +77,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from fenji.codecs.compress.bundle import BundleReader, InstanceEvent, ManifestEvent, PreviewEvent
+from fenji.codecs.compress.bundle import (
+    MAX_MANIFEST,
+    BundleReader,
+    InstanceEvent,
+    ManifestEvent,
+    PreviewEvent,
+)
 from fenji.codecs.compress.pixel import pixel_info
 from fenji.codecs.errors import DecodeError
 from fenji.gateway import ingest
@@ -86,7 +93,7 @@ from fenji.gateway.keys import canonical_json, sign, verify
 from fenji.gateway.store.blobs import BlobStoreError
 from fenji.gateway.store.db import Store, StoreFull
 from fenji.gateway.store.upload_parts import UploadParts
-from fenji.routing import upload
+from fenji.routing import relay, upload
 from fenji.routing.upload import auth_message
 
 log = logging.getLogger(__name__)
@@ -126,6 +133,10 @@ class ReceiverContext:
     # the manifest and the bundle file; returns True when it kept the file
     # (a relay forwarding the same bundle onward), else the file is deleted.
     on_delivered: Callable[[dict[str, Any], dict[str, Any], Path], bool] | None = None
+    # Called in a worker thread with the manifest, the upload row and its file as soon
+    # as a streamed bundle's manifest is committed (once per PATCH stream): a relay
+    # may queue a STAT bundle onward while it still arrives (routing/relay.py).
+    on_manifest: Callable[[dict[str, Any], dict[str, Any], Path], None] | None = None
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     def lock(self, upload_id: str) -> asyncio.Lock:
@@ -356,6 +367,7 @@ async def _frames(ctx: ReceiverContext, request: web.Request,
     if isinstance(first, upload.Refuse):
         return _refuse(first, row)
     frames = 0
+    manifest_seen = ctx.on_manifest is None
     try:
         while True:
             try:
@@ -378,6 +390,8 @@ async def _frames(ctx: ReceiverContext, request: web.Request,
             if moved is not None:
                 return _refuse(moved, row)
             frames += 1
+            if not manifest_seen:
+                manifest_seen = await _announce_manifest(ctx, row)
             if row["offset"] == row["length"] and \
                     request.headers.get(upload.FINALIZE_HEADER) == "on-complete":
                 # The last frame is in: finalize now, not one round trip later.
@@ -402,6 +416,7 @@ async def _commit_chunk(ctx: ReceiverContext, row: dict[str, Any], offset: int,
     fresh = await asyncio.to_thread(_append_commit, ctx, row["upload_id"], offset, data)
     if fresh is None:
         row["offset"] = offset + len(data)
+        relay.committed(row["bundle_id"])  # a cut-through forward waiting for these bytes
         return None
     row.update(fresh)
     refused = upload.check_append(fresh["state"], fresh["offset"], str(offset), 0)
@@ -409,6 +424,43 @@ async def _commit_chunk(ctx: ReceiverContext, row: dict[str, Any], offset: int,
         return refused
     return upload.Refuse(409, "offset_mismatch", f"upload {row['upload_id']} moved meanwhile",
                          with_offset=True)
+
+
+async def _announce_manifest(ctx: ReceiverContext, row: dict[str, Any]) -> bool:
+    """Once the committed bytes hold the whole manifest, hand it to ``on_manifest``;
+    True when done (or when the bytes will never make one: finalize refuses them)."""
+    assert ctx.on_manifest is not None
+    part = _parts(ctx).local_file(row["upload_id"])
+    if part is None:
+        return True  # chunks in a bucket: no growing file to forward from (store-and-forward)
+    try:
+        manifest = await asyncio.to_thread(_committed_manifest, part, row["offset"])
+    except DecodeError:
+        return True
+    if manifest is None:
+        return False
+    await asyncio.to_thread(ctx.on_manifest, manifest, dict(row), part)
+    return True
+
+
+def _committed_manifest(part: Path, committed: int) -> dict[str, Any] | None:
+    """The manifest, if the first ``committed`` bytes of ``part`` hold all of it (only
+    the manifest section is read and checked: BUNDLE.md, start + section header)."""
+    head_n = 8 + 24  # the start (magic, version) and the manifest's section header
+    if committed < head_n:
+        return None
+    with open(part, "rb") as fh:
+        head = fh.read(head_n)
+        (length,) = struct.unpack_from("<Q", head, 16)  # kind, index, then the length
+        if length > MAX_MANIFEST:
+            raise DecodeError(f"manifest of {length} bytes exceeds {MAX_MANIFEST}")
+        if committed < head_n + length:
+            return None
+        body = fh.read(length)
+    for ev in BundleReader().feed(head + body):
+        if isinstance(ev, ManifestEvent):
+            return ev.manifest
+    return None
 
 
 @contextlib.contextmanager
@@ -598,6 +650,7 @@ async def _finalize(ctx: ReceiverContext, row: dict[str, Any], who: str,
         with ctx.store.atomic() as con:
             con.execute("UPDATE uploads SET state = ?, updated_at = ? WHERE upload_id = ? "
                         "AND state = ?", (state, ctx.clock(), upload_id, upload.RECEIVING))
+        relay.committed(row["bundle_id"])  # a forward of it stops
         return error(422, "bundle_rejected", str(exc))
     # Record and (on a relay) queue onward before the upload counts as complete:
     # if that fails, the sender's retried finalize runs it again (idempotent).

@@ -15,6 +15,7 @@ outbox to enqueue.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -27,12 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from fenji.gateway.audit import ledger
+from fenji.gateway.cases import bundles, states
 from fenji.gateway.cases import gate as qg
-from fenji.gateway.cases import states
 from fenji.gateway.dicom import query as qr
 from fenji.gateway.errors import LocalError, PeerError
 from fenji.gateway.keys import canonical_json
 from fenji.gateway.store.db import Store
+from fenji.routing import outbox_db, wakeup
 
 log = logging.getLogger(__name__)
 
@@ -253,8 +255,6 @@ def enqueue_release(store: Store, rel: Released, hop: str, now: float) -> None:
 
     Idempotent by bundle id (a release given its ``hop`` has queued them already).
     """
-    from fenji.routing import outbox_db
-
     if rel.preview is not None:
         pid, _, psize = rel.preview
         outbox_db.enqueue(store, pid, rel.case_id, hop, PRIORITIES[rel.priority], psize, now)
@@ -282,7 +282,14 @@ def service_of(sop_classes: list[str]) -> str:
 # The named steps of a release, in order (tests/gateway/test_release_crash.py kills a
 # release at each): nothing is recorded before "recorded", and "recorded" is inside
 # the one transaction, before its COMMIT.
-RELEASE_STEPS = ("selected", "gated", "bundle_written", "bundle_renamed", "recorded",
+#
+# A STAT or urgent release with a preview and a next hop commits twice: the preview
+# is queued (the case "releasing") before the full bundle is encoded, then the full
+# bundle is recorded (the case "released").  A crash between the two leaves a
+# "releasing" case that :func:`recover_releases` records as "failed".  A routine
+# release skips the preview steps and has one transaction.
+RELEASE_STEPS = ("selected", "gated", "preview_renamed", "preview_recorded",
+                 "preview_committed", "bundle_written", "bundle_renamed", "recorded",
                  "committed")
 # A test sets this to see (and stop at) each step; None in a running node.
 on_step: Callable[[str, dict[str, Any]], None] | None = None
@@ -330,7 +337,8 @@ def release(store: Store, study_instance_uid: str, *, destination: str, priority
                         f"{destination}; nothing new to send")
     parent = store.query_one(
         "SELECT case_id FROM cases WHERE study_instance_uid = ? AND destination = ? "
-        "AND kind = 'case' AND state NOT IN ('held', 'superseded') ORDER BY created_at LIMIT 1",
+        "AND kind = 'case' AND state NOT IN ('held', 'superseded', 'failed') "
+        "ORDER BY created_at LIMIT 1",
         (study_instance_uid, destination))
     kind = "addendum" if parent else "case"
     parent_id = parent["case_id"] if parent else None
@@ -372,23 +380,17 @@ def release(store: Store, study_instance_uid: str, *, destination: str, priority
         case_meta["attestation"] = attestation
     _step("gated", case_id=case_id)
     case_meta["audit"] = _audit_of(store, case_id)
-    built = _build_bundle(store, rows, case_meta, bundle_id, priority, effort)
+    if hop is not None and priority in ("stat", "urgent") and not bundles.preview_inline(rows):
+        preview = bundles.stage_preview(store, rows, case_meta, _step)
+        if preview is not None:
+            return _release_preview_first(store, rows, case_meta, preview, report, attestation,
+                                          actor=actor, role=role, hop=hop, effort=effort,
+                                          now=now)
+    built = bundles.build_bundle(store, rows, case_meta, bundle_id, priority, effort, _step)
     try:
         with store.atomic() as con:
-            # Instances another release took meanwhile would go twice: refuse.
-            taken = con.execute(_UNRELEASED.format("count(*)"),
-                                (study_instance_uid, destination)).fetchone()[0]
-            if taken != len(rows):
-                raise CaseError(f"study {study_instance_uid} was released to {destination} by "
-                                "someone else meanwhile; send again for what is left")
-            _supersede_held(con, study_instance_uid, destination, now)
-            _insert_case(con, case_meta, rows, states.initial("release", role), now)
-            if report is not None:
-                _save_quality(con, case_id, report, attestation, now)
-                ledger.record(store, "quality_verdict", node=sender_node or "?", actor=actor,
-                              role=role, obj=case_id, case_id=case_id,
-                              detail={"verdict": report["verdict"],
-                                      "reasons": report["reasons"][:10]}, con=con, at=now)
+            _claim_instances(store, con, case_meta, rows, states.initial("release", role),
+                             report, attestation, actor, role, now)
             rel = _record_release(store, con, built, case_meta, len(rows), sender_node, actor,
                                   role, released_by, hop, now)
             _step("recorded", case_id=case_id, bundle=str(built.path))
@@ -396,10 +398,175 @@ def release(store: Store, study_instance_uid: str, *, destination: str, priority
         built.discard()
         raise
     _step("committed", case_id=case_id, bundle=str(built.path))
-    log.info("case released case=%s kind=%s study=%s dest=%s priority=%s instances=%d "
-             "raw_bytes=%d bundle_bytes=%d by=%s", case_id, kind, study_instance_uid, destination,
-             priority, len(rows), built.raw_bytes, built.size, released_by)
+    _wake_sender(store, hop)
+    _log_released(rel, study_instance_uid, released_by)
     return rel
+
+
+class ReleaseFailed(LocalError):
+    """A preview-first release whose full bundle could not be made after its preview
+    was queued (this node's fault): the case is recorded as ``failed`` (ledger:
+    ``release_failed``), its instances free for the next release."""
+
+
+def _release_preview_first(store: Store, rows: list[dict[str, Any]], meta: dict[str, Any],
+                           preview: tuple[str, Path, int], report: dict[str, Any] | None,
+                           attestation: dict[str, Any] | None, *, actor: str, role: str,
+                           hop: str, effort: str, now: float) -> Released:
+    """Queue the preview, wake the sender, then encode and record the full bundle.
+
+    Two transactions, each whole: the first records the case as ``releasing`` with
+    its instances, quality report and the preview's outbox job; the second moves it
+    to ``released`` with the full manifest's hash, the ledger's "released" and the
+    full bundle's job.  If the full bundle cannot be made the case is moved to
+    ``failed`` with the reason (its instances free for the next release); if the
+    process dies between them, :func:`recover_releases` does the same at the next
+    start.  A lock file held from before the first commit to after the last tells a
+    live release from a dead one.
+    """
+    case_id = str(meta["case_id"])
+    pid, ppath, psize = preview
+    lock = _ReleaseLock(store, case_id)
+    try:
+        try:
+            with store.atomic() as con:
+                _claim_instances(store, con, meta, rows, states.initial("begin_release", role),
+                                 report, attestation, actor, role, now)
+                outbox_db.enqueue(store, pid, case_id, hop, PRIORITIES[str(meta["priority"])],
+                                  psize, now)
+                _step("preview_recorded", case_id=case_id, bundle=str(ppath))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                ppath.unlink()
+            raise
+        _step("preview_committed", case_id=case_id, bundle=str(ppath))
+        _wake_sender(store, hop)  # the preview's first byte leaves now, not after the encode
+        try:
+            built = bundles.build_full(store, rows, meta, uuid.uuid4().hex, effort, _step)
+        except BaseException as exc:
+            why = f"the full bundle could not be made: {type(exc).__name__}: {exc}"
+            _fail_release(store, case_id, why, now=time.time())
+            if isinstance(exc, Exception):
+                raise ReleaseFailed(f"case {case_id}: its preview was queued but {why}; the "
+                                    "case is recorded as failed: send the study again") from exc
+            raise
+        try:
+            with store.atomic() as con:
+                states.move(con, case_id, "release", who=role, now=now)
+                rel = _record_release(store, con, built, meta, len(rows), str(meta["sender"]),
+                                      actor, role, str(meta["released_by"]), hop, now,
+                                      preview=preview)
+                _step("recorded", case_id=case_id, bundle=str(built.path))
+        except BaseException as exc:
+            built.discard()
+            _fail_release(store, case_id, f"the full bundle could not be recorded: {exc}",
+                          now=time.time())
+            raise
+    finally:
+        lock.release()
+    _step("committed", case_id=case_id, bundle=str(built.path))
+    _wake_sender(store, hop)
+    _log_released(rel, str(meta["study_instance_uid"]), str(meta["released_by"]))
+    return rel
+
+
+class _ReleaseLock:
+    """An exclusive lock on ``releasing/<case_id>.lock`` in the store, held by the
+    process releasing a case in two steps (the kernel drops it when that process dies)."""
+
+    def __init__(self, store: Store, case_id: str) -> None:
+        folder = store.root / "releasing"
+        folder.mkdir(exist_ok=True)
+        self.path = folder / f"{case_id}.lock"
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        os.close(self.fd)
+
+    @staticmethod
+    def held(store: Store, case_id: str) -> bool:
+        """Whether a live process holds the release lock of ``case_id``."""
+        try:
+            fd = os.open(store.root / "releasing" / f"{case_id}.lock", os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops a lock this call took
+        return False
+
+
+def _fail_release(store: Store, case_id: str, reason: str, *, now: float) -> bool:
+    """Move a ``releasing`` case to ``failed`` with the reason in the ledger (one
+    transaction); False when it is not releasing any more (nothing to do)."""
+    with store.atomic() as con:
+        row = con.execute("SELECT state, sending_node FROM cases WHERE case_id = ?",
+                          (case_id,)).fetchone()
+        if row is None or row[0] != "releasing":
+            return False
+        states.move(con, case_id, "release_failed", who=states.NODE, now=now)
+        ledger.record(store, "release_failed", node=row[1] or "?", actor="release",
+                      role=states.NODE, obj=case_id, case_id=case_id,
+                      detail={"reason": reason[:500]}, con=con, at=now)
+    log.error("case release failed case=%s reason=%s", case_id, reason)
+    return True
+
+
+def recover_releases(store: Store, now: float | None = None) -> list[str]:
+    """Cases left ``releasing`` by a process that died between a preview-first
+    release's two commits: recorded as ``failed`` (their preview may have gone; their
+    instances are free for the next release).  Returns their case IDs."""
+    now = time.time() if now is None else now
+    failed = []
+    for row in store.query("SELECT case_id FROM cases WHERE state = 'releasing'"):
+        cid = str(row["case_id"])
+        if not _ReleaseLock.held(store, cid) and _fail_release(
+                store, cid, "the release was interrupted before its full bundle was recorded",
+                now=now):
+            failed.append(cid)
+    return failed
+
+
+def _wake_sender(store: Store, hop: str | None) -> None:
+    """After a commit that queued something: wake the sender, in whatever process."""
+    if hop is not None:
+        wakeup.poke(wakeup.fifo_path(store.root))
+
+
+def _log_released(rel: Released, study_instance_uid: str, released_by: str) -> None:
+    log.info("case released case=%s kind=%s study=%s dest=%s priority=%s instances=%d "
+             "raw_bytes=%d bundle_bytes=%d by=%s", rel.case_id, rel.kind, study_instance_uid,
+             rel.destination, rel.priority, rel.instances, rel.raw_bytes, rel.bundle_bytes,
+             released_by)
+
+
+def _claim_instances(store: Store, con: Any, meta: dict[str, Any],
+                     rows: list[dict[str, Any]], state: str, report: dict[str, Any] | None,
+                     attestation: dict[str, Any] | None, actor: str, role: str,
+                     now: float) -> None:
+    """Inside a release's transaction: the case row taking its instances (refused if
+    another release took some meanwhile), an earlier held case superseded, the gate's
+    report and the ledger's verdict."""
+    study, dest, case_id = meta["study_instance_uid"], meta["destination"], meta["case_id"]
+    # Instances another release took meanwhile would go twice: refuse.
+    taken = con.execute(_UNRELEASED.format("count(*)"), (study, dest)).fetchone()[0]
+    if taken != len(rows):
+        raise CaseError(f"study {study} was released to {dest} by someone else meanwhile; "
+                        "send again for what is left")
+    _supersede_held(con, study, dest, now)
+    _insert_case(con, meta, rows, state, now)
+    if report is not None:
+        _save_quality(con, case_id, report, attestation, now)
+        ledger.record(store, "quality_verdict", node=meta["sender"] or "?",
+                      actor=actor, role=role, obj=case_id, case_id=case_id,
+                      detail={"verdict": report["verdict"], "reasons": report["reasons"][:10]},
+                      con=con, at=now)
 
 
 # The instances of a study not yet in a live case for a destination, nor excluded.
@@ -409,7 +576,7 @@ _UNRELEASED = (
     "SELECT {} FROM instances i WHERE i.study_instance_uid = ? AND NOT EXISTS ("
     " SELECT 1 FROM case_instances ci JOIN cases c ON c.case_id = ci.case_id"
     " WHERE ci.sop_instance_uid = i.sop_instance_uid AND c.destination = ?"
-    " AND c.state NOT IN ('held', 'superseded'))"
+    " AND c.state NOT IN ('held', 'superseded', 'failed'))"
     " AND NOT EXISTS (SELECT 1 FROM excluded_instances x"
     " WHERE x.sop_instance_uid = i.sop_instance_uid)")
 
@@ -434,9 +601,9 @@ def _audit_of(store: Store, case_id: str) -> list[dict[str, Any]]:
     return list(ledger.export_case(store, case_id))
 
 
-def _record_release(store: Store, con: Any, built: Built, meta: dict[str, Any], n: int,
+def _record_release(store: Store, con: Any, built: bundles.Built, meta: dict[str, Any], n: int,
                     node: str, actor: str, role: str, released_by: str, hop: str | None,
-                    now: float) -> Released:
+                    now: float, preview: tuple[str, Path, int] | None = None) -> Released:
     """Inside the release's transaction: the manifest the build returned and its hash
     (a returning report must match it), the ledger's "released", the outbox jobs."""
     digest = manifest_sha256(built.manifest)
@@ -451,7 +618,7 @@ def _record_release(store: Store, con: Any, built: Built, meta: dict[str, Any], 
                   con=con, at=now)
     rel = Released(case_id, str(meta["kind"]), meta["parent_case_id"], built.bundle_id,
                    built.path, built.size, built.raw_bytes, n, str(meta["priority"]),
-                   str(meta["destination"]), built.preview)
+                   str(meta["destination"]), preview or built.preview)
     if hop is not None:
         enqueue_release(store, rel, hop, now)  # a savepoint of this transaction
     return rel
@@ -502,7 +669,7 @@ def override(store: Store, case_id: str, *, operator: str, reason: str, gate_key
     states.transition(states.STATE, "held", "override", operator_role, case_id=case_id)
     q = store.query_one("SELECT report_json FROM quality WHERE case_id = ?", (case_id,))
     report = json.loads(q["report_json"]) if q else {"verdict": qg.UNACCEPTABLE, "reasons": []}
-    rows = store.query("SELECT i.sop_instance_uid, i.sha256, i.specific_character_set, "
+    rows = store.query("SELECT i.sop_instance_uid, i.sha256, i.size, i.specific_character_set, "
                        "i.charset_source FROM case_instances ci JOIN "
                        "instances i ON i.sop_instance_uid = ci.sop_instance_uid WHERE "
                        "ci.case_id = ? ORDER BY i.instance_number, i.sop_instance_uid",
@@ -515,7 +682,8 @@ def override(store: Store, case_id: str, *, operator: str, reason: str, gate_key
                                  "clinical_question", "consent_ref", "released_by")}
     meta.update(sender=sender_node, released_at=now, attestation=att)
     meta["audit"] = _audit_of(store, case_id)
-    built = _build_bundle(store, rows, meta, uuid.uuid4().hex, case["priority"], effort)
+    built = bundles.build_bundle(store, rows, meta, uuid.uuid4().hex, case["priority"],
+                                 effort, _step)
     try:
         with store.atomic() as con:
             states.move(con, case_id, "override", who=operator_role, now=now,
@@ -541,120 +709,6 @@ def quality_of(store: Store, case_id: str) -> dict[str, Any] | None:
         return None
     return {"case_id": case_id, "verdict": q["verdict"], "report": json.loads(q["report_json"]),
             "attestation": json.loads(q["attestation_json"]) if q["attestation_json"] else None}
-
-
-@dataclass(frozen=True)
-class Built:
-    """A release's bundles, written and in place under ``bundles/``, not yet recorded."""
-
-    bundle_id: str
-    path: Path
-    size: int
-    raw_bytes: int
-    manifest: dict[str, Any]  # as the receiver reads it back (JSON round trip)
-    preview: tuple[str, Path, int] | None
-
-    def discard(self) -> None:
-        """The release was not recorded: its bundles are nobody's."""
-        for p in (self.path, self.preview[1] if self.preview else None):
-            if p is not None:
-                with contextlib.suppress(OSError):
-                    p.unlink()
-
-
-def _build_bundle(store: Store, rows: list[dict[str, Any]], case_meta: dict[str, Any],
-                  bundle_id: str, priority: str, effort: str) -> Built:
-    # Here, not at module level: the DICOM workers import this module (through
-    # reading.core) and never build a bundle; the codecs load Numba.
-    from fenji.codecs.compress.bundle import make_preview, plan_bundle
-
-    blobs = [store.read_blob(r["sha256"]) for r in rows]
-    preview = None
-    staged: list[tuple[Path, Path]] = []
-    try:
-        if priority in ("stat", "urgent"):
-            # A key image (middle of the series) or an ECG strip travels first, in a
-            # bundle of its own, so the reader sees something within seconds.
-            previews = []
-            for blob in (blobs[len(blobs) // 2], *blobs):
-                with contextlib.suppress(Exception):  # a preview is a courtesy, never a blocker
-                    p = make_preview(blob)
-                    if p is not None:
-                        previews.append(p)
-                        break
-            if previews:
-                pid = uuid.uuid4().hex
-                meta = {**case_meta, "bundle_id": pid, "bundle_kind": "preview"}
-                ptmp, pfinal, psize = _stage_plan(store, plan_bundle(meta, [], previews=previews),
-                                                  pid)
-                staged.append((ptmp, pfinal))
-                preview = (pid, pfinal, psize)
-        full = {**case_meta, "bundle_id": bundle_id, "bundle_kind": "full"}
-        # Instances that declare no (0008,0005) were read with this node's
-        # dicom.default_character_set: the receiver reads them the same way, whatever
-        # its own default (one entry per instance, None where none was applied).
-        defaults = [r.get("specific_character_set") if r.get("charset_source") == "default"
-                    else None for r in rows]
-        if any(defaults):
-            full["default_character_sets"] = defaults
-        plan = plan_bundle(full, blobs, effort=effort)
-        tmp, final, size = _stage_plan(store, plan, bundle_id)
-        staged.append((tmp, final))
-        _step("bundle_written", case_id=case_meta["case_id"], bundle=str(final))
-        _publish(store, staged)
-    except BaseException:
-        for paths in staged:
-            for path in paths:
-                with contextlib.suppress(OSError):
-                    path.unlink()
-        raise
-    _step("bundle_renamed", case_id=case_meta["case_id"], bundle=str(final))
-    # The manifest as every reader of the bundle parses it: the hash a report binds to.
-    manifest = json.loads(json.dumps(plan.manifest, sort_keys=True))
-    return Built(bundle_id, final, size, sum(len(b) for b in blobs), manifest, preview)
-
-
-def _stage_plan(store: Store, plan: Any, bundle_id: str) -> tuple[Path, Path, int]:
-    """Write a bundle under a temporary name in the store's ``tmp/`` (same file system;
-    :meth:`Store.recover` removes what a crash leaves there) and fsync it."""
-    final = store.root / "bundles" / f"{bundle_id}.fbundle"
-    tmp = store.tmp_dir / f"{bundle_id}.fbundle.{os.getpid()}.tmp"
-    size = 0
-    try:
-        with open(tmp, "wb") as fh:
-            for chunk in plan.iter_bytes():
-                fh.write(chunk)
-                size += len(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise LocalError(f"cannot write bundle {final}: {exc}") from exc
-    return tmp, final, size
-
-
-def _publish(store: Store, staged: list[tuple[Path, Path]]) -> None:
-    """Rename staged bundles into ``bundles/`` and fsync the directory."""
-    out_dir = store.root / "bundles"
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for tmp, final in staged:
-            os.rename(tmp, final)
-        fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise LocalError(f"cannot place bundle in {out_dir}: {exc}") from exc
-
-
-def _write_plan(store: Store, plan: Any, bundle_id: str) -> tuple[Path, int]:
-    """Write a bundle durably under ``bundles/`` (temporary name, fsync, rename)."""
-    tmp, final, size = _stage_plan(store, plan, bundle_id)
-    _publish(store, [(tmp, final)])
-    return final, size
 
 
 def get_case(store: Store, case_id: str) -> dict[str, Any] | None:

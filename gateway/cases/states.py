@@ -4,8 +4,9 @@ A case has two states at a node, in two columns of ``cases``, and both are moved
 by the one table below (docs/architecture.md, "Case states"):
 
 * ``state`` -- where the case is in its journey, at this node.  At the sending
-  hospital: held, superseded, released, sent, delivered, then reported, amended,
-  acknowledged as the report comes back and is read.  At a receiving node:
+  hospital: held, superseded, released (or releasing, then released or failed, when
+  a STAT preview goes first), sent, delivered, then reported, amended, acknowledged
+  as the report comes back and is read.  At a receiving node:
   preview, then received (this node is its destination) or forwarding (a relay),
   and a relay's forwarding case becomes delivered when the next hop's receipt comes.
 * ``read_state`` -- the reading at the center: NULL (not on the worklist), new,
@@ -66,11 +67,16 @@ _AFTER_DELIVERY = frozenset({"delivered", "reported", "amended", "acknowledged"}
 TABLE: tuple[Move, ...] = (
     # -- the sending hospital -------------------------------------------------
     Move(STATE, "hold", _s(None), "held", _NODE),  # the quality gate said unacceptable
-    Move(STATE, "release", _s(None), "released", _RELEASERS),
+    Move(STATE, "release", _s(None, "releasing"), "released", _RELEASERS),
+    # A STAT/urgent preview queued before the full bundle is encoded (case.py): the
+    # case is "releasing" until the full bundle is recorded, or "failed" if it cannot
+    # be (its instances free for the next release).
+    Move(STATE, "begin_release", _s(None), "releasing", _RELEASERS),
+    Move(STATE, "release_failed", _s("releasing"), "failed", _NODE),
     Move(STATE, "override", _s("held"), "released", _EDGE_STAFF),
     Move(STATE, "supersede", _s("held"), "superseded", _NODE),  # a newer release replaces it
     Move(STATE, "send", _s("released"), "sent", _NODE,
-         stays=frozenset({"sent", "forwarding"}) | _AFTER_DELIVERY),
+         stays=frozenset({"sent", "forwarding", "releasing", "failed"}) | _AFTER_DELIVERY),
     Move(STATE, "receipt", _s("released", "sent", "forwarding"), "delivered", _NODE,
          stays=_AFTER_DELIVERY),
     Move(STATE, "report", _s("released", "sent", "delivered"), "reported", _NODE,

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 from fenji.gateway import ingest
 from fenji.gateway.audit import ledger
 from fenji.gateway.cases import states
-from fenji.gateway.cases.case import PRIORITIES, _write_plan, manifest_sha256, next_hop, quality_of
+from fenji.gateway.cases.bundles import write_plan
+from fenji.gateway.cases.case import PRIORITIES, manifest_sha256, next_hop, quality_of
 from fenji.gateway.dicom import charset
 from fenji.gateway.keys import canonical_json
 from fenji.gateway.reading.claims import _case, _check_reader
@@ -264,7 +265,7 @@ def _queue_report(store: Store, cfg: Config, case: dict[str, Any], report_id: st
             "report": {"signed": signed, "endorsement": endorsement},
             "audit": audit}
     plan = plan_bundle(meta, blobs)
-    _, size = _write_plan(store, plan, bundle_id)
+    _, size = write_plan(store, plan, bundle_id)
     outbox_db.enqueue(store, bundle_id, report_id, hop, PRIORITIES[cfg.reports.return_priority],
                       size, now)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from fenji.gateway.access import scope as access
 from fenji.gateway.access.users import middleware as auth_middleware
 from fenji.gateway.access.users import require
 from fenji.gateway.cases import case as cases_mod
+from fenji.gateway.cases import states
 from fenji.gateway.config import Config
 from fenji.gateway.errors import DecodeError, FenjiError
 from fenji.gateway.keys import load_private, public_from_config
@@ -273,7 +275,6 @@ def _forward_or_keep(cfg: Config, store: Store, receipt: dict[str, Any],
                      manifest: dict[str, Any], part: Path, wake: Callable[[], None]) -> bool:
     """After a bundle was stored: record the case; a relay queues the same bundle onward;
     a center queues it to its archives ([[egress]])."""
-    import os
     import time
 
     uids = [str(i["sop_instance_uid"]) for i in receipt.get("instances", [])]
@@ -301,8 +302,28 @@ def _forward_or_keep(cfg: Config, store: Store, receipt: dict[str, Any],
     bundle_id = str(case.get("bundle_id") or manifest.get("bundle_id") or "")
     if not bundle_id:
         return False
+    if not _queue_onward(cfg, store, case, bundle_id, part, hop, wake, cut_through=False):
+        # Queued cut-through while it arrived: the next hop's receipt may be here
+        # already, before this node had the case (it moved nothing then).
+        got = store.query_one("SELECT receipt_json FROM receipts WHERE bundle_id = ?",
+                              (bundle_id,))
+        if got and json.loads(got["receipt_json"]).get("instances"):
+            with contextlib.suppress(states.CaseStateError):
+                cases_mod.set_state(store, str(case["case_id"]), "delivered", who=states.NODE)
+    return False  # the upload file itself may go: the bundle is linked under bundles/
+
+
+def _queue_onward(cfg: Config, store: Store, case: dict[str, Any], bundle_id: str, part: Path,
+                  hop: str, wake: Callable[[], None], *, cut_through: bool) -> bool:
+    """Link the upload's file under ``bundles/`` and queue it to ``hop``, with the
+    ledger's "forwarded"; False when it was queued already (nothing done)."""
+    import os
+    import time
+
     from fenji.routing import outbox_db
 
+    if store.query_one("SELECT 1 AS x FROM outbox WHERE bundle_id = ?", (bundle_id,)):
+        return False
     target = store.root / "bundles" / f"{bundle_id}.fbundle"
     target.parent.mkdir(parents=True, exist_ok=True)
     if not target.exists():  # a hard link: a retried finalize still finds the upload
@@ -314,19 +335,44 @@ def _forward_or_keep(cfg: Config, store: Store, receipt: dict[str, Any],
         os.fsync(fd)
     finally:
         os.close(fd)
+    total = _upload_length(store, bundle_id) if cut_through else target.stat().st_size
     outbox_db.enqueue(store, bundle_id, str(case["case_id"]), hop,
-                      cases_mod.PRIORITIES.get(str(case.get("priority")), 2),
-                      target.stat().st_size, time.time())
+                      cases_mod.PRIORITIES.get(str(case.get("priority")), 2), total,
+                      time.time())
     from fenji.gateway.audit import ledger
 
+    final = case.get("destination")
     ledger.record(store, "forwarded", node=cfg.node.name, actor=cfg.node.name, role="node",
                   obj=bundle_id, case_id=str(case["case_id"]),
                   detail={"from": case.get("sender"), "to": final, "via": hop,
-                          "bundle_kind": case.get("bundle_kind")})
-    log.info("relay case=%s bundle=%s from=%s to=%s via=%s", case.get("case_id"), bundle_id,
-             case.get("sender"), final, hop)
+                          "bundle_kind": case.get("bundle_kind"),
+                          **({"cut_through": True} if cut_through else {})})
+    log.info("relay case=%s bundle=%s from=%s to=%s via=%s cut_through=%s",
+             case.get("case_id"), bundle_id, case.get("sender"), final, hop,
+             "yes" if cut_through else "no")
     wake()
-    return False  # the upload file itself may go: the bundle is linked under bundles/
+    return True
+
+
+def _upload_length(store: Store, bundle_id: str) -> int:
+    row = store.query_one("SELECT length FROM uploads WHERE bundle_id = ? ORDER BY created_at "
+                          "DESC LIMIT 1", (bundle_id,))
+    return int(row["length"]) if row else 0
+
+
+def _cut_through(cfg: Config, store: Store, manifest: dict[str, Any], row: dict[str, Any],
+                 part: Path, wake: Callable[[], None]) -> None:
+    """A STAT bundle passing through, its manifest in while the rest still arrives:
+    queue it onward now (routing/relay.py); every other bundle waits for its finalize."""
+    case = manifest.get("case", {})
+    final = case.get("destination")
+    if case.get("priority") != "stat" or case.get("bundle_kind") == "report" or not final \
+            or final == cfg.node.name or case.get("bundle_id") != row["bundle_id"]:
+        return
+    hop = cases_mod.next_hop(cfg, str(final))
+    if hop is not None and case.get("case_id"):
+        _queue_onward(cfg, store, case, str(row["bundle_id"]), part, hop, wake,
+                      cut_through=True)
 
 
 def build_app(cfg: Config, store: Store,
@@ -357,6 +403,9 @@ def build_app(cfg: Config, store: Store,
     def on_delivered(receipt: dict[str, Any], manifest: dict[str, Any], part: Path) -> bool:
         return _forward_or_keep(live[0], store, receipt, manifest, part, wake)
 
+    def on_manifest(manifest: dict[str, Any], row: dict[str, Any], part: Path) -> None:
+        _cut_through(live[0], store, manifest, row, part, wake)
+
     peers = {p.name: public_from_config(p.public_key, cfg.data_dir) for p in cfg.peers}
     ctx = ReceiverContext(store=store, node_name=cfg.node.name,
                           key=load_private(cfg.resolve(cfg.keys.private_key)), peers=peers,
@@ -365,7 +414,8 @@ def build_app(cfg: Config, store: Store,
                           require_tls=cfg.http.tls,
                           max_uploads_per_peer=cfg.limits.max_uploads_per_peer,
                           max_preview_pixels=cfg.limits.max_preview_pixels,
-                          limits=ingest.Limits.of(cfg), on_delivered=on_delivered)
+                          limits=ingest.Limits.of(cfg), on_delivered=on_delivered,
+                          on_manifest=on_manifest)
     add_routes(app, ctx)
     console_viewer.add_routes(app, cfg)  # last: OHIF's files at the root, by exact name
     return app

@@ -1,5 +1,6 @@
-"""kill -9 at each step of a release: the case is unreleased, or released with its
-manifest hash and its bundle, never in between (issue 15).
+"""kill -9 at each step of a release: the case is unreleased, released with its
+manifest hash and its bundle, or (killed between a STAT release's two commits) failed
+with the reason recorded, never silently in between (issues 15, 16).
 
 The release runs in a child process whose step hook (``case.on_step``) reports each
 named step on stdout and blocks forever at the chosen one; the parent waits for that
@@ -10,11 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
+import queue
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -67,15 +69,20 @@ def _kill_at(root: Path, study: str, step: str) -> list[str]:
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(root), study, step],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
+    # A thread reads the lines: select() on a buffered pipe misses lines that arrived
+    # together (two steps a millisecond apart) and sit in the reader's buffer.
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(ln) for ln in iter(
+        proc.stdout.readline, "")] + [lines.put("")], daemon=True)  # type: ignore[union-attr]
+    reader.start()
     seen: list[str] = []
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
     deadline = time.monotonic() + 300  # generous: a loaded 2-core machine
     try:
         while step not in seen:
-            if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
-                raise AssertionError(f"no step {step!r} within 300 s; saw {seen}")
-            line = proc.stdout.readline()
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no step {step!r} within 300 s; saw {seen}") from None
             if not line:
                 raise AssertionError(f"the child ended before {step!r}: {seen}\n"
                                      + (proc.stderr.read() if proc.stderr else ""))
@@ -83,7 +90,6 @@ def _kill_at(root: Path, study: str, step: str) -> list[str]:
         os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait(timeout=60) == -signal.SIGKILL
     finally:
-        sel.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -91,17 +97,32 @@ def _kill_at(root: Path, study: str, step: str) -> list[str]:
 
 
 def _outcome(root: Path, study: str) -> str:
-    """'unreleased' or 'released', after asserting it is wholly one of them."""
+    """'unreleased', 'failed' or 'released', after asserting it is wholly one of them.
+
+    A STAT release queues its preview (the case "releasing") before it encodes the full
+    bundle; a kill between its two commits leaves a case the node's start-up recovery
+    records as "failed", with the reason, its instances free for the next release."""
     store = Store(root)
     store.recover()
+    case.recover_releases(store)
     try:
-        rows = store.query("SELECT * FROM cases WHERE study_instance_uid = ?", (study,))
+        rows = store.query("SELECT * FROM cases WHERE study_instance_uid = ? AND state != "
+                           "'failed'", (study,))
+        failed = store.query("SELECT * FROM cases WHERE study_instance_uid = ? AND state = "
+                             "'failed'", (study,))
         released_events = store.query("SELECT 1 FROM audit WHERE kind = 'released'")
-        jobs = store.query("SELECT bundle_id FROM outbox ORDER BY job_id")
+        failed_events = store.query("SELECT case_id FROM audit WHERE kind = 'release_failed'")
+        assert sorted(e["case_id"] for e in failed_events) == sorted(f["case_id"] for f in failed)
+        jobs = store.query("SELECT bundle_id, case_id FROM outbox ORDER BY job_id")
+        for f in failed:  # its preview was queued (it may have gone), nothing else
+            assert f["manifest_sha256"] is None
+            assert len([j for j in jobs if j["case_id"] == f["case_id"]]) == 1
+        jobs = [j for j in jobs if j["case_id"] not in {f["case_id"] for f in failed}]
+        assert not store.query("SELECT 1 FROM cases WHERE state = 'releasing'")
         if not rows:
             assert not released_events and not jobs
             assert not list(store.tmp_dir.iterdir())  # recovery removed the half-written
-            return "unreleased"
+            return "failed" if failed else "unreleased"
         (row,) = rows
         assert row["state"] == "released" and row["released_at"] is not None
         assert row["manifest_sha256"] and len(released_events) == 1
@@ -116,6 +137,13 @@ def _outcome(root: Path, study: str) -> str:
         store.close()
 
 
+# Where a kill leaves the case: nothing recorded before the preview's commit; after it
+# and before the full bundle's commit, "releasing", which recovery records as "failed".
+EXPECTED = {s: ("unreleased" if i < case.RELEASE_STEPS.index("preview_committed") else
+                "released" if s == "committed" else "failed")
+            for i, s in enumerate(case.RELEASE_STEPS)}
+
+
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("step", case.RELEASE_STEPS)
 def test_kill_at_each_step_of_a_release(pristine: tuple[Path, str], tmp_path: Path,
@@ -126,11 +154,13 @@ def test_kill_at_each_step_of_a_release(pristine: tuple[Path, str], tmp_path: Pa
     seen = _kill_at(root, study, step)
     assert seen == list(case.RELEASE_STEPS[:case.RELEASE_STEPS.index(step) + 1])
     got = _outcome(root, study)
-    assert got == ("released" if step == "committed" else "unreleased"), (step, got)
+    assert got == EXPECTED[step], (step, got)
     placed = list((root / "bundles").glob("*.fbundle"))
-    if step in ("selected", "gated", "bundle_written"):  # a half-written bundle never shows
+    if step in ("selected", "gated"):  # a half-written bundle never shows
         assert not placed, placed
-    if got == "unreleased":  # nothing half-done stands in the way of the next release
+    if step == "bundle_written":  # the preview only: the full bundle is not in place yet
+        assert len(placed) == 1, placed
+    if got != "released":  # nothing half-done stands in the way of the next release
         store = Store(root)
         rel = case.release(store, study, destination="center", priority="stat",
                            gate_key=Ed25519PrivateKey.generate(), sender_node="edge",
@@ -138,3 +168,37 @@ def test_kill_at_each_step_of_a_release(pristine: tuple[Path, str], tmp_path: Pa
         assert rel.instances == 4
         store.close()
         assert _outcome(root, study) == "released"
+
+
+def test_full_bundle_that_cannot_be_made_after_its_preview_went(
+        pristine: tuple[Path, str], tmp_path: Path) -> None:
+    """A blob lost from the store: the preview (the middle image) is queued, the full
+    bundle cannot be made -- the case ends "failed" with the reason in the ledger,
+    not silently half-released, and the study can be sent again once repaired."""
+    src, study = pristine
+    root = tmp_path / "store"
+    shutil.copytree(src, root)
+    store = Store(root)
+    first = store.query("SELECT sha256 FROM instances WHERE study_instance_uid = ? "
+                        "ORDER BY instance_number, sop_instance_uid LIMIT 1", (study,))[0]
+    blob = store.blob_path(first["sha256"])
+    kept = blob.read_bytes()
+    blob.unlink()
+    with pytest.raises(case.ReleaseFailed, match="full bundle could not be made.*send the "
+                                                  "study again") as err:
+        case.release(store, study, destination="center", priority="stat", sender_node="edge",
+                     hop="center")
+    assert str(blob.name) in str(err.value)  # names what was missing
+    (row,) = store.query("SELECT * FROM cases WHERE study_instance_uid = ?", (study,))
+    assert row["state"] == "failed" and row["manifest_sha256"] is None
+    (ev,) = store.query("SELECT detail FROM audit WHERE kind = 'release_failed'")
+    assert "full bundle could not be made" in ev["detail"]
+    (job,) = store.query("SELECT bundle_id FROM outbox")  # the preview, queued first
+    assert (root / "bundles" / f"{job['bundle_id']}.fbundle").exists()
+    assert not list((root / "bundles").glob("*.fbundle"))[1:]  # no half-made full bundle
+    assert not list(store.tmp_dir.iterdir())
+    blob.write_bytes(kept)  # repaired: the next release takes every instance again
+    rel = case.release(store, study, destination="center", priority="stat", sender_node="edge",
+                       hop="center")
+    assert rel.instances == 4 and rel.kind == "case"
+    store.close()

@@ -54,7 +54,9 @@ def test_case_send_delivers_through_the_outbox(tmp_path: Path) -> None:
         assert at_center == at_edge
         jobs = [json.loads(ln) for ln in edge.cli("queue", "ls", "--json").stdout.splitlines()]
         assert jobs and all(j["state"] == "done" for j in jobs)
-        assert len(jobs) == 4  # two previews, two full bundles
+        # The CT's preview ahead of its full bundle; the ECG, small, carries its strip
+        # inside its one bundle (config.PREVIEW_INLINE_MAX_RAW_BYTES).
+        assert len(jobs) == 3
         for c in sent:
             shown = json.loads(edge.cli("case", "show", c["case_id"], "--json").stdout)
             assert shown["state"] == "delivered" and shown["receipt_signer"] == "center"

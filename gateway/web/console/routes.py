@@ -348,7 +348,8 @@ async def post_release(request: web.Request, user: User) -> web.StreamResponse:
             # released_by: the console is the API with a face (cases.release names the API).
             consent_ref=f.get("consent_ref") or None, released_by="api",
             sender_node=cfg.node.name, gate_key=key, operator=user.name,
-            thresholds=(cfg.quality_ecg, cfg.quality_image))
+            thresholds=(cfg.quality_ecg, cfg.quality_image),
+            hop=cases_mod.next_hop(cfg, dest))  # a STAT preview queued before the encode
     except cases_mod.CaseHeld as held:
         log.info("console release held case=%s user=%s", held.case_id, user.name)
         raise web.HTTPSeeOther(f"/console/technician#case-{held.case_id}") from None

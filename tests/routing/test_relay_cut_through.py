@@ -1,0 +1,176 @@
+"""A relay forwards a STAT bundle while it still arrives (cut-through), and either
+hop resumes on its own after a cut; the relay's receipt and exactly-once by bundle
+id are unchanged.
+
+edge -> proxy A -> relay -> proxy B -> center, real nodes on loopback.  Proxy A
+holds the edge's first connection after part of the CT bundle: while it holds,
+the center must receive bytes of that bundle (the relay has not got all of it,
+so it cannot have finalized it).  Proxy B cuts the relay's first connection
+early (the second hop resumes); when A lets go it cuts the edge's connection
+(the first hop resumes).  Everything is observed in the nodes' own records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from _data import ct_series
+from _wait import until
+
+from fenji.gateway.lab.dcmtk import storescu
+from fenji.gateway.lab.harness import NodeProcess
+
+pytestmark = pytest.mark.timeout(900)
+
+
+class Proxy:
+    """A TCP proxy on its own event loop thread.  Its first connection is cut after
+    ``cut_up`` bytes toward the target; with ``hold`` it stops forwarding at that
+    point until :meth:`let_go`, then cuts."""
+
+    def __init__(self, target: int, *, cut_up: int, hold: bool = False) -> None:
+        self.target, self.cut_up, self.hold = target, cut_up, hold
+        self.connections = 0
+        self.holding = threading.Event()
+        self._go = threading.Event()
+        self.loop = asyncio.new_event_loop()
+        self.port = 0
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            server = self.loop.run_until_complete(
+                asyncio.start_server(self._conn, "127.0.0.1", 0))
+            self.port = server.sockets[0].getsockname()[1]
+            ready.set()
+            self.loop.run_forever()
+            server.close()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        ready.wait(30)
+
+    def let_go(self) -> None:
+        self._go.set()
+
+    def stop(self) -> None:
+        self._go.set()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+
+    async def _conn(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        budget = [self.cut_up if self.connections == 1 else -1]
+        ur, uw = await asyncio.open_connection("127.0.0.1", self.target)
+
+        def cut() -> None:
+            for w in (cw, uw):
+                w.transport.abort()
+
+        async def up() -> None:
+            while data := await cr.read(65536):
+                if budget[0] >= 0 and len(data) >= budget[0]:
+                    uw.write(data[:budget[0]])
+                    await uw.drain()
+                    if self.hold:
+                        self.holding.set()
+                        await asyncio.to_thread(self._go.wait)
+                    cut()
+                    return
+                if budget[0] >= 0:
+                    budget[0] -= len(data)
+                uw.write(data)
+                await uw.drain()
+
+        async def down() -> None:
+            while data := await ur.read(65536):
+                cw.write(data)
+                await cw.drain()
+
+        with contextlib.suppress(ConnectionError, OSError):
+            await asyncio.gather(up(), down())
+        cut()
+
+
+def _q(node: NodeProcess, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    con = sqlite3.connect(f"file:{node.directory / 'store' / 'index.sqlite'}?mode=ro",
+                          uri=True, timeout=30)
+    con.row_factory = sqlite3.Row
+    try:
+        return con.execute(sql, args).fetchall()
+    except sqlite3.OperationalError:  # not migrated yet
+        return []
+    finally:
+        con.close()
+
+
+def _upload(node: NodeProcess, bundle_id: str) -> sqlite3.Row | None:
+    rows = _q(node, "SELECT * FROM uploads WHERE bundle_id = ?", (bundle_id,))
+    assert len(rows) <= 1, rows  # one upload per bundle id, whatever the cuts
+    return rows[0] if rows else None
+
+
+def test_stat_bundle_cut_through_a_relay_with_a_cut_on_each_hop(tmp_path: Path) -> None:
+    files = ct_series()
+    edge = NodeProcess(tmp_path / "edge", name="edge", allow_ae=["CT1"], workers=1)
+    relay = NodeProcess(tmp_path / "relay", name="relay", role="center", workers=1)
+    center = NodeProcess(tmp_path / "center", name="center", role="center", workers=1)
+    first = Proxy(relay.http_port, cut_up=1_200_000, hold=True)
+    second = Proxy(center.http_port, cut_up=300_000)
+    try:
+        edge.add_peer(relay, default=True, url=f"http://127.0.0.1:{first.port}")
+        relay.add_peer(edge)
+        relay.add_peer(center, url=f"http://127.0.0.1:{second.port}")
+        center.add_peer(relay)
+        with edge, relay, center:
+            storescu(files, edge.dicom_port, calling="CT1")
+            study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+            case = json.loads(edge.cli("case", "send", study, "--priority", "stat",
+                                       "--no-gate", "--dest", "center", "--json").stdout)
+            bid = case["bundle_id"]
+            assert case["bundle_bytes"] > 2_000_000  # streamed in frames, not one request
+            until(first.holding.is_set, 300, "the edge's stream to reach the held point")
+            # While the first hop is held, the center gets bytes of the bundle: the relay
+            # forwards what it has (beyond the second hop's cut, so that hop resumed).
+            at_center = until(lambda: (u := _upload(center, bid)) is not None
+                              and u["offset"] > 400_000 and u, 300,
+                              "the center to receive the bundle through the relay")
+            at_relay = _upload(relay, bid)
+            assert at_relay is not None and at_relay["state"] == "receiving"
+            assert at_relay["offset"] < at_relay["length"]  # so not finalized at the relay
+            assert at_center["offset"] <= at_relay["offset"]  # only what the relay committed
+            assert second.connections >= 2  # the second hop was cut and resumed
+            first.let_go()  # ... and the first hop is cut now, and resumes
+            until(lambda: _q(edge, "SELECT 1 FROM cases WHERE case_id = ? AND state = "
+                                   "'delivered'", (case["case_id"],)), 300,
+                  "the relay's receipt at the edge")
+            until(lambda: _q(center, "SELECT 1 FROM cases WHERE case_id = ? AND state = "
+                                     "'received'", (case["case_id"],)), 300,
+                  "the case at the center")
+            until(lambda: _q(relay, "SELECT 1 FROM cases WHERE case_id = ? AND state = "
+                                    "'delivered'", (case["case_id"],)), 300,
+                  "the center's receipt at the relay")
+            assert first.connections >= 2
+            # Exactly once by bundle id, at both hops; every instance at the center.
+            for node in (relay, center):
+                u = _upload(node, bid)
+                assert u is not None and u["state"] == "complete" and u["offset"] == u["length"]
+            assert len(center.stored()) == len(files)
+            forwarded = _q(relay, "SELECT detail FROM audit WHERE kind = 'forwarded' AND "
+                                  "object = ?", (bid,))
+            assert len(forwarded) == 1 and json.loads(forwarded[0]["detail"])["cut_through"]
+            # The relay's receipt to the edge covers the whole bundle, as before.
+            (r,) = _q(edge, "SELECT receipt_json FROM receipts WHERE bundle_id = ?", (bid,))
+            receipt = json.loads(r["receipt_json"])
+            assert receipt["receiver"] == "relay" and len(receipt["instances"]) == len(files)
+    finally:
+        first.stop()
+        second.stop()
