@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import aiohttp
 import pydicom
 import pytest
 from _data import ct_series
@@ -13,10 +15,23 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fenji.gateway import config as config_mod
 from fenji.gateway.cases.case import release
-from fenji.gateway.keys import client_ssl_context, generate_certificate
+from fenji.gateway.keys import (
+    client_ssl_context,
+    generate_certificate,
+    load_private,
+    public_from_config,
+)
 from fenji.gateway.lab.dcmtk import storescu
+from fenji.gateway.lab.harness import NodeProcess
 from fenji.gateway.node import open_store
-from fenji.routing.transfer_client import ChunkSizer, Delivered, TransferError
+from fenji.routing.transfer_client import (
+    ChunkSizer,
+    Delivered,
+    Sender,
+    TransferError,
+    manifest_of,
+    send_bundle,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
