@@ -66,7 +66,7 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,6 +228,18 @@ def _refuse(r: upload.Refuse, row: dict[str, Any] | None = None) -> web.Response
     return error(r.status, r.error, r.message, headers=extra)
 
 
+async def _existing(ctx: ReceiverContext, request: web.Request, existing: dict[str, Any],
+                    length: int, whole: bool, who: str) -> web.StreamResponse:
+    """A create for a bundle already known: the same upload again (its offset, or
+    the whole request's receipt), unless the lengths disagree."""
+    bad = upload.check_existing(existing["bundle_id"], existing["length"], length)
+    if bad is not None:
+        return _refuse(bad)
+    if whole:
+        return await _whole(ctx, request, existing["upload_id"], who)
+    return web.Response(status=200, headers=_offset_headers(existing))
+
+
 async def create_upload(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CTX]
     who = _authenticate(ctx, request)
@@ -243,12 +255,7 @@ async def create_upload(request: web.Request) -> web.StreamResponse:
                                              f"{MAX_CHUNK_BYTES} bytes")
     existing = ctx.store.query_one("SELECT * FROM uploads WHERE bundle_id = ?", (bundle_id,))
     if existing is not None:
-        bad = upload.check_existing(bundle_id, existing["length"], length)
-        if bad is not None:
-            return _refuse(bad)
-        if whole:
-            return await _whole(ctx, request, existing["upload_id"], who)
-        return web.Response(status=200, headers=_offset_headers(existing))
+        return await _existing(ctx, request, existing, length, whole, who)
     # An upload untouched for an hour no longer counts: a sender that gave a
     # bundle up must not be locked out by its leftovers.
     open_now = ctx.store.query_one("SELECT COUNT(*) AS n FROM uploads WHERE sender = ? AND "
@@ -276,12 +283,7 @@ async def create_upload(request: web.Request) -> web.StreamResponse:
         existing = ctx.store.query_one("SELECT * FROM uploads WHERE bundle_id = ?",
                                        (bundle_id,))
         assert existing is not None  # rows are never deleted
-        bad = upload.check_existing(bundle_id, existing["length"], length)
-        if bad is not None:
-            return _refuse(bad)
-        if whole:
-            return await _whole(ctx, request, existing["upload_id"], who)
-        return web.Response(status=200, headers=_offset_headers(existing))
+        return await _existing(ctx, request, existing, length, whole, who)
     log.info("upload created node=%s bundle=%s upload=%s length=%d", who, bundle_id, upload_id,
              length)
     if whole:
@@ -327,34 +329,46 @@ async def head_upload(request: web.Request) -> web.StreamResponse:
     return web.Response(status=200, headers=_offset_headers(row))
 
 
-async def patch_upload(request: web.Request) -> web.StreamResponse:
-    ctx = request.app[CTX]
-    who = _authenticate(ctx, request)
-    if isinstance(who, web.Response):
-        return who
-    upload_id = request.match_info["upload_id"]
-    async with ctx.lock(upload_id):
-        row = _owned_row(ctx, upload_id, who)
-        if row is None:
-            return error(404, "no_upload", f"upload {upload_id} not found")
-        if request.content_type == upload.FRAMES_TYPE:
-            return await _frames(ctx, request, row)
-        offset = upload.check_append(row["state"], row["offset"],
-                                     request.headers.get("Upload-Offset", ""),
-                                     request.content_length)
-        if isinstance(offset, upload.Refuse):
-            return _refuse(offset, row)
-        data = await request.read()
-        digest = upload.parse_checksum(request.headers.get("Upload-Checksum", ""))
-        if isinstance(digest, upload.Refuse):
-            return _refuse(digest, row)
-        bad = await asyncio.to_thread(upload.check_chunk, offset, row["length"], data, digest)
-        if bad is not None:
-            return _refuse(bad, row)
-        moved = await _commit_chunk(ctx, row, offset, data)
-        if moved is not None:
-            return _refuse(moved, row)
-        return web.Response(status=204, headers=_offset_headers(row))
+def _own_upload(fn: Callable[[ReceiverContext, web.Request, dict[str, Any], str],
+                             Awaitable[web.StreamResponse]]
+                ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """A request about one of the calling peer's uploads: authenticated, then under
+    the upload's lock with its row (404 when it is no upload of this peer's)."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        ctx = request.app[CTX]
+        who = _authenticate(ctx, request)
+        if isinstance(who, web.Response):
+            return who
+        upload_id = request.match_info["upload_id"]
+        async with ctx.lock(upload_id):
+            row = _owned_row(ctx, upload_id, who)
+            if row is None:
+                return error(404, "no_upload", f"upload {upload_id} not found")
+            return await fn(ctx, request, row, who)
+    return handler
+
+
+@_own_upload
+async def patch_upload(ctx: ReceiverContext, request: web.Request, row: dict[str, Any],
+                       who: str) -> web.StreamResponse:
+    if request.content_type == upload.FRAMES_TYPE:
+        return await _frames(ctx, request, row)
+    offset = upload.check_append(row["state"], row["offset"],
+                                 request.headers.get("Upload-Offset", ""),
+                                 request.content_length)
+    if isinstance(offset, upload.Refuse):
+        return _refuse(offset, row)
+    data = await request.read()
+    digest = upload.parse_checksum(request.headers.get("Upload-Checksum", ""))
+    if isinstance(digest, upload.Refuse):
+        return _refuse(digest, row)
+    bad = await asyncio.to_thread(upload.check_chunk, offset, row["length"], data, digest)
+    if bad is not None:
+        return _refuse(bad, row)
+    moved = await _commit_chunk(ctx, row, offset, data)
+    if moved is not None:
+        return _refuse(moved, row)
+    return web.Response(status=204, headers=_offset_headers(row))
 
 
 async def _frames(ctx: ReceiverContext, request: web.Request,
@@ -599,17 +613,10 @@ def _ingest_bundle(ctx: ReceiverContext,
     }, manifest
 
 
-async def finalize_upload(request: web.Request) -> web.StreamResponse:
-    ctx = request.app[CTX]
-    who = _authenticate(ctx, request)
-    if isinstance(who, web.Response):
-        return who
-    upload_id = request.match_info["upload_id"]
-    async with ctx.lock(upload_id):
-        row = _owned_row(ctx, upload_id, who)
-        if row is None:
-            return error(404, "no_upload", f"upload {upload_id} not found")
-        return await _finalize(ctx, row, who, request.remote)
+@_own_upload
+async def finalize_upload(ctx: ReceiverContext, request: web.Request, row: dict[str, Any],
+                          who: str) -> web.StreamResponse:
+    return await _finalize(ctx, row, who, request.remote)
 
 
 async def _finalize(ctx: ReceiverContext, row: dict[str, Any], who: str,
