@@ -99,6 +99,20 @@ def resolve_case_id(store: Store, given: str) -> str:
     return given
 
 
+def _held_case(store: Store, case_id: str, operator: str, reason: str, doing: str,
+               otherwise: str) -> dict[str, Any]:
+    """The held case an operator acts on, with a name and a reason; else CaseError
+    (``doing`` names the act, ``otherwise`` what is wrong with a case not held)."""
+    if not operator.strip() or not reason.strip():
+        raise CaseError(f"{doing} needs a named operator and a reason")
+    case = store.query_one("SELECT * FROM cases WHERE case_id = ?", (case_id,))
+    if case is None:
+        raise CaseError(f"no case {case_id!r}")
+    if case["state"] != "held":
+        raise CaseError(f"case {case_id} is {case['state']}: {otherwise}")
+    return case
+
+
 def exclude_instance(store: Store, case_id: str, sop_instance_uid: str, *, operator: str,
                      reason: str, node: str, now: float | None = None) -> dict[str, Any]:
     """Drop one instance of a held case, with a ledger record of who and why.
@@ -108,14 +122,9 @@ def exclude_instance(store: Store, case_id: str, sop_instance_uid: str, *, opera
     releases what remains, through the gate again.
     """
     now = time.time() if now is None else now
-    if not operator.strip() or not reason.strip():
-        raise CaseError("excluding an instance needs a named operator and a reason")
-    case = store.query_one("SELECT * FROM cases WHERE case_id = ?", (case_id,))
-    if case is None:
-        raise CaseError(f"no case {case_id!r}")
-    if case["state"] != "held":
-        raise CaseError(f"case {case_id} is {case['state']}: only a held case can drop an "
-                        "instance (a released one has left; send a correction as new UIDs)")
+    case = _held_case(store, case_id, operator, reason, "excluding an instance",
+                      "only a held case can drop an instance (a released one has left; "
+                      "send a correction as new UIDs)")
     member = store.query_one("SELECT 1 AS x FROM case_instances WHERE case_id = ? AND "
                              "sop_instance_uid = ?", (case_id, sop_instance_uid))
     if member is None and sop_instance_uid.isdigit():
@@ -659,13 +668,8 @@ def override(store: Store, case_id: str, *, operator: str, reason: str, gate_key
     to released, the attestation, the manifest hash, the ledger, the outbox jobs).
     """
     now = time.time() if now is None else now
-    if not operator.strip() or not reason.strip():
-        raise CaseError("an override needs a named operator and a reason")
-    case = store.query_one("SELECT * FROM cases WHERE case_id = ?", (case_id,))
-    if case is None:
-        raise CaseError(f"no case {case_id!r}")
-    if case["state"] != "held":
-        raise CaseError(f"case {case_id} is {case['state']}, not held: nothing to override")
+    case = _held_case(store, case_id, operator, reason, "an override",
+                      "not held: nothing to override")
     states.transition(states.STATE, "held", "override", operator_role, case_id=case_id)
     q = store.query_one("SELECT report_json FROM quality WHERE case_id = ?", (case_id,))
     report = json.loads(q["report_json"]) if q else {"verdict": qg.UNACCEPTABLE, "reasons": []}

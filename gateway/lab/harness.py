@@ -95,6 +95,18 @@ def spawn_until_ready(cmd: list[str], log_path: Path, *,
     raise TimeoutError(f"{what} not ready in {timeout_s}s:\n{tail()}")
 
 
+def terminate(proc: subprocess.Popen[bytes] | None, timeout_s: float = 30.0) -> None:
+    """SIGTERM a child still running and reap it; SIGKILL if it outlives ``timeout_s``."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout_s)
+
+
 @dataclass
 class NodeProcess:
     directory: Path
@@ -379,12 +391,7 @@ class OrthancProcess:
             return json.loads(r.read())
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        terminate(self.proc)
 
     def __enter__(self) -> OrthancProcess:
         return self.start()
@@ -535,13 +542,7 @@ backend center_dicom
                    for b in ("center_http", "center_dicom"))
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
+        terminate(self.proc)
 
     def __enter__(self) -> HaproxyProcess:
         return self.start()
