@@ -4,17 +4,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pydicom
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fenji.gateway import config as config_mod
 from fenji.gateway.cases.case import Released
 from fenji.gateway.keys import load_private, public_from_config
-from fenji.gateway.lab.harness import NodeProcess
+from fenji.gateway.lab.harness import NodeProcess, fenji_cmd
 from fenji.routing.transfer_client import (
     ChunkSizer,
     Delivered,
@@ -62,3 +66,38 @@ def send_to_center(edge: NodeProcess, rel: Released, *, sizer: ChunkSizer,
                                      should_yield=yield_now, ssl=ssl)
 
     return asyncio.run(go())
+
+
+def send_every_study(edge: NodeProcess, files: list[Path]) -> list[str]:
+    """``fenji case send`` each study of ``files`` (priorities STAT, urgent, routine in
+    turn, no gate) with the edge's own CLI; the case IDs, in study order."""
+    studies = sorted({str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID)
+                      for f in files})
+    case_ids = []
+    for i, study in enumerate(studies):
+        res = subprocess.run([*fenji_cmd(), "case", "send", study, "--priority",
+                              ("stat", "urgent", "routine")[i % 3], "--no-gate", "--json",
+                              "--config", str(edge.config)],
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        case_ids.append(json.loads(res.stdout)["case_id"])
+    return case_ids
+
+
+class EmulatedLink:
+    """The project's link emulator (``python -m fenji.routing.linkemu.proxy``) as a
+    process on 127.0.0.1 in front of ``target``; its log appended to ``log``."""
+
+    def __init__(self, profile: str | Path, target: int, seed: int, log: Path) -> None:
+        self.logf = open(log, "ab")  # noqa: SIM115 - closed by stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fenji.routing.linkemu.proxy", "--profile", str(profile),
+             "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{target}", "--seed", str(seed)],
+            stdout=subprocess.PIPE, stderr=self.logf, text=True)
+        assert self.proc.stdout is not None
+        self.port = int(json.loads(self.proc.stdout.readline())["listen"].rsplit(":", 1)[1])
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=20)
+        self.logf.close()

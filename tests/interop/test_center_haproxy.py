@@ -33,7 +33,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -46,6 +45,7 @@ import pydicom
 import pytest
 import requests
 from _data import DICOM_DIR, ct_series
+from _nodes import EmulatedLink, send_every_study
 from _wait import until
 
 from fenji.gateway import config as config_mod
@@ -85,24 +85,6 @@ def center_store(request: pytest.FixtureRequest,
                            s3.env())
     else:  # pragma: no cover - a parameter without a backend is a test bug
         raise AssertionError(f"unknown store backend {request.param}")
-
-
-class _Link:
-    """The project's link emulator between the edge and HAProxy (a slow uplink)."""
-
-    def __init__(self, profile: Path, target: int, log: Path) -> None:
-        self.logf = open(log, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fenji.routing.linkemu.proxy", "--profile", str(profile),
-             "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{target}", "--seed", "14"],
-            stdout=subprocess.PIPE, stderr=self.logf, text=True)
-        assert self.proc.stdout is not None
-        self.port = int(json.loads(self.proc.stdout.readline())["listen"].rsplit(":", 1)[1])
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=20)
-        self.logf.close()
 
 
 @dataclass
@@ -213,7 +195,7 @@ def _run(tmp_path: Path, center: Center, n_instances: int, kills: int) -> dict[s
     # A slow uplink, so that bundles are moving when the kills come.
     profile = tmp_path / "uplink.toml"
     profile.write_text("[link]\nrate_up_bps = 400000\nrate_down_bps = 4000000\nrtt_ms = 40\n")
-    link = _Link(profile, center.lb.http_port, tmp_path / "link.log")
+    link = EmulatedLink(profile, center.lb.http_port, 14, tmp_path / "link.log")
     edge.add_peer(a, default=True, url=f"http://127.0.0.1:{link.port}")
     a.add_peer(edge)  # one config for both processes
     try:
@@ -225,14 +207,7 @@ def _run(tmp_path: Path, center: Center, n_instances: int, kills: int) -> dict[s
         edge.stop()
         studies = sorted({str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID)
                           for f in files})
-        case_ids = []
-        for i, study in enumerate(studies):
-            res = subprocess.run([*fenji_cmd(), "case", "send", study, "--priority",
-                                  ("stat", "urgent", "routine")[i % 3], "--no-gate", "--json",
-                                  "--config", str(edge.config)],
-                                 capture_output=True, text=True, timeout=300)
-            assert res.returncode == 0, res.stderr
-            case_ids.append(json.loads(res.stdout)["case_id"])
+        case_ids = send_every_study(edge, files)
         a.start()
         b.start()
         center.lb.start()

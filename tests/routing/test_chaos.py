@@ -12,34 +12,16 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import pydicom
 import pytest
 from _data import DICOM_DIR, ct_series
+from _nodes import EmulatedLink, send_every_study
 
 from fenji.gateway.lab.dcmtk import storescu
-from fenji.gateway.lab.harness import NodeProcess, fenji_cmd
+from fenji.gateway.lab.harness import NodeProcess
 from fenji.gateway.lab.synth import derive
-
-
-class _Link:
-    def __init__(self, profile: str, target: int, seed: int, log: Path) -> None:
-        self.logf = open(log, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fenji.routing.linkemu.proxy", "--profile", profile, "--listen",
-             "127.0.0.1:0", "--target", f"127.0.0.1:{target}", "--seed", str(seed)],
-            stdout=subprocess.PIPE, stderr=self.logf, text=True)
-        assert self.proc.stdout is not None
-        self.port = int(json.loads(self.proc.stdout.readline())["listen"].rsplit(":", 1)[1])
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=20)
-        self.logf.close()
 
 
 def link_stats(log: Path) -> str:
@@ -70,7 +52,7 @@ def _chaos(tmp_path: Path, n_instances: int, kills: int, seed: int) -> dict[str,
     profile.write_text("[link]\nrate_up_bps = 600000\nrate_down_bps = 600000\nrtt_ms = 150\n"
                        "jitter_ms = 20\nreset_mean_bytes = 400000\noutage_every_s = 20\n"
                        "outage_s = 3\n")
-    link = _Link(str(profile), center.http_port, seed, tmp_path / "link.log")
+    link = EmulatedLink(profile, center.http_port, seed, tmp_path / "link.log")
     edge.add_peer(center, default=True, url=f"http://127.0.0.1:{link.port}")
     center.add_peer(edge)
     try:
@@ -83,16 +65,7 @@ def _chaos(tmp_path: Path, n_instances: int, kills: int, seed: int) -> dict[str,
         # are on a busy machine, so the kills land while cases are moving by
         # construction, not by timing.
         edge.stop()
-        studies = sorted({str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID)
-                          for f in files})
-        case_ids = []
-        for i, study in enumerate(studies):
-            prio = ("stat", "urgent", "routine")[i % 3]
-            res = subprocess.run([*fenji_cmd(), "case", "send", study, "--priority", prio,
-                                  "--no-gate", "--json", "--config", str(edge.config)],
-                                 capture_output=True, text=True, timeout=300)
-            assert res.returncode == 0, res.stderr
-            case_ids.append(json.loads(res.stdout)["case_id"])
+        case_ids = send_every_study(edge, files)
         edge.start()
         done_kills = 0
         mid_transfer = 0

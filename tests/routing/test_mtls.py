@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pydicom
 import pytest
 from _data import ct_series
 from _nodes import edge_and_center, send_to_center
+from _proxy import Faulty
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -36,18 +38,25 @@ from fenji.routing.transfer_client import (
 pytestmark = pytest.mark.timeout(300)
 
 
+def _released(edge: NodeProcess, files: list[Path]) -> tuple[Any, Any, Any]:
+    """Store ``files`` at the edge and release their study to the center over https:
+    (the edge's config, the release, the center as its peer)."""
+    storescu(files, edge.dicom_port, calling="CT1")
+    cfg = config_mod.load(edge.config, env={})
+    store = open_store(cfg)
+    study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    rel = release(store, study, destination="center", sender_node="edge")
+    store.close()
+    peer = cfg.peer("center")
+    assert peer is not None and peer.url.startswith("https://")
+    return cfg, rel, peer
+
+
 def test_bundle_over_mutual_tls_and_strangers_refused(tmp_path: Path) -> None:
     edge, center = edge_and_center(tmp_path, tls=True)
     with edge, center:
         files = ct_series()[:4]
-        storescu(files, edge.dicom_port, calling="CT1")
-        cfg = config_mod.load(edge.config, env={})
-        store = open_store(cfg)
-        study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
-        rel = release(store, study, destination="center", sender_node="edge")
-        store.close()
-        peer = cfg.peer("center")
-        assert peer is not None and peer.url.startswith("https://")
+        cfg, rel, peer = _released(edge, files)
         sizer = ChunkSizer(1 << 16, 1 << 14, 1 << 20)
 
         good = client_ssl_context(cfg.resolve(cfg.keys.certificate),
@@ -70,57 +79,11 @@ def test_bundle_over_mutual_tls_and_strangers_refused(tmp_path: Path) -> None:
         assert len(center.stored()) == 4
 
 
-class _CutOnce:
-    """A TCP proxy whose first connection is cut (both ways, abortively) after ``cut_up``
-    bytes toward the receiver: TLS passes through it untouched."""
-
-    def __init__(self, target: int, cut_up: int) -> None:
-        self.target, self.cut_up, self.connections, self.port = target, cut_up, 0, 0
-        self.server: asyncio.AbstractServer | None = None
-
-    async def __aenter__(self) -> _CutOnce:
-        self.server = await asyncio.start_server(self._conn, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-
-    async def _conn(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        budget = [self.cut_up if self.connections == 1 else -1]
-        ur, uw = await asyncio.open_connection("127.0.0.1", self.target)
-
-        def cut() -> None:
-            for w in (cw, uw):
-                w.transport.abort()
-
-        async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter, up: bool) -> None:
-            while data := await r.read(65536):
-                if up and budget[0] >= 0:
-                    if len(data) >= budget[0]:
-                        w.write(data[:budget[0]])
-                        cut()
-                        return
-                    budget[0] -= len(data)
-                w.write(data)
-                await w.drain()
-
-        try:
-            await asyncio.gather(pump(cr, uw, True), pump(ur, cw, False))
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            cut()
-
-
 def test_a_reconnect_after_a_cut_resumes_the_tls_session(tmp_path: Path) -> None:
     """The sender's context offers the session ticket of its last connection: the
     connection after a cut resumes it (no certificate exchange), and the receiver
     still reads the sender's pinned certificate from the resumed session (it refuses
     a connection whose certificate is not the node's: the bundle would not go)."""
-    import pydicom
 
     from fenji.routing.transfer_client import Pipeline, ResumingContext
 
@@ -130,14 +93,7 @@ def test_a_reconnect_after_a_cut_resumes_the_tls_session(tmp_path: Path) -> None
     center.add_peer(edge, tls=True)
     with edge, center:
         files = ct_series()[:12]
-        storescu(files, edge.dicom_port, calling="CT1")
-        cfg = config_mod.load(edge.config, env={})
-        store = open_store(cfg)
-        study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
-        rel = release(store, study, destination="center", sender_node="edge")
-        store.close()
-        peer = cfg.peer("center")
-        assert peer is not None and peer.url.startswith("https://")
+        cfg, rel, peer = _released(edge, files)
         port = int(peer.url.rsplit(":", 1)[1].split("/")[0])
         ctx = client_ssl_context(cfg.resolve(cfg.keys.certificate),
                                  cfg.resolve(cfg.keys.private_key), cfg.resolve(peer.cert),
@@ -145,7 +101,7 @@ def test_a_reconnect_after_a_cut_resumes_the_tls_session(tmp_path: Path) -> None
         assert isinstance(ctx, ResumingContext)
 
         async def go() -> tuple[Delivered, int]:
-            async with _CutOnce(port, cut_up=rel.bundle_bytes // 2) as proxy, \
+            async with Faulty(port, cut_up=rel.bundle_bytes // 2) as proxy, \
                     aiohttp.ClientSession() as s:
                 out = await send_bundle(
                     s, f"https://127.0.0.1:{proxy.port}", Sender("edge", load_private(

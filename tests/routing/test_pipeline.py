@@ -10,7 +10,6 @@ back)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +20,7 @@ import pydicom
 import pytest
 from _data import DICOM_DIR, ct_series
 from _nodes import edge_and_center
+from _proxy import Faulty
 
 from fenji.gateway import config as config_mod
 from fenji.gateway.cases.case import release
@@ -70,63 +70,6 @@ def bundles(pair):  # type: ignore[no-untyped-def]
                 for name, files in (("ct", ct), ("ecg", ecg))}
     finally:
         store.close()
-
-
-class Faulty:
-    """A TCP proxy whose first connection is cut after ``cut_up`` bytes toward the
-    receiver, or (``drop_answer``) delivers the request whole and never the answer."""
-
-    def __init__(self, target: int, *, cut_up: int | None = None,
-                 drop_answer: bool = False) -> None:
-        self.target, self.cut_up, self.drop_answer = target, cut_up, drop_answer
-        self.connections = 0
-        self.port = 0
-        self.server: asyncio.AbstractServer | None = None
-
-    async def __aenter__(self) -> Faulty:
-        self.server = await asyncio.start_server(self._conn, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-
-    async def _conn(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        faulty = self.connections == 1
-        ur, uw = await asyncio.open_connection("127.0.0.1", self.target)
-        budget = [self.cut_up if faulty and self.cut_up is not None else -1]
-
-        def cut() -> None:
-            for w in (cw, uw):
-                with contextlib.suppress(Exception):
-                    w.transport.abort()
-
-        async def up() -> None:
-            while data := await cr.read(65536):
-                if budget[0] >= 0:
-                    if len(data) >= budget[0]:
-                        uw.write(data[:budget[0]])
-                        with contextlib.suppress(Exception):
-                            await uw.drain()
-                        cut()
-                        return
-                    budget[0] -= len(data)
-                uw.write(data)
-                await uw.drain()
-
-        async def down() -> None:
-            while data := await ur.read(65536):
-                if faulty and self.drop_answer:
-                    cut()
-                    return
-                cw.write(data)
-                await cw.drain()
-
-        with contextlib.suppress(Exception):
-            await asyncio.gather(up(), down())
-        cut()
 
 
 async def _send(edge: NodeProcess, port: int, rel: Any, pipeline: Pipeline, *,

@@ -13,7 +13,6 @@ early (the second hop resumes); when A lets go it cuts the edge's connection
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sqlite3
 import threading
@@ -23,6 +22,7 @@ from typing import Any
 import pydicom
 import pytest
 from _data import ct_series
+from _proxy import Faulty
 from _wait import until
 
 from fenji.gateway.lab.dcmtk import storescu
@@ -37,9 +37,8 @@ class Proxy:
     point until :meth:`let_go`, then cuts."""
 
     def __init__(self, target: int, *, cut_up: int, hold: bool = False) -> None:
-        self.target, self.cut_up, self.hold = target, cut_up, hold
-        self.connections = 0
         self.holding = threading.Event()
+        self.faulty = Faulty(target, cut_up=cut_up, before_cut=self._hold if hold else None)
         self._go = threading.Event()
         self.loop = asyncio.new_event_loop()
         self.port = 0
@@ -48,7 +47,7 @@ class Proxy:
         def run() -> None:
             asyncio.set_event_loop(self.loop)
             server = self.loop.run_until_complete(
-                asyncio.start_server(self._conn, "127.0.0.1", 0))
+                asyncio.start_server(self.faulty.conn, "127.0.0.1", 0))
             self.port = server.sockets[0].getsockname()[1]
             ready.set()
             self.loop.run_forever()
@@ -58,6 +57,14 @@ class Proxy:
         self.thread.start()
         ready.wait(30)
 
+    @property
+    def connections(self) -> int:
+        return self.faulty.connections
+
+    async def _hold(self) -> None:
+        self.holding.set()
+        await asyncio.to_thread(self._go.wait)
+
     def let_go(self) -> None:
         self._go.set()
 
@@ -65,39 +72,6 @@ class Proxy:
         self._go.set()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(30)
-
-    async def _conn(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        budget = [self.cut_up if self.connections == 1 else -1]
-        ur, uw = await asyncio.open_connection("127.0.0.1", self.target)
-
-        def cut() -> None:
-            for w in (cw, uw):
-                w.transport.abort()
-
-        async def up() -> None:
-            while data := await cr.read(65536):
-                if budget[0] >= 0 and len(data) >= budget[0]:
-                    uw.write(data[:budget[0]])
-                    await uw.drain()
-                    if self.hold:
-                        self.holding.set()
-                        await asyncio.to_thread(self._go.wait)
-                    cut()
-                    return
-                if budget[0] >= 0:
-                    budget[0] -= len(data)
-                uw.write(data)
-                await uw.drain()
-
-        async def down() -> None:
-            while data := await ur.read(65536):
-                cw.write(data)
-                await cw.drain()
-
-        with contextlib.suppress(ConnectionError, OSError):
-            await asyncio.gather(up(), down())
-        cut()
 
 
 def _q(node: NodeProcess, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
