@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -83,21 +82,3 @@ def send_every_study(edge: NodeProcess, files: list[Path]) -> list[str]:
         case_ids.append(json.loads(res.stdout)["case_id"])
     return case_ids
 
-
-class EmulatedLink:
-    """The project's link emulator (``python -m fenji.routing.linkemu.proxy``) as a
-    process on 127.0.0.1 in front of ``target``; its log appended to ``log``."""
-
-    def __init__(self, profile: str | Path, target: int, seed: int, log: Path) -> None:
-        self.logf = open(log, "ab")  # noqa: SIM115 - closed by stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fenji.routing.linkemu.proxy", "--profile", str(profile),
-             "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{target}", "--seed", str(seed)],
-            stdout=subprocess.PIPE, stderr=self.logf, text=True)
-        assert self.proc.stdout is not None
-        self.port = int(json.loads(self.proc.stdout.readline())["listen"].rsplit(":", 1)[1])
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=20)
-        self.logf.close()

@@ -67,24 +67,26 @@ def fenji_cmd() -> list[str]:
     return [sys.executable, "-m", "fenji.gateway.cli.main"]
 
 
+def log_tail(path: Path, n: int = 40) -> str:
+    """The last ``n`` lines of a child's log ("" when there is none yet)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
 def spawn_until_ready(cmd: list[str], log_path: Path, *,
                       ready: Callable[[subprocess.Popen[bytes]], bool], timeout_s: float,
                       what: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start ``cmd`` in its own process group, output appended to ``log_path``, and
     poll ``ready(proc)`` until true.  A child that exits first, or is not ready in
     ``timeout_s`` (then killed, group and all), raises with the log's tail."""
-    def tail() -> str:
-        try:
-            return "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
-        except OSError:
-            return ""
-
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=logf, env=env, start_new_session=True)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{tail()}")
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log_tail(log_path)}")
         if ready(proc):
             return proc
         time.sleep(0.05)
@@ -92,7 +94,7 @@ def spawn_until_ready(cmd: list[str], log_path: Path, *,
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=30)
-    raise TimeoutError(f"{what} not ready in {timeout_s}s:\n{tail()}")
+    raise TimeoutError(f"{what} not ready in {timeout_s}s:\n{log_tail(log_path)}")
 
 
 def terminate(proc: subprocess.Popen[bytes] | None, timeout_s: float = 30.0) -> None:
@@ -302,10 +304,7 @@ class NodeProcess:
             self.proc.wait(timeout=30)
 
     def log_tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
+        return log_tail(self.log_path, n)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run ``fenji ARGS --config <this node>`` and return the result."""

@@ -45,13 +45,14 @@ import pydicom
 import pytest
 import requests
 from _data import DICOM_DIR, ct_series
-from _nodes import EmulatedLink, send_every_study
+from _nodes import send_every_study
 from _wait import until
 
 from fenji.gateway import config as config_mod
 from fenji.gateway.cases.case import release
 from fenji.gateway.keys import load_private, public_from_config, sign
 from fenji.gateway.lab.dcmtk import storescu
+from fenji.gateway.lab.demo import Link
 from fenji.gateway.lab.harness import HaproxyProcess, NodeProcess, fenji_cmd, free_port
 from fenji.gateway.lab.synth import derive
 from fenji.gateway.node import open_store
@@ -195,7 +196,7 @@ def _run(tmp_path: Path, center: Center, n_instances: int, kills: int) -> dict[s
     # A slow uplink, so that bundles are moving when the kills come.
     profile = tmp_path / "uplink.toml"
     profile.write_text("[link]\nrate_up_bps = 400000\nrate_down_bps = 4000000\nrtt_ms = 40\n")
-    link = EmulatedLink(profile, center.lb.http_port, 14, tmp_path / "link.log")
+    link = Link(str(profile), center.lb.http_port, 14, tmp_path / "link.log")
     edge.add_peer(a, default=True, url=f"http://127.0.0.1:{link.port}")
     a.add_peer(edge)  # one config for both processes
     try:

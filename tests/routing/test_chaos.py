@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 from _data import DICOM_DIR, ct_series
-from _nodes import EmulatedLink, send_every_study
+from _nodes import send_every_study
 
 from fenji.gateway.lab.dcmtk import storescu
+from fenji.gateway.lab.demo import Link
 from fenji.gateway.lab.harness import NodeProcess
 from fenji.gateway.lab.synth import derive
 
@@ -52,7 +53,7 @@ def _chaos(tmp_path: Path, n_instances: int, kills: int, seed: int) -> dict[str,
     profile.write_text("[link]\nrate_up_bps = 600000\nrate_down_bps = 600000\nrtt_ms = 150\n"
                        "jitter_ms = 20\nreset_mean_bytes = 400000\noutage_every_s = 20\n"
                        "outage_s = 3\n")
-    link = EmulatedLink(profile, center.http_port, seed, tmp_path / "link.log")
+    link = Link(str(profile), center.http_port, seed, tmp_path / "link.log")
     edge.add_peer(center, default=True, url=f"http://127.0.0.1:{link.port}")
     center.add_peer(edge)
     try:

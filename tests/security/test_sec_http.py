@@ -7,13 +7,13 @@ import base64
 import hashlib
 import re
 import time
-from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 import requests
 from _data import DICOM_DIR, ct_series
+from _tools import proc_vm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
@@ -404,8 +404,6 @@ def test_node_peak_memory_stayed_bounded(node: Node) -> None:
     resident memory (VmHWM of the process serving HTTP) stays far below what the
     unbounded paths cost (+378 MB for one frame list, 1.16 GB for one preview)."""
     assert node.center.proc is not None
-    status = Path(f"/proc/{node.center.proc.pid}/status").read_text()
-    peak_kb = int(next(line.split()[1] for line in status.splitlines()
-                       if line.startswith("VmHWM:")))
+    peak_kb = proc_vm(node.center.proc.pid, "VmHWM:") // 1024
     print(f"node peak RSS: {peak_kb / 1024:.0f} MiB")
     assert peak_kb < 512 * 1024, f"peak RSS {peak_kb / 1024:.0f} MiB"
