@@ -115,8 +115,16 @@ def test_a_reconnect_after_a_cut_resumes_the_tls_session(tmp_path: Path) -> None
                 return out, proxy.connections
 
         out, connections = asyncio.run(go())
-        assert connections == 2  # cut once, resumed within the call
+        # Cut once, resumed within the call.  aiohttp may open one more connection of
+        # its own after the cut (a pooled connection the server closed), so count at
+        # least two; every one after the first must have resumed.
+        assert connections >= 2
         assert len(out.receipt["instances"]) == 12
-        # Newest first: the reconnect resumed, the first connection was a full handshake.
-        assert ctx.handshakes() == [True, False]
+        # Newest first: every reconnect resumed, the first connection was a full handshake.
+        shakes = ctx.handshakes()
+        assert len(shakes) == min(connections, ctx.KEEP)
+        if connections <= ctx.KEEP:
+            assert shakes[-1] is False and all(shakes[:-1])
+        else:
+            assert all(shakes)
         assert len(center.stored()) == 12
