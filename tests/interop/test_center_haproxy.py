@@ -70,7 +70,7 @@ class StoreBackend:
     env: dict[str, str] = field(default_factory=dict)
 
 
-@pytest.fixture(params=["sqlite-folder", "sqlite-s3"])
+@pytest.fixture(params=["sqlite-folder", "sqlite-s3", "pg-s3"])
 def center_store(request: pytest.FixtureRequest,
                  monkeypatch: pytest.MonkeyPatch) -> Iterator[StoreBackend]:
     """The store backend of the center under test (one parameter per backend)."""
@@ -84,6 +84,18 @@ def center_store(request: pytest.FixtureRequest,
             monkeypatch.setenv(k, v)
         yield StoreBackend("sqlite-s3", f'[store]\nblob_url = "{s3.blob_url("fenji", prefix)}"\n',
                            s3.env())
+    elif request.param == "pg-s3":
+        # The issue's center: the index in PostgreSQL (a fresh database of the session's
+        # cluster), blobs and upload chunks in the bucket; nothing shared lives in the
+        # store folder.
+        cluster = request.getfixturevalue("pg_cluster")
+        s3 = request.getfixturevalue("s3_server")
+        prefix = f"center-{uuid.uuid4().hex[:8]}"
+        for k, v in s3.env().items():
+            monkeypatch.setenv(k, v)
+        url = cluster.new_database()
+        yield StoreBackend("pg-s3", f'[store]\nblob_url = "{s3.blob_url("fenji", prefix)}"\n'
+                                    f'index_url = "{url}"\n', s3.env())
     else:  # pragma: no cover - a parameter without a backend is a test bug
         raise AssertionError(f"unknown store backend {request.param}")
 
