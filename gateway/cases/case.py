@@ -15,11 +15,9 @@ outbox to enqueue.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
-import os
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -430,8 +428,9 @@ def _release_preview_first(store: Store, rows: list[dict[str, Any]], meta: dict[
     full bundle's job.  If the full bundle cannot be made the case is moved to
     ``failed`` with the reason (its instances free for the next release); if the
     process dies between them, :func:`recover_releases` does the same at the next
-    start.  A lock file held from before the first commit to after the last tells a
-    live release from a dead one.
+    start.  The index's hold on the case (:class:`_ReleaseLock`), from before the
+    first commit to after the last, tells a live release from a dead one, whichever
+    process or machine of a center runs it.
     """
     case_id = str(meta["case_id"])
     pid, ppath, psize = preview
@@ -480,35 +479,26 @@ def _release_preview_first(store: Store, rows: list[dict[str, Any]], meta: dict[
 
 
 class _ReleaseLock:
-    """An exclusive lock on ``releasing/<case_id>.lock`` in the store, held by the
-    process releasing a case in two steps (the kernel drops it when that process dies)."""
+    """The index's hold on ``release:<case_id>`` (:meth:`Index.hold`), kept by the
+    process releasing a case in two steps and dropped when that process dies: on
+    SQLite a file lock beside the index, on PostgreSQL a session advisory lock that
+    every process of the center sees, on whatever machine it runs."""
 
     def __init__(self, store: Store, case_id: str) -> None:
-        folder = store.root / "releasing"
-        folder.mkdir(exist_ok=True)
-        self.path = folder / f"{case_id}.lock"
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        self._hold = store.index.hold(_release_key(case_id))
+        self._hold.__enter__()
 
     def release(self) -> None:
-        with contextlib.suppress(OSError):
-            self.path.unlink()
-        os.close(self.fd)
+        self._hold.__exit__(None, None, None)
 
     @staticmethod
     def held(store: Store, case_id: str) -> bool:
         """Whether a live process holds the release lock of ``case_id``."""
-        try:
-            fd = os.open(store.root / "releasing" / f"{case_id}.lock", os.O_RDWR)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)  # closing drops a lock this call took
-        return False
+        return store.index.held(_release_key(case_id))
+
+
+def _release_key(case_id: str) -> str:
+    return f"release:{case_id}"
 
 
 def _fail_release(store: Store, case_id: str, reason: str, *, now: float) -> bool:

@@ -8,7 +8,11 @@ Everything fenji asks of its index goes through an :class:`Index`:
   iteration, ``rowcount``);
 * :meth:`Index.reader` — a read-only connection for one statement's rows;
 * :meth:`Index.migrate` — the numbered migrations of
-  :mod:`fenji.gateway.store.migrations`, recorded in ``schema_migrations``.
+  :mod:`fenji.gateway.store.migrations`, recorded in ``schema_migrations``;
+* :meth:`Index.lock` — serialise transactions on a key until COMMIT (the center's
+  processes storing one SOP Instance UID); :meth:`Index.hold` / :meth:`Index.held`
+  — a key held across transactions until released or until its process dies (a
+  release in two commits), for every process of the center, on any machine.
 
 Callers write SQLite's SQL once; the PostgreSQL backend
 (:mod:`fenji.gateway.store.index_pg`) translates its dialect in ONE place,
@@ -23,7 +27,11 @@ writer connection per process guarded by a lock, one reader per thread.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import logging
+import os
+import re
 import sqlite3
 import threading
 import time
@@ -84,6 +92,10 @@ class Index(Protocol):
     def in_transaction(self) -> bool: ...
 
     def lock(self, con: Con, key: str) -> None: ...
+
+    def hold(self, key: str) -> contextlib.AbstractContextManager[None]: ...
+
+    def held(self, key: str) -> bool: ...
 
     def tables(self) -> set[str]: ...
 
@@ -217,6 +229,41 @@ class SqliteIndex:
     def lock(self, con: Con, key: str) -> None:
         """Serialise transactions on ``key``: nothing to do, BEGIN IMMEDIATE already
         admits one writer at a time."""
+
+    def _lock_file(self, key: str) -> Path:
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", key)[:80]
+        tag = hashlib.sha256(key.encode()).hexdigest()[:12]  # "a:b" and "a_b" apart
+        return self.path.parent / "locks" / f"{safe}-{tag}.lock"
+
+    @contextlib.contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        """Hold ``key`` across transactions until the block ends or the process dies:
+        an exclusive ``flock`` of a file beside the index (a SQLite index keeps every
+        process on this machine, so the kernel's lock is the center's)."""
+        path = self._lock_file(key)
+        path.parent.mkdir(exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            os.close(fd)  # and with it the lock
+
+    def held(self, key: str) -> bool:
+        """Whether a live process holds ``key`` (:meth:`hold`)."""
+        try:
+            fd = os.open(self._lock_file(key), os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops a lock this call took
+        return False
 
     def tables(self) -> set[str]:
         return {r[0] for r in self.reader().execute(

@@ -36,7 +36,13 @@ import psycopg.errors
 from psycopg.adapt import Dumper, Loader
 from psycopg_pool import ConnectionPool
 
-from fenji.gateway.config import INDEX_POOL_MAX, INDEX_STATEMENT_TIMEOUT_S
+from fenji.gateway.config import (
+    HOLD_KEEPALIVE_COUNT,
+    HOLD_KEEPALIVE_IDLE_S,
+    HOLD_KEEPALIVE_INTERVAL_S,
+    INDEX_POOL_MAX,
+    INDEX_STATEMENT_TIMEOUT_S,
+)
 from fenji.gateway.store.index import POSTGRESQL, Con, IndexUrlError, apply_migrations
 
 log = logging.getLogger(__name__)
@@ -310,6 +316,38 @@ class PgIndex:
         until COMMIT: a transaction-level advisory lock on the key's 64-bit hash.
         Take several in sorted order (no deadlock between two batches)."""
         con.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (key,))
+
+    @contextlib.contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        """Hold ``key`` across transactions until the block ends or the process dies: a
+        session-level advisory lock on a connection of its own.  The processes of a
+        center on several machines see it alike (a file lock is one machine's).
+
+        A process killed with ``kill -9`` closes its socket and PostgreSQL ends the
+        session, and with it the lock, at once; a machine that vanishes is found out
+        by TCP keepalives within about ``HOLD_KEEPALIVE_S`` (set on both ends).
+        """
+        con = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10,
+                              keepalives=1, keepalives_idle=HOLD_KEEPALIVE_IDLE_S,
+                              keepalives_interval=HOLD_KEEPALIVE_INTERVAL_S,
+                              keepalives_count=HOLD_KEEPALIVE_COUNT)
+        try:
+            for name, value in (("tcp_keepalives_idle", HOLD_KEEPALIVE_IDLE_S),
+                                ("tcp_keepalives_interval", HOLD_KEEPALIVE_INTERVAL_S),
+                                ("tcp_keepalives_count", HOLD_KEEPALIVE_COUNT)):
+                con.execute(f"SET {name} = {int(value)}")
+            con.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
+            yield
+        finally:
+            con.close()  # the session ends, and with it the lock
+
+    def held(self, key: str) -> bool:
+        """Whether a live process holds ``key`` (:meth:`hold`): a try of the same lock
+        for this transaction only (released again at once, at COMMIT)."""
+        with self.atomic() as con:
+            got = con.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(?, 0))",
+                              (key,)).fetchone()[0]
+        return not got
 
     def tables(self) -> set[str]:
         return {r[0] for r in self._reader.execute(
