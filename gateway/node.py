@@ -42,8 +42,10 @@ from fenji.gateway.cases.case import recover_releases
 from fenji.gateway.cli.init import PRIVATE_UMASK
 from fenji.gateway.config import SHARED_STORE_JOIN_WAIT_S, SHARED_STORE_STALE_TMP_S, Config
 from fenji.gateway.errors import LocalError
-from fenji.gateway.store import reindex
+from fenji.gateway.store import processes, reindex
 from fenji.gateway.store.db import Store
+from fenji.gateway.store.index import SQLITE
+from fenji.routing import outbox_db
 
 log = logging.getLogger(__name__)
 
@@ -411,29 +413,34 @@ def run_node(cfg: Config, *, verbose: int = 0) -> int:
         os.close(lock_fd)
 
 
-def return_stale_leases(store: Store, now: float) -> int:
-    """Give back every outbox lease at start: the node holds the store's lock alone (one
-    node per store, or the only process of a center), so a lease is its previous
-    process's, killed mid-send.  Waiting out ``outbox.lease_s`` instead held a STAT
-    report back for a minute after a restart.  A center's process that is not alone
-    leaves the leases to expire: they may be a live process's."""
-    from fenji.routing import outbox_db
-
-    jobs = outbox_db.list_jobs(store, state="leased")
-    for j in jobs:
-        outbox_db.release(store, j["job_id"], str(j["lease_owner"]), now)
-    return len(jobs)
+def return_stale_leases(store: Store, now: float, owners: list[str] | None = None) -> int:
+    """Give back outbox leases at start: every one (``owners=None``) when the node holds
+    a SQLite store's lock alone (one node per store, or the only process of a center on
+    its one machine), so a lease is its previous process's, killed mid-send.  Waiting
+    out ``outbox.lease_s`` instead held a STAT report back for a minute after a
+    restart.  Otherwise only the leases of ``owners``: processes of the center known
+    dead (gateway/store/processes.py); a live one's lease, on this machine or another
+    sharing a PostgreSQL index, is left alone."""
+    return outbox_db.return_leases(store, owners, now)
 
 
 def _run_locked(cfg: Config, verbose: int, lock_fd: int, alone: bool) -> int:
     store = open_store(cfg)
+    # The store folder's lock says who runs on this machine; a PostgreSQL index may
+    # have the center's other processes elsewhere, so their work is theirs until the
+    # index says they are dead (processes.py); this machine's dead are known at once.
+    machine_alone = alone and store.index.dialect == SQLITE
     if alone:
-        recovered = store.recover()
-        recovered["leases_returned"] = return_stale_leases(store, time.time())
+        recovered = store.recover()  # temp files and blobs of this machine's folder
     else:
         recovered = {"tmp_removed": remove_stale_tmp(store, SHARED_STORE_STALE_TMP_S,
                                                      time.time())}
-    # A release's lock file tells a live release (any process) from a dead one.
+    if machine_alone:
+        recovered["leases_returned"] = return_stale_leases(store, time.time())
+    elif cfg.node.shared_store:
+        dead = processes.local_dead(store.index, processes.host_id())
+        recovered["leases_returned"] = return_stale_leases(store, time.time(), dead)
+    # The index's hold on a release tells a live release (any process) from a dead one.
     recovered["releases_failed"] = len(recover_releases(store))
     usage = store.usage()
     store.close()
@@ -462,6 +469,13 @@ def _run_locked(cfg: Config, verbose: int, lock_fd: int, alone: bool) -> int:
         raise StartupError(f"http.port {cfg.http.port} on {cfg.http.host}: "
                            f"{exc.strerror or exc}") from None
     signal.signal(signal.SIGHUP, lambda *_: _reload_peers(cfg, http))
+    heartbeat = None
+    if cfg.node.shared_store:  # the center's other processes learn whether this one lives
+        heartbeat = processes.Heartbeat(
+            http_store.index, processes.owner_name(cfg.node.name), processes.host_id(),
+            cfg.node.heartbeat_s, cfg.node.process_lease_s,
+            on_dead=lambda owners, now: _hand_on(http_store, owners, now))
+        heartbeat.start()
 
     def stopping(*_: object) -> None:
         http.draining.set()  # /api/ready answers 503 at once: the balancer drains us
@@ -485,6 +499,8 @@ def _run_locked(cfg: Config, verbose: int, lock_fd: int, alone: bool) -> int:
         http.draining.set()
         if watcher is not None:
             watcher.stop()
+        if heartbeat is not None:
+            heartbeat.stop()
         # HTTP (API, uploads, the sender) stops before "node stopped" is logged:
         # nothing is served after that line (issue 18).
         http.stop()
@@ -492,6 +508,13 @@ def _run_locked(cfg: Config, verbose: int, lock_fd: int, alone: bool) -> int:
         with contextlib.suppress(FileNotFoundError):
             ready_file.unlink()
         log.info("node stopped")
+
+
+def _hand_on(store: Store, owners: list[str], now: float) -> None:
+    """Dead processes' outbox jobs go back in the queue (a live sender takes them)."""
+    n = outbox_db.return_leases(store, owners, now)
+    if n:
+        log.info("outbox leases returned=%d of dead processes %s", n, ",".join(owners))
 
 
 def _reload_peers(cfg: Config, http: Any) -> None:

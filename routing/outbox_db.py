@@ -199,6 +199,31 @@ def release(store: Store, job_id: int, owner: str, now: float) -> None:
     wakeup.poke(wakeup.fifo_path(store.root))
 
 
+def return_leases(store: Store, owners: Iterable[str] | None, now: float) -> int:
+    """Put the jobs leased by ``owners`` (dead processes; ``None``: every owner) back in
+    the queue at once, without counting an attempt, rather than after their lease.
+
+    Conditional on the owner still holding each job, so that two live processes
+    noticing the same death, or a sender that took the job meanwhile, change
+    nothing.  Returns how many jobs went back.
+    """
+    who = None if owners is None else set(owners)
+    back = 0
+    with store.atomic() as con:
+        for job in con.execute("SELECT job_id, state, lease_owner FROM outbox WHERE state = ?",
+                               (core.LEASED,)).fetchall():
+            if who is not None and job["lease_owner"] not in who:
+                continue
+            state = core.transition(job["state"], "lease_expired")
+            back += con.execute(
+                "UPDATE outbox SET state = ?, lease_owner = NULL, lease_until = NULL, "
+                "updated_at = ? WHERE job_id = ? AND state = ? AND coalesce(lease_owner, '') = ?",
+                (state, now, job["job_id"], core.LEASED, job["lease_owner"] or "")).rowcount
+    if back:
+        wakeup.poke(wakeup.fifo_path(store.root))
+    return back
+
+
 def _update_breaker(con: Any, destination: str, success: bool, now: float,
                     policy: OutboxPolicy) -> None:
     row = con.execute("SELECT * FROM destinations WHERE name = ?", (destination,)).fetchone()

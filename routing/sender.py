@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import random
 import socket
 import threading
@@ -31,6 +30,7 @@ import aiohttp
 
 from fenji.gateway.config import Config
 from fenji.gateway.keys import load_private, public_from_config
+from fenji.gateway.store import processes
 from fenji.gateway.store.db import Store
 from fenji.gateway.store.index import Con
 from fenji.routing import outbox_db, relay, upload, wakeup
@@ -137,7 +137,9 @@ class SenderLoop:
         self.clock = clock
         self.policy = policy or cfg.outbox
         self.rng = random.Random(seed)
-        self.owner = f"{cfg.node.name}:{os.getpid()}"
+        # node@machine:pid, the name the process beats under (gateway/store/processes.py):
+        # its leases are handed on when it dies, on this machine or another.
+        self.owner = processes.owner_name(cfg.node.name)
         self.sender = Sender(cfg.node.name, load_private(cfg.resolve(cfg.keys.private_key)))
         self.peer_keys = {p.name: public_from_config(p.public_key, cfg.data_dir)
                           for p in cfg.peers}

@@ -42,6 +42,12 @@ def check_values(cfg: Any, errors: list[str], *, chunk_hard_max: int) -> None:
         errors.append(f"node.role = {cfg.node.role!r} is not one of {', '.join(ROLES)}")
     if not cfg.node.name.strip():
         errors.append("node.name is empty")
+    if not 0 < cfg.node.heartbeat_s <= 60:
+        errors.append(f"node.heartbeat_s = {cfg.node.heartbeat_s} is not in (0, 60] seconds")
+    elif cfg.node.process_lease_s < 3 * cfg.node.heartbeat_s:
+        errors.append(f"node.process_lease_s = {cfg.node.process_lease_s} is shorter than "
+                      f"three heartbeats (node.heartbeat_s = {cfg.node.heartbeat_s}): a live "
+                      "process would be counted dead after one late beat")
     ae = cfg.dicom.ae_title
     if not (0 < len(ae.strip()) <= 16) or "\\" in ae or not ae.isascii():
         errors.append(f"dicom.ae_title = {ae!r} must be 1-16 ASCII characters without '\\'")

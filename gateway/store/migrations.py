@@ -335,4 +335,15 @@ CREATE INDEX cases_read_state ON cases(read_state)
     );
     CREATE INDEX retrieve_usage_ae ON retrieve_usage(calling_ae, at);
     """),
+    # 12: a center's processes, each alive while it beats (gateway/store/processes.py):
+    # their outbox leases and releases are handed on when one is not.
+    (12, """
+    CREATE TABLE processes (
+        owner      TEXT PRIMARY KEY,
+        host       TEXT NOT NULL,
+        pid        INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        seen_at    REAL NOT NULL
+    );
+    """),
 ]
