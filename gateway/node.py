@@ -45,7 +45,7 @@ from fenji.gateway.errors import LocalError
 from fenji.gateway.store import processes, reindex
 from fenji.gateway.store.db import Store
 from fenji.gateway.store.index import SQLITE
-from fenji.routing import outbox_db
+from fenji.routing import outbox_db, wakeup
 
 log = logging.getLogger(__name__)
 
@@ -515,6 +515,8 @@ def _hand_on(store: Store, owners: list[str], now: float) -> None:
     n = outbox_db.return_leases(store, owners, now)
     if n:
         log.info("outbox leases returned=%d of dead processes %s", n, ",".join(owners))
+    # A job the dead one queued but never claimed woke only its own machine's sender.
+    wakeup.poke(wakeup.fifo_path(store.root))
 
 
 def _reload_peers(cfg: Config, http: Any) -> None:
