@@ -115,3 +115,18 @@ def test_store_index_url_from_file_env_and_checked() -> None:
     assert cfg.store.index_url == url
     with pytest.raises(ConfigError, match=r"store.index_url = 'mysql://x/y' must be "):
         config.from_mapping({**base, "store": {"index_url": "mysql://x/y"}}, env={})
+
+
+def test_heartbeat_and_process_lease_checked_with_their_keys() -> None:
+    """A process lease shorter than three heartbeats would count a live process dead
+    after one late beat: refused, naming both keys."""
+    base = {"dicom": {"allow_ae": ["CT1"]}}
+    cfg = config.from_mapping(base, env={})
+    assert (cfg.node.heartbeat_s, cfg.node.process_lease_s) == (5.0, 30.0)
+    with pytest.raises(ConfigError) as info:
+        config.from_mapping({**base, "node": {"heartbeat_s": 10.0, "process_lease_s": 20.0}},
+                            env={})
+    assert any("node.process_lease_s = 20.0" in e and "node.heartbeat_s = 10.0" in e
+               for e in info.value.errors), info.value.errors
+    with pytest.raises(ConfigError, match=r"node.heartbeat_s = 0.0 is not in"):
+        config.from_mapping({**base, "node": {"heartbeat_s": 0.0}}, env={})

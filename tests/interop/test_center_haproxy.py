@@ -17,7 +17,9 @@ Afterwards:
 * QIDO-RS through either process (and through HAProxy) gives the same answer;
   C-STORE through HAProxy's DICOM port lands in the shared store and C-FIND on
   either process finds it;
-* `fenji audit verify` and `fenji store verify` hold.
+* `fenji audit verify` and `fenji store verify` hold;
+* the index's ``processes`` lists the two running processes only (the killed ones
+  were found dead and their work handed on).
 
 The store backend is the ``center_store`` fixture's parameter: today the local
 SQLite index and blob folder; a PostgreSQL/S3 backend adds a parameter whose
@@ -252,6 +254,11 @@ def _run(tmp_path: Path, center: Center, n_instances: int, kills: int) -> dict[s
               "every case at the center")
         assert done_kills == kills, (f"only {done_kills} of {kills} kills landed before every "
                                      "case was in: slow the uplink")
+        # Each process beats in the index; the killed ones were found dead (their pid
+        # gone on this machine) and forgotten by a live one: the two running remain.
+        live = {p.proc.pid for p in (a, b) if p.proc is not None}
+        until(lambda: {r["pid"] for r in store.query("SELECT pid FROM processes")} == live,
+              60, "the killed processes to leave the index's processes")
 
         # Exactly once, with the edge's bytes.
         at_edge = {r["sop_instance_uid"]: r["sha256"] for r in edge.stored()}
