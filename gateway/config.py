@@ -365,6 +365,11 @@ class WebSection:
     # vendor/ohif folder `make` fills next to the source tree.  The console's
     # htmx is read from ../htmx/htmx.min.js beside it (make puts both there).
     viewer_dir: str = ""
+    # The console is reached through an HTTPS reverse proxy that ends TLS and
+    # forwards plain HTTP here: its cookies are then marked Secure all the same
+    # (the browser must never send a session over plain HTTP).  Without it a
+    # cookie is Secure exactly when this listener itself serves HTTPS.
+    behind_https_proxy: bool = False
 
 
 @dataclass(frozen=True, slots=True)

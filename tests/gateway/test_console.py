@@ -143,6 +143,39 @@ def test_sign_in_cookie_csrf_and_sign_out_in_process(tmp_path: Path) -> None:
     store.close()
 
 
+@pytest.mark.parametrize("behind", [False, True])
+def test_cookies_are_secure_behind_an_https_proxy(tmp_path: Path, behind: bool) -> None:
+    """TLS ended at a reverse proxy: the request here is plain HTTP, yet the browser
+    talks HTTPS, so the session and sign-in cookies must carry Secure."""
+    cfg, store, reader, _ = _node(tmp_path)
+    if behind:
+        path = tmp_path / "fenji.toml"
+        path.write_text(path.read_text() + "\n[web]\nbehind_https_proxy = true\n")
+        cfg = config_mod.load(path, env={})
+    assert cfg.web.behind_https_proxy is behind
+
+    async def run() -> list[str]:
+        async with TestClient(TestServer(build_app(cfg, store))) as c:
+            r = await c.get("/login")
+            page = await r.text()
+            cookies = [v for k, v in r.headers.items() if k == "Set-Cookie"]
+            token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+            # A Secure cookie does not come back over this plain-HTTP test client:
+            # send it as the browser (on HTTPS at the proxy) would.
+            r = await c.post("/login", data={"csrf": token, "token": reader},
+                             headers={"Cookie": f"fenji_login_csrf={token}"},
+                             allow_redirects=False)
+            assert r.status == 303
+            cookies += [v for k, v in r.headers.items() if k == "Set-Cookie"]
+            return cookies
+
+    cookies = asyncio.run(run())
+    store.close()
+    named = [c for c in cookies if c.startswith(("fenji_session_c-1=", "fenji_login"))]
+    assert len(named) >= 2, cookies
+    assert all(("; Secure" in c) is behind for c in named), named
+
+
 def test_viewer_config_points_at_the_origin_the_browser_used(tmp_path: Path) -> None:
     cfg, store, reader, ops = _node(tmp_path)
 

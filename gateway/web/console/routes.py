@@ -42,6 +42,7 @@ from fenji.gateway.web.console import csrf, i18n, svg
 from fenji.gateway.web.console.session import (
     SESSIONS,
     cookie_name,
+    secure,
     session_of,
     sessions_of,
     set_cookie,
@@ -186,7 +187,8 @@ async def get_login(request: web.Request) -> web.Response:
     resp = _render(request, "login.html", login_csrf=token,
                    next=request.query.get("next", ""), failed=False)
     resp.set_cookie(csrf.LOGIN_COOKIE, token, httponly=True, samesite="Strict",
-                    path="/login", max_age=3600, secure=request.secure)
+                    path="/login", max_age=3600,
+                    secure=secure(request, request.app[LIVE_CONFIG][0]))
     return resp
 
 
@@ -205,7 +207,7 @@ async def post_login(request: web.Request) -> web.StreamResponse:
         resp = _render(request, "login.html", status=401, login_csrf=again,
                        next=fields.get("next", ""), failed=True)
         resp.set_cookie(csrf.LOGIN_COOKIE, again, httponly=True, samesite="Strict",
-                        path="/login", max_age=3600, secure=request.secure)
+                        path="/login", max_age=3600, secure=secure(request, cfg))
         return resp
     old = request.cookies.get(cookie_name(cfg))
     sessions = request.app[SESSIONS]
@@ -216,7 +218,7 @@ async def post_login(request: web.Request) -> web.StreamResponse:
     target = nxt if nxt.startswith(("/console/", "/viewer")) else HOME.get(user.role, "/")
     resp = web.HTTPSeeOther(target)
     set_cookie(request, resp, s, cfg)
-    resp.del_cookie(csrf.LOGIN_COOKIE, path="/login")
+    resp.del_cookie(csrf.LOGIN_COOKIE, path="/login", secure=secure(request, cfg))
     raise resp
 
 
@@ -231,7 +233,8 @@ async def post_logout(request: web.Request) -> web.StreamResponse:
         request.app[SESSIONS].end(s.sid)
         log.info("console sign-out user=%s", s.user)
     resp = web.HTTPSeeOther("/login")
-    resp.del_cookie(cookie_name(request.app[LIVE_CONFIG][0]), path="/")
+    cfg = request.app[LIVE_CONFIG][0]
+    resp.del_cookie(cookie_name(cfg), path="/", secure=secure(request, cfg))
     raise resp
 
 

@@ -113,10 +113,16 @@ def cookie_name(cfg: Config) -> str:
     return COOKIE + "_" + re.sub(r"[^A-Za-z0-9_-]", "_", cfg.node.name)
 
 
+def secure(request: web.Request, cfg: Config) -> bool:
+    """Whether the console's cookies carry Secure: this listener serves HTTPS, or
+    ``web.behind_https_proxy`` says an HTTPS proxy in front of it does."""
+    return request.secure or cfg.web.behind_https_proxy
+
+
 def set_cookie(request: web.Request, resp: web.StreamResponse, s: Session, cfg: Config) -> None:
     max_s = cfg.web.session_max_s
     resp.set_cookie(cookie_name(cfg), s.sid, httponly=True, samesite="Strict", path="/",
-                    secure=request.secure, max_age=int(max_s))
+                    secure=secure(request, cfg), max_age=int(max_s))
 
 
 def middleware(live_config: Callable[[], Config]) -> Any:
