@@ -394,7 +394,7 @@ def build_app(cfg: Config, store: Store,
     app.add_routes(ROUTES)
     reading_routes.add_routes(app, wake)
     dicomweb.add_routes(app, cfg, store)
-    console_routes.add_routes(app, cfg)  # the web console (sign-in, pages)
+    console_routes.add_routes(app, cfg, store)  # the web console (sign-in, pages)
     # Always: a node that lists no peer yet refuses uploads saying how to pair.
     from fenji.routing.transfer_server import ReceiverContext, add_routes
 

@@ -211,8 +211,8 @@ async def post_login(request: web.Request) -> web.StreamResponse:
         return resp
     old = request.cookies.get(cookie_name(cfg))
     sessions = request.app[SESSIONS]
-    sessions.end(old)  # a new id at every sign-in (no session fixation)
-    s = sessions.start(user.name, hash_token(token))
+    await asyncio.to_thread(sessions.end, old)  # a new id at every sign-in (no fixation)
+    s = await asyncio.to_thread(sessions.start, user.name, hash_token(token))
     log.info("console sign-in user=%s role=%s peer=%s", user.name, user.role, request.remote)
     nxt = fields.get("next", "")
     target = nxt if nxt.startswith(("/console/", "/viewer")) else HOME.get(user.role, "/")
@@ -230,7 +230,7 @@ async def post_logout(request: web.Request) -> web.StreamResponse:
             csrf.check(request, fields)
         except csrf.CsrfRefused as exc:
             return _error_page(request, 403, exc.text or "CSRF")
-        request.app[SESSIONS].end(s.sid)
+        await asyncio.to_thread(request.app[SESSIONS].end, s.sid)
         log.info("console sign-out user=%s", s.user)
     resp = web.HTTPSeeOther("/login")
     cfg = request.app[LIVE_CONFIG][0]
@@ -642,10 +642,10 @@ async def get_static(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
 
 
-def add_routes(app: web.Application, cfg: Config) -> None:
+def add_routes(app: web.Application, cfg: Config, store: Store) -> None:
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(str(HERE / "templates")),
                          autoescape=jinja2.select_autoescape(["html"], default=True))
-    app[SESSIONS] = sessions_of(cfg)
+    app[SESSIONS] = sessions_of(cfg, store)
     r = app.router
     r.add_get("/", get_root)
     r.add_get("/login", get_login)
