@@ -189,17 +189,24 @@ def test_a_node_on_the_new_config_serves_the_same_answers(
         populated: Populated, migrated: tuple[Target, dict[str, Any]]) -> None:
     t, _ = migrated
     c = populated.center
+    # The same folder and config, switched over by the environment.
     moved = NodeProcess(c.directory, name=c.name, role=c.role, workers=1,
-                        dicom_port=free_port(), http_port=free_port(), tokens=c.tokens,
+                        dicom_port=c.dicom_port, http_port=c.http_port, tokens=c.tokens,
                         env={**populated.s3.env(), "FENJI_STORE_INDEX_URL": t.index_url,
-                             "FENJI_STORE_BLOB_URL": t.blob_url,
-                             "FENJI_DICOM_PORT": "", "FENJI_HTTP_PORT": ""})
-    moved.dicom_port, moved.http_port = c.dicom_port, c.http_port
-    with moved:
-        assert _qido(moved) == populated.qido
-        assert _wado_instance(moved, *populated.sample) == populated.sample_bytes
-    # The node really read the new store: the local files are untouched, not served.
-    assert (c.directory / "store" / "index.sqlite").exists()
+                             "FENJI_STORE_BLOB_URL": t.blob_url})
+    # The old index and blobs out of reach: the node can only answer from the new store.
+    store = c.directory / "store"
+    away = [p for p in store.iterdir() if p.name == "blobs" or p.name.startswith("index.sqlite")]
+    for p in away:
+        p.rename(p.with_name(p.name + ".away"))
+    try:
+        with moved:
+            assert _qido(moved) == populated.qido
+            assert _wado_instance(moved, *populated.sample) == populated.sample_bytes
+        assert not (store / "index.sqlite").exists() and not (store / "blobs").exists()
+    finally:
+        for p in away:
+            p.with_name(p.name + ".away").rename(p)
 
 
 @pytest.mark.parametrize("phase", ["blobs", "rows"])
