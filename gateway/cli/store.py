@@ -248,18 +248,23 @@ def _migrate(args: argparse.Namespace) -> int:
                            "(a part left out stays where it is)")
     cfg = config_mod.load(args.config)
     if args.to_index:
-        dialect, _ = parse_url(args.to_index, cfg.store_dir / "index.sqlite")
+        try:
+            dialect, path = parse_url(args.to_index, cfg.store_dir / "index.sqlite")
+        except IndexUrlError as exc:  # its message would repeat the URL, password and all
+            raise mv.MoveError(f"--to-index {mv.redact(args.to_index)!r}: expected "
+                               "postgresql://user@host:port/db or sqlite:///path") from exc
         src_dialect, src_path = parse_url(cfg.store.index_url, cfg.store_dir / "index.sqlite")
         if src_dialect != SQLITE:
             raise mv.MoveError(f"store.index_url = {mv.redact(cfg.store.index_url)!r} is not "
                                "SQLite: move a PostgreSQL index with pg_dump / pg_restore")
-        if dialect == SQLITE and Path(_.removeprefix("sqlite://")).resolve() == \
-                Path(src_path).resolve():
-            raise mv.MoveError(f"--to-index {args.to_index!r} is the source's own index")
+        if dialect == SQLITE and Path(path).resolve() == Path(src_path).resolve():
+            raise mv.MoveError(f"--to-index {mv.redact(args.to_index)!r} is the source's own "
+                               "index")
     if args.to_blobs:
         parse_blob_url(args.to_blobs, key="--to-blobs")
         if args.to_blobs.strip() == cfg.store.blob_url.strip():
-            raise mv.MoveError(f"--to-blobs {args.to_blobs!r} is the source's own blob_url")
+            raise mv.MoveError(f"--to-blobs {mv.redact(args.to_blobs)!r} is the source's own "
+                               "blob_url")
     try:  # the node must be stopped: its lock, held until this process ends
         lock_fd = lock_store(cfg)
     except StartupError as exc:

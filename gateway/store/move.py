@@ -294,8 +294,9 @@ def _check_tables(source: Store, target: Store, tables: list[Table]) -> None:
             break
     if found:
         raise TargetConflict(f"target index {redact(target.index.url)} holds data that is not "
-                             "this center's (empty it, or choose another database): "
-                             + "; ".join(found[:MAX_NAMED]))
+                             "this center's: another center's, or rows this center changed "
+                             "after an earlier run (a node ran in between); empty it or "
+                             "choose another database: " + "; ".join(found[:MAX_NAMED]))
 
 
 def _copy_table(source: Store, target: Store, t: Table, progress: Progress,
