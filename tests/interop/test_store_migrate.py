@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -313,3 +314,60 @@ def test_nothing_to_do_is_an_error(populated: Populated, other_center: NodeProce
     res = _migrate(populated, config=other_center.config)
     assert res.returncode == 2 and "--to-index" in res.stderr
 
+
+
+def test_the_index_alone_moves_and_the_blobs_stay(populated: Populated,
+                                                   other_center: NodeProcess) -> None:
+    url = populated.pg.new_database()
+    res = _migrate(populated, "--to-index", url, config=other_center.config)
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = json.loads(res.stdout)
+    assert out["ok"] and out["blobs"]["total"] == 0  # nothing copied ...
+    assert out["verified"]["blobs"] == out["tables"]["instances"] == 2  # ... all re-read
+    assert out["config"]["blob_url"] == "" and out["config"]["index_url"] == url
+
+
+def test_a_table_no_migration_creates_stops_the_move(
+        populated: Populated, tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "odd", name="odd", role="center", workers=1)
+    (node.directory / "store").mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(node.directory / "store" / "index.sqlite") as con:
+        con.execute("CREATE TABLE local_notes (id INTEGER PRIMARY KEY, text TEXT)")
+        con.execute("INSERT INTO local_notes(text) VALUES ('病人 来电')")
+    res = _migrate(populated, "--to-index", populated.pg.new_database(), config=node.config)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "local_notes" in res.stderr and "no migration creates" in res.stderr
+
+
+def test_an_upload_still_arriving_keeps_its_bytes_in_the_bucket(
+        populated: Populated, tmp_path: Path) -> None:
+    """An edge's upload cut half-way before the move resumes from the bucket after it."""
+    from fenji.gateway.store.db import Store
+    from fenji.gateway.store.upload_parts import S3Parts
+
+    node = NodeProcess(tmp_path / "up", name="up", role="center", workers=1)
+    store_dir = node.directory / "store"
+    upload_id, data = uuid.uuid4().hex, os.urandom(3 * 1024 * 1024 + 17)
+    committed = 2 * 1024 * 1024 + 5
+    s = Store(store_dir)
+    with s.atomic() as con:
+        con.execute("INSERT INTO uploads(upload_id, bundle_id, sender, length, offset, state, "
+                    "created_at, updated_at) VALUES (?, ?, 'edge', ?, ?, 'receiving', 0, 0)",
+                    (upload_id, uuid.uuid4().hex, len(data), committed))
+    s.close()
+    (store_dir / "uploads").mkdir(exist_ok=True)
+    # More bytes on disk than the row committed (a chunk written, its commit cut).
+    (store_dir / "uploads" / f"{upload_id}.part").write_bytes(data[:committed + 1000])
+    t = _target(populated)
+    res = _migrate(populated, *t.args(), config=node.config)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads(res.stdout)["upload_parts"] == 1
+    moved = Store(store_dir, blob_url=t.blob_url, index_url=t.index_url,
+                  blob_access_key_id=populated.s3.access_key_id,
+                  blob_secret_access_key=populated.s3.secret_access_key)
+    try:
+        parts = moved.upload_parts(store_dir / "uploads")
+        assert isinstance(parts, S3Parts)
+        assert b"".join(parts.chunks(upload_id, committed)) == data[:committed]
+    finally:
+        moved.close()
