@@ -294,8 +294,12 @@ def _migrate(args: argparse.Namespace) -> int:
             except LocalError:
                 pass
             audit = ledger.verify(target, public_key=pub, trusted=trusted_centers(cfg))
-            for p in audit.problems:
-                report.problems.append(f"ledger on the target: {p.kind}: {p.message}")
+            if not audit.ok:  # say whether the move caused it
+                was = ledger.verify(source, public_key=pub, trusted=trusted_centers(cfg))
+                note = (" (the source's ledger has it too: not caused by the move)"
+                        if not was.ok else "")
+                for p in audit.problems:
+                    report.problems.append(f"ledger on the target: {p.kind}: {p.message}{note}")
         finally:
             target.close()
     finally:

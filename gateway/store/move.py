@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from fenji.gateway.errors import LocalError
@@ -52,6 +52,7 @@ from fenji.gateway.store.migrations import AUDIT_EXTRA_SQL, MIGRATIONS
 from fenji.gateway.store.upload_parts import LocalParts, UploadParts
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # Rows per INSERT batch and per lookup: one transaction each, small enough that a
 # composite-key lookup stays one short statement.
@@ -412,6 +413,15 @@ def _check_blobs(source: Store, target: Store) -> None:
                                  "another center's data? Empty it, or choose another prefix")
 
 
+def _bounded_map(pool: ThreadPoolExecutor, fn: Callable[[Any], _T], items: Sequence[Any]
+                 ) -> Iterator[_T]:
+    """``pool.map`` a slice at a time: map() submits everything at once, and a
+    regional center's million blobs would be a million futures in memory."""
+    step = BLOB_THREADS * 64
+    for at in range(0, len(items), step):
+        yield from pool.map(fn, items[at:at + step])
+
+
 def _copy_blobs(src: Blobs, dst: Blobs, names: list[tuple[str, int]], tmp_dir: Path,
                 counts: BlobCounts, progress: Progress, what: str, *,
                 missing_ok: bool) -> list[str]:
@@ -426,7 +436,7 @@ def _copy_blobs(src: Blobs, dst: Blobs, names: list[tuple[str, int]], tmp_dir: P
             return sha, size, f"error: {exc}"
 
     with ThreadPoolExecutor(BLOB_THREADS) as pool:
-        for n, (sha, size, outcome) in enumerate(pool.map(one, names), start=1):
+        for n, (sha, size, outcome) in enumerate(_bounded_map(pool, one, names), start=1):
             if outcome == "copied":
                 counts.copied += 1
                 counts.bytes_copied += size
@@ -490,7 +500,7 @@ def verify_target(source: Store, target: Store, tables: list[Table], report: Mov
 
     bad: dict[str, str] = {}
     with ThreadPoolExecutor(BLOB_THREADS) as pool:
-        for i, (sha, n, problem) in enumerate(pool.map(one, names), start=1):
+        for i, (sha, n, problem) in enumerate(_bounded_map(pool, one, names), start=1):
             if problem:
                 bad[sha] = problem
             else:
@@ -545,7 +555,11 @@ def move(source: Store, target: Store, *, copy_index: bool, copy_blobs: bool,
          progress: Progress, verify_only: bool = False) -> MoveReport:
     """Copy ``source`` into ``target`` (index and/or blobs) and verify it (module doc)."""
     report = MoveReport()
-    tables = check_target(source, target, copy_index=copy_index, copy_blobs=copy_blobs)
+    # --verify-only writes nothing, so it need not refuse: what differs is reported.
+    tables = check_target(source, target, copy_index=copy_index and not verify_only,
+                          copy_blobs=copy_blobs and not verify_only)
+    if verify_only and copy_index:
+        tables = tables_of(source, target)  # the target's columns checked too
     if not verify_only:
         if copy_blobs:
             report.problems += _copy_blobs(

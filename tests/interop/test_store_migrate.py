@@ -371,3 +371,20 @@ def test_an_upload_still_arriving_keeps_its_bytes_in_the_bucket(
         assert b"".join(parts.chunks(upload_id, committed)) == data[:committed]
     finally:
         moved.close()
+
+
+def test_an_edited_ledger_event_in_the_target_fails_the_verify_step(
+        populated: Populated, migrated: tuple[Target, dict[str, Any]]) -> None:
+    t = _target(populated)
+    assert _migrate(populated, *t.args()).returncode == 0
+    with psycopg.connect(t.index_url) as con:
+        con.execute("UPDATE audit SET actor = 'mallory' WHERE seq = 3")
+    res = _migrate(populated, *t.args(), "--verify-only")
+    assert res.returncode == 1, res.stdout + res.stderr
+    problems = json.loads(res.stdout)["problems"]
+    assert any(p.startswith("ledger on the target: edited") and "event 3" in p
+               for p in problems), problems
+    assert any(p.startswith("table audit:") for p in problems), problems
+    # Copying again would mix two histories: refused, naming the row.
+    again = _migrate(populated, *t.args())
+    assert again.returncode == 2 and "table audit: seq=3: actor = 'mallory'" in again.stderr
