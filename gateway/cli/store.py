@@ -325,10 +325,10 @@ def _migrate_text(out: dict[str, Any], lines: dict[str, str], had_password: bool
     print(f"rows: {sum(out['tables'].values())} in {len(out['tables'])} tables "
           f"({out['rows_copied']} copied now)")
     print(f"blobs: {b['total']} ({b['copied']} copied, {b['present']} already there, "
-          f"{b['repaired']} repaired; {b['bytes_copied']} bytes copied now); quarantine "
+          f"{b['repaired']} repaired; {b['bytes_copied'] / 1e6:.1f} MB copied now); quarantine "
           f"{out['quarantine_blobs']['total']}; uploads in progress moved "
           f"{out['upload_parts']}")
-    print(f"verified: {v['blobs']} blobs ({v['bytes']} bytes) re-read with their SHA-256, "
+    print(f"verified: {v['blobs']} blobs ({v['bytes'] / 1e6:.1f} MB) re-read with their SHA-256, "
           f"{v['tables']} tables, ledger {'ok' if out['ledger']['ok'] else 'FAILED'} "
           f"({out['ledger']['events']} events) in {out['seconds']:.1f} s")
     for p in out["problems"]:

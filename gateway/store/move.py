@@ -311,8 +311,10 @@ def _copy_table(source: Store, target: Store, t: Table, progress: Progress,
         return 0  # already whole (checked by _check_tables)
     for rows in _batches(source.index, t):
         with target.atomic() as con:
-            con.executemany(sql, [tuple(r) for r in rows])
-        copied += len(rows)
+            cur = con.executemany(sql, [tuple(r) for r in rows])
+            # Rows inserted (sqlite3 and psycopg both sum executemany's rowcounts);
+            # rows already there from an earlier run are skipped.
+            copied += max(0, int(cur.rowcount))
         done[0] += len(rows)
         progress("rows", done[0], total)
     return copied
