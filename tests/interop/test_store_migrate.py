@@ -389,3 +389,34 @@ def test_an_edited_ledger_event_in_the_target_fails_the_verify_step(
     # Copying again would mix two histories: refused, naming the row.
     again = _migrate(populated, *t.args())
     assert again.returncode == 2 and "table audit: seq=3: actor = 'mallory'" in again.stderr
+
+
+def test_a_blob_too_large_for_memory_goes_through_a_temp_file(
+        populated: Populated, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The path a 2 GB cine takes (here every blob, the threshold lowered): streamed
+    to a temp file, hashed on the way, uploaded, the temp file gone, the source kept."""
+    from _data import ct_series
+
+    from fenji.gateway import ingest
+    from fenji.gateway.store import move as mv
+    from fenji.gateway.store.db import Store
+
+    monkeypatch.setattr(mv, "COPY_IN_MEMORY_BYTES", 1)
+    source = Store(tmp_path / "src")
+    for f in ct_series()[:3]:
+        assert ingest.ingest(source, f.read_bytes(), ingest.Source("import", "import"),
+                             ingest.Limits()).ok
+    t = _target(populated)
+    target = Store(tmp_path / "src", blob_url=t.blob_url,
+                   blob_access_key_id=populated.s3.access_key_id,
+                   blob_secret_access_key=populated.s3.secret_access_key)
+    try:
+        report = mv.move(source, target, copy_index=False, copy_blobs=True,
+                         progress=lambda *_: None)
+        assert report.ok, report.problems
+        assert report.blobs.copied == report.blobs_verified == 3
+        assert not list(source.tmp_dir.iterdir())
+        assert not source.verify()  # every source blob still there, intact
+    finally:
+        target.close()
+        source.close()
