@@ -58,8 +58,9 @@ _T = TypeVar("_T")
 # composite-key lookup stays one short statement.
 BATCH_ROWS = 500
 # A blob up to this size is copied in memory; a larger one through a temp file
-# (a 2 GB cine must not be held whole).
-COPY_IN_MEMORY_BYTES = 64 * 1024 * 1024
+# (a 2 GB cine must not be held whole).  With BLOB_THREADS at once: at most
+# 4 x 32 MiB held.
+COPY_IN_MEMORY_BYTES = 32 * 1024 * 1024
 # Blobs copied or verified at once (object stores answer each request with a
 # round trip; a few in flight keep the link busy, 2 cores keep it modest).
 BLOB_THREADS = 4
