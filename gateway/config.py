@@ -139,12 +139,11 @@ class NodeSection:
     # work (temp files, staged blobs, outbox leases) is done only by a process
     # that finds itself alone.  README: "Running a center on several processes".
     shared_store: bool = False
-    # A center's process says it is alive in the index this often (one small
-    # UPDATE); the others learn from it whose outbox leases are a dead one's.
+    # A center's process says it is alive in the index this often (one UPDATE) ...
     heartbeat_s: float = 5.0
-    # ... and is dead when it has not for this long (on this machine: when its pid
-    # is gone).  Six beats: a stall on 2 busy cores or a PostgreSQL restart keeps
-    # its work; a dead machine's jobs move in half outbox.lease_s (60 s).
+    # ... and is dead (its outbox jobs handed on) after this long without, or when its
+    # pid is gone on this machine.  Six beats: a stall on 2 busy cores or a PostgreSQL
+    # restart keeps its work; a dead machine's jobs move in half outbox.lease_s.
     process_lease_s: float = 30.0
 
 
@@ -232,12 +231,9 @@ INDEX_POOL_MAX = 8
 # A statement that waits this long (a lock held by a hung process) fails
 # instead of hanging its association: well past any real statement.
 INDEX_STATEMENT_TIMEOUT_S = 60
-# A held key's connection (PgIndex.hold) is probed after IDLE s, then every
-# INTERVAL s, dropped after COUNT lost probes: a machine that vanished mid-release
-# frees it in ~25 s, as its processes die (node.process_lease_s), not in 2 hours.
-HOLD_KEEPALIVE_IDLE_S = 10
-HOLD_KEEPALIVE_INTERVAL_S = 5
-HOLD_KEEPALIVE_COUNT = 3
+# TCP keepalive of a held key's connection (PgIndex.hold): idle s, interval s, lost
+# probes.  A machine that vanished mid-release frees it in ~25 s, not 2 hours.
+HOLD_KEEPALIVE = (10, 5, 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,6 +374,11 @@ class WebSection:
     # vendor/ohif folder `make` fills next to the source tree.  The console's
     # htmx is read from ../htmx/htmx.min.js beside it (make puts both there).
     viewer_dir: str = ""
+    # The console is reached through an HTTPS reverse proxy that ends TLS and
+    # forwards plain HTTP here: its cookies are then marked Secure all the same
+    # (the browser must never send a session over plain HTTP).  Without it a
+    # cookie is Secure exactly when this listener itself serves HTTPS.
+    behind_https_proxy: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -272,6 +272,20 @@ def run_file(cfg: Config, pid: int | None = None) -> Path:
     return run / f"node-{os.getpid() if pid is None else pid}.json"
 
 
+def tell_running(cfg: Config) -> str:
+    """Make this config's running nodes on this machine read it again (SIGHUP: their
+    [[peers]] and [[users]]); what happened, in a line for the operator."""
+    pids = running_pids(cfg)  # a center may run several processes on this machine
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGHUP)
+    if pids:
+        return (f"told the running node (pid {', '.join(map(str, pids))}) to take it: "
+                "no restart needed (a center's processes on other machines: "
+                "`kill -HUP` them there)")
+    return "the node is not running; it takes the change when it starts"
+
+
 def running_pids(cfg: Config) -> list[int]:
     """The pids of this config's running nodes on this machine (their run files)."""
     pids = []
@@ -468,7 +482,7 @@ def _run_locked(cfg: Config, verbose: int, lock_fd: int, alone: bool) -> int:
         log.debug("http start failed", exc_info=True)
         raise StartupError(f"http.port {cfg.http.port} on {cfg.http.host}: "
                            f"{exc.strerror or exc}") from None
-    signal.signal(signal.SIGHUP, lambda *_: _reload_peers(cfg, http))
+    signal.signal(signal.SIGHUP, lambda *_: _reload(cfg, http))
     heartbeat = None
     if cfg.node.shared_store:  # the center's other processes learn whether this one lives
         heartbeat = processes.Heartbeat(
@@ -519,9 +533,10 @@ def _hand_on(store: Store, owners: list[str], now: float) -> None:
     wakeup.poke(wakeup.fifo_path(store.root))
 
 
-def _reload_peers(cfg: Config, http: Any) -> None:
-    """SIGHUP: read the config again and take its [[peers]] (``fenji peer add`` sends it).
-    Other changes need a restart; a config that no longer loads changes nothing."""
+def _reload(cfg: Config, http: Any) -> None:
+    """SIGHUP: read the config again and take its [[peers]] and [[users]] (``fenji peer
+    add`` and ``fenji user add`` send it).  Other changes need a restart; a config that
+    no longer loads changes nothing."""
     from fenji.gateway import config as config_mod
     from fenji.gateway.errors import FenjiError
 
@@ -530,7 +545,7 @@ def _reload_peers(cfg: Config, http: Any) -> None:
     except FenjiError as exc:
         log.error("SIGHUP: config not reloaded, it has errors: %s", exc)
         return
-    http.reload_peers(new)
+    http.reload(new)
 
 
 def _run_dicom(cfg: Config, n: int, stop: threading.Event, verbose: int,

@@ -18,6 +18,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,14 +82,17 @@ def _unauthorized(message: str) -> web.Response:
                                                           'Basic realm="fenji"'})
 
 
-def middleware(cfg: Config) -> Any:
+def middleware(live_config: Callable[[], Config]) -> Any:
+    """Token authentication against the users of the config as it is now
+    (``fenji user add`` makes a running node read it again: SIGHUP)."""
+
     @web.middleware
     async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
         path = request.path
         if isinstance(request.get("user"), User):
             return await handler(request)  # a console session vouched (web/console/session.py)
         if path.startswith(PROTECTED) and path not in OPEN:
-            user = authenticate(cfg, token_of(request))
+            user = authenticate(live_config(), token_of(request))
             if user is None:
                 why = ("no token: send 'Authorization: Bearer TOKEN' (fenji user add makes one)"
                        if token_of(request) is None else "unknown or revoked token")

@@ -124,6 +124,7 @@ certificate = "keys/node.crt"
 # max_sessions = 1000
 # cors_origins = []             # e.g. ["https://viewer.hospital.cn"]: other-origin viewers
 # viewer_dir = ""               # OHIF build (dist/); empty: vendor/ohif from `make`
+# behind_https_proxy = false    # true: an HTTPS proxy ends TLS in front; cookies Secure
 
 # Center: DICOM nodes C-MOVE may send to (viewers, PACS).  With reader = NAME,
 # an SR or encapsulated PDF this workstation C-STOREs for a worklist study

@@ -16,7 +16,6 @@ import base64
 import json
 import os
 import re
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -160,16 +159,9 @@ def _add(args: argparse.Namespace) -> int:
     key = str(body["key"])
     print(f"added peer {body['name']} ({args.url or body['url']}), key {key[:16]}…{key[-8:]}"
           f"{' as the default destination' if args.default else ''}")
-    from fenji.gateway.node import running_pids
+    from fenji.gateway.node import tell_running  # the node module is heavy: load on use
 
-    pids = running_pids(cfg)  # a center may run several processes on this machine
-    for pid in pids:
-        os.kill(pid, signal.SIGHUP)
-    if pids:
-        print(f"told the running node (pid {', '.join(map(str, pids))}) to take it: "
-              "no restart needed")
-    else:
-        print("the node is not running; it takes the peer when it starts")
+    print(tell_running(cfg))
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from fenji.gateway import config as config_mod
@@ -95,6 +96,10 @@ def _add(args: argparse.Namespace) -> int:
     else:
         print(f"added {args.role} {args.name!r} to {args.config}")
         print(f"token (shown once, give it to the user): {token}")
+    from fenji.gateway.node import tell_running  # the node module is heavy: load on use
+
+    told = tell_running(config_mod.load(args.config))
+    print(told, file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

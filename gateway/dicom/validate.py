@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
+from pydicom.uid import UID
 
 from fenji.gateway.config import DICOM_SEQUENCE_DEPTH_MAX
 from fenji.gateway.dicom import charset
@@ -79,6 +80,8 @@ _ALL_VRS = _LONG_VRS | {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", 
 UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 PIXEL_DATA = 0x7FE00010
+# Float / Double Float Pixel Data (parametric maps): pixels, but not walked as such.
+FLOAT_PIXEL_DATA = (0x7FE00008, 0x7FE00009)
 MAX_DEPTH = DICOM_SEQUENCE_DEPTH_MAX  # gateway/config.py
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
@@ -150,6 +153,7 @@ class _Walker:
         self.values: dict[str, Any] = {}
         self.raw_text: dict[int, bytes] = {}
         self.pixel: tuple[int, int, bool] | None = None  # offset, length, encapsulated
+        self.float_pixel = False  # (7FE0,0008) or (7FE0,0009) at the top level
 
     def fail(self, status: int, msg: str) -> Rejected:
         return Rejected(status, msg, self.values.get("SOPInstanceUID"))
@@ -211,6 +215,8 @@ class _Walker:
                 self._sequence(pos, pos + length, depth + 1, tag)
             elif top and tag in _WANTED:
                 self._keep(tag, vr, buf[pos:pos + length])
+            elif top and tag in FLOAT_PIXEL_DATA:
+                self.float_pixel = True
             pos += length
         return pos
 
@@ -333,6 +339,7 @@ class _Walker:
     def check_pixels(self) -> None:
         v = self.values
         if self.pixel is None:
+            self._pixels_required()
             return
         rows, cols = v.get("Rows"), v.get("Columns")
         bits = v.get("BitsAllocated")
@@ -360,6 +367,23 @@ class _Walker:
                                 f"{frames} frames x {spp} samples x {bits} bit needs {expected}")
             return
         self._check_codestreams(frames)
+
+    def _pixels_required(self) -> None:
+        """An image without its pixels is refused: a file cut before (7FE0,0010) still
+        parses to its last whole element, and a reader must never get an empty image.
+        An image is an "... Image Storage" SOP class (PS3.4 B.5) or any data set with
+        the Image Pixel module's (0028,0010) Rows / (0028,0011) Columns."""
+        if self.float_pixel:
+            return
+        v = self.values
+        sop = v.get("SOPClassUID") or ""
+        name = UID(sop).name if sop else ""
+        if "Image Storage" in name or v.get("Rows") is not None or v.get("Columns") is not None:
+            what = f"{name} ({sop})" if "Image Storage" in name else \
+                "a data set with (0028,0010) Rows / (0028,0011) Columns"
+            raise self.fail(st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                            f"(7FE0,0010) Pixel Data missing from {what}: the file is "
+                            "truncated or its pixels were stripped")
 
     def _check_codestreams(self, frames: int) -> None:
         buf = self.buf

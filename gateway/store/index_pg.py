@@ -36,13 +36,7 @@ import psycopg.errors
 from psycopg.adapt import Dumper, Loader
 from psycopg_pool import ConnectionPool
 
-from fenji.gateway.config import (
-    HOLD_KEEPALIVE_COUNT,
-    HOLD_KEEPALIVE_IDLE_S,
-    HOLD_KEEPALIVE_INTERVAL_S,
-    INDEX_POOL_MAX,
-    INDEX_STATEMENT_TIMEOUT_S,
-)
+from fenji.gateway.config import HOLD_KEEPALIVE, INDEX_POOL_MAX, INDEX_STATEMENT_TIMEOUT_S
 from fenji.gateway.store.index import POSTGRESQL, Con, IndexUrlError, apply_migrations
 
 log = logging.getLogger(__name__)
@@ -325,16 +319,16 @@ class PgIndex:
 
         A process killed with ``kill -9`` closes its socket and PostgreSQL ends the
         session, and with it the lock, at once; a machine that vanishes is found out
-        by TCP keepalives within about ``HOLD_KEEPALIVE_S`` (set on both ends).
+        by TCP keepalives within about 25 s (``HOLD_KEEPALIVE``, set on both ends).
         """
+        idle, interval, count = HOLD_KEEPALIVE
         con = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10,
-                              keepalives=1, keepalives_idle=HOLD_KEEPALIVE_IDLE_S,
-                              keepalives_interval=HOLD_KEEPALIVE_INTERVAL_S,
-                              keepalives_count=HOLD_KEEPALIVE_COUNT)
+                              keepalives=1, keepalives_idle=idle,
+                              keepalives_interval=interval, keepalives_count=count)
         try:
-            for name, value in (("tcp_keepalives_idle", HOLD_KEEPALIVE_IDLE_S),
-                                ("tcp_keepalives_interval", HOLD_KEEPALIVE_INTERVAL_S),
-                                ("tcp_keepalives_count", HOLD_KEEPALIVE_COUNT)):
+            for name, value in (("tcp_keepalives_idle", idle),
+                                ("tcp_keepalives_interval", interval),
+                                ("tcp_keepalives_count", count)):
                 con.execute(f"SET {name} = {int(value)}")
             con.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
             yield

@@ -335,9 +335,22 @@ CREATE INDEX cases_read_state ON cases(read_state)
     );
     CREATE INDEX retrieve_usage_ae ON retrieve_usage(calling_ae, at);
     """),
-    # 12: a center's processes, each alive while it beats (gateway/store/processes.py):
-    # their outbox leases and releases are handed on when one is not.
+    # 12: console sessions (gateway/web/console/session.py), shared by every process
+    # of a center and kept over a restart.  The id is stored only as its SHA-256:
+    # reading the index does not hand out sessions.
     (12, """
+    CREATE TABLE console_sessions (
+        sid_sha256   TEXT PRIMARY KEY,
+        user_name    TEXT NOT NULL,
+        token_sha256 TEXT NOT NULL,
+        created_at   REAL NOT NULL,
+        last_seen    REAL NOT NULL
+    );
+    CREATE INDEX console_sessions_seen ON console_sessions(last_seen);
+    """),
+    # 13: a center's processes, each alive while it beats (gateway/store/processes.py):
+    # their outbox leases are handed on when one is not.
+    (13, """
     CREATE TABLE processes (
         owner      TEXT PRIMARY KEY,
         host       TEXT NOT NULL,

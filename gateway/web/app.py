@@ -40,7 +40,7 @@ from fenji.gateway.reading import report_return
 from fenji.gateway.reading.delivery import NodeEvents
 from fenji.gateway.store.db import Store
 from fenji.gateway.web import dicomweb, probes, reading_routes
-from fenji.gateway.web.common import CONFIG, LIVE_CONFIG, ON_RELEASE, STORE
+from fenji.gateway.web.common import CONFIG, LIVE_CONFIG, ON_RELEASE, STORE, app_of
 from fenji.gateway.web.console import routes as console_routes
 from fenji.gateway.web.console import session as console_session
 from fenji.gateway.web.console import viewer as console_viewer
@@ -83,7 +83,7 @@ async def errors_as_json(request: web.Request, handler: Any) -> web.StreamRespon
 
 @ROUTES.post("/api/cases")
 async def post_case(request: web.Request) -> web.Response:
-    cfg, store = request.app[CONFIG], request.app[STORE]
+    cfg, store = app_of(request)
     user = require(request, "technician", "operator", action="release cases")
     try:
         body = await request.json()
@@ -130,7 +130,7 @@ def _ingest_spooled(store: Store, spooled: dict[str, Path], **kw: Any) -> dict[s
 async def post_ecg(request: web.Request) -> web.Response:
     """A WFDB record (``.hea`` + ``.dat``) or one DICOM file, as multipart form data."""
     require(request, "technician", "operator", action="upload ECG records")
-    cfg, store = request.app[CONFIG], request.app[STORE]
+    cfg, store = app_of(request)
     if not request.content_type.startswith("multipart/"):
         return _error(415, "not_multipart", "send the record's files as multipart/form-data")
     spooled: dict[str, Path] = {}
@@ -379,11 +379,11 @@ def build_app(cfg: Config, store: Store,
               on_release: Callable[[cases_mod.Released], None] | None = None,
               wake: Callable[[], None] = lambda: None,
               readiness: probes.Readiness | None = None) -> web.Application:
-    live: list[Config] = [cfg]  # [[peers]] reload without a restart (reload_peers)
+    live: list[Config] = [cfg]  # [[peers]] and [[users]] reload without a restart (reload)
     app = web.Application(middlewares=[console_viewer.dicomweb_log, errors_as_json,
                                        console_viewer.cors_middleware(cfg),
                                        console_session.middleware(lambda: live[0]),
-                                       auth_middleware(cfg),
+                                       auth_middleware(lambda: live[0]),
                                        upload_slots(cfg.limits.max_uploads_per_user)],
                           client_max_size=80 * 1024 * 1024)
     app[CONFIG] = cfg
@@ -394,7 +394,7 @@ def build_app(cfg: Config, store: Store,
     app.add_routes(ROUTES)
     reading_routes.add_routes(app, wake)
     dicomweb.add_routes(app, cfg, store)
-    console_routes.add_routes(app, cfg)  # the web console (sign-in, pages)
+    console_routes.add_routes(app, cfg, store)  # the web console (sign-in, pages)
     # Always: a node that lists no peer yet refuses uploads saying how to pair.
     from fenji.routing.transfer_server import ReceiverContext, add_routes
 
@@ -543,12 +543,13 @@ class HttpService:
             await web_site.start()
             log.info("web listening host=%s port=%d", self.cfg.web.host, self.cfg.web.port)
 
-    def reload_peers(self, cfg: Config) -> None:
-        """Take a changed ``[[peers]]`` list without a restart (SIGHUP, ``fenji peer add``):
-        the receiver's known keys, pinned certificates and the sender's routes."""
-        asyncio.run_coroutine_threadsafe(self._reload_peers(cfg), self.loop)
+    def reload(self, cfg: Config) -> None:
+        """Take a changed ``[[peers]]`` and ``[[users]]`` without a restart (SIGHUP,
+        ``fenji peer add``, ``fenji user add``): the receiver's known keys, pinned
+        certificates, the sender's routes, and who the API and console let in."""
+        asyncio.run_coroutine_threadsafe(self._reload(cfg), self.loop)
 
-    async def _reload_peers(self, cfg: Config) -> None:
+    async def _reload(self, cfg: Config) -> None:
         from fenji.routing.transfer_server import CTX
 
         keys = await asyncio.to_thread(  # key files are read off the loop
@@ -573,7 +574,8 @@ class HttpService:
             self.sender = SenderLoop(cfg, self.store, events=NodeEvents(cfg, self.store))
             self._stop_sender = asyncio.Event()
             self._sender_task = asyncio.create_task(self.sender.run(self._stop_sender))
-        log.info("peers reloaded: %s", ", ".join(sorted(keys)) or "none")
+        log.info("config reloaded: peers %s; users %s", ", ".join(sorted(keys)) or "none",
+                 ", ".join(sorted(u.name for u in cfg.users)) or "none")
 
     def stop(self) -> None:
         if self._runner is None:

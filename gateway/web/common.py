@@ -16,13 +16,14 @@ from fenji.gateway.store.db import Store
 STORE = web.AppKey("store", Store)
 CONFIG = web.AppKey("config", Config)
 ON_RELEASE = web.AppKey("on_release", object)
-LIVE_CONFIG = web.AppKey("live_config", list)  # [Config]: the one reload_peers swaps
+LIVE_CONFIG = web.AppKey("live_config", list)  # [Config]: the one a reload (SIGHUP) swaps
 WAKE = web.AppKey("fenji_wake_sender", object)  # wakes the sender after a report is signed
 
 
 def app_of(request: web.Request) -> tuple[Config, Store]:
-    """The node's configuration and store, as the app was built with them."""
-    return request.app[CONFIG], request.app[STORE]
+    """The node's configuration as it is now (its [[peers]] and [[users]] are read
+    again on SIGHUP) and its store."""
+    return request.app[LIVE_CONFIG][0], request.app[STORE]
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:

@@ -29,25 +29,74 @@ class Clock:
         return self.t
 
 
-def test_sessions_end_when_idle_or_too_old_and_are_bounded() -> None:
+def test_sessions_end_when_idle_or_too_old_and_are_bounded(tmp_path: Path,
+                                                           index_url: str) -> None:
     clock = Clock()
-    ss = Sessions(idle_s=60, max_s=300, max_n=2, clock=clock)
+    store = Store(tmp_path / "store", index_url=index_url)
+    ss = Sessions(store, idle_s=60, max_s=300, max_n=2, clock=clock)
+
+    def user(sid: str) -> str | None:
+        s = ss.get(sid)
+        return s.user if s is not None else None
+
     a = ss.start("a", "h")
     clock.t += 59
-    assert ss.get(a.sid) is a  # used: the idle clock restarts
+    assert user(a.sid) == "a"  # used: the idle clock restarts
     clock.t += 59
-    assert ss.get(a.sid) is a
+    assert user(a.sid) == "a"
     clock.t += 61
-    assert ss.get(a.sid) is None  # idle too long
+    assert user(a.sid) is None  # idle too long
     b = ss.start("b", "h")
     for _ in range(5):
         clock.t += 55
-        assert ss.get(b.sid) is b
+        assert user(b.sid) == "b"
     clock.t += 55
-    assert ss.get(b.sid) is None  # 330 s after sign-in > max_s, though never idle
+    assert user(b.sid) is None  # 330 s after sign-in > max_s, though never idle
     c, d, e = ss.start("c", "h"), ss.start("d", "h"), ss.start("e", "h")
-    assert len(ss) == 2 and ss.get(c.sid) is None and ss.get(d.sid) and ss.get(e.sid)
-    assert ss.get("") is None and ss.get("forged") is None
+    assert len(ss) == 2 and user(c.sid) is None and user(d.sid) and user(e.sid)
+    assert user("") is None and user("forged") is None and user("x" * 10_000) is None
+    # The index holds no session id, only its hash; the CSRF token is not the id either.
+    rows = store.query("SELECT * FROM console_sessions")
+    assert rows and all(d.sid not in str(r) and e.sid not in str(r) for r in rows)
+    assert d.csrf != d.sid and d.csrf == ss.get(d.sid).csrf  # type: ignore[union-attr]
+    store.close()
+
+
+def test_a_session_is_known_to_every_process_and_outlives_a_restart(tmp_path: Path) -> None:
+    """Two processes of a center share the store (behind a balancer a browser's
+    requests alternate between them): one sign-in serves both, one sign-out ends
+    it on both, and a restart signs nobody out."""
+    cfg, store, reader, _ = _node(tmp_path)
+    other = Store(cfg.data_dir / "store")  # the second process's own connection
+    name = "fenji_session_c-1"
+
+    async def run() -> None:
+        async with TestClient(TestServer(build_app(cfg, store))) as a, \
+                TestClient(TestServer(build_app(cfg, other))) as b:
+            page = await (await a.get("/login")).text()
+            token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+            r = await a.post("/login", data={"csrf": token, "token": reader},
+                             allow_redirects=False)
+            assert r.status == 303
+            sid = r.cookies[name].value
+            jar = {name: sid}
+            r = await b.get("/console/reader", cookies=jar, allow_redirects=False)
+            assert r.status == 200 and "dr.wang" in await r.text()
+            # A third app on the same store, as after a restart: still signed in.
+            async with TestClient(TestServer(build_app(cfg, store))) as again:
+                r = await again.get("/console/reader", cookies=jar, allow_redirects=False)
+                assert r.status == 200
+                page = await r.text()
+            csrf_token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+            r = await b.post("/logout", data={"csrf": csrf_token}, cookies=jar,
+                             allow_redirects=False)
+            assert r.status == 303
+            r = await a.get("/console/reader", cookies=jar, allow_redirects=False)
+            assert r.status == 303  # signed out on b: gone on a too
+
+    asyncio.run(run())
+    other.close()
+    store.close()
 
 
 def test_language_follows_the_browser_and_the_users_choice() -> None:
@@ -141,6 +190,39 @@ def test_sign_in_cookie_csrf_and_sign_out_in_process(tmp_path: Path) -> None:
 
     asyncio.run(run())
     store.close()
+
+
+@pytest.mark.parametrize("behind", [False, True])
+def test_cookies_are_secure_behind_an_https_proxy(tmp_path: Path, behind: bool) -> None:
+    """TLS ended at a reverse proxy: the request here is plain HTTP, yet the browser
+    talks HTTPS, so the session and sign-in cookies must carry Secure."""
+    cfg, store, reader, _ = _node(tmp_path)
+    if behind:
+        path = tmp_path / "fenji.toml"
+        path.write_text(path.read_text() + "\n[web]\nbehind_https_proxy = true\n")
+        cfg = config_mod.load(path, env={})
+    assert cfg.web.behind_https_proxy is behind
+
+    async def run() -> list[str]:
+        async with TestClient(TestServer(build_app(cfg, store))) as c:
+            r = await c.get("/login")
+            page = await r.text()
+            cookies = [v for k, v in r.headers.items() if k == "Set-Cookie"]
+            token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+            # A Secure cookie does not come back over this plain-HTTP test client:
+            # send it as the browser (on HTTPS at the proxy) would.
+            r = await c.post("/login", data={"csrf": token, "token": reader},
+                             headers={"Cookie": f"fenji_login_csrf={token}"},
+                             allow_redirects=False)
+            assert r.status == 303
+            cookies += [v for k, v in r.headers.items() if k == "Set-Cookie"]
+            return cookies
+
+    cookies = asyncio.run(run())
+    store.close()
+    named = [c for c in cookies if c.startswith(("fenji_session_c-1=", "fenji_login"))]
+    assert len(named) >= 2, cookies
+    assert all(("; Secure" in c) is behind for c in named), named
 
 
 def test_viewer_config_points_at_the_origin_the_browser_used(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from _data import good_files, malformed_files
 from fenji.gateway.dicom import status as st
 from fenji.gateway.dicom.validate import (
     Rejected,
+    _Walker,
     check_dimse,
     check_part10,
     split_part10,
@@ -86,6 +87,33 @@ def test_truncation_at_every_point_never_passes_silently() -> None:
         except Rejected:
             continue
         raise AssertionError(f"data set truncated at {cut} of {len(ds)} bytes was accepted")
+
+
+def test_an_image_cut_just_before_its_pixel_data_is_refused() -> None:
+    """Cut exactly at the (7FE0,0010) element every other element is whole: the
+    data set parses, and only the image rule can tell it is not an image any more."""
+    cut_images = 0
+    for path in good_files():
+        data = path.read_bytes()
+        meta, off = split_part10(data)
+        ts = meta["TransferSyntaxUID"]
+        if ts == "1.2.840.10008.1.2.1.99":  # deflated: no byte offset to cut at
+            continue
+        ds = data[off:]
+        w = _Walker(ds, ts != "1.2.840.10008.1.2", ts != "1.2.840.10008.1.2.2", ts)
+        w.walk(0, len(ds), 0, top=True)
+        if w.pixel is None:
+            continue
+        value_at = w.pixel[0]  # the value's first byte (native or encapsulated)
+        tag = b"\xe0\x7f\x10\x00" if ts != "1.2.840.10008.1.2.2" else b"\x7f\xe0\x00\x10"
+        start = ds.rfind(tag, 0, value_at)
+        assert start >= 0 and value_at - start in (8, 12), path.name
+        with pytest.raises(Rejected) as info:
+            check_part10(data[:off + start])
+        assert info.value.status == st.DATASET_DOES_NOT_MATCH_SOP_CLASS
+        assert "Pixel Data missing" in info.value.reason, info.value.reason
+        cut_images += 1
+    assert cut_images >= 3
 
 
 def test_pydicom_test_files_pass_or_are_rejected_cleanly() -> None:

@@ -320,3 +320,36 @@ def test_ledger_has_opened_events_with_user_names(center: NodeProcess) -> None:
     assert last["object"] == study and last["detail"]["via"] == "wado-rs"
     assert "/metadata" in last["detail"]["path"]
     assert {"qido-rs", "wado-rs"} <= {e["detail"]["via"] for e in events}
+
+
+def test_a_big_endian_instance_is_served_little_endian_whole(tmp_path: Path) -> None:
+    """Explicit VR Big Endian (retired, still sent by old modalities) transcoded to the
+    default syntax: the pixels, swapped, equal the original's; private OW values are
+    swapped with them.  pydicom refuses to change a read data set's byte order, which
+    once ended the response half-way."""
+    big = OTHER / "ct_explicit_vr_big_endian.dcm"
+    # Its own node: the big-endian CT joins the shared CT's study.
+    center = NodeProcess(tmp_path / "center", name="center", role="center", allow_ae=["*"],
+                         workers=1, users={"dr.wang": "reader"})
+    center.enable_web()
+    with center:
+        _fetch_big_endian(center, big)
+
+
+def _fetch_big_endian(center: NodeProcess, big: Path) -> None:
+    sent = storescu([big], center.dicom_port)
+    assert not sent.failed, sent.failed
+    d = _ds(big)
+    url = (f"{center.web_url}/dicom-web/studies/{d.StudyInstanceUID}/series/"
+           f"{d.SeriesInstanceUID}/instances/{d.SOPInstanceUID}")
+    for syntax in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2"):
+        r = requests.get(url, timeout=30, headers={
+            **center.auth("dr.wang"),
+            "Accept": f'multipart/related; type="application/dicom"; transfer-syntax={syntax}'})
+        assert r.status_code == 200, r.text[:300]
+        [(ptype, body)] = _multipart_parts(r)
+        assert f"transfer-syntax={syntax}" in ptype
+        out = pydicom.dcmread(io.BytesIO(body))
+        assert out.file_meta.TransferSyntaxUID == syntax
+        assert (out.pixel_array == d.pixel_array).all()
+        assert str(out.PatientName) == str(d.PatientName) and out.Rows == d.Rows

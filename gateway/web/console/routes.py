@@ -42,6 +42,7 @@ from fenji.gateway.web.console import csrf, i18n, svg
 from fenji.gateway.web.console.session import (
     SESSIONS,
     cookie_name,
+    secure,
     session_of,
     sessions_of,
     set_cookie,
@@ -186,7 +187,8 @@ async def get_login(request: web.Request) -> web.Response:
     resp = _render(request, "login.html", login_csrf=token,
                    next=request.query.get("next", ""), failed=False)
     resp.set_cookie(csrf.LOGIN_COOKIE, token, httponly=True, samesite="Strict",
-                    path="/login", max_age=3600, secure=request.secure)
+                    path="/login", max_age=3600,
+                    secure=secure(request, request.app[LIVE_CONFIG][0]))
     return resp
 
 
@@ -205,18 +207,18 @@ async def post_login(request: web.Request) -> web.StreamResponse:
         resp = _render(request, "login.html", status=401, login_csrf=again,
                        next=fields.get("next", ""), failed=True)
         resp.set_cookie(csrf.LOGIN_COOKIE, again, httponly=True, samesite="Strict",
-                        path="/login", max_age=3600, secure=request.secure)
+                        path="/login", max_age=3600, secure=secure(request, cfg))
         return resp
     old = request.cookies.get(cookie_name(cfg))
     sessions = request.app[SESSIONS]
-    sessions.end(old)  # a new id at every sign-in (no session fixation)
-    s = sessions.start(user.name, hash_token(token))
+    await asyncio.to_thread(sessions.end, old)  # a new id at every sign-in (no fixation)
+    s = await asyncio.to_thread(sessions.start, user.name, hash_token(token))
     log.info("console sign-in user=%s role=%s peer=%s", user.name, user.role, request.remote)
     nxt = fields.get("next", "")
     target = nxt if nxt.startswith(("/console/", "/viewer")) else HOME.get(user.role, "/")
     resp = web.HTTPSeeOther(target)
     set_cookie(request, resp, s, cfg)
-    resp.del_cookie(csrf.LOGIN_COOKIE, path="/login")
+    resp.del_cookie(csrf.LOGIN_COOKIE, path="/login", secure=secure(request, cfg))
     raise resp
 
 
@@ -228,10 +230,11 @@ async def post_logout(request: web.Request) -> web.StreamResponse:
             csrf.check(request, fields)
         except csrf.CsrfRefused as exc:
             return _error_page(request, 403, exc.text or "CSRF")
-        request.app[SESSIONS].end(s.sid)
+        await asyncio.to_thread(request.app[SESSIONS].end, s.sid)
         log.info("console sign-out user=%s", s.user)
     resp = web.HTTPSeeOther("/login")
-    resp.del_cookie(cookie_name(request.app[LIVE_CONFIG][0]), path="/")
+    cfg = request.app[LIVE_CONFIG][0]
+    resp.del_cookie(cookie_name(cfg), path="/", secure=secure(request, cfg))
     raise resp
 
 
@@ -639,10 +642,10 @@ async def get_static(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
 
 
-def add_routes(app: web.Application, cfg: Config) -> None:
+def add_routes(app: web.Application, cfg: Config, store: Store) -> None:
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(str(HERE / "templates")),
                          autoescape=jinja2.select_autoescape(["html"], default=True))
-    app[SESSIONS] = sessions_of(cfg)
+    app[SESSIONS] = sessions_of(cfg, store)
     r = app.router
     r.add_get("/", get_root)
     r.add_get("/login", get_login)

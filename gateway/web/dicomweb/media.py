@@ -185,10 +185,43 @@ def transcode(data: bytes, target: str) -> bytes:
         _private_as_un(ds)
     if src in ENCAPSULATED:
         ds.decompress()  # -> Explicit VR LE, native pixel data (pydicom's decoders)
-    elif src in (EXPLICIT_BE,) and "PixelData" in ds:
-        arr = ds.pixel_array
-        ds.PixelData = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+    elif src == EXPLICIT_BE:
+        ds = _little_endian_copy(ds)
     ds.file_meta.TransferSyntaxUID = UID(target)
     buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
+    pydicom.dcmwrite(buf, ds, implicit_vr=target == IMPLICIT_LE, little_endian=True,
+                     enforce_file_format=True)
     return buf.getvalue()
+
+
+# Bytes per value of the "other" VRs whose bytes follow the data set's byte order.
+_SWAP = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+
+
+def _little_endian_copy(ds: Any) -> Any:
+    """A big-endian data set as a new one that pydicom may write little-endian (it
+    refuses to change a read data set's byte order: PS3.5 A.3): values are decoded
+    on the way, the pixels and every OW/OF/OL/OD/OV value byte-swapped."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    def swap(d: Any) -> None:
+        for elem in d:
+            if elem.VR == "SQ":
+                for item in elem.value:
+                    swap(item)
+            elif elem.VR in _SWAP and elem.tag != 0x7FE00010 and elem.value:
+                n = _SWAP[elem.VR]
+                raw = bytes(elem.value)
+                elem.value = np.frombuffer(raw[:len(raw) // n * n], f">u{n}").astype(
+                    f"<u{n}").tobytes()
+
+    arr = ds.pixel_array if "PixelData" in ds else None
+    new = Dataset()
+    for elem in ds:
+        new.add(elem)
+    swap(new)
+    if arr is not None:
+        new.PixelData = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+    new.file_meta = FileMetaDataset(ds.file_meta)
+    return new

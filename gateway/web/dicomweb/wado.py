@@ -97,6 +97,11 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
         resp.content_length = (sum(len(h) + r["size"] + 2 for h, r in zip(heads, rows,
                                                                           strict=True))
                                + len(tail))
+    # One instance (a viewer's usual request): transcoded before the first byte, so a
+    # data set pydicom cannot re-encode is a 406 that says why, not a cut response.
+    ready: dict[int, bytes] = {}
+    if len(rows) == 1 and transcoded:
+        ready[0] = await asyncio.to_thread(_transcoded, store, rows[0], plan[0])
     await resp.prepare(request)
     loop = asyncio.get_running_loop()
     # Stored bytes go by sendfile(2) on a plain socket (no copy through Python,
@@ -104,15 +109,16 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     zero_copy = not transcoded and request.transport is not None and \
         request.transport.get_extra_info("sslcontext") is None
     sep = b""
-    for head, r, ts in zip(heads, rows, plan, strict=True):
+    for i, (head, r, ts) in enumerate(zip(heads, rows, plan, strict=True)):
         await resp.write(sep + head)
         sep = b"\r\n"
         # A blob in the local folder is a file (sendfile); one in a bucket comes by
         # ranged GETs, a piece at a time: memory stays flat whatever the study.
         path = store.blob_file(r["sha256"])
-        if ts != r["transfer_syntax_uid"]:
-            data = await asyncio.to_thread(store.read_blob, r["sha256"])
-            await resp.write(await asyncio.to_thread(transcode, data, ts))
+        if i in ready:
+            await resp.write(ready.pop(i))
+        elif ts != r["transfer_syntax_uid"]:
+            await resp.write(await asyncio.to_thread(_transcoded, store, r, ts))
         elif zero_copy and request.transport is not None and path is not None:
             with open(path, "rb") as fh:  # noqa: ASYNC230 - open(2) only; data moves below
                 await loop.sendfile(request.transport, fh, 0, int(r["size"]))
@@ -122,6 +128,20 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     await resp.write(sep + tail)
     await resp.write_eof()
     return resp
+
+
+def _transcoded(store: Any, row: dict[str, Any], ts: str) -> bytes:
+    """The stored instance re-encoded in ``ts``; :class:`NotAcceptable` naming the
+    instance and pydicom's reason when it cannot be."""
+    data = store.read_blob(row["sha256"])
+    try:
+        return transcode(data, ts)
+    except (ValueError, TypeError, AttributeError, NotImplementedError) as exc:
+        log.warning("transcode failed sop=%s %s -> %s: %s", row["sop_instance_uid"],
+                    row["transfer_syntax_uid"], ts, exc)
+        raise NotAcceptable(
+            f"instance {row['sop_instance_uid']} (stored in {row['transfer_syntax_uid']}) "
+            f"could not be re-encoded in {ts}: {exc}; ask for transfer-syntax=*") from None
 
 
 # -- WADO-RS: metadata, frames, bulk data -------------------------------------
