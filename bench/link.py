@@ -57,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profiles", default="satellite,3g", help="comma-separated link profiles")
     p.add_argument("--peers", default="cstore,stow", help="which peers to run (cstore,stow)")
     p.add_argument("--timeout", type=float, default=1800, help="per transfer, seconds")
+    p.add_argument("--payloads", default="ct,ecg",
+                   help="which payloads to send (ct,ecg; 'ecg' alone for a short run)")
     p.add_argument("--relay", default="satellite:provincial",
                    help="relay path FIRST:SECOND profiles ('' to skip)")
     p.add_argument("--tls", action="store_true",
@@ -323,8 +325,14 @@ def _transfer_columns(row: dict[str, Any], f: dict[str, Any], rate: float) -> No
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     data = shared_data() / "dicom"
-    payloads = {"ct": sorted((data / "ct").glob("CT_*.dcm")),
-                "ecg": [data / "ecg" / "waveform_ecg_12lead.dcm"]}
+    every = {"ct": sorted((data / "ct").glob("CT_*.dcm")),
+             "ecg": [data / "ecg" / "waveform_ecg_12lead.dcm"]}
+    wanted = [p for p in args.payloads.split(",") if p]
+    unknown = [p for p in wanted if p not in every]
+    if unknown:
+        raise SystemExit(f"bench link: --payloads {unknown[0]!r} is not one of "
+                         f"{', '.join(every)}")
+    payloads = {k: v for k, v in every.items() if k in wanted}
     results: dict[str, Any] = {}
     rows = []
     for seed, profile in enumerate(p for p in args.profiles.split(",") if p):
