@@ -421,6 +421,19 @@ def build_app(cfg: Config, store: Store,
     return app
 
 
+def _warm_codecs() -> None:
+    """The codecs and their Numba kernels loaded now, not in the first urgent case's
+    release, send or receipt (fenji.codecs.compress.warm)."""
+    from fenji.codecs.compress.warm import warm
+
+    try:
+        seconds = warm()
+    except Exception:  # a warm-up is a courtesy: the first case loads them anyway
+        log.warning("codec warm-up failed", exc_info=True)
+        return
+    log.info("codecs loaded ms=%.0f", seconds * 1000)
+
+
 class HttpService:
     """Runs the app on its own event loop thread inside the supervisor."""
 
@@ -511,6 +524,8 @@ class HttpService:
                 log.exception("stable-study timer round failed")
 
     async def _start(self) -> None:
+        if self.cfg.peers:  # a node that moves bundles: load the codecs before the first
+            threading.Thread(target=_warm_codecs, name="codec-warm-up", daemon=True).start()
         if self.cfg.transfer.stable_study_s > 0 and self.cfg.transfer.default_destination:
             self._timer_task = asyncio.create_task(self._stable_study_timer())
         if self.cfg.peers or self.cfg.egress:
