@@ -38,8 +38,8 @@ from fenji.routing import outbox_db, wakeup
 
 log = logging.getLogger(__name__)
 
-PRIORITIES = {"stat": 0, "urgent": 1, "routine": 2}
-SERVICES = ("imaging", "ecg")
+PRIORITIES = states.PRIORITIES
+SERVICES = states.SERVICES
 ECG_SOP_PREFIX = "1.2.840.10008.5.1.4.1.1.9."  # waveform storage classes (PS3.4 B.5)
 
 

@@ -27,6 +27,11 @@ from typing import Any
 
 from fenji.gateway.errors import PeerError
 
+# A case's priority (the outbox's number: lower goes first) and its service.  Here,
+# beside the states, so a command can name them without loading the release code.
+PRIORITIES = {"stat": 0, "urgent": 1, "routine": 2}
+SERVICES = ("imaging", "ecg")
+
 STATE = "state"
 READ = "read_state"
 COLUMNS = (STATE, READ)
