@@ -116,6 +116,17 @@ def _watch(center: NodeProcess, study: str, t0: float, deadline: float) -> dict[
     return {"preview_s": preview_s, "done_s": done_s}
 
 
+def _settled(nodes: list[NodeProcess], timeout: float = 120.0) -> None:
+    """Until every node has loaded its codecs (it does at start, in the background): a
+    node in service has long done so, and a measurement must not share the CPU with it."""
+    deadline = time.monotonic() + timeout
+    for n in nodes:
+        while "codecs loaded" not in n.log_path.read_text(errors="replace"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"node {n.name} did not load its codecs in {timeout:.0f} s")
+            time.sleep(0.1)
+
+
 def _send_watched(edge: NodeProcess, center: NodeProcess, study: str, prio: str,
                   dest: str | None, timeout: float) -> tuple[dict[str, Any], float, float,
                                                              dict[str, Any]]:
@@ -183,6 +194,7 @@ def _fenji(work: Path, profile: str, payloads: dict[str, list[Path]], timeout: f
                 stack.enter_context(n)
             for files in payloads.values():
                 storescu(files, edge.dicom_port, calling="CT1")
+            _settled(nodes)
             for name, files in payloads.items():
                 before = first.stats.bytes_up
                 prio = "stat" if name == "ct" else "urgent"
@@ -224,6 +236,7 @@ def _behind(work: Path, profile: str, routine_mb: int, timeout: float,
     try:
         with edge, center:
             storescu(big + files, edge.dicom_port, calling="CT1")
+            _settled([edge, center])
             routine, _ = _send_case(edge, _study(big), "routine")
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:  # until the routine bundle is on the link
