@@ -106,7 +106,11 @@ def _sent_by_node(args: argparse.Namespace, status: int, answer: dict[str, Any])
         return _print_sent(args, answer)
     if status == 409 and answer.get("error") == "held":
         return _print_held(args, str(answer.get("case_id")), list(answer.get("reasons") or []))
-    print(f"fenji case send: {answer.get('message') or answer}", file=sys.stderr)
+    # The node's own checks of the request read as the command's; a refusal of the
+    # release itself (a FenjiError there) as any command's error (cli/main.py).
+    mine = answer.get("error") in ("no_destination", "unknown_destination")
+    print(f"{'fenji case send' if mine else 'fenji: error'}: "
+          f"{answer.get('message') or answer}", file=sys.stderr)
     return 2
 
 
