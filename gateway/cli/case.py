@@ -83,7 +83,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def _send(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
     if not args.in_process:
-        body = {"study_instance_uid": args.study, "destination": args.dest,
+        # The destination as this command reads the config now (the node may not have
+        # been told of an edit); the node checks it against the peers it knows.
+        body = {"study_instance_uid": args.study,
+                "destination": args.dest or cfg.transfer.default_destination or None,
                 "priority": args.priority, "service": args.service,
                 "requesting_physician": args.physician, "clinical_question": args.question,
                 "consent_ref": args.consent, "effort": args.effort,

@@ -576,7 +576,7 @@ class HttpService:
             log.warning("local API not served at %s (%s): fenji commands work on the store "
                         "themselves", path, exc)
             return
-        self._local_runner = web.AppRunner(build_local_app(self.cfg, self.store,
+        self._local_runner = web.AppRunner(build_local_app(lambda: self.cfg, self.store,
                                                            self.wake_sender),
                                            access_log=None)
         await self._local_runner.setup()

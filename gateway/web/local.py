@@ -45,7 +45,10 @@ def _error(status: int, err: str, message: str, **extra: Any) -> web.Response:
                              status=status)
 
 
-def build_local_app(cfg: Config, store: Store, wake: Callable[[], None]) -> web.Application:
+def build_local_app(live: Callable[[], Config], store: Store,
+                    wake: Callable[[], None]) -> web.Application:
+    """``live()``: the node's config as it is now (`fenji peer add` changes its peers and
+    default destination without a restart)."""
     slots = asyncio.Semaphore(LOCAL_API_MAX_CONCURRENT)
 
     @web.middleware
@@ -68,6 +71,7 @@ def build_local_app(cfg: Config, store: Store, wake: Callable[[], None]) -> web.
                 return _error(exc.http_status, type(exc).__name__, str(exc))
 
     async def release(request: web.Request) -> web.Response:
+        cfg = live()
         try:
             body = await request.json()
         except ValueError:
