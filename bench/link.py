@@ -57,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profiles", default="satellite,3g", help="comma-separated link profiles")
     p.add_argument("--peers", default="cstore,stow", help="which peers to run (cstore,stow)")
     p.add_argument("--timeout", type=float, default=1800, help="per transfer, seconds")
+    p.add_argument("--payloads", default="ct,ecg",
+                   help="which payloads to send (ct,ecg; 'ecg' alone for a short run)")
     p.add_argument("--relay", default="satellite:provincial",
                    help="relay path FIRST:SECOND profiles ('' to skip)")
     p.add_argument("--tls", action="store_true",
@@ -112,6 +114,17 @@ def _watch(center: NodeProcess, study: str, t0: float, deadline: float) -> dict[
             break
         time.sleep(0.05)
     return {"preview_s": preview_s, "done_s": done_s}
+
+
+def _settled(nodes: list[NodeProcess], timeout: float = 120.0) -> None:
+    """Until every node has loaded its codecs (it does at start, in the background): a
+    node in service has long done so, and a measurement must not share the CPU with it."""
+    deadline = time.monotonic() + timeout
+    for n in nodes:
+        while "codecs loaded" not in n.log_path.read_text(errors="replace"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"node {n.name} did not load its codecs in {timeout:.0f} s")
+            time.sleep(0.1)
 
 
 def _send_watched(edge: NodeProcess, center: NodeProcess, study: str, prio: str,
@@ -181,6 +194,7 @@ def _fenji(work: Path, profile: str, payloads: dict[str, list[Path]], timeout: f
                 stack.enter_context(n)
             for files in payloads.values():
                 storescu(files, edge.dicom_port, calling="CT1")
+            _settled(nodes)
             for name, files in payloads.items():
                 before = first.stats.bytes_up
                 prio = "stat" if name == "ct" else "urgent"
@@ -222,6 +236,7 @@ def _behind(work: Path, profile: str, routine_mb: int, timeout: float,
     try:
         with edge, center:
             storescu(big + files, edge.dicom_port, calling="CT1")
+            _settled([edge, center])
             routine, _ = _send_case(edge, _study(big), "routine")
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:  # until the routine bundle is on the link
@@ -323,8 +338,14 @@ def _transfer_columns(row: dict[str, Any], f: dict[str, Any], rate: float) -> No
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     data = shared_data() / "dicom"
-    payloads = {"ct": sorted((data / "ct").glob("CT_*.dcm")),
-                "ecg": [data / "ecg" / "waveform_ecg_12lead.dcm"]}
+    every = {"ct": sorted((data / "ct").glob("CT_*.dcm")),
+             "ecg": [data / "ecg" / "waveform_ecg_12lead.dcm"]}
+    wanted = [p for p in args.payloads.split(",") if p]
+    unknown = [p for p in wanted if p not in every]
+    if unknown:
+        raise SystemExit(f"bench link: --payloads {unknown[0]!r} is not one of "
+                         f"{', '.join(every)}")
+    payloads = {k: v for k, v in every.items() if k in wanted}
     results: dict[str, Any] = {}
     rows = []
     for seed, profile in enumerate(p for p in args.profiles.split(",") if p):

@@ -106,6 +106,17 @@ SHARED_STORE_STALE_TMP_S = 3600.0
 #: not one to send work to).
 READY_PROBE_TIMEOUT_S = 5.0
 
+#: The node's local API (gateway/access/local.py): a `fenji` command on the node's
+#: machine hands a release to the running node, whose codecs are loaded, instead
+#: of loading them itself (~1 s of an urgent ECG's time).  Its request bodies are
+#: a few hundred bytes of JSON; the node serves a few at a time (each a release,
+#: which the store serialises anyway); the command waits as long as the release of
+#: a large study may take before it gives up (the release itself goes on).
+LOCAL_API_SOCKET = "run/local.sock"
+LOCAL_API_MAX_BODY_BYTES = 64 * 1024
+LOCAL_API_MAX_CONCURRENT = 4
+LOCAL_API_TIMEOUT_S = 3600.0
+
 #: Shortest passphrase a reader's signing key is encrypted with: the key file
 #: may be copied off the node, and a short passphrase falls to a guessing run.
 MIN_PASSPHRASE_BYTES = 8

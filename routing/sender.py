@@ -4,10 +4,12 @@ Runs as an asyncio task in the node's supervisor process.  For each claimed
 job it sends the bundle with :func:`fenji.routing.transfer_client.send_bundle`,
 verifies the receipt, keeps it, marks the case delivered, and completes the
 job; on failure the outbox core decides (retry with backoff and jitter, or
-dead-letter with the reason).  Between chunks it checks whether a job of a
-higher priority became ready for the same destination: if so the current
-upload yields (its lease is released without counting an attempt) and the
-STAT case is sent first; the routine one resumes at the receiver's offset.
+dead-letter with the reason).  While a bundle moves, the loop checks whether a
+job of a higher priority became ready for the same destination (at once on a
+wake-up): if so the current upload yields at its next frame (its lease is
+released without counting an attempt) and finishes that request on its own
+connection while the STAT case starts at once on another; the routine one
+resumes later at the receiver's offset.
 
 One INFO line per transfer attempt: job, case, destination, bytes, seconds,
 outcome.
@@ -203,7 +205,9 @@ class SenderLoop:
         wake-up (an enqueue in this process or another) or ``stop``."""
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30,
                                         sock_read=self.cfg.transfer.request_timeout_s)
-        connector = aiohttp.TCPConnector(limit_per_host=2, socket_factory=_socket)
+        # Per peer: the active attempt, one or two that yielded finishing their last
+        # request, and a spare.
+        connector = aiohttp.TCPConnector(limit_per_host=4, socket_factory=_socket)
         loop = asyncio.get_running_loop()
         fifo: wakeup.WakeFifo | None = None
         try:
@@ -214,14 +218,39 @@ class SenderLoop:
         if fifo is not None:
             loop.add_reader(fifo.fileno(), self._woken, fifo)
         stopping = asyncio.ensure_future(stop.wait())
+        # One attempt is active.  When a job of higher priority is ready (asked at once
+        # on a wake-up, else every OUTRANK_CHECK_S) it is told to yield and set aside
+        # to finish its last request on its own connection (its frame in flight, the
+        # answer, the lease given back), and the other job starts at once on another:
+        # its first byte waits neither for that round trip nor for a write the link
+        # holds up.
+        active: tuple[asyncio.Task[None], dict[str, Any], asyncio.Event] | None = None
+        draining: set[asyncio.Task[None]] = set()
         try:
             async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
                 while not stop.is_set():
+                    if active is not None:
+                        task, job, preempt = active
+                        woken = asyncio.ensure_future(self.wake.wait())
+                        await asyncio.wait({task, woken, stopping}, timeout=OUTRANK_CHECK_S,
+                                           return_when=asyncio.FIRST_COMPLETED)
+                        woken.cancel()
+                        if task.done():
+                            active = None
+                            task.result()  # an unexpected error ends the loop, as it did
+                        elif not stop.is_set() and await self._outranked(job):
+                            preempt.set()
+                            draining.add(task)
+                            task.add_done_callback(lambda t: self._drained(t, draining))
+                            active = None
+                        continue
                     self.wake.clear()  # before looking: a wake-up after this is kept
                     step = await asyncio.to_thread(outbox_db.next_step, self.store, self.owner,
                                                    self.clock(), self.policy)
                     if isinstance(step, dict):
-                        await self._attempt(session, step)
+                        preempt = asyncio.Event()
+                        active = (asyncio.create_task(self._attempt(session, step, preempt)),
+                                  step, preempt)
                         continue
                     sleep_s = IDLE_RECHECK_S
                     if isinstance(step, Wait):
@@ -232,11 +261,26 @@ class SenderLoop:
                                        return_when=asyncio.FIRST_COMPLETED)
                     self.asleep.clear()
                     woken.cancel()
+                # Stopping: what is in flight ends as before (an attempt is not cut).
+                await asyncio.gather(*draining, *([active[0]] if active else []),
+                                     return_exceptions=True)
         finally:
             stopping.cancel()
             if fifo is not None:
                 loop.remove_reader(fifo.fileno())
                 fifo.close()
+
+    async def _outranked(self, job: dict[str, Any]) -> bool:
+        self.wake.clear()  # before looking: a wake-up after this is kept
+        return await asyncio.to_thread(outbox_db.outranked, self.store, job, self.clock(),
+                                       self.policy)
+
+    def _drained(self, task: asyncio.Task[None], draining: set[asyncio.Task[None]]) -> None:
+        """A yielded attempt ended (its job queued again): look at the outbox again."""
+        draining.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a yielded transfer attempt failed", exc_info=task.exception())
+        self.wake.set()
 
     def _woken(self, fifo: wakeup.WakeFifo) -> None:
         fifo.drain()
@@ -278,7 +322,10 @@ class SenderLoop:
                                            self.clock(), self.policy):
                 return
 
-    async def _attempt(self, session: aiohttp.ClientSession, job: Any) -> None:
+    async def _attempt(self, session: aiohttp.ClientSession, job: Any,
+                       preempt: asyncio.Event | None = None) -> None:
+        """Send one job; it yields at its next frame or chunk once ``preempt`` is set
+        (the loop found a job of higher priority) or its lease was lost."""
         j = job if isinstance(job, dict) else job.__dict__
         dest = j["destination"]
         target = self.cfg.egress_target(dest)
@@ -311,19 +358,9 @@ class SenderLoop:
                                                self.owner, offset, self.clock(), self.policy):
                     lost[0] = True  # another sender holds the job now: stop sending it
 
-        checked = [time.monotonic()]
-
         async def should_yield() -> bool:
-            """Lost the lease, or a job of higher priority is ready (asked at once after a
-            wake-up, else at most every OUTRANK_CHECK_S)."""
-            if lost[0]:
-                return True
-            if not self.wake.is_set() and time.monotonic() - checked[0] < OUTRANK_CHECK_S:
-                return False
-            self.wake.clear()
-            checked[0] = time.monotonic()
-            return await asyncio.to_thread(outbox_db.outranked, self.store, j, self.clock(),
-                                           self.policy)
+            """Lost the lease, or the loop found a job of higher priority ready."""
+            return lost[0] or (preempt is not None and preempt.is_set())
 
         # A bundle this node is still receiving (a relay forwarding a STAT bundle cut-through,
         # routing/relay.py): send what is committed, wait for the rest.

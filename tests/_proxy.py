@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Awaitable, Callable
 
 
@@ -67,3 +68,46 @@ class Faulty:
         with contextlib.suppress(Exception):
             await asyncio.gather(up(), down())
         cut()
+
+
+class Proxy:
+    """A TCP proxy on its own event loop thread.  Its first connection is cut after
+    ``cut_up`` bytes toward the target; with ``hold`` it stops forwarding at that
+    point until :meth:`let_go`, then cuts."""
+
+    def __init__(self, target: int, *, cut_up: int, hold: bool = False) -> None:
+        self.holding = threading.Event()
+        self.faulty = Faulty(target, cut_up=cut_up, before_cut=self._hold if hold else None)
+        self._go = threading.Event()
+        self.loop = asyncio.new_event_loop()
+        self.port = 0
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            server = self.loop.run_until_complete(
+                asyncio.start_server(self.faulty.conn, "127.0.0.1", 0))
+            self.port = server.sockets[0].getsockname()[1]
+            ready.set()
+            self.loop.run_forever()
+            server.close()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        ready.wait(30)
+
+    @property
+    def connections(self) -> int:
+        return self.faulty.connections
+
+    async def _hold(self) -> None:
+        self.holding.set()
+        await asyncio.to_thread(self._go.wait)
+
+    def let_go(self) -> None:
+        self._go.set()
+
+    def stop(self) -> None:
+        self._go.set()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)

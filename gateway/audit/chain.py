@@ -34,6 +34,8 @@ KINDS: dict[str, str] = {
     "override": "a person released a held case with a reason",
     "released": "a case was released for sending (by whom: CLI, API, timer)",
     "release_failed": "a case's preview was queued but its full bundle could not be made (why)",
+    "withdrawn": "a receiving node learnt from the sender's signed withdrawal that a "
+                 "previewed case will never come whole (why)",
     "excluded": "an instance was dropped from a held case before release (who, why)",
     "sent": "a bundle first went on the wire to the next hop (once per bundle)",
     "arrived": "a bundle was received and verified at this node (receipt signed)",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import uuid
 from collections.abc import Callable
@@ -17,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fenji.gateway.config import PREVIEW_INLINE_MAX_RAW_BYTES
-from fenji.gateway.errors import LocalError
+from fenji.gateway.config import PREVIEW_INLINE_MAX_RAW_BYTES, PREVIEW_SECTIONS_MAX_BYTES
+from fenji.gateway.errors import FenjiError, LocalError
 from fenji.gateway.store.db import Store
 
 Step = Callable[..., None]
+log = logging.getLogger(__name__)
 
 
 def _no_step(name: str, **info: Any) -> None:
@@ -101,6 +103,37 @@ def stage_preview(store: Store, rows: list[dict[str, Any]], case_meta: dict[str,
     publish(store, [(tmp, final)])
     step("preview_renamed", case_id=case_meta["case_id"], bundle=str(final))
     return pid, final, size
+
+
+WITHDRAWAL = "withdrawal"  # the bundle kind that withdraws a case's preview
+
+
+def stage_withdrawal(store: Store, preview_id: str,
+                     reason: str) -> tuple[str, Path, int] | None:
+    """A manifest-only bundle saying the case of preview bundle ``preview_id`` will
+    never come whole (its release failed), placed in ``bundles/``: (bundle_id, path,
+    size), or None (logged) when the preview's manifest cannot be read.  It travels as
+    any bundle (signed, resumable, receipted, once by bundle id) and every node on
+    its way reads it as a withdrawal."""
+    from fenji.codecs.compress.bundle import BundleReader, ManifestEvent, plan_bundle
+
+    try:
+        reader = BundleReader()
+        with open(store.root / "bundles" / f"{preview_id}.fbundle", "rb") as fh:
+            events = reader.feed(fh.read(PREVIEW_SECTIONS_MAX_BYTES))
+        case = next(dict(e.manifest.get("case", {})) for e in events
+                    if isinstance(e, ManifestEvent))
+    except (OSError, StopIteration, FenjiError) as exc:
+        log.error("preview %s: no withdrawal can be made of it: %s", preview_id, exc)
+        return None
+    wid = uuid.uuid4().hex
+    meta = {k: case.get(k) for k in ("case_id", "kind", "study_instance_uid", "priority",
+                                     "service", "destination", "sender")}
+    meta.update({"bundle_id": wid, "bundle_kind": WITHDRAWAL, "withdraws": preview_id,
+                 "reason": reason[:500]})
+    tmp, final, size = stage_plan(store, plan_bundle(meta, []), wid)
+    publish(store, [(tmp, final)])
+    return wid, final, size
 
 
 def build_full(store: Store, rows: list[dict[str, Any]], case_meta: dict[str, Any],

@@ -28,6 +28,9 @@ from typing import Any
 from fenji.gateway.audit import ledger
 from fenji.gateway.cases import bundles, states
 from fenji.gateway.cases import gate as qg
+from fenji.gateway.cases.failure import ReleaseLock as _ReleaseLock
+from fenji.gateway.cases.failure import fail_release as _fail_release
+from fenji.gateway.cases.failure import recover_releases as recover_releases
 from fenji.gateway.dicom import query as qr
 from fenji.gateway.errors import LocalError, PeerError
 from fenji.gateway.keys import canonical_json
@@ -36,8 +39,8 @@ from fenji.routing import outbox_db, wakeup
 
 log = logging.getLogger(__name__)
 
-PRIORITIES = {"stat": 0, "urgent": 1, "routine": 2}
-SERVICES = ("imaging", "ecg")
+PRIORITIES = states.PRIORITIES
+SERVICES = states.SERVICES
 ECG_SOP_PREFIX = "1.2.840.10008.5.1.4.1.1.9."  # waveform storage classes (PS3.4 B.5)
 
 
@@ -206,10 +209,13 @@ def record_received(store: Store, manifest: dict[str, Any], node_name: str,
         return None
     now = time.time() if now is None else now
     cid = str(case["case_id"])
-    event = ("preview" if case.get("bundle_kind") == "preview"
+    kind = case.get("bundle_kind")
+    event = ("preview" if kind == "preview" else "withdraw" if kind == bundles.WITHDRAWAL
              else "arrive" if case.get("destination") == node_name else "pass")
     att = case.get("attestation")
     with store.atomic() as con:
+        if event == "withdraw":
+            _check_withdrawal(con, cid, case, sender)
         if con.execute("SELECT 1 FROM cases WHERE case_id = ?", (cid,)).fetchone():
             state = states.move(con, cid, event, who=states.NODE, now=now)
         else:
@@ -228,7 +234,12 @@ def record_received(store: Store, manifest: dict[str, Any], node_name: str,
         if instances:
             con.executemany("INSERT OR IGNORE INTO case_instances(case_id, sop_instance_uid) "
                             "VALUES (?, ?)", [(cid, uid) for uid in instances])
-        full = event != "preview" and case.get("bundle_kind") != "report"
+        full = event not in ("preview", "withdraw") and kind != "report"
+        if event == "withdraw":
+            ledger.record(store, "withdrawn", node=node_name, actor=str(sender or "?"),
+                          role="node", obj=str(case.get("bundle_id") or cid), case_id=cid,
+                          detail={"state": state, "reason": str(case.get("reason"))[:500],
+                                  "withdraws": case.get("withdraws")}, con=con, at=now)
         fresh = con.execute("SELECT manifest_sha256 FROM cases WHERE case_id = ?",
                             (cid,)).fetchone()
         if full and fresh is not None and fresh[0] is None:  # first arrival of the full bundle
@@ -242,7 +253,7 @@ def record_received(store: Store, manifest: dict[str, Any], node_name: str,
                                   **({"claimed_sender": claimed}
                                      if claimed != case.get("sender") else {})},
                           con=con, at=now)
-        if isinstance(att, dict) and event != "preview":
+        if isinstance(att, dict) and full:
             # The sending hospital's signed statement travels with the case and is
             # kept as received (fenji quality show at the center prints it).
             _save_quality(con, cid, {"verdict": att.get("verdict"),
@@ -255,6 +266,22 @@ def record_received(store: Store, manifest: dict[str, Any], node_name: str,
         except ledger.ForeignEventError as exc:  # history is best effort, logged
             log.warning("case %s: audit events not imported: %s", cid, exc)
     return state
+
+
+class WithdrawalRefused(CaseError):
+    """A withdrawal from a node other than the one that delivered the case's preview."""
+
+    http_status = 403
+
+
+def _check_withdrawal(con: Any, case_id: str, case: dict[str, Any], sender: str | None) -> None:
+    """Only the node that delivered a preview may withdraw it (a preview not here yet:
+    the withdrawal overtook it, and its case id is known only to its sender)."""
+    got = con.execute("SELECT sender FROM uploads WHERE bundle_id = ?",
+                      (str(case.get("withdraws") or ""),)).fetchone()
+    if got is not None and sender is not None and got[0] != sender:
+        raise WithdrawalRefused(f"case {case_id}: withdrawal from node {sender!r}, but its "
+                                f"preview came from {got[0]!r}")
 
 
 def enqueue_release(store: Store, rel: Released, hop: str, now: float) -> None:
@@ -476,60 +503,6 @@ def _release_preview_first(store: Store, rows: list[dict[str, Any]], meta: dict[
     _wake_sender(store, hop)
     _log_released(rel, str(meta["study_instance_uid"]), str(meta["released_by"]))
     return rel
-
-
-class _ReleaseLock:
-    """The index's hold on ``release:<case_id>`` (:meth:`Index.hold`), kept by the
-    process releasing a case in two steps and dropped when that process dies: on
-    SQLite a file lock beside the index, on PostgreSQL a session advisory lock that
-    every process of the center sees, on whatever machine it runs."""
-
-    def __init__(self, store: Store, case_id: str) -> None:
-        self._hold = store.index.hold(_release_key(case_id))
-        self._hold.__enter__()
-
-    def release(self) -> None:
-        self._hold.__exit__(None, None, None)
-
-    @staticmethod
-    def held(store: Store, case_id: str) -> bool:
-        """Whether a live process holds the release lock of ``case_id``."""
-        return store.index.held(_release_key(case_id))
-
-
-def _release_key(case_id: str) -> str:
-    return f"release:{case_id}"
-
-
-def _fail_release(store: Store, case_id: str, reason: str, *, now: float) -> bool:
-    """Move a ``releasing`` case to ``failed`` with the reason in the ledger (one
-    transaction); False when it is not releasing any more (nothing to do)."""
-    with store.atomic() as con:
-        row = con.execute("SELECT state, sending_node FROM cases WHERE case_id = ?",
-                          (case_id,)).fetchone()
-        if row is None or row[0] != "releasing":
-            return False
-        states.move(con, case_id, "release_failed", who=states.NODE, now=now)
-        ledger.record(store, "release_failed", node=row[1] or "?", actor="release",
-                      role=states.NODE, obj=case_id, case_id=case_id,
-                      detail={"reason": reason[:500]}, con=con, at=now)
-    log.error("case release failed case=%s reason=%s", case_id, reason)
-    return True
-
-
-def recover_releases(store: Store, now: float | None = None) -> list[str]:
-    """Cases left ``releasing`` by a process that died between a preview-first
-    release's two commits: recorded as ``failed`` (their preview may have gone; their
-    instances are free for the next release).  Returns their case IDs."""
-    now = time.time() if now is None else now
-    failed = []
-    for row in store.query("SELECT case_id FROM cases WHERE state = 'releasing'"):
-        cid = str(row["case_id"])
-        if not _ReleaseLock.held(store, cid) and _fail_release(
-                store, cid, "the release was interrupted before its full bundle was recorded",
-                now=now):
-            failed.append(cid)
-    return failed
 
 
 def _wake_sender(store: Store, hop: str | None) -> None:

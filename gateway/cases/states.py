@@ -8,7 +8,8 @@ by the one table below (docs/architecture.md, "Case states"):
   a STAT preview goes first), sent, delivered, then reported, amended, acknowledged
   as the report comes back and is read.  At a receiving node:
   preview, then received (this node is its destination) or forwarding (a relay),
-  and a relay's forwarding case becomes delivered when the next hop's receipt comes.
+  and a relay's forwarding case becomes delivered when the next hop's receipt comes;
+  a preview whose full bundle will never come (its release failed) is withdrawn.
 * ``read_state`` -- the reading at the center: NULL (not on the worklist), new,
   claimed, reported, amended.
 
@@ -26,6 +27,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from fenji.gateway.errors import PeerError
+
+# A case's priority (the outbox's number: lower goes first) and its service.  Here,
+# beside the states, so a command can name them without loading the release code.
+PRIORITIES = {"stat": 0, "urgent": 1, "routine": 2}
+SERVICES = ("imaging", "ecg")
 
 STATE = "state"
 READ = "read_state"
@@ -87,7 +93,13 @@ TABLE: tuple[Move, ...] = (
          stays=frozenset({"acknowledged"})),
     # -- a receiving node (relay or center) -----------------------------------
     Move(STATE, "preview", _s(None), "preview", _NODE,
-         stays=frozenset({"preview", "received", "forwarding", "delivered"})),
+         stays=frozenset({"preview", "received", "forwarding", "delivered", "withdrawn"})),
+    # The sender's release failed after its preview went (case.py _fail_release): its
+    # signed withdrawal says the full bundle will never come.  It may overtake the
+    # preview (a retried job): the case is then withdrawn first and a late preview
+    # leaves it so.  A case whose full bundle is here keeps it.
+    Move(STATE, "withdraw", _s(None, "preview"), "withdrawn", _NODE,
+         stays=frozenset({"withdrawn", "received", "forwarding", "delivered"})),
     Move(STATE, "arrive", _s(None, "preview"), "received", _NODE, stays=frozenset({"received"})),
     # A bundle passing through (a case, or a report on its way back down).
     Move(STATE, "pass", _s(None, "preview"), "forwarding", _NODE,

@@ -8,9 +8,9 @@ import sys
 from typing import Any
 
 from fenji.gateway import config as config_mod
-from fenji.gateway.cases.case import PRIORITIES, SERVICES, next_hop
+from fenji.gateway.access import local as node_api
+from fenji.gateway.cases.states import PRIORITIES, SERVICES
 from fenji.gateway.cli import common
-from fenji.gateway.dicom.charset import pn_display
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="who attests the data quality (default: the login name)")
     s.add_argument("--no-gate", action="store_true",
                    help="skip the quality gate (no attestation travels with the case)")
+    s.add_argument("--in-process", action="store_true",
+                   help="build the bundle in this command even when the node runs (by "
+                        "default the running node does it: its codecs are loaded)")
     s.set_defaults(func=_send)
 
     o = csub.add_parser("override", parents=[common.CONFIG],
@@ -78,10 +81,69 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _send(args: argparse.Namespace) -> int:
-    from fenji.gateway.cases.case import release
+    cfg = config_mod.load(args.config)
+    if not args.in_process:
+        # The destination as this command reads the config now (the node may not have
+        # been told of an edit); the node checks it against the peers it knows.
+        body = {"study_instance_uid": args.study,
+                "destination": args.dest or cfg.transfer.default_destination or None,
+                "priority": args.priority, "service": args.service,
+                "requesting_physician": args.physician, "clinical_question": args.question,
+                "consent_ref": args.consent, "effort": args.effort,
+                "operator": args.operator or _login(), "gate": not args.no_gate}
+        try:
+            status, answer = node_api.call(cfg.data_dir, "/cases/release", body)
+        except node_api.NodeNotRunning:
+            pass  # nothing was sent: release here, on the store
+        except OSError as exc:
+            print(f"fenji case send: the running node took the release but its answer was "
+                  f"lost ({exc}); see `fenji case ls` before sending again", file=sys.stderr)
+            return 1
+        else:
+            return _sent_by_node(args, status, answer)
+    return _send_in_process(args, cfg)
+
+
+def _sent_by_node(args: argparse.Namespace, status: int, answer: dict[str, Any]) -> int:
+    if status == 201:
+        return _print_sent(args, answer)
+    if status == 409 and answer.get("error") == "held":
+        return _print_held(args, str(answer.get("case_id")), list(answer.get("reasons") or []))
+    # The node's own checks of the request read as the command's; a refusal of the
+    # release itself (a FenjiError there) as any command's error (cli/main.py).
+    mine = answer.get("error") in ("no_destination", "unknown_destination")
+    print(f"{'fenji case send' if mine else 'fenji: error'}: "
+          f"{answer.get('message') or answer}", file=sys.stderr)
+    return 2
+
+
+def _print_held(args: argparse.Namespace, case_id: str, reasons: list[str]) -> int:
+    print(f"case {case_id} HELD by the quality gate:", file=sys.stderr)
+    for r in reasons:
+        print(f"  - {r}", file=sys.stderr)
+    print(f"fix and send again, or: fenji case override {case_id} --config "
+          f"{args.config} --operator NAME --reason TEXT", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"case_id": case_id, "state": "held", "reasons": reasons}))
+    return 3
+
+
+def _print_sent(args: argparse.Namespace, out: dict[str, Any]) -> int:
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    ratio = out["raw_bytes"] / out["bundle_bytes"] if out["bundle_bytes"] else 0
+    print(f"{out['kind']} {out['case_id']} queued for {out['destination']} via "
+          f"{out['next_hop']}: {out['instances']} instances, {out['raw_bytes'] / 1e6:.2f} MB "
+          f"-> {out['bundle_bytes'] / 1e6:.2f} MB ({ratio:.2f}x), priority {out['priority']}")
+    return 0
+
+
+def _send_in_process(args: argparse.Namespace, cfg: config_mod.Config) -> int:
+    """The release in this process, on the store (no node runs, or --in-process)."""
+    from fenji.gateway.cases.case import next_hop, release
     from fenji.gateway.node import open_store
 
-    cfg = config_mod.load(args.config)
     dest = args.dest or cfg.transfer.default_destination
     if not dest:
         print("fenji case send: no --dest and no transfer.default_destination in the config",
@@ -106,29 +168,14 @@ def _send(args: argparse.Namespace) -> int:
                           gate_key=key, operator=args.operator or _login(),
                           thresholds=(cfg.quality_ecg, cfg.quality_image), hop=hop)
         except CaseHeld as held:
-            print(f"case {held.case_id} HELD by the quality gate:", file=sys.stderr)
-            for r in held.reasons:
-                print(f"  - {r}", file=sys.stderr)
-            print(f"fix and send again, or: fenji case override {held.case_id} --config "
-                  f"{args.config} --operator NAME --reason TEXT", file=sys.stderr)
-            if args.json:
-                print(json.dumps({"case_id": held.case_id, "state": "held",
-                                  "reasons": held.reasons}))
-            return 3
+            return _print_held(args, held.case_id, held.reasons)
     finally:
         store.close()
-    out = {"case_id": rel.case_id, "kind": rel.kind, "parent_case_id": rel.parent_case_id,
-           "bundle_id": rel.bundle_id, "destination": dest, "next_hop": hop,
-           "priority": rel.priority, "instances": rel.instances, "raw_bytes": rel.raw_bytes,
-           "bundle_bytes": rel.bundle_bytes}
-    if args.json:
-        print(json.dumps(out))
-    else:
-        ratio = rel.raw_bytes / rel.bundle_bytes if rel.bundle_bytes else 0
-        print(f"{rel.kind} {rel.case_id} queued for {dest} via {hop}: {rel.instances} "
-              f"instances, {rel.raw_bytes / 1e6:.2f} MB -> {rel.bundle_bytes / 1e6:.2f} MB "
-              f"({ratio:.2f}x), priority {rel.priority}")
-    return 0
+    return _print_sent(args, {
+        "case_id": rel.case_id, "kind": rel.kind, "parent_case_id": rel.parent_case_id,
+        "bundle_id": rel.bundle_id, "destination": dest, "next_hop": hop,
+        "priority": rel.priority, "instances": rel.instances, "raw_bytes": rel.raw_bytes,
+        "bundle_bytes": rel.bundle_bytes})
 
 
 def _login() -> str:
@@ -141,7 +188,7 @@ def _login() -> str:
 
 
 def _override(args: argparse.Namespace) -> int:
-    from fenji.gateway.cases.case import override
+    from fenji.gateway.cases.case import next_hop, override
     from fenji.gateway.keys import load_private
     from fenji.gateway.node import open_store
 
@@ -180,6 +227,7 @@ def _exclude(args: argparse.Namespace) -> int:
 
 def _ls(args: argparse.Namespace) -> int:
     from fenji.gateway.cases.case import list_cases
+    from fenji.gateway.dicom.charset import pn_display
     from fenji.gateway.node import config_and_store
 
     with config_and_store(args.config) as (_, store):
@@ -223,6 +271,8 @@ def _show(args: argparse.Namespace) -> int:
 
 def _summary(cfg: Any, case: dict[str, Any], q: dict[str, Any] | None) -> list[str]:
     """``case show`` for a person: who, what, where it is, the quality verdict, reports."""
+    from fenji.gateway.dicom.charset import pn_display
+
     att = json.loads(q["attestation_json"]) if q and q["attestation_json"] else {}
     over = att.get("override") if isinstance(att, dict) else None
     verdict = (q or {}).get("verdict") or "not checked"

@@ -57,6 +57,7 @@ def _image(rows: int, cols: int, dtype: str, samples: int = 1) -> bytes:
 def warm() -> float:
     from fenji.codecs.compress.bundle import make_preview
     from fenji.codecs.compress.instance import decode_instance, encode_instance
+    from fenji.codecs.compress.warm import warm as codec_warm
     from fenji.gateway.cases import gate as quality_gate
 
     t0 = time.monotonic()
@@ -68,6 +69,7 @@ def warm() -> float:
                 raise RuntimeError("warm-up round trip was not byte-exact")
         make_preview(blob)
     quality_gate.assess(blobs[:2])
+    codec_warm()  # what a running node loads at its start (waveforms too)
     return time.monotonic() - t0
 
 

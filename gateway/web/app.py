@@ -28,6 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from fenji.gateway import ingest
+from fenji.gateway.access import local as access_local
 from fenji.gateway.access import scope as access
 from fenji.gateway.access.users import middleware as auth_middleware
 from fenji.gateway.access.users import require
@@ -51,6 +52,7 @@ from fenji.gateway.web.limits import (
     spool_part,
     upload_slots,
 )
+from fenji.gateway.web.local import build_local_app
 from fenji.routing.sender import SenderLoop
 
 # This module's routes (aiohttp's RouteTableDef): each handler names its own.
@@ -421,6 +423,19 @@ def build_app(cfg: Config, store: Store,
     return app
 
 
+def _warm_codecs() -> None:
+    """The codecs and their Numba kernels loaded now, not in the first urgent case's
+    release, send or receipt (fenji.codecs.compress.warm)."""
+    from fenji.codecs.compress.warm import warm
+
+    try:
+        seconds = warm()
+    except Exception:  # a warm-up is a courtesy: the first case loads them anyway
+        log.warning("codec warm-up failed", exc_info=True)
+        return
+    log.info("codecs loaded ms=%.0f", seconds * 1000)
+
+
 class HttpService:
     """Runs the app on its own event loop thread inside the supervisor."""
 
@@ -438,6 +453,8 @@ class HttpService:
         self.app = build_app(cfg, store, self._on_release, wake=self.wake_sender,
                              readiness=self.readiness)
         self._runner: web.AppRunner | None = None
+        self._local_runner: web.AppRunner | None = None
+        self._local_path = Path()
         self._thread: threading.Thread | None = None
         self.port: int | None = None
 
@@ -511,6 +528,8 @@ class HttpService:
                 log.exception("stable-study timer round failed")
 
     async def _start(self) -> None:
+        if self.cfg.peers:  # a node that moves bundles: load the codecs before the first
+            threading.Thread(target=_warm_codecs, name="codec-warm-up", daemon=True).start()
         if self.cfg.transfer.stable_study_s > 0 and self.cfg.transfer.default_destination:
             self._timer_task = asyncio.create_task(self._stable_study_timer())
         if self.cfg.peers or self.cfg.egress:
@@ -520,6 +539,7 @@ class HttpService:
             self._sender_task = asyncio.create_task(self.sender.run(self._stop_sender))
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
+        await self._start_local()
         ssl_ctx = None
         if self.cfg.http.tls:
             from fenji.gateway.keys import server_ssl_context
@@ -542,6 +562,26 @@ class HttpService:
                                    reuse_address=True)
             await web_site.start()
             log.info("web listening host=%s port=%d", self.cfg.web.host, self.cfg.web.port)
+
+    async def _start_local(self) -> None:
+        """The local API on its UNIX socket (web/local.py), for `fenji` commands on this
+        machine; not for a center's several processes on one store (each command then
+        works on the store itself, as when no node runs)."""
+        if self.cfg.node.shared_store:
+            return
+        path = access_local.socket_path(self.cfg.data_dir)
+        try:
+            sock = access_local.listen(path)
+        except OSError as exc:
+            log.warning("local API not served at %s (%s): fenji commands work on the store "
+                        "themselves", path, exc)
+            return
+        self._local_runner = web.AppRunner(build_local_app(lambda: self.cfg, self.store,
+                                                           self.wake_sender),
+                                           access_log=None)
+        await self._local_runner.setup()
+        await web.SockSite(self._local_runner, sock).start()
+        self._local_path = path
 
     def reload(self, cfg: Config) -> None:
         """Take a changed ``[[peers]]`` and ``[[users]]`` without a restart (SIGHUP,
@@ -593,6 +633,10 @@ class HttpService:
                     self._sender_task.cancel()
             assert self._runner is not None
             await self._runner.cleanup()
+            if self._local_runner is not None:
+                await self._local_runner.cleanup()
+                with contextlib.suppress(OSError):
+                    self._local_path.unlink()
 
         fut = asyncio.run_coroutine_threadsafe(shutdown(), self.loop)
         try:

@@ -8,7 +8,8 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("name", ["entropy", "pixel", "waveform", "header", "instance", "bundle"])
+@pytest.mark.parametrize("name", ["entropy", "pixel", "waveform", "header", "instance", "bundle",
+                                  "warm"])
 def test_doctests(name: str) -> None:
     mod = importlib.import_module(f"fenji.codecs.compress.{name}")
     result = doctest.testmod(mod)

@@ -90,6 +90,26 @@ def test_kernels_equal_twins(x: np.ndarray) -> None:
     np.testing.assert_array_equal(wv.waveform_decode(enc_nb, _impl="py"), x)
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.integers(2, 12), st.integers(2, 300), st.integers(0, 2**32 - 1))
+def test_inter_lead_kernel_equals_twin(nch: int, n: int, seed: int) -> None:
+    # correlated leads (sums of a few sources, as a 12-lead ECG's are) and noise
+    rng = np.random.default_rng(seed)
+    src = rng.integers(-300, 300, (n, 3)).cumsum(axis=0)
+    mix = rng.integers(-2, 3, (3, nch))
+    x = (src @ mix + rng.integers(-3, 4, (n, nch))).clip(-32768, 32767).astype("<i2")
+    wide = x.astype(np.int64)
+    assert wv._inter_lead(wide, wv._inter_nb) == wv._inter_lead(wide)
+
+
+def test_inter_lead_kernel_equals_twin_on_a_12_lead_record() -> None:
+    rec = wfdb.rdrecord(str(ECG_DIR / "ptb" / _records("ptb")[0].split("/", 1)[1]),
+                        physical=False)
+    wide = np.asarray(rec.d_signal[:3000], dtype=np.int64)
+    assert wide.shape[1] >= 12
+    assert wv._inter_lead(wide, wv._inter_nb) == wv._inter_lead(wide)
+
+
 def test_flat_leads_compress_to_almost_nothing() -> None:
     # challenge2011's unacceptable records hold constant leads: a few bytes, still exact
     x = np.full((5000, 12), -16000, dtype="<i2")

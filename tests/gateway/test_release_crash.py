@@ -114,9 +114,15 @@ def _outcome(root: Path, study: str) -> str:
         failed_events = store.query("SELECT case_id FROM audit WHERE kind = 'release_failed'")
         assert sorted(e["case_id"] for e in failed_events) == sorted(f["case_id"] for f in failed)
         jobs = store.query("SELECT bundle_id, case_id FROM outbox ORDER BY job_id")
-        for f in failed:  # its preview was queued (it may have gone), nothing else
+        for f in failed:  # its preview was queued (it may have gone), then its withdrawal
             assert f["manifest_sha256"] is None
-            assert len([j for j in jobs if j["case_id"] == f["case_id"]]) == 1
+            mine = [j for j in jobs if j["case_id"] == f["case_id"]]
+            assert len(mine) == 2
+            kinds = [manifest_of(root / "bundles" / f"{j['bundle_id']}.fbundle")["case"]
+                     for j in mine]
+            assert [k["bundle_kind"] for k in kinds] == ["preview", "withdrawal"]
+            assert kinds[1]["withdraws"] == mine[0]["bundle_id"]
+            assert kinds[1]["case_id"] == f["case_id"]
         jobs = [j for j in jobs if j["case_id"] not in {f["case_id"] for f in failed}]
         assert not store.query("SELECT 1 FROM cases WHERE state = 'releasing'")
         if not rows:
@@ -158,8 +164,8 @@ def test_kill_at_each_step_of_a_release(pristine: tuple[Path, str], tmp_path: Pa
     placed = list((root / "bundles").glob("*.fbundle"))
     if step in ("selected", "gated"):  # a half-written bundle never shows
         assert not placed, placed
-    if step == "bundle_written":  # the preview only: the full bundle is not in place yet
-        assert len(placed) == 1, placed
+    if step == "bundle_written":  # the preview and (recovered) its withdrawal, no full one
+        assert len(placed) == 2, placed
     if got != "released":  # nothing half-done stands in the way of the next release
         store = Store(root)
         rel = case.release(store, study, destination="center", priority="stat",
@@ -193,9 +199,13 @@ def test_full_bundle_that_cannot_be_made_after_its_preview_went(
     assert row["state"] == "failed" and row["manifest_sha256"] is None
     (ev,) = store.query("SELECT detail FROM audit WHERE kind = 'release_failed'")
     assert "full bundle could not be made" in ev["detail"]
-    (job,) = store.query("SELECT bundle_id FROM outbox")  # the preview, queued first
-    assert (root / "bundles" / f"{job['bundle_id']}.fbundle").exists()
-    assert not list((root / "bundles").glob("*.fbundle"))[1:]  # no half-made full bundle
+    # the preview, queued first, then its withdrawal (the center is told); no full bundle
+    jobs = store.query("SELECT bundle_id FROM outbox ORDER BY job_id")
+    kinds = [manifest_of(root / "bundles" / f"{j['bundle_id']}.fbundle")["case"]["bundle_kind"]
+             for j in jobs]
+    assert kinds == ["preview", "withdrawal"]
+    assert len(list((root / "bundles").glob("*.fbundle"))) == 2
+    assert json.loads(ev["detail"])["withdrawal"] == jobs[1]["bundle_id"]
     assert not list(store.tmp_dir.iterdir())
     blob.write_bytes(kept)  # repaired: the next release takes every instance again
     rel = case.release(store, study, destination="center", priority="stat", sender_node="edge",
