@@ -102,6 +102,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds any one phase may take before the run fails (default 3600)")
     p.add_argument("--quick", action="store_true",
                    help="a smoke test: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
+    p.add_argument("--keep", action="store_true",
+                   help="keep the work folder (servers' logs) and say where it is")
     p.add_argument("--seed", type=int, default=7)
 
 
@@ -124,13 +126,14 @@ def _study_of(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
 
 
-def _bundle_sets(edge: NodeProcess, work: Path, names: list[str], args: argparse.Namespace,
-                 ct_files: list[Path]) -> dict[str, list[tuple[Released, list[Path]]]]:
-    """One set of cases per name: stored at the edge by C-STORE, released into signed
-    bundles (no outbox job: nothing moves until the benchmark sends)."""
-    n = args.cases * args.case_instances
-    files = {name: derive(ct_files, work / "cases" / name, n, size=args.size, prefix=name,
-                          studies=args.cases) for name in names}
+def _bundle_sets(edge: NodeProcess, work: Path, shapes: dict[str, tuple[int, int]],
+                 size: int, ct_files: list[Path]) -> dict[str, list[tuple[Released, list[Path]]]]:
+    """One set of cases per name (``name -> (cases, instances per case)``): stored at
+    the edge by C-STORE, released into signed bundles (no outbox job: nothing moves
+    until the benchmark sends)."""
+    files = {name: derive(ct_files, work / "cases" / name, cases * per_case, size=size,
+                          prefix=name, studies=cases)
+             for name, (cases, per_case) in shapes.items()}
     with edge:
         sent = storescu([f for fs in files.values() for f in fs], edge.dicom_port,
                         calling="CT1")
@@ -269,6 +272,17 @@ def _center_procs(work: Path, url: str, n: int) -> list[NodeProcess]:
     return procs
 
 
+def _peer_key(node: NodeProcess) -> Any:
+    cfg = config_mod.load(node.config, env={})
+    return public_from_config(node.public_key_hex(), cfg.data_dir)
+
+
+def _stop(server: Any) -> None:
+    t0 = time.perf_counter()
+    server.stop()
+    print(f"  stopped {type(server).__name__} in {time.perf_counter() - t0:.1f}s", flush=True)
+
+
 def _wait(cond: Any, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -322,12 +336,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             c.add_peer(edge)
         sets = [f"p{k}" for k in procs_list]
         t0 = time.perf_counter()
-        cases = _bundle_sets(edge, work, sets, args, ct_files)
+        shapes = {name: (args.cases, args.case_instances) for name in sets}
+        # One case for each server to take before the clock runs: a process's first
+        # bundle loads the pixel codec's compiled kernels (Numba's cache), ~1 s.
+        shapes["warm"] = (len(procs) + 2, 1)
+        cases = _bundle_sets(edge, work, shapes, args.size, ct_files)
         print(f"  released {len(sets)} x {args.cases} cases in {time.perf_counter() - t0:.0f}s",
               flush=True)
 
-        for p in procs:
-            running.append(p.start())
+        t0 = time.perf_counter()
+        # Started side by side: each spends its first seconds importing.
+        orthanc = OrthancProcess(work / "orthanc", index_url=cluster.new_database("orthanc"),
+                                 index_connections=args.orthanc_connections,
+                                 extra={"LimitFindResults": 0, "LimitFindInstances": 0})
+        servers: list[Any] = [*procs, solo, orthanc]
+        with ThreadPoolExecutor(len(servers)) as ex:
+            futures = [ex.submit(s.start) for s in servers]
+            running += servers
+            for f in futures:
+                f.result()
         lbs = {k: HaproxyProcess(work / f"haproxy-{k}",
                                  http_servers=[p.http_port for p in procs[:k]],
                                  dicom_servers=[p.dicom_port for p in procs[:k]])
@@ -337,11 +364,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for k, lb in lbs.items():
             _wait(lambda lb=lb, k=k: all(lb.up(i) for i in range(k)), 60,
                   f"HAProxy to see {k} center processes")
-        running.append(solo.start())
-        orthanc = OrthancProcess(work / "orthanc", index_url=cluster.new_database("orthanc"),
-                                 index_connections=args.orthanc_connections,
-                                 extra={"LimitFindResults": 0, "LimitFindInstances": 0})
-        running.append(orthanc.start())
+        print(f"  servers up in {time.perf_counter() - t0:.0f}s", flush=True)
         result["versions"] = _versions(cluster, orthanc)
 
         targets: list[Target] = []
@@ -370,24 +393,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   f"{t.out['wado']['mb_s']:.0f} MB/s", flush=True)
 
         edge_cfg = config_mod.load(edge.config, env={})
+        pg_key, solo_key = _peer_key(procs[0]), _peer_key(solo)
+        warm = list(cases["warm"])
+        for node in [*procs, solo]:
+            asyncio.run(_upload(node.http_url, [warm.pop()], edge_cfg,
+                                solo_key if node is solo else pg_key, 1, args.phase_timeout))
+        _stow(orthanc.url + "/dicom-web", [warm.pop()], 1, args.phase_timeout)
         for t in targets:
             if t.key == "orthanc-pg":
                 t.out["upload"] = _stow(t.http + "/dicom-web", cases[sets[0]], args.clients,
                                         args.phase_timeout)
             else:
-                node = procs[0] if t.key.startswith("pg") else solo
-                cfg = config_mod.load(node.config, env={})
-                peer_key = public_from_config(node.public_key_hex(), cfg.data_dir)
+                peer_key = pg_key if t.key.startswith("pg") else solo_key
                 mine = cases[f"p{t.processes}"] if t.key.startswith("pg") else cases[sets[0]]
                 t.out["upload"] = asyncio.run(_upload(t.http, mine, edge_cfg, peer_key,
                                                       args.clients, args.phase_timeout))
             print(f"  {t.key}: {t.out['upload']['units_s']:.2f} bundles|studies/s, "
                   f"{t.out['upload']['instances_s']:.1f} instances/s", flush=True)
     finally:
-        for r in reversed(running):
-            r.stop()
+        with ThreadPoolExecutor(max(1, len(running))) as ex:  # each waits for its drain
+            list(ex.map(_stop, running))
         cluster.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"  kept {work}", flush=True)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     rows = _rows(targets)
     result["targets"] = {t.key: {**{k: v for k, v in t.out.items() if k != "qido"},
                                  "qido": {k: v for k, v in t.out["qido"].items()
