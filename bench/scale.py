@@ -42,6 +42,7 @@ import asyncio
 import os
 import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 import uuid
@@ -55,7 +56,7 @@ import pydicom
 import requests
 
 from bench import viewer
-from bench.common import free_port, markdown_table, shared_data, tool_version
+from bench.common import dcmtk_env, free_port, markdown_table, shared_data, tool_version
 from fenji.gateway import config as config_mod
 from fenji.gateway.cases.case import Released, release
 from fenji.gateway.keys import load_private, public_from_config
@@ -247,12 +248,45 @@ def _qido(t: Target, qs: list[dict[str, str]], clients: int) -> dict[str, Any]:
             "qps_concurrent": len(lat_c) / wall}
 
 
-def _load(t: Target, dirs: list[Path], ct_dir: Path, senders: int,
-          n: int) -> dict[str, Any]:
+def _storescu(d: Path, port: int, called: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([tool("storescu"), "-xe", "+sd", "+r", "-aet", "BENCH", "-aec",
+                             called, "127.0.0.1", str(port), str(d)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dcmtk_env())
+
+
+def _send_dirs(dirs: list[Path], port: int, called: str, senders: int,
+               timeout_s: float) -> tuple[float, list[dict[str, Any]]]:
+    """``bench viewer``'s loading (storescu +sd per folder, ``senders`` at once), except
+    that a storescu that fails is run once more on its folder (the server answers what
+    it already has as a duplicate) and every failure is kept for the JSON; a folder
+    that fails twice fails the run."""
+    todo = [(d, 1) for d in dirs]
+    running: list[tuple[Path, int, subprocess.Popen[bytes]]] = []
+    failures: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    while todo or running:
+        while todo and len(running) < senders:
+            d, attempt = todo.pop(0)
+            running.append((d, attempt, _storescu(d, port, called)))
+        d, attempt, proc = running.pop(0)
+        out, _ = proc.communicate(timeout=max(1.0, timeout_s - (time.perf_counter() - t0)))
+        if proc.returncode != 0:
+            failures.append({"folder": d.name, "attempt": attempt, "returncode": proc.returncode,
+                             "output_tail": out.decode(errors="replace")[-600:]})
+            if attempt > 1:
+                raise RuntimeError(f"storescu failed twice on {d} (exit {proc.returncode}): "
+                                   f"{failures[-1]['output_tail']}")
+            todo.append((d, attempt + 1))
+    return time.perf_counter() - t0, failures
+
+
+def _load(t: Target, dirs: list[Path], ct_dir: Path, senders: int, n: int,
+          timeout_s: float) -> dict[str, Any]:
     called = "ORTHANC" if t.key.startswith("orthanc") else "FENJI"
-    load_s = viewer.send_dirs(dirs, t.dicom_port, called, senders)
-    viewer.send_dirs([ct_dir], t.dicom_port, called, 1)
-    return {"instances": n, "wall_s": load_s, "instances_s": n / load_s, "via": "C-STORE"}
+    load_s, failures = _send_dirs(dirs, t.dicom_port, called, senders, timeout_s)
+    _send_dirs([ct_dir], t.dicom_port, called, 1, timeout_s)
+    return {"instances": n, "wall_s": load_s, "instances_s": n / load_s, "via": "C-STORE",
+            "storescu_failures": failures}
 
 
 # -- the run ----------------------------------------------------------------------------
@@ -381,10 +415,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         loaders = [next(t for t in targets if t.key == f"pg-{procs_list[-1]}"),
                    targets[-2], targets[-1]]
         for t in loaders:
-            t.out["load"] = _load(t, dirs, ct_dir, args.senders, args.instances)
-            print(f"  {t.key}: loaded {args.instances} in {t.out['load']['wall_s']:.0f}s",
+            t.out["load"] = _load(t, dirs, ct_dir, args.senders, args.instances,
+                                  args.phase_timeout)
+            print(f"  {t.key}: loaded {args.instances} in {t.out['load']['wall_s']:.0f}s "
+                  f"(storescu failures, each re-run: {len(t.out['load']['storescu_failures'])})",
                   flush=True)
 
+        result["orthanc_statistics"] = orthanc.get("/statistics")  # what it indexed
         for t in targets:
             t.out["qido"] = _qido(t, qs, args.qido_clients)
             t.out["wado"] = viewer.wado_series(t.http + "/dicom-web", ct_study, ct_series,
