@@ -5,9 +5,9 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-DEBS := dcmtk orthanc orthanc-dicomweb dicom3tools fonts-noto-cjk poppler-utils npm chromium chromium-driver openssl postgresql haproxy
+DEBS := dcmtk orthanc orthanc-dicomweb dicom3tools fonts-noto-cjk poppler-utils npm chromium chromium-driver openssl postgresql haproxy orthanc-postgresql
 # Tools whose presence means the Debian packages above are installed.
-DEB_PROBES := /usr/bin/storescu /usr/bin/dciodvfy /usr/sbin/Orthanc /usr/share/orthanc/plugins/libOrthancDicomWeb.so /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc /usr/bin/pdftotext /usr/bin/npm /usr/bin/chromium /usr/bin/chromedriver /usr/bin/openssl /usr/lib/postgresql/15/bin/initdb /usr/sbin/haproxy
+DEB_PROBES := /usr/bin/storescu /usr/bin/dciodvfy /usr/sbin/Orthanc /usr/share/orthanc/plugins/libOrthancDicomWeb.so /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc /usr/bin/pdftotext /usr/bin/npm /usr/bin/chromium /usr/bin/chromedriver /usr/bin/openssl /usr/lib/postgresql/15/bin/initdb /usr/sbin/haproxy /usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so
 PYTEST_ARGS ?=
 
 .PHONY: all venv debs vendor install demo test test-long bench lint clean

@@ -86,6 +86,19 @@ def print_table(rows: Sequence[dict[str, Any]], cols: Sequence[str]) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
 
 
+def markdown_table(rows: Sequence[dict[str, Any]], cols: Sequence[str]) -> str:
+    """Rows as a markdown table (floats to 3 significant figures; None blank)."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return "" if v is None else str(v).replace("|", "/")
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 def children_peak_rss_kib() -> int:

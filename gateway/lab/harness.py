@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fenji.gateway.cli.init import init_node
 
@@ -325,6 +326,17 @@ class NodeProcess:
             self.kill()
 
 
+def orthanc_plugin(name: str) -> Path | None:
+    """Orthanc's plugin ``lib<name>.so`` from the Debian packages, or None: the
+    packages link it into /usr/share/orthanc/plugins and keep the versioned file in
+    /usr/lib/orthanc."""
+    for folder in (Path("/usr/share/orthanc/plugins"), Path("/usr/lib/orthanc")):
+        found = sorted(folder.glob(f"lib{name}.so*"))
+        if found:
+            return found[0]
+    return None
+
+
 @dataclass
 class OrthancProcess:
     """A real Orthanc (Debian package) on loopback, for tests and benchmarks."""
@@ -337,12 +349,33 @@ class OrthancProcess:
     # More Orthanc configuration, merged over the defaults (a "DicomWeb" dict is
     # merged key by key, e.g. {"DicomWeb": {"Servers": {...}}}).
     extra: dict[str, object] = field(default_factory=dict)
+    # ``postgresql://user@host:port/db``: the index in PostgreSQL through Debian's
+    # orthanc-postgresql plugin (the files stay in StorageDirectory); "" keeps SQLite.
+    index_url: str = ""
+    # PostgreSQL connections of the index plugin (its IndexConnectionsCount).
+    index_connections: int = 1
     proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
         self.directory = Path(self.directory)
         self.http_port = self.http_port or free_port()
         self.dicom_port = self.dicom_port or free_port()
+
+    def _postgresql(self) -> tuple[list[str], dict[str, object]]:
+        """The index plugin and its "PostgreSQL" section for :attr:`index_url`."""
+        plugin = orthanc_plugin("OrthancPostgreSQLIndex")
+        if plugin is None:
+            raise RuntimeError("Orthanc's PostgreSQL index plugin (libOrthancPostgreSQLIndex.so) "
+                               "is not installed: apt-get install orthanc-postgresql")
+        u = urlsplit(self.index_url)
+        if u.scheme not in ("postgresql", "postgres") or not u.hostname or not u.path[1:]:
+            raise ValueError(f"Orthanc index_url {self.index_url!r} is not "
+                             "postgresql://user@host:port/db")
+        return [str(plugin)], {
+            "EnableIndex": True, "EnableStorage": False, "Host": u.hostname,
+            "Port": u.port or 5432, "Database": u.path[1:], "Username": u.username or "",
+            "Password": u.password or "", "Lock": True, "EnableSsl": False,
+            "IndexConnectionsCount": self.index_connections}
 
     @property
     def url(self) -> str:
@@ -352,7 +385,12 @@ class OrthancProcess:
         import urllib.request
 
         self.directory.mkdir(parents=True, exist_ok=True)
-        plugin = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+        plugin = orthanc_plugin("OrthancDicomWeb")
+        plugins = [str(plugin)] if plugin else []
+        pg: dict[str, object] = {}
+        if self.index_url:
+            more, pg = self._postgresql()
+            plugins += more
         cfg = {
             "Name": "fenji-test-orthanc", "StorageDirectory": str(self.directory / "db"),
             "IndexDirectory": str(self.directory / "db"), "HttpPort": self.http_port,
@@ -360,9 +398,11 @@ class OrthancProcess:
             "AuthenticationEnabled": False, "HttpBindAddress": "127.0.0.1",
             "DicomServerEnabled": True, "DicomAlwaysAllowStore": True,
             "DicomCheckCalledAet": False, "DicomModalities": self.modalities,
-            "Plugins": [str(plugin)] if plugin.exists() else [],
+            "Plugins": plugins,
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}, "StableAge": 1,
         }
+        if pg:
+            cfg["PostgreSQL"] = pg
         for key, value in self.extra.items():
             if key == "DicomWeb" and isinstance(value, dict):
                 cfg["DicomWeb"] = {**cfg["DicomWeb"], **value}  # type: ignore[dict-item]
