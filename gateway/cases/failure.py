@@ -12,9 +12,7 @@ tells a live release from a dead one, on any machine of a center.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
-import os
 import time
 
 from fenji.gateway.audit import ledger

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fenji.gateway.config import CONFIG_HELP
+from fenji.gateway.settings.find import CONFIG_HELP
 
 # ``parents=[CONFIG]``: the node's config file, found as fenji.gateway.config
 # find_config() says when the option is left out (cli/main.py).

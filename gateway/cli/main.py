@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         if getattr(args, "config", "absent") is None and getattr(args, "needs_config", True):
-            from fenji.gateway.config import find_config
+            from fenji.gateway.settings.find import find_config
 
             args.config = find_config()
         _expand_case_prefixes(args)

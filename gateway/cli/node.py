@@ -11,6 +11,7 @@ from fenji.gateway import config as config_mod
 from fenji.gateway.cli import common
 from fenji.gateway.config import ROLES
 from fenji.gateway.errors import ConfigError
+from fenji.gateway.settings.find import find_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -88,7 +89,7 @@ def _running_pid(cfg: config_mod.Config) -> int | None:
 
 def _conf_check(args: argparse.Namespace) -> int:
     if args.file is None:
-        args.file = config_mod.find_config()
+        args.file = find_config()
     try:
         cfg = config_mod.load(args.file)
     except ConfigError as exc:

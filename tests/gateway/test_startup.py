@@ -109,8 +109,8 @@ def test_conf_check_refuses_tls_that_locks_people_out(tmp_path: Path) -> None:
 
 # -- finding things without UIDs nobody has (issue 18, point 6) -----------------
 def test_config_is_found_without_the_flag(tmp_path: Path) -> None:
-    from fenji.gateway.config import find_config
     from fenji.gateway.errors import ConfigError
+    from fenji.gateway.settings.find import find_config
 
     here = tmp_path / "fenji.toml"
     assert find_config({"FENJI_CONFIG": "/x/y.toml"}, tmp_path) == Path("/x/y.toml")
