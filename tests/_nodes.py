@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -82,3 +83,15 @@ def send_every_study(edge: NodeProcess, files: list[Path]) -> list[str]:
         case_ids.append(json.loads(res.stdout)["case_id"])
     return case_ids
 
+
+def index_rows(node: NodeProcess, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    """Rows of a running node's SQLite index, read-only; none before it is migrated."""
+    con = sqlite3.connect(f"file:{node.directory / 'store' / 'index.sqlite'}?mode=ro",
+                          uri=True, timeout=30)
+    con.row_factory = sqlite3.Row
+    try:
+        return con.execute(sql, args).fetchall()
+    except sqlite3.OperationalError:  # not migrated yet
+        return []
+    finally:
+        con.close()

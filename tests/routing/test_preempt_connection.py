@@ -11,13 +11,12 @@ resumes at the center's offset and arrives once.
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
-from typing import Any
 
 import pydicom
 import pytest
 from _data import DICOM_DIR, ct_series
+from _nodes import index_rows
 from _proxy import Proxy
 from _wait import until
 
@@ -28,18 +27,8 @@ from fenji.gateway.lab.synth import derive
 pytestmark = pytest.mark.timeout(1200)
 
 
-def _q(node: NodeProcess, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-    con = sqlite3.connect(f"file:{node.directory / 'store' / 'index.sqlite'}?mode=ro",
-                          uri=True, timeout=30)
-    con.row_factory = sqlite3.Row
-    try:
-        return con.execute(sql, args).fetchall()
-    finally:
-        con.close()
-
-
 def _state(node: NodeProcess, case_id: str) -> str | None:
-    rows = _q(node, "SELECT state FROM cases WHERE case_id = ?", (case_id,))
+    rows = index_rows(node, "SELECT state FROM cases WHERE case_id = ?", (case_id,))
     return str(rows[0]["state"]) if rows else None
 
 
@@ -77,10 +66,10 @@ def test_stat_goes_on_a_second_connection_while_the_routine_one_is_held(
                   "the routine case at the center")
             until(lambda: _state(edge, routine["case_id"]) == "delivered", 120,
                   "the routine case delivered at the edge")
-            ups = _q(center, "SELECT state FROM uploads WHERE bundle_id = ?",
+            ups = index_rows(center, "SELECT state FROM uploads WHERE bundle_id = ?",
                      (routine["bundle_id"],))
             assert [u["state"] for u in ups] == ["complete"]  # one upload, whatever the cut
-            n = _q(center, "SELECT count(*) AS n FROM case_instances WHERE case_id = ?",
+            n = index_rows(center, "SELECT count(*) AS n FROM case_instances WHERE case_id = ?",
                    (routine["case_id"],))[0]["n"]
             assert n == routine["instances"]
             log = edge.log_path.read_text()

@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import pydicom
 import pytest
 from _data import ct_series
+from _nodes import index_rows
 from _proxy import Proxy
 from _wait import until
 
@@ -29,20 +29,8 @@ from fenji.gateway.lab.harness import NodeProcess
 pytestmark = pytest.mark.timeout(900)
 
 
-def _q(node: NodeProcess, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-    con = sqlite3.connect(f"file:{node.directory / 'store' / 'index.sqlite'}?mode=ro",
-                          uri=True, timeout=30)
-    con.row_factory = sqlite3.Row
-    try:
-        return con.execute(sql, args).fetchall()
-    except sqlite3.OperationalError:  # not migrated yet
-        return []
-    finally:
-        con.close()
-
-
 def _upload(node: NodeProcess, bundle_id: str) -> sqlite3.Row | None:
-    rows = _q(node, "SELECT * FROM uploads WHERE bundle_id = ?", (bundle_id,))
+    rows = index_rows(node, "SELECT * FROM uploads WHERE bundle_id = ?", (bundle_id,))
     assert len(rows) <= 1, rows  # one upload per bundle id, whatever the cuts
     return rows[0] if rows else None
 
@@ -78,13 +66,13 @@ def test_stat_bundle_cut_through_a_relay_with_a_cut_on_each_hop(tmp_path: Path) 
             assert at_center["offset"] <= at_relay["offset"]  # only what the relay committed
             assert second.connections >= 2  # the second hop was cut and resumed
             first.let_go()  # ... and the first hop is cut now, and resumes
-            until(lambda: _q(edge, "SELECT 1 FROM cases WHERE case_id = ? AND state = "
+            until(lambda: index_rows(edge, "SELECT 1 FROM cases WHERE case_id = ? AND state = "
                                    "'delivered'", (case["case_id"],)), 300,
                   "the relay's receipt at the edge")
-            until(lambda: _q(center, "SELECT 1 FROM cases WHERE case_id = ? AND state = "
+            until(lambda: index_rows(center, "SELECT 1 FROM cases WHERE case_id = ? AND state = "
                                      "'received'", (case["case_id"],)), 300,
                   "the case at the center")
-            until(lambda: _q(relay, "SELECT 1 FROM cases WHERE case_id = ? AND state = "
+            until(lambda: index_rows(relay, "SELECT 1 FROM cases WHERE case_id = ? AND state = "
                                     "'delivered'", (case["case_id"],)), 300,
                   "the center's receipt at the relay")
             assert first.connections >= 2
@@ -93,11 +81,11 @@ def test_stat_bundle_cut_through_a_relay_with_a_cut_on_each_hop(tmp_path: Path) 
                 u = _upload(node, bid)
                 assert u is not None and u["state"] == "complete" and u["offset"] == u["length"]
             assert len(center.stored()) == len(files)
-            forwarded = _q(relay, "SELECT detail FROM audit WHERE kind = 'forwarded' AND "
+            forwarded = index_rows(relay, "SELECT detail FROM audit WHERE kind = 'forwarded' AND "
                                   "object = ?", (bid,))
             assert len(forwarded) == 1 and json.loads(forwarded[0]["detail"])["cut_through"]
             # The relay's receipt to the edge covers the whole bundle, as before.
-            (r,) = _q(edge, "SELECT receipt_json FROM receipts WHERE bundle_id = ?", (bid,))
+            (r,) = index_rows(edge, "SELECT receipt_json FROM receipts WHERE bundle_id = ?", (bid,))
             receipt = json.loads(r["receipt_json"])
             assert receipt["receiver"] == "relay" and len(receipt["instances"]) == len(files)
     finally:
