@@ -11,6 +11,7 @@ import pydicom
 import pydicom.data
 import pytest
 from _data import ct_series, good_files, malformed_files
+from _wait import until
 from pynetdicom import AE
 
 from fenji.gateway.dicom import status as st
@@ -63,12 +64,16 @@ def _pydicom_good_files() -> list[Path]:
 def test_echo_and_unknown_ae_rejected(node: NodeProcess) -> None:
     assert echoscu(node.dicom_port, calling="ECHOSCU")
     assert not echoscu(node.dicom_port, calling="INTRUDER")
-    assert "calling=INTRUDER" in node.log_tail(200) and "outcome=rejected" in node.log_tail(200)
-    assert "reason=calling-ae-not-allowed (dicom.allow_ae)" in node.log_tail(200)
+    # The node logs a rejection after it answered: wait for the line, not for time.
+    until(lambda: "reason=calling-ae-not-allowed (dicom.allow_ae)" in node.log_tail(200), 60,
+          "the node to log the refused calling AE")
+    line = next(x for x in node.log_tail(200).splitlines() if "calling-ae-not-allowed" in x)
+    assert "calling=INTRUDER" in line and "outcome=rejected" in line
     # A modality configured with a typo in our AE title is refused, and the log says so
     # with the title it really asked for.
     assert not echoscu(node.dicom_port, calling="ECHOSCU", called="FENJ")
-    assert "called=FENJ outcome=rejected reason=called-ae-is-not-ours" in node.log_tail(200)
+    until(lambda: "called=FENJ outcome=rejected reason=called-ae-is-not-ours"
+          in node.log_tail(200), 60, "the node to log the wrong called AE")
     # A storescu from an unknown AE stores nothing.
     r = storescu(good_files()[:2], node.dicom_port, calling="INTRUDER")
     assert not r.sent
