@@ -46,7 +46,7 @@ from typing import Any
 import pydicom
 import pytest
 import requests
-from _data import DICOM_DIR, ct_series
+from _data import ct_and_ecg, ct_series
 from _nodes import send_every_study
 from _wait import until
 
@@ -197,12 +197,7 @@ def _bundles_by_process(logs: list[Path]) -> dict[str, set[int]]:
 
 def _run(tmp_path: Path, center: Center, n_instances: int, kills: int) -> dict[str, Any]:
     a, b = center.procs
-    n_studies = max(3, n_instances // 25)
-    n_ecg = max(1, n_instances // 20)
-    files = derive(ct_series(), tmp_path / "src", n_instances - n_ecg, size=160, prefix="ct",
-                   studies=n_studies)
-    files += derive([DICOM_DIR / "ecg" / "waveform_ecg_12lead.dcm"], tmp_path / "ecg", n_ecg,
-                    prefix="ecg", studies=n_ecg)
+    files = ct_and_ecg(tmp_path, n_instances, n_studies=max(3, n_instances // 25), size=160)
     edge = NodeProcess(tmp_path / "edge", name="edge", allow_ae=["CT1"], workers=1,
                        # Only the small previews go whole: a full bundle takes several
                        # requests, which HAProxy spreads over both processes.

@@ -16,13 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
-from _data import DICOM_DIR, ct_series
+from _data import ct_and_ecg
 from _nodes import send_every_study
 
 from fenji.gateway.lab.dcmtk import storescu
 from fenji.gateway.lab.demo import Link
 from fenji.gateway.lab.harness import NodeProcess
-from fenji.gateway.lab.synth import derive
 
 
 def link_stats(log: Path) -> str:
@@ -39,12 +38,7 @@ def _cases_at_center(center: NodeProcess) -> set[str]:
 
 def _chaos(tmp_path: Path, n_instances: int, kills: int, seed: int) -> dict[str, int]:
     rng = random.Random(seed)
-    n_studies = max(2, n_instances // 60)
-    n_ecg = max(1, n_instances // 20)
-    files = derive(ct_series(), tmp_path / "src", n_instances - n_ecg, size=96, prefix="ct",
-                   studies=n_studies)
-    files += derive([DICOM_DIR / "ecg" / "waveform_ecg_12lead.dcm"], tmp_path / "ecg", n_ecg,
-                    prefix="ecg", studies=n_ecg)
+    files = ct_and_ecg(tmp_path, n_instances, n_studies=max(2, n_instances // 60), size=96)
     edge = NodeProcess(tmp_path / "edge", name="edge", allow_ae=["CT1"], workers=1)
     center = NodeProcess(tmp_path / "center", name="center", role="center", workers=1)
     # A slow, flaky uplink so that the kills land while bundles are moving:
