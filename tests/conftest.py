@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from fenji.gateway.lab.objstore import S3Server
 
@@ -26,6 +27,13 @@ from _pg import PgCluster  # noqa: E402
 __all__ = ["DICOM_DIR", "ECG_DIR", "REPO", "SHARED_DATA", "good_dicom_files",
            "malformed_dicom_files"]
 good_dicom_files = good_files
+
+# Hypothesis's per-example deadline (200 ms) and its too-slow health check are timing
+# assertions: on a busy 2-core CI machine they fail tests that are right.  Off for every
+# property test; a test's own @settings still sets its example count.
+settings.register_profile("fenji", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("fenji")
 malformed_dicom_files = malformed_files
 
 
