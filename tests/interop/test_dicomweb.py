@@ -353,3 +353,43 @@ def _fetch_big_endian(center: NodeProcess, big: Path) -> None:
         assert out.file_meta.TransferSyntaxUID == syntax
         assert (out.pixel_array == d.pixel_array).all()
         assert str(out.PatientName) == str(d.PatientName) and out.Rows == d.Rows
+
+
+def test_a_series_with_one_instance_that_cannot_be_transcoded_is_406_before_any_byte(
+        tmp_path: Path) -> None:
+    """Two RLE instances in one series, the second cut to half its RLE segment data (the
+    validator checks the segment table, not every decoded byte, so it is stored): asking
+    for the series in Explicit VR Little Endian is a 406 naming the broken instance (every
+    part is re-encoded before the first byte), not a 200 cut half-way, and asking for that
+    instance alone is a 406 too (it was a 500); `*` still serves both as stored."""
+    good = _ds(OTHER / "ct_rle.dcm")
+    bad = _ds(OTHER / "ct_rle.dcm")
+    bad.SOPInstanceUID = generate_uid()
+    bad.file_meta.MediaStorageSOPInstanceUID = bad.SOPInstanceUID
+    [frame] = pydicom.encaps.generate_frames(bad.PixelData, number_of_frames=1)
+    bad.PixelData = pydicom.encaps.encapsulate([frame[:len(frame) // 2]])
+    bad_path = tmp_path / "bad_rle.dcm"
+    bad.save_as(bad_path, enforce_file_format=True)
+    center = NodeProcess(tmp_path / "center", name="center", role="center", allow_ae=["*"],
+                         workers=1, users={"dr.wang": "reader"})
+    center.enable_web()
+    with center:
+        sent = storescu([OTHER / "ct_rle.dcm", bad_path], center.dicom_port)
+        assert not sent.failed, sent.failed
+        url = (f"{center.web_url}/dicom-web/studies/{good.StudyInstanceUID}/series/"
+               f"{good.SeriesInstanceUID}")
+        r = requests.get(url, timeout=60, headers={
+            **center.auth("dr.wang"),
+            "Accept": 'multipart/related; type="application/dicom"; '
+                      "transfer-syntax=1.2.840.10008.1.2.1"})
+        assert r.status_code == 406, (r.status_code, r.headers)
+        assert bad.SOPInstanceUID in r.json()["message"]
+        r = requests.get(f"{url}/instances/{bad.SOPInstanceUID}", timeout=60, headers={
+            **center.auth("dr.wang"), "Accept": 'multipart/related; type="application/dicom"'})
+        assert r.status_code == 406 and bad.SOPInstanceUID in r.json()["message"]
+        r = requests.get(url, timeout=60, headers={
+            **center.auth("dr.wang"),
+            "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+        assert r.status_code == 200
+        sops = {str(pydicom.dcmread(io.BytesIO(b)).SOPInstanceUID) for _, b in _multipart_parts(r)}
+        assert sops == {str(good.SOPInstanceUID), str(bad.SOPInstanceUID)}

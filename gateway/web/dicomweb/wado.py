@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
+import tempfile
 import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -97,37 +101,85 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
         resp.content_length = (sum(len(h) + r["size"] + 2 for h, r in zip(heads, rows,
                                                                           strict=True))
                                + len(tail))
-    # One instance (a viewer's usual request): transcoded before the first byte, so a
-    # data set pydicom cannot re-encode is a 406 that says why, not a cut response.
-    ready: dict[int, bytes] = {}
-    if len(rows) == 1 and transcoded:
-        ready[0] = await asyncio.to_thread(_transcoded, store, rows[0], plan[0])
-    await resp.prepare(request)
-    loop = asyncio.get_running_loop()
-    # Stored bytes go by sendfile(2) on a plain socket (no copy through Python,
-    # the kernel reads ahead); TLS or a loop without it falls back to chunks.
-    zero_copy = not transcoded and request.transport is not None and \
-        request.transport.get_extra_info("sslcontext") is None
-    sep = b""
-    for i, (head, r, ts) in enumerate(zip(heads, rows, plan, strict=True)):
-        await resp.write(sep + head)
-        sep = b"\r\n"
-        # A blob in the local folder is a file (sendfile); one in a bucket comes by
-        # ranged GETs, a piece at a time: memory stays flat whatever the study.
-        path = store.blob_file(r["sha256"])
-        if i in ready:
-            await resp.write(ready.pop(i))
-        elif ts != r["transfer_syntax_uid"]:
-            await resp.write(await asyncio.to_thread(_transcoded, store, r, ts))
-        elif zero_copy and request.transport is not None and path is not None:
-            with open(path, "rb") as fh:  # noqa: ASYNC230 - open(2) only; data moves below
-                await loop.sendfile(request.transport, fh, 0, int(r["size"]))
-        else:
-            async for chunk in _blob_chunks(store, r["sha256"], 0, int(r["size"])):
-                await resp.write(chunk)
-    await resp.write(sep + tail)
-    await resp.write_eof()
+    # Every transcoded instance is re-encoded before the first byte (into a spool that
+    # goes to the store's tmp/ past TRANSCODE_SPOOL_MEMORY), so an instance pydicom
+    # cannot re-encode is a 406 that names it, not a response cut half-way.
+    spool = _Spool(store.tmp_dir)
+    try:
+        for i, (r, ts) in enumerate(zip(rows, plan, strict=True)):
+            if ts != r["transfer_syntax_uid"]:
+                await asyncio.to_thread(spool.add, i, _transcoded, store, r, ts)
+        await resp.prepare(request)
+        loop = asyncio.get_running_loop()
+        # Stored bytes go by sendfile(2) on a plain socket (no copy through Python,
+        # the kernel reads ahead); TLS or a loop without it falls back to chunks.
+        zero_copy = not transcoded and request.transport is not None and \
+            request.transport.get_extra_info("sslcontext") is None
+        sep = b""
+        for i, (head, r) in enumerate(zip(heads, rows, strict=True)):
+            await resp.write(sep + head)
+            sep = b"\r\n"
+            # A blob in the local folder is a file (sendfile); one in a bucket comes by
+            # ranged GETs, a piece at a time: memory stays flat whatever the study.
+            path = store.blob_file(r["sha256"])
+            if i in spool:
+                for piece in spool.pieces(i):
+                    await resp.write(await asyncio.to_thread(piece))
+            elif zero_copy and request.transport is not None and path is not None:
+                with open(path, "rb") as fh:  # noqa: ASYNC230 - open(2) only; data moves below
+                    await loop.sendfile(request.transport, fh, 0, int(r["size"]))
+            else:
+                async for chunk in _blob_chunks(store, r["sha256"], 0, int(r["size"])):
+                    await resp.write(chunk)
+        await resp.write(sep + tail)
+        await resp.write_eof()
+    finally:
+        spool.close()
     return resp
+
+
+# Transcoded parts up to this many bytes stay in memory; past it the spool is a file.
+TRANSCODE_SPOOL_MEMORY = 32 << 20
+_SPOOL_PIECE = 1 << 20
+
+
+class _Spool:
+    """Transcoded parts, appended in order, read back by part in pieces."""
+
+    def __init__(self, tmp_dir: Path) -> None:
+        self._tmp_dir = tmp_dir
+        self._fh: Any = None
+        self._parts: dict[int, tuple[int, int]] = {}  # part -> (offset, length)
+        self._end = 0
+
+    def __contains__(self, part: int) -> bool:
+        return part in self._parts
+
+    def add(self, part: int, make: Callable[..., bytes], *args: Any) -> None:
+        data = make(*args)
+        if self._fh is None:
+            self._fh = tempfile.SpooledTemporaryFile(max_size=TRANSCODE_SPOOL_MEMORY,
+                                                     dir=str(self._tmp_dir))
+        self._fh.seek(self._end)
+        self._fh.write(data)
+        self._parts[part] = (self._end, len(data))
+        self._end += len(data)
+
+    def pieces(self, part: int) -> Iterator[Callable[[], bytes]]:
+        """Callables that each read the next piece of ``part`` (run them in a thread)."""
+        offset, length = self._parts[part]
+        for at in range(offset, offset + length, _SPOOL_PIECE):
+            n = min(_SPOOL_PIECE, offset + length - at)
+            yield functools.partial(self._read, at, n)
+
+    def _read(self, at: int, n: int) -> bytes:
+        self._fh.seek(at)
+        data: bytes = self._fh.read(n)
+        return data
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
 
 
 def _transcoded(store: Any, row: dict[str, Any], ts: str) -> bytes:
@@ -136,7 +188,8 @@ def _transcoded(store: Any, row: dict[str, Any], ts: str) -> bytes:
     data = store.read_blob(row["sha256"])
     try:
         return transcode(data, ts)
-    except (ValueError, TypeError, AttributeError, NotImplementedError) as exc:
+    except Exception as exc:  # noqa: BLE001 - pydicom's decoders raise RuntimeError,
+        # ValueError, struct.error, ... on damaged pixel data: each is this instance's 406
         log.warning("transcode failed sop=%s %s -> %s: %s", row["sop_instance_uid"],
                     row["transfer_syntax_uid"], ts, exc)
         raise NotAcceptable(
