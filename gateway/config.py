@@ -245,6 +245,10 @@ INDEX_STATEMENT_TIMEOUT_S = 60
 # TCP keepalive of a held key's connection (PgIndex.hold): idle s, interval s, lost
 # probes.  A machine that vanished mid-release frees it in ~25 s, not 2 hours.
 HOLD_KEEPALIVE = (10, 5, 3)
+# A wake-up listener (PgIndex.listen) looks for its stop this often, and waits at
+# most LISTEN_RETRY_MAX_S between tries of a lost connection (1, 2, 4, ... s).
+LISTEN_STOP_CHECK_S = 1.0
+LISTEN_RETRY_MAX_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)

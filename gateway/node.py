@@ -530,7 +530,7 @@ def _hand_on(store: Store, owners: list[str], now: float) -> None:
     if n:
         log.info("outbox leases returned=%d of dead processes %s", n, ",".join(owners))
     # A job the dead one queued but never claimed woke only its own machine's sender.
-    wakeup.poke(wakeup.fifo_path(store.root))
+    wakeup.wake(store)
 
 
 def _reload(cfg: Config, http: Any) -> None:

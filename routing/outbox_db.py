@@ -46,7 +46,7 @@ def enqueue(store: Store, bundle_id: str, case_id: str, destination: str, priori
             (bundle_id, case_id, destination, int(priority), core.QUEUED, now,
              int(bytes_total), now, now)).fetchone()[0])
         con.execute("INSERT OR IGNORE INTO destinations(name) VALUES (?)", (destination,))
-    wakeup.poke(wakeup.fifo_path(store.root))
+    wakeup.wake(store)
     return job_id
 
 
@@ -196,7 +196,7 @@ def release(store: Store, job_id: int, owner: str, now: float) -> None:
         con.execute("UPDATE outbox SET state = ?, lease_owner = NULL, lease_until = NULL, "
                     "next_attempt_at = ?, updated_at = ? WHERE job_id = ?",
                     (state, now, now, job_id))
-    wakeup.poke(wakeup.fifo_path(store.root))
+    wakeup.wake(store)
 
 
 def return_leases(store: Store, owners: Iterable[str] | None, now: float) -> int:
@@ -220,7 +220,7 @@ def return_leases(store: Store, owners: Iterable[str] | None, now: float) -> int
                 "updated_at = ? WHERE job_id = ? AND state = ? AND coalesce(lease_owner, '') = ?",
                 (state, now, job["job_id"], core.LEASED, job["lease_owner"] or "")).rowcount
     if back:
-        wakeup.poke(wakeup.fifo_path(store.root))
+        wakeup.wake(store)
     return back
 
 
@@ -256,7 +256,7 @@ def pause(store: Store, destination: str, paused: bool = True, *,
         con.execute("UPDATE destinations SET paused = ? WHERE name = ?",
                     (1 if paused else 0, destination))
     if not paused:
-        wakeup.poke(wakeup.fifo_path(store.root))
+        wakeup.wake(store)
 
 
 def resume(store: Store, destination: str, *, configured: Iterable[str] = ()) -> None:
@@ -282,7 +282,7 @@ def requeue_dead(store: Store, job_id: int, now: float) -> None:
             raise OutboxError(f"job {job_id} is {row[0]}, not dead: nothing to retry") from None
         con.execute("UPDATE outbox SET state = ?, attempts = 0, next_attempt_at = ?, "
                     "updated_at = ? WHERE job_id = ?", (state, now, now, job_id))
-    wakeup.poke(wakeup.fifo_path(store.root))
+    wakeup.wake(store)
 
 
 def list_jobs(store: Store, *, state: str | None = None,

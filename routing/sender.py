@@ -150,6 +150,7 @@ class SenderLoop:
         self.pacers: dict[str, Pacer] = {}
         self._ssl_ctx: dict[str, Any] = {}
         self.wake = asyncio.Event()
+        self.index_wakeups = 0  # wake-ups that came through the index (other machines)
         # Set while the loop sleeps with nothing to send (for tests and the status page).
         self.asleep = threading.Event()
 
@@ -217,6 +218,9 @@ class SenderLoop:
                         "are seen within %.0f s", exc, IDLE_RECHECK_S)
         if fifo is not None:
             loop.add_reader(fifo.fileno(), self._woken, fifo)
+        # The center's processes on other machines wake it through the index (NOTIFY).
+        listener = self.store.index.listen(wakeup.CHANNEL,
+                                           lambda: self._notified_from_thread(loop))
         stopping = asyncio.ensure_future(stop.wait())
         # One attempt is active.  When a job of higher priority is ready (asked at once
         # on a wake-up, else every OUTRANK_CHECK_S) it is told to yield and set aside
@@ -266,6 +270,7 @@ class SenderLoop:
                                      return_exceptions=True)
         finally:
             stopping.cancel()
+            listener.close()
             if fifo is not None:
                 loop.remove_reader(fifo.fileno())
                 fifo.close()
@@ -285,6 +290,12 @@ class SenderLoop:
     def _woken(self, fifo: wakeup.WakeFifo) -> None:
         fifo.drain()
         self.wake.set()
+
+    def _notified_from_thread(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A wake-up through the index (another machine's enqueue), on its thread."""
+        self.index_wakeups += 1
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to wake
+            loop.call_soon_threadsafe(self.wake.set)
 
     async def _egress(self, j: dict[str, Any], target: Any) -> None:
         from fenji.routing import egress

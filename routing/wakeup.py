@@ -6,6 +6,11 @@ meanwhile must wake it at once, whether it was queued by the node itself, by
 :func:`fenji.routing.outbox_db.enqueue` pokes this FIFO after its commit; the
 sender holds the reading end (:class:`WakeFifo`) on its event loop.
 
+A FIFO reaches one machine.  The processes of a center on several machines share a
+PostgreSQL index, and :func:`wake` also sends a NOTIFY on :data:`CHANNEL` through it;
+each sender LISTENs (``Index.listen``).  On SQLite that is nothing: all of its
+processes are on one machine.
+
 A FIFO, not a socket: its path has no 108-byte limit (a UNIX socket's has),
 and a poke with nobody listening is harmless (``ENXIO``: no sender runs, the
 next one to start reads the outbox anyway).  The reader opens it read-write,
@@ -21,13 +26,23 @@ import os
 import stat
 from pathlib import Path
 
+from fenji.gateway.store.db import Store
+
 log = logging.getLogger(__name__)
 
 FIFO_NAME = "sender.wake"
+CHANNEL = "fenji_sender_wake"
 
 
 def fifo_path(store_root: Path) -> Path:
     return Path(store_root) / FIFO_NAME
+
+
+def wake(store: Store) -> None:
+    """Wake the senders of ``store``'s node: this machine's through the FIFO, the
+    center's on other machines through the index.  Never raises."""
+    poke(fifo_path(store.root))
+    store.index.notify(CHANNEL)
 
 
 def poke(path: Path) -> bool:

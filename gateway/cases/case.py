@@ -508,7 +508,7 @@ def _release_preview_first(store: Store, rows: list[dict[str, Any]], meta: dict[
 def _wake_sender(store: Store, hop: str | None) -> None:
     """After a commit that queued something: wake the sender, in whatever process."""
     if hop is not None:
-        wakeup.poke(wakeup.fifo_path(store.root))
+        wakeup.wake(store)
 
 
 def _log_released(rel: Released, study_instance_uid: str, released_by: str) -> None:

@@ -78,7 +78,7 @@ def fail_release(store: Store, case_id: str, reason: str, *, now: float) -> bool
         log.error("case release failed case=%s reason=%s withdrawal=%s", case_id, reason,
                   wd[0] if wd else None)
         if wd is not None:
-            wakeup.poke(wakeup.fifo_path(store.root))
+            wakeup.wake(store)
     return done
 
 

@@ -12,7 +12,10 @@ Everything fenji asks of its index goes through an :class:`Index`:
 * :meth:`Index.lock` — serialise transactions on a key until COMMIT (the center's
   processes storing one SOP Instance UID); :meth:`Index.hold` / :meth:`Index.held`
   — a key held across transactions until released or until its process dies (a
-  release in two commits), for every process of the center, on any machine.
+  release in two commits), for every process of the center, on any machine;
+* :meth:`Index.notify` / :meth:`Index.listen` — a wake-up for every process of the
+  center on other machines (PostgreSQL NOTIFY; on SQLite, whose processes share one
+  machine, nothing: the FIFO of :mod:`fenji.routing.wakeup` reaches them).
 
 Callers write SQLite's SQL once; the PostgreSQL backend
 (:mod:`fenji.gateway.store.index_pg`) translates its dialect in ONE place,
@@ -35,7 +38,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -75,6 +78,12 @@ class Con(Protocol):
     def executemany(self, sql: str, parameters: Any, /) -> Any: ...
 
 
+class Listener(Protocol):
+    """What :meth:`Index.listen` returns: ``close()`` stops listening."""
+
+    def close(self) -> None: ...
+
+
 class Index(Protocol):
     """A store's index backend."""
 
@@ -102,6 +111,10 @@ class Index(Protocol):
     def columns(self, table: str) -> set[str]: ...
 
     def is_disk_full(self, exc: BaseException) -> bool: ...
+
+    def notify(self, channel: str) -> None: ...
+
+    def listen(self, channel: str, callback: Callable[[], None]) -> Listener: ...
 
     def close(self) -> None: ...
 
@@ -279,6 +292,13 @@ class SqliteIndex:
             return "disk is full" in text or "database or disk is full" in text
         return False
 
+    def notify(self, channel: str) -> None:
+        """Nothing: a SQLite index keeps every process on this machine, and the
+        wake-up FIFO reaches them all."""
+
+    def listen(self, channel: str, callback: Callable[[], None]) -> Listener:
+        return _NotListening()
+
     def close(self) -> None:
         with self._wlock:
             with contextlib.suppress(sqlite3.Error):
@@ -288,3 +308,8 @@ class SqliteIndex:
         if con is not None:
             con.close()
             self._local.con = None
+
+
+class _NotListening:
+    def close(self) -> None:
+        pass

@@ -28,15 +28,22 @@ import functools
 import logging
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import psycopg
 import psycopg.errors
+from psycopg import sql
 from psycopg.adapt import Dumper, Loader
 from psycopg_pool import ConnectionPool
 
-from fenji.gateway.config import HOLD_KEEPALIVE, INDEX_POOL_MAX, INDEX_STATEMENT_TIMEOUT_S
+from fenji.gateway.config import (
+    HOLD_KEEPALIVE,
+    INDEX_POOL_MAX,
+    INDEX_STATEMENT_TIMEOUT_S,
+    LISTEN_RETRY_MAX_S,
+    LISTEN_STOP_CHECK_S,
+)
 from fenji.gateway.store.index import POSTGRESQL, Con, IndexUrlError, apply_migrations
 
 log = logging.getLogger(__name__)
@@ -356,10 +363,72 @@ class PgIndex:
     def is_disk_full(self, exc: BaseException) -> bool:
         return isinstance(exc, psycopg.errors.DiskFull)
 
+    def notify(self, channel: str) -> None:
+        """Wake every process LISTENing on ``channel``, on any machine: a NOTIFY,
+        delivered when the transaction commits (this one, or the caller's if it is in
+        one).  Never raises: a lost wake-up costs the sender's recheck, not data."""
+        try:
+            with self.atomic() as con:
+                con.execute("SELECT pg_notify(?, '')", (channel,))
+        except psycopg.Error as exc:
+            log.warning("index=%s wake-up %s not sent: %s", _safe(self.url), channel, exc)
+
+    def listen(self, channel: str, callback: Callable[[], None]) -> PgListener:
+        """Call ``callback`` (on a thread of its own) for every NOTIFY on ``channel``,
+        and once whenever listening (re)starts: what was sent while it was not
+        listening is not lost, it is looked for."""
+        return PgListener(self._conninfo, channel, callback)
+
     def close(self) -> None:
         with self._wlock:
             self._writer.close()
         self._pool.close()
+
+
+class PgListener:
+    """A connection of its own that LISTENs on one channel, in a daemon thread; it
+    reconnects after a lost connection (waiting 1, 2, 4, ... up to
+    ``LISTEN_RETRY_MAX_S`` seconds).  ``listening`` is set while LISTEN is in effect."""
+
+    def __init__(self, conninfo: str, channel: str, callback: Callable[[], None]) -> None:
+        self.channel = channel
+        self.listening = threading.Event()
+        self._conninfo = conninfo
+        self._callback = callback
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"listen-{channel}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        retry = 1.0
+        idle, interval, count = HOLD_KEEPALIVE
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10,
+                                     keepalives=1, keepalives_idle=idle,
+                                     keepalives_interval=interval,
+                                     keepalives_count=count) as con:
+                    con.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                    self.listening.set()
+                    retry = 1.0
+                    self._callback()
+                    while not self._stop.is_set():
+                        for _ in con.notifies(timeout=LISTEN_STOP_CHECK_S):
+                            self._callback()
+            except psycopg.Error as exc:
+                self.listening.clear()
+                if self._stop.is_set():
+                    break
+                log.warning("wake-up listener %s: %s; trying again in %.0f s", self.channel,
+                            str(exc).strip() or type(exc).__name__, retry)
+                self._stop.wait(retry)
+                retry = min(retry * 2, LISTEN_RETRY_MAX_S)
+        self.listening.clear()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=LISTEN_STOP_CHECK_S + 10)
 
 
 # Advisory lock keys (pg_advisory_xact_lock takes one bigint); arbitrary, distinct.

@@ -14,6 +14,7 @@ from _wait import until
 
 from fenji.gateway.dicom.validate import check_part10
 from fenji.gateway.store.db import PutOutcome, PutStatus, Store
+from fenji.gateway.store.index_pg import PgIndex
 
 
 def test_a_put_racing_another_stores_put_of_the_instance_is_a_duplicate(
@@ -46,3 +47,34 @@ def test_a_put_racing_another_stores_put_of_the_instance_is_a_duplicate(
     assert a.count_instances() == 1
     a.close()
     b.close()
+
+
+def test_a_wake_up_listener_hears_other_connections_and_comes_back_after_a_cut(
+        pg_cluster: PgCluster) -> None:
+    """What wakes a center's senders on other machines: a NOTIFY through the index
+    reaches a listener on another connection, and a listener whose connection the
+    server ends reconnects and hears the next one."""
+    url = pg_cluster.new_database()
+    a, b = PgIndex(url), PgIndex(url)
+    heard: list[int] = []
+    listener = b.listen("fenji_test_wake", lambda: heard.append(1))
+    try:
+        until(lambda: listener.listening.is_set() and heard, 60, "listening")
+        n = len(heard)
+        a.notify("fenji_test_wake")
+        until(lambda: len(heard) > n, 60, "the notification")
+        with a.atomic() as con:  # the server ends the listener's session
+            cut = con.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE query LIKE ? AND pid <> pg_backend_pid()",
+                              ("LISTEN%",)).fetchall()
+        assert len(cut) == 1
+        n = len(heard)
+        until(lambda: listener.listening.is_set() and len(heard) > n, 60, "listening again")
+        n = len(heard)
+        a.notify("fenji_test_wake")
+        until(lambda: len(heard) > n, 60, "a notification after the cut")
+    finally:
+        listener.close()
+        a.close()
+        b.close()
+    assert not listener.listening.is_set()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import select
+import shutil
 import subprocess
 import sys
 import threading
@@ -13,6 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+from _pg import PgCluster
+from _wait import until
 
 from fenji.gateway import config as config_mod
 from fenji.gateway.lab.harness import NodeProcess
@@ -85,6 +88,58 @@ def test_sender_wakes_for_a_job_queued_in_another_process(tmp_path: Path,
             time.sleep(0.2)
         assert jobs and jobs[0]["state"] == "dead", json.dumps(jobs, default=str)
         assert "missing" in jobs[0]["last_error"]
+    finally:
+        loop.call_soon_threadsafe(lambda: stop[0].set() if stop else None)
+        t.join(60)
+        store.close()
+
+
+def test_a_job_queued_on_another_machine_wakes_the_sender_through_postgresql(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_cluster: PgCluster) -> None:
+    """Two store folders on one PostgreSQL index, as two machines of a center: the
+    FIFO of one never reaches the other, and with the recheck an hour away only the
+    index's NOTIFY can make the sender act on a job the other "machine" queued."""
+    monkeypatch.setattr(sender, "IDLE_RECHECK_S", 3600.0)
+    env = {"FENJI_STORE_INDEX_URL": pg_cluster.new_database()}
+    edge = NodeProcess(tmp_path / "b", name="edge", allow_ae=["CT1"], workers=1)
+    center = NodeProcess(tmp_path / "center", name="center", role="center", workers=1)
+    edge.add_peer(center, default=True)
+    other = tmp_path / "a"  # the same config and keys, its own store folder
+    other.mkdir()
+    shutil.copy(edge.config, other / edge.config.name)
+    shutil.copytree(edge.directory / "keys", other / "keys")
+    cfg = config_mod.load(edge.config, env=env)
+    store = open_store(cfg)
+    stop: list[asyncio.Event] = []
+    loop = asyncio.new_event_loop()
+    s = sender.SenderLoop(cfg, store)
+
+    async def main() -> None:
+        stop.append(asyncio.Event())
+        await s.run(stop[0])
+
+    t = threading.Thread(target=loop.run_until_complete, args=(main(),))
+    t.start()
+    try:
+        # Asleep and listening (a listener's first call is when LISTEN took effect).
+        until(lambda: s.asleep.is_set() and s.index_wakeups >= 1, 60, "sender asleep")
+        before = s.index_wakeups
+        code = ("import sys, time; from fenji.gateway import config as c; "
+                "from fenji.gateway.node import open_store; from fenji.routing import outbox_db;"
+                "s = open_store(c.load(sys.argv[1], env={'FENJI_STORE_INDEX_URL': sys.argv[2]}));"
+                "outbox_db.enqueue(s, 'gone-bundle', 'case-x', 'center', 0, 1000, time.time())")
+        subprocess.run([sys.executable, "-c", code, str(other / edge.config.name),
+                        env["FENJI_STORE_INDEX_URL"]], check=True)
+        assert (other / "store").is_dir() and other / "store" != store.root
+        jobs: list[dict] = []  # type: ignore[type-arg]
+
+        def dead() -> bool:
+            jobs[:] = outbox_db.list_jobs(store)
+            return bool(jobs) and jobs[0]["state"] == "dead"
+
+        until(dead, 120, "the job handled")
+        assert "missing" in jobs[0]["last_error"]
+        assert s.index_wakeups > before
     finally:
         loop.call_soon_threadsafe(lambda: stop[0].set() if stop else None)
         t.join(60)
