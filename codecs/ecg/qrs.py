@@ -99,10 +99,22 @@ T_HF_MIN = 0.55
 #: the energy band, which smears a narrow QRS into the waves beside it (chosen by
 #: the same cross-validation as :data:`T_HF_MIN`; 15 = on the energy band).
 R_HI_HZ = 40.0
-#: Gap fill: a hidden beat is this steep relative to the detected beats' median...
-GAP_REL = 0.3
+#: A candidate in the T window that is less than half as steep as the beat before
+#: it is still a beat if its 8-15 Hz slope is at least this fraction of its 5-15 Hz
+#: slope: a small QRS after a large one keeps a QRS's spectrum, a T wave does not
+#: (fast runs, small normal beats after large ectopics; ``inf``: off; chosen by
+#: the same cross-validation).
+T_HF_QRS = 0.8
+#: Gap fill: a hidden beat is this steep relative to the detected beats' median
+#: (one lead; chosen by the cross-validation of :data:`T_HF_MIN`)...
+GAP_REL = 0.2
+#: ...(the bSQI detector of the quality report and the fused leads keep the first
+#: version's value and single look: the gate was fitted on their output)...
+GAP_REL_BSQI = 0.3
 #: ...and this steep relative to the median slope of the 2.5-s block around it.
 GAP_SNR = 8.0
+#: ...and the steepest points passed over as T waves before a gap is given up.
+GAP_TRIES = 3
 
 # --- feature: squared slope, moving-window integrated ---------------------------
 
@@ -157,13 +169,15 @@ _local_maxima_nb = njit(_local_maxima_py, nogil=True, cache=True)
 # --- Pan-Tompkins decision rules -------------------------------------------------
 
 def _pt_decide_py(mwi: np.ndarray, slope: np.ndarray, cand: np.ndarray, fs: float,
-                  slope_bp: np.ndarray, hf_min: float) -> np.ndarray:
+                  slope_bp: np.ndarray, hf_min: float, hf_qrs: float) -> np.ndarray:
     """Adaptive thresholding over candidate peaks ``cand`` of ``mwi``.
 
     ``slope`` is the absolute slope of the 8-15 Hz signal and ``slope_bp`` that of
     the 5-15 Hz one (for the T-wave rules: a candidate in the T window is a T wave
-    if its ``slope`` is under half the last beat's, or under ``hf_min`` x its own
-    ``slope_bp``).  Returns the indices into ``mwi`` of the accepted peaks.
+    if its ``slope`` is under half the last beat's -- unless its ``slope`` is at
+    least ``hf_qrs`` x its own ``slope_bp``: a QRS's spectrum, whatever its size --
+    or under ``hf_min`` x its ``slope_bp``).  Returns the indices into ``mwi`` of
+    the accepted peaks.
     """
     n = mwi.shape[0]
     nc = cand.shape[0]
@@ -227,8 +241,8 @@ def _pt_decide_py(mwi: np.ndarray, slope: np.ndarray, cand: np.ndarray, fs: floa
                                 s = slope[k]
                             if slope_bp[k] > sb:
                                 sb = slope_bp[k]
-                        if s < 0.5 * min(last_slope, np.median(sl[:min(nsl, 8)])) \
-                                or s < hf_min * sb:
+                        if (s < 0.5 * min(last_slope, np.median(sl[:min(nsl, 8)]))
+                                and s < hf_qrs * sb) or s < hf_min * sb:
                             continue
                     best = cj
                     bestv = mwi[q]
@@ -288,7 +302,8 @@ def _pt_decide_py(mwi: np.ndarray, slope: np.ndarray, cand: np.ndarray, fs: floa
                 qt = QTC_MAX_S * fs * (rr_avg / fs) ** 0.5
                 if qt > tw:
                     tw = int(qt)
-            if last >= 0 and p - last < tw and (s < 0.5 * last_slope or s < hf_min * sb):
+            if last >= 0 and p - last < tw and ((s < 0.5 * last_slope and s < hf_qrs * sb)
+                                                or s < hf_min * sb):
                 npk = 0.125 * v + 0.875 * npk
             else:
                 out[nq] = p
@@ -362,13 +377,19 @@ _refine_nb = njit(_refine_py, nogil=True, cache=True)
 
 
 def _gapfill_py(slope: np.ndarray, peaks: np.ndarray, fs: float, rel: float,
-                snr: float, slope_t: np.ndarray, hf_min: float) -> np.ndarray:
+                snr: float, slope_t: np.ndarray, hf_min: float, tries: int,
+                split: bool) -> np.ndarray:
     """Second look between beats for small QRS hidden by big ones (bigeminy with
     large ectopics halves the learned rate, so search-back never fires): in each
     gap, the steepest point at least 0.3 s from both beats is a beat if its slope is
     ``rel`` x the beats' median slope and ``snr`` x the median slope of the 2.5-s
     block around the gap.  Within :data:`T_WAVE_S` of the beat before it, a point
-    whose 8-15 Hz slope ``slope_t`` is under ``hf_min`` x its ``slope`` is a T wave."""
+    whose 8-15 Hz slope ``slope_t`` is under ``hf_min`` x its ``slope`` is a T wave:
+    it is passed over and the next steepest point looked at (at most ``tries``
+    points, :data:`GAP_TRIES`: a large ectopic's broad T wave is often steeper than
+    the small beat after it).  With ``split``, a beat found splits its gap and both
+    halves are looked at again (a long pause can hide several beats).  ``tries=1,
+    split=False`` is the first version's single look (the bSQI detector keeps it)."""
     n = slope.shape[0]
     nk = peaks.shape[0]
     if nk < 3:
@@ -388,39 +409,75 @@ def _gapfill_py(slope: np.ndarray, peaks: np.ndarray, fs: float, rel: float,
     blk = max(1, int(2.5 * fs))
     nb = (n + blk - 1) // blk
     level = np.full(nb, -1.0)          # filled on first use, for steep candidates only
-    out = np.empty(2 * nk, dtype=np.int64)
+    # every added beat needs 2 x dmin of gap, so n // dmin bounds the additions
+    cap = nk + n // max(dmin, 1) + 1
+    out = np.empty(cap, dtype=np.int64)
     no = 0
+    stack = np.empty(cap, dtype=np.int64)   # right ends of the gaps still to look at
     for k in range(nk):
         out[no] = peaks[k]
         no += 1
         if k == nk - 1:
             break
         p = peaks[k]
-        q = peaks[k + 1]
-        if q - p <= 2 * dmin:
-            continue
-        j = -1
-        mj = 0.0
-        for i in range(p + dmin, q - dmin):
-            if slope[i] > mj:
-                mj = slope[i]
-                j = i
-        if j < 0 or mj < rel * med:
-            continue
-        bi = ((p + q) // 2) // blk
-        if level[bi] < 0.0:
-            level[bi] = np.median(slope[bi * blk:min(n, (bi + 1) * blk)])
-        if mj >= snr * level[bi]:
-            if j - p < twin:
-                st = 0.0
-                sb = 0.0
-                for i in range(max(0, j - sw), min(n, j + sw + 1)):
-                    st = max(st, slope_t[i])
-                    sb = max(sb, slope[i])
-                if st < hf_min * sb:
-                    continue
-            out[no] = j
-            no += 1
+        ns = 0
+        stack[ns] = peaks[k + 1]
+        ns += 1
+        while ns > 0:
+            q = stack[ns - 1]
+            if q - p <= 2 * dmin:
+                # nothing fits: this gap is done, the next one starts at q
+                ns -= 1
+                if ns > 0:
+                    out[no] = q
+                    no += 1
+                    p = q
+                continue
+            found = -1
+            lo = p + dmin
+            for _t in range(tries):
+                j = -1
+                mj = 0.0
+                for i in range(lo, q - dmin):
+                    if slope[i] > mj:
+                        mj = slope[i]
+                        j = i
+                if j < 0 or mj < rel * med:
+                    break
+                bi = ((p + q) // 2) // blk
+                if level[bi] < 0.0:
+                    level[bi] = np.median(slope[bi * blk:min(n, (bi + 1) * blk)])
+                if mj < snr * level[bi]:
+                    break
+                if j - p < twin:
+                    st = 0.0
+                    sb = 0.0
+                    for i in range(max(0, j - sw), min(n, j + sw + 1)):
+                        st = max(st, slope_t[i])
+                        sb = max(sb, slope[i])
+                    if st < hf_min * sb:
+                        lo = j + sw + 1      # a T wave: look after it
+                        continue
+                found = j
+                break
+            if found < 0:
+                ns -= 1
+                if ns > 0:
+                    out[no] = q
+                    no += 1
+                    p = q
+                continue
+            if split:
+                stack[ns] = found
+                ns += 1
+            else:
+                out[no] = found
+                no += 1
+                ns -= 1
+                if ns > 0:
+                    out[no] = q
+                    no += 1
+                    p = q
     return out[:no]
 
 
@@ -551,15 +608,18 @@ def band_t(fs_hz: float) -> np.ndarray:
 
 
 def detect_from_bandpassed(bp: np.ndarray, fs_hz: float, hb: np.ndarray | None = None,
-                           t_hf_min: float = T_HF_MIN, r_sig: np.ndarray | None = None
+                           t_hf_min: float = T_HF_MIN, r_sig: np.ndarray | None = None,
+                           t_hf_qrs: float = T_HF_QRS, gap_rel: float = GAP_REL
                            ) -> np.ndarray:
     """Pan-Tompkins on one lead already band-passed (lets a caller filter all leads
     in one 2-D pass).  ``hb``: ``bp`` further filtered with :func:`band_t`; when
     given, the T-wave test compares slopes there, where T waves (below 8 Hz) have
     little energy -- this is what :func:`detect_qrs` does.  Without it the slope
     of ``bp`` is used (the bSQI detector of the quality report) and the
-    ``t_hf_min`` test (:data:`T_HF_MIN`) is off.  ``r_sig``: the signal the R peak
-    is placed on (its largest deflection within 100 ms); ``bp`` if not given."""
+    ``t_hf_min`` test (:data:`T_HF_MIN`) is off, as are ``t_hf_qrs``
+    (:data:`T_HF_QRS`), ``gap_rel`` (:data:`GAP_REL_BSQI` instead) and the gap fill's
+    second looks (:data:`GAP_TRIES`).  ``r_sig``: the signal the R peak is placed on
+    (its largest deflection within 100 ms); ``bp`` if not given."""
     bp = np.ascontiguousarray(bp, dtype=np.float64)
     if bp.size < 3:
         return np.zeros(0, dtype=np.int64)
@@ -567,14 +627,21 @@ def detect_from_bandpassed(bp: np.ndarray, fs_hz: float, hb: np.ndarray | None =
     cand = _local_maxima_nb(mwi)
     slope = _abs_slope_nb(bp)
     slope_t = slope if hb is None else _abs_slope_nb(np.ascontiguousarray(hb, dtype=np.float64))
-    peaks = _pt_decide_nb(mwi, slope_t, cand, float(fs_hz), slope, t_hf_min)
-    peaks = _gapfill_nb(slope, peaks, float(fs_hz), GAP_REL, GAP_SNR, slope_t, t_hf_min)
+    if hb is None:
+        peaks = _pt_decide_nb(mwi, slope_t, cand, float(fs_hz), slope, t_hf_min, np.inf)
+        peaks = _gapfill_nb(slope, peaks, float(fs_hz), GAP_REL_BSQI, GAP_SNR, slope_t,
+                            t_hf_min, 1, False)
+    else:
+        peaks = _pt_decide_nb(mwi, slope_t, cand, float(fs_hz), slope, t_hf_min, t_hf_qrs)
+        peaks = _gapfill_nb(slope, peaks, float(fs_hz), gap_rel, GAP_SNR, slope_t, t_hf_min,
+                            GAP_TRIES, True)
     ref = bp if r_sig is None else np.ascontiguousarray(r_sig, dtype=np.float64)
     return _refine_nb(ref, peaks, int(0.1 * fs_hz), int(REFRACTORY_S * fs_hz))
 
 
 def detect_qrs(x: np.ndarray, fs_hz: float, *, chunk_s: float = CHUNK_S,
-               t_hf_min: float = T_HF_MIN, r_hi_hz: float = R_HI_HZ) -> np.ndarray:
+               t_hf_min: float = T_HF_MIN, r_hi_hz: float = R_HI_HZ,
+               t_hf_qrs: float = T_HF_QRS, gap_rel: float = GAP_REL) -> np.ndarray:
     """R-peak sample indices (int64, increasing) of a 1-D signal or of the leads of a
     (samples, leads) signal fused.  Physical units (mV) or ADC units both work.
 
@@ -583,13 +650,16 @@ def detect_qrs(x: np.ndarray, fs_hz: float, *, chunk_s: float = CHUNK_S,
     ``chunk_s`` are detected chunk by chunk (:func:`chunk_spans`).  ``t_hf_min``:
     the spectral T-wave test of one lead (:data:`T_HF_MIN`; 0 turns it off).
     ``r_hi_hz``: the band one lead's R peak is placed on (:data:`R_HI_HZ`).
+    ``t_hf_qrs`` (:data:`T_HF_QRS`) and ``gap_rel`` (:data:`GAP_REL`): one lead's
+    T-wave exemption and gap-fill steepness.
     """
-    return _by_chunks(lambda seg: _detect_qrs(seg, fs_hz, t_hf_min, r_hi_hz), _columns(x),
-                      fs_hz, chunk_s)
+    return _by_chunks(lambda seg: _detect_qrs(seg, fs_hz, t_hf_min, r_hi_hz, t_hf_qrs, gap_rel),
+                      _columns(x), fs_hz, chunk_s)
 
 
 def _detect_qrs(a: np.ndarray, fs_hz: float, t_hf_min: float = T_HF_MIN,
-                r_hi_hz: float = R_HI_HZ) -> np.ndarray:
+                r_hi_hz: float = R_HI_HZ, t_hf_qrs: float = T_HF_QRS,
+                gap_rel: float = GAP_REL) -> np.ndarray:
     if a.shape[1] == 1:
         if a.shape[0] < 3:
             return np.zeros(0, dtype=np.int64)
@@ -598,7 +668,7 @@ def _detect_qrs(a: np.ndarray, fs_hz: float, t_hf_min: float = T_HF_MIN,
         bp = flt.sosfiltfilt(band_a(fs_hz), raw)
         r_sig = None if r_hi_hz <= QRS_BAND_HZ[1] else flt.sosfiltfilt(band_r(fs_hz, r_hi_hz), raw)
         return detect_from_bandpassed(bp, fs_hz, flt.sosfiltfilt(band_t(fs_hz), bp), t_hf_min,
-                                      r_sig)
+                                      r_sig, t_hf_qrs, gap_rel)
     bp, mwi = qrs_feature(a, fs_hz)
     if mwi.size < 3:
         return np.zeros(0, dtype=np.int64)
@@ -606,8 +676,8 @@ def _detect_qrs(a: np.ndarray, fs_hz: float, t_hf_min: float = T_HF_MIN,
     slope = _abs_slope_nb(np.ascontiguousarray(np.abs(bp).sum(axis=1) if bp.shape[1] > 1
                                                else bp[:, 0]))
     # several leads: no 8-15 Hz signal, so the spectral T-wave test is off (ratio 1)
-    peaks = _pt_decide_nb(mwi, slope, cand, float(fs_hz), slope, 0.0)
-    peaks = _gapfill_nb(slope, peaks, float(fs_hz), GAP_REL, GAP_SNR, slope, 0.0)
+    peaks = _pt_decide_nb(mwi, slope, cand, float(fs_hz), slope, 0.0, np.inf)
+    peaks = _gapfill_nb(slope, peaks, float(fs_hz), GAP_REL_BSQI, GAP_SNR, slope, 0.0, 1, False)
     ref = bp[:, 0] if bp.shape[1] == 1 else np.sqrt((bp * bp).sum(axis=1))
     return _refine_nb(np.ascontiguousarray(ref), peaks, int(0.1 * fs_hz),
                       int(REFRACTORY_S * fs_hz))
@@ -634,8 +704,14 @@ def detect_qrs_py(x: np.ndarray, fs_hz: float) -> np.ndarray:
     slope = _abs_slope_py(np.abs(bp).sum(axis=1) if bp.shape[1] > 1 else bp[:, 0])
     slope_t = slope if bp.shape[1] > 1 else _abs_slope_py(
         flt._filtfilt_py(band_t(fs_hz), np.ascontiguousarray(bp[:, 0])))
-    peaks = _pt_decide_py(mwi, slope_t, cand, float(fs_hz), slope, T_HF_MIN)
-    peaks = _gapfill_py(slope, peaks, float(fs_hz), GAP_REL, GAP_SNR, slope_t, T_HF_MIN)
+    if bp.shape[1] > 1:
+        peaks = _pt_decide_py(mwi, slope_t, cand, float(fs_hz), slope, 0.0, np.inf)
+        peaks = _gapfill_py(slope, peaks, float(fs_hz), GAP_REL_BSQI, GAP_SNR, slope_t, 0.0, 1,
+                            False)
+    else:
+        peaks = _pt_decide_py(mwi, slope_t, cand, float(fs_hz), slope, T_HF_MIN, T_HF_QRS)
+        peaks = _gapfill_py(slope, peaks, float(fs_hz), GAP_REL, GAP_SNR, slope_t, T_HF_MIN,
+                            GAP_TRIES, True)
     if bp.shape[1] > 1:
         ref = np.sqrt((bp * bp).sum(axis=1))
     elif R_HI_HZ > QRS_BAND_HZ[1]:

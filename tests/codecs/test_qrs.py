@@ -36,16 +36,19 @@ def test_feature_kernels_equal_twins(x, w):
 
 @settings(max_examples=60, deadline=None)
 @given(mwi=arrays(np.float64, st.integers(3, 3000), elements=pos), fs=rates,
-       hf=st.sampled_from([0.0, qrs.T_HF_MIN, 0.9]))
-def test_decision_kernels_equal_twins(mwi, fs, hf):
+       hf=st.sampled_from([0.0, qrs.T_HF_MIN, 0.9]),
+       hq=st.sampled_from([np.inf, 0.8]), tries=st.sampled_from([1, 3]), split=st.booleans())
+def test_decision_kernels_equal_twins(mwi, fs, hf, hq, tries, split):
     slope = np.sqrt(mwi)
     slope_t = slope * (0.3 + 0.7 * (np.arange(mwi.size) % 7) / 6.0)   # the 8-15 Hz share varies
     cand = qrs._local_maxima_py(mwi)
-    peaks = qrs._pt_decide_py(mwi, slope_t, cand, fs, slope, hf)
-    np.testing.assert_array_equal(qrs._pt_decide_nb(mwi, slope_t, cand, fs, slope, hf), peaks)
-    g = qrs._gapfill_py(slope, peaks, fs, qrs.GAP_REL, qrs.GAP_SNR, slope_t, hf)
+    peaks = qrs._pt_decide_py(mwi, slope_t, cand, fs, slope, hf, hq)
+    np.testing.assert_array_equal(qrs._pt_decide_nb(mwi, slope_t, cand, fs, slope, hf, hq),
+                                  peaks)
+    g = qrs._gapfill_py(slope, peaks, fs, qrs.GAP_REL, qrs.GAP_SNR, slope_t, hf, tries, split)
     np.testing.assert_array_equal(
-        qrs._gapfill_nb(slope, peaks, fs, qrs.GAP_REL, qrs.GAP_SNR, slope_t, hf), g)
+        qrs._gapfill_nb(slope, peaks, fs, qrs.GAP_REL, qrs.GAP_SNR, slope_t, hf, tries, split), g)
+    assert np.all(np.diff(g) > 0)
     np.testing.assert_array_equal(qrs._refine_nb(mwi, g, int(0.1 * fs), int(0.2 * fs)),
                                   qrs._refine_py(mwi, g, int(0.1 * fs), int(0.2 * fs)))
     blk, refr = int(2.5 * fs), int(0.25 * fs)
