@@ -8,8 +8,9 @@ code extensions (``\\ISO 2022 IR 58``, ``ISO 2022 IR 13\\ISO 2022 IR 87``,
 is decoded with the node's ``[dicom] default_character_set`` when one is set
 (modalities that write GBK or GB18030 and declare nothing), which is recorded.
 
-The defined terms and their Python codecs come from ``pydicom.charset``, and
-so does the decoding of escape-sequence fragments, except where pydicom is
+The defined terms and their Python codecs are :mod:`fenji.gateway.dicom.terms`
+(pydicom's table, written out so that reading a config does not load pydicom;
+a test holds them equal), and the decoding of escape-sequence fragments, except where pydicom is
 wrong (tested in ``tests/gateway/test_charset.py``):
 
 * ``ISO 2022 IR 58`` (GB2312 designated to G1 by ``ESC $ ) A``): pydicom 3.0.2
@@ -37,25 +38,12 @@ from typing import Any
 
 from pydicom import charset as pd_charset
 
+from fenji.gateway.dicom.terms import DEFINED_TERMS, STAND_ALONE, normalize_term
 from fenji.gateway.errors import PeerError
 
 log = logging.getLogger(__name__)
 
 ESC = b"\x1b"
-# pydicom's table holds two terms that are not DICOM defined terms; never accept them.
-_NOT_DEFINED = {"ISO 2022 GBK", "ISO 2022 58"}
-# Defined terms (PS3.3 C.12.1.1.2, Tables C.12-2 … C.12-5) -> Python codec, from pydicom.
-DEFINED_TERMS: dict[str, str] = {
-    term: codec for term, codec in pd_charset.python_encoding.items()
-    if term and term not in _NOT_DEFINED}
-# Stand-alone multi-byte sets: no code extensions, a value is one codec throughout.
-STAND_ALONE = frozenset(pd_charset.STAND_ALONE_ENCODINGS)
-# What modalities write in the field instead of a defined term -> the defined term
-# whose decoding is the same for their bytes.  GB2312 (EUC-CN) is a subset of GBK
-# and GB18030; "ISO_IR_100"-style spellings are pydicom's own corrections.
-_ALIASES = {"GB2312": "GB18030", "UTF-8": "ISO_IR 192", "UTF8": "ISO_IR 192",
-            "ISO_IR 6": "", "ISO 2022 IR 6": ""}
-_SPELLING = re.compile(r"^(ISO)[ _-]?(2022)?[ _-]?IR[ _-]?(\d+)$")
 # ESC $ ) A: GB2312 in G1 (PS3.3 Table C.12-4); see the module docstring.
 _IR58_ESC = b"\x1b$)A"
 _IR58_CODEC = "gb2312"
@@ -94,37 +82,6 @@ class Charset:
 
 
 NONE = Charset()
-
-
-def normalize_term(term: str) -> str | None:
-    """A (0008,0005) value as a defined term (``""`` for the default), or None if unknown."""
-    t = term.strip().upper()
-    if t in _ALIASES:
-        return _ALIASES[t]
-    if t in DEFINED_TERMS or t == "":
-        return t
-    m = _SPELLING.match(t)
-    if m:  # "ISO-IR 100", "ISO_IR_100", "ISO_IR 58" (for ISO 2022 IR 58): the defined term
-        plain, ext = f"ISO_IR {m.group(3)}", f"ISO 2022 IR {m.group(3)}"
-        for fixed in ((ext, plain) if m.group(2) else (plain, ext)):
-            if fixed in DEFINED_TERMS:
-                return _ALIASES.get(fixed, fixed)
-    return None
-
-
-def check_term(term: str) -> str | None:
-    """Why ``term`` is not usable as ``dicom.default_character_set`` (None: it is)."""
-    if not term.strip():
-        return None
-    if "\\" in term:
-        terms = term.split("\\")
-    else:
-        terms = [term]
-    for t in terms:
-        if normalize_term(t) is None:
-            known = ", ".join(sorted(t for t in DEFINED_TERMS if t))
-            return f"{t.strip()!r} is not a DICOM defined term for (0008,0005) (known: {known})"
-    return None
 
 
 def parse(declared: str | bytes) -> tuple[str, ...]:

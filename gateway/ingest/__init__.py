@@ -11,7 +11,7 @@ answer: a DICOM status, an HTTP status with a FailureReason, or ``done/`` /
 config) and one status table (:data:`HTTP_STATUS`).
 """
 
-from fenji.gateway.dicom.charset import check_term
+from fenji.gateway.dicom.terms import check_term
 from fenji.gateway.dicom.validate import Rejected, split_part10
 from fenji.gateway.ingest.core import (
     HTTP_STATUS,

@@ -11,7 +11,7 @@ import math
 import re
 from typing import Any
 
-from fenji.gateway.dicom.charset import check_term
+from fenji.gateway.dicom.terms import check_term
 from fenji.gateway.errors import ConfigError
 from fenji.gateway.settings.blob_url import parse_blob_url
 

@@ -12,17 +12,20 @@ import dataclasses
 import io
 import logging
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
 from _charsets import BY_KEY, CASES, Case, make_study
+from pydicom import charset as pd_charset
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.data import get_charset_files
 
 from fenji.gateway import config as config_mod
-from fenji.gateway.dicom import charset
+from fenji.gateway.dicom import charset, terms
 from fenji.gateway.dicom import query as qr
 from fenji.gateway.dicom.info import InstanceInfo
 from fenji.gateway.dicom.validate import check_part10
@@ -409,3 +412,19 @@ def test_stored_and_sender_defaults() -> None:
                                                                 None]
     assert _sender_default({"case": {"default_character_sets": "GB18030"}}, 0) is None
     assert _sender_default(None, 0) is None
+
+
+def test_the_defined_terms_written_out_are_pydicoms() -> None:
+    """gateway/dicom/terms.py copies pydicom's table so that reading a config does not
+    load pydicom; a pydicom that adds or changes a term shows up here."""
+    assert terms.DEFINED_TERMS == {t: c for t, c in pd_charset.python_encoding.items()
+                                   if t and t not in terms._NOT_DEFINED}
+    assert terms.STAND_ALONE == frozenset(pd_charset.STAND_ALONE_ENCODINGS)
+
+
+def test_reading_a_config_loads_no_pydicom() -> None:
+    code = ("import sys; import fenji.gateway.config, fenji.gateway.cli.case; "
+            "print('pydicom' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120).stdout.strip()
+    assert out == "False"
