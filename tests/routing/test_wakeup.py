@@ -4,6 +4,7 @@ a job queued by another process wakes it through the FIFO in the store."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import select
 import shutil
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,26 @@ from fenji.gateway.node import open_store
 from fenji.routing import outbox_db, sender, wakeup
 
 pytestmark = pytest.mark.timeout(300)
+
+
+@contextlib.contextmanager
+def _running(s: sender.SenderLoop) -> Iterator[sender.SenderLoop]:
+    """``s`` running on an event loop of its own thread, stopped at the end."""
+    stop: list[asyncio.Event] = []
+    loop = asyncio.new_event_loop()
+
+    async def main() -> None:
+        stop.append(asyncio.Event())
+        await s.run(stop[0])
+
+    t = threading.Thread(target=loop.run_until_complete, args=(main(),))
+    t.start()
+    try:
+        yield s
+    finally:
+        until(lambda: stop, 60, "the sender's loop to start")
+        loop.call_soon_threadsafe(stop[0].set)
+        t.join(60)
 
 
 def test_poke_without_a_listener_is_harmless(tmp_path: Path) -> None:
@@ -62,17 +84,7 @@ def test_sender_wakes_for_a_job_queued_in_another_process(tmp_path: Path,
     edge.add_peer(center, default=True)
     cfg = config_mod.load(edge.config, env={})
     store = open_store(cfg)
-    stop: list[asyncio.Event] = []
-    loop = asyncio.new_event_loop()
-    s = sender.SenderLoop(cfg, store)
-
-    async def main() -> None:
-        stop.append(asyncio.Event())
-        await s.run(stop[0])
-
-    t = threading.Thread(target=loop.run_until_complete, args=(main(),))
-    t.start()
-    try:
+    with _running(sender.SenderLoop(cfg, store)) as s:
         assert s.asleep.wait(60)  # asleep with nothing queued: only a wake-up can help
         code = ("import sys, time; from fenji.gateway import config as c; "
                 "from fenji.gateway.node import open_store; from fenji.routing import outbox_db;"
@@ -88,10 +100,7 @@ def test_sender_wakes_for_a_job_queued_in_another_process(tmp_path: Path,
             time.sleep(0.2)
         assert jobs and jobs[0]["state"] == "dead", json.dumps(jobs, default=str)
         assert "missing" in jobs[0]["last_error"]
-    finally:
-        loop.call_soon_threadsafe(lambda: stop[0].set() if stop else None)
-        t.join(60)
-        store.close()
+    store.close()
 
 
 def test_a_job_queued_on_another_machine_wakes_the_sender_through_postgresql(
@@ -110,17 +119,7 @@ def test_a_job_queued_on_another_machine_wakes_the_sender_through_postgresql(
     shutil.copytree(edge.directory / "keys", other / "keys")
     cfg = config_mod.load(edge.config, env=env)
     store = open_store(cfg)
-    stop: list[asyncio.Event] = []
-    loop = asyncio.new_event_loop()
-    s = sender.SenderLoop(cfg, store)
-
-    async def main() -> None:
-        stop.append(asyncio.Event())
-        await s.run(stop[0])
-
-    t = threading.Thread(target=loop.run_until_complete, args=(main(),))
-    t.start()
-    try:
+    with _running(sender.SenderLoop(cfg, store)) as s:
         # Asleep and listening (a listener's first call is when LISTEN took effect).
         until(lambda: s.asleep.is_set() and s.index_wakeups >= 1, 60, "sender asleep")
         before = s.index_wakeups
@@ -140,7 +139,4 @@ def test_a_job_queued_on_another_machine_wakes_the_sender_through_postgresql(
         until(dead, 120, "the job handled")
         assert "missing" in jobs[0]["last_error"]
         assert s.index_wakeups > before
-    finally:
-        loop.call_soon_threadsafe(lambda: stop[0].set() if stop else None)
-        t.join(60)
-        store.close()
+    store.close()
