@@ -425,17 +425,10 @@ def _gapfill_py(slope: np.ndarray, peaks: np.ndarray, fs: float, rel: float,
         ns += 1
         while ns > 0:
             q = stack[ns - 1]
-            if q - p <= 2 * dmin:
-                # nothing fits: this gap is done, the next one starts at q
-                ns -= 1
-                if ns > 0:
-                    out[no] = q
-                    no += 1
-                    p = q
-                continue
             found = -1
             lo = p + dmin
-            for _t in range(tries):
+            # (a gap shorter than 2 x dmin holds nothing: no try)
+            for _t in range(tries if q - p > 2 * dmin else 0):
                 j = -1
                 mj = 0.0
                 for i in range(lo, q - dmin):
@@ -460,7 +453,7 @@ def _gapfill_py(slope: np.ndarray, peaks: np.ndarray, fs: float, rel: float,
                         continue
                 found = j
                 break
-            if found < 0:
+            if found < 0:  # nothing fits: this gap is done, the next one starts at q
                 ns -= 1
                 if ns > 0:
                     out[no] = q
