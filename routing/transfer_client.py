@@ -489,8 +489,11 @@ class _Upload:
             if await self._yield_now():
                 yielded[0] = True
                 return
-            end = off + self.pipeline.frame_bytes
-            if not await self._have(end if self.total is None else min(end, self.total)):
+            # While the length is unknown, what is written goes at once (the encoder
+            # flushes a section at a time); else whole frames.
+            end = off + 1 if self.total is None else \
+                min(off + self.pipeline.frame_bytes, self.total)
+            if not await self._have(end):
                 return  # the stream ends here; the caller raises (retryable)
             self._learn_length()
             limit = self.growing.available if self.total is None and self.growing else \
