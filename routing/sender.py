@@ -386,7 +386,8 @@ class SenderLoop:
                                     should_yield=should_yield, on_progress=progress,
                                     ssl=self._ssl(dest), pace=self._pace(dest),
                                     meter=self.meters.setdefault(dest, LinkMeter()),
-                                    pipeline=pipeline, growing=growing)
+                                    pipeline=pipeline, growing=growing,
+                                    fresh=int(j.get("bytes_sent") or 0) == 0)
         except TransferError as exc:
             await asyncio.to_thread(self._save_meter, dest)
             if isinstance(growing, encoding.Encoding) and growing.dropped:

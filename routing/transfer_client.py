@@ -227,7 +227,8 @@ async def send_bundle(session: aiohttp.ClientSession, base_url: str, sender: Sen
                       ssl: Any = None, pace: Callable[[int], float] = lambda n: 0.0,
                       meter: LinkMeter | None = None,
                       pipeline: Pipeline = Pipeline(),
-                      growing: Growing | None = None) -> Delivered | Yielded:
+                      growing: Growing | None = None, fresh: bool = False
+                      ) -> Delivered | Yielded:
     """Send one bundle; the rules come from :class:`fenji.routing.upload.UploadClient`.
 
     File reads and hashing run in worker threads: the loop also serves DICOMweb.
@@ -236,7 +237,9 @@ async def send_bundle(session: aiohttp.ClientSession, base_url: str, sender: Sen
     :mod:`fenji.routing.encoding`): each read waits until the bytes it needs are
     here; while its length is unknown the upload defers it (streamed frames only:
     with ``frame_bytes`` 0 the whole bundle is awaited first).  ``manifest`` None:
-    read from the bundle once it is whole (to check the receipt).
+    read from the bundle once it is whole (to check the receipt).  ``fresh``: no
+    byte of it was sent before (as far as the caller knows): streamed frames go in
+    the create request itself (a wrong guess costs the bytes of one round trip).
     """
     up = _Upload(session, base_url.rstrip("/"), sender, bundle_path, bundle_id, receiver,
                  sizer, should_yield, on_progress, ssl, pace, meter or LinkMeter(), pipeline,
@@ -246,7 +249,7 @@ async def send_bundle(session: aiohttp.ClientSession, base_url: str, sender: Sen
     if up.total is not None and up.total <= pipeline.single_request_bytes:
         body = await up.whole()
     else:
-        out = await up.in_parts()
+        out = await up.in_parts(fresh)
         if isinstance(out, Yielded):
             return out
         body = out
@@ -354,12 +357,18 @@ class _Upload:
         self.sent = len(data)
         return body
 
-    async def in_parts(self) -> dict[str, Any] | Yielded:
+    async def in_parts(self, fresh: bool = False) -> dict[str, Any] | Yielded:
         """Create (or find) the upload, send what the receiver lacks, finalize."""
         quiet_cuts = 0
+        streaming_create = fresh and self.pipeline.frame_bytes > 0
         while True:
             before = self.sent
             try:
+                if streaming_create:  # the first try: create and frames in one request
+                    streaming_create = False
+                    first = await self._create_streaming()
+                    if first is not None:
+                        return first
                 await self._create()
                 if self.pipeline.frame_bytes > 0:
                     out = await self._stream()
@@ -391,6 +400,42 @@ class _Upload:
             self.deferred = resp.headers.get(upload.DEFER_HEADER) == "1"
             self.client.created(int(resp.headers["Upload-Offset"]),
                                 resp.headers.get("Fenji-Upload-State", upload.RECEIVING))
+
+    async def _create_streaming(self) -> dict[str, Any] | Yielded | None:
+        """Create the upload with the frames as its body (the first byte goes with the
+        create, not one round trip later).  The receipt, Yielded, or None: go on as
+        usual from the offset the answer gave (a 409: the upload existed elsewhere)."""
+        path = "/transfer/uploads"
+        h = self._headers("POST", path, {**self._create_headers(), "Upload-Offset": "0",
+                                         "Content-Type": upload.FRAMES_TYPE,
+                                         upload.FINALIZE_HEADER: "on-complete"})
+        yielded = [False]
+        c0 = time.monotonic()
+        async with self.session.post(self.base + path, data=self._frames(0, yielded),
+                                     headers=h, ssl=self.ssl) as resp:
+            if resp.status in (200, 201, 204, 409) and "Location" in resp.headers:
+                self.location = resp.headers["Location"]
+                self.deferred = resp.headers.get(upload.DEFER_HEADER) == "1"
+            if resp.status == 200 and resp.content_type == "application/json":
+                self.meter.chunk(self.sent, time.monotonic() - c0)  # finalized: the receipt
+                self._learn_length()
+                if self.total is not None:
+                    self.client.acked(self.total)
+                await self._progress()
+                done: dict[str, Any] = await resp.json()
+                return done
+            if resp.status in (200, 201, 204) and self.location:
+                self.client.created(int(resp.headers["Upload-Offset"]),
+                                    resp.headers.get("Fenji-Upload-State", upload.RECEIVING))
+                self.meter.chunk(self.sent, time.monotonic() - c0)
+                await self._progress()
+                if yielded[0]:
+                    return Yielded(self.client.offset, self.sent)
+                self._check_stalled()
+                return None
+            if resp.status == 409 and self.location and self._resync(resp):
+                return None
+            raise await _create_failed(resp, self.base, self.sender)
 
     async def _yield_now(self) -> bool:
         return self.should_yield is not None and await self.should_yield()

@@ -15,7 +15,10 @@ Routes (all under the node's HTTP API):
     already finalized, 200 with ``Fenji-Upload-State: complete``.
     With a body and ``Upload-Checksum`` (a bundle up to the sender's
     ``transfer.single_request_bytes``): create, store, finalize and answer the
-    receipt in one request; a resend answers the same receipt.
+    receipt in one request; a resend answers the same receipt.  With a body of
+    frames (``Content-Type: application/fenji-frames``, ``Upload-Offset``): the
+    create goes on as a frames ``PATCH`` on the upload (no round trip before
+    the first byte; an existing upload at another offset answers 409 with it).
 ``HEAD /transfer/uploads/{id}``
     ``Upload-Offset``, ``Upload-Length``, ``Cache-Control: no-store`` always.
 ``PATCH /transfer/uploads/{id}``
@@ -242,7 +245,20 @@ async def _existing(ctx: ReceiverContext, request: web.Request, existing: dict[s
         existing = await asyncio.to_thread(_declare_length, ctx, existing, length)
     if whole:
         return await _whole(ctx, request, existing["upload_id"], who)
+    if request.content_type == upload.FRAMES_TYPE:  # frames from its Upload-Offset, or 409
+        return await _stream_on(ctx, request, existing["upload_id"], who)
     return web.Response(status=200, headers=_offset_headers(existing))
+
+
+async def _stream_on(ctx: ReceiverContext, request: web.Request, upload_id: str,
+                     who: str) -> web.StreamResponse:
+    """A create whose body is a stream of frames (creation-with-upload for a streamed
+    bundle: no round trip before the first byte): as a frames PATCH on the upload."""
+    async with ctx.lock(upload_id):
+        row = _owned_row(ctx, upload_id, who)
+        if row is None:
+            return error(404, "no_upload", f"upload {upload_id} not found")
+        return await _frames(ctx, request, row)
 
 
 async def create_upload(request: web.Request) -> web.StreamResponse:
@@ -297,6 +313,8 @@ async def create_upload(request: web.Request) -> web.StreamResponse:
              length)
     if whole:
         return await _whole(ctx, request, upload_id, who)
+    if request.content_type == upload.FRAMES_TYPE:
+        return await _stream_on(ctx, request, upload_id, who)
     created = _row(ctx, upload_id)
     assert created is not None
     return web.Response(status=201, headers=_offset_headers(created))

@@ -121,8 +121,10 @@ class _Encoder:
 def _send_in_thread(edge: NodeProcess, target_port: int, enc: _Encoder, proxy: Any,
                     box: dict[str, Any]) -> threading.Thread:
     """send_bundle through ``proxy`` (started on the thread's loop) with the Encoding
-    source; the outcome (or the error) lands in ``box``; a TransferError is retried
-    once, as the outbox would."""
+    source, its frames in the create request (``fresh``, as the sender's first attempt;
+    an upload that exists already answers 409 and the stream resumes at its offset);
+    the outcome (or the error) lands in ``box``; a TransferError is retried once, as
+    the outbox would."""
     cfg = config_mod.load(edge.config, env={})
     key = load_private(cfg.resolve(cfg.keys.private_key))
     peer = cfg.peer("center")
@@ -139,7 +141,7 @@ def _send_in_thread(edge: NodeProcess, target_port: int, enc: _Encoder, proxy: A
                         peer_key, enc.final, enc.bid, receiver="center",
                         sizer=ChunkSizer(FRAME, FRAME, FRAME), manifest=None,
                         pipeline=Pipeline(frame_bytes=FRAME),
-                        growing=encoding.Encoding(enc.store, enc.bid))
+                        growing=encoding.Encoding(enc.store, enc.bid), fresh=True)
                 except TransferError:
                     if attempt == 2:
                         raise
