@@ -32,12 +32,18 @@ def enqueue(store: Store, bundle_id: str, case_id: str, destination: str, priori
             bytes_total: int, now: float) -> int:
     """Queue a bundle for a destination; idempotent by ``bundle_id``. Returns the job id.
 
-    After the commit the node's sender is woken, in whatever process it runs.
+    ``bytes_total`` -1 (``routing.encoding.ENCODING``): the bundle is still being
+    encoded; queueing it again with its size seals it (the sender may then declare
+    its length and let the receiver finalize it).  After the commit the node's
+    sender is woken, in whatever process it runs.
     """
     with store.atomic() as con:
-        row = con.execute("SELECT job_id FROM outbox WHERE bundle_id = ?",
+        row = con.execute("SELECT job_id, bytes_total FROM outbox WHERE bundle_id = ?",
                           (bundle_id,)).fetchone()
         if row is not None:
+            if int(row[1]) < 0 < int(bytes_total):
+                con.execute("UPDATE outbox SET bytes_total = ?, updated_at = ? WHERE "
+                            "job_id = ?", (int(bytes_total), now, int(row[0])))
             return int(row[0])
         job_id = int(con.execute(
             "INSERT INTO outbox(bundle_id, case_id, destination, priority, state, attempts, "

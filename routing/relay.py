@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from fenji.gateway.errors import PeerError
 from fenji.gateway.store.db import Store
@@ -73,18 +74,27 @@ class StalledError(PeerError):
 
 
 class Growing:
-    """A bundle still arriving: its final length, and a wait for its first ``n`` bytes."""
+    """A bundle still arriving: its final length (None while the previous hop defers
+    it: a bundle encoded while it is sent), and a wait for its first ``n`` bytes."""
 
-    def __init__(self, store: Store, bundle_id: str, length: int, *,
+    def __init__(self, store: Store, bundle_id: str, length: int | None, *,
                  stall_s: float = STALL_S) -> None:
-        self.store, self.bundle_id, self.length, self.stall_s = store, bundle_id, length, stall_s
+        self.store, self.bundle_id, self.stall_s = store, bundle_id, stall_s
+        self.length = length or None  # upload.DEFERRED (0): not known yet
         self.available = 0
+
+    def read_path(self, default: Path) -> Path:
+        """The file to read the bytes from: the onward bundle, a hard link to the upload."""
+        return default
+
+    def _whole(self) -> bool:
+        return self.length is not None and self.available >= self.length
 
     async def wait_for(self, n: int,
                        heartbeat: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Return once the first ``n`` bytes are committed at this node; ``heartbeat``
-        runs while it waits (the outbox lease stays ours)."""
-        if n <= self.available:
+        """Return once the first ``n`` bytes are committed at this node, or all of a
+        shorter bundle; ``heartbeat`` runs while it waits (the outbox lease stays ours)."""
+        if n <= self.available or self._whole():
             return
         ev = _EVENTS.setdefault(self.bundle_id, asyncio.Event())
         last_growth = time.monotonic()
@@ -94,14 +104,16 @@ class Growing:
             if now is None or now.state == "rejected":
                 raise StalledError(f"bundle {self.bundle_id}: the relay refused or lost the "
                                    "incoming upload it was forwarding")
+            if now.length:
+                self.length = now.length
             if now.offset > self.available:
                 self.available, last_growth = now.offset, time.monotonic()
-            if n <= self.available:
+            if n <= self.available or self._whole():
                 return
             if time.monotonic() - last_growth > self.stall_s:
                 raise StalledError(f"bundle {self.bundle_id}: no new byte from the previous "
                                    f"hop for {self.stall_s:.0f} s (at {self.available} of "
-                                   f"{self.length})")
+                                   f"{self.length or 'a length not declared yet'})")
             if heartbeat is not None:
                 await heartbeat()
             try:

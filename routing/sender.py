@@ -35,7 +35,7 @@ from fenji.gateway.keys import load_private, public_from_config
 from fenji.gateway.store import processes
 from fenji.gateway.store.db import Store
 from fenji.gateway.store.index import Con
-from fenji.routing import outbox_db, relay, upload, wakeup
+from fenji.routing import encoding, outbox_db, relay, upload, wakeup
 from fenji.routing.outbox import DeadLetter, OutboxPolicy, Wait
 from fenji.routing.shaping import LinkMeter, Pacer, parse_schedule
 from fenji.routing.transfer_client import (
@@ -346,7 +346,9 @@ class SenderLoop:
         peer = self.cfg.peer(dest)
         path = self.store.root / "bundles" / f"{j['bundle_id']}.fbundle"
         t0 = time.monotonic()
-        if peer is None or not path.exists():
+        # A bundle its release still encodes: sent as it is written (routing/encoding.py).
+        encoding_now = encoding.encoding(j)
+        if peer is None or not (path.exists() or encoding_now):
             reason = (f"destination {dest!r} is not a configured peer" if peer is None
                       else f"bundle file {path} is missing")
             await asyncio.to_thread(outbox_db.fail, self.store, j["job_id"], self.owner,
@@ -376,12 +378,16 @@ class SenderLoop:
         # A bundle this node is still receiving (a relay forwarding a STAT bundle cut-through,
         # routing/relay.py): send what is committed, wait for the rest.
         inc = await asyncio.to_thread(relay.incoming, self.store, j["bundle_id"])
-        growing = (relay.Growing(self.store, j["bundle_id"], inc.length)
-                   if inc is not None and inc.state == upload.RECEIVING else None)
+        growing: relay.Growing | encoding.Encoding | None = (
+            relay.Growing(self.store, j["bundle_id"], inc.length)
+            if inc is not None and inc.state == upload.RECEIVING else
+            encoding.Encoding(self.store, j["bundle_id"]) if encoding_now else None)
         try:
-            manifest = await asyncio.to_thread(manifest_of, path)
+            # A bundle still encoded: its manifest is read once it is whole.
+            manifest = (None if isinstance(growing, encoding.Encoding)
+                        else await asyncio.to_thread(manifest_of, path))
             await asyncio.to_thread(self.events.sent, j, self.clock(),
-                                    growing.length if growing else path.stat().st_size)
+                                    (growing.length or 0) if growing else path.stat().st_size)
             t = self.cfg.transfer
             pipeline = Pipeline(single_request_bytes=t.single_request_bytes,
                                 frame_bytes=t.frame_bytes)
@@ -391,9 +397,14 @@ class SenderLoop:
                                     should_yield=should_yield, on_progress=progress,
                                     ssl=self._ssl(dest), pace=self._pace(dest),
                                     meter=self.meters.setdefault(dest, LinkMeter()),
-                                    pipeline=pipeline, growing=growing)
+                                    pipeline=pipeline, growing=growing,
+                                    fresh=int(j.get("bytes_sent") or 0) == 0)
         except TransferError as exc:
             await asyncio.to_thread(self._save_meter, dest)
+            if isinstance(growing, encoding.Encoding) and growing.dropped:
+                log.warning("transfer job=%s case=%s dest=%s outcome=dropped reason=%s",
+                            j["job_id"], j["case_id"], dest, exc)
+                return  # the failed release removed the job: nothing to retry
             decision = await asyncio.to_thread(
                 outbox_db.fail, self.store, j["job_id"], self.owner, str(exc), self.clock(),
                 self.policy, self.rng, retryable=exc.retryable, progressed=moved[0],
@@ -419,6 +430,11 @@ class SenderLoop:
                      len(out.receipt["instances"]), "yes" if growing else "no", sum(resumed),
                      len(resumed))
         else:
+            if lost[0] and isinstance(growing, encoding.Encoding) and await asyncio.to_thread(
+                    encoding.gone, self.store, j["bundle_id"]):
+                log.warning("transfer job=%s case=%s dest=%s outcome=dropped reason=its "
+                            "release failed", j["job_id"], j["case_id"], dest)
+                return
             await asyncio.to_thread(outbox_db.release, self.store, j["job_id"], self.owner,
                                     self.clock())
             log.info("transfer job=%s case=%s dest=%s bytes=%d offset=%d outcome=yielded "

@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from fenji.codecs.errors import PeerError
 from fenji.gateway.keys import canonical_json, fingerprint, sign, verify
 from fenji.routing import upload
-from fenji.routing.relay import Growing, StalledError
+from fenji.routing.relay import StalledError
 from fenji.routing.shaping import LinkMeter
 from fenji.routing.upload import auth_message
 
@@ -203,34 +203,61 @@ class Pipeline:
 _ERRORS = (aiohttp.ClientError, TimeoutError, ConnectionError)
 
 
+class Growing(Protocol):
+    """A bundle whose bytes are still coming (a relay's cut-through,
+    :class:`fenji.routing.relay.Growing`; a bundle this node still encodes,
+    :class:`fenji.routing.encoding.Encoding`): ``length`` None until it is known."""
+
+    length: int | None
+    available: int
+
+    async def wait_for(self, n: int,
+                       heartbeat: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Until the first ``n`` bytes are here, or the whole (shorter) bundle is."""
+
+    def read_path(self, default: Path) -> Path:
+        """The file its bytes are read from."""
+
+
 async def send_bundle(session: aiohttp.ClientSession, base_url: str, sender: Sender,
                       peer_key: Ed25519PublicKey, bundle_path: Path, bundle_id: str, *,
-                      receiver: str, sizer: ChunkSizer, manifest: dict[str, Any],
+                      receiver: str, sizer: ChunkSizer, manifest: dict[str, Any] | None,
                       should_yield: Callable[[], Awaitable[bool]] | None = None,
                       on_progress: Callable[[int, int], Awaitable[None]] | None = None,
                       ssl: Any = None, pace: Callable[[int], float] = lambda n: 0.0,
                       meter: LinkMeter | None = None,
                       pipeline: Pipeline = Pipeline(),
-                      growing: Growing | None = None) -> Delivered | Yielded:
+                      growing: Growing | None = None, fresh: bool = False
+                      ) -> Delivered | Yielded:
     """Send one bundle; the rules come from :class:`fenji.routing.upload.UploadClient`.
 
     File reads and hashing run in worker threads: the loop also serves DICOMweb.
-    ``growing``: the bundle is still arriving at this node (a relay's cut-through,
-    :mod:`fenji.routing.relay`): its length is the final one, and each read waits
-    until the bytes it needs are committed here.
+    ``growing``: the bundle's bytes are still coming (a relay's cut-through,
+    :mod:`fenji.routing.relay`; a bundle this node still encodes,
+    :mod:`fenji.routing.encoding`): each read waits until the bytes it needs are
+    here; while its length is unknown the upload defers it (streamed frames only:
+    with ``frame_bytes`` 0 the whole bundle is awaited first).  ``manifest`` None:
+    read from the bundle once it is whole (to check the receipt).  ``fresh``: no
+    byte of it was sent before (as far as the caller knows): streamed frames go in
+    the create request itself (a wrong guess costs the bytes of one round trip).
     """
     up = _Upload(session, base_url.rstrip("/"), sender, bundle_path, bundle_id, receiver,
                  sizer, should_yield, on_progress, ssl, pace, meter or LinkMeter(), pipeline,
                  growing)
-    if up.total <= pipeline.single_request_bytes:
+    if up.total is None and pipeline.frame_bytes <= 0:
+        await up.until_length()
+    if up.total is not None and up.total <= pipeline.single_request_bytes:
         body = await up.whole()
     else:
-        out = await up.in_parts()
+        out = await up.in_parts(fresh)
         if isinstance(out, Yielded):
             return out
         body = out
     receipt, signature = body["receipt"], body["signature"]
-    await asyncio.to_thread(check_receipt, receipt, signature, peer_key, bundle_path, bundle_id,
+    path = up.file()
+    if manifest is None:
+        manifest = await asyncio.to_thread(manifest_of, path)
+    await asyncio.to_thread(check_receipt, receipt, signature, peer_key, path, bundle_id,
                             manifest, receiver=receiver)
     return Delivered(receipt, signature, body.get("signer", ""), up.sent,
                      time.monotonic() - up.t0)
@@ -250,16 +277,38 @@ class _Upload:
         self.should_yield, self.on_progress, self.pace = should_yield, on_progress, pace
         self.meter, self.pipeline, self.growing = meter, pipeline, growing
         self.t0 = time.monotonic()
-        self.total = growing.length if growing is not None else os.path.getsize(path)
+        self.total: int | None = (growing.length if growing is not None
+                                  else os.path.getsize(path))
         self.stalled = ""  # why a cut-through forward stopped waiting for its bytes
         self.client = upload.UploadClient(self.total)
         self.sent = 0
         self.location = ""
+        self.deferred = False  # the receiver's upload has no length yet
+
+    def file(self) -> Path:
+        return self.growing.read_path(self.path) if self.growing is not None else self.path
+
+    def _learn_length(self) -> None:
+        """The growing bundle's length became known: declare it to the upload core."""
+        if self.total is None and self.growing is not None and \
+                self.growing.length is not None:
+            self.total = self.growing.length
+            self.client.declared(self.total)
+
+    async def until_length(self) -> None:
+        """Wait until the growing bundle is whole (its length known)."""
+        assert self.growing is not None
+        while self.total is None:
+            if not await self._have(self.growing.available + 1):
+                self._check_stalled()
+            self._learn_length()
 
     def _headers(self, method: str, path: str, extra: dict[str, str]) -> dict[str, str]:
         return self.sender.headers(method, path, extra, receiver=self.receiver)
 
     def _create_headers(self) -> dict[str, str]:
+        if self.total is None:  # tus Upload-Defer-Length: declared by the last frame
+            return {"Fenji-Bundle-Id": self.bundle_id, upload.DEFER_HEADER: "1"}
         return {"Fenji-Bundle-Id": self.bundle_id, "Upload-Length": str(self.total)}
 
     async def _have(self, end: int) -> bool:
@@ -280,9 +329,10 @@ class _Upload:
 
     async def whole(self) -> dict[str, Any]:
         """Create, data and finalize in one request; the answer is the receipt."""
+        assert self.total is not None
         if not await self._have(self.total):
             self._check_stalled()
-        data = await asyncio.to_thread(_read_at, self.path, 0, self.total)
+        data = await asyncio.to_thread(_read_at, self.file(), 0, self.total)
         checksum = await asyncio.to_thread(upload.checksum_header, data)
         path = "/transfer/uploads"
         h = self._headers("POST", path, {**self._create_headers(), "Upload-Checksum": checksum,
@@ -307,12 +357,18 @@ class _Upload:
         self.sent = len(data)
         return body
 
-    async def in_parts(self) -> dict[str, Any] | Yielded:
+    async def in_parts(self, fresh: bool = False) -> dict[str, Any] | Yielded:
         """Create (or find) the upload, send what the receiver lacks, finalize."""
         quiet_cuts = 0
+        streaming_create = fresh and self.pipeline.frame_bytes > 0
         while True:
             before = self.sent
             try:
+                if streaming_create:  # the first try: create and frames in one request
+                    streaming_create = False
+                    first = await self._create_streaming()
+                    if first is not None:
+                        return first
                 await self._create()
                 if self.pipeline.frame_bytes > 0:
                     out = await self._stream()
@@ -341,8 +397,45 @@ class _Upload:
             if resp.status not in (200, 201):
                 raise await _create_failed(resp, self.base, self.sender)
             self.location = resp.headers["Location"]
+            self.deferred = resp.headers.get(upload.DEFER_HEADER) == "1"
             self.client.created(int(resp.headers["Upload-Offset"]),
                                 resp.headers.get("Fenji-Upload-State", upload.RECEIVING))
+
+    async def _create_streaming(self) -> dict[str, Any] | Yielded | None:
+        """Create the upload with the frames as its body (the first byte goes with the
+        create, not one round trip later).  The receipt, Yielded, or None: go on as
+        usual from the offset the answer gave (a 409: the upload existed elsewhere)."""
+        path = "/transfer/uploads"
+        h = self._headers("POST", path, {**self._create_headers(), "Upload-Offset": "0",
+                                         "Content-Type": upload.FRAMES_TYPE,
+                                         upload.FINALIZE_HEADER: "on-complete"})
+        yielded = [False]
+        c0 = time.monotonic()
+        async with self.session.post(self.base + path, data=self._frames(0, yielded),
+                                     headers=h, ssl=self.ssl) as resp:
+            if resp.status in (200, 201, 204, 409) and "Location" in resp.headers:
+                self.location = resp.headers["Location"]
+                self.deferred = resp.headers.get(upload.DEFER_HEADER) == "1"
+            if resp.status == 200 and resp.content_type == "application/json":
+                self.meter.chunk(self.sent, time.monotonic() - c0)  # finalized: the receipt
+                self._learn_length()
+                if self.total is not None:
+                    self.client.acked(self.total)
+                await self._progress()
+                done: dict[str, Any] = await resp.json()
+                return done
+            if resp.status in (200, 201, 204) and self.location:
+                self.client.created(int(resp.headers["Upload-Offset"]),
+                                    resp.headers.get("Fenji-Upload-State", upload.RECEIVING))
+                self.meter.chunk(self.sent, time.monotonic() - c0)
+                await self._progress()
+                if yielded[0]:
+                    return Yielded(self.client.offset, self.sent)
+                self._check_stalled()
+                return None
+            if resp.status == 409 and self.location and self._resync(resp):
+                return None
+            raise await _create_failed(resp, self.base, self.sender)
 
     async def _yield_now(self) -> bool:
         return self.should_yield is not None and await self.should_yield()
@@ -352,7 +445,7 @@ class _Upload:
         stream the bytes handed to the link."""
         if self.on_progress is not None:
             await self.on_progress(self.client.offset if offset is None else offset,
-                                   self.total)
+                                   self.total or 0)
 
     def _resync(self, resp: aiohttp.ClientResponse) -> bool:
         """A 409/460 carrying the receiver's offset: go on from there."""
@@ -369,7 +462,7 @@ class _Upload:
                 return Yielded(self.client.offset, self.sent)
             if not await self._have(step.offset + step.n):
                 self._check_stalled()
-            chunk = await asyncio.to_thread(_read_at, self.path, step.offset, step.n)
+            chunk = await asyncio.to_thread(_read_at, self.file(), step.offset, step.n)
             wait = self.pace(len(chunk))  # the hospital's share of its link (shaping.py)
             if wait > 0:
                 await asyncio.sleep(wait)
@@ -413,7 +506,9 @@ class _Upload:
                                           ssl=self.ssl) as resp:
                 if resp.status == 200:  # the last frame went in and the receiver finalized
                     self.meter.chunk(self.sent - sent0, time.monotonic() - c0)
-                    self.client.acked(self.total)
+                    self._learn_length()
+                    if self.total is not None:
+                        self.client.acked(self.total)
                     await self._progress()
                     done: dict[str, Any] = await resp.json()
                     return done
@@ -433,15 +528,31 @@ class _Upload:
         return None
 
     async def _frames(self, off: int, yielded: list[bool]) -> AsyncIterator[bytes]:
-        """Frames from ``off`` to the end, or until a job of higher priority is ready."""
-        while off < self.total:
+        """Frames from ``off`` to the end, or until a job of higher priority is ready;
+        a deferred upload's end is an empty frame declaring its length."""
+        while True:
             if await self._yield_now():
                 yielded[0] = True
                 return
-            n = min(self.pipeline.frame_bytes, self.total - off)
-            if not await self._have(off + n):
+            # While the length is unknown, what is written goes at once (the encoder
+            # flushes a section at a time); else whole frames.
+            end = off + 1 if self.total is None else \
+                min(off + self.pipeline.frame_bytes, self.total)
+            if not await self._have(end):
                 return  # the stream ends here; the caller raises (retryable)
-            data = await asyncio.to_thread(_read_at, self.path, off, n)
+            self._learn_length()
+            limit = self.growing.available if self.total is None and self.growing else \
+                self.total
+            assert limit is not None
+            n = min(self.pipeline.frame_bytes, limit - off)
+            if n <= 0:
+                if self.total is not None and off >= self.total:
+                    if self.deferred:  # whole and its release committed: declare it
+                        self.deferred = False
+                        yield upload.end_frame(off)
+                    return
+                continue
+            data = await asyncio.to_thread(_read_at, self.file(), off, n)
             wait = self.pace(n)  # the hospital's share of its link (routing/shaping.py)
             if wait > 0:
                 await asyncio.sleep(wait)

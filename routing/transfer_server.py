@@ -6,14 +6,19 @@ does the HTTP, the files and the database around them.
 Routes (all under the node's HTTP API):
 
 ``POST /transfer/uploads``
-    Create an upload.  Headers: ``Fenji-Bundle-Id``, ``Upload-Length``.
+    Create an upload.  Headers: ``Fenji-Bundle-Id``, ``Upload-Length`` (or
+    ``Upload-Defer-Length: 1``: a bundle still being encoded, its length
+    declared by an empty last frame or a later create's ``Upload-Length``).
     201 + ``Location`` + ``Upload-Offset: 0``.  The same bundle id again
     answers 200 with the existing upload and its offset (a sender that lost
     the response resumes instead of starting over), or, if that bundle was
     already finalized, 200 with ``Fenji-Upload-State: complete``.
     With a body and ``Upload-Checksum`` (a bundle up to the sender's
     ``transfer.single_request_bytes``): create, store, finalize and answer the
-    receipt in one request; a resend answers the same receipt.
+    receipt in one request; a resend answers the same receipt.  With a body of
+    frames (``Content-Type: application/fenji-frames``, ``Upload-Offset``): the
+    create goes on as a frames ``PATCH`` on the upload (no round trip before
+    the first byte; an existing upload at another offset answers 409 with it).
 ``HEAD /transfer/uploads/{id}``
     ``Upload-Offset``, ``Upload-Length``, ``Cache-Control: no-store`` always.
 ``PATCH /transfer/uploads/{id}``
@@ -232,12 +237,28 @@ async def _existing(ctx: ReceiverContext, request: web.Request, existing: dict[s
                     length: int, whole: bool, who: str) -> web.StreamResponse:
     """A create for a bundle already known: the same upload again (its offset, or
     the whole request's receipt), unless the lengths disagree."""
-    bad = upload.check_existing(existing["bundle_id"], existing["length"], length)
+    bad = upload.check_existing(existing["bundle_id"], existing["length"], length,
+                                existing["offset"])
     if bad is not None:
         return _refuse(bad)
+    if existing["length"] == upload.DEFERRED and length != upload.DEFERRED:
+        existing = await asyncio.to_thread(_declare_length, ctx, existing, length)
     if whole:
         return await _whole(ctx, request, existing["upload_id"], who)
+    if request.content_type == upload.FRAMES_TYPE:  # frames from its Upload-Offset, or 409
+        return await _stream_on(ctx, request, existing["upload_id"], who)
     return web.Response(status=200, headers=_offset_headers(existing))
+
+
+async def _stream_on(ctx: ReceiverContext, request: web.Request, upload_id: str,
+                     who: str) -> web.StreamResponse:
+    """A create whose body is a stream of frames (creation-with-upload for a streamed
+    bundle: no round trip before the first byte): as a frames PATCH on the upload."""
+    async with ctx.lock(upload_id):
+        row = _owned_row(ctx, upload_id, who)
+        if row is None:
+            return error(404, "no_upload", f"upload {upload_id} not found")
+        return await _frames(ctx, request, row)
 
 
 async def create_upload(request: web.Request) -> web.StreamResponse:
@@ -246,10 +267,14 @@ async def create_upload(request: web.Request) -> web.StreamResponse:
     if isinstance(who, web.Response):
         return who
     bundle_id = request.headers.get("Fenji-Bundle-Id", "")
-    length = upload.check_create(bundle_id, request.headers.get("Upload-Length", ""))
+    length = upload.check_create(bundle_id, request.headers.get("Upload-Length", ""),
+                                 request.headers.get(upload.DEFER_HEADER, ""))
     if isinstance(length, upload.Refuse):
         return _refuse(length)
     whole = "Upload-Checksum" in request.headers  # creation-with-upload (tus)
+    if whole and length == upload.DEFERRED:
+        return error(400, "not_whole", "a create carrying the whole bundle must declare its "
+                                       "Upload-Length")
     if whole and (request.content_length or 0) > MAX_CHUNK_BYTES:
         return error(413, "chunk_too_large", f"a bundle sent whole is limited to "
                                              f"{MAX_CHUNK_BYTES} bytes")
@@ -288,6 +313,8 @@ async def create_upload(request: web.Request) -> web.StreamResponse:
              length)
     if whole:
         return await _whole(ctx, request, upload_id, who)
+    if request.content_type == upload.FRAMES_TYPE:
+        return await _stream_on(ctx, request, upload_id, who)
     created = _row(ctx, upload_id)
     assert created is not None
     return web.Response(status=201, headers=_offset_headers(created))
@@ -400,9 +427,16 @@ async def _frames(ctx: ReceiverContext, request: web.Request,
                                           digest)
             if bad is not None:
                 return _refuse(bad, row)
-            moved = await _commit_chunk(ctx, row, offset, data)
-            if moved is not None:
-                return _refuse(moved, row)
+            if n == 0:  # the end of a deferred-length upload: its length is this offset
+                row.update(await asyncio.to_thread(_declare_length, ctx, row, offset))
+                if row["length"] != offset:
+                    return _refuse(upload.Refuse(409, "length_mismatch", f"upload "
+                                                 f"{row['upload_id']} moved meanwhile",
+                                                 with_offset=True), row)
+            else:
+                moved = await _commit_chunk(ctx, row, offset, data)
+                if moved is not None:
+                    return _refuse(moved, row)
             frames += 1
             if not manifest_seen:
                 manifest_seen = await _announce_manifest(ctx, row)
@@ -455,6 +489,22 @@ async def _announce_manifest(ctx: ReceiverContext, row: dict[str, Any]) -> bool:
         return False
     await asyncio.to_thread(ctx.on_manifest, manifest, dict(row), part)
     return True
+
+
+def _declare_length(ctx: ReceiverContext, row: dict[str, Any], length: int) -> dict[str, Any]:
+    """Set a deferred upload's length (once; no byte may lie beyond it); the row as it
+    is now (another process of the center may have declared it first)."""
+    with ctx.store.atomic() as con:
+        con.execute("UPDATE uploads SET length = ?, updated_at = ? WHERE upload_id = ? AND "
+                    "length = ? AND offset <= ? AND state = ?",
+                    (length, ctx.clock(), row["upload_id"], upload.DEFERRED, length,
+                     upload.RECEIVING))
+    fresh = _row(ctx, row["upload_id"])
+    assert fresh is not None  # rows are never deleted
+    log.info("upload length declared node=%s bundle=%s upload=%s length=%d", row["sender"],
+             row["bundle_id"], row["upload_id"], fresh["length"])
+    relay.committed(row["bundle_id"])  # a cut-through forward learns the length
+    return fresh
 
 
 def _committed_manifest(part: Path, committed: int) -> dict[str, Any] | None:

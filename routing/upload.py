@@ -24,6 +24,14 @@ stream cut anywhere keeps every whole frame before the cut (with
 ``Fenji-Finalize: on-complete`` the stream's answer is the receipt).  A bundle
 small enough goes whole in its create request (:func:`check_whole`).
 
+Deferred length (tus ``Upload-Defer-Length``): a bundle still being encoded
+while it is sent (a version-2 bundle, ``codecs/BUNDLE.md``) is created with
+``Upload-Defer-Length: 1`` and no ``Upload-Length`` (the signature covers the
+empty length); its row holds length :data:`DEFERRED`.  The sender declares the
+length once the bundle is whole and its release committed: with an empty frame
+at the end offset (:func:`end_frame`), or ``Upload-Length`` on a later create.
+Nothing can be finalized while the length is deferred.
+
 >>> c = UploadClient(total=10)
 >>> c.created(offset=4, state=RECEIVING)
 >>> c.next_action(chunk_bytes=4)
@@ -67,6 +75,8 @@ FRAMES_TYPE = "application/fenji-frames"
 # receipt (saves the finalize round trip).  Unsigned on purpose: finalizing is
 # what any signed request from the sender may ask, and it is idempotent.
 FINALIZE_HEADER = "Fenji-Finalize"
+DEFER_HEADER = "Upload-Defer-Length"
+DEFERRED = 0  # the stored length of an upload whose length is not declared yet
 # A frame: offset (u64), length (u32), SHA-256 of the data (32 bytes), big-endian.
 _FRAME = struct.Struct(">QI32s")
 FRAME_HEADER_BYTES = _FRAME.size
@@ -111,8 +121,14 @@ def auth_message(method: str, path: str, ts: str, headers: Mapping[str, str], *,
 # --- server rules -------------------------------------------------------------------------
 
 
-def check_create(bundle_id: str, length_header: str) -> int | Refuse:
-    """The upload length a create request asks for, or why it is refused."""
+def check_create(bundle_id: str, length_header: str, defer_header: str = "") -> int | Refuse:
+    """The upload length a create request asks for (:data:`DEFERRED` with
+    ``Upload-Defer-Length: 1`` and no length), or why it is refused."""
+    if defer_header and not length_header:
+        if defer_header != "1":
+            return Refuse(400, "bad_defer", f"Upload-Defer-Length {defer_header[:40]!r} "
+                                            "must be 1")
+        length_header = str(DEFERRED)
     try:
         length = int(length_header)
     except ValueError:
@@ -122,14 +138,25 @@ def check_create(bundle_id: str, length_header: str) -> int | Refuse:
                                                        for c in bundle_id):
         return Refuse(400, "bad_bundle_id", f"Fenji-Bundle-Id {bundle_id[:80]!r} is not 1-64 "
                                             "letters, digits, '-' or '_'")
-    if not 0 < length <= MAX_LENGTH:
+    if not 0 < length <= MAX_LENGTH and not (defer_header and length == DEFERRED):
         return Refuse(400, "bad_length", f"Upload-Length {length} out of range "
                                          f"(1..{MAX_LENGTH})")
     return length
 
 
-def check_existing(bundle_id: str, stored_length: int, length: int) -> Refuse | None:
-    """A create for a bundle id already known: the same length resumes it."""
+def check_existing(bundle_id: str, stored_length: int, length: int,
+                   stored_offset: int = 0) -> Refuse | None:
+    """A create for a bundle id already known: the same length resumes it; a deferred
+    create resumes any; a length given for a deferred upload declares it (if no byte
+    already lies beyond it)."""
+    if length == DEFERRED:
+        return None
+    if stored_length == DEFERRED:
+        if stored_offset > length:
+            return Refuse(409, "length_mismatch", f"bundle {bundle_id} already holds "
+                                                  f"{stored_offset} bytes, more than "
+                                                  f"Upload-Length {length}")
+        return None
     if stored_length != length:
         return Refuse(409, "length_mismatch", f"bundle {bundle_id} was created with length "
                                               f"{stored_length}, not {length}")
@@ -170,7 +197,7 @@ def parse_checksum(header: str) -> bytes | Refuse:
 
 def check_chunk(offset: int, length: int, data: bytes, digest: bytes) -> Refuse | None:
     """After reading a chunk: does it fit the upload and match its checksum?"""
-    if offset + len(data) > length:
+    if offset + len(data) > (MAX_LENGTH if length == DEFERRED else length):
         return Refuse(400, "beyond_length", f"chunk ends at {offset + len(data)}, beyond "
                                             f"Upload-Length {length}")
     if hashlib.sha256(data).digest() != digest:
@@ -186,6 +213,9 @@ def check_finalize(state: str, offset: int, length: int) -> str | Refuse:
     if state == REJECTED:
         return Refuse(422, "bundle_rejected", "the bundle was refused; see the receiver's "
                                               "quarantine")
+    if length == DEFERRED:
+        return Refuse(409, "length_deferred", f"offset {offset}, length not declared yet",
+                      with_offset=True)
     if offset != length:
         return Refuse(409, "incomplete", f"offset {offset} of {length} bytes", with_offset=True)
     transition(state, "finalize")
@@ -217,6 +247,11 @@ def frame_header(offset: int, data: bytes) -> bytes:
     return _FRAME.pack(offset, len(data), hashlib.sha256(data).digest())
 
 
+def end_frame(offset: int) -> bytes:
+    """The empty frame that ends a deferred-length upload: its length is ``offset``."""
+    return frame_header(offset, b"")
+
+
 def parse_frame_header(raw: bytes) -> tuple[int, int, bytes]:
     """(offset, length, sha256) of a frame header of :data:`FRAME_HEADER_BYTES` bytes."""
     offset, n, digest = _FRAME.unpack(raw)
@@ -225,16 +260,19 @@ def parse_frame_header(raw: bytes) -> tuple[int, int, bytes]:
 
 def check_frame(state: str, stored_offset: int, length: int, offset: int,
                 n: int) -> Refuse | None:
-    """Before reading a frame's data: does it go on top of the stored offset?"""
+    """Before reading a frame's data: does it go on top of the stored offset?  An
+    empty frame declares a deferred upload's length (:func:`end_frame`)."""
     if state != RECEIVING:
         return Refuse(409, "complete", "upload already finalized", with_offset=True)
     if offset != stored_offset:
         return Refuse(409, "offset_mismatch",
                       f"frame at offset {offset} != stored offset {stored_offset}",
                       with_offset=True)
+    if n == 0 and length == DEFERRED and offset > 0:
+        return None
     if not 0 < n <= MAX_CHUNK_BYTES:
         return Refuse(400, "bad_frame", f"frame length {n} not in 1..{MAX_CHUNK_BYTES}")
-    if offset + n > length:
+    if offset + n > (MAX_LENGTH if length == DEFERRED else length):
         return Refuse(400, "beyond_length", f"frame ends at {offset + n}, beyond "
                                             f"Upload-Length {length}")
     return None
@@ -242,7 +280,8 @@ def check_frame(state: str, stored_offset: int, length: int, offset: int,
 
 def offset_headers(upload_id: str, offset: int, length: int, state: str) -> dict[str, str]:
     """What every answer about an upload carries (tus: never cached)."""
-    return {"Upload-Offset": str(offset), "Upload-Length": str(length),
+    size = {DEFER_HEADER: "1"} if length == DEFERRED else {"Upload-Length": str(length)}
+    return {"Upload-Offset": str(offset), **size,
             "Cache-Control": "no-store", "Fenji-Upload-State": state,
             "Location": f"/transfer/uploads/{upload_id}"}
 
@@ -264,8 +303,9 @@ class Finalize:
 class UploadClient:
     """The sending side of one upload: where it stands and what to send next."""
 
-    def __init__(self, total: int) -> None:
-        if total <= 0:
+    def __init__(self, total: int | None) -> None:
+        """``total`` None: the length is not known yet (:meth:`declared` later)."""
+        if total is not None and total <= 0:
             raise ValueError(f"bundle length {total} must be positive")
         self.total = total
         self.offset = 0
@@ -273,21 +313,30 @@ class UploadClient:
 
     def created(self, offset: int, state: str) -> None:
         """The answer to a create (or a resync): the receiver's offset and state."""
-        if not 0 <= offset <= self.total:
+        if not 0 <= offset <= (MAX_LENGTH if self.total is None else self.total):
             raise ValueError(f"receiver offset {offset} outside 0..{self.total}")
         self.offset, self.state = offset, state
 
+    def declared(self, total: int) -> None:
+        """The bundle is whole: its length is ``total``."""
+        if total < self.offset or total <= 0:
+            raise ValueError(f"bundle length {total} below the receiver's offset {self.offset}")
+        self.total = total
+
     def acked(self, offset: int) -> None:
         """The receiver has made ``offset`` durable (a 204, or a frame's commit)."""
-        if not self.offset <= offset <= self.total:
+        if not self.offset <= offset <= (MAX_LENGTH if self.total is None else self.total):
             raise ValueError(f"acknowledged offset {offset} outside {self.offset}..{self.total}")
         self.offset = offset
 
     def next_action(self, chunk_bytes: int) -> SendChunk | Finalize:
-        """Finalize once every byte is there (or the receiver has finalized already)."""
-        if self.state != RECEIVING or self.offset >= self.total:
+        """Finalize once every byte is there (or the receiver has finalized already).
+        With the length still unknown: a chunk of at most ``chunk_bytes`` (the shell
+        sends what exists of it)."""
+        if self.state != RECEIVING or (self.total is not None and self.offset >= self.total):
             return Finalize()
-        return SendChunk(self.offset, min(max(1, chunk_bytes), self.total - self.offset))
+        left = chunk_bytes if self.total is None else self.total - self.offset
+        return SendChunk(self.offset, min(max(1, chunk_bytes), left))
 
 
 def checksum_header(data: bytes) -> str:

@@ -49,7 +49,9 @@ from fenji.codecs.compress.waveform import waveform_decode, waveform_encode
 from fenji.codecs.errors import DecodeError
 
 MAGIC = b"FJBU"
-VERSION = 1
+VERSION = 1  # what plan_bundle writes: every offset in the manifest
+STREAM_VERSION = 2  # what stream_bundle writes: encoded while it is sent (BUNDLE.md)
+VERSIONS = (1, 2)
 FORMAT = "fenji-bundle"
 _START = struct.Struct("<4sB3x")  # magic, version
 _SEC = struct.Struct("<4sIQII")  # kind, index, payload length, payload CRC-32, header CRC-32
@@ -240,6 +242,73 @@ def write_bundle(case: dict[str, Any], instances: Iterable[bytes],
     return plan_bundle(case, instances, previews, effort=effort).iter_bytes()
 
 
+@dataclass(frozen=True)
+class StreamedBundle:
+    """A version-2 bundle: its manifest is known before any instance is encoded, and
+    :meth:`iter_bytes` encodes each instance as the stream reaches it (BUNDLE.md)."""
+
+    manifest: dict[str, Any]
+    _head: bytes = field(repr=False)
+    _previews: tuple[bytes, ...] = field(repr=False)
+    _originals: tuple[bytes, ...] = field(repr=False)
+    _refs: tuple[int | None, ...] = field(repr=False)
+    effort: str = "fast"
+
+    def iter_bytes(self) -> Iterator[bytes]:
+        """Start and manifest, previews, then one section per instance, encoded as it
+        is reached, then the END trailer (the SHA-256 of everything before it)."""
+        digest = hashlib.sha256()
+        n = 0  # sections: the manifest (in the head, after the start), previews, instances
+        for blob in (self._head, *self._previews):
+            digest.update(blob)
+            n += 1
+            yield blob
+        for i, o in enumerate(self._originals):
+            r = self._refs[i]
+            enc = encode_instance(o, effort=self.effort,
+                                  reference=self._originals[r] if r is not None else None)
+            blob = _section(INSTANCE, i, enc)
+            digest.update(blob)
+            n += 1
+            yield blob
+        yield _section(END, 0, json.dumps({"sections": n, "sha256": digest.hexdigest()},
+                                          sort_keys=True).encode())
+
+    def to_bytes(self) -> bytes:
+        return b"".join(self.iter_bytes())
+
+
+def stream_bundle(case: dict[str, Any], instances: Iterable[bytes],
+                  previews: Sequence[Preview | None] = (), *, effort: str = "fast",
+                  series_reference: bool = True) -> StreamedBundle:
+    """A version-2 bundle of ``instances`` (Part-10 bytes), not yet encoded: its
+    manifest holds what is known before encoding (each instance's SHA-256, size and
+    reference), so the manifest's hash and the first bytes exist at once."""
+    originals = tuple(instances)
+    refs = tuple(choose_references(originals) if series_reference
+                 else [None] * len(originals))
+    prevs = [p for p in previews if p is not None]
+    iinfo: list[dict[str, Any]] = []
+    for i, o in enumerate(originals):
+        entry: dict[str, Any] = {"index": i, "sha256": hashlib.sha256(o).hexdigest(),
+                                 "size": len(o)}
+        if refs[i] is not None:
+            entry["reference"] = refs[i]
+        iinfo.append(entry)
+    manifest = {"format": FORMAT, "version": STREAM_VERSION, "effort": effort, "case": case,
+                "previews": [{"index": i, "kind": p.kind, "meta": p.meta}
+                             for i, p in enumerate(prevs)],
+                "instances": iinfo}
+    try:
+        body = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"case metadata is not JSON-able: {exc}") from None
+    head = _START.pack(MAGIC, STREAM_VERSION) + _section(MANIFEST, 0, body)
+    return StreamedBundle(manifest, head,
+                          tuple(_section(PREVIEW, i, p.to_bytes()) for i, p in enumerate(prevs)),
+                          originals, refs, effort)
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -289,6 +358,7 @@ class BundleReader:
         self._buf = bytearray()
         self._offset = 0  # absolute offset of _buf[0]
         self._started = False
+        self._version = 0
         self._manifest: dict[str, Any] | None = None
         self._next_preview = 0
         self._next_instance = 0
@@ -349,8 +419,10 @@ class BundleReader:
             magic, version = _START.unpack_from(self._buf)
             if magic != MAGIC:
                 raise DecodeError(f"bundle magic {magic!r} != {MAGIC!r}")
-            if version != VERSION:
-                raise DecodeError(f"bundle version {version} is not supported (max {VERSION})")
+            if version not in VERSIONS:
+                raise DecodeError(f"bundle version {version} is not supported "
+                                  f"(known: {', '.join(map(str, VERSIONS))})")
+            self._version = version
             self._sha.update(self._consume(_START.size))
             self._started = True
             return True
@@ -426,7 +498,11 @@ class BundleReader:
                               f"{len(m['instances'])} instances")
 
     def _expect_offset(self, key: str, index: int, offset: int) -> None:
+        """Version 1 only: each section where the manifest placed it (version 2's
+        sections are self-delimiting; the trailer's count and digest cover them)."""
         assert self._manifest is not None
+        if self._version != 1:
+            return
         want = self._manifest[key][index].get("offset")
         if want != offset:
             raise DecodeError(f"bundle {key[:-1]} {index} at offset {offset}, manifest says {want}")
@@ -438,12 +514,15 @@ class BundleReader:
             raise DecodeError(f"bundle manifest is not JSON: {exc}") from None
         if not isinstance(m, dict) or m.get("format") != FORMAT:
             raise DecodeError("bundle manifest format is not 'fenji-bundle'")
-        if m.get("version") != VERSION:
-            raise DecodeError(f"bundle manifest version {m.get('version')} not supported")
+        if m.get("version") != self._version:
+            raise DecodeError(f"bundle manifest version {m.get('version')!r} is not the "
+                              f"stream's version {self._version}")
         if not isinstance(m.get("instances"), list) or not isinstance(m.get("previews"), list):
             raise DecodeError("bundle manifest lacks its instance/preview lists")
         for e in m["instances"] + m["previews"]:
-            if not isinstance(e, dict) or not isinstance(e.get("offset"), int):
+            if not isinstance(e, dict):
+                raise DecodeError("bundle manifest entry is not an object")
+            if self._version == 1 and not isinstance(e.get("offset"), int):
                 raise DecodeError("bundle manifest entry without an integer offset")
         for i, e in enumerate(m["instances"]):
             r = e.get("reference")
@@ -464,7 +543,7 @@ class BundleReader:
             raise DecodeError(f"bundle end section at {offset}: {n} sections / digest do not "
                               f"match the {self._sections} read")
         assert self._manifest is not None
-        if self._manifest.get("end_offset") != offset:
+        if self._version == 1 and self._manifest.get("end_offset") != offset:
             raise DecodeError(f"bundle end at {offset}, manifest says "
                               f"{self._manifest.get('end_offset')}")
 

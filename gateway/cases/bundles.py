@@ -21,6 +21,7 @@ from typing import Any
 from fenji.gateway.config import PREVIEW_INLINE_MAX_RAW_BYTES, PREVIEW_SECTIONS_MAX_BYTES
 from fenji.gateway.errors import FenjiError, LocalError
 from fenji.gateway.store.db import Store
+from fenji.routing.encoding import part_path
 
 Step = Callable[..., None]
 log = logging.getLogger(__name__)
@@ -144,14 +145,7 @@ def build_full(store: Store, rows: list[dict[str, Any]], case_meta: dict[str, An
     from fenji.codecs.compress.bundle import plan_bundle
 
     blobs = [store.read_blob(r["sha256"]) for r in rows]
-    full = {**case_meta, "bundle_id": bundle_id, "bundle_kind": "full"}
-    # Instances that declare no (0008,0005) were read with this node's
-    # dicom.default_character_set: the receiver reads them the same way, whatever
-    # its own default (one entry per instance, None where none was applied).
-    defaults = [r.get("specific_character_set") if r.get("charset_source") == "default"
-                else None for r in rows]
-    if any(defaults):
-        full["default_character_sets"] = defaults
+    full = _full_meta(rows, case_meta, bundle_id)
     previews = [_make_preview(store, rows)] if with_preview else []
     plan = plan_bundle(full, blobs, previews=previews, effort=effort)
     tmp, final, size = stage_plan(store, plan, bundle_id)
@@ -166,6 +160,55 @@ def build_full(store: Store, rows: list[dict[str, Any]], case_meta: dict[str, An
     step("bundle_renamed", case_id=case_meta["case_id"], bundle=str(final))
     # The manifest as every reader of the bundle parses it: the hash a report binds to.
     manifest = json.loads(json.dumps(plan.manifest, sort_keys=True))
+    return Built(bundle_id, final, size, sum(len(b) for b in blobs), manifest, None)
+
+
+def _full_meta(rows: list[dict[str, Any]], case_meta: dict[str, Any],
+               bundle_id: str) -> dict[str, Any]:
+    full = {**case_meta, "bundle_id": bundle_id, "bundle_kind": "full"}
+    # Instances that declare no (0008,0005) were read with this node's
+    # dicom.default_character_set: the receiver reads them the same way, whatever
+    # its own default (one entry per instance, None where none was applied).
+    defaults = [r.get("specific_character_set") if r.get("charset_source") == "default"
+                else None for r in rows]
+    if any(defaults):
+        full["default_character_sets"] = defaults
+    return full
+
+
+def stream_full(store: Store, rows: list[dict[str, Any]], case_meta: dict[str, Any],
+                bundle_id: str, effort: str, step: Step = _no_step) -> Built:
+    """Encode the full bundle (format version 2) into ``bundles/<id>.fbundle.part`` while
+    the sender already sends what is written (its job was queued, unsealed, before:
+    :mod:`fenji.routing.encoding`); fsync, rename it to ``<id>.fbundle`` (not yet
+    recorded).  Each section is flushed as it is encoded."""
+    from fenji.codecs.compress.bundle import stream_bundle
+
+    blobs = [store.read_blob(r["sha256"]) for r in rows]
+    streamed = stream_bundle(_full_meta(rows, case_meta, bundle_id), blobs, effort=effort)
+    part = part_path(store, bundle_id)
+    final = store.root / "bundles" / f"{bundle_id}.fbundle"
+    size = 0
+    try:
+        try:
+            part.parent.mkdir(parents=True, exist_ok=True)
+            with open(part, "wb") as fh:
+                for chunk in streamed.iter_bytes():
+                    fh.write(chunk)
+                    fh.flush()  # the sender reads the file as it grows
+                    size += len(chunk)
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise LocalError(f"cannot write bundle {part}: {exc}") from exc
+        step("bundle_written", case_id=case_meta["case_id"], bundle=str(part))
+        publish(store, [(part, final)])
+    except BaseException:
+        for path in (part, final):
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise
+    step("bundle_renamed", case_id=case_meta["case_id"], bundle=str(final))
+    manifest = json.loads(json.dumps(streamed.manifest, sort_keys=True))
     return Built(bundle_id, final, size, sum(len(b) for b in blobs), manifest, None)
 
 

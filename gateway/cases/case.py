@@ -35,7 +35,7 @@ from fenji.gateway.dicom import query as qr
 from fenji.gateway.errors import LocalError, PeerError
 from fenji.gateway.keys import canonical_json
 from fenji.gateway.store.db import Store
-from fenji.routing import outbox_db, wakeup
+from fenji.routing import encoding, outbox_db, wakeup
 
 log = logging.getLogger(__name__)
 
@@ -447,12 +447,15 @@ def _release_preview_first(store: Store, rows: list[dict[str, Any]], meta: dict[
                            preview: tuple[str, Path, int], report: dict[str, Any] | None,
                            attestation: dict[str, Any] | None, *, actor: str, role: str,
                            hop: str, effort: str, now: float) -> Released:
-    """Queue the preview, wake the sender, then encode and record the full bundle.
+    """Queue the preview and the full bundle, wake the sender, then encode the full
+    bundle while it is sent, and record it.
 
     Two transactions, each whole: the first records the case as ``releasing`` with
-    its instances, quality report and the preview's outbox job; the second moves it
-    to ``released`` with the full manifest's hash, the ledger's "released" and the
-    full bundle's job.  If the full bundle cannot be made the case is moved to
+    its instances, quality report, the preview's outbox job and the full bundle's
+    job, unsealed (:mod:`fenji.routing.encoding`: the sender sends what is encoded
+    but declares no length, so the receiver finalizes nothing); the second moves it
+    to ``released`` with the full manifest's hash, the ledger's "released", and
+    seals the full bundle's job.  If the full bundle cannot be made the case is moved to
     ``failed`` with the reason (its instances free for the next release); if the
     process dies between them, :func:`recover_releases` does the same at the next
     start.  The index's hold on the case (:class:`_ReleaseLock`), from before the
@@ -461,6 +464,7 @@ def _release_preview_first(store: Store, rows: list[dict[str, Any]], meta: dict[
     """
     case_id = str(meta["case_id"])
     pid, ppath, psize = preview
+    full_id = uuid.uuid4().hex
     lock = _ReleaseLock(store, case_id)
     try:
         try:
@@ -469,6 +473,9 @@ def _release_preview_first(store: Store, rows: list[dict[str, Any]], meta: dict[
                                  report, attestation, actor, role, now)
                 outbox_db.enqueue(store, pid, case_id, hop, PRIORITIES[str(meta["priority"])],
                                   psize, now)
+                outbox_db.enqueue(store, full_id, case_id, hop,
+                                  PRIORITIES[str(meta["priority"])], encoding.ENCODING,
+                                  now + 1e-6)
                 _step("preview_recorded", case_id=case_id, bundle=str(ppath))
         except BaseException:
             with contextlib.suppress(OSError):
@@ -477,7 +484,7 @@ def _release_preview_first(store: Store, rows: list[dict[str, Any]], meta: dict[
         _step("preview_committed", case_id=case_id, bundle=str(ppath))
         _wake_sender(store, hop)  # the preview's first byte leaves now, not after the encode
         try:
-            built = bundles.build_full(store, rows, meta, uuid.uuid4().hex, effort, _step)
+            built = bundles.stream_full(store, rows, meta, full_id, effort, _step)
         except BaseException as exc:
             why = f"the full bundle could not be made: {type(exc).__name__}: {exc}"
             _fail_release(store, case_id, why, now=time.time())

@@ -14,11 +14,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from pathlib import Path
 
 from fenji.gateway.audit import ledger
 from fenji.gateway.cases import bundles, states
 from fenji.gateway.store.db import Store
-from fenji.routing import outbox_db, wakeup
+from fenji.routing import encoding, outbox_db, wakeup
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +56,15 @@ def fail_release(store: Store, case_id: str, reason: str, *, now: float) -> bool
                           "case_id = ? ORDER BY created_at LIMIT 1", (case_id,))
     wd = bundles.stage_withdrawal(store, str(job["bundle_id"]), reason) if job else None
     done = False
+    dropped: list[Path] = []
     try:
         with store.atomic() as con:
             row = con.execute("SELECT state, sending_node FROM cases WHERE case_id = ?",
                               (case_id,)).fetchone()
             if row is not None and row[0] == "releasing":
                 states.move(con, case_id, "release_failed", who=states.NODE, now=now)
+                # its full bundle, queued while encoded, will never be whole
+                dropped = encoding.drop_unsealed(con, store, case_id)
                 ledger.record(store, "release_failed", node=row[1] or "?", actor="release",
                               role=states.NODE, obj=case_id, case_id=case_id,
                               detail={"reason": reason[:500],
@@ -75,6 +79,7 @@ def fail_release(store: Store, case_id: str, reason: str, *, now: float) -> bool
             with contextlib.suppress(OSError):
                 wd[1].unlink()
     if done:
+        encoding.unlink(dropped)
         log.error("case release failed case=%s reason=%s withdrawal=%s", case_id, reason,
                   wd[0] if wd else None)
         if wd is not None:

@@ -72,14 +72,15 @@ def _ls(args: argparse.Namespace) -> int:
             nxt = f"sent {cfg.local_time(j['done_at'])}"
         elif j["state"] == "dead":
             nxt = "gave up: fenji queue retry " + str(j["job_id"])
-        pct = 100 * j["bytes_sent"] / j["bytes_total"] if j["bytes_total"] else 0
+        # bytes_total -1: its bundle is still being encoded (routing/encoding.py)
+        pct = 100 * j["bytes_sent"] / j["bytes_total"] if j["bytes_total"] > 0 else 0
         case_id = str(j["case_id"])
         what = "report" if case_id in report_case else "case"
         case_id = report_case.get(case_id, case_id)
         prio = PRIORITY_NAMES.get(int(j["priority"]), f"p{j['priority']}")
         print(f"{j['job_id']:>5}  {j['state']:<7} {prio:<8} {case_id[:10]:<10} {what:<6} "
               f"{str(j['destination'])[:18]:<18} "
-              f"{j['bytes_sent'] / 1e6:8.2f} /{j['bytes_total'] / 1e6:7.2f} {pct:4.0f} "
+              f"{j['bytes_sent'] / 1e6:8.2f} /{max(0, j['bytes_total']) / 1e6:7.2f} {pct:4.0f} "
               f"{j['attempts']:>5}  {cfg.local_time(j['created_at']):<23}  {nxt}")
         if j["last_error"]:
             print(f"{'':>7}last error: {str(j['last_error'])[:100]}")

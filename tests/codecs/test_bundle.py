@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from fenji.codecs import (
     read_bundle,
     write_bundle,
 )
-from fenji.codecs.compress.bundle import Preview
+from fenji.codecs.compress.bundle import Preview, stream_bundle
 from fenji.codecs.errors import DecodeError
 
 NAMES = ["mr/ge_epi_axial/MR_0001.dcm", "mr/ge_epi_axial/MR_0002.dcm",
@@ -195,3 +196,65 @@ def test_series_instances_reference_their_key_instance() -> None:
     wrong = encode_instance(ct[2], reference=ct[1])
     with pytest.raises(ValueError, match="reference"):
         plan_bundle({}, items, encoded=[None, None, None, wrong])
+
+
+# --------------------------------------------------------------------------- version 2
+
+
+@pytest.fixture(scope="module")
+def streamed(instances: list[bytes]) -> tuple[bytes, dict[str, Any], list[bytes]]:
+    previews = [make_preview(instances[0]), make_preview(instances[2])]
+    s = stream_bundle(CASE, instances, previews)
+    return s.to_bytes(), s.manifest, instances
+
+
+def test_v2_round_trip_manifest_known_before_encoding(instances: list[bytes]) -> None:
+    """The manifest (and so the hash a report binds to) exists before any instance is
+    encoded, and the first chunk of the stream is the whole manifest section."""
+    s = stream_bundle(CASE, instances, [make_preview(instances[0])])
+    assert s.manifest["version"] == 2 and "end_offset" not in s.manifest
+    assert [(e["sha256"], e["size"]) for e in s.manifest["instances"]] == [
+        (hashlib.sha256(b).hexdigest(), len(b)) for b in instances]
+    first = next(s.iter_bytes())
+    events = BundleReader().feed(first)
+    assert [type(e) for e in events] == [ManifestEvent]
+    assert events[0].manifest == json.loads(json.dumps(s.manifest))
+    manifest, previews, out = read_bundle(s.to_bytes())
+    assert out == instances and manifest == s.manifest and len(previews) == 1
+
+
+def test_v2_any_chunking_gives_the_same_events(
+        streamed: tuple[bytes, dict[str, Any], list[bytes]]) -> None:
+    blob, _, originals = streamed
+    for size in (1, 7, 24, 4096):
+        r = BundleReader()
+        events = [ev for i in range(0, len(blob), size) for ev in r.feed(blob[i:i + size])]
+        r.close()
+        assert [e.data for e in events if isinstance(e, InstanceEvent)] == originals
+        assert isinstance(events[-1], EndEvent)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(st.data())
+def test_v2_bit_flips_and_truncation_raise(
+        streamed: tuple[bytes, dict[str, Any], list[bytes]], data: st.DataObject) -> None:
+    blob, _, _ = streamed
+    assert_flip_and_cut_raise(blob, read_bundle, data)
+
+
+def test_v2_structural_errors(streamed: tuple[bytes, dict[str, Any], list[bytes]]) -> None:
+    blob, _, _ = streamed
+    with pytest.raises(DecodeError, match="version"):  # a v2 stream with a v1 start
+        read_bundle(blob[:4] + b"\x01" + blob[5:])
+    with pytest.raises(DecodeError, match="not supported"):
+        read_bundle(blob[:4] + b"\x03" + blob[5:])
+    # an instance section dropped: the trailer's count and digest, or the order, catch it
+    r = BundleReader()
+    offsets = [ev.offset for ev in r.feed(blob) if isinstance(ev, InstanceEvent)]
+    with pytest.raises(DecodeError):
+        read_bundle(blob[:offsets[1]] + blob[offsets[2]:])
+    with pytest.raises(DecodeError, match="truncated"):
+        r = BundleReader()
+        r.feed(blob[:offsets[-1]])
+        r.close()

@@ -62,7 +62,9 @@ def test_stat_bundle_cut_through_a_relay_with_a_cut_on_each_hop(tmp_path: Path) 
                               "the center to receive the bundle through the relay")
             at_relay = _upload(relay, bid)
             assert at_relay is not None and at_relay["state"] == "receiving"
-            assert at_relay["offset"] < at_relay["length"]  # so not finalized at the relay
+            # not finalized at the relay: short of its length, or its length not declared
+            # yet (length 0: the edge sent it while encoding it, routing/encoding.py)
+            assert at_relay["length"] == 0 or at_relay["offset"] < at_relay["length"]
             assert at_center["offset"] <= at_relay["offset"]  # only what the relay committed
             assert second.connections >= 2  # the second hop was cut and resumed
             first.let_go()  # ... and the first hop is cut now, and resumes

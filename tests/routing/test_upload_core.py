@@ -171,3 +171,38 @@ def test_one_request_limit_is_the_configs() -> None:
     with pytest.raises(ConfigError, match=f"transfer.frame_bytes = {over}"):
         config.from_mapping({"dicom": {"allow_ae": ["CT1"]}, "transfer": {"frame_bytes": over}},
                             env={})
+
+
+def test_deferred_length_rules() -> None:
+    """tus Upload-Defer-Length: created without a length, nothing finalizes until an
+    empty frame at the end (or a later create's length) declares it."""
+    d = upload.DEFERRED
+    assert upload.check_create("b1", "", "1") == d
+    assert isinstance(upload.check_create("b1", "", "2"), Refuse)
+    assert isinstance(upload.check_create("b1", "", ""), Refuse)  # neither: refused
+    assert isinstance(upload.check_create("b1", "0", ""), Refuse)  # 0 is not a length
+    # frames go on beyond any length while deferred; an empty frame ends it (not at 0)
+    assert upload.check_frame(RECEIVING, 10, d, 10, 5) is None
+    assert upload.check_frame(RECEIVING, 10, d, 10, 0) is None
+    assert isinstance(upload.check_frame(RECEIVING, 0, d, 0, 0), Refuse)
+    assert isinstance(upload.check_frame(RECEIVING, 10, 20, 10, 0), Refuse)  # declared
+    assert isinstance(upload.check_frame(RECEIVING, 10, d, 9, 0), Refuse)  # not the offset
+    ref = upload.check_finalize(RECEIVING, 10, d)
+    assert isinstance(ref, Refuse) and ref.error == "length_deferred" and ref.with_offset
+    # a create again: deferred resumes any; a length declares it unless bytes lie beyond
+    assert upload.check_existing("b1", d, d, 10) is None
+    assert upload.check_existing("b1", 20, d, 10) is None
+    assert upload.check_existing("b1", d, 20, 10) is None
+    assert isinstance(upload.check_existing("b1", d, 5, 10), Refuse)
+    assert isinstance(upload.check_existing("b1", 20, 21, 10), Refuse)
+    assert upload.offset_headers("u", 10, d, RECEIVING)[upload.DEFER_HEADER] == "1"
+    c = UploadClient(None)
+    c.created(offset=0, state=RECEIVING)
+    assert c.next_action(chunk_bytes=4) == SendChunk(0, 4)
+    c.acked(7)
+    c.declared(9)
+    assert c.next_action(chunk_bytes=4) == SendChunk(7, 2)
+    c.acked(9)
+    assert c.next_action(chunk_bytes=4) == Finalize()
+    with pytest.raises(ValueError):
+        UploadClient(None).declared(0)
