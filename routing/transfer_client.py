@@ -288,6 +288,16 @@ class _Upload:
     def file(self) -> Path:
         return self.growing.read_path(self.path) if self.growing is not None else self.path
 
+    async def _finalized(self, resp: Any, sent: int, c0: float) -> dict[str, Any]:
+        """The receiver finalized with the last bytes sent: its answer is the receipt."""
+        self.meter.chunk(sent, time.monotonic() - c0)
+        self._learn_length()
+        if self.total is not None:
+            self.client.acked(self.total)
+        await self._progress()
+        done: dict[str, Any] = await resp.json()
+        return done
+
     def _learn_length(self) -> None:
         """The growing bundle's length became known: declare it to the upload core."""
         if self.total is None and self.growing is not None and \
@@ -417,13 +427,7 @@ class _Upload:
                 self.location = resp.headers["Location"]
                 self.deferred = resp.headers.get(upload.DEFER_HEADER) == "1"
             if resp.status == 200 and resp.content_type == "application/json":
-                self.meter.chunk(self.sent, time.monotonic() - c0)  # finalized: the receipt
-                self._learn_length()
-                if self.total is not None:
-                    self.client.acked(self.total)
-                await self._progress()
-                done: dict[str, Any] = await resp.json()
-                return done
+                return await self._finalized(resp, self.sent, c0)  # the receipt
             if resp.status in (200, 201, 204) and self.location:
                 self.client.created(int(resp.headers["Upload-Offset"]),
                                     resp.headers.get("Fenji-Upload-State", upload.RECEIVING))
@@ -505,13 +509,7 @@ class _Upload:
             async with self.session.patch(self.base + self.location, data=body, headers=h,
                                           ssl=self.ssl) as resp:
                 if resp.status == 200:  # the last frame went in and the receiver finalized
-                    self.meter.chunk(self.sent - sent0, time.monotonic() - c0)
-                    self._learn_length()
-                    if self.total is not None:
-                        self.client.acked(self.total)
-                    await self._progress()
-                    done: dict[str, Any] = await resp.json()
-                    return done
+                    return await self._finalized(resp, self.sent - sent0, c0)
                 if resp.status == 204:
                     self.client.acked(int(resp.headers["Upload-Offset"]))
                     self.meter.chunk(self.sent - sent0, time.monotonic() - c0)

@@ -12,12 +12,17 @@ class Faulty:
     """A TCP proxy on 127.0.0.1 whose first connection is cut (both ways, abortively)
     after ``cut_up`` bytes toward the target, or (``drop_answer``) delivers the request
     whole and never the answer.  ``before_cut`` runs once the last byte before the
-    cut went out (a test holds the connection there).  TLS passes through untouched."""
+    cut went out (a test holds the connection there).  ``lose_answer``: the first
+    piece of an answer, on any connection, for which it is true is never delivered
+    and its connection is cut (``lost`` counts them).  TLS passes through untouched."""
 
     def __init__(self, target: int, *, cut_up: int | None = None, drop_answer: bool = False,
-                 before_cut: Callable[[], Awaitable[None]] | None = None) -> None:
+                 before_cut: Callable[[], Awaitable[None]] | None = None,
+                 lose_answer: Callable[[bytes], bool] | None = None) -> None:
         self.target, self.cut_up, self.drop_answer = target, cut_up, drop_answer
         self.before_cut = before_cut
+        self.lose_answer = lose_answer
+        self.lost = 0
         self.connections = 0
         self.port = 0
         self.server: asyncio.AbstractServer | None = None
@@ -59,7 +64,10 @@ class Faulty:
 
         async def down() -> None:
             while data := await ur.read(65536):
-                if faulty and self.drop_answer:
+                lose = (self.lose_answer is not None and not self.lost
+                        and self.lose_answer(data))
+                if lose or (faulty and self.drop_answer):
+                    self.lost += lose
                     cut()
                     return
                 cw.write(data)

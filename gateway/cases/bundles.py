@@ -149,15 +149,7 @@ def build_full(store: Store, rows: list[dict[str, Any]], case_meta: dict[str, An
     previews = [_make_preview(store, rows)] if with_preview else []
     plan = plan_bundle(full, blobs, previews=previews, effort=effort)
     tmp, final, size = stage_plan(store, plan, bundle_id)
-    try:
-        step("bundle_written", case_id=case_meta["case_id"], bundle=str(final))
-        publish(store, [(tmp, final)])
-    except BaseException:
-        for path in (tmp, final):
-            with contextlib.suppress(OSError):
-                path.unlink()
-        raise
-    step("bundle_renamed", case_id=case_meta["case_id"], bundle=str(final))
+    _place(store, tmp, final, str(case_meta["case_id"]), step)
     # The manifest as every reader of the bundle parses it: the hash a report binds to.
     manifest = json.loads(json.dumps(plan.manifest, sort_keys=True))
     return Built(bundle_id, final, size, sum(len(b) for b in blobs), manifest, None)
@@ -190,26 +182,36 @@ def stream_full(store: Store, rows: list[dict[str, Any]], case_meta: dict[str, A
     final = store.root / "bundles" / f"{bundle_id}.fbundle"
     size = 0
     try:
-        try:
-            part.parent.mkdir(parents=True, exist_ok=True)
-            with open(part, "wb") as fh:
-                for chunk in streamed.iter_bytes():
-                    fh.write(chunk)
-                    fh.flush()  # the sender reads the file as it grows
-                    size += len(chunk)
-                os.fsync(fh.fileno())
-        except OSError as exc:
+        part.parent.mkdir(parents=True, exist_ok=True)
+        with open(part, "wb") as fh:
+            for chunk in streamed.iter_bytes():
+                fh.write(chunk)
+                fh.flush()  # the sender reads the file as it grows
+                size += len(chunk)
+            os.fsync(fh.fileno())
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            part.unlink()
+        if isinstance(exc, OSError):
             raise LocalError(f"cannot write bundle {part}: {exc}") from exc
-        step("bundle_written", case_id=case_meta["case_id"], bundle=str(part))
-        publish(store, [(part, final)])
+        raise
+    _place(store, part, final, str(case_meta["case_id"]), step)
+    manifest = json.loads(json.dumps(streamed.manifest, sort_keys=True))
+    return Built(bundle_id, final, size, sum(len(b) for b in blobs), manifest, None)
+
+
+def _place(store: Store, written: Path, final: Path, case_id: str, step: Step) -> None:
+    """Give a written, fsynced bundle its final name in ``bundles/`` (not yet recorded);
+    if that fails (or a test's step hook stops it), neither name is left behind."""
+    try:
+        step("bundle_written", case_id=case_id, bundle=str(written))
+        publish(store, [(written, final)])
     except BaseException:
-        for path in (part, final):
+        for path in (written, final):
             with contextlib.suppress(OSError):
                 path.unlink()
         raise
-    step("bundle_renamed", case_id=case_meta["case_id"], bundle=str(final))
-    manifest = json.loads(json.dumps(streamed.manifest, sort_keys=True))
-    return Built(bundle_id, final, size, sum(len(b) for b in blobs), manifest, None)
+    step("bundle_renamed", case_id=case_id, bundle=str(final))
 
 
 def stage_plan(store: Store, plan: Any, bundle_id: str) -> tuple[Path, Path, int]:

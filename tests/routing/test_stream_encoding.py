@@ -12,7 +12,6 @@ proxy that cuts or loses what the test needs."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import sqlite3
@@ -202,58 +201,13 @@ def test_cut_while_encoding_resumes_and_nothing_is_finalized_before_the_seal(
     assert {i["sha256"] for i in manifest["instances"]} <= at_center
 
 
-class _LoseReceipt:
-    """A TCP proxy that forwards everything but loses the first answer carrying a
-    receipt: the receiver finalized, the sender never heard."""
-
-    def __init__(self, target: int) -> None:
-        self.target, self.port, self.lost, self.connections = target, 0, 0, 0
-        self.server: asyncio.AbstractServer | None = None
-
-    async def __aenter__(self) -> _LoseReceipt:
-        self.server = await asyncio.start_server(self.conn, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-
-    async def conn(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        ur, uw = await asyncio.open_connection("127.0.0.1", self.target)
-
-        def cut() -> None:
-            for w in (cw, uw):
-                with contextlib.suppress(Exception):
-                    w.transport.abort()
-
-        async def up() -> None:
-            while data := await cr.read(65536):
-                uw.write(data)
-                await uw.drain()
-
-        async def down() -> None:
-            while data := await ur.read(65536):
-                if b'"receipt"' in data and not self.lost:
-                    self.lost += 1
-                    cut()
-                    return
-                cw.write(data)
-                await cw.drain()
-
-        with contextlib.suppress(Exception):
-            await asyncio.gather(up(), down())
-        cut()
-
-
 def test_lost_receipt_after_the_declared_end_gives_the_same_receipt_once(
         pair, case_parts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     edge, center = pair
     bid, data, manifest = _v2(case_parts)
     enc = _Encoder(tmp_path / "store", bid, data)
     enc.write(len(data))  # all encoded, the release not yet committed
-    proxy = _LoseReceipt(center.http_port)
+    proxy = Faulty(center.http_port, lose_answer=lambda data: b'"receipt"' in data)
     box: dict[str, Any] = {}
     th = _send_in_thread(edge, center.http_port, enc, proxy, box)
     until(lambda: (u := _upload(center, bid)) is not None and u["offset"] == len(data),
