@@ -19,7 +19,6 @@ import aiohttp
 import pydicom
 import pytest
 from _data import DICOM_DIR, ct_series
-from _nodes import edge_and_center
 from _proxy import Faulty
 
 from fenji.gateway import config as config_mod
@@ -43,13 +42,6 @@ from fenji.routing.transfer_client import (
 pytestmark = pytest.mark.timeout(900)
 
 FRAME = 16 * 1024
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    edge, center = edge_and_center(tmp_path_factory.mktemp("pipeline"))
-    with edge, center:
-        yield edge, center
 
 
 def _study(path: Path) -> str:

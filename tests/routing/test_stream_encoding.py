@@ -25,7 +25,7 @@ import aiohttp
 import pydicom
 import pytest
 from _data import ct_series
-from _nodes import edge_and_center, index_rows
+from _nodes import index_rows
 from _proxy import Faulty
 from _wait import until
 
@@ -38,27 +38,11 @@ from fenji.gateway.lab.harness import NodeProcess
 from fenji.gateway.node import open_store
 from fenji.gateway.store.db import Store
 from fenji.routing import encoding, outbox_db
-from fenji.routing.transfer_client import (
-    ChunkSizer,
-    Delivered,
-    Pipeline,
-    Sender,
-    TransferError,
-    Yielded,
-    manifest_of,
-    send_bundle,
-)
+from fenji.routing import transfer_client as tc
 
 pytestmark = pytest.mark.timeout(900)
 
 FRAME = 16 * 1024
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    edge, center = edge_and_center(tmp_path_factory.mktemp("streamenc"))
-    with edge, center:
-        yield edge, center
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +56,7 @@ def case_parts(pair):  # type: ignore[no-untyped-def]
     store = open_store(config_mod.load(edge.config, env={}))
     try:
         rel = release(store, study, destination="center", sender_node="edge", priority="stat")
-        manifest = manifest_of(rel.bundle_path)
+        manifest = tc.manifest_of(rel.bundle_path)
         _, _, instances = read_bundle(rel.bundle_path.read_bytes())
     finally:
         store.close()
@@ -130,18 +114,18 @@ def _send_in_thread(edge: NodeProcess, target_port: int, enc: _Encoder, proxy: A
     assert peer is not None
     peer_key = public_from_config(peer.public_key, cfg.data_dir)
 
-    async def go() -> Delivered | Yielded:
+    async def go() -> tc.Delivered | tc.Yielded:
         async with proxy, aiohttp.ClientSession() as session:
             box["proxy_port"] = proxy.port
             for attempt in (1, 2):
                 try:
-                    return await send_bundle(
-                        session, f"http://127.0.0.1:{proxy.port}", Sender("edge", key),
+                    return await tc.send_bundle(
+                        session, f"http://127.0.0.1:{proxy.port}", tc.Sender("edge", key),
                         peer_key, enc.final, enc.bid, receiver="center",
-                        sizer=ChunkSizer(FRAME, FRAME, FRAME), manifest=None,
-                        pipeline=Pipeline(frame_bytes=FRAME),
+                        sizer=tc.ChunkSizer(FRAME, FRAME, FRAME), manifest=None,
+                        pipeline=tc.Pipeline(frame_bytes=FRAME),
                         growing=encoding.Encoding(enc.store, enc.bid), fresh=True)
-                except TransferError:
+                except tc.TransferError:
                     if attempt == 2:
                         raise
             raise AssertionError("unreachable")
@@ -157,13 +141,13 @@ def _send_in_thread(edge: NodeProcess, target_port: int, enc: _Encoder, proxy: A
     return th
 
 
-def _outcome(th: threading.Thread, box: dict[str, Any]) -> Delivered:
+def _outcome(th: threading.Thread, box: dict[str, Any]) -> tc.Delivered:
     th.join(300)
     assert not th.is_alive(), "the send did not end"
     if "error" in box:
         raise box["error"]
     out = box["out"]
-    assert isinstance(out, Delivered), out
+    assert isinstance(out, tc.Delivered), out
     return out
 
 
