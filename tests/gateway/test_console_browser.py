@@ -303,14 +303,22 @@ def _network(d: Any) -> tuple[int, list[str]]:
 
 
 def _canvas_variance(d: Any) -> float:
+    """The largest grey-level variance of a viewport-sized canvas; 0 while OHIF is still
+    building its layout (it replaces canvases as it goes, so a canvas found a moment ago
+    may be gone: that counts as "not drawn yet", and the caller polls again)."""
     from PIL import Image
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
     best = 0.0
     for c in d.find_elements(By.CSS_SELECTOR, "canvas"):
-        if c.size["width"] < 200 or c.size["height"] < 200:
+        try:
+            if c.size["width"] < 200 or c.size["height"] < 200:
+                continue
+            png = c.screenshot_as_png
+        except StaleElementReferenceException:
             continue
-        arr = np.asarray(Image.open(io.BytesIO(c.screenshot_as_png)).convert("L"), dtype=float)
+        arr = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=float)
         best = max(best, float(arr.var()))
     return best
 
