@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,16 @@ ACCEPTABLE = "acceptable"
 WARNINGS = "acceptable_with_warnings"
 UNACCEPTABLE = "unacceptable"
 _RANK = {ACCEPTABLE: 0, WARNINGS: 1, UNACCEPTABLE: 2}
+
+
+@dataclass(frozen=True)
+class Damaged:
+    """Pixel data that a decoder present here failed on, and what it said.
+
+    Distinct from ``None`` (no decoder here for the transfer syntax, so the pixels
+    were not checked): damaged pixels hold the case, unchecked ones only warn."""
+
+    error: str
 
 
 # SOP class -> (allowed BitsAllocated, allowed SamplesPerPixel, max rows/cols) per the
@@ -128,10 +138,11 @@ def expected_pixel_bytes(h: Mapping[str, Any]) -> int:
     return n + (n & 1)
 
 
-def instance_checks(h: Mapping[str, Any], frames: np.ndarray | None,
+def instance_checks(h: Mapping[str, Any], frames: np.ndarray | Damaged | None,
                     thr: ImageQualityThresholds | None = None) -> list[dict[str, Any]]:
     """Checks of one instance.  ``frames`` is (frames, rows, cols[, samples]) or one
-    frame (rows, cols[, samples]) of stored values, or ``None`` if not decodable."""
+    frame (rows, cols[, samples]) of stored values, :class:`Damaged` if the decoder
+    failed on them, or ``None`` if there is no decoder here for them."""
     t = thr or ImageQualityThresholds()
     U, W, A = UNACCEPTABLE, WARNINGS, ACCEPTABLE
     who = _label(h)
@@ -169,7 +180,12 @@ def instance_checks(h: Mapping[str, Any], frames: np.ndarray | None,
                       U if problems else A,
                       f"{who}: {', '.join(problems)} not allowed for {name}" if problems else None))
     # blank / saturated frames
-    if frames is not None:
+    if isinstance(frames, Damaged):
+        out.append(_check("decodable", False, True, U,
+                          f"{who}: pixel data damaged, the decoder failed on it "
+                          f"({frames.error}): resend it, or exclude it (fenji case "
+                          "exclude), or override"))
+    elif frames is not None:
         f = np.asarray(frames)
         nf = int(h.get("NumberOfFrames") or 1)
         if nf == 1 or f.ndim == (3 if spp > 1 else 2):
@@ -303,15 +319,16 @@ def consistency_checks(headers: Sequence[Mapping[str, Any]]) -> list[dict[str, A
 
 
 def series_report(headers: Sequence[Mapping[str, Any]],
-                  frames: Sequence[np.ndarray | None] | None = None,
+                  frames: Sequence[np.ndarray | Damaged | None] | None = None,
                   thresholds: ImageQualityThresholds | None = None,
                   excluded: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """Quality report of one series (or a study's instances checked together).
 
-    ``frames[i]`` are the stored pixel values of ``headers[i]`` (``None`` if not
-    decodable); omit ``frames`` to check headers only.  ``excluded``: headers of
-    instances a technician deliberately left out; the geometry counts them, so
-    their gap is a warning that names them, not a missing slice.
+    ``frames[i]`` are the stored pixel values of ``headers[i]`` (:class:`Damaged`
+    if the decoder failed on them, ``None`` if there is none here); omit ``frames``
+    to check headers only.  ``excluded``: headers of instances a technician
+    deliberately left out; the geometry counts them, so their gap is a warning that
+    names them, not a missing slice.
     """
     t = thresholds or ImageQualityThresholds()
     inst: dict[str, Any] = {}

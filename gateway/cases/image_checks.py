@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.pixels import get_decoder
 
 from fenji.codecs.image import quality as iq
 
@@ -39,19 +41,51 @@ def header_of(ds: Dataset) -> dict[str, Any]:
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     pd = ds.get("PixelData")
     h["PixelDataLength"] = (len(pd) if pd is not None and ts is not None
-                            and not ts.is_compressed else None)
+                            and not _compressed(ts) else None)
     return h
 
 
-def frames_of(ds: Dataset) -> np.ndarray | None:
-    """Stored pixel values (no rescale), or ``None`` if they cannot be decoded."""
+def _compressed(ts: pydicom.uid.UID) -> bool:
+    """True for encapsulated syntaxes, and for a UID pydicom does not know as a
+    transfer syntax (its length cannot be checked, so it is not)."""
+    try:
+        return bool(ts.is_compressed)
+    except ValueError:
+        return True
+
+
+# Words with which pydicom's plugins say a valid stream uses a variant they lack
+# (12-bit JPEG Extended under Pillow, say): not checkable here, not damaged.
+_UNSUPPORTED = re.compile(r"not (?:been )?(?:implemented|supported)|does not support|"
+                          r"unsupported|missing (?:required )?dependenc", re.IGNORECASE)
+_ERROR_CHARS = 300
+_ALL_PLUGINS = "Unable to decode as exceptions were raised by all available plugins: "
+
+
+def frames_of(ds: Dataset) -> np.ndarray | iq.Damaged | None:
+    """Stored pixel values (no rescale); :class:`~fenji.codecs.image.quality.Damaged`
+    when a decoder for the transfer syntax is present here and fails on them (corrupt
+    or truncated compressed data: a reader would see a wrong or no image); ``None``
+    when there are no pixels or no decoder here (not checked, only a warning)."""
     if "PixelData" not in ds:
         return None
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is not None:
+        try:
+            if not get_decoder(ts).is_available:
+                return None
+        except NotImplementedError:  # a transfer syntax pydicom has no decoder for at all
+            return None
     try:
         return np.asarray(ds.pixel_array)
-    except Exception as exc:  # pydicom raises many types for bad or unsupported data
-        log.debug("pixel data of %s not decodable: %s", ds.get("SOPInstanceUID"), exc)
+    except MemoryError:
         return None
+    except Exception as exc:  # pydicom raises many types for bad or unsupported data
+        msg = " ".join(str(exc).split()).removeprefix(_ALL_PLUGINS) or type(exc).__name__
+        log.debug("pixel data of %s not decodable: %s", ds.get("SOPInstanceUID"), msg)
+        if ts is None or _UNSUPPORTED.search(msg):
+            return None
+        return iq.Damaged(msg[:_ERROR_CHARS] + ("..." if len(msg) > _ERROR_CHARS else ""))
 
 
 def check_series(datasets: Sequence[Dataset],

@@ -163,3 +163,49 @@ def test_check_files_reports_unreadable_files_and_groups_series(tmp_path):
     series = [r for k, r in reps.items() if k != str(junk)]
     assert len(series) == 1 and series[0]["series"]["n_instances"] == 5
     assert series[0]["verdict"] == iq.ACCEPTABLE
+
+
+def _rle(ds: pydicom.Dataset) -> pydicom.Dataset:
+    from pydicom.uid import RLELossless
+
+    out = copy.deepcopy(ds)
+    out.compress(RLELossless)
+    return out
+
+
+def _cut_fragment(ds: pydicom.Dataset, keep: float) -> None:
+    """Keep the first ``keep`` of the RLE frame's last segment: the RLE header and the
+    encapsulation stay well-formed (ingest's structure check passes), only decoding
+    shows the damage."""
+    import struct
+
+    from pydicom.encaps import encapsulate, generate_fragments
+
+    frag = list(generate_fragments(ds.PixelData))[-1]  # after the Basic Offset Table
+    nseg = struct.unpack_from("<L", frag, 0)[0]
+    last = struct.unpack_from("<15L", frag, 4)[nseg - 1]
+    cut = frag[:last + int((len(frag) - last) * keep)]
+    ds.PixelData = encapsulate([cut + b"\0" * (len(cut) & 1)])
+
+
+def test_damaged_compressed_pixels_are_unacceptable_and_named(ct):
+    """A decoder is here and fails on the data: a reader would get a wrong or no image."""
+    dss = [_rle(d) for d in ct[:5]]
+    assert ic.check_series(dss)["verdict"] == iq.ACCEPTABLE  # RLE itself is fine
+    _cut_fragment(dss[3], 0.5)
+    rep = ic.check_series(dss)
+    assert rep["verdict"] == iq.UNACCEPTABLE
+    damaged = [r for r in rep["reasons"] if "pixel data damaged" in r]
+    assert len(damaged) == 1 and damaged[0].startswith(
+        f"instance {dss[3].InstanceNumber}: "), rep["reasons"]
+    assert "resend it" in damaged[0]
+
+
+def test_pixels_with_no_decoder_here_only_warn(ct):
+    """No decoder for the transfer syntax here: not checked, said so, not held."""
+    ds = copy.deepcopy(ct[0])
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.UID("1.2.826.0.1.3680043.10.1419.99.1")
+    assert ic.frames_of(ds) is None
+    checks = {c["check"]: c for c in iq.instance_checks(ic.header_of(ds), ic.frames_of(ds))}
+    assert checks["decodable"]["verdict"] == iq.WARNINGS
+    assert "not checked" in checks["decodable"]["reason"]

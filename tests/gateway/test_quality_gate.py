@@ -83,6 +83,44 @@ def test_blank_slice_holds_the_case_until_a_named_override(tmp_path: Path) -> No
     store.close()
 
 
+def _damaged_rle(path: Path) -> bytes:
+    """The instance RLE-compressed, the last segment of its frame cut to half:
+    well-formed encapsulation and RLE header, pixels no decoder can make whole."""
+    import struct
+
+    from pydicom.encaps import encapsulate, generate_fragments
+    from pydicom.uid import RLELossless
+
+    ds = pydicom.dcmread(path)
+    ds.compress(RLELossless)
+    frag = list(generate_fragments(ds.PixelData))[-1]  # after the Basic Offset Table
+    last = struct.unpack_from("<15L", frag, 4)[struct.unpack_from("<L", frag, 0)[0] - 1]
+    cut = frag[:last + (len(frag) - last) // 2]
+    ds.PixelData = encapsulate([cut + b"\0" * (len(cut) & 1)])
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_damaged_compressed_instance_holds_the_case(tmp_path: Path) -> None:
+    """Stored as received (nothing lost), but the gate holds the case and says which
+    instance to resend: the reader would otherwise get a broken image."""
+    store = Store(tmp_path / "s")
+    files = ct_series()
+    for i, p in enumerate(files):
+        _put(store, _damaged_rle(p) if i == 7 else p.read_bytes())
+    assert store.query_one("SELECT COUNT(*) AS n FROM instances")["n"] == len(files)  # type: ignore[index]
+    n = pydicom.dcmread(files[7], stop_before_pixels=True).InstanceNumber
+    with pytest.raises(CaseHeld) as info:
+        release(store, _study(files[0]), destination="center",
+                gate_key=Ed25519PrivateKey.generate(), operator="tech")
+    damaged = [r for r in info.value.reasons if "pixel data damaged" in r]
+    assert len(damaged) == 1 and f"instance {n}: pixel data damaged" in damaged[0], \
+        info.value.reasons
+    assert "segment" in damaged[0]  # the decoder's own words, for the engineer
+    store.close()
+
+
 def test_ecg_lead_off_is_explained_per_lead(tmp_path: Path) -> None:
     ds = pydicom.dcmread(DICOM_DIR / "ecg" / "waveform_ecg_12lead.dcm")
     w = ds.WaveformSequence[0]
