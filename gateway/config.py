@@ -313,6 +313,9 @@ class LimitsSection:
     # bundle per peer at a time and resumes it, so 200 parallel creations are
     # not a sender doing its job.
     max_uploads_per_peer: int = 16
+    # Seconds without a request after which a peer's unfinished upload is given up,
+    # its bytes removed (routing/reaper.py; the sender's next try starts it again).
+    abandoned_upload_s: float = 86400.0
     # Uploads (STOW-RS, ECG records, reports) one user may have in flight at
     # once: a viewer or cart sends one at a time, and each holds up to a whole
     # instance in memory (dicom.max_instance_bytes).

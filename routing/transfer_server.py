@@ -98,7 +98,7 @@ from fenji.gateway.keys import canonical_json, sign, verify
 from fenji.gateway.store.blobs import BlobStoreError
 from fenji.gateway.store.db import Store, StoreFull
 from fenji.gateway.store.upload_parts import UploadParts
-from fenji.routing import relay, upload
+from fenji.routing import reaper, relay, upload
 from fenji.routing.upload import auth_message
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,9 @@ class ReceiverContext:
     require_tls: bool = False
     # Uploads one peer may have open at once (limits.max_uploads_per_peer).
     max_uploads_per_peer: int = 16
+    # An upload no request touched for this long is given up (routing/reaper.py;
+    # limits.abandoned_upload_s); 0: never.
+    abandoned_upload_s: float = 0.0
     # Decoded samples one image preview may declare (limits.max_preview_pixels).
     max_preview_pixels: int = 4096 * 4096
     limits: ingest.Limits = field(default_factory=ingest.Limits)
@@ -236,7 +239,11 @@ def _refuse(r: upload.Refuse, row: dict[str, Any] | None = None) -> web.Response
 async def _existing(ctx: ReceiverContext, request: web.Request, existing: dict[str, Any],
                     length: int, whole: bool, who: str) -> web.StreamResponse:
     """A create for a bundle already known: the same upload again (its offset, or
-    the whole request's receipt), unless the lengths disagree."""
+    the whole request's receipt), unless the lengths disagree.  One given up for
+    want of requests (``abandoned``) starts again, empty."""
+    if existing["state"] == upload.ABANDONED:
+        existing = await asyncio.to_thread(reaper.reopen, ctx.store, _parts(ctx), existing,
+                                           length, ctx.clock())
     bad = upload.check_existing(existing["bundle_id"], existing["length"], length,
                                 existing["offset"])
     if bad is not None:
@@ -774,3 +781,6 @@ def add_routes(app: web.Application, ctx: ReceiverContext) -> None:
     app.router.add_route("HEAD", "/transfer/uploads/{upload_id}", head_upload)
     app.router.add_patch("/transfer/uploads/{upload_id}", patch_upload)
     app.router.add_post("/transfer/uploads/{upload_id}/finalize", finalize_upload)
+    if ctx.abandoned_upload_s > 0:
+        app.cleanup_ctx.append(reaper.background(ctx.store, lambda: _parts(ctx),
+                                                 ctx.abandoned_upload_s, ctx.clock))

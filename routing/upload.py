@@ -59,13 +59,26 @@ from fenji.routing.outbox import TransitionError as TransitionError
 from fenji.routing.outbox import next_state
 
 RECEIVING, COMPLETE, REJECTED = "receiving", "complete", "rejected"
+# Given up after limits.abandoned_upload_s without a request: its bytes are removed;
+# a create of the same bundle starts it again from offset 0 (routing/reaper.py).
+ABANDONED = "abandoned"
 
 # (state, event) -> next state.  The only place upload transitions are defined.
 TRANSITIONS: dict[tuple[str, str], str] = {
     (RECEIVING, "append"): RECEIVING,
     (RECEIVING, "finalize"): COMPLETE,
     (RECEIVING, "reject"): REJECTED,
+    (RECEIVING, "abandon"): ABANDONED,
+    (ABANDONED, "reopen"): RECEIVING,
 }
+
+
+def abandoned_refusal() -> Refuse:
+    """What a PATCH or finalize of an upload given up gets: 410, and how to go on (a
+    sender retries with a create, which starts the bundle again)."""
+    return Refuse(410, "upload_abandoned", "the upload was given up after "
+                                           "limits.abandoned_upload_s without a request and "
+                                           "its bytes removed: create it again to start over")
 
 CHECKSUM_MISMATCH = 460  # tus checksum extension
 MAX_CHUNK_BYTES = TRANSFER_CHUNK_HARD_MAX_BYTES  # gateway/config.py: one place for limits
@@ -166,6 +179,8 @@ def check_existing(bundle_id: str, stored_length: int, length: int,
 def check_append(state: str, stored_offset: int, offset_header: str,
                  content_length: int | None) -> int | Refuse:
     """Before reading a PATCH body: the offset it claims, or why it is refused."""
+    if state == ABANDONED:
+        return abandoned_refusal()
     if state != RECEIVING:
         return Refuse(409, "complete", "upload already finalized", with_offset=True)
     try:
@@ -210,6 +225,8 @@ def check_finalize(state: str, offset: int, length: int) -> str | Refuse:
     """What a finalize does: ``"receipt"`` (answer the stored one), ``"ingest"``, or refuse."""
     if state == COMPLETE:
         return "receipt"
+    if state == ABANDONED:
+        return abandoned_refusal()
     if state == REJECTED:
         return Refuse(422, "bundle_rejected", "the bundle was refused; see the receiver's "
                                               "quarantine")
@@ -232,7 +249,7 @@ def check_whole(state: str, offset: int, length: int, data: bytes,
     """
     if state == COMPLETE:
         return "receipt"
-    if state == REJECTED:
+    if state in (REJECTED, ABANDONED):
         return check_finalize(state, offset, length)
     if len(data) != length:
         return Refuse(400, "not_whole", f"a create with a body must carry the whole bundle: "
@@ -262,6 +279,8 @@ def check_frame(state: str, stored_offset: int, length: int, offset: int,
                 n: int) -> Refuse | None:
     """Before reading a frame's data: does it go on top of the stored offset?  An
     empty frame declares a deferred upload's length (:func:`end_frame`)."""
+    if state == ABANDONED:
+        return abandoned_refusal()
     if state != RECEIVING:
         return Refuse(409, "complete", "upload already finalized", with_offset=True)
     if offset != stored_offset:

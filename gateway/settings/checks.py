@@ -88,6 +88,10 @@ def check_values(cfg: Any, errors: list[str], *, chunk_hard_max: int) -> None:
         v = getattr(cfg.limits, name)
         if v < 1:
             errors.append(f"limits.{name} = {v} must be >= 1")
+    idle = cfg.limits.abandoned_upload_s
+    if not 0 <= idle < float("inf"):
+        errors.append(f"limits.abandoned_upload_s = {idle} must be a finite number >= 0 "
+                      "(0: never give an upload up)")
     skew = cfg.transfer.max_clock_skew_s
     if not 0 < skew < float("inf"):
         errors.append(f"transfer.max_clock_skew_s = {skew} must be a finite number > 0")

@@ -415,6 +415,7 @@ def build_app(cfg: Config, store: Store,
                           max_clock_skew_s=cfg.transfer.max_clock_skew_s,
                           require_tls=cfg.http.tls,
                           max_uploads_per_peer=cfg.limits.max_uploads_per_peer,
+                          abandoned_upload_s=cfg.limits.abandoned_upload_s,
                           max_preview_pixels=cfg.limits.max_preview_pixels,
                           limits=ingest.Limits.of(cfg), on_delivered=on_delivered,
                           on_manifest=on_manifest)

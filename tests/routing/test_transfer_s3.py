@@ -151,3 +151,43 @@ def test_a_chunk_written_but_not_committed_does_not_corrupt_the_bundle(
     rest = _send(edge, rel)
     assert isinstance(rest, Delivered), rest
     assert len(rest.receipt["instances"]) == len(files)
+
+
+def test_an_upload_given_up_leaves_no_chunk_in_the_bucket(
+        tmp_path: Path, s3_server: S3Server) -> None:
+    """limits.abandoned_upload_s on a bucket: the idle upload's chunk objects go, and
+    the sender's next try starts it again and it arrives once."""
+    from _wait import until
+
+    prefix = f"reap-{uuid.uuid4().hex[:8]}"
+    edge = NodeProcess(tmp_path / "edge", name="edge", allow_ae=["CT1"], workers=1)
+    center = NodeProcess(
+        tmp_path / "center", name="center", role="center", allow_ae=["*"], workers=1,
+        extra_toml=(f'[store]\nblob_url = "{s3_server.blob_url("fenji", prefix)}"\n'
+                    f'blob_access_key_id = "{s3_server.access_key_id}"\n'
+                    f'blob_secret_access_key = "{s3_server.secret_access_key}"\n'
+                    "[limits]\nabandoned_upload_s = 1.0\n"))
+    edge.add_peer(center, default=True)
+    center.add_peer(edge)
+    with edge, center:
+        files = ct_series()[:5]
+        rel, part = _send_part(edge, files, frames=2)
+        assert 0 < part.offset < rel.bundle_bytes
+        until(lambda: _keys(s3_server, f"{prefix}/uploads/") == [], 120,
+              "the idle upload's chunks removed from the bucket")
+        store = open_store(config_mod.load(center.config, env={}))
+        try:
+            row = store.query_one("SELECT state FROM uploads WHERE bundle_id = ?",
+                                  (rel.bundle_id,))
+        finally:
+            store.close()
+        assert row is not None and row["state"] == "abandoned"
+        center.stop()  # the resend must not race a 1-s limit on a busy machine
+        center.config.write_text(center.config.read_text().replace(
+            "abandoned_upload_s = 1.0", "abandoned_upload_s = 86400.0"))
+        center.start()
+        rest = _send(edge, rel)
+        assert isinstance(rest, Delivered), rest
+        assert rest.bytes_sent == rel.bundle_bytes  # started again
+        assert len(center.stored()) == len(files)
+        assert _keys(s3_server, f"{prefix}/uploads/") == []

@@ -91,6 +91,22 @@ def test_finalize_rules() -> None:
     assert isinstance(r, Refuse) and r.status == 422
 
 
+def test_an_abandoned_upload_refuses_writes_with_410_and_only_reopens() -> None:
+    """Given up (routing/reaper.py): a late PATCH, frame or finalize gets 410, which the
+    sender retries with a create (that reopens it); it goes nowhere else."""
+    assert upload.transition(RECEIVING, "abandon") == upload.ABANDONED
+    assert upload.transition(upload.ABANDONED, "reopen") == RECEIVING
+    for event in ("append", "finalize", "reject", "abandon"):
+        with pytest.raises(upload.TransitionError, match=upload.ABANDONED):
+            upload.transition(upload.ABANDONED, event)
+    for r in (upload.check_append(upload.ABANDONED, 0, "0", 10),
+              upload.check_finalize(upload.ABANDONED, 0, 10),
+              upload.check_frame(upload.ABANDONED, 0, 10, 0, 10),
+              upload.check_whole(upload.ABANDONED, 0, 3, b"abc", sha(b"abc"))):
+        assert isinstance(r, Refuse) and r.status == 410 and r.error == "upload_abandoned"
+        assert "limits.abandoned_upload_s" in r.message
+
+
 def test_whole_bundle_in_one_request() -> None:
     data = b"x" * 50
     assert upload.check_whole(RECEIVING, 0, 50, data, sha(data)) == "write"
