@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import struct
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -589,6 +590,29 @@ def make_preview(part10: bytes, *, max_side: int = 256, ecg_hz: int = 250,
         arr = ds.pixel_array
     except Exception:  # noqa: BLE001 - a preview is optional: no preview for odd input
         return None
+    try:
+        return _image_preview(ds, arr, max_side)
+    except (ValueError, TypeError, OverflowError, ArithmeticError):
+        # Header values that are not numbers (a Rescale Slope of "1,0"): no preview,
+        # rather than one drawn with guessed values.
+        return None
+
+
+def _finite(ds: Any, keyword: str, default: float | None) -> float | None:
+    """The first value of a DS element as a finite float; ``default`` when absent;
+    ValueError when present but not a finite number."""
+    import pydicom
+
+    v = getattr(ds, keyword, None)
+    if v is None or v == "":
+        return default
+    x = float(v[0] if isinstance(v, pydicom.multival.MultiValue) else v)
+    if not math.isfinite(x):
+        raise ValueError(f"{keyword} {x} is not finite")
+    return x
+
+
+def _image_preview(ds: Any, arr: np.ndarray, max_side: int) -> Preview | None:
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
     if frames > 1:
@@ -602,14 +626,15 @@ def make_preview(part10: bytes, *, max_side: int = 256, ecg_hz: int = 250,
             img = convert_color_space(arr, photo, "RGB").astype(np.float64)
         lo, hi = 0.0, float(img.max()) or 1.0
     elif arr.ndim == 2:
-        img = arr.astype(np.float64) * float(getattr(ds, "RescaleSlope", 1) or 1) + float(
-            getattr(ds, "RescaleIntercept", 0) or 0)
-        wc, ww = getattr(ds, "WindowCenter", None), getattr(ds, "WindowWidth", None)
+        slope, icpt = _finite(ds, "RescaleSlope", 1.0), _finite(ds, "RescaleIntercept", 0.0)
+        img = arr.astype(np.float64) * (slope or 1.0) + (icpt or 0.0)
         try:
-            c = float(wc[0] if isinstance(wc, pydicom.multival.MultiValue) else wc)  # type: ignore[arg-type]
-            w = float(ww[0] if isinstance(ww, pydicom.multival.MultiValue) else ww)  # type: ignore[arg-type]
+            c, w = _finite(ds, "WindowCenter", None), _finite(ds, "WindowWidth", None)
+        except ValueError:  # a window that is not numbers: the image's own range
+            c = w = None
+        if c is not None and w is not None and w > 0:
             lo, hi = c - w / 2, c + w / 2
-        except (TypeError, ValueError):
+        else:
             lo, hi = (float(v) for v in np.percentile(img, [0.5, 99.5]))
     else:
         return None

@@ -150,6 +150,12 @@ def instance_checks(h: Mapping[str, Any], frames: np.ndarray | Damaged | None,
     rows, cols = int(h.get("Rows") or 0), int(h.get("Columns") or 0)
     ba, spp = int(h.get("BitsAllocated") or 0), int(h.get("SamplesPerPixel") or 1)
     bs = int(h.get("BitsStored") or ba)
+    # values the header holds but that are not what their VR says (numbers)
+    bad = h.get("InvalidValues")
+    if bad:
+        out.append(_check("header_values", len(bad), 0, U,
+                          f"{who}: {'; '.join(bad)} not valid numbers: a viewer cannot "
+                          "place or size this image; resend it"))
     # pixel data length
     have = h.get("PixelDataLength")
     if have is not None:

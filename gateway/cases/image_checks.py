@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder
 
 from fenji.codecs.image import quality as iq
@@ -28,21 +30,48 @@ _KEYS = ("SOPClassUID", "SOPInstanceUID", "Modality", "PatientID", "StudyInstanc
 def header_of(ds: Dataset) -> dict[str, Any]:
     """The plain header dict of ``ds`` (values as int/str/list of float)."""
     h: dict[str, Any] = {}
+    invalid: list[str] = []
     for k in _KEYS:
-        v = ds.get(k)
-        if v is None or v == "":
-            continue
-        h[k] = int(v) if k in ("Rows", "Columns", "NumberOfFrames", "BitsAllocated",
-                               "BitsStored", "SamplesPerPixel", "PixelRepresentation",
-                               "InstanceNumber") else str(v)
+        try:
+            v = ds.get(k)
+            if v is None or v == "":
+                continue
+            h[k] = int(v) if k in _INTS else str(v)
+        except (ValueError, TypeError, OverflowError):
+            invalid.append(f"{k} {_raw(ds, k)}")
     for k in ("ImagePositionPatient", "ImageOrientationPatient"):
-        if ds.get(k) is not None:
-            h[k] = [float(x) for x in ds.get(k)]
+        try:
+            v = ds.get(k)
+            if v is not None:
+                nums = [float(x) for x in (v if isinstance(v, (list, tuple, MultiValue))
+                                           else [v])]
+                if not all(math.isfinite(x) for x in nums):
+                    raise ValueError(k)
+                h[k] = nums
+        except (ValueError, TypeError, OverflowError):
+            invalid.append(f"{k} {_raw(ds, k)}")
+    if invalid:
+        h["InvalidValues"] = invalid
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     pd = ds.get("PixelData")
     h["PixelDataLength"] = (len(pd) if pd is not None and ts is not None
                             and not _compressed(ts) else None)
     return h
+
+
+_INTS = frozenset({"Rows", "Columns", "NumberOfFrames", "BitsAllocated", "BitsStored",
+                   "SamplesPerPixel", "PixelRepresentation", "InstanceNumber"})
+
+
+def _raw(ds: Dataset, keyword: str) -> str:
+    """The element's bytes as received, for a reason a person reads (short, printable)."""
+    try:
+        elem = ds.data_element(keyword)
+        raw = elem.value if elem is not None else None
+    except Exception:  # noqa: BLE001 - only for the message
+        raw = None
+    text = raw.decode("latin-1") if isinstance(raw, bytes) else str(raw)
+    return "'" + text.encode("unicode_escape").decode("ascii")[:60] + "'"
 
 
 def _compressed(ts: pydicom.uid.UID) -> bool:

@@ -485,10 +485,19 @@ def check_dataset(dataset: bytes | memoryview, transfer_syntax: str, *,
     return v
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _decode_text(w: _Walker, default_charset: str | None) -> None:
     """Decode the kept text values with the data set's character set (module charset)."""
     v = w.values
     declared = v.pop("SpecificCharacterSet", None)
+    if declared is not None and _CONTROL.search(str(declared).rstrip("\x00 ")):
+        # Not a quirk of a device but a corrupt file: a CS value is letters, digits,
+        # space and underscore, and pydicom cannot even read one with a NUL inside.
+        raise w.fail(st.CANNOT_UNDERSTAND,
+                     f"(0008,0005) Specific Character Set {str(declared)[:64]!r} holds "
+                     "control characters: the file is corrupt, resend it")
     try:
         cs = charset.resolve(declared, default_charset)
     except charset.CharsetError as exc:
@@ -631,6 +640,10 @@ def split_part10(data: bytes) -> tuple[dict[str, str], int]:
             raise Rejected(st.CANNOT_UNDERSTAND,
                            f"File Meta ({g:04X},{e:04X}) has invalid VR bytes {vr!r}")
         if vr in _LONG_VRS:
+            if pos + 12 > n:
+                raise Rejected(st.CANNOT_UNDERSTAND,
+                               f"File Meta ({g:04X},{e:04X}) cut inside its header: the "
+                               "file is truncated")
             length = struct.unpack_from("<L", data, pos + 8)[0]
             pos += 12
         else:

@@ -154,6 +154,36 @@ def test_case_must_be_json() -> None:
         plan_bundle({"when": object()}, [b"x"])
 
 
+@pytest.mark.parametrize("keyword,value,drawn", [
+    ("RescaleSlope", "1,0", False), ("RescaleIntercept", "nan", False),
+    ("WindowCenter", "x", True), ("WindowWidth", "-5", True)])
+def test_preview_with_header_values_that_are_not_numbers(keyword: str, value: str,
+                                                           drawn: bool) -> None:
+    """A rescale that is not a finite number gets no preview (not one drawn with a
+    guess, not a ValueError: found by mutating shared files); a bad window falls back
+    to the image's own range."""
+    import io
+
+    import pydicom
+
+    ds = pydicom.dcmread(sorted((DICOM_DIR / "ct").glob("CT_*.dcm"))[0])
+    ds[keyword].value = "0"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    data = bytearray(buf.getvalue())
+    tag = ds[keyword].tag
+    head = tag.group.to_bytes(2, "little") + tag.element.to_bytes(2, "little") + b"DS"
+    at = data.find(head)
+    assert at > 0
+    raw = value.encode() + b" " * (len(value) & 1)
+    data[at + 6:at + 8] = len(raw).to_bytes(2, "little")
+    data[at + 8:at + 10] = raw  # the "0 " written above, replaced
+    got = make_preview(bytes(data))
+    assert (got is not None) == drawn
+    if got is not None:
+        assert got.meta["rows"] > 0
+
+
 def test_preview_of_non_image_is_none_and_serialises() -> None:
     assert make_preview(b"not dicom") is None
     sr = (DICOM_DIR / "other" / "sr_tid1500_measurements.dcm").read_bytes()

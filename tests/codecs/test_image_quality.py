@@ -209,3 +209,37 @@ def test_pixels_with_no_decoder_here_only_warn(ct):
     checks = {c["check"]: c for c in iq.instance_checks(ic.header_of(ds), ic.frames_of(ds))}
     assert checks["decodable"]["verdict"] == iq.WARNINGS
     assert "not checked" in checks["decodable"]["reason"]
+
+
+def _with_raw_value(ds: pydicom.Dataset, tag: int, junk: bytes) -> pydicom.Dataset:
+    """``ds`` written (explicit VR little endian) and read back with the value bytes of
+    ``tag`` replaced (same length): what a corrupt file holds, and pydicom reads."""
+    import io
+    import struct
+
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    data = bytearray(buf.getvalue())
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + ds[tag].VR.encode()
+    at = data.find(head)
+    assert at > 0
+    n = struct.unpack_from("<H", data, at + 6)[0]
+    data[at + 8:at + 8 + n] = (junk * n)[:n]
+    return pydicom.dcmread(io.BytesIO(bytes(data)))
+
+
+@pytest.mark.parametrize("tag,junk,name", [
+    (0x00200032, b"\xff", "ImagePositionPatient"),
+    (0x00200037, b"-\x00", "ImageOrientationPatient"),
+    (0x00200013, b"x", "InstanceNumber")])
+def test_header_values_that_are_not_numbers_hold_the_series_not_crash_it(ct, tag, junk, name):
+    """Found by mutating shared files: garbage in a DS/IS value made the gate raise
+    ValueError (a release that crashed); now the instance is named and held."""
+    dss = _fresh(ct[:5])
+    n = dss[2].InstanceNumber
+    dss[2] = _with_raw_value(dss[2], tag, junk)
+    rep = ic.check_series(dss)
+    assert rep["verdict"] == iq.UNACCEPTABLE
+    hits = [r for r in rep["reasons"] if name in r and "not valid numbers" in r]
+    assert len(hits) == 1, rep["reasons"]
+    assert name == "InstanceNumber" or hits[0].startswith(f"instance {n}: ")

@@ -146,3 +146,34 @@ def test_file_meta_without_preamble_gets_one_and_the_same_data_set() -> None:
     assert with_preamble(junk) == junk
     with pytest.raises(Rejected, match="preamble"):
         check_part10(with_preamble(junk))
+
+
+def test_a_file_cut_inside_its_file_meta_is_rejected_at_every_byte() -> None:
+    """A cut inside a long-VR File Meta element's header raised struct.error (found by
+    mutating shared files); every cut is a Rejected now."""
+    for src in good_files()[:3]:
+        data = src.read_bytes()
+        _, off = split_part10(data)
+        for cut in range(0, off):
+            with pytest.raises(Rejected):
+                check_part10(data[:cut])
+
+
+def test_a_character_set_with_control_characters_is_rejected_naming_it() -> None:
+    """(0008,0005) with a NUL inside made pydicom raise ValueError on every later read
+    of the stored file; a CS value never holds control characters."""
+    import io
+
+    ds = pydicom.dcmread(good_files()[0])
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    data = buf.getvalue()
+    at = data.find(b"ISO_IR 100")
+    for junk in (b"\x00\x00\x00\x80", b"\x1b\x1b", b"\x7f"):
+        bad = data[:at + 2] + junk + data[at + 2 + len(junk):]
+        with pytest.raises(Rejected) as err:
+            check_part10(bad)
+        assert "(0008,0005) Specific Character Set" in str(err.value)
+        assert "control characters" in str(err.value)
+    assert check_part10(data)  # the clean value passes
