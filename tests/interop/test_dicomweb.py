@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 import pytest
 import requests
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.timeout(300)
 
 OTHER = DICOM_DIR / "other"
 IMPLICIT = OTHER / "ct_implicit_vr_le.dcm"  # served as Explicit VR LE by default
-JPEGLS = OTHER / "ct_jpegls_lossless.dcm"  # no JPEG-LS decoder here: only as stored
+JPEGLS = OTHER / "ct_jpegls_lossless.dcm"  # decoded by python-gdcm
 JPEG_CINE = DICOM_DIR / "us" / "us_multiframe_ybr_jpeg_cine.dcm"  # 30 JPEG frames
 EXTRA = [IMPLICIT, JPEGLS, JPEG_CINE]
 
@@ -90,7 +91,7 @@ def test_anonymous_401_technician_403_bad_accept_406_unknown_404(center: NodePro
 def test_retrieve_study_series_instance_equal_to_what_storescu_sent(center: NodeProcess) -> None:
     client = _client(center)
     study, series = _ct()
-    # The series holds the JPEG-LS variant too, which only travels as stored.
+    # The series holds the implicit VR and JPEG-LS variants too.
     as_stored = (("application/dicom", "*"),)
     sent = {str(d.SOPInstanceUID): d for d in map(_ds, [*ct_series(), IMPLICIT, JPEGLS])}
     got = client.retrieve_series(study, series, media_types=as_stored)
@@ -100,8 +101,10 @@ def test_retrieve_study_series_instance_equal_to_what_storescu_sent(center: Node
         assert d.PatientName == "HEAD"
     whole = client.retrieve_study(study, media_types=as_stored)
     assert {str(d.SOPInstanceUID) for d in whole} == set(sent)
-    with pytest.raises(requests.HTTPError, match="406"):
-        client.retrieve_series(study, series)  # Explicit VR LE: JPEG-LS cannot be decoded
+    # Explicit VR LE (the default): every instance, the JPEG-LS one decoded.
+    plain = client.retrieve_series(study, series)
+    assert {str(d.SOPInstanceUID) for d in plain} == set(sent)
+    assert {str(d.file_meta.TransferSyntaxUID) for d in plain} == {"1.2.840.10008.1.2.1"}
     one = ct_series()[3]
     d1 = _ds(one)
     inst = client.retrieve_instance(study, series, str(d1.SOPInstanceUID))
@@ -143,13 +146,24 @@ def test_transfer_syntax_negotiation(center: NodeProcess) -> None:
     out = pydicom.dcmread(io.BytesIO(body))
     assert out.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
     assert out.PixelData == d.PixelData
-    # JPEG-LS has no decoder here: the default is refused naming the syntax; * works.
+    # JPEG-LS (python-gdcm decodes it for pydicom): the default is the instance
+    # decoded, pixel for pixel what imagecodecs (another JPEG-LS decoder) makes of
+    # the stored frame; * is the instance as stored.
+    import imagecodecs
+    from pydicom.encaps import generate_frames
+
     j = _ds(JPEGLS)
     url = (f"{center.web_url}/dicom-web/studies/{j.StudyInstanceUID}/series/"
            f"{j.SeriesInstanceUID}/instances/{j.SOPInstanceUID}")
     r = requests.get(url, headers={**h, "Accept": 'multipart/related; type="application/dicom"'},
                      timeout=30)
-    assert r.status_code == 406 and "1.2.840.10008.1.2.4.80" in r.json()["message"]
+    assert r.status_code == 200, r.text
+    out = pydicom.dcmread(io.BytesIO(_multipart_parts(r)[0][1]))
+    assert out.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    # the same instance, not a new one (pydicom's decompress() makes a new UID by default)
+    assert out.SOPInstanceUID == j.SOPInstanceUID == out.file_meta.MediaStorageSOPInstanceUID
+    want = imagecodecs.jpegls_decode(next(generate_frames(j.PixelData, number_of_frames=1)))
+    assert np.array_equal(out.pixel_array, want)
     r = requests.get(url, headers={**h, "Accept": 'multipart/related; type="application/dicom";'
                                                   " transfer-syntax=*"}, timeout=30)
     assert r.status_code == 200

@@ -302,7 +302,16 @@ async def get_frames(request: web.Request) -> web.StreamResponse:
                           f"{len(wanted)} decoded frames of instance {m['sop']} are {need} "
                           f"bytes, more than limits.max_decoded_bytes_per_request = {cap}; ask "
                           f"for fewer frames or for them as stored ({as_stored})")
-        parts = list(await asyncio.to_thread(_decoded_frames, store, src, wanted))
+        try:
+            parts = list(await asyncio.to_thread(_decoded_frames, store, src, wanted))
+        except Exception as exc:  # noqa: BLE001 - pydicom's decoders raise RuntimeError,
+            # NotImplementedError, ValueError, ... (damaged data, a variant not here)
+            why = " ".join(str(exc).split())[:300]
+            log.warning("frame decode failed sop=%s %s: %s", m["sop"], stored_ts, why)
+            as_stored = FRAME_MEDIA_TYPES.get(stored_ts, "transfer-syntax=*")
+            raise NotAcceptable(f"frames {wanted[:8]} of instance {m['sop']} (stored in "
+                                f"{stored_ts}) could not be decoded here: {why}; ask for "
+                                f"them as stored ({as_stored})") from None
     else:
         parts = [all_frames[n - 1] for n in wanted]
     await asyncio.to_thread(_audit_open, store, cfg, user, [m["study"]], "wado-rs", request,

@@ -184,7 +184,9 @@ def transcode(data: bytes, target: str) -> bytes:
     if src == IMPLICIT_LE:
         _private_as_un(ds)
     if src in ENCAPSULATED:
-        ds.decompress()  # -> Explicit VR LE, native pixel data (pydicom's decoders)
+        # -> Explicit VR LE, native pixel data (pydicom's decoders).  The same
+        # instance: pydicom would give it a new SOP Instance UID unless told not to.
+        ds.decompress(generate_instance_uid=False)
     elif src == EXPLICIT_BE:
         ds = _little_endian_copy(ds)
     ds.file_meta.TransferSyntaxUID = UID(target)

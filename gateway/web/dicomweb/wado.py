@@ -237,14 +237,35 @@ def _metadata_of(ds: Any, row: dict[str, Any], url: str, default_charset: str
     def bulk(elem: Any) -> str:
         return f"{url}/bulkdata/{int(elem.tag):08X}"
 
-    out = ds.to_json_dict(bulk_data_threshold=BULK_THRESHOLD_BYTES,
-                          bulk_data_element_handler=bulk)
+    out = _json_elements(ds, bulk, row["sop_instance_uid"])
     if pixel_vr is not None:
         out["7FE00010"] = {"vr": pixel_vr if pixel_vr in ("OB", "OW") else "OW",
                            "BulkDataURI": f"{url}/bulkdata/7FE00010"}
     # Which syntax this instance is held in: a viewer may then ask for it by name.
     out["00083002"] = {"vr": "UI", "Value": [row["transfer_syntax_uid"]]}
     return dict(sorted(out.items()))
+
+
+def _json_elements(ds: Any, bulk: Any, sop: str) -> dict[str, Any]:
+    """``ds`` as DICOM JSON; an element whose value is not what its VR allows (a DS
+    of "76\x0e.21": pydicom raises) is left out and logged, instead of cutting a
+    study's metadata half-way (found by mutating shared files)."""
+    try:
+        out: dict[str, Any] = ds.to_json_dict(bulk_data_threshold=BULK_THRESHOLD_BYTES,
+                                              bulk_data_element_handler=bulk)
+        return out
+    except Exception:  # noqa: BLE001, S110 - pydicom raises many types; per element below
+        pass
+    out, dropped = {}, []
+    for tag in ds.keys():
+        try:
+            out[f"{int(tag):08X}"] = ds[tag].to_json_dict(
+                bulk_data_element_handler=bulk, bulk_data_threshold=BULK_THRESHOLD_BYTES)
+        except Exception:  # noqa: BLE001 - the value does not fit its VR
+            dropped.append(f"({int(tag) >> 16:04X},{int(tag) & 0xFFFF:04X})")
+    log.warning("sop=%s metadata: %s left out, their values do not fit their VR",
+                sop, ", ".join(dropped))
+    return out
 
 
 async def metadata(request: web.Request) -> web.StreamResponse:
