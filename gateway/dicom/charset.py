@@ -17,7 +17,10 @@ wrong (tested in ``tests/gateway/test_charset.py``):
   decodes the fragment with Python's ``iso_ir_58`` codec *with* the escape
   sequence, which that codec (plain EUC-CN) passes through as text, so
   ``Zhang^XiaoDong=\\x1b$)A张^小东``.  fenji strips the sequence and decodes the
-  fragment as EUC-CN itself.
+  fragment as EUC-CN itself.  And pydicom *writes* such a value without the escape
+  sequence (GB2312 bytes right after ASCII), as do writers built on it: bytes
+  above 0x7F with no escape, where IR 58 is the only set beyond ASCII, can only be
+  GB2312 and are decoded so (else they read as Latin-1 mojibake, ``Íõ`` for 王).
 
 Multi-byte sets without code extensions (GB18030, GBK, UTF-8) may have ``\\``
 (0x5C) and ``^`` (0x5E) as the second byte of a character, so a value is
@@ -122,6 +125,13 @@ def _escaped(fragment: bytes, codecs: list[str], delims: set[int]) -> str:
     return str(pd_charset.decode_bytes(fragment, codecs, delims))
 
 
+def _unescaped_ir58(raw: bytes, cs: Charset) -> bool:
+    """Bytes above 0x7F with no escape sequence, in a data set whose only set beyond
+    ASCII is IR 58: they can only be GB2312 (G1) whose ``ESC $ ) A`` was left out."""
+    return (not raw.isascii() and cs.terms[0] in ("", "ISO 2022 IR 6")
+            and set(cs.terms[1:]) == {"ISO 2022 IR 58"})
+
+
 def decode(raw: bytes, cs: Charset, vr: str = "LO") -> tuple[str, bool]:
     """``raw`` as Unicode under ``cs``; the flag says whether bytes were replaced.
 
@@ -140,6 +150,11 @@ def decode(raw: bytes, cs: Charset, vr: str = "LO") -> tuple[str, bool]:
         except UnicodeDecodeError:
             return raw.decode("latin-1"), False
     first = codecs[0]
+    if ESC not in raw and _unescaped_ir58(raw, cs):
+        try:  # pydicom writes GB2312 under IR 58 without ESC $ ) A (module docstring)
+            return raw.decode(_IR58_CODEC), False
+        except UnicodeDecodeError:
+            pass
     if ESC not in raw or cs.terms[0] in STAND_ALONE:
         try:
             return raw.decode(first), False

@@ -428,3 +428,24 @@ def test_reading_a_config_loads_no_pydicom() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=120).stdout.strip()
     assert out == "False"
+
+
+def test_ir58_written_without_its_escape_sequence_stays_chinese() -> None:
+    """pydicom (3.0.2) writes GB2312 bytes under (0008,0005) \\ISO 2022 IR 58 without
+    ESC $ ) A; so do writers built on it.  Such bytes can only be GB2312: read as
+    Latin-1 they were 'Íõ^Ð¡¶«' for 王^小东.  A value with the escape still works."""
+    from _data import ct_series
+
+    ds = pydicom.dcmread(ct_series()[0])
+    ds.SpecificCharacterSet = ["", "ISO 2022 IR 58"]
+    ds.PatientName = "Wang^XiaoDong=王^小东"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    data = buf.getvalue()
+    assert b"Wang^XiaoDong=\xcd\xf5^" in data  # no ESC $ ) A: what pydicom writes
+    assert check_part10(data).info.patient_name == "Wang^XiaoDong=王^小东"
+    cs = charset.resolve("\\ISO 2022 IR 58")
+    assert charset.decode(IR58_NAME, cs, "PN") == ("Zhang^XiaoDong=张^小东", False)
+    # Only where IR 58 is the one set beyond ASCII: Latin-1 bytes under IR 100 stay so.
+    assert charset.decode("Müller".encode("latin-1"), charset.resolve("ISO_IR 100"),
+                          "PN") == ("Müller", False)
