@@ -76,11 +76,15 @@ from fenji.codecs.ecg import gate as gate_mod
 from fenji.codecs.ecg import qrs as qrs_mod
 from fenji.codecs.ecg.thresholds import EcgQualityThresholds
 from fenji.codecs.ecg.windows import window_p2p
+from fenji.codecs.errors import PeerError
 
 ACCEPTABLE = "acceptable"
 WARNINGS = "acceptable_with_warnings"
 UNACCEPTABLE = "unacceptable"
 _RANK = {ACCEPTABLE: 0, WARNINGS: 1, UNACCEPTABLE: 2}
+# Below this a QRS (about 0.1 s, its energy at 5-15 Hz) is a handful of samples: the
+# filters and detectors here cannot work, and no cart records that slowly.
+MIN_FS_HZ = 50.0
 
 
 # --- kernels ---------------------------------------------------------------------
@@ -624,6 +628,10 @@ def check_ecg(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
     "record": {"heart_rate_bpm", "n_beats", "checks": [...]}, "gate", "thresholds"}``
     where each check is ``{"check", "value", "threshold", "verdict", "reason"}``.
     """
+    if not (math.isfinite(fs_hz) and fs_hz >= MIN_FS_HZ):
+        raise PeerError(f"sampling frequency {fs_hz:g} Hz: the checks need at least "
+                        f"{MIN_FS_HZ:g} Hz (a QRS lasts about 0.1 s); check the cart's "
+                        "export settings")
     t = thresholds or EcgQualityThresholds()
     g = gate or shipped_gate()
     x = np.asarray(signal_mv, dtype=np.float64)

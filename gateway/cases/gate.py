@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from fenji.gateway.errors import PeerError
 from fenji.gateway.keys import canonical_json, sign, verify
 
 ACCEPTABLE = "acceptable"
@@ -54,9 +55,13 @@ def assess(blobs: list[bytes], ecg_thresholds: Any = None,
         ds = pydicom.dcmread(io.BytesIO(blob))
         sop_class = str(ds.get("SOPClassUID", ""))
         if sop_class.startswith(ECG_SOP_PREFIX) and "WaveformSequence" in ds:
-            rec = read_dicom_ecg(ds)
-            report, qrs = check_ecg(rec.physical_mv(), rec.fs_hz, rec.leads, ecg_thresholds)
-            report["n_beats"] = int(len(qrs))
+            try:
+                rec = read_dicom_ecg(ds)
+                report, qrs = check_ecg(rec.physical_mv(), rec.fs_hz, rec.leads,
+                                        ecg_thresholds)
+                report["n_beats"] = int(len(qrs))
+            except PeerError as exc:  # held, not a failed release: the data stays
+                report = unusable_ecg(str(exc))
             uid = str(ds.SOPInstanceUID)
             ecg_reports[uid] = report
             reasons += [f"ECG {uid[-12:]}: {r}" for r in report["reasons"]]
@@ -76,6 +81,14 @@ def assess(blobs: list[bytes], ecg_thresholds: Any = None,
         verdict = max(verdict, rep["verdict"], key=_RANK.__getitem__)
     return {"verdict": verdict, "reasons": reasons, "series": series_reports,
             "ecg": ecg_reports, "n_instances": len(blobs)}
+
+
+def unusable_ecg(why: str) -> dict[str, Any]:
+    """The report of an ECG whose waveform cannot be read or checked at all (a
+    sampling frequency of 0, channels that do not fit the data): unacceptable."""
+    return {"verdict": UNACCEPTABLE, "leads": {}, "n_beats": 0,
+            "reasons": [f"waveform not usable: {why}: resend it from the cart, or override"],
+            "record": {"heart_rate_bpm": None, "n_beats": 0, "checks": []}}
 
 
 def report_sha256(report: dict[str, Any]) -> str:

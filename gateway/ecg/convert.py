@@ -134,7 +134,10 @@ def ecg_to_part10(files: dict[str, bytes], *, patient_id: str = "", patient_name
         summary["notes"] = list(meta.notes)
     n_gate = min(rec.n_samples, int(GATE_MAX_S * rec.fs_hz))
     head = dataclasses.replace(rec, signal=rec.signal[:n_gate])  # a view: no whole copy
-    report, _ = check_ecg(head.physical_mv(), rec.fs_hz, rec.leads)
+    try:
+        report, _ = check_ecg(head.physical_mv(), rec.fs_hz, rec.leads)
+    except PeerError as exc:  # stored all the same; the gate holds it at release
+        report = {"verdict": "unacceptable", "reasons": [f"waveform not usable: {exc}"]}
     summary["quality"] = {"verdict": report["verdict"], "reasons": report["reasons"]}
     if n_gate < rec.n_samples:
         summary["quality"]["seconds_checked"] = round(n_gate / rec.fs_hz, 3)

@@ -10,6 +10,7 @@ names are coded with SCP-ECG codes (CID 3001).
 from __future__ import annotations
 
 import datetime as _dt
+import math
 from collections.abc import Sequence as _Seq
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def read_wfdb(path: str | Path) -> EcgRecord:
 def read_dicom_ecg(src: str | Path | Dataset, group: int = 0) -> EcgRecord:
     """Read multiplex group ``group`` of a DICOM ECG waveform object."""
     if isinstance(src, Dataset):
-        ds, where = src, "dataset"
+        ds, where = src, "the DICOM ECG"
     else:
         where = str(src)
         try:
@@ -113,23 +114,46 @@ def read_dicom_ecg(src: str | Path | Dataset, group: int = 0) -> EcgRecord:
             cv = str(ch.ChannelSensitivityUnitsSequence[0].get("CodeValue", "uV"))
             u = cv if cv in UNIT_TO_MV else "uV"
         units.append(u)
-        sens = float(ch.get("ChannelSensitivity", 1.0) or 1.0)
-        corr = float(ch.get("ChannelSensitivityCorrectionFactor", 1.0) or 1.0)
+        sens = _number(ch, "ChannelSensitivity", 1.0, f"{where}: channel {i + 1}")
+        corr = _number(ch, "ChannelSensitivityCorrectionFactor", 1.0,
+                       f"{where}: channel {i + 1}")
+        if sens * corr == 0.0 or not math.isfinite(1.0 / (sens * corr)):
+            raise PeerError(f"{where}: channel {i + 1}: (003A,0210) Channel Sensitivity "
+                            f"{sens:g} x correction {corr:g} gives no usable scale")
         gains.append(1.0 / (sens * corr))
-        baselines.append(int(round(float(ch.get("ChannelBaseline", 0) or 0))))
+        baselines.append(int(round(_number(ch, "ChannelBaseline", 0.0,
+                                           f"{where}: channel {i + 1}"))))
+    fs = _number(w, "SamplingFrequency", float("nan"), where)
+    if not 0.0 < fs <= 100_000.0:
+        raise PeerError(f"{where}: (003A,001A) Sampling Frequency {fs:g} Hz is not a rate "
+                        "an ECG is recorded at")
     c0 = w.ChannelDefinitionSequence[0]
-    filters = EcgFilters(
-        low_hz=float(c0.FilterLowFrequency) if c0.get("FilterLowFrequency") is not None else None,
-        high_hz=float(c0.FilterHighFrequency) if c0.get("FilterHighFrequency") is not None
-        else None,
-        notch_hz=float(c0.NotchFilterFrequency) if c0.get("NotchFilterFrequency") is not None
-        else None)
+    filters = EcgFilters(low_hz=_optional(c0, "FilterLowFrequency", where),
+                         high_hz=_optional(c0, "FilterHighFrequency", where),
+                         notch_hz=_optional(c0, "NotchFilterFrequency", where))
     # waveform_array returns physical values in the sensitivity unit (baseline not removed)
     base_phys = np.array(baselines, dtype=np.float64) / np.array(gains)
     sig = np.asarray(sig, dtype=np.float64) - base_phys
-    return EcgRecord(leads=tuple(leads), fs_hz=float(w.SamplingFrequency), signal=sig,
+    return EcgRecord(leads=tuple(leads), fs_hz=fs, signal=sig,
                      gains=tuple(gains), baselines=tuple(baselines), units=tuple(units),
                      digital=False, filters=filters, name=str(ds.get("SOPInstanceUID", "")))
+
+
+def _number(item: Dataset, keyword: str, default: float, where: str) -> float:
+    """A DS/IS value of ``item`` as a finite float (``default`` when absent or empty);
+    :class:`PeerError` naming it when it is not one."""
+    try:
+        v = item.get(keyword)
+        x = default if v is None or v == "" else float(v)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise PeerError(f"{where}: {keyword} is not a number ({exc})") from None
+    if not math.isfinite(x) and v is not None and v != "":
+        raise PeerError(f"{where}: {keyword} {x} is not a finite number")
+    return x
+
+
+def _optional(item: Dataset, keyword: str, where: str) -> float | None:
+    return None if item.get(keyword) is None else _number(item, keyword, 0.0, where)
 
 
 def read_ecg(path: str | Path) -> EcgRecord:

@@ -121,6 +121,31 @@ def test_damaged_compressed_instance_holds_the_case(tmp_path: Path) -> None:
     store.close()
 
 
+@pytest.mark.parametrize("where,keyword,value,words", [
+    ("group", "SamplingFrequency", "0", "Sampling Frequency 0 Hz"),
+    ("group", "SamplingFrequency", "3", "sampling frequency 3 Hz"),
+    ("channels", "ChannelSensitivity", "nan", "ChannelSensitivity nan"),
+    ("channels", "ChannelBaseline", "nan", "ChannelBaseline nan"),
+    ("group", "NumberOfWaveformChannels", 64, "undecodable")])
+def test_an_ecg_whose_waveform_cannot_be_used_holds_the_case(
+        tmp_path: Path, where: str, keyword: str, value: object, words: str) -> None:
+    """Found by setting the waveform's numbers to what a broken cart could send: the
+    release raised ValueError/OverflowError (or failed with a typed error the
+    technician could not override). Now the case is held, saying why."""
+    ds = pydicom.dcmread(DICOM_DIR / "ecg" / "waveform_ecg_12lead.dcm")
+    w = ds.WaveformSequence[0]
+    for item in (w.ChannelDefinitionSequence if where == "channels" else [w]):
+        setattr(item, keyword, value)
+    store = Store(tmp_path / "s")
+    _put(store, _bytes(ds))
+    with pytest.raises(CaseHeld) as info:
+        release(store, str(ds.StudyInstanceUID), destination="center",
+                gate_key=Ed25519PrivateKey.generate(), operator="tech")
+    assert any("waveform not usable" in r and words in r for r in info.value.reasons), \
+        info.value.reasons
+    store.close()
+
+
 def test_ecg_lead_off_is_explained_per_lead(tmp_path: Path) -> None:
     ds = pydicom.dcmread(DICOM_DIR / "ecg" / "waveform_ecg_12lead.dcm")
     w = ds.WaveformSequence[0]
