@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -88,6 +89,7 @@ def _compressed(ts: pydicom.uid.UID) -> bool:
 _UNSUPPORTED = re.compile(r"not (?:been )?(?:implemented|supported)|does not support|"
                           r"unsupported|missing (?:required )?dependenc", re.IGNORECASE)
 _ERROR_CHARS = 300
+_RLE_EXCESS = re.compile(r"non-conformant padding - (\d+) vs\. (\d+) bytes")
 _ALL_PLUGINS = "Unable to decode as exceptions were raised by all available plugins: "
 
 
@@ -106,7 +108,9 @@ def frames_of(ds: Dataset) -> np.ndarray | iq.Damaged | None:
         except NotImplementedError:  # a transfer syntax pydicom has no decoder for at all
             return None
     try:
-        return np.asarray(ds.pixel_array)
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            arr = np.asarray(ds.pixel_array)
     except MemoryError:
         return None
     except Exception as exc:  # pydicom raises many types for bad or unsupported data
@@ -115,6 +119,13 @@ def frames_of(ds: Dataset) -> np.ndarray | iq.Damaged | None:
         if ts is None or _UNSUPPORTED.search(msg):
             return None
         return iq.Damaged(msg[:_ERROR_CHARS] + ("..." if len(msg) > _ERROR_CHARS else ""))
+    for w in said:  # an RLE segment far longer than Rows x Columns: a header that lies
+        m = _RLE_EXCESS.search(str(w.message))
+        if m and int(m[1]) > int(m[2]) * 1.01 + 2:
+            return iq.Damaged(f"an RLE segment decodes to {m[1]} bytes, (0028,0010) Rows x "
+                              f"(0028,0011) Columns needs {m[2]}: the header does not "
+                              "describe the pixels")
+    return arr
 
 
 def check_series(datasets: Sequence[Dataset],

@@ -385,6 +385,25 @@ class _Walker:
                             f"(7FE0,0010) Pixel Data missing from {what}: the file is "
                             "truncated or its pixels were stripped")
 
+    def _check_dimensions(self, frags: list[tuple[int, int]], starts: list[int]) -> None:
+        """Each codestream's own size and components are the header's: a decoder given
+        a header larger than its stream (python-gdcm, JPEG-LS) aborts the process, and
+        a smaller one makes a wrong image silently."""
+        v = self.values
+        rows, cols, spp = v.get("Rows"), v.get("Columns"), v.get("SamplesPerPixel") or 1
+        for k, i in enumerate(starts):
+            off, n = frags[i]
+            dims = codestream_dims(bytes(self.buf[off:off + min(n, 1 << 16)]))
+            if dims is None:
+                continue
+            h, w, c = dims
+            if (h and h != rows) or w != cols or c != spp:
+                raise self.fail(st.CANNOT_UNDERSTAND,
+                                f"frame {k + 1}: its codestream is {w} x {h or '?'} with {c} "
+                                f"components, but (0028,0011) Columns = {cols}, (0028,0010) "
+                                f"Rows = {rows}, (0028,0002) Samples per Pixel = {spp}: the "
+                                "header does not describe the pixels")
+
     def _check_codestreams(self, frames: int) -> None:
         buf = self.buf
         frags = self._fragments
@@ -403,6 +422,13 @@ class _Walker:
                     raise self.fail(st.CANNOT_UNDERSTAND, f"RLE frame {i}: header truncated")
                 nseg = struct.unpack_from("<L", buf, off)[0]
                 offsets = struct.unpack_from("<15L", buf, off + 4)[:nseg]
+                want = (self.values.get("SamplesPerPixel") or 1) * \
+                    -(-int(self.values.get("BitsAllocated") or 8) // 8)
+                if nseg != want and 1 <= nseg <= 15:
+                    raise self.fail(st.CANNOT_UNDERSTAND,
+                                    f"RLE frame {i}: {nseg} segments, but (0028,0002) Samples "
+                                    f"per Pixel x (0028,0100) Bits Allocated / 8 needs {want}: "
+                                    "the header does not describe the pixels")
                 if not 1 <= nseg <= 15 or offsets[0] != 64 or any(
                         b <= a for a, b in zip(offsets, offsets[1:], strict=False)) or \
                         offsets[-1] >= n:
@@ -426,6 +452,7 @@ class _Walker:
                 raise self.fail(st.CANNOT_UNDERSTAND,
                                 f"encapsulated Pixel Data: {len(starts)} codestreams for "
                                 f"{frames} frames")
+            self._check_dimensions(frags, starts)
             ends = [s - 1 for s in starts[1:]] + [len(frags) - 1]
             for k, last in enumerate(ends):
                 off, n = frags[last]
@@ -433,6 +460,41 @@ class _Walker:
                     raise self.fail(st.CANNOT_UNDERSTAND,
                                     f"encapsulated Pixel Data: codestream of frame {k} is "
                                     f"truncated (no EOI/EOC marker)")
+
+
+_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE,
+                  0xCF, 0xF7})  # JPEG start-of-frame markers; 0xF7: JPEG-LS (SOF55)
+
+
+def codestream_dims(head: bytes) -> tuple[int, int, int] | None:
+    """(rows, columns, components) a JPEG, JPEG-LS or raw JPEG 2000 codestream declares
+    in its SOF / SIZ marker (rows 0: JPEG's "set by a DNL marker"); None when ``head``
+    does not reach it or the stream is a JP2 file wrapper."""
+    if head[:4] == b"\xff\x4f\xff\x51" and len(head) >= 42:  # SOC, SIZ (PS3.5 A.4.4)
+        xsiz, ysiz, xo, yo = struct.unpack_from(">4L", head, 8)
+        return ysiz - yo, xsiz - xo, struct.unpack_from(">H", head, 40)[0]
+    if head[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 4 <= len(head):
+        if head[i] != 0xFF:
+            return None
+        marker = head[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _SOF:
+            if i + 10 > len(head):
+                return None
+            rows, cols = struct.unpack_from(">HH", head, i + 5)
+            return rows, cols, head[i + 9]
+        if marker == 0xDA:  # scan data before any frame header
+            return None
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length
+            i += 2
+            continue
+        i += 2 + struct.unpack_from(">H", head, i + 2)[0]
+    return None
 
 
 def _inflate(data: bytes | memoryview, cap: int) -> bytes:

@@ -243,3 +243,12 @@ def test_header_values_that_are_not_numbers_hold_the_series_not_crash_it(ct, tag
     hits = [r for r in rep["reasons"] if name in r and "not valid numbers" in r]
     assert len(hits) == 1, rep["reasons"]
     assert name == "InstanceNumber" or hits[0].startswith(f"instance {n}: ")
+
+
+def test_rle_whose_rows_are_fewer_than_its_segments_hold_is_damaged(ct):
+    """pydicom decodes an RLE segment longer than Rows x Columns with only a warning,
+    into a cut image: the header does not describe the pixels, so the case is held."""
+    ds = _rle(ct[0])
+    ds.Rows = ds.Rows // 2
+    got = ic.frames_of(ds)
+    assert isinstance(got, iq.Damaged) and "needs" in got.error and "RLE segment" in got.error

@@ -177,3 +177,31 @@ def test_a_character_set_with_control_characters_is_rejected_naming_it() -> None
         assert "(0008,0005) Specific Character Set" in str(err.value)
         assert "control characters" in str(err.value)
     assert check_part10(data)  # the clean value passes
+
+
+@pytest.mark.parametrize("name", ["ct_j2k_lossless.dcm", "ct_jpegls_lossless.dcm",
+                                  "ct_jpeg_lossless_sv1.dcm", "us_jpeg_baseline_lossy.dcm"])
+@pytest.mark.parametrize("keyword,change", [("Rows", 2.0), ("Rows", 0.5), ("Columns", -1),
+                                            ("SamplesPerPixel", None)])
+def test_a_header_that_does_not_describe_its_codestream_is_rejected(
+        name: str, keyword: str, change: float | int | None) -> None:
+    """Rows larger than a JPEG-LS codestream made python-gdcm abort the whole process
+    on decode (found by probing); smaller ones decoded silently into a wrong image.
+    The codestream's own SOF/SIZ size and components must be the header's."""
+    import io
+
+    from _data import DICOM_DIR
+
+    ds = pydicom.dcmread(DICOM_DIR / "other" / name)
+    v = int(getattr(ds, keyword))
+    new = (4 - v if keyword == "SamplesPerPixel" else
+           v + int(change) if isinstance(change, int) else int(v * float(change or 1)))
+    if keyword == "SamplesPerPixel":
+        ds.PlanarConfiguration = 0
+    setattr(ds, keyword, new)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    with pytest.raises(Rejected) as err:
+        check_part10(buf.getvalue())
+    assert "its codestream is" in str(err.value) and "does not describe" in str(err.value)
+    assert f"= {new}" in str(err.value)
