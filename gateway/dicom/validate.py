@@ -391,18 +391,26 @@ class _Walker:
         a smaller one makes a wrong image silently."""
         v = self.values
         rows, cols, spp = v.get("Rows"), v.get("Columns"), v.get("SamplesPerPixel") or 1
+        bits = int(v.get("BitsAllocated") or 0)
         for k, i in enumerate(starts):
             off, n = frags[i]
             dims = codestream_dims(bytes(self.buf[off:off + min(n, 1 << 16)]))
             if dims is None:
                 continue
-            h, w, c = dims
+            h, w, c, p = dims
             if (h and h != rows) or w != cols or c != spp:
                 raise self.fail(st.CANNOT_UNDERSTAND,
                                 f"frame {k + 1}: its codestream is {w} x {h or '?'} with {c} "
                                 f"components, but (0028,0011) Columns = {cols}, (0028,0010) "
                                 f"Rows = {rows}, (0028,0002) Samples per Pixel = {spp}: the "
                                 "header does not describe the pixels")
+            jpeg = self.ts in JPEG_FAMILY
+            if p > bits or (jpeg and bits > 16):
+                raise self.fail(st.CANNOT_UNDERSTAND,
+                                f"frame {k + 1}: its codestream has {p}-bit samples, but "
+                                f"(0028,0100) Bits Allocated = {bits}"
+                                + (" (a JPEG stream holds at most 16)" if jpeg and bits > 16
+                                   else "") + ": the header does not describe the pixels")
 
     def _check_codestreams(self, frames: int) -> None:
         buf = self.buf
@@ -466,13 +474,14 @@ _SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0x
                   0xCF, 0xF7})  # JPEG start-of-frame markers; 0xF7: JPEG-LS (SOF55)
 
 
-def codestream_dims(head: bytes) -> tuple[int, int, int] | None:
-    """(rows, columns, components) a JPEG, JPEG-LS or raw JPEG 2000 codestream declares
-    in its SOF / SIZ marker (rows 0: JPEG's "set by a DNL marker"); None when ``head``
-    does not reach it or the stream is a JP2 file wrapper."""
-    if head[:4] == b"\xff\x4f\xff\x51" and len(head) >= 42:  # SOC, SIZ (PS3.5 A.4.4)
+def codestream_dims(head: bytes) -> tuple[int, int, int, int] | None:
+    """(rows, columns, components, bits per sample) a JPEG, JPEG-LS or raw JPEG 2000
+    codestream declares in its SOF / SIZ marker (rows 0: JPEG's "set by a DNL
+    marker"); None when ``head`` does not reach it or the stream is a JP2 wrapper."""
+    if head[:4] == b"\xff\x4f\xff\x51" and len(head) >= 43:  # SOC, SIZ (PS3.5 A.4.4)
         xsiz, ysiz, xo, yo = struct.unpack_from(">4L", head, 8)
-        return ysiz - yo, xsiz - xo, struct.unpack_from(">H", head, 40)[0]
+        return (ysiz - yo, xsiz - xo, struct.unpack_from(">H", head, 40)[0],
+                (head[42] & 0x7F) + 1)
     if head[:2] != b"\xff\xd8":
         return None
     i = 2
@@ -487,7 +496,7 @@ def codestream_dims(head: bytes) -> tuple[int, int, int] | None:
             if i + 10 > len(head):
                 return None
             rows, cols = struct.unpack_from(">HH", head, i + 5)
-            return rows, cols, head[i + 9]
+            return rows, cols, head[i + 9], head[i + 4]
         if marker == 0xDA:  # scan data before any frame header
             return None
         if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length

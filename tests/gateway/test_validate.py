@@ -205,3 +205,26 @@ def test_a_header_that_does_not_describe_its_codestream_is_rejected(
         check_part10(buf.getvalue())
     assert "its codestream is" in str(err.value) and "does not describe" in str(err.value)
     assert f"= {new}" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["ct_j2k_lossless.dcm", "ct_jpegls_lossless.dcm",
+                                  "ct_jpeg_lossless_sv1.dcm"])
+@pytest.mark.parametrize("bits", [8, 32])
+def test_bits_allocated_that_cannot_hold_the_codestream_samples_is_rejected(
+        name: str, bits: int) -> None:
+    """Bits Allocated 32 on a JPEG Lossless stream made python-gdcm abort the process;
+    8 on a 16-bit stream decoded silently into a cut image."""
+    import io
+
+    from _data import DICOM_DIR
+
+    ds = pydicom.dcmread(DICOM_DIR / "other" / name)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, bits, bits - 1
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    if bits == 32 and "j2k" in name:  # JPEG 2000 holds up to 38 bits: 32 is room enough
+        assert check_part10(buf.getvalue())
+        return
+    with pytest.raises(Rejected) as err:
+        check_part10(buf.getvalue())
+    assert "-bit samples" in str(err.value) and f"Bits Allocated = {bits}" in str(err.value)
