@@ -19,6 +19,7 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder
 
 from fenji.codecs.image import quality as iq
+from fenji.gateway.dicom.validate import dataset_codestream_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,9 @@ def frames_of(ds: Dataset) -> np.ndarray | iq.Damaged | None:
                 return None
         except NotImplementedError:  # a transfer syntax pydicom has no decoder for at all
             return None
+    why = dataset_codestream_mismatch(ds)  # never hand such data to a decoder
+    if why:
+        return iq.Damaged(why)
     try:
         with warnings.catch_warnings(record=True) as said:
             warnings.simplefilter("always")

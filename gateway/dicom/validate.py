@@ -24,6 +24,7 @@ import logging
 import re
 import struct
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -386,31 +387,14 @@ class _Walker:
                             "truncated or its pixels were stripped")
 
     def _check_dimensions(self, frags: list[tuple[int, int]], starts: list[int]) -> None:
-        """Each codestream's own size and components are the header's: a decoder given
-        a header larger than its stream (python-gdcm, JPEG-LS) aborts the process, and
-        a smaller one makes a wrong image silently."""
         v = self.values
-        rows, cols, spp = v.get("Rows"), v.get("Columns"), v.get("SamplesPerPixel") or 1
-        bits = int(v.get("BitsAllocated") or 0)
-        for k, i in enumerate(starts):
-            off, n = frags[i]
-            dims = codestream_dims(bytes(self.buf[off:off + min(n, 1 << 16)]))
-            if dims is None:
-                continue
-            h, w, c, p = dims
-            if (h and h != rows) or w != cols or c != spp:
-                raise self.fail(st.CANNOT_UNDERSTAND,
-                                f"frame {k + 1}: its codestream is {w} x {h or '?'} with {c} "
-                                f"components, but (0028,0011) Columns = {cols}, (0028,0010) "
-                                f"Rows = {rows}, (0028,0002) Samples per Pixel = {spp}: the "
-                                "header does not describe the pixels")
-            jpeg = self.ts in JPEG_FAMILY
-            if p > bits or (jpeg and bits > 16):
-                raise self.fail(st.CANNOT_UNDERSTAND,
-                                f"frame {k + 1}: its codestream has {p}-bit samples, but "
-                                f"(0028,0100) Bits Allocated = {bits}"
-                                + (" (a JPEG stream holds at most 16)" if jpeg and bits > 16
-                                   else "") + ": the header does not describe the pixels")
+        heads = (bytes(self.buf[off:off + min(n, 1 << 16)])
+                 for off, n in (frags[i] for i in starts))
+        why = codestream_mismatch(self.ts, v.get("Rows"), v.get("Columns"),
+                                  v.get("SamplesPerPixel") or 1,
+                                  int(v.get("BitsAllocated") or 0), heads)
+        if why:
+            raise self.fail(st.CANNOT_UNDERSTAND, why)
 
     def _check_codestreams(self, frames: int) -> None:
         buf = self.buf
@@ -504,6 +488,49 @@ def codestream_dims(head: bytes) -> tuple[int, int, int, int] | None:
             continue
         i += 2 + struct.unpack_from(">H", head, i + 2)[0]
     return None
+
+
+def codestream_mismatch(ts: str, rows: Any, cols: Any, spp: int, bits: int,
+                        heads: Iterable[bytes]) -> str | None:
+    """Why the frames' codestreams (the first bytes of each) are not what the header
+    says, or None.  Each one's own size, components and bits per sample (its SOF or
+    SIZ marker) must be the header's: a decoder given a header larger than its
+    stream (python-gdcm, JPEG-LS) or more Bits Allocated than JPEG holds aborts the
+    whole process, and a smaller one makes a wrong image silently."""
+    jpeg = ts in JPEG_FAMILY
+    for k, head in enumerate(heads):
+        dims = codestream_dims(head)
+        if dims is None:
+            continue
+        h, w, c, p = dims
+        if (h and h != rows) or w != cols or c != spp:
+            return (f"frame {k + 1}: its codestream is {w} x {h or '?'} with {c} components, "
+                    f"but (0028,0011) Columns = {cols}, (0028,0010) Rows = {rows}, (0028,0002) "
+                    f"Samples per Pixel = {spp}: the header does not describe the pixels")
+        if p > bits or (jpeg and bits > 16):
+            return (f"frame {k + 1}: its codestream has {p}-bit samples, but (0028,0100) Bits "
+                    f"Allocated = {bits}" + (" (a JPEG stream holds at most 16)" if jpeg and
+                                             bits > 16 else "")
+                    + ": the header does not describe the pixels")
+    return None
+
+
+def dataset_codestream_mismatch(ds: Any) -> str | None:
+    """:func:`codestream_mismatch` of a read data set (an instance stored before the
+    check existed is decoded only if it passes)."""
+    from pydicom.encaps import generate_frames
+
+    ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+    if (ts not in JPEG_FAMILY and ts not in J2K_FAMILY) or "PixelData" not in ds:
+        return None
+    try:
+        n = int(ds.get("NumberOfFrames") or 1)
+        heads = (f[:1 << 16] for f in generate_frames(ds.PixelData, number_of_frames=n))
+        return codestream_mismatch(ts, ds.get("Rows"), ds.get("Columns"),
+                                   int(ds.get("SamplesPerPixel") or 1),
+                                   int(ds.get("BitsAllocated") or 0), heads)
+    except (ValueError, TypeError, StopIteration) as exc:
+        return f"encapsulated Pixel Data cannot be split into frames: {exc}"
 
 
 def _inflate(data: bytes | memoryview, cap: int) -> bytes:

@@ -20,6 +20,7 @@ from fenji.gateway.dicom.validate import (
     EXPLICIT_LE,
     IMPLICIT_LE,
     NATIVE,
+    codestream_mismatch,
 )
 from fenji.gateway.store.db import Store
 from fenji.gateway.web.dicomweb.common import (
@@ -206,6 +207,28 @@ def _decoded_frames(store: Store, src: Any, wanted: list[int]) -> list[bytes]:
     return out
 
 
+def _check_before_decoding(store: Store, src: Any, ts: str,
+                           frames: list[bytes | list[Range]]) -> None:
+    """ValueError when a frame's codestream is not what the header says (an instance
+    stored before ingest checked that): such data never reaches a decoder, some of
+    which abort the process on it (gateway/dicom/validate.py)."""
+    import pydicom
+
+    if isinstance(src, str):
+        with store.open_blob(src) as fh:
+            ds = pydicom.dcmread(fh, stop_before_pixels=True)
+    else:
+        ds = src
+    heads = (f[:1 << 16] if isinstance(f, bytes) else
+             _read_ranges(store, str(src), [(f[0][0], min(f[0][1], 1 << 16))]) if f else b""
+             for f in frames)
+    why = codestream_mismatch(ts, ds.get("Rows"), ds.get("Columns"),
+                              int(ds.get("SamplesPerPixel") or 1),
+                              int(ds.get("BitsAllocated") or 0), heads)
+    if why:
+        raise ValueError(why)
+
+
 def _decoded_frame_bytes(store: Store, src: Any) -> int:
     """Bytes of one decoded frame of ``src`` (a stored blob's SHA-256 or a loaded data set)."""
     import pydicom
@@ -303,6 +326,8 @@ async def get_frames(request: web.Request) -> web.StreamResponse:
                           f"bytes, more than limits.max_decoded_bytes_per_request = {cap}; ask "
                           f"for fewer frames or for them as stored ({as_stored})")
         try:
+            await asyncio.to_thread(_check_before_decoding, store, src, stored_ts,
+                                    [all_frames[n - 1] for n in wanted])
             parts = list(await asyncio.to_thread(_decoded_frames, store, src, wanted))
         except Exception as exc:  # noqa: BLE001 - pydicom's decoders raise RuntimeError,
             # NotImplementedError, ValueError, ... (damaged data, a variant not here)

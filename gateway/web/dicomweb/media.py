@@ -15,6 +15,7 @@ from fenji.gateway.dicom.validate import (
     EXPLICIT_LE,
     IMPLICIT_LE,
     NATIVE,
+    dataset_codestream_mismatch,
 )
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,9 @@ def transcode(data: bytes, target: str) -> bytes:
     if src == IMPLICIT_LE:
         _private_as_un(ds)
     if src in ENCAPSULATED:
+        why = dataset_codestream_mismatch(ds)  # a decoder must never see such data
+        if why:
+            raise ValueError(why)
         # -> Explicit VR LE, native pixel data (pydicom's decoders).  The same
         # instance: pydicom would give it a new SOP Instance UID unless told not to.
         ds.decompress(generate_instance_uid=False)

@@ -1,0 +1,70 @@
+"""A JPEG-LS instance whose Rows exceed its codestream makes python-gdcm abort the
+whole process when it decodes it.  Ingest refuses such a file now; one stored before
+that check (put in the store directly here) must still never reach a decoder: the gate
+calls it damaged, WADO-RS answers 406, and the node stays up."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+import requests
+from _data import DICOM_DIR
+
+from fenji.gateway.cases import image_checks as ic
+from fenji.gateway.dicom.validate import Rejected, check_part10
+from fenji.gateway.lab.harness import NodeProcess
+from fenji.gateway.store.db import Store
+
+pytestmark = pytest.mark.timeout(300)
+SOURCE = DICOM_DIR / "other" / "ct_jpegls_lossless.dcm"
+
+
+def _too_many_rows() -> tuple[bytes, pydicom.Dataset]:
+    ds = pydicom.dcmread(SOURCE)
+    ds.Rows = ds.Rows * 2
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue(), ds
+
+
+def test_the_abort_is_real_in_a_child_process() -> None:
+    """Why the checks exist: python-gdcm aborts (SIGABRT), no Python exception."""
+    code = ("import io, pydicom, sys; sys.path.insert(0, 'tests');"
+            "from security.test_decoder_abort import _too_many_rows;"
+            "pydicom.dcmread(io.BytesIO(_too_many_rows()[0])).pixel_array")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120,
+                          cwd=Path(__file__).parents[2])
+    assert done.returncode != 0 and b"Traceback" not in done.stderr, done.stderr[-500:]
+
+
+def test_a_stored_instance_that_lies_about_its_rows_never_reaches_the_decoder(
+        tmp_path: Path) -> None:
+    data, ds = _too_many_rows()
+    with pytest.raises(Rejected, match="its codestream is 512 x 512"):
+        check_part10(data)
+    got = ic.frames_of(pydicom.dcmread(io.BytesIO(data)))  # in this process: no abort
+    assert isinstance(got, ic.iq.Damaged) and "does not describe" in got.error
+    node = NodeProcess(tmp_path / "n", name="n", role="center", workers=1,
+                       users={"dr": "reader"})
+    store = Store(node.directory / "store")
+    info = check_part10(SOURCE.read_bytes()).info  # as if stored before the check
+    store.put(data, info)
+    store.close()
+    with node:
+        url = (f"{node.http_url}/dicom-web/studies/{ds.StudyInstanceUID}/series/"
+               f"{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}")
+        h = node.auth("dr")
+        for path, accept in (("", 'multipart/related; type="application/dicom"'),
+                             ("/frames/1", 'multipart/related; type="application/octet-stream"'
+                                           "; transfer-syntax=1.2.840.10008.1.2.1")):
+            r = requests.get(url + path, headers={**h, "Accept": accept}, timeout=60)
+            assert r.status_code == 406, (path, r.status_code, r.text[:300])
+            assert "does not describe" in r.json()["message"]
+        r = requests.get(url + "/metadata", headers=h, timeout=60)
+        assert r.status_code == 200  # the node is still there
+        assert node.proc is not None and node.proc.poll() is None
