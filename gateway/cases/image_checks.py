@@ -19,7 +19,7 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder
 
 from fenji.codecs.image import quality as iq
-from fenji.gateway.dicom.validate import dataset_codestream_mismatch
+from fenji.codecs.image.codestream import dataset_codestream_mismatch
 
 log = logging.getLogger(__name__)
 

@@ -24,13 +24,17 @@ import logging
 import re
 import struct
 import zlib
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
 from pydicom.uid import UID
 
+from fenji.codecs.image.codestream import (
+    J2K_FAMILY,
+    JPEG_FAMILY,
+    codestream_mismatch,
+)
 from fenji.gateway.config import DICOM_SEQUENCE_DEPTH_MAX
 from fenji.gateway.dicom import charset
 from fenji.gateway.dicom import status as st
@@ -44,15 +48,8 @@ EXPLICIT_LE = "1.2.840.10008.1.2.1"
 DEFLATED_LE = "1.2.840.10008.1.2.1.99"
 EXPLICIT_BE = "1.2.840.10008.1.2.2"
 RLE = "1.2.840.10008.1.2.5"
-JPEG_FAMILY = {
-    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
-    "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",
-}
-J2K_FAMILY = {
-    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92",
-    "1.2.840.10008.1.2.4.93", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
-    "1.2.840.10008.1.2.4.203",
-}
+# The codestream families and the check of a codestream against its header live with
+# the codecs (the preview needs them too): fenji.codecs.image.codestream.
 # Encapsulated syntaxes whose codestreams we do not inspect (video, JPEG-XL,
 # JPIP): carried as received after the encapsulation itself is checked.
 OTHER_ENCAPSULATED = {
@@ -390,7 +387,7 @@ class _Walker:
         v = self.values
         heads = (bytes(self.buf[off:off + min(n, 1 << 16)])
                  for off, n in (frags[i] for i in starts))
-        why = codestream_mismatch(self.ts, v.get("Rows"), v.get("Columns"),
+        why = codestream_mismatch(self.ts in JPEG_FAMILY, v.get("Rows"), v.get("Columns"),
                                   v.get("SamplesPerPixel") or 1,
                                   int(v.get("BitsAllocated") or 0), heads)
         if why:
@@ -452,85 +449,6 @@ class _Walker:
                     raise self.fail(st.CANNOT_UNDERSTAND,
                                     f"encapsulated Pixel Data: codestream of frame {k} is "
                                     f"truncated (no EOI/EOC marker)")
-
-
-_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE,
-                  0xCF, 0xF7})  # JPEG start-of-frame markers; 0xF7: JPEG-LS (SOF55)
-
-
-def codestream_dims(head: bytes) -> tuple[int, int, int, int] | None:
-    """(rows, columns, components, bits per sample) a JPEG, JPEG-LS or raw JPEG 2000
-    codestream declares in its SOF / SIZ marker (rows 0: JPEG's "set by a DNL
-    marker"); None when ``head`` does not reach it or the stream is a JP2 wrapper."""
-    if head[:4] == b"\xff\x4f\xff\x51" and len(head) >= 43:  # SOC, SIZ (PS3.5 A.4.4)
-        xsiz, ysiz, xo, yo = struct.unpack_from(">4L", head, 8)
-        return (ysiz - yo, xsiz - xo, struct.unpack_from(">H", head, 40)[0],
-                (head[42] & 0x7F) + 1)
-    if head[:2] != b"\xff\xd8":
-        return None
-    i = 2
-    while i + 4 <= len(head):
-        if head[i] != 0xFF:
-            return None
-        marker = head[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in _SOF:
-            if i + 10 > len(head):
-                return None
-            rows, cols = struct.unpack_from(">HH", head, i + 5)
-            return rows, cols, head[i + 9], head[i + 4]
-        if marker == 0xDA:  # scan data before any frame header
-            return None
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length
-            i += 2
-            continue
-        i += 2 + struct.unpack_from(">H", head, i + 2)[0]
-    return None
-
-
-def codestream_mismatch(ts: str, rows: Any, cols: Any, spp: int, bits: int,
-                        heads: Iterable[bytes]) -> str | None:
-    """Why the frames' codestreams (the first bytes of each) are not what the header
-    says, or None.  Each one's own size, components and bits per sample (its SOF or
-    SIZ marker) must be the header's: a decoder given a header larger than its
-    stream (python-gdcm, JPEG-LS) or more Bits Allocated than JPEG holds aborts the
-    whole process, and a smaller one makes a wrong image silently."""
-    jpeg = ts in JPEG_FAMILY
-    for k, head in enumerate(heads):
-        dims = codestream_dims(head)
-        if dims is None:
-            continue
-        h, w, c, p = dims
-        if (h and h != rows) or w != cols or c != spp:
-            return (f"frame {k + 1}: its codestream is {w} x {h or '?'} with {c} components, "
-                    f"but (0028,0011) Columns = {cols}, (0028,0010) Rows = {rows}, (0028,0002) "
-                    f"Samples per Pixel = {spp}: the header does not describe the pixels")
-        if p > bits or (jpeg and bits > 16):
-            return (f"frame {k + 1}: its codestream has {p}-bit samples, but (0028,0100) Bits "
-                    f"Allocated = {bits}" + (" (a JPEG stream holds at most 16)" if jpeg and
-                                             bits > 16 else "")
-                    + ": the header does not describe the pixels")
-    return None
-
-
-def dataset_codestream_mismatch(ds: Any) -> str | None:
-    """:func:`codestream_mismatch` of a read data set (an instance stored before the
-    check existed is decoded only if it passes)."""
-    from pydicom.encaps import generate_frames
-
-    ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
-    if (ts not in JPEG_FAMILY and ts not in J2K_FAMILY) or "PixelData" not in ds:
-        return None
-    try:
-        n = int(ds.get("NumberOfFrames") or 1)
-        heads = (f[:1 << 16] for f in generate_frames(ds.PixelData, number_of_frames=n))
-        return codestream_mismatch(ts, ds.get("Rows"), ds.get("Columns"),
-                                   int(ds.get("SamplesPerPixel") or 1),
-                                   int(ds.get("BitsAllocated") or 0), heads)
-    except (ValueError, TypeError, StopIteration) as exc:
-        return f"encapsulated Pixel Data cannot be split into frames: {exc}"
 
 
 def _inflate(data: bytes | memoryview, cap: int) -> bytes:

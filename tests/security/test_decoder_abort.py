@@ -15,6 +15,7 @@ import pytest
 import requests
 from _data import DICOM_DIR
 
+from fenji.codecs.compress.bundle import make_preview
 from fenji.gateway.cases import image_checks as ic
 from fenji.gateway.dicom.validate import Rejected, check_part10
 from fenji.gateway.lab.harness import NodeProcess
@@ -49,6 +50,7 @@ def test_a_stored_instance_that_lies_about_its_rows_never_reaches_the_decoder(
         check_part10(data)
     got = ic.frames_of(pydicom.dcmread(io.BytesIO(data)))  # in this process: no abort
     assert isinstance(got, ic.iq.Damaged) and "does not describe" in got.error
+    assert make_preview(data) is None  # the console's thumbnail and the bundle's preview
     node = NodeProcess(tmp_path / "n", name="n", role="center", workers=1,
                        users={"dr": "reader"})
     store = Store(node.directory / "store")

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from fenji.codecs.image.codestream import JPEG_FAMILY, codestream_mismatch
 from fenji.gateway.access import scope as access
 from fenji.gateway.access.users import require
 from fenji.gateway.dicom.validate import (
@@ -20,7 +21,6 @@ from fenji.gateway.dicom.validate import (
     EXPLICIT_LE,
     IMPLICIT_LE,
     NATIVE,
-    codestream_mismatch,
 )
 from fenji.gateway.store.db import Store
 from fenji.gateway.web.dicomweb.common import (
@@ -222,7 +222,7 @@ def _check_before_decoding(store: Store, src: Any, ts: str,
     heads = (f[:1 << 16] if isinstance(f, bytes) else
              _read_ranges(store, str(src), [(f[0][0], min(f[0][1], 1 << 16))]) if f else b""
              for f in frames)
-    why = codestream_mismatch(ts, ds.get("Rows"), ds.get("Columns"),
+    why = codestream_mismatch(ts in JPEG_FAMILY, ds.get("Rows"), ds.get("Columns"),
                               int(ds.get("SamplesPerPixel") or 1),
                               int(ds.get("BitsAllocated") or 0), heads)
     if why:

@@ -9,13 +9,13 @@ from typing import Any
 
 from aiohttp import web
 
+from fenji.codecs.image.codestream import dataset_codestream_mismatch
 from fenji.gateway.dicom.validate import (
     ENCAPSULATED,
     EXPLICIT_BE,
     EXPLICIT_LE,
     IMPLICIT_LE,
     NATIVE,
-    dataset_codestream_mismatch,
 )
 
 log = logging.getLogger(__name__)
