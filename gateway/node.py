@@ -70,6 +70,9 @@ def setup_logging(cfg: Config, *, verbose: int = 0) -> None:
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     warnings.filterwarnings("ignore", module="pydicom")
     logging.getLogger("pydicom").setLevel(logging.ERROR)
+    # Its decoders log a traceback per plugin that fails (a 12-bit JPEG, damaged
+    # data); fenji logs one line with the reason where it answers 406 or holds.
+    logging.getLogger("pydicom.pixels.decoders.base").setLevel(logging.CRITICAL)
     # pynetdicom logs every PDU at INFO; its lines are not for operators.
     logging.getLogger("pynetdicom").setLevel(logging.ERROR if level > logging.DEBUG
                                              else logging.INFO)
