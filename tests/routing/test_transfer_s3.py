@@ -33,17 +33,24 @@ from fenji.routing.transfer_client import ChunkSizer, Delivered, Sender, manifes
 pytestmark = pytest.mark.timeout(600)
 
 
-@pytest.fixture
-def pair(tmp_path: Path, s3_server: S3Server):  # type: ignore[no-untyped-def]
-    prefix = f"xfer-{uuid.uuid4().hex[:8]}"
+def _edge_and_s3_center(tmp_path: Path, s3_server: S3Server, prefix: str,
+                        extra: str = "") -> tuple[NodeProcess, NodeProcess]:
+    """An edge and a center whose blobs are under ``prefix`` in the bucket, peered."""
     edge = NodeProcess(tmp_path / "edge", name="edge", allow_ae=["CT1"], workers=1)
     center = NodeProcess(
         tmp_path / "center", name="center", role="center", allow_ae=["*"], workers=1,
         extra_toml=(f'[store]\nblob_url = "{s3_server.blob_url("fenji", prefix)}"\n'
                     f'blob_access_key_id = "{s3_server.access_key_id}"\n'
-                    f'blob_secret_access_key = "{s3_server.secret_access_key}"\n'))
+                    f'blob_secret_access_key = "{s3_server.secret_access_key}"\n' + extra))
     edge.add_peer(center, default=True)
     center.add_peer(edge)
+    return edge, center
+
+
+@pytest.fixture
+def pair(tmp_path: Path, s3_server: S3Server):  # type: ignore[no-untyped-def]
+    prefix = f"xfer-{uuid.uuid4().hex[:8]}"
+    edge, center = _edge_and_s3_center(tmp_path, s3_server, prefix)
     with edge, center:
         yield edge, center, prefix
 
@@ -160,15 +167,8 @@ def test_an_upload_given_up_leaves_no_chunk_in_the_bucket(
     from _wait import until
 
     prefix = f"reap-{uuid.uuid4().hex[:8]}"
-    edge = NodeProcess(tmp_path / "edge", name="edge", allow_ae=["CT1"], workers=1)
-    center = NodeProcess(
-        tmp_path / "center", name="center", role="center", allow_ae=["*"], workers=1,
-        extra_toml=(f'[store]\nblob_url = "{s3_server.blob_url("fenji", prefix)}"\n'
-                    f'blob_access_key_id = "{s3_server.access_key_id}"\n'
-                    f'blob_secret_access_key = "{s3_server.secret_access_key}"\n'
-                    "[limits]\nabandoned_upload_s = 1.0\n"))
-    edge.add_peer(center, default=True)
-    center.add_peer(edge)
+    edge, center = _edge_and_s3_center(tmp_path, s3_server, prefix,
+                                       "[limits]\nabandoned_upload_s = 1.0\n")
     with edge, center:
         files = ct_series()[:5]
         rel, part = _send_part(edge, files, frames=2)
