@@ -66,6 +66,15 @@ SOP_CLASS_PIXEL_RULES: dict[str, tuple[str, frozenset[int], frozenset[int], int]
                                   frozenset({1, 3}), 65535),
     "1.2.840.10008.5.1.4.1.1.2.1": ("Enhanced CT Image", frozenset({16}), frozenset({1}), 65535),
 }
+# Photometric Interpretation: the samples per pixel each one means (PS3.3 C.7.6.3.1.2),
+# and the grey-scale-only SOP classes (CT, MR, CR, DX, MG: MONOCHROME1 or 2).
+PHOTOMETRIC_SAMPLES = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3,
+                       "YBR_FULL": 3, "YBR_FULL_422": 3, "YBR_PARTIAL_420": 3,
+                       "YBR_ICT": 3, "YBR_RCT": 3, "YBR_PARTIAL_422": 3, "HSV": 3,
+                       "ARGB": 4, "CMYK": 4}
+GREYSCALE_ONLY = frozenset({"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4",
+                            "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1",
+                            "1.2.840.10008.5.1.4.1.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1"})
 
 
 # --- kernels ---------------------------------------------------------------------
@@ -182,6 +191,19 @@ def instance_checks(h: Mapping[str, Any], frames: np.ndarray | Damaged | None,
             problems.append(f"size {rows}x{cols} above {mx}")
     else:
         name = str(h.get("SOPClassUID", "unknown SOP class"))
+    photo = h.get("PhotometricInterpretation")
+    if photo is not None:
+        means = PHOTOMETRIC_SAMPLES.get(str(photo))
+        if means is None:
+            problems.append(f"Photometric Interpretation {str(photo)[:20]!r} (not a defined "
+                            "term)")
+        elif means != spp:
+            problems.append(f"Photometric Interpretation {photo} with {spp} samples per pixel "
+                            f"(it means {means})")
+        elif str(h.get("SOPClassUID", "")) in GREYSCALE_ONLY and not photo.startswith("MONO"):
+            problems.append(f"Photometric Interpretation {photo} (grey scale only)")
+    if h.get("RescaleSlope") == 0.0:
+        problems.append("Rescale Slope 0 (every pixel would show the intercept)")
     out.append(_check("pixel_format", f"{rows}x{cols} {ba}/{bs} bit x{spp}", name,
                       U if problems else A,
                       f"{who}: {', '.join(problems)} not allowed for {name}" if problems else None))

@@ -41,6 +41,12 @@ def header_of(ds: Dataset) -> dict[str, Any]:
             h[k] = int(v) if k in _INTS else str(v)
         except (ValueError, TypeError, OverflowError):
             invalid.append(f"{k} {_raw(ds, k)}")
+    try:
+        slope = ds.get("RescaleSlope")
+        if slope is not None and slope != "":
+            h["RescaleSlope"] = float(slope)
+    except (ValueError, TypeError, OverflowError):
+        invalid.append(f"RescaleSlope {_raw(ds, 'RescaleSlope')}")
     for k in ("ImagePositionPatient", "ImageOrientationPatient"):
         try:
             v = ds.get(k)

@@ -252,3 +252,20 @@ def test_rle_whose_rows_are_fewer_than_its_segments_hold_is_damaged(ct):
     ds.Rows = ds.Rows // 2
     got = ic.frames_of(ds)
     assert isinstance(got, iq.Damaged) and "needs" in got.error and "RLE segment" in got.error
+
+
+@pytest.mark.parametrize("edit,words", [
+    ({"PhotometricInterpretation": "RGB"}, "RGB with 1 samples per pixel (it means 3)"),
+    ({"PhotometricInterpretation": "PALETTE COLOR"}, "PALETTE COLOR (grey scale only)"),
+    ({"PhotometricInterpretation": "XYZ"}, "'XYZ' (not a defined term)"),
+    ({"RescaleSlope": "0"}, "Rescale Slope 0")])
+def test_a_header_that_would_draw_a_wrong_image_is_unacceptable(ct, edit, words):
+    """A CT whose photometric interpretation or rescale a viewer would follow into a
+    wrong picture (found by setting header fields one by one): held, and said why."""
+    dss = _fresh(ct[:3])
+    for k, v in edit.items():
+        setattr(dss[1], k, v)
+    rep = ic.check_series(dss)
+    assert rep["verdict"] == iq.UNACCEPTABLE
+    assert any(words in r and r.startswith(f"instance {dss[1].InstanceNumber}: ")
+               for r in rep["reasons"]), rep["reasons"]
