@@ -340,7 +340,11 @@ class PgIndex:
             con.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
             yield
         finally:
-            con.close()  # the session ends, and with it the lock
+            # Unlock first: closing alone ends the session asynchronously, and for a
+            # moment another process still saw the key held (a CI run caught it).
+            with contextlib.suppress(psycopg.Error):
+                con.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+            con.close()  # the session ends (and with it the lock, if the unlock failed)
 
     def held(self, key: str) -> bool:
         """Whether a live process holds ``key`` (:meth:`hold`): a try of the same lock
