@@ -207,18 +207,22 @@ def _decoded_frames(store: Store, src: Any, wanted: list[int]) -> list[bytes]:
     return out
 
 
-def _check_before_decoding(store: Store, src: Any, ts: str,
-                           frames: list[bytes | list[Range]]) -> None:
-    """ValueError when a frame's codestream is not what the header says (an instance
-    stored before ingest checked that): such data never reaches a decoder, some of
-    which abort the process on it (gateway/dicom/validate.py)."""
+def _header(store: Store, src: Any) -> Any:
+    """The data set without its pixels: read from the stored blob ``src`` (its
+    SHA-256), or ``src`` itself when already loaded."""
     import pydicom
 
     if isinstance(src, str):
         with store.open_blob(src) as fh:
-            ds = pydicom.dcmread(fh, stop_before_pixels=True)
-    else:
-        ds = src
+            return pydicom.dcmread(fh, stop_before_pixels=True)
+    return src
+
+
+def _check_before_decoding(store: Store, src: Any, ds: Any, ts: str,
+                           frames: list[bytes | list[Range]]) -> None:
+    """ValueError when a frame's codestream is not what the header ``ds`` says (an
+    instance stored before ingest checked that): such data never reaches a decoder,
+    some of which abort the process on it (codecs/image/codestream.py)."""
     heads = (f[:1 << 16] if isinstance(f, bytes) else
              _read_ranges(store, str(src), [(f[0][0], min(f[0][1], 1 << 16))]) if f else b""
              for f in frames)
@@ -229,15 +233,8 @@ def _check_before_decoding(store: Store, src: Any, ts: str,
         raise ValueError(why)
 
 
-def _decoded_frame_bytes(store: Store, src: Any) -> int:
-    """Bytes of one decoded frame of ``src`` (a stored blob's SHA-256 or a loaded data set)."""
-    import pydicom
-
-    if isinstance(src, str):
-        with store.open_blob(src) as fh:
-            ds = pydicom.dcmread(fh, stop_before_pixels=True)
-    else:
-        ds = src
+def _decoded_frame_bytes(ds: Any) -> int:
+    """Bytes of one decoded frame of the instance whose header is ``ds``."""
     return (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1)
             * ((int(ds.BitsAllocated) + 7) // 8))
 
@@ -318,7 +315,8 @@ async def get_frames(request: web.Request) -> web.StreamResponse:
     if media == "application/octet-stream" and stored_ts in ENCAPSULATED:
         # Decoded frames are held in memory until sent: bound them before decoding.
         cap = cfg.limits.max_decoded_bytes_per_request
-        need = len(wanted) * await asyncio.to_thread(_decoded_frame_bytes, store, src)
+        header = await asyncio.to_thread(_header, store, src)
+        need = len(wanted) * _decoded_frame_bytes(header)
         if need > cap:
             as_stored = FRAME_MEDIA_TYPES.get(stored_ts, "transfer-syntax=*")
             return _error(413, "too_much_to_decode",
@@ -326,7 +324,7 @@ async def get_frames(request: web.Request) -> web.StreamResponse:
                           f"bytes, more than limits.max_decoded_bytes_per_request = {cap}; ask "
                           f"for fewer frames or for them as stored ({as_stored})")
         try:
-            await asyncio.to_thread(_check_before_decoding, store, src, stored_ts,
+            await asyncio.to_thread(_check_before_decoding, store, src, header, stored_ts,
                                     [all_frames[n - 1] for n in wanted])
             parts = list(await asyncio.to_thread(_decoded_frames, store, src, wanted))
         except Exception as exc:  # noqa: BLE001 - pydicom's decoders raise RuntimeError,
