@@ -5,9 +5,16 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-DEBS := dcmtk orthanc orthanc-dicomweb dicom3tools fonts-noto-cjk poppler-utils npm chromium chromium-driver openssl postgresql haproxy orthanc-postgresql
-# Tools whose presence means the Debian packages above are installed.
-DEB_PROBES := /usr/bin/storescu /usr/bin/dciodvfy /usr/sbin/Orthanc /usr/share/orthanc/plugins/libOrthancDicomWeb.so /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc /usr/bin/pdftotext /usr/bin/npm /usr/bin/chromium /usr/bin/chromedriver /usr/bin/openssl /usr/lib/postgresql/15/bin/initdb /usr/sbin/haproxy /usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so
+# Debian packages the tests need, each with the file whose presence means it is
+# installed.  Only the missing ones are installed: a machine whose Node.js comes
+# from NodeSource has npm already, and Debian's npm package conflicts with it.
+DEB_PROBES := dcmtk:/usr/bin/storescu dicom3tools:/usr/bin/dciodvfy orthanc:/usr/sbin/Orthanc \
+  orthanc-dicomweb:/usr/share/orthanc/plugins/libOrthancDicomWeb.so \
+  fonts-noto-cjk:/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc \
+  poppler-utils:/usr/bin/pdftotext npm:/usr/bin/npm chromium:/usr/bin/chromium \
+  chromium-driver:/usr/bin/chromedriver openssl:/usr/bin/openssl \
+  postgresql:/usr/lib/postgresql/15/bin/initdb haproxy:/usr/sbin/haproxy \
+  orthanc-postgresql:/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so
 PYTEST_ARGS ?=
 
 .PHONY: all venv debs vendor install demo test test-long bench lint clean
@@ -70,13 +77,14 @@ install: $(VENV)/.install-stamp $(VENDOR_STAMP)
 
 
 debs:
-	@missing=0; for p in $(DEB_PROBES); do [ -e $$p ] || missing=1; done; \
-	if [ $$missing = 1 ]; then \
+	@missing=""; for pp in $(DEB_PROBES); do \
+	  [ -e "$${pp#*:}" ] || missing="$$missing $${pp%%:*}"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing Debian packages: $(DEBS)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS) >/dev/null; \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else \
-	    echo "missing Debian packages ($(DEBS)); run as root or: sudo apt-get install $(DEBS)" >&2; exit 1; \
+	    echo "missing Debian packages:$$missing; run as root or: sudo apt-get install$$missing" >&2; exit 1; \
 	  fi; \
 	fi
 
