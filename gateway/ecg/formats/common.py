@@ -190,6 +190,23 @@ def lead_physical_uv(lead: Any, where: str) -> tuple[np.ndarray, float]:
     return s * f, res_uv
 
 
+def _unit(lead: Any) -> str:
+    raw = lead.resolution_unit if lead.is_raw else (lead.units or lead.resolution_unit)
+    return str(raw or "").strip().lower()
+
+
+def ecg_leads(leads: Sequence[Any]) -> tuple[list[Any], list[str]]:
+    """The ECG leads of an ecgdatakit record, and the labels of the channels that are
+    not ECG.  Monitors' files (MFER from a bedside monitor) carry pressure, SpO2 or
+    respiration channels beside the ECG, often at another rate: a channel is ECG if
+    its unit is a voltage, or -- when no channel of the file declares a voltage --
+    if it declares no unit at all (read as µV, as before)."""
+    volts = [lead for lead in leads if _unit(lead) and _unit(lead) in _TO_UV]
+    keep = volts or [lead for lead in leads if not _unit(lead)]
+    ids = {id(lead) for lead in keep}
+    return keep, [str(lead.label) for lead in leads if id(lead) not in ids]
+
+
 def build_record(name: str, fs_hz: float, leads: Sequence[str], columns_uv: Sequence[np.ndarray],
                  res_uv: Sequence[float], filters: EcgFilters | None = None,
                  derive_limb: bool = True) -> tuple[EcgRecord, tuple[str, ...]]:
@@ -307,7 +324,7 @@ def library_file(fmt: str, name: str, rec: Any, *, fs_hz: float | None = None,
                  meta_override: dict[str, Any] | None = None,
                  undeclared_text: bool = False) -> EcgFile:
     """`EcgFile` from an ecgdatakit record read with ``auto_scale`` off (raw counts)."""
-    leads = list(rec.leads)
+    leads, others = ecg_leads(list(rec.leads))
     if not leads:
         raise EcgFileError(f"{name}: no ECG lead with samples")
     rates = {float(lead.sampling_rate) for lead in leads}
@@ -320,6 +337,8 @@ def library_file(fmt: str, name: str, rec: Any, *, fs_hz: float | None = None,
         res.append(r)
     record, notes = build_record(name, fs_hz or rates.pop(), [lead.label for lead in leads],
                                  cols, res, filters_from_library(rec))
+    if others:
+        notes += (f"channels {', '.join(others)} are not ECG (no voltage unit): left out",)
     meta = meta_from_library(fmt, rec, notes, undeclared_text=undeclared_text)
     if meta_override:
         meta = dataclasses.replace(meta, **{k: v for k, v in meta_override.items() if v})

@@ -9,7 +9,7 @@ is the one described by the reverse-engineered reader in RigacciOrg/ecg-contec
   1 M, 255 blank), age, weight;
 * frames of 8 little-endian int16 samples: I, II, V1-V6 (III, aVR, aVL, aVF are
   derived), 800 Hz, 5 µV per unit, baseline 2048; 0x6800 marks "no data";
-* a 37-byte footer.
+* a 37-byte footer, mostly zero bytes (:data:`FOOTER_MIN_ZEROS`).
 
 Detection is by content: the file size minus 80 is a whole number of 16-byte
 frames, the case number is ASCII digits and the time field parses.  A lead that
@@ -42,6 +42,11 @@ FS_HZ = 800.0
 UV_PER_UNIT = 5.0
 BASELINE = 2048
 NO_DATA = 0x6800
+#: The footer is mostly zero bytes (all zero in the shared files; one device byte set
+#: in a later recording).  Samples cannot look like that: every value the 12-bit ADC
+#: gives from 256 to 4095 (-9 mV and up) has a non-zero high byte, so sample data
+#: is at most about half zero bytes.  Three quarters tells the two apart.
+FOOTER_MIN_ZEROS = (3 * FOOTER_BYTES + 3) // 4
 _CASE = re.compile(rb"^[0-9A-Za-z]{1,8}\x00*$")
 _SEX = {0: "F", 1: "M"}
 
@@ -67,11 +72,13 @@ def read_contec(name: str, data: bytes) -> EcgFile:
             raise EcgFileError(f"{name}: Contec ECG90A data of {max(n, 0)} bytes is not a whole "
                                f"number of {2 * len(CHANNELS)}-byte frames (truncated)")
         raise EcgFileError(f"{name}: Contec ECG90A header case number/time field unreadable")
-    if data[-FOOTER_BYTES:].strip(b"\x00"):
-        # The footer is blank in every file seen; samples there mean the file was cut
-        # (the format has no length field, so this is the only truncation check).
+    footer = data[-FOOTER_BYTES:]
+    if footer.count(0) < FOOTER_MIN_ZEROS:
+        # The format has no length field: samples where the footer should be mean the
+        # file was cut at a frame boundary (a cut elsewhere breaks the frame count).
         raise EcgFileError(f"{name}: Contec ECG90A footer (last {FOOTER_BYTES} bytes) holds "
-                           "data, not the blank footer (truncated)")
+                           f"{FOOTER_BYTES - footer.count(0)} non-zero bytes: sample data, "
+                           "not the footer (truncated)")
     when = _when(data)
     body = np.frombuffer(data, dtype="<i2", offset=HEADER_BYTES,
                          count=(len(data) - HEADER_BYTES - FOOTER_BYTES) // 2)

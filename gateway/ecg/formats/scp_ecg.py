@@ -7,12 +7,20 @@ but it only *warns* on CRC mismatches and rounds the sampling rate to an integer
 walks the record itself (EN 1064 §5.2-5.4): the record CRC-CCITT and length, the
 section 0 pointer table, and each section's ID, length and CRC; any mismatch is
 refused naming the section.  The sampling rate comes from the section 6 header.
+
+Lead sample ranges (section 3) are 1-based (§5.6.3).  Some PC writers (the
+"ECG Viewer" program's export) write them 0-based; when the raw section 6 byte
+counts prove which 0-based reading was meant, the ranges are made 1-based in a
+copy of the record (its CRCs recomputed) and the file is read with a note;
+otherwise the file is refused as before.
 """
 
 from __future__ import annotations
 
 import binascii
 import struct
+
+import dataclasses
 
 from ecgdatakit.parsing.parsers.scp_ecg import SCPECGParser
 
@@ -92,12 +100,54 @@ def read_scp(name: str, data: bytes) -> EcgFile:
     interval_us = struct.unpack_from("<H", data, start + _SECTION_HEADER + 2)[0]
     if interval_us == 0:
         raise EcgFileError(f"{name}: SCP-ECG section 6 sample time interval is 0 µs")
+    data, note = _one_based(data, sections)
     rec = run_library(name, data, SCPECGParser().parse, ".scp")
     # Language support code 0 says "ASCII only"; Chinese carts still write GBK
     # there.  ecgdatakit then falls back to Latin-1; re-decode such text.
     undeclared = _language_code(data, *sections[1]) == 0
-    return library_file("SCP-ECG", name, rec, fs_hz=1e6 / interval_us,
+    file = library_file("SCP-ECG", name, rec, fs_hz=1e6 / interval_us,
                         undeclared_text=undeclared)
+    if not note:
+        return file
+    return dataclasses.replace(file, meta=dataclasses.replace(
+        file.meta, notes=(*file.meta.notes, note)))
+
+
+def _one_based(data: bytes, sections: dict[int, tuple[int, int]]) -> tuple[bytes, str]:
+    """``data`` with 0-based section 3 lead ranges made 1-based, and a note saying so;
+    ``(data, "")`` when there is nothing to change or the intent cannot be proved.
+
+    Proof needs raw samples: no Huffman table (section 2), no difference or bimodal
+    coding in section 6, and every lead's section 6 byte count equal to 2 x its
+    sample count read as [start, end) (``end`` kept) or as [start, end] (``end``
+    + 1).  Anything else is left to the parser, which refuses start 0.
+    """
+    s3, s3_len = sections[3]
+    s6, s6_len = sections[6]
+    p3, p6 = s3 + _SECTION_HEADER, s6 + _SECTION_HEADER
+    if 2 in sections or s3_len < _SECTION_HEADER + 2:
+        return data, ""
+    n = data[p3]
+    if n == 0 or p3 + 2 + 9 * n > s3 + s3_len or p6 + 6 + 2 * n > s6 + s6_len:
+        return data, ""
+    ranges = [struct.unpack_from("<II", data, p3 + 2 + 9 * i) for i in range(n)]
+    if any(start != 0 for start, _ in ranges) or data[p6 + 4] or data[p6 + 5]:
+        return data, ""
+    counts = [struct.unpack_from("<H", data, p6 + 6 + 2 * i)[0] for i in range(n)]
+    if all(c == 2 * end for (_, end), c in zip(ranges, counts, strict=True)):
+        shift, how = 0, "[0, end)"
+    elif all(c == 2 * (end + 1) for (_, end), c in zip(ranges, counts, strict=True)):
+        shift, how = 1, "[0, end]"
+    else:
+        return data, ""
+    out = bytearray(data)
+    for i, (_, end) in enumerate(ranges):
+        struct.pack_into("<II", out, p3 + 2 + 9 * i, 1, end + shift)
+    struct.pack_into("<H", out, s3, binascii.crc_hqx(bytes(out[s3 + 2:s3 + s3_len]), 0xFFFF))
+    length = struct.unpack_from("<I", out, 2)[0]
+    struct.pack_into("<H", out, 0, binascii.crc_hqx(bytes(out[2:length]), 0xFFFF))
+    return bytes(out), (f"SCP-ECG lead sample ranges written 0-based {how} (EN 1064 says "
+                        "1-based): read by the section 6 byte counts")
 
 
 def _language_code(data: bytes, start: int, slen: int) -> int:
