@@ -383,7 +383,8 @@ def _gapfill_py(slope: np.ndarray, peaks: np.ndarray, fs: float, rel: float,
     large ectopics halves the learned rate, so search-back never fires): in each
     gap, the steepest point at least 0.3 s from both beats is a beat if its slope is
     ``rel`` x the beats' median slope and ``snr`` x the median slope of the 2.5-s
-    block around the gap.  Within :data:`T_WAVE_S` of the beat before it, a point
+    block around the gap.  Within the T window of the beat before it (:data:`T_WAVE_S`
+    or Bazett's longest QT, :data:`QTC_MAX_S`, at the beats' median RR), a point
     whose 8-15 Hz slope ``slope_t`` is under ``hf_min`` x its ``slope`` is a T wave:
     it is passed over and the next steepest point looked at (at most ``tries``
     points, :data:`GAP_TRIES`: a large ectopic's broad T wave is often steeper than
@@ -404,7 +405,13 @@ def _gapfill_py(slope: np.ndarray, peaks: np.ndarray, fs: float, rel: float,
         sk[k] = m
     med = np.median(sk)
     dmin = int(0.3 * fs)
+    # the T window of the decision rules: T_WAVE_S, or the longest plausible QT at
+    # the beats' median rate (a fixed 0.36 s let a slow rhythm's T wave through:
+    # its second flank, looked at after the first was passed over, lies beyond it)
     twin = int(T_WAVE_S * fs)
+    qt = int(QTC_MAX_S * fs * (np.median(np.diff(peaks)) / fs) ** 0.5)
+    if qt > twin:
+        twin = qt
     # local slope level: median of 2.5-s blocks, computed once (not once per gap)
     blk = max(1, int(2.5 * fs))
     nb = (n + blk - 1) // blk

@@ -232,6 +232,24 @@ def test_broad_t_waves_are_not_beats(fs):
     assert s.fp == 0 and s.fn == 0
 
 
+@pytest.mark.parametrize("fs", [250.0, 360.0, 500.0])
+@pytest.mark.parametrize("rr_s", [1.0, 1.2])
+def test_slow_rhythm_t_wave_is_not_a_hidden_beat(fs, rr_s):
+    """At 50-60 bpm a 200-ms T wave peaking 360 ms after the beat: the gap fill
+    passes over its first flank as a T wave and looks after it; its second flank
+    lies beyond 0.36 s but inside Bazett's longest QT at this rate, so it is a T
+    wave too (with a fixed 0.36 s window it was a beat, every cycle)."""
+    x, beats = _synthetic(fs, rr_s, 40.0)
+    w = int(0.2 * fs) | 1
+    for b in beats:
+        t = b + int(0.36 * fs)
+        x[t - w // 2:t + w // 2 + 1] += np.hanning(w) * 0.7
+    x = x + np.random.default_rng(0).normal(0, 0.02, x.size)
+    s = qrs.score_beats(beats, qrs.detect_qrs(x, fs), fs)
+    assert s.fp == 0 and s.fn == 0
+    assert np.array_equal(qrs.detect_qrs(x[:int(12 * fs)], fs), qrs.detect_qrs_py(x[:int(12 * fs)], fs))
+
+
 def test_qrs_cv_chooses_inside_training_folds():
     grid = (0.0, 0.5)
     # 0.5 removes a false positive on every record except those of one database
