@@ -15,7 +15,8 @@ _SKIP = {"common", "__main__"}
 
 def _names() -> list[str]:
     here = Path(__file__).parent
-    return sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name not in _SKIP)
+    return sorted(m.name for m in pkgutil.iter_modules([str(here)])
+                  if m.name not in _SKIP and not m.name.startswith("_"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,9 @@ records (every database, and CPSC 2021 with both leads) of the choice of its
 fitted numbers (``qrs.T_HF_MIN``, ``qrs.R_HI_HZ``, ``qrs.T_HF_QRS``,
 ``qrs.GAP_REL``) from ``QRS_GRID``; the
 shipped values are its choice on all records (a test checks it).
+
+``--external DIR`` evaluates the shipped gate and detector, fitting nothing, on
+records outside the shared set (:mod:`bench._ecg_external`).
 """
 
 from __future__ import annotations
@@ -63,6 +66,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--qrs-cv", action="store_true",
                    help="only the cross-validation over the annotated records of the QRS "
                         "detector's chosen numbers (qrs.T_HF_MIN, qrs.R_HI_HZ)")
+    p.add_argument("--external", type=Path, metavar="DIR",
+                   help="only evaluate the shipped gate and QRS detector on records outside "
+                        "the shared set: a folder with labels.json + WFDB records, data/ + "
+                        "ref/ CPSC 2019 .mat files, or WFDB records with .atr (or sub-folders "
+                        "of those); nothing is fitted")
     p.add_argument("--write-gate", type=Path, metavar="FILE",
                    help="with --quality-cv: write the gate fitted on all records to FILE "
                         "(codecs/ecg/gate.json is the shipped one)")
@@ -462,6 +470,10 @@ def _quality_cv(args: argparse.Namespace, data: Path) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.external:
+        from bench._ecg_external import run_external
+
+        return run_external(args.external, common.shared_data(), common.print_table)
     if args.quality_cv:
         return _quality_cv(args, common.shared_data())
     if args.qrs_cv:

@@ -18,9 +18,8 @@ otherwise the file is refused as before.
 from __future__ import annotations
 
 import binascii
-import struct
-
 import dataclasses
+import struct
 
 from ecgdatakit.parsing.parsers.scp_ecg import SCPECGParser
 
