@@ -620,11 +620,10 @@ def _image_preview(ds: Any, arr: np.ndarray, max_side: int) -> Preview | None:
         arr = arr[frames // 2]
     photo = str(getattr(ds, "PhotometricInterpretation", "")).upper()
     if spp == 3 and arr.ndim == 3:
+        # Already RGB: pydicom's pixel_array converts YBR_FULL and YBR_FULL_422 (its
+        # as_rgb default) and the JPEG 2000 decoder undoes YBR_RCT/YBR_ICT.  Converting
+        # again tinted every YBR image (and YBR_RCT raised NotImplementedError).
         img = arr.astype(np.float64)
-        if photo.startswith("YBR"):
-            from pydicom.pixels import convert_color_space
-
-            img = convert_color_space(arr, photo, "RGB").astype(np.float64)
         lo, hi = 0.0, float(img.max()) or 1.0
     elif arr.ndim == 2:
         slope, icpt = _finite(ds, "RescaleSlope", 1.0), _finite(ds, "RescaleIntercept", 0.0)

@@ -184,6 +184,34 @@ def test_preview_with_header_values_that_are_not_numbers(keyword: str, value: st
         assert got.meta["rows"] > 0
 
 
+@pytest.mark.parametrize("name", ["other/us_jpeg_baseline_lossy.dcm",
+                                  "us/us_multiframe_ybr_jpeg_cine.dcm"])
+def test_ybr_preview_has_the_colours_of_the_image(name: str) -> None:
+    """pydicom's pixel_array is already RGB for YBR_FULL(_422): the preview converted
+    it again, a green/purple tint on every colour ultrasound (found in session 10).
+    The JPEG copy of US1_UNC must preview as the RGB original does; the cine's
+    preview must equal its middle frame, block-averaged, as decoded."""
+    import io
+
+    import pydicom
+
+    got = make_preview((DICOM_DIR / name).read_bytes())
+    assert got is not None
+    img = got.array().astype(np.float64)
+    if name.startswith("other/"):
+        ref = make_preview((DICOM_DIR / "us" / "US1_UNC.dcm").read_bytes())
+        assert ref is not None and ref.array().shape == img.shape
+        assert np.abs(ref.array().astype(np.float64) - img).mean() < 2.0
+    else:
+        ds = pydicom.dcmread(io.BytesIO((DICOM_DIR / name).read_bytes()))
+        frame = ds.pixel_array[int(ds.NumberOfFrames) // 2].astype(np.float64)
+        k = got.meta["scale"]
+        r, c = frame.shape[0] // k * k, frame.shape[1] // k * k
+        small = frame[:r, :c].reshape(r // k, k, c // k, k, 3).mean(axis=(1, 3))
+        want = (small * 255.0 / frame.max()).round().clip(0, 255)
+        assert np.abs(want - img).max() <= 1.0
+
+
 def test_preview_of_non_image_is_none_and_serialises() -> None:
     assert make_preview(b"not dicom") is None
     sr = (DICOM_DIR / "other" / "sr_tid1500_measurements.dcm").read_bytes()
