@@ -619,12 +619,24 @@ def _image_preview(ds: Any, arr: np.ndarray, max_side: int) -> Preview | None:
     if frames > 1:
         arr = arr[frames // 2]
     photo = str(getattr(ds, "PhotometricInterpretation", "")).upper()
+    if photo == "PALETTE COLOR" and spp == 1 and arr.ndim == 2:
+        # The stored values are indices: the picture is what the LUTs make of them.
+        from pydicom.pixels import apply_color_lut
+
+        arr = apply_color_lut(arr, ds)
+        spp = 3
+        white = float(np.iinfo(arr.dtype).max) if arr.dtype.kind in "ui" else 1.0
+    else:
+        bits = int(getattr(ds, "BitsStored", 0) or getattr(ds, "BitsAllocated", 8) or 8)
+        white = float(2 ** min(max(bits, 1), 32) - 1)
     if spp == 3 and arr.ndim == 3:
         # Already RGB: pydicom's pixel_array converts YBR_FULL and YBR_FULL_422 (its
         # as_rgb default) and the JPEG 2000 decoder undoes YBR_RCT/YBR_ICT.  Converting
-        # again tinted every YBR image (and YBR_RCT raised NotImplementedError).
+        # again tinted every YBR image (and YBR_RCT raised NotImplementedError).  White
+        # is the largest value the samples can hold, not the brightest pixel: a dark
+        # photo stays dark.
         img = arr.astype(np.float64)
-        lo, hi = 0.0, float(img.max()) or 1.0
+        lo, hi = 0.0, white
     elif arr.ndim == 2:
         slope, icpt = _finite(ds, "RescaleSlope", 1.0), _finite(ds, "RescaleIntercept", 0.0)
         img = arr.astype(np.float64) * (slope or 1.0) + (icpt or 0.0)

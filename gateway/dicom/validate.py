@@ -81,6 +81,8 @@ PIXEL_DATA = 0x7FE00010
 # Float / Double Float Pixel Data (parametric maps): pixels, but not walked as such.
 FLOAT_PIXEL_DATA = (0x7FE00008, 0x7FE00009)
 MAX_DEPTH = DICOM_SEQUENCE_DEPTH_MAX  # gateway/config.py
+#: Bytes at the end of a JPEG/JPEG 2000 codestream's last fragment searched for its EOI.
+EOI_TAIL = 32
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1419.1"  # fenji's implementation root
@@ -202,6 +204,11 @@ class _Walker:
             if tag == PIXEL_DATA and top:
                 pos = self._pixel(pos, end, length)
                 continue
+            if tag == PIXEL_DATA and length == UNDEFINED:
+                # An icon's pixels inside (0088,0200) Icon Image Sequence: under a
+                # compressed transfer syntax they are encapsulated too (PS3.5 A.4).
+                pos = self._nested_fragments(pos, end)
+                continue
             if length == UNDEFINED:
                 if not is_sq:
                     raise self.fail(st.CANNOT_UNDERSTAND,
@@ -217,6 +224,29 @@ class _Walker:
                 self.float_pixel = True
             pos += length
         return pos
+
+    def _nested_fragments(self, pos: int, end: int) -> int:
+        """Step over encapsulated Pixel Data inside an item (an icon): fragment items
+        up to the sequence delimiter, each within ``end``."""
+        if self.ts not in ENCAPSULATED:
+            raise self.fail(st.CANNOT_UNDERSTAND,
+                            f"(7FE0,0010) Pixel Data in an item has undefined length under "
+                            f"native transfer syntax {self.ts}")
+        while True:
+            if end - pos < 8:
+                raise self.fail(st.CANNOT_UNDERSTAND,
+                                "(7FE0,0010) encapsulated Pixel Data in an item not terminated")
+            g, e = self.h_tag.unpack_from(self.buf, pos)
+            n = self.h_u32.unpack_from(self.buf, pos + 4)[0]
+            pos += 8
+            if ((g << 16) | e) == SEQ_END:
+                return pos
+            t = (g << 16) | e
+            if t != ITEM or n == UNDEFINED or n > end - pos:
+                raise self.fail(st.CANNOT_UNDERSTAND,
+                                f"(7FE0,0010) in an item: bad fragment item {_tagstr(t)} "
+                                f"length {n} at byte {pos - 8}")
+            pos += n
 
     def _sequence(self, pos: int, end: int | None, depth: int, tag: int) -> int:
         if depth > MAX_DEPTH:
@@ -398,9 +428,12 @@ class _Walker:
         frags = self._fragments
 
         def ends_with_eoi(off: int, n: int) -> bool:
-            # Encoders pad a codestream to even length with 0x00 or 0xFF after
-            # the EOI/EOC marker, so look at the last few bytes.
-            return b"\xff\xd9" in bytes(buf[off + max(0, n - 4):off + n])
+            # Encoders pad a codestream to even length after the EOI/EOC marker, and
+            # some leave a few more bytes (a Siemens angiography cine: 4-7 bytes of
+            # junk after each EOI), so look at the last EOI_TAIL bytes.  FF D9 cannot
+            # occur inside JPEG entropy-coded data (an FF there is followed by 00 or a
+            # restart marker) nor in JPEG 2000 packet data, so a cut stream still fails.
+            return b"\xff\xd9" in bytes(buf[off + max(0, n - EOI_TAIL):off + n])
 
         if self.ts == RLE:
             if len(frags) != frames:

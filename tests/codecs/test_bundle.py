@@ -208,8 +208,40 @@ def test_ybr_preview_has_the_colours_of_the_image(name: str) -> None:
         k = got.meta["scale"]
         r, c = frame.shape[0] // k * k, frame.shape[1] // k * k
         small = frame[:r, :c].reshape(r // k, k, c // k, k, 3).mean(axis=(1, 3))
-        want = (small * 255.0 / frame.max()).round().clip(0, 255)
+        want = (small * 255.0 / (2 ** int(ds.BitsStored) - 1)).round().clip(0, 255)
         assert np.abs(want - img).max() <= 1.0
+
+
+@pytest.mark.parametrize("name", ["us/gdcm-US-ALOKA-16.dcm", "us/US1_UNC.dcm"])
+def test_palette_and_rgb_previews_keep_colour_and_brightness(name: str) -> None:
+    """A PALETTE COLOR image previews through its LUTs (it was the indices, in grey),
+    and a colour image keeps its brightness: white is the largest value the samples
+    hold, not the brightest pixel (a dark photo was stretched)."""
+    import io
+
+    import pydicom
+    from pydicom.pixels import apply_color_lut
+
+    data = (DICOM_DIR / name).read_bytes()
+    ds = pydicom.dcmread(io.BytesIO(data))
+    arr = ds.pixel_array
+    if ds.PhotometricInterpretation == "RGB":        # a dark photo: at most 127 of 255
+        arr = arr // 2
+        ds.PixelData = arr.tobytes()
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        data = buf.getvalue()
+    if ds.PhotometricInterpretation == "PALETTE COLOR":
+        arr = apply_color_lut(arr, ds)
+        white = float(np.iinfo(arr.dtype).max)
+    else:
+        white = float(2 ** int(ds.BitsStored) - 1)
+    got = make_preview(data)
+    assert got is not None
+    img = got.array()
+    assert img.ndim == 3 and img.shape[2] == 3
+    want = arr.reshape(-1, 3).mean(axis=0) * 255.0 / white
+    assert np.abs(img.reshape(-1, 3).mean(axis=0) - want).max() < 1.0
 
 
 def test_preview_of_non_image_is_none_and_serialises() -> None:

@@ -228,3 +228,61 @@ def test_bits_allocated_that_cannot_hold_the_codestream_samples_is_rejected(
     with pytest.raises(Rejected) as err:
         check_part10(buf.getvalue())
     assert "-bit samples" in str(err.value) and f"Bits Allocated = {bits}" in str(err.value)
+
+
+def _with_icon(name: str) -> bytes:
+    """A shared JPEG instance with an (0088,0200) Icon Image Sequence whose own Pixel
+    Data is encapsulated, undefined length (as a GE mammography unit writes it)."""
+    import io
+
+    from _data import DICOM_DIR
+    from pydicom.dataset import Dataset
+    from pydicom.encaps import encapsulate, generate_frames
+
+    ds = pydicom.dcmread(DICOM_DIR / "other" / name)
+    first = next(generate_frames(ds.PixelData, number_of_frames=1))
+    icon = Dataset()
+    for kw in ("SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns",
+               "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation"):
+        setattr(icon, kw, getattr(ds, kw))
+    icon.PixelData = encapsulate([first])
+    icon["PixelData"].VR = "OB"
+    icon["PixelData"].is_undefined_length = True
+    ds.IconImageSequence = [icon]
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_an_icon_with_encapsulated_pixels_inside_a_sequence_is_walked() -> None:
+    data = _with_icon("us_jpeg_baseline_lossy.dcm")
+    assert check_part10(data)
+    # ...and its fragments are still checked: one cut short of its length is refused.
+    at = data.index(b"\x88\x00\x00\x02")
+    frag = data.index(b"\xfe\xff\x00\xe0", data.index(b"\xe0\x7f\x10\x00", at) + 12)
+    bad = bytearray(data)
+    bad[frag + 4:frag + 8] = (len(data)).to_bytes(4, "little")
+    with pytest.raises(Rejected, match="fragment"):
+        check_part10(bytes(bad))
+
+
+@pytest.mark.parametrize("junk", [b"\x00\x00", b"\xd3\x0c\x99\xfa", b"\x51\xf6\x57\xfe\x00\x00"])
+def test_bytes_after_the_eoi_marker_are_tolerated_a_cut_stream_is_not(junk: bytes) -> None:
+    """A Siemens angiography cine leaves 4-7 bytes after each frame's EOI; decoders
+    stop at the EOI.  A codestream cut before its EOI is still refused."""
+    import io
+
+    from _data import DICOM_DIR
+    from pydicom.encaps import encapsulate, generate_frames
+
+    ds = pydicom.dcmread(DICOM_DIR / "other" / "us_jpeg_baseline_lossy.dcm")
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    for stream, ok in ((frame + junk, True), (frame[:-40] + junk, False)):
+        ds.PixelData = encapsulate([stream])
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        if ok:
+            assert check_part10(buf.getvalue())
+        else:
+            with pytest.raises(Rejected, match="no EOI"):
+                check_part10(buf.getvalue())

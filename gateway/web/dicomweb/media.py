@@ -194,10 +194,35 @@ def transcode(data: bytes, target: str) -> bytes:
     elif src == EXPLICIT_BE:
         ds = _little_endian_copy(ds)
     ds.file_meta.TransferSyntaxUID = UID(target)
+    if src == IMPLICIT_LE and target != IMPLICIT_LE:
+        _resolve_ambiguous_vr(ds)
     buf = io.BytesIO()
     pydicom.dcmwrite(buf, ds, implicit_vr=target == IMPLICIT_LE, little_endian=True,
                      enforce_file_format=True)
     return buf.getvalue()
+
+
+def _resolve_ambiguous_vr(ds: Any) -> None:
+    """Give every element read from Implicit VR a single VR before an explicit write.
+
+    pydicom resolves the ambiguous VRs it has rules for (Pixel Data, LUTs, values
+    that follow Pixel Representation); the rest -- the retired Curve Data
+    (50xx,3000) "OB or OW" of an RT Image, say -- made the write raise, and the
+    instance could never be served in the default transfer syntax.  Those keep
+    their bytes as they are: OW (OB if odd-length) for bytes, US for non-negative
+    numbers and SS otherwise (little endian throughout, so no byte changes)."""
+    from pydicom.filewriter import correct_ambiguous_vr
+
+    correct_ambiguous_vr(ds, True)
+    for elem in ds.iterall():
+        if " or " not in elem.VR:
+            continue
+        v = elem.value
+        if isinstance(v, bytes | bytearray):
+            elem.VR = "OW" if "OW" in elem.VR and len(v) % 2 == 0 else "OB"
+        else:
+            vals = list(v) if isinstance(v, list | tuple) or hasattr(v, "__iter__") else [v]
+            elem.VR = "SS" if any(isinstance(x, int) and x < 0 for x in vals) else "US"
 
 
 # Bytes per value of the "other" VRs whose bytes follow the data set's byte order.
