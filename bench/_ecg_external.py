@@ -195,17 +195,14 @@ def run_external(folder: Path, shared: Path, print_table: Callable[..., None]) -
                                      "Sp_%"])
             print("check_ecg outcomes by label:", g["outcomes"])
             out.setdefault("gate", {})[d.name] = g
-        elif (d / "data").is_dir() and (d / "ref").is_dir():
-            q = qrs_cpsc2019(d, shared)
-            print(f"QRS on {d} (CPSC 2019 form, +-75 ms, 0.5 s edges; "
-                  f"{q['skipped_shared']} shared records skipped)")
-            print_table(q["table"], ["database", "detector", "records", "beats", "Se_%", "+P_%",
-                                     "FN", "FP"])
-            out.setdefault("qrs", {})[d.name] = q
-        elif any(d.glob("*.atr")):
-            q = qrs_wfdb(d, shared)
-            print(f"QRS on {d} (WFDB beats, +-150 ms, first lead; "
-                  f"{q['skipped_shared']} shared records skipped)")
+        else:
+            if (d / "data").is_dir() and (d / "ref").is_dir():
+                q, how = qrs_cpsc2019(d, shared), "CPSC 2019 form, +-75 ms, 0.5 s edges"
+            elif any(d.glob("*.atr")):
+                q, how = qrs_wfdb(d, shared), "WFDB beats, +-150 ms, first lead"
+            else:
+                continue
+            print(f"QRS on {d} ({how}; {q['skipped_shared']} shared records skipped)")
             print_table(q["table"], ["database", "detector", "records", "beats", "Se_%", "+P_%",
                                      "FN", "FP"])
             out.setdefault("qrs", {})[d.name] = q

@@ -218,16 +218,22 @@ def test_kth_smallest_is_partition(a, q):
     assert qrs_slope._kth_smallest(a, k) == np.partition(a, k)[k]
 
 
+def _with_t_waves(fs: float, rr_s: float, seconds: float, *, after_s: float, width_s: float,
+                  amp: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_synthetic` beats, each followed by a Hann T wave, plus seeded noise."""
+    x, beats = _synthetic(fs, rr_s, seconds)
+    w = int(width_s * fs) | 1
+    for b in beats:
+        t = b + int(after_s * fs)
+        x[t - w // 2:t + w // 2 + 1] += np.hanning(w) * amp
+    return x + np.random.default_rng(0).normal(0, 0.02, x.size), beats
+
+
 @pytest.mark.parametrize("fs", [250.0, 360.0, 500.0])
 def test_broad_t_waves_are_not_beats(fs):
     """A 160-ms T wave half the QRS's height, 280 ms after each beat: the spectral
     T-wave test (T_HF_MIN) keeps it out; at 250/360 Hz the slope test alone does not."""
-    x, beats = _synthetic(fs, 0.8, 30.0)
-    w = int(0.16 * fs) | 1
-    for b in beats:
-        t = b + int(0.28 * fs)
-        x[t - w // 2:t + w // 2 + 1] += np.hanning(w) * 0.8
-    x = x + np.random.default_rng(0).normal(0, 0.02, x.size)
+    x, beats = _with_t_waves(fs, 0.8, 30.0, after_s=0.28, width_s=0.16, amp=0.8)
     s = qrs.score_beats(beats, qrs.detect_qrs(x, fs), fs)
     assert s.fp == 0 and s.fn == 0
 
@@ -239,12 +245,7 @@ def test_slow_rhythm_t_wave_is_not_a_hidden_beat(fs, rr_s):
     passes over its first flank as a T wave and looks after it; its second flank
     lies beyond 0.36 s but inside Bazett's longest QT at this rate, so it is a T
     wave too (with a fixed 0.36 s window it was a beat, every cycle)."""
-    x, beats = _synthetic(fs, rr_s, 40.0)
-    w = int(0.2 * fs) | 1
-    for b in beats:
-        t = b + int(0.36 * fs)
-        x[t - w // 2:t + w // 2 + 1] += np.hanning(w) * 0.7
-    x = x + np.random.default_rng(0).normal(0, 0.02, x.size)
+    x, beats = _with_t_waves(fs, rr_s, 40.0, after_s=0.36, width_s=0.2, amp=0.7)
     s = qrs.score_beats(beats, qrs.detect_qrs(x, fs), fs)
     assert s.fp == 0 and s.fn == 0
     head = x[:int(12 * fs)]
