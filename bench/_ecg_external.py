@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+#: The one-line rule the gate is compared with (here and in ``python -m bench ecg``).
 ONE_LINE_FLAT_S = 0.2
 
 
@@ -113,6 +114,13 @@ def _detectors() -> dict[str, Callable[[np.ndarray, float], np.ndarray]]:
     return {"fenji": lambda x, fs: qrs.detect_qrs(x, fs), "neurokit2": _neurokit}
 
 
+def _add(groups: dict[tuple[str, str], list[int]], key: tuple[str, str], s: Any) -> None:
+    g = groups.setdefault(key, [0, 0, 0])
+    g[0] += s.tp
+    g[1] += s.fn
+    g[2] += s.fp
+
+
 def _score_rows(groups: dict[tuple[str, str], list[int]], n_records: Counter[str]
                 ) -> list[dict[str, Any]]:
     rows = []
@@ -145,10 +153,7 @@ def qrs_cpsc2019(folder: Path, shared: Path) -> dict[str, Any]:
         for det, fn in _detectors().items():
             s = qrs.score_beats(ref, fn(x, 500.0), 500.0, n_samples=x.size, tol_s=0.075,
                                 edge_s=0.5)
-            g = groups.setdefault(("cpsc2019", det), [0, 0, 0])
-            g[0] += s.tp
-            g[1] += s.fn
-            g[2] += s.fp
+            _add(groups, ("cpsc2019", det), s)
     return {"table": _score_rows(groups, n), "skipped_shared": skipped}
 
 
@@ -176,10 +181,7 @@ def qrs_wfdb(folder: Path, shared: Path, db: str = "mitdb") -> dict[str, Any]:
         for det, fn in _detectors().items():
             s = qrs.score_beats(ref, fn(x, float(rec.fs)), float(rec.fs), exclude=vf,
                                 n_samples=rec.sig_len)
-            g = groups.setdefault((grp, det), [0, 0, 0])
-            g[0] += s.tp
-            g[1] += s.fn
-            g[2] += s.fp
+            _add(groups, (grp, det), s)
     return {"table": _score_rows(groups, n), "skipped_shared": skipped}
 
 

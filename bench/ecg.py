@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from bench import common
+from bench._ecg_external import ONE_LINE_FLAT_S, run_external
 
 DESCRIPTION = "QRS Se/+P and CPU s per hour per lead: fenji vs NeuroKit2 vs wfdb XQRS"
 XQRS_MITDB_DEFAULT = ("100", "105", "119", "203", "208", "217")
@@ -400,7 +401,6 @@ def _pipeline(n: int, data: Path) -> list[dict[str, Any]]:
              "median_ms": statistics.median(nk_ms), "max_ms": max(nk_ms)}]
 
 
-ONE_LINE_FLAT_S = 0.2   # the one-line rule the gate is compared with
 
 
 def quality_features(c11: Path, limit: int | None = None
@@ -471,8 +471,6 @@ def _quality_cv(args: argparse.Namespace, data: Path) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.external:
-        from bench._ecg_external import run_external
-
         return run_external(args.external, common.shared_data(), common.print_table)
     if args.quality_cv:
         return _quality_cv(args, common.shared_data())

@@ -31,6 +31,7 @@ from pydicom.datadict import dictionary_VR
 from pydicom.uid import UID
 
 from fenji.codecs.image.codestream import (
+    HEAD_BYTES,
     J2K_FAMILY,
     JPEG_FAMILY,
     codestream_mismatch,
@@ -226,26 +227,37 @@ class _Walker:
         return pos
 
     def _nested_fragments(self, pos: int, end: int) -> int:
-        """Step over encapsulated Pixel Data inside an item (an icon): fragment items
-        up to the sequence delimiter, each within ``end``."""
+        """Step over encapsulated Pixel Data inside an item (an icon): its fragment
+        items, each within ``end``, up to the sequence delimiter."""
         if self.ts not in ENCAPSULATED:
             raise self.fail(st.CANNOT_UNDERSTAND,
                             f"(7FE0,0010) Pixel Data in an item has undefined length under "
                             f"native transfer syntax {self.ts}")
+        return self._fragment_items(pos, end, "(7FE0,0010) in an item:")[0]
+
+    def _item_head(self, pos: int) -> tuple[int, int]:
+        """(tag, length) of the item or delimiter header at ``pos`` (8 bytes)."""
+        g, e = self.h_tag.unpack_from(self.buf, pos)
+        return (g << 16) | e, self.h_u32.unpack_from(self.buf, pos + 4)[0]
+
+    def _fragment_items(self, pos: int, end: int, where: str
+                        ) -> tuple[int, list[tuple[int, int]]]:
+        """The (offset, length) of each item of encapsulated Pixel Data starting at
+        ``pos`` (the Basic Offset Table first), and the position after its delimiter."""
+        items: list[tuple[int, int]] = []
         while True:
             if end - pos < 8:
                 raise self.fail(st.CANNOT_UNDERSTAND,
-                                "(7FE0,0010) encapsulated Pixel Data in an item not terminated")
-            g, e = self.h_tag.unpack_from(self.buf, pos)
-            n = self.h_u32.unpack_from(self.buf, pos + 4)[0]
+                                f"{where} encapsulated Pixel Data not terminated")
+            t, n = self._item_head(pos)
             pos += 8
-            if ((g << 16) | e) == SEQ_END:
-                return pos
-            t = (g << 16) | e
+            if t == SEQ_END:
+                return pos, items
             if t != ITEM or n == UNDEFINED or n > end - pos:
                 raise self.fail(st.CANNOT_UNDERSTAND,
-                                f"(7FE0,0010) in an item: bad fragment item {_tagstr(t)} "
-                                f"length {n} at byte {pos - 8}")
+                                f"{where} bad fragment item {_tagstr(t)} length {n} at byte "
+                                f"{pos - 8}")
+            items.append((pos, n))
             pos += n
 
     def _sequence(self, pos: int, end: int | None, depth: int, tag: int) -> int:
@@ -259,9 +271,7 @@ class _Walker:
                 raise self.fail(st.CANNOT_UNDERSTAND,
                                 f"sequence {_tagstr(tag)} not terminated (data ends at byte "
                                 f"{limit})")
-            g, e = self.h_tag.unpack_from(self.buf, pos)
-            itag = (g << 16) | e
-            ilen = self.h_u32.unpack_from(self.buf, pos + 4)[0]
+            itag, ilen = self._item_head(pos)
             pos += 8
             if itag == SEQ_END:
                 if end is not None:
@@ -337,26 +347,8 @@ class _Walker:
                             f"(7FE0,0010) Pixel Data has undefined length under native "
                             f"transfer syntax {self.ts}")
         start = pos
-        fragments: list[tuple[int, int]] = []
-        first = True
-        while True:
-            if end - pos < 8:
-                raise self.fail(st.CANNOT_UNDERSTAND,
-                                "(7FE0,0010) encapsulated Pixel Data not terminated")
-            g, e = self.h_tag.unpack_from(self.buf, pos)
-            t = (g << 16) | e
-            n = self.h_u32.unpack_from(self.buf, pos + 4)[0]
-            pos += 8
-            if t == SEQ_END:
-                break
-            if t != ITEM or n == UNDEFINED or n > end - pos:
-                raise self.fail(st.CANNOT_UNDERSTAND,
-                                f"(7FE0,0010) bad fragment item {_tagstr(t)} length {n} at byte "
-                                f"{pos - 8}")
-            if not first:
-                fragments.append((pos, n))
-            first = False
-            pos += n
+        pos, items = self._fragment_items(pos, end, "(7FE0,0010)")
+        fragments = items[1:]  # the first item is the Basic Offset Table
         if not fragments:
             raise self.fail(st.CANNOT_UNDERSTAND, "(7FE0,0010) encapsulated Pixel Data has no "
                                                   "fragments")
@@ -415,7 +407,7 @@ class _Walker:
 
     def _check_dimensions(self, frags: list[tuple[int, int]], starts: list[int]) -> None:
         v = self.values
-        heads = (bytes(self.buf[off:off + min(n, 1 << 16)])
+        heads = (bytes(self.buf[off:off + min(n, HEAD_BYTES)])
                  for off, n in (frags[i] for i in starts))
         why = codestream_mismatch(self.ts in JPEG_FAMILY, v.get("Rows"), v.get("Columns"),
                                   v.get("SamplesPerPixel") or 1,

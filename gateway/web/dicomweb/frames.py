@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from fenji.codecs.image.codestream import JPEG_FAMILY, codestream_mismatch
+from fenji.codecs.image.codestream import HEAD_BYTES, JPEG_FAMILY, codestream_mismatch
 from fenji.gateway.access import scope as access
 from fenji.gateway.access.users import require
 from fenji.gateway.dicom.validate import (
@@ -223,8 +223,8 @@ def _check_before_decoding(store: Store, src: Any, ds: Any, ts: str,
     """ValueError when a frame's codestream is not what the header ``ds`` says (an
     instance stored before ingest checked that): such data never reaches a decoder,
     some of which abort the process on it (codecs/image/codestream.py)."""
-    heads = (f[:1 << 16] if isinstance(f, bytes) else
-             _read_ranges(store, str(src), [(f[0][0], min(f[0][1], 1 << 16))]) if f else b""
+    heads = (f[:HEAD_BYTES] if isinstance(f, bytes) else
+             _read_ranges(store, str(src), [(f[0][0], min(f[0][1], HEAD_BYTES))]) if f else b""
              for f in frames)
     why = codestream_mismatch(ts in JPEG_FAMILY, ds.get("Rows"), ds.get("Columns"),
                               int(ds.get("SamplesPerPixel") or 1),

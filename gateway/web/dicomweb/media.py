@@ -221,7 +221,7 @@ def _resolve_ambiguous_vr(ds: Any) -> None:
         if isinstance(v, bytes | bytearray):
             elem.VR = "OW" if "OW" in elem.VR and len(v) % 2 == 0 else "OB"
         else:
-            vals = list(v) if isinstance(v, list | tuple) or hasattr(v, "__iter__") else [v]
+            vals = list(v) if hasattr(v, "__iter__") else [v]
             elem.VR = "SS" if any(isinstance(x, int) and x < 0 for x in vals) else "US"
 
 
