@@ -431,11 +431,16 @@ def gate_document(f: np.ndarray, y: np.ndarray, one: np.ndarray, *, repeats: int
     from fenji.codecs.ecg import gate as ecg_gate
 
     seed = ecg_gate.SEED if seed is None else seed
-    model = ecg_gate.fit_gate(f, y, seed=seed)
+    model, path = ecg_gate.fit_gate_path(f, y, seed=seed)
     cv = ecg_gate.cross_validate(f, y, one, repeats=repeats, folds=folds, seed=seed)
     return {"model": model.to_json(),
             "fitted_on": {"data": "challenge2011 (shared/data/ecg/challenge2011)",
                           "n": int(len(y)), "n_unacceptable": int(y.sum()), "seed": seed},
+            "selection": {"rule": "forward, inner out-of-fold log-loss, one-SE",
+                          "chosen": list(model.selected),
+                          "path": [{"features": list(st.features), "c": st.c,
+                                    "log_loss": round(st.log_loss, 6), "se": round(st.se, 6)}
+                                   for st in path]},
             "cv": {k: cv[k] for k in ("repeats", "folds", "seed", "gate", "baseline")}}
 
 
@@ -461,12 +466,20 @@ def _quality_cv(args: argparse.Namespace, data: Path) -> dict[str, Any]:
           f"{cv['repeats']} x stratified {cv['folds']}-fold CV, seed {cv['seed']}; "
           "mean +- sd over repeats")
     common.print_table(_cv_rows(cv), ["rule", "accuracy_%", "Se_%", "Sp_%"])
+    sel = doc["selection"]
+    print(f"\nfeatures chosen on all {len(y)} records ({sel['rule']}): "
+          f"{', '.join(sel['chosen'])}")
+    common.print_table([{"step": i + 1, "added": st["features"][-1], "C": st["c"],
+                         "log_loss": f"{st['log_loss']:.4f}", "se": f"{st['se']:.4f}"}
+                        for i, st in enumerate(sel["path"])],
+                       ["step", "added", "C", "log_loss", "se"])
     if args.write_gate:
         args.write_gate.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
         print(f"wrote the gate fitted on all {len(y)} records to {args.write_gate}")
     return {"versions": {"numba": numba.__version__, "numpy": np.__version__},
             "params": {"repeats": args.repeats, "folds": args.folds},
-            "quality_cv": cv, "model": doc["model"], "records": names}
+            "quality_cv": cv, "model": doc["model"], "selection": doc["selection"],
+            "records": names}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """The ECG quality gate's decision: record features, the fitted model, the protocol.
 
 The per-lead signal-quality indices (SQIs) of :mod:`fenji.codecs.ecg.quality`
-are summarised into nine record features, each with a physiological reason for
-its summary (Clifford, Behar et al., Physiol. Meas. 33:1419, 2012; Behar et al.,
+are summarised into nine candidate record features, each with a physiological
+reason for its summary (Clifford, Behar et al., Physiol. Meas. 33:1419, 2012; Behar et al.,
 IEEE TBME 60:1660, 2013):
 
 ============ ============================================== =========================
@@ -30,13 +30,16 @@ good side -- with non-negative weights and a threshold on the score:
 ``unacceptable`` when ``intercept + coef . excess(f) > threshold``.  So good
 quality in one respect never excuses a dead lead in another, and every term of
 the score is a reason to hold (the largest one is the first reason given).
-Every number of it (centre, scale, coef, intercept, regularisation ``C``,
-threshold) is chosen by
-:func:`fit_gate` from labelled records only; the shipped ``gate.json`` is
-:func:`fit_gate` on all 308 challenge2011 records and a test re-fits it.
-:func:`cross_validate` is the honest estimate: repeated, seeded, stratified
-k-fold, with :func:`fit_gate` (which chooses ``C`` and the threshold by an
-inner cross-validation) run on the training folds only.
+Which features the score uses is fitted too: :func:`select_features` adds them
+one at a time by inner out-of-fold log-loss and keeps the smallest set within one
+standard error of the best (the one-SE rule); the others keep weight 0 and are
+only reported.  Every number of the gate (features used, centre, scale, coef,
+intercept, regularisation ``C``, threshold) is chosen by :func:`fit_gate` from
+labelled records only; the shipped ``gate.json`` is :func:`fit_gate` on all 308
+challenge2011 records and a test re-fits it.  :func:`cross_validate` is the
+honest estimate: repeated, seeded, stratified k-fold, with :func:`fit_gate`
+(feature choice, ``C`` and threshold by an inner cross-validation) run on the
+training folds only.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
@@ -132,6 +135,11 @@ class GateModel:
     intercept: float
     threshold: float
     c: float
+
+    @property
+    def selected(self) -> tuple[str, ...]:
+        """The features the score uses (weight > 0)."""
+        return tuple(n for n, c in zip(self.features, self.coef, strict=True) if c > 0.0)
 
     def _excess(self, f: np.ndarray) -> np.ndarray:
         return excess(f, np.asarray(self.signs), np.asarray(self.center), np.asarray(self.scale))
@@ -231,15 +239,19 @@ def best_threshold(score: np.ndarray, y: np.ndarray) -> float:
     return float(cand[np.flatnonzero(acc == acc.max())[-1]])
 
 
+def _center_scale(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each feature's median and SD over the records (SD 1 where it is 0)."""
+    sd: np.ndarray = f.std(axis=0)
+    return np.median(f, axis=0), np.where(sd > 0.0, sd, np.ones_like(sd))
+
+
 def _fit_fixed(f: np.ndarray, y: np.ndarray, c: float, signs: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Centre, scale and fit; every weight stays >= 0 (a feature's excess can only
     make a record worse): while one is negative -- a feature made to say "worse
     signal, better record" by its correlation with others -- the most negative
     is set to 0 and the rest refitted."""
-    center: np.ndarray = np.median(f, axis=0)
-    sd: np.ndarray = f.std(axis=0)
-    scale: np.ndarray = np.where(sd > 0.0, sd, np.ones_like(sd))
+    center, scale = _center_scale(f)
     z = excess(f, signs, center, scale)
     keep = np.ones(f.shape[1], dtype=bool)
     while True:
@@ -250,34 +262,108 @@ def _fit_fixed(f: np.ndarray, y: np.ndarray, c: float, signs: np.ndarray
         keep[int(np.argmin(w))] = False
 
 
+def _log_loss(score: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-record log-loss of log-odds ``score`` against labels ``y``."""
+    return np.asarray(np.logaddexp(0.0, np.where(y, -score, score)), dtype=np.float64)
+
+
+def _oof_scores(f: np.ndarray, y: np.ndarray, signs: np.ndarray, c: float,
+                folds: np.ndarray) -> np.ndarray:
+    """Out-of-fold scores: each fold's records scored by a fit on the other folds."""
+    oof: np.ndarray = np.empty(len(y))
+    for k in range(int(folds.max()) + 1):
+        tr = folds != k
+        center, scale, w, b = _fit_fixed(f[tr], y[tr], c, signs)
+        oof[~tr] = excess(f[~tr], signs, center, scale) @ w + b
+    return oof
+
+
+@dataclass(frozen=True, slots=True)
+class SelectionStep:
+    """One step of the forward selection: the features so far, the ``C`` of lowest
+    inner out-of-fold log-loss for them, that loss and its standard error."""
+
+    features: tuple[str, ...]
+    c: float
+    log_loss: float
+    se: float
+
+
+def select_features(f: np.ndarray, y: np.ndarray, features: Sequence[str],
+                    folds: np.ndarray, c_grid: Sequence[float] = C_GRID
+                    ) -> tuple[list[SelectionStep], int, np.ndarray]:
+    """Forward selection by inner out-of-fold log-loss, and the one-SE rule.
+
+    From no feature, each step adds the one whose model (``C`` from ``c_grid``,
+    each feature's excess, non-negative weights) has the lowest out-of-fold
+    log-loss over ``folds``.  The chosen step is the *smallest* feature set whose
+    loss is within one standard error of the lowest on the path (Breiman et al.
+    1984; Hastie, Tibshirani & Friedman, ESL 2nd ed., sec. 7.10): a feature joins
+    the gate only when the labels say it helps by more than their own noise.
+    Returns ``(path, chosen step index, the chosen step's out-of-fold scores)``.
+    """
+    signs_all = np.array([SIGNS.get(n, 1) for n in features], dtype=np.float64)
+    chosen: list[int] = []
+    rest = list(range(f.shape[1]))
+    path: list[SelectionStep] = []
+    scores: list[np.ndarray] = []
+    while rest:
+        best: tuple[float, float, float, int, np.ndarray] | None = None
+        for j in rest:
+            cols = [*chosen, j]
+            for c in c_grid:
+                s = _oof_scores(f[:, cols], y, signs_all[cols], c, folds)
+                loss = _log_loss(s, y)
+                m = float(loss.mean())
+                if best is None or m < best[0]:
+                    best = (m, float(loss.std(ddof=1) / math.sqrt(len(loss))), c, j, s)
+        assert best is not None
+        m, se, c, j, s = best
+        chosen.append(j)
+        rest.remove(j)
+        path.append(SelectionStep(tuple(features[i] for i in chosen), float(c), m, se))
+        scores.append(s)
+    low = min(range(len(path)), key=lambda i: path[i].log_loss)
+    limit = path[low].log_loss + path[low].se
+    pick = next(i for i, st in enumerate(path) if st.log_loss <= limit)
+    return path, pick, scores[pick]
+
+
 def fit_gate(f: np.ndarray, y: np.ndarray, features: Sequence[str] = FEATURES, *,
              seed: int = SEED, c_grid: Sequence[float] = C_GRID,
              inner_folds: int = INNER_FOLDS) -> GateModel:
-    """Fit the gate on labelled records only: ``C`` and the threshold are those of
-    best out-of-fold accuracy in an inner stratified ``inner_folds``-fold CV (seeded);
-    the coefficients are then fitted on all of ``f`` with that ``C``.  Feature
-    directions are :data:`SIGNS` (+1 for a feature not listed there)."""
+    """Fit the gate on labelled records only (see :func:`fit_gate_path`)."""
+    return fit_gate_path(f, y, features, seed=seed, c_grid=c_grid, inner_folds=inner_folds)[0]
+
+
+def fit_gate_path(f: np.ndarray, y: np.ndarray, features: Sequence[str] = FEATURES, *,
+                  seed: int = SEED, c_grid: Sequence[float] = C_GRID,
+                  inner_folds: int = INNER_FOLDS) -> tuple[GateModel, list[SelectionStep]]:
+    """Fit the gate on labelled records only, and say how its features were chosen.
+
+    In an inner stratified ``inner_folds``-fold CV (seeded), :func:`select_features`
+    chooses the features and ``C``; the threshold is the one of best out-of-fold
+    accuracy for them; the weights are then fitted on all of ``f`` with that ``C``.
+    Features not chosen keep weight 0 (their values are still reported).  Feature
+    directions are :data:`SIGNS` (+1 for a feature not listed there).
+    """
     f = np.asarray(f, dtype=np.float64)
     y = np.asarray(y, dtype=bool)
-    signs = np.array([SIGNS.get(n, 1) for n in features], dtype=np.float64)
+    names = tuple(features)
+    signs = np.array([SIGNS.get(n, 1) for n in names], dtype=np.float64)
     folds = stratified_folds(y, inner_folds, np.random.default_rng(seed))
-    best: tuple[float, float, float] | None = None     # (accuracy, c, threshold)
-    for c in c_grid:
-        oof: np.ndarray = np.empty(len(y))
-        for k in range(inner_folds):
-            tr = folds != k
-            center, scale, w, b = _fit_fixed(f[tr], y[tr], c, signs)
-            oof[~tr] = excess(f[~tr], signs, center, scale) @ w + b
-        th = best_threshold(oof, y)
-        acc = float(np.mean((oof > th) == y))
-        if best is None or acc > best[0]:
-            best = (acc, c, th)
-    assert best is not None
-    _, c, th = best
-    center, scale, w, b = _fit_fixed(f, y, c, signs)
-    return GateModel(features=tuple(features), signs=tuple(map(float, signs)),
-                     center=tuple(map(float, center)), scale=tuple(map(float, scale)),
-                     coef=tuple(map(float, w)), intercept=b, threshold=th, c=float(c))
+    path, pick, oof = select_features(f, y, names, folds, c_grid)
+    th = best_threshold(oof, y)
+    c = path[pick].c
+    cols = [names.index(n) for n in path[pick].features]
+    _, _, w_sel, b = _fit_fixed(f[:, cols], y, c, signs[cols])
+    w: np.ndarray = np.zeros(len(names))
+    w[cols] = w_sel
+    center, scale = _center_scale(f)          # every feature's, for the report
+    model = GateModel(features=names, signs=tuple(map(float, signs)),
+                      center=tuple(map(float, center)), scale=tuple(map(float, scale)),
+                      coef=tuple(map(float, w)), intercept=b, threshold=th, c=float(c))
+    return model, path
 
 
 # --- the protocol ----------------------------------------------------------------
@@ -295,7 +381,8 @@ def cross_validate(f: np.ndarray, y: np.ndarray, baseline: np.ndarray | None = N
                    repeats: int = 10, folds: int = 5, seed: int = SEED) -> dict[str, Any]:
     """Repeated, seeded, stratified ``folds``-fold CV of :func:`fit_gate`.
 
-    Each repeat predicts every record once, by a gate fitted on the other folds
+    Each repeat predicts every record once, by a gate fitted (features chosen
+    included) on the other folds
     (seed ``seed + repeat`` for the split, the inner CV seeded from it).
     ``baseline``: a fixed rule's predictions, scored on the same test folds (a
     rule with nothing to fit scores the same in every repeat).  Returns per-repeat

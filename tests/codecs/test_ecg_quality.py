@@ -212,6 +212,27 @@ def test_fit_gate_is_deterministic_and_keeps_weights_on_their_side():
     assert a.coef[0] > 0 and a.coef[4] > 0 and a.coef[7] == 0
 
 
+def test_feature_selection_keeps_what_the_labels_support_and_no_more():
+    """Two features decide the label; seven are noise.  Forward selection takes the
+    two first, and the one-SE rule stops before the noise: its weights stay 0."""
+    rng = np.random.default_rng(11)
+    n = 300
+    f = rng.normal(size=(n, len(gate.FEATURES)))
+    i_flat, i_bsqi = gate.FEATURES.index("flat_max"), gate.FEATURES.index("bsqi_3")
+    y = 1.5 * f[:, i_flat] - 1.5 * f[:, i_bsqi] + 0.5 * rng.normal(size=n) > 1.5
+    model, path = gate.fit_gate_path(f, y)
+    assert set(path[1].features) == {"flat_max", "bsqi_3"}
+    assert set(model.selected) == {"flat_max", "bsqi_3"}
+    assert [len(st.features) for st in path] == list(range(1, len(gate.FEATURES) + 1))
+    # the chosen step is the smallest within one SE of the lowest loss on the path
+    low = min(path, key=lambda st: st.log_loss)
+    assert path[1].log_loss <= low.log_loss + low.se < path[0].log_loss
+    # a feature the gate does not use adds nothing to a record's score
+    bad = f[:1].copy()
+    bad[0, gate.FEATURES.index("hf_med")] = 50.0
+    assert model.score(bad) == pytest.approx(model.score(f[:1]))
+
+
 def test_logistic_fit_matches_scikit_learn():
     rng = np.random.default_rng(1)
     z = rng.normal(size=(200, 3))
