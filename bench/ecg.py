@@ -431,13 +431,19 @@ def gate_document(f: np.ndarray, y: np.ndarray, one: np.ndarray, *, repeats: int
     from fenji.codecs.ecg import gate as ecg_gate
 
     seed = ecg_gate.SEED if seed is None else seed
-    model, path = ecg_gate.fit_gate_path(f, y, seed=seed)
+    model = ecg_gate.fit_gate(f, y, seed=seed)
     cv = ecg_gate.cross_validate(f, y, one, repeats=repeats, folds=folds, seed=seed)
+    # the variant not shipped: features chosen by the labels too, inside the folds
+    cv_sel = ecg_gate.cross_validate(f, y, repeats=repeats, folds=folds, seed=seed,
+                                     select=True)
+    inner = ecg_gate.stratified_folds(y, ecg_gate.INNER_FOLDS, np.random.default_rng(seed))
+    path, pick, _ = ecg_gate.select_features(f, y, ecg_gate.FEATURES, inner)
     return {"model": model.to_json(),
             "fitted_on": {"data": "challenge2011 (shared/data/ecg/challenge2011)",
                           "n": int(len(y)), "n_unacceptable": int(y.sum()), "seed": seed},
-            "selection": {"rule": "forward, inner out-of-fold log-loss, one-SE",
-                          "chosen": list(model.selected),
+            "selection": {"rule": "forward, inner out-of-fold log-loss, one-SE (not shipped)",
+                          "chosen_on_all": list(path[pick].features),
+                          "cv": cv_sel["gate"],
                           "path": [{"features": list(st.features), "c": st.c,
                                     "log_loss": round(st.log_loss, 6), "se": round(st.se, 6)}
                                    for st in path]},
@@ -467,8 +473,10 @@ def _quality_cv(args: argparse.Namespace, data: Path) -> dict[str, Any]:
           "mean +- sd over repeats")
     common.print_table(_cv_rows(cv), ["rule", "accuracy_%", "Se_%", "Sp_%"])
     sel = doc["selection"]
-    print(f"\nfeatures chosen on all {len(y)} records ({sel['rule']}): "
-          f"{', '.join(sel['chosen'])}")
+    print(f"\nfeatures chosen by the labels, inside the folds ({sel['rule']}): CV "
+          + ", ".join(f"{k} {100 * v['mean']:.1f} +- {100 * v['sd']:.1f} %"
+                      for k, v in sel["cv"].items())
+          + f"; on all {len(y)} records: {', '.join(sel['chosen_on_all'])}")
     common.print_table([{"step": i + 1, "added": st["features"][-1], "C": st["c"],
                          "log_loss": f"{st['log_loss']:.4f}", "se": f"{st['se']:.4f}"}
                         for i, st in enumerate(sel["path"])],

@@ -1,8 +1,8 @@
 """The ECG quality gate's decision: record features, the fitted model, the protocol.
 
 The per-lead signal-quality indices (SQIs) of :mod:`fenji.codecs.ecg.quality`
-are summarised into nine candidate record features, each with a physiological
-reason for its summary (Clifford, Behar et al., Physiol. Meas. 33:1419, 2012; Behar et al.,
+are summarised into nine record features, each with a physiological reason for
+its summary (Clifford, Behar et al., Physiol. Meas. 33:1419, 2012; Behar et al.,
 IEEE TBME 60:1660, 2013):
 
 ============ ============================================== =========================
@@ -30,16 +30,20 @@ good side -- with non-negative weights and a threshold on the score:
 ``unacceptable`` when ``intercept + coef . excess(f) > threshold``.  So good
 quality in one respect never excuses a dead lead in another, and every term of
 the score is a reason to hold (the largest one is the first reason given).
-Which features the score uses is fitted too: :func:`select_features` adds them
-one at a time by inner out-of-fold log-loss and keeps the smallest set within one
-standard error of the best (the one-SE rule); the others keep weight 0 and are
-only reported.  Every number of the gate (features used, centre, scale, coef,
-intercept, regularisation ``C``, threshold) is chosen by :func:`fit_gate` from
-labelled records only; the shipped ``gate.json`` is :func:`fit_gate` on all 308
-challenge2011 records and a test re-fits it.  :func:`cross_validate` is the
-honest estimate: repeated, seeded, stratified k-fold, with :func:`fit_gate`
-(feature choice, ``C`` and threshold by an inner cross-validation) run on the
-training folds only.
+Every number of it (centre, scale, coef, intercept, regularisation ``C``,
+threshold) is chosen by :func:`fit_gate` from labelled records only; the
+shipped ``gate.json`` is :func:`fit_gate` on all 308 challenge2011 records and
+a test re-fits it.  :func:`cross_validate` is the honest estimate: repeated,
+seeded, stratified k-fold, with :func:`fit_gate` (``C`` and threshold by an
+inner cross-validation) run on the training folds only.
+
+The nine features are a fixed pool, set by physiology.  ``select=True`` lets
+the labels choose among them as well (:func:`select_features`: forward
+selection by inner out-of-fold log-loss, one-SE rule), inside the folds; the
+protocol reports that variant too.  It is not shipped: on all 308 records it
+keeps two features (``flat_max``, ``bsqi_3``), scores the same within noise,
+and lets ECGs with three or four leads of pure noise pass, a failure the
+308 records hardly contain (docs/decisions.md).
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
@@ -331,20 +335,14 @@ def select_features(f: np.ndarray, y: np.ndarray, features: Sequence[str],
 
 def fit_gate(f: np.ndarray, y: np.ndarray, features: Sequence[str] = FEATURES, *,
              seed: int = SEED, c_grid: Sequence[float] = C_GRID,
-             inner_folds: int = INNER_FOLDS) -> GateModel:
-    """Fit the gate on labelled records only (see :func:`fit_gate_path`)."""
-    return fit_gate_path(f, y, features, seed=seed, c_grid=c_grid, inner_folds=inner_folds)[0]
+             inner_folds: int = INNER_FOLDS, select: bool = False) -> GateModel:
+    """Fit the gate on labelled records only.
 
-
-def fit_gate_path(f: np.ndarray, y: np.ndarray, features: Sequence[str] = FEATURES, *,
-                  seed: int = SEED, c_grid: Sequence[float] = C_GRID,
-                  inner_folds: int = INNER_FOLDS) -> tuple[GateModel, list[SelectionStep]]:
-    """Fit the gate on labelled records only, and say how its features were chosen.
-
-    In an inner stratified ``inner_folds``-fold CV (seeded), :func:`select_features`
-    chooses the features and ``C``; the threshold is the one of best out-of-fold
-    accuracy for them; the weights are then fitted on all of ``f`` with that ``C``.
-    Features not chosen keep weight 0 (their values are still reported).  Feature
+    In an inner stratified ``inner_folds``-fold CV (seeded), ``C`` and the threshold
+    are those of best out-of-fold accuracy; the weights are then fitted on all of
+    ``f`` with that ``C``.  With ``select``, :func:`select_features` first chooses
+    the features and ``C`` (the threshold is then the best for them) and the
+    features not chosen keep weight 0 (their values are still reported).  Feature
     directions are :data:`SIGNS` (+1 for a feature not listed there).
     """
     f = np.asarray(f, dtype=np.float64)
@@ -352,18 +350,28 @@ def fit_gate_path(f: np.ndarray, y: np.ndarray, features: Sequence[str] = FEATUR
     names = tuple(features)
     signs = np.array([SIGNS.get(n, 1) for n in names], dtype=np.float64)
     folds = stratified_folds(y, inner_folds, np.random.default_rng(seed))
-    path, pick, oof = select_features(f, y, names, folds, c_grid)
-    th = best_threshold(oof, y)
-    c = path[pick].c
-    cols = [names.index(n) for n in path[pick].features]
-    _, _, w_sel, b = _fit_fixed(f[:, cols], y, c, signs[cols])
+    cols = list(range(len(names)))
+    if select:
+        path, pick, oof = select_features(f, y, names, folds, c_grid)
+        c, th = path[pick].c, best_threshold(oof, y)
+        cols = [names.index(n) for n in path[pick].features]
+    else:
+        best: tuple[float, float, float] | None = None     # (accuracy, c, threshold)
+        for c in c_grid:
+            oof = _oof_scores(f, y, signs, c, folds)
+            th = best_threshold(oof, y)
+            acc = float(np.mean((oof > th) == y))
+            if best is None or acc > best[0]:
+                best = (acc, c, th)
+        assert best is not None
+        _, c, th = best
+    _, _, w_used, b = _fit_fixed(f[:, cols], y, c, signs[cols])
     w: np.ndarray = np.zeros(len(names))
-    w[cols] = w_sel
+    w[cols] = w_used
     center, scale = _center_scale(f)          # every feature's, for the report
-    model = GateModel(features=names, signs=tuple(map(float, signs)),
-                      center=tuple(map(float, center)), scale=tuple(map(float, scale)),
-                      coef=tuple(map(float, w)), intercept=b, threshold=th, c=float(c))
-    return model, path
+    return GateModel(features=names, signs=tuple(map(float, signs)),
+                     center=tuple(map(float, center)), scale=tuple(map(float, scale)),
+                     coef=tuple(map(float, w)), intercept=b, threshold=th, c=float(c))
 
 
 # --- the protocol ----------------------------------------------------------------
@@ -378,11 +386,12 @@ def rates(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
 
 
 def cross_validate(f: np.ndarray, y: np.ndarray, baseline: np.ndarray | None = None, *,
-                   repeats: int = 10, folds: int = 5, seed: int = SEED) -> dict[str, Any]:
+                   repeats: int = 10, folds: int = 5, seed: int = SEED,
+                   select: bool = False) -> dict[str, Any]:
     """Repeated, seeded, stratified ``folds``-fold CV of :func:`fit_gate`.
 
-    Each repeat predicts every record once, by a gate fitted (features chosen
-    included) on the other folds
+    Each repeat predicts every record once, by a gate fitted (with ``select``,
+    its features chosen too) on the other folds
     (seed ``seed + repeat`` for the split, the inner CV seeded from it).
     ``baseline``: a fixed rule's predictions, scored on the same test folds (a
     rule with nothing to fit scores the same in every repeat).  Returns per-repeat
@@ -398,7 +407,7 @@ def cross_validate(f: np.ndarray, y: np.ndarray, baseline: np.ndarray | None = N
         pred = np.zeros(len(y), dtype=bool)
         for k in range(folds):
             tr = fold != k
-            gate = fit_gate(f[tr], y[tr], seed=seed + 1000 * (r + 1) + k)
+            gate = fit_gate(f[tr], y[tr], seed=seed + 1000 * (r + 1) + k, select=select)
             pred[~tr] = gate.predict(f[~tr])
         per.append(rates(pred, y))
         if baseline is not None:

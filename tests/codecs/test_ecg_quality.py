@@ -220,17 +220,45 @@ def test_feature_selection_keeps_what_the_labels_support_and_no_more():
     f = rng.normal(size=(n, len(gate.FEATURES)))
     i_flat, i_bsqi = gate.FEATURES.index("flat_max"), gate.FEATURES.index("bsqi_3")
     y = 1.5 * f[:, i_flat] - 1.5 * f[:, i_bsqi] + 0.5 * rng.normal(size=n) > 1.5
-    model, path = gate.fit_gate_path(f, y)
-    assert set(path[1].features) == {"flat_max", "bsqi_3"}
-    assert set(model.selected) == {"flat_max", "bsqi_3"}
+    folds = gate.stratified_folds(y, gate.INNER_FOLDS, np.random.default_rng(gate.SEED))
+    path, pick, _ = gate.select_features(f, y, gate.FEATURES, folds)
     assert [len(st.features) for st in path] == list(range(1, len(gate.FEATURES) + 1))
+    assert set(path[1].features) == {"flat_max", "bsqi_3"} and pick == 1
     # the chosen step is the smallest within one SE of the lowest loss on the path
     low = min(path, key=lambda st: st.log_loss)
     assert path[1].log_loss <= low.log_loss + low.se < path[0].log_loss
+    model = gate.fit_gate(f, y, select=True)
+    assert set(model.selected) == {"flat_max", "bsqi_3"}
     # a feature the gate does not use adds nothing to a record's score
     bad = f[:1].copy()
     bad[0, gate.FEATURES.index("hf_med")] = 50.0
     assert model.score(bad) == pytest.approx(model.score(f[:1]))
+    assert set(gate.fit_gate(f, y).selected) > {"flat_max", "bsqi_3"}   # default: all
+
+
+NOISY_LEAD_SETS = (("V4", "V5", "V6"), ("I", "V1", "V3"), ("II", "aVL", "V2", "V5"))
+
+
+@pytest.mark.parametrize("record", ["A0001", "Q0001", "JS20000", "JS20002"])
+def test_the_shipped_gate_holds_three_leads_of_noise_but_not_one(record):
+    """Physiology, not labels: with three or more of twelve leads pure noise the ECG
+    cannot be read (a lateral or anterior infarct could hide there), so the gate
+    holds it; one noisy lead is a warning.  Clean records of another database
+    (cinc2021), white noise at 0.2 and 0.5 mV RMS in place of the leads."""
+    rec = wfdb.rdrecord(str(ECG_DIR / "cinc2021" / record), sampto=5000)
+    x0 = np.ascontiguousarray(rec.p_signal)
+    assert q.quality_report(x0, rec.fs, LEADS)["verdict"] == q.ACCEPTABLE
+    rng = np.random.default_rng(3)
+    for rms in (0.2, 0.5):
+        for noisy in NOISY_LEAD_SETS:
+            x = x0.copy()
+            for lead in noisy:
+                x[:, LEADS.index(lead)] = rng.normal(0.0, rms, x.shape[0])
+            rep = q.quality_report(x, rec.fs, LEADS)
+            assert rep["verdict"] == q.UNACCEPTABLE, (noisy, rms, rep["reasons"])
+        x = x0.copy()
+        x[:, LEADS.index("V2")] = rng.normal(0.0, rms, x.shape[0])
+        assert q.quality_report(x, rec.fs, LEADS)["verdict"] == q.WARNINGS, rms
 
 
 def test_logistic_fit_matches_scikit_learn():
