@@ -640,7 +640,7 @@ def check_ecg(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
     if x.shape[1] != len(leads):
         raise ValueError(f"{x.shape[1]} signal columns but {len(leads)} lead names")
     lead_out: dict[str, Any] = {}
-    lead_bad: list[str] = []
+    lead_bad: list[tuple[str, str]] = []          # (lead, reason) of unusable leads
     beats_a: list[np.ndarray] = []
     beats_b: list[np.ndarray] = []
     # a NaN gap becomes a run of one constant value: it reads as "lead off"
@@ -656,7 +656,7 @@ def check_ecg(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
         v = max((c["verdict"] for c in checks), key=_RANK.__getitem__)
         lead_out[name] = {"verdict": v, "checks": checks}
         if v == UNACCEPTABLE:
-            lead_bad.extend(_lead_reasons(checks, v))
+            lead_bad.extend((name, r) for r in _lead_reasons(checks, v))
     good = [j for j, n in enumerate(leads) if lead_out[n]["verdict"] != UNACCEPTABLE]
     if qrs is None:
         # per 10-s window, the usable lead whose two detectors agree best; its beats
@@ -692,11 +692,14 @@ def check_ecg(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
         rec_checks[-1]["reason"] = main
         # an unusable lead's own reason says more than the gate's feature name for it
         said = {n for n in leads if lead_out[n]["verdict"] == UNACCEPTABLE}
-        reasons = ([] if set(named) <= said else [main]) + lead_bad + warnings
+        # the leads the gate's main reason names come first: what to fix first
+        first = [r for n, r in lead_bad if n in named]
+        reasons = (([] if set(named) <= said else [main]) + first
+                   + [r for n, r in lead_bad if n not in named] + warnings)
     else:
         warnings = _grouped_warnings(lead_out, leads) + hr_warning
         verdict = WARNINGS if (lead_bad or warnings) else ACCEPTABLE
-        reasons = lead_bad + warnings
+        reasons = [r for _, r in lead_bad] + warnings
     return {
         "verdict": verdict,
         "reasons": reasons,

@@ -339,3 +339,18 @@ def test_a_lead_recording_something_else_lowers_its_isqi():
     ms, _ = q.measure_record(x, 500.0)
     isqi = [m.isqi for m in ms]
     assert isqi[7] < 0.5 < min(isqi[:7] + isqi[8:]), isqi
+
+
+def test_a_held_records_first_reason_is_the_lead_the_gate_weighs_most():
+    """Two unusable leads: aVL off for 3 s, V4 dead for the whole 10 s.  The gate's
+    score is mostly V4's flat line, so V4 is what the technician reads first
+    (not aVL, which merely comes first in lead order)."""
+    rec = wfdb.rdrecord(str(ECG_DIR / "cinc2021" / "A0001"), sampto=5000)
+    x = rec.p_signal.copy()
+    x[1000:2500, LEADS.index("aVL")] = np.nan
+    x[:, LEADS.index("V4")] = 0.0
+    rep = q.quality_report(x, rec.fs, LEADS)
+    assert rep["verdict"] == q.UNACCEPTABLE
+    assert {n for n, v in rep["leads"].items() if v["verdict"] == q.UNACCEPTABLE} == {"aVL", "V4"}
+    assert rep["reasons"][0].startswith("lead V4 "), rep["reasons"]
+    assert any(r.startswith("lead aVL off for 3.0 s") for r in rep["reasons"]), rep["reasons"]
