@@ -48,6 +48,7 @@ from fenji.codecs.compress.instance import (
 from fenji.codecs.compress.pixel import pixel_decode, pixel_encode
 from fenji.codecs.compress.waveform import waveform_decode, waveform_encode
 from fenji.codecs.errors import DecodeError
+from fenji.codecs.image import sandbox
 from fenji.codecs.image.codestream import dataset_codestream_mismatch
 
 MAGIC = b"FJBU"
@@ -588,7 +589,7 @@ def make_preview(part10: bytes, *, max_side: int = 256, ecg_hz: int = 250,
             return _ecg_preview(ds, ecg_hz, ecg_seconds)
         if "PixelData" not in ds or dataset_codestream_mismatch(ds):
             return None  # no preview; never hand a decoder a header that lies
-        arr = ds.pixel_array
+        arr = sandbox.pixel_array(ds)  # compressed: in a decoding child
     except Exception:  # noqa: BLE001 - a preview is optional: no preview for odd input
         return None
     try:

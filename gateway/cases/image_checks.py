@@ -19,6 +19,7 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder
 
 from fenji.codecs.image import quality as iq
+from fenji.codecs.image import sandbox
 from fenji.codecs.image.codestream import dataset_codestream_mismatch
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def frames_of(ds: Dataset) -> np.ndarray | iq.Damaged | None:
     try:
         with warnings.catch_warnings(record=True) as said:
             warnings.simplefilter("always")
-            arr = np.asarray(ds.pixel_array)
+            arr = sandbox.pixel_array(ds)  # compressed: in a child
     except MemoryError:
         return None
     except Exception as exc:  # pydicom raises many types for bad or unsupported data

@@ -70,3 +70,46 @@ def test_a_stored_instance_that_lies_about_its_rows_never_reaches_the_decoder(
         r = requests.get(url + "/metadata", headers=h, timeout=60)
         assert r.status_code == 200  # the node is still there
         assert node.proc is not None and node.proc.poll() is None
+
+
+def test_a_jpeg_that_aborts_the_decoder_is_damaged_and_the_node_stays_up(
+        tmp_path: Path) -> None:
+    """A JPEG whose header is consistent but whose stream makes python-gdcm abort
+    (tests/_corrupt.py): ingest takes it from DCMTK storescu (nothing there decodes),
+    the gate calls it damaged and holds the case, WADO-RS answers 406 for decoded
+    frames and for a transcode, and the node is still up.  Before the decoding
+    child existed each of those ended the node's process."""
+    from _corrupt import aborting_jpeg
+
+    from fenji.gateway.lab.dcmtk import storescu
+
+    data = aborting_jpeg()
+    ds = pydicom.dcmread(io.BytesIO(data))
+    got = ic.frames_of(ds)  # in this process: the abort happens in a child
+    assert isinstance(got, ic.iq.Damaged) and "decoder crashed" in got.error, got
+    assert make_preview(data) is None
+    f = tmp_path / "bad.dcm"
+    f.write_bytes(data)
+    node = NodeProcess(tmp_path / "n", name="n", allow_ae=["CT1"], workers=1,
+                       users={"dr": "reader"})
+    center = NodeProcess(tmp_path / "center", name="center", role="center", workers=1)
+    node.add_peer(center, default=True)  # never started: a held case goes nowhere
+    with node:
+        pushed = storescu([f], node.dicom_port, calling="CT1")
+        assert not pushed.failed, pushed.output[-800:]
+        url = (f"{node.http_url}/dicom-web/studies/{ds.StudyInstanceUID}/series/"
+               f"{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}")
+        h = node.auth("dr")
+        for path, accept in (("", 'multipart/related; type="application/dicom"'),
+                             ("/frames/1", 'multipart/related; type="application/octet-stream"'
+                                           "; transfer-syntax=1.2.840.10008.1.2.1")):
+            r = requests.get(url + path, headers={**h, "Accept": accept}, timeout=120)
+            assert r.status_code == 406, (path, r.status_code, r.text[:300])
+            assert "decoder crashed" in r.json()["message"], r.json()
+        held = node.cli("case", "send", str(ds.StudyInstanceUID), "--priority", "urgent",
+                        "--operator", "technician Zhang", "--json", check=False)
+        assert held.returncode == 3, held.stderr
+        assert "HELD" in held.stderr and "decoder crashed" in held.stderr, held.stderr
+        assert node.proc is not None and node.proc.poll() is None
+        r = requests.get(url + "/metadata", headers=h, timeout=60)
+        assert r.status_code == 200  # the node is still there

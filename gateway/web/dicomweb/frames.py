@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from fenji.codecs.image import sandbox
 from fenji.codecs.image.codestream import HEAD_BYTES, JPEG_FAMILY, codestream_mismatch
 from fenji.gateway.access import scope as access
 from fenji.gateway.access.users import require
@@ -191,19 +191,20 @@ async def _range_chunks(store: Store, sha256: str, ranges: list[Range]) -> Any:
             yield chunk
 
 
-def _decoded_frames(store: Store, src: Any, wanted: list[int]) -> list[bytes]:
-    """Compressed frames decoded to native little-endian bytes (pydicom's decoders).
+def _decoded_frames(store: Store, src: Any, header: Any,
+                    frames: list[bytes | list[Range]]) -> list[bytes]:
+    """Compressed frames decoded to native little-endian bytes, each in a decoding
+    child (:mod:`fenji.codecs.image.sandbox`: a decoder that aborts ends the child,
+    not this server).
 
-    ``src``: the stored blob's SHA-256 (pydicom then reads only the frame it
-    decodes, from the file or by ranged GETs) or a loaded data set.
+    ``frames``: each frame's codestream, or its fragments' ranges in the stored
+    blob ``src`` (its SHA-256): only those bytes are read.  ``header``: the data set.
     """
-    from pydicom.pixels import pixel_array
-
-    with (store.open_blob(src) if isinstance(src, str) else contextlib.nullcontext(src)) as f:
-        out = []
-        for n in wanted:
-            arr = pixel_array(f, index=n - 1, raw=True)
-            out.append(arr.astype(arr.dtype.newbyteorder("<")).tobytes())
+    out = []
+    for f in frames:
+        stream = f if isinstance(f, bytes) else _read_ranges(store, str(src), f)
+        arr = sandbox.frame_array(header, stream)
+        out.append(arr.astype(arr.dtype.newbyteorder("<")).tobytes())
     return out
 
 
@@ -326,7 +327,8 @@ async def get_frames(request: web.Request) -> web.StreamResponse:
         try:
             await asyncio.to_thread(_check_before_decoding, store, src, header, stored_ts,
                                     [all_frames[n - 1] for n in wanted])
-            parts = list(await asyncio.to_thread(_decoded_frames, store, src, wanted))
+            parts = list(await asyncio.to_thread(_decoded_frames, store, src, header,
+                                                 [all_frames[n - 1] for n in wanted]))
         except Exception as exc:  # noqa: BLE001 - pydicom's decoders raise RuntimeError,
             # NotImplementedError, ValueError, ... (damaged data, a variant not here)
             why = " ".join(str(exc).split())[:300]

@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from fenji.codecs.image import sandbox
 from fenji.codecs.image.codestream import dataset_codestream_mismatch
 from fenji.gateway.dicom.validate import (
     ENCAPSULATED,
@@ -190,7 +191,7 @@ def transcode(data: bytes, target: str) -> bytes:
             raise ValueError(why)
         # -> Explicit VR LE, native pixel data (pydicom's decoders).  The same
         # instance: pydicom would give it a new SOP Instance UID unless told not to.
-        ds.decompress(generate_instance_uid=False)
+        sandbox.decompress(ds)  # in a decoding child: a decoder abort ends only that
     elif src == EXPLICIT_BE:
         ds = _little_endian_copy(ds)
     ds.file_meta.TransferSyntaxUID = UID(target)
