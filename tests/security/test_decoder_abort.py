@@ -43,6 +43,23 @@ def test_the_abort_is_real_in_a_child_process() -> None:
     assert done.returncode != 0 and b"Traceback" not in done.stderr, done.stderr[-500:]
 
 
+def _decoded_is_406_and_node_up(node: NodeProcess, ds: pydicom.Dataset, why: str) -> None:
+    """The instance as Explicit VR LE and its frame 1 decoded: 406 naming ``why``;
+    its metadata still served, the node's process still running."""
+    url = (f"{node.http_url}/dicom-web/studies/{ds.StudyInstanceUID}/series/"
+           f"{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}")
+    h = node.auth("dr")
+    for path, accept in (("", 'multipart/related; type="application/dicom"'),
+                         ("/frames/1", 'multipart/related; type="application/octet-stream"'
+                                       "; transfer-syntax=1.2.840.10008.1.2.1")):
+        r = requests.get(url + path, headers={**h, "Accept": accept}, timeout=120)
+        assert r.status_code == 406, (path, r.status_code, r.text[:300])
+        assert why in r.json()["message"], r.json()
+    r = requests.get(url + "/metadata", headers=h, timeout=60)
+    assert r.status_code == 200  # the node is still there
+    assert node.proc is not None and node.proc.poll() is None
+
+
 def test_a_stored_instance_that_lies_about_its_rows_never_reaches_the_decoder(
         tmp_path: Path) -> None:
     data, ds = _too_many_rows()
@@ -58,18 +75,7 @@ def test_a_stored_instance_that_lies_about_its_rows_never_reaches_the_decoder(
     store.put(data, info)
     store.close()
     with node:
-        url = (f"{node.http_url}/dicom-web/studies/{ds.StudyInstanceUID}/series/"
-               f"{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}")
-        h = node.auth("dr")
-        for path, accept in (("", 'multipart/related; type="application/dicom"'),
-                             ("/frames/1", 'multipart/related; type="application/octet-stream"'
-                                           "; transfer-syntax=1.2.840.10008.1.2.1")):
-            r = requests.get(url + path, headers={**h, "Accept": accept}, timeout=60)
-            assert r.status_code == 406, (path, r.status_code, r.text[:300])
-            assert "does not describe" in r.json()["message"]
-        r = requests.get(url + "/metadata", headers=h, timeout=60)
-        assert r.status_code == 200  # the node is still there
-        assert node.proc is not None and node.proc.poll() is None
+        _decoded_is_406_and_node_up(node, ds, "does not describe")
 
 
 def test_a_jpeg_that_aborts_the_decoder_is_damaged_and_the_node_stays_up(
@@ -97,19 +103,9 @@ def test_a_jpeg_that_aborts_the_decoder_is_damaged_and_the_node_stays_up(
     with node:
         pushed = storescu([f], node.dicom_port, calling="CT1")
         assert not pushed.failed, pushed.output[-800:]
-        url = (f"{node.http_url}/dicom-web/studies/{ds.StudyInstanceUID}/series/"
-               f"{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}")
-        h = node.auth("dr")
-        for path, accept in (("", 'multipart/related; type="application/dicom"'),
-                             ("/frames/1", 'multipart/related; type="application/octet-stream"'
-                                           "; transfer-syntax=1.2.840.10008.1.2.1")):
-            r = requests.get(url + path, headers={**h, "Accept": accept}, timeout=120)
-            assert r.status_code == 406, (path, r.status_code, r.text[:300])
-            assert "decoder crashed" in r.json()["message"], r.json()
+        _decoded_is_406_and_node_up(node, ds, "decoder crashed")
         held = node.cli("case", "send", str(ds.StudyInstanceUID), "--priority", "urgent",
                         "--operator", "technician Zhang", "--json", check=False)
         assert held.returncode == 3, held.stderr
         assert "HELD" in held.stderr and "decoder crashed" in held.stderr, held.stderr
-        assert node.proc is not None and node.proc.poll() is None
-        r = requests.get(url + "/metadata", headers=h, timeout=60)
-        assert r.status_code == 200  # the node is still there
+        _decoded_is_406_and_node_up(node, ds, "decoder crashed")
