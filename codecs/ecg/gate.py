@@ -37,6 +37,9 @@ a test re-fits it.  :func:`cross_validate` is the honest estimate: repeated,
 seeded, stratified k-fold, with :func:`fit_gate` (``C`` and threshold by an
 inner cross-validation) run on the training folds only.
 
+Two holds are not this model's (``quality.check_ecg``): no usable lead, or no
+heartbeat found.  On the 308 records they fire only where the score holds.
+
 The nine features are a fixed pool, set by physiology.  ``select=True`` lets
 the labels choose among them as well (:func:`select_features`: forward
 selection by inner out-of-fold log-loss, one-SE rule), inside the folds; the

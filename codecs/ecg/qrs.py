@@ -44,6 +44,8 @@ True
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -82,6 +84,9 @@ __all__ = [
 #: QRS energy band: Pan & Tompkins' 5-15 Hz, where QRS energy peaks and T/P waves
 #: (below 5 Hz) and EMG/mains (above 20 Hz) do not.
 QRS_BAND_HZ = (5.0, 15.0)
+# Below this a QRS (about 0.1 s, its energy at 5-15 Hz) is a handful of samples: the
+# filters and detectors here cannot work, and no cart records that slowly.
+MIN_FS_HZ = 50.0
 #: Moving-window integration: about one QRS width.
 MWI_S = 0.15
 #: A candidate within this time of the last beat with half its slope is a T wave.
@@ -646,15 +651,21 @@ def detect_qrs(x: np.ndarray, fs_hz: float, *, chunk_s: float = CHUNK_S,
     (samples, leads) signal fused.  Physical units (mV) or ADC units both work.
 
     Leads that are flat or saturated should be left out by the caller (the quality
-    report knows which); a NaN-free signal is required.  Records longer than
-    ``chunk_s`` are detected chunk by chunk (:func:`chunk_spans`).  ``t_hf_min``:
-    the spectral T-wave test of one lead (:data:`T_HF_MIN`; 0 turns it off).
+    report knows which); NaN and infinite samples are read as 0.  ``fs_hz`` must be
+    at least :data:`MIN_FS_HZ`.  Records longer than ``chunk_s`` are detected chunk
+    by chunk (:func:`chunk_spans`).  ``t_hf_min``: the spectral T-wave test of one
+    lead (:data:`T_HF_MIN`; 0 turns it off).
     ``r_hi_hz``: the band one lead's R peak is placed on (:data:`R_HI_HZ`).
     ``t_hf_qrs`` (:data:`T_HF_QRS`) and ``gap_rel`` (:data:`GAP_REL`): one lead's
     T-wave exemption and gap-fill steepness.
     """
+    if not (math.isfinite(fs_hz) and fs_hz >= MIN_FS_HZ):
+        raise ValueError(f"fs_hz = {fs_hz:g}: QRS detection needs at least {MIN_FS_HZ:g} Hz")
+    a = _columns(x)
+    if not np.isfinite(a).all():   # a gap (NaN) or a broken sample: read as 0
+        a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
     return _by_chunks(lambda seg: _detect_qrs(seg, fs_hz, t_hf_min, r_hi_hz, t_hf_qrs, gap_rel),
-                      _columns(x), fs_hz, chunk_s)
+                      a, fs_hz, chunk_s)
 
 
 def _detect_qrs(a: np.ndarray, fs_hz: float, t_hf_min: float = T_HF_MIN,

@@ -74,6 +74,7 @@ from fenji.codecs.ecg import beats as beats_mod
 from fenji.codecs.ecg import filters as flt
 from fenji.codecs.ecg import gate as gate_mod
 from fenji.codecs.ecg import qrs as qrs_mod
+from fenji.codecs.ecg.record import MAX_ABS_MV  # beyond it a sample reads as a gap
 from fenji.codecs.ecg.thresholds import EcgQualityThresholds
 from fenji.codecs.ecg.windows import window_p2p
 from fenji.codecs.errors import PeerError
@@ -82,9 +83,7 @@ ACCEPTABLE = "acceptable"
 WARNINGS = "acceptable_with_warnings"
 UNACCEPTABLE = "unacceptable"
 _RANK = {ACCEPTABLE: 0, WARNINGS: 1, UNACCEPTABLE: 2}
-# Below this a QRS (about 0.1 s, its energy at 5-15 Hz) is a handful of samples: the
-# filters and detectors here cannot work, and no cart records that slowly.
-MIN_FS_HZ = 50.0
+MIN_FS_HZ = qrs_mod.MIN_FS_HZ
 
 
 # --- kernels ---------------------------------------------------------------------
@@ -348,7 +347,7 @@ def _shape_lead(lo: np.ndarray, w: np.ndarray, e: np.ndarray, r: np.ndarray) -> 
     m2 /= n
     m4 /= n
     wv /= n
-    return (m4 / (m2 * m2) if m2 > 0.0 else 0.0,      # a constant lead: 0
+    return (m4 / (m2 * m2) if m2 * m2 > 0.0 else 0.0,  # a constant lead: 0
             m2 / (m2 + wv) if m2 + wv > 0.0 else 0.0,
             mains / total if total > 0.0 else 0.0)
 
@@ -589,16 +588,34 @@ def quality_report(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
     return check_ecg(signal_mv, fs_hz, leads, thresholds, qrs)[0]
 
 
-def measure_record(signal_mv: np.ndarray, fs_hz: float, thresholds: EcgQualityThresholds
-                   | None = None) -> tuple[list[LeadMeasures], np.ndarray]:
-    """Per-lead measures of a record and its gate features (:mod:`fenji.codecs.ecg.gate`)."""
+def _check_fs(fs_hz: float) -> None:
+    if not (math.isfinite(fs_hz) and fs_hz >= MIN_FS_HZ):
+        raise PeerError(f"sampling frequency {fs_hz:g} Hz: the checks need at least "
+                        f"{MIN_FS_HZ:g} Hz (a QRS lasts about 0.1 s); check the cart's "
+                        "export settings")
+
+
+def _samples(signal_mv: np.ndarray) -> np.ndarray:
+    """(samples, leads) float64, C-contiguous, every sample a number within
+    :data:`MAX_ABS_MV`: the others become 0.0, so that a gap is a run of one
+    constant value and reads as "lead off"."""
     x = np.asarray(signal_mv, dtype=np.float64)
     if x.ndim == 1:
         x = x[:, None]
-    xs = np.ascontiguousarray(np.nan_to_num(x, nan=0.0))
+    if x.size and not (-MAX_ABS_MV <= float(x.min()) and float(x.max()) <= MAX_ABS_MV):
+        ok = np.abs(np.nan_to_num(x, nan=np.inf)) <= MAX_ABS_MV
+        x = np.where(ok, x, np.zeros_like(x))
+    return np.ascontiguousarray(x)
+
+
+def measure_record(signal_mv: np.ndarray, fs_hz: float, thresholds: EcgQualityThresholds
+                   | None = None) -> tuple[list[LeadMeasures], np.ndarray]:
+    """Per-lead measures of a record and its gate features (:mod:`fenji.codecs.ecg.gate`)."""
+    _check_fs(fs_hz)
+    xs = _samples(signal_mv)
     ms = [m for m, _, _ in _measure_all(xs, fs_hz, thresholds or EcgQualityThresholds())]
     sqi = {k: np.array([getattr(m, k) for m in ms]) for k in _SQI_KEYS}
-    return ms, gate_mod.record_features(sqi, x.shape[0] / fs_hz)
+    return ms, gate_mod.record_features(sqi, xs.shape[0] / fs_hz)
 
 
 def check_ecg(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
@@ -628,26 +645,19 @@ def check_ecg(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
     "record": {"heart_rate_bpm", "n_beats", "checks": [...]}, "gate", "thresholds"}``
     where each check is ``{"check", "value", "threshold", "verdict", "reason"}``.
     """
-    if not (math.isfinite(fs_hz) and fs_hz >= MIN_FS_HZ):
-        raise PeerError(f"sampling frequency {fs_hz:g} Hz: the checks need at least "
-                        f"{MIN_FS_HZ:g} Hz (a QRS lasts about 0.1 s); check the cart's "
-                        "export settings")
+    _check_fs(fs_hz)
     t = thresholds or EcgQualityThresholds()
     g = gate or shipped_gate()
-    x = np.asarray(signal_mv, dtype=np.float64)
-    if x.ndim == 1:
-        x = x[:, None]
-    if x.shape[1] != len(leads):
-        raise ValueError(f"{x.shape[1]} signal columns but {len(leads)} lead names")
+    xs = _samples(signal_mv)    # a NaN, infinite or absurd sample reads as "lead off"
+    if xs.shape[1] != len(leads):
+        raise ValueError(f"{xs.shape[1]} signal columns but {len(leads)} lead names")
+    leads = _unique_names(leads)
     lead_out: dict[str, Any] = {}
     lead_bad: list[tuple[str, str]] = []          # (lead, reason) of unusable leads
     beats_a: list[np.ndarray] = []
     beats_b: list[np.ndarray] = []
-    # a NaN gap becomes a run of one constant value: it reads as "lead off"
-    has_nan = bool(np.isnan(x).any())
-    xs = np.ascontiguousarray(np.nan_to_num(x, nan=0.0) if has_nan else x)
     measured = _measure_all(xs, fs_hz, t)
-    duration_s = x.shape[0] / fs_hz
+    duration_s = xs.shape[0] / fs_hz
     for j, name in enumerate(leads):
         m, ba, bb = measured[j]
         beats_a.append(ba)
@@ -663,27 +673,36 @@ def check_ecg(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
         # by the main detector (fenji.codecs.ecg.qrs.detect_qrs)
         use = good or list(range(len(leads)))
         chosen = qrs_mod.choose_leads([beats_a[j] for j in use],
-                                      [beats_b[j] for j in use], x.shape[0], fs_hz)
+                                      [beats_b[j] for j in use], xs.shape[0], fs_hz)
         beats = {int(k): qrs_mod.detect_qrs(np.ascontiguousarray(xs[:, use[k]]), fs_hz)
                  for k in np.unique(chosen)}
         qrs = qrs_mod.beats_from_leads(chosen, beats, fs_hz)
     hr = qrs_mod.heart_rate_bpm(qrs, fs_hz)
     hr_ok = hr is not None and t.hr_min_bpm <= hr <= t.hr_max_bpm
     hr_reason = None if hr_ok else (
-        "no heartbeat found" if hr is None else
+        "no heartbeat found in any lead: check the electrodes and that the signal is an "
+        "ECG" if hr is None else
         f"heart rate {hr:.0f} bpm outside {t.hr_min_bpm:.0f}-{t.hr_max_bpm:.0f}: "
         "check that the signal is an ECG")
     sqi = {k: np.array([getattr(measured[j][0], k) for j in range(len(leads))])
            for k in _SQI_KEYS}
     feats = gate_mod.record_features(sqi, duration_s)
     score = float(g.score(feats))
-    held = score > g.threshold
+    by_gate = not score <= g.threshold          # a score that is not a number holds too
+    # Two holds outside the fitted score, for what no labelled record shows: an ECG
+    # with no usable lead or no heartbeat cannot be read.  (On the 308 labelled
+    # records both happen only where the gate holds already: the fit is unchanged.)
+    no_lead, no_beat = not good, hr is None
+    held = by_gate or no_lead or no_beat
     rec_checks = [
-        _check("heart_rate", hr, t.hr_min_bpm, ACCEPTABLE if hr_ok else WARNINGS, hr_reason),
-        _check("gate_score", score, g.threshold, UNACCEPTABLE if held else ACCEPTABLE, None),
+        _check("heart_rate", hr, t.hr_min_bpm,
+               UNACCEPTABLE if no_beat else ACCEPTABLE if hr_ok else WARNINGS, hr_reason),
+        _check("usable_leads", len(good), 1, UNACCEPTABLE if no_lead else ACCEPTABLE,
+               f"none of the {len(leads)} leads is usable" if no_lead else None),
+        _check("gate_score", score, g.threshold, UNACCEPTABLE if by_gate else ACCEPTABLE, None),
     ]
-    hr_warning = [hr_reason] if hr_reason else []
-    if held:
+    hr_warning = [hr_reason] if hr_reason and not no_beat else []
+    if held and by_gate and math.isfinite(score):
         verdict = UNACCEPTABLE
         contrib = g.contributions(feats)
         top = max(contrib, key=contrib.__getitem__)
@@ -696,6 +715,16 @@ def check_ecg(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
         first = [r for n, r in lead_bad if n in named]
         reasons = (([] if set(named) <= said else [main]) + first
                    + [r for n, r in lead_bad if n not in named] + warnings)
+        if no_beat:
+            reasons.append(str(hr_reason))
+        if no_lead:
+            reasons.insert(0, f"none of the {len(leads)} leads is usable")
+    elif held:
+        verdict = UNACCEPTABLE
+        main = (f"none of the {len(leads)} leads is usable" if no_lead else str(hr_reason)
+                if no_beat else "the signal could not be measured: check the file")
+        reasons = ([main] + [r for _, r in lead_bad]
+                   + _grouped_warnings(lead_out, leads) + hr_warning)
     else:
         warnings = _grouped_warnings(lead_out, leads) + hr_warning
         verdict = WARNINGS if (lead_bad or warnings) else ACCEPTABLE
@@ -706,11 +735,23 @@ def check_ecg(signal_mv: np.ndarray, fs_hz: float, leads: Sequence[str],
         "leads": lead_out,
         "record": {"heart_rate_bpm": None if hr is None else round(hr, 1),
                    "n_beats": int(len(qrs)), "checks": rec_checks},
-        "gate": {"score": round(score, 4), "threshold": round(g.threshold, 4),
+        "gate": {"score": round(score, 4) if math.isfinite(score) else None,
+                 "threshold": round(g.threshold, 4),
                  "features": {n: round(float(v), 4) for n, v in zip(g.features, feats,
                                                                     strict=True)}},
         "thresholds": asdict(t),
     }, np.asarray(qrs, dtype=np.int64)
+
+
+def _unique_names(leads: Sequence[str]) -> list[str]:
+    """Lead names, a repeated one numbered ("II", "II (2)"): a report keyed by name
+    must not fold two leads into one."""
+    seen: dict[str, int] = {}
+    out = []
+    for n in leads:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n} ({seen[n]})")
+    return out
 
 
 def lead_verdicts(report: Mapping[str, Any]) -> dict[str, str]:

@@ -14,12 +14,26 @@ Readers and writers live in ``fenji.gateway.ecg.io``; this module does no I/O.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from fenji.codecs.errors import PeerError
+
 #: Physical unit -> factor to millivolts.
 UNIT_TO_MV = {"mV": 1.0, "uV": 1e-3, "µV": 1e-3, "V": 1e3, "nV": 1e-6}
+
+#: No electrode potential comes near this (carts must tolerate +-300 mV of DC offset,
+#: IEC 60601-2-25): a lead whose values reach it has a wrong scale, baseline or unit.
+MAX_ABS_MV = 1e4
+#: Highest sampling rate taken (research ECGs reach 10-32 kHz).
+MAX_FS_HZ = 100_000.0
+
+
+class EcgRecordError(PeerError, ValueError):
+    """Values no ECG recording can have: its file's rate, scale or layout is wrong."""
+
 
 #: The standard 12 leads in the usual order (AHA/IEC 60601-2-25).
 STANDARD_12 = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
@@ -60,20 +74,49 @@ class EcgRecord:
         if sig.ndim == 1:
             sig = sig[:, None]
         if sig.ndim != 2:
-            raise ValueError(f"signal must be (samples, leads), got shape {sig.shape}")
+            raise EcgRecordError(f"signal must be (samples, leads), got shape {sig.shape}")
         n = sig.shape[1]
+        if n == 0 or sig.shape[0] == 0:
+            raise EcgRecordError(f"no samples: {sig.shape[0]} samples of {n} leads")
         for what, seq in (("leads", self.leads), ("gains", self.gains),
                           ("baselines", self.baselines), ("units", self.units)):
             if len(seq) != n:
-                raise ValueError(f"{len(seq)} {what} for {n} signal columns")
-        if not 0.0 < self.fs_hz:
-            raise ValueError(f"fs_hz must be positive, got {self.fs_hz}")
+                raise EcgRecordError(f"{len(seq)} {what} for {n} signal columns")
+        if not (math.isfinite(self.fs_hz) and 0.0 < self.fs_hz <= MAX_FS_HZ):
+            raise EcgRecordError(f"sampling rate {self.fs_hz:g} Hz is not one an ECG is "
+                                 f"recorded at (0-{MAX_FS_HZ:g} Hz)")
         for u in self.units:
             if u not in UNIT_TO_MV:
-                raise ValueError(f"unknown unit {u!r} (known: {', '.join(UNIT_TO_MV)})")
+                raise EcgRecordError(f"unknown unit {u!r} (known: {', '.join(UNIT_TO_MV)})")
+        for j, (g, b) in enumerate(zip(self.gains, self.baselines, strict=True)):
+            if self.digital and not (math.isfinite(g) and g != 0.0 and math.isfinite(b)):
+                raise EcgRecordError(f"lead {self.leads[j]}: gain {g:g} and baseline {b} give "
+                                     "no usable scale")
         sig = sig.copy()
         sig.setflags(write=False)
         object.__setattr__(self, "signal", sig)
+        for j in range(n):
+            peak = self._peak_mv(j)
+            if not peak <= MAX_ABS_MV:
+                raise EcgRecordError(
+                    f"lead {self.leads[j]}: values up to {peak:.3g} mV, beyond any ECG "
+                    f"({MAX_ABS_MV:g} mV): its scale, baseline or unit is wrong")
+
+    def _peak_mv(self, j: int) -> float:
+        """Largest magnitude of lead ``j`` in mV (NaN gaps left out; inf if any sample is
+        infinite), from the column's extremes: no float copy of the lead."""
+        col = self.signal[:, j]
+        if col.dtype.kind == "f":
+            finite = col[~np.isnan(col)]
+            if finite.size == 0:
+                return 0.0
+            lo, hi = float(finite.min()), float(finite.max())
+        else:
+            lo, hi = float(col.min()), float(col.max())
+        if self.digital:
+            g = float(self.gains[j])
+            lo, hi = (lo - float(self.baselines[j])) / g, (hi - float(self.baselines[j])) / g
+        return max(abs(lo), abs(hi)) * UNIT_TO_MV[self.units[j]]
 
     @property
     def n_samples(self) -> int:

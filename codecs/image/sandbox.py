@@ -33,6 +33,7 @@ decoder sees nothing else of the instance.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import pickle
@@ -272,6 +273,14 @@ class _Pool:
         for _ in range(n):
             self._idle.put(_Child())
 
+    def stop(self) -> None:
+        """Stop the idle children (at exit: no child outlives its node)."""
+        while True:
+            try:
+                self._idle.get_nowait().stop()
+            except queue.Empty:
+                return
+
     def call(self, request: tuple[Any, ...]) -> Any:
         try:
             child = self._idle.get(timeout=TIMEOUT_S)
@@ -292,6 +301,7 @@ def _pool() -> _Pool:
     with _POOL_LOCK:
         if _POOL is None:
             _POOL = _Pool(WORKERS)
+            atexit.register(_POOL.stop)
         return _POOL
 
 

@@ -20,7 +20,13 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from fenji.codecs.ecg.record import STANDARD_12, UNIT_TO_MV, EcgFilters, EcgRecord
+from fenji.codecs.ecg.record import (
+    STANDARD_12,
+    UNIT_TO_MV,
+    EcgFilters,
+    EcgRecord,
+    EcgRecordError,
+)
 from fenji.codecs.errors import PeerError
 from fenji.gateway.ecg import formats as ecgfiles
 
@@ -74,12 +80,17 @@ def read_wfdb(path: str | Path) -> EcgRecord:
         rec = wfdb.rdrecord(str(p), physical=False, return_res=res)
     except Exception as exc:  # wfdb raises bare ValueError/OSError/IndexError
         raise PeerError(f"{p}: unreadable WFDB record: {exc}") from exc
-    sig = np.asarray(rec.d_signal)
+    sig = np.asarray(rec.d_signal) if rec.d_signal is not None else np.zeros((0, 0))
+    if sig.ndim != 2 or sig.shape[1] == 0:
+        raise PeerError(f"{p}.hea: the header declares no signals")
     units = tuple(u if u in UNIT_TO_MV else "mV" for u in (rec.units or ["mV"] * sig.shape[1]))
-    return EcgRecord(leads=tuple(rec.sig_name), fs_hz=float(rec.fs), signal=sig,
-                     gains=tuple(float(g) for g in rec.adc_gain),
-                     baselines=tuple(int(b) for b in rec.baseline), units=units,
-                     name=rec.record_name)
+    try:
+        return EcgRecord(leads=tuple(rec.sig_name), fs_hz=float(rec.fs), signal=sig,
+                         gains=tuple(float(g) for g in rec.adc_gain),
+                         baselines=tuple(int(b) for b in rec.baseline), units=units,
+                         name=rec.record_name)
+    except EcgRecordError as exc:
+        raise PeerError(f"{p}: {exc}") from exc
 
 
 def read_dicom_ecg(src: str | Path | Dataset, group: int = 0) -> EcgRecord:
@@ -90,8 +101,20 @@ def read_dicom_ecg(src: str | Path | Dataset, group: int = 0) -> EcgRecord:
         where = str(src)
         try:
             ds = pydicom.dcmread(str(src))
-        except (OSError, pydicom.errors.InvalidDicomError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a damaged file: pydicom raises struct.error,
+            # NotImplementedError (an unknown VR), ValueError, ... as well as its own errors
             raise PeerError(f"{where}: not a readable DICOM file: {exc}") from exc
+    try:
+        return _read_group(ds, group, where)
+    except PeerError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pydicom decodes an element when first
+        # read: a damaged one raises then, whatever its type
+        raise PeerError(f"{where}: waveform group {group} undecodable "
+                        f"({type(exc).__name__}: {exc})") from exc
+
+
+def _read_group(ds: Dataset, group: int, where: str) -> EcgRecord:
     if "WaveformSequence" not in ds or len(ds.WaveformSequence) <= group:
         raise PeerError(f"{where}: (5400,0100) Waveform Sequence has no group {group}")
     w = ds.WaveformSequence[group]
@@ -99,8 +122,13 @@ def read_dicom_ecg(src: str | Path | Dataset, group: int = 0) -> EcgRecord:
         sig = ds.waveform_array(group)  # already (samples, channels), sensitivity applied
     except Exception as exc:
         raise PeerError(f"{where}: waveform group {group} undecodable: {exc}") from exc
+    channels = w.get("ChannelDefinitionSequence") or []
+    if sig.ndim != 2 or len(channels) != sig.shape[1] or not channels:
+        raise PeerError(f"{where}: (003A,0200) Channel Definition Sequence has "
+                        f"{len(channels)} items for {sig.shape[-1] if sig.ndim else 0} "
+                        "channels of samples")
     leads, units, gains, baselines = [], [], [], []
-    for i, ch in enumerate(w.ChannelDefinitionSequence):
+    for i, ch in enumerate(channels):
         name = None
         if "ChannelSourceSequence" in ch and len(ch.ChannelSourceSequence):
             code = ch.ChannelSourceSequence[0]
@@ -127,16 +155,21 @@ def read_dicom_ecg(src: str | Path | Dataset, group: int = 0) -> EcgRecord:
     if not 0.0 < fs <= 100_000.0:
         raise PeerError(f"{where}: (003A,001A) Sampling Frequency {fs:g} Hz is not a rate "
                         "an ECG is recorded at")
-    c0 = w.ChannelDefinitionSequence[0]
+    c0 = channels[0]
     filters = EcgFilters(low_hz=_optional(c0, "FilterLowFrequency", where),
                          high_hz=_optional(c0, "FilterHighFrequency", where),
                          notch_hz=_optional(c0, "NotchFilterFrequency", where))
     # waveform_array returns physical values in the sensitivity unit (baseline not removed)
     base_phys = np.array(baselines, dtype=np.float64) / np.array(gains)
     sig = np.asarray(sig, dtype=np.float64) - base_phys
-    return EcgRecord(leads=tuple(leads), fs_hz=fs, signal=sig,
-                     gains=tuple(gains), baselines=tuple(baselines), units=tuple(units),
-                     digital=False, filters=filters, name=str(ds.get("SOPInstanceUID", "")))
+    try:
+        return EcgRecord(leads=tuple(leads), fs_hz=fs, signal=sig, gains=tuple(gains),
+                         baselines=tuple(baselines), units=tuple(units), digital=False,
+                         filters=filters, name=str(ds.get("SOPInstanceUID", "")))
+    except EcgRecordError as exc:
+        raise PeerError(f"{where}: {exc}") from exc
+
+
 
 
 def _number(item: Dataset, keyword: str, default: float, where: str) -> float:
@@ -264,7 +297,8 @@ def to_dicom(rec: EcgRecord, *, patient_id: str = "", patient_name: str = "",
     for j in range(n_leads):
         good = np.nan_to_num(rec.lead_mv(j), nan=0.0, copy=False)  # mV
         g = rec.gains[j] / UNIT_TO_MV[rec.units[j]]   # adu per mV
-        s = 1000.0 / g if g > 0 else 1.0             # uV per count
+        s = 1000.0 / g if math.isfinite(g) and g > 0 else 1.0   # uV per count
+        s = s if s > 0.0 else 1.0                    # a gain too large for a float
         peak = float(np.abs(good).max(initial=0.0)) * 1000.0
         while peak / s > 32767:
             s *= 2.0

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 
+from fenji.codecs.ecg.record import EcgRecordError
 from fenji.gateway.ecg.formats.common import (
     MAX_FILE_BYTES,
     MAX_SAMPLE_VALUES,
@@ -132,7 +133,10 @@ def read_ecg_file(name: str, data: bytes) -> EcgFile:
     if fmt not in _XML and len(data) // 2 > MAX_SAMPLE_VALUES:
         raise EcgFileError(f"{name}: {len(data)} bytes of samples exceed the limit of "
                            f"{MAX_SAMPLE_VALUES} values")
-    return FORMATS[fmt][1](name, data)
+    try:
+        return FORMATS[fmt][1](name, data)
+    except EcgRecordError as exc:  # values no ECG has: the file's scale or rate is wrong
+        raise EcgFileError(f"{name}: {exc}") from exc
 
 
 def read_ecg_files(files: Mapping[str, bytes]) -> EcgFile:

@@ -278,8 +278,12 @@ def run_library(name: str, data: bytes, parse: Callable[[Path], Any], suffix: st
             except ECGDataKitError as exc:
                 msg = str(exc).replace(str(p), name).replace(p.name, name)
                 raise EcgFileError(f"{name}: {msg}") from exc
-            except (MemoryError, RecursionError):
-                raise
+            except (MemoryError, RecursionError) as exc:
+                # a size or depth the file declares that nothing here bounded: the
+                # file's fault, refused like any other damage (never a server error)
+                raise EcgFileError(f"{name}: reading it needs more "
+                                   f"{'memory' if isinstance(exc, MemoryError) else 'nesting'}"
+                                   " than allowed: a size or depth in it is damaged") from exc
             except Exception as exc:  # noqa: BLE001 -- untrusted bytes in a third-party
                 # parser: whatever it trips on (struct.error, ZeroDivisionError, ...) means
                 # the file cannot be decoded, never a server error.

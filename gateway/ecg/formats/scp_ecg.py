@@ -23,7 +23,13 @@ import struct
 
 from ecgdatakit.parsing.parsers.scp_ecg import SCPECGParser
 
-from fenji.gateway.ecg.formats.common import EcgFile, EcgFileError, library_file, run_library
+from fenji.gateway.ecg.formats.common import (
+    MAX_SAMPLE_VALUES,
+    EcgFile,
+    EcgFileError,
+    library_file,
+    run_library,
+)
 from fenji.gateway.ecg.formats.healforce import looks_like_healforce, read_healforce
 
 _SECTION_HEADER = 16
@@ -93,6 +99,7 @@ def read_scp(name: str, data: bytes) -> EcgFile:
     if looks_like_healforce(data):
         return read_healforce(name, data)
     sections = check_container(name, data)
+    _check_ranges(name, data, sections)
     start, slen = sections[6]
     if slen < _SECTION_HEADER + 6:
         raise EcgFileError(f"{name}: SCP-ECG section 6 of {slen} bytes has no header")
@@ -110,6 +117,25 @@ def read_scp(name: str, data: bytes) -> EcgFile:
         return file
     return dataclasses.replace(file, meta=dataclasses.replace(
         file.meta, notes=(*file.meta.notes, note)))
+
+
+def _check_ranges(name: str, data: bytes, sections: dict[int, tuple[int, int]]) -> None:
+    """Refuse section 3 lead ranges beyond :data:`MAX_SAMPLE_VALUES`: the parser
+    allocates each lead's samples by its declared end before reading them (a
+    damaged range of 2^32 samples asked it for 32 GiB)."""
+    s3, s3_len = sections[3]
+    p3 = s3 + _SECTION_HEADER
+    if s3_len < _SECTION_HEADER + 2:
+        return
+    n = data[p3]
+    for i in range(n):
+        if p3 + 2 + 9 * (i + 1) > s3 + s3_len:
+            return
+        start, end = struct.unpack_from("<II", data, p3 + 2 + 9 * i)
+        if end > MAX_SAMPLE_VALUES or n * max(end - start + 1, 0) > MAX_SAMPLE_VALUES:
+            raise EcgFileError(f"{name}: SCP-ECG section 3 lead {i + 1} declares samples "
+                               f"{start}-{end}: more than the limit of {MAX_SAMPLE_VALUES} "
+                               "sample values")
 
 
 def _one_based(data: bytes, sections: dict[int, tuple[int, int]]) -> tuple[bytes, str]:
