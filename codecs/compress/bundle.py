@@ -592,9 +592,11 @@ def make_preview(part10: bytes, *, max_side: int = 256, ecg_hz: int = 250,
         arr = sandbox.pixel_array(ds)  # compressed: in a decoding child
     except Exception:  # noqa: BLE001 - a preview is optional: no preview for odd input
         return None
+    from pydicom.errors import BytesLengthException
+
     try:
         return _image_preview(ds, arr, max_side)
-    except (ValueError, TypeError, OverflowError, ArithmeticError):
+    except (ValueError, TypeError, OverflowError, ArithmeticError, BytesLengthException):
         # Header values that are not numbers (a Rescale Slope of "1,0"): no preview,
         # rather than one drawn with guessed values.
         return None

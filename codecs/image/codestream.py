@@ -92,6 +92,7 @@ def dataset_codestream_mismatch(ds: Any) -> str | None:
     """:func:`codestream_mismatch` of a read data set (an instance stored before the
     check existed is decoded only if it passes)."""
     from pydicom.encaps import generate_frames
+    from pydicom.errors import BytesLengthException
 
     ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
     if (ts not in JPEG_FAMILY and ts not in J2K_FAMILY) or "PixelData" not in ds:
@@ -102,5 +103,5 @@ def dataset_codestream_mismatch(ds: Any) -> str | None:
         return codestream_mismatch(ts in JPEG_FAMILY, ds.get("Rows"), ds.get("Columns"),
                                    int(ds.get("SamplesPerPixel") or 1),
                                    int(ds.get("BitsAllocated") or 0), heads)
-    except (ValueError, TypeError, StopIteration) as exc:
+    except (ValueError, TypeError, StopIteration, BytesLengthException) as exc:
         return f"encapsulated Pixel Data cannot be split into frames: {exc}"

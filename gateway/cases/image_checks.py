@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException
 from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder
 
@@ -30,6 +31,11 @@ _KEYS = ("SOPClassUID", "SOPInstanceUID", "Modality", "PatientID", "StudyInstanc
          "PhotometricInterpretation")
 
 
+# What reading one element's value can raise when its bytes do not fit (a VR that
+# lies, a value that is no number): that element is invalid, the rest still counts.
+_BAD_VALUE = (ValueError, TypeError, OverflowError, BytesLengthException)
+
+
 def header_of(ds: Dataset) -> dict[str, Any]:
     """The plain header dict of ``ds`` (values as int/str/list of float)."""
     h: dict[str, Any] = {}
@@ -40,13 +46,13 @@ def header_of(ds: Dataset) -> dict[str, Any]:
             if v is None or v == "":
                 continue
             h[k] = int(v) if k in _INTS else str(v)
-        except (ValueError, TypeError, OverflowError):
+        except _BAD_VALUE:
             invalid.append(f"{k} {_raw(ds, k)}")
     try:
         slope = ds.get("RescaleSlope")
         if slope is not None and slope != "":
             h["RescaleSlope"] = float(slope)
-    except (ValueError, TypeError, OverflowError):
+    except _BAD_VALUE:
         invalid.append(f"RescaleSlope {_raw(ds, 'RescaleSlope')}")
     for k in ("ImagePositionPatient", "ImageOrientationPatient"):
         try:
@@ -57,7 +63,7 @@ def header_of(ds: Dataset) -> dict[str, Any]:
                 if not all(math.isfinite(x) for x in nums):
                     raise ValueError(k)
                 h[k] = nums
-        except (ValueError, TypeError, OverflowError):
+        except _BAD_VALUE:
             invalid.append(f"{k} {_raw(ds, k)}")
     if invalid:
         h["InvalidValues"] = invalid

@@ -117,6 +117,17 @@ def resolve(declared: str | bytes | None, default: str | None = None) -> Charset
     return NONE
 
 
+def resolve_or_fallback(declared: str | bytes | None, default: str | None = None) -> Charset:
+    """:func:`resolve`, but a (0008,0005) fenji cannot decode gives the undeclared
+    way (``default``, else UTF-8, else Latin-1) with source ``invalid`` instead of an
+    error: ingest accepts such an instance (its pixels are what a reader needs), so
+    every later reader of it must decode it the same way."""
+    try:
+        return resolve(declared, default)
+    except CharsetError:
+        return Charset(resolve(None, default).terms, "invalid")
+
+
 def _escaped(fragment: bytes, codecs: list[str], delims: set[int]) -> str:
     if fragment.startswith(_IR58_ESC) and "iso_ir_58" in codecs:
         # pydicom 3.0.2 leaves ESC $ ) A in the text (module docstring).  The
@@ -240,7 +251,7 @@ def dataset_charset(ds: Any, default: str | None = None,
     else:
         declared = None
     if declared is not None and declared.strip("\x00 \\"):
-        return resolve(declared)
+        return resolve_or_fallback(declared, default)
     if parent is not None:
         return parent
     return resolve(None, default)
@@ -266,25 +277,39 @@ def decode_dataset(ds: Any, default: str | None = None, parent: Charset | None =
     Elements pydicom has already converted are left alone.  Items with their own
     (0008,0005) use it (PS3.5 6.1.2.5.3 note), others inherit the data set's.
     """
-    from pydicom.dataelem import DataElement, RawDataElement
-    from pydicom.valuerep import PersonName
+    from pydicom.errors import BytesLengthException
 
     cs = dataset_charset(ds, default, parent)
     bad = 0
     for tag in list(ds.keys()):
-        elem = ds.get_item(tag)
-        if isinstance(elem, RawDataElement):
-            vr = _vr_of(elem)
-            if vr in TEXT_VRS and isinstance(elem.value, bytes):
-                text, broken = decode_value(elem.value, cs, vr)
-                bad += broken
-                values: list[Any] = [text] if vr in _MULTI_TEXT_VRS else text.split("\\")
-                if vr == "PN":
-                    values = [PersonName(v) for v in values]
-                value: Any = None if not text else values[0] if len(values) == 1 else values
-                ds[tag] = DataElement(tag, vr, value)
-                continue
-        if depth < 32 and _vr_of(elem) == "SQ":
-            for item in ds[tag].value or ():
-                bad += decode_dataset(item, default, cs, depth=depth + 1)
+        try:
+            bad += _decode_element(ds, tag, default, cs, depth)
+        except (ValueError, TypeError, BytesLengthException) as exc:
+            # A value whose bytes do not fit its VR (a private group length of 11,190
+            # bytes as SV): left as it is; whoever reads it next says so.
+            log.debug("(%04X,%04X) not decoded: %s", tag >> 16, tag & 0xFFFF, exc)
+    return bad
+
+
+def _decode_element(ds: Any, tag: int, default: str | None, cs: Charset, depth: int) -> int:
+    """Decode element ``tag`` of ``ds`` (see :func:`decode_dataset`); the number of
+    values that needed replacement characters."""
+    from pydicom.dataelem import DataElement, RawDataElement
+    from pydicom.valuerep import PersonName
+
+    elem = ds.get_item(tag)
+    if isinstance(elem, RawDataElement):
+        vr = _vr_of(elem)
+        if vr in TEXT_VRS and isinstance(elem.value, bytes):
+            text, broken = decode_value(elem.value, cs, vr)
+            values: list[Any] = [text] if vr in _MULTI_TEXT_VRS else text.split("\\")
+            if vr == "PN":
+                values = [PersonName(v) for v in values]
+            value: Any = None if not text else values[0] if len(values) == 1 else values
+            ds[tag] = DataElement(tag, vr, value)
+            return int(broken)
+    bad = 0
+    if depth < 32 and _vr_of(elem) == "SQ":
+        for item in ds[tag].value or ():
+            bad += decode_dataset(item, default, cs, depth=depth + 1)
     return bad

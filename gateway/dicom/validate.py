@@ -19,6 +19,7 @@ names the element and the value.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
@@ -27,7 +28,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_is_retired, dictionary_VR
 from pydicom.uid import UID
 
 from fenji.codecs.image.codestream import (
@@ -90,6 +91,41 @@ IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1419.1"  # fenji's implementa
 IMPLEMENTATION_VERSION = "FENJI_010"
 
 # Top-level elements the index needs, by tag.
+# What a VR's bytes are (PS3.5 6.2): text, a binary number of a size, bulk, a sequence
+# (and the texts pydicom decodes into objects: person names, integer and decimal strings).
+# An explicit VR of another kind than the dictionary's changes how every reader
+# decodes the value (Rows as SS text-joined into a 1.3 GB string; a Modality read
+# as a double); same-kind slips (LO for SH) are harmless and common in real files.
+_NUMBER_SIZE = {b"US": 2, b"SS": 2, b"UL": 4, b"SL": 4, b"AT": 4, b"FL": 4, b"FD": 8,
+                b"SV": 8, b"UV": 8}
+_BULK = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW"})
+
+
+def _vr_kind(vr: bytes) -> str:
+    if vr in _NUMBER_SIZE:
+        return f"number of {_NUMBER_SIZE[vr]} bytes"
+    if vr in _BULK:
+        return "bulk"
+    # pydicom turns these texts into objects of their own: a UID read as a PN is
+    # a PersonName, an IS read as DS a float ("30.0" written back)
+    return {b"SQ": "sequence", b"PN": "person name", b"IS": "integer string",
+            b"DS": "decimal string"}.get(vr, "text")
+
+
+@functools.lru_cache(maxsize=8192)
+def _dictionary_kinds(tag: int) -> tuple[str, frozenset[str]] | None:
+    """(the dictionary VR, the kinds it allows) of a current standard tag; None if
+    unknown or retired (old devices wrote retired elements -- curves -- their own way,
+    and nothing here reads them)."""
+    try:
+        vr = dictionary_VR(tag)
+        if dictionary_is_retired(tag):
+            return None
+    except KeyError:
+        return None
+    return vr, frozenset(_vr_kind(v.strip().encode()) for v in vr.split(" or "))
+
+
 _WANTED = {
     0x00080005: "SpecificCharacterSet",
     0x00080016: "SOPClassUID", 0x00080018: "SOPInstanceUID", 0x0020000D: "StudyInstanceUID",
@@ -176,7 +212,10 @@ class _Walker:
                                 f"{_tagstr(tag)} out of order after {_tagstr(last_tag)} "
                                 f"at byte {pos}")
             last_tag = tag
-            if self.explicit and g != 0xFFFE:
+            if g == 0xFFFE:
+                raise self.fail(st.CANNOT_UNDERSTAND, f"item tag {_tagstr(tag)} outside a "
+                                                      f"sequence at byte {pos}")
+            if self.explicit:
                 vr = bytes(buf[pos + 4:pos + 6])
                 if vr not in _ALL_VRS:
                     raise self.fail(st.CANNOT_UNDERSTAND,
@@ -192,6 +231,12 @@ class _Walker:
                     length = self.h_u16.unpack_from(buf, pos + 6)[0]
                     pos += 8
                 is_sq = vr == b"SQ" or (vr == b"UN" and length == UNDEFINED)
+                if vr != b"UN" and not (g & 1):
+                    known = _dictionary_kinds(tag)
+                    if known is not None and _vr_kind(vr) not in known[1]:
+                        raise self.fail(st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                                        f"{_tagstr(tag)} has VR {vr.decode()} where PS3.6 gives "
+                                        f"{known[0]}: a reader would decode another value")
             else:
                 length = self.h_u32.unpack_from(buf, pos + 4)[0]
                 pos += 8
@@ -306,7 +351,11 @@ class _Walker:
 
     def _keep(self, tag: int, vr: bytes, raw: memoryview) -> None:
         name = _WANTED[tag]
-        if tag in _US_TAGS and (vr in (b"US", b"") and len(raw) == 2):
+        if tag in _US_TAGS:
+            if vr not in (b"US", b"") or len(raw) != 2:
+                raise self.fail(st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                                f"{_tagstr(tag)} {name} is {len(raw)} bytes of VR "
+                                f"{vr.decode() or 'US'}: PS3.3 C.7.6.3 gives one US value")
             self.values[name] = self.h_u16.unpack_from(raw, 0)[0]
             return
         if tag in _TEXT_TAGS:
@@ -539,16 +588,15 @@ def _decode_text(w: _Walker, default_charset: str | None) -> None:
         raise w.fail(st.CANNOT_UNDERSTAND,
                      f"(0008,0005) Specific Character Set {str(declared)[:64]!r} holds "
                      "control characters: the file is corrupt, resend it")
+    # Accepted, not refused: the pixels are what the reader needs, and a name decoded
+    # the undeclared way shows as garbled rather than as another name.  Recorded per
+    # instance (charset_source "invalid") and logged, without names.
     try:
         cs = charset.resolve(declared, default_charset)
     except charset.CharsetError as exc:
-        # Accepted, not refused: the pixels are what the reader needs, and a name
-        # decoded the undeclared way shows as garbled rather than as another name.
-        # Recorded per instance (charset_source "invalid") and logged, without names.
-        fallback = charset.resolve(None, default_charset)
+        cs = charset.resolve_or_fallback(declared, default_charset)  # as every reader does
         log.warning("sop=%s %s; text decoded as %s", v.get("SOPInstanceUID"), exc,
-                    fallback.value or "UTF-8, else Latin-1")
-        cs = charset.Charset(fallback.terms, "invalid")
+                    charset.resolve(None, default_charset).value or "UTF-8, else Latin-1")
         v["_declared_charset"] = str(declared)[:128]
     v["_charset"] = cs
     for tag, raw in w.raw_text.items():
@@ -694,6 +742,10 @@ def split_part10(data: bytes) -> tuple[dict[str, str], int]:
             raise Rejected(st.CANNOT_UNDERSTAND,
                            f"File Meta ({g:04X},{e:04X}) declares {length} bytes beyond the end")
         tag = (g << 16) | e
+        known = _dictionary_kinds(tag)
+        if known is not None and vr != b"UN" and _vr_kind(vr) not in known[1]:
+            raise Rejected(st.CANNOT_UNDERSTAND, f"File Meta ({g:04X},{e:04X}) has VR "
+                                                 f"{vr.decode()} where PS3.6 gives {known[0]}")
         if tag in names:
             meta[names[tag]] = data[pos:pos + length].decode("latin-1").rstrip("\x00 ")
         pos += length

@@ -16,7 +16,7 @@ import logging
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from fenji.gateway.dicom import charset
 from fenji.gateway.store.db import Store
@@ -65,7 +65,8 @@ def reindex_text(store: Store, default_charset: str | None = None) -> dict[str, 
                     ds, cs = _header(store, r["sha256"], default_charset)
                     if str(ds.get("SOPInstanceUID", "")) != r["sop_instance_uid"]:
                         raise ValueError("not the indexed instance")
-                except (OSError, InvalidDicomError, ValueError, charset.CharsetError) as exc:
+                except (OSError, InvalidDicomError, ValueError, TypeError,
+                        BytesLengthException, charset.CharsetError) as exc:
                     # Keep the row's values; never retried (charset_source 'unread').
                     log.warning("reindex sop=%s header unreadable: %s", r["sop_instance_uid"],
                                 exc)

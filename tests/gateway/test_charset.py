@@ -449,3 +449,39 @@ def test_ir58_written_without_its_escape_sequence_stays_chinese() -> None:
     # Only where IR 58 is the one set beyond ASCII: Latin-1 bytes under IR 100 stay so.
     assert charset.decode("Müller".encode("latin-1"), charset.resolve("ISO_IR 100"),
                           "PN") == ("Müller", False)
+
+
+def test_a_character_set_ingest_accepted_as_invalid_is_decoded_the_same_way_later() -> None:
+    """Ingest accepts an instance whose (0008,0005) fenji cannot decode and decodes
+    its text the undeclared way; WADO-RS metadata raised CharsetError on it (found
+    by fuzzing: 'IQO_IR 100', 'ISO_IR 192\\').  Every later reader falls back alike."""
+    from pydicom.dataset import Dataset
+
+    from fenji.gateway.dicom import charset
+
+    for declared in ("IQO_IR 100", "ISO_IR 192\\"):
+        cs = charset.resolve_or_fallback(declared)
+        assert cs.source == "invalid"
+        ds = Dataset()
+        ds.SpecificCharacterSet = declared
+        ds.PatientName = "Wang^Fang"
+        assert charset.dataset_charset(ds).source == "invalid"
+    with pytest.raises(charset.CharsetError):
+        charset.resolve("IQO_IR 100")
+
+
+def test_a_value_whose_bytes_do_not_fit_its_vr_is_left_alone_by_decode() -> None:
+    """A private group length of 11,190 bytes made SV (a fuzzer's 2-byte edit ingest
+    takes: private elements are the sender's) made metadata raise: WADO-RS reads
+    with deferred values, and pydicom converts one when decode_dataset touches it."""
+    from _data import DICOM_DIR
+
+    from fenji.gateway.dicom import charset
+
+    data = bytearray((DICOM_DIR / "mr" / "ge_epi_axial" / "MR_0010.dcm").read_bytes())
+    assert data[5682:5688] == bytes.fromhex("43000000") + b"UL"   # (0043,0000) UL
+    data[5686:5688] = b"SV"
+    ds = pydicom.dcmread(io.BytesIO(bytes(data)), defer_size=256)
+    charset.decode_dataset(ds, None)
+    assert str(ds.PatientName) == str(pydicom.dcmread(
+        DICOM_DIR / "mr" / "ge_epi_axial" / "MR_0010.dcm").PatientName)

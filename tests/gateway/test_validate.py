@@ -286,3 +286,50 @@ def test_bytes_after_the_eoi_marker_are_tolerated_a_cut_stream_is_not(junk: byte
         else:
             with pytest.raises(Rejected, match="no EOI"):
                 check_part10(buf.getvalue())
+
+
+def _with_vr(path: Path, tag: int, vr: bytes) -> bytes:
+    """The file at ``path`` with the explicit VR bytes of its first (top-level)
+    element ``tag`` replaced by ``vr`` (nothing else changes: a fuzzer's 2-byte edit)."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF)
+    at = data.find(head, 132)
+    assert at > 0 and bytes(data[at + 4:at + 6]).isalpha()
+    data[at + 4:at + 6] = vr
+    return bytes(data)
+
+
+@pytest.mark.parametrize(("tag", "vr", "says"), [
+    (0x00280010, b"SS", "(0028,0010) Rows is 2 bytes of VR SS"),
+    (0x00280008, b"UL", "(0028,0008) has VR UL where PS3.6 gives IS"),
+    (0x00080060, b"FD", "(0008,0060) has VR FD where PS3.6 gives CS"),
+    (0x00280103, b"FL", "(0028,0103) has VR FL where PS3.6 gives US"),
+    (0x00080005, b"SS", "(0008,0005) has VR SS where PS3.6 gives CS"),
+    (0x00020010, b"PN", "File Meta (0002,0010) has VR PN where PS3.6 gives UI"),
+    (0x00020000, b"US", "File Meta (0002,0000) has VR US where PS3.6 gives UL"),
+])
+def test_a_vr_that_changes_how_a_value_is_decoded_is_refused(tag: int, vr: bytes,
+                                                             says: str) -> None:
+    """Found by fuzzing: Rows written as SS made the validator text-join it into a
+    1.3 GB string (a 24 KB file); a Modality as FD, a Transfer Syntax UID as PN,
+    a Number of Frames as UL passed ingest and then broke the gate, the preview
+    or metadata.  Same-kind slips (LO for SH) stay accepted: real files have them."""
+    from _data import DICOM_DIR
+
+    src = DICOM_DIR / ("other/enhanced_ct_2frame.dcm" if tag == 0x00280008
+                       else "ct/CT_0001.dcm")
+    with pytest.raises(Rejected) as err:
+        check_part10(_with_vr(src, tag, vr))
+    assert says in err.value.reason, err.value.reason
+    assert check_part10(_with_vr(DICOM_DIR / "ct" / "CT_0001.dcm", 0x00081030, b"SH"))
+
+
+def test_an_item_tag_outside_a_sequence_is_refused() -> None:
+    from _data import DICOM_DIR
+
+    data = (DICOM_DIR / "ct" / "CT_0001.dcm").read_bytes()
+    stray = bytes.fromhex("feff00e004000000") + b"abcd"   # (FFFE,E000), 4 bytes
+    with pytest.raises(Rejected, match=r"item tag \(FFFE,E000\) outside a sequence"):
+        check_part10(data + stray)
