@@ -131,8 +131,7 @@ class EcgRecord:
         converted a lead at a time, not as a whole float64 copy)."""
         col = self.signal[:, j].astype(np.float64)
         if self.digital:
-            g = float(self.gains[j]) or 1.0
-            col = (col - float(self.baselines[j])) / g
+            col = (col - float(self.baselines[j])) / float(self.gains[j])
         col *= UNIT_TO_MV[self.units[j]]
         return col
 
@@ -141,7 +140,6 @@ class EcgRecord:
         sig = self.signal.astype(np.float64)
         scale = np.array([UNIT_TO_MV[u] for u in self.units])
         if self.digital:
-            g = np.array(self.gains, dtype=np.float64)
-            g[g == 0] = 1.0
-            sig = (sig - np.array(self.baselines, dtype=np.float64)) / g
+            sig = ((sig - np.array(self.baselines, dtype=np.float64))
+                   / np.array(self.gains, dtype=np.float64))
         return sig * scale

@@ -126,6 +126,15 @@ def _dictionary_kinds(tag: int) -> tuple[str, frozenset[str]] | None:
     return vr, frozenset(_vr_kind(v.strip().encode()) for v in vr.split(" or "))
 
 
+def _wrong_vr(tag: int, vr: bytes) -> str | None:
+    """"has VR X where PS3.6 gives Y" when explicit VR ``vr`` is of another kind than
+    the dictionary's for a current standard element (UN and private tags pass)."""
+    known = None if vr == b"UN" or (tag >> 16) & 1 else _dictionary_kinds(tag)
+    if known is None or _vr_kind(vr) in known[1]:
+        return None
+    return f"has VR {vr.decode()} where PS3.6 gives {known[0]}"
+
+
 _WANTED = {
     0x00080005: "SpecificCharacterSet",
     0x00080016: "SOPClassUID", 0x00080018: "SOPInstanceUID", 0x0020000D: "StudyInstanceUID",
@@ -231,12 +240,11 @@ class _Walker:
                     length = self.h_u16.unpack_from(buf, pos + 6)[0]
                     pos += 8
                 is_sq = vr == b"SQ" or (vr == b"UN" and length == UNDEFINED)
-                if vr != b"UN" and not (g & 1):
-                    known = _dictionary_kinds(tag)
-                    if known is not None and _vr_kind(vr) not in known[1]:
-                        raise self.fail(st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                                        f"{_tagstr(tag)} has VR {vr.decode()} where PS3.6 gives "
-                                        f"{known[0]}: a reader would decode another value")
+                wrong = _wrong_vr(tag, vr)
+                if wrong:
+                    raise self.fail(st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                                    f"{_tagstr(tag)} {wrong}: a reader would decode another "
+                                    "value")
             else:
                 length = self.h_u32.unpack_from(buf, pos + 4)[0]
                 pos += 8
@@ -742,10 +750,9 @@ def split_part10(data: bytes) -> tuple[dict[str, str], int]:
             raise Rejected(st.CANNOT_UNDERSTAND,
                            f"File Meta ({g:04X},{e:04X}) declares {length} bytes beyond the end")
         tag = (g << 16) | e
-        known = _dictionary_kinds(tag)
-        if known is not None and vr != b"UN" and _vr_kind(vr) not in known[1]:
-            raise Rejected(st.CANNOT_UNDERSTAND, f"File Meta ({g:04X},{e:04X}) has VR "
-                                                 f"{vr.decode()} where PS3.6 gives {known[0]}")
+        wrong = _wrong_vr(tag, vr)
+        if wrong:
+            raise Rejected(st.CANNOT_UNDERSTAND, f"File Meta ({g:04X},{e:04X}) {wrong}")
         if tag in names:
             meta[names[tag]] = data[pos:pos + length].decode("latin-1").rstrip("\x00 ")
         pos += length

@@ -118,10 +118,7 @@ def _read_group(ds: Dataset, group: int, where: str) -> EcgRecord:
     if "WaveformSequence" not in ds or len(ds.WaveformSequence) <= group:
         raise PeerError(f"{where}: (5400,0100) Waveform Sequence has no group {group}")
     w = ds.WaveformSequence[group]
-    try:
-        sig = ds.waveform_array(group)  # already (samples, channels), sensitivity applied
-    except Exception as exc:
-        raise PeerError(f"{where}: waveform group {group} undecodable: {exc}") from exc
+    sig = ds.waveform_array(group)  # already (samples, channels), sensitivity applied
     channels = w.get("ChannelDefinitionSequence") or []
     if sig.ndim != 2 or len(channels) != sig.shape[1] or not channels:
         raise PeerError(f"{where}: (003A,0200) Channel Definition Sequence has "

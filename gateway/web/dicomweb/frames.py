@@ -191,18 +191,27 @@ async def _range_chunks(store: Store, sha256: str, ranges: list[Range]) -> Any:
             yield chunk
 
 
-def _decoded_frames(store: Store, src: Any, header: Any,
+def _decoded_frames(store: Store, src: Any, header: Any, ts: str,
                     frames: list[bytes | list[Range]]) -> list[bytes]:
     """Compressed frames decoded to native little-endian bytes, each in a decoding
     child (:mod:`fenji.codecs.image.sandbox`: a decoder that aborts ends the child,
     not this server).
 
     ``frames``: each frame's codestream, or its fragments' ranges in the stored
-    blob ``src`` (its SHA-256): only those bytes are read.  ``header``: the data set.
+    blob ``src`` (its SHA-256): only those bytes are read, once.  ``header``: the
+    data set.  ValueError, before any decoding, when a frame's codestream is not
+    what the header says (an instance stored before ingest checked that:
+    codecs/image/codestream.py).
     """
+    streams = [f if isinstance(f, bytes) else _read_ranges(store, str(src), f) for f in frames]
+    why = codestream_mismatch(ts in JPEG_FAMILY, header.get("Rows"), header.get("Columns"),
+                              int(header.get("SamplesPerPixel") or 1),
+                              int(header.get("BitsAllocated") or 0),
+                              (b[:HEAD_BYTES] for b in streams))
+    if why:
+        raise ValueError(why)
     out = []
-    for f in frames:
-        stream = f if isinstance(f, bytes) else _read_ranges(store, str(src), f)
+    for stream in streams:
         arr = sandbox.frame_array(header, stream)
         out.append(arr.astype(arr.dtype.newbyteorder("<")).tobytes())
     return out
@@ -217,21 +226,6 @@ def _header(store: Store, src: Any) -> Any:
         with store.open_blob(src) as fh:
             return pydicom.dcmread(fh, stop_before_pixels=True)
     return src
-
-
-def _check_before_decoding(store: Store, src: Any, ds: Any, ts: str,
-                           frames: list[bytes | list[Range]]) -> None:
-    """ValueError when a frame's codestream is not what the header ``ds`` says (an
-    instance stored before ingest checked that): such data never reaches a decoder,
-    some of which abort the process on it (codecs/image/codestream.py)."""
-    heads = (f[:HEAD_BYTES] if isinstance(f, bytes) else
-             _read_ranges(store, str(src), [(f[0][0], min(f[0][1], HEAD_BYTES))]) if f else b""
-             for f in frames)
-    why = codestream_mismatch(ts in JPEG_FAMILY, ds.get("Rows"), ds.get("Columns"),
-                              int(ds.get("SamplesPerPixel") or 1),
-                              int(ds.get("BitsAllocated") or 0), heads)
-    if why:
-        raise ValueError(why)
 
 
 def _decoded_frame_bytes(ds: Any) -> int:
@@ -325,10 +319,8 @@ async def get_frames(request: web.Request) -> web.StreamResponse:
                           f"bytes, more than limits.max_decoded_bytes_per_request = {cap}; ask "
                           f"for fewer frames or for them as stored ({as_stored})")
         try:
-            await asyncio.to_thread(_check_before_decoding, store, src, header, stored_ts,
-                                    [all_frames[n - 1] for n in wanted])
             parts = list(await asyncio.to_thread(_decoded_frames, store, src, header,
-                                                 [all_frames[n - 1] for n in wanted]))
+                                                 stored_ts, [all_frames[n - 1] for n in wanted]))
         except Exception as exc:  # noqa: BLE001 - pydicom's decoders raise RuntimeError,
             # NotImplementedError, ValueError, ... (damaged data, a variant not here)
             why = " ".join(str(exc).split())[:300]
